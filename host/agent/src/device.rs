@@ -1,0 +1,313 @@
+//! Where a product lives on this terminal, and what the operator lets its plugin
+//! touch: the device configuration, read from TOML.
+//!
+//! ```toml
+//! [dirs]                      # host paths of the plugin's directories
+//! product = "/opt/kiosk"
+//! staging = "/var/lib/posup/kiosk/staging"   # same filesystem as product
+//! backup  = "/var/lib/posup/kiosk/backup"    # same filesystem as product
+//! logs    = "/var/log/kiosk"
+//!
+//! [allow]                     # what the plugin may have, at most
+//! read_only = ["logs"]        # directories never written (default: logs)
+//! services = ["kiosk"]
+//! scripts = false
+//! prompt = true
+//!
+//! [services.kiosk]            # how each service is run: a systemd unit…
+//! systemd = "iiko-kiosk.service"
+//! # …or a process posup supervises itself
+//! # command = ["/opt/kiosk/bin/kiosk", "--daemon"]
+//! # log = "/var/log/kiosk/stdout.log"
+//! ```
+//!
+//! Defaults, each on purpose: a directory not listed is not offered; `logs` is
+//! read-only; no service, no scripts and no prompt unless listed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use posup_runtime::caps::prompt::BoxFuture;
+use posup_runtime::caps::services::{ProcessSpec, Processes, ServiceManager, Systemd};
+use posup_runtime::wit::services::State;
+use posup_runtime::caps::{CapError, CapResult};
+use posup_runtime::grants::parse_dir;
+use posup_runtime::{Allowance, DirGrant};
+use serde::Deserialize;
+
+/// One product's configuration on this terminal.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Directory name (`product`, `staging`, `backup`, `logs`) → host path.
+    #[serde(default)]
+    pub dirs: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    pub allow: Allow,
+    /// Service name → how it runs.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allow {
+    #[serde(default = "default_read_only")]
+    pub read_only: Vec<String>,
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub scripts: bool,
+    #[serde(default)]
+    pub prompt: bool,
+}
+
+impl Default for Allow {
+    fn default() -> Self {
+        Self {
+            read_only: default_read_only(),
+            services: Vec::new(),
+            scripts: false,
+            prompt: false,
+        }
+    }
+}
+
+fn default_read_only() -> Vec<String> {
+    vec!["logs".into()]
+}
+
+/// How one service runs: exactly one of `systemd` or `command`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub systemd: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub cwd: Option<PathBuf>,
+    /// Where a supervised process's output goes.
+    pub log: Option<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A configuration that cannot be used, with what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("device configuration {path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("device configuration {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl DeviceConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: DeviceConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.check(origin)?;
+        Ok(config)
+    }
+
+    fn check(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
+        for name in self.dirs.keys().chain(self.allow.read_only.iter()) {
+            if parse_dir(name).is_none() {
+                return Err(invalid(format!(
+                    "unknown directory `{name}`: use product, staging, backup or logs"
+                )));
+            }
+        }
+        for (name, path) in &self.dirs {
+            if !path.is_absolute() {
+                return Err(invalid(format!("dirs.{name} = {}: must be an absolute path", path.display())));
+            }
+        }
+        for (name, svc) in &self.services {
+            match (&svc.systemd, &svc.command) {
+                (Some(_), None) => {}
+                (None, Some(cmd)) if !cmd.is_empty() => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "services.{name}: give exactly one of `systemd = \"unit\"` or `command = [\"program\", …]`"
+                    )));
+                }
+            }
+        }
+        for name in &self.allow.services {
+            if !self.services.contains_key(name) {
+                return Err(invalid(format!(
+                    "allow.services names `{name}` but there is no [services.{name}] saying how it runs"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The host path of a directory, if configured.
+    pub fn dir(&self, name: &str) -> Option<&Path> {
+        self.dirs.get(name).map(PathBuf::as_path)
+    }
+
+    /// What the operator allows, for intersecting with the plugin's request.
+    pub fn allowance(&self) -> Allowance {
+        let dirs = self
+            .dirs
+            .iter()
+            .filter_map(|(name, host)| {
+                parse_dir(name).map(|dir| DirGrant {
+                    dir,
+                    host: host.clone(),
+                    write: !self.allow.read_only.contains(name),
+                })
+            })
+            .collect();
+        Allowance {
+            dirs,
+            services: self.allow.services.clone(),
+            scripts: self.allow.scripts,
+            prompt: self.allow.prompt,
+        }
+    }
+
+    /// The service backend for the configured services. Supervised processes keep
+    /// their pidfiles under `run_dir`, so a restarted agent still knows them.
+    pub fn service_manager(&self, run_dir: &Path) -> Option<Arc<dyn ServiceManager>> {
+        if self.services.is_empty() {
+            return None;
+        }
+        let systemd: Vec<_> = self
+            .services
+            .iter()
+            .filter_map(|(n, s)| s.systemd.as_ref().map(|u| (n.clone(), u.clone())))
+            .collect();
+        let processes: Vec<_> = self
+            .services
+            .iter()
+            .filter_map(|(n, s)| s.command.as_ref().map(|c| (n.clone(), c.clone(), s.clone())))
+            .collect();
+        let mut by_name: BTreeMap<String, Arc<dyn ServiceManager>> = BTreeMap::new();
+        if !systemd.is_empty() {
+            let mut m = Systemd::new();
+            for (name, unit) in &systemd {
+                m = m.with_unit(name.clone(), unit.clone());
+            }
+            let m: Arc<dyn ServiceManager> = Arc::new(m);
+            for (name, _) in systemd {
+                by_name.insert(name, m.clone());
+            }
+        }
+        if !processes.is_empty() {
+            let mut m = Processes::new(run_dir);
+            for (name, cmd, cfg) in &processes {
+                let mut spec = ProcessSpec::new(&cmd[0]).args(cmd[1..].iter().cloned());
+                if let Some(cwd) = &cfg.cwd {
+                    spec = spec.cwd(cwd.clone());
+                }
+                if let Some(log) = &cfg.log {
+                    spec = spec.log(log.clone());
+                }
+                for (k, v) in &cfg.env {
+                    spec = spec.env(k.clone(), v.clone());
+                }
+                m = m.with_service(name.clone(), spec);
+            }
+            let m: Arc<dyn ServiceManager> = Arc::new(m);
+            for (name, _, _) in processes {
+                by_name.insert(name, m.clone());
+            }
+        }
+        Some(Arc::new(Routed(by_name)))
+    }
+}
+
+/// Sends each service name to the backend that runs it.
+struct Routed(BTreeMap<String, Arc<dyn ServiceManager>>);
+
+impl Routed {
+    fn get(&self, name: &str) -> CapResult<&Arc<dyn ServiceManager>> {
+        self.0.get(name).ok_or_else(|| {
+            CapError::not_found(format!(
+                "service {name}: the device configuration does not say how it runs; add [services.{name}]"
+            ))
+        })
+    }
+}
+
+impl ServiceManager for Routed {
+    fn status<'a>(&'a self, name: &'a str) -> BoxFuture<'a, CapResult<State>> {
+        Box::pin(async move { self.get(name)?.status(name).await })
+    }
+
+    fn start<'a>(&'a self, name: &'a str) -> BoxFuture<'a, CapResult<()>> {
+        Box::pin(async move { self.get(name)?.start(name).await })
+    }
+
+    fn stop<'a>(&'a self, name: &'a str) -> BoxFuture<'a, CapResult<()>> {
+        Box::pin(async move { self.get(name)?.stop(name).await })
+    }
+
+    fn restart<'a>(&'a self, name: &'a str) -> BoxFuture<'a, CapResult<()>> {
+        Box::pin(async move { self.get(name)?.restart(name).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KIOSK: &str = r#"
+        [dirs]
+        product = "/opt/kiosk"
+        staging = "/var/lib/posup/kiosk/staging"
+        backup = "/var/lib/posup/kiosk/backup"
+        logs = "/var/log/kiosk"
+
+        [allow]
+        services = ["kiosk"]
+        prompt = true
+
+        [services.kiosk]
+        systemd = "iiko-kiosk.service"
+    "#;
+
+    #[test]
+    fn logs_are_read_only_unless_said_otherwise() {
+        let c = DeviceConfig::parse(KIOSK, "kiosk.toml").unwrap();
+        let a = c.allowance();
+        let logs = a.dirs.iter().find(|d| posup_runtime::grants::dir_name(d.dir) == "logs").unwrap();
+        assert!(!logs.write);
+        let product = a.dirs.iter().find(|d| posup_runtime::grants::dir_name(d.dir) == "product").unwrap();
+        assert!(product.write);
+        assert_eq!(a.services, vec!["kiosk".to_string()]);
+        assert!(!a.scripts);
+        assert!(a.prompt);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = DeviceConfig::parse("[dirs]\nproduct = \"rel/path\"\n", "x.toml").unwrap_err();
+        assert!(err.to_string().contains("dirs.product"), "{err}");
+        let err = DeviceConfig::parse("[dirs]\nhome = \"/home\"\n", "x.toml").unwrap_err();
+        assert!(err.to_string().contains("`home`"), "{err}");
+        let err = DeviceConfig::parse("[allow]\nservices = [\"kiosk\"]\n", "x.toml").unwrap_err();
+        assert!(err.to_string().contains("[services.kiosk]"), "{err}");
+        let err = DeviceConfig::parse("[services.kiosk]\n", "x.toml").unwrap_err();
+        assert!(err.to_string().contains("exactly one"), "{err}");
+    }
+}

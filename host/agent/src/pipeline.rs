@@ -1,0 +1,545 @@
+//! One update of one product on one terminal, step by step, journalled.
+//!
+//! `inspect → precheck → stage → (consent) → apply → verify → commit`, or
+//! `rollback` after a failure from `stage` on. A Download task stops after `stage`;
+//! a Forced update skips the question. The same pipeline runs under the agent and
+//! under `posup apply`.
+//!
+//! Crash safety: each step is journalled as started before it is called and as
+//! ended after it answered. A pipeline started again for the same update finds the
+//! interrupted step in the journal and
+//! - re-runs it when it is `precheck`, `stage`, `commit` or `rollback` (all must be
+//!   idempotent, and none of them leaves the product half-changed by itself);
+//! - rolls back when it is `apply` or `verify`: the product may be half-applied or
+//!   unverified, and the known-good state is the one before the update.
+//!
+//! The installation therefore ends fully old or fully new, never in between.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use posup_runtime::caps::prompt::Prompter;
+use posup_runtime::types::{Outcome, PackageInfo, StepContext, TaskKind};
+use posup_runtime::{HostEnv, Plugin, Step, StepError};
+use sha2::{Digest, Sha256};
+
+use crate::journal::{Event, Finish, Journal, UpdateKey};
+
+/// What to update with what.
+#[derive(Debug, Clone)]
+pub struct UpdateRequest {
+    /// The package file on the host. It is copied into the staging directory when it
+    /// is not there already.
+    pub package: PathBuf,
+    pub task: TaskKind,
+}
+
+/// How a pipeline run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateResult {
+    /// The update is installed and final.
+    Committed { version: String },
+    /// Download task: the package is staged, nothing is installed yet.
+    Staged { version: String },
+    /// Not now: nothing was changed; try again after `retry_after`.
+    NotNow { reason: String, retry_after: Duration },
+    /// The cashier declined; ask again later.
+    Declined,
+    /// The update failed in `step`; the installation is as it was before (rolled
+    /// back, or never touched).
+    Failed { step: String, reason: String, rolled_back: bool },
+    /// The update failed and so did its rollback: the terminal needs a person.
+    RollbackFailed { step: String, reason: String, rollback: String },
+}
+
+impl UpdateResult {
+    /// `posup apply`'s exit code: 0 committed or staged, 3 not now or declined
+    /// (nothing changed), 1 failed and restored, 4 the rollback failed too.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            UpdateResult::Committed { .. } | UpdateResult::Staged { .. } => 0,
+            UpdateResult::NotNow { .. } | UpdateResult::Declined => 3,
+            UpdateResult::Failed { .. } => 1,
+            UpdateResult::RollbackFailed { .. } => 4,
+        }
+    }
+
+    /// One line for operators.
+    pub fn summary(&self, package: &str) -> String {
+        match self {
+            UpdateResult::Committed { version } => format!("{package}: version {version} installed"),
+            UpdateResult::Staged { version } => format!("{package}: version {version} downloaded and staged"),
+            UpdateResult::NotNow { reason, retry_after } => format!(
+                "{package}: not now: {reason}; nothing was changed, try again in {} s",
+                retry_after.as_secs()
+            ),
+            UpdateResult::Declined => {
+                format!("{package}: the cashier declined the update; nothing was changed, ask again later")
+            }
+            UpdateResult::Failed { step, reason, rolled_back } => {
+                let restored = if *rolled_back {
+                    "the installation was rolled back to its previous state"
+                } else {
+                    "the installation was not changed"
+                };
+                format!("{package}: {step} failed: {reason}; {restored}")
+            }
+            UpdateResult::RollbackFailed { step, reason, rollback } => format!(
+                "{package}: {step} failed: {reason}; the rollback failed too: {rollback}; the terminal needs attention"
+            ),
+        }
+    }
+}
+
+/// One finished step, as `--json` prints it and the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepReport {
+    pub step: String,
+    pub attempt: u32,
+    /// `ok`, `not-now`, `failed` or `declined`.
+    pub result: &'static str,
+    pub message: String,
+    pub duration: Duration,
+}
+
+/// Sees each step as it ends.
+pub trait Observer: Send + Sync {
+    fn step(&self, report: &StepReport);
+}
+
+/// Settings of a pipeline run.
+#[derive(Clone)]
+pub struct Settings {
+    /// Where the journal lives (`<state>/journal/<plugin>.json`).
+    pub state_dir: PathBuf,
+    /// The host path of `/staging`.
+    pub staging: PathBuf,
+    /// Who answers the consent question of Update tasks; `None`: nobody is at the
+    /// terminal, which counts as consent (the UKM 5 rule).
+    pub prompter: Option<Arc<dyn Prompter>>,
+    /// How long the cashier has to answer.
+    pub consent_timeout: Duration,
+    pub deadline: fn(Step) -> Duration,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("state_dir", &self.state_dir)
+            .field("staging", &self.staging)
+            .field("consent_timeout", &self.consent_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failure of the pipeline itself, not of the update: the journal or the staging
+/// folder could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PipelineError {
+    let what = what.into();
+    move |source| PipelineError::Io { what, source }
+}
+
+/// Runs one update through a plugin.
+pub struct Pipeline<'a> {
+    pub plugin: &'a Plugin,
+    pub env: HostEnv,
+    pub settings: Settings,
+    pub observer: Option<&'a dyn Observer>,
+}
+
+impl std::fmt::Debug for Pipeline<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("plugin", &self.plugin.name())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Next {
+    Go,
+    Stop(UpdateResult),
+}
+
+impl Pipeline<'_> {
+    pub async fn run(&self, req: &UpdateRequest) -> Result<UpdateResult, PipelineError> {
+        let file_name = req
+            .package
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| PipelineError::Io {
+                what: format!("package {}", req.package.display()),
+                source: std::io::Error::other("the package path has no file name"),
+            })?
+            .to_owned();
+        let staged = self.stage_package(&req.package, &file_name)?;
+        let package_sha256 = sha256_file(&staged).map_err(io(format!("reading package {}", staged.display())))?;
+        let guest = format!("/staging/{file_name}");
+
+        let started = Instant::now();
+        let info = match self.plugin.inspect(&self.env, &guest).await {
+            Ok(Ok(info)) => {
+                self.report("inspect", 1, "ok", &format!("{} {}", info.kind, info.version), started);
+                info
+            }
+            Ok(Err(reason)) => {
+                self.report("inspect", 1, "failed", &reason, started);
+                return Ok(UpdateResult::Failed {
+                    step: "inspect".into(),
+                    reason,
+                    rolled_back: false,
+                });
+            }
+            Err(e) => {
+                self.report("inspect", 1, "failed", &e.to_string(), started);
+                return Ok(UpdateResult::Failed {
+                    step: "inspect".into(),
+                    reason: e.to_string(),
+                    rolled_back: false,
+                });
+            }
+        };
+
+        let key = UpdateKey {
+            plugin_sha256: self.plugin.digest().to_owned(),
+            package_sha256,
+            package: file_name.clone(),
+            task: task_name(req.task).to_owned(),
+        };
+        let path = Journal::path(&self.settings.state_dir, self.plugin.name());
+        let mut journal = match Journal::load(&path).map_err(io(format!("reading {}", path.display())))? {
+            Some(j) if j.record.finished.is_none() && j.record.key == key => j,
+            Some(j) if j.record.finished.is_none() => {
+                // Another update of this product is unfinished. It is settled first:
+                // rolled back when it may have touched the installation.
+                let guest = guest_of(&j.record.key.package);
+                self.settle_other(j, &guest).await?;
+                Journal::create(&path, key, &info.version).map_err(io(format!("writing {}", path.display())))?
+            }
+            _ => Journal::create(&path, key, &info.version).map_err(io(format!("writing {}", path.display())))?,
+        };
+
+        let ctx = |attempt: u32| StepContext {
+            package: guest.clone(),
+            info: info.clone(),
+            task: req.task,
+            attempt,
+        };
+
+        // Resume after a crash.
+        if let Some(entry) = journal.interrupted().cloned() {
+            tracing::warn!(step = %entry.step, "resuming an update interrupted during {}", entry.step);
+            match Step::parse(&entry.step) {
+                Some(Step::Apply) | Some(Step::Verify) => {
+                    let reason = format!("interrupted during {} (attempt {})", entry.step, entry.attempt);
+                    return self.roll_back(&mut journal, &ctx, &entry.step, reason).await;
+                }
+                Some(Step::Rollback) => {
+                    let reason = journal
+                        .record
+                        .entries
+                        .iter()
+                        .rev()
+                        .find(|e| e.event == Event::Failed)
+                        .map(|e| e.message.clone())
+                        .unwrap_or_else(|| "interrupted".into());
+                    let failed_step = journal
+                        .record
+                        .entries
+                        .iter()
+                        .rev()
+                        .find(|e| e.event == Event::Failed)
+                        .map(|e| e.step.clone())
+                        .unwrap_or_else(|| "apply".into());
+                    return self.roll_back(&mut journal, &ctx, &failed_step, reason).await;
+                }
+                _ => {}
+            }
+        }
+
+        let plan: &[Step] = match req.task {
+            TaskKind::Download => &[Step::Stage],
+            TaskKind::Update | TaskKind::ForcedUpdate => &[Step::Precheck, Step::Stage, Step::Apply, Step::Verify, Step::Commit],
+        };
+        for &step in plan {
+            if journal.last(step.as_str()).is_some_and(|e| e.event == Event::Ok) {
+                continue;
+            }
+            if step == Step::Apply && req.task == TaskKind::Update {
+                match self.consent(&mut journal, &info).await? {
+                    Next::Go => {}
+                    Next::Stop(result) => return Ok(result),
+                }
+            }
+            match self.run_step(&mut journal, step, &ctx).await? {
+                Next::Go => {}
+                Next::Stop(result) => return Ok(result),
+            }
+        }
+        let result = if req.task == TaskKind::Download {
+            journal.finish(Finish::Staged).map_err(io("writing the journal"))?;
+            UpdateResult::Staged { version: info.version }
+        } else {
+            journal.finish(Finish::Committed).map_err(io("writing the journal"))?;
+            remove_file(&staged);
+            UpdateResult::Committed { version: info.version }
+        };
+        Ok(result)
+    }
+
+    /// Runs one step; on failure decides between stopping, not-now and rollback.
+    async fn run_step(&self, journal: &mut Journal, step: Step, ctx: &dyn Fn(u32) -> StepContext) -> Result<Next, PipelineError> {
+        let attempt = journal.attempts(step.as_str()) + 1;
+        journal
+            .push(step.as_str(), Event::Started, attempt, "")
+            .map_err(io("writing the journal"))?;
+        let started = Instant::now();
+        let outcome = self
+            .plugin
+            .step(&self.env, step, &ctx(attempt), (self.settings.deadline)(step))
+            .await;
+        let (event, message) = outcome_event(&outcome);
+        journal
+            .push(step.as_str(), event, attempt, &message)
+            .map_err(io("writing the journal"))?;
+        self.report(step.as_str(), attempt, event_name(event), &message, started);
+        match (event, &outcome) {
+            (Event::Ok, _) => Ok(Next::Go),
+            (Event::NotNow, Ok(Outcome::NotNow(nn))) if matches!(step, Step::Precheck | Step::Stage) => {
+                journal.finish(Finish::NotNow).map_err(io("writing the journal"))?;
+                Ok(Next::Stop(UpdateResult::NotNow {
+                    reason: nn.reason.clone(),
+                    retry_after: Duration::from_secs(nn.retry_after_secs.into()),
+                }))
+            }
+            _ if step == Step::Precheck => {
+                journal.finish(Finish::Failed).map_err(io("writing the journal"))?;
+                Ok(Next::Stop(UpdateResult::Failed {
+                    step: step.as_str().into(),
+                    reason: message,
+                    rolled_back: false,
+                }))
+            }
+            _ if step == Step::Commit => {
+                // The update was verified; a failed commit leaves only clean-up
+                // undone. Rolling back a verified update would be the greater harm.
+                journal.finish(Finish::Committed).map_err(io("writing the journal"))?;
+                tracing::warn!("commit failed after a verified update: {message}");
+                Ok(Next::Go)
+            }
+            _ => {
+                let reason = if event == Event::NotNow {
+                    format!("answered not-now during {step}: {message}")
+                } else {
+                    message
+                };
+                Ok(Next::Stop(self.roll_back(journal, ctx, step.as_str(), reason).await?))
+            }
+        }
+    }
+
+    async fn roll_back(
+        &self,
+        journal: &mut Journal,
+        ctx: &dyn Fn(u32) -> StepContext,
+        failed_step: &str,
+        reason: String,
+    ) -> Result<UpdateResult, PipelineError> {
+        let step = Step::Rollback;
+        let attempt = journal.attempts(step.as_str()) + 1;
+        journal
+            .push(step.as_str(), Event::Started, attempt, &reason)
+            .map_err(io("writing the journal"))?;
+        let started = Instant::now();
+        let outcome = self
+            .plugin
+            .step(&self.env, step, &ctx(attempt), (self.settings.deadline)(step))
+            .await;
+        let (event, message) = outcome_event(&outcome);
+        journal
+            .push(step.as_str(), event, attempt, &message)
+            .map_err(io("writing the journal"))?;
+        self.report(step.as_str(), attempt, event_name(event), &message, started);
+        if event == Event::Ok {
+            journal.finish(Finish::RolledBack).map_err(io("writing the journal"))?;
+            Ok(UpdateResult::Failed {
+                step: failed_step.to_owned(),
+                reason,
+                rolled_back: true,
+            })
+        } else {
+            journal.finish(Finish::RollbackFailed).map_err(io("writing the journal"))?;
+            Ok(UpdateResult::RollbackFailed {
+                step: failed_step.to_owned(),
+                reason,
+                rollback: message,
+            })
+        }
+    }
+
+    /// Asks the person at the terminal before the downtime of an Update task.
+    async fn consent(&self, journal: &mut Journal, info: &PackageInfo) -> Result<Next, PipelineError> {
+        if journal.last("consent").is_some_and(|e| e.event == Event::Ok) {
+            return Ok(Next::Go);
+        }
+        let started = Instant::now();
+        let answer = match &self.settings.prompter {
+            Some(p) => {
+                let question = format!(
+                    "An update to version {} is ready. The terminal leaves service while it installs. Update now?",
+                    info.version
+                );
+                let timeout = self.settings.consent_timeout;
+                tokio::time::timeout(timeout, p.ask(&question, timeout)).await.unwrap_or(None)
+            }
+            None => None,
+        };
+        match answer {
+            Some(false) => {
+                journal
+                    .push("consent", Event::NotNow, 1, "declined by the cashier")
+                    .map_err(io("writing the journal"))?;
+                journal.finish(Finish::Declined).map_err(io("writing the journal"))?;
+                self.report("consent", 1, "declined", "declined by the cashier", started);
+                Ok(Next::Stop(UpdateResult::Declined))
+            }
+            answer => {
+                let message = if answer.is_some() {
+                    "accepted by the cashier"
+                } else {
+                    "nobody answered: updating"
+                };
+                journal
+                    .push("consent", Event::Ok, 1, message)
+                    .map_err(io("writing the journal"))?;
+                self.report("consent", 1, "ok", message, started);
+                Ok(Next::Go)
+            }
+        }
+    }
+
+    /// Settles an unfinished update of another package before a new one starts.
+    async fn settle_other(&self, mut journal: Journal, guest: &str) -> Result<(), PipelineError> {
+        let touched = journal
+            .record
+            .entries
+            .iter()
+            .any(|e| e.step == Step::Apply.as_str() || e.step == Step::Verify.as_str() || e.step == Step::Rollback.as_str());
+        if !touched {
+            return journal.finish(Finish::Abandoned).map_err(io("writing the journal"));
+        }
+        // Its package must still be staged: the rollback needs its context.
+        let staging_file = self.settings.staging.join(&journal.record.key.package);
+        let info = match self.plugin.inspect(&self.env, guest).await {
+            Ok(Ok(info)) if staging_file.exists() => info,
+            _ => PackageInfo {
+                version: journal.record.version.clone(),
+                kind: String::new(),
+                notes: String::new(),
+                changelog: String::new(),
+                rollback: true,
+            },
+        };
+        let task = match journal.record.key.task.as_str() {
+            "forced-update" => TaskKind::ForcedUpdate,
+            _ => TaskKind::Update,
+        };
+        let guest = guest.to_owned();
+        let ctx = move |attempt| StepContext {
+            package: guest.clone(),
+            info: info.clone(),
+            task,
+            attempt,
+        };
+        self.roll_back(&mut journal, &ctx, "apply", "superseded by a newer update".into())
+            .await
+            .map(|_| ())
+    }
+
+    /// Puts the package into the staging directory, where the plugin sees it.
+    fn stage_package(&self, package: &Path, file_name: &str) -> Result<PathBuf, PipelineError> {
+        let target = self.settings.staging.join(file_name);
+        std::fs::create_dir_all(&self.settings.staging).map_err(io(format!("creating {}", self.settings.staging.display())))?;
+        let same = match (package.canonicalize(), target.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if !same {
+            let tmp = target.with_extension("posup-partial");
+            std::fs::copy(package, &tmp).map_err(io(format!(
+                "copying package {} into {}",
+                package.display(),
+                self.settings.staging.display()
+            )))?;
+            std::fs::rename(&tmp, &target).map_err(io(format!("placing {}", target.display())))?;
+        }
+        Ok(target)
+    }
+
+    fn report(&self, step: &str, attempt: u32, result: &'static str, message: &str, started: Instant) {
+        if let Some(o) = self.observer {
+            o.step(&StepReport {
+                step: step.to_owned(),
+                attempt,
+                result,
+                message: message.to_owned(),
+                duration: started.elapsed(),
+            });
+        }
+    }
+}
+
+fn guest_of(package: &str) -> String {
+    format!("/staging/{package}")
+}
+
+fn task_name(task: TaskKind) -> &'static str {
+    match task {
+        TaskKind::Download => "download",
+        TaskKind::Update => "update",
+        TaskKind::ForcedUpdate => "forced-update",
+    }
+}
+
+fn outcome_event(outcome: &Result<Outcome, StepError>) -> (Event, String) {
+    match outcome {
+        Ok(Outcome::Ok) => (Event::Ok, String::new()),
+        Ok(Outcome::NotNow(nn)) => (Event::NotNow, nn.reason.clone()),
+        Ok(Outcome::Failed(reason)) => (Event::Failed, reason.clone()),
+        Err(e) => (Event::Failed, e.to_string()),
+    }
+}
+
+fn event_name(event: Event) -> &'static str {
+    match event {
+        Event::Ok => "ok",
+        Event::NotNow => "not-now",
+        Event::Failed | Event::Started => "failed",
+    }
+}
+
+fn remove_file(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("removing {}: {e}", path.display());
+    }
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}

@@ -1,0 +1,185 @@
+//! `posup apply`: one update of a local installation, without a server (DESIGN.md,
+//! "Local apply contract").
+//!
+//! Exit 0 when the update is committed; otherwise a one-line reason on stderr and
+//! the installation as it was before: 1 failed (rolled back or never touched), 2
+//! the command itself could not run, 3 not now or declined (nothing changed), 4 the
+//! rollback failed too.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use posup_agent::pipeline::{Observer, Settings, StepReport, UpdateRequest};
+use posup_agent::{DeviceConfig, Pipeline};
+use posup_runtime::caps::prompt::{FixedAnswer, Prompter};
+use posup_runtime::types::TaskKind;
+use posup_runtime::{Grants, HostEnv};
+use serde_json::json;
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A bundled plugin's name or a `.wasm` component file.
+    #[arg(long)]
+    plugin: String,
+    /// The package file.
+    #[arg(long)]
+    package: PathBuf,
+    /// The product's installation directory (`/product` for the plugin).
+    #[arg(long)]
+    root: PathBuf,
+    /// Journal, staging, backup and plugin state. Default: `<root>.posup` beside the
+    /// installation, so staging is on the same filesystem and a rerun finds the
+    /// journal of an interrupted run.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Install at once without asking anyone (a Forced update).
+    #[arg(long)]
+    forced: bool,
+    /// The answer to the consent question; without it nobody answers, which counts
+    /// as consent.
+    #[arg(long, value_enum)]
+    answer: Option<Answer>,
+    /// Print one JSON object per step on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The product's log directory (`/logs` for the plugin).
+    #[arg(long)]
+    logs: Option<PathBuf>,
+    /// A device configuration (TOML) with directories, services and what the plugin
+    /// may use; `--root`, `--logs` and the state directory fill what it leaves out.
+    #[arg(long)]
+    device_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Answer {
+    Yes,
+    No,
+}
+
+struct Printer {
+    json: bool,
+}
+
+impl Observer for Printer {
+    fn step(&self, r: &StepReport) {
+        if self.json {
+            let line = json!({
+                "step": r.step,
+                "attempt": r.attempt,
+                "result": r.result,
+                "message": r.message,
+                "ms": r.duration.as_millis() as u64,
+            });
+            println!("{line}");
+        } else if r.message.is_empty() {
+            eprintln!("{:>9}  {}", r.step, r.result);
+        } else {
+            eprintln!("{:>9}  {}  {}", r.step, r.result, r.message);
+        }
+    }
+}
+
+pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
+    let root = args
+        .root
+        .canonicalize()
+        .with_context(|| format!("installation directory {}", args.root.display()))?;
+    if !root.is_dir() {
+        bail!("installation directory {}: not a directory", root.display());
+    }
+    if !args.package.is_file() {
+        bail!("package {}: no such file", args.package.display());
+    }
+    let state_dir = match &args.state_dir {
+        Some(d) => d.clone(),
+        None => {
+            let mut name = root.file_name().unwrap_or_default().to_owned();
+            name.push(".posup");
+            root.with_file_name(name)
+        }
+    };
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("state directory {}", state_dir.display()))?;
+
+    let mut config = match &args.device_config {
+        Some(path) => DeviceConfig::load(path)?,
+        None => DeviceConfig::default(),
+    };
+    config.dirs.insert("product".into(), root.clone());
+    config
+        .dirs
+        .entry("staging".into())
+        .or_insert_with(|| state_dir.join("staging"));
+    config
+        .dirs
+        .entry("backup".into())
+        .or_insert_with(|| state_dir.join("backup"));
+    if let Some(logs) = &args.logs {
+        config.dirs.insert("logs".into(), logs.canonicalize().with_context(|| format!("log directory {}", logs.display()))?);
+    }
+    for (name, dir) in &config.dirs {
+        if name != "logs" {
+            std::fs::create_dir_all(dir).with_context(|| format!("{name} directory {}", dir.display()))?;
+        }
+    }
+    // A local run is the operator's own: the plugin may ask the person at the
+    // terminal (answered by --answer) unless the configuration says otherwise.
+    if args.device_config.is_none() {
+        config.allow.prompt = true;
+    }
+
+    let rt = crate::plugins::runtime(Some(state_dir.join("cache")))?;
+    let plugin = crate::plugins::load(&rt, &args.plugin)?;
+    let info = plugin.info().await?;
+    let prompter: Arc<dyn Prompter> = Arc::new(FixedAnswer {
+        answer: args.answer.map(|a| matches!(a, Answer::Yes)),
+        ..FixedAnswer::default()
+    });
+    let env = HostEnv {
+        grants: Grants::intersect(&info.capabilities, &config.allowance()),
+        services: config.service_manager(&state_dir.join("run")),
+        prompter: Some(prompter.clone()),
+        kv_dir: Some(state_dir.join("kv")),
+        ..HostEnv::default()
+    };
+    let staging = config.dir("staging").map(Path::to_path_buf).expect("staging is set above");
+    let printer = Printer { json: args.json };
+    let pipeline = Pipeline {
+        plugin: &plugin,
+        env,
+        settings: Settings {
+            state_dir: state_dir.clone(),
+            staging,
+            prompter: Some(prompter),
+            consent_timeout: Duration::from_secs(300),
+            deadline: posup_runtime::Step::default_deadline,
+        },
+        observer: Some(&printer),
+    };
+    let request = UpdateRequest {
+        package: args.package.clone(),
+        task: if args.forced {
+            TaskKind::ForcedUpdate
+        } else {
+            TaskKind::Update
+        },
+    };
+    let result = pipeline.run(&request).await?;
+    let name = args
+        .package
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let code = result.exit_code();
+    if code == 0 {
+        if !args.json {
+            eprintln!("{}", result.summary(&name));
+        }
+    } else {
+        eprintln!("posup: {}", result.summary(&name));
+    }
+    Ok(code as u8)
+}

@@ -1,0 +1,60 @@
+//! `posup`: one binary for the update server, the terminal agent, local updates,
+//! plugin and package tools, the demo and the simulated products.
+
+mod apply;
+mod plugins;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "posup", version, about = "Update engine for point-of-sale fleets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply a package to a local installation through a plugin, without a server.
+    Apply(apply::ApplyArgs),
+    /// Work with plugins: show what a plugin is and asks for.
+    #[command(subcommand)]
+    Plugin(plugins::PluginCommand),
+    /// Work with packages: read one through its plugin.
+    #[command(subcommand)]
+    Package(plugins::PackageCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the async runtime");
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Apply(args) => apply::run(args).await,
+            Command::Plugin(cmd) => plugins::plugin(cmd).await,
+            Command::Package(cmd) => plugins::package(cmd).await,
+        }
+    });
+    match code {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("posup: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs go to stderr; `POSUP_LOG` (or `RUST_LOG`) sets the filter, warnings by default.
+fn init_tracing() {
+    let filter = std::env::var("POSUP_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}

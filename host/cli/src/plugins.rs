@@ -1,0 +1,145 @@
+//! `posup plugin …` and `posup package …`, and finding a plugin by name or file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use posup_runtime::types::{PackageInfo, PluginInfo};
+use posup_runtime::{DirGrant, Grants, HostEnv, Plugin, Runtime, RuntimeConfig};
+use serde_json::json;
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// List the plugins built into this binary.
+    List,
+    /// Show a plugin's name, version, device types and requested capabilities.
+    Info {
+        /// A bundled plugin's name or a `.wasm` component file.
+        plugin: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PackageCommand {
+    /// Read a package through its plugin: version, kind, notes, changelog.
+    Inspect {
+        /// A bundled plugin's name or a `.wasm` component file.
+        #[arg(long)]
+        plugin: String,
+        package: PathBuf,
+    },
+}
+
+/// The runtime with its compiled-component cache under `dir`.
+pub fn runtime(cache: Option<PathBuf>) -> anyhow::Result<Runtime> {
+    Ok(Runtime::new(RuntimeConfig {
+        cache_dir: cache,
+        ..RuntimeConfig::default()
+    })?)
+}
+
+/// The default cache of compiled components: `$XDG_CACHE_HOME/posup` or
+/// `~/.cache/posup`, when a home is known.
+pub fn default_cache() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .map(|c| c.join("posup").join("components"))
+}
+
+/// Loads `spec`: a `.wasm` file when it names one, otherwise a bundled plugin.
+pub fn load(rt: &Runtime, spec: &str) -> anyhow::Result<Plugin> {
+    let path = Path::new(spec);
+    if spec.ends_with(".wasm") || path.is_file() {
+        return Ok(rt.load_file(path)?);
+    }
+    match posup_bundled::get(spec) {
+        Some(bytes) => Ok(rt.load(spec, bytes)?),
+        None => bail!(
+            "no plugin {spec}: give a .wasm file or one of the bundled plugins ({})",
+            posup_bundled::names().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+pub fn info_json(info: &PluginInfo) -> serde_json::Value {
+    let caps = &info.capabilities;
+    json!({
+        "name": info.name,
+        "vendor": info.vendor,
+        "version": info.version,
+        "description": info.description,
+        "device_types": info.device_types,
+        "capabilities": {
+            "dirs": caps.dirs.iter().map(|d| json!({
+                "dir": posup_runtime::grants::dir_name(d.dir),
+                "write": d.write,
+            })).collect::<Vec<_>>(),
+            "services": caps.services,
+            "scripts": caps.scripts,
+            "prompt": caps.prompt,
+        },
+    })
+}
+
+pub fn package_json(info: &PackageInfo) -> serde_json::Value {
+    json!({
+        "version": info.version,
+        "kind": info.kind,
+        "notes": info.notes,
+        "changelog": info.changelog,
+        "rollback": info.rollback,
+    })
+}
+
+pub async fn plugin(cmd: PluginCommand) -> anyhow::Result<u8> {
+    match cmd {
+        PluginCommand::List => {
+            for name in posup_bundled::names() {
+                println!("{name}");
+            }
+        }
+        PluginCommand::Info { plugin } => {
+            let rt = runtime(default_cache())?;
+            let p = load(&rt, &plugin)?;
+            let info = p.info().await?;
+            let mut v = info_json(&info);
+            v["sha256"] = json!(p.digest());
+            v["interface"] = json!(p.interface().version().to_string());
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+    }
+    Ok(0)
+}
+
+pub async fn package(cmd: PackageCommand) -> anyhow::Result<u8> {
+    match cmd {
+        PackageCommand::Inspect { plugin, package } => {
+            let rt = runtime(default_cache())?;
+            let p = load(&rt, &plugin)?;
+            let package = package
+                .canonicalize()
+                .with_context(|| format!("package {}", package.display()))?;
+            let (dir, name) = match (package.parent(), package.file_name().and_then(|n| n.to_str())) {
+                (Some(d), Some(n)) => (d.to_owned(), n.to_owned()),
+                _ => bail!("package {}: not a file path", package.display()),
+            };
+            let env = HostEnv {
+                grants: Grants {
+                    dirs: vec![DirGrant {
+                        dir: posup_runtime::types::Dir::Staging,
+                        host: dir,
+                        write: false,
+                    }],
+                    ..Grants::default()
+                },
+                ..HostEnv::default()
+            };
+            match p.inspect(&env, &format!("/staging/{name}")).await? {
+                Ok(info) => println!("{}", serde_json::to_string_pretty(&package_json(&info))?),
+                Err(reason) => bail!("{reason}"),
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,129 @@
+//! `kv`: small persistent state of one plugin on one terminal, e.g. which package
+//! a staged tree belongs to. Kept as one JSON file per plugin, replaced atomically
+//! on every write so a power loss leaves the old or the new content, never a mix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use posup_world::latest::kv;
+use posup_world::latest::types::Error as WitError;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{CapError, CapResult, blocking};
+
+const MAX_KEY: usize = 256;
+const MAX_VALUE: usize = 64 * 1024;
+/// The whole store of one plugin.
+const MAX_TOTAL: usize = 1024 * 1024;
+
+/// Per-step state of `kv`: the file of this plugin's store, if the host keeps one.
+pub struct KvState {
+    file: Option<PathBuf>,
+}
+
+impl KvState {
+    /// `dir` is the host's state directory for plugin stores; `None` denies `kv`
+    /// (as on the server, where `inspect` runs without terminal state).
+    pub fn new(dir: Option<&Path>, plugin: &str) -> Self {
+        Self {
+            file: dir.map(|d| d.join(format!("{plugin}.json"))),
+        }
+    }
+
+    fn file(&self) -> CapResult<PathBuf> {
+        self.file
+            .clone()
+            .ok_or_else(|| CapError::denied("kv: no persistent state is kept for plugins here"))
+    }
+}
+
+fn load(file: &Path) -> CapResult<BTreeMap<String, String>> {
+    match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            CapError::io(format!(
+                "kv store {}: unreadable ({e}); remove the file to start afresh",
+                file.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(CapError::from_io(file.display(), &e)),
+    }
+}
+
+fn save(file: &Path, map: &BTreeMap<String, String>) -> CapResult<()> {
+    let bytes = serde_json::to_vec(map).expect("a map of strings serialises");
+    if bytes.len() > MAX_TOTAL {
+        return Err(CapError::limit(format!(
+            "kv: the store would grow to {} bytes, over the limit of {MAX_TOTAL}",
+            bytes.len()
+        )));
+    }
+    let dir = file.parent().expect("kv file has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| CapError::from_io(dir.display(), &e))?;
+    let tmp = file.with_extension("json.tmp");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| CapError::from_io(file.display(), &e))
+}
+
+fn check_key(key: &str) -> CapResult<()> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(CapError::invalid(format!(
+            "kv: key of {} bytes; keys are 1 to {MAX_KEY} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+impl kv::Host for KvState {
+    async fn get(&mut self, key: String) -> Result<Option<String>, WitError> {
+        check_key(&key)?;
+        let file = self.file()?;
+        blocking("kv get", move || Ok(load(&file)?.remove(&key))).await
+    }
+
+    async fn set(&mut self, key: String, value: String) -> Result<(), WitError> {
+        check_key(&key)?;
+        if value.len() > MAX_VALUE {
+            return Err(CapError::limit(format!(
+                "kv: value of {key} has {} bytes, over the limit of {MAX_VALUE}",
+                value.len()
+            ))
+            .into());
+        }
+        let file = self.file()?;
+        blocking("kv set", move || {
+            let mut map = load(&file)?;
+            map.insert(key, value);
+            save(&file, &map)
+        })
+        .await
+    }
+
+    async fn delete(&mut self, key: String) -> Result<(), WitError> {
+        check_key(&key)?;
+        let file = self.file()?;
+        blocking("kv delete", move || {
+            let mut map = load(&file)?;
+            if map.remove(&key).is_some() {
+                save(&file, &map)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut KvState,
+) -> wasmtime::Result<()> {
+    kv::add_to_linker::<T, HasSelf<KvState>>(linker, get)
+}

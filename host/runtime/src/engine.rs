@@ -1,0 +1,242 @@
+//! The wasmtime engine, its epoch ticker, resource limits and the component cache.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, ResourceLimiter};
+
+use crate::error::RuntimeError;
+use crate::plugin::Plugin;
+use crate::state::StepState;
+
+/// How often the engine's epoch advances. Deadlines are whole ticks, so a looping
+/// plugin is interrupted at most one tick after its deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Resource limits of every plugin instance.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Linear memory of one instance, in bytes.
+    pub memory: usize,
+    /// Elements of one table.
+    pub table_elements: usize,
+    /// Instances, memories and tables in one store: a component is a handful of
+    /// core instances, never hundreds.
+    pub instances: usize,
+    pub memories: usize,
+    pub tables: usize,
+    /// Wasm stack, in bytes.
+    pub stack: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory: 256 << 20,
+            table_elements: 100_000,
+            instances: 32,
+            memories: 8,
+            tables: 16,
+            stack: 1 << 20,
+        }
+    }
+}
+
+/// The runtime's settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Directory of compiled components (`<sha256>-<engine>.cwasm`). `None` compiles
+    /// every component on load.
+    pub cache_dir: Option<PathBuf>,
+    pub limits: Limits,
+    /// Deadline of `inventory` and `inspect`, which only read.
+    pub read_deadline: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            limits: Limits::default(),
+            read_deadline: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Loads plugins and runs their steps. One per process; cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Arc<Linker<StepState>>,
+    pub(crate) config: Arc<RuntimeConfig>,
+    engine_hash: Arc<str>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .field("engine_hash", &self.engine_hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.limits.stack)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        spawn_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        crate::caps::link_all(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+
+        let engine_hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            config: Arc::new(config),
+            engine_hash: engine_hash.into(),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// Loads a plugin from the bytes of its component: from the cache when this
+    /// engine compiled the same bytes before, otherwise compiled (and cached).
+    /// `name` is only used in messages until `info` tells the plugin's own name.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Plugin, RuntimeError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = self.compile_cached(name, &digest, bytes)?;
+        Plugin::new(self.clone(), name, digest, component)
+    }
+
+    /// Loads a plugin from a `.wasm` file.
+    pub fn load_file(&self, path: &Path) -> Result<Plugin, RuntimeError> {
+        let bytes = std::fs::read(path).map_err(|e| RuntimeError::Read {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin")
+            .to_owned();
+        self.load(&name, &bytes)
+    }
+
+    fn compile_cached(&self, name: &str, digest: &str, bytes: &[u8]) -> Result<Component, RuntimeError> {
+        let Some(dir) = &self.config.cache_dir else {
+            return Component::new(&self.engine, bytes).map_err(|e| RuntimeError::Compile {
+                plugin: name.to_owned(),
+                message: e.to_string(),
+            });
+        };
+        let file = dir.join(format!("{digest}-{}.cwasm", self.engine_hash));
+        if file.exists() {
+            match crate::cache::deserialize(&self.engine, &file) {
+                Ok(component) => return Ok(component),
+                // A damaged or foreign cache entry is rebuilt, not trusted.
+                Err(e) => tracing::warn!(file = %file.display(), "dropping unusable cached component: {e}"),
+            }
+        }
+        let compiled = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| RuntimeError::Compile {
+                plugin: name.to_owned(),
+                message: e.to_string(),
+            })?;
+        crate::cache::store(dir, &file, &compiled).map_err(|e| RuntimeError::Cache {
+            path: file.clone(),
+            source: e,
+        })?;
+        crate::cache::deserialize(&self.engine, &file).map_err(|e| RuntimeError::Compile {
+            plugin: name.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("posup-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}
+
+/// Enforces [`Limits`] on one store and remembers which limit was hit, so the step
+/// error can say so instead of showing a bare trap.
+pub(crate) struct Limiter {
+    limits: Limits,
+    pub(crate) exceeded: Option<String>,
+}
+
+impl Limiter {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Self {
+            limits: limits.clone(),
+            exceeded: None,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limits.memory {
+            let msg = format!(
+                "memory limit of {} MiB exceeded (asked to grow from {} to {} MiB)",
+                self.limits.memory >> 20,
+                current >> 20,
+                desired >> 20
+            );
+            self.exceeded = Some(msg.clone());
+            // Trapping rather than failing the grow: a plugin whose allocation fails
+            // would abort anyway, and the trap carries the reason.
+            return Err(wasmtime::format_err!(msg));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limits.table_elements {
+            let msg = format!("table limit of {} elements exceeded", self.limits.table_elements);
+            self.exceeded = Some(msg.clone());
+            return Err(wasmtime::format_err!(msg));
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories
+    }
+}

@@ -1,0 +1,27 @@
+//! posup's plugin sandbox.
+//!
+//! [`Runtime`] owns the wasmtime engine (component model, epoch interruption,
+//! resource limits) and a disk cache of compiled components. [`Runtime::load`]
+//! turns a component's bytes into a [`Plugin`]; each call into it — `info`,
+//! `inventory`, `inspect` or one update [`Step`] — runs in a fresh store built from
+//! a [`HostEnv`]: the [`Grants`] of that plugin on that device plus the host's
+//! backends for services, prompts, `kv` and events.
+//!
+//! Capabilities live in [`caps`], one module each. Nothing is granted by default.
+
+mod cache;
+pub mod caps;
+pub mod engine;
+pub mod error;
+pub mod grants;
+pub mod plugin;
+pub mod state;
+
+pub use engine::{Limits, Runtime, RuntimeConfig};
+pub use error::{RuntimeError, StepError};
+pub use grants::{Allowance, DirGrant, Grants};
+pub use plugin::{Plugin, Step};
+pub use posup_world::latest::types;
+/// All generated types of the newest interface, for hosts that implement a backend.
+pub use posup_world::latest as wit;
+pub use state::HostEnv;

@@ -1,0 +1,591 @@
+//! Devices: enrollment, what they report on each poll, and the device list.
+
+use posup_proto::agent::{AgentStatus, DeviceIdentity};
+use posup_proto::api::{DeviceDetail, DeviceQuery, DeviceRow, DeviceSort, DeviceTaskState, DeviceTaskSummary, Order, TaskState};
+use posup_proto::{Inventory, Page, TaskKind};
+use serde_json::json;
+
+use crate::device_types::unknown_type;
+use crate::sql::{Cond, Sql, contains_pattern};
+use crate::version::{self, Reference};
+use crate::{At, Error, Result, Store, from_json, paging, to_json, ts, ts_opt};
+
+/// A device as its token identifies it on the agent API.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeviceAuth {
+    pub id: i64,
+    pub guid: String,
+    pub site: String,
+    pub number: i64,
+    pub device_type: String,
+    pub agent_version: String,
+    pub plugin_sha256: Option<String>,
+    pub agent_message: Option<String>,
+    pub inventory_hash: Option<String>,
+    /// Revision of the device type's configuration.
+    pub revision: i64,
+    pub poll_interval_secs: Option<i64>,
+}
+
+/// What a poll reports about the installation.
+#[derive(Debug, Clone)]
+pub struct InventoryReport<'a> {
+    pub inventory: Option<&'a Inventory>,
+    pub error: Option<&'a str>,
+    /// A digest of both, so an unchanged report costs no write.
+    pub hash: &'a str,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ListRow {
+    id: i64,
+    guid: String,
+    site: String,
+    address: String,
+    name: String,
+    number: i64,
+    device_type: String,
+    agent_version: String,
+    version: String,
+    loaded_package: String,
+    state: String,
+    pending_sync: i64,
+    last_contact: i64,
+    enrolled_at: i64,
+}
+
+pub(crate) const LIST_COLUMNS: &str = "d.id, d.guid, d.site, d.address, d.name, d.number, d.device_type, d.agent_version, \
+    d.version, d.loaded_package, d.state, d.pending_sync, d.last_contact, d.enrolled_at";
+
+impl ListRow {
+    fn row(self, at: &At, tags: Vec<String>) -> DeviceRow {
+        DeviceRow {
+            id: self.id,
+            guid: self.guid,
+            site: self.site,
+            address: self.address,
+            name: self.name,
+            number: self.number as u32,
+            device_type: self.device_type,
+            agent_version: self.agent_version,
+            version: self.version,
+            loaded_package: (!self.loaded_package.is_empty()).then_some(self.loaded_package),
+            state: self.state,
+            pending_sync: self.pending_sync as u32,
+            online: self.last_contact != 0 && self.last_contact >= at.online_since,
+            last_contact: ts_opt(self.last_contact),
+            enrolled_at: ts(self.enrolled_at),
+            tags,
+        }
+    }
+}
+
+fn sort_column(sort: DeviceSort) -> &'static str {
+    match sort {
+        DeviceSort::Id => "d.id",
+        DeviceSort::Guid => "d.guid",
+        DeviceSort::Site => "d.site",
+        DeviceSort::Address => "d.address",
+        DeviceSort::Name => "d.name",
+        DeviceSort::Number => "d.number",
+        DeviceSort::DeviceType => "d.device_type",
+        DeviceSort::AgentVersion => "d.agent_version",
+        DeviceSort::Version => "d.version",
+        DeviceSort::LoadedPackage => "d.loaded_package",
+        DeviceSort::State => "d.state",
+        DeviceSort::PendingSync => "d.pending_sync",
+        DeviceSort::LastContact => "d.last_contact",
+        DeviceSort::EnrolledAt => "d.enrolled_at",
+    }
+}
+
+pub(crate) fn online_cond(online: bool, at: &At) -> Cond {
+    let mut c = Cond::default();
+    if online {
+        c.push("d.last_contact >= ").bind(at.online_since).push(" AND d.last_contact > 0");
+    } else {
+        c.push("d.last_contact < ").bind(at.online_since).push(" OR d.last_contact = 0");
+    }
+    c
+}
+
+fn check_identity(d: &DeviceIdentity) -> Result<()> {
+    let field = |what: &str, value: &str, max: usize, required: bool| -> Result<()> {
+        if (required && value.trim().is_empty()) || value.len() > max || value.chars().any(char::is_control) {
+            return Err(Error::Invalid(format!(
+                "device {}: {what} `{value}` is invalid: give {} to {max} printable characters",
+                d.guid,
+                if required { 1 } else { 0 }
+            )));
+        }
+        Ok(())
+    };
+    field("guid", &d.guid, 100, true)?;
+    field("site name", &d.site.name, 200, true)?;
+    field("site address", &d.site.address, 500, false)?;
+    field("name", &d.name, 200, true)?;
+    field("agent version", &d.agent_version, 100, false)?;
+    Ok(())
+}
+
+impl Store {
+    /// Enrolls a device, or re-enrolls one with the same GUID: its identity is
+    /// updated and its token replaced; its history stays.
+    pub async fn enroll(&self, identity: &DeviceIdentity, token_hash: &str, now: i64, actor: &str) -> Result<i64> {
+        check_identity(identity)?;
+        self.require_device_type(&identity.device_type)
+            .await
+            .map_err(|_| unknown_type(&identity.device_type))?;
+        let d = identity;
+        with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM devices WHERE guid = $1")
+                .bind(&d.guid)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let (id, action) = match existing {
+                Some(id) => {
+                    sqlx::query(
+                        "UPDATE devices SET site = $2, address = $3, name = $4, number = $5, device_type = $6, \
+                         agent_version = $7, token_hash = $8 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(&d.site.name)
+                    .bind(&d.site.address)
+                    .bind(&d.name)
+                    .bind(i64::from(d.number))
+                    .bind(&d.device_type)
+                    .bind(&d.agent_version)
+                    .bind(token_hash)
+                    .execute(&mut *tx)
+                    .await?;
+                    (id, "device.reenroll")
+                }
+                None => {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO devices (guid, site, address, name, number, device_type, agent_version, token_hash, enrolled_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                    )
+                    .bind(&d.guid)
+                    .bind(&d.site.name)
+                    .bind(&d.site.address)
+                    .bind(&d.name)
+                    .bind(i64::from(d.number))
+                    .bind(&d.device_type)
+                    .bind(&d.agent_version)
+                    .bind(token_hash)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    (id, "device.enroll")
+                }
+            };
+            audit!(&mut *tx, now, actor, action, "device", id, json!(d));
+            tx.commit().await?;
+            Ok(id)
+        })
+    }
+
+    /// The device whose token has this hash.
+    pub async fn device_by_token(&self, token_hash: &str) -> Result<Option<DeviceAuth>> {
+        Ok(with_read!(self, pool => {
+            sqlx::query_as::<_, DeviceAuth>(
+                "SELECT d.id, d.guid, d.site, d.number, d.device_type, d.agent_version, d.plugin_sha256, d.agent_message, \
+                 d.inventory_hash, dt.revision, dt.poll_interval_secs \
+                 FROM devices d JOIN device_types dt ON dt.name = d.device_type WHERE d.token_hash = $1",
+            )
+            .bind(token_hash)
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+
+    /// Stores a changed inventory report and recomputes the device's version status.
+    pub async fn record_inventory(&self, device: &DeviceAuth, report: &InventoryReport<'_>, now: i64) -> Result<()> {
+        let reference = self.reference_for(&device.device_type).await?;
+        let computed = version::compute(&device.device_type, report.inventory, report.error, reference.as_ref());
+        let inv = report.inventory;
+        with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "UPDATE devices SET inventory = $2, inventory_error = $3, inventory_hash = $4, \
+                 version = COALESCE($5, version), loaded_package = COALESCE($6, loaded_package), state = COALESCE($7, state), \
+                 pending_sync = COALESCE($8, pending_sync), \
+                 v_status = $9, v_error = $10, v_computed = $11, v_reference = $12, v_differing = $13, v_differences = $14, v_computed_at = $15 \
+                 WHERE id = $1",
+            )
+            .bind(device.id)
+            .bind(inv.map(to_json))
+            .bind(report.error)
+            .bind(report.hash)
+            .bind(inv.map(|i| i.version.clone()))
+            .bind(inv.map(|i| i.loaded_package.clone().unwrap_or_default()))
+            .bind(inv.map(|i| i.state.clone()))
+            .bind(inv.map(|i| i64::from(i.pending_sync)))
+            .bind(computed.status.as_str())
+            .bind(computed.error.clone())
+            .bind(&computed.computed_version)
+            .bind(reference.as_ref().map(|r| r.version.clone()))
+            .bind(computed.differences.len() as i64)
+            .bind(to_json(&computed.differences))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(inv) = inv {
+                sqlx::query("DELETE FROM device_modules WHERE device_id = $1")
+                    .bind(device.id)
+                    .execute(&mut *tx)
+                    .await?;
+                let mut seen = std::collections::BTreeSet::new();
+                for m in &inv.modules {
+                    if seen.insert(m.name.as_str()) {
+                        sqlx::query("INSERT INTO device_modules (device_id, name, version) VALUES ($1, $2, $3)")
+                            .bind(device.id)
+                            .bind(&m.name)
+                            .bind(&m.version)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Stores a changed agent status.
+    pub async fn record_agent_status(&self, device_id: i64, status: &AgentStatus) -> Result<()> {
+        with_write!(self, pool => {
+            sqlx::query("UPDATE devices SET agent_version = $2, plugin_sha256 = $3, agent_message = $4 WHERE id = $1")
+                .bind(device_id)
+                .bind(&status.agent_version)
+                .bind(status.plugin_sha256.clone())
+                .bind(status.message.clone())
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Records that these devices were in contact at `now`, in one statement: the
+    /// server collects polls and writes their contact times in batches.
+    pub async fn touch_devices(&self, ids: &[i64], now: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        match &self.db {
+            crate::Db::Sqlite { write, .. } => {
+                // json_each keeps the statement one size whatever the batch holds.
+                sqlx::query("UPDATE devices SET last_contact = $1 WHERE id IN (SELECT value FROM json_each($2))")
+                    .bind(now)
+                    .bind(to_json(&ids))
+                    .execute(write)
+                    .await?;
+            }
+            crate::Db::Postgres(pool) => {
+                sqlx::query("UPDATE devices SET last_contact = $1 WHERE id = ANY($2)")
+                    .bind(now)
+                    .bind(ids)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One page of the device list.
+    pub async fn list_devices(&self, q: &DeviceQuery, at: &At) -> Result<Page<DeviceRow>> {
+        let mut cond = Cond::new("1 = 1");
+        let mut text = |column: &str, value: &Option<String>| {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                cond.push(&format!(" AND lower({column}) LIKE "))
+                    .bind(contains_pattern(v))
+                    .push(" ESCAPE '\\'");
+            }
+        };
+        text("d.guid", &q.guid);
+        text("d.site", &q.site);
+        text("d.address", &q.address);
+        text("d.name", &q.name);
+        text("d.device_type", &q.device_type);
+        text("d.agent_version", &q.agent_version);
+        text("d.version", &q.version);
+        text("d.loaded_package", &q.loaded_package);
+        text("d.state", &q.state);
+        if let Some(n) = q.number {
+            cond.push(" AND d.number = ").bind(i64::from(n));
+        }
+        if let Some(online) = q.online {
+            cond.and(&online_cond(online, at));
+        }
+        if let Some(tag) = &q.tag {
+            cond.push(" AND d.id IN (SELECT device_id FROM device_tags WHERE tag = ")
+                .bind(tag.as_str())
+                .push(")");
+        }
+        if let Some(group) = q.group {
+            let members = self.group_cond(group, at).await?;
+            cond.and(&members);
+        }
+        let (page, per_page) = paging(q.page, q.per_page);
+        let dir = match q.order {
+            Order::Asc => "ASC",
+            Order::Desc => "DESC",
+        };
+        let col = sort_column(q.sort);
+        let mut select = Sql::new(&format!("SELECT {LIST_COLUMNS} FROM devices d WHERE "));
+        select.append(&cond);
+        if col == "d.id" {
+            select.push(&format!(" ORDER BY d.id {dir}"));
+        } else {
+            select.push(&format!(" ORDER BY {col} {dir}, d.id {dir}"));
+        }
+        select
+            .push(" LIMIT ")
+            .bind(i64::from(per_page))
+            .push(" OFFSET ")
+            .bind(i64::from(page - 1) * i64::from(per_page));
+        let mut count = Sql::new("SELECT count(*) FROM devices d WHERE ");
+        count.append(&cond);
+        let (rows, total): (Vec<ListRow>, i64) = with_read!(self, pool => {
+            let rows = bind_all!(sqlx::query_as::<_, ListRow>(&select.text), select.args).fetch_all(pool).await?;
+            let total = bind_all!(sqlx::query_scalar::<_, i64>(&count.text), count.args).fetch_one(pool).await?;
+            (rows, total)
+        });
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let mut tags = self.tags_of(&ids).await?;
+        Ok(Page {
+            items: rows
+                .into_iter()
+                .map(|r| {
+                    let t = tags.remove(&r.id).unwrap_or_default();
+                    r.row(at, t)
+                })
+                .collect(),
+            total: total as u64,
+            page,
+            per_page,
+        })
+    }
+
+    async fn tags_of(&self, ids: &[i64]) -> Result<std::collections::HashMap<i64, Vec<String>>> {
+        let mut map: std::collections::HashMap<i64, Vec<String>> = std::collections::HashMap::new();
+        if ids.is_empty() {
+            return Ok(map);
+        }
+        let mut sql = Sql::new("SELECT device_id, tag FROM device_tags WHERE device_id IN (");
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(*id);
+        }
+        sql.push(") ORDER BY device_id, tag");
+        let rows: Vec<(i64, String)> = with_read!(self, pool => {
+            bind_all!(sqlx::query_as::<_, (i64, String)>(&sql.text), sql.args).fetch_all(pool).await?
+        });
+        for (id, tag) in rows {
+            map.entry(id).or_default().push(tag);
+        }
+        Ok(map)
+    }
+
+    pub async fn device_row(&self, id: i64, at: &At) -> Result<Option<DeviceRow>> {
+        let row: Option<ListRow> = with_read!(self, pool => {
+            sqlx::query_as(&format!("SELECT {LIST_COLUMNS} FROM devices d WHERE d.id = $1"))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        let Some(row) = row else { return Ok(None) };
+        let mut tags = self.tags_of(&[id]).await?;
+        Ok(Some(row.row(at, tags.remove(&id).unwrap_or_default())))
+    }
+
+    pub async fn device_detail(&self, id: i64, at: &At) -> Result<Option<DeviceDetail>> {
+        let Some(device) = self.device_row(id, at).await? else {
+            return Ok(None);
+        };
+        #[derive(sqlx::FromRow)]
+        struct Extra {
+            inventory: Option<String>,
+            inventory_error: Option<String>,
+            agent_message: Option<String>,
+        }
+        #[derive(sqlx::FromRow)]
+        struct TaskRow {
+            task_id: i64,
+            task_name: String,
+            kind: String,
+            task_state: String,
+            state: String,
+            step: Option<String>,
+            message: Option<String>,
+            updated_at: i64,
+        }
+        let (extra, tasks): (Extra, Vec<TaskRow>) = with_read!(self, pool => {
+            let extra = sqlx::query_as::<_, Extra>("SELECT inventory, inventory_error, agent_message FROM devices WHERE id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await?;
+            let tasks = sqlx::query_as::<_, TaskRow>(
+                "SELECT t.id AS task_id, t.name AS task_name, t.kind, t.state AS task_state, td.state, td.step, td.message, td.updated_at \
+                 FROM task_devices td JOIN tasks t ON t.id = td.task_id WHERE td.device_id = $1 ORDER BY t.id DESC LIMIT 100",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+            (extra, tasks)
+        });
+        Ok(Some(DeviceDetail {
+            device,
+            inventory: extra.inventory.as_deref().map(|i| from_json(i, "device inventory")).transpose()?,
+            inventory_error: extra.inventory_error,
+            agent_message: extra.agent_message,
+            tasks: tasks
+                .into_iter()
+                .map(|t| {
+                    Ok(DeviceTaskSummary {
+                        task_id: t.task_id,
+                        task_name: t.task_name,
+                        kind: TaskKind::parse(&t.kind).ok_or_else(|| Error::Corrupt(format!("task kind `{}`", t.kind)))?,
+                        task_state: TaskState::parse(&t.task_state)
+                            .ok_or_else(|| Error::Corrupt(format!("task state `{}`", t.task_state)))?,
+                        state: DeviceTaskState::parse(&t.state)
+                            .ok_or_else(|| Error::Corrupt(format!("device task state `{}`", t.state)))?,
+                        step: t.step,
+                        message: t.message,
+                        updated_at: ts(t.updated_at),
+                    })
+                })
+                .collect::<Result<_>>()?,
+        }))
+    }
+
+    pub async fn delete_device(&self, id: i64, now: i64, actor: &str) -> Result<()> {
+        with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let guid: Option<String> = sqlx::query_scalar("SELECT guid FROM devices WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(guid) = guid else {
+                return Err(Error::NotFound(format!("device {id} does not exist")));
+            };
+            sqlx::query("DELETE FROM devices WHERE id = $1").bind(id).execute(&mut *tx).await?;
+            audit!(&mut *tx, now, actor, "device.delete", "device", id, json!({"guid": guid}));
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub async fn set_tags(&self, id: i64, tags: &[String], now: i64, actor: &str) -> Result<()> {
+        for tag in tags {
+            if tag.trim().is_empty() || tag.len() > 100 || tag.chars().any(char::is_control) {
+                return Err(Error::Invalid(format!(
+                    "device {id}: tag `{tag}` is invalid: give 1 to 100 printable characters"
+                )));
+            }
+        }
+        let mut tags: Vec<&String> = tags.iter().collect();
+        tags.sort();
+        tags.dedup();
+        with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM devices WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(Error::NotFound(format!("device {id} does not exist")));
+            }
+            sqlx::query("DELETE FROM device_tags WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
+            for tag in &tags {
+                sqlx::query("INSERT INTO device_tags (device_id, tag) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(tag.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            audit!(&mut *tx, now, actor, "device.tags", "device", id, json!({"tags": tags}));
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The inventory and module list of a device as last reported.
+    pub(crate) async fn stored_inventory(&self, id: i64) -> Result<Option<(Option<Inventory>, Option<String>, String)>> {
+        let row: Option<(Option<String>, Option<String>, String)> = with_read!(self, pool => {
+            sqlx::query_as("SELECT inventory, inventory_error, guid FROM devices WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(|(inv, err, guid)| {
+            Ok((
+                inv.as_deref().map(|i| from_json(i, "device inventory")).transpose()?,
+                err,
+                guid,
+            ))
+        })
+        .transpose()
+    }
+}
+
+impl Store {
+    /// Enrolls many devices in one transaction with one audit entry, for fleet
+    /// imports and benchmarks. Each item is an identity and its token's hash.
+    pub async fn bulk_enroll(&self, devices: &[(DeviceIdentity, String)], now: i64, actor: &str) -> Result<()> {
+        let mut types = std::collections::BTreeSet::new();
+        for d in devices {
+            check_identity(&d.0)?;
+            types.insert(d.0.device_type.as_str());
+        }
+        for t in types {
+            self.require_device_type(t).await?;
+        }
+        with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for chunk in devices.chunks(500) {
+                let mut sql = Sql::new(
+                    "INSERT INTO devices (guid, site, address, name, number, device_type, agent_version, token_hash, enrolled_at) VALUES ",
+                );
+                for (i, (d, hash)) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.push("(")
+                        .bind(d.guid.as_str())
+                        .push(", ")
+                        .bind(d.site.name.as_str())
+                        .push(", ")
+                        .bind(d.site.address.as_str())
+                        .push(", ")
+                        .bind(d.name.as_str())
+                        .push(", ")
+                        .bind(i64::from(d.number))
+                        .push(", ")
+                        .bind(d.device_type.as_str())
+                        .push(", ")
+                        .bind(d.agent_version.as_str())
+                        .push(", ")
+                        .bind(hash.as_str())
+                        .push(", ")
+                        .bind(now)
+                        .push(")");
+                }
+                bind_all!(sqlx::query(&sql.text), sql.args).execute(&mut *tx).await?;
+            }
+            audit!(&mut *tx, now, actor, "device.bulk_enroll", "device", "*", json!({"devices": devices.len()}));
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}
+
+pub(crate) fn reference_of(version: String, modules: &str) -> Result<Reference> {
+    Ok(Reference {
+        version,
+        modules: from_json(modules, "reference modules")?,
+    })
+}

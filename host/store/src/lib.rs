@@ -1,0 +1,268 @@
+//! The posup server's database.
+//!
+//! One [`Store`] speaks to either SQLite (the embedded default: one file in the data
+//! directory) or PostgreSQL (several server replicas sharing one database). Both
+//! backends run the same schema from their own migration folder
+//! (`migrations/sqlite`, `migrations/postgres`) and the same SQL text: statements
+//! use `$n` placeholders, which both drivers bind by number, and only portable SQL.
+//! Each query is written once inside [`with_read!`]/[`with_write!`], which expand it
+//! for both pools so it is type-checked against both drivers.
+//!
+//! **Invariant:** the store holds no state of its own beyond its pools, so any
+//! number of server processes may share one PostgreSQL database. Time is always
+//! passed in ([`At`]), never read here, so callers decide what "now" is.
+//!
+//! **Boundary:** the store returns the wire types of `posup-proto` and an
+//! [`Error`] that never carries SQL text meant for clients.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+#[macro_use]
+mod macros;
+mod sql;
+
+mod audit;
+mod device_types;
+mod devices;
+mod groups;
+mod plugins;
+mod tasks;
+mod tokens;
+mod variables;
+mod versions;
+
+pub mod lifecycle;
+pub mod version;
+
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+pub use device_types::DeviceTypeConfig;
+pub use devices::{DeviceAuth, InventoryReport};
+pub use plugins::{NewPackage, NewPlugin};
+pub use tokens::TokenIdentity;
+
+/// Which database a [`Store`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        })
+    }
+}
+
+#[derive(Clone)]
+pub(crate) enum Db {
+    /// SQLite allows one writer at a time. Writes go through a one-connection pool so
+    /// they queue in the process instead of failing with "database is locked";
+    /// reads use their own pool and see the latest commit through WAL.
+    Sqlite { read: SqlitePool, write: SqlitePool },
+    Postgres(PgPool),
+}
+
+/// The server's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: Db,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend()).finish()
+    }
+}
+
+/// What went wrong in the store. Messages of `NotFound`, `Conflict` and `Invalid`
+/// name the object and are meant for clients; `Database`, `Migrate` and `Corrupt`
+/// are for the server log only.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The moment a query runs at, and the contact time from which a device counts as
+/// online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    /// Unix milliseconds.
+    pub now: i64,
+    /// Devices whose last contact is at or after this (Unix milliseconds) are online.
+    pub online_since: i64,
+}
+
+impl At {
+    pub fn new(now: DateTime<Utc>, offline_after: Duration) -> At {
+        let now = now.timestamp_millis();
+        At {
+            now,
+            online_since: now - offline_after.as_millis() as i64,
+        }
+    }
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Connections of the PostgreSQL pool, or of the SQLite read pool.
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { max_connections: 16 }
+    }
+}
+
+impl Store {
+    /// Opens the database at `url` (`sqlite://<file>` or `postgres://…`), creating a
+    /// SQLite file when missing, and brings its schema up to date.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?;
+            Self::connect_postgres(opts, options).await
+        } else if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?;
+            Self::connect_sqlite(opts, options).await
+        } else {
+            Err(Error::Invalid(format!(
+                "database URL `{}` is neither sqlite:… nor postgres://…",
+                redact(url)
+            )))
+        }
+    }
+
+    /// Opens (creating) a SQLite database file and migrates it.
+    pub async fn open_sqlite_file(path: &std::path::Path, options: &StoreOptions) -> Result<Store> {
+        Self::connect_sqlite(SqliteConnectOptions::new().filename(path), options).await
+    }
+
+    pub async fn connect_sqlite(opts: SqliteConnectOptions, options: &StoreOptions) -> Result<Store> {
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // With WAL, NORMAL loses at most the last transactions on power loss, never
+            // consistency; FULL would fsync on every poll's write.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .connect_with(opts)
+            .await?;
+        Ok(Store {
+            db: Db::Sqlite { read, write },
+        })
+    }
+
+    pub async fn connect_postgres(opts: PgConnectOptions, options: &StoreOptions) -> Result<Store> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Store {
+            db: Db::Postgres(pool),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.db {
+            Db::Sqlite { .. } => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Closes every connection; waits for running queries.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Unix milliseconds to a timestamp.
+pub(crate) fn ts(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// A stored time that may be unset (0).
+pub(crate) fn ts_opt(ms: i64) -> Option<DateTime<Utc>> {
+    (ms != 0).then(|| ts(ms))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("wire types serialize")
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+/// Page number and size from a query, with the defaults and the upper bound every
+/// listing shares.
+pub(crate) fn paging(page: Option<u32>, per_page: Option<u32>) -> (u32, u32) {
+    (page.unwrap_or(1).max(1), per_page.unwrap_or(50).clamp(1, 1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/posup"),
+            "postgres://app:***@db:5432/posup"
+        );
+        assert_eq!(redact("postgres://app@db/posup"), "postgres://app@db/posup");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

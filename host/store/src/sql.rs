@@ -1,0 +1,136 @@
+//! A small builder for statements whose shape depends on the request (filters,
+//! sort columns), numbering `$n` placeholders as values are bound.
+
+use std::fmt::Write;
+
+/// A value bound to a built statement.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    I64(i64),
+    Text(String),
+    OptText(Option<String>),
+    Bool(bool),
+}
+
+impl From<i64> for Arg {
+    fn from(v: i64) -> Self {
+        Arg::I64(v)
+    }
+}
+
+impl From<String> for Arg {
+    fn from(v: String) -> Self {
+        Arg::Text(v)
+    }
+}
+
+impl From<&str> for Arg {
+    fn from(v: &str) -> Self {
+        Arg::Text(v.to_owned())
+    }
+}
+
+impl From<Option<String>> for Arg {
+    fn from(v: Option<String>) -> Self {
+        Arg::OptText(v)
+    }
+}
+
+impl From<bool> for Arg {
+    fn from(v: bool) -> Self {
+        Arg::Bool(v)
+    }
+}
+
+/// SQL text and its arguments.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Sql {
+    pub text: String,
+    pub args: Vec<Arg>,
+}
+
+impl Sql {
+    pub fn new(text: &str) -> Sql {
+        Sql {
+            text: text.to_owned(),
+            args: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, text: &str) -> &mut Sql {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Appends a placeholder for `value`.
+    pub fn bind(&mut self, value: impl Into<Arg>) -> &mut Sql {
+        self.args.push(value.into());
+        write!(self.text, "${}", self.args.len()).expect("writing to a String");
+        self
+    }
+
+    /// Appends `AND (<fragment>)` where the fragment's own placeholders are
+    /// renumbered after ours.
+    pub fn and(&mut self, cond: &Cond) -> &mut Sql {
+        self.push(" AND (");
+        self.append(cond);
+        self.push(")")
+    }
+
+    /// Appends a condition, renumbering its placeholders.
+    pub fn append(&mut self, cond: &Cond) -> &mut Sql {
+        let offset = self.args.len();
+        let mut rest = cond.text.as_str();
+        while let Some(pos) = rest.find('$') {
+            self.text.push_str(&rest[..pos]);
+            let digits: String = rest[pos + 1..].chars().take_while(|c| c.is_ascii_digit()).collect();
+            let n: usize = digits.parse().expect("placeholders of conditions are numbered");
+            write!(self.text, "${}", n + offset).expect("writing to a String");
+            rest = &rest[pos + 1 + digits.len()..];
+        }
+        self.text.push_str(rest);
+        self.args.extend(cond.args.iter().cloned());
+        self
+    }
+}
+
+/// A condition built on its own (numbered from `$1`), to be appended to statements.
+pub(crate) type Cond = Sql;
+
+/// A `LIKE` pattern matching `needle` anywhere, ignoring ASCII case; used with
+/// `lower(column) LIKE $n ESCAPE '\'`.
+pub(crate) fn contains_pattern(needle: &str) -> String {
+    let mut p = String::with_capacity(needle.len() + 2);
+    p.push('%');
+    for c in needle.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_are_renumbered_after_the_statement() {
+        let mut cond = Cond::new("d.site = ");
+        cond.bind("A").push(" OR d.number = ").bind(3);
+        let mut sql = Sql::new("SELECT 1 FROM devices d WHERE d.id > ");
+        sql.bind(7).and(&cond).push(" LIMIT ").bind(10);
+        assert_eq!(
+            sql.text,
+            "SELECT 1 FROM devices d WHERE d.id > $1 AND (d.site = $2 OR d.number = $3) LIMIT $4"
+        );
+        assert_eq!(sql.args.len(), 4);
+    }
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(contains_pattern("50%_A\\"), "%50\\%\\_a\\\\%");
+    }
+}

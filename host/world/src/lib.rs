@@ -1,0 +1,77 @@
+//! Host-side bindings of the posup plugin interface, one module per released WIT
+//! version (`wit/since_v*`).
+//!
+//! This is the only crate that runs `bindgen!`; the runtime and the capabilities
+//! import the generated traits and types from here. A new interface version adds a
+//! module and a variant of [`Interface`]; released modules are never edited.
+
+/// `posup:plugin@0.1.0`, from `wit/since_v0.1.0`.
+pub mod since_v0_1_0 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/since_v0.1.0",
+        world: "plugin",
+        // Host calls such as extracting an archive or waiting for a service are slow
+        // I/O: they run as async functions so the executor is never blocked. All
+        // errors are values of the WIT `error` type; a host call never traps on
+        // purpose (resource limits trap through wasmtime itself).
+        imports: { default: async },
+        exports: { default: async },
+    });
+
+    pub use posup::plugin::*;
+}
+
+/// The newest interface version. The host's own code speaks its types; calls into
+/// plugins of older versions are converted at the boundary.
+pub use since_v0_1_0 as latest_world;
+pub use since_v0_1_0::posup::plugin as latest;
+
+/// The oldest interface version the host still runs.
+pub const MIN_VERSION: Version = Version::new(0, 1, 0);
+/// The newest interface version the host runs; plugins built against it get every
+/// capability this host offers.
+pub const MAX_VERSION: Version = Version::new(0, 1, 0);
+
+/// A plugin interface version (`major.minor.patch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl Version {
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
+        Self { major, minor, patch }
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// The interface versions this host implements; the runtime routes every call
+/// through the variant a component was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interface {
+    V0_1_0,
+}
+
+impl Interface {
+    /// Every supported version, oldest first.
+    pub const ALL: [Interface; 1] = [Interface::V0_1_0];
+
+    pub fn version(self) -> Version {
+        match self {
+            Interface::V0_1_0 => Version::new(0, 1, 0),
+        }
+    }
+
+    /// The WIT package name a component of this version imports, e.g.
+    /// `posup:plugin/archive@0.1.0` contains `@0.1.0`.
+    pub fn package_suffix(self) -> String {
+        format!("@{}", self.version())
+    }
+}
