@@ -121,6 +121,11 @@ impl DeviceConfig {
         Ok(config)
     }
 
+    /// Checks a configuration that was read as part of a larger file (the agent's).
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        self.check(origin)
+    }
+
     fn check(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             path: origin.to_owned(),

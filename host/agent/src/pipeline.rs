@@ -103,9 +103,21 @@ pub struct StepReport {
     pub duration: Duration,
 }
 
-/// Sees each step as it ends.
+/// Sees each step as it starts and ends, and may stop an update before its
+/// downtime.
 pub trait Observer: Send + Sync {
     fn step(&self, report: &StepReport);
+
+    /// A step was journalled as started and is about to run.
+    fn started(&self, _step: &str, _attempt: u32) {}
+
+    /// Asked before `precheck`, `stage` and the consent question: `false` stops the
+    /// update there, with nothing changed (the agent's task was paused or deleted).
+    /// Never asked once `apply` has begun: an update under way is finished or rolled
+    /// back, not left half-done.
+    fn proceed(&self) -> bool {
+        true
+    }
 }
 
 /// Settings of a pipeline run.
@@ -275,6 +287,16 @@ impl Pipeline<'_> {
             if journal.last(step.as_str()).is_some_and(|e| e.event == Event::Ok) {
                 continue;
             }
+            if matches!(step, Step::Precheck | Step::Stage | Step::Apply)
+                && journal.last(Step::Apply.as_str()).is_none()
+                && !self.observer.is_none_or(|o| o.proceed())
+            {
+                journal.finish(Finish::Abandoned).map_err(io("writing the journal"))?;
+                return Ok(UpdateResult::NotNow {
+                    reason: "the task is no longer active on the server".into(),
+                    retry_after: Duration::ZERO,
+                });
+            }
             if step == Step::Apply && req.task == TaskKind::Update {
                 match self.consent(&mut journal, &info).await? {
                     Next::Go => {}
@@ -303,6 +325,9 @@ impl Pipeline<'_> {
         journal
             .push(step.as_str(), Event::Started, attempt, "")
             .map_err(io("writing the journal"))?;
+        if let Some(o) = self.observer {
+            o.started(step.as_str(), attempt);
+        }
         let started = Instant::now();
         let outcome = self
             .plugin
@@ -360,6 +385,9 @@ impl Pipeline<'_> {
         journal
             .push(step.as_str(), Event::Started, attempt, &reason)
             .map_err(io("writing the journal"))?;
+        if let Some(o) = self.observer {
+            o.started(step.as_str(), attempt);
+        }
         let started = Instant::now();
         let outcome = self
             .plugin

@@ -52,6 +52,18 @@ pub struct ApplyArgs {
     /// may use; `--root`, `--logs` and the state directory fill what it leaves out.
     #[arg(long)]
     device_config: Option<PathBuf>,
+    /// A server variable the plugin reads through `vars` (IceCash's `version` and
+    /// `update`, `ignore-version-check`, …); repeatable.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
+}
+
+/// `NAME=VALUE` → (`NAME`, `VALUE`); the value may be empty, the name may not.
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("{s:?}: give a server variable as NAME=VALUE, e.g. --var version=2.0.060")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -143,6 +155,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
         services: config.service_manager(&state_dir.join("run")),
         prompter: Some(prompter.clone()),
         kv_dir: Some(state_dir.join("kv")),
+        vars: Arc::new(args.vars.iter().cloned().collect()),
         ..HostEnv::default()
     };
     let staging = config.dir("staging").map(Path::to_path_buf).expect("staging is set above");

@@ -20,14 +20,26 @@ enum Command {
     /// Work with plugins: show what a plugin is and asks for.
     #[command(subcommand)]
     Plugin(plugins::PluginCommand),
-    /// Work with packages: read one through its plugin.
+    /// Work with packages: read one through its plugin, build the samples.
     #[command(subcommand)]
     Package(plugins::PackageCommand),
+    /// Run a simulated point-of-sale product in the foreground (tests, demo).
+    SimProduct(posup_sim::SimProductArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    // A simulated product is a plain foreground process of its own.
+    if let Command::SimProduct(args) = &cli.command {
+        return match args.run() {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("posup sim-product: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,6 +49,7 @@ fn main() -> std::process::ExitCode {
             Command::Apply(args) => apply::run(args).await,
             Command::Plugin(cmd) => plugins::plugin(cmd).await,
             Command::Package(cmd) => plugins::package(cmd).await,
+            Command::SimProduct(_) => unreachable!("handled before the async runtime starts"),
         }
     });
     match code {

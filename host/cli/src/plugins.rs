@@ -28,6 +28,16 @@ pub enum PackageCommand {
         plugin: String,
         package: PathBuf,
     },
+    /// Build package sources (folders with package.toml and content/, or a folder of
+    /// them such as packages/) into archives.
+    Build {
+        /// Package sources, or folders holding them.
+        #[arg(required = true)]
+        sources: Vec<PathBuf>,
+        /// Where the archives go.
+        #[arg(long, default_value = "target/packages")]
+        out: PathBuf,
+    },
 }
 
 /// The runtime with its compiled-component cache under `dir`.
@@ -138,6 +148,19 @@ pub async fn package(cmd: PackageCommand) -> anyhow::Result<u8> {
             match p.inspect(&env, &format!("/staging/{name}")).await? {
                 Ok(info) => println!("{}", serde_json::to_string_pretty(&package_json(&info))?),
                 Err(reason) => bail!("{reason}"),
+            }
+        }
+        PackageCommand::Build { sources, out } => {
+            for root in sources {
+                let found = posup_sim::package::sources(&root).with_context(|| format!("package sources {}", root.display()))?;
+                if found.is_empty() {
+                    bail!("{}: no package.toml below it", root.display());
+                }
+                for source in found {
+                    let archive = posup_sim::package::build(&source, &out)
+                        .with_context(|| format!("building package {}", source.display()))?;
+                    println!("{}", archive.display());
+                }
             }
         }
     }

@@ -67,7 +67,8 @@ fn generate(root: &Path) -> (u64, usize) {
             entries += 1;
         }
         buf.clear();
-        text(&mut rng, 500 + (rng.next() % 5500) as usize, &mut buf);
+        let len = 500 + (rng.next() % 5500) as usize;
+        text(&mut rng, len, &mut buf);
         fs::write(dir.join(format!("form{i:05}.fgl")), &buf).unwrap();
         bytes += buf.len() as u64;
         entries += 1;

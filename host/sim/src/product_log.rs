@@ -73,7 +73,8 @@ impl ProductLog {
     }
 
     fn append(&self, line: &str) -> io::Result<()> {
-        let context = |e: io::Error| io::Error::new(e.kind(), format!("log {}: {e}", self.path.display()));
+        let context =
+            |e: io::Error| io::Error::new(e.kind(), format!("log {}: {e}", self.path.display()));
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(context)?;
         }
@@ -94,14 +95,19 @@ mod tests {
     fn lines_have_the_product_layout() {
         let tmp = tempfile::tempdir().unwrap();
         let log = ProductLog::new(tmp.path().join("logs/kiosk.log"));
-        log.info("KioskApp", "Starting self-service kiosk 7.4.2").unwrap();
+        log.info("KioskApp", "Starting self-service kiosk 7.4.2")
+            .unwrap();
         log.error("KioskApp", "Failed to load menu: x").unwrap();
         let text = std::fs::read_to_string(log.path()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         // `2026-11-22 18:00:00.123 ` is 24 characters.
         let (stamp, rest) = lines[0].split_at(24);
-        assert!(chrono::NaiveDateTime::parse_from_str(stamp.trim_end(), "%Y-%m-%d %H:%M:%S%.3f").is_ok(), "{stamp}");
+        assert!(
+            chrono::NaiveDateTime::parse_from_str(stamp.trim_end(), "%Y-%m-%d %H:%M:%S%.3f")
+                .is_ok(),
+            "{stamp}"
+        );
         assert_eq!(rest, "INFO  [KioskApp] Starting self-service kiosk 7.4.2");
         assert_eq!(&lines[1][24..], "ERROR [KioskApp] Failed to load menu: x");
     }

@@ -46,6 +46,7 @@ pub use device_types::DeviceTypeConfig;
 pub use devices::{DeviceAuth, InventoryReport};
 pub use plugins::{NewPackage, NewPlugin};
 pub use tokens::TokenIdentity;
+pub use variables::{IGNORE_VERSION_CHECK, VarTarget};
 
 /// Which database a [`Store`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,7 +31,10 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use posup_world::latest::services::{self, ScriptResult, State};
+use posup_world::latest::services;
+/// The service states and script results of the WIT interface, which a
+/// [`ServiceManager`] speaks.
+pub use posup_world::latest::services::{ScriptResult, State};
 use posup_world::latest::types::{Dir, Error as WitError};
 use rustix::process::{Pid, Signal};
 use wasmtime::component::{HasSelf, Linker};

@@ -1,0 +1,967 @@
+//! The agent: enrolls the terminal, polls the server, runs the actions it is
+//! given through the update pipeline, and reports back.
+//!
+//! ```text
+//!  poll loop ──(every interval ± jitter; backoff while the server is away)──┐
+//!    inventory (plugin) → POST /poll → variables, configuration, actions     │
+//!    └─ a due action and no work under way → worker ───────────────────────┘
+//!  worker: plugin by sha256 → download (Range resume, sha256) → pipeline
+//!          every step → outbox (on disk) → sender → POST /feedback
+//! ```
+//!
+//! One action runs at a time: a terminal updates one product at a time. The poll
+//! loop goes on while it runs, so the server keeps seeing the terminal, variables
+//! arrive, and a task paused on the server stops the action before its downtime.
+//!
+//! **Invariant:** what the agent did is on disk before it is reported: the journal
+//! for each step, the outbox for each report, the state file for each action's end.
+//! An agent killed anywhere starts again where it was.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use posup_proto::agent::{
+    Action, AgentStatus, DeviceIdentity, EnrollRequest, FeedbackState, PluginRef, PollRequest, Site,
+};
+use posup_proto::{Inventory, ModuleVersion, TaskKind};
+use posup_runtime::caps::log::{EventSink, Level};
+use posup_runtime::caps::prompt::Prompter;
+use posup_runtime::types::PluginInfo;
+use posup_runtime::{Allowance, Grants, HostEnv, Plugin, Runtime};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::client::{Client, ClientError};
+use crate::config::AgentConfig;
+use crate::device::DeviceConfig;
+use crate::download::{self, DownloadError, Expected};
+use crate::journal::Journal;
+use crate::outbox::{Outbox, Report};
+use crate::pipeline::{Observer, Pipeline, Settings, StepReport, UpdateRequest, UpdateResult};
+use crate::prompter::FilePrompter;
+use crate::state::{ActionRecord, State, StateFile};
+
+/// The agent's version, reported to the server.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The poll interval before the server named one.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// Download progress is reported at most this often, besides its end.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// Why the agent cannot run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent state directory {dir}: {source}")]
+    State { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Where the agent keeps each kind of state under its state directory.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub root: PathBuf,
+}
+
+impl Paths {
+    pub fn outbox(&self) -> PathBuf {
+        self.root.join("outbox")
+    }
+    pub fn plugins(&self) -> PathBuf {
+        self.root.join("plugins")
+    }
+    pub fn kv(&self) -> PathBuf {
+        self.root.join("kv")
+    }
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    pub fn prompt(&self) -> PathBuf {
+        self.root.join("prompt")
+    }
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+}
+
+/// A running agent. Shared between the poll loop, the worker and the sender.
+pub struct Agent {
+    config: AgentConfig,
+    paths: Paths,
+    client: Client,
+    runtime: Runtime,
+    state_file: StateFile,
+    state: Mutex<State>,
+    outbox: Outbox,
+    prompter: Arc<FilePrompter>,
+    /// Loaded plugins by sha256, with what their `info` said.
+    plugins: tokio::sync::Mutex<HashMap<String, (Arc<Plugin>, PluginInfo)>>,
+    /// The action the worker is on, if any.
+    busy: Mutex<Option<i64>>,
+    /// Woken when the worker finishes, so the loop looks for the next action at once.
+    worker_done: Notify,
+    /// The last inventory, reused while an update is under way.
+    last_inventory: Mutex<Option<Result<Inventory, String>>>,
+    /// A problem of the agent itself, reported with the next poll.
+    problem: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("server", &self.config.server)
+            .field("state_dir", &self.paths.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A runtime for an agent whose compiled plugins are cached under `state_dir`.
+pub fn runtime_for(state_dir: &Path) -> Result<Runtime, posup_runtime::RuntimeError> {
+    Runtime::new(posup_runtime::RuntimeConfig {
+        cache_dir: Some(Paths { root: state_dir.to_owned() }.cache()),
+        ..posup_runtime::RuntimeConfig::default()
+    })
+}
+
+impl Agent {
+    /// Opens the agent's state; several agents may share one `runtime`.
+    pub fn new(config: AgentConfig, runtime: Runtime) -> Result<Arc<Self>, AgentError> {
+        let paths = Paths {
+            root: config.state_dir.clone(),
+        };
+        let state_err = |source| AgentError::State {
+            dir: paths.root.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&paths.root).map_err(state_err)?;
+        let state_file = StateFile::new(&paths.root);
+        let mut state = state_file.load().map_err(state_err)?;
+        if config.device.guid.is_none() && state.guid.is_none() {
+            state.guid = Some(format!(
+                "{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            ));
+            state_file.save(&state).map_err(state_err)?;
+        }
+        let outbox = Outbox::open(&paths.outbox()).map_err(state_err)?;
+        let client = Client::new(&config.server)?;
+        client.set_token(state.token.clone());
+        let prompter = Arc::new(FilePrompter::new(paths.prompt()));
+        Ok(Arc::new(Self {
+            config,
+            paths,
+            client,
+            runtime,
+            state_file,
+            state: Mutex::new(state),
+            outbox,
+            prompter,
+            plugins: tokio::sync::Mutex::new(HashMap::new()),
+            busy: Mutex::new(None),
+            worker_done: Notify::new(),
+            last_inventory: Mutex::new(None),
+            problem: Mutex::new(None),
+        }))
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// The terminal's GUID.
+    pub fn guid(&self) -> String {
+        self.config
+            .device
+            .guid
+            .clone()
+            .or_else(|| self.state.lock().expect("state lock").guid.clone())
+            .expect("a GUID is set when the agent is created")
+    }
+
+    /// The server's id of this device, once enrolled.
+    pub fn device_id(&self) -> Option<i64> {
+        self.state.lock().expect("state lock").device_id
+    }
+
+    /// Reports not yet acknowledged by the server.
+    pub fn unsent(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// The server's variables for this device.
+    pub fn vars(&self) -> std::collections::BTreeMap<String, String> {
+        self.state.lock().expect("state lock").vars.clone()
+    }
+
+    fn save(&self, state: &State) {
+        if let Err(e) = self.state_file.save(state) {
+            tracing::error!("saving {}: {e}", self.state_file.path().display());
+            *self.problem.lock().expect("problem lock") = Some(format!(
+                "cannot save the agent state {}: {e}",
+                self.state_file.path().display()
+            ));
+        }
+    }
+
+    fn update_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut state = self.state.lock().expect("state lock");
+        let r = f(&mut state);
+        self.save(&state);
+        r
+    }
+
+    /// Runs until `shutdown` completes: polls, works, reports.
+    pub async fn run(self: &Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let sender = tokio::spawn(Arc::clone(self).send_loop());
+        tokio::pin!(shutdown);
+        let mut failures = 0u32;
+        let mut worker: Option<tokio::task::JoinHandle<()>> = None;
+        loop {
+            let wait = match self.cycle(&mut worker).await {
+                Ok(wait) => {
+                    failures = 0;
+                    wait
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = self.config.poll.backoff(failures);
+                    tracing::warn!("{e}; trying again in {:.1} s", wait.as_secs_f64());
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.worker_done.notified() => {}
+            }
+        }
+        // Work under way stops here; the journal lets the next start finish or roll
+        // it back, and the outbox keeps what was not sent.
+        if let Some(w) = worker {
+            w.abort();
+        }
+        sender.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.outbox.flush(&self.client)).await;
+    }
+
+    /// One poll cycle, then the due action to its end, then the reports sent: the
+    /// agent's `--once`. Fails when the server could not be reached or a report
+    /// could not be delivered (it stays in the outbox for the next run).
+    pub async fn once(self: &Arc<Self>) -> Result<(), ClientError> {
+        let mut worker = None;
+        self.cycle(&mut worker).await?;
+        if let Some(w) = worker {
+            let _ = w.await;
+        }
+        self.outbox.flush(&self.client).await?;
+        Ok(())
+    }
+
+    /// Sends reports as they are queued, retrying with backoff while the server is
+    /// away.
+    async fn send_loop(self: Arc<Self>) {
+        let mut failures = 0u32;
+        loop {
+            let notified = self.outbox.queued.notified();
+            if self.outbox.is_empty() {
+                notified.await;
+                continue;
+            }
+            if !self.client.has_token() {
+                tokio::time::sleep(self.config.poll.backoff(1)).await;
+                continue;
+            }
+            match self.outbox.flush(&self.client).await {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    if matches!(e, ClientError::Unauthorized { .. }) {
+                        self.forget_token();
+                    }
+                    let wait = self.config.poll.backoff(failures);
+                    tracing::info!("reports wait: {e}; next try in {:.1} s", wait.as_secs_f64());
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    fn forget_token(&self) {
+        self.client.set_token(None);
+        self.update_state(|s| s.token = None);
+    }
+
+    async fn enroll(&self) -> Result<(), ClientError> {
+        let d = &self.config.device;
+        let req = EnrollRequest {
+            secret: self.config.enrollment_secret.clone(),
+            device: DeviceIdentity {
+                guid: self.guid(),
+                site: Site {
+                    name: d.site.clone(),
+                    address: d.address.clone(),
+                },
+                name: d.name.clone(),
+                number: d.number,
+                device_type: d.device_type.clone(),
+                agent_version: AGENT_VERSION.into(),
+            },
+        };
+        let resp = self.client.enroll(&req).await?;
+        self.client.set_token(Some(resp.token.clone()));
+        self.update_state(|s| {
+            s.device_id = Some(resp.device_id);
+            s.token = Some(resp.token);
+        });
+        tracing::info!(device_id = resp.device_id, "enrolled with {}", self.client.base());
+        Ok(())
+    }
+
+    /// One cycle: enroll when needed, poll, take in what the server sent, start
+    /// the next due action. Returns how long to wait before the next cycle.
+    async fn cycle(self: &Arc<Self>, worker: &mut Option<tokio::task::JoinHandle<()>>) -> Result<Duration, ClientError> {
+        if !self.client.has_token() {
+            self.enroll().await?;
+        }
+        if worker.as_ref().is_some_and(|w| w.is_finished()) {
+            *worker = None;
+        }
+        let busy = *self.busy.lock().expect("busy lock");
+        let inventory = if busy.is_some() {
+            self.last_inventory.lock().expect("inventory lock").clone()
+        } else {
+            let inv = self.inventory().await;
+            *self.last_inventory.lock().expect("inventory lock") = inv.clone();
+            inv
+        };
+        let (vars_since, config_revision, plugin_sha256) = {
+            let s = self.state.lock().expect("state lock");
+            (
+                s.vars_since,
+                s.config.as_ref().map(|c| c.revision),
+                s.config.as_ref().and_then(|c| c.plugin.as_ref()).map(|p| p.sha256.clone()),
+            )
+        };
+        let req = PollRequest {
+            inventory: inventory.clone().and_then(Result::ok),
+            inventory_error: match inventory {
+                Some(Err(e)) => Some(e),
+                None => Some("no plugin is enabled for this device type yet".into()),
+                Some(Ok(_)) => None,
+            },
+            status: AgentStatus {
+                agent_version: AGENT_VERSION.into(),
+                plugin_sha256,
+                busy_action: busy,
+                message: self.problem.lock().expect("problem lock").clone(),
+            },
+            vars_since,
+            config_revision,
+        };
+        let resp = match self.client.poll(&req).await {
+            Err(ClientError::Unauthorized { url }) => {
+                self.forget_token();
+                return Err(ClientError::Unauthorized { url });
+            }
+            r => r?,
+        };
+        let first_config = {
+            let mut s = self.state.lock().expect("state lock");
+            let mut changed = s.apply_vars(&resp.variables.changes, resp.variables.last_id);
+            let first = s.config.is_none() && resp.config.is_some();
+            if let Some(c) = &resp.config
+                && s.config.as_ref() != Some(c)
+            {
+                s.config = Some(c.clone());
+                changed = true;
+            }
+            if changed {
+                self.save(&s);
+            }
+            first
+        };
+        if !self.outbox.is_empty() {
+            self.outbox.queued.notify_one();
+        }
+        let interval = Duration::from_secs(resp.poll_interval_secs.max(1).into());
+        let mut wait = self.config.poll.next_poll(interval);
+        if resp.variables.more || first_config {
+            // More variable changes wait, or the plugin to take inventory with has
+            // just become known: poll again at once.
+            wait = Duration::from_millis(50);
+        }
+        if let Some(next) = self.take_actions(&resp.actions, worker) {
+            wait = wait.min(next);
+        }
+        Ok(wait)
+    }
+
+    /// Reconciles the local records with the server's list and starts the first due
+    /// action when the worker is free. Returns the time until the next action falls
+    /// due, when one waits.
+    fn take_actions(self: &Arc<Self>, actions: &[Action], worker: &mut Option<tokio::task::JoinHandle<()>>) -> Option<Duration> {
+        let now = Utc::now();
+        let busy = *self.busy.lock().expect("busy lock");
+        // Actions no longer listed are not started; the one under way stops before
+        // its downtime.
+        if let Some(b) = busy
+            && !actions.iter().any(|a| a.action_id == b)
+        {
+            self.outbox.deactivate(b);
+        }
+        let mut due = None;
+        let mut next_due: Option<Duration> = None;
+        {
+            let mut s = self.state.lock().expect("state lock");
+            let before = s.actions.clone();
+            // Forget actions the server no longer lists once their reports are out.
+            let listed: Vec<i64> = actions.iter().map(|a| a.action_id).collect();
+            if self.outbox.is_empty() {
+                s.actions.retain(|id, _| listed.contains(id));
+            }
+            for a in actions {
+                let record = s.actions.get(&a.action_id).cloned();
+                if record.as_ref().is_some_and(|r| a.attempt > r.attempt()) {
+                    // The operator restarted the task: run it again from the start.
+                    s.actions.remove(&a.action_id);
+                    self.outbox.reactivate(a.action_id);
+                }
+                let ready_at = match s.actions.get(&a.action_id) {
+                    Some(ActionRecord::Done { .. }) => continue,
+                    Some(ActionRecord::Waiting { retry_at, .. }) => {
+                        chrono::DateTime::from_timestamp_millis(*retry_at).unwrap_or(now).max(a.not_before)
+                    }
+                    None => a.not_before,
+                };
+                if ready_at <= now {
+                    if due.is_none() {
+                        due = Some(a.clone());
+                    }
+                } else {
+                    let until = (ready_at - now).to_std().unwrap_or_default();
+                    next_due = Some(next_due.map_or(until, |n| n.min(until)));
+                }
+            }
+            if s.actions != before {
+                self.save(&s);
+            }
+        }
+        if busy.is_none()
+            && let Some(action) = due
+        {
+            self.outbox.reactivate(action.action_id);
+            *self.busy.lock().expect("busy lock") = Some(action.action_id);
+            let me = Arc::clone(self);
+            *worker = Some(tokio::spawn(async move {
+                me.work(action).await;
+                *me.busy.lock().expect("busy lock") = None;
+                me.worker_done.notify_one();
+            }));
+        }
+        next_due
+    }
+
+    /// The effective device configuration: the file's, with directories it leaves
+    /// out taken from the server's configuration of the device type.
+    fn device_config(&self) -> DeviceConfig {
+        let mut local = self.config.device_config().clone();
+        let state = self.state.lock().expect("state lock");
+        if let Some(server) = &state.config {
+            for dir in posup_proto::Dir::ALL {
+                if let Some(path) = server.paths.get(dir) {
+                    local
+                        .dirs
+                        .entry(dir.as_str().to_owned())
+                        .or_insert_with(|| PathBuf::from(path));
+                }
+            }
+        }
+        local
+    }
+
+    /// What the plugin may be granted here: the terminal's allowance intersected
+    /// with the operator's. Without the operator's word, nothing is allowed.
+    fn allowance(&self, device: &DeviceConfig) -> Allowance {
+        let mut a = device.allowance();
+        let state = self.state.lock().expect("state lock");
+        let Some(server) = &state.config else {
+            return Allowance::default();
+        };
+        let allowed = &server.allowed;
+        a.dirs.retain_mut(|d| {
+            let name = posup_runtime::grants::dir_name(d.dir);
+            match allowed.dirs.iter().find(|x| x.dir.as_str() == name) {
+                Some(x) => {
+                    d.write &= x.write;
+                    true
+                }
+                None => false,
+            }
+        });
+        a.services.retain(|s| allowed.services.contains(s));
+        a.scripts &= allowed.scripts;
+        a.prompt &= allowed.prompt;
+        a
+    }
+
+    fn env(&self, info: &PluginInfo, events: Option<Arc<dyn EventSink>>) -> (HostEnv, DeviceConfig) {
+        let device = self.device_config();
+        let grants = Grants::intersect(&info.capabilities, &self.allowance(&device));
+        let prompter: Arc<dyn Prompter> = self.prompter.clone();
+        let env = HostEnv {
+            grants,
+            services: device.service_manager(&self.paths.run()),
+            prompter: Some(prompter),
+            kv_dir: Some(self.paths.kv()),
+            vars: Arc::new(self.state.lock().expect("state lock").vars.clone()),
+            events,
+            ..HostEnv::default()
+        };
+        (env, device)
+    }
+
+    /// The plugin with this reference: loaded, from the local store, or downloaded
+    /// and checked against its sha256 first.
+    async fn plugin(&self, r: &PluginRef) -> Result<(Arc<Plugin>, PluginInfo), String> {
+        let mut plugins = self.plugins.lock().await;
+        if let Some(p) = plugins.get(&r.sha256) {
+            return Ok(p.clone());
+        }
+        let file = self.paths.plugins().join(format!("{}.wasm", r.sha256));
+        let bytes = match std::fs::read(&file) {
+            Ok(b) if hex::encode(Sha256::digest(&b)) == r.sha256 => b,
+            _ => {
+                let b = self.fetch_plugin(r).await?;
+                let write = || -> std::io::Result<()> {
+                    std::fs::create_dir_all(self.paths.plugins())?;
+                    let tmp = file.with_extension("wasm.tmp");
+                    std::fs::write(&tmp, &b)?;
+                    std::fs::rename(&tmp, &file)
+                };
+                if let Err(e) = write() {
+                    tracing::warn!("keeping plugin {} in {}: {e}", r.name, file.display());
+                }
+                b
+            }
+        };
+        let plugin = self
+            .runtime
+            .load(&r.name, &bytes)
+            .map_err(|e| format!("plugin {} {}: {e}", r.name, r.version))?;
+        let info = plugin
+            .info()
+            .await
+            .map_err(|e| format!("plugin {} {}: {e}", r.name, r.version))?;
+        let entry = (Arc::new(plugin), info);
+        // Keep the device type's plugin and the one an action needs; drop others.
+        plugins.retain(|sha, _| self.state.lock().expect("state lock").config.as_ref().and_then(|c| c.plugin.as_ref()).is_some_and(|p| &p.sha256 == sha));
+        plugins.insert(r.sha256.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    async fn fetch_plugin(&self, r: &PluginRef) -> Result<Vec<u8>, String> {
+        let resp = self
+            .client
+            .get_blob(&r.url, 0, None)
+            .await
+            .map_err(|e| format!("downloading plugin {} {}: {e}", r.name, r.version))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("downloading plugin {} {}: {e}", r.name, r.version))?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if sha != r.sha256 {
+            return Err(format!(
+                "plugin {} {}: the download has sha256 {sha}, the server announced {}; it is not loaded",
+                r.name, r.version, r.sha256
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// The product's state through the device type's plugin.
+    async fn inventory(&self) -> Option<Result<Inventory, String>> {
+        let r = self
+            .state
+            .lock()
+            .expect("state lock")
+            .config
+            .as_ref()
+            .and_then(|c| c.plugin.clone())?;
+        Some(self.inventory_with(&r).await)
+    }
+
+    async fn inventory_with(&self, r: &PluginRef) -> Result<Inventory, String> {
+        let (plugin, info) = self.plugin(r).await?;
+        let (env, _) = self.env(&info, None);
+        match plugin.inventory(&env).await {
+            Ok(Ok(inv)) => Ok(to_proto(inv)),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn report(&self, action: &Action, step: &str, state: FeedbackState, message: Option<String>, percent: Option<u8>) {
+        let Some(device_id) = self.device_id() else {
+            return;
+        };
+        let report = Report {
+            task_id: action.task_id,
+            action_id: action.action_id,
+            attempt: action.attempt,
+            step: step.to_owned(),
+            state,
+            message,
+            percent,
+        };
+        if let Err(e) = self.outbox.push(device_id, report) {
+            tracing::error!("queueing a report in {}: {e}", self.paths.outbox().display());
+            *self.problem.lock().expect("problem lock") =
+                Some(format!("cannot queue reports in {}: {e}", self.paths.outbox().display()));
+        }
+    }
+
+    fn record(&self, action: &Action, record: ActionRecord) {
+        self.update_state(|s| {
+            s.actions.insert(action.action_id, record);
+        });
+    }
+
+    fn done(&self, action: &Action, result: &str) {
+        self.record(
+            action,
+            ActionRecord::Done {
+                attempt: action.attempt,
+                result: result.to_owned(),
+            },
+        );
+    }
+
+    /// Works on one action to its end (done, waiting, or stopped by the server).
+    async fn work(self: &Arc<Self>, action: Action) {
+        let name = &action.package.file_name;
+        tracing::info!(action = action.action_id, "{} {name}", action.kind.as_str());
+        let (plugin, info) = match self.plugin(&action.plugin).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.report(&action, "download", FeedbackState::Failed, Some(e), None);
+                self.done(&action, "failed");
+                return;
+            }
+        };
+        let device = self.device_config();
+        let Some(staging) = device.dir("staging").map(Path::to_path_buf) else {
+            let msg = format!(
+                "no staging directory: set dirs.staging in [device_types.{}] of the agent configuration",
+                self.config.device.device_type
+            );
+            self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+            self.done(&action, "failed");
+            return;
+        };
+        for dir in ["staging", "backup"] {
+            if let Some(d) = device.dir(dir)
+                && let Err(e) = std::fs::create_dir_all(d)
+            {
+                let msg = format!("creating the {dir} directory {}: {e}", d.display());
+                self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+                self.done(&action, "failed");
+                return;
+            }
+        }
+
+        // The package: downloaded once, checked, kept in staging for the update.
+        let dest = staging.join(name);
+        let journal_open = Journal::load(&Journal::path(&self.paths.root, plugin.name()))
+            .ok()
+            .flatten()
+            .is_some_and(|j| j.record.finished.is_none());
+        let present = dest.exists();
+        if !present {
+            self.report(&action, "download", FeedbackState::Started, None, Some(0));
+        }
+        let mut last = std::time::Instant::now();
+        let mut last_pct = 0u8;
+        let mut progress = |got: u64, total: u64| {
+            let pct = (got.saturating_mul(100) / total.max(1)).min(100) as u8;
+            if pct != last_pct && (last.elapsed() >= PROGRESS_EVERY || pct == 100) {
+                last = std::time::Instant::now();
+                last_pct = pct;
+                self.report(
+                    &action,
+                    "download",
+                    FeedbackState::Progress,
+                    Some(format!("{got} of {total} bytes")),
+                    Some(pct),
+                );
+            }
+        };
+        let expected = Expected {
+            sha256: action.package.sha256.clone(),
+            size: action.package.size,
+        };
+        let poll = self.config.poll.clone();
+        let backoff = move |n: u32| poll.backoff(n);
+        let me = Arc::clone(self);
+        let action_id = action.action_id;
+        let keep_going = move || !me.outbox.is_inactive(action_id);
+        let downloaded = download::fetch_with_retries(
+            &self.client,
+            &action.package.url,
+            &dest,
+            &expected,
+            &mut progress,
+            &backoff,
+            &keep_going,
+        )
+        .await;
+        match downloaded {
+            Ok(d) => {
+                if d.fetched > 0 || !present {
+                    let mut msg = format!("{} bytes, sha256 verified", action.package.size);
+                    if d.resumed_from > 0 {
+                        msg.push_str(&format!(", resumed from byte {}", d.resumed_from));
+                    }
+                    self.report(&action, "download", FeedbackState::Ok, Some(msg), Some(100));
+                }
+            }
+            Err(e) if self.outbox.is_inactive(action.action_id) => {
+                tracing::info!("{name}: the task is no longer active; download stopped: {e}");
+                return;
+            }
+            Err(e) => {
+                self.report(&action, "download", FeedbackState::Failed, Some(e.to_string()), None);
+                if matches!(e, DownloadError::Corrupt { .. }) {
+                    tracing::warn!("{e}");
+                }
+                self.done(&action, "failed");
+                return;
+            }
+        }
+
+        // Already there: an Update of the version installed finishes at once,
+        // without downtime (a pilot device in the even wave, say).
+        if action.kind != TaskKind::Download
+            && !journal_open
+            && let Ok(inv) = self.inventory_with(&action.plugin).await
+            && !inv.version.is_empty()
+            && inv.version == action.package.version
+        {
+            self.report(
+                &action,
+                "commit",
+                FeedbackState::Committed,
+                Some(format!("version {} is already installed", inv.version)),
+                None,
+            );
+            self.done(&action, "committed");
+            return;
+        }
+
+        let step_now = Arc::new(Mutex::new(String::from("inspect")));
+        let sink: Arc<dyn EventSink> = Arc::new(ProgressSink {
+            agent: Arc::clone(self),
+            action: action.clone(),
+            step: step_now.clone(),
+            last: Mutex::new(None),
+        });
+        let (env, _) = self.env(&info, Some(sink));
+        let observer = FeedbackObserver {
+            agent: Arc::clone(self),
+            action: action.clone(),
+            step: step_now,
+        };
+        let prompter: Arc<dyn Prompter> = self.prompter.clone();
+        let pipeline = Pipeline {
+            plugin: &plugin,
+            env,
+            settings: Settings {
+                state_dir: self.paths.root.clone(),
+                staging,
+                prompter: Some(prompter),
+                consent_timeout: self.config.cashier.consent_timeout(),
+                deadline: posup_runtime::Step::default_deadline,
+            },
+            observer: Some(&observer),
+        };
+        let task = match action.kind {
+            TaskKind::Download => posup_runtime::types::TaskKind::Download,
+            TaskKind::Update => posup_runtime::types::TaskKind::Update,
+            TaskKind::ForcedUpdate => posup_runtime::types::TaskKind::ForcedUpdate,
+        };
+        let result = pipeline.run(&UpdateRequest { package: dest, task }).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // The journal or staging could not be written: nothing was run.
+                self.report(&action, "precheck", FeedbackState::Failed, Some(e.to_string()), None);
+                self.done(&action, "failed");
+                return;
+            }
+        };
+        let installed = || async {
+            match self.inventory_with(&action.plugin).await {
+                Ok(inv) => format!("; installed version: {}", inv.version),
+                Err(e) => format!("; the installed version cannot be read: {e}"),
+            }
+        };
+        match &result {
+            UpdateResult::Committed { version } => {
+                self.report(
+                    &action,
+                    "commit",
+                    FeedbackState::Committed,
+                    Some(format!("version {version} installed")),
+                    None,
+                );
+                self.done(&action, "committed");
+            }
+            UpdateResult::Staged { version } => {
+                self.report(
+                    &action,
+                    "stage",
+                    FeedbackState::Committed,
+                    Some(format!("{name} (version {version}) downloaded and staged")),
+                    None,
+                );
+                self.done(&action, "staged");
+            }
+            UpdateResult::NotNow { reason, retry_after } => {
+                if self.outbox.is_inactive(action.action_id) {
+                    return;
+                }
+                let retry = (*retry_after).max(Duration::from_secs(1));
+                self.record(
+                    &action,
+                    ActionRecord::Waiting {
+                        attempt: action.attempt,
+                        retry_at: (Utc::now() + retry).timestamp_millis(),
+                        reason: reason.clone(),
+                    },
+                );
+            }
+            UpdateResult::Declined => {
+                let retry = self.config.cashier.ask_again();
+                self.record(
+                    &action,
+                    ActionRecord::Waiting {
+                        attempt: action.attempt,
+                        retry_at: (Utc::now() + retry).timestamp_millis(),
+                        reason: "declined by the cashier".into(),
+                    },
+                );
+            }
+            UpdateResult::Failed { step, rolled_back, .. } => {
+                let state = if *rolled_back {
+                    FeedbackState::RolledBack
+                } else {
+                    FeedbackState::Failed
+                };
+                let msg = format!("{}{}", result.summary(name), installed().await);
+                let step = if *rolled_back { "rollback" } else { step.as_str() };
+                self.report(&action, step, state, Some(msg), None);
+                self.done(&action, if *rolled_back { "rolled-back" } else { "failed" });
+            }
+            UpdateResult::RollbackFailed { .. } => {
+                let msg = format!("{}{}", result.summary(name), installed().await);
+                self.report(&action, "rollback", FeedbackState::Failed, Some(msg), None);
+                self.done(&action, "rollback-failed");
+            }
+        }
+    }
+}
+
+/// Turns the pipeline's steps into reports.
+struct FeedbackObserver {
+    agent: Arc<Agent>,
+    action: Action,
+    /// The step under way, for the plugin's progress reports.
+    step: Arc<Mutex<String>>,
+}
+
+impl Observer for FeedbackObserver {
+    fn step(&self, r: &StepReport) {
+        let (state, message) = match r.result {
+            "ok" => (FeedbackState::Ok, r.message.clone()),
+            "declined" => (
+                FeedbackState::NotNow,
+                format!(
+                    "{}; asking again in {} s",
+                    r.message,
+                    self.agent.config.cashier.ask_again().as_secs()
+                ),
+            ),
+            "not-now" => (FeedbackState::NotNow, r.message.clone()),
+            _ => (FeedbackState::Failed, r.message.clone()),
+        };
+        let message = (!message.is_empty()).then_some(message);
+        self.agent.report(&self.action, &r.step, state, message, None);
+    }
+
+    fn started(&self, step: &str, _attempt: u32) {
+        *self.step.lock().expect("step lock") = step.to_owned();
+        self.agent.report(&self.action, step, FeedbackState::Started, None, None);
+    }
+
+    fn proceed(&self) -> bool {
+        !self.agent.outbox.is_inactive(self.action.action_id)
+    }
+}
+
+/// Forwards the plugin's progress of the running step, at most every
+/// [`PROGRESS_EVERY`] unless it reached 100 %.
+struct ProgressSink {
+    agent: Arc<Agent>,
+    action: Action,
+    step: Arc<Mutex<String>>,
+    last: Mutex<Option<std::time::Instant>>,
+}
+
+impl EventSink for ProgressSink {
+    fn log(&self, _plugin: &str, _level: Level, _message: &str) {}
+
+    fn progress(&self, _plugin: &str, percent: u8, message: &str) {
+        {
+            let mut last = self.last.lock().expect("progress lock");
+            if percent < 100 && last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let step = self.step.lock().expect("step lock").clone();
+        self.agent.report(
+            &self.action,
+            &step,
+            FeedbackState::Progress,
+            (!message.is_empty()).then(|| message.to_owned()),
+            Some(percent.min(100)),
+        );
+    }
+}
+
+/// The plugin's inventory as the wire carries it.
+pub fn to_proto(inv: posup_runtime::types::Inventory) -> Inventory {
+    Inventory {
+        product: inv.product,
+        version: inv.version,
+        modules: inv
+            .modules
+            .into_iter()
+            .map(|m| ModuleVersion {
+                name: m.name,
+                version: m.version,
+            })
+            .collect(),
+        loaded_package: inv.loaded_package,
+        state: inv.state,
+        pending_sync: inv.pending_sync,
+        ready: inv.ready,
+        reboot_required: inv.reboot_required,
+        details: inv.details,
+    }
+}

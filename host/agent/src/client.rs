@@ -1,0 +1,185 @@
+//! The agent API client: enroll, poll, feedback and blob downloads, over HTTP.
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use posup_proto::AGENT_PREFIX;
+use posup_proto::agent::{EnrollRequest, EnrollResponse, Feedback, FeedbackAck, PollRequest, PollResponse};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// How long one API call may take. Downloads have no overall limit: they stop when
+/// no bytes arrive for [`STALL_TIMEOUT`].
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A download that receives nothing for this long is broken off and resumed later.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A call to the server that did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No answer: the server is down or the network is cut. Try again later.
+    #[error("server {url} cannot be reached: {message}")]
+    Unreachable { url: String, message: String },
+    /// The device token was refused: enroll again.
+    #[error("server {url} refused the device token (401); the agent enrolls again")]
+    Unauthorized { url: String },
+    /// The server answered with an error.
+    #[error("server {url} answered {status}: {message}")]
+    Status { url: String, status: u16, message: String },
+    /// The answer was not what the protocol says.
+    #[error("server {url} sent an answer the agent cannot read: {message}")]
+    Decode { url: String, message: String },
+}
+
+impl ClientError {
+    /// Whether trying the same call again later may succeed: the server was
+    /// unreachable, overloaded or failing, as opposed to refusing the request.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            ClientError::Unauthorized { .. } | ClientError::Decode { .. } => false,
+        }
+    }
+}
+
+/// A client of one server's agent API. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: RwLock<Option<String>>,
+}
+
+impl Client {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("posup-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Unreachable {
+                url: base.to_owned(),
+                message: format!("cannot set up HTTP: {e}"),
+            })?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token: RwLock::new(None),
+        })
+    }
+
+    /// A client of the same server sharing this one's connections, with a token of
+    /// its own: for many simulated devices in one process.
+    pub fn sharing(&self) -> Self {
+        Self {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: RwLock::new(None),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn set_token(&self, token: Option<String>) {
+        *self.token.write().expect("token lock") = token;
+    }
+
+    pub fn has_token(&self) -> bool {
+        self.token.read().expect("token lock").is_some()
+    }
+
+    /// The absolute URL of a path relative to the server's base.
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else {
+            format!("{}/{}", self.base, path.trim_start_matches('/'))
+        }
+    }
+
+    pub async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
+        self.post(&format!("{AGENT_PREFIX}/enroll"), req, false).await
+    }
+
+    pub async fn poll(&self, req: &PollRequest) -> Result<PollResponse, ClientError> {
+        self.post(&format!("{AGENT_PREFIX}/poll"), req, true).await
+    }
+
+    pub async fn feedback(&self, f: &Feedback) -> Result<FeedbackAck, ClientError> {
+        self.post(&format!("{AGENT_PREFIX}/feedback"), f, true).await
+    }
+
+    /// Starts a download of `path` from byte `offset`. With `if_range` (the blob's
+    /// ETag) the server sends the rest only while the blob is unchanged, and the
+    /// whole blob otherwise; the caller tells which by the status (206 or 200).
+    pub async fn get_blob(&self, path: &str, offset: u64, if_range: Option<&str>) -> Result<reqwest::Response, ClientError> {
+        let url = self.url(path);
+        let mut req = self.http.get(&url);
+        if let Some(token) = self.token.read().expect("token lock").as_deref() {
+            req = req.bearer_auth(token);
+        }
+        if offset > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+            if let Some(tag) = if_range {
+                req = req.header(reqwest::header::IF_RANGE, format!("\"{tag}\""));
+            }
+        }
+        let resp = req.send().await.map_err(|e| unreachable(&url, &e))?;
+        let status = resp.status().as_u16();
+        if status == 200 || status == 206 || status == 416 {
+            return Ok(resp);
+        }
+        Err(status_error(&url, resp).await)
+    }
+
+    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B, auth: bool) -> Result<R, ClientError> {
+        let url = self.url(path);
+        let mut req = self.http.post(&url).timeout(CALL_TIMEOUT).json(body);
+        if auth && let Some(token) = self.token.read().expect("token lock").as_deref() {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(|e| unreachable(&url, &e))?;
+        if !resp.status().is_success() {
+            return Err(status_error(&url, resp).await);
+        }
+        let bytes = resp.bytes().await.map_err(|e| unreachable(&url, &e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: url.clone(),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn unreachable(url: &str, e: &reqwest::Error) -> ClientError {
+    // The innermost cause says what really happened (connection refused, reset).
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message = s.to_string();
+        source = s.source();
+    }
+    ClientError::Unreachable {
+        url: url.to_owned(),
+        message,
+    }
+}
+
+async fn status_error(url: &str, resp: reqwest::Response) -> ClientError {
+    let status = resp.status().as_u16();
+    if status == 401 {
+        return ClientError::Unauthorized { url: url.to_owned() };
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<posup_proto::ErrorBody>(&text)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| text.chars().take(500).collect());
+    ClientError::Status {
+        url: url.to_owned(),
+        status,
+        message,
+    }
+}

@@ -1,0 +1,208 @@
+//! The agent's configuration file (TOML).
+//!
+//! ```toml
+//! server = "https://posup.example.net"     # the server's base URL
+//! enrollment_secret = "…"                  # from `POST /api/v1/enrollment-secrets`
+//! state_dir = "/var/lib/posup"             # token, variables, journal, outbox, cache
+//!
+//! [device]                                 # who this terminal is
+//! guid = "c0a8…"        # optional: a random one is made on first start and kept
+//! site = "Store 12"
+//! address = "Lenina 1"
+//! name = "Kassa 3"
+//! number = 3
+//! device_type = "kiosk" # picks the [device_types.<name>] section below
+//!
+//! [poll]                                   # all optional
+//! jitter = 0.1                   # ± this fraction of the server's interval
+//! min_backoff_secs = 1           # first retry after a failed call…
+//! max_backoff_secs = 300         # …doubling up to this
+//!
+//! [cashier]                                # all optional
+//! consent_timeout_secs = 300     # no answer in time: nobody is there, update
+//! ask_again_secs = 900           # declined: ask again after this long
+//!
+//! [device_types.kiosk]                     # a device configuration (see `device`)
+//! dirs = { product = "/opt/kiosk", staging = "/opt/.posup/staging",
+//!          backup = "/opt/.posup/backup", logs = "/var/log/kiosk" }
+//! allow = { services = ["kiosk"], prompt = true }
+//! services.kiosk = { systemd = "iiko-kiosk.service" }
+//! ```
+//!
+//! The device configuration is the terminal's own word on where things are and the
+//! ceiling of what a plugin may touch here. The server's configuration of the device
+//! type fills directories the file leaves out, and what the operator allows is
+//! intersected with the file's `allow`: a plugin gets only what its request, the
+//! operator and the terminal all agree on. Staging and backup must be on the
+//! product's filesystem so an update's directory exchange is atomic.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::device::{ConfigError, DeviceConfig};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The server's base URL, e.g. `http://127.0.0.1:8080`.
+    pub server: String,
+    /// The secret that lets this terminal enroll.
+    pub enrollment_secret: String,
+    /// Where the agent keeps its state; created when missing.
+    pub state_dir: PathBuf,
+    pub device: Identity,
+    #[serde(default)]
+    pub poll: PollConfig,
+    #[serde(default)]
+    pub cashier: CashierConfig,
+    /// Device type name → where its product lives and what its plugin may touch.
+    #[serde(default)]
+    pub device_types: BTreeMap<String, DeviceConfig>,
+}
+
+/// Who the terminal is, as the store's own systems name it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Stable unique identifier; generated and kept in the state directory when
+    /// absent.
+    #[serde(default)]
+    pub guid: Option<String>,
+    pub site: String,
+    #[serde(default)]
+    pub address: String,
+    pub name: String,
+    pub number: u32,
+    pub device_type: String,
+}
+
+/// Timing of the poll loop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    /// Each wait is the server's interval times a random factor in
+    /// `1 - jitter ..= 1 + jitter`, so a fleet restarted together spreads out.
+    pub jitter: f64,
+    pub min_backoff_secs: f64,
+    pub max_backoff_secs: f64,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            jitter: 0.1,
+            min_backoff_secs: 1.0,
+            max_backoff_secs: 300.0,
+        }
+    }
+}
+
+impl PollConfig {
+    /// The wait before retry number `failures` (1 for the first): doubling from the
+    /// minimum up to the maximum, jittered so failed agents do not retry in step.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let base = self.min_backoff_secs * 2f64.powi(failures.saturating_sub(1).min(30) as i32);
+        jittered(base.min(self.max_backoff_secs), self.jitter)
+    }
+
+    /// The wait before the next poll when the server asked for `interval`.
+    pub fn next_poll(&self, interval: Duration) -> Duration {
+        jittered(interval.as_secs_f64(), self.jitter)
+    }
+}
+
+/// `secs` times a random factor in `1 - jitter ..= 1 + jitter`.
+pub fn jittered(secs: f64, jitter: f64) -> Duration {
+    let jitter = jitter.clamp(0.0, 1.0);
+    let factor = if jitter > 0.0 {
+        rand::random_range(1.0 - jitter..=1.0 + jitter)
+    } else {
+        1.0
+    };
+    Duration::from_secs_f64((secs * factor).max(0.0))
+}
+
+/// How the agent deals with the person at the register.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CashierConfig {
+    /// How long the consent question waits; no answer means nobody is at the
+    /// register, and the update goes ahead (the UKM 5 rule).
+    pub consent_timeout_secs: f64,
+    /// After the cashier declined, ask again after this long.
+    pub ask_again_secs: f64,
+}
+
+impl Default for CashierConfig {
+    fn default() -> Self {
+        Self {
+            consent_timeout_secs: 300.0,
+            ask_again_secs: 900.0,
+        }
+    }
+}
+
+impl CashierConfig {
+    pub fn consent_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.consent_timeout_secs.max(0.0))
+    }
+
+    pub fn ask_again(&self) -> Duration {
+        Duration::from_secs_f64(self.ask_again_secs.max(0.0))
+    }
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
+        let config: AgentConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if !(config.server.starts_with("http://") || config.server.starts_with("https://")) {
+            return Err(invalid(format!(
+                "server = {:?}: give the server's base URL, e.g. http://127.0.0.1:8080",
+                config.server
+            )));
+        }
+        if !config.state_dir.is_absolute() {
+            return Err(invalid(format!(
+                "state_dir = {}: must be an absolute path",
+                config.state_dir.display()
+            )));
+        }
+        if config.poll.min_backoff_secs <= 0.0 || config.poll.max_backoff_secs < config.poll.min_backoff_secs {
+            return Err(invalid(
+                "poll: min_backoff_secs must be above 0 and at most max_backoff_secs".into(),
+            ));
+        }
+        // Each device configuration is checked as `posup apply` checks one.
+        for (name, device) in &config.device_types {
+            device.validate(&format!("{origin} [device_types.{name}]"))?;
+        }
+        if !config.device_types.contains_key(&config.device.device_type) {
+            return Err(invalid(format!(
+                "device.device_type = {:?} has no [device_types.{}] section saying where its product is",
+                config.device.device_type, config.device.device_type
+            )));
+        }
+        Ok(config)
+    }
+
+    /// The device configuration of this terminal's device type.
+    pub fn device_config(&self) -> &DeviceConfig {
+        &self.device_types[&self.device.device_type]
+    }
+}

@@ -1,0 +1,465 @@
+//! Downloads of packages and plugins: resumable, checked before use.
+//!
+//! A blob is written to `<file>.part` beside its final name. A broken connection
+//! leaves the part file as far as it got; the next attempt asks for the rest with
+//! `Range: bytes=<offset>-` and `If-Range: "<sha256>"`, so an unchanged blob is
+//! continued and a changed one is sent whole. Only when the complete file has the
+//! expected size and sha256 is it renamed to its final name: a file under the final
+//! name has always been checked. A file that fails the check is deleted.
+//!
+//! Before any byte is fetched the filesystem must have room for the rest of the
+//! blob plus a margin, so a download never fills the terminal's disk.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::client::{Client, ClientError, STALL_TIMEOUT};
+
+/// Room left free on the filesystem beyond the blob itself.
+pub const SPACE_MARGIN: u64 = 16 << 20;
+
+/// What the blob must be.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Why a download did not produce a checked file.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The transfer broke off; what arrived is kept and the next attempt resumes.
+    #[error("download of {name} broke off at byte {offset} of {size}: {reason}; it resumes from there")]
+    Interrupted {
+        name: String,
+        offset: u64,
+        size: u64,
+        reason: String,
+    },
+    /// The file arrived whole but is not the blob named: it was deleted.
+    #[error(
+        "{name}: the downloaded file has sha256 {actual} and {actual_size} bytes, the server announced {expected} and {expected_size} bytes; it was deleted and is not used"
+    )]
+    Corrupt {
+        name: String,
+        expected: String,
+        actual: String,
+        expected_size: u64,
+        actual_size: u64,
+    },
+    #[error("{name}: not enough disk space on {dir}: {free} bytes free, {needed} needed; free some space")]
+    NoSpace {
+        name: String,
+        dir: String,
+        free: u64,
+        needed: u64,
+    },
+    #[error("{name}: the server refused the download: {source}")]
+    Server { name: String, source: ClientError },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+impl DownloadError {
+    /// Whether another attempt later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DownloadError::Interrupted { .. } | DownloadError::NoSpace { .. } => true,
+            DownloadError::Server { source, .. } => source.is_transient(),
+            DownloadError::Corrupt { .. } | DownloadError::Io { .. } => false,
+        }
+    }
+}
+
+/// How a finished download went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downloaded {
+    pub path: PathBuf,
+    /// Bytes fetched over the network in this call (0 when the file was there).
+    pub fetched: u64,
+    /// Where this call started: above 0 when it resumed a broken download.
+    pub resumed_from: u64,
+}
+
+fn part_path(dest: &Path) -> PathBuf {
+    let mut name = dest.as_os_str().to_owned();
+    name.push(".part");
+    PathBuf::from(name)
+}
+
+/// Downloads `path` (relative to the server's base) to `dest`, resuming a part
+/// file left by an earlier attempt. `progress` is called with (bytes present,
+/// total) as data arrives.
+pub async fn fetch(
+    client: &Client,
+    path: &str,
+    dest: &Path,
+    expected: &Expected,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<Downloaded, DownloadError> {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dest.display().to_string());
+    let io = |what: String| move |source| DownloadError::Io { what, source };
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+
+    // A file under the final name was checked when it got there; check it again
+    // anyway, as it may have been damaged since, and fetch it anew if so.
+    if dest.exists() {
+        let (sha, size) = hash_file(dest).map_err(io(format!("reading {}", dest.display())))?;
+        if sha == expected.sha256 && size == expected.size {
+            return Ok(Downloaded {
+                path: dest.to_owned(),
+                fetched: 0,
+                resumed_from: 0,
+            });
+        }
+        std::fs::remove_file(dest).map_err(io(format!("removing {}", dest.display())))?;
+    }
+
+    let part = part_path(dest);
+    let mut offset = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    if offset > expected.size {
+        offset = 0;
+    }
+    let needed = expected.size - offset + SPACE_MARGIN;
+    let free = free_space(dir).map_err(io(format!("free space of {}", dir.display())))?;
+    if free < needed {
+        return Err(DownloadError::NoSpace {
+            name,
+            dir: dir.display().to_string(),
+            free,
+            needed,
+        });
+    }
+
+    let resumed_from = offset;
+    let mut fetched = 0u64;
+    if offset < expected.size {
+        let resp = client
+            .get_blob(path, offset, Some(&expected.sha256))
+            .await
+            .map_err(|source| match source {
+                ClientError::Unreachable { message, .. } => DownloadError::Interrupted {
+                    name: name.clone(),
+                    offset,
+                    size: expected.size,
+                    reason: message,
+                },
+                source => DownloadError::Server {
+                    name: name.clone(),
+                    source,
+                },
+            })?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part)
+            .map_err(io(format!("opening {}", part.display())))?;
+        match resp.status().as_u16() {
+            206 => {}
+            416 => {
+                // The server has less than we hold: start over.
+                file.set_len(0).map_err(io(format!("truncating {}", part.display())))?;
+                return Err(DownloadError::Interrupted {
+                    name,
+                    offset: 0,
+                    size: expected.size,
+                    reason: "the server could not continue from this offset".into(),
+                });
+            }
+            _ => {
+                // A whole blob: what we held is dropped.
+                file.set_len(0).map_err(io(format!("truncating {}", part.display())))?;
+                offset = 0;
+            }
+        }
+        progress(offset, expected.size);
+        let mut stream = resp.bytes_stream();
+        loop {
+            let next = match tokio::time::timeout(STALL_TIMEOUT, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    file.sync_data().ok();
+                    return Err(DownloadError::Interrupted {
+                        name,
+                        offset,
+                        size: expected.size,
+                        reason: format!("nothing arrived for {} s", STALL_TIMEOUT.as_secs()),
+                    });
+                }
+            };
+            match next {
+                None => break,
+                Some(Ok(chunk)) => {
+                    if offset + chunk.len() as u64 > expected.size {
+                        break;
+                    }
+                    file.write_all(&chunk).map_err(io(format!("writing {}", part.display())))?;
+                    offset += chunk.len() as u64;
+                    fetched += chunk.len() as u64;
+                    progress(offset, expected.size);
+                }
+                Some(Err(e)) => {
+                    file.sync_data().ok();
+                    return Err(DownloadError::Interrupted {
+                        name,
+                        offset,
+                        size: expected.size,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        file.sync_all().map_err(io(format!("writing {}", part.display())))?;
+        if offset < expected.size {
+            return Err(DownloadError::Interrupted {
+                name,
+                offset,
+                size: expected.size,
+                reason: "the connection closed early".into(),
+            });
+        }
+    }
+
+    let (sha, size) = hash_file(&part).map_err(io(format!("reading {}", part.display())))?;
+    if sha != expected.sha256 || size != expected.size {
+        let _ = std::fs::remove_file(&part);
+        return Err(DownloadError::Corrupt {
+            name,
+            expected: expected.sha256.clone(),
+            actual: sha,
+            expected_size: expected.size,
+            actual_size: size,
+        });
+    }
+    std::fs::rename(&part, dest).map_err(io(format!("placing {}", dest.display())))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(Downloaded {
+        path: dest.to_owned(),
+        fetched,
+        resumed_from,
+    })
+}
+
+/// Downloads with retries: a broken transfer is resumed after a growing pause,
+/// for as long as `keep_going` says the download is still wanted.
+pub async fn fetch_with_retries(
+    client: &Client,
+    path: &str,
+    dest: &Path,
+    expected: &Expected,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+    backoff: &(dyn Fn(u32) -> Duration + Send + Sync),
+    keep_going: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<Downloaded, DownloadError> {
+    let mut failures = 0u32;
+    let mut resumed_from = None;
+    loop {
+        match fetch(client, path, dest, expected, progress).await {
+            Ok(mut done) => {
+                if let Some(first) = resumed_from {
+                    done.resumed_from = first;
+                }
+                return Ok(done);
+            }
+            Err(e) if e.is_transient() && keep_going() => {
+                failures += 1;
+                if let DownloadError::Interrupted { offset, .. } = &e {
+                    resumed_from.get_or_insert(*offset);
+                }
+                let wait = backoff(failures);
+                tracing::info!("{e}; retrying in {:.1} s", wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// sha256 (hex) and size of a file.
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let size = std::io::copy(&mut f, &mut h)?;
+    Ok((hex::encode(h.finalize()), size))
+}
+
+/// Bytes free to this user on the filesystem holding `dir`.
+pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+    use posup_runtime::types::Dir;
+    // The runtime's statvfs wrapper works on granted guest paths; grant the folder
+    // as `/staging` to ask about it.
+    let grants = posup_runtime::Grants {
+        dirs: vec![posup_runtime::DirGrant {
+            dir: Dir::Staging,
+            host: dir.to_owned(),
+            write: false,
+        }],
+        ..posup_runtime::Grants::default()
+    };
+    posup_runtime::caps::fs::free_space(&grants, "/staging").map_err(|e| std::io::Error::other(e.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::Response;
+    use axum::routing::get;
+
+    use super::*;
+
+    /// A blob server that records the Range header of each request and, while
+    /// `cut_after` is set, sends only that many bytes of the answer and then
+    /// breaks the connection off.
+    #[derive(Clone)]
+    struct Blob {
+        bytes: Arc<Vec<u8>>,
+        ranges: Arc<Mutex<Vec<Option<String>>>>,
+        cut_after: Arc<Mutex<Option<usize>>>,
+    }
+
+    async fn serve_blob(State(b): State<Blob>, headers: HeaderMap) -> Response {
+        let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        b.ranges.lock().unwrap().push(range.clone());
+        let start = range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|r| r.parse::<usize>().ok())
+            .unwrap_or(0);
+        let body = b.bytes[start..].to_vec();
+        let total = b.bytes.len();
+        let status = if start > 0 {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        let cut = b.cut_after.lock().unwrap().take();
+        let len = body.len();
+        let body = match cut {
+            Some(n) => {
+                // Announce the whole length, send `n` bytes, then fail the stream:
+                // the client sees a connection broken mid-body.
+                let head = body[..n].to_vec();
+                let stream = futures::stream::iter(vec![
+                    Ok::<_, std::io::Error>(head),
+                    Err(std::io::Error::other("connection cut")),
+                ]);
+                Body::from_stream(stream)
+            }
+            None => Body::from(body),
+        };
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_LENGTH, len)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{total}", total - 1))
+            .body(body)
+            .unwrap()
+    }
+
+    async fn server(blob: Blob) -> SocketAddr {
+        let app = Router::new().route("/blob", get(serve_blob)).with_state(blob);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    fn blob(len: usize) -> Blob {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        Blob {
+            bytes: Arc::new(bytes),
+            ranges: Arc::default(),
+            cut_after: Arc::default(),
+        }
+    }
+
+    fn expected(bytes: &[u8]) -> Expected {
+        Expected {
+            sha256: hex::encode(Sha256::digest(bytes)),
+            size: bytes.len() as u64,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_download_resumes_from_its_offset_and_is_checked() {
+        let b = blob(300_000);
+        *b.cut_after.lock().unwrap() = Some(100_000);
+        let addr = server(b.clone()).await;
+        let client = Client::new(&format!("http://{addr}")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("kiosk_7.5.0.tgz");
+        let want = expected(&b.bytes);
+
+        let err = fetch(&client, "/blob", &dest, &want, &mut |_, _| {}).await.unwrap_err();
+        let DownloadError::Interrupted { offset, .. } = err else {
+            panic!("expected an interruption, got {err}");
+        };
+        assert!(offset >= 100_000 && offset < 300_000, "offset {offset}");
+        assert!(!dest.exists(), "an unchecked file is never under the final name");
+
+        let mut seen = Vec::new();
+        let done = fetch(&client, "/blob", &dest, &want, &mut |got, total| seen.push((got, total)))
+            .await
+            .unwrap();
+        assert_eq!(done.resumed_from, offset);
+        assert_eq!(done.fetched, 300_000 - offset);
+        assert_eq!(std::fs::read(&dest).unwrap(), *b.bytes);
+        assert_eq!(seen.last(), Some(&(300_000, 300_000)));
+        let ranges = b.ranges.lock().unwrap().clone();
+        assert_eq!(ranges, vec![None, Some(format!("bytes={offset}-"))]);
+
+        // Present and intact: nothing is fetched again.
+        let again = fetch(&client, "/blob", &dest, &want, &mut |_, _| {}).await.unwrap();
+        assert_eq!(again.fetched, 0);
+        assert_eq!(b.ranges.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_fails_its_check_is_deleted_and_never_placed() {
+        let b = blob(50_000);
+        let addr = server(b.clone()).await;
+        let client = Client::new(&format!("http://{addr}")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("kiosk_7.5.0.tgz");
+        let mut want = expected(&b.bytes);
+        want.sha256 = "0".repeat(64);
+        let err = fetch(&client, "/blob", &dest, &want, &mut |_, _| {}).await.unwrap_err();
+        assert!(matches!(err, DownloadError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("deleted"), "{err}");
+        assert!(!err.is_transient());
+        assert!(!dest.exists());
+        assert!(!part_path(&dest).exists());
+    }
+
+    #[tokio::test]
+    async fn no_download_starts_without_room_for_it() {
+        let b = blob(10);
+        let addr = server(b.clone()).await;
+        let client = Client::new(&format!("http://{addr}")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("huge.tgz");
+        let want = Expected {
+            sha256: "0".repeat(64),
+            size: u64::MAX / 2,
+        };
+        let err = fetch(&client, "/blob", &dest, &want, &mut |_, _| {}).await.unwrap_err();
+        assert!(matches!(err, DownloadError::NoSpace { .. }), "{err}");
+        assert!(b.ranges.lock().unwrap().is_empty(), "nothing was requested");
+    }
+}

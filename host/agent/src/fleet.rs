@@ -1,0 +1,324 @@
+//! Many lightweight simulated agents in one process, for load and scale tests
+//! (`posup sim --devices N --server URL`).
+//!
+//! Each simulated device speaks the real agent protocol with the real client:
+//! it enrolls, polls at the server's interval with jitter and backoff, downloads
+//! each package it is given (and checks its sha256), and reports every step with
+//! idempotency keys, retrying until acknowledged. Only the product is imaginary:
+//! the steps take a fixed simulated time instead of running a plugin, nobody is
+//! at the register, and the installed version is a number in memory. What the
+//! server sees is what a fleet of that size would make it do.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use posup_proto::agent::{Action, AgentStatus, DeviceIdentity, EnrollRequest, FeedbackState, PollRequest, Site};
+use posup_proto::{Inventory, TaskKind};
+use sha2::{Digest, Sha256};
+
+use crate::client::{Client, ClientError};
+use crate::config::{PollConfig, jittered};
+use crate::outbox::{Outbox, Report};
+
+/// How the simulated fleet looks and behaves.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub server: String,
+    pub enrollment_secret: String,
+    pub devices: usize,
+    pub device_type: String,
+    /// Devices are spread over stores of this many registers each, numbered 1…
+    pub per_site: u32,
+    /// Prefix of GUIDs and store names, so several fleets can share a server.
+    pub prefix: String,
+    /// The version each device starts with.
+    pub version: String,
+    /// Simulated duration of each update step.
+    pub step_time: Duration,
+    /// Enrollments under way at once when the fleet starts.
+    pub enroll_concurrency: usize,
+    pub poll: PollConfig,
+}
+
+impl FleetConfig {
+    pub fn new(server: &str, secret: &str, devices: usize) -> Self {
+        Self {
+            server: server.to_owned(),
+            enrollment_secret: secret.to_owned(),
+            devices,
+            device_type: "kiosk".into(),
+            per_site: 20,
+            prefix: "sim".into(),
+            version: "1.0.0".into(),
+            step_time: Duration::from_millis(20),
+            enroll_concurrency: 32,
+            poll: PollConfig::default(),
+        }
+    }
+}
+
+/// Counters of a running fleet.
+#[derive(Debug, Default)]
+pub struct FleetStats {
+    pub enrolled: AtomicU64,
+    pub polls: AtomicU64,
+    pub poll_errors: AtomicU64,
+    pub reports: AtomicU64,
+    pub downloads: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Actions finished (committed, staged or failed).
+    pub done: AtomicU64,
+}
+
+impl FleetStats {
+    pub fn line(&self) -> String {
+        format!(
+            "enrolled {} · polls {} (failed {}) · reports {} · downloads {} ({} bytes) · actions done {}",
+            self.enrolled.load(Ordering::Relaxed),
+            self.polls.load(Ordering::Relaxed),
+            self.poll_errors.load(Ordering::Relaxed),
+            self.reports.load(Ordering::Relaxed),
+            self.downloads.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+            self.done.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Runs the fleet until `shutdown` completes.
+pub async fn run(
+    config: FleetConfig,
+    stats: Arc<FleetStats>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ClientError> {
+    let base = Arc::new(Client::new(&config.server)?);
+    let config = Arc::new(config);
+    let gate = Arc::new(tokio::sync::Semaphore::new(config.enroll_concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..config.devices {
+        let device = SimDevice::new(&config, i, base.sharing());
+        let config = Arc::clone(&config);
+        let stats = Arc::clone(&stats);
+        let gate = Arc::clone(&gate);
+        tasks.spawn(async move { device.run(&config, &stats, &gate).await });
+    }
+    shutdown.await;
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+struct SimDevice {
+    identity: DeviceIdentity,
+    client: Client,
+    outbox: Outbox,
+    device_id: i64,
+    version: String,
+    config_revision: Option<i64>,
+    vars_since: i64,
+    /// (action id, attempt) finished here.
+    done: Vec<(i64, u32)>,
+    /// Packages fetched and checked, by sha256.
+    have: Vec<String>,
+}
+
+impl SimDevice {
+    fn new(config: &FleetConfig, index: usize, client: Client) -> Self {
+        let per_site = config.per_site.max(1) as usize;
+        let site = index / per_site + 1;
+        let number = (index % per_site + 1) as u32;
+        Self {
+            identity: DeviceIdentity {
+                guid: format!("{}-{index:06}", config.prefix),
+                site: Site {
+                    name: format!("{} store {site:04}", config.prefix),
+                    address: String::new(),
+                },
+                name: format!("Register {number}"),
+                number,
+                device_type: config.device_type.clone(),
+                agent_version: crate::agent::AGENT_VERSION.into(),
+            },
+            client,
+            outbox: Outbox::memory(),
+            device_id: 0,
+            version: config.version.clone(),
+            config_revision: None,
+            vars_since: 0,
+            done: Vec::new(),
+            have: Vec::new(),
+        }
+    }
+
+    async fn run(mut self, config: &FleetConfig, stats: &FleetStats, gate: &tokio::sync::Semaphore) {
+        let mut failures = 0u32;
+        {
+            let _permit = gate.acquire().await;
+            loop {
+                let req = EnrollRequest {
+                    secret: config.enrollment_secret.clone(),
+                    device: self.identity.clone(),
+                };
+                match self.client.enroll(&req).await {
+                    Ok(resp) => {
+                        self.client.set_token(Some(resp.token));
+                        self.device_id = resp.device_id;
+                        stats.enrolled.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::debug!("{}: {e}", self.identity.guid);
+                        tokio::time::sleep(config.poll.backoff(failures)).await;
+                    }
+                }
+            }
+        }
+        // Enrolled devices start their poll loops spread over a second, as a real
+        // fleet's would be.
+        tokio::time::sleep(jittered(0.5, 1.0)).await;
+        failures = 0;
+        loop {
+            let wait = match self.cycle(config, stats).await {
+                Ok(wait) => {
+                    failures = 0;
+                    wait
+                }
+                Err(e) => {
+                    failures += 1;
+                    stats.poll_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("{}: {e}", self.identity.guid);
+                    config.poll.backoff(failures)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn cycle(&mut self, config: &FleetConfig, stats: &FleetStats) -> Result<Duration, ClientError> {
+        self.flush(stats).await?;
+        let req = PollRequest {
+            inventory: Some(Inventory {
+                product: "simulated product".into(),
+                version: self.version.clone(),
+                state: "IDLE".into(),
+                ready: true,
+                ..Inventory::default()
+            }),
+            inventory_error: None,
+            status: AgentStatus {
+                agent_version: crate::agent::AGENT_VERSION.into(),
+                ..AgentStatus::default()
+            },
+            vars_since: self.vars_since,
+            config_revision: self.config_revision,
+        };
+        let resp = self.client.poll(&req).await?;
+        if let Some(c) = &resp.config {
+            self.config_revision = Some(c.revision);
+        }
+        self.vars_since = resp.variables.last_id;
+        stats.polls.fetch_add(1, Ordering::Relaxed);
+        let now = Utc::now();
+        let due = resp
+            .actions
+            .iter()
+            .find(|a| a.not_before <= now && !self.done.contains(&(a.action_id, a.attempt)))
+            .cloned();
+        if let Some(action) = due {
+            self.work(&action, config, stats).await;
+            self.flush(stats).await?;
+            // Look for the next action at once, as the real agent does.
+            return Ok(Duration::from_millis(10));
+        }
+        Ok(config.poll.next_poll(Duration::from_secs(resp.poll_interval_secs.max(1).into())))
+    }
+
+    async fn flush(&self, stats: &FleetStats) -> Result<(), ClientError> {
+        let sent = self.outbox.flush(&self.client).await?;
+        stats.reports.fetch_add(sent.sent as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn report(&self, action: &Action, step: &str, state: FeedbackState, message: Option<String>) {
+        let report = Report {
+            task_id: action.task_id,
+            action_id: action.action_id,
+            attempt: action.attempt,
+            step: step.to_owned(),
+            state,
+            message,
+            percent: None,
+        };
+        self.outbox
+            .push(self.device_id, report)
+            .expect("a memory outbox cannot fail");
+    }
+
+    async fn work(&mut self, action: &Action, config: &FleetConfig, stats: &FleetStats) {
+        let pkg = &action.package;
+        if !self.have.contains(&pkg.sha256) {
+            self.report(action, "download", FeedbackState::Started, None);
+            match self.download(&pkg.url, &pkg.sha256, stats).await {
+                Ok(()) => {
+                    self.have.push(pkg.sha256.clone());
+                    self.report(action, "download", FeedbackState::Ok, Some("sha256 verified".into()));
+                }
+                Err(e) => {
+                    // A broken transfer is tried again on the next poll; a wrong
+                    // checksum fails the action, as on a real terminal.
+                    if e.contains("sha256") {
+                        self.report(action, "download", FeedbackState::Failed, Some(e));
+                        self.finish(action, stats);
+                    }
+                    return;
+                }
+            }
+        }
+        let steps: &[&str] = match action.kind {
+            TaskKind::Download => &["stage"],
+            TaskKind::Update | TaskKind::ForcedUpdate => &["precheck", "stage", "apply", "verify", "commit"],
+        };
+        for step in steps {
+            self.report(action, step, FeedbackState::Started, None);
+            tokio::time::sleep(config.step_time).await;
+            self.report(action, step, FeedbackState::Ok, None);
+        }
+        let message = if action.kind == TaskKind::Download {
+            format!("{} staged", pkg.file_name)
+        } else {
+            self.version = pkg.version.clone();
+            format!("version {} installed", pkg.version)
+        };
+        let last = steps.last().copied().unwrap_or("commit");
+        self.report(action, last, FeedbackState::Committed, Some(message));
+        self.finish(action, stats);
+    }
+
+    fn finish(&mut self, action: &Action, stats: &FleetStats) {
+        self.done.push((action.action_id, action.attempt));
+        stats.done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn download(&self, url: &str, sha256: &str, stats: &FleetStats) -> Result<(), String> {
+        let resp = self.client.get_blob(url, 0, None).await.map_err(|e| e.to_string())?;
+        let mut hash = Sha256::new();
+        let mut stream = resp.bytes_stream();
+        let mut bytes = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            bytes += chunk.len() as u64;
+            hash.update(&chunk);
+        }
+        stats.downloads.fetch_add(1, Ordering::Relaxed);
+        stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let got = hex::encode(hash.finalize());
+        if got != sha256 {
+            return Err(format!("the package has sha256 {got}, the server announced {sha256}"));
+        }
+        Ok(())
+    }
+}

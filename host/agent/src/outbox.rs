@@ -1,0 +1,279 @@
+//! The feedback outbox: every report is written to disk before it is sent and
+//! deleted only when the server acknowledged it.
+//!
+//! Each report gets its idempotency key when it is queued, and keeps it through
+//! every retry and agent restart, so the server records it once however often it
+//! arrives: nothing is reported twice, and nothing is lost. Reports are sent in the
+//! order they were made, since a device's state on the server follows them in turn.
+//!
+//! On disk: `<state>/outbox/<seq>-<random>.json`, one report per file, written
+//! atomically. The file's name is the report's key: the sequence number orders the
+//! backlog, the random part keeps keys unique after the backlog empties and the
+//! sequence starts again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::Utc;
+use posup_proto::agent::{Feedback, FeedbackAck, FeedbackState};
+use tokio::sync::Notify;
+
+use crate::client::{Client, ClientError};
+
+/// A report before it is queued: the outbox adds its key and time.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub task_id: i64,
+    pub action_id: i64,
+    pub attempt: u32,
+    pub step: String,
+    pub state: FeedbackState,
+    pub message: Option<String>,
+    pub percent: Option<u8>,
+}
+
+/// Reports waiting for the server's acknowledgement.
+#[derive(Debug)]
+pub struct Outbox {
+    /// `None`: kept in memory only (simulated agents).
+    dir: Option<PathBuf>,
+    queue: Mutex<Queue>,
+    /// Woken when a report is queued.
+    pub queued: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    next_seq: u64,
+    entries: BTreeMap<u64, Feedback>,
+    /// Actions the server said are no longer wanted (paused, deleted, restarted).
+    inactive: BTreeSet<i64>,
+}
+
+/// What one [`Outbox::flush`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    pub sent: usize,
+    /// Reports the server refused for good (their action is gone): dropped.
+    pub dropped: usize,
+}
+
+impl Outbox {
+    /// Opens the outbox in `dir`, with the reports a previous run left unsent.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut entries = BTreeMap::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name.ends_with(".tmp") {
+                // A write that never completed: its report was never queued.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let Some(seq) = name.split('-').next().and_then(|s| s.parse::<u64>().ok()) else {
+                continue;
+            };
+            let bytes = std::fs::read(&path)?;
+            match serde_json::from_slice::<Feedback>(&bytes) {
+                Ok(f) => {
+                    entries.insert(seq, f);
+                }
+                Err(e) => {
+                    tracing::warn!("dropping unreadable outbox entry {}: {e}", path.display());
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let next_seq = entries.keys().next_back().map_or(1, |s| s + 1);
+        Ok(Self {
+            dir: Some(dir.to_owned()),
+            queue: Mutex::new(Queue {
+                next_seq,
+                entries,
+                inactive: BTreeSet::new(),
+            }),
+            queued: Notify::new(),
+        })
+    }
+
+    /// An outbox that keeps reports in memory only.
+    pub fn memory() -> Self {
+        Self {
+            dir: None,
+            queue: Mutex::new(Queue {
+                next_seq: 1,
+                ..Queue::default()
+            }),
+            queued: Notify::new(),
+        }
+    }
+
+    /// Queues a report of device `device_id`; it is on disk when this returns.
+    pub fn push(&self, device_id: i64, report: Report) -> std::io::Result<()> {
+        let mut q = self.queue.lock().expect("outbox lock");
+        let seq = q.next_seq;
+        let key = format!("{seq:012}-{:016x}", rand::random::<u64>());
+        let feedback = Feedback {
+            key: key.clone(),
+            task_id: report.task_id,
+            action_id: report.action_id,
+            device_id,
+            attempt: report.attempt,
+            step: report.step,
+            state: report.state,
+            message: report.message,
+            percent: report.percent,
+            at: Utc::now(),
+        };
+        if let Some(dir) = &self.dir {
+            let file = dir.join(format!("{key}.json"));
+            let tmp = dir.join(format!("{key}.tmp"));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec(&feedback).expect("feedback serialises"))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &file)?;
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        q.next_seq += 1;
+        q.entries.insert(seq, feedback);
+        drop(q);
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    /// Reports not yet acknowledged.
+    pub fn len(&self) -> usize {
+        self.queue.lock().expect("outbox lock").entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the server said `action_id` is no longer wanted.
+    pub fn is_inactive(&self, action_id: i64) -> bool {
+        self.queue.lock().expect("outbox lock").inactive.contains(&action_id)
+    }
+
+    /// Marks `action_id` as no longer wanted: it left the server's list.
+    pub fn deactivate(&self, action_id: i64) {
+        self.queue.lock().expect("outbox lock").inactive.insert(action_id);
+    }
+
+    /// Forgets that `action_id` was inactive: it came back (resumed, restarted).
+    pub fn reactivate(&self, action_id: i64) {
+        self.queue.lock().expect("outbox lock").inactive.remove(&action_id);
+    }
+
+    fn front(&self) -> Option<(u64, Feedback)> {
+        let q = self.queue.lock().expect("outbox lock");
+        q.entries.iter().next().map(|(s, f)| (*s, f.clone()))
+    }
+
+    fn remove(&self, seq: u64, ack: Option<&FeedbackAck>, action_id: i64) {
+        let mut q = self.queue.lock().expect("outbox lock");
+        if let Some(f) = q.entries.remove(&seq)
+            && let Some(dir) = &self.dir
+        {
+            let file = dir.join(format!("{}.json", f.key));
+            if let Err(e) = std::fs::remove_file(&file)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("removing sent report {}: {e}", file.display());
+            }
+        }
+        if let Some(ack) = ack
+            && !ack.active
+        {
+            q.inactive.insert(action_id);
+        }
+    }
+
+    /// Sends queued reports in order until the queue is empty or a call fails.
+    /// A report the server refuses for good (its action no longer exists) is
+    /// dropped with a warning, since sending it again cannot succeed; any other
+    /// failure stops the flush and keeps the report for the next one.
+    pub async fn flush(&self, client: &Client) -> Result<Flushed, ClientError> {
+        let mut done = Flushed::default();
+        while let Some((seq, f)) = self.front() {
+            match client.feedback(&f).await {
+                Ok(ack) => {
+                    self.remove(seq, Some(&ack), f.action_id);
+                    done.sent += 1;
+                }
+                Err(ClientError::Status { status, message, .. }) if (400..500).contains(&status) && status != 408 && status != 429 => {
+                    tracing::warn!(
+                        key = %f.key,
+                        "the server refused report {} of action {} ({status}: {message}); dropping it",
+                        f.step,
+                        f.action_id
+                    );
+                    self.remove(seq, None, f.action_id);
+                    done.dropped += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(step: &str) -> Report {
+        Report {
+            task_id: 1,
+            action_id: 2,
+            attempt: 1,
+            step: step.into(),
+            state: FeedbackState::Ok,
+            message: None,
+            percent: None,
+        }
+    }
+
+    #[test]
+    fn reports_survive_a_restart_in_order_with_their_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("outbox");
+        let keys: Vec<String> = {
+            let o = Outbox::open(&dir).unwrap();
+            o.push(7, report("download")).unwrap();
+            o.push(7, report("precheck")).unwrap();
+            o.push(7, report("stage")).unwrap();
+            let q = o.queue.lock().unwrap();
+            q.entries.values().map(|f| f.key.clone()).collect()
+        };
+        // A half-written entry from a crash is not a report.
+        std::fs::write(dir.join("000000000099-x.tmp"), b"{").unwrap();
+        let o = Outbox::open(&dir).unwrap();
+        assert_eq!(o.len(), 3);
+        let q = o.queue.lock().unwrap();
+        let again: Vec<String> = q.entries.values().map(|f| f.key.clone()).collect();
+        let steps: Vec<&str> = q.entries.values().map(|f| f.step.as_str()).collect();
+        assert_eq!(again, keys);
+        assert_eq!(steps, ["download", "precheck", "stage"]);
+        assert_eq!(q.next_seq, 4);
+        assert!(!dir.join("000000000099-x.tmp").exists());
+    }
+
+    #[test]
+    fn keys_stay_unique_when_the_sequence_starts_again() {
+        let o = Outbox::memory();
+        o.push(1, report("a")).unwrap();
+        let first = o.front().unwrap();
+        o.remove(first.0, None, 2);
+        let o2 = Outbox::memory();
+        o2.push(1, report("a")).unwrap();
+        assert_ne!(o2.front().unwrap().1.key, first.1.key);
+    }
+}

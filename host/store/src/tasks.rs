@@ -1,0 +1,654 @@
+//! Tasks: creation from a group, the state machine, per-device progress from
+//! agent feedback, and the actions handed to polling agents.
+
+use posup_proto::agent::{Action, Feedback, FeedbackAck, FeedbackState, PackageRef, PluginRef};
+use posup_proto::api::{
+    CreateTask, DeviceTaskState, FailedToGroup, GroupKind, GroupView, StepEvent, TaskCounts, TaskDeviceDetail,
+    TaskDeviceQuery, TaskDeviceRow, TaskState, TaskView,
+};
+use posup_proto::{Page, TaskKind};
+use serde_json::json;
+
+use crate::device_types::plugin_url;
+use crate::lifecycle::{self, Command};
+use crate::sql::{Cond, Sql};
+use crate::{At, Error, Result, Store, paging, ts};
+
+/// States of unfinished devices, as SQL; must match the partial index
+/// `task_devices_active`.
+const ACTIVE: &str = "('pending', 'running', 'waiting')";
+
+#[derive(sqlx::FromRow)]
+struct TaskRow {
+    id: i64,
+    name: String,
+    kind: String,
+    state: String,
+    package_id: i64,
+    package_file: String,
+    package_version: String,
+    device_type: String,
+    group_id: Option<i64>,
+    group_name: String,
+    start_at: i64,
+    created_at: i64,
+    finished_at: Option<i64>,
+    attempt: i64,
+}
+
+const TASK_SELECT: &str = "SELECT t.id, t.name, t.kind, t.state, t.package_id, p.file_name AS package_file, \
+    p.version AS package_version, t.device_type, t.group_id, t.group_name, t.start_at, t.created_at, t.finished_at, t.attempt \
+    FROM tasks t JOIN packages p ON p.id = t.package_id";
+
+fn parse_state(s: &str) -> Result<TaskState> {
+    TaskState::parse(s).ok_or_else(|| Error::Corrupt(format!("task state `{s}`")))
+}
+
+fn parse_device_state(s: &str) -> Result<DeviceTaskState> {
+    DeviceTaskState::parse(s).ok_or_else(|| Error::Corrupt(format!("device task state `{s}`")))
+}
+
+fn parse_kind(s: &str) -> Result<TaskKind> {
+    TaskKind::parse(s).ok_or_else(|| Error::Corrupt(format!("task kind `{s}`")))
+}
+
+#[derive(sqlx::FromRow)]
+struct DeviceRow {
+    action_id: i64,
+    device_id: i64,
+    guid: String,
+    name: String,
+    site: String,
+    number: i64,
+    last_contact: i64,
+    state: String,
+    attempt: i64,
+    step: Option<String>,
+    message: Option<String>,
+    percent: Option<i64>,
+    updated_at: i64,
+}
+
+const DEVICE_SELECT: &str = "SELECT td.id AS action_id, d.id AS device_id, d.guid, d.name, d.site, d.number, d.last_contact, \
+    td.state, td.attempt, td.step, td.message, td.percent, td.updated_at \
+    FROM task_devices td JOIN devices d ON d.id = td.device_id";
+
+impl DeviceRow {
+    fn row(self, at: &At) -> Result<TaskDeviceRow> {
+        Ok(TaskDeviceRow {
+            action_id: self.action_id,
+            device_id: self.device_id,
+            guid: self.guid,
+            name: self.name,
+            site: self.site,
+            number: self.number as u32,
+            online: self.last_contact != 0 && self.last_contact >= at.online_since,
+            state: parse_device_state(&self.state)?,
+            attempt: self.attempt as u32,
+            step: self.step,
+            message: self.message,
+            percent: self.percent.map(|p| p.clamp(0, 100) as u8),
+            updated_at: ts(self.updated_at),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ActionRow {
+    action_id: i64,
+    attempt: i64,
+    task_id: i64,
+    kind: String,
+    start_at: i64,
+    package_id: i64,
+    file_name: String,
+    package_sha256: String,
+    size: i64,
+    package_version: String,
+    plugin_name: String,
+    plugin_version: String,
+    plugin_sha256: String,
+}
+
+impl Store {
+    /// Creates a task over the group's devices of the package's device type, with
+    /// the plugin enabled for that type now.
+    pub async fn create_task(&self, body: &CreateTask, at: &At, actor: &str) -> Result<TaskView> {
+        let package = self
+            .package(body.package_id)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("package {} does not exist", body.package_id)))?;
+        let group_name = self
+            .group_name(body.group_id)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("group {} does not exist", body.group_id)))?;
+        let members = self.group_cond(body.group_id, at).await?;
+        let plugin: Option<String> = with_read!(self, pool => {
+            sqlx::query_scalar::<_, Option<String>>("SELECT plugin_sha256 FROM device_types WHERE name = $1")
+                .bind(&package.device_type)
+                .fetch_one(pool)
+                .await?
+        });
+        let plugin = plugin.ok_or_else(|| {
+            Error::Invalid(format!(
+                "device type {} has no plugin enabled: enable one before creating tasks for it",
+                package.device_type
+            ))
+        })?;
+        if let Some(name) = &body.name {
+            crate::tokens::check_name("task", name)?;
+        }
+        let start_at = body.start_at.map(|t| t.timestamp_millis()).unwrap_or(at.now);
+        let state = lifecycle::initial(start_at <= at.now);
+        let name = body.name.clone().unwrap_or_else(|| {
+            format!("{} {} → {group_name}", body.kind.as_str(), package.file_name)
+        });
+        let mut insert = Sql::new(
+            "INSERT INTO task_devices (task_id, device_id, state, attempt, updated_at) SELECT ",
+        );
+        // The task id is bound first, below, as $1.
+        insert.bind(0i64);
+        insert
+            .push(", d.id, 'pending', 1, ")
+            .bind(at.now)
+            .push(" FROM devices d WHERE d.device_type = ")
+            .bind(package.device_type.as_str())
+            .and(&members);
+        let id = with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO tasks (name, kind, state, package_id, plugin_sha256, device_type, group_id, group_name, start_at, created_at, attempt) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1) RETURNING id",
+            )
+            .bind(&name)
+            .bind(body.kind.as_str())
+            .bind(state.as_str())
+            .bind(package.id)
+            .bind(&plugin)
+            .bind(&package.device_type)
+            .bind(body.group_id)
+            .bind(&group_name)
+            .bind(start_at)
+            .bind(at.now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let mut args = insert.args.clone();
+            args[0] = crate::sql::Arg::I64(id);
+            let added = bind_all!(sqlx::query(&insert.text), args).execute(&mut *tx).await?.rows_affected();
+            if added == 0 {
+                return Err(Error::Invalid(format!(
+                    "group {group_name} has no devices of device type {}: choose another group or package",
+                    package.device_type
+                )));
+            }
+            audit!(&mut *tx, at.now, actor, "task.create", "task", id,
+                json!({"name": name, "kind": body.kind, "package_id": package.id, "group_id": body.group_id,
+                       "start_at": start_at, "devices": added}));
+            tx.commit().await?;
+            id
+        });
+        self.task(id, at)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("task {id} vanished while being created")))
+    }
+
+    async fn counts(&self, id: i64, at: &At) -> Result<TaskCounts> {
+        let (total, failed, success, offline): (i64, i64, i64, i64) = with_read!(self, pool => {
+            sqlx::query_as(
+                "SELECT count(*), \
+                 count(*) FILTER (WHERE td.state = 'failed'), \
+                 count(*) FILTER (WHERE td.state = 'success'), \
+                 count(*) FILTER (WHERE td.state NOT IN ('success', 'failed') AND (d.last_contact < $2 OR d.last_contact = 0)) \
+                 FROM task_devices td JOIN devices d ON d.id = td.device_id WHERE td.task_id = $1",
+            )
+            .bind(id)
+            .bind(at.online_since)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(TaskCounts {
+            total: total as u64,
+            offline: offline as u64,
+            inprogress: (total - failed - success - offline).max(0) as u64,
+            failed: failed as u64,
+            success: success as u64,
+        })
+    }
+
+    async fn task_view(&self, r: TaskRow, at: &At) -> Result<TaskView> {
+        let counts = self.counts(r.id, at).await?;
+        Ok(TaskView {
+            id: r.id,
+            name: r.name,
+            kind: parse_kind(&r.kind)?,
+            state: parse_state(&r.state)?,
+            package_id: r.package_id,
+            package_file: r.package_file,
+            package_version: r.package_version,
+            device_type: r.device_type,
+            group_id: r.group_id,
+            group_name: r.group_name,
+            start_at: ts(r.start_at),
+            created_at: ts(r.created_at),
+            finished_at: r.finished_at.map(ts),
+            attempt: r.attempt as u32,
+            counts,
+        })
+    }
+
+    pub async fn task(&self, id: i64, at: &At) -> Result<Option<TaskView>> {
+        let row: Option<TaskRow> = with_read!(self, pool => {
+            sqlx::query_as(&format!("{TASK_SELECT} WHERE t.id = $1"))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        match row {
+            Some(r) => Ok(Some(self.task_view(r, at).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Tasks newest first, optionally only those in `state`.
+    pub async fn list_tasks(&self, state: Option<TaskState>, at: &At) -> Result<Vec<TaskView>> {
+        let rows: Vec<TaskRow> = with_read!(self, pool => {
+            match state {
+                Some(s) => sqlx::query_as(&format!("{TASK_SELECT} WHERE t.state = $1 ORDER BY t.id DESC"))
+                    .bind(s.as_str())
+                    .fetch_all(pool)
+                    .await?,
+                None => sqlx::query_as(&format!("{TASK_SELECT} ORDER BY t.id DESC")).fetch_all(pool).await?,
+            }
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(self.task_view(r, at).await?);
+        }
+        Ok(out)
+    }
+
+    /// Applies an operator's command to a task.
+    pub async fn command_task(&self, id: i64, command: Command, at: &At, actor: &str) -> Result<TaskView> {
+        with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<(String, i64, i64)> = sqlx::query_as("SELECT state, start_at, attempt FROM tasks WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((state, start_at, attempt)) = row else {
+                return Err(Error::NotFound(format!("task {id} does not exist")));
+            };
+            let state = parse_state(&state)?;
+            let next = lifecycle::transition(id, state, command, start_at <= at.now).map_err(Error::Conflict)?;
+            if command == Command::Restart {
+                let attempt = attempt + 1;
+                sqlx::query("UPDATE tasks SET state = $2, start_at = $3, finished_at = NULL, attempt = $4 WHERE id = $1")
+                    .bind(id)
+                    .bind(next.as_str())
+                    .bind(at.now)
+                    .bind(attempt)
+                    .execute(&mut *tx)
+                    .await?;
+                // Devices that succeeded keep their success; the others start over.
+                sqlx::query(
+                    "UPDATE task_devices SET state = 'pending', attempt = $2, step = NULL, message = NULL, percent = NULL, updated_at = $3 \
+                     WHERE task_id = $1 AND state <> 'success'",
+                )
+                .bind(id)
+                .bind(attempt)
+                .bind(at.now)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query("UPDATE tasks SET state = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(next.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            audit!(&mut *tx, at.now, actor, format!("task.{}", command.as_str()), "task", id,
+                json!({"from": state, "to": next}));
+            tx.commit().await?;
+        });
+        // A restarted task whose devices all succeeded before is finished at once.
+        self.tick(at).await?;
+        self.task(id, at)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("task {id} does not exist")))
+    }
+
+    pub async fn delete_task(&self, id: i64, now: i64, actor: &str) -> Result<()> {
+        with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<(String, String)> = sqlx::query_as("SELECT name, state FROM tasks WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((name, state)) = row else {
+                return Err(Error::NotFound(format!("task {id} does not exist")));
+            };
+            sqlx::query("DELETE FROM tasks WHERE id = $1").bind(id).execute(&mut *tx).await?;
+            audit!(&mut *tx, now, actor, "task.delete", "task", id, json!({"name": name, "state": state}));
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Moves tasks along by time and progress: `Scheduled` tasks whose start time
+    /// came are `Running`; `Running` tasks whose devices all finished are
+    /// `Finished`. Safe to run from any number of server processes at once.
+    pub async fn tick(&self, at: &At) -> Result<()> {
+        with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let started: Vec<i64> = sqlx::query_scalar(
+                "UPDATE tasks SET state = 'Running' WHERE state = 'Scheduled' AND start_at <= $1 RETURNING id",
+            )
+            .bind(at.now)
+            .fetch_all(&mut *tx)
+            .await?;
+            for id in started {
+                audit!(&mut *tx, at.now, "server", "task.start", "task", id, json!({"from": "Scheduled", "to": "Running"}));
+            }
+            let finished: Vec<i64> = sqlx::query_scalar(&format!(
+                "UPDATE tasks SET state = 'Finished', finished_at = $1 WHERE state = 'Running' \
+                 AND NOT EXISTS (SELECT 1 FROM task_devices td WHERE td.task_id = tasks.id AND td.state IN {ACTIVE}) RETURNING id"
+            ))
+            .bind(at.now)
+            .fetch_all(&mut *tx)
+            .await?;
+            for id in finished {
+                audit!(&mut *tx, at.now, "server", "task.finish", "task", id, json!({"from": "Running", "to": "Finished"}));
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// One page of a task's devices.
+    pub async fn task_devices(&self, id: i64, q: &TaskDeviceQuery, at: &At) -> Result<Page<TaskDeviceRow>> {
+        self.require_task(id).await?;
+        let mut cond = Cond::new("td.task_id = ");
+        cond.bind(id);
+        if let Some(s) = q.state {
+            cond.push(" AND td.state = ").bind(s.as_str());
+        }
+        let (page, per_page) = paging(q.page, q.per_page);
+        let mut select = Sql::new(&format!("{DEVICE_SELECT} WHERE "));
+        select
+            .append(&cond)
+            .push(" ORDER BY d.site, d.number, d.id LIMIT ")
+            .bind(i64::from(per_page))
+            .push(" OFFSET ")
+            .bind(i64::from(page - 1) * i64::from(per_page));
+        let mut count = Sql::new("SELECT count(*) FROM task_devices td WHERE ");
+        count.append(&cond);
+        let (rows, total): (Vec<DeviceRow>, i64) = with_read!(self, pool => {
+            let rows = bind_all!(sqlx::query_as::<_, DeviceRow>(&select.text), select.args).fetch_all(pool).await?;
+            let total = bind_all!(sqlx::query_scalar::<_, i64>(&count.text), count.args).fetch_one(pool).await?;
+            (rows, total)
+        });
+        Ok(Page {
+            items: rows.into_iter().map(|r| r.row(at)).collect::<Result<_>>()?,
+            total: total as u64,
+            page,
+            per_page,
+        })
+    }
+
+    async fn require_task(&self, id: i64) -> Result<()> {
+        let exists: Option<i64> = with_read!(self, pool => {
+            sqlx::query_scalar("SELECT id FROM tasks WHERE id = $1").bind(id).fetch_optional(pool).await?
+        });
+        exists
+            .map(|_| ())
+            .ok_or_else(|| Error::NotFound(format!("task {id} does not exist")))
+    }
+
+    /// One device of a task with every step it reported.
+    pub async fn task_device_detail(&self, id: i64, device_id: i64, at: &At) -> Result<TaskDeviceDetail> {
+        self.require_task(id).await?;
+        #[derive(sqlx::FromRow)]
+        struct Event {
+            attempt: i64,
+            step: String,
+            state: String,
+            message: Option<String>,
+            percent: Option<i64>,
+            at: i64,
+            received_at: i64,
+        }
+        let (row, events): (Option<DeviceRow>, Vec<Event>) = with_read!(self, pool => {
+            let row = sqlx::query_as::<_, DeviceRow>(&format!("{DEVICE_SELECT} WHERE td.task_id = $1 AND td.device_id = $2"))
+                .bind(id)
+                .bind(device_id)
+                .fetch_optional(pool)
+                .await?;
+            let events = sqlx::query_as::<_, Event>(
+                "SELECT e.attempt, e.step, e.state, e.message, e.percent, e.at, e.received_at FROM task_events e \
+                 JOIN task_devices td ON td.id = e.task_device_id WHERE td.task_id = $1 AND td.device_id = $2 ORDER BY e.id",
+            )
+            .bind(id)
+            .bind(device_id)
+            .fetch_all(pool)
+            .await?;
+            (row, events)
+        });
+        let row = row.ok_or_else(|| Error::NotFound(format!("device {device_id} is not part of task {id}")))?;
+        Ok(TaskDeviceDetail {
+            device: row.row(at)?,
+            history: events
+                .into_iter()
+                .map(|e| {
+                    Ok(StepEvent {
+                        attempt: e.attempt as u32,
+                        step: e.step,
+                        state: FeedbackState::parse(&e.state)
+                            .ok_or_else(|| Error::Corrupt(format!("feedback state `{}`", e.state)))?,
+                        message: e.message,
+                        percent: e.percent.map(|p| p.clamp(0, 100) as u8),
+                        at: ts(e.at),
+                        received_at: ts(e.received_at),
+                    })
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// A new static group of the task's failed devices (or the given ones of them).
+    pub async fn failed_to_group(&self, id: i64, body: &FailedToGroup, at: &At, actor: &str) -> Result<GroupView> {
+        self.require_task(id).await?;
+        let failed: Vec<i64> = with_read!(self, pool => {
+            sqlx::query_scalar("SELECT device_id FROM task_devices WHERE task_id = $1 AND state = 'failed' ORDER BY device_id")
+                .bind(id)
+                .fetch_all(pool)
+                .await?
+        });
+        let devices = match &body.devices {
+            Some(chosen) => {
+                if let Some(d) = chosen.iter().find(|d| !failed.contains(d)) {
+                    return Err(Error::Invalid(format!("device {d} did not fail in task {id}")));
+                }
+                chosen.clone()
+            }
+            None => failed,
+        };
+        if devices.is_empty() {
+            return Err(Error::Invalid(format!("task {id} has no failed devices")));
+        }
+        self.create_group(
+            &posup_proto::api::CreateGroup {
+                name: body.name.clone(),
+                description: body.description.clone(),
+                kind: GroupKind::Static,
+                filter: None,
+                devices,
+            },
+            at,
+            actor,
+        )
+        .await
+    }
+
+    /// The actions a device should work on: its unfinished parts of tasks that are
+    /// not paused and start before `horizon` (Unix ms).
+    pub async fn actions_for_device(&self, device_id: i64, horizon: i64) -> Result<Vec<Action>> {
+        let rows: Vec<ActionRow> = with_read!(self, pool => {
+            sqlx::query_as(&format!(
+                "SELECT td.id AS action_id, td.attempt, t.id AS task_id, t.kind, t.start_at, \
+                 p.id AS package_id, p.file_name, p.sha256 AS package_sha256, p.size, p.version AS package_version, \
+                 pl.name AS plugin_name, pl.version AS plugin_version, pl.sha256 AS plugin_sha256 \
+                 FROM task_devices td \
+                 JOIN tasks t ON t.id = td.task_id \
+                 JOIN packages p ON p.id = t.package_id \
+                 JOIN plugins pl ON pl.sha256 = t.plugin_sha256 \
+                 WHERE td.device_id = $1 AND td.state IN {ACTIVE} \
+                 AND t.state IN ('Scheduled', 'Running') AND t.start_at <= $2 \
+                 ORDER BY t.start_at, t.id"
+            ))
+            .bind(device_id)
+            .bind(horizon)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|r| {
+                Ok(Action {
+                    task_id: r.task_id,
+                    action_id: r.action_id,
+                    attempt: r.attempt as u32,
+                    kind: parse_kind(&r.kind)?,
+                    package: PackageRef {
+                        id: r.package_id,
+                        url: format!("{}/packages/{}", posup_proto::AGENT_PREFIX, r.package_sha256),
+                        file_name: r.file_name,
+                        sha256: r.package_sha256,
+                        size: r.size as u64,
+                        version: r.package_version,
+                    },
+                    plugin: PluginRef {
+                        url: plugin_url(&r.plugin_sha256),
+                        name: r.plugin_name,
+                        version: r.plugin_version,
+                        sha256: r.plugin_sha256,
+                    },
+                    not_before: ts(r.start_at),
+                })
+            })
+            .collect()
+    }
+
+    /// Records one step report of a device. A key seen before from the same device
+    /// is acknowledged without recording it again.
+    pub async fn record_feedback(&self, device_id: i64, f: &Feedback, at: &At) -> Result<FeedbackAck> {
+        if f.device_id != device_id {
+            return Err(Error::Invalid(format!(
+                "feedback names device {} but comes with the token of device {device_id}",
+                f.device_id
+            )));
+        }
+        if f.key.is_empty() || f.key.len() > 200 {
+            return Err(Error::Invalid(format!(
+                "feedback key `{}` is invalid: give 1 to 200 characters",
+                f.key
+            )));
+        }
+        if f.step.trim().is_empty() || f.step.len() > 64 {
+            return Err(Error::Invalid(format!(
+                "feedback for action {}: step name `{}` is invalid: give 1 to 64 characters",
+                f.action_id, f.step
+            )));
+        }
+        if f.percent.is_some_and(|p| p > 100) {
+            return Err(Error::Invalid(format!(
+                "feedback for action {}: percent {} is over 100",
+                f.action_id,
+                f.percent.unwrap_or_default()
+            )));
+        }
+        let message = f.message.as_ref().map(|m| truncate(m, 4000));
+        let finished = with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<(i64, i64, String, i64, String)> = sqlx::query_as(
+                "SELECT td.task_id, td.device_id, td.state, td.attempt, t.state FROM task_devices td \
+                 JOIN tasks t ON t.id = td.task_id WHERE td.id = $1",
+            )
+            .bind(f.action_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((task_id, owner, state, attempt, task_state)) = row else {
+                return Err(Error::NotFound(format!(
+                    "action {} does not exist (its task may have been deleted)",
+                    f.action_id
+                )));
+            };
+            if owner != device_id || task_id != f.task_id {
+                return Err(Error::Invalid(format!(
+                    "action {} is not device {device_id}'s part of task {}",
+                    f.action_id, f.task_id
+                )));
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO task_events (task_device_id, device_id, key, attempt, step, state, message, percent, at, received_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (device_id, key) DO NOTHING",
+            )
+            .bind(f.action_id)
+            .bind(device_id)
+            .bind(&f.key)
+            .bind(i64::from(f.attempt))
+            .bind(&f.step)
+            .bind(f.state.as_str())
+            .bind(message.clone())
+            .bind(f.percent.map(i64::from))
+            .bind(f.at.timestamp_millis())
+            .bind(at.now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let task_state = parse_state(&task_state)?;
+            let current_attempt = i64::from(f.attempt) == attempt;
+            let active = current_attempt
+                && matches!(task_state, TaskState::Scheduled | TaskState::Running)
+                && !parse_device_state(&state)?.is_terminal();
+            if inserted == 0 {
+                return Ok(FeedbackAck { key: f.key.clone(), duplicate: true, active });
+            }
+            let mut finished = false;
+            if current_attempt {
+                let before = parse_device_state(&state)?;
+                let after = lifecycle::after_feedback(before, f.state);
+                sqlx::query(
+                    "UPDATE task_devices SET state = $2, step = $3, message = COALESCE($4, message), percent = $5, updated_at = $6 WHERE id = $1",
+                )
+                .bind(f.action_id)
+                .bind(after.as_str())
+                .bind(&f.step)
+                .bind(message.clone())
+                .bind(f.percent.map(i64::from))
+                .bind(at.now)
+                .execute(&mut *tx)
+                .await?;
+                finished = after.is_terminal() && !before.is_terminal();
+            }
+            tx.commit().await?;
+            let active = active && !finished;
+            (finished, FeedbackAck { key: f.key.clone(), duplicate: false, active })
+        });
+        let (finished, ack) = finished;
+        if finished {
+            // The last device finishing finishes the task.
+            self.tick(at).await?;
+        }
+        Ok(ack)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
