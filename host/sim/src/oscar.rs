@@ -206,12 +206,12 @@ pub fn set_unit(product: &Path, unit: &str, online: bool, free: u64) -> io::Resu
 /// The program files of `version`: paths under the installation, contents, modes.
 pub fn program_files(version: &str) -> Vec<(String, Vec<u8>, u32)> {
     let mut files = vec![(VERSION_FILE.to_owned(), format!("{version}\n").into_bytes(), 0o644)];
-    for (path, what, mode) in PROGRAM.iter().zip([
+    for (path, (what, mode)) in PROGRAM.iter().zip([
         ("MICROS Retail OSCAR POS server and client program", 0o755),
         ("MICROS Retail OSCAR POS runtime library", 0o644),
         ("MICROS Retail OSCAR POS database library", 0o644),
     ]) {
-        files.push((path.to_string(), elf(path, version, what.0), what.1));
+        files.push((path.to_string(), elf(path, version, what), mode));
     }
     files
 }
