@@ -7,7 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Crate name → plugin name, for every component the binary carries.
-const PLUGINS: &[(&str, &str)] = &[("posup_plugin_kiosk", "kiosk")];
+const PLUGINS: &[(&str, &str)] = &[
+    ("posup_plugin_kiosk", "kiosk"),
+    ("posup_plugin_iiko_backoffice", "iiko-backoffice"),
+    ("posup_plugin_iiko_front", "iiko-front"),
+    ("posup_plugin_icecash", "icecash"),
+    ("posup_plugin_openbravo", "openbravo"),
+    ("posup_plugin_ukm5", "ukm5"),
+    ("posup_plugin_oscar", "oscar"),
+];
 
 /// Components built for the tests and benchmarks only: their paths are exported,
 /// their bytes are not bundled.

@@ -47,8 +47,6 @@ use crate::state::{ActionRecord, State, StateFile};
 /// The agent's version, reported to the server.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The poll interval before the server named one.
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// Download progress is reported at most this often, besides its end.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 

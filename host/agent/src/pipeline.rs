@@ -320,7 +320,7 @@ impl Pipeline<'_> {
     }
 
     /// Runs one step; on failure decides between stopping, not-now and rollback.
-    async fn run_step(&self, journal: &mut Journal, step: Step, ctx: &dyn Fn(u32) -> StepContext) -> Result<Next, PipelineError> {
+    async fn run_step(&self, journal: &mut Journal, step: Step, ctx: &(dyn Fn(u32) -> StepContext + Sync)) -> Result<Next, PipelineError> {
         let attempt = journal.attempts(step.as_str()) + 1;
         journal
             .push(step.as_str(), Event::Started, attempt, "")
@@ -376,7 +376,7 @@ impl Pipeline<'_> {
     async fn roll_back(
         &self,
         journal: &mut Journal,
-        ctx: &dyn Fn(u32) -> StepContext,
+        ctx: &(dyn Fn(u32) -> StepContext + Sync),
         failed_step: &str,
         reason: String,
     ) -> Result<UpdateResult, PipelineError> {

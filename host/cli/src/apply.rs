@@ -61,8 +61,12 @@ pub struct ApplyArgs {
 /// `NAME=VALUE` → (`NAME`, `VALUE`); the value may be empty, the name may not.
 fn parse_var(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_owned(), value.to_owned())),
-        _ => Err(format!("{s:?}: give a server variable as NAME=VALUE, e.g. --var version=2.0.060")),
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?}: give a server variable as NAME=VALUE, e.g. --var version=2.0.060"
+        )),
     }
 }
 

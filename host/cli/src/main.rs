@@ -1,8 +1,11 @@
 //! `posup`: one binary for the update server, the terminal agent, local updates,
 //! plugin and package tools, the demo and the simulated products.
 
+mod agent;
 mod apply;
+mod demo;
 mod plugins;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +28,12 @@ enum Command {
     Package(plugins::PackageCommand),
     /// Run a simulated point-of-sale product in the foreground (tests, demo).
     SimProduct(posup_sim::SimProductArgs),
+    /// Run the terminal agent: poll the server, download and apply updates.
+    Agent(agent::AgentArgs),
+    /// Run a store fleet update end to end on this machine: server, terminals, rollout.
+    Demo(demo::DemoArgs),
+    /// Run many lightweight simulated agents against a server (load tests).
+    Sim(sim::SimArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +58,9 @@ fn main() -> std::process::ExitCode {
             Command::Apply(args) => apply::run(args).await,
             Command::Plugin(cmd) => plugins::plugin(cmd).await,
             Command::Package(cmd) => plugins::package(cmd).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Sim(args) => sim::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::SimProduct(_) => unreachable!("handled before the async runtime starts"),
         }
     });

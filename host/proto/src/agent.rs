@@ -89,7 +89,9 @@ pub struct AgentStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PollRequest {
-    /// The plugin's `inventory`, when it answered.
+    /// The plugin's `inventory`, when it answered. When both this and
+    /// `inventory_error` are absent, the server keeps what the device reported
+    /// last, so an agent may leave out an unchanged inventory.
     #[serde(default)]
     pub inventory: Option<Inventory>,
     /// Why there is no inventory: the plugin's error, or why it could not run. The

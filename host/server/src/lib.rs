@@ -1,1 +1,259 @@
-//! posup-server.
+//! The posup update server.
+//!
+//! An axum application over [`posup_store::Store`]: the agent API under
+//! `/api/v1/agent` (enroll, poll, feedback, downloads), the operator API under
+//! `/api/v1`, its OpenAPI document at `/api/v1/openapi.json`, and a small web
+//! console at `/`. Plugins uploaded by vendors are validated by the real plugin
+//! runtime; packages are read by their device type's plugin.
+//!
+//! [`app`] builds the router over an [`AppState`]; [`run`] serves it on a bound
+//! listener until a shutdown future completes; [`serve`] is `posup server`.
+//!
+//! **Invariant:** nothing a request depends on lives only in this process (the
+//! contact-time batch is the one buffer, and it is flushed within a second and on
+//! shutdown), so several servers may share one PostgreSQL database and one blob
+//! folder behind a load balancer.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use posup_proto::api::Role;
+use posup_runtime::{Runtime, RuntimeConfig};
+use posup_store::{Store, StoreOptions};
+use tokio::net::TcpListener;
+
+mod agent;
+mod api;
+pub mod auth;
+pub mod blobs;
+pub mod clock;
+pub mod config;
+pub mod error;
+mod extract;
+pub mod openapi;
+pub mod state;
+mod uploads;
+
+pub use blobs::Blobs;
+pub use clock::{Clock, SystemClock};
+pub use config::{ServerArgs, ServerConfig};
+pub use error::Error;
+pub use state::{AppState, Settings};
+
+#[cfg(feature = "test-support")]
+pub use clock::ManualClock;
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let max_plugin = state.settings().max_plugin_bytes;
+    Router::new()
+        .route("/", get(console))
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .nest("/api/v1/agent", agent::routes())
+        .nest("/api/v1", api::routes(max_plugin))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn console() -> Html<&'static str> {
+    Html(include_str!("console.html"))
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(openapi::document())
+}
+
+async fn not_found(uri: axum::http::Uri) -> Error {
+    Error::NotFound(format!("no route {}: see /api/v1/openapi.json", uri.path()))
+}
+
+/// Opens the database, blob folder and plugin runtime of `config`, creating the
+/// data directory on first start.
+pub async fn open(config: &ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let url = config.database_url();
+    let store = Store::connect(
+        &url,
+        &StoreOptions {
+            max_connections: config.db_connections,
+        },
+    )
+    .await
+    .with_context(|| format!("opening the database {}", posup_store::redact(&url)))?;
+    let blobs = Blobs::open(&config.blob_dir)
+        .with_context(|| format!("opening the blob folder {}", config.blob_dir.display()))?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(config.data_dir.join("plugin-cache")),
+        ..Default::default()
+    })
+    .context("starting the plugin runtime")?;
+    let settings = Settings {
+        poll_interval_secs: config.poll_interval_secs,
+        offline_after: config.offline_after,
+        max_package_bytes: config.max_package_bytes,
+        contact_flush: config.contact_flush,
+        ..Settings::default()
+    };
+    Ok(AppState::new(store, blobs, runtime, clock, settings))
+}
+
+/// Makes sure an administrator token and an enrollment secret exist: the ones
+/// configured, or on first start generated ones, written to the data directory
+/// (mode 0600) and printed once.
+pub async fn bootstrap(state: &AppState, config: &ServerConfig) -> anyhow::Result<()> {
+    let store = state.store();
+    let now = state.now_ms();
+    if let Some(token) = &config.admin_token {
+        store
+            .ensure_token("configured admin", Role::Admin, &auth::hash_secret(token), now)
+            .await?;
+    } else if store.admin_token_count().await? == 0 {
+        let token = auth::new_secret("pop_");
+        store
+            .ensure_token("first admin", Role::Admin, &auth::hash_secret(&token), now)
+            .await?;
+        let file = config.data_dir.join("admin-token");
+        write_secret(&file, &token)?;
+        eprintln!(
+            "posup server: first start: created admin token {token} (also in {})",
+            file.display()
+        );
+    }
+    if let Some(secret) = &config.enrollment_secret {
+        store
+            .ensure_enrollment_secret("configured", &auth::hash_secret(secret), now)
+            .await?;
+    } else if store.enrollment_secret_count().await? == 0 {
+        let secret = auth::new_secret("pes_");
+        store
+            .ensure_enrollment_secret("first", &auth::hash_secret(&secret), now)
+            .await?;
+        let file = config.data_dir.join("enrollment-secret");
+        write_secret(&file, &secret)?;
+        eprintln!(
+            "posup server: first start: created enrollment secret {secret} (also in {})",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{secret}").with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Serves `config` on `listener` until `shutdown` completes, then finishes running
+/// requests, writes pending contact times and closes the database.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = open(&config, Arc::new(SystemClock)).await?;
+    bootstrap(&state, &config).await?;
+    run_with_state(state, listener, shutdown).await
+}
+
+/// [`run`] with a prepared state (tests and benchmarks bring their own clock or
+/// store).
+pub async fn run_with_state(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let background = tokio::spawn(background(state.clone(), stop_rx));
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, backend = %state.store().backend(), "posup server listening");
+    let served = axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP");
+    let _ = stop_tx.send(true);
+    let _ = background.await;
+    if let Err(e) = state.flush_contacts().await {
+        tracing::warn!("writing the last contact times: {e}");
+    }
+    state.store().close().await;
+    served
+}
+
+/// Periodic work: contact times, task states by time, and the version overview
+/// once at start.
+async fn background(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let store = state.store().clone();
+    let at_start = state.now_ms();
+    // The version overview is recomputed on restart (the Openbravo rule); in the
+    // background so a large fleet does not delay startup.
+    let recompute = tokio::spawn(async move {
+        if let Err(e) = store.recompute_versions(None, at_start).await {
+            tracing::warn!("recomputing the version overview at start: {e}");
+        }
+    });
+    let flush = state.settings().contact_flush.unwrap_or(std::time::Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(flush.min(std::time::Duration::from_secs(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => break,
+        }
+        if let Err(e) = state.flush_contacts().await {
+            tracing::warn!("writing contact times: {e}");
+        }
+        if let Err(e) = state.store().tick(&state.at()).await {
+            tracing::warn!("advancing task states: {e}");
+        }
+    }
+    recompute.abort();
+}
+
+/// `posup server`: resolves the configuration, binds, and serves until Ctrl-C or
+/// SIGTERM.
+pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    eprintln!("posup server: listening on http://{}", listener.local_addr()?);
+    run(config, listener, shutdown_signal()).await
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -238,7 +238,8 @@ impl SimProcess for DIceCash {
     }
 
     fn stop(&mut self, why: &str) -> io::Result<()> {
-        self.log.info("dIceCash", &format!("Stopping dIceCash ({why})"))?;
+        self.log
+            .info("dIceCash", &format!("Stopping dIceCash ({why})"))?;
         self.log.info("dIceCash", "dIceCash stopped")
     }
 }
@@ -291,7 +292,8 @@ impl SimProcess for DtPrint {
     }
 
     fn stop(&mut self, why: &str) -> io::Result<()> {
-        self.log.info("DTPrint", &format!("Stopping DTPrint ({why})"))?;
+        self.log
+            .info("DTPrint", &format!("Stopping DTPrint ({why})"))?;
         self.log.info("DTPrint", "DTPrint stopped")
     }
 }
@@ -306,7 +308,8 @@ fn append_raw(log: &Path, text: &str) -> io::Result<()> {
         .append(true)
         .open(log)
         .map_err(|e| with_path(log, e))?;
-    file.write_all(text.as_bytes()).map_err(|e| with_path(log, e))
+    file.write_all(text.as_bytes())
+        .map_err(|e| with_path(log, e))
 }
 
 /// The settings of a new register.
@@ -349,7 +352,9 @@ fn program_files(version: &str) -> Vec<(String, String, u32)> {
     let module = |name: &str, what: &str| {
         (
             format!("{name}.py"),
-            format!("#!/usr/bin/python\n# -*- coding: utf-8\n\"\"\" IceCash 2.0: {what}. \"\"\"\n\nVERSION = '{version}'\n"),
+            format!(
+                "#!/usr/bin/python\n# -*- coding: utf-8\n\"\"\" IceCash 2.0: {what}. \"\"\"\n\nVERSION = '{version}'\n"
+            ),
             0o644,
         )
     };
@@ -432,7 +437,10 @@ mod tests {
             if f(&text) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "the log never got there:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "the log never got there:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -472,12 +480,19 @@ mod tests {
         let log = wait_for(&logs.join(DICECASH_LOG), |t| t.contains("Serving"));
         assert!(log.contains("INFO  [dIceCash] IceCash 2.0.059 started: place 12, register 1, environment update 000"), "{log}");
         let log = wait_for(&logs.join(DTPRINT_LOG), |t| t.contains("ready"));
-        assert!(log.contains("Printer fprint (KKM_FPRINT) on /dev/ttyS0: ready"), "{log}");
+        assert!(
+            log.contains("Printer fprint (KKM_FPRINT) on /dev/ttyS0: ready"),
+            "{log}"
+        );
         stop.store(true, Ordering::SeqCst);
         a.join().unwrap().unwrap();
         b.join().unwrap().unwrap();
         let log = fs::read_to_string(logs.join(DICECASH_LOG)).unwrap();
-        assert!(log.trim_end().ends_with("INFO  [dIceCash] dIceCash stopped"), "{log}");
+        assert!(
+            log.trim_end()
+                .ends_with("INFO  [dIceCash] dIceCash stopped"),
+            "{log}"
+        );
     }
 
     #[test]
@@ -490,7 +505,10 @@ mod tests {
         let err = run_dicecash_until(&product, &logs, &stop).unwrap_err();
         assert_eq!(err.to_string(), "ImportError: No module named dbIceCash");
         let log = fs::read_to_string(logs.join(DICECASH_LOG)).unwrap();
-        assert!(log.starts_with("Traceback (most recent call last):\n"), "{log}");
+        assert!(
+            log.starts_with("Traceback (most recent call last):\n"),
+            "{log}"
+        );
         assert!(log.contains("    import dbIceCash\nImportError: No module named dbIceCash\n"));
     }
 }

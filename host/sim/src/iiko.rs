@@ -488,8 +488,10 @@ impl BackOffice {
         let server = self.server.clone();
         match wanted {
             RmsLogin::Ok => {
-                self.log
-                    .info("RmsConnection", &format!("Connecting to RMS server {server}"))?;
+                self.log.info(
+                    "RmsConnection",
+                    &format!("Connecting to RMS server {server}"),
+                )?;
                 self.log.info(
                     "RmsConnection",
                     &format!(
@@ -552,7 +554,9 @@ impl SimProcess for BackOffice {
         }
         let config_file = self.product.join(RMS_CONFIG);
         let config = fs::read_to_string(&config_file).unwrap_or_default();
-        self.server = xml_value(&config, "ServerUrl").unwrap_or_default().to_owned();
+        self.server = xml_value(&config, "ServerUrl")
+            .unwrap_or_default()
+            .to_owned();
         self.user = xml_value(&config, "Login").unwrap_or_default().to_owned();
         if self.server.is_empty() {
             self.log.error(
@@ -578,11 +582,7 @@ impl SimProcess for BackOffice {
                     .get("rms")
                     .and_then(|s| RmsLogin::parse(s))
                     .is_some_and(|r| r != RmsLogin::Refused);
-                if changed {
-                    self.try_login()
-                } else {
-                    Ok(())
-                }
+                if changed { self.try_login() } else { Ok(()) }
             }
             _ => Ok(()),
         }
@@ -675,10 +675,7 @@ impl Front {
                 )?;
                 self.log.error(
                     "PluginHost",
-                    &format!(
-                        "Plugin {} crashed on start with exit code 1",
-                        plugin.name
-                    ),
+                    &format!("Plugin {} crashed on start with exit code 1", plugin.name),
                 )?;
                 return Ok(false);
             }
@@ -819,7 +816,10 @@ mod tests {
             if f(&text) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "the log never got there:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "the log never got there:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -831,7 +831,11 @@ mod tests {
     }
 
     impl Running {
-        fn start(run: fn(&Path, &Path, &AtomicBool) -> io::Result<()>, product: &Path, logs: &Path) -> Self {
+        fn start(
+            run: fn(&Path, &Path, &AtomicBool) -> io::Result<()>,
+            product: &Path,
+            logs: &Path,
+        ) -> Self {
             let stop = Arc::new(AtomicBool::new(false));
             let flag = stop.clone();
             let (product, logs) = (product.to_path_buf(), logs.to_path_buf());
@@ -863,11 +867,17 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let product = tmp.path().join("office");
         init_backoffice(&product, &tmp.path().join("logs"), "3.1.0").unwrap();
-        let manifest =
-            fs::read_to_string(product.join(OFFICE_PLUGINS).join("Kiosk.BackOffice/Manifest.xml"))
-                .unwrap();
+        let manifest = fs::read_to_string(
+            product
+                .join(OFFICE_PLUGINS)
+                .join("Kiosk.BackOffice/Manifest.xml"),
+        )
+        .unwrap();
         assert_eq!(xml_value(&manifest, "Version"), Some("3.1.0"));
-        assert_eq!(xml_value(&manifest, "FileName"), Some("Kiosk.BackOffice.dll"));
+        assert_eq!(
+            xml_value(&manifest, "FileName"),
+            Some("Kiosk.BackOffice.dll")
+        );
         let menu = fs::read_to_string(product.join(MENU_FILE)).unwrap();
         assert_eq!(
             menu_summary(&menu),
@@ -878,9 +888,16 @@ mod tests {
             }
         );
         // A reinstallation keeps the client's menu.
-        fs::write(product.join(MENU_FILE), "<KioskMenu><Kiosk id=\"X\" /></KioskMenu>").unwrap();
+        fs::write(
+            product.join(MENU_FILE),
+            "<KioskMenu><Kiosk id=\"X\" /></KioskMenu>",
+        )
+        .unwrap();
         init_backoffice(&product, &tmp.path().join("logs"), "3.2.0").unwrap();
-        assert_eq!(menu_summary(&fs::read_to_string(product.join(MENU_FILE)).unwrap()).kiosks, 1);
+        assert_eq!(
+            menu_summary(&fs::read_to_string(product.join(MENU_FILE)).unwrap()).kiosks,
+            1
+        );
     }
 
     #[test]
@@ -897,11 +914,16 @@ mod tests {
         assert!(m.contains(&"INFO  [Kiosk.BackOffice] Kiosk menu loaded from Config\\KioskMenu.xml: 8 items in 3 groups, 2 kiosks configured"), "{log}");
         assert!(m.contains(&"INFO  [PluginHost] Plugin Kiosk.BackOffice 3.1.0 started"));
         assert!(m.contains(&"INFO  [RmsConnection] Logged in to RMS https://na-lesnoy.iiko.it:443/resto as kiosk-admin (server version 8.9.6021.0)"));
-        assert!(m.contains(&"INFO  [Kiosk.BackOffice] Kiosk settings version 3.1.0 published to RMS"));
+        assert!(
+            m.contains(&"INFO  [Kiosk.BackOffice] Kiosk settings version 3.1.0 published to RMS")
+        );
         assert!(!log.contains("ERROR"));
         bo.stop();
         let log = fs::read_to_string(logs.join(BACKOFFICE_LOG)).unwrap();
-        assert_eq!(messages(&log).last().unwrap(), &"INFO  [BackOffice] iikoOffice stopped");
+        assert_eq!(
+            messages(&log).last().unwrap(),
+            &"INFO  [BackOffice] iikoOffice stopped"
+        );
     }
 
     #[test]
@@ -911,12 +933,22 @@ mod tests {
         init_backoffice(&product, &logs, "3.1.0").unwrap();
         set_rms_login(&product, RmsLogin::Unreachable).unwrap();
         let bo = Running::start(run_backoffice_until, &product, &logs);
-        wait_for(&logs.join(BACKOFFICE_LOG), |t| t.contains("connection timed out"));
+        wait_for(&logs.join(BACKOFFICE_LOG), |t| {
+            t.contains("connection timed out")
+        });
         set_rms_login(&product, RmsLogin::Refused).unwrap();
-        wait_for(&logs.join(BACKOFFICE_LOG), |t| t.contains("wrong user name or password"));
+        wait_for(&logs.join(BACKOFFICE_LOG), |t| {
+            t.contains("wrong user name or password")
+        });
         set_rms_login(&product, RmsLogin::Ok).unwrap();
-        let log = wait_for(&logs.join(BACKOFFICE_LOG), |t| t.contains("Logged in to RMS"));
-        assert_eq!(log.matches("refused").count(), 1, "a refusal is logged once: {log}");
+        let log = wait_for(&logs.join(BACKOFFICE_LOG), |t| {
+            t.contains("Logged in to RMS")
+        });
+        assert_eq!(
+            log.matches("refused").count(),
+            1,
+            "a refusal is logged once: {log}"
+        );
         bo.stop();
     }
 
@@ -925,16 +957,26 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (product, logs) = (tmp.path().join("office"), tmp.path().join("logs"));
         init_backoffice(&product, &logs, "3.1.0").unwrap();
-        let config = product.join(OFFICE_PLUGINS).join("Kiosk.BackOffice/Kiosk.BackOffice.dll.config");
+        let config = product
+            .join(OFFICE_PLUGINS)
+            .join("Kiosk.BackOffice/Kiosk.BackOffice.dll.config");
         let text = fs::read_to_string(&config).unwrap().replace(
             "\"ResetMenuOnStart\" value=\"false\"",
             "\"ResetMenuOnStart\" value=\"true\"",
         );
         fs::write(&config, text).unwrap();
         let bo = Running::start(run_backoffice_until, &product, &logs);
-        let log = wait_for(&logs.join(BACKOFFICE_LOG), |t| t.contains("Logged in to RMS"));
-        assert!(log.contains("0 items in 0 groups, 0 kiosks configured"), "{log}");
-        assert_eq!(menu_summary(&fs::read_to_string(product.join(MENU_FILE)).unwrap()), MenuSummary::default());
+        let log = wait_for(&logs.join(BACKOFFICE_LOG), |t| {
+            t.contains("Logged in to RMS")
+        });
+        assert!(
+            log.contains("0 items in 0 groups, 0 kiosks configured"),
+            "{log}"
+        );
+        assert_eq!(
+            menu_summary(&fs::read_to_string(product.join(MENU_FILE)).unwrap()),
+            MenuSummary::default()
+        );
         bo.stop();
     }
 
@@ -964,22 +1006,36 @@ mod tests {
         set_rms_kiosk_settings(&product, "3.1.0").unwrap();
         let front = Running::start(run_front_until, &product, &logs);
         let log = wait_for(&logs.join(FRONT_LOG), |t| t.contains("iikoFront is ready"));
-        assert!(log.contains("ERROR [Kiosk.Front] Version error: the kiosk settings in RMS have version 3.1.0"), "{log}");
-        assert!(log.contains("ERROR [PluginHost] Plugin Kiosk.Front crashed on start with exit code 1"));
+        assert!(
+            log.contains(
+                "ERROR [Kiosk.Front] Version error: the kiosk settings in RMS have version 3.1.0"
+            ),
+            "{log}"
+        );
+        assert!(
+            log.contains("ERROR [PluginHost] Plugin Kiosk.Front crashed on start with exit code 1")
+        );
         front.stop();
 
         // Once RMS holds the new settings the plugin starts.
         set_rms_kiosk_settings(&product, "3.2.0").unwrap();
         let front = Running::start(run_front_until, &product, &logs);
-        let log = wait_for(&logs.join(FRONT_LOG), |t| t.matches("iikoFront is ready").count() == 2);
-        assert!(log.contains("INFO  [PluginHost] Plugin Kiosk.Front 2.4.0 started"), "{log}");
+        let log = wait_for(&logs.join(FRONT_LOG), |t| {
+            t.matches("iikoFront is ready").count() == 2
+        });
+        assert!(
+            log.contains("INFO  [PluginHost] Plugin Kiosk.Front 2.4.0 started"),
+            "{log}"
+        );
         assert!(log.contains("iikoFront is ready: 1 of 1 plugins running"));
         front.stop();
     }
 
     #[test]
     fn app_settings_are_read() {
-        let s = app_settings("<appSettings><add key=\"A\" value=\"1\" />\n<add value=\"2\" key=\"B\"/></appSettings>");
+        let s = app_settings(
+            "<appSettings><add key=\"A\" value=\"1\" />\n<add value=\"2\" key=\"B\"/></appSettings>",
+        );
         assert_eq!(s, vec![("A".into(), "1".into()), ("B".into(), "2".into())]);
     }
 }

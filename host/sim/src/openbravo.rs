@@ -55,66 +55,101 @@ pub struct Module {
     pub needs: Vec<(String, String)>,
 }
 
-/// The modules of a new store server: (id, name, java package, version, needs).
-const BASELINE: &[(&str, &str, &str, &str, &[(&str, &str)])] = &[
-    ("0", "Core", "org.openbravo", "3.0.33000", &[]),
-    (
-        "FF808181326CC34901326D53DBCF0018",
-        "Mobile Core Infrastructure",
-        "org.openbravo.mobile.core",
-        "1.8.3900",
-        &[("0", "3.0.32000")],
-    ),
-    (
-        "FF8080812D842086012D844F3CC0003E",
-        "Web POS",
-        "org.openbravo.retail.posterminal",
-        "1.8.3900",
-        &[("FF808181326CC34901326D53DBCF0018", "1.8.3900")],
-    ),
-    (
-        "8A64B71A2B0B2946012B0BC4A1E70027",
-        "Discounts and Promotions",
-        "org.openbravo.retail.discounts",
-        "1.8.3900",
-        &[("FF8080812D842086012D844F3CC0003E", "1.8.3900")],
-    ),
-    (
-        "A918E3331C404B889D69AA9BFAFB23AC",
-        "Store Server",
-        "org.openbravo.retail.storeserver",
-        "1.2.3900",
-        &[("FF8080812D842086012D844F3CC0003E", "1.8.3900")],
-    ),
+/// A module of a new store server, as its `AD_MODULE.xml` describes it.
+struct Baseline {
+    id: &'static str,
+    name: &'static str,
+    javapackage: &'static str,
+    version: &'static str,
+    /// (module id, lowest version) of each module it needs.
+    needs: &'static [(&'static str, &'static str)],
+}
+
+/// The modules of a new store server; the core's id is `0`, as in Openbravo.
+const BASELINE: &[Baseline] = &[
+    Baseline {
+        id: "0",
+        name: "Core",
+        javapackage: "org.openbravo",
+        version: "3.0.33000",
+        needs: &[],
+    },
+    Baseline {
+        id: "FF808181326CC34901326D53DBCF0018",
+        name: "Mobile Core Infrastructure",
+        javapackage: "org.openbravo.mobile.core",
+        version: "1.8.3900",
+        needs: &[("0", "3.0.32000")],
+    },
+    Baseline {
+        id: "FF8080812D842086012D844F3CC0003E",
+        name: "Web POS",
+        javapackage: "org.openbravo.retail.posterminal",
+        version: "1.8.3900",
+        needs: &[("FF808181326CC34901326D53DBCF0018", "1.8.3900")],
+    },
+    Baseline {
+        id: "8A64B71A2B0B2946012B0BC4A1E70027",
+        name: "Discounts and Promotions",
+        javapackage: "org.openbravo.retail.discounts",
+        version: "1.8.3900",
+        needs: &[("FF8080812D842086012D844F3CC0003E", "1.8.3900")],
+    },
+    Baseline {
+        id: "A918E3331C404B889D69AA9BFAFB23AC",
+        name: "Store Server",
+        javapackage: "org.openbravo.retail.storeserver",
+        version: "1.2.3900",
+        needs: &[("FF8080812D842086012D844F3CC0003E", "1.8.3900")],
+    },
 ];
 
 /// Lays out a store server at `product` with the baseline modules, its log
 /// going to `logs`. Pending batches and settings already there are kept.
 pub fn init_openbravo(product: &Path, logs: &Path) -> io::Result<()> {
-    for (id, name, javapackage, version, needs) in BASELINE {
+    for &Baseline {
+        id,
+        name,
+        javapackage,
+        version,
+        needs,
+    } in BASELINE
+    {
         let module = Module {
-            id: (*id).into(),
-            name: (*name).into(),
-            javapackage: (*javapackage).into(),
-            version: (*version).into(),
+            id: id.into(),
+            name: name.into(),
+            javapackage: javapackage.into(),
+            version: version.into(),
             needs: needs
                 .iter()
                 .map(|(i, v)| ((*i).into(), (*v).into()))
                 .collect(),
         };
-        let dir = if *id == "0" {
+        let dir = if id == "0" {
             product.to_path_buf()
         } else {
             product.join(MODULES_DIR).join(javapackage)
         };
-        write_file(&dir.join(MODULE_FILE), module_xml(&module).as_bytes(), 0o644)?;
-        write_file(&dir.join(DEPENDENCY_FILE), dependency_xml(&module).as_bytes(), 0o644)?;
-        let jar = if *id == "0" {
+        write_file(
+            &dir.join(MODULE_FILE),
+            module_xml(&module).as_bytes(),
+            0o644,
+        )?;
+        write_file(
+            &dir.join(DEPENDENCY_FILE),
+            dependency_xml(&module).as_bytes(),
+            0o644,
+        )?;
+        let jar = if id == "0" {
             "lib/openbravo-core.jar".to_owned()
         } else {
             format!("lib/{javapackage}.jar")
         };
-        write_file(&dir.join(jar), &stand_in_binary(javapackage, version, 8 * 1024), 0o644)?;
+        write_file(
+            &dir.join(jar),
+            &stand_in_binary(javapackage, version, 8 * 1024),
+            0o644,
+        )?;
     }
     let properties = product.join(PROPERTIES_FILE);
     if !properties.exists() {
@@ -126,9 +161,8 @@ pub fn init_openbravo(product: &Path, logs: &Path) -> io::Result<()> {
 
 /// The `AD_MODULE.xml` of a module, in Openbravo's sourcedata layout.
 pub fn module_xml(m: &Module) -> String {
-    let row = |tag: &str, value: &str| {
-        format!("<!--{}-->  <{tag}><![CDATA[{value}]]></{tag}>\n", m.id)
-    };
+    let row =
+        |tag: &str, value: &str| format!("<!--{}-->  <{tag}><![CDATA[{value}]]></{tag}>\n", m.id);
     let mut xml = format!(
         "<?xml version='1.0' encoding='UTF-8'?>\n<data>\n<!--{}--><AD_MODULE>\n",
         m.id
@@ -160,7 +194,9 @@ pub fn dependency_xml(m: &Module) -> String {
             ("STARTVERSION", from.as_str()),
             ("ISINCLUDED", "N"),
         ] {
-            xml.push_str(&format!("<!--{id}-->  <{tag}><![CDATA[{value}]]></{tag}>\n"));
+            xml.push_str(&format!(
+                "<!--{id}-->  <{tag}><![CDATA[{value}]]></{tag}>\n"
+            ));
         }
         xml.push_str(&format!("<!--{id}--></AD_MODULE_DEPENDENCY>\n"));
     }
@@ -227,7 +263,7 @@ pub fn computed_version<'a>(versions: impl IntoIterator<Item = &'a str>) -> Resu
     let mut total: u64 = 0;
     for v in versions {
         let parts: Vec<&str> = v.split('.').collect();
-        if parts.is_empty() || parts.len() > 3 {
+        if parts.len() > 3 {
             return Err(format!("module version {v:?}: expected major.minor.patch"));
         }
         let mut value: u64 = 0;
@@ -257,7 +293,12 @@ pub fn add_pending_batches(product: &Path, count: usize) -> io::Result<Vec<Strin
     fs::create_dir_all(&dir).map_err(|e| with_path(&dir, e))?;
     let first = pending_batches(product)?
         .iter()
-        .filter_map(|n| n.strip_prefix("batch-")?.strip_suffix(".json")?.parse::<u64>().ok())
+        .filter_map(|n| {
+            n.strip_prefix("batch-")?
+                .strip_suffix(".json")?
+                .parse::<u64>()
+                .ok()
+        })
         .max()
         .map_or(1, |n| n + 1);
     (first..first + count as u64)
@@ -341,9 +382,10 @@ impl StoreServer {
     }
 
     fn fail(&self, why: String) -> io::Error {
-        let _ = self
-            .log
-            .error("StoreServer", &format!("Store server failed to start: {why}"));
+        let _ = self.log.error(
+            "StoreServer",
+            &format!("Store server failed to start: {why}"),
+        );
         io::Error::other(why)
     }
 }
@@ -352,11 +394,17 @@ impl SimProcess for StoreServer {
     fn start(&mut self) -> io::Result<()> {
         let properties = fs::read_to_string(self.product.join(PROPERTIES_FILE)).unwrap_or_default();
         let props = crate::process::parse_settings(&properties, '=');
-        let store = props.get("store.server.identifier").cloned().unwrap_or_default();
+        let store = props
+            .get("store.server.identifier")
+            .cloned()
+            .unwrap_or_default();
         self.central = props.get("central.server.url").cloned().unwrap_or_default();
         self.log.info(
             "StoreServer",
-            &format!("Starting Openbravo store server {store} (central {})", self.central),
+            &format!(
+                "Starting Openbravo store server {store} (central {})",
+                self.central
+            ),
         )?;
         self.log
             .info("StoreServer", "Server status: transitioning")?;
@@ -429,7 +477,9 @@ impl SimProcess for StoreServer {
             let left = pending_batches(&self.product)?.len();
             self.log.info(
                 "SyncService",
-                &format!("Batch {batch} synchronized to central; data pending to sync: {left} batches"),
+                &format!(
+                    "Batch {batch} synchronized to central; data pending to sync: {left} batches"
+                ),
             )?;
         }
         Ok(())
@@ -466,7 +516,10 @@ mod tests {
             if f(&text) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "the log never got there:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "the log never got there:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -474,7 +527,10 @@ mod tests {
     #[test]
     fn the_computed_version_grows_with_any_module() {
         let base = computed_version(["3.0.33000", "1.8.3900", "1.2.3900"]).unwrap();
-        assert_eq!(base, 3_000_000_033_000 + 1_000_008_003_900 + 1_000_002_003_900);
+        assert_eq!(
+            base,
+            3_000_000_033_000 + 1_000_008_003_900 + 1_000_002_003_900
+        );
         for bumped in [
             ["3.0.33001", "1.8.3900", "1.2.3900"],
             ["3.0.33000", "1.9.0", "1.2.3900"],
@@ -510,10 +566,25 @@ mod tests {
         );
         let pos = &modules[3];
         assert_eq!(pos.version, "1.8.3900");
-        assert_eq!(pos.needs, vec![("FF808181326CC34901326D53DBCF0018".to_owned(), "1.8.3900".to_owned())]);
-        assert_eq!(read_module(&product.join("modules/org.openbravo.retail.posterminal")).unwrap(), *pos);
-        assert_eq!(add_pending_batches(&product, 2).unwrap(), ["batch-000001.json", "batch-000002.json"]);
-        assert_eq!(add_pending_batches(&product, 1).unwrap(), ["batch-000003.json"]);
+        assert_eq!(
+            pos.needs,
+            vec![(
+                "FF808181326CC34901326D53DBCF0018".to_owned(),
+                "1.8.3900".to_owned()
+            )]
+        );
+        assert_eq!(
+            read_module(&product.join("modules/org.openbravo.retail.posterminal")).unwrap(),
+            *pos
+        );
+        assert_eq!(
+            add_pending_batches(&product, 2).unwrap(),
+            ["batch-000001.json", "batch-000002.json"]
+        );
+        assert_eq!(
+            add_pending_batches(&product, 1).unwrap(),
+            ["batch-000003.json"]
+        );
         assert_eq!(pending_batches(&product).unwrap().len(), 3);
     }
 
@@ -527,13 +598,23 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let (p, l, s) = (product.clone(), logs.clone(), stop.clone());
         let server = std::thread::spawn(move || run_openbravo_until(&p, &l, &s));
-        let log = wait_for(&logs.join(LOG_FILE), |t| t.contains("Server status: offline"));
-        let expected = computed_version(installed_modules(&product).unwrap().iter().map(|m| m.version.as_str())).unwrap();
+        let log = wait_for(&logs.join(LOG_FILE), |t| {
+            t.contains("Server status: offline")
+        });
+        let expected = computed_version(
+            installed_modules(&product)
+                .unwrap()
+                .iter()
+                .map(|m| m.version.as_str()),
+        )
+        .unwrap();
         assert!(log.contains(&format!("INFO  [VersionInfo] Version information recomputed: version {expected} from 5 modules")), "{log}");
         assert!(log.contains("INFO  [SyncService] Data pending to sync: 2 batches"));
         assert_eq!(pending_batches(&product).unwrap().len(), 2);
         set_central(&product, true).unwrap();
-        wait_for(&logs.join(LOG_FILE), |t| t.contains("data pending to sync: 0 batches"));
+        wait_for(&logs.join(LOG_FILE), |t| {
+            t.contains("data pending to sync: 0 batches")
+        });
         assert!(pending_batches(&product).unwrap().is_empty());
         stop.store(true, Ordering::SeqCst);
         server.join().unwrap().unwrap();
@@ -554,7 +635,9 @@ mod tests {
         assert_eq!(err.to_string(), "unsatisfied module dependencies");
         let log = fs::read_to_string(logs.join(LOG_FILE)).unwrap();
         assert!(log.contains("ERROR [ModuleLoader] Module org.openbravo.retail.posterminal 1.8.4100 needs org.openbravo.mobile.core 1.8.4100 or newer, installed: 1.8.3900"), "{log}");
-        assert!(log.contains("ERROR [StoreServer] Store server failed to start: unsatisfied module dependencies"));
+        assert!(log.contains(
+            "ERROR [StoreServer] Store server failed to start: unsatisfied module dependencies"
+        ));
         assert!(!log.contains("Version information recomputed"));
     }
 }

@@ -123,7 +123,9 @@ pub fn parse_units(text: &str) -> io::Result<Vec<Unit>> {
                 role: role.to_string(),
                 online: *state == "online",
                 free: free.parse().map_err(|_| {
-                    invalid(format!("{UNITS} line {n}: free space {free:?} is not a number of bytes"))
+                    invalid(format!(
+                        "{UNITS} line {n}: free space {free:?} is not a number of bytes"
+                    ))
                 })?,
             }),
             _ => Err(invalid(format!(
@@ -162,31 +164,41 @@ fn write_units(product: &Path, units: &[Unit]) -> io::Result<()> {
     let mut text = String::from(UNITS_HEADER);
     for u in units {
         let state = if u.online { "online" } else { "offline" };
-        text.push_str(&format!("{:<9} {:<7} {:<8} {}\n", u.name, u.role, state, u.free));
+        text.push_str(&format!(
+            "{:<9} {:<7} {:<8} {}\n",
+            u.name, u.role, state, u.free
+        ));
     }
     write_atomically(&product.join(UNITS), text.as_bytes())
 }
 
 fn change_client(product: &Path, client: &str, f: impl FnOnce(&mut Client)) -> io::Result<()> {
     let mut clients = read_clients(product)?;
-    let c = clients.iter_mut().find(|c| c.name == client).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{CLIENTS}: there is no terminal client {client}"),
-        )
-    })?;
+    let c = clients
+        .iter_mut()
+        .find(|c| c.name == client)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{CLIENTS}: there is no terminal client {client}"),
+            )
+        })?;
     f(c);
     write_clients(product, &clients)
 }
 
 /// Signs `operator` on at `client`, or off when `None`.
 pub fn sign_on(product: &Path, client: &str, operator: Option<&str>) -> io::Result<()> {
-    change_client(product, client, |c| c.operator = operator.map(str::to_owned))
+    change_client(product, client, |c| {
+        c.operator = operator.map(str::to_owned)
+    })
 }
 
 /// Opens transaction `number` at `client`, or closes the open one when `None`.
 pub fn open_transaction(product: &Path, client: &str, number: Option<&str>) -> io::Result<()> {
-    change_client(product, client, |c| c.transaction = number.map(str::to_owned))
+    change_client(product, client, |c| {
+        c.transaction = number.map(str::to_owned)
+    })
 }
 
 /// Sets a system unit's state and free disk space.
@@ -205,7 +217,11 @@ pub fn set_unit(product: &Path, unit: &str, online: bool, free: u64) -> io::Resu
 
 /// The program files of `version`: paths under the installation, contents, modes.
 pub fn program_files(version: &str) -> Vec<(String, Vec<u8>, u32)> {
-    let mut files = vec![(VERSION_FILE.to_owned(), format!("{version}\n").into_bytes(), 0o644)];
+    let mut files = vec![(
+        VERSION_FILE.to_owned(),
+        format!("{version}\n").into_bytes(),
+        0o644,
+    )];
     for (path, (what, mode)) in PROGRAM.iter().zip([
         ("MICROS Retail OSCAR POS server and client program", 0o755),
         ("MICROS Retail OSCAR POS runtime library", 0o644),
@@ -225,11 +241,31 @@ fn elf(path: &str, version: &str, what: &str) -> Vec<u8> {
 /// The uncritical files of a first installation: reports, forms, texts, images.
 pub fn uncritical_files() -> Vec<(String, Vec<u8>, u32)> {
     vec![
-        ("fgl/LstUpdateState.fgl".into(), fgl("LstUpdateState", "Update State list"), 0o644),
-        ("fgl/Receipt.fgl".into(), fgl("Receipt", "Customer receipt, layout 1"), 0o644),
-        ("fsm/Login.fsm".into(), fsm("Login", "Operator sign-on"), 0o644),
-        ("fsm/Sale.fsm".into(), fsm("Sale", "Sales screen, 4 x 6 keys"), 0o644),
-        ("asc/Texts.asc".into(), b"TXT 0001 Bitte anmelden\nTXT 0002 Summe\nTXT 0003 Bon Ende\n".to_vec(), 0o644),
+        (
+            "fgl/LstUpdateState.fgl".into(),
+            fgl("LstUpdateState", "Update State list"),
+            0o644,
+        ),
+        (
+            "fgl/Receipt.fgl".into(),
+            fgl("Receipt", "Customer receipt, layout 1"),
+            0o644,
+        ),
+        (
+            "fsm/Login.fsm".into(),
+            fsm("Login", "Operator sign-on"),
+            0o644,
+        ),
+        (
+            "fsm/Sale.fsm".into(),
+            fsm("Sale", "Sales screen, 4 x 6 keys"),
+            0o644,
+        ),
+        (
+            "asc/Texts.asc".into(),
+            b"TXT 0001 Bitte anmelden\nTXT 0002 Summe\nTXT 0003 Bon Ende\n".to_vec(),
+            0o644,
+        ),
         ("bmp/Logo.bmp".into(), bmp([0x20, 0x40, 0xa0]), 0o644),
     ]
 }
@@ -432,9 +468,14 @@ impl Server {
         }
         self.log.info("Database", &format!("{DATABASE} opened"))?;
         let mut counts = [0u32; 4];
-        for (i, (dir, ext)) in [("fgl", "fgl"), ("fsm", "fsm"), ("asc", "asc"), ("bmp", "bmp")]
-            .into_iter()
-            .enumerate()
+        for (i, (dir, ext)) in [
+            ("fgl", "fgl"),
+            ("fsm", "fsm"),
+            ("asc", "asc"),
+            ("bmp", "bmp"),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let Ok(entries) = fs::read_dir(self.product.join(dir)) else {
                 continue;
@@ -478,7 +519,10 @@ impl Server {
             } else {
                 self.log.warn(
                     "Clients",
-                    &format!("Terminal client {}: system unit {} is offline", c.name, c.unit),
+                    &format!(
+                        "Terminal client {}: system unit {} is offline",
+                        c.name, c.unit
+                    ),
                 )?;
             }
         }
@@ -494,7 +538,9 @@ impl Server {
 
     fn fail(&mut self, component: &str, message: &str) -> io::Result<()> {
         self.log.error(component, message)?;
-        Err(io::Error::other(format!("the OSCAR server did not start: {message}")))
+        Err(io::Error::other(format!(
+            "the OSCAR server did not start: {message}"
+        )))
     }
 
     /// Logs sign-ons and transactions as the clients report them.
@@ -509,12 +555,14 @@ impl Server {
                 .unwrap_or_default();
             if c.operator != op_before {
                 match (&op_before, &c.operator) {
-                    (Some(old), _) if c.operator.is_none() => self
-                        .log
-                        .info("Clients", &format!("Operator {old} signed off at {}", c.name))?,
-                    (_, Some(new)) => self
-                        .log
-                        .info("Clients", &format!("Operator {new} signed on at {}", c.name))?,
+                    (Some(old), _) if c.operator.is_none() => self.log.info(
+                        "Clients",
+                        &format!("Operator {old} signed off at {}", c.name),
+                    )?,
+                    (_, Some(new)) => self.log.info(
+                        "Clients",
+                        &format!("Operator {new} signed on at {}", c.name),
+                    )?,
                     _ => {}
                 }
             }
@@ -547,7 +595,8 @@ impl Server {
                 &format!("Shutting down terminal clients: {}", names.join(", ")),
             )?;
         }
-        self.log.info("Server", "MICROS Retail OSCAR POS server stopped")
+        self.log
+            .info("Server", "MICROS Retail OSCAR POS server stopped")
     }
 }
 
@@ -652,7 +701,10 @@ mod tests {
             if f(&text) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "the server log never got there:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "the server log never got there:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -701,21 +753,38 @@ mod tests {
     #[test]
     fn an_installation_looks_like_one() {
         let (_tmp, product, logs) = fixture("21.3.0");
-        assert_eq!(fs::read_to_string(product.join(VERSION_FILE)).unwrap(), "21.3.0\n");
+        assert_eq!(
+            fs::read_to_string(product.join(VERSION_FILE)).unwrap(),
+            "21.3.0\n"
+        );
         for f in PROGRAM {
-            assert!(fs::read_to_string(product.join(f)).unwrap().starts_with("SIM-ELF "));
+            assert!(
+                fs::read_to_string(product.join(f))
+                    .unwrap()
+                    .starts_with("SIM-ELF ")
+            );
         }
         assert!(product.join("work").is_dir());
-        assert!(!product.join(UPDATE_DIR).exists(), "the first update creates work/update");
+        assert!(
+            !product.join(UPDATE_DIR).exists(),
+            "the first update creates work/update"
+        );
         assert_eq!(&fs::read(product.join("bmp/Logo.bmp")).unwrap()[..2], b"BM");
         assert_eq!(fs::read(product.join("bmp/Logo.bmp")).unwrap().len(), 70);
         let def = variables(&fs::read_to_string(product.join(CONFIG_DEF)).unwrap());
         assert!(def.contains(&("SALESDEBUG".into(), "Y".into())));
         let ini = variables(&fs::read_to_string(product.join(CONFIG_INI)).unwrap());
-        assert!(ini.contains(&("MICROS Retail OSCAR POS_OMLPATH".into(), "..\\logs,30".into())));
+        assert!(ini.contains(&(
+            "MICROS Retail OSCAR POS_OMLPATH".into(),
+            "..\\logs,30".into()
+        )));
         let clients = read_clients(&product).unwrap();
         assert_eq!(clients.len(), 3);
-        assert!(clients.iter().all(|c| c.operator.is_none() && c.transaction.is_none()));
+        assert!(
+            clients
+                .iter()
+                .all(|c| c.operator.is_none() && c.transaction.is_none())
+        );
         assert_eq!(read_units(&product).unwrap().len(), 3);
         assert!(logs.is_dir());
         assert!(init_oscar(&product, &logs, "21.x").is_err());
@@ -746,7 +815,9 @@ mod tests {
         let server = Running::start(&product, &logs);
         let log = wait_for_log(&logs, |t| t.contains(" ready, "));
         let m = messages(&log);
-        assert!(m[0].starts_with("INFO  [Server] MICROS Retail OSCAR POS server 21.3.0 starting in "));
+        assert!(
+            m[0].starts_with("INFO  [Server] MICROS Retail OSCAR POS server 21.3.0 starting in ")
+        );
         assert!(m.contains(&"INFO  [Config] bin/oscar.def: 5 variables"));
         assert!(m.contains(&"INFO  [Forms] 2 reports (fgl), 2 forms (fsm), 1 text files (asc), 1 images (bmp) loaded"));
         assert!(m.contains(&"INFO  [Clients] Terminal client POS01 on POS01 connected"));
@@ -762,20 +833,33 @@ mod tests {
         let log = fs::read_to_string(logs.join(LOG_FILE)).unwrap();
         assert!(log.contains("Transaction 4711 closed at POS01"));
         let m = messages(&log);
-        assert_eq!(m[m.len() - 2], "INFO  [Clients] Shutting down terminal clients: POS01, POS02");
-        assert_eq!(m[m.len() - 1], "INFO  [Server] MICROS Retail OSCAR POS server stopped");
+        assert_eq!(
+            m[m.len() - 2],
+            "INFO  [Clients] Shutting down terminal clients: POS01, POS02"
+        );
+        assert_eq!(
+            m[m.len() - 1],
+            "INFO  [Server] MICROS Retail OSCAR POS server stopped"
+        );
         assert!(!log.contains("ERROR"));
     }
 
     #[test]
     fn a_start_fails_on_missing_or_foreign_program_files_and_bad_forms() {
-        let cases: [(&str, fn(&Path)); 4] = [
+        type Damage = fn(&Path);
+        let cases: [(&str, Damage); 4] = [
             ("ERROR [Server] Cannot load bin/liboscdb.so: ", |p| {
                 fs::remove_file(p.join("bin/liboscdb.so")).unwrap()
             }),
             (
                 "ERROR [Server] bin/liboscdb.so is release 21.2.4; server 21.3.0 needs 21.3.x: incompatible program files",
-                |p| fs::write(p.join("bin/liboscdb.so"), elf("bin/liboscdb.so", "21.2.4", "x")).unwrap(),
+                |p| {
+                    fs::write(
+                        p.join("bin/liboscdb.so"),
+                        elf("bin/liboscdb.so", "21.2.4", "x"),
+                    )
+                    .unwrap()
+                },
             ),
             ("ERROR [Database] Cannot open work.srv/oscar.db: ", |p| {
                 fs::remove_dir_all(p.join(WORK_SRV)).unwrap()
@@ -829,6 +913,9 @@ mod tests {
             }
             checked += 1;
         }
-        assert!(checked >= 2, "packages/oscar holds a good complete and partial update");
+        assert!(
+            checked >= 2,
+            "packages/oscar holds a good complete and partial update"
+        );
     }
 }

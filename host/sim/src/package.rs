@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! file = "ukm5_pos_1.8.4.tgz"   # the archive's name; its ending picks the format:
-//!                               # .tgz / .tar.gz, .tar.bz2, .tar or .zip
+//!                               # .tgz / .tar.gz, .tar.bz2, .tar, .zip or .obx
 //! device_type = "ukm5"
 //! note = "Fiscal printer driver update"
 //! ```
@@ -100,7 +100,8 @@ pub fn build(source: &Path, out_dir: &Path) -> io::Result<PathBuf> {
     let tmp = out_dir.join(format!(".{}.partial", manifest.file));
     let files = walk(&content)?;
     let name = manifest.file.as_str();
-    if name.ends_with(".zip") {
+    // Openbravo modules (`.obx`) are zip files under their own ending.
+    if name.ends_with(".zip") || name.ends_with(".obx") {
         write_zip(&content, &files, File::create(&tmp)?)?;
     } else if name.ends_with(".tgz") || name.ends_with(".tar.gz") {
         let gz = flate2::write::GzEncoder::new(File::create(&tmp)?, flate2::Compression::default());
@@ -112,7 +113,7 @@ pub fn build(source: &Path, out_dir: &Path) -> io::Result<PathBuf> {
         write_tar(&content, &files, File::create(&tmp)?)?.sync_all()?;
     } else {
         return Err(invalid(format!(
-            "{}: cannot tell the archive format of {name}; end it in .tgz, .tar.gz, .tar.bz2, .tar or .zip",
+            "{}: cannot tell the archive format of {name}; end it in .tgz, .tar.gz, .tar.bz2, .tar, .zip or .obx",
             source.display()
         )));
     }
@@ -231,7 +232,7 @@ mod tests {
 
     #[test]
     fn every_format_builds() {
-        for name in ["p_1.tar.bz2", "p_1.zip", "p_1.tar", "p_1.tar.gz"] {
+        for name in ["p_1.tar.bz2", "p_1.zip", "p_1.tar", "p_1.tar.gz", "p_1.obx"] {
             let tmp = tempfile::tempdir().unwrap();
             let src = source(tmp.path(), name);
             let out = build(&src, &tmp.path().join("out")).unwrap();

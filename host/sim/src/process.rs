@@ -226,7 +226,12 @@ mod tests {
     fn stand_ins_name_their_program() {
         let tmp = tempfile::tempdir().unwrap();
         let exe = tmp.path().join("BackOffice.exe");
-        write_file(&exe, &stand_in_binary("iikoOffice", "8.9.6021.0", 4096), 0o755).unwrap();
+        write_file(
+            &exe,
+            &stand_in_binary("iikoOffice", "8.9.6021.0", 4096),
+            0o755,
+        )
+        .unwrap();
         assert_eq!(stand_in_version(&exe, "iikoOffice").unwrap(), "8.9.6021.0");
         assert!(stand_in_version(&exe, "iikoFront").is_err());
         assert_ne!(

@@ -46,11 +46,7 @@ pub const SETTINGS_FILE: &str = "mint/conf/mint.properties";
 /// The register's log, in the log folder (`/home/ukm5/mint/logs` on a register).
 pub const LOG_FILE: &str = "pos.log";
 /// The program modules, under [`MINT`], each built for exactly one version.
-pub const MODULES: [&str; 3] = [
-    "lib/ukm5-pos.jar",
-    "lib/ukm5-fiscal.jar",
-    "lib/ukm5-ui.jar",
-];
+pub const MODULES: [&str; 3] = ["lib/ukm5-pos.jar", "lib/ukm5-fiscal.jar", "lib/ukm5-ui.jar"];
 /// How often the running register looks at its control file and drop folder.
 pub const POLL: Duration = Duration::from_millis(100);
 
@@ -257,13 +253,22 @@ pub fn write_package_source(dir: &Path, version: &str, note: &str) -> io::Result
 /// The program files of `version`, as paths under `mint/`, contents and modes.
 pub fn program_files(version: &str) -> Vec<(String, Vec<u8>, u32)> {
     let mut files = vec![
-        ("version".to_owned(), format!("{version}\n").into_bytes(), 0o644),
-        ("bin/mint.sh".to_owned(), LAUNCHER.as_bytes().to_vec(), 0o755),
+        (
+            "version".to_owned(),
+            format!("{version}\n").into_bytes(),
+            0o644,
+        ),
+        (
+            "bin/mint.sh".to_owned(),
+            LAUNCHER.as_bytes().to_vec(),
+            0o755,
+        ),
     ];
-    for (module, title) in MODULES
-        .iter()
-        .zip(["UKM 5 POS", "UKM 5 fiscal registrar drivers", "UKM 5 cashier screens"])
-    {
+    for (module, title) in MODULES.iter().zip([
+        "UKM 5 POS",
+        "UKM 5 fiscal registrar drivers",
+        "UKM 5 cashier screens",
+    ]) {
         files.push((module.to_string(), jar(module, version, title), 0o644));
     }
     files
@@ -428,7 +433,8 @@ impl Register {
         };
         let mark = self.home.join(REBOOT_MARK);
         if self.cold_boot {
-            self.log.info("System", "Register started after a full reboot")?;
+            self.log
+                .info("System", "Register started after a full reboot")?;
             if let Ok(updated) = fs::read_to_string(&mark) {
                 fs::remove_file(&mark).map_err(|e| with_path(&mark, e))?;
                 self.log.info(
@@ -501,7 +507,9 @@ impl Register {
     fn fail(&mut self, message: &str) -> io::Result<()> {
         self.log.error("Mint", message)?;
         self.change(Mode::Stopped)?;
-        Err(io::Error::other(format!("UKM 5 POS did not start: {message}")))
+        Err(io::Error::other(format!(
+            "UKM 5 POS did not start: {message}"
+        )))
     }
 
     fn poll(&mut self) -> io::Result<()> {
@@ -579,7 +587,10 @@ impl Register {
         if self.mode == Mode::Receipt {
             self.log.warn(
                 "Receipt",
-                &format!("Receipt #{} cancelled: the program is stopping", self.receipts),
+                &format!(
+                    "Receipt #{} cancelled: the program is stopping",
+                    self.receipts
+                ),
             )?;
         }
         if self.mode != Mode::Stopped {
@@ -690,7 +701,9 @@ fn check_version(version: &str) -> io::Result<()> {
     } else {
         Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("UKM 5 version {version:?}: use a dotted version (1.14.9) or a build number (877)"),
+            format!(
+                "UKM 5 version {version:?}: use a dotted version (1.14.9) or a build number (877)"
+            ),
         ))
     }
 }
@@ -698,8 +711,7 @@ fn check_version(version: &str) -> io::Result<()> {
 /// Whether `v` is a UKM 5 version: numbers joined by single dots.
 pub fn is_ukm5_version(v: &str) -> bool {
     !v.is_empty()
-        && v
-            .split('.')
+        && v.split('.')
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -739,7 +751,10 @@ mod tests {
             if f(&text) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "the register log never got there:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "the register log never got there:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -788,7 +803,10 @@ mod tests {
     #[test]
     fn an_installed_register_looks_like_one() {
         let (_tmp, home, logs) = fixture("1.8.4");
-        assert_eq!(fs::read_to_string(home.join(VERSION_FILE)).unwrap(), "1.8.4\n");
+        assert_eq!(
+            fs::read_to_string(home.join(VERSION_FILE)).unwrap(),
+            "1.8.4\n"
+        );
         for module in MODULES {
             let text = fs::read_to_string(home.join(MINT).join(module)).unwrap();
             assert!(text.starts_with("SIM-JAR ukm5-"), "{text}");
@@ -801,7 +819,10 @@ mod tests {
         // A reinstall keeps the register's settings.
         set_auto_update_timeout(&home, None).unwrap();
         init_ukm5(&home, &logs, "877").unwrap();
-        assert_eq!(fs::read_to_string(home.join(VERSION_FILE)).unwrap(), "877\n");
+        assert_eq!(
+            fs::read_to_string(home.join(VERSION_FILE)).unwrap(),
+            "877\n"
+        );
         assert_eq!(auto_update_timeout(&home).unwrap(), None);
         assert!(init_ukm5(&home, &logs, "1.8.x").is_err());
         assert!(init_ukm5(&home, &logs, "../1").is_err());
@@ -809,8 +830,14 @@ mod tests {
 
     #[test]
     fn update_conf_is_read_and_written_as_operators_do() {
-        assert_eq!(parse_auto_update_timeout("autoUpdateTimeout = 15\n"), Ok(Some(15)));
-        assert_eq!(parse_auto_update_timeout("#autoUpdateTimeout=15\n"), Ok(None));
+        assert_eq!(
+            parse_auto_update_timeout("autoUpdateTimeout = 15\n"),
+            Ok(Some(15))
+        );
+        assert_eq!(
+            parse_auto_update_timeout("#autoUpdateTimeout=15\n"),
+            Ok(None)
+        );
         assert_eq!(parse_auto_update_timeout("# nothing\n\n"), Ok(None));
         let err = parse_auto_update_timeout("# x\nautoUpdateTimeout=soon\n").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
@@ -821,7 +848,10 @@ mod tests {
         set_auto_update_timeout(&home, None).unwrap();
         let text = fs::read_to_string(home.join(UPDATE_CONF)).unwrap();
         assert!(text.contains("\n#autoUpdateTimeout=10\n"), "{text}");
-        assert!(text.starts_with("# Update settings"), "comments are kept: {text}");
+        assert!(
+            text.starts_with("# Update settings"),
+            "comments are kept: {text}"
+        );
         set_auto_update_timeout(&home, Some(30)).unwrap();
         let text = fs::read_to_string(home.join(UPDATE_CONF)).unwrap();
         assert_eq!(text.matches("autoUpdateTimeout=").count(), 1, "{text}");
@@ -848,14 +878,21 @@ mod tests {
         assert!(set_mode(&home, Mode::Starting).is_err());
         register.stop().unwrap();
         let log = fs::read_to_string(logs.join(LOG_FILE)).unwrap();
-        assert_eq!(messages(&log).last().unwrap(), &"INFO  [Mint] UKM 5 POS stopped");
+        assert_eq!(
+            messages(&log).last().unwrap(),
+            &"INFO  [Mint] UKM 5 POS stopped"
+        );
         assert_eq!(last_mode(&log), Some("STOPPED"));
     }
 
     #[test]
     fn a_module_of_another_version_stops_the_start() {
         let (_tmp, home, logs) = fixture("1.14.9");
-        fs::write(home.join(MINT).join("lib/ukm5-fiscal.jar"), jar("ukm5-fiscal.jar", "1.14.8", "x")).unwrap();
+        fs::write(
+            home.join(MINT).join("lib/ukm5-fiscal.jar"),
+            jar("ukm5-fiscal.jar", "1.14.8", "x"),
+        )
+        .unwrap();
         let err = Register::new(&home, &logs)
             .run_until(&AtomicBool::new(true))
             .unwrap_err();
@@ -875,14 +912,22 @@ mod tests {
         fs::write(home.join(PACKAGE_DIR).join("ukm5_pos_1.14.9.tgz"), b"x").unwrap();
         let register = Running::start(Register::new(&home, &logs));
         let log = wait_for_log(&logs, |t| t.contains("Update package ukm5_pos_1.14.9.tgz"));
-        assert!(log.contains("the cashier will be asked to update in 10 min (autoUpdateTimeout)"), "{log}");
+        assert!(
+            log.contains("the cashier will be asked to update in 10 min (autoUpdateTimeout)"),
+            "{log}"
+        );
         register.stop().unwrap();
 
         set_auto_update_timeout(&home, None).unwrap();
         fs::remove_file(logs.join(LOG_FILE)).unwrap();
         let register = Running::start(Register::new(&home, &logs));
         let log = wait_for_log(&logs, |t| t.contains("Update package ukm5_pos_1.14.9.tgz"));
-        assert!(log.contains("autoUpdateTimeout is off, the register does not ask; run sudo ./up.sh in"), "{log}");
+        assert!(
+            log.contains(
+                "autoUpdateTimeout is off, the register does not ask; run sudo ./up.sh in"
+            ),
+            "{log}"
+        );
         register.stop().unwrap();
     }
 
@@ -894,12 +939,17 @@ mod tests {
         let log = wait_for_log(&logs, |t| t.contains("-> SALE"));
         assert!(log.contains("WARN  [Updater] UKM 5 POS 1.14.9 was installed by an update: a full reboot of the register is required"));
         register.stop().unwrap();
-        assert!(home.join(REBOOT_MARK).exists(), "a quick restart is not a reboot");
+        assert!(
+            home.join(REBOOT_MARK).exists(),
+            "a quick restart is not a reboot"
+        );
 
         fs::remove_file(logs.join(LOG_FILE)).unwrap();
         let register = Running::start(Register::new(&home, &logs).cold_boot(true));
         let log = wait_for_log(&logs, |t| t.contains("-> SALE"));
-        assert!(log.contains("INFO  [Updater] The update to 1.14.9 is in force after the full reboot"));
+        assert!(
+            log.contains("INFO  [Updater] The update to 1.14.9 is in force after the full reboot")
+        );
         assert!(!log.contains("reboot of the register is required"));
         register.stop().unwrap();
         assert!(!home.join(REBOOT_MARK).exists());
@@ -917,11 +967,24 @@ mod tests {
             .arg(home.join(UP_SH))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(fs::read_to_string(home.join(VERSION_FILE)).unwrap(), "1.14.9\n");
-        assert_eq!(fs::read_to_string(home.join(REBOOT_MARK)).unwrap(), "1.14.9\n");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            fs::read_to_string(home.join(VERSION_FILE)).unwrap(),
+            "1.14.9\n"
+        );
+        assert_eq!(
+            fs::read_to_string(home.join(REBOOT_MARK)).unwrap(),
+            "1.14.9\n"
+        );
         assert!(!package.exists());
-        assert_eq!(fs::read_to_string(home.join("mint.bak/version")).unwrap(), "1.8.4\n");
+        assert_eq!(
+            fs::read_to_string(home.join("mint.bak/version")).unwrap(),
+            "1.8.4\n"
+        );
         assert!(home.join(SETTINGS_FILE).is_file());
     }
 
@@ -951,6 +1014,9 @@ mod tests {
             }
             checked += 1;
         }
-        assert!(checked >= 2, "packages/ukm5 holds at least two good versions");
+        assert!(
+            checked >= 2,
+            "packages/ukm5 holds at least two good versions"
+        );
     }
 }

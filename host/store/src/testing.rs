@@ -85,6 +85,19 @@ impl TestDb {
         self.store.backend()
     }
 
+    /// A URL that opens this same database (for code that connects by URL, such as
+    /// a whole server under test).
+    pub fn url(&self) -> String {
+        match &self.cleanup {
+            Cleanup::Sqlite(dir) => format!("sqlite://{}", dir.path().join("posup.db").display()),
+            Cleanup::Postgres { schema } => {
+                let base = postgres_url();
+                let sep = if base.contains('?') { '&' } else { '?' };
+                format!("{base}{sep}options[search_path]={schema}")
+            }
+        }
+    }
+
     /// Closes the store and removes its database.
     pub async fn cleanup(self) {
         self.store.close().await;
@@ -100,6 +113,17 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// A fresh database of `backend`, or `None` for an unreachable PostgreSQL
+    /// outside CI.
+    pub async fn of(backend: Backend) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => Some(TestDb::sqlite().await),
+            Backend::Postgres => TestDb::postgres().await,
+        }
+    }
+}
+
 /// Runs `test` on SQLite, then on PostgreSQL, each with a fresh database that is
 /// removed afterwards even when the test panics. A panic names the backend.
 pub async fn each_backend<F, Fut>(test: F)
@@ -108,12 +132,8 @@ where
     Fut: Future<Output = ()>,
 {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let db = match backend {
-            Backend::Sqlite => TestDb::sqlite().await,
-            Backend::Postgres => match TestDb::postgres().await {
-                Some(db) => db,
-                None => continue,
-            },
+        let Some(db) = TestDb::of(backend).await else {
+            continue;
         };
         let result = AssertUnwindSafe(test(db.store.clone())).catch_unwind().await;
         db.cleanup().await;

@@ -94,14 +94,16 @@ impl Store {
     }
 
     pub async fn reference_view(&self, device_type: &str) -> Result<Option<ReferenceView>> {
-        let (explicit, current): (Option<(String, String, String, i64)>, Option<(String, String, i64)>) = with_read!(self, pool => {
-            let explicit = sqlx::query_as::<_, (String, String, String, i64)>(
+        type Explicit = (String, String, String, i64);
+        type Current = (String, String, i64);
+        let (explicit, current): (Option<Explicit>, Option<Current>) = with_read!(self, pool => {
+            let explicit = sqlx::query_as::<_, Explicit>(
                 "SELECT version, modules, source, updated_at FROM version_references WHERE device_type = $1",
             )
             .bind(device_type)
             .fetch_optional(pool)
             .await?;
-            let current = sqlx::query_as::<_, (String, String, i64)>(
+            let current = sqlx::query_as::<_, Current>(
                 "SELECT version, file_name, uploaded_at FROM packages WHERE device_type = $1 AND current = TRUE",
             )
             .bind(device_type)

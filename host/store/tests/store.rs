@@ -119,7 +119,7 @@ async fn fleet(store: &Store, n: u32) -> (Vec<i64>, PackageView) {
         .unwrap();
     let mut ids = Vec::new();
     for i in 1..=n {
-        let site = if i % 2 == 0 { "B" } else { "A" };
+        let site = if i.is_multiple_of(2) { "B" } else { "A" };
         ids.push(
             store
                 .enroll(&identity(i, site), &format!("hash-{i}"), T0, "enrollment secret test")

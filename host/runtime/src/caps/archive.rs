@@ -76,10 +76,18 @@ impl archive::Host for ArchiveState {
         super::blocking(&what, move || list_entries(&grants, &limits, &archive)).await
     }
 
-    async fn read_entry(&mut self, archive: String, entry: String, max_bytes: u64) -> Result<Vec<u8>, WitError> {
+    async fn read_entry(
+        &mut self,
+        archive: String,
+        entry: String,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, WitError> {
         let (grants, limits) = (self.grants.clone(), self.limits.clone());
         let what = format!("reading {entry} from {archive}");
-        super::blocking(&what, move || read_entry(&grants, &limits, &archive, &entry, max_bytes)).await
+        super::blocking(&what, move || {
+            read_entry(&grants, &limits, &archive, &entry, max_bytes)
+        })
+        .await
     }
 
     async fn extract(&mut self, archive: String, dest: String) -> Result<ExtractSummary, WitError> {
@@ -139,9 +147,13 @@ impl Format {
 fn open(grants: &Grants, archive: &str) -> CapResult<(File, Format)> {
     let host = grants.resolve(archive, false)?;
     let mut file = File::open(&host).map_err(|e| CapError::from_io(archive, &e))?;
-    let meta = file.metadata().map_err(|e| CapError::from_io(archive, &e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| CapError::from_io(archive, &e))?;
     if !meta.is_file() {
-        return Err(CapError::invalid(format!("{archive}: not a file; give the path of an archive")));
+        return Err(CapError::invalid(format!(
+            "{archive}: not a file; give the path of an archive"
+        )));
     }
     let mut head = [0u8; 512];
     let mut n = 0;
@@ -174,7 +186,11 @@ fn open(grants: &Grants, archive: &str) -> CapResult<(File, Format)> {
 }
 
 /// Runs `f` over the uncompressed tar stream of `file`.
-fn with_tar_stream<T>(file: File, format: Format, f: impl FnOnce(&mut dyn Read) -> CapResult<T>) -> CapResult<T> {
+fn with_tar_stream<T>(
+    file: File,
+    format: Format,
+    f: impl FnOnce(&mut dyn Read) -> CapResult<T>,
+) -> CapResult<T> {
     let mut input = BufReader::with_capacity(BUF, file);
     match format {
         Format::Tar => f(&mut input),
@@ -194,7 +210,10 @@ enum Chunk {
 /// Inflates `decoder` on a second thread while `f` consumes the output. When `f`
 /// stops early (a refusal, a limit) the channel closes and the thread ends at its
 /// next chunk, so a bomb is never inflated further than [`AHEAD`] chunks.
-fn pipelined<D: Read + Send, T>(mut decoder: D, f: impl FnOnce(&mut dyn Read) -> CapResult<T>) -> CapResult<T> {
+fn pipelined<D: Read + Send, T>(
+    mut decoder: D,
+    f: impl FnOnce(&mut dyn Read) -> CapResult<T>,
+) -> CapResult<T> {
     std::thread::scope(|scope| {
         let (tx, rx) = sync_channel::<Chunk>(AHEAD);
         let (back_tx, back_rx) = sync_channel::<Vec<u8>>(AHEAD + 2);
@@ -215,7 +234,11 @@ fn pipelined<D: Read + Send, T>(mut decoder: D, f: impl FnOnce(&mut dyn Read) ->
                     }
                 }
                 buf.truncate(filled);
-                let msg = if filled == 0 { Chunk::End } else { Chunk::Data(buf) };
+                let msg = if filled == 0 {
+                    Chunk::End
+                } else {
+                    Chunk::Data(buf)
+                };
                 let end = matches!(msg, Chunk::End);
                 if tx.send(msg).is_err() || end {
                     return;
@@ -272,7 +295,9 @@ impl Read for Pipe {
                 }
                 Err(_) => {
                     self.done = true;
-                    return Err(io::Error::other("the decompression thread stopped unexpectedly"));
+                    return Err(io::Error::other(
+                        "the decompression thread stopped unexpectedly",
+                    ));
                 }
             }
         }
@@ -315,7 +340,9 @@ fn zip_kind(name: &[u8], mode: Option<u32>) -> EntryKind {
 /// A zip entry's name with the backslashes some Windows tools write turned into
 /// the `/` the format prescribes, so `..\x` is checked like `../x`.
 fn zip_name(raw: &[u8]) -> Vec<u8> {
-    raw.iter().map(|&b| if b == b'\\' { b'/' } else { b }).collect()
+    raw.iter()
+        .map(|&b| if b == b'\\' { b'/' } else { b })
+        .collect()
 }
 
 /// A zip entry's modification time: the Unix timestamp extra field when present,
@@ -331,8 +358,15 @@ fn zip_mtime<R: Read>(file: &zip::read::ZipFile<'_, R>) -> u64 {
     let Some(dt) = file.last_modified() else {
         return 0;
     };
-    let days = days_from_civil(i64::from(dt.year()), i64::from(dt.month()), i64::from(dt.day()));
-    let secs = days * 86_400 + i64::from(dt.hour()) * 3600 + i64::from(dt.minute()) * 60 + i64::from(dt.second());
+    let days = days_from_civil(
+        i64::from(dt.year()),
+        i64::from(dt.month()),
+        i64::from(dt.day()),
+    );
+    let secs = days * 86_400
+        + i64::from(dt.hour()) * 3600
+        + i64::from(dt.minute()) * 60
+        + i64::from(dt.second());
     u64::try_from(secs).unwrap_or(0)
 }
 
@@ -373,7 +407,11 @@ fn limit_entries(archive: &str, limits: &ArchiveLimits, count: u64) -> CapResult
 }
 
 /// Lists the entries of the archive at guest path `archive`. Blocking.
-pub fn list_entries(grants: &Grants, limits: &ArchiveLimits, archive: &str) -> CapResult<Vec<Entry>> {
+pub fn list_entries(
+    grants: &Grants,
+    limits: &ArchiveLimits,
+    archive: &str,
+) -> CapResult<Vec<Entry>> {
     let (file, format) = open(grants, archive)?;
     if format == Format::Zip {
         let mut zip = open_zip(file, archive)?;
@@ -420,7 +458,10 @@ pub fn list_entries(grants: &Grants, limits: &ArchiveLimits, archive: &str) -> C
                 kind: tar_kind(header.entry_type()),
                 size: entry.size(),
                 mode: header.mode().unwrap_or(0) & 0o7777,
-                link: entry.link_name_bytes().map(|l| lossy(&l)).unwrap_or_default(),
+                link: entry
+                    .link_name_bytes()
+                    .map(|l| lossy(&l))
+                    .unwrap_or_default(),
             });
         }
         Ok(out)
@@ -458,7 +499,9 @@ pub fn read_entry(
             EntryKind::Hardlink => format!("a hard link to `{}`", link.unwrap_or_default()),
             _ => "a special file".to_string(),
         };
-        CapError::invalid(format!("{archive}: entry `{entry}` is {what}; read-entry reads files only"))
+        CapError::invalid(format!(
+            "{archive}: entry `{entry}` is {what}; read-entry reads files only"
+        ))
     };
     let (file, format) = open(grants, archive)?;
     let read_capped = |r: &mut dyn Read| -> CapResult<Vec<u8>> {
@@ -514,15 +557,24 @@ pub fn read_entry(
             return Ok(data);
         }
     }
-    Err(CapError::not_found(format!("{archive}: has no entry `{entry}`")))
+    Err(CapError::not_found(format!(
+        "{archive}: has no entry `{entry}`"
+    )))
 }
 
 /// Unpacks the archive at guest path `archive` into the existing guest directory
 /// `dest`, all or nothing (see the module documentation). Blocking.
-pub fn extract(grants: &Grants, limits: &ArchiveLimits, archive: &str, dest: &str) -> CapResult<ExtractSummary> {
+pub fn extract(
+    grants: &Grants,
+    limits: &ArchiveLimits,
+    archive: &str,
+    dest: &str,
+) -> CapResult<ExtractSummary> {
     let dest_host = grants.resolve(dest, true)?;
     let meta = stdfs::metadata(&dest_host).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => CapError::not_found(format!("{dest}: does not exist; create the directory first")),
+        io::ErrorKind::NotFound => CapError::not_found(format!(
+            "{dest}: does not exist; create the directory first"
+        )),
         _ => CapError::from_io(dest, &e),
     })?;
     if !meta.is_dir() {
@@ -573,11 +625,11 @@ impl TempDir {
             .unwrap_or_default()
             .subsec_nanos();
         for attempt in 0u32..100 {
-            let path = parent.join(format!(".posup-extract-{}-{nanos:x}-{attempt}", std::process::id()));
-            match stdfs::DirBuilder::new()
-                .mode(0o700)
-                .create(&path)
-            {
+            let path = parent.join(format!(
+                ".posup-extract-{}-{nanos:x}-{attempt}",
+                std::process::id()
+            ));
+            match stdfs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => return Ok(TempDir { path }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => {
@@ -632,10 +684,22 @@ struct Unpacker<'a> {
 
 /// One entry, in the terms the checks need.
 enum Item<'b> {
-    File { mode: u32, mtime: u64, data: &'b mut dyn Read },
-    Dir { mode: u32, mtime: u64 },
-    Symlink { target: &'b [u8], mtime: u64 },
-    Hardlink { target: &'b [u8] },
+    File {
+        mode: u32,
+        mtime: u64,
+        data: &'b mut dyn Read,
+    },
+    Dir {
+        mode: u32,
+        mtime: u64,
+    },
+    Symlink {
+        target: &'b [u8],
+        mtime: u64,
+    },
+    Hardlink {
+        target: &'b [u8],
+    },
 }
 
 impl Unpacker<'_> {
@@ -670,10 +734,16 @@ impl Unpacker<'_> {
                 Component::Normal(s) => rel.push(s),
                 Component::CurDir => {}
                 Component::RootDir | Component::Prefix(_) => {
-                    return Err(self.refuse(name, format!("has an absolute {what}; archives must hold relative paths")));
+                    return Err(self.refuse(
+                        name,
+                        format!("has an absolute {what}; archives must hold relative paths"),
+                    ));
                 }
                 Component::ParentDir => {
-                    return Err(self.refuse(name, format!("has `..` in its {what}, which could climb out of the destination")));
+                    return Err(self.refuse(
+                        name,
+                        format!("has `..` in its {what}, which could climb out of the destination"),
+                    ));
                 }
             }
         }
@@ -694,7 +764,10 @@ impl Unpacker<'_> {
         for c in Path::new(OsStr::from_bytes(target)).components() {
             match c {
                 Component::RootDir | Component::Prefix(_) => {
-                    return Err(self.refuse(name, format!("is a symbolic link to the absolute path `{shown}`")));
+                    return Err(self.refuse(
+                        name,
+                        format!("is a symbolic link to the absolute path `{shown}`"),
+                    ));
                 }
                 Component::CurDir => {}
                 Component::ParentDir if named => {
@@ -741,7 +814,10 @@ impl Unpacker<'_> {
                     ));
                 }
                 Some(Made::File) => {
-                    return Err(self.refuse(name, format!("lies under `{}`, which is a file", parent.display())));
+                    return Err(self.refuse(
+                        name,
+                        format!("lies under `{}`, which is a file", parent.display()),
+                    ));
                 }
                 None => {
                     stdfs::create_dir(self.root.join(parent))
@@ -753,10 +829,14 @@ impl Unpacker<'_> {
         match self.known.get(rel) {
             None => Ok(false),
             Some(Made::Dir) if is_dir => Ok(true),
-            Some(Made::Dir) => Err(self.refuse(name, "replaces a directory of the same name made by an earlier entry")),
+            Some(Made::Dir) => Err(self.refuse(
+                name,
+                "replaces a directory of the same name made by an earlier entry",
+            )),
             Some(_) => {
-                stdfs::remove_file(self.root.join(rel))
-                    .map_err(|e| self.io_error(name, "replacing an earlier entry of the same name", &e))?;
+                stdfs::remove_file(self.root.join(rel)).map_err(|e| {
+                    self.io_error(name, "replacing an earlier entry of the same name", &e)
+                })?;
                 self.known.remove(rel);
                 Ok(false)
             }
@@ -810,9 +890,9 @@ impl Unpacker<'_> {
             }
             Item::Hardlink { target } => {
                 let shown = lossy(target);
-                let target_rel = self.entry_path(name, target, "hard link target")?.ok_or_else(|| {
-                    self.refuse(name, "is a hard link to the archive root")
-                })?;
+                let target_rel = self
+                    .entry_path(name, target, "hard link target")?
+                    .ok_or_else(|| self.refuse(name, "is a hard link to the archive root"))?;
                 if target_rel == rel || self.known.get(&target_rel) != Some(&Made::File) {
                     return Err(self.refuse(
                         name,
@@ -830,7 +910,14 @@ impl Unpacker<'_> {
     }
 
     /// Writes one file, counting the bytes as they arrive against the limits.
-    fn write_file(&mut self, name: &[u8], host: &Path, mode: u32, mtime: u64, data: &mut dyn Read) -> CapResult<()> {
+    fn write_file(
+        &mut self,
+        name: &[u8],
+        host: &Path,
+        mode: u32,
+        mtime: u64,
+        data: &mut dyn Read,
+    ) -> CapResult<()> {
         let mut out = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -888,11 +975,24 @@ impl Unpacker<'_> {
             let name = entry.path_bytes().into_owned();
             let link = entry.link_name_bytes().map(|l| l.into_owned());
             match tar_kind(kind) {
-                EntryKind::File => self.add(&name, Item::File { mode, mtime, data: &mut entry })?,
+                EntryKind::File => self.add(
+                    &name,
+                    Item::File {
+                        mode,
+                        mtime,
+                        data: &mut entry,
+                    },
+                )?,
                 EntryKind::Directory => self.add(&name, Item::Dir { mode, mtime })?,
                 EntryKind::Symlink => {
                     let target = link.unwrap_or_default();
-                    self.add(&name, Item::Symlink { target: &target, mtime })?;
+                    self.add(
+                        &name,
+                        Item::Symlink {
+                            target: &target,
+                            mtime,
+                        },
+                    )?;
                 }
                 EntryKind::Hardlink => {
                     let target = link.unwrap_or_default();
@@ -906,7 +1006,10 @@ impl Unpacker<'_> {
                         tar::EntryType::Fifo => "a named pipe (fifo)",
                         _ => "a special file",
                     };
-                    return Err(self.refuse(&name, format!("is {what}; only files, directories and links are unpacked")));
+                    return Err(self.refuse(
+                        &name,
+                        format!("is {what}; only files, directories and links are unpacked"),
+                    ));
                 }
             }
         }
@@ -932,10 +1035,23 @@ impl Unpacker<'_> {
             let mtime = zip_mtime(&f);
             let mode = f.unix_mode();
             match zip_kind(&name, mode) {
-                EntryKind::Directory => self.add(&name, Item::Dir { mode: mode.unwrap_or(0o755), mtime })?,
+                EntryKind::Directory => self.add(
+                    &name,
+                    Item::Dir {
+                        mode: mode.unwrap_or(0o755),
+                        mtime,
+                    },
+                )?,
                 EntryKind::File => {
                     let mode = mode.unwrap_or(0o644);
-                    self.add(&name, Item::File { mode, mtime, data: &mut f })?;
+                    self.add(
+                        &name,
+                        Item::File {
+                            mode,
+                            mtime,
+                            data: &mut f,
+                        },
+                    )?;
                 }
                 EntryKind::Symlink => {
                     let mut target = Vec::new();
@@ -944,9 +1060,17 @@ impl Unpacker<'_> {
                         .read_to_end(&mut target)
                         .map_err(|e| read_error(archive, self.format, &e))?;
                     if target.len() as u64 > MAX_LINK {
-                        return Err(self.refuse(&name, "is a symbolic link with an overlong target"));
+                        return Err(
+                            self.refuse(&name, "is a symbolic link with an overlong target")
+                        );
                     }
-                    self.add(&name, Item::Symlink { target: &target, mtime })?;
+                    self.add(
+                        &name,
+                        Item::Symlink {
+                            target: &target,
+                            mtime,
+                        },
+                    )?;
                 }
                 _ => {
                     return Err(self.refuse(&name, "is a special file (device, fifo or socket); only files, directories and links are unpacked"));
@@ -1002,18 +1126,28 @@ impl Unpacker<'_> {
             let there = match stdfs::symlink_metadata(to.join(&name)) {
                 Ok(m) => Some(m),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(CapError::from_io(format!("{}/{}", self.dest, rel.display()), &e)),
+                Err(e) => {
+                    return Err(CapError::from_io(
+                        format!("{}/{}", self.dest, rel.display()),
+                        &e,
+                    ));
+                }
             };
             let is_dir = child
                 .file_type()
                 .map_err(|e| CapError::from_io(from.display(), &e))?
                 .is_dir();
             match there {
-                Some(m) if m.is_dir() && is_dir => self.check_merge(&from.join(&name), &to.join(&name), rel)?,
+                Some(m) if m.is_dir() && is_dir => {
+                    self.check_merge(&from.join(&name), &to.join(&name), rel)?
+                }
                 Some(m) if m.is_dir() => {
                     return Err(self.refuse(
                         rel.as_os_str().as_bytes(),
-                        format!("is not a directory, but {} already holds a directory there", self.dest),
+                        format!(
+                            "is not a directory, but {} already holds a directory there",
+                            self.dest
+                        ),
                     ));
                 }
                 _ => {}
@@ -1089,7 +1223,11 @@ mod tests {
                 ],
                 ..Grants::default()
             };
-            Fixture { _tmp: tmp, root, grants }
+            Fixture {
+                _tmp: tmp,
+                root,
+                grants,
+            }
         }
 
         fn put(&self, name: &str, bytes: &[u8]) {
@@ -1121,7 +1259,10 @@ mod tests {
                 } else {
                     format!("file {:?}", stdfs::read(&p).unwrap())
                 };
-                out.insert(rel, format!("{what} mode {:o} mtime {}", m.mode(), m.mtime()));
+                out.insert(
+                    rel,
+                    format!("{what} mode {:o} mtime {}", m.mode(), m.mtime()),
+                );
             }
         }
         let mut out = BTreeMap::new();
@@ -1185,7 +1326,10 @@ mod tests {
     }
 
     fn build(entries: Vec<(tar::Header, Vec<u8>)>) -> Vec<u8> {
-        let refs: Vec<(tar::Header, &[u8])> = entries.iter().map(|(h, d)| (h.clone(), d.as_slice())).collect();
+        let refs: Vec<(tar::Header, &[u8])> = entries
+            .iter()
+            .map(|(h, d)| (h.clone(), d.as_slice()))
+            .collect();
         tar_of(&refs)
     }
 
@@ -1200,10 +1344,22 @@ mod tests {
         fx.put("hostile.tgz", &gz(bytes));
         let err = extract(&fx.grants, &limits(), "/staging/hostile.tgz", "/product").unwrap_err();
         assert_eq!(err.kind, kind, "{}", err.message);
-        assert!(err.message.contains(&format!("`{entry}`")), "{}", err.message);
-        assert!(err.message.contains("/staging/hostile.tgz"), "{}", err.message);
+        assert!(
+            err.message.contains(&format!("`{entry}`")),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("/staging/hostile.tgz"),
+            "{}",
+            err.message
+        );
         assert_eq!(snapshot(&fx.product()), before, "the product tree changed");
-        assert_eq!(snapshot(&fx.root.join("outside")), outside, "something was written outside");
+        assert_eq!(
+            snapshot(&fx.root.join("outside")),
+            outside,
+            "something was written outside"
+        );
         err.message
     }
 
@@ -1212,7 +1368,12 @@ mod tests {
         let fx = Fixture::new();
         let ok = file("bin/ok", b"fine", 0o644, 1);
         let bad = raw_header(b"bin/../../outside/evil", tar::EntryType::Regular, 4);
-        let msg = assert_refused(&fx, &tar_of(&[(ok.0, &ok.1), (bad, b"evil")]), "bin/../../outside/evil", ErrorKind::Invalid);
+        let msg = assert_refused(
+            &fx,
+            &tar_of(&[(ok.0, &ok.1), (bad, b"evil")]),
+            "bin/../../outside/evil",
+            ErrorKind::Invalid,
+        );
         assert!(msg.contains(".."), "{msg}");
     }
 
@@ -1221,7 +1382,12 @@ mod tests {
         let fx = Fixture::new();
         let evil = fx.root.join("outside/evil");
         let bad = raw_header(evil.as_os_str().as_bytes(), tar::EntryType::Regular, 4);
-        let msg = assert_refused(&fx, &tar_of(&[(bad, b"evil")]), &evil.display().to_string(), ErrorKind::Invalid);
+        let msg = assert_refused(
+            &fx,
+            &tar_of(&[(bad, b"evil")]),
+            &evil.display().to_string(),
+            ErrorKind::Invalid,
+        );
         assert!(msg.contains("absolute"), "{msg}");
     }
 
@@ -1238,7 +1404,11 @@ mod tests {
         let fx = Fixture::new();
         let msg = assert_refused(
             &fx,
-            &build(vec![link("bin/up", "../../outside", tar::EntryType::Symlink)]),
+            &build(vec![link(
+                "bin/up",
+                "../../outside",
+                tar::EntryType::Symlink,
+            )]),
             "bin/up",
             ErrorKind::Invalid,
         );
@@ -1271,7 +1441,11 @@ mod tests {
         let (h, d) = file("lib/evil", b"x", 0o644, 1);
         let msg = assert_refused(
             &fx,
-            &build(vec![dir("real", 0o755, 1), link("lib", "real", tar::EntryType::Symlink), (h, d)]),
+            &build(vec![
+                dir("real", 0o755, 1),
+                link("lib", "real", tar::EntryType::Symlink),
+                (h, d),
+            ]),
             "lib/evil",
             ErrorKind::Invalid,
         );
@@ -1285,14 +1459,22 @@ mod tests {
         stdfs::write(&target, b"secret").unwrap();
         let msg = assert_refused(
             &fx,
-            &build(vec![link("stolen", &target.display().to_string(), tar::EntryType::Link)]),
+            &build(vec![link(
+                "stolen",
+                &target.display().to_string(),
+                tar::EntryType::Link,
+            )]),
             "stolen",
             ErrorKind::Invalid,
         );
         assert!(msg.contains("absolute"), "{msg}");
         let msg = assert_refused(
             &fx,
-            &build(vec![link("stolen", "../outside/secret", tar::EntryType::Link)]),
+            &build(vec![link(
+                "stolen",
+                "../outside/secret",
+                tar::EntryType::Link,
+            )]),
             "stolen",
             ErrorKind::Invalid,
         );
@@ -1314,10 +1496,20 @@ mod tests {
         let mut dev = raw_header(b"dev/sda", tar::EntryType::Block, 0);
         dev.set_device_major(8).unwrap();
         dev.set_cksum();
-        let msg = assert_refused(&fx, &tar_of(&[(ok.clone(), &d), (dev, b"")]), "dev/sda", ErrorKind::Invalid);
+        let msg = assert_refused(
+            &fx,
+            &tar_of(&[(ok.clone(), &d), (dev, b"")]),
+            "dev/sda",
+            ErrorKind::Invalid,
+        );
         assert!(msg.contains("block device"), "{msg}");
         let fifo = raw_header(b"pipe", tar::EntryType::Fifo, 0);
-        let msg = assert_refused(&fx, &tar_of(&[(ok, &d), (fifo, b"")]), "pipe", ErrorKind::Invalid);
+        let msg = assert_refused(
+            &fx,
+            &tar_of(&[(ok, &d), (fifo, b"")]),
+            "pipe",
+            ErrorKind::Invalid,
+        );
         assert!(msg.contains("fifo"), "{msg}");
     }
 
@@ -1328,7 +1520,11 @@ mod tests {
         let before = snapshot(&fx.product());
         let zeros = vec![0u8; 8 << 20];
         let bomb = gz(&build(vec![file("zeros", &zeros, 0o644, 1)]));
-        assert!(bomb.len() < 64 << 10, "the bomb should be small: {}", bomb.len());
+        assert!(
+            bomb.len() < 64 << 10,
+            "the bomb should be small: {}",
+            bomb.len()
+        );
         fx.put("bomb.tgz", &bomb);
         let small = ArchiveLimits {
             max_entry: 1 << 20,
@@ -1337,11 +1533,17 @@ mod tests {
         };
         let err = extract(&fx.grants, &small, "/staging/bomb.tgz", "/product").unwrap_err();
         assert_eq!(err.kind, ErrorKind::Limit, "{}", err.message);
-        assert!(err.message.contains("`zeros`") && err.message.contains("per entry"), "{}", err.message);
+        assert!(
+            err.message.contains("`zeros`") && err.message.contains("per entry"),
+            "{}",
+            err.message
+        );
         assert_eq!(snapshot(&fx.product()), before);
 
         // Many entries each under the per-entry limit, together over the total.
-        let parts: Vec<_> = (0..8).map(|i| file(&format!("part{i}"), &zeros[..1 << 20], 0o644, 1)).collect();
+        let parts: Vec<_> = (0..8)
+            .map(|i| file(&format!("part{i}"), &zeros[..1 << 20], 0o644, 1))
+            .collect();
         fx.put("bomb2.tgz", &gz(&build(parts)));
         let small = ArchiveLimits {
             max_entry: 1 << 20,
@@ -1350,7 +1552,11 @@ mod tests {
         };
         let err = extract(&fx.grants, &small, "/staging/bomb2.tgz", "/product").unwrap_err();
         assert_eq!(err.kind, ErrorKind::Limit, "{}", err.message);
-        assert!(err.message.contains("`part3`") && err.message.contains("in total"), "{}", err.message);
+        assert!(
+            err.message.contains("`part3`") && err.message.contains("in total"),
+            "{}",
+            err.message
+        );
         assert_eq!(snapshot(&fx.product()), before);
 
         let few = ArchiveLimits {
@@ -1380,12 +1586,18 @@ mod tests {
     fn check_good_tree(root: &Path) {
         let app = root.join("app");
         let m = |p: &str| stdfs::symlink_metadata(app.join(p)).unwrap();
-        assert_eq!(stdfs::read(app.join("bin/run")).unwrap(), b"#!/bin/sh\necho hi\n");
+        assert_eq!(
+            stdfs::read(app.join("bin/run")).unwrap(),
+            b"#!/bin/sh\necho hi\n"
+        );
         assert_eq!(m("bin/run").mode() & 0o7777, 0o755);
         assert_eq!(m("bin/run").mtime(), 1_500_000_200);
         assert_eq!(m("bin/oscar.def").mode() & 0o7777, 0o640);
         assert_eq!(m("bin/oscar.def").mtime(), 1_500_000_300);
-        assert_eq!(stdfs::read_link(app.join("bin/start")).unwrap(), Path::new("run"));
+        assert_eq!(
+            stdfs::read_link(app.join("bin/start")).unwrap(),
+            Path::new("run")
+        );
         assert_eq!(m("bin/run2").ino(), m("bin/run").ino());
         assert_eq!(m("suid").mode() & 0o7777, 0o755, "setuid must be dropped");
         assert_eq!(m("").mode() & 0o7777, 0o750);
@@ -1406,7 +1618,11 @@ mod tests {
         let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
         bz.write_all(&tar).unwrap();
         let bz = bz.finish().unwrap();
-        for (name, bytes) in [("a.tar", tar.clone()), ("a.tgz", gz(&tar)), ("a.tar.bz2", bz)] {
+        for (name, bytes) in [
+            ("a.tar", tar.clone()),
+            ("a.tgz", gz(&tar)),
+            ("a.tar.bz2", bz),
+        ] {
             fx.put(name, &bytes);
             let dest = format!("/product/{name}.d");
             stdfs::create_dir(fx.product().join(format!("{name}.d"))).unwrap();
@@ -1417,21 +1633,30 @@ mod tests {
         }
     }
 
-    fn zip_of(entries: &[(&str, Option<&[u8]>, u32, Option<&str>)]) -> Vec<u8> {
+    /// One entry of a test zip.
+    enum Z<'a> {
+        File(&'a str, &'a [u8], u32),
+        Dir(&'a str, u32),
+        Link(&'a str, &'a str),
+    }
+
+    fn zip_of(entries: &[Z<'_>]) -> Vec<u8> {
         use zip::write::SimpleFileOptions;
         let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
         let time = zip::DateTime::from_date_and_time(2020, 9, 13, 12, 26, 40).unwrap();
-        for (name, data, mode, target) in entries {
-            let opts = SimpleFileOptions::default()
-                .unix_permissions(*mode)
-                .last_modified_time(time);
-            match (data, target) {
-                (Some(d), _) => {
-                    w.start_file(*name, opts).unwrap();
-                    w.write_all(d).unwrap();
+        let opts = |mode| {
+            SimpleFileOptions::default()
+                .unix_permissions(mode)
+                .last_modified_time(time)
+        };
+        for entry in entries {
+            match *entry {
+                Z::File(name, data, mode) => {
+                    w.start_file(name, opts(mode)).unwrap();
+                    w.write_all(data).unwrap();
                 }
-                (None, Some(t)) => w.add_symlink(*name, *t, opts).unwrap(),
-                (None, None) => w.add_directory(*name, opts).unwrap(),
+                Z::Dir(name, mode) => w.add_directory(name, opts(mode)).unwrap(),
+                Z::Link(name, target) => w.add_symlink(name, target, opts(0o777)).unwrap(),
             }
         }
         w.finish().unwrap().into_inner()
@@ -1443,9 +1668,9 @@ mod tests {
         fx.put(
             "a.zip",
             &zip_of(&[
-                ("app/", None, 0o750, None),
-                ("app/run", Some(b"run".as_slice()), 0o755, None),
-                ("app/start", None, 0o777, Some("run")),
+                Z::Dir("app/", 0o750),
+                Z::File("app/run", b"run", 0o755),
+                Z::Link("app/start", "run"),
             ]),
         );
         let s = extract(&fx.grants, &limits(), "/staging/a.zip", "/product").unwrap();
@@ -1456,10 +1681,16 @@ mod tests {
         // 2020-09-13 12:26:40 UTC.
         assert_eq!(m.mtime(), 1_600_000_000);
         assert_eq!(stdfs::metadata(&app).unwrap().mode() & 0o7777, 0o750);
-        assert_eq!(stdfs::read_link(app.join("start")).unwrap(), Path::new("run"));
+        assert_eq!(
+            stdfs::read_link(app.join("start")).unwrap(),
+            Path::new("run")
+        );
 
         let listed = list_entries(&fx.grants, &limits(), "/staging/a.zip").unwrap();
-        let kinds: Vec<_> = listed.iter().map(|e| (e.path.as_str(), e.kind, e.link.as_str())).collect();
+        let kinds: Vec<_> = listed
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind, e.link.as_str()))
+            .collect();
         assert_eq!(
             kinds,
             [
@@ -1468,7 +1699,10 @@ mod tests {
                 ("app/start", EntryKind::Symlink, "run")
             ]
         );
-        assert_eq!(read_entry(&fx.grants, &limits(), "/staging/a.zip", "app/run", 10).unwrap(), b"run");
+        assert_eq!(
+            read_entry(&fx.grants, &limits(), "/staging/a.zip", "app/run", 10).unwrap(),
+            b"run"
+        );
     }
 
     #[test]
@@ -1477,18 +1711,45 @@ mod tests {
         stdfs::write(fx.product().join("keep"), b"keep").unwrap();
         let before = snapshot(&fx.product());
         let cases: [(&str, Vec<u8>, &str); 3] = [
-            ("link.zip", zip_of(&[("ok", Some(b"x".as_slice()), 0o644, None), ("up", None, 0o777, Some("../outside"))]), "up"),
-            ("dotdot.zip", zip_of(&[("a/../../evil", Some(b"x".as_slice()), 0o644, None)]), "a/../../evil"),
-            ("backslash.zip", zip_of(&[("..\\evil", Some(b"x".as_slice()), 0o644, None)]), "../evil"),
+            (
+                "link.zip",
+                zip_of(&[Z::File("ok", b"x", 0o644), Z::Link("up", "../outside")]),
+                "up",
+            ),
+            (
+                "dotdot.zip",
+                zip_of(&[Z::File("a/../../evil", b"x", 0o644)]),
+                "a/../../evil",
+            ),
+            (
+                "backslash.zip",
+                zip_of(&[Z::File("..\\evil", b"x", 0o644)]),
+                "../evil",
+            ),
         ];
         for (name, bytes, entry) in cases {
             fx.put(name, &bytes);
-            let err = extract(&fx.grants, &limits(), &format!("/staging/{name}"), "/product").unwrap_err();
+            let err = extract(
+                &fx.grants,
+                &limits(),
+                &format!("/staging/{name}"),
+                "/product",
+            )
+            .unwrap_err();
             assert_eq!(err.kind, ErrorKind::Invalid, "{}", err.message);
-            assert!(err.message.contains(&format!("`{entry}`")), "{name}: {}", err.message);
+            assert!(
+                err.message.contains(&format!("`{entry}`")),
+                "{name}: {}",
+                err.message
+            );
             assert_eq!(snapshot(&fx.product()), before, "{name}");
         }
-        assert!(stdfs::read_dir(fx.root.join("outside")).unwrap().next().is_none());
+        assert!(
+            stdfs::read_dir(fx.root.join("outside"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
     }
 
     #[test]
@@ -1519,21 +1780,39 @@ mod tests {
         assert_eq!(stdfs::read(p.join("work.srv")).unwrap(), b"data");
         assert_eq!(stdfs::read(p.join("bin/new.fgl")).unwrap(), b"form");
         assert_eq!(stdfs::read(p.join("lib/libx.so")).unwrap(), b"lib");
-        assert!(!stdfs::symlink_metadata(p.join("bin/linked")).unwrap().file_type().is_symlink());
-        assert_eq!(stdfs::read(fx.root.join("outside/target")).unwrap(), b"outside");
+        assert!(
+            !stdfs::symlink_metadata(p.join("bin/linked"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            stdfs::read(fx.root.join("outside/target")).unwrap(),
+            b"outside"
+        );
         // `./` does not change the mode of dest itself.
         assert_ne!(stdfs::metadata(&p).unwrap().mode() & 0o777, 0o700);
-        let names: Vec<_> = stdfs::read_dir(&p).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = stdfs::read_dir(&p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 3, "{names:?}");
 
         // A file where the product holds a directory is refused before anything moves.
         let before = snapshot(&p);
         fx.put(
             "clash.tgz",
-            &gz(&build(vec![file("aaa", b"first", 0o644, 1), file("bin", b"not a dir", 0o644, 1)])),
+            &gz(&build(vec![
+                file("aaa", b"first", 0o644, 1),
+                file("bin", b"not a dir", 0o644, 1),
+            ])),
         );
         let err = extract(&fx.grants, &limits(), "/staging/clash.tgz", "/product").unwrap_err();
-        assert!(err.message.contains("`bin`") && err.message.contains("already holds a directory"), "{}", err.message);
+        assert!(
+            err.message.contains("`bin`") && err.message.contains("already holds a directory"),
+            "{}",
+            err.message
+        );
         assert_eq!(snapshot(&p), before);
     }
 
@@ -1544,13 +1823,24 @@ mod tests {
         let listed = list_entries(&fx.grants, &limits(), "/staging/a.tgz").unwrap();
         assert_eq!(listed.len(), 7);
         let start = listed.iter().find(|e| e.path == "app/bin/start").unwrap();
-        assert_eq!((start.kind, start.link.as_str()), (EntryKind::Symlink, "run"));
+        assert_eq!(
+            (start.kind, start.link.as_str()),
+            (EntryKind::Symlink, "run")
+        );
         let run = listed.iter().find(|e| e.path == "app/bin/run").unwrap();
         assert_eq!((run.kind, run.size, run.mode), (EntryKind::File, 18, 0o755));
 
-        let def = read_entry(&fx.grants, &limits(), "/staging/a.tgz", "./app/bin/oscar.def", 100).unwrap();
+        let def = read_entry(
+            &fx.grants,
+            &limits(),
+            "/staging/a.tgz",
+            "./app/bin/oscar.def",
+            100,
+        )
+        .unwrap();
         assert_eq!(def, b"A=1\n");
-        let err = read_entry(&fx.grants, &limits(), "/staging/a.tgz", "app/bin/run", 5).unwrap_err();
+        let err =
+            read_entry(&fx.grants, &limits(), "/staging/a.tgz", "app/bin/run", 5).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Limit);
         assert!(err.message.contains("app/bin/run"), "{}", err.message);
         let err = read_entry(&fx.grants, &limits(), "/staging/a.tgz", "Rules", 100).unwrap_err();
@@ -1566,7 +1856,12 @@ mod tests {
         fx.put("notes.txt", b"just some text, not an archive");
         let err = list_entries(&fx.grants, &limits(), "/staging/notes.txt").unwrap_err();
         assert_eq!(err.kind, ErrorKind::Invalid);
-        assert!(err.message.contains("/staging/notes.txt") && err.message.contains("unknown archive format"), "{}", err.message);
+        assert!(
+            err.message.contains("/staging/notes.txt")
+                && err.message.contains("unknown archive format"),
+            "{}",
+            err.message
+        );
         fx.put("a.tgz", &gz(&build(good_tree())));
         let err = extract(&fx.grants, &limits(), "/staging/a.tgz", "/backup").unwrap_err();
         assert_eq!(err.kind, ErrorKind::Denied);

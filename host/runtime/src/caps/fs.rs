@@ -58,7 +58,10 @@ impl fs::Host for FsState {
     }
 }
 
-pub fn add_to_linker<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut FsState) -> wasmtime::Result<()> {
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut FsState,
+) -> wasmtime::Result<()> {
     fs::add_to_linker::<T, HasSelf<FsState>>(linker, get)
 }
 
@@ -83,7 +86,9 @@ pub fn copy_tree(grants: &Grants, src: &str, dst: &str) -> CapResult<u64> {
         Err(e) => return Err(CapError::from_io(dst, &e)),
     }
     let (Some(parent), Some(name)) = (dst_host.parent(), dst_host.file_name()) else {
-        return Err(CapError::invalid(format!("{dst}: cannot be a copy destination")));
+        return Err(CapError::invalid(format!(
+            "{dst}: cannot be a copy destination"
+        )));
     };
     if !parent.is_dir() {
         return Err(CapError::not_found(format!(
@@ -93,7 +98,9 @@ pub fn copy_tree(grants: &Grants, src: &str, dst: &str) -> CapResult<u64> {
     if let (Ok(s), Some(d)) = (src_host.canonicalize(), real_path(&dst_host))
         && d.starts_with(&s)
     {
-        return Err(CapError::invalid(format!("{dst}: lies inside {src}, which cannot be copied into itself")));
+        return Err(CapError::invalid(format!(
+            "{dst}: lies inside {src}, which cannot be copied into itself"
+        )));
     }
     let tmp = parent.join(format!(
         ".{}.posup-copy-{}-{:x}",
@@ -110,7 +117,9 @@ pub fn copy_tree(grants: &Grants, src: &str, dst: &str) -> CapResult<u64> {
         linked: HashMap::new(),
     };
     let copied = copier.copy(&src_host, &tmp, Path::new("")).and_then(|()| {
-        stdfs::rename(&tmp, &dst_host).map_err(|e| CapError::from_io(format!("{dst}: moving the finished copy into place"), &e))
+        stdfs::rename(&tmp, &dst_host).map_err(|e| {
+            CapError::from_io(format!("{dst}: moving the finished copy into place"), &e)
+        })
     });
     if let Err(e) = copied {
         if let Err(rm) = remove_all(&tmp) {
@@ -169,7 +178,8 @@ impl Copier<'_> {
             if meta.nlink() > 1
                 && let Some(first) = self.linked.get(&key)
             {
-                return stdfs::hard_link(first, to).map_err(|e| self.io(rel, "linking its copy", &e));
+                return stdfs::hard_link(first, to)
+                    .map_err(|e| self.io(rel, "linking its copy", &e));
             }
             let mut input = File::open(from).map_err(|e| self.io(rel, "opening", &e))?;
             let mut output = OpenOptions::new()
@@ -180,7 +190,8 @@ impl Copier<'_> {
                 .map_err(|e| self.io(rel, "creating its copy", &e))?;
             // `io::copy` between two files uses copy_file_range, which lets the
             // filesystem share or copy the blocks without a round trip through here.
-            self.bytes += io::copy(&mut input, &mut output).map_err(|e| self.io(rel, "copying", &e))?;
+            self.bytes +=
+                io::copy(&mut input, &mut output).map_err(|e| self.io(rel, "copying", &e))?;
             output
                 .set_permissions(stdfs::Permissions::from_mode(mode))
                 .map_err(|e| self.io(rel, "setting the copy's mode", &e))?;
@@ -188,8 +199,10 @@ impl Copier<'_> {
                 self.linked.insert(key, to.to_path_buf());
             }
         } else if ft.is_symlink() {
-            let target = stdfs::read_link(from).map_err(|e| self.io(rel, "reading the link", &e))?;
-            std::os::unix::fs::symlink(&target, to).map_err(|e| self.io(rel, "creating the link", &e))?;
+            let target =
+                stdfs::read_link(from).map_err(|e| self.io(rel, "reading the link", &e))?;
+            std::os::unix::fs::symlink(&target, to)
+                .map_err(|e| self.io(rel, "creating the link", &e))?;
         } else {
             let what = if ft.is_fifo() {
                 "a named pipe (fifo)"
@@ -207,7 +220,8 @@ impl Copier<'_> {
                 self.shown(rel)
             )));
         }
-        set_times_nofollow(to, Some(atime), mtime).map_err(|e| self.io(rel, "setting the copy's times", &e))
+        set_times_nofollow(to, Some(atime), mtime)
+            .map_err(|e| self.io(rel, "setting the copy's times", &e))
     }
 }
 
@@ -236,7 +250,9 @@ pub fn exchange(grants: &Grants, a: &str, b: &str) -> CapResult<()> {
     let (ra, rb) = (real_path(&a_host), real_path(&b_host));
     if let (Some(ra), Some(rb)) = (ra, rb) {
         if ra == rb {
-            return Err(CapError::invalid(format!("{a} and {b} are the same directory")));
+            return Err(CapError::invalid(format!(
+                "{a} and {b} are the same directory"
+            )));
         }
         if ra.starts_with(&rb) || rb.starts_with(&ra) {
             return Err(CapError::invalid(format!(
@@ -249,7 +265,12 @@ pub fn exchange(grants: &Grants, a: &str, b: &str) -> CapResult<()> {
             sync_parents(&a_host, &b_host);
             Ok(())
         }
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) => {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+            ) =>
+        {
             tracing::info!(a, b, error = %e, "atomic exchange not available here, exchanging by three renames");
             exchange_by_renames(&a_host, &b_host).map_err(|e| failed(&e))
         }
@@ -283,6 +304,8 @@ fn sidecar(a: &Path) -> PathBuf {
 /// This is not atomic, but each step is durable before the next and the state
 /// after each one is recognisable, so calling this again after a crash finishes
 /// the exchange: `a` missing means step 1 was done, `b` missing means step 2 was.
+/// When `a` is a granted directory itself, the sibling lies beside it on the
+/// host, outside every grant, where no plugin can reach it.
 pub(crate) fn exchange_by_renames(a: &Path, b: &Path) -> io::Result<()> {
     let side = sidecar(a);
     let step = |from: &Path, to: &Path| -> io::Result<()> {
@@ -306,7 +329,10 @@ pub(crate) fn exchange_by_renames(a: &Path, b: &Path) -> io::Result<()> {
              check which tree is which and remove the leftover by hand",
             side.file_name().unwrap_or_default().to_string_lossy()
         ))),
-        (false, _, _) => Err(io::Error::new(io::ErrorKind::NotFound, "one of the two paths does not exist")),
+        (false, _, _) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "one of the two paths does not exist",
+        )),
         (true, false, false) => Err(io::Error::new(
             io::ErrorKind::NotFound,
             "an interrupted exchange left neither path in place; the first tree is in the .posup-exchange sibling",
@@ -321,7 +347,10 @@ fn resolve_for_exchange(grants: &Grants, guest: &str) -> CapResult<PathBuf> {
     match grants.resolve(guest, true) {
         Ok(p) => Ok(clean(&p)),
         Err(e) => {
-            let name = guest.trim_end_matches('/').strip_prefix('/').unwrap_or_default();
+            let name = guest
+                .trim_end_matches('/')
+                .strip_prefix('/')
+                .unwrap_or_default();
             match parse_dir(name).and_then(|d| grants.dir(d)) {
                 Some(grant) if grant.write && !exists(&grant.host) => Ok(clean(&grant.host)),
                 _ => Err(e),
@@ -408,7 +437,10 @@ fn make_dirs_writable(dir: &Path) -> io::Result<()> {
         return Ok(());
     }
     if meta.mode() & 0o700 != 0o700 {
-        stdfs::set_permissions(dir, stdfs::Permissions::from_mode(meta.mode() & 0o7777 | 0o700))?;
+        stdfs::set_permissions(
+            dir,
+            stdfs::Permissions::from_mode(meta.mode() & 0o7777 | 0o700),
+        )?;
     }
     for entry in stdfs::read_dir(dir)? {
         let entry = entry?;
@@ -465,7 +497,11 @@ fn c_path(p: &Path) -> io::Result<CString> {
 #[allow(unsafe_code)]
 // `time_t` and `c_long` are 64 bits on the hosts posup runs on, narrower elsewhere.
 #[allow(clippy::unnecessary_cast)]
-pub(crate) fn set_times_nofollow(path: &Path, atime: Option<(i64, i64)>, mtime: (i64, i64)) -> io::Result<()> {
+pub(crate) fn set_times_nofollow(
+    path: &Path,
+    atime: Option<(i64, i64)>,
+    mtime: (i64, i64),
+) -> io::Result<()> {
     let c = c_path(path)?;
     let ts = |(sec, nsec): (i64, i64)| libc::timespec {
         tv_sec: sec as libc::time_t,
@@ -478,8 +514,19 @@ pub(crate) fn set_times_nofollow(path: &Path, atime: Option<(i64, i64)>, mtime: 
     let times = [atime.map_or(omit, ts), ts(mtime)];
     // SAFETY: `c` is a NUL-terminated path and `times` two initialised timespec
     // values, both alive for the duration of the call, as utimensat(2) requires.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// `renameat2(a, b, RENAME_EXCHANGE)`, through the system call itself so that it
@@ -500,7 +547,11 @@ fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
             libc::RENAME_EXCHANGE,
         )
     };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// statvfs(2): blocks available to unprivileged users times the fragment size.
@@ -553,7 +604,11 @@ mod tests {
                 ],
                 ..Grants::default()
             };
-            Fixture { _tmp: tmp, root, grants }
+            Fixture {
+                _tmp: tmp,
+                root,
+                grants,
+            }
         }
 
         fn p(&self, rel: &str) -> PathBuf {
@@ -575,7 +630,11 @@ mod tests {
                 if m.is_dir() {
                     stack.push(p.clone());
                 }
-                out.push((p.strip_prefix(root).unwrap().to_path_buf(), m.mode(), m.mtime()));
+                out.push((
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    m.mode(),
+                    m.mtime(),
+                ));
             }
         }
         out.sort();
@@ -613,7 +672,10 @@ mod tests {
         assert_eq!(m(&dst.join("start")).mtime(), 1_200_000_000);
         assert_eq!(m(&dst.join("start")).mtime_nsec(), 500);
         assert_eq!(m(&dst).mtime(), 1_500_000_000);
-        assert_eq!(stdfs::read_link(dst.join("abs")).unwrap(), Path::new("/etc/passwd"));
+        assert_eq!(
+            stdfs::read_link(dst.join("abs")).unwrap(),
+            Path::new("/etc/passwd")
+        );
         assert!(m(&dst.join("abs")).file_type().is_symlink());
         assert_eq!(m(&dst.join("data")).ino(), m(&dst.join("data2")).ino());
         assert_eq!(stdfs::read(dst.join("bin/run")).unwrap(), b"#!/bin/sh\n");
@@ -638,8 +700,16 @@ mod tests {
         let _sock = std::os::unix::net::UnixListener::bind(src.join("z.sock")).unwrap();
         let err = copy_tree(&fx.grants, "/product/app", "/staging/copy").unwrap_err();
         assert_eq!(err.kind, ErrorKind::Invalid);
-        assert!(err.message.contains("/product/app/z.sock") && err.message.contains("socket"), "{}", err.message);
-        assert_eq!(stdfs::read_dir(fx.p("staging")).unwrap().count(), 0, "a partial copy was left");
+        assert!(
+            err.message.contains("/product/app/z.sock") && err.message.contains("socket"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            stdfs::read_dir(fx.p("staging")).unwrap().count(),
+            0,
+            "a partial copy was left"
+        );
     }
 
     #[test]
@@ -705,7 +775,11 @@ mod tests {
         reset();
         stdfs::create_dir(sidecar(&a)).unwrap();
         let err = exchange(&fx.grants, "/product", "/staging/new").unwrap_err();
-        assert!(err.message.contains("product.posup-exchange"), "{}", err.message);
+        assert!(
+            err.message.contains("product.posup-exchange"),
+            "{}",
+            err.message
+        );
         assert_eq!(stdfs::read(a.join("v")).unwrap(), b"a");
     }
 
@@ -715,14 +789,19 @@ mod tests {
         stdfs::write(fx.p("outside/precious"), b"keep").unwrap();
         stdfs::create_dir_all(fx.p("product/app/ro")).unwrap();
         stdfs::write(fx.p("product/app/ro/f"), b"x").unwrap();
-        stdfs::set_permissions(fx.p("product/app/ro"), stdfs::Permissions::from_mode(0o555)).unwrap();
+        stdfs::set_permissions(fx.p("product/app/ro"), stdfs::Permissions::from_mode(0o555))
+            .unwrap();
         std::os::unix::fs::symlink(fx.p("outside"), fx.p("product/app/out")).unwrap();
         std::os::unix::fs::symlink(fx.p("outside"), fx.p("product/out")).unwrap();
 
         for root in ["/product", "/product/", "/product/."] {
             let err = remove_tree(&fx.grants, root).unwrap_err();
             assert_eq!(err.kind, ErrorKind::Denied, "{root}");
-            assert!(err.message.contains("granted directory /product"), "{}", err.message);
+            assert!(
+                err.message.contains("granted directory /product"),
+                "{}",
+                err.message
+            );
         }
         assert!(fx.p("product/app").is_dir());
 

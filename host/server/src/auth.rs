@@ -1,0 +1,110 @@
+//! Bearer tokens: operators (with a role) and devices. Only sha256 hashes of tokens
+//! are stored; tokens are 32 random bytes, so a plain hash is enough (no salt or
+//! slow hash is needed against guessing).
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use posup_proto::api::Role;
+use posup_store::{DeviceAuth, TokenIdentity};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+/// A new random secret with a prefix that says what it is (`pop_` operator token,
+/// `pdt_` device token, `pes_` enrollment secret).
+pub fn new_secret(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn bearer(parts: &Parts) -> Result<&str> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| Error::Unauthorized("missing token: send `Authorization: Bearer <token>`".into()))?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::Unauthorized("malformed Authorization header: send `Authorization: Bearer <token>`".into()))
+}
+
+/// Who may do what.
+pub mod roles {
+    use posup_proto::api::Role::{self, *};
+
+    /// Reading the fleet, tasks, packages and plugins.
+    pub const READ: &[Role] = &[Admin, Operator, Viewer, Vendor];
+    /// Changing the fleet: device types, groups, tasks, variables, sites, versions.
+    pub const FLEET: &[Role] = &[Admin, Operator];
+    pub const PACKAGES: &[Role] = &[Admin, Operator, Vendor];
+    pub const PLUGINS: &[Role] = &[Admin, Vendor];
+    /// Tokens, enrollment secrets and the audit log.
+    pub const ADMIN: &[Role] = &[Admin];
+}
+
+/// An operator, authenticated by an operator token.
+#[derive(Debug, Clone)]
+pub struct Operator(pub TokenIdentity);
+
+impl Operator {
+    /// Refuses with 403 unless the token's role is one of `roles`.
+    pub fn require(&self, roles: &[Role], doing: &str) -> Result<()> {
+        if roles.contains(&self.0.role) {
+            return Ok(());
+        }
+        let needed = roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or ");
+        Err(Error::Forbidden(format!(
+            "token {} has role {} and may not {doing}: that needs role {needed}",
+            self.0.name,
+            self.0.role.as_str()
+        )))
+    }
+
+    /// How the audit log names this operator.
+    pub fn actor(&self) -> String {
+        format!("token {}", self.0.name)
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let token = bearer(parts)?;
+        state
+            .store()
+            .token_by_hash(&hash_secret(token))
+            .await?
+            .map(Operator)
+            .ok_or_else(|| Error::Unauthorized("unknown operator token: ask an administrator for a valid one".into()))
+    }
+}
+
+/// A device, authenticated by its own token.
+#[derive(Debug, Clone)]
+pub struct Device(pub DeviceAuth);
+
+impl FromRequestParts<AppState> for Device {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let token = bearer(parts)?;
+        state
+            .store()
+            .device_by_token(&hash_secret(token))
+            .await?
+            .map(Device)
+            .ok_or_else(|| Error::Unauthorized("unknown device token: enroll the device again".into()))
+    }
+}

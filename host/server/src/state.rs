@@ -1,0 +1,152 @@
+//! The state every handler shares, and the batching of contact times.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use posup_runtime::{Plugin, Runtime};
+use posup_store::{At, Store};
+
+use crate::blobs::Blobs;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+
+/// Settings handlers need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Poll interval of device types that set none.
+    pub poll_interval_secs: u32,
+    /// A device is offline when it has not polled for this long.
+    pub offline_after: Duration,
+    /// Largest package upload.
+    pub max_package_bytes: u64,
+    /// Largest plugin upload.
+    pub max_plugin_bytes: usize,
+    /// How long contact times are collected before they are written in one
+    /// statement; `None` writes each poll's contact at once.
+    pub contact_flush: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            poll_interval_secs: 60,
+            offline_after: Duration::from_secs(180),
+            max_package_bytes: 4 << 30,
+            max_plugin_bytes: 64 << 20,
+            contact_flush: None,
+        }
+    }
+}
+
+/// Shared by all handlers; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    blobs: Blobs,
+    runtime: Runtime,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    contacts: Mutex<HashSet<i64>>,
+    /// Loaded plugins by sha256. Blobs never change, so an entry never goes stale;
+    /// it only saves compiling or deserializing a component per package upload.
+    plugins: Mutex<HashMap<String, Arc<Plugin>>>,
+}
+
+impl AppState {
+    pub fn new(store: Store, blobs: Blobs, runtime: Runtime, clock: Arc<dyn Clock>, settings: Settings) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                store,
+                blobs,
+                runtime,
+                clock,
+                settings,
+                contacts: Mutex::new(HashSet::new()),
+                plugins: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn blobs(&self) -> &Blobs {
+        &self.inner.blobs
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        self.inner.clock.as_ref()
+    }
+
+    /// Now, and the contact time from which devices count as online.
+    pub fn at(&self) -> At {
+        At::new(self.inner.clock.now(), self.inner.settings.offline_after)
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now().timestamp_millis()
+    }
+
+    /// Notes a device's contact: written at once, or collected for the next
+    /// [`AppState::flush_contacts`].
+    pub async fn record_contact(&self, device_id: i64) -> Result<()> {
+        if self.inner.settings.contact_flush.is_none() {
+            return Ok(self.store().touch_devices(&[device_id], self.now_ms()).await?);
+        }
+        self.inner.contacts.lock().expect("contacts lock").insert(device_id);
+        Ok(())
+    }
+
+    /// Writes the collected contact times.
+    pub async fn flush_contacts(&self) -> Result<()> {
+        let ids: Vec<i64> = {
+            let mut pending = self.inner.contacts.lock().expect("contacts lock");
+            if pending.is_empty() {
+                return Ok(());
+            }
+            pending.drain().collect()
+        };
+        if let Err(e) = self.store().touch_devices(&ids, self.now_ms()).await {
+            // Keep them for the next round rather than losing the contacts.
+            self.inner.contacts.lock().expect("contacts lock").extend(ids);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The plugin stored under `sha256`, loaded.
+    pub async fn plugin(&self, sha256: &str, name: &str) -> Result<Arc<Plugin>> {
+        if let Some(p) = self.inner.plugins.lock().expect("plugins lock").get(sha256) {
+            return Ok(p.clone());
+        }
+        let bytes = self.blobs().read(sha256).await?;
+        let runtime = self.runtime().clone();
+        let label = name.to_owned();
+        let plugin = tokio::task::spawn_blocking(move || runtime.load(&label, &bytes))
+            .await
+            .map_err(|e| Error::internal("loading a plugin", e))?
+            .map_err(|e| Error::internal(&format!("loading stored plugin {name} ({sha256})"), e))?;
+        let plugin = Arc::new(plugin);
+        self.inner
+            .plugins
+            .lock()
+            .expect("plugins lock")
+            .insert(sha256.to_owned(), plugin.clone());
+        Ok(plugin)
+    }
+}

@@ -1,0 +1,226 @@
+//! Uploads that the plugin runtime validates: plugins (loaded, `info` called, the
+//! interface version checked) and packages (read by the device type's plugin through
+//! `inspect`, which yields version, kind, notes and changelog).
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use posup_proto::api::{PackageUpload, PackageView, PluginView};
+use posup_proto::{Capabilities, Dir, DirAccess};
+use posup_runtime::types;
+use posup_store::{NewPackage, NewPlugin};
+
+use crate::auth::{Operator, roles};
+use crate::error::{Error, Result};
+use crate::extract::{Json, Query};
+use crate::state::AppState;
+
+fn dir(d: types::Dir) -> Dir {
+    match d {
+        types::Dir::Product => Dir::Product,
+        types::Dir::Staging => Dir::Staging,
+        types::Dir::Backup => Dir::Backup,
+        types::Dir::Logs => Dir::Logs,
+    }
+}
+
+fn capabilities(c: &types::Capabilities) -> Capabilities {
+    Capabilities {
+        dirs: c
+            .dirs
+            .iter()
+            .map(|d| DirAccess {
+                dir: dir(d.dir),
+                write: d.write,
+            })
+            .collect(),
+        services: c.services.clone(),
+        scripts: c.scripts,
+        prompt: c.prompt,
+    }
+}
+
+/// Query string of a plugin upload.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct PluginUpload {
+    /// The file's name, used in messages until the plugin's `info` names it.
+    pub file_name: Option<String>,
+}
+
+/// `POST /api/v1/plugins`: the body is the component (`.wasm`).
+pub async fn upload_plugin(
+    State(state): State<AppState>,
+    operator: Operator,
+    Query(q): Query<PluginUpload>,
+    body: Bytes,
+) -> Result<Json<PluginView>> {
+    operator.require(roles::PLUGINS, "upload plugins")?;
+    let label = q.file_name.unwrap_or_else(|| "upload".to_owned());
+    if body.is_empty() {
+        return Err(Error::Invalid(format!(
+            "plugin {label} is empty: send the component's bytes as the request body"
+        )));
+    }
+    let runtime = state.runtime().clone();
+    let bytes = body.clone();
+    let name = label.clone();
+    // Compiling a component takes a while of pure CPU: keep it off the executor.
+    let plugin = tokio::task::spawn_blocking(move || runtime.load(&name, &bytes))
+        .await
+        .map_err(|e| Error::internal("validating a plugin", e))?
+        .map_err(|e| Error::Invalid(format!("plugin {label} was refused: {e}")))?;
+    let info = plugin
+        .info()
+        .await
+        .map_err(|e| Error::Invalid(format!("plugin {label} was refused: its `info` failed: {e}")))?;
+    check_info(&label, &info)?;
+    let sha256 = state.blobs().put(&body).await?;
+    let view = state
+        .store()
+        .insert_plugin(
+            NewPlugin {
+                sha256,
+                name: info.name.clone(),
+                vendor: info.vendor.clone(),
+                version: info.version.clone(),
+                description: info.description.clone(),
+                device_types: info.device_types.clone(),
+                capabilities: capabilities(&info.capabilities),
+                interface: plugin.interface().version().to_string(),
+                size: body.len() as u64,
+            },
+            state.now_ms(),
+            &operator.actor(),
+        )
+        .await?;
+    Ok(Json(view))
+}
+
+fn check_info(label: &str, info: &types::PluginInfo) -> Result<()> {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+    };
+    if !name_ok(&info.name) {
+        return Err(Error::Invalid(format!(
+            "plugin {label} was refused: its name `{}` must be 1 to 64 lowercase letters, digits, `-`, `_` or `.`",
+            info.name
+        )));
+    }
+    if info.version.trim().is_empty() || info.version.len() > 64 {
+        return Err(Error::Invalid(format!(
+            "plugin {} was refused: its version `{}` must be 1 to 64 characters",
+            info.name, info.version
+        )));
+    }
+    if info.device_types.is_empty() {
+        return Err(Error::Invalid(format!(
+            "plugin {} was refused: it names no device type it updates",
+            info.name
+        )));
+    }
+    if let Some(bad) = info.device_types.iter().find(|t| !name_ok(t)) {
+        return Err(Error::Invalid(format!(
+            "plugin {} was refused: device type `{bad}` must be 1 to 64 lowercase letters, digits, `-`, `_` or `.`",
+            info.name
+        )));
+    }
+    Ok(())
+}
+
+/// A file name as it may appear in `/staging`: one path component.
+fn check_file_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "package file name `{name}` is invalid: give the bare file name, e.g. ukm5_pos_1.8.4.tgz"
+        )))
+    }
+}
+
+/// `POST /api/v1/packages?device_type=…&file_name=…`: the body is the package file.
+pub async fn upload_package(
+    State(state): State<AppState>,
+    operator: Operator,
+    Query(q): Query<PackageUpload>,
+    body: Body,
+) -> Result<Json<PackageView>> {
+    operator.require(roles::PACKAGES, "upload packages")?;
+    check_file_name(&q.file_name)?;
+    let settings = state.settings().poll_interval_secs;
+    let device_type = state.store().device_type(&q.device_type, settings).await?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "device type {} does not exist: create it before uploading packages for it",
+            q.device_type
+        ))
+    })?;
+    let enabled = device_type.plugin.ok_or_else(|| {
+        Error::Invalid(format!(
+            "device type {} has no plugin enabled: enable one, which reads the package, before uploading",
+            q.device_type
+        ))
+    })?;
+    let staged = state
+        .blobs()
+        .stage_body(body, &q.file_name, state.settings().max_package_bytes)
+        .await?;
+    if staged.size == 0 {
+        return Err(Error::Invalid(format!("package {} is empty", q.file_name)));
+    }
+    let plugin = state.plugin(&enabled.sha256, &enabled.name).await?;
+    let env = posup_runtime::HostEnv {
+        grants: posup_runtime::Grants {
+            dirs: vec![posup_runtime::DirGrant {
+                dir: types::Dir::Staging,
+                host: staged.dir.path().to_owned(),
+                write: false,
+            }],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let info = match plugin.inspect(&env, &format!("/staging/{}", q.file_name)).await {
+        Ok(Ok(info)) => info,
+        Ok(Err(reason)) => {
+            return Err(Error::Invalid(format!(
+                "plugin {} {} refused package {}: {reason}",
+                enabled.name, enabled.version, q.file_name
+            )));
+        }
+        Err(e) => {
+            return Err(Error::Invalid(format!(
+                "package {} could not be read: {e}",
+                q.file_name
+            )));
+        }
+    };
+    state.blobs().commit(&staged).await?;
+    let view = state
+        .store()
+        .insert_package(
+            NewPackage {
+                device_type: q.device_type.clone(),
+                file_name: q.file_name.clone(),
+                sha256: staged.sha256.clone(),
+                size: staged.size,
+                version: info.version,
+                kind: info.kind,
+                notes: info.notes,
+                changelog: info.changelog,
+                rollback: info.rollback,
+                plugin_sha256: enabled.sha256,
+            },
+            state.now_ms(),
+            &operator.actor(),
+        )
+        .await?;
+    Ok(Json(view))
+}

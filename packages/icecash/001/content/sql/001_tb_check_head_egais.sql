@@ -1,0 +1,2 @@
+ALTER TABLE tb_check_head ADD COLUMN egais_url VARCHAR(255) NOT NULL DEFAULT '';
+ALTER TABLE tb_check_head ADD COLUMN egais_sign VARCHAR(255) NOT NULL DEFAULT '';

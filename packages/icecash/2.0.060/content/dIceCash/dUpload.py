@@ -1,0 +1,3 @@
+#!/usr/bin/python
+# -*- coding: utf-8
+""" Exchange with IceServ, run from crontab. """

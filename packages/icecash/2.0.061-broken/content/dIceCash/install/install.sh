@@ -1,0 +1,3 @@
+#!/bin/sh
+# First installation: databases and systemd services.
+exit 0

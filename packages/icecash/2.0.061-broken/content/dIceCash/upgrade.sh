@@ -1,0 +1,3 @@
+#!/bin/sh
+# Run after a program upgrade.
+exit 0

@@ -1,0 +1,503 @@
+//! Openbravo store servers (PRODUCTS.md §5): module updates.
+//!
+//! What it keeps to:
+//! - `inventory` reports every installed module with its version, the store
+//!   server's computed version (see [`computed_version`]), and the batches of
+//!   store data pending to sync to central;
+//! - a module update is refused (not-now, nothing changed) while data is pending
+//!   to sync: store and central would have different versions with data pending,
+//!   the case in which Openbravo logs WebPOS users out of central. A hot fix that
+//!   must go in anyway is allowed by the site's `ignore-version-check` variable
+//!   set to `Y` (`N` or no variable refuses, anything else is an error);
+//! - versions only grow: a package that is not newer than the installed module
+//!   is refused;
+//! - after the update the store server is restarted, recomputes its version
+//!   information, and its log must show the version this plugin computes from the
+//!   modules now installed, without errors.
+//!
+//! Layout (plugins/openbravo/README.md has the whole picture): `/product` is the
+//! Openbravo installation — the core's `src-db/database/sourcedata/AD_MODULE.xml`,
+//! `modules/<javapackage>/src-db/database/sourcedata/AD_MODULE.xml`, pending
+//! batches as files in `sync/pending/`; log `/logs/openbravo.log`. Packages are
+//! Openbravo module files `<javapackage>-<version>.obx` (zip) holding
+//! `<javapackage>/…`.
+
+use std::time::Duration;
+
+use posup_plugin_common::{
+    Watch, exists, file_name, package_text, remember_log_end, remembered_mark, stop_text,
+    wait_limit, watch_log, xml_value,
+};
+use posup_plugin_sdk::{
+    Capabilities, Dir, DirRequest, Inventory, IoContext, ModuleVersion, Outcome, PackageInfo,
+    Plugin, PluginInfo, StepContext, Stop, archive, compare_versions, fs, kv, log, logs, progress,
+    services, step, vars,
+};
+
+const SERVICE: &str = "openbravo";
+const LOG: &str = "/logs/openbravo.log";
+const PRODUCT: &str = "/product";
+const MODULES: &str = "/product/modules";
+const MODULE_FILE: &str = "src-db/database/sourcedata/AD_MODULE.xml";
+const PENDING: &str = "/product/sync/pending";
+const PROPERTIES: &str = "/product/config/Openbravo.properties";
+const CORE: &str = "org.openbravo";
+/// The per-site preference that lets a hot fix in while data is pending to sync.
+const IGNORE_VAR: &str = "ignore-version-check";
+/// How long verify waits for the store server to start, unless the server sets
+/// `openbravo-verify-timeout` (seconds).
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(300);
+/// When to ask again while data is pending to sync.
+const RETRY_SECS: u32 = 300;
+const KV_KEYS: [&str; 5] = ["staged", "applied", "backup", "new-module", "start-mark"];
+
+struct Openbravo;
+
+impl Plugin for Openbravo {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "openbravo".into(),
+            vendor: "posup".into(),
+            version: "0.1.0".into(),
+            description: "Openbravo store server modules: waits for pending sync, honours ignore-version-check".into(),
+            device_types: vec!["openbravo".into()],
+            capabilities: Capabilities {
+                dirs: vec![
+                    DirRequest { dir: Dir::Product, write: true },
+                    DirRequest { dir: Dir::Staging, write: true },
+                    DirRequest { dir: Dir::Backup, write: true },
+                    DirRequest { dir: Dir::Logs, write: false },
+                ],
+                services: vec![SERVICE.into()],
+                scripts: false,
+                prompt: false,
+            },
+        }
+    }
+
+    fn inventory() -> Result<Inventory, String> {
+        let modules = installed_modules().map_err(stop_text)?;
+        let version = computed_version(modules.iter().map(|m| m.version.as_str()))?;
+        let pending = pending_batches().map_err(stop_text)?;
+        let running = services::status(SERVICE).ok() == Some(services::State::Running);
+        let state = if running {
+            last_status().unwrap_or_else(|| "transitioning".into())
+        } else {
+            "offline".into()
+        };
+        let mut details = vec![(
+            "version-rule".to_owned(),
+            "sum over modules of major*10^12 + minor*10^6 + patch".to_owned(),
+        )];
+        if let Ok(props) = std::fs::read_to_string(PROPERTIES)
+            && let Some(store) = props
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("store.server.identifier="))
+        {
+            details.push(("store".into(), store.trim().to_owned()));
+        }
+        Ok(Inventory {
+            product: "Openbravo store server".into(),
+            version: version.to_string(),
+            modules: modules
+                .into_iter()
+                .map(|m| ModuleVersion {
+                    name: m.javapackage,
+                    version: m.version,
+                })
+                .collect(),
+            loaded_package: kv::get("staged").ok().flatten(),
+            ready: state == "online",
+            state,
+            pending_sync: pending,
+            reboot_required: false,
+            details,
+        })
+    }
+
+    fn inspect(package: String) -> Result<PackageInfo, String> {
+        let name = file_name(&package);
+        let (javapackage, version) = name
+            .strip_suffix(".obx")
+            .and_then(|n| n.rsplit_once('-'))
+            .filter(|(p, v)| !p.is_empty() && !v.is_empty() && p.contains('.'))
+            .ok_or_else(|| {
+                format!("{name}: Openbravo modules come as <javapackage>-<version>.obx, e.g. org.openbravo.retail.posterminal-1.8.4000.obx")
+            })?;
+        if javapackage == CORE {
+            return Err(format!(
+                "{name}: the core ({CORE}) is not updated as a module; use the Openbravo upgrade procedure"
+            ));
+        }
+        let xml = package_text(
+            &package,
+            &format!("{javapackage}/{MODULE_FILE}"),
+            256 * 1024,
+        )?
+        .ok_or_else(|| format!("{name}: the module has no {javapackage}/{MODULE_FILE}"))?;
+        let module = Module::from_xml(&xml).map_err(|e| format!("{name}: {e}"))?;
+        if module.javapackage != javapackage || module.version != version {
+            return Err(format!(
+                "{name}: its AD_MODULE.xml describes {} {}, not {javapackage} {version}",
+                module.javapackage, module.version
+            ));
+        }
+        computed_version([version])?;
+        Ok(PackageInfo {
+            version: version.to_owned(),
+            kind: "module".into(),
+            notes: format!("{} ({javapackage}) {version}", module.name),
+            changelog: package_text(
+                &package,
+                &format!("{javapackage}/CHANGELOG.txt"),
+                256 * 1024,
+            )?
+            .unwrap_or_default(),
+            rollback: true,
+        })
+    }
+
+    fn precheck(ctx: StepContext) -> Outcome {
+        step(|| {
+            let javapackage = package_module(&ctx)?;
+            let modules = installed_modules()?;
+            if let Some(m) = modules.iter().find(|m| m.javapackage == javapackage)
+                && compare_versions(&ctx.info.version, &m.version).is_le()
+            {
+                return Err(Stop::failed(format!(
+                    "{javapackage} {} is installed; {} is not newer, and module versions only grow",
+                    m.version, ctx.info.version
+                )));
+            }
+            pending_sync_allows()?;
+            let package = std::fs::metadata(&ctx.package).at(&ctx.package)?.len();
+            let needed = package.saturating_mul(4);
+            let free = fs::free_space("/staging")?;
+            if free < needed {
+                return Err(Stop::failed(format!(
+                    "not enough disk space for the update: {free} bytes free on /staging, {needed} needed"
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn stage(ctx: StepContext) -> Outcome {
+        step(|| {
+            let javapackage = package_module(&ctx)?;
+            let staged = staged_dir(&ctx)?;
+            let marker = file_name(&ctx.package).to_owned();
+            if kv::get("staged")?.as_deref() == Some(marker.as_str()) && exists(&staged) {
+                log::info(&format!("{staged} is already prepared"));
+                return Ok(());
+            }
+            fs::remove_tree(&staged)?;
+            std::fs::create_dir(&staged).at(&staged)?;
+            progress::report(10, "unpacking the module");
+            archive::extract(&ctx.package, &staged)?;
+            let module = Module::read(&format!("{staged}/{javapackage}"))?;
+            if module.version != ctx.info.version {
+                return Err(Stop::failed(format!(
+                    "{staged}/{javapackage}: the unpacked module is version {}, not {}",
+                    module.version, ctx.info.version
+                )));
+            }
+            kv::set("staged", &marker)?;
+            progress::report(100, "staged");
+            Ok(())
+        })
+    }
+
+    fn apply(ctx: StepContext) -> Outcome {
+        step(|| {
+            let version = &ctx.info.version;
+            let javapackage = package_module(&ctx)?;
+            let target = format!("{MODULES}/{javapackage}");
+            let staged_module = format!("{}/{javapackage}", staged_dir(&ctx)?);
+            let backup = backup_dir(&javapackage);
+            if kv::get("applied")?.as_deref() != Some(version.as_str()) {
+                if !exists(&staged_module) {
+                    return Err(Stop::failed(format!(
+                        "{staged_module} is not prepared: run the stage step (a Download task) first"
+                    )));
+                }
+                // Data may have come in since the precheck.
+                pending_sync_allows()?;
+                progress::report(5, "stopping the store server");
+                services::stop(SERVICE)?;
+                if exists(&target) {
+                    let installed = Module::read(&target)?.version;
+                    if kv::get("backup")?.as_deref() != Some(installed.as_str()) || !exists(&backup)
+                    {
+                        progress::report(20, "backing up the module");
+                        fs::remove_tree(&backup)?;
+                        fs::copy_tree(&target, &backup)?;
+                        kv::set("backup", &installed)?;
+                    }
+                    progress::report(70, "installing the module");
+                    fs::exchange(&target, &staged_module)?;
+                } else {
+                    progress::report(70, "installing the new module");
+                    kv::set("new-module", "yes")?;
+                    fs::copy_tree(&staged_module, &target)?;
+                }
+                kv::set("applied", version)?;
+            }
+            remember_log_end("start-mark", LOG)?;
+            progress::report(90, "starting the store server");
+            services::start(SERVICE)?;
+            Ok(())
+        })
+    }
+
+    fn verify(ctx: StepContext) -> Outcome {
+        step(|| {
+            let javapackage = package_module(&ctx)?;
+            let module = Module::read(&format!("{MODULES}/{javapackage}"))?;
+            if module.version != ctx.info.version {
+                return Err(Stop::failed(format!(
+                    "{MODULES}/{javapackage} is version {}, expected {}",
+                    module.version, ctx.info.version
+                )));
+            }
+            let modules = installed_modules()?;
+            let expected = computed_version(modules.iter().map(|m| m.version.as_str()))?;
+            let limit = wait_limit("openbravo-verify-timeout", VERIFY_TIMEOUT);
+            let mut recomputed = false;
+            watch_log(
+                LOG,
+                remembered_mark("start-mark")?,
+                &[
+                    " ERROR ",
+                    "Version information recomputed: version ",
+                    "Data pending to sync:",
+                ],
+                SERVICE,
+                limit,
+                "the recomputed version information",
+                |pattern, line| match pattern {
+                    0 => Watch::Fail(format!(
+                        "the store server logged an error after the update: {line}"
+                    )),
+                    1 => {
+                        let found = line
+                            .split("recomputed: version ")
+                            .nth(1)
+                            .and_then(|r| r.split_whitespace().next())
+                            .unwrap_or_default();
+                        if found == expected.to_string() {
+                            recomputed = true;
+                            Watch::Wait
+                        } else {
+                            Watch::Fail(format!(
+                                "the store server recomputed version {found}, but its modules make {expected}"
+                            ))
+                        }
+                    }
+                    _ if recomputed => Watch::Done,
+                    _ => Watch::Wait,
+                },
+            )?;
+            log::info(&format!(
+                "the store server runs {javapackage} {} (version {expected})",
+                ctx.info.version
+            ));
+            Ok(())
+        })
+    }
+
+    fn commit(ctx: StepContext) -> Outcome {
+        step(|| {
+            let javapackage = package_module(&ctx)?;
+            fs::remove_tree(&backup_dir(&javapackage))?;
+            // After the exchange the staged folder holds the previous module.
+            fs::remove_tree(&staged_dir(&ctx)?)?;
+            for key in KV_KEYS {
+                kv::delete(key)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn rollback(ctx: StepContext) -> Outcome {
+        step(|| {
+            let version = &ctx.info.version;
+            let javapackage = package_module(&ctx)?;
+            let target = format!("{MODULES}/{javapackage}");
+            let backup = backup_dir(&javapackage);
+            services::stop(SERVICE)?;
+            let installed = Module::read(&target).map(|m| m.version).unwrap_or_default();
+            if exists(&backup) {
+                let saved = Module::read(&backup)?.version;
+                // A rollback run again after its own exchange finds the saved
+                // version installed and does not swap back.
+                if installed == *version && saved != *version {
+                    fs::exchange(&target, &backup)?;
+                }
+                fs::remove_tree(&backup)?;
+            } else if kv::get("new-module")?.is_some() && installed == *version {
+                fs::remove_tree(&target)?;
+            }
+            fs::remove_tree(&staged_dir(&ctx)?)?;
+            for key in KV_KEYS {
+                kv::delete(key)?;
+            }
+            services::start(SERVICE)?;
+            Ok(())
+        })
+    }
+}
+
+/// One installed module, as its `AD_MODULE.xml` describes it.
+#[derive(Debug, Clone)]
+struct Module {
+    name: String,
+    javapackage: String,
+    version: String,
+}
+
+impl Module {
+    fn from_xml(xml: &str) -> Result<Self, String> {
+        let field = |tag: &str| {
+            xml_value(xml, tag)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("AD_MODULE.xml has no <{tag}>"))
+        };
+        Ok(Self {
+            name: field("NAME")?,
+            javapackage: field("JAVAPACKAGE")?,
+            version: field("VERSION")?,
+        })
+    }
+
+    /// The module whose folder is `dir` (`/product` for the core).
+    fn read(dir: &str) -> Result<Self, Stop> {
+        let file = format!("{dir}/{MODULE_FILE}");
+        let xml = std::fs::read_to_string(&file).at(&file)?;
+        Self::from_xml(&xml).map_err(|e| Stop::failed(format!("{file}: {e}")))
+    }
+}
+
+/// The core first, then the modules by java package.
+fn installed_modules() -> Result<Vec<Module>, Stop> {
+    let mut modules = vec![Module::read(PRODUCT)?];
+    let mut dirs: Vec<String> = std::fs::read_dir(MODULES)
+        .at(MODULES)?
+        .flatten()
+        .map(|e| format!("{MODULES}/{}", e.file_name().to_string_lossy()))
+        .filter(|d| exists(&format!("{d}/{MODULE_FILE}")))
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        modules.push(Module::read(&dir)?);
+    }
+    Ok(modules)
+}
+
+/// The store server's version, computed from the versions of all installed
+/// modules: a module version `major.minor.patch` weighs
+/// `major·10¹² + minor·10⁶ + patch`, and the server's version is the sum over
+/// its modules. Every part is below a million, so any module's version growing
+/// makes the sum grow: a higher number is a newer server, as Openbravo's version
+/// overview has it. Versions with more than three parts or other parts are errors.
+fn computed_version<'a>(versions: impl IntoIterator<Item = &'a str>) -> Result<u64, String> {
+    let mut total: u64 = 0;
+    for v in versions {
+        let parts: Vec<&str> = v.split('.').collect();
+        if parts.len() > 3 {
+            return Err(format!("module version {v:?}: expected major.minor.patch"));
+        }
+        let mut value: u64 = 0;
+        for i in 0..3 {
+            let part = match parts.get(i) {
+                Some(p) => p
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n < 1_000_000)
+                    .ok_or_else(|| {
+                        format!("module version {v:?}: {p:?} is not a number below 1000000")
+                    })?,
+                None => 0,
+            };
+            value = value * 1_000_000 + part;
+        }
+        total = total
+            .checked_add(value)
+            .ok_or_else(|| "the store server's computed version overflows".to_owned())?;
+    }
+    Ok(total)
+}
+
+fn pending_batches() -> Result<u32, Stop> {
+    match std::fs::read_dir(PENDING) {
+        Ok(entries) => Ok(entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count() as u32),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Stop::failed(format!("{PENDING}: {e}"))),
+    }
+}
+
+/// Not now while data is pending to sync, unless `ignore-version-check` is `Y`.
+fn pending_sync_allows() -> Result<(), Stop> {
+    let pending = pending_batches()?;
+    if pending == 0 {
+        return Ok(());
+    }
+    match vars::get(IGNORE_VAR)
+        .map(|v| v.trim().to_owned())
+        .as_deref()
+    {
+        Some("Y") => {
+            log::warn(&format!(
+                "{pending} batches are pending to sync to central; installing anyway as a hot fix ({IGNORE_VAR} = Y)"
+            ));
+            Ok(())
+        }
+        None | Some("N") => Err(Stop::not_now(
+            format!(
+                "{pending} batches of store data are pending to sync to central: updating a module now would make \
+                 store and central versions differ with data pending, which logs WebPOS users out of central. \
+                 Wait until the data is synchronized, or set the site's `{IGNORE_VAR}` to Y for a hot fix"
+            ),
+            RETRY_SECS,
+        )),
+        Some(other) => Err(Stop::failed(format!(
+            "the site's `{IGNORE_VAR}` is {other:?}: it must be Y (enabled) or N (disabled)"
+        ))),
+    }
+}
+
+/// The java package of the package's module.
+fn package_module(ctx: &StepContext) -> Result<String, Stop> {
+    let name = file_name(&ctx.package);
+    name.strip_suffix(".obx")
+        .and_then(|n| n.rsplit_once('-'))
+        .map(|(p, _)| p.to_owned())
+        .ok_or_else(|| Stop::failed(format!("{name}: not a <javapackage>-<version>.obx module")))
+}
+
+fn staged_dir(ctx: &StepContext) -> Result<String, Stop> {
+    Ok(format!(
+        "/staging/openbravo-{}-{}",
+        package_module(ctx)?,
+        ctx.info.version
+    ))
+}
+
+fn backup_dir(javapackage: &str) -> String {
+    format!("/backup/openbravo-{javapackage}")
+}
+
+/// The last `Server status:` the store server logged.
+fn last_status() -> Option<String> {
+    let lines = logs::tail(LOG, 2_000).ok()?;
+    lines.iter().rev().find_map(|l| {
+        l.split("Server status: ")
+            .nth(1)
+            .map(|s| s.trim().to_owned())
+    })
+}
+
+posup_plugin_sdk::export!(Openbravo);

@@ -1,0 +1,1427 @@
+//! The MICROS Retail OSCAR POS plugin (PRODUCTS.md §4).
+//!
+//! An update is an archive `oscupd<nnn>.tgz` (Linux) or `oscupd<nnn>.zip`
+//! (Windows) whose `Rules` file says how it is applied:
+//! - complete (`completeupdate = 1`): the archive holds the whole program. It is
+//!   unpacked into a new directory, `work.srv`, `work/` and the configuration
+//!   (`bin/oscar.ini`, `bin/oscar.def`, whichever exist) are copied into it from
+//!   the installation, and the two directories are exchanged atomically, so the
+//!   old installation sits under the new directory's name: the rollback copy;
+//! - partial (`completeupdate = 0`): the installation is copied into the new
+//!   directory, the archive unpacked over the copy, the configuration copied into
+//!   its `bin`, and the directories exchanged the same way;
+//! - small (`smallupdate = 1`): only uncritical files (`*.fgl`, `*.fsm`, `*.asc`,
+//!   `*.bmp`), unpacked straight into the installation: no copy, no backup, and
+//!   no rollback (`package-info.rollback` is false).
+//!
+//! `oscar.ini.chg` / `oscar.def.chg` in the archive change `bin/oscar.ini` /
+//! `bin/oscar.def` of the new installation: `S:NAME=VALUE` sets a variable,
+//! `R:NAME=...` removes it. Before anything is touched, and again right before
+//! the server is stopped, there must be no open transaction, no operator signed
+//! on at a terminal client, every system unit online, and enough disk space on
+//! each of them. Every update gets the next number: its archive is stored as
+//! `work/update/UPD<nnn>`, every step is written to `work/update/UpdateState.log`,
+//! and after success the archive is kept as `Upd<nn>` in the installation root.
+//!
+//! The new directory is prepared completely in `stage`, while the server runs; the
+//! downtime of `apply` is the shutdown, copying the server's data again, the
+//! exchange and the restart.
+//!
+//! Layout and state files: `plugins/oscar/README.md`. Every step can be run again
+//! after a crash: progress is read from the trees and from `kv`.
+
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use posup_plugin_sdk::{
+    Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
+    PluginInfo, StepContext, Stop, archive, fs, kv, log, logs, progress, services, step, vars,
+};
+
+const SERVICE: &str = "oscar";
+const LOG: &str = "/logs/oscar.log";
+const PRODUCT: &str = "/product";
+const VERSION_FILE: &str = "/product/VERSION";
+const CLIENTS: &str = "/product/work.srv/clients.lst";
+const UNITS: &str = "/product/work.srv/sysunits.lst";
+const UPDATE_DIR: &str = "work/update";
+const STATE_LOG: &str = "work/update/UpdateState.log";
+/// The configuration carried into every new installation.
+const CONFIG: [&str; 2] = ["bin/oscar.ini", "bin/oscar.def"];
+/// The change files and the configuration each one changes.
+const CHANGES: [(&str, &str); 2] = [
+    ("oscar.ini.chg", "bin/oscar.ini"),
+    ("oscar.def.chg", "bin/oscar.def"),
+];
+/// The only files a small update may hold (besides `Rules`).
+const UNCRITICAL: [&str; 4] = ["fgl", "fsm", "asc", "bmp"];
+/// How long to wait before asking again while clients are busy.
+const RETRY_SECS: u32 = 300;
+/// How long verify waits for the server, unless the server variable
+/// `oscar-verify-timeout` (seconds) says otherwise.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
+const KV_KEYS: [&str; 8] = [
+    "package",
+    "seq",
+    "kind",
+    "staged",
+    "exchanged",
+    "small-started",
+    "made-update-dir",
+    "start-mark",
+];
+
+struct Oscar;
+
+/// The three ways an OSCAR update is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Complete,
+    Partial,
+    Small,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Complete => "complete",
+            Kind::Partial => "partial",
+            Kind::Small => "small",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        [Kind::Complete, Kind::Partial, Kind::Small]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
+    fn rules(self) -> &'static str {
+        match self {
+            Kind::Complete => "completeupdate = 1",
+            Kind::Partial => "completeupdate = 0",
+            Kind::Small => "smallupdate = 1",
+        }
+    }
+}
+
+impl Plugin for Oscar {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "oscar".into(),
+            vendor: "posup".into(),
+            version: "0.1.0".into(),
+            description: "MICROS Retail OSCAR POS: complete, partial and small updates driven by Rules, with the installation exchanged atomically".into(),
+            device_types: vec!["oscar".into()],
+            capabilities: Capabilities {
+                dirs: vec![
+                    DirRequest { dir: Dir::Product, write: true },
+                    DirRequest { dir: Dir::Staging, write: true },
+                    DirRequest { dir: Dir::Logs, write: false },
+                ],
+                services: vec![SERVICE.into()],
+                scripts: false,
+                prompt: false,
+            },
+        }
+    }
+
+    fn inventory() -> Result<Inventory, String> {
+        let version = installed_version().map_err(stop_text)?;
+        let state = server_state();
+        let mut details = Vec::new();
+        if let Ok(clients) = read_clients() {
+            let pos = clients.iter().filter(|c| c.role != "admin");
+            let open = pos.clone().filter(|c| c.transaction.is_some()).count();
+            let signed = pos.filter(|c| c.operator.is_some()).count();
+            details.push(("open-transactions".to_owned(), open.to_string()));
+            details.push(("operators-signed-on".to_owned(), signed.to_string()));
+        }
+        if let Ok(units) = read_units() {
+            let offline: Vec<&str> = units
+                .iter()
+                .filter(|u| !u.online)
+                .map(|u| u.name.as_str())
+                .collect();
+            details.push(("offline-units".to_owned(), offline.join(" ")));
+        }
+        let kept = kept_archives();
+        if !kept.is_empty() {
+            details.push(("kept-archives".to_owned(), kept.join(" ")));
+        }
+        if let Ok(text) = std::fs::read_to_string(format!("{PRODUCT}/{STATE_LOG}"))
+            && let Some(last) = text.lines().last()
+        {
+            details.push(("update-state".to_owned(), last.to_owned()));
+        }
+        let staged = kv::get("staged").ok().flatten().is_some();
+        Ok(Inventory {
+            product: "MICROS Retail OSCAR POS".into(),
+            version,
+            modules: vec![],
+            loaded_package: if staged {
+                kv::get("package").ok().flatten()
+            } else {
+                None
+            },
+            ready: state == "ready",
+            state,
+            pending_sync: 0,
+            reboot_required: false,
+            details,
+        })
+    }
+
+    fn inspect(package: String) -> Result<PackageInfo, String> {
+        let a = analyse(&package)?;
+        let notes = match a.kind {
+            Kind::Complete => format!("complete update to {} ({})", a.version, a.name),
+            Kind::Partial => format!("partial update to {} ({})", a.version, a.name),
+            Kind::Small => format!(
+                "small update ({}): {} uncritical files, unpacked in place without a backup",
+                a.name,
+                a.files.len()
+            ),
+        };
+        let changelog = a
+            .changes
+            .iter()
+            .map(|(file, target, changes)| {
+                format!("{file} changes {target}: {}", describe(changes))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        Ok(PackageInfo {
+            version: a.version,
+            kind: a.kind.as_str().into(),
+            notes,
+            changelog,
+            rollback: a.kind != Kind::Small,
+        })
+    }
+
+    fn precheck(ctx: StepContext) -> Outcome {
+        step(|| {
+            installed_version()?;
+            let a = analyse(&ctx.package)?;
+            check_clients()?;
+            let archive_size = std::fs::metadata(&ctx.package).at(&ctx.package)?.len();
+            let (needed, place) = match a.kind {
+                Kind::Complete => (
+                    a.unpacked
+                        + tree_size(&format!("{PRODUCT}/work.srv"))?
+                        + tree_size(&format!("{PRODUCT}/work"))?
+                        + archive_size,
+                    "/staging",
+                ),
+                Kind::Partial => (tree_size(PRODUCT)? + a.unpacked + archive_size, "/staging"),
+                Kind::Small => (a.unpacked + archive_size, PRODUCT),
+            };
+            let free = fs::free_space(place)?;
+            if free < needed {
+                return Err(Stop::failed(format!(
+                    "not enough disk space on the server for the {} update: {free} bytes free for {place}, {needed} needed",
+                    a.kind.as_str()
+                )));
+            }
+            // Every system unit receives the archive and unpacks it.
+            let per_unit = archive_size + a.unpacked;
+            for unit in read_units()? {
+                if unit.free < per_unit {
+                    return Err(Stop::failed(format!(
+                        "not enough disk space on system unit {}: {} bytes free, {per_unit} needed for {}",
+                        unit.name, unit.free, a.name
+                    )));
+                }
+            }
+            log::info(&format!(
+                "{}: {} update possible: no open transactions, no operator signed on, all system units online with enough disk space",
+                a.name,
+                a.kind.as_str()
+            ));
+            Ok(())
+        })
+    }
+
+    fn stage(ctx: StepContext) -> Outcome {
+        step(|| {
+            let a = analyse(&ctx.package)?;
+            let seq = match current(&ctx)? {
+                Some(seq) => seq,
+                None => {
+                    for key in KV_KEYS {
+                        kv::delete(key)?;
+                    }
+                    next_seq()?
+                }
+            };
+            kv::set("package", &a.name)?;
+            kv::set("seq", &seq.to_string())?;
+            kv::set("kind", a.kind.as_str())?;
+            if a.kind == Kind::Small {
+                log::info(&format!(
+                    "{}: small update (Rules: {}): nothing to prepare, it is unpacked straight into the installation during apply, without a backup",
+                    a.name,
+                    a.kind.rules()
+                ));
+                kv::set("staged", "1")?;
+                return Ok(());
+            }
+            let staged = staged_dir(seq);
+            if kv::get("staged")?.is_some() && exists(&staged) {
+                log::info(&format!("{staged} is already prepared"));
+                return Ok(());
+            }
+            fs::remove_tree(&staged)?;
+            let tag = Tag {
+                seq,
+                package: &a.name,
+            };
+            match a.kind {
+                Kind::Complete => {
+                    std::fs::create_dir(&staged).at(&staged)?;
+                    progress::report(10, "unpacking the complete program");
+                    archive::extract(&ctx.package, &staged)?;
+                    // The new program keeps the site's update history: the work
+                    // folder with the Update State log, and the kept archives.
+                    progress::report(
+                        50,
+                        "copying work and the kept archives into the new directory",
+                    );
+                    fs::remove_tree(&format!("{staged}/work"))?;
+                    if exists(&format!("{PRODUCT}/work")) {
+                        fs::copy_tree(&format!("{PRODUCT}/work"), &format!("{staged}/work"))?;
+                    }
+                    for kept in kept_archives() {
+                        fs::remove_tree(&format!("{staged}/{kept}"))?;
+                        fs::copy_tree(&format!("{PRODUCT}/{kept}"), &format!("{staged}/{kept}"))?;
+                    }
+                    tag.log(&staged, &format!(
+                        "update started: complete update to {} (Rules: {}); archive unpacked into the new directory {staged}",
+                        a.version,
+                        a.kind.rules()
+                    ))?;
+                }
+                Kind::Partial => {
+                    progress::report(10, "copying the installation into the new directory");
+                    fs::copy_tree(PRODUCT, &staged)?;
+                    progress::report(50, "unpacking the archive over the copy");
+                    archive::extract(&ctx.package, &staged)?;
+                    tag.log(&staged, &format!(
+                        "update started: partial update to {} (Rules: {}); installation copied to the new directory {staged} and the archive unpacked over it",
+                        a.version,
+                        a.kind.rules()
+                    ))?;
+                }
+                Kind::Small => unreachable!("small updates returned above"),
+            }
+            // The update's instructions are not part of the program.
+            for file in ["Rules", "oscar.ini.chg", "oscar.def.chg"] {
+                fs::remove_tree(&format!("{staged}/{file}"))?;
+            }
+            progress::report(70, "copying work.srv and the configuration");
+            let carried = carry_over(&staged)?;
+            tag.log(
+                &staged,
+                &format!("copied from the installation: {}", carried.join(", ")),
+            )?;
+            let upd = upd_name(seq, &a.ext);
+            let dir = format!("{staged}/{UPDATE_DIR}");
+            std::fs::create_dir_all(&dir).at(&dir)?;
+            let stored = format!("{dir}/{upd}");
+            fs::remove_tree(&stored)?;
+            fs::copy_tree(&ctx.package, &stored)?;
+            tag.log(&staged, &format!("archive stored as {UPDATE_DIR}/{upd}"))?;
+            tag.log(
+                &staged,
+                "new directory prepared; the update continues in the agreed window",
+            )?;
+            kv::set("staged", "1")?;
+            progress::report(100, "prepared");
+            Ok(())
+        })
+    }
+
+    fn apply(ctx: StepContext) -> Outcome {
+        step(|| {
+            let a = analyse(&ctx.package)?;
+            let seq = current(&ctx)?
+                .filter(|_| kv::get("staged").ok().flatten().is_some())
+                .ok_or_else(|| {
+                    Stop::failed(format!(
+                        "{} is not prepared: run the stage step (a Download task) first",
+                        a.name
+                    ))
+                })?;
+            let tag = Tag {
+                seq,
+                package: &a.name,
+            };
+            if a.kind == Kind::Small {
+                return apply_small(&ctx, &a, &tag);
+            }
+            let staged = staged_dir(seq);
+            let upd = upd_name(seq, &a.ext);
+            let exchanged =
+                kv::get("exchanged")?.is_some() || exists(&format!("{PRODUCT}/{UPDATE_DIR}/{upd}"));
+            if !exchanged {
+                if !exists(&staged) {
+                    return Err(Stop::failed(format!(
+                        "{staged} is missing: run the stage step (a Download task) again"
+                    )));
+                }
+                shut_down(&tag, &staged)?;
+                progress::report(30, "copying work.srv and the configuration again");
+                let carried = carry_over(&staged)?;
+                tag.log(
+                    &staged,
+                    &format!("copied again after the shutdown: {}", carried.join(", ")),
+                )?;
+                apply_changes(&a, &staged, &tag)?;
+                // Written before the exchange, into the tree that becomes the
+                // installation: after it, this step's `/product` still names the
+                // directory it opened at its start, which is then the old one.
+                tag.log(&staged, &format!(
+                    "exchanging the directories: the installation then holds {}, the previous installation stays in {staged} for a rollback",
+                    a.version
+                ))?;
+                progress::report(70, "exchanging the installation");
+                fs::exchange(PRODUCT, &staged)?;
+                kv::set("exchanged", "1")?;
+                log::info(&format!(
+                    "directories exchanged: {PRODUCT} holds {}",
+                    a.version
+                ));
+            }
+            start_server()
+        })
+    }
+
+    fn verify(ctx: StepContext) -> Outcome {
+        step(|| {
+            let a = analyse(&ctx.package)?;
+            let installed = installed_version()?;
+            if a.kind == Kind::Small {
+                for (path, size) in &a.files {
+                    let want = archive::read_entry(&ctx.package, path, size + 1)?;
+                    let file = format!("{PRODUCT}/{}", path.trim_start_matches("./"));
+                    let have = std::fs::read(&file).at(&file)?;
+                    if have != want {
+                        return Err(Stop::failed(format!(
+                            "{file} differs from {path} in {} after the small update",
+                            a.name
+                        )));
+                    }
+                }
+            } else if installed != a.version {
+                return Err(Stop::failed(format!(
+                    "{VERSION_FILE} says {installed}, expected {} after the {} update",
+                    a.version,
+                    a.kind.as_str()
+                )));
+            }
+            wait_ready(&installed)?;
+            if let Some(seq) = current(&ctx)? {
+                Tag {
+                    seq,
+                    package: &a.name,
+                }
+                .log(
+                    PRODUCT,
+                    &format!("server started; verified: the server runs {installed} and is ready"),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn commit(ctx: StepContext) -> Outcome {
+        step(|| {
+            let name = file_name(&ctx.package).to_owned();
+            let Some(seq) = current(&ctx)? else {
+                return Ok(());
+            };
+            let ext = extension_of(&name);
+            let tag = Tag {
+                seq,
+                package: &name,
+            };
+            let stored = format!("{PRODUCT}/{UPDATE_DIR}/{}", upd_name(seq, &ext));
+            let kept = kept_name(seq, &ext);
+            if exists(&stored) && !exists(&format!("{PRODUCT}/{kept}")) {
+                fs::copy_tree(&stored, &format!("{PRODUCT}/{kept}"))?;
+            }
+            tag.log(PRODUCT, &format!(
+                "the original archive is kept as {kept} in the installation root; to repeat the update, rename it to {name} and copy it to work"
+            ))?;
+            tag.log(PRODUCT, "update finished")?;
+            // After the exchange the new directory's name holds the old installation.
+            fs::remove_tree(&staged_dir(seq))?;
+            for key in KV_KEYS {
+                kv::delete(key)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn rollback(ctx: StepContext) -> Outcome {
+        step(|| {
+            services::stop(SERVICE)?;
+            let name = file_name(&ctx.package).to_owned();
+            let Some(seq) = current(&ctx)? else {
+                services::start(SERVICE)?;
+                return Ok(());
+            };
+            let ext = extension_of(&name);
+            let upd = upd_name(seq, &ext);
+            let stored = format!("{PRODUCT}/{UPDATE_DIR}/{upd}");
+            let kind = kv::get("kind")?.as_deref().and_then(Kind::parse);
+            if kind == Some(Kind::Small) {
+                let started = kv::get("small-started")?.is_some();
+                if !started {
+                    // Nothing was unpacked: only the stored archive goes again.
+                    fs::remove_tree(&stored)?;
+                    if kv::get("made-update-dir")?.is_some() {
+                        fs::remove_tree(&format!("{PRODUCT}/{UPDATE_DIR}"))?;
+                    }
+                }
+                for key in KV_KEYS {
+                    kv::delete(key)?;
+                }
+                services::start(SERVICE)?;
+                if started {
+                    return Err(Stop::failed(format!(
+                        "{name} is a small update (Rules: smallupdate = 1): it was unpacked straight into the installation without a backup, so it cannot be rolled back; install a corrected small update or a complete update"
+                    )));
+                }
+                return Ok(());
+            }
+            let staged = staged_dir(seq);
+            if exists(&stored) {
+                if !exists(&staged) {
+                    return Err(Stop::failed(format!(
+                        "the previous installation {staged} is gone, so the installation cannot be restored"
+                    )));
+                }
+                // The failed attempt's Update State goes where the restored tree
+                // does not overwrite it.
+                let record = format!(
+                    "/staging/UpdateState-{}.log",
+                    upd.trim_end_matches(&format!(".{ext}"))
+                );
+                let state = format!("{PRODUCT}/{STATE_LOG}");
+                fs::remove_tree(&record)?;
+                if exists(&state) {
+                    fs::copy_tree(&state, &record)?;
+                }
+                append_line(
+                    &record,
+                    &format!(
+                        "{} {} {name}: rolled back to the previous installation",
+                        timestamp(),
+                        upd
+                    ),
+                )?;
+                fs::exchange(PRODUCT, &staged)?;
+                log::warn(&format!(
+                    "{name}: rolled back; the failed update's Update State is kept in {record}"
+                ));
+            }
+            fs::remove_tree(&staged)?;
+            for key in KV_KEYS {
+                kv::delete(key)?;
+            }
+            services::start(SERVICE)?;
+            Ok(())
+        })
+    }
+}
+
+/// Stops the clients and the server after checking once more that nobody works.
+fn shut_down(tag: &Tag<'_>, state_root: &str) -> Result<(), Stop> {
+    if let Err(stop) = check_clients() {
+        let reason = stop_text(stop);
+        tag.log(state_root, &format!("cancelled: {reason}"))?;
+        return Err(Stop::failed(format!(
+            "{reason} (since the precheck); the update was cancelled"
+        )));
+    }
+    tag.log(
+        state_root,
+        "preconditions hold: no open transactions, no operator signed on, all system units online",
+    )?;
+    progress::report(10, "shutting down the terminal clients and the server");
+    services::stop(SERVICE)?;
+    tag.log(state_root, "terminal clients and server shut down")
+}
+
+fn apply_small(ctx: &StepContext, a: &Analysis, tag: &Tag<'_>) -> Result<(), Stop> {
+    if kv::get("small-started")?.is_none() {
+        shut_down(tag, PRODUCT)?;
+        let dir = format!("{PRODUCT}/{UPDATE_DIR}");
+        if !exists(&dir) {
+            std::fs::create_dir_all(&dir).at(&dir)?;
+            kv::set("made-update-dir", "1")?;
+        }
+        let stored = format!("{dir}/{}", upd_name(tag.seq, &a.ext));
+        if !exists(&stored) {
+            fs::copy_tree(&ctx.package, &stored)?;
+        }
+        tag.log(PRODUCT, &format!(
+            "update started: small update (Rules: {}); archive stored as {UPDATE_DIR}/{}; unpacking into the installation without a backup, no rollback is possible",
+            a.kind.rules(),
+            upd_name(tag.seq, &a.ext)
+        ))?;
+        // From here on the installation changes in place.
+        kv::set("small-started", "1")?;
+        progress::report(50, "unpacking the uncritical files into the installation");
+        archive::extract(&ctx.package, PRODUCT)?;
+        fs::remove_tree(&format!("{PRODUCT}/Rules"))?;
+        let list: Vec<&str> = a
+            .files
+            .iter()
+            .map(|(p, _)| p.trim_start_matches("./"))
+            .collect();
+        tag.log(
+            PRODUCT,
+            &format!("{} files unpacked: {}", list.len(), list.join(", ")),
+        )?;
+    }
+    start_server()
+}
+
+/// Starts the server and the clients. The Update State records the start in
+/// `verify`, which sees the installation as it is now.
+fn start_server() -> Result<(), Stop> {
+    let mark = logs::end(LOG)?;
+    kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?;
+    progress::report(90, "starting the server");
+    services::start(SERVICE)?;
+    Ok(())
+}
+
+/// Copies `work.srv` and the configuration of the installation into `staged`,
+/// replacing what is there; returns what was copied.
+fn carry_over(staged: &str) -> Result<Vec<String>, Stop> {
+    let mut carried = Vec::new();
+    let data = format!("{PRODUCT}/work.srv");
+    if exists(&data) {
+        fs::remove_tree(&format!("{staged}/work.srv"))?;
+        fs::copy_tree(&data, &format!("{staged}/work.srv"))?;
+        carried.push("work.srv".to_owned());
+    }
+    for config in CONFIG {
+        let live = format!("{PRODUCT}/{config}");
+        if exists(&live) {
+            let bin = format!("{staged}/bin");
+            std::fs::create_dir_all(&bin).at(&bin)?;
+            fs::remove_tree(&format!("{staged}/{config}"))?;
+            fs::copy_tree(&live, &format!("{staged}/{config}"))?;
+            carried.push(config.to_owned());
+        }
+    }
+    Ok(carried)
+}
+
+/// Applies the archive's `.chg` files to the configuration in `root`.
+fn apply_changes(a: &Analysis, root: &str, tag: &Tag<'_>) -> Result<(), Stop> {
+    for (file, target, changes) in &a.changes {
+        let path = format!("{root}/{target}");
+        if !exists(&path) {
+            return Err(Stop::failed(format!(
+                "{} holds {file}, but the installation has no {target} for it to change",
+                a.name
+            )));
+        }
+        let text = std::fs::read_to_string(&path).at(&path)?;
+        // Windows variables are case-insensitive; Linux ones are not.
+        let changed = change_config(&text, changes, target.ends_with(".ini"));
+        std::fs::write(&path, changed).at(&path)?;
+        tag.log(
+            root,
+            &format!("{file} applied to {target}: {}", describe(changes)),
+        )?;
+    }
+    Ok(())
+}
+
+/// Where the update is written down and which update it is.
+struct Tag<'a> {
+    seq: u32,
+    package: &'a str,
+}
+
+impl Tag<'_> {
+    /// Appends one step to the Update State log of the installation at `root` and
+    /// to the plugin's log.
+    fn log(&self, root: &str, message: &str) -> Result<(), Stop> {
+        log::info(message);
+        let dir = format!("{root}/{UPDATE_DIR}");
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        append_line(
+            &format!("{root}/{STATE_LOG}"),
+            &format!(
+                "{} UPD{:03} {}: {message}",
+                timestamp(),
+                self.seq,
+                self.package
+            ),
+        )
+    }
+}
+
+fn append_line(path: &str, line: &str) -> Result<(), Stop> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .at(path)?;
+    f.write_all(format!("{line}\n").as_bytes()).at(path)
+}
+
+/// What a package is, read from the archive alone.
+struct Analysis {
+    /// The archive's file name.
+    name: String,
+    /// `tgz` or `zip`, as the name ends.
+    ext: String,
+    kind: Kind,
+    /// The release a complete or partial update installs; `oscupd<nnn>` for a
+    /// small one, which leaves the release as it is.
+    version: String,
+    /// Files besides `Rules` and the change files: archive path and size.
+    files: Vec<(String, u64)>,
+    /// Bytes of all files unpacked.
+    unpacked: u64,
+    /// Change file, the configuration it changes, its changes.
+    changes: Vec<(String, String, Vec<Change>)>,
+}
+
+fn analyse(package: &str) -> Result<Analysis, String> {
+    let name = file_name(package).to_owned();
+    let (stem, ext) = archive_name(&name)?;
+    let entries = archive::entries(package).map_err(|e| e.message)?;
+    let rules = read_text(package, "Rules")?.ok_or_else(|| {
+        format!("{name}: the archive has no Rules file; every OSCAR update holds one that says how it is applied")
+    })?;
+    let rules = parse_rules(&rules).map_err(|e| format!("{name}: {e}"))?;
+    let kind = if rules.complete {
+        Kind::Complete
+    } else if rules.small {
+        Kind::Small
+    } else {
+        Kind::Partial
+    };
+    let mut files = Vec::new();
+    let mut unpacked = 0;
+    let mut changes = Vec::new();
+    for entry in &entries {
+        let path = entry.path.trim_start_matches("./");
+        if entry.kind != archive::EntryKind::File {
+            if kind == Kind::Small && entry.kind != archive::EntryKind::Directory {
+                return Err(format!(
+                    "{name}: a small update holds only plain uncritical files, and {} is a link or special file",
+                    entry.path
+                ));
+            }
+            continue;
+        }
+        unpacked += entry.size;
+        if path == "Rules" {
+            continue;
+        }
+        if let Some((file, target)) = CHANGES.iter().find(|(f, _)| *f == path) {
+            if kind == Kind::Small {
+                return Err(format!(
+                    "{name}: a small update changes no configuration, and it holds {file}; make it a partial update (smallupdate = 0)"
+                ));
+            }
+            let text = read_text(package, &entry.path)?.unwrap_or_default();
+            let parsed = parse_changes(file, &text).map_err(|e| format!("{name}: {e}"))?;
+            changes.push((file.to_string(), target.to_string(), parsed));
+            continue;
+        }
+        if kind == Kind::Small {
+            let ext = path
+                .rsplit_once('.')
+                .map(|(_, e)| e.to_ascii_lowercase())
+                .unwrap_or_default();
+            if !UNCRITICAL.contains(&ext.as_str()) {
+                return Err(format!(
+                    "{name}: a small update holds only uncritical files (*.fgl, *.fsm, *.asc, *.bmp), and {path} is not one; make it a partial update (smallupdate = 0)"
+                ));
+            }
+        }
+        files.push((entry.path.clone(), entry.size));
+    }
+    let version = if kind == Kind::Small {
+        stem
+    } else {
+        let text = read_text(package, "VERSION")?.ok_or_else(|| {
+            format!("{name}: a {} update names the release it installs in a VERSION file, and it has none", kind.as_str())
+        })?;
+        let v = text.trim().to_owned();
+        if v.is_empty()
+            || !v
+                .split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(format!(
+                "{name}: VERSION says {v:?}, which is no release such as 22.0.0"
+            ));
+        }
+        v
+    };
+    if kind == Kind::Complete
+        && !files
+            .iter()
+            .any(|(p, _)| p.trim_start_matches("./") == "bin/oscar")
+    {
+        return Err(format!(
+            "{name}: a complete update (completeupdate = 1) holds the whole program, and bin/oscar is not in it"
+        ));
+    }
+    Ok(Analysis {
+        name,
+        ext,
+        kind,
+        version,
+        files,
+        unpacked,
+        changes,
+    })
+}
+
+/// `oscupd10.tgz` → (`oscupd10`, `tgz`). The name ends in `.tgz` (Linux) or
+/// `.zip` (Windows); `nnn` is a free description.
+fn archive_name(name: &str) -> Result<(String, String), String> {
+    let lower = name.to_ascii_lowercase();
+    let parsed = lower.strip_prefix("oscupd").and_then(|rest| {
+        let (desc, ext) = rest.rsplit_once('.')?;
+        let ok = !desc.is_empty()
+            && desc
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        (ok && (ext == "tgz" || ext == "zip")).then(|| (format!("oscupd{desc}"), ext.to_owned()))
+    });
+    parsed.ok_or_else(|| {
+        format!("{name}: OSCAR update archives are named oscupd<nnn>.tgz (Linux) or oscupd<nnn>.zip (Windows), e.g. oscupd10.tgz")
+    })
+}
+
+fn extension_of(name: &str) -> String {
+    archive_name(name)
+        .map(|(_, e)| e)
+        .unwrap_or_else(|_| "tgz".into())
+}
+
+/// What `Rules` says.
+#[derive(Debug, PartialEq, Eq)]
+struct Rules {
+    complete: bool,
+    small: bool,
+}
+
+/// Parses `Rules`: one `name = value` a line, names `completeupdate` and
+/// `smallupdate` in any case, values 0 or 1. Anything else is an error naming
+/// the line.
+fn parse_rules(text: &str) -> Result<Rules, String> {
+    let mut complete: Option<(bool, usize)> = None;
+    let mut small: Option<(bool, usize)> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = raw.trim_end_matches('\r').trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(format!("Rules line {n}: `{line}` is not `name = value`"));
+        };
+        let name = name.trim();
+        let value = value.trim();
+        let slot = match name.to_ascii_lowercase().as_str() {
+            "completeupdate" => &mut complete,
+            "smallupdate" => &mut small,
+            _ => {
+                return Err(format!(
+                    "Rules line {n}: unknown value `{name}`; Rules knows completeupdate and smallupdate"
+                ));
+            }
+        };
+        let set = match value {
+            "0" => false,
+            "1" => true,
+            _ => {
+                return Err(format!(
+                    "Rules line {n}: {name} = {value}: the value must be 0 or 1"
+                ));
+            }
+        };
+        if let Some((_, first)) = slot {
+            return Err(format!(
+                "Rules line {n}: {name} is set again (first on line {first})"
+            ));
+        }
+        *slot = Some((set, n));
+    }
+    let complete = complete.is_some_and(|(v, _)| v);
+    let small = small.is_some_and(|(v, _)| v);
+    if complete && small {
+        return Err("Rules: completeupdate = 1 and smallupdate = 1 contradict each other; a small update is never complete".into());
+    }
+    Ok(Rules { complete, small })
+}
+
+/// One line of a `.chg` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    /// `S:NAME=VALUE`: add the variable or replace its value.
+    Set(String, String),
+    /// `R:NAME=...`: remove the variable, whatever its value.
+    Remove(String),
+}
+
+fn parse_changes(file: &str, text: &str) -> Result<Vec<Change>, String> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = raw.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("S:") {
+            let Some((name, value)) = rest.split_once('=') else {
+                return Err(format!(
+                    "{file} line {n}: `{line}` sets no value; write S:NAME=VALUE"
+                ));
+            };
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(format!("{file} line {n}: `{line}` names no variable"));
+            }
+            out.push(Change::Set(name.to_owned(), value.trim_end().to_owned()));
+        } else if let Some(rest) = line.strip_prefix("R:") {
+            let name = rest.split_once('=').map_or(rest, |(n, _)| n).trim();
+            if name.is_empty() {
+                return Err(format!("{file} line {n}: `{line}` names no variable"));
+            }
+            out.push(Change::Remove(name.to_owned()));
+        } else {
+            return Err(format!(
+                "{file} line {n}: `{line}` starts with neither S: (set) nor R: (remove)"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn describe(changes: &[Change]) -> String {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::Set(n, v) => format!("set {n}={v}"),
+            Change::Remove(n) => format!("removed {n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The variable a configuration line sets, if it sets one.
+fn variable_of(line: &str) -> Option<&str> {
+    let t = line.trim_start();
+    if t.is_empty() || t.starts_with('#') || t.starts_with(';') || t.starts_with('[') {
+        return None;
+    }
+    t.split_once('=').map(|(n, _)| n.trim())
+}
+
+/// Applies `changes` to a configuration text, keeping its comments, order and
+/// line endings.
+fn change_config(text: &str, changes: &[Change], ignore_case: bool) -> String {
+    let crlf = text.contains("\r\n");
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_owned())
+        .collect();
+    let same = |a: &str, b: &str| {
+        if ignore_case {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        }
+    };
+    for change in changes {
+        match change {
+            Change::Set(name, value) => {
+                let new = format!("{name}={value}");
+                let mut placed = false;
+                lines.retain_mut(|l| {
+                    if variable_of(l).is_some_and(|v| same(v, name)) {
+                        if placed {
+                            return false;
+                        }
+                        *l = new.clone();
+                        placed = true;
+                    }
+                    true
+                });
+                if !placed {
+                    lines.push(new);
+                }
+            }
+            Change::Remove(name) => {
+                lines.retain(|l| !variable_of(l).is_some_and(|v| same(v, name)))
+            }
+        }
+    }
+    let eol = if crlf { "\r\n" } else { "\n" };
+    let mut out = lines.join(eol);
+    if !out.is_empty() {
+        out.push_str(eol);
+    }
+    out
+}
+
+/// One terminal client from `work.srv/clients.lst`.
+struct Client {
+    name: String,
+    role: String,
+    operator: Option<String>,
+    transaction: Option<String>,
+}
+
+/// One system unit from `work.srv/sysunits.lst`.
+struct Unit {
+    name: String,
+    online: bool,
+    free: u64,
+}
+
+fn state_lines(path: &str) -> Result<Vec<(usize, Vec<String>)>, Stop> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(|(n, l)| (n + 1, l.split_whitespace().map(str::to_owned).collect()))
+        .collect())
+}
+
+fn dash(s: &str) -> Option<String> {
+    (s != "-").then(|| s.to_owned())
+}
+
+fn read_clients() -> Result<Vec<Client>, Stop> {
+    state_lines(CLIENTS)?
+        .into_iter()
+        .map(|(n, cols)| match cols.as_slice() {
+            [name, _unit, role, operator, transaction] => Ok(Client {
+                name: name.clone(),
+                role: role.clone(),
+                operator: dash(operator),
+                transaction: dash(transaction),
+            }),
+            _ => Err(Stop::failed(format!(
+                "{CLIENTS} line {n}: expected `client unit role operator transaction`; the server's client list cannot be read"
+            ))),
+        })
+        .collect()
+}
+
+fn read_units() -> Result<Vec<Unit>, Stop> {
+    state_lines(UNITS)?
+        .into_iter()
+        .map(|(n, cols)| match cols.as_slice() {
+            [name, _role, state, free] if state == "online" || state == "offline" => Ok(Unit {
+                name: name.clone(),
+                online: state == "online",
+                free: free.parse().map_err(|_| {
+                    Stop::failed(format!(
+                        "{UNITS} line {n}: free space {free:?} is not a number of bytes"
+                    ))
+                })?,
+            }),
+            _ => Err(Stop::failed(format!(
+                "{UNITS} line {n}: expected `unit role online|offline free-bytes`"
+            ))),
+        })
+        .collect()
+}
+
+/// Nobody may be working at a terminal client, and every system unit must be
+/// online. The admin client, which runs the update, may be signed on.
+fn check_clients() -> Result<(), Stop> {
+    for c in read_clients()?.iter().filter(|c| c.role != "admin") {
+        if let Some(t) = &c.transaction {
+            return Err(Stop::not_now(
+                format!(
+                    "transaction {t} is open at terminal client {}: the update waits until it is closed",
+                    c.name
+                ),
+                RETRY_SECS,
+            ));
+        }
+        if let Some(o) = &c.operator {
+            return Err(Stop::not_now(
+                format!(
+                    "operator {o} is signed on at terminal client {}: the update waits until nobody is signed on",
+                    c.name
+                ),
+                RETRY_SECS,
+            ));
+        }
+    }
+    if let Some(u) = read_units()?.iter().find(|u| !u.online) {
+        return Err(Stop::not_now(
+            format!(
+                "system unit {} is offline: every terminal client must be online for the update",
+                u.name
+            ),
+            RETRY_SECS,
+        ));
+    }
+    Ok(())
+}
+
+/// Waits for the server to log that it runs `version` and is ready.
+fn wait_ready(version: &str) -> Result<(), Stop> {
+    let mut mark = kv::get("start-mark")?
+        .and_then(|m| parse_mark(&m))
+        .unwrap_or(logs::Mark {
+            file_id: 0,
+            offset: 0,
+        });
+    let timeout = vars::get("oscar-verify-timeout")
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(VERIFY_TIMEOUT);
+    let ready = format!("POS server {version} ready");
+    let started = Instant::now();
+    loop {
+        let scan = logs::scan(LOG, mark, &[ready.clone(), " ERROR ".into()])?;
+        mark = scan.next;
+        if let Some(error) = scan.found.iter().find(|f| f.pattern == 1) {
+            return Err(Stop::failed(format!(
+                "the server logged an error after the update: {}",
+                error.line.trim()
+            )));
+        }
+        if !scan.found.is_empty() {
+            return Ok(());
+        }
+        if services::status(SERVICE)? != services::State::Running {
+            return Err(Stop::failed(
+                "the OSCAR server is not running after the update".to_owned(),
+            ));
+        }
+        if started.elapsed() > timeout {
+            return Err(Stop::failed(format!(
+                "the OSCAR server did not report `{ready}` within {} s",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `ready`, `starting`, `stopped` or `failed`, from the server's last words.
+fn server_state() -> String {
+    let Ok(lines) = logs::tail(LOG, 500) else {
+        return String::new();
+    };
+    for line in lines.iter().rev() {
+        if line.contains(" ERROR ") {
+            return "failed".into();
+        }
+        if line.contains("POS server stopped") {
+            return "stopped".into();
+        }
+        if line.contains(" ready, ") && line.contains("POS server") {
+            return "ready".into();
+        }
+        if line.contains(" starting in ") {
+            return "starting".into();
+        }
+    }
+    String::new()
+}
+
+/// The sequence number of the update of this step's package, once staged.
+fn current(ctx: &StepContext) -> Result<Option<u32>, Stop> {
+    if kv::get("package")?.as_deref() != Some(file_name(&ctx.package)) {
+        return Ok(None);
+    }
+    Ok(kv::get("seq")?.and_then(|s| s.parse().ok()))
+}
+
+/// One more than the highest `UPD<nnn>` in `work/update`.
+fn next_seq() -> Result<u32, Stop> {
+    let dir = format!("{PRODUCT}/{UPDATE_DIR}");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(1);
+    };
+    let mut max = 0;
+    for entry in entries {
+        let name = entry.at(&dir)?.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name
+            .strip_prefix("UPD")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(n, _)| n.parse::<u32>().ok())
+        {
+            max = max.max(n);
+        }
+    }
+    Ok(max + 1)
+}
+
+fn upd_name(seq: u32, ext: &str) -> String {
+    format!("UPD{seq:03}.{ext}")
+}
+
+fn kept_name(seq: u32, ext: &str) -> String {
+    format!("Upd{seq:02}.{ext}")
+}
+
+/// The new installation directory of update `seq`, beside the installation's
+/// staging area: the name that holds the old installation after the exchange.
+fn staged_dir(seq: u32) -> String {
+    format!("/staging/OscUpd{seq:02}")
+}
+
+/// `Upd<nn>.*` archives kept in the installation root.
+fn kept_archives() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(PRODUCT) else {
+        return Vec::new();
+    };
+    let mut kept: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix("Upd")
+                .and_then(|r| r.split_once('.'))
+                .is_some_and(|(d, _)| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    kept.sort();
+    kept
+}
+
+fn exists(path: &str) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn installed_version() -> Result<String, Stop> {
+    if !exists(VERSION_FILE) {
+        return Err(Stop::failed(format!(
+            "no MICROS Retail OSCAR POS installation at /product: {VERSION_FILE} is missing"
+        )));
+    }
+    Ok(std::fs::read_to_string(VERSION_FILE)
+        .at(VERSION_FILE)?
+        .trim()
+        .to_owned())
+}
+
+fn stop_text(stop: Stop) -> String {
+    match stop {
+        Stop::Failed(s) => s,
+        Stop::NotNow { reason, .. } => reason,
+    }
+}
+
+/// Bytes of the files under `root`; 0 when it does not exist.
+fn tree_size(root: &str) -> Result<u64, Stop> {
+    let mut total = 0;
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.at(&dir)?;
+            let path = format!("{dir}/{}", entry.file_name().to_string_lossy());
+            let meta = std::fs::symlink_metadata(&path).at(&path)?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn parse_mark(s: &str) -> Option<logs::Mark> {
+    let (id, off) = s.split_once(':')?;
+    Some(logs::Mark {
+        file_id: id.parse().ok()?,
+        offset: off.parse().ok()?,
+    })
+}
+
+/// A text entry of the package, `None` when it has no such entry.
+fn read_text(package: &str, entry: &str) -> Result<Option<String>, String> {
+    let bare = entry.trim_start_matches("./");
+    for name in [bare.to_owned(), format!("./{bare}")] {
+        match archive::read_entry(package, &name, 1024 * 1024) {
+            Ok(bytes) => {
+                return String::from_utf8(bytes)
+                    .map(Some)
+                    .map_err(|_| format!("{}: {bare} is not text", file_name(package)));
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.message),
+        }
+    }
+    Ok(None)
+}
+
+/// Now, as the Update State log writes it (UTC: the sandbox has no time zone).
+fn timestamp() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_are_read_strictly() {
+        assert_eq!(
+            parse_rules("completeupdate = 1\n"),
+            Ok(Rules {
+                complete: true,
+                small: false
+            })
+        );
+        assert_eq!(
+            parse_rules("completeupdate = 0\r\nSmallupdate = 1\r\n"),
+            Ok(Rules {
+                complete: false,
+                small: true
+            })
+        );
+        assert_eq!(
+            parse_rules("CompleteUpdate=0\n\nSmallUpdate=0\n"),
+            Ok(Rules {
+                complete: false,
+                small: false
+            })
+        );
+        assert_eq!(
+            parse_rules(""),
+            Ok(Rules {
+                complete: false,
+                small: false
+            })
+        );
+        let err = parse_rules("completeupdate = 1\nfastupdate = 1\n").unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("fastupdate"),
+            "{err}"
+        );
+        let err = parse_rules("completeupdate = yes\n").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("0 or 1"), "{err}");
+        let err = parse_rules("completeupdate\n").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+        let err = parse_rules("smallupdate = 1\nSMALLUPDATE = 0\n").unwrap_err();
+        assert!(err.contains("line 2") && err.contains("line 1"), "{err}");
+        assert!(parse_rules("completeupdate = 1\nsmallupdate = 1\n").is_err());
+        assert!(parse_rules("# comment\ncompleteupdate = 1\n").is_err());
+    }
+
+    #[test]
+    fn change_files_set_and_remove_variables() {
+        let changes = parse_changes(
+            "oscar.ini.chg",
+            "R:MICROS Retail OSCAR POS_OMLPATH=..\\logs,30\r\nS:MICROS Retail OSCAR POS_VERSION=\"Oscar3_ASU_Test_3\"\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            changes,
+            vec![
+                Change::Remove("MICROS Retail OSCAR POS_OMLPATH".into()),
+                Change::Set(
+                    "MICROS Retail OSCAR POS_VERSION".into(),
+                    "\"Oscar3_ASU_Test_3\"".into()
+                ),
+            ]
+        );
+        let ini = "; clients\r\nMICROS Retail OSCAR POS_OMLPATH=..\\logs,30\r\nmicros retail oscar pos_version=\"old\"\r\nX=1\r\n";
+        assert_eq!(
+            change_config(ini, &changes, true),
+            "; clients\r\nMICROS Retail OSCAR POS_VERSION=\"Oscar3_ASU_Test_3\"\r\nX=1\r\n"
+        );
+        let def = parse_changes("oscar.def.chg", "R:SALESDEBUG =Y\nS:OSINTERDEBUG=Y\n").unwrap();
+        assert_eq!(
+            change_config("# linux\nSALESDEBUG=Y\nLANG=C\n", &def, false),
+            "# linux\nLANG=C\nOSINTERDEBUG=Y\n"
+        );
+        // Linux names are case-sensitive.
+        assert_eq!(
+            change_config("salesdebug=Y\n", &def, false),
+            "salesdebug=Y\nOSINTERDEBUG=Y\n"
+        );
+        let err = parse_changes("oscar.def.chg", "S:A=1\nX:B=2\n").unwrap_err();
+        assert!(err.contains("oscar.def.chg line 2"), "{err}");
+        assert!(parse_changes("oscar.def.chg", "S:NOVALUE\n").is_err());
+        assert!(parse_changes("oscar.def.chg", "R:=x\n").is_err());
+    }
+
+    #[test]
+    fn archive_names() {
+        assert_eq!(
+            archive_name("oscupd10.tgz"),
+            Ok(("oscupd10".into(), "tgz".into()))
+        );
+        assert_eq!(
+            archive_name("OSCUPD4.ZIP"),
+            Ok(("oscupd4".into(), "zip".into()))
+        );
+        assert_eq!(
+            archive_name("oscupd_spring-2.zip"),
+            Ok(("oscupd_spring-2".into(), "zip".into()))
+        );
+        for bad in [
+            "oscupd.tgz",
+            "oscupd10.tar.gz",
+            "upd10.zip",
+            "oscupd10.rar",
+            "oscupd1 0.zip",
+        ] {
+            assert!(
+                archive_name(bad).unwrap_err().contains("oscupd<nnn>.tgz"),
+                "{bad}"
+            );
+        }
+        assert_eq!(upd_name(3, "tgz"), "UPD003.tgz");
+        assert_eq!(kept_name(3, "zip"), "Upd03.zip");
+        assert_eq!(staged_dir(12), "/staging/OscUpd12");
+    }
+}
+
+posup_plugin_sdk::export!(Oscar);

@@ -1,0 +1,412 @@
+//! The OSCAR plugin through `posup apply`, against a simulated MICROS Retail
+//! OSCAR POS server that really runs: the installation under
+//! `opt/osc_usr/osc21`, its log `oscar.log`, the server supervised by posup's
+//! process backend. Complete, partial and small updates, the `.chg` files, the
+//! `UPD<nnn>` numbering and the kept `Upd<nn>` archive, the preconditions, and
+//! rollbacks that restore the installation byte for byte.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use posup_runtime::caps::services::ServiceManager;
+use posup_sim::oscar;
+
+use crate::support::{Node, posup, read, snapshot, stderr, wait_for};
+use crate::terminal::{Service, Terminal, detail, steps};
+
+const SERVER: Service = Service {
+    name: "oscar",
+    product: "oscar",
+};
+
+/// An installation of release 21.3.0 with its server running and ready.
+async fn installation() -> Terminal {
+    let t = Terminal::new("opt/osc_usr/osc21", &[SERVER], false);
+    oscar::init_oscar(&t.product, &t.logs, "21.3.0").unwrap();
+    t.services().start("oscar").await.unwrap();
+    wait_ready(&t, "21.3.0");
+    t
+}
+
+fn wait_ready(t: &Terminal, version: &str) {
+    let line = format!("MICROS Retail OSCAR POS server {version} ready");
+    wait_for(
+        &format!("server {version} to be ready"),
+        Duration::from_secs(20),
+        || last_server_line(t).is_some_and(|l| l.contains(&line)),
+    );
+}
+
+/// The last line the server logged about itself.
+fn last_server_line(t: &Terminal) -> Option<String> {
+    t.log("oscar.log")
+        .lines()
+        .rev()
+        .find(|l| l.contains("[Server]"))
+        .map(str::to_owned)
+}
+
+fn apply(t: &Terminal, package: &Path) -> Output {
+    posup()
+        .args(["apply", "--plugin", "oscar", "--json"])
+        .arg("--package")
+        .arg(package)
+        .arg("--root")
+        .arg(&t.product)
+        .arg("--state-dir")
+        .arg(&t.state)
+        .arg("--device-config")
+        .arg(&t.config)
+        .arg("--forced")
+        .output()
+        .unwrap()
+}
+
+fn file(t: &Terminal, rel: &str) -> String {
+    read(&t.product.join(rel))
+}
+
+fn bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn sub(tree: &BTreeMap<PathBuf, Node>, prefix: &str) -> BTreeMap<PathBuf, Node> {
+    tree.iter()
+        .filter(|(p, _)| p.starts_with(prefix))
+        .map(|(p, n)| (p.clone(), n.clone()))
+        .collect()
+}
+
+/// `OscUpd<nn>` folders left in posup's staging area.
+fn staged_dirs(t: &Terminal) -> Vec<String> {
+    std::fs::read_dir(t.state.join("staging"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("OscUpd"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "{}\n{:?}", stderr(out), steps(out));
+    assert!(
+        steps(out).iter().all(|(_, r, _)| r == "ok"),
+        "{:?}",
+        steps(out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_complete_update_exchanges_the_installation_and_keeps_the_site_data() {
+    let t = installation().await;
+    let before = snapshot(&t.product);
+    let def_before = file(&t, oscar::CONFIG_DEF);
+    let pkg = t.package("oscar", "oscupd10-complete");
+    let out = apply(&t, &pkg);
+    assert_ok(&out);
+    let inspect = &steps(&out)[0];
+    assert_eq!(inspect.2, "complete 22.0.0");
+
+    let after = snapshot(&t.product);
+    assert_eq!(file(&t, "VERSION"), "22.0.0\n");
+    assert!(file(&t, "bin/liboscdb.so").starts_with("SIM-ELF liboscdb.so 22.0.0\n"));
+    assert!(file(&t, "fgl/Receipt.fgl").contains("layout 2"));
+    // work.srv and bin/oscar.def are the installation's, not the archive's.
+    assert_eq!(sub(&after, "work.srv"), sub(&before, "work.srv"));
+    assert_eq!(file(&t, oscar::CONFIG_DEF), def_before);
+    // bin/oscar.ini is the installation's, changed by oscar.ini.chg.
+    let ini = file(&t, oscar::CONFIG_INI);
+    assert_eq!(
+        ini,
+        "; MICROS Retail OSCAR POS environment of the Windows clients.\n\
+         MICROS Retail OSCAR POS_VERSION=\"Oscar3_ASU_Test_3\"\n\
+         OSCDBNAME=..\\work.srv\\oscar.db\n"
+    );
+    // The update's instructions are not installed.
+    for f in ["Rules", "oscar.ini.chg"] {
+        assert!(!t.product.join(f).exists(), "{f}");
+    }
+    // Numbered and kept.
+    assert_eq!(
+        bytes(&t.product.join("work/update/UPD001.tgz")),
+        bytes(&pkg)
+    );
+    assert_eq!(bytes(&t.product.join("Upd01.tgz")), bytes(&pkg));
+    let state = file(&t, oscar::STATE_LOG);
+    for step in [
+        "UPD001 oscupd10.tgz: update started: complete update to 22.0.0 (Rules: completeupdate = 1)",
+        "copied from the installation: work.srv, bin/oscar.ini, bin/oscar.def",
+        "archive stored as work/update/UPD001.tgz",
+        "terminal clients and server shut down",
+        "oscar.ini.chg applied to bin/oscar.ini: removed MICROS Retail OSCAR POS_OMLPATH, set MICROS Retail OSCAR POS_VERSION=\"Oscar3_ASU_Test_3\"",
+        "exchanging the directories: the installation then holds 22.0.0",
+        "server started; verified: the server runs 22.0.0 and is ready",
+        "the original archive is kept as Upd01.tgz in the installation root",
+        "UPD001 oscupd10.tgz: update finished",
+    ] {
+        assert!(state.contains(step), "{step}\n{state}");
+    }
+    // The previous installation served as the rollback copy until the commit.
+    assert!(staged_dirs(&t).is_empty(), "{:?}", staged_dirs(&t));
+    wait_ready(&t, "22.0.0");
+    let log = t.log("oscar.log");
+    assert!(log.contains("Shutting down terminal clients: POS01, POS02"));
+    let inv = t.inventory("oscar").await;
+    assert_eq!(inv.version, "22.0.0");
+    assert_eq!(inv.state, "ready");
+    assert_eq!(detail(&inv, "kept-archives"), Some("Upd01.tgz"));
+
+    // The next update gets the next number; a small one keeps the release.
+    let small = t.package("oscar", "oscupd12-small");
+    let out = apply(&t, &small);
+    assert_ok(&out);
+    assert_eq!(
+        bytes(&t.product.join("work/update/UPD002.zip")),
+        bytes(&small)
+    );
+    assert_eq!(bytes(&t.product.join("Upd02.zip")), bytes(&small));
+    assert!(t.product.join("Upd01.tgz").exists());
+    assert_eq!(file(&t, "VERSION"), "22.0.0\n");
+    assert!(file(&t, oscar::STATE_LOG).contains("UPD002 oscupd12.zip: update finished"));
+    assert_eq!(
+        detail(&t.inventory("oscar").await, "kept-archives"),
+        Some("Upd01.tgz Upd02.zip")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partial_update_unpacks_over_a_copy_and_applies_oscar_def_chg() {
+    let t = installation().await;
+    let before = snapshot(&t.product);
+    let pkg = t.package("oscar", "oscupd11-partial");
+    let out = apply(&t, &pkg);
+    assert_ok(&out);
+    assert_eq!(steps(&out)[0].2, "partial 21.3.1");
+    let after = snapshot(&t.product);
+    assert_eq!(file(&t, "VERSION"), "21.3.1\n");
+    assert!(file(&t, "bin/oscar").starts_with("SIM-ELF oscar 21.3.1\n"));
+    // What the archive does not hold stays as installed.
+    for kept in [
+        "bin/liboscdb.so",
+        "fgl/Receipt.fgl",
+        "bmp/Logo.bmp",
+        "bin/oscar.ini",
+    ] {
+        assert_eq!(after[Path::new(kept)], before[Path::new(kept)], "{kept}");
+    }
+    assert_eq!(sub(&after, "work.srv"), sub(&before, "work.srv"));
+    assert_eq!(
+        file(&t, oscar::CONFIG_DEF),
+        "# MICROS Retail OSCAR POS environment of the Linux server.\n\
+         MICROS Retail OSCAR POS_OMLPATH=../logs,30\n\
+         MICROS Retail OSCAR POS_VERSION=\"Oscar3_21\"\n\
+         OSCDBNAME=work.srv/oscar.db\n\
+         LANG=de_DE.UTF-8\n\
+         OSINTERDEBUG=Y\n"
+    );
+    assert!(!t.product.join("Rules").exists() && !t.product.join("oscar.def.chg").exists());
+    assert_eq!(bytes(&t.product.join("Upd01.tgz")), bytes(&pkg));
+    assert!(file(&t, oscar::STATE_LOG).contains(
+        "oscar.def.chg applied to bin/oscar.def: removed SALESDEBUG, set OSINTERDEBUG=Y"
+    ));
+    wait_ready(&t, "21.3.1");
+    assert!(
+        t.log("oscar.log")
+            .contains("Interface debug output is on (OSINTERDEBUG=Y)")
+    );
+    assert!(staged_dirs(&t).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_update_unpacks_in_place_without_a_backup() {
+    let t = installation().await;
+    let before = snapshot(&t.product);
+    let pkg = t.package("oscar", "oscupd12-small");
+    let out = apply(&t, &pkg);
+    assert_ok(&out);
+    assert_eq!(steps(&out)[0].2, "small oscupd12");
+    let after = snapshot(&t.product);
+    assert!(file(&t, "fsm/Sale.fsm").contains("5 x 8 keys"));
+    assert!(file(&t, "asc/Texts.asc").contains("Kundenkarte"));
+    assert!(t.product.join("bmp/Promo.bmp").is_file());
+    assert_ne!(
+        after[Path::new("bmp/Logo.bmp")],
+        before[Path::new("bmp/Logo.bmp")]
+    );
+    // The program and everything else the archive does not hold are untouched.
+    for (path, node) in &before {
+        let p = path.to_string_lossy();
+        if ![
+            "fgl/Receipt.fgl",
+            "fsm/Sale.fsm",
+            "asc/Texts.asc",
+            "bmp/Logo.bmp",
+            "work",
+        ]
+        .contains(&p.as_ref())
+        {
+            assert_eq!(after.get(path), Some(node), "{p}");
+        }
+    }
+    assert!(!t.product.join("Rules").exists());
+    assert_eq!(
+        bytes(&t.product.join("work/update/UPD001.zip")),
+        bytes(&pkg)
+    );
+    assert_eq!(bytes(&t.product.join("Upd01.zip")), bytes(&pkg));
+    assert!(
+        file(&t, oscar::STATE_LOG)
+            .contains("unpacking into the installation without a backup, no rollback is possible")
+    );
+    // No new directory and no copy of the installation was made.
+    assert!(staged_dirs(&t).is_empty());
+    wait_ready(&t, "21.3.0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preconditions_refuse_the_update_and_leave_the_installation_alone() {
+    let t = installation().await;
+    let pkg = t.package("oscar", "oscupd10-complete");
+    type Setup = fn(&Path);
+    let busy: [(Setup, Setup, &str); 3] = [
+        (
+            |p| oscar::open_transaction(p, "POS01", Some("4711")).unwrap(),
+            |p| oscar::open_transaction(p, "POS01", None).unwrap(),
+            "transaction 4711 is open at terminal client POS01",
+        ),
+        (
+            |p| oscar::sign_on(p, "POS02", Some("1001")).unwrap(),
+            |p| oscar::sign_on(p, "POS02", None).unwrap(),
+            "operator 1001 is signed on at terminal client POS02",
+        ),
+        (
+            |p| oscar::set_unit(p, "POS02", false, 21_474_836_480).unwrap(),
+            |p| oscar::set_unit(p, "POS02", true, 21_474_836_480).unwrap(),
+            "system unit POS02 is offline",
+        ),
+    ];
+    for (set, clear, reason) in busy {
+        set(&t.product);
+        let before = snapshot(&t.product);
+        let out = apply(&t, &pkg);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(stderr(&out).contains(reason), "{reason}\n{}", stderr(&out));
+        assert_eq!(snapshot(&t.product), before);
+        clear(&t.product);
+    }
+    // The server went on serving the whole time.
+    assert!(last_server_line(&t).unwrap().contains("21.3.0 ready"));
+    assert!(
+        t.log("oscar.log")
+            .contains("Transaction 4711 opened at POS01")
+    );
+
+    // Not enough disk space on a system unit is a failure, not a wait.
+    oscar::set_unit(&t.product, "POS02", true, 1_000).unwrap();
+    let before = snapshot(&t.product);
+    let out = apply(&t, &pkg);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not enough disk space on system unit POS02: 1000 bytes free"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&t.product), before);
+    assert_eq!(file(&t, "VERSION"), "21.3.0\n");
+}
+
+#[test]
+fn a_package_with_bad_rules_or_a_wrong_name_is_refused() {
+    let t = Terminal::new("opt/osc_usr/osc21", &[SERVER], false);
+    oscar::init_oscar(&t.product, &t.logs, "21.3.0").unwrap();
+    let before = snapshot(&t.product);
+    let out = apply(&t, &t.package("oscar", "oscupd13-bad-rules"));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("oscupd13.tgz: Rules line 2: unknown value `fastupdate`"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t.product), before);
+
+    let renamed = t.state.join("update-10.tgz");
+    std::fs::copy(t.package("oscar", "oscupd10-complete"), &renamed).unwrap();
+    let out = apply(&t, &renamed);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("oscupd<nnn>.tgz (Linux) or oscupd<nnn>.zip (Windows)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&t.product), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_complete_update_is_rolled_back_byte_for_byte() {
+    let t = installation().await;
+    let before = snapshot(&t.product);
+    let out = apply(&t, &t.package("oscar", "oscupd14-broken-complete"));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("verify failed") && err.contains("rolled back"),
+        "{err}"
+    );
+    assert!(err.contains("Cannot load bin/liboscdb.so"), "{err}");
+    assert_eq!(snapshot(&t.product), before);
+    assert!(staged_dirs(&t).is_empty());
+    // The failed attempt's Update State is kept outside the restored tree.
+    let record = read(&t.state.join("staging/UpdateState-UPD001.log"));
+    assert!(
+        record.contains("UPD001 oscupd14.tgz: exchanging the directories"),
+        "{record}"
+    );
+    assert!(
+        record.contains("rolled back to the previous installation"),
+        "{record}"
+    );
+    wait_ready(&t, "21.3.0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_partial_update_is_rolled_back_byte_for_byte() {
+    let t = installation().await;
+    let before = snapshot(&t.product);
+    let out = apply(&t, &t.package("oscar", "oscupd15-broken-partial"));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("bin/liboscdb.so is release 21.3.0; server 22.1.0 needs 22.1.x"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t.product), before);
+    wait_ready(&t, "21.3.0");
+    // The same installation then takes a good update.
+    let out = apply(&t, &t.package("oscar", "oscupd11-partial"));
+    assert_ok(&out);
+    assert!(
+        t.product.join("work/update/UPD001.tgz").exists(),
+        "the failed attempt used no number"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_small_update_says_it_cannot_be_rolled_back() {
+    let t = installation().await;
+    let out = apply(&t, &t.package("oscar", "oscupd16-broken-small"));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("fsm/Sale.fsm: not a form definition"), "{err}");
+    assert!(
+        err.contains("oscupd16.zip is a small update (Rules: smallupdate = 1): it was unpacked straight into the installation without a backup, so it cannot be rolled back"),
+        "{err}"
+    );
+    // As documented for small updates: the files are replaced in place.
+    assert!(file(&t, "fgl/Receipt.fgl").contains("layout 3"));
+    assert!(file(&t, oscar::STATE_LOG).contains("no rollback is possible"));
+    t.services().stop("oscar").await.unwrap();
+}

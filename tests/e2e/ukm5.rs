@@ -1,0 +1,385 @@
+//! The UKM 5 plugin through `posup apply` (and a Download task through the agent's
+//! pipeline), against a simulated register that really runs: its home laid out as
+//! `/home/ukm5` under `home/ukm5`, its log `pos.log`, the register program
+//! supervised by posup's process backend.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use posup_agent::pipeline::{Settings, UpdateRequest, UpdateResult};
+use posup_agent::{DeviceConfig, Pipeline};
+use posup_runtime::caps::services::ServiceManager;
+use posup_runtime::types::TaskKind;
+use posup_runtime::{Grants, HostEnv, Runtime, RuntimeConfig};
+use posup_sim::ukm5::{self, Mode};
+
+use crate::support::{posup, posup_path, read, snapshot, stderr, wait_for};
+use crate::terminal::{Service, Terminal, steps};
+
+const REGISTER: Service = Service {
+    name: "ukm5",
+    product: "ukm5",
+};
+
+/// A register running `version`, in sale mode.
+async fn register(version: &str) -> Terminal {
+    let t = Terminal::new("home/ukm5", &[REGISTER], false);
+    ukm5::init_ukm5(&t.product, &t.logs, version).unwrap();
+    t.services().start("ukm5").await.unwrap();
+    wait_mode(&t, "SALE");
+    t
+}
+
+fn wait_mode(t: &Terminal, mode: &str) {
+    wait_for(
+        &format!("the register to reach {mode}"),
+        Duration::from_secs(20),
+        || ukm5::last_mode(&t.log("pos.log")) == Some(mode),
+    );
+}
+
+fn apply(t: &Terminal, package: &Path, extra: &[&str]) -> Output {
+    posup()
+        .args(["apply", "--plugin", "ukm5", "--json"])
+        .arg("--package")
+        .arg(package)
+        .arg("--root")
+        .arg(&t.product)
+        .arg("--state-dir")
+        .arg(&t.state)
+        .arg("--device-config")
+        .arg(&t.config)
+        .args(extra)
+        // The messages shown to the cashier are logged at info.
+        .env("POSUP_LOG", "posup_runtime::caps::prompt=info")
+        .output()
+        .unwrap()
+}
+
+fn version(t: &Terminal) -> String {
+    read(&t.product.join(ukm5::VERSION_FILE)).trim().to_owned()
+}
+
+fn step_names(out: &Output) -> Vec<String> {
+    steps(out).into_iter().map(|(s, _, _)| s).collect()
+}
+
+/// Runs a Download task through the agent's pipeline, as the agent does for the
+/// update server's Download tasks (`posup apply` runs Update and Forced tasks).
+async fn download(t: &Terminal, package: &Path) -> UpdateResult {
+    let rt = Runtime::new(RuntimeConfig {
+        cache_dir: Some(t.state.join("cache")),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let plugin = rt
+        .load("ukm5", posup_bundled::get("ukm5").expect("ukm5 is bundled"))
+        .unwrap();
+    let info = plugin.info().await.unwrap();
+    let mut config = DeviceConfig::load(&t.config).unwrap();
+    config.dirs.insert("product".into(), t.product.clone());
+    for name in ["staging", "backup"] {
+        let dir = t.state.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        config.dirs.insert(name.into(), dir);
+    }
+    let env = HostEnv {
+        grants: Grants::intersect(&info.capabilities, &config.allowance()),
+        services: config.service_manager(&t.state.join("run")),
+        kv_dir: Some(t.state.join("kv")),
+        ..HostEnv::default()
+    };
+    let pipeline = Pipeline {
+        plugin: &plugin,
+        env,
+        settings: Settings {
+            state_dir: t.state.clone(),
+            staging: t.state.join("staging"),
+            prompter: None,
+            consent_timeout: Duration::from_secs(5),
+            deadline: posup_runtime::Step::default_deadline,
+        },
+        observer: None,
+    };
+    let request = UpdateRequest {
+        package: package.to_owned(),
+        task: TaskKind::Download,
+    };
+    pipeline.run(&request).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_loads_the_package_and_the_register_announces_it_as_update_conf_says() {
+    let t = register("1.8.4").await;
+    let program = snapshot(&t.product.join("mint/lib"));
+    let pkg = t.package("ukm5", "1.14.9");
+    let result = download(&t, &pkg).await;
+    assert_eq!(
+        result,
+        UpdateResult::Staged {
+            version: "1.14.9".into()
+        }
+    );
+    // Loaded into the drop folder; nothing installed, sale went on.
+    let loaded = t
+        .product
+        .join(ukm5::PACKAGE_DIR)
+        .join("ukm5_pos_1.14.9.tgz");
+    assert_eq!(
+        std::fs::read(&loaded).unwrap(),
+        std::fs::read(&pkg).unwrap()
+    );
+    assert_eq!(version(&t), "1.8.4");
+    assert_eq!(snapshot(&t.product.join("mint/lib")), program);
+    assert!(!t.state.join("backup/mint").exists());
+    // autoUpdateTimeout = 10: the register itself will ask the cashier.
+    wait_for(
+        "the register to see the package",
+        Duration::from_secs(20),
+        || {
+            t.log("pos.log")
+                .contains("Update package ukm5_pos_1.14.9.tgz found")
+        },
+    );
+    assert!(
+        t.log("pos.log")
+            .contains("the cashier will be asked to update in 10 min")
+    );
+    let inv = t.inventory("ukm5").await;
+    assert_eq!(inv.version, "1.8.4");
+    assert_eq!(inv.loaded_package.as_deref(), Some("ukm5_pos_1.14.9.tgz"));
+    assert_eq!(inv.state, "SALE");
+    assert!(inv.ready && !inv.reboot_required);
+    assert_eq!(
+        crate::terminal::detail(&inv, "autoUpdateTimeout"),
+        Some("10 min")
+    );
+
+    // Commented out, the register never asks: only an explicit update installs it.
+    ukm5::set_auto_update_timeout(&t.product, None).unwrap();
+    let pkg = t.package("ukm5", "877");
+    assert_eq!(
+        download(&t, &pkg).await,
+        UpdateResult::Staged {
+            version: "877".into()
+        }
+    );
+    wait_for(
+        "the register to see the second package",
+        Duration::from_secs(20),
+        || {
+            t.log("pos.log")
+                .contains("Update package ukm5_pos_877.tgz found")
+        },
+    );
+    assert!(
+        t.log("pos.log")
+            .contains("autoUpdateTimeout is off, the register does not ask; run sudo ./up.sh in")
+    );
+    let inv = t.inventory("ukm5").await;
+    assert_eq!(
+        crate::terminal::detail(&inv, "autoUpdateTimeout"),
+        Some("off")
+    );
+    // Of two loaded packages the newest is reported.
+    assert_eq!(inv.loaded_package.as_deref(), Some("ukm5_pos_877.tgz"));
+    assert_eq!(version(&t), "1.8.4");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_installs_like_up_sh_and_requires_a_full_reboot() {
+    let t = register("1.8.4").await;
+    let settings = read(&t.product.join(ukm5::SETTINGS_FILE));
+    let update_conf = read(&t.product.join(ukm5::UPDATE_CONF));
+    let pkg = t.package("ukm5", "1.14.9");
+    let out = apply(&t, &pkg, &["--answer", "yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        step_names(&out),
+        [
+            "inspect", "precheck", "stage", "consent", "apply", "verify", "commit"
+        ]
+    );
+    assert!(
+        steps(&out).iter().all(|(_, r, _)| r == "ok"),
+        "{:?}",
+        steps(&out)
+    );
+    assert_eq!(version(&t), "1.14.9");
+    for module in ukm5::MODULES {
+        let text = read(&t.product.join("mint").join(module));
+        assert!(
+            text.lines().next().unwrap().ends_with(" 1.14.9"),
+            "{module}: {text}"
+        );
+    }
+    // The register's own settings are untouched; the package left the drop
+    // folder; the rollback copy is gone.
+    assert_eq!(read(&t.product.join(ukm5::SETTINGS_FILE)), settings);
+    assert_eq!(read(&t.product.join(ukm5::UPDATE_CONF)), update_conf);
+    assert_eq!(
+        std::fs::read_dir(t.product.join(ukm5::PACKAGE_DIR))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(!t.state.join("backup/mint").exists());
+    // A full reboot is required: marked, logged by the register, told to the
+    // cashier, reported in the inventory.
+    assert_eq!(read(&t.product.join(ukm5::REBOOT_MARK)), "1.14.9\n");
+    let log = t.log("pos.log");
+    assert!(
+        log.contains("INFO  [Mint] Starting UKM 5 POS 1.14.9"),
+        "{log}"
+    );
+    assert!(log.contains(
+        "UKM 5 POS 1.14.9 was installed by an update: a full reboot of the register is required"
+    ));
+    assert!(
+        stderr(&out).contains("Reboot the register fully"),
+        "{}",
+        stderr(&out)
+    );
+    let inv = t.inventory("ukm5").await;
+    assert_eq!(inv.version, "1.14.9");
+    assert_eq!(inv.loaded_package, None);
+    assert!(inv.reboot_required);
+    assert_eq!(
+        crate::terminal::detail(&inv, "reboot-required-for"),
+        Some("1.14.9")
+    );
+
+    // After the full reboot the update is in force and the mark is gone.
+    t.services().stop("ukm5").await.unwrap();
+    let mut boot = std::process::Command::new(posup_path())
+        .args(["sim-product", "ukm5", "--cold-boot", "--product"])
+        .arg(&t.product)
+        .arg("--logs")
+        .arg(&t.logs)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the register after the reboot",
+        Duration::from_secs(20),
+        || {
+            t.log("pos.log")
+                .contains("The update to 1.14.9 is in force after the full reboot")
+        },
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &boot.id().to_string()])
+        .status();
+    boot.wait().unwrap();
+    assert!(!t.inventory("ukm5").await.reboot_required);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_update_asks_nobody_and_takes_a_bare_build_number() {
+    let t = register("1.8.4").await;
+    ukm5::set_mode(&t.product, Mode::Locked).unwrap();
+    wait_mode(&t, "LOCKED");
+    let out = apply(&t, &t.package("ukm5", "877"), &["--forced"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        step_names(&out),
+        ["inspect", "precheck", "stage", "apply", "verify", "commit"]
+    );
+    assert_eq!(version(&t), "877");
+    // Nobody is at the register: it comes back locked.
+    wait_mode(&t, "LOCKED");
+    assert!(t.inventory("ukm5").await.reboot_required);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_receipt_and_a_declining_cashier_leave_the_program_alone() {
+    let t = register("1.8.4").await;
+    ukm5::set_mode(&t.product, Mode::Receipt).unwrap();
+    wait_mode(&t, "RECEIPT");
+    let before = snapshot(&t.product);
+    let pkg = t.package("ukm5", "1.14.9");
+    for extra in [&[][..], &["--forced"][..]] {
+        let out = apply(&t, &pkg, extra);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("a receipt is open at the register"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(snapshot(&t.product), before);
+    }
+    // The receipt was not interrupted.
+    assert_eq!(ukm5::last_mode(&t.log("pos.log")), Some("RECEIPT"));
+
+    // The receipt is closed; the cashier declines. The package stays loaded, as
+    // on the register, which asks again later; the program is untouched.
+    ukm5::set_mode(&t.product, Mode::Sale).unwrap();
+    wait_mode(&t, "SALE");
+    let out = apply(&t, &pkg, &["--answer", "no"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("declined"), "{}", stderr(&out));
+    assert_eq!(
+        step_names(&out),
+        ["inspect", "precheck", "stage", "consent"]
+    );
+    assert_eq!(version(&t), "1.8.4");
+    let mut after = snapshot(&t.product);
+    let loaded = PathBuf::from(ukm5::PACKAGE_DIR).join("ukm5_pos_1.14.9.tgz");
+    assert!(after.remove(&loaded).is_some(), "the package is loaded");
+    assert_eq!(after, before);
+    assert_eq!(ukm5::last_mode(&t.log("pos.log")), Some("SALE"));
+
+    // Asked again, the cashier agrees: the loaded package is installed.
+    let out = apply(&t, &pkg, &["--answer", "yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(version(&t), "1.14.9");
+}
+
+#[test]
+fn a_wrongly_named_package_is_refused_before_anything_changes() {
+    let t = Terminal::new("home/ukm5", &[REGISTER], false);
+    ukm5::init_ukm5(&t.product, &t.logs, "1.8.4").unwrap();
+    let before = snapshot(&t.product);
+    let pkg = t.package("ukm5", "misnamed");
+    assert!(pkg.ends_with("ukm5-pos-1.15.0.tar.gz"));
+    let out = apply(&t, &pkg, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("ukm5-pos-1.15.0.tar.gz") && err.contains("ukm5_pos_<version>.tgz"),
+        "{err}"
+    );
+    assert_eq!(step_names(&out), ["inspect"]);
+    assert_eq!(snapshot(&t.product), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_register_that_does_not_start_is_rolled_back_byte_for_byte() {
+    let t = register("1.8.4").await;
+    let before = snapshot(&t.product);
+    let out = apply(
+        &t,
+        &t.package("ukm5", "1.14.10-broken"),
+        &["--answer", "yes"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("verify failed") && err.contains("rolled back"),
+        "{err}"
+    );
+    assert!(err.contains("Cannot load lib/ukm5-fiscal.jar"), "{err}");
+    // Program, settings, drop folder and reboot mark: all as before.
+    assert_eq!(snapshot(&t.product), before);
+    assert!(!t.state.join("backup/mint").exists());
+    // The old program sells again.
+    wait_mode(&t, "SALE");
+    assert!(
+        t.log("pos.log")
+            .ends_with("Mode changed: STARTING -> SALE\n")
+    );
+    let inv = t.inventory("ukm5").await;
+    assert_eq!(inv.version, "1.8.4");
+    assert!(!inv.reboot_required && inv.loaded_package.is_none());
+}
