@@ -509,6 +509,15 @@ impl Agent {
 
     fn env(&self, info: &PluginInfo, events: Option<Arc<dyn EventSink>>) -> (HostEnv, DeviceConfig) {
         let device = self.device_config();
+        // Staging and backup are the agent's own folders: made when missing. The
+        // product's folders must be there already.
+        for dir in ["staging", "backup"] {
+            if let Some(d) = device.dir(dir)
+                && let Err(e) = std::fs::create_dir_all(d)
+            {
+                tracing::warn!("creating the {dir} directory {}: {e}", d.display());
+            }
+        }
         let grants = Grants::intersect(&info.capabilities, &self.allowance(&device));
         let prompter: Arc<dyn Prompter> = self.prompter.clone();
         let env = HostEnv {
@@ -662,15 +671,11 @@ impl Agent {
             self.done(&action, "failed");
             return;
         };
-        for dir in ["staging", "backup"] {
-            if let Some(d) = device.dir(dir)
-                && let Err(e) = std::fs::create_dir_all(d)
-            {
-                let msg = format!("creating the {dir} directory {}: {e}", d.display());
-                self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
-                self.done(&action, "failed");
-                return;
-            }
+        if let Err(e) = std::fs::create_dir_all(&staging) {
+            let msg = format!("creating the staging directory {}: {e}", staging.display());
+            self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+            self.done(&action, "failed");
+            return;
         }
 
         // The package: downloaded once, checked, kept in staging for the update.

@@ -150,10 +150,12 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
     let rt = crate::plugins::runtime(Some(state_dir.join("cache")))?;
     let plugin = crate::plugins::load(&rt, &args.plugin)?;
     let info = plugin.info().await?;
-    let prompter: Arc<dyn Prompter> = Arc::new(FixedAnswer {
+    let answers = FixedAnswer {
         answer: args.answer.map(|a| matches!(a, Answer::Yes)),
         ..FixedAnswer::default()
-    });
+    };
+    let shown = answers.shown.clone();
+    let prompter: Arc<dyn Prompter> = Arc::new(answers);
     let env = HostEnv {
         grants: Grants::intersect(&info.capabilities, &config.allowance()),
         services: config.service_manager(&state_dir.join("run")),
@@ -190,6 +192,10 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // What the plugin showed the person at the terminal ("the program was updated").
+    for message in shown.lock().expect("message list").iter() {
+        eprintln!("message to the terminal: {message}");
+    }
     let code = result.exit_code();
     if code == 0 {
         if !args.json {

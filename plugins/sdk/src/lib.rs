@@ -22,6 +22,7 @@ pub use wit_bindgen::rt as __wit_bindgen_rt;
 
 /// Raw bindings generated from `wit/since_v0.1.0`. Plugins should not need them.
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit/since_v0.1.0",
