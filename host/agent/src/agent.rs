@@ -908,7 +908,8 @@ impl Observer for FeedbackObserver {
 
     fn started(&self, step: &str, _attempt: u32) {
         *self.step.lock().expect("step lock") = step.to_owned();
-        self.agent.report(&self.action, step, FeedbackState::Started, None, None);
+        self.agent
+            .report(&self.action, step, FeedbackState::Started, Some(format!("{step} started")), None);
     }
 
     fn proceed(&self) -> bool {

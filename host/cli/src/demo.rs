@@ -303,7 +303,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
             device,
             run_dir,
             service: p.service,
-            declines_once: number == 3,
+            // An even terminal outside the pilot group, so its question comes in
+            // the even wave, an Update; the odd wave is Forced and asks nobody.
+            declines_once: number == if args.terminals >= 4 { 4 } else { 2 },
         });
     }
     let cashiers: Vec<_> = terminals

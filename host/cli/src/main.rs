@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the update server: fleet registry, packages, plugins, tasks, console.
+    Server(posup_server::ServerArgs),
     /// Apply a package to a local installation through a plugin, without a server.
     Apply(apply::ApplyArgs),
     /// Work with plugins: show what a plugin is and asks for.
@@ -58,6 +60,7 @@ fn main() -> std::process::ExitCode {
             Command::Apply(args) => apply::run(args).await,
             Command::Plugin(cmd) => plugins::plugin(cmd).await,
             Command::Package(cmd) => plugins::package(cmd).await,
+            Command::Server(args) => posup_server::serve(args).await.map(|()| 0),
             Command::Agent(args) => agent::run(args).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Demo(args) => demo::run(args).await,

@@ -1,0 +1,770 @@
+//! The agent against the real server: several terminals, each a real `posup agent`
+//! process with its own state directory and a simulated kiosk running as a
+//! process, updated through Download, Update and Forced update tasks. Crashes,
+//! broken connections, a declining cashier and a restarted server are real too:
+//! processes are killed, connections cut, the server stopped and started again.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use posup_proto::api::{
+    CreateTask, DeviceRow, DeviceTaskState, DeviceTypeBody, EnablePlugin, GroupKind, GroupView, PackageView,
+    TaskDeviceDetail, TaskDeviceRow, TaskState, TaskView,
+};
+use posup_proto::agent::FeedbackState;
+use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Page, TaskKind};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{posup_path, read, snapshot};
+
+const OLD: &str = "7.4.2";
+const NEW: &str = "7.5.0";
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// The server, in this process, on a fixed address so it can be restarted.
+struct Server {
+    addr: SocketAddr,
+    data: PathBuf,
+    admin: String,
+    secret: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    async fn start(data: &Path, addr: Option<SocketAddr>) -> Server {
+        let admin = "pop_e2e_admin".to_owned();
+        let secret = "pes_e2e_secret".to_owned();
+        let mut config = posup_server::ServerConfig::new(data);
+        config.admin_token = Some(admin.clone());
+        config.enrollment_secret = Some(secret.clone());
+        // Below the 5 s a device type may ask for: tests poll every second.
+        config.poll_interval_secs = 1;
+        config.offline_after = Duration::from_secs(60);
+        config.contact_flush = Some(Duration::from_millis(100));
+        let listener = match addr {
+            Some(a) => {
+                // The old listener is gone; the port is free again at once.
+                let start = Instant::now();
+                loop {
+                    match tokio::net::TcpListener::bind(a).await {
+                        Ok(l) => break l,
+                        Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                            let _ = e;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("binding {a} again: {e}"),
+                    }
+                }
+            }
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(posup_server::run(config, listener, async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+        let server = Server {
+            addr,
+            data: data.to_owned(),
+            admin,
+            secret,
+            stop,
+            task,
+        };
+        server.api().wait_healthy().await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn api(&self) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: self.url(),
+            token: self.admin.clone(),
+        }
+    }
+
+    async fn stop(self) -> (SocketAddr, PathBuf) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap().unwrap();
+        (self.addr, self.data)
+    }
+}
+
+/// The operator API, as the tests use it.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn send<R: DeserializeOwned>(&self, req: reqwest::RequestBuilder, what: &str) -> R {
+        let resp = req.bearer_auth(&self.token).send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{what}: {status}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}: {text}"))
+    }
+
+    async fn get<R: DeserializeOwned>(&self, path: &str) -> R {
+        self.send(self.http.get(format!("{}{path}", self.base)), path).await
+    }
+
+    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> R {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body), path).await
+    }
+
+    async fn put<B: Serialize>(&self, path: &str, body: &B) {
+        let _: serde_json::Value = self.send(self.http.put(format!("{}{path}", self.base)).json(body), path).await;
+    }
+
+    async fn post_bytes<R: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> R {
+        self.send(self.http.post(format!("{}{path}", self.base)).body(body), path).await
+    }
+
+    async fn wait_healthy(&self) {
+        let start = Instant::now();
+        while self
+            .http
+            .get(format!("{}/api/v1/health", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(start.elapsed() < LIMIT, "the server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Uploads the kiosk plugin, configures the `kiosk` device type and enables it.
+    async fn kiosk_device_type(&self) {
+        let wasm = posup_bundled::get("kiosk").expect("the kiosk plugin is bundled").to_vec();
+        let _: serde_json::Value = self.post_bytes("/api/v1/plugins?file_name=kiosk.wasm", wasm).await;
+        let body = DeviceTypeBody {
+            description: "self-service kiosks".into(),
+            allowed: Capabilities {
+                dirs: vec![
+                    DirAccess { dir: Dir::Product, write: true },
+                    DirAccess { dir: Dir::Staging, write: true },
+                    DirAccess { dir: Dir::Backup, write: true },
+                    DirAccess { dir: Dir::Logs, write: false },
+                ],
+                services: vec!["kiosk".into()],
+                scripts: false,
+                prompt: true,
+            },
+            paths: DirPaths {
+                product: Some("/opt/kiosk".into()),
+                staging: Some("/opt/.posup/staging".into()),
+                backup: Some("/opt/.posup/backup".into()),
+                logs: Some("/var/log/kiosk".into()),
+            },
+            poll_interval_secs: None,
+        };
+        self.put("/api/v1/device-types/kiosk", &body).await;
+        self.put(
+            "/api/v1/device-types/kiosk/plugin",
+            &EnablePlugin {
+                name: "kiosk".into(),
+                version: None,
+            },
+        )
+        .await;
+    }
+
+    async fn kiosk_package(&self, dir: &Path, version: &str) -> PackageView {
+        let file = posup_sim::kiosk_package(dir, version, false).unwrap();
+        let name = file.file_name().unwrap().to_str().unwrap().to_owned();
+        self.post_bytes(
+            &format!("/api/v1/packages?device_type=kiosk&file_name={name}"),
+            std::fs::read(&file).unwrap(),
+        )
+        .await
+    }
+
+    async fn group(&self, kind: GroupKind) -> i64 {
+        let groups: Vec<GroupView> = self.get("/api/v1/groups").await;
+        groups.iter().find(|g| g.kind == kind).unwrap().id
+    }
+
+    async fn task(&self, kind: TaskKind, package: &PackageView) -> TaskView {
+        let group = self.group(GroupKind::All).await;
+        self.post(
+            "/api/v1/tasks",
+            &CreateTask {
+                name: None,
+                kind,
+                package_id: package.id,
+                group_id: group,
+                start_at: None,
+            },
+        )
+        .await
+    }
+
+    async fn devices(&self) -> Vec<DeviceRow> {
+        let page: Page<DeviceRow> = self.get("/api/v1/devices?per_page=1000").await;
+        page.items
+    }
+
+    async fn task_devices(&self, id: i64) -> Vec<TaskDeviceRow> {
+        let page: Page<TaskDeviceRow> = self.get(&format!("/api/v1/tasks/{id}/devices?per_page=1000")).await;
+        page.items
+    }
+
+    async fn detail(&self, task: i64, device: i64) -> TaskDeviceDetail {
+        self.get(&format!("/api/v1/tasks/{task}/devices/{device}")).await
+    }
+
+    async fn wait_devices(&self, n: usize) {
+        let start = Instant::now();
+        loop {
+            let d = self.devices().await;
+            if d.len() >= n && d.iter().all(|d| !d.version.is_empty()) {
+                return;
+            }
+            assert!(start.elapsed() < LIMIT, "{n} devices did not enroll and report: {d:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_finished(&self, id: i64) -> TaskView {
+        let start = Instant::now();
+        loop {
+            let t: TaskView = self.get(&format!("/api/v1/tasks/{id}")).await;
+            if t.state == TaskState::Finished {
+                return t;
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "task {id} did not finish: {t:?}\n{:#?}",
+                self.task_devices(id).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A kiosk terminal: its product running as a process and a `posup agent`
+/// process. Dropping it kills both.
+struct Kiosk {
+    _dir: tempfile::TempDir,
+    number: u32,
+    product: PathBuf,
+    state: PathBuf,
+    config: PathBuf,
+    agent: Option<Child>,
+    runs: u32,
+}
+
+impl Kiosk {
+    async fn new(number: u32, server: &str, secret: &str, consent_timeout: f64) -> Kiosk {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let product = root.join("opt/kiosk");
+        let logs = root.join("log");
+        let state = root.join("posup");
+        posup_sim::init_kiosk(&product, &logs, OLD).unwrap();
+        let config = root.join("agent.toml");
+        let text = format!(
+            r#"server = "{server}"
+enrollment_secret = "{secret}"
+state_dir = "{state}"
+
+[device]
+guid = "e2e-kiosk-{number}"
+site = "Test store"
+name = "Kiosk {number}"
+number = {number}
+device_type = "kiosk"
+
+[poll]
+jitter = 0.1
+min_backoff_secs = 0.2
+max_backoff_secs = 1.0
+
+[cashier]
+consent_timeout_secs = {consent_timeout}
+ask_again_secs = 1
+
+[device_types.kiosk.dirs]
+product = "{product}"
+staging = "{root}/opt/.posup/staging"
+backup = "{root}/opt/.posup/backup"
+logs = "{logs}"
+
+[device_types.kiosk.allow]
+services = ["kiosk"]
+prompt = true
+
+[device_types.kiosk.services.kiosk]
+command = ["{posup}", "sim-product", "kiosk", "--product", "{product}", "--logs", "{logs}"]
+log = "{logs}/stdout.log"
+"#,
+            state = state.display(),
+            product = product.display(),
+            root = root.display(),
+            logs = logs.display(),
+            posup = posup_path(),
+        );
+        std::fs::write(&config, text).unwrap();
+        // The kiosk runs before the agent comes, as on a terminal.
+        let agent_config = posup_agent::AgentConfig::load(&config).unwrap();
+        let services = agent_config.device_config().service_manager(&state.join("run")).unwrap();
+        services.start("kiosk").await.unwrap();
+        let mut k = Kiosk {
+            _dir: dir,
+            number,
+            product,
+            state,
+            config,
+            agent: None,
+            runs: 0,
+        };
+        k.start_agent();
+        k
+    }
+
+    fn start_agent(&mut self) {
+        self.runs += 1;
+        let log = |name: &str| std::fs::File::create(self.state.with_file_name(format!("{name}-{}.log", self.runs))).unwrap();
+        std::fs::create_dir_all(&self.state).unwrap();
+        let child = std::process::Command::new(posup_path())
+            .args(["agent", "--config"])
+            .arg(&self.config)
+            .env("POSUP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log("agent-out"))
+            .stderr(log("agent-err"))
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+
+    /// Kills the agent at once (SIGKILL), as a power cut would.
+    fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn version(&self) -> String {
+        read(&self.product.join("version")).trim().to_owned()
+    }
+
+    fn prompt(&self) -> PathBuf {
+        self.state.join("prompt")
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.state.join("journal/kiosk.json")
+    }
+
+    fn logs(&self) -> String {
+        (1..=self.runs)
+            .map(|i| read(&self.state.with_file_name(format!("agent-err-{i}.log"))))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Kiosk {
+    fn drop(&mut self) {
+        self.kill_agent();
+        let pid = read(&self.state.join("run/kiosk.pid"))
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&self.product.display().to_string()) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .status();
+            }
+        }
+    }
+}
+
+/// The program files of a kiosk of `version`, as a fresh installation has them.
+fn program_of(version: &str) -> BTreeMap<PathBuf, crate::support::Node> {
+    let tmp = tempfile::tempdir().unwrap();
+    posup_sim::init_kiosk(&tmp.path().join("p"), &tmp.path().join("l"), version).unwrap();
+    snapshot(&tmp.path().join("p/app"))
+}
+
+fn history(d: &TaskDeviceDetail) -> Vec<(String, FeedbackState)> {
+    d.history
+        .iter()
+        .filter(|e| e.state != FeedbackState::Progress && e.state != FeedbackState::Started)
+        .map(|e| (e.step.clone(), e.state))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_task_then_an_update_task_reach_every_agent() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), None).await;
+    let api = server.api();
+    api.kiosk_device_type().await;
+    let pkg = api.kiosk_package(&data.path().join("pkgs"), NEW).await;
+    let mut kiosks = Vec::new();
+    for n in 1..=3 {
+        kiosks.push(Kiosk::new(n, &server.url(), &server.secret, 0.3).await);
+    }
+    api.wait_devices(3).await;
+
+    let download = api.task(TaskKind::Download, &pkg).await;
+    let t = api.wait_finished(download.id).await;
+    assert_eq!((t.counts.total, t.counts.success, t.counts.failed), (3, 3, 0), "{t:?}");
+    for k in &kiosks {
+        assert_eq!(k.version(), OLD, "a download installs nothing");
+        let staged = k.product.parent().unwrap().join(".posup/staging/kiosk_7.5.0.tgz");
+        assert!(staged.is_file(), "kiosk {}: the package waits in staging", k.number);
+    }
+    for row in api.task_devices(download.id).await {
+        assert_eq!(row.state, DeviceTaskState::Success, "{row:?}");
+    }
+
+    let update = api.task(TaskKind::Update, &pkg).await;
+    let t = api.wait_finished(update.id).await;
+    assert_eq!((t.counts.total, t.counts.success, t.counts.failed), (3, 3, 0), "{t:?}");
+    let new_program = program_of(NEW);
+    for k in &kiosks {
+        assert_eq!(k.version(), NEW, "kiosk {}: {}", k.number, k.logs());
+        assert_eq!(snapshot(&k.product.join("app")), new_program);
+    }
+    for row in api.task_devices(update.id).await {
+        assert_eq!(row.state, DeviceTaskState::Success, "{row:?}");
+        let detail = api.detail(update.id, row.device_id).await;
+        let h = history(&detail);
+        for step in ["precheck", "stage", "consent", "apply", "verify", "commit"] {
+            assert!(h.contains(&(step.into(), FeedbackState::Ok)), "{step} missing in {h:?}");
+        }
+        assert!(h.contains(&("commit".into(), FeedbackState::Committed)), "{h:?}");
+    }
+    // The server sees the new version in every device's inventory.
+    let start = Instant::now();
+    while !api.devices().await.iter().all(|d| d.version == NEW) {
+        assert!(start.elapsed() < LIMIT, "inventories did not report {NEW}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(kiosks);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_apply_leaves_the_kiosk_fully_old_or_fully_new() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), None).await;
+    let api = server.api();
+    api.kiosk_device_type().await;
+    let pkg = api.kiosk_package(&data.path().join("pkgs"), NEW).await;
+    let mut k = Kiosk::new(1, &server.url(), &server.secret, 0.2).await;
+    api.wait_devices(1).await;
+
+    let task = api.task(TaskKind::Update, &pkg).await;
+    // Kill the agent the moment its journal says `apply` began.
+    let start = Instant::now();
+    let killed_in = loop {
+        let text = read(&k.journal());
+        if let Ok(j) = serde_json::from_str::<posup_agent::journal::Record>(&text)
+            && let Some(last) = j.entries.last()
+            && last.event == posup_agent::journal::Event::Started
+            && (last.step == "apply" || last.step == "verify")
+        {
+            k.kill_agent();
+            break last.step.clone();
+        }
+        assert!(start.elapsed() < LIMIT, "apply never started: {}", k.logs());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let journal = read(&k.journal());
+    k.start_agent();
+    let t = api.wait_finished(task.id).await;
+    assert_eq!(t.counts.total, 1);
+    assert_eq!(t.counts.success + t.counts.failed, 1, "{t:?}");
+
+    let version = k.version();
+    let program = snapshot(&k.product.join("app"));
+    let row = &api.task_devices(task.id).await[0];
+    let message = row.message.clone().unwrap_or_default();
+    if version == OLD {
+        assert_eq!(program, program_of(OLD), "fully old");
+        assert_eq!(row.state, DeviceTaskState::Failed, "{row:?}");
+        assert_eq!(t.counts.failed, 1);
+        assert!(message.contains("rolled back") && message.contains(&format!("installed version: {OLD}")), "{message}");
+        assert!(message.contains(&format!("interrupted during {killed_in}")), "{message}");
+    } else {
+        assert_eq!(version, NEW, "killed during {killed_in}; journal: {journal}");
+        assert_eq!(program, program_of(NEW), "fully new");
+        assert_eq!(row.state, DeviceTaskState::Success, "{row:?}");
+        assert!(message.contains(NEW), "{message}");
+    }
+    // The kiosk runs again either way.
+    let start = Instant::now();
+    while api.devices().await[0].state != "IDLE" {
+        assert!(start.elapsed() < LIMIT, "the kiosk did not come back: {}", k.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(k);
+    server.stop().await;
+}
+
+/// A TCP proxy in front of the server that breaks off the first package download
+/// after `cut` bytes of its answer and remembers the head of every package
+/// request.
+struct Proxy {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr, cut: usize) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let packages = Arc::new(AtomicUsize::new(0));
+        let h = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let armed = Arc::new(AtomicBool::new(false));
+                let (h, packages, armed2) = (h.clone(), packages.clone(), armed.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                        if text.starts_with("GET /api/v1/agent/packages/") {
+                            h.lock().unwrap().push(text);
+                            if packages.fetch_add(1, Ordering::SeqCst) == 0 {
+                                armed2.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4 * 1024];
+                    let mut sent_armed = 0usize;
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let mut n = n;
+                        if armed.load(Ordering::SeqCst) {
+                            n = n.min(cut - sent_armed);
+                            sent_armed += n;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        if armed.load(Ordering::SeqCst) && sent_armed >= cut {
+                            // The connection breaks off mid-answer.
+                            break;
+                        }
+                    }
+                    let _ = cw.shutdown().await;
+                });
+            }
+        });
+        Proxy { addr, heads }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_mid_way_resumes_from_its_offset_and_checks_out() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), None).await;
+    let api = server.api();
+    api.kiosk_device_type().await;
+    let pkg = api.kiosk_package(&data.path().join("pkgs"), NEW).await;
+    assert!(pkg.size > 12_000, "the package is large enough to cut: {}", pkg.size);
+    let proxy = Proxy::start(server.addr, 10_000).await;
+    let k = Kiosk::new(1, &format!("http://{}", proxy.addr), &server.secret, 0.2).await;
+    api.wait_devices(1).await;
+
+    let task = api.task(TaskKind::Download, &pkg).await;
+    let t = api.wait_finished(task.id).await;
+    assert_eq!((t.counts.success, t.counts.failed), (1, 0), "{t:?}\n{}", k.logs());
+
+    let heads = proxy.heads.lock().unwrap().clone();
+    assert!(heads.len() >= 2, "the download was not retried: {heads:?}");
+    assert!(!heads[0].to_ascii_lowercase().contains("range:"), "{}", heads[0]);
+    let range = heads[1]
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_owned))
+        .unwrap_or_else(|| panic!("the retry carries no Range: {}", heads[1]));
+    let offset: u64 = range.trim().trim_end_matches('-').parse().unwrap();
+    assert!(offset > 0 && offset < pkg.size, "resumed from {offset}");
+
+    let staged = k.product.parent().unwrap().join(".posup/staging/kiosk_7.5.0.tgz");
+    let (sha, size) = posup_agent::download::hash_file(&staged).unwrap();
+    assert_eq!((sha.as_str(), size), (pkg.sha256.as_str(), pkg.size));
+    let row = &api.task_devices(task.id).await[0];
+    let detail = api.detail(task.id, row.device_id).await;
+    assert!(
+        detail
+            .history
+            .iter()
+            .any(|e| e.message.as_deref().unwrap_or("").contains(&format!("resumed from byte {offset}"))),
+        "{:#?}",
+        detail.history
+    );
+    drop(k);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declining_cashier_is_asked_again_and_a_forced_update_asks_nobody() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), None).await;
+    let api = server.api();
+    api.kiosk_device_type().await;
+    let pkg = api.kiosk_package(&data.path().join("pkgs"), NEW).await;
+    let k = Kiosk::new(1, &server.url(), &server.secret, 60.0).await;
+    api.wait_devices(1).await;
+
+    // The cashier: no the first time, yes after that.
+    let questions: Arc<Mutex<Vec<String>>> = Arc::default();
+    let cashier = {
+        let prompt = k.prompt();
+        let questions = questions.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(q) = posup_agent::prompter::FilePrompter::pending(&prompt) {
+                    let mut seen = questions.lock().unwrap();
+                    if !seen.contains(&q.id) {
+                        let yes = !seen.is_empty();
+                        posup_agent::prompter::FilePrompter::answer(&prompt, &q.id, yes).unwrap();
+                        seen.push(q.id);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let task = api.task(TaskKind::Update, &pkg).await;
+    let t = api.wait_finished(task.id).await;
+    assert_eq!((t.counts.success, t.counts.failed), (1, 0), "{t:?}");
+    assert_eq!(questions.lock().unwrap().len(), 2, "asked once, declined, asked again");
+    assert_eq!(k.version(), NEW);
+    let row = &api.task_devices(task.id).await[0];
+    let h = history(&api.detail(task.id, row.device_id).await);
+    let declined = h.iter().position(|e| *e == ("consent".into(), FeedbackState::NotNow));
+    let accepted = h.iter().position(|e| *e == ("consent".into(), FeedbackState::Ok));
+    assert!(declined.is_some() && declined < accepted, "{h:?}");
+    assert!(!h.iter().take(accepted.unwrap()).any(|e| e.0 == "apply"), "nothing applied before consent: {h:?}");
+
+    let newer = api.kiosk_package(&data.path().join("pkgs"), "7.6.0").await;
+    let forced = api.task(TaskKind::ForcedUpdate, &newer).await;
+    let t = api.wait_finished(forced.id).await;
+    assert_eq!((t.counts.success, t.counts.failed), (1, 0), "{t:?}");
+    assert_eq!(k.version(), "7.6.0");
+    assert_eq!(questions.lock().unwrap().len(), 2, "a forced update asks nobody");
+    let row = &api.task_devices(forced.id).await[0];
+    let h = history(&api.detail(forced.id, row.device_id).await);
+    assert!(!h.iter().any(|e| e.0 == "consent"), "{h:?}");
+    cashier.abort();
+    drop(k);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restarted_mid_rollout_loses_no_report_and_the_task_completes() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), None).await;
+    let api = server.api();
+    api.kiosk_device_type().await;
+    let pkg = api.kiosk_package(&data.path().join("pkgs"), NEW).await;
+    let url = server.url();
+    let secret = server.secret.clone();
+    let mut kiosks = Vec::new();
+    for n in 1..=3 {
+        kiosks.push(Kiosk::new(n, &url, &secret, 0.2).await);
+    }
+    api.wait_devices(3).await;
+
+    let task = api.task(TaskKind::Update, &pkg).await;
+    // Stop the server once the first device is at work.
+    let start = Instant::now();
+    while !api
+        .task_devices(task.id)
+        .await
+        .iter()
+        .any(|r| r.state == DeviceTaskState::Running)
+    {
+        assert!(start.elapsed() < LIMIT, "no device started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (addr, dir) = server.stop().await;
+    // The agents go on without it; their reports wait in their outboxes.
+    let start = Instant::now();
+    while !kiosks.iter().any(|k| k.version() == NEW) {
+        assert!(start.elapsed() < LIMIT, "no kiosk finished while the server was away");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiting: usize = kiosks
+        .iter()
+        .map(|k| std::fs::read_dir(k.state.join("outbox")).map(|d| d.count()).unwrap_or(0))
+        .sum();
+    assert!(waiting > 0, "reports made while the server was away wait in the outboxes");
+
+    let server = Server::start(&dir, Some(addr)).await;
+    let api = server.api();
+    let t = api.wait_finished(task.id).await;
+    assert_eq!((t.counts.total, t.counts.success, t.counts.failed), (3, 3, 0), "{t:?}");
+    for row in api.task_devices(task.id).await {
+        let h = history(&api.detail(task.id, row.device_id).await);
+        let expected: Vec<(String, FeedbackState)> = [
+            ("download", FeedbackState::Ok),
+            ("inspect", FeedbackState::Ok),
+            ("precheck", FeedbackState::Ok),
+            ("stage", FeedbackState::Ok),
+            ("consent", FeedbackState::Ok),
+            ("apply", FeedbackState::Ok),
+            ("verify", FeedbackState::Ok),
+            ("commit", FeedbackState::Ok),
+            ("commit", FeedbackState::Committed),
+        ]
+        .into_iter()
+        .map(|(s, f)| (s.to_owned(), f))
+        .collect();
+        assert_eq!(h, expected, "every report once, in order, none lost");
+    }
+    for k in &kiosks {
+        assert_eq!(k.version(), NEW);
+        let left = std::fs::read_dir(k.state.join("outbox")).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "kiosk {}: every report was acknowledged", k.number);
+    }
+    drop(kiosks);
+    server.stop().await;
+}
