@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use posup_proto::api::{
-    CreateTask, DeviceRow, DeviceTaskState, DeviceTypeBody, EnablePlugin, GroupKind, GroupView, PackageView,
-    TaskDeviceDetail, TaskDeviceRow, TaskState, TaskView,
-};
 use posup_proto::agent::FeedbackState;
+use posup_proto::api::{
+    CreateTask, DeviceRow, DeviceTaskState, DeviceTypeBody, EnablePlugin, GroupKind, GroupView,
+    PackageView, TaskDeviceDetail, TaskDeviceRow, TaskState, TaskView,
+};
 use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Page, TaskKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -112,7 +112,11 @@ struct Api {
 
 impl Api {
     async fn send<R: DeserializeOwned>(&self, req: reqwest::RequestBuilder, what: &str) -> R {
-        let resp = req.bearer_auth(&self.token).send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         let status = resp.status();
         let text = resp.text().await.unwrap();
         assert!(status.is_success(), "{what}: {status}: {text}");
@@ -120,19 +124,33 @@ impl Api {
     }
 
     async fn get<R: DeserializeOwned>(&self, path: &str) -> R {
-        self.send(self.http.get(format!("{}{path}", self.base)), path).await
+        self.send(self.http.get(format!("{}{path}", self.base)), path)
+            .await
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> R {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body), path).await
+        self.send(
+            self.http.post(format!("{}{path}", self.base)).json(body),
+            path,
+        )
+        .await
     }
 
     async fn put<B: Serialize>(&self, path: &str, body: &B) {
-        let _: serde_json::Value = self.send(self.http.put(format!("{}{path}", self.base)).json(body), path).await;
+        let _: serde_json::Value = self
+            .send(
+                self.http.put(format!("{}{path}", self.base)).json(body),
+                path,
+            )
+            .await;
     }
 
     async fn post_bytes<R: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> R {
-        self.send(self.http.post(format!("{}{path}", self.base)).body(body), path).await
+        self.send(
+            self.http.post(format!("{}{path}", self.base)).body(body),
+            path,
+        )
+        .await
     }
 
     async fn wait_healthy(&self) {
@@ -152,16 +170,32 @@ impl Api {
 
     /// Uploads the kiosk plugin, configures the `kiosk` device type and enables it.
     async fn kiosk_device_type(&self) {
-        let wasm = posup_bundled::get("kiosk").expect("the kiosk plugin is bundled").to_vec();
-        let _: serde_json::Value = self.post_bytes("/api/v1/plugins?file_name=kiosk.wasm", wasm).await;
+        let wasm = posup_bundled::get("kiosk")
+            .expect("the kiosk plugin is bundled")
+            .to_vec();
+        let _: serde_json::Value = self
+            .post_bytes("/api/v1/plugins?file_name=kiosk.wasm", wasm)
+            .await;
         let body = DeviceTypeBody {
             description: "self-service kiosks".into(),
             allowed: Capabilities {
                 dirs: vec![
-                    DirAccess { dir: Dir::Product, write: true },
-                    DirAccess { dir: Dir::Staging, write: true },
-                    DirAccess { dir: Dir::Backup, write: true },
-                    DirAccess { dir: Dir::Logs, write: false },
+                    DirAccess {
+                        dir: Dir::Product,
+                        write: true,
+                    },
+                    DirAccess {
+                        dir: Dir::Staging,
+                        write: true,
+                    },
+                    DirAccess {
+                        dir: Dir::Backup,
+                        write: true,
+                    },
+                    DirAccess {
+                        dir: Dir::Logs,
+                        write: false,
+                    },
                 ],
                 services: vec!["kiosk".into()],
                 scripts: false,
@@ -222,12 +256,15 @@ impl Api {
     }
 
     async fn task_devices(&self, id: i64) -> Vec<TaskDeviceRow> {
-        let page: Page<TaskDeviceRow> = self.get(&format!("/api/v1/tasks/{id}/devices?per_page=1000")).await;
+        let page: Page<TaskDeviceRow> = self
+            .get(&format!("/api/v1/tasks/{id}/devices?per_page=1000"))
+            .await;
         page.items
     }
 
     async fn detail(&self, task: i64, device: i64) -> TaskDeviceDetail {
-        self.get(&format!("/api/v1/tasks/{task}/devices/{device}")).await
+        self.get(&format!("/api/v1/tasks/{task}/devices/{device}"))
+            .await
     }
 
     async fn wait_devices(&self, n: usize) {
@@ -237,7 +274,10 @@ impl Api {
             if d.len() >= n && d.iter().all(|d| !d.version.is_empty()) {
                 return;
             }
-            assert!(start.elapsed() < LIMIT, "{n} devices did not enroll and report: {d:?}");
+            assert!(
+                start.elapsed() < LIMIT,
+                "{n} devices did not enroll and report: {d:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -273,6 +313,13 @@ struct Kiosk {
 
 impl Kiosk {
     async fn new(number: u32, server: &str, secret: &str, consent_timeout: f64) -> Kiosk {
+        let mut k = Kiosk::without_agent(number, server, secret, consent_timeout).await;
+        k.start_agent();
+        k
+    }
+
+    /// The terminal with its kiosk running but no agent yet.
+    async fn without_agent(number: u32, server: &str, secret: &str, consent_timeout: f64) -> Kiosk {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let product = root.join("opt/kiosk");
@@ -324,9 +371,12 @@ log = "{logs}/stdout.log"
         std::fs::write(&config, text).unwrap();
         // The kiosk runs before the agent comes, as on a terminal.
         let agent_config = posup_agent::AgentConfig::load(&config).unwrap();
-        let services = agent_config.device_config().service_manager(&state.join("run")).unwrap();
+        let services = agent_config
+            .device_config()
+            .service_manager(&state.join("run"))
+            .unwrap();
         services.start("kiosk").await.unwrap();
-        let mut k = Kiosk {
+        Kiosk {
             _dir: dir,
             number,
             product,
@@ -334,14 +384,27 @@ log = "{logs}/stdout.log"
             config,
             agent: None,
             runs: 0,
-        };
-        k.start_agent();
-        k
+        }
+    }
+
+    /// `posup agent --once`: one poll cycle, the due work, the reports.
+    fn once(&self) -> std::process::Output {
+        std::process::Command::new(posup_path())
+            .args(["agent", "--once", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap()
     }
 
     fn start_agent(&mut self) {
         self.runs += 1;
-        let log = |name: &str| std::fs::File::create(self.state.with_file_name(format!("{name}-{}.log", self.runs))).unwrap();
+        let log = |name: &str| {
+            std::fs::File::create(
+                self.state
+                    .with_file_name(format!("{name}-{}.log", self.runs)),
+            )
+            .unwrap()
+        };
         std::fs::create_dir_all(&self.state).unwrap();
         let child = std::process::Command::new(posup_path())
             .args(["agent", "--config"])
@@ -431,11 +494,23 @@ async fn a_download_task_then_an_update_task_reach_every_agent() {
 
     let download = api.task(TaskKind::Download, &pkg).await;
     let t = api.wait_finished(download.id).await;
-    assert_eq!((t.counts.total, t.counts.success, t.counts.failed), (3, 3, 0), "{t:?}");
+    assert_eq!(
+        (t.counts.total, t.counts.success, t.counts.failed),
+        (3, 3, 0),
+        "{t:?}"
+    );
     for k in &kiosks {
         assert_eq!(k.version(), OLD, "a download installs nothing");
-        let staged = k.product.parent().unwrap().join(".posup/staging/kiosk_7.5.0.tgz");
-        assert!(staged.is_file(), "kiosk {}: the package waits in staging", k.number);
+        let staged = k
+            .product
+            .parent()
+            .unwrap()
+            .join(".posup/staging/kiosk_7.5.0.tgz");
+        assert!(
+            staged.is_file(),
+            "kiosk {}: the package waits in staging",
+            k.number
+        );
     }
     for row in api.task_devices(download.id).await {
         assert_eq!(row.state, DeviceTaskState::Success, "{row:?}");
@@ -443,7 +518,11 @@ async fn a_download_task_then_an_update_task_reach_every_agent() {
 
     let update = api.task(TaskKind::Update, &pkg).await;
     let t = api.wait_finished(update.id).await;
-    assert_eq!((t.counts.total, t.counts.success, t.counts.failed), (3, 3, 0), "{t:?}");
+    assert_eq!(
+        (t.counts.total, t.counts.success, t.counts.failed),
+        (3, 3, 0),
+        "{t:?}"
+    );
     let new_program = program_of(NEW);
     for k in &kiosks {
         assert_eq!(k.version(), NEW, "kiosk {}: {}", k.number, k.logs());
@@ -454,9 +533,15 @@ async fn a_download_task_then_an_update_task_reach_every_agent() {
         let detail = api.detail(update.id, row.device_id).await;
         let h = history(&detail);
         for step in ["precheck", "stage", "consent", "apply", "verify", "commit"] {
-            assert!(h.contains(&(step.into(), FeedbackState::Ok)), "{step} missing in {h:?}");
+            assert!(
+                h.contains(&(step.into(), FeedbackState::Ok)),
+                "{step} missing in {h:?}"
+            );
         }
-        assert!(h.contains(&("commit".into(), FeedbackState::Committed)), "{h:?}");
+        assert!(
+            h.contains(&("commit".into(), FeedbackState::Committed)),
+            "{h:?}"
+        );
     }
     // The server sees the new version in every device's inventory.
     let start = Instant::now();
@@ -501,6 +586,7 @@ async fn an_agent_killed_mid_apply_leaves_the_kiosk_fully_old_or_fully_new() {
     assert_eq!(t.counts.success + t.counts.failed, 1, "{t:?}");
 
     let version = k.version();
+    eprintln!("agent killed during {killed_in}; after the restart the kiosk runs {version}");
     let program = snapshot(&k.product.join("app"));
     let row = &api.task_devices(task.id).await[0];
     let message = row.message.clone().unwrap_or_default();
@@ -508,10 +594,20 @@ async fn an_agent_killed_mid_apply_leaves_the_kiosk_fully_old_or_fully_new() {
         assert_eq!(program, program_of(OLD), "fully old");
         assert_eq!(row.state, DeviceTaskState::Failed, "{row:?}");
         assert_eq!(t.counts.failed, 1);
-        assert!(message.contains("rolled back") && message.contains(&format!("installed version: {OLD}")), "{message}");
-        assert!(message.contains(&format!("interrupted during {killed_in}")), "{message}");
+        assert!(
+            message.contains("rolled back")
+                && message.contains(&format!("installed version: {OLD}")),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("interrupted during {killed_in}")),
+            "{message}"
+        );
     } else {
-        assert_eq!(version, NEW, "killed during {killed_in}; journal: {journal}");
+        assert_eq!(
+            version, NEW,
+            "killed during {killed_in}; journal: {journal}"
+        );
         assert_eq!(program, program_of(NEW), "fully new");
         assert_eq!(row.state, DeviceTaskState::Success, "{row:?}");
         assert!(message.contains(NEW), "{message}");
@@ -519,7 +615,11 @@ async fn an_agent_killed_mid_apply_leaves_the_kiosk_fully_old_or_fully_new() {
     // The kiosk runs again either way.
     let start = Instant::now();
     while api.devices().await[0].state != "IDLE" {
-        assert!(start.elapsed() < LIMIT, "the kiosk did not come back: {}", k.logs());
+        assert!(
+            start.elapsed() < LIMIT,
+            "the kiosk did not come back: {}",
+            k.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(k);
@@ -606,35 +706,57 @@ async fn a_download_cut_mid_way_resumes_from_its_offset_and_checks_out() {
     let api = server.api();
     api.kiosk_device_type().await;
     let pkg = api.kiosk_package(&data.path().join("pkgs"), NEW).await;
-    assert!(pkg.size > 12_000, "the package is large enough to cut: {}", pkg.size);
+    assert!(
+        pkg.size > 12_000,
+        "the package is large enough to cut: {}",
+        pkg.size
+    );
     let proxy = Proxy::start(server.addr, 10_000).await;
     let k = Kiosk::new(1, &format!("http://{}", proxy.addr), &server.secret, 0.2).await;
     api.wait_devices(1).await;
 
     let task = api.task(TaskKind::Download, &pkg).await;
     let t = api.wait_finished(task.id).await;
-    assert_eq!((t.counts.success, t.counts.failed), (1, 0), "{t:?}\n{}", k.logs());
+    assert_eq!(
+        (t.counts.success, t.counts.failed),
+        (1, 0),
+        "{t:?}\n{}",
+        k.logs()
+    );
 
     let heads = proxy.heads.lock().unwrap().clone();
     assert!(heads.len() >= 2, "the download was not retried: {heads:?}");
-    assert!(!heads[0].to_ascii_lowercase().contains("range:"), "{}", heads[0]);
+    assert!(
+        !heads[0].to_ascii_lowercase().contains("range:"),
+        "{}",
+        heads[0]
+    );
     let range = heads[1]
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_owned))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("range: bytes=")
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| panic!("the retry carries no Range: {}", heads[1]));
     let offset: u64 = range.trim().trim_end_matches('-').parse().unwrap();
     assert!(offset > 0 && offset < pkg.size, "resumed from {offset}");
 
-    let staged = k.product.parent().unwrap().join(".posup/staging/kiosk_7.5.0.tgz");
+    let staged = k
+        .product
+        .parent()
+        .unwrap()
+        .join(".posup/staging/kiosk_7.5.0.tgz");
     let (sha, size) = posup_agent::download::hash_file(&staged).unwrap();
     assert_eq!((sha.as_str(), size), (pkg.sha256.as_str(), pkg.size));
     let row = &api.task_devices(task.id).await[0];
     let detail = api.detail(task.id, row.device_id).await;
     assert!(
-        detail
-            .history
-            .iter()
-            .any(|e| e.message.as_deref().unwrap_or("").contains(&format!("resumed from byte {offset}"))),
+        detail.history.iter().any(|e| e
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains(&format!("resumed from byte {offset}"))),
         "{:#?}",
         detail.history
     );
@@ -675,21 +797,36 @@ async fn a_declining_cashier_is_asked_again_and_a_forced_update_asks_nobody() {
     let task = api.task(TaskKind::Update, &pkg).await;
     let t = api.wait_finished(task.id).await;
     assert_eq!((t.counts.success, t.counts.failed), (1, 0), "{t:?}");
-    assert_eq!(questions.lock().unwrap().len(), 2, "asked once, declined, asked again");
+    assert_eq!(
+        questions.lock().unwrap().len(),
+        2,
+        "asked once, declined, asked again"
+    );
     assert_eq!(k.version(), NEW);
     let row = &api.task_devices(task.id).await[0];
     let h = history(&api.detail(task.id, row.device_id).await);
-    let declined = h.iter().position(|e| *e == ("consent".into(), FeedbackState::NotNow));
-    let accepted = h.iter().position(|e| *e == ("consent".into(), FeedbackState::Ok));
+    let declined = h
+        .iter()
+        .position(|e| *e == ("consent".into(), FeedbackState::NotNow));
+    let accepted = h
+        .iter()
+        .position(|e| *e == ("consent".into(), FeedbackState::Ok));
     assert!(declined.is_some() && declined < accepted, "{h:?}");
-    assert!(!h.iter().take(accepted.unwrap()).any(|e| e.0 == "apply"), "nothing applied before consent: {h:?}");
+    assert!(
+        !h.iter().take(accepted.unwrap()).any(|e| e.0 == "apply"),
+        "nothing applied before consent: {h:?}"
+    );
 
     let newer = api.kiosk_package(&data.path().join("pkgs"), "7.6.0").await;
     let forced = api.task(TaskKind::ForcedUpdate, &newer).await;
     let t = api.wait_finished(forced.id).await;
     assert_eq!((t.counts.success, t.counts.failed), (1, 0), "{t:?}");
     assert_eq!(k.version(), "7.6.0");
-    assert_eq!(questions.lock().unwrap().len(), 2, "a forced update asks nobody");
+    assert_eq!(
+        questions.lock().unwrap().len(),
+        2,
+        "a forced update asks nobody"
+    );
     let row = &api.task_devices(forced.id).await[0];
     let h = history(&api.detail(forced.id, row.device_id).await);
     assert!(!h.iter().any(|e| e.0 == "consent"), "{h:?}");
@@ -729,19 +866,33 @@ async fn a_server_restarted_mid_rollout_loses_no_report_and_the_task_completes()
     // The agents go on without it; their reports wait in their outboxes.
     let start = Instant::now();
     while !kiosks.iter().any(|k| k.version() == NEW) {
-        assert!(start.elapsed() < LIMIT, "no kiosk finished while the server was away");
+        assert!(
+            start.elapsed() < LIMIT,
+            "no kiosk finished while the server was away"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let waiting: usize = kiosks
         .iter()
-        .map(|k| std::fs::read_dir(k.state.join("outbox")).map(|d| d.count()).unwrap_or(0))
+        .map(|k| {
+            std::fs::read_dir(k.state.join("outbox"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
         .sum();
-    assert!(waiting > 0, "reports made while the server was away wait in the outboxes");
+    assert!(
+        waiting > 0,
+        "reports made while the server was away wait in the outboxes"
+    );
 
     let server = Server::start(&dir, Some(addr)).await;
     let api = server.api();
     let t = api.wait_finished(task.id).await;
-    assert_eq!((t.counts.total, t.counts.success, t.counts.failed), (3, 3, 0), "{t:?}");
+    assert_eq!(
+        (t.counts.total, t.counts.success, t.counts.failed),
+        (3, 3, 0),
+        "{t:?}"
+    );
     for row in api.task_devices(task.id).await {
         let h = history(&api.detail(task.id, row.device_id).await);
         let expected: Vec<(String, FeedbackState)> = [
@@ -762,9 +913,134 @@ async fn a_server_restarted_mid_rollout_loses_no_report_and_the_task_completes()
     }
     for k in &kiosks {
         assert_eq!(k.version(), NEW);
-        let left = std::fs::read_dir(k.state.join("outbox")).map(|d| d.count()).unwrap_or(0);
+        let left = std::fs::read_dir(k.state.join("outbox"))
+            .map(|d| d.count())
+            .unwrap_or(0);
         assert_eq!(left, 0, "kiosk {}: every report was acknowledged", k.number);
     }
     drop(kiosks);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_once_enrolls_then_does_the_due_work_and_reports_it() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), None).await;
+    let api = server.api();
+    api.kiosk_device_type().await;
+    let pkg = api.kiosk_package(&data.path().join("pkgs"), NEW).await;
+    let k = Kiosk::without_agent(1, &server.url(), &server.secret, 0.2).await;
+
+    let out = k.once();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let devices = api.devices().await;
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].guid, "e2e-kiosk-1");
+
+    // A variable for the fleet reaches the agent with its change id, and plugins
+    // see it (the kiosk plugin reads `kiosk-verify-timeout`).
+    api.put(
+        "/api/v1/variables",
+        &posup_proto::api::SetVariable {
+            name: "kiosk-verify-timeout".into(),
+            value: "45".into(),
+            scope: posup_proto::api::VariableScope::All,
+        },
+    )
+    .await;
+    let task = api.task(TaskKind::Download, &pkg).await;
+    let out = k.once();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&read(&k.state.join("agent.json"))).unwrap();
+    assert_eq!(state["vars"]["kiosk-verify-timeout"], "45", "{state}");
+    assert!(state["vars_since"].as_i64().unwrap() > 0, "{state}");
+    // Everything was reported before `--once` returned.
+    let t: TaskView = api.get(&format!("/api/v1/tasks/{}", task.id)).await;
+    assert_eq!(
+        (t.state, t.counts.success),
+        (TaskState::Finished, 1),
+        "{t:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(k.state.join("outbox")).unwrap().count(),
+        0
+    );
+    let staged = k
+        .product
+        .parent()
+        .unwrap()
+        .join(".posup/staging/kiosk_7.5.0.tgz");
+    assert!(staged.is_file());
+    drop(k);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_fleet_takes_a_download_and_an_update_through_the_real_server() {
+    use posup_agent::fleet::{self, FleetConfig, FleetStats};
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), None).await;
+    let api = server.api();
+    api.kiosk_device_type().await;
+    let pkg = api.kiosk_package(&data.path().join("pkgs"), NEW).await;
+    let mut config = FleetConfig::new(&server.url(), &server.secret, 25);
+    config.per_site = 10;
+    config.step_time = Duration::from_millis(5);
+    let stats = Arc::new(FleetStats::default());
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let fleet = tokio::spawn(fleet::run(config, stats.clone(), async move {
+        let mut rx = rx;
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    let start = Instant::now();
+    while api
+        .devices()
+        .await
+        .iter()
+        .filter(|d| d.version == "1.0.0")
+        .count()
+        < 25
+    {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the fleet did not enroll: {}",
+            stats.line()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let devices = api.devices().await;
+    let sites: std::collections::BTreeSet<&str> = devices.iter().map(|d| d.site.as_str()).collect();
+    assert_eq!(sites.len(), 3, "25 devices in stores of 10");
+
+    for kind in [TaskKind::Download, TaskKind::Update] {
+        let task = api.task(kind, &pkg).await;
+        let t = api.wait_finished(task.id).await;
+        assert_eq!(
+            (t.counts.total, t.counts.success),
+            (25, 25),
+            "{kind:?}: {t:?}"
+        );
+    }
+    assert_eq!(
+        stats.downloads.load(Ordering::Relaxed),
+        25,
+        "each device downloads the package once"
+    );
+    let start = Instant::now();
+    while !api.devices().await.iter().all(|d| d.version == NEW) {
+        assert!(start.elapsed() < LIMIT, "the fleet did not report {NEW}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(true);
+    fleet.await.unwrap().unwrap();
     server.stop().await;
 }

@@ -120,7 +120,12 @@ impl std::fmt::Debug for Agent {
 /// A runtime for an agent whose compiled plugins are cached under `state_dir`.
 pub fn runtime_for(state_dir: &Path) -> Result<Runtime, posup_runtime::RuntimeError> {
     Runtime::new(posup_runtime::RuntimeConfig {
-        cache_dir: Some(Paths { root: state_dir.to_owned() }.cache()),
+        cache_dir: Some(
+            Paths {
+                root: state_dir.to_owned(),
+            }
+            .cache(),
+        ),
         ..posup_runtime::RuntimeConfig::default()
     })
 }
@@ -316,13 +321,20 @@ impl Agent {
             s.device_id = Some(resp.device_id);
             s.token = Some(resp.token);
         });
-        tracing::info!(device_id = resp.device_id, "enrolled with {}", self.client.base());
+        tracing::info!(
+            device_id = resp.device_id,
+            "enrolled with {}",
+            self.client.base()
+        );
         Ok(())
     }
 
     /// One cycle: enroll when needed, poll, take in what the server sent, start
     /// the next due action. Returns how long to wait before the next cycle.
-    async fn cycle(self: &Arc<Self>, worker: &mut Option<tokio::task::JoinHandle<()>>) -> Result<Duration, ClientError> {
+    async fn cycle(
+        self: &Arc<Self>,
+        worker: &mut Option<tokio::task::JoinHandle<()>>,
+    ) -> Result<Duration, ClientError> {
         if !self.client.has_token() {
             self.enroll().await?;
         }
@@ -342,7 +354,10 @@ impl Agent {
             (
                 s.vars_since,
                 s.config.as_ref().map(|c| c.revision),
-                s.config.as_ref().and_then(|c| c.plugin.as_ref()).map(|p| p.sha256.clone()),
+                s.config
+                    .as_ref()
+                    .and_then(|c| c.plugin.as_ref())
+                    .map(|p| p.sha256.clone()),
             )
         };
         let req = PollRequest {
@@ -402,7 +417,11 @@ impl Agent {
     /// Reconciles the local records with the server's list and starts the first due
     /// action when the worker is free. Returns the time until the next action falls
     /// due, when one waits.
-    fn take_actions(self: &Arc<Self>, actions: &[Action], worker: &mut Option<tokio::task::JoinHandle<()>>) -> Option<Duration> {
+    fn take_actions(
+        self: &Arc<Self>,
+        actions: &[Action],
+        worker: &mut Option<tokio::task::JoinHandle<()>>,
+    ) -> Option<Duration> {
         let now = Utc::now();
         let busy = *self.busy.lock().expect("busy lock");
         // Actions no longer listed are not started; the one under way stops before
@@ -432,7 +451,9 @@ impl Agent {
                 let ready_at = match s.actions.get(&a.action_id) {
                     Some(ActionRecord::Done { .. }) => continue,
                     Some(ActionRecord::Waiting { retry_at, .. }) => {
-                        chrono::DateTime::from_timestamp_millis(*retry_at).unwrap_or(now).max(a.not_before)
+                        chrono::DateTime::from_timestamp_millis(*retry_at)
+                            .unwrap_or(now)
+                            .max(a.not_before)
                     }
                     None => a.not_before,
                 };
@@ -507,7 +528,11 @@ impl Agent {
         a
     }
 
-    fn env(&self, info: &PluginInfo, events: Option<Arc<dyn EventSink>>) -> (HostEnv, DeviceConfig) {
+    fn env(
+        &self,
+        info: &PluginInfo,
+        events: Option<Arc<dyn EventSink>>,
+    ) -> (HostEnv, DeviceConfig) {
         let device = self.device_config();
         // Staging and backup are the agent's own folders: made when missing. The
         // product's folders must be there already.
@@ -566,7 +591,15 @@ impl Agent {
             .map_err(|e| format!("plugin {} {}: {e}", r.name, r.version))?;
         let entry = (Arc::new(plugin), info);
         // Keep the device type's plugin and the one an action needs; drop others.
-        plugins.retain(|sha, _| self.state.lock().expect("state lock").config.as_ref().and_then(|c| c.plugin.as_ref()).is_some_and(|p| &p.sha256 == sha));
+        plugins.retain(|sha, _| {
+            self.state
+                .lock()
+                .expect("state lock")
+                .config
+                .as_ref()
+                .and_then(|c| c.plugin.as_ref())
+                .is_some_and(|p| &p.sha256 == sha)
+        });
         plugins.insert(r.sha256.clone(), entry.clone());
         Ok(entry)
     }
@@ -613,7 +646,14 @@ impl Agent {
         }
     }
 
-    fn report(&self, action: &Action, step: &str, state: FeedbackState, message: Option<String>, percent: Option<u8>) {
+    fn report(
+        &self,
+        action: &Action,
+        step: &str,
+        state: FeedbackState,
+        message: Option<String>,
+        percent: Option<u8>,
+    ) {
         let Some(device_id) = self.device_id() else {
             return;
         };
@@ -627,9 +667,14 @@ impl Agent {
             percent,
         };
         if let Err(e) = self.outbox.push(device_id, report) {
-            tracing::error!("queueing a report in {}: {e}", self.paths.outbox().display());
-            *self.problem.lock().expect("problem lock") =
-                Some(format!("cannot queue reports in {}: {e}", self.paths.outbox().display()));
+            tracing::error!(
+                "queueing a report in {}: {e}",
+                self.paths.outbox().display()
+            );
+            *self.problem.lock().expect("problem lock") = Some(format!(
+                "cannot queue reports in {}: {e}",
+                self.paths.outbox().display()
+            ));
         }
     }
 
@@ -738,7 +783,13 @@ impl Agent {
                 return;
             }
             Err(e) => {
-                self.report(&action, "download", FeedbackState::Failed, Some(e.to_string()), None);
+                self.report(
+                    &action,
+                    "download",
+                    FeedbackState::Failed,
+                    Some(e.to_string()),
+                    None,
+                );
                 if matches!(e, DownloadError::Corrupt { .. }) {
                     tracing::warn!("{e}");
                 }
@@ -797,12 +848,23 @@ impl Agent {
             TaskKind::Update => posup_runtime::types::TaskKind::Update,
             TaskKind::ForcedUpdate => posup_runtime::types::TaskKind::ForcedUpdate,
         };
-        let result = pipeline.run(&UpdateRequest { package: dest, task }).await;
+        let result = pipeline
+            .run(&UpdateRequest {
+                package: dest,
+                task,
+            })
+            .await;
         let result = match result {
             Ok(r) => r,
             Err(e) => {
                 // The journal or staging could not be written: nothing was run.
-                self.report(&action, "precheck", FeedbackState::Failed, Some(e.to_string()), None);
+                self.report(
+                    &action,
+                    "precheck",
+                    FeedbackState::Failed,
+                    Some(e.to_string()),
+                    None,
+                );
                 self.done(&action, "failed");
                 return;
             }
@@ -834,7 +896,10 @@ impl Agent {
                 );
                 self.done(&action, "staged");
             }
-            UpdateResult::NotNow { reason, retry_after } => {
+            UpdateResult::NotNow {
+                reason,
+                retry_after,
+            } => {
                 if self.outbox.is_inactive(action.action_id) {
                     return;
                 }
@@ -859,16 +924,29 @@ impl Agent {
                     },
                 );
             }
-            UpdateResult::Failed { step, rolled_back, .. } => {
+            UpdateResult::Failed {
+                step, rolled_back, ..
+            } => {
                 let state = if *rolled_back {
                     FeedbackState::RolledBack
                 } else {
                     FeedbackState::Failed
                 };
                 let msg = format!("{}{}", result.summary(name), installed().await);
-                let step = if *rolled_back { "rollback" } else { step.as_str() };
+                let step = if *rolled_back {
+                    "rollback"
+                } else {
+                    step.as_str()
+                };
                 self.report(&action, step, state, Some(msg), None);
-                self.done(&action, if *rolled_back { "rolled-back" } else { "failed" });
+                self.done(
+                    &action,
+                    if *rolled_back {
+                        "rolled-back"
+                    } else {
+                        "failed"
+                    },
+                );
             }
             UpdateResult::RollbackFailed { .. } => {
                 let msg = format!("{}{}", result.summary(name), installed().await);
@@ -903,13 +981,19 @@ impl Observer for FeedbackObserver {
             _ => (FeedbackState::Failed, r.message.clone()),
         };
         let message = (!message.is_empty()).then_some(message);
-        self.agent.report(&self.action, &r.step, state, message, None);
+        self.agent
+            .report(&self.action, &r.step, state, message, None);
     }
 
     fn started(&self, step: &str, _attempt: u32) {
         *self.step.lock().expect("step lock") = step.to_owned();
-        self.agent
-            .report(&self.action, step, FeedbackState::Started, Some(format!("{step} started")), None);
+        self.agent.report(
+            &self.action,
+            step,
+            FeedbackState::Started,
+            Some(format!("{step} started")),
+            None,
+        );
     }
 
     fn proceed(&self) -> bool {

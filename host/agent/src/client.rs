@@ -4,7 +4,9 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use posup_proto::AGENT_PREFIX;
-use posup_proto::agent::{EnrollRequest, EnrollResponse, Feedback, FeedbackAck, PollRequest, PollResponse};
+use posup_proto::agent::{
+    EnrollRequest, EnrollResponse, Feedback, FeedbackAck, PollRequest, PollResponse,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -26,7 +28,11 @@ pub enum ClientError {
     Unauthorized { url: String },
     /// The server answered with an error.
     #[error("server {url} answered {status}: {message}")]
-    Status { url: String, status: u16, message: String },
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+    },
     /// The answer was not what the protocol says.
     #[error("server {url} sent an answer the agent cannot read: {message}")]
     Decode { url: String, message: String },
@@ -38,7 +44,9 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Unreachable { .. } => true,
-            ClientError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            ClientError::Status { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
             ClientError::Unauthorized { .. } | ClientError::Decode { .. } => false,
         }
     }
@@ -102,7 +110,8 @@ impl Client {
     }
 
     pub async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
-        self.post(&format!("{AGENT_PREFIX}/enroll"), req, false).await
+        self.post(&format!("{AGENT_PREFIX}/enroll"), req, false)
+            .await
     }
 
     pub async fn poll(&self, req: &PollRequest) -> Result<PollResponse, ClientError> {
@@ -110,13 +119,19 @@ impl Client {
     }
 
     pub async fn feedback(&self, f: &Feedback) -> Result<FeedbackAck, ClientError> {
-        self.post(&format!("{AGENT_PREFIX}/feedback"), f, true).await
+        self.post(&format!("{AGENT_PREFIX}/feedback"), f, true)
+            .await
     }
 
     /// Starts a download of `path` from byte `offset`. With `if_range` (the blob's
     /// ETag) the server sends the rest only while the blob is unchanged, and the
     /// whole blob otherwise; the caller tells which by the status (206 or 200).
-    pub async fn get_blob(&self, path: &str, offset: u64, if_range: Option<&str>) -> Result<reqwest::Response, ClientError> {
+    pub async fn get_blob(
+        &self,
+        path: &str,
+        offset: u64,
+        if_range: Option<&str>,
+    ) -> Result<reqwest::Response, ClientError> {
         let url = self.url(path);
         let mut req = self.http.get(&url);
         if let Some(token) = self.token.read().expect("token lock").as_deref() {
@@ -136,7 +151,12 @@ impl Client {
         Err(status_error(&url, resp).await)
     }
 
-    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B, auth: bool) -> Result<R, ClientError> {
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        auth: bool,
+    ) -> Result<R, ClientError> {
         let url = self.url(path);
         let mut req = self.http.post(&url).timeout(CALL_TIMEOUT).json(body);
         if auth && let Some(token) = self.token.read().expect("token lock").as_deref() {
@@ -171,7 +191,9 @@ fn unreachable(url: &str, e: &reqwest::Error) -> ClientError {
 async fn status_error(url: &str, resp: reqwest::Response) -> ClientError {
     let status = resp.status().as_u16();
     if status == 401 {
-        return ClientError::Unauthorized { url: url.to_owned() };
+        return ClientError::Unauthorized {
+            url: url.to_owned(),
+        };
     }
     let text = resp.text().await.unwrap_or_default();
     let message = serde_json::from_str::<posup_proto::ErrorBody>(&text)

@@ -22,11 +22,18 @@
 //! consent_timeout_secs = 300     # no answer in time: nobody is there, update
 //! ask_again_secs = 900           # declined: ask again after this long
 //!
-//! [device_types.kiosk]                     # a device configuration (see `device`)
-//! dirs = { product = "/opt/kiosk", staging = "/opt/.posup/staging",
-//!          backup = "/opt/.posup/backup", logs = "/var/log/kiosk" }
-//! allow = { services = ["kiosk"], prompt = true }
-//! services.kiosk = { systemd = "iiko-kiosk.service" }
+//! [device_types.kiosk.dirs]                # a device configuration (see `device`)
+//! product = "/opt/kiosk"
+//! staging = "/opt/.posup/staging"          # same filesystem as product
+//! backup = "/opt/.posup/backup"            # same filesystem as product
+//! logs = "/var/log/kiosk"
+//!
+//! [device_types.kiosk.allow]
+//! services = ["kiosk"]
+//! prompt = true
+//!
+//! [device_types.kiosk.services.kiosk]
+//! systemd = "iiko-kiosk.service"
 //! ```
 //!
 //! The device configuration is the terminal's own word on where things are and the
@@ -183,7 +190,9 @@ impl AgentConfig {
                 config.state_dir.display()
             )));
         }
-        if config.poll.min_backoff_secs <= 0.0 || config.poll.max_backoff_secs < config.poll.min_backoff_secs {
+        if config.poll.min_backoff_secs <= 0.0
+            || config.poll.max_backoff_secs < config.poll.min_backoff_secs
+        {
             return Err(invalid(
                 "poll: min_backoff_secs must be above 0 and at most max_backoff_secs".into(),
             ));
@@ -204,5 +213,76 @@ impl AgentConfig {
     /// The device configuration of this terminal's device type.
     pub fn device_config(&self) -> &DeviceConfig {
         &self.device_types[&self.device.device_type]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example at the top of this module, which must stay valid.
+    fn example() -> String {
+        let source = include_str!("config.rs");
+        let start =
+            source.find("//! ```toml\n").expect("the example starts") + "//! ```toml\n".len();
+        let end = start + source[start..].find("//! ```\n").expect("the example ends");
+        source[start..end]
+            .lines()
+            .map(|l| {
+                l.strip_prefix("//!")
+                    .unwrap_or(l)
+                    .strip_prefix(' ')
+                    .unwrap_or("")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_documented_example_is_a_valid_configuration() {
+        let c = AgentConfig::parse(&example(), "example").unwrap();
+        assert_eq!(c.device.device_type, "kiosk");
+        assert_eq!(c.device.number, 3);
+        assert_eq!(
+            c.device_config().dir("product"),
+            Some(Path::new("/opt/kiosk"))
+        );
+        assert_eq!(c.cashier.ask_again(), Duration::from_secs(900));
+        assert!(c.device_config().allowance().prompt);
+    }
+
+    #[test]
+    fn mistakes_name_what_to_fix() {
+        let text = example().replace("device_type = \"kiosk\"", "device_type = \"ukm5\"");
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[device_types.ukm5]"), "{err}");
+        let text = example().replace("state_dir = \"/var/lib/posup\"", "state_dir = \"posup\"");
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("absolute"), "{err}");
+        let text = example().replace("product = \"/opt/kiosk\"", "product = \"opt/kiosk\"");
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dirs.product"), "{err}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_ceiling_and_polls_are_jittered() {
+        let p = PollConfig {
+            jitter: 0.0,
+            min_backoff_secs: 1.0,
+            max_backoff_secs: 8.0,
+        };
+        let secs: Vec<u64> = (1..=6).map(|n| p.backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 8, 8]);
+        let p = PollConfig { jitter: 0.1, ..p };
+        for _ in 0..100 {
+            let w = p.next_poll(Duration::from_secs(10)).as_secs_f64();
+            assert!((9.0..=11.0).contains(&w), "{w}");
+        }
     }
 }

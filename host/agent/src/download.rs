@@ -33,7 +33,9 @@ pub struct Expected {
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
     /// The transfer broke off; what arrived is kept and the next attempt resumes.
-    #[error("download of {name} broke off at byte {offset} of {size}: {reason}; it resumes from there")]
+    #[error(
+        "download of {name} broke off at byte {offset} of {size}: {reason}; it resumes from there"
+    )]
     Interrupted {
         name: String,
         offset: u64,
@@ -51,7 +53,9 @@ pub enum DownloadError {
         expected_size: u64,
         actual_size: u64,
     },
-    #[error("{name}: not enough disk space on {dir}: {free} bytes free, {needed} needed; free some space")]
+    #[error(
+        "{name}: not enough disk space on {dir}: {free} bytes free, {needed} needed; free some space"
+    )]
     NoSpace {
         name: String,
         dir: String,
@@ -61,7 +65,10 @@ pub enum DownloadError {
     #[error("{name}: the server refused the download: {source}")]
     Server { name: String, source: ClientError },
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 impl DownloadError {
@@ -166,7 +173,8 @@ pub async fn fetch(
             206 => {}
             416 => {
                 // The server has less than we hold: start over.
-                file.set_len(0).map_err(io(format!("truncating {}", part.display())))?;
+                file.set_len(0)
+                    .map_err(io(format!("truncating {}", part.display())))?;
                 return Err(DownloadError::Interrupted {
                     name,
                     offset: 0,
@@ -176,7 +184,8 @@ pub async fn fetch(
             }
             _ => {
                 // A whole blob: what we held is dropped.
-                file.set_len(0).map_err(io(format!("truncating {}", part.display())))?;
+                file.set_len(0)
+                    .map_err(io(format!("truncating {}", part.display())))?;
                 offset = 0;
             }
         }
@@ -201,7 +210,8 @@ pub async fn fetch(
                     if offset + chunk.len() as u64 > expected.size {
                         break;
                     }
-                    file.write_all(&chunk).map_err(io(format!("writing {}", part.display())))?;
+                    file.write_all(&chunk)
+                        .map_err(io(format!("writing {}", part.display())))?;
                     offset += chunk.len() as u64;
                     fetched += chunk.len() as u64;
                     progress(offset, expected.size);
@@ -217,7 +227,8 @@ pub async fn fetch(
                 }
             }
         }
-        file.sync_all().map_err(io(format!("writing {}", part.display())))?;
+        file.sync_all()
+            .map_err(io(format!("writing {}", part.display())))?;
         if offset < expected.size {
             return Err(DownloadError::Interrupted {
                 name,
@@ -306,7 +317,8 @@ pub fn free_space(dir: &Path) -> std::io::Result<u64> {
         }],
         ..posup_runtime::Grants::default()
     };
-    posup_runtime::caps::fs::free_space(&grants, "/staging").map_err(|e| std::io::Error::other(e.message))
+    posup_runtime::caps::fs::free_space(&grants, "/staging")
+        .map_err(|e| std::io::Error::other(e.message))
 }
 
 #[cfg(test)]
@@ -342,7 +354,10 @@ mod tests {
         let head = String::from_utf8_lossy(&head).to_string();
         let range = head
             .lines()
-            .find_map(|l| l.strip_prefix("range: ").or_else(|| l.strip_prefix("Range: ")))
+            .find_map(|l| {
+                l.strip_prefix("range: ")
+                    .or_else(|| l.strip_prefix("Range: "))
+            })
             .map(|r| r.trim().to_owned());
         b.ranges.lock().unwrap().push(range.clone());
         let start = range
@@ -353,7 +368,11 @@ mod tests {
             .unwrap_or(0);
         let total = b.bytes.len();
         let body = &b.bytes[start..];
-        let status = if start > 0 { "206 Partial Content" } else { "200 OK" };
+        let status = if start > 0 {
+            "206 Partial Content"
+        } else {
+            "200 OK"
+        };
         let header = format!(
             "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-range: bytes {start}-{}/{total}\r\nconnection: close\r\n\r\n",
             body.len(),
@@ -406,17 +425,24 @@ mod tests {
         let dest = tmp.path().join("kiosk_7.5.0.tgz");
         let want = expected(&b.bytes);
 
-        let err = fetch(&client, "/blob", &dest, &want, &mut |_, _| {}).await.unwrap_err();
+        let err = fetch(&client, "/blob", &dest, &want, &mut |_, _| {})
+            .await
+            .unwrap_err();
         let DownloadError::Interrupted { offset, .. } = err else {
             panic!("expected an interruption, got {err}");
         };
         assert_eq!(offset, 100_000);
-        assert!(!dest.exists(), "an unchecked file is never under the final name");
+        assert!(
+            !dest.exists(),
+            "an unchecked file is never under the final name"
+        );
 
         let mut seen = Vec::new();
-        let done = fetch(&client, "/blob", &dest, &want, &mut |got, total| seen.push((got, total)))
-            .await
-            .unwrap();
+        let done = fetch(&client, "/blob", &dest, &want, &mut |got, total| {
+            seen.push((got, total))
+        })
+        .await
+        .unwrap();
         assert_eq!(done.resumed_from, 100_000);
         assert_eq!(done.fetched, 200_000);
         assert_eq!(std::fs::read(&dest).unwrap(), *b.bytes);
@@ -425,7 +451,9 @@ mod tests {
         assert_eq!(ranges, vec![None, Some("bytes=100000-".to_owned())]);
 
         // Present and intact: nothing is fetched again.
-        let again = fetch(&client, "/blob", &dest, &want, &mut |_, _| {}).await.unwrap();
+        let again = fetch(&client, "/blob", &dest, &want, &mut |_, _| {})
+            .await
+            .unwrap();
         assert_eq!(again.fetched, 0);
         assert_eq!(b.ranges.lock().unwrap().len(), 2);
     }
@@ -439,7 +467,9 @@ mod tests {
         let dest = tmp.path().join("kiosk_7.5.0.tgz");
         let mut want = expected(&b.bytes);
         want.sha256 = "0".repeat(64);
-        let err = fetch(&client, "/blob", &dest, &want, &mut |_, _| {}).await.unwrap_err();
+        let err = fetch(&client, "/blob", &dest, &want, &mut |_, _| {})
+            .await
+            .unwrap_err();
         assert!(matches!(err, DownloadError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("deleted"), "{err}");
         assert!(!err.is_transient());
@@ -458,7 +488,9 @@ mod tests {
             sha256: "0".repeat(64),
             size: u64::MAX / 2,
         };
-        let err = fetch(&client, "/blob", &dest, &want, &mut |_, _| {}).await.unwrap_err();
+        let err = fetch(&client, "/blob", &dest, &want, &mut |_, _| {})
+            .await
+            .unwrap_err();
         assert!(matches!(err, DownloadError::NoSpace { .. }), "{err}");
         assert!(b.ranges.lock().unwrap().is_empty(), "nothing was requested");
     }

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use posup_proto::agent::{Action, AgentStatus, DeviceIdentity, EnrollRequest, FeedbackState, PollRequest, Site};
+use posup_proto::agent::{
+    Action, AgentStatus, DeviceIdentity, EnrollRequest, FeedbackState, PollRequest, Site,
+};
 use posup_proto::{Inventory, TaskKind};
 use sha2::{Digest, Sha256};
 
@@ -96,7 +98,9 @@ pub async fn run(
 ) -> Result<(), ClientError> {
     let base = Arc::new(Client::new(&config.server)?);
     let config = Arc::new(config);
-    let gate = Arc::new(tokio::sync::Semaphore::new(config.enroll_concurrency.max(1)));
+    let gate = Arc::new(tokio::sync::Semaphore::new(
+        config.enroll_concurrency.max(1),
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..config.devices {
         let device = SimDevice::new(&config, i, base.sharing());
@@ -153,7 +157,12 @@ impl SimDevice {
         }
     }
 
-    async fn run(mut self, config: &FleetConfig, stats: &FleetStats, gate: &tokio::sync::Semaphore) {
+    async fn run(
+        mut self,
+        config: &FleetConfig,
+        stats: &FleetStats,
+        gate: &tokio::sync::Semaphore,
+    ) {
         let mut failures = 0u32;
         {
             let _permit = gate.acquire().await;
@@ -198,7 +207,11 @@ impl SimDevice {
         }
     }
 
-    async fn cycle(&mut self, config: &FleetConfig, stats: &FleetStats) -> Result<Duration, ClientError> {
+    async fn cycle(
+        &mut self,
+        config: &FleetConfig,
+        stats: &FleetStats,
+    ) -> Result<Duration, ClientError> {
         self.flush(stats).await?;
         let req = PollRequest {
             inventory: Some(Inventory {
@@ -234,7 +247,9 @@ impl SimDevice {
             // Look for the next action at once, as the real agent does.
             return Ok(Duration::from_millis(10));
         }
-        Ok(config.poll.next_poll(Duration::from_secs(resp.poll_interval_secs.max(1).into())))
+        Ok(config
+            .poll
+            .next_poll(Duration::from_secs(resp.poll_interval_secs.max(1).into())))
     }
 
     async fn flush(&self, stats: &FleetStats) -> Result<(), ClientError> {
@@ -265,7 +280,12 @@ impl SimDevice {
             match self.download(&pkg.url, &pkg.sha256, stats).await {
                 Ok(()) => {
                     self.have.push(pkg.sha256.clone());
-                    self.report(action, "download", FeedbackState::Ok, Some("sha256 verified".into()));
+                    self.report(
+                        action,
+                        "download",
+                        FeedbackState::Ok,
+                        Some("sha256 verified".into()),
+                    );
                 }
                 Err(e) => {
                     // A broken transfer is tried again on the next poll; a wrong
@@ -280,7 +300,9 @@ impl SimDevice {
         }
         let steps: &[&str] = match action.kind {
             TaskKind::Download => &["stage"],
-            TaskKind::Update | TaskKind::ForcedUpdate => &["precheck", "stage", "apply", "verify", "commit"],
+            TaskKind::Update | TaskKind::ForcedUpdate => {
+                &["precheck", "stage", "apply", "verify", "commit"]
+            }
         };
         for step in steps {
             self.report(action, step, FeedbackState::Started, None);
@@ -304,7 +326,11 @@ impl SimDevice {
     }
 
     async fn download(&self, url: &str, sha256: &str, stats: &FleetStats) -> Result<(), String> {
-        let resp = self.client.get_blob(url, 0, None).await.map_err(|e| e.to_string())?;
+        let resp = self
+            .client
+            .get_blob(url, 0, None)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut hash = Sha256::new();
         let mut stream = resp.bytes_stream();
         let mut bytes = 0u64;
@@ -317,7 +343,9 @@ impl SimDevice {
         stats.bytes.fetch_add(bytes, Ordering::Relaxed);
         let got = hex::encode(hash.finalize());
         if got != sha256 {
-            return Err(format!("the package has sha256 {got}, the server announced {sha256}"));
+            return Err(format!(
+                "the package has sha256 {got}, the server announced {sha256}"
+            ));
         }
         Ok(())
     }

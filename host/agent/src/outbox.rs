@@ -159,17 +159,29 @@ impl Outbox {
 
     /// Whether the server said `action_id` is no longer wanted.
     pub fn is_inactive(&self, action_id: i64) -> bool {
-        self.queue.lock().expect("outbox lock").inactive.contains(&action_id)
+        self.queue
+            .lock()
+            .expect("outbox lock")
+            .inactive
+            .contains(&action_id)
     }
 
     /// Marks `action_id` as no longer wanted: it left the server's list.
     pub fn deactivate(&self, action_id: i64) {
-        self.queue.lock().expect("outbox lock").inactive.insert(action_id);
+        self.queue
+            .lock()
+            .expect("outbox lock")
+            .inactive
+            .insert(action_id);
     }
 
     /// Forgets that `action_id` was inactive: it came back (resumed, restarted).
     pub fn reactivate(&self, action_id: i64) {
-        self.queue.lock().expect("outbox lock").inactive.remove(&action_id);
+        self.queue
+            .lock()
+            .expect("outbox lock")
+            .inactive
+            .remove(&action_id);
     }
 
     fn front(&self) -> Option<(u64, Feedback)> {
@@ -208,7 +220,9 @@ impl Outbox {
                     self.remove(seq, Some(&ack), f.action_id);
                     done.sent += 1;
                 }
-                Err(ClientError::Status { status, message, .. }) if (400..500).contains(&status) && status != 408 && status != 429 => {
+                Err(ClientError::Status {
+                    status, message, ..
+                }) if (400..500).contains(&status) && status != 408 && status != 429 => {
                     tracing::warn!(
                         key = %f.key,
                         "the server refused report {} of action {} ({status}: {message}); dropping it",

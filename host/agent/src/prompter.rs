@@ -111,7 +111,10 @@ impl FilePrompter {
             Err(e) => return Err(e),
         }
         let tmp = self.dir.join(".question.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(q).expect("a question serialises"))?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(q).expect("a question serialises"),
+        )?;
         std::fs::rename(&tmp, Self::question_path(&self.dir))
     }
 
@@ -142,7 +145,12 @@ impl Prompter for FilePrompter {
                 .create(true)
                 .append(true)
                 .open(self.dir.join("messages.log"))?;
-            writeln!(f, "{} {}", chrono::Utc::now().to_rfc3339(), message.replace('\n', " "))
+            writeln!(
+                f,
+                "{} {}",
+                chrono::Utc::now().to_rfc3339(),
+                message.replace('\n', " ")
+            )
         };
         if let Err(e) = write() {
             tracing::warn!("cannot show a message in {}: {e}", self.dir.display());
@@ -174,7 +182,10 @@ mod tests {
         let answer = p.ask("Update now?", Duration::from_secs(30)).await;
         assert_eq!(answer, Some(false));
         assert_eq!(cashier.await.unwrap().question, "Update now?");
-        assert!(FilePrompter::pending(&dir).is_none(), "the question is taken down");
+        assert!(
+            FilePrompter::pending(&dir).is_none(),
+            "the question is taken down"
+        );
     }
 
     #[tokio::test]

@@ -21,7 +21,11 @@ pub enum ActionRecord {
     Done { attempt: u32, result: String },
     /// Not now (busy product, the cashier declined): try again at `retry_at`
     /// (Unix milliseconds).
-    Waiting { attempt: u32, retry_at: i64, reason: String },
+    Waiting {
+        attempt: u32,
+        retry_at: i64,
+        reason: String,
+    },
 }
 
 impl ActionRecord {
@@ -138,12 +142,24 @@ mod tests {
         let mut s = file.load().unwrap();
         assert!(s.apply_vars(
             &[
-                VariableChange { name: "version".into(), value: Some("7.5.0".into()) },
-                VariableChange { name: "update".into(), value: Some("Y".into()) },
+                VariableChange {
+                    name: "version".into(),
+                    value: Some("7.5.0".into())
+                },
+                VariableChange {
+                    name: "update".into(),
+                    value: Some("Y".into())
+                },
             ],
             4,
         ));
-        assert!(s.apply_vars(&[VariableChange { name: "update".into(), value: None }], 5));
+        assert!(s.apply_vars(
+            &[VariableChange {
+                name: "update".into(),
+                value: None
+            }],
+            5
+        ));
         assert!(!s.apply_vars(&[], 5));
         file.save(&s).unwrap();
         let again = file.load().unwrap();

@@ -21,7 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use posup_proto::api::{
-    CreateTask, DeviceRow, DeviceTypeBody, EnablePlugin, GroupKind, GroupView, PackageView, TaskState, TaskView,
+    CreateTask, DeviceRow, DeviceTypeBody, EnablePlugin, GroupKind, GroupView, PackageView,
+    TaskState, TaskView,
 };
 use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Page, TaskKind};
 use serde::Serialize;
@@ -33,14 +34,23 @@ const SECRET: &str = "pes_bench_secret";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let sizes: Vec<usize> = value("--devices")
         .unwrap_or_else(|| "1000,10000".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let idle: u64 = value("--idle-secs").and_then(|v| v.parse().ok()).unwrap_or(10);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let idle: u64 = value("--idle-secs")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         idle_rss(Duration::from_secs(idle)).await?;
         println!();
@@ -79,21 +89,44 @@ async fn server(poll_secs: u32) -> anyhow::Result<Server> {
     }));
     let api = Api::new(&url);
     let start = Instant::now();
-    while api.get::<serde_json::Value>("/api/v1/health").await.is_err() {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "the server did not start");
+    while api
+        .get::<serde_json::Value>("/api/v1/health")
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The kiosk device type, its plugin and a package.
-    let wasm = posup_bundled::get("kiosk").expect("the kiosk plugin is bundled").to_vec();
-    let _: serde_json::Value = api.post_bytes("/api/v1/plugins?file_name=kiosk.wasm", wasm).await?;
+    let wasm = posup_bundled::get("kiosk")
+        .expect("the kiosk plugin is bundled")
+        .to_vec();
+    let _: serde_json::Value = api
+        .post_bytes("/api/v1/plugins?file_name=kiosk.wasm", wasm)
+        .await?;
     let body = DeviceTypeBody {
         description: "bench".into(),
         allowed: Capabilities {
             dirs: vec![
-                DirAccess { dir: Dir::Product, write: true },
-                DirAccess { dir: Dir::Staging, write: true },
-                DirAccess { dir: Dir::Backup, write: true },
-                DirAccess { dir: Dir::Logs, write: false },
+                DirAccess {
+                    dir: Dir::Product,
+                    write: true,
+                },
+                DirAccess {
+                    dir: Dir::Staging,
+                    write: true,
+                },
+                DirAccess {
+                    dir: Dir::Backup,
+                    write: true,
+                },
+                DirAccess {
+                    dir: Dir::Logs,
+                    write: false,
+                },
             ],
             services: vec!["kiosk".into()],
             scripts: false,
@@ -135,8 +168,11 @@ impl Server {
 
 async fn package(api: &Api, dir: &Path) -> anyhow::Result<PackageView> {
     let file = posup_sim::kiosk_package(dir, "7.5.0", false)?;
-    api.post_bytes("/api/v1/packages?device_type=kiosk&file_name=kiosk_7.5.0.tgz", std::fs::read(file)?)
-        .await
+    api.post_bytes(
+        "/api/v1/packages?device_type=kiosk&file_name=kiosk_7.5.0.tgz",
+        std::fs::read(file)?,
+    )
+    .await
 }
 
 async fn idle_rss(idle: Duration) -> anyhow::Result<()> {
@@ -195,19 +231,43 @@ command = ["{POSUP}", "sim-product", "kiosk", "--product", "{product}", "--logs"
         if page.items.first().is_some_and(|d| !d.version.is_empty()) {
             break;
         }
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "the agent did not report");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "the agent did not report"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(idle).await;
-    let (rss, hwm) = memory(agent.id());
-    let (kiosk_rss, _) = memory(kiosk.id());
+    let first = memory(agent.id());
+    // A terminal's agent runs with the compiled plugin in its cache from the
+    // second start on: measured again after a restart.
+    kill(&mut agent);
+    let mut agent = Command::new(POSUP)
+        .args(["agent", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(idle).await;
+    let warm = memory(agent.id());
+    let kiosk_mem = memory(kiosk.id());
     println!(
-        "idle agent after {} s of 1 s polls with the kiosk plugin loaded: RSS {:.1} MB (peak {:.1} MB); target < 25 MB; peer: simulated kiosk process RSS {:.1} MB",
-        idle.as_secs(),
-        rss as f64 / 1024.0,
-        hwm as f64 / 1024.0,
-        kiosk_rss as f64 / 1024.0
+        "idle agent, {} s of 1 s polls with the kiosk plugin loaded (target RSS < 25 MB):",
+        idle.as_secs()
     );
+    for (what, m) in [
+        ("first start (compiles the plugin)", first),
+        ("restart (plugin from the cache)", warm),
+        ("peer: simulated kiosk process", kiosk_mem),
+    ] {
+        println!(
+            "  {what:<36} RSS {:>5.1} MB (anonymous {:>5.1} MB, file {:>5.1} MB), peak {:>5.1} MB",
+            m.rss as f64 / 1024.0,
+            m.anon as f64 / 1024.0,
+            m.file as f64 / 1024.0,
+            m.hwm as f64 / 1024.0
+        );
+    }
     kill(&mut agent);
     kill(&mut kiosk);
     server.stop().await
@@ -219,7 +279,15 @@ async fn rollout(n: usize) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let pkg = package(&api, tmp.path()).await?;
     let mut sim = Command::new(POSUP)
-        .args(["sim", "--devices", &n.to_string(), "--server", &server.url, "--secret", SECRET])
+        .args([
+            "sim",
+            "--devices",
+            &n.to_string(),
+            "--server",
+            &server.url,
+            "--secret",
+            SECRET,
+        ])
         .args(["--duration", "3600", "--report-every", "0.5"])
         .stdout(Stdio::piped())
         .spawn()?;
@@ -250,7 +318,11 @@ async fn rollout(n: usize) -> anyhow::Result<()> {
     }
     let enrolled = start.elapsed();
     let groups: Vec<GroupView> = api.get("/api/v1/groups").await?;
-    let all = groups.iter().find(|g| g.kind == GroupKind::All).map(|g| g.id).unwrap_or(1);
+    let all = groups
+        .iter()
+        .find(|g| g.kind == GroupKind::All)
+        .map(|g| g.id)
+        .unwrap_or(1);
     let cpu0 = (cpu_secs(std::process::id()), cpu_secs(sim.id()));
     let polls0 = polls(&last);
     let task: TaskView = api
@@ -281,7 +353,10 @@ async fn rollout(n: usize) -> anyhow::Result<()> {
     let took = started.elapsed();
     let cpu1 = (cpu_secs(std::process::id()), cpu_secs(sim.id()));
     let polls1 = polls(&last);
-    anyhow::ensure!(counts.success as usize == n, "not every device succeeded: {counts:?}");
+    anyhow::ensure!(
+        counts.success as usize == n,
+        "not every device succeeded: {counts:?}"
+    );
     println!(
         "{n:>7} {:>10.1} {:>9.1} {:>11.2} {:>12.0} {:>12.1} {:>10.1}",
         enrolled.as_secs_f64(),
@@ -309,8 +384,16 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// (VmRSS, VmHWM) of a process, in KiB.
-fn memory(pid: u32) -> (u64, u64) {
+/// Memory of a process, in KiB.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    rss: u64,
+    anon: u64,
+    file: u64,
+    hwm: u64,
+}
+
+fn memory(pid: u32) -> Memory {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -320,7 +403,12 @@ fn memory(pid: u32) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    Memory {
+        rss: field("VmRSS:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+        hwm: field("VmHWM:"),
+    }
 }
 
 /// User plus system CPU time of a process, in seconds.
@@ -356,18 +444,34 @@ impl Api {
     }
 
     async fn get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
-        self.send(self.http.get(format!("{}{path}", self.base))).await
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
-    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<R> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<R> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
-    async fn put<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<R> {
-        self.send(self.http.put(format!("{}{path}", self.base)).json(body)).await
+    async fn put<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<R> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
-    async fn post_bytes<R: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> anyhow::Result<R> {
-        self.send(self.http.post(format!("{}{path}", self.base)).body(body)).await
+    async fn post_bytes<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<R> {
+        self.send(self.http.post(format!("{}{path}", self.base)).body(body))
+            .await
     }
 }

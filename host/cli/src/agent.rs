@@ -10,7 +10,12 @@ use posup_agent::{Agent, AgentConfig};
 pub struct AgentArgs {
     /// The agent's configuration file (TOML): server, enrollment secret, state
     /// directory, identity, and per device type where the product lives.
-    #[arg(long, short, env = "POSUP_AGENT_CONFIG", default_value = "/etc/posup/agent.toml")]
+    #[arg(
+        long,
+        short,
+        env = "POSUP_AGENT_CONFIG",
+        default_value = "/etc/posup/agent.toml"
+    )]
     config: PathBuf,
     /// Poll once, run what is due to its end, send the reports, and exit.
     #[arg(long)]
@@ -19,8 +24,12 @@ pub struct AgentArgs {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<u8> {
     let config = AgentConfig::load(&args.config)?;
-    let runtime = posup_agent::agent::runtime_for(&config.state_dir)
-        .with_context(|| format!("setting up the plugin runtime in {}", config.state_dir.display()))?;
+    let runtime = posup_agent::agent::runtime_for(&config.state_dir).with_context(|| {
+        format!(
+            "setting up the plugin runtime in {}",
+            config.state_dir.display()
+        )
+    })?;
     let agent = Agent::new(config, runtime)?;
     if args.once {
         agent.once().await.context("one poll cycle")?;
@@ -33,7 +42,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<u8> {
 /// Completes on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the agent runs until it is killed.
         return std::future::pending().await;
     };

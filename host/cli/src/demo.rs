@@ -24,8 +24,8 @@ use posup_agent::device::{Allow, ServiceConfig};
 use posup_agent::prompter::FilePrompter;
 use posup_agent::{Agent, AgentConfig, DeviceConfig};
 use posup_proto::api::{
-    CreateGroup, CreateTask, DeviceRow, DeviceTaskState, DeviceTypeBody, EnablePlugin, GroupKind, GroupView,
-    PackageView, TaskDeviceRow, TaskState, TaskView,
+    CreateGroup, CreateTask, DeviceRow, DeviceTaskState, DeviceTypeBody, EnablePlugin, GroupKind,
+    GroupView, PackageView, TaskDeviceRow, TaskState, TaskView,
 };
 use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Page, TaskKind};
 use serde::Serialize;
@@ -161,17 +161,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("the {} plugin is not bundled in this build", p.plugin))?;
         // Compiled once here, so the agents load it from the cache.
         runtime.load(p.plugin, bytes)?;
-        api.post_bytes::<serde_json::Value>(&format!("/api/v1/plugins?file_name={}.wasm", p.plugin), bytes.to_vec())
-            .await
-            .with_context(|| format!("uploading the {} plugin", p.plugin))?;
+        api.post_bytes::<serde_json::Value>(
+            &format!("/api/v1/plugins?file_name={}.wasm", p.plugin),
+            bytes.to_vec(),
+        )
+        .await
+        .with_context(|| format!("uploading the {} plugin", p.plugin))?;
         let body = DeviceTypeBody {
             description: format!("{} terminals of the demo", p.label),
             allowed: Capabilities {
                 dirs: vec![
-                    DirAccess { dir: Dir::Product, write: true },
-                    DirAccess { dir: Dir::Staging, write: true },
-                    DirAccess { dir: Dir::Backup, write: true },
-                    DirAccess { dir: Dir::Logs, write: false },
+                    DirAccess {
+                        dir: Dir::Product,
+                        write: true,
+                    },
+                    DirAccess {
+                        dir: Dir::Staging,
+                        write: true,
+                    },
+                    DirAccess {
+                        dir: Dir::Backup,
+                        write: true,
+                    },
+                    DirAccess {
+                        dir: Dir::Logs,
+                        write: false,
+                    },
                 ],
                 services: vec![p.service.into()],
                 scripts: false,
@@ -200,10 +215,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
         )
         .await?;
         let file = (p.package)(&packages_dir, p.to)?;
-        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         let pkg: PackageView = api
             .post_bytes(
-                &format!("/api/v1/packages?device_type={}&file_name={name}", p.device_type),
+                &format!(
+                    "/api/v1/packages?device_type={}&file_name={name}",
+                    p.device_type
+                ),
                 std::fs::read(&file)?,
             )
             .await
@@ -216,98 +238,109 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     }
 
     // The terminals: product, simulated product process, agent.
-    let exe = std::env::current_exe().context("finding the posup binary to run the simulated products")?;
+    let exe = std::env::current_exe()
+        .context("finding the posup binary to run the simulated products")?;
     let mut terminals = Vec::new();
     let mut agents = Vec::new();
-    for i in 0..args.terminals {
-        let p = &products[i % products.len()];
-        let number = (i + 1) as u32;
-        let name = format!("{} {number}", p.label);
-        let dir = root.join("terminals").join(format!("{}-{number}", p.device_type));
-        let product = dir.join("opt").join(p.device_type);
-        let logs = dir.join("log");
-        let state = dir.join("posup");
-        (p.init)(&product, &logs, p.from).with_context(|| format!("laying out {name}"))?;
-        let mut args_ = (p.command)(&product, &logs);
-        let mut command = vec![exe.display().to_string()];
-        command.append(&mut args_);
-        let device = DeviceConfig {
-            dirs: [
-                ("product".to_owned(), product.clone()),
-                ("staging".to_owned(), dir.join("opt").join(".posup-staging")),
-                ("backup".to_owned(), dir.join("opt").join(".posup-backup")),
-                ("logs".to_owned(), logs.clone()),
-            ]
-            .into_iter()
-            .collect(),
-            allow: Allow {
-                services: vec![p.service.into()],
-                prompt: true,
-                ..Allow::default()
-            },
-            services: [(
-                p.service.to_owned(),
-                ServiceConfig {
-                    command: Some(command),
-                    log: Some(logs.join("stdout.log")),
-                    ..ServiceConfig::default()
+    // Whatever goes wrong from here on, the products and agents already started
+    // are stopped below before the demo returns.
+    let started: anyhow::Result<()> = async {
+        for i in 0..args.terminals {
+            let p = &products[i % products.len()];
+            let number = (i + 1) as u32;
+            let name = format!("{} {number}", p.label);
+            let dir = root
+                .join("terminals")
+                .join(format!("{}-{number}", p.device_type));
+            let product = dir.join("opt").join(p.device_type);
+            let logs = dir.join("log");
+            let state = dir.join("posup");
+            (p.init)(&product, &logs, p.from).with_context(|| format!("laying out {name}"))?;
+            let mut args_ = (p.command)(&product, &logs);
+            let mut command = vec![exe.display().to_string()];
+            command.append(&mut args_);
+            let device = DeviceConfig {
+                dirs: [
+                    ("product".to_owned(), product.clone()),
+                    ("staging".to_owned(), dir.join("opt").join(".posup-staging")),
+                    ("backup".to_owned(), dir.join("opt").join(".posup-backup")),
+                    ("logs".to_owned(), logs.clone()),
+                ]
+                .into_iter()
+                .collect(),
+                allow: Allow {
+                    services: vec![p.service.into()],
+                    prompt: true,
+                    ..Allow::default()
                 },
-            )]
-            .into_iter()
-            .collect(),
-        };
-        let run_dir = state.join("run");
-        let services = device
-            .service_manager(&run_dir)
-            .expect("the demo configures a service");
-        services
-            .start(p.service)
-            .await
-            .map_err(|e| anyhow::anyhow!("starting {name}: {}", e.message))?;
-        let config = AgentConfig {
-            server: base.clone(),
-            enrollment_secret: secret.clone(),
-            state_dir: state.clone(),
-            device: Identity {
-                guid: Some(format!("demo-{}-{number:03}", p.device_type)),
-                site: "Demo store".into(),
-                address: "1 Market Street".into(),
-                name: name.clone(),
-                number,
-                device_type: p.device_type.into(),
-            },
-            poll: PollConfig {
-                jitter: 0.2,
-                min_backoff_secs: 0.5,
-                max_backoff_secs: 5.0,
-            },
-            cashier: CashierConfig {
-                consent_timeout_secs: 20.0,
-                ask_again_secs: 3.0,
-            },
-            device_types: [(p.device_type.to_owned(), device.clone())].into_iter().collect(),
-        };
-        let agent = Agent::new(config, runtime.clone())?;
-        let mut rx = stop_rx.clone();
-        let a = Arc::clone(&agent);
-        agents.push(tokio::spawn(async move {
-            a.run(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-        }));
-        terminals.push(Terminal {
-            name,
-            product,
-            prompt: state.join("prompt"),
-            device,
-            run_dir,
-            service: p.service,
-            // An even terminal outside the pilot group, so its question comes in
-            // the even wave, an Update; the odd wave is Forced and asks nobody.
-            declines_once: number == if args.terminals >= 4 { 4 } else { 2 },
-        });
+                services: [(
+                    p.service.to_owned(),
+                    ServiceConfig {
+                        command: Some(command),
+                        log: Some(logs.join("stdout.log")),
+                        ..ServiceConfig::default()
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            };
+            let run_dir = state.join("run");
+            let services = device
+                .service_manager(&run_dir)
+                .expect("the demo configures a service");
+            services
+                .start(p.service)
+                .await
+                .map_err(|e| anyhow::anyhow!("starting {name}: {}", e.message))?;
+            let config = AgentConfig {
+                server: base.clone(),
+                enrollment_secret: secret.clone(),
+                state_dir: state.clone(),
+                device: Identity {
+                    guid: Some(format!("demo-{}-{number:03}", p.device_type)),
+                    site: "Demo store".into(),
+                    address: "1 Market Street".into(),
+                    name: name.clone(),
+                    number,
+                    device_type: p.device_type.into(),
+                },
+                poll: PollConfig {
+                    jitter: 0.2,
+                    min_backoff_secs: 0.5,
+                    max_backoff_secs: 5.0,
+                },
+                cashier: CashierConfig {
+                    consent_timeout_secs: 20.0,
+                    ask_again_secs: 3.0,
+                },
+                device_types: [(p.device_type.to_owned(), device.clone())]
+                    .into_iter()
+                    .collect(),
+            };
+            let agent = Agent::new(config, runtime.clone())?;
+            let mut rx = stop_rx.clone();
+            let a = Arc::clone(&agent);
+            agents.push(tokio::spawn(async move {
+                a.run(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+            }));
+            terminals.push(Terminal {
+                name,
+                product,
+                prompt: state.join("prompt"),
+                device,
+                run_dir,
+                service: p.service,
+                // An even terminal outside the pilot group, so its question comes in
+                // the even wave, an Update; the odd wave is Forced and asks nobody.
+                declines_once: number == if args.terminals >= 4 { 4 } else { 2 },
+            });
+        }
+        Ok(())
     }
+    .await;
     let cashiers: Vec<_> = terminals
         .iter()
         .map(|t| tokio::spawn(cashier(t.prompt.clone(), t.declines_once)))
@@ -316,12 +349,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
         "{} terminals started; waiting for them to enroll and report their versions",
         terminals.len()
     ));
-    let devices = api.wait_enrolled(terminals.len(), Duration::from_secs(60)).await?;
-
     // The rollout.
-    let result = rollout(&api, &out, &devices, &packages, Duration::from_secs(args.wave_timeout)).await;
-    let table = api.devices().await.unwrap_or_default();
-    print_table(&table, &result.as_ref().map(|r| r.clone()).unwrap_or_default());
+    let result = match started {
+        Ok(()) => match api
+            .wait_enrolled(terminals.len(), Duration::from_secs(60))
+            .await
+        {
+            Ok(devices) => {
+                let waves = rollout(
+                    &api,
+                    &out,
+                    &devices,
+                    &packages,
+                    Duration::from_secs(args.wave_timeout),
+                )
+                .await;
+                let table = api.devices().await.unwrap_or_default();
+                print_table(&table, waves.as_deref().unwrap_or_default());
+                waves
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
 
     let ok = match &result {
         Ok(waves) => waves.iter().all(|w| w.failed == 0 && w.success == w.total),
@@ -349,7 +399,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
         if let Some(services) = t.device.service_manager(&t.run_dir)
             && let Err(e) = services.stop(t.service).await
         {
-            eprintln!("stopping {} ({}): {}", t.name, t.product.display(), e.message);
+            eprintln!(
+                "stopping {} ({}): {}",
+                t.name,
+                t.product.display(),
+                e.message
+            );
         }
     }
     match server.await {
@@ -414,7 +469,11 @@ async fn rollout(
     };
     let mut sorted: Vec<&DeviceRow> = devices.iter().collect();
     sorted.sort_by_key(|d| d.number);
-    let pilots: Vec<i64> = sorted.iter().take(2.min(sorted.len())).map(|d| d.id).collect();
+    let pilots: Vec<i64> = sorted
+        .iter()
+        .take(2.min(sorted.len()))
+        .map(|d| d.id)
+        .collect();
     let pilot: GroupView = api
         .post(
             "/api/v1/groups",
@@ -428,10 +487,22 @@ async fn rollout(
         )
         .await?;
     let plan = [
-        ("Download to every terminal", TaskKind::Download, builtin(GroupKind::All)?),
+        (
+            "Download to every terminal",
+            TaskKind::Download,
+            builtin(GroupKind::All)?,
+        ),
         ("Update the pilot terminals", TaskKind::Update, pilot.id),
-        ("Update the even-numbered terminals", TaskKind::Update, builtin(GroupKind::Even)?),
-        ("Forced update of the odd-numbered terminals", TaskKind::ForcedUpdate, builtin(GroupKind::Odd)?),
+        (
+            "Update the even-numbered terminals",
+            TaskKind::Update,
+            builtin(GroupKind::Even)?,
+        ),
+        (
+            "Forced update of the odd-numbered terminals",
+            TaskKind::ForcedUpdate,
+            builtin(GroupKind::Odd)?,
+        ),
     ];
     let names: BTreeMap<i64, String> = devices.iter().map(|d| (d.id, d.name.clone())).collect();
     let mut waves = Vec::new();
@@ -449,7 +520,13 @@ async fn rollout(
                     },
                 )
                 .await?;
-            let header = format!("[{}/{}] {title} ({}, {})", i + 1, plan.len(), kind.as_str(), pkg.file_name);
+            let header = format!(
+                "[{}/{}] {title} ({}, {})",
+                i + 1,
+                plan.len(),
+                kind.as_str(),
+                pkg.file_name
+            );
             let wave = watch_task(api, out, &header, task.id, &names, timeout).await?;
             waves.push(wave);
         }
@@ -471,10 +548,15 @@ async fn watch_task(
     let mut seen: BTreeMap<i64, (DeviceTaskState, Option<String>)> = BTreeMap::new();
     loop {
         let task: TaskView = api.get(&format!("/api/v1/tasks/{task_id}")).await?;
-        let rows: Page<TaskDeviceRow> = api.get(&format!("/api/v1/tasks/{task_id}/devices?per_page=1000")).await?;
+        let rows: Page<TaskDeviceRow> = api
+            .get(&format!("/api/v1/tasks/{task_id}/devices?per_page=1000"))
+            .await?;
         let mut lines = Vec::new();
         for r in &rows.items {
-            let name = names.get(&r.device_id).cloned().unwrap_or_else(|| r.name.clone());
+            let name = names
+                .get(&r.device_id)
+                .cloned()
+                .unwrap_or_else(|| r.name.clone());
             let frac = fraction(r);
             let step = r.step.clone().unwrap_or_default();
             let msg = r.message.clone().unwrap_or_default();
@@ -488,7 +570,11 @@ async fn watch_task(
             let key = (r.state, r.step.clone());
             if seen.get(&r.device_id) != Some(&key) {
                 seen.insert(r.device_id, key);
-                out.event(&format!("  {name}: {} {step} {}", r.state.as_str(), clip(&msg, 100)));
+                out.event(&format!(
+                    "  {name}: {} {step} {}",
+                    r.state.as_str(),
+                    clip(&msg, 100)
+                ));
             }
         }
         let c = task.counts;
@@ -513,7 +599,12 @@ async fn watch_task(
                 devices: rows
                     .items
                     .iter()
-                    .map(|r| (r.device_id, (r.state, r.message.clone().unwrap_or_default())))
+                    .map(|r| {
+                        (
+                            r.device_id,
+                            (r.state, r.message.clone().unwrap_or_default()),
+                        )
+                    })
                     .collect(),
             });
         }
@@ -566,12 +657,19 @@ fn clip(s: &str, max: usize) -> String {
 fn print_table(devices: &[DeviceRow], waves: &[Wave]) {
     println!();
     for (i, w) in waves.iter().enumerate() {
-        println!("wave {}: {} — {} of {} succeeded, {} failed", i + 1, w.title, w.success, w.total, w.failed);
+        println!(
+            "wave {}: {} — {} of {} succeeded, {} failed",
+            i + 1,
+            w.title,
+            w.success,
+            w.total,
+            w.failed
+        );
     }
     println!();
     println!(
-        "{:<10} {:<11} {:>3}  {:<8} {:<12} {:<7} {}",
-        "terminal", "site", "no", "version", "state", "online", "waves"
+        "{:<10} {:<11} {:>3}  {:<8} {:<12} {:<7} waves",
+        "terminal", "site", "no", "version", "state", "online",
     );
     let mut sorted: Vec<&DeviceRow> = devices.iter().collect();
     sorted.sort_by_key(|d| d.number);
@@ -579,7 +677,11 @@ fn print_table(devices: &[DeviceRow], waves: &[Wave]) {
         let results: Vec<String> = waves
             .iter()
             .enumerate()
-            .filter_map(|(i, w)| w.devices.get(&d.id).map(|(s, _)| format!("{}:{}", i + 1, s.as_str())))
+            .filter_map(|(i, w)| {
+                w.devices
+                    .get(&d.id)
+                    .map(|(s, _)| format!("{}:{}", i + 1, s.as_str()))
+            })
             .collect();
         println!(
             "{:<10} {:<11} {:>3}  {:<8} {:<12} {:<7} {}",
@@ -662,13 +764,19 @@ struct Api {
 impl Api {
     fn new(base: &str, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
             base: base.to_owned(),
             token: token.to_owned(),
         })
     }
 
-    async fn send<R: DeserializeOwned>(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<R> {
+    async fn send<R: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<R> {
         let resp = req
             .bearer_auth(&self.token)
             .send()
@@ -679,27 +787,52 @@ impl Api {
         if !status.is_success() {
             bail!("{what}: the server answered {status}: {text}");
         }
-        serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer {}", clip(&text, 200)))
+        serde_json::from_str(&text)
+            .with_context(|| format!("{what}: unexpected answer {}", clip(&text, 200)))
     }
 
     async fn get<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
-        self.send(self.http.get(format!("{}{path}", self.base)), &format!("GET {path}"))
-            .await
+        self.send(
+            self.http.get(format!("{}{path}", self.base)),
+            &format!("GET {path}"),
+        )
+        .await
     }
 
-    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<R> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body), &format!("POST {path}"))
-            .await
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<R> {
+        self.send(
+            self.http.post(format!("{}{path}", self.base)).json(body),
+            &format!("POST {path}"),
+        )
+        .await
     }
 
-    async fn put<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<R> {
-        self.send(self.http.put(format!("{}{path}", self.base)).json(body), &format!("PUT {path}"))
-            .await
+    async fn put<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<R> {
+        self.send(
+            self.http.put(format!("{}{path}", self.base)).json(body),
+            &format!("PUT {path}"),
+        )
+        .await
     }
 
-    async fn post_bytes<R: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> anyhow::Result<R> {
-        self.send(self.http.post(format!("{}{path}", self.base)).body(body), &format!("POST {path}"))
-            .await
+    async fn post_bytes<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<R> {
+        self.send(
+            self.http.post(format!("{}{path}", self.base)).body(body),
+            &format!("POST {path}"),
+        )
+        .await
     }
 
     async fn devices(&self) -> anyhow::Result<Vec<DeviceRow>> {

@@ -1,11 +1,17 @@
 //! The agent API, `/api/v1/agent`: enroll, poll, feedback and downloads.
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use posup_proto::agent::{EnrollRequest, EnrollResponse, Feedback, FeedbackAck, PollRequest, PollResponse};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use posup_proto::agent::{
+    EnrollRequest, EnrollResponse, Feedback, FeedbackAck, PollRequest, PollResponse, VariableChanges,
+};
 use posup_store::{InventoryReport, VarTarget};
 use sha2::{Digest, Sha256};
 
@@ -38,6 +44,8 @@ async fn enroll(State(state): State<AppState>, Json(req): Json<EnrollRequest>) -
             &format!("enrollment secret {secret}"),
         )
         .await?;
+    // A device enrolling again gets a new token: the old one must stop working.
+    state.caches().invalidate_all();
     let interval = store.device_config(&req.device.device_type).await?.poll_interval_secs;
     Ok(Json(EnrollResponse {
         device_id: id,
@@ -53,8 +61,24 @@ fn inventory_hash(req: &PollRequest) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-async fn poll(State(state): State<AppState>, Device(device): Device, Json(req): Json<PollRequest>) -> Result<Json<PollResponse>> {
+/// Parses a poll body. The poll is the hot path: plain `serde_json` instead of the
+/// `Json` extractor, whose error paths cost a wrapper around every value parsed.
+fn parse_poll(body: &[u8]) -> Result<PollRequest> {
+    serde_json::from_slice(body).map_err(|e| {
+        let message = format!("the JSON body is not accepted: {e}");
+        if e.is_data() {
+            Error::Invalid(message)
+        } else {
+            Error::BadRequest(message)
+        }
+    })
+}
+
+async fn poll(State(state): State<AppState>, device: Device, body: Bytes) -> Result<Json<PollResponse>> {
+    let req = parse_poll(&body)?;
+    let Device { auth: device, token_hash } = device;
     let store = state.store();
+    let caches = state.caches();
     let at = state.at();
     let hash = inventory_hash(&req);
     let reported = req.inventory.is_some() || req.inventory_error.is_some();
@@ -65,6 +89,7 @@ async fn poll(State(state): State<AppState>, Device(device): Device, Json(req): 
             hash: &hash,
         };
         store.record_inventory(&device, &report, at.now).await?;
+        caches.update_device(&token_hash, |d| d.inventory_hash = Some(hash.clone()));
     }
     let status = &req.status;
     if status.agent_version != device.agent_version
@@ -72,22 +97,61 @@ async fn poll(State(state): State<AppState>, Device(device): Device, Json(req): 
         || status.message != device.agent_message
     {
         store.record_agent_status(device.id, status).await?;
+        caches.update_device(&token_hash, |d| {
+            d.agent_version = status.agent_version.clone();
+            d.plugin_sha256 = status.plugin_sha256.clone();
+            d.agent_message = status.message.clone();
+        });
     }
     state.record_contact(device.id).await?;
     let interval = device
         .poll_interval_secs
         .map(|s| s as u32)
         .unwrap_or(state.settings().poll_interval_secs);
-    // Actions starting before the next poll are handed out now, with their start
-    // time, so a forced update at a set time starts on time.
-    let actions = store
-        .actions_for_device(device.id, at.now + i64::from(interval) * 1000)
-        .await?;
-    let target = VarTarget {
-        device_id: device.id,
-        site: &device.site,
+
+    // Only devices that may have actions cost a query for them.
+    let active = match caches.active() {
+        Some(active) => active,
+        None => {
+            let epoch = caches.epoch();
+            let active: Arc<HashSet<i64>> = Arc::new(store.devices_with_actions().await?.into_iter().collect());
+            caches.put_active(active.clone(), epoch);
+            active
+        }
     };
-    let variables = store.variable_changes_for(&target, req.vars_since, &at).await?;
+    let actions = if active.contains(&device.id) {
+        // Actions starting before the next poll are handed out now, with their
+        // start time, so a forced update at a set time starts on time.
+        store
+            .actions_for_device(device.id, at.now + i64::from(interval) * 1000)
+            .await?
+    } else {
+        Vec::new()
+    };
+
+    // An agent that has the newest variable change needs no query.
+    let newest = match caches.vars_max() {
+        Some(max) => max,
+        None => {
+            let epoch = caches.epoch();
+            let max = store.generations().await?.variables;
+            caches.put_vars_max(max, epoch);
+            max
+        }
+    };
+    let variables = if req.vars_since == newest {
+        VariableChanges {
+            changes: Vec::new(),
+            last_id: newest,
+            more: false,
+        }
+    } else {
+        let target = VarTarget {
+            device_id: device.id,
+            site: &device.site,
+        };
+        store.variable_changes_for(&target, req.vars_since, &at).await?
+    };
     let config = if req.config_revision == Some(device.revision) {
         None
     } else {
@@ -101,8 +165,8 @@ async fn poll(State(state): State<AppState>, Device(device): Device, Json(req): 
     }))
 }
 
-async fn feedback(State(state): State<AppState>, Device(device): Device, Json(f): Json<Feedback>) -> Result<Json<FeedbackAck>> {
-    Ok(Json(state.store().record_feedback(device.id, &f, &state.at()).await?))
+async fn feedback(State(state): State<AppState>, device: Device, Json(f): Json<Feedback>) -> Result<Json<FeedbackAck>> {
+    Ok(Json(state.store().record_feedback(device.auth.id, &f, &state.at()).await?))
 }
 
 pub(crate) fn check_sha(sha256: &str, what: &str) -> Result<()> {
@@ -117,10 +181,11 @@ pub(crate) fn check_sha(sha256: &str, what: &str) -> Result<()> {
 
 async fn package(
     State(state): State<AppState>,
-    Device(device): Device,
+    device: Device,
     Path(sha256): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    let device = device.auth;
     check_sha(&sha256, "package")?;
     let package = state
         .store()
@@ -140,7 +205,7 @@ async fn package(
 
 async fn plugin(
     State(state): State<AppState>,
-    Device(_device): Device,
+    _device: Device,
     Path(sha256): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {

@@ -2,6 +2,8 @@
 //! are stored; tokens are 32 random bytes, so a plain hash is enough (no salt or
 //! slow hash is needed against guessing).
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -21,8 +23,13 @@ pub fn new_secret(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(bytes))
 }
 
+/// The sha256 of a secret, hex: how it is stored.
 pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    hex::encode(digest_secret(secret))
+}
+
+fn digest_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
 }
 
 fn bearer(parts: &Parts) -> Result<&str> {
@@ -93,18 +100,28 @@ impl FromRequestParts<AppState> for Operator {
 
 /// A device, authenticated by its own token.
 #[derive(Debug, Clone)]
-pub struct Device(pub DeviceAuth);
+pub struct Device {
+    pub auth: Arc<DeviceAuth>,
+    /// The token's sha256, the device's key in the caches.
+    pub token_hash: [u8; 32],
+}
 
 impl FromRequestParts<AppState> for Device {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let token = bearer(parts)?;
-        state
+        let token_hash = digest_secret(bearer(parts)?);
+        if let Some(auth) = state.caches().device(&token_hash) {
+            return Ok(Device { auth, token_hash });
+        }
+        let epoch = state.caches().epoch();
+        let auth = state
             .store()
-            .device_by_token(&hash_secret(token))
+            .device_by_token(&hex::encode(token_hash))
             .await?
-            .map(Device)
-            .ok_or_else(|| Error::Unauthorized("unknown device token: enroll the device again".into()))
+            .map(Arc::new)
+            .ok_or_else(|| Error::Unauthorized("unknown device token: enroll the device again".into()))?;
+        state.caches().put_device(token_hash, auth.clone(), epoch);
+        Ok(Device { auth, token_hash })
     }
 }

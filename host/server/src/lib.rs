@@ -9,10 +9,11 @@
 //! [`app`] builds the router over an [`AppState`]; [`run`] serves it on a bound
 //! listener until a shutdown future completes; [`serve`] is `posup server`.
 //!
-//! **Invariant:** nothing a request depends on lives only in this process (the
-//! contact-time batch is the one buffer, and it is flushed within a second and on
-//! shutdown), so several servers may share one PostgreSQL database and one blob
-//! folder behind a load balancer.
+//! **Invariant:** nothing a request depends on lives only in this process: the
+//! contact-time batch is flushed within a second and on shutdown, and the poll
+//! caches follow changes made by other processes within a second (see `cache`), so
+//! several servers may share one PostgreSQL database and one blob folder behind a
+//! load balancer.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ mod agent;
 mod api;
 pub mod auth;
 pub mod blobs;
+mod cache;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -54,9 +56,27 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(console))
         .route("/api/v1/openapi.json", get(openapi_json))
         .nest("/api/v1/agent", agent::routes())
-        .nest("/api/v1", api::routes(max_plugin))
+        .nest(
+            "/api/v1",
+            api::routes(max_plugin).layer(axum::middleware::from_fn_with_state(state.clone(), drop_caches)),
+        )
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Any change an operator makes may change what polls answer: the caches of this
+/// process are dropped at once (other processes notice within a second).
+async fn drop_caches(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let changes = !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    let response = next.run(request).await;
+    if changes && response.status().is_success() {
+        state.caches().invalidate_all();
+    }
+    response
 }
 
 async fn console() -> Html<&'static str> {
@@ -178,6 +198,8 @@ pub async fn run_with_state(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // The counters as of now: caches filled from here on are checked against them.
+    state.refresh_caches().await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = tokio::spawn(background(state.clone(), stop_rx));
     let addr = listener.local_addr().ok();
@@ -220,6 +242,9 @@ async fn background(state: AppState, mut stop: tokio::sync::watch::Receiver<bool
         }
         if let Err(e) = state.store().tick(&state.at()).await {
             tracing::warn!("advancing task states: {e}");
+        }
+        if let Err(e) = state.refresh_caches().await {
+            tracing::warn!("reading change counters: {e}");
         }
     }
     recompute.abort();

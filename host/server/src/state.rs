@@ -8,6 +8,7 @@ use posup_runtime::{Plugin, Runtime};
 use posup_store::{At, Store};
 
 use crate::blobs::Blobs;
+use crate::cache::Caches;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 
@@ -53,6 +54,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     settings: Settings,
     contacts: Mutex<HashSet<i64>>,
+    caches: Caches,
     /// Loaded plugins by sha256. Blobs never change, so an entry never goes stale;
     /// it only saves compiling or deserializing a component per package upload.
     plugins: Mutex<HashMap<String, Arc<Plugin>>>,
@@ -68,6 +70,7 @@ impl AppState {
                 clock,
                 settings,
                 contacts: Mutex::new(HashSet::new()),
+                caches: Caches::default(),
                 plugins: Mutex::new(HashMap::new()),
             }),
         }
@@ -87,6 +90,18 @@ impl AppState {
 
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    pub fn caches(&self) -> &Caches {
+        &self.inner.caches
+    }
+
+    /// Reads the store's change counters and drops cached values that other server
+    /// processes changed.
+    pub async fn refresh_caches(&self) -> Result<()> {
+        let generations = self.store().generations().await?;
+        self.inner.caches.refresh(generations);
+        Ok(())
     }
 
     pub fn clock(&self) -> &dyn Clock {

@@ -889,3 +889,56 @@ async fn batched_contacts_are_written_on_flush() {
     })
     .await;
 }
+
+/// Two server processes on one database: what one changes, the other's poll caches
+/// follow once it reads the change counters (every second in `run`).
+#[tokio::test]
+async fn replicas_follow_each_others_changes() {
+    each_backend(|store| async move {
+        let a = env(store.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let b_state = AppState::new(
+            store,
+            Blobs::open(dir.path()).unwrap(),
+            runtime(),
+            Arc::new(ManualClock::new(t0())),
+            Settings::default(),
+        );
+        let b = Env {
+            app: app(b_state.clone()),
+            clock: Arc::new(ManualClock::new(t0())),
+            _blobs: dir,
+        };
+        let f = fleet(&a, 2).await;
+        b_state.refresh_caches().await.unwrap();
+        let (_, token) = f.devices[0].clone();
+        let idle = PollRequest { status: status(), ..Default::default() };
+        assert!(poll(&b, &token, idle.clone()).await.actions.is_empty());
+
+        // A task created on replica A reaches polls on replica B after its refresh.
+        a.ok(
+            "POST",
+            "/api/v1/tasks",
+            ADMIN,
+            Some(json!({"kind": "download", "package_id": f.package.id, "group_id": 1})),
+        )
+        .await;
+        assert!(poll(&b, &token, idle.clone()).await.actions.is_empty(), "B still has its cache");
+        b_state.refresh_caches().await.unwrap();
+        assert_eq!(poll(&b, &token, idle.clone()).await.actions.len(), 1);
+
+        // A device enrolling again through A: its old token stops working on B.
+        let secret = a
+            .ok("POST", "/api/v1/enrollment-secrets", ADMIN, Some(json!({"name": "again"})))
+            .await["secret"]
+            .clone();
+        a.ok("POST", "/api/v1/agent/enroll", "", Some(json!({"secret": secret, "device": identity(1)})))
+            .await;
+        b_state.refresh_caches().await.unwrap();
+        let a2 = b
+            .call("POST", "/api/v1/agent/poll", Some(&token), Some(serde_json::to_value(&idle).unwrap()))
+            .await;
+        assert_eq!(a2.status, StatusCode::UNAUTHORIZED);
+    })
+    .await;
+}

@@ -175,6 +175,7 @@ impl Store {
                 "device_type.update"
             };
             audit!(&mut *tx, now, actor, action, "device_type", name, json!(body));
+            bump!(&mut *tx, "devices");
             tx.commit().await?;
         });
         Ok(())
@@ -239,6 +240,7 @@ impl Store {
                 return Err(Error::NotFound(format!("device type {name} does not exist")));
             }
             audit!(&mut *tx, now, actor, "device_type.delete", "device_type", name, json!({}));
+            bump!(&mut *tx, "devices");
             tx.commit().await?;
             Ok(())
         })
@@ -281,6 +283,7 @@ impl Store {
             .await?;
             audit!(&mut *tx, now, actor, "device_type.enable_plugin", "device_type", device_type,
                 json!({"plugin": plugin.name, "version": plugin.version, "sha256": plugin.sha256}));
+            bump!(&mut *tx, "devices");
             tx.commit().await?;
         });
         Ok(PluginSummary {
@@ -304,6 +307,7 @@ impl Store {
                 return Err(unknown_type(device_type));
             }
             audit!(&mut *tx, now, actor, "device_type.disable_plugin", "device_type", device_type, json!({}));
+            bump!(&mut *tx, "devices");
             tx.commit().await?;
             Ok(())
         })

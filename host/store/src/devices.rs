@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::device_types::unknown_type;
 use crate::sql::{Cond, Sql, contains_pattern};
 use crate::version::{self, Reference};
+
 use crate::{At, Error, Result, Store, from_json, paging, to_json, ts, ts_opt};
 
 /// A device as its token identifies it on the agent API.
@@ -181,6 +182,7 @@ impl Store {
                 }
             };
             audit!(&mut *tx, now, actor, action, "device", id, json!(d));
+            bump!(&mut *tx, "devices");
             tx.commit().await?;
             Ok(id)
         })
@@ -200,13 +202,46 @@ impl Store {
         }))
     }
 
-    /// Stores a changed inventory report and recomputes the device's version status.
+    /// Stores a changed inventory report and recomputes the device's version status,
+    /// in one transaction of few statements: this is every device's first poll.
     pub async fn record_inventory(&self, device: &DeviceAuth, report: &InventoryReport<'_>, now: i64) -> Result<()> {
-        let reference = self.reference_for(&device.device_type).await?;
-        let computed = version::compute(&device.device_type, report.inventory, report.error, reference.as_ref());
         let inv = report.inventory;
+        let mut modules: Vec<&posup_proto::ModuleVersion> = inv.map(|i| i.modules.iter().collect()).unwrap_or_default();
+        modules.sort_by(|a, b| a.name.cmp(&b.name));
+        modules.dedup_by(|a, b| a.name == b.name);
+        // Multi-row inserts, in chunks that stay under both drivers' parameter limits.
+        let inserts: Vec<Sql> = modules
+            .chunks(1000)
+            .map(|chunk| {
+                let mut insert = Sql::new("INSERT INTO device_modules (device_id, name, version) VALUES ");
+                for (i, m) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        insert.push(", ");
+                    }
+                    insert
+                        .push("(")
+                        .bind(device.id)
+                        .push(", ")
+                        .bind(m.name.as_str())
+                        .push(", ")
+                        .bind(m.version.as_str())
+                        .push(")");
+                }
+                insert
+            })
+            .collect();
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
+            // The explicit reference if there is one, else the Current package's version.
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT version, modules FROM version_references WHERE device_type = $1 \
+                 UNION ALL SELECT version, '[]' FROM packages WHERE device_type = $1 AND current = TRUE",
+            )
+            .bind(&device.device_type)
+            .fetch_all(&mut *tx)
+            .await?;
+            let reference = rows.into_iter().next().map(|(v, m)| reference_of(v, &m)).transpose()?;
+            let computed = version::compute(&device.device_type, inv, report.error, reference.as_ref());
             sqlx::query(
                 "UPDATE devices SET inventory = $2, inventory_error = $3, inventory_hash = $4, \
                  version = COALESCE($5, version), loaded_package = COALESCE($6, loaded_package), state = COALESCE($7, state), \
@@ -231,21 +266,13 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            if let Some(inv) = inv {
+            if inv.is_some() {
                 sqlx::query("DELETE FROM device_modules WHERE device_id = $1")
                     .bind(device.id)
                     .execute(&mut *tx)
                     .await?;
-                let mut seen = std::collections::BTreeSet::new();
-                for m in &inv.modules {
-                    if seen.insert(m.name.as_str()) {
-                        sqlx::query("INSERT INTO device_modules (device_id, name, version) VALUES ($1, $2, $3)")
-                            .bind(device.id)
-                            .bind(&m.name)
-                            .bind(&m.version)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                for insert in &inserts {
+                    bind_all!(sqlx::query(&insert.text), insert.args).execute(&mut *tx).await?;
                 }
             }
             tx.commit().await?;
@@ -474,6 +501,7 @@ impl Store {
             };
             sqlx::query("DELETE FROM devices WHERE id = $1").bind(id).execute(&mut *tx).await?;
             audit!(&mut *tx, now, actor, "device.delete", "device", id, json!({"guid": guid}));
+            bump!(&mut *tx, "devices");
             tx.commit().await?;
             Ok(())
         })
@@ -577,6 +605,7 @@ impl Store {
                 bind_all!(sqlx::query(&sql.text), sql.args).execute(&mut *tx).await?;
             }
             audit!(&mut *tx, now, actor, "device.bulk_enroll", "device", "*", json!({"devices": devices.len()}));
+            bump!(&mut *tx, "devices");
             tx.commit().await?;
         });
         Ok(())

@@ -29,6 +29,7 @@ mod sql;
 mod audit;
 mod device_types;
 mod devices;
+mod generations;
 mod groups;
 mod plugins;
 mod tasks;
@@ -44,6 +45,7 @@ pub mod testing;
 
 pub use device_types::DeviceTypeConfig;
 pub use devices::{DeviceAuth, InventoryReport};
+pub use generations::Generations;
 pub use plugins::{NewPackage, NewPlugin};
 pub use tokens::TokenIdentity;
 pub use variables::{IGNORE_VERSION_CHECK, VarTarget};

@@ -82,3 +82,14 @@ macro_rules! add_members {
         }
     };
 }
+
+/// Grows a generation counter inside the caller's transaction, telling every server
+/// process to drop what it cached of that kind (`devices` or `tasks`).
+macro_rules! bump {
+    ($ex:expr, $name:expr) => {
+        sqlx::query("UPDATE generations SET value = value + 1 WHERE name = $1")
+            .bind($name)
+            .execute($ex)
+            .await?
+    };
+}

@@ -184,6 +184,7 @@ impl Store {
             audit!(&mut *tx, at.now, actor, "task.create", "task", id,
                 json!({"name": name, "kind": body.kind, "package_id": package.id, "group_id": body.group_id,
                        "start_at": start_at, "devices": added}));
+            bump!(&mut *tx, "tasks");
             tx.commit().await?;
             id
         });
@@ -308,6 +309,7 @@ impl Store {
             }
             audit!(&mut *tx, at.now, actor, format!("task.{}", command.as_str()), "task", id,
                 json!({"from": state, "to": next}));
+            bump!(&mut *tx, "tasks");
             tx.commit().await?;
         });
         // A restarted task whose devices all succeeded before is finished at once.

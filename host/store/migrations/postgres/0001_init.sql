@@ -231,3 +231,12 @@ CREATE TABLE audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX audit_object ON audit (object, id);
+
+-- Counters that grow with every change a server process may have cached: device
+-- tokens and device-type settings ('devices'), which devices have actions
+-- ('tasks'). Every process re-reads them each second and drops what changed.
+CREATE TABLE generations (
+    name TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO generations (name, value) VALUES ('devices', 0), ('tasks', 0);

@@ -1,0 +1,174 @@
+//! In-process caches of the poll path.
+//!
+//! At fleet scale nearly every poll changes nothing: the device's token, its device
+//! type's settings, whether it has actions and the newest variable change are the
+//! same as last time. They are kept here, so a steady-state poll reads no table.
+//!
+//! **Invariant:** a cache never outlives a change by more than a second. Changes
+//! made through this process drop the caches at once; changes made by other
+//! processes grow a counter in the store (`posup_store::Generations`), which the
+//! background task reads every second ([`Caches::refresh`]). A value loaded from
+//! the database is kept only if no invalidation happened while it was loaded (the
+//! epoch check), so a slow load cannot bring back what an invalidation dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use posup_store::{DeviceAuth, Generations};
+
+#[derive(Debug, Default)]
+pub struct Caches {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Grows with every invalidation.
+    epoch: u64,
+    /// Devices by the sha256 of their token.
+    devices: HashMap<[u8; 32], Arc<DeviceAuth>>,
+    /// Devices that may have actions; `None` until loaded.
+    active: Option<Arc<HashSet<i64>>>,
+    /// The newest variable change id; `None` until loaded.
+    vars_max: Option<i64>,
+    /// The store's counters as last read.
+    seen: Option<Generations>,
+}
+
+impl Caches {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Read before loading something from the database, passed to the `put_…`.
+    pub fn epoch(&self) -> u64 {
+        self.read().epoch
+    }
+
+    pub fn device(&self, token_hash: &[u8; 32]) -> Option<Arc<DeviceAuth>> {
+        self.read().devices.get(token_hash).cloned()
+    }
+
+    pub fn put_device(&self, token_hash: [u8; 32], device: Arc<DeviceAuth>, epoch: u64) {
+        let mut inner = self.write();
+        if inner.epoch == epoch {
+            inner.devices.insert(token_hash, device);
+        }
+    }
+
+    /// Applies a change this process just wrote to a cached device.
+    pub fn update_device(&self, token_hash: &[u8; 32], change: impl FnOnce(&mut DeviceAuth)) {
+        if let Some(d) = self.write().devices.get_mut(token_hash) {
+            change(Arc::make_mut(d));
+        }
+    }
+
+    pub fn active(&self) -> Option<Arc<HashSet<i64>>> {
+        self.read().active.clone()
+    }
+
+    pub fn put_active(&self, active: Arc<HashSet<i64>>, epoch: u64) {
+        let mut inner = self.write();
+        if inner.epoch == epoch {
+            inner.active = Some(active);
+        }
+    }
+
+    pub fn vars_max(&self) -> Option<i64> {
+        self.read().vars_max
+    }
+
+    pub fn put_vars_max(&self, max: i64, epoch: u64) {
+        let mut inner = self.write();
+        if inner.epoch == epoch {
+            inner.vars_max = Some(max);
+        }
+    }
+
+    /// Drops everything: after any change made through this process.
+    pub fn invalidate_all(&self) {
+        let mut inner = self.write();
+        inner.epoch += 1;
+        inner.devices.clear();
+        inner.active = None;
+        inner.vars_max = None;
+    }
+
+    /// Drops what the store's counters say changed since the last call.
+    pub fn refresh(&self, now: Generations) {
+        let mut inner = self.write();
+        let Some(seen) = inner.seen.replace(now) else {
+            return;
+        };
+        if seen == now {
+            return;
+        }
+        inner.epoch += 1;
+        if seen.devices != now.devices {
+            inner.devices.clear();
+        }
+        if seen.tasks != now.tasks {
+            inner.active = None;
+        }
+        if seen.variables != now.variables {
+            inner.vars_max = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: i64) -> DeviceAuth {
+        DeviceAuth {
+            id,
+            guid: format!("g{id}"),
+            site: "A".into(),
+            number: 1,
+            device_type: "t".into(),
+            agent_version: "1".into(),
+            plugin_sha256: None,
+            agent_message: None,
+            inventory_hash: None,
+            revision: 1,
+            poll_interval_secs: None,
+        }
+    }
+
+    #[test]
+    fn a_load_that_raced_an_invalidation_is_not_kept() {
+        let c = Caches::default();
+        let before = c.epoch();
+        c.invalidate_all();
+        c.put_device([1; 32], Arc::new(device(1)), before);
+        assert!(c.device(&[1; 32]).is_none());
+        c.put_device([1; 32], Arc::new(device(1)), c.epoch());
+        assert_eq!(c.device(&[1; 32]).unwrap().id, 1);
+    }
+
+    #[test]
+    fn refresh_drops_only_what_changed() {
+        let c = Caches::default();
+        let g = Generations {
+            devices: 1,
+            tasks: 1,
+            variables: 5,
+        };
+        c.refresh(g);
+        c.put_device([1; 32], Arc::new(device(1)), c.epoch());
+        c.put_active(Arc::new(HashSet::from([1])), c.epoch());
+        c.put_vars_max(5, c.epoch());
+        c.refresh(g);
+        assert!(c.device(&[1; 32]).is_some() && c.active().is_some() && c.vars_max() == Some(5));
+        c.refresh(Generations { tasks: 2, ..g });
+        assert!(c.device(&[1; 32]).is_some());
+        assert!(c.active().is_none());
+        c.refresh(Generations { tasks: 2, devices: 2, ..g });
+        assert!(c.device(&[1; 32]).is_none());
+    }
+}
