@@ -26,8 +26,14 @@ fn main() {
     let root = manifest_dir.ancestors().nth(2).unwrap().to_path_buf();
     let plugins = root.join("plugins");
     let wit = root.join("wit");
-    println!("cargo:rerun-if-changed={}", plugins.join("Cargo.toml").display());
-    println!("cargo:rerun-if-changed={}", plugins.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        plugins.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        plugins.join("Cargo.lock").display()
+    );
     println!("cargo:rerun-if-changed={}", wit.display());
     for entry in std::fs::read_dir(&plugins).unwrap().flatten() {
         if entry.path().join("Cargo.toml").exists() {
@@ -46,7 +52,13 @@ fn main() {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&plugins)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     // Settings meant for the host build must not leak into the guest build: a
@@ -74,16 +86,29 @@ fn main() {
     );
 
     let release = target_dir.join("wasm32-wasip2").join("release");
-    let mut table = String::from("/// Bundled plugins: (name, component bytes).\npub static PLUGINS: &[(&str, &[u8])] = &[\n");
+    let mut table = String::from(
+        "/// Bundled plugins: (name, component bytes).\npub static PLUGINS: &[(&str, &[u8])] = &[\n",
+    );
     for (krate, name) in PLUGINS {
         let wasm = release.join(format!("{krate}.wasm"));
-        assert!(wasm.exists(), "the plugin build did not produce {}", wasm.display());
-        table.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", wasm.display().to_string()));
+        assert!(
+            wasm.exists(),
+            "the plugin build did not produce {}",
+            wasm.display()
+        );
+        table.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            wasm.display().to_string()
+        ));
     }
     table.push_str("];\n");
     for (krate, constant) in TEST_COMPONENTS {
         let wasm = release.join(format!("{krate}.wasm"));
-        assert!(wasm.exists(), "the plugin build did not produce {}", wasm.display());
+        assert!(
+            wasm.exists(),
+            "the plugin build did not produce {}",
+            wasm.display()
+        );
         table.push_str(&format!(
             "/// Path of the test component `{krate}`.\npub const {constant}: &str = {:?};\n",
             wasm.display().to_string()

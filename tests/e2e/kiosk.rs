@@ -88,9 +88,11 @@ log = "{logs}/stdout.log"
     }
 
     fn wait_state(&self, state: &str) {
-        wait_for(&format!("the kiosk to reach {state}"), Duration::from_secs(20), || {
-            kiosk::last_state(&self.log()) == Some(state)
-        });
+        wait_for(
+            &format!("the kiosk to reach {state}"),
+            Duration::from_secs(20),
+            || kiosk::last_state(&self.log()) == Some(state),
+        );
     }
 
     fn package(&self, version: &str, broken: bool) -> PathBuf {
@@ -136,11 +138,19 @@ async fn an_idle_kiosk_is_updated_and_comes_back_idle() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
-    assert_eq!(names, ["inspect", "precheck", "stage", "consent", "apply", "verify", "commit"]);
+    assert_eq!(
+        names,
+        [
+            "inspect", "precheck", "stage", "consent", "apply", "verify", "commit"
+        ]
+    );
     assert!(steps.iter().all(|s| s["result"] == "ok"), "{steps:?}");
     assert_eq!(t.version(), "7.5.0");
     // The site's settings survive the update; the rollback copy is gone.
-    assert_eq!(read(&t.product.join("config/kiosk.config.xml")), config_before);
+    assert_eq!(
+        read(&t.product.join("config/kiosk.config.xml")),
+        config_before
+    );
     assert!(!t.state.join("backup/kiosk").exists());
     assert!(t.log().contains("7.5.0"));
     assert_eq!(kiosk::last_state(&t.log()), Some("IDLE"));
@@ -180,12 +190,22 @@ async fn a_kiosk_that_fails_to_start_is_rolled_back_byte_for_byte() {
     let out = t.apply(&t.package("7.5.0", true));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("verify failed") && err.contains("rolled back"), "{err}");
-    assert!(err.contains("Failed to load menu") || err.contains("ERROR"), "{err}");
+    assert!(
+        err.contains("verify failed") && err.contains("rolled back"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Failed to load menu") || err.contains("ERROR"),
+        "{err}"
+    );
     assert_eq!(snapshot(&t.product), before);
     // The old kiosk serves again.
     t.wait_state("IDLE");
-    assert!(t.log().ends_with("State changed: STARTING -> IDLE\n"), "{}", t.log());
+    assert!(
+        t.log().ends_with("State changed: STARTING -> IDLE\n"),
+        "{}",
+        t.log()
+    );
     t.stop().await;
 }
 
@@ -202,7 +222,10 @@ fn kill_during(t: &Terminal, package: &Path, step: &str) {
         let Ok(record) = serde_json::from_str::<serde_json::Value>(&read(&journal)) else {
             return false;
         };
-        let last = &record["entries"].as_array().and_then(|e| e.last().cloned()).unwrap_or_default();
+        let last = &record["entries"]
+            .as_array()
+            .and_then(|e| e.last().cloned())
+            .unwrap_or_default();
         last["step"] == step && last["event"] == "started"
     });
     child.kill().unwrap();
@@ -219,7 +242,11 @@ async fn killed_mid_apply_a_rerun_rolls_back_then_a_new_run_installs() {
     // Whatever the kill interrupted, the rerun settles it: fully old.
     let out = t.apply(&pkg);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("interrupted during apply"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted during apply"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(snapshot(&t.product), before);
     t.wait_state("IDLE");
 
@@ -238,7 +265,11 @@ async fn killed_during_verify_a_rerun_restores_the_old_kiosk() {
     kill_during(&t, &pkg, "verify");
     let out = t.apply(&pkg);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("interrupted during verify"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted during verify"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(snapshot(&t.product), before);
     t.wait_state("IDLE");
     t.stop().await;
@@ -262,6 +293,9 @@ fn a_package_with_a_wrong_name_is_refused_before_anything_changes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("kiosk-7.5.0.tar.gz") && err.contains("kiosk_<version>.tgz"), "{err}");
+    assert!(
+        err.contains("kiosk-7.5.0.tar.gz") && err.contains("kiosk_<version>.tgz"),
+        "{err}"
+    );
     assert_eq!(snapshot(&product), before);
 }

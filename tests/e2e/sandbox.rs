@@ -21,7 +21,8 @@ fn runtime(read_deadline: Duration) -> Runtime {
 }
 
 fn hostile(rt: &Runtime) -> Plugin {
-    rt.load_file(Path::new(posup_bundled::TEST_HOSTILE)).unwrap()
+    rt.load_file(Path::new(posup_bundled::TEST_HOSTILE))
+        .unwrap()
 }
 
 /// A staging folder holding an empty "package" named after the misbehaviour.
@@ -60,12 +61,23 @@ async fn an_endless_loop_is_interrupted_at_its_deadline_and_the_host_goes_on() {
     let p = hostile(&rt);
     let env = env_with(tmp.path(), None, vec![]);
     let started = Instant::now();
-    let err = p.inspect(&env, &package(tmp.path(), "loop")).await.unwrap_err();
+    let err = p
+        .inspect(&env, &package(tmp.path(), "loop"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StepError::Deadline { .. }), "{err}");
     assert!(err.to_string().contains("deadline"), "{err}");
     // Interrupted, not left to run to some outer limit.
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
-    let info = p.inspect(&env, &package(tmp.path(), "fine")).await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    let info = p
+        .inspect(&env, &package(tmp.path(), "fine"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(info.notes, "trivial");
 }
 
@@ -75,10 +87,18 @@ async fn memory_growth_past_the_limit_fails_the_call() {
     let rt = runtime(Duration::from_secs(60));
     let p = hostile(&rt);
     let env = env_with(tmp.path(), None, vec![]);
-    let err = p.inspect(&env, &package(tmp.path(), "grow")).await.unwrap_err();
+    let err = p
+        .inspect(&env, &package(tmp.path(), "grow"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StepError::Limit { .. }), "{err}");
     assert!(err.to_string().contains("memory limit of 64 MiB"), "{err}");
-    assert!(p.inspect(&env, &package(tmp.path(), "fine")).await.unwrap().is_ok());
+    assert!(
+        p.inspect(&env, &package(tmp.path(), "fine"))
+            .await
+            .unwrap()
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -87,7 +107,10 @@ async fn a_panic_is_a_failed_call_that_says_why() {
     let rt = runtime(Duration::from_secs(60));
     let p = hostile(&rt);
     let env = env_with(tmp.path(), None, vec![]);
-    let err = p.inspect(&env, &package(tmp.path(), "trap")).await.unwrap_err();
+    let err = p
+        .inspect(&env, &package(tmp.path(), "trap"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StepError::Trap { .. }), "{err}");
     assert!(err.to_string().contains("panicked on purpose"), "{err}");
 }
@@ -99,8 +122,14 @@ async fn paths_outside_the_preopens_cannot_be_read() {
     let rt = runtime(Duration::from_secs(60));
     let p = hostile(&rt);
     let env = env_with(tmp.path(), Some(product.path()), vec![]);
-    let answer = p.inspect(&env, &package(tmp.path(), "escape")).await.unwrap();
-    assert_eq!(answer.unwrap_err(), "no path outside the preopens could be read");
+    let answer = p
+        .inspect(&env, &package(tmp.path(), "escape"))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.unwrap_err(),
+        "no path outside the preopens could be read"
+    );
 }
 
 #[tokio::test]
@@ -112,15 +141,27 @@ async fn ungranted_services_and_directories_are_refused() {
 
     // The plugin asks for sshd; the operator granted only the kiosk service.
     let env = env_with(tmp.path(), Some(product.path()), vec!["kiosk".into()]);
-    let err = p.inspect(&env, &package(tmp.path(), "service")).await.unwrap().unwrap_err();
+    let err = p
+        .inspect(&env, &package(tmp.path(), "service"))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(err.contains("sshd") && err.contains("not granted"), "{err}");
 
     // /backup was never granted.
-    let err = p.inspect(&env, &package(tmp.path(), "backup-write")).await.unwrap().unwrap_err();
+    let err = p
+        .inspect(&env, &package(tmp.path(), "backup-write"))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(err.starts_with("/backup/planted"), "{err}");
 
     // inspect only reads: /product is granted, but read-only during inspect.
-    let err = p.inspect(&env, &package(tmp.path(), "product-write")).await.unwrap().unwrap_err();
+    let err = p
+        .inspect(&env, &package(tmp.path(), "product-write"))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(err.starts_with("/product/planted"), "{err}");
     assert!(!product.path().join("planted").exists());
 }
@@ -139,7 +180,10 @@ async fn info_runs_with_nothing_granted_and_the_cache_is_reused() {
     let entries: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().collect();
     assert_eq!(entries.len(), 1, "one compiled entry");
     let name = entries[0].file_name().into_string().unwrap();
-    assert!(name.starts_with(p.digest()) && name.ends_with(".cwasm"), "{name}");
+    assert!(
+        name.starts_with(p.digest()) && name.ends_with(".cwasm"),
+        "{name}"
+    );
     // A second load uses the entry (a damaged one would be rebuilt, so corrupt it
     // and check the plugin still loads and works).
     std::fs::write(entries[0].path(), b"garbage").unwrap();

@@ -45,19 +45,32 @@ pub enum Node {
 pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
     fn visit(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Node>) {
         let dir = root.join(rel);
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let rel = rel.join(e.file_name());
             let path = root.join(&rel);
             let meta = std::fs::symlink_metadata(&path).unwrap();
             let mode = meta.permissions().mode() & 0o7777;
             if meta.file_type().is_symlink() {
-                out.insert(rel, Node::Link { target: std::fs::read_link(&path).unwrap() });
+                out.insert(
+                    rel,
+                    Node::Link {
+                        target: std::fs::read_link(&path).unwrap(),
+                    },
+                );
             } else if meta.is_dir() {
                 out.insert(rel.clone(), Node::Dir { mode });
                 visit(root, &rel, out);
             } else {
-                out.insert(rel, Node::File { mode, bytes: std::fs::read(&path).unwrap() });
+                out.insert(
+                    rel,
+                    Node::File {
+                        mode,
+                        bytes: std::fs::read(&path).unwrap(),
+                    },
+                );
             }
         }
     }

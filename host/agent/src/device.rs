@@ -30,9 +30,9 @@ use std::sync::Arc;
 
 use posup_runtime::caps::prompt::BoxFuture;
 use posup_runtime::caps::services::{ProcessSpec, Processes, ServiceManager, Systemd};
-use posup_runtime::wit::services::State;
 use posup_runtime::caps::{CapError, CapResult};
 use posup_runtime::grants::parse_dir;
+use posup_runtime::wit::services::State;
 use posup_runtime::{Allowance, DirGrant};
 use serde::Deserialize;
 
@@ -140,7 +140,10 @@ impl DeviceConfig {
         }
         for (name, path) in &self.dirs {
             if !path.is_absolute() {
-                return Err(invalid(format!("dirs.{name} = {}: must be an absolute path", path.display())));
+                return Err(invalid(format!(
+                    "dirs.{name} = {}: must be an absolute path",
+                    path.display()
+                )));
             }
         }
         for (name, svc) in &self.services {
@@ -204,7 +207,11 @@ impl DeviceConfig {
         let processes: Vec<_> = self
             .services
             .iter()
-            .filter_map(|(n, s)| s.command.as_ref().map(|c| (n.clone(), c.clone(), s.clone())))
+            .filter_map(|(n, s)| {
+                s.command
+                    .as_ref()
+                    .map(|c| (n.clone(), c.clone(), s.clone()))
+            })
             .collect();
         let mut by_name: BTreeMap<String, Arc<dyn ServiceManager>> = BTreeMap::new();
         if !systemd.is_empty() {
@@ -295,9 +302,17 @@ mod tests {
     fn logs_are_read_only_unless_said_otherwise() {
         let c = DeviceConfig::parse(KIOSK, "kiosk.toml").unwrap();
         let a = c.allowance();
-        let logs = a.dirs.iter().find(|d| posup_runtime::grants::dir_name(d.dir) == "logs").unwrap();
+        let logs = a
+            .dirs
+            .iter()
+            .find(|d| posup_runtime::grants::dir_name(d.dir) == "logs")
+            .unwrap();
         assert!(!logs.write);
-        let product = a.dirs.iter().find(|d| posup_runtime::grants::dir_name(d.dir) == "product").unwrap();
+        let product = a
+            .dirs
+            .iter()
+            .find(|d| posup_runtime::grants::dir_name(d.dir) == "product")
+            .unwrap();
         assert!(product.write);
         assert_eq!(a.services, vec!["kiosk".to_string()]);
         assert!(!a.scripts);

@@ -126,7 +126,13 @@ impl Journal {
     }
 
     /// Appends a transition and writes the journal before returning.
-    pub fn push(&mut self, step: &str, event: Event, attempt: u32, message: &str) -> std::io::Result<()> {
+    pub fn push(
+        &mut self,
+        step: &str,
+        event: Event,
+        attempt: u32,
+        message: &str,
+    ) -> std::io::Result<()> {
         self.record.entries.push(Entry {
             step: step.to_owned(),
             event,

@@ -21,7 +21,9 @@ pub mod pipeline;
 pub mod prompter;
 pub mod state;
 
-pub use pipeline::{Observer, Pipeline, PipelineError, Settings, StepReport, UpdateRequest, UpdateResult};
 pub use agent::Agent;
 pub use config::AgentConfig;
 pub use device::DeviceConfig;
+pub use pipeline::{
+    Observer, Pipeline, PipelineError, Settings, StepReport, UpdateRequest, UpdateResult,
+};

@@ -43,14 +43,25 @@ pub enum UpdateResult {
     /// Download task: the package is staged, nothing is installed yet.
     Staged { version: String },
     /// Not now: nothing was changed; try again after `retry_after`.
-    NotNow { reason: String, retry_after: Duration },
+    NotNow {
+        reason: String,
+        retry_after: Duration,
+    },
     /// The cashier declined; ask again later.
     Declined,
     /// The update failed in `step`; the installation is as it was before (rolled
     /// back, or never touched).
-    Failed { step: String, reason: String, rolled_back: bool },
+    Failed {
+        step: String,
+        reason: String,
+        rolled_back: bool,
+    },
     /// The update failed and so did its rollback: the terminal needs a person.
-    RollbackFailed { step: String, reason: String, rollback: String },
+    RollbackFailed {
+        step: String,
+        reason: String,
+        rollback: String,
+    },
 }
 
 impl UpdateResult {
@@ -68,16 +79,29 @@ impl UpdateResult {
     /// One line for operators.
     pub fn summary(&self, package: &str) -> String {
         match self {
-            UpdateResult::Committed { version } => format!("{package}: version {version} installed"),
-            UpdateResult::Staged { version } => format!("{package}: version {version} downloaded and staged"),
-            UpdateResult::NotNow { reason, retry_after } => format!(
+            UpdateResult::Committed { version } => {
+                format!("{package}: version {version} installed")
+            }
+            UpdateResult::Staged { version } => {
+                format!("{package}: version {version} downloaded and staged")
+            }
+            UpdateResult::NotNow {
+                reason,
+                retry_after,
+            } => format!(
                 "{package}: not now: {reason}; nothing was changed, try again in {} s",
                 retry_after.as_secs()
             ),
             UpdateResult::Declined => {
-                format!("{package}: the cashier declined the update; nothing was changed, ask again later")
+                format!(
+                    "{package}: the cashier declined the update; nothing was changed, ask again later"
+                )
             }
-            UpdateResult::Failed { step, reason, rolled_back } => {
+            UpdateResult::Failed {
+                step,
+                reason,
+                rolled_back,
+            } => {
                 let restored = if *rolled_back {
                     "the installation was rolled back to its previous state"
                 } else {
@@ -85,7 +109,11 @@ impl UpdateResult {
                 };
                 format!("{package}: {step} failed: {reason}; {restored}")
             }
-            UpdateResult::RollbackFailed { step, reason, rollback } => format!(
+            UpdateResult::RollbackFailed {
+                step,
+                reason,
+                rollback,
+            } => format!(
                 "{package}: {step} failed: {reason}; the rollback failed too: {rollback}; the terminal needs attention"
             ),
         }
@@ -195,13 +223,20 @@ impl Pipeline<'_> {
             })?
             .to_owned();
         let staged = self.stage_package(&req.package, &file_name)?;
-        let package_sha256 = sha256_file(&staged).map_err(io(format!("reading package {}", staged.display())))?;
+        let package_sha256 =
+            sha256_file(&staged).map_err(io(format!("reading package {}", staged.display())))?;
         let guest = format!("/staging/{file_name}");
 
         let started = Instant::now();
         let info = match self.plugin.inspect(&self.env, &guest).await {
             Ok(Ok(info)) => {
-                self.report("inspect", 1, "ok", &format!("{} {}", info.kind, info.version), started);
+                self.report(
+                    "inspect",
+                    1,
+                    "ok",
+                    &format!("{} {}", info.kind, info.version),
+                    started,
+                );
                 info
             }
             Ok(Err(reason)) => {
@@ -229,17 +264,20 @@ impl Pipeline<'_> {
             task: task_name(req.task).to_owned(),
         };
         let path = Journal::path(&self.settings.state_dir, self.plugin.name());
-        let mut journal = match Journal::load(&path).map_err(io(format!("reading {}", path.display())))? {
-            Some(j) if j.record.finished.is_none() && j.record.key == key => j,
-            Some(j) if j.record.finished.is_none() => {
-                // Another update of this product is unfinished. It is settled first:
-                // rolled back when it may have touched the installation.
-                let guest = guest_of(&j.record.key.package);
-                self.settle_other(j, &guest).await?;
-                Journal::create(&path, key, &info.version).map_err(io(format!("writing {}", path.display())))?
-            }
-            _ => Journal::create(&path, key, &info.version).map_err(io(format!("writing {}", path.display())))?,
-        };
+        let mut journal =
+            match Journal::load(&path).map_err(io(format!("reading {}", path.display())))? {
+                Some(j) if j.record.finished.is_none() && j.record.key == key => j,
+                Some(j) if j.record.finished.is_none() => {
+                    // Another update of this product is unfinished. It is settled first:
+                    // rolled back when it may have touched the installation.
+                    let guest = guest_of(&j.record.key.package);
+                    self.settle_other(j, &guest).await?;
+                    Journal::create(&path, key, &info.version)
+                        .map_err(io(format!("writing {}", path.display())))?
+                }
+                _ => Journal::create(&path, key, &info.version)
+                    .map_err(io(format!("writing {}", path.display())))?,
+            };
 
         let ctx = |attempt: u32| StepContext {
             package: guest.clone(),
@@ -253,8 +291,13 @@ impl Pipeline<'_> {
             tracing::warn!(step = %entry.step, "resuming an update interrupted during {}", entry.step);
             match Step::parse(&entry.step) {
                 Some(Step::Apply) | Some(Step::Verify) => {
-                    let reason = format!("interrupted during {} (attempt {})", entry.step, entry.attempt);
-                    return self.roll_back(&mut journal, &ctx, &entry.step, reason).await;
+                    let reason = format!(
+                        "interrupted during {} (attempt {})",
+                        entry.step, entry.attempt
+                    );
+                    return self
+                        .roll_back(&mut journal, &ctx, &entry.step, reason)
+                        .await;
                 }
                 Some(Step::Rollback) => {
                     let reason = journal
@@ -273,7 +316,9 @@ impl Pipeline<'_> {
                         .find(|e| e.event == Event::Failed)
                         .map(|e| e.step.clone())
                         .unwrap_or_else(|| "apply".into());
-                    return self.roll_back(&mut journal, &ctx, &failed_step, reason).await;
+                    return self
+                        .roll_back(&mut journal, &ctx, &failed_step, reason)
+                        .await;
                 }
                 _ => {}
             }
@@ -281,17 +326,28 @@ impl Pipeline<'_> {
 
         let plan: &[Step] = match req.task {
             TaskKind::Download => &[Step::Stage],
-            TaskKind::Update | TaskKind::ForcedUpdate => &[Step::Precheck, Step::Stage, Step::Apply, Step::Verify, Step::Commit],
+            TaskKind::Update | TaskKind::ForcedUpdate => &[
+                Step::Precheck,
+                Step::Stage,
+                Step::Apply,
+                Step::Verify,
+                Step::Commit,
+            ],
         };
         for &step in plan {
-            if journal.last(step.as_str()).is_some_and(|e| e.event == Event::Ok) {
+            if journal
+                .last(step.as_str())
+                .is_some_and(|e| e.event == Event::Ok)
+            {
                 continue;
             }
             if matches!(step, Step::Precheck | Step::Stage | Step::Apply)
                 && journal.last(Step::Apply.as_str()).is_none()
                 && !self.observer.is_none_or(|o| o.proceed())
             {
-                journal.finish(Finish::Abandoned).map_err(io("writing the journal"))?;
+                journal
+                    .finish(Finish::Abandoned)
+                    .map_err(io("writing the journal"))?;
                 return Ok(UpdateResult::NotNow {
                     reason: "the task is no longer active on the server".into(),
                     retry_after: Duration::ZERO,
@@ -309,18 +365,31 @@ impl Pipeline<'_> {
             }
         }
         let result = if req.task == TaskKind::Download {
-            journal.finish(Finish::Staged).map_err(io("writing the journal"))?;
-            UpdateResult::Staged { version: info.version }
+            journal
+                .finish(Finish::Staged)
+                .map_err(io("writing the journal"))?;
+            UpdateResult::Staged {
+                version: info.version,
+            }
         } else {
-            journal.finish(Finish::Committed).map_err(io("writing the journal"))?;
+            journal
+                .finish(Finish::Committed)
+                .map_err(io("writing the journal"))?;
             remove_file(&staged);
-            UpdateResult::Committed { version: info.version }
+            UpdateResult::Committed {
+                version: info.version,
+            }
         };
         Ok(result)
     }
 
     /// Runs one step; on failure decides between stopping, not-now and rollback.
-    async fn run_step(&self, journal: &mut Journal, step: Step, ctx: &(dyn Fn(u32) -> StepContext + Sync)) -> Result<Next, PipelineError> {
+    async fn run_step(
+        &self,
+        journal: &mut Journal,
+        step: Step,
+        ctx: &(dyn Fn(u32) -> StepContext + Sync),
+    ) -> Result<Next, PipelineError> {
         let attempt = journal.attempts(step.as_str()) + 1;
         journal
             .push(step.as_str(), Event::Started, attempt, "")
@@ -331,7 +400,12 @@ impl Pipeline<'_> {
         let started = Instant::now();
         let outcome = self
             .plugin
-            .step(&self.env, step, &ctx(attempt), (self.settings.deadline)(step))
+            .step(
+                &self.env,
+                step,
+                &ctx(attempt),
+                (self.settings.deadline)(step),
+            )
             .await;
         let (event, message) = outcome_event(&outcome);
         journal
@@ -340,15 +414,21 @@ impl Pipeline<'_> {
         self.report(step.as_str(), attempt, event_name(event), &message, started);
         match (event, &outcome) {
             (Event::Ok, _) => Ok(Next::Go),
-            (Event::NotNow, Ok(Outcome::NotNow(nn))) if matches!(step, Step::Precheck | Step::Stage) => {
-                journal.finish(Finish::NotNow).map_err(io("writing the journal"))?;
+            (Event::NotNow, Ok(Outcome::NotNow(nn)))
+                if matches!(step, Step::Precheck | Step::Stage) =>
+            {
+                journal
+                    .finish(Finish::NotNow)
+                    .map_err(io("writing the journal"))?;
                 Ok(Next::Stop(UpdateResult::NotNow {
                     reason: nn.reason.clone(),
                     retry_after: Duration::from_secs(nn.retry_after_secs.into()),
                 }))
             }
             _ if step == Step::Precheck => {
-                journal.finish(Finish::Failed).map_err(io("writing the journal"))?;
+                journal
+                    .finish(Finish::Failed)
+                    .map_err(io("writing the journal"))?;
                 Ok(Next::Stop(UpdateResult::Failed {
                     step: step.as_str().into(),
                     reason: message,
@@ -358,7 +438,9 @@ impl Pipeline<'_> {
             _ if step == Step::Commit => {
                 // The update was verified; a failed commit leaves only clean-up
                 // undone. Rolling back a verified update would be the greater harm.
-                journal.finish(Finish::Committed).map_err(io("writing the journal"))?;
+                journal
+                    .finish(Finish::Committed)
+                    .map_err(io("writing the journal"))?;
                 tracing::warn!("commit failed after a verified update: {message}");
                 Ok(Next::Go)
             }
@@ -368,7 +450,9 @@ impl Pipeline<'_> {
                 } else {
                     message
                 };
-                Ok(Next::Stop(self.roll_back(journal, ctx, step.as_str(), reason).await?))
+                Ok(Next::Stop(
+                    self.roll_back(journal, ctx, step.as_str(), reason).await?,
+                ))
             }
         }
     }
@@ -391,7 +475,12 @@ impl Pipeline<'_> {
         let started = Instant::now();
         let outcome = self
             .plugin
-            .step(&self.env, step, &ctx(attempt), (self.settings.deadline)(step))
+            .step(
+                &self.env,
+                step,
+                &ctx(attempt),
+                (self.settings.deadline)(step),
+            )
             .await;
         let (event, message) = outcome_event(&outcome);
         journal
@@ -399,14 +488,18 @@ impl Pipeline<'_> {
             .map_err(io("writing the journal"))?;
         self.report(step.as_str(), attempt, event_name(event), &message, started);
         if event == Event::Ok {
-            journal.finish(Finish::RolledBack).map_err(io("writing the journal"))?;
+            journal
+                .finish(Finish::RolledBack)
+                .map_err(io("writing the journal"))?;
             Ok(UpdateResult::Failed {
                 step: failed_step.to_owned(),
                 reason,
                 rolled_back: true,
             })
         } else {
-            journal.finish(Finish::RollbackFailed).map_err(io("writing the journal"))?;
+            journal
+                .finish(Finish::RollbackFailed)
+                .map_err(io("writing the journal"))?;
             Ok(UpdateResult::RollbackFailed {
                 step: failed_step.to_owned(),
                 reason,
@@ -416,8 +509,15 @@ impl Pipeline<'_> {
     }
 
     /// Asks the person at the terminal before the downtime of an Update task.
-    async fn consent(&self, journal: &mut Journal, info: &PackageInfo) -> Result<Next, PipelineError> {
-        if journal.last("consent").is_some_and(|e| e.event == Event::Ok) {
+    async fn consent(
+        &self,
+        journal: &mut Journal,
+        info: &PackageInfo,
+    ) -> Result<Next, PipelineError> {
+        if journal
+            .last("consent")
+            .is_some_and(|e| e.event == Event::Ok)
+        {
             return Ok(Next::Go);
         }
         let started = Instant::now();
@@ -428,7 +528,9 @@ impl Pipeline<'_> {
                     info.version
                 );
                 let timeout = self.settings.consent_timeout;
-                tokio::time::timeout(timeout, p.ask(&question, timeout)).await.unwrap_or(None)
+                tokio::time::timeout(timeout, p.ask(&question, timeout))
+                    .await
+                    .unwrap_or(None)
             }
             None => None,
         };
@@ -437,7 +539,9 @@ impl Pipeline<'_> {
                 journal
                     .push("consent", Event::NotNow, 1, "declined by the cashier")
                     .map_err(io("writing the journal"))?;
-                journal.finish(Finish::Declined).map_err(io("writing the journal"))?;
+                journal
+                    .finish(Finish::Declined)
+                    .map_err(io("writing the journal"))?;
                 self.report("consent", 1, "declined", "declined by the cashier", started);
                 Ok(Next::Stop(UpdateResult::Declined))
             }
@@ -458,13 +562,15 @@ impl Pipeline<'_> {
 
     /// Settles an unfinished update of another package before a new one starts.
     async fn settle_other(&self, mut journal: Journal, guest: &str) -> Result<(), PipelineError> {
-        let touched = journal
-            .record
-            .entries
-            .iter()
-            .any(|e| e.step == Step::Apply.as_str() || e.step == Step::Verify.as_str() || e.step == Step::Rollback.as_str());
+        let touched = journal.record.entries.iter().any(|e| {
+            e.step == Step::Apply.as_str()
+                || e.step == Step::Verify.as_str()
+                || e.step == Step::Rollback.as_str()
+        });
         if !touched {
-            return journal.finish(Finish::Abandoned).map_err(io("writing the journal"));
+            return journal
+                .finish(Finish::Abandoned)
+                .map_err(io("writing the journal"));
         }
         // Its package must still be staged: the rollback needs its context.
         let staging_file = self.settings.staging.join(&journal.record.key.package);
@@ -489,15 +595,21 @@ impl Pipeline<'_> {
             task,
             attempt,
         };
-        self.roll_back(&mut journal, &ctx, "apply", "superseded by a newer update".into())
-            .await
-            .map(|_| ())
+        self.roll_back(
+            &mut journal,
+            &ctx,
+            "apply",
+            "superseded by a newer update".into(),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Puts the package into the staging directory, where the plugin sees it.
     fn stage_package(&self, package: &Path, file_name: &str) -> Result<PathBuf, PipelineError> {
         let target = self.settings.staging.join(file_name);
-        std::fs::create_dir_all(&self.settings.staging).map_err(io(format!("creating {}", self.settings.staging.display())))?;
+        std::fs::create_dir_all(&self.settings.staging)
+            .map_err(io(format!("creating {}", self.settings.staging.display())))?;
         let same = match (package.canonicalize(), target.canonicalize()) {
             (Ok(a), Ok(b)) => a == b,
             _ => false,
@@ -514,7 +626,14 @@ impl Pipeline<'_> {
         Ok(target)
     }
 
-    fn report(&self, step: &str, attempt: u32, result: &'static str, message: &str, started: Instant) {
+    fn report(
+        &self,
+        step: &str,
+        attempt: u32,
+        result: &'static str,
+        message: &str,
+        started: Instant,
+    ) {
         if let Some(o) = self.observer {
             o.step(&StepReport {
                 step: step.to_owned(),

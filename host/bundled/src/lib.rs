@@ -5,7 +5,10 @@ include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
 /// The component of the bundled plugin `name`, if there is one.
 pub fn get(name: &str) -> Option<&'static [u8]> {
-    PLUGINS.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+    PLUGINS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
 }
 
 /// Names of all bundled plugins.

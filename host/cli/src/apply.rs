@@ -118,7 +118,8 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
             root.with_file_name(name)
         }
     };
-    std::fs::create_dir_all(&state_dir).with_context(|| format!("state directory {}", state_dir.display()))?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("state directory {}", state_dir.display()))?;
 
     let mut config = match &args.device_config {
         Some(path) => DeviceConfig::load(path)?,
@@ -134,11 +135,16 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
         .entry("backup".into())
         .or_insert_with(|| state_dir.join("backup"));
     if let Some(logs) = &args.logs {
-        config.dirs.insert("logs".into(), logs.canonicalize().with_context(|| format!("log directory {}", logs.display()))?);
+        config.dirs.insert(
+            "logs".into(),
+            logs.canonicalize()
+                .with_context(|| format!("log directory {}", logs.display()))?,
+        );
     }
     for (name, dir) in &config.dirs {
         if name != "logs" {
-            std::fs::create_dir_all(dir).with_context(|| format!("{name} directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{name} directory {}", dir.display()))?;
         }
     }
     // A local run is the operator's own: the plugin may ask the person at the
@@ -164,7 +170,10 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
         vars: Arc::new(args.vars.iter().cloned().collect()),
         ..HostEnv::default()
     };
-    let staging = config.dir("staging").map(Path::to_path_buf).expect("staging is set above");
+    let staging = config
+        .dir("staging")
+        .map(Path::to_path_buf)
+        .expect("staging is set above");
     let printer = Printer { json: args.json };
     let pipeline = Pipeline {
         plugin: &plugin,

@@ -10,7 +10,11 @@ mod sim;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "posup", version, about = "Update engine for point-of-sale fleets")]
+#[command(
+    name = "posup",
+    version,
+    about = "Update engine for point-of-sale fleets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -130,7 +130,10 @@ pub async fn package(cmd: PackageCommand) -> anyhow::Result<u8> {
             let package = package
                 .canonicalize()
                 .with_context(|| format!("package {}", package.display()))?;
-            let (dir, name) = match (package.parent(), package.file_name().and_then(|n| n.to_str())) {
+            let (dir, name) = match (
+                package.parent(),
+                package.file_name().and_then(|n| n.to_str()),
+            ) {
                 (Some(d), Some(n)) => (d.to_owned(), n.to_owned()),
                 _ => bail!("package {}: not a file path", package.display()),
             };
@@ -152,7 +155,8 @@ pub async fn package(cmd: PackageCommand) -> anyhow::Result<u8> {
         }
         PackageCommand::Build { sources, out } => {
             for root in sources {
-                let found = posup_sim::package::sources(&root).with_context(|| format!("package sources {}", root.display()))?;
+                let found = posup_sim::package::sources(&root)
+                    .with_context(|| format!("package sources {}", root.display()))?;
                 if found.is_empty() {
                     bail!("{}: no package.toml below it", root.display());
                 }

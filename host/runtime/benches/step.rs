@@ -51,12 +51,18 @@ fn main() {
     let wasm: Vec<Duration> = rt.block_on(async {
         // Warm up: first instantiations fault in the compiled code.
         for _ in 0..50 {
-            plugin.step(&env, Step::Precheck, &ctx, Duration::from_secs(10)).await.unwrap();
+            plugin
+                .step(&env, Step::Precheck, &ctx, Duration::from_secs(10))
+                .await
+                .unwrap();
         }
         let mut times = Vec::with_capacity(RUNS);
         for _ in 0..RUNS {
             let t = Instant::now();
-            let outcome = plugin.step(&env, Step::Precheck, &ctx, Duration::from_secs(10)).await.unwrap();
+            let outcome = plugin
+                .step(&env, Step::Precheck, &ctx, Duration::from_secs(10))
+                .await
+                .unwrap();
             times.push(t.elapsed());
             assert!(matches!(outcome, posup_runtime::types::Outcome::Ok));
         }
@@ -66,7 +72,11 @@ fn main() {
     // Mender's update modules: one process per state, `<module> <State> <files>`.
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("update-module");
-    std::fs::write(&script, "#!/bin/sh\ncase \"$1\" in\n  ArtifactInstall) exit 0 ;;\n  *) exit 0 ;;\nesac\n").unwrap();
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in\n  ArtifactInstall) exit 0 ;;\n  *) exit 0 ;;\nesac\n",
+    )
+    .unwrap();
     let mut spawn = Vec::with_capacity(SPAWNS);
     for _ in 0..SPAWNS {
         let t = Instant::now();
@@ -83,8 +93,19 @@ fn main() {
     let w = median(wasm.clone());
     let s = median(spawn.clone());
     println!("plugin step: fresh instance + one call of a trivial plugin ({RUNS} runs)");
-    println!("  median {:>9.1} µs   p99 {:>9.1} µs", w.as_secs_f64() * 1e6, percentile(&wasm, 0.99).as_secs_f64() * 1e6);
+    println!(
+        "  median {:>9.1} µs   p99 {:>9.1} µs",
+        w.as_secs_f64() * 1e6,
+        percentile(&wasm, 0.99).as_secs_f64() * 1e6
+    );
     println!("peer: spawn a shell-script update module per state ({SPAWNS} runs)");
-    println!("  median {:>9.1} µs   p99 {:>9.1} µs", s.as_secs_f64() * 1e6, percentile(&spawn, 0.99).as_secs_f64() * 1e6);
-    println!("ratio: the plugin step is {:.1}x cheaper", s.as_secs_f64() / w.as_secs_f64());
+    println!(
+        "  median {:>9.1} µs   p99 {:>9.1} µs",
+        s.as_secs_f64() * 1e6,
+        percentile(&spawn, 0.99).as_secs_f64() * 1e6
+    );
+    println!(
+        "ratio: the plugin step is {:.1}x cheaper",
+        s.as_secs_f64() / w.as_secs_f64()
+    );
 }

@@ -19,7 +19,11 @@ pub(crate) fn store(dir: &Path, file: &Path, compiled: &[u8]) -> std::io::Result
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
-    let path = dir.join(format!(".tmp-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let path = dir.join(format!(
+        ".tmp-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let file = std::fs::File::create(&path)?;
     Ok((path, file))
 }

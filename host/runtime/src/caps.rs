@@ -87,7 +87,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Links WASI (preview 2) and every posup capability into `linker`.
-pub(crate) fn link_all(linker: &mut wasmtime::component::Linker<crate::state::StepState>) -> wasmtime::Result<()> {
+pub(crate) fn link_all(
+    linker: &mut wasmtime::component::Linker<crate::state::StepState>,
+) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     log::add_to_linker(linker, |s| &mut s.log)?;
     archive::add_to_linker(linker, |s| &mut s.archive)?;

@@ -138,7 +138,12 @@ impl Runtime {
         self.load(&name, &bytes)
     }
 
-    fn compile_cached(&self, name: &str, digest: &str, bytes: &[u8]) -> Result<Component, RuntimeError> {
+    fn compile_cached(
+        &self,
+        name: &str,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<Component, RuntimeError> {
         let Some(dir) = &self.config.cache_dir else {
             return Component::new(&self.engine, bytes).map_err(|e| RuntimeError::Compile {
                 plugin: name.to_owned(),
@@ -150,16 +155,18 @@ impl Runtime {
             match crate::cache::deserialize(&self.engine, &file) {
                 Ok(component) => return Ok(component),
                 // A damaged or foreign cache entry is rebuilt, not trusted.
-                Err(e) => tracing::warn!(file = %file.display(), "dropping unusable cached component: {e}"),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), "dropping unusable cached component: {e}")
+                }
             }
         }
-        let compiled = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(|e| RuntimeError::Compile {
-                plugin: name.to_owned(),
-                message: e.to_string(),
-            })?;
+        let compiled =
+            self.engine
+                .precompile_component(bytes)
+                .map_err(|e| RuntimeError::Compile {
+                    plugin: name.to_owned(),
+                    message: e.to_string(),
+                })?;
         crate::cache::store(dir, &file, &compiled).map_err(|e| RuntimeError::Cache {
             path: file.clone(),
             source: e,
@@ -203,7 +210,12 @@ impl Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limits.memory {
             let msg = format!(
                 "memory limit of {} MiB exceeded (asked to grow from {} to {} MiB)",
@@ -219,9 +231,17 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limits.table_elements {
-            let msg = format!("table limit of {} elements exceeded", self.limits.table_elements);
+            let msg = format!(
+                "table limit of {} elements exceeded",
+                self.limits.table_elements
+            );
             self.exceeded = Some(msg.clone());
             return Err(wasmtime::format_err!(msg));
         }

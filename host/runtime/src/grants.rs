@@ -241,7 +241,10 @@ mod tests {
             g.resolve("/product/bin/oscar.ini", true).unwrap(),
             tmp.path().join("product/bin/oscar.ini")
         );
-        assert_eq!(g.resolve("/logs/kiosk.log", false).unwrap(), tmp.path().join("logs/kiosk.log"));
+        assert_eq!(
+            g.resolve("/logs/kiosk.log", false).unwrap(),
+            tmp.path().join("logs/kiosk.log")
+        );
         let err = g.resolve("/logs/kiosk.log", true).unwrap_err();
         assert!(err.message.contains("read-only"), "{}", err.message);
         let err = g.resolve("/backup/x", false).unwrap_err();
@@ -268,8 +271,14 @@ mod tests {
         use posup_world::latest::types::DirRequest;
         let requested = Capabilities {
             dirs: vec![
-                DirRequest { dir: Dir::Product, write: true },
-                DirRequest { dir: Dir::Backup, write: true },
+                DirRequest {
+                    dir: Dir::Product,
+                    write: true,
+                },
+                DirRequest {
+                    dir: Dir::Backup,
+                    write: true,
+                },
             ],
             services: vec!["kiosk".into(), "sshd".into()],
             scripts: true,

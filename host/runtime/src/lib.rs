@@ -21,7 +21,7 @@ pub use engine::{Limits, Runtime, RuntimeConfig};
 pub use error::{RuntimeError, StepError};
 pub use grants::{Allowance, DirGrant, Grants};
 pub use plugin::{Plugin, Step};
-pub use posup_world::latest::types;
 /// All generated types of the newest interface, for hosts that implement a backend.
 pub use posup_world::latest as wit;
+pub use posup_world::latest::types;
 pub use state::HostEnv;

@@ -130,7 +130,12 @@ impl std::fmt::Debug for Plugin {
 }
 
 impl Plugin {
-    pub(crate) fn new(runtime: Runtime, name: &str, digest: String, component: Component) -> Result<Self, RuntimeError> {
+    pub(crate) fn new(
+        runtime: Runtime,
+        name: &str,
+        digest: String,
+        component: Component,
+    ) -> Result<Self, RuntimeError> {
         let interface = detect_interface(&runtime, name, &component)?;
         let link_error = |message: String| RuntimeError::Link {
             plugin: name.to_owned(),
@@ -143,7 +148,8 @@ impl Plugin {
             .map_err(|e| link_error(format!("{e:#}")))?;
         let pre = match interface {
             Interface::V0_1_0 => Pre::V0_1_0(
-                since_v0_1_0::PluginPre::new(instance_pre).map_err(|e| link_error(format!("{e:#}")))?,
+                since_v0_1_0::PluginPre::new(instance_pre)
+                    .map_err(|e| link_error(format!("{e:#}")))?,
             ),
         };
         Ok(Self {
@@ -171,7 +177,10 @@ impl Plugin {
 
     /// Who the plugin is and what it asks for. Runs with nothing granted.
     pub async fn info(&self) -> Result<PluginInfo, StepError> {
-        match self.call(&HostEnv::deny_all(), Call::Info, INFO_DEADLINE).await? {
+        match self
+            .call(&HostEnv::deny_all(), Call::Info, INFO_DEADLINE)
+            .await?
+        {
             Answer::Info(info) => Ok(info),
             _ => unreachable!("info answers info"),
         }
@@ -183,7 +192,10 @@ impl Plugin {
             grants: env.grants.read_only(),
             ..env.clone()
         };
-        match self.call(&env, Call::Inventory, self.runtime.config.read_deadline).await? {
+        match self
+            .call(&env, Call::Inventory, self.runtime.config.read_deadline)
+            .await?
+        {
             Answer::Inventory(inv) => Ok(inv),
             _ => unreachable!("inventory answers inventory"),
         }
@@ -191,31 +203,55 @@ impl Plugin {
 
     /// Reads a package (guest path under `/staging`). Directories are granted
     /// read-only.
-    pub async fn inspect(&self, env: &HostEnv, package: &str) -> Result<Result<PackageInfo, String>, StepError> {
+    pub async fn inspect(
+        &self,
+        env: &HostEnv,
+        package: &str,
+    ) -> Result<Result<PackageInfo, String>, StepError> {
         let env = HostEnv {
             grants: env.grants.read_only(),
             ..env.clone()
         };
-        match self.call(&env, Call::Inspect(package), self.runtime.config.read_deadline).await? {
+        match self
+            .call(
+                &env,
+                Call::Inspect(package),
+                self.runtime.config.read_deadline,
+            )
+            .await?
+        {
             Answer::Inspect(info) => Ok(info),
             _ => unreachable!("inspect answers inspect"),
         }
     }
 
     /// Runs one update step within `deadline`.
-    pub async fn step(&self, env: &HostEnv, step: Step, ctx: &StepContext, deadline: Duration) -> Result<Outcome, StepError> {
+    pub async fn step(
+        &self,
+        env: &HostEnv,
+        step: Step,
+        ctx: &StepContext,
+        deadline: Duration,
+    ) -> Result<Outcome, StepError> {
         match self.call(env, Call::Step(step, ctx), deadline).await? {
             Answer::Outcome(outcome) => Ok(outcome),
             _ => unreachable!("steps answer outcomes"),
         }
     }
 
-    async fn call(&self, env: &HostEnv, call: Call<'_>, deadline: Duration) -> Result<Answer, StepError> {
+    async fn call(
+        &self,
+        env: &HostEnv,
+        call: Call<'_>,
+        deadline: Duration,
+    ) -> Result<Answer, StepError> {
         let call_name = call.name();
-        let state = StepState::new(&self.name, env, self.runtime.limits()).map_err(|e| StepError::Setup {
-            plugin: self.name.clone(),
-            call: call_name,
-            message: e.to_string(),
+        let state = StepState::new(&self.name, env, self.runtime.limits()).map_err(|e| {
+            StepError::Setup {
+                plugin: self.name.clone(),
+                call: call_name,
+                message: e.to_string(),
+            }
         })?;
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -229,8 +265,12 @@ impl Plugin {
                     let plugin = pre.instantiate_async(&mut store).await?;
                     wasmtime::Result::Ok(match call {
                         Call::Info => Answer::Info(plugin.call_info(&mut store).await?),
-                        Call::Inventory => Answer::Inventory(plugin.call_inventory(&mut store).await?),
-                        Call::Inspect(p) => Answer::Inspect(plugin.call_inspect(&mut store, p).await?),
+                        Call::Inventory => {
+                            Answer::Inventory(plugin.call_inventory(&mut store).await?)
+                        }
+                        Call::Inspect(p) => {
+                            Answer::Inspect(plugin.call_inspect(&mut store, p).await?)
+                        }
                         Call::Step(step, ctx) => Answer::Outcome(match step {
                             Step::Precheck => plugin.call_precheck(&mut store, ctx).await?,
                             Step::Stage => plugin.call_stage(&mut store, ctx).await?,
@@ -258,7 +298,13 @@ impl Plugin {
         Err(self.classify(&store, call_name, deadline, error))
     }
 
-    fn classify(&self, store: &Store<StepState>, call: &'static str, deadline: Duration, error: wasmtime::Error) -> StepError {
+    fn classify(
+        &self,
+        store: &Store<StepState>,
+        call: &'static str,
+        deadline: Duration,
+        error: wasmtime::Error,
+    ) -> StepError {
         let plugin = self.name.clone();
         if let Some(msg) = &store.data().limiter.exceeded {
             return StepError::Limit {
@@ -276,7 +322,10 @@ impl Plugin {
             Some(wasmtime::Trap::StackOverflow) => StepError::Limit {
                 plugin,
                 call,
-                message: format!("stack limit of {} KiB exceeded", self.runtime.limits().stack >> 10),
+                message: format!(
+                    "stack limit of {} KiB exceeded",
+                    self.runtime.limits().stack >> 10
+                ),
             },
             _ => {
                 let stderr = store.data().stderr_text();
@@ -284,7 +333,11 @@ impl Plugin {
                 if !stderr.is_empty() {
                     message = format!("{message}; it wrote: {stderr}");
                 }
-                StepError::Trap { plugin, call, message }
+                StepError::Trap {
+                    plugin,
+                    call,
+                    message,
+                }
             }
         }
     }
@@ -293,7 +346,11 @@ impl Plugin {
 /// Finds which released interface a component was built against, from the versions
 /// of the `posup:plugin` interfaces it imports. A component importing none of them
 /// is taken to be of the newest version; its exports are type-checked anyway.
-fn detect_interface(runtime: &Runtime, name: &str, component: &Component) -> Result<Interface, RuntimeError> {
+fn detect_interface(
+    runtime: &Runtime,
+    name: &str,
+    component: &Component,
+) -> Result<Interface, RuntimeError> {
     let ty = component.component_type();
     let mut versions = std::collections::BTreeSet::new();
     for (import, _) in ty.imports(&runtime.engine) {
@@ -312,7 +369,10 @@ fn detect_interface(runtime: &Runtime, name: &str, component: &Component) -> Res
     };
     let mut chosen = None;
     for v in &versions {
-        match Interface::ALL.iter().find(|i| i.version().to_string() == *v) {
+        match Interface::ALL
+            .iter()
+            .find(|i| i.version().to_string() == *v)
+        {
             Some(i) if chosen.is_none() || chosen == Some(*i) => chosen = Some(*i),
             Some(_) => {
                 return Err(RuntimeError::UnsupportedInterface {

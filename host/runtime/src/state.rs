@@ -90,7 +90,9 @@ impl StepState {
         let mut wasi = WasiCtxBuilder::new();
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         wasi.stderr(stderr.clone());
-        wasi.allow_ip_name_lookup(false).allow_tcp(false).allow_udp(false);
+        wasi.allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false);
         for grant in &env.grants.dirs {
             let perms = if grant.write {
                 FsPerms::ReadWrite
@@ -130,6 +132,8 @@ impl StepState {
 
     /// What the plugin wrote to stderr (a panic message, usually), trimmed.
     pub(crate) fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned()
+        String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_owned()
     }
 }

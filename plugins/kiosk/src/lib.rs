@@ -66,7 +66,10 @@ impl Plugin for Kiosk {
     fn inventory() -> Result<Inventory, String> {
         let version = installed_version().map_err(stop_text)?;
         let state = current_state().unwrap_or_default();
-        let loaded = kv::get("staged").ok().flatten().map(|v| format!("kiosk_{v}.tgz"));
+        let loaded = kv::get("staged")
+            .ok()
+            .flatten()
+            .map(|v| format!("kiosk_{v}.tgz"));
         Ok(Inventory {
             product: "iiko kiosk".into(),
             version,
@@ -162,7 +165,8 @@ impl Plugin for Kiosk {
             let installed = installed_version()?;
             let exchanged = kv::get("applied")?.as_deref() == Some(version.as_str())
                 || (installed == *version
-                    && read_file(&format!("{staged}/version")).ok().as_deref() != Some(version.as_str()));
+                    && read_file(&format!("{staged}/version")).ok().as_deref()
+                        != Some(version.as_str()));
             if !exchanged {
                 if kv::get("staged")?.as_deref() != Some(version.as_str()) || !exists(&staged) {
                     return Err(Stop::failed(format!(
@@ -200,7 +204,10 @@ impl Plugin for Kiosk {
             }
             let mut mark = match kv::get("start-mark")?.and_then(|m| parse_mark(&m)) {
                 Some(m) => m,
-                None => logs::Mark { file_id: 0, offset: 0 },
+                None => logs::Mark {
+                    file_id: 0,
+                    offset: 0,
+                },
             };
             let timeout = vars::get("kiosk-verify-timeout")
                 .and_then(|s| s.parse().ok())
@@ -334,9 +341,13 @@ fn version_from_name(package: &str) -> Result<String, String> {
         .strip_prefix("kiosk_")
         .and_then(|n| n.strip_suffix(".tgz"))
         .filter(|v| {
-            !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            !v.is_empty()
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
         })
-        .ok_or_else(|| format!("{name}: kiosk packages are named kiosk_<version>.tgz, e.g. kiosk_7.4.2.tgz"))?;
+        .ok_or_else(|| {
+            format!("{name}: kiosk packages are named kiosk_<version>.tgz, e.g. kiosk_7.4.2.tgz")
+        })?;
     Ok(version.to_owned())
 }
 

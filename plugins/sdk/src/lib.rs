@@ -71,7 +71,10 @@ pub mod log {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
     /// Nothing was changed; the host asks again after `retry_after_secs`.
-    NotNow { reason: String, retry_after_secs: u32 },
+    NotNow {
+        reason: String,
+        retry_after_secs: u32,
+    },
     /// The step failed; the host rolls back.
     Failed(String),
 }

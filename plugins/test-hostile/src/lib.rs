@@ -19,9 +19,18 @@ impl Plugin for Hostile {
             device_types: vec!["test".into()],
             capabilities: Capabilities {
                 dirs: vec![
-                    DirRequest { dir: Dir::Staging, write: false },
-                    DirRequest { dir: Dir::Product, write: true },
-                    DirRequest { dir: Dir::Backup, write: true },
+                    DirRequest {
+                        dir: Dir::Staging,
+                        write: false,
+                    },
+                    DirRequest {
+                        dir: Dir::Product,
+                        write: true,
+                    },
+                    DirRequest {
+                        dir: Dir::Backup,
+                        write: true,
+                    },
                 ],
                 services: vec!["kiosk".into(), "sshd".into()],
                 scripts: false,
@@ -62,7 +71,11 @@ impl Plugin for Hostile {
             }
             "trap" => panic!("the plugin panicked on purpose"),
             "escape" => {
-                for path in ["/etc/passwd", "/staging/../etc/passwd", "/product/../../etc/passwd"] {
+                for path in [
+                    "/etc/passwd",
+                    "/staging/../etc/passwd",
+                    "/product/../../etc/passwd",
+                ] {
                     if let Ok(text) = std::fs::read_to_string(path) {
                         return Ok(found(format!("read {path}: {} bytes", text.len())));
                     }

@@ -62,9 +62,11 @@ impl PromptState {
     }
 
     fn get(&self) -> Result<&Arc<dyn Prompter>, CapError> {
-        self.prompter
-            .as_ref()
-            .ok_or_else(|| CapError::denied("prompt: asking the person at the terminal is not granted to this plugin"))
+        self.prompter.as_ref().ok_or_else(|| {
+            CapError::denied(
+                "prompt: asking the person at the terminal is not granted to this plugin",
+            )
+        })
     }
 }
 
