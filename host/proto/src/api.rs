@@ -699,9 +699,13 @@ impl VersionStatus {
     }
 
     pub fn parse(s: &str) -> Option<VersionStatus> {
-        [VersionStatus::Same, VersionStatus::Different, VersionStatus::Unknown]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            VersionStatus::Same,
+            VersionStatus::Different,
+            VersionStatus::Unknown,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 

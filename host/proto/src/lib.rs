@@ -120,10 +120,14 @@ impl Capabilities {
             .dirs
             .iter()
             .filter_map(|a| {
-                other.dirs.iter().find(|b| b.dir == a.dir).map(|b| DirAccess {
-                    dir: a.dir,
-                    write: a.write && b.write,
-                })
+                other
+                    .dirs
+                    .iter()
+                    .find(|b| b.dir == a.dir)
+                    .map(|b| DirAccess {
+                        dir: a.dir,
+                        write: a.write && b.write,
+                    })
             })
             .collect();
         Capabilities {

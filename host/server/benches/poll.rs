@@ -99,14 +99,27 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
         eprintln!("seeded in {:.1} s", started.elapsed().as_secs_f64());
         rt.block_on(db.store.close());
         let mut server = spawn_server(&db.url())?;
-        let load = |addr: &str, phase: &str| run_load(addr, phase, seconds, connections, devices, vars_since, revision);
+        let load = |addr: &str, phase: &str| {
+            run_load(
+                addr,
+                phase,
+                seconds,
+                connections,
+                devices,
+                vars_since,
+                revision,
+            )
+        };
         eprintln!("every device reports once…");
         let first = load(&server.addr, "first")?;
         let (mut bare, mut posup, mut rounds) = (None, None, Vec::new());
         for round in 1..=ROUNDS {
             let b = load(&bare_server.addr, "random")?;
             let p = load(&server.addr, "random")?;
-            eprintln!("round {round}: bare {:.0} req/s, posup {:.0} req/s", b.rps, p.rps);
+            eprintln!(
+                "round {round}: bare {:.0} req/s, posup {:.0} req/s",
+                b.rps, p.rps
+            );
             rounds.push((b.rps, p.rps));
             bare = Some(best(bare, b));
             posup = Some(best(posup, p));
@@ -126,7 +139,9 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
     println!();
     println!(
         "poll benchmark: {devices} devices, {connections} keep-alive connections, best of {ROUNDS} rounds of {seconds} s, {} CPUs",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
     println!(
         "{:<10} {:>11} {:>11} {:>8} {:>8} {:>8} {:>7} {:>9}   first report of every device (writes)",
@@ -147,8 +162,16 @@ fn orchestrate(args: &[String]) -> anyhow::Result<()> {
             r.first.p99_ms,
             r.first.errors,
         );
-        let rounds: Vec<String> = r.rounds.iter().map(|(b, p)| format!("{b:.0}/{p:.0}")).collect();
-        println!("{:<10} rounds (bare/posup req/s): {}", "", rounds.join(", "));
+        let rounds: Vec<String> = r
+            .rounds
+            .iter()
+            .map(|(b, p)| format!("{b:.0}/{p:.0}"))
+            .collect();
+        println!(
+            "{:<10} rounds (bare/posup req/s): {}",
+            "",
+            rounds.join(", ")
+        );
     }
     println!(
         "bare handler: p50 {:.2} ms, p99 {:.2} ms (best sqlite round), VmHWM {bare_hwm:.1} MB",
@@ -194,7 +217,9 @@ async fn seed(store: &Store, n: u32) -> anyhow::Result<(i64, i64)> {
             "bench",
         )
         .await?;
-    store.enable_plugin("bench", "bench", None, ms, "bench").await?;
+    store
+        .enable_plugin("bench", "bench", None, ms, "bench")
+        .await?;
     let package = store
         .insert_package(
             NewPackage {
@@ -266,9 +291,18 @@ async fn seed(store: &Store, n: u32) -> anyhow::Result<(i64, i64)> {
     for (name, value, scope) in [
         ("version", "2.0", VariableScope::All),
         ("update", "iceupd_001", VariableScope::Group { group_id: 3 }),
-        ("temperature", "21", VariableScope::Site { site: "Store 0001".into() }),
+        (
+            "temperature",
+            "21",
+            VariableScope::Site {
+                site: "Store 0001".into(),
+            },
+        ),
     ] {
-        last = store.change_variable(name, &scope, Some(value), ms, "bench").await?.unwrap_or(last);
+        last = store
+            .change_variable(name, &scope, Some(value), ms, "bench")
+            .await?
+            .unwrap_or(last);
     }
     let revision = store.device_config("bench").await?.config.revision;
     Ok((last, revision))
@@ -308,7 +342,11 @@ fn spawn_server(target: &str) -> anyhow::Result<Server> {
         .strip_prefix("READY ")
         .map(|a| a.trim().to_owned())
         .ok_or_else(|| anyhow::anyhow!("the server did not start: {line:?}"))?;
-    Ok(Server { child, addr, stdout })
+    Ok(Server {
+        child,
+        addr,
+        stdout,
+    })
 }
 
 fn run_load(
@@ -338,7 +376,10 @@ fn run_load(
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
         .ok_or_else(|| anyhow::anyhow!("the load generator failed: {text}"))?;
-    let v: Vec<f64> = line.split_whitespace().map(|x| x.parse().unwrap_or(f64::NAN)).collect();
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(f64::NAN))
+        .collect();
     Ok(Figures {
         rps: v[0],
         p50_ms: v[1],
@@ -376,10 +417,13 @@ fn serve(target: &str) -> anyhow::Result<()> {
         };
         let blobs = tempfile::tempdir()?;
         if target == "bare" {
-            let app = axum::Router::new().route("/api/v1/agent/poll", axum::routing::post(bare_poll));
+            let app =
+                axum::Router::new().route("/api/v1/agent/poll", axum::routing::post(bare_poll));
             println!("READY {addr}");
             std::io::stdout().flush()?;
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
         } else {
             let store = Store::connect(target, &posup_store::StoreOptions::default()).await?;
             let state = posup_server::AppState::new(
@@ -428,7 +472,10 @@ fn poll_body(vars_since: i64, revision: i64) -> String {
         pending_sync: 0,
         ready: true,
         reboot_required: false,
-        details: vec![("printer".into(), "ATOL 30F".into()), ("environment".into(), "12".into())],
+        details: vec![
+            ("printer".into(), "ATOL 30F".into()),
+            ("environment".into(), "12".into()),
+        ],
     };
     serde_json::to_string(&PollRequest {
         inventory: Some(inventory),
@@ -451,7 +498,9 @@ fn load(args: &[String]) -> anyhow::Result<()> {
     let devices: u64 = args[4].parse()?;
     let body = Arc::new(poll_body(args[5].parse()?, args[6].parse()?));
     // One thread: the generator should take as little CPU from the server as it can.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let run = |deadline: Option<Instant>| {
@@ -546,7 +595,10 @@ async fn connection(
 }
 
 /// Reads one response; true when its status is 200.
-async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<bool> {
+async fn read_response(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<bool> {
     buf.clear();
     let mut chunk = [0u8; 8192];
     let header_end = loop {
@@ -563,7 +615,8 @@ async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) ->
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
         })
         .ok_or_else(|| anyhow::anyhow!("a response without Content-Length: {head}"))?;
     while buf.len() < header_end + length {

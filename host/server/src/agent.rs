@@ -1,18 +1,22 @@
 //! The agent API, `/api/v1/agent`: enroll, poll, feedback and downloads.
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::Router;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use posup_proto::Inventory;
 use posup_proto::agent::{
-    EnrollRequest, EnrollResponse, Feedback, FeedbackAck, PollRequest, PollResponse, VariableChanges,
+    AgentStatus, EnrollRequest, EnrollResponse, Feedback, FeedbackAck, PollResponse,
+    VariableChanges,
 };
 use posup_store::{InventoryReport, VarTarget};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::auth::{Device, hash_secret, new_secret};
@@ -29,12 +33,19 @@ pub fn routes() -> Router<AppState> {
         .route("/plugins/{sha256}", get(plugin))
 }
 
-async fn enroll(State(state): State<AppState>, Json(req): Json<EnrollRequest>) -> Result<Json<EnrollResponse>> {
+async fn enroll(
+    State(state): State<AppState>,
+    Json(req): Json<EnrollRequest>,
+) -> Result<Json<EnrollResponse>> {
     let store = state.store();
     let secret = store
         .enrollment_secret_by_hash(&hash_secret(&req.secret))
         .await?
-        .ok_or_else(|| Error::Unauthorized("unknown enrollment secret: ask an administrator for a valid one".into()))?;
+        .ok_or_else(|| {
+            Error::Unauthorized(
+                "unknown enrollment secret: ask an administrator for a valid one".into(),
+            )
+        })?;
     let token = new_secret("pdt_");
     let id = store
         .enroll(
@@ -46,7 +57,10 @@ async fn enroll(State(state): State<AppState>, Json(req): Json<EnrollRequest>) -
         .await?;
     // A device enrolling again gets a new token: the old one must stop working.
     state.caches().invalidate_all();
-    let interval = store.device_config(&req.device.device_type).await?.poll_interval_secs;
+    let interval = store
+        .device_config(&req.device.device_type)
+        .await?
+        .poll_interval_secs;
     Ok(Json(EnrollResponse {
         device_id: id,
         token,
@@ -54,42 +68,72 @@ async fn enroll(State(state): State<AppState>, Json(req): Json<EnrollRequest>) -
     }))
 }
 
+/// A poll as the server reads it: the wire type `PollRequest`, with the inventory
+/// left as raw JSON. Nearly every poll repeats the last inventory, so it is only
+/// hashed; it is parsed when it changed.
+#[derive(Debug, Deserialize)]
+struct PollBody<'a> {
+    #[serde(borrow, default)]
+    inventory: Option<&'a RawValue>,
+    #[serde(default)]
+    inventory_error: Option<String>,
+    status: AgentStatus,
+    #[serde(default)]
+    vars_since: i64,
+    #[serde(default)]
+    config_revision: Option<i64>,
+}
+
+fn bad_json(e: serde_json::Error) -> Error {
+    let message = format!("the JSON body is not accepted: {e}");
+    if e.is_data() {
+        Error::Invalid(message)
+    } else {
+        Error::BadRequest(message)
+    }
+}
+
 /// A digest of what the device reported about its installation, so an unchanged
-/// report (the usual case) costs no write.
-fn inventory_hash(req: &PollRequest) -> String {
-    let bytes = serde_json::to_vec(&(&req.inventory, &req.inventory_error)).expect("wire types serialize");
-    hex::encode(Sha256::digest(bytes))
+/// report costs no write.
+fn inventory_hash(inventory: Option<&RawValue>, error: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    h.update(inventory.map(RawValue::get).unwrap_or("null"));
+    h.update([0]);
+    h.update(error.unwrap_or_default());
+    hex::encode(h.finalize())
 }
 
-/// Parses a poll body. The poll is the hot path: plain `serde_json` instead of the
-/// `Json` extractor, whose error paths cost a wrapper around every value parsed.
-fn parse_poll(body: &[u8]) -> Result<PollRequest> {
-    serde_json::from_slice(body).map_err(|e| {
-        let message = format!("the JSON body is not accepted: {e}");
-        if e.is_data() {
-            Error::Invalid(message)
-        } else {
-            Error::BadRequest(message)
-        }
-    })
-}
-
-async fn poll(State(state): State<AppState>, device: Device, body: Bytes) -> Result<Json<PollResponse>> {
-    let req = parse_poll(&body)?;
-    let Device { auth: device, token_hash } = device;
+async fn poll(
+    State(state): State<AppState>,
+    device: Device,
+    body: Bytes,
+) -> Result<Json<PollResponse>> {
+    // Plain `serde_json` rather than the `Json` extractor: the poll is the hot path.
+    let req: PollBody = serde_json::from_slice(&body).map_err(bad_json)?;
+    let Device {
+        auth: device,
+        token_hash,
+    } = device;
     let store = state.store();
     let caches = state.caches();
     let at = state.at();
-    let hash = inventory_hash(&req);
     let reported = req.inventory.is_some() || req.inventory_error.is_some();
-    if reported && device.inventory_hash.as_deref() != Some(hash.as_str()) {
-        let report = InventoryReport {
-            inventory: req.inventory.as_ref(),
-            error: req.inventory_error.as_deref(),
-            hash: &hash,
-        };
-        store.record_inventory(&device, &report, at.now).await?;
-        caches.update_device(&token_hash, |d| d.inventory_hash = Some(hash.clone()));
+    if reported {
+        let hash = inventory_hash(req.inventory, req.inventory_error.as_deref());
+        if device.inventory_hash.as_deref() != Some(hash.as_str()) {
+            let inventory: Option<Inventory> = req
+                .inventory
+                .map(|raw| serde_json::from_str(raw.get()))
+                .transpose()
+                .map_err(bad_json)?;
+            let report = InventoryReport {
+                inventory: inventory.as_ref(),
+                error: req.inventory_error.as_deref(),
+                hash: &hash,
+            };
+            store.record_inventory(&device, &report, at.now).await?;
+            caches.update_device(&token_hash, |d| d.inventory_hash = Some(hash.clone()));
+        }
     }
     let status = &req.status;
     if status.agent_version != device.agent_version
@@ -103,7 +147,14 @@ async fn poll(State(state): State<AppState>, device: Device, body: Bytes) -> Res
             d.agent_message = status.message.clone();
         });
     }
-    state.record_contact(device.id).await?;
+    // Contact times are kept to a sixth of the offline threshold: a device polling
+    // faster than that (retries, `more` variable changes) costs no extra write, and
+    // online/offline stays exact to well within the threshold.
+    let resolution = state.settings().offline_after.as_millis() as i64 / 6;
+    if at.now - device.last_contact >= resolution {
+        state.record_contact(device.id).await?;
+        caches.update_device(&token_hash, |d| d.last_contact = at.now);
+    }
     let interval = device
         .poll_interval_secs
         .map(|s| s as u32)
@@ -114,7 +165,8 @@ async fn poll(State(state): State<AppState>, device: Device, body: Bytes) -> Res
         Some(active) => active,
         None => {
             let epoch = caches.epoch();
-            let active: Arc<HashSet<i64>> = Arc::new(store.devices_with_actions().await?.into_iter().collect());
+            let active: Arc<HashSet<i64>> =
+                Arc::new(store.devices_with_actions().await?.into_iter().collect());
             caches.put_active(active.clone(), epoch);
             active
         }
@@ -150,7 +202,9 @@ async fn poll(State(state): State<AppState>, device: Device, body: Bytes) -> Res
             device_id: device.id,
             site: &device.site,
         };
-        store.variable_changes_for(&target, req.vars_since, &at).await?
+        store
+            .variable_changes_for(&target, req.vars_since, &at)
+            .await?
     };
     let config = if req.config_revision == Some(device.revision) {
         None
@@ -165,12 +219,25 @@ async fn poll(State(state): State<AppState>, device: Device, body: Bytes) -> Res
     }))
 }
 
-async fn feedback(State(state): State<AppState>, device: Device, Json(f): Json<Feedback>) -> Result<Json<FeedbackAck>> {
-    Ok(Json(state.store().record_feedback(device.auth.id, &f, &state.at()).await?))
+async fn feedback(
+    State(state): State<AppState>,
+    device: Device,
+    Json(f): Json<Feedback>,
+) -> Result<Json<FeedbackAck>> {
+    Ok(Json(
+        state
+            .store()
+            .record_feedback(device.auth.id, &f, &state.at())
+            .await?,
+    ))
 }
 
 pub(crate) fn check_sha(sha256: &str, what: &str) -> Result<()> {
-    if sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
         Err(Error::NotFound(format!(
@@ -217,6 +284,55 @@ async fn plugin(
         .ok_or_else(|| Error::NotFound(format!("plugin {sha256} does not exist")))?;
     state
         .blobs()
-        .serve(&sha256, plugin.size, &headers, Some(&format!("{}-{}.wasm", plugin.name, plugin.version)))
+        .serve(
+            &sha256,
+            plugin.size,
+            &headers,
+            Some(&format!("{}-{}.wasm", plugin.name, plugin.version)),
+        )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use posup_proto::agent::PollRequest;
+    use posup_proto::{Inventory, ModuleVersion};
+
+    use super::*;
+
+    #[test]
+    fn the_server_reads_every_poll_request() {
+        let full = PollRequest {
+            inventory: Some(Inventory {
+                product: "UKM 5".into(),
+                version: "1.8.4".into(),
+                modules: vec![ModuleVersion {
+                    name: "pos".into(),
+                    version: "1".into(),
+                }],
+                ..Default::default()
+            }),
+            inventory_error: None,
+            status: AgentStatus {
+                agent_version: "0.1.0".into(),
+                ..Default::default()
+            },
+            vars_since: 7,
+            config_revision: Some(3),
+        };
+        let text = serde_json::to_string(&full).unwrap();
+        let body: PollBody = serde_json::from_str(&text).unwrap();
+        let inventory: Inventory = serde_json::from_str(body.inventory.unwrap().get()).unwrap();
+        assert_eq!(Some(inventory), full.inventory);
+        assert_eq!((body.vars_since, body.config_revision), (7, Some(3)));
+        let bare: PollBody =
+            serde_json::from_str(r#"{"status": {"agent_version": "1"}, "inventory": null}"#)
+                .unwrap();
+        assert!(bare.inventory.is_none());
+        assert_ne!(
+            inventory_hash(None, Some("x")),
+            inventory_hash(None, None),
+            "an error is a change"
+        );
+    }
 }

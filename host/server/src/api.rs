@@ -1,11 +1,11 @@
 //! The operator API, `/api/v1`. Every handler authenticates the operator, checks the
 //! role, and hands the validated request to the store, which writes the audit log.
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post, put};
-use axum::Router;
 use posup_proto::Page;
 use posup_proto::api::*;
 use posup_store::lifecycle::Command;
@@ -26,26 +26,47 @@ pub fn routes(max_plugin_bytes: usize) -> Router<AppState> {
         .route("/device-types", get(list_device_types))
         .route(
             "/device-types/{name}",
-            get(get_device_type).put(put_device_type).delete(delete_device_type),
+            get(get_device_type)
+                .put(put_device_type)
+                .delete(delete_device_type),
         )
-        .route("/device-types/{name}/plugin", put(enable_plugin).delete(disable_plugin))
+        .route(
+            "/device-types/{name}/plugin",
+            put(enable_plugin).delete(disable_plugin),
+        )
         .route(
             "/device-types/{name}/reference",
-            get(get_reference).put(set_reference).delete(clear_reference),
+            get(get_reference)
+                .put(set_reference)
+                .delete(clear_reference),
         )
         .route(
             "/plugins",
-            get(list_plugins).post(uploads::upload_plugin).layer(DefaultBodyLimit::max(max_plugin_bytes)),
+            get(list_plugins)
+                .post(uploads::upload_plugin)
+                .layer(DefaultBodyLimit::max(max_plugin_bytes)),
         )
         .route("/plugins/{sha256}", get(get_plugin).delete(delete_plugin))
         .route("/plugins/{sha256}/file", get(plugin_file))
-        .route("/packages", get(list_packages).post(uploads::upload_package))
-        .route("/packages/{id}", get(get_package).patch(patch_package).delete(delete_package))
+        .route(
+            "/packages",
+            get(list_packages).post(uploads::upload_package),
+        )
+        .route(
+            "/packages/{id}",
+            get(get_package).patch(patch_package).delete(delete_package),
+        )
         .route("/packages/{id}/current", post(set_current))
         .route("/packages/{id}/file", get(package_file))
         .route("/groups", get(list_groups).post(create_group))
-        .route("/groups/{id}", get(get_group).patch(update_group).delete(delete_group))
-        .route("/groups/{id}/devices", post(add_members).delete(remove_members))
+        .route(
+            "/groups/{id}",
+            get(get_group).patch(update_group).delete(delete_group),
+        )
+        .route(
+            "/groups/{id}/devices",
+            post(add_members).delete(remove_members),
+        )
         .route("/tasks", get(list_tasks).post(create_task))
         .route("/tasks/{id}", get(get_task).delete(delete_task))
         .route("/tasks/{id}/pause", post(pause_task))
@@ -54,7 +75,12 @@ pub fn routes(max_plugin_bytes: usize) -> Router<AppState> {
         .route("/tasks/{id}/devices", get(task_devices))
         .route("/tasks/{id}/devices/{device_id}", get(task_device))
         .route("/tasks/{id}/failed-group", post(failed_group))
-        .route("/variables", get(list_variables).put(set_variable).delete(delete_variable))
+        .route(
+            "/variables",
+            get(list_variables)
+                .put(set_variable)
+                .delete(delete_variable),
+        )
         .route("/variables/changes", get(variable_changes))
         .route("/sites", get(list_sites))
         .route("/sites/{name}/preferences", put(site_preferences))
@@ -65,7 +91,10 @@ pub fn routes(max_plugin_bytes: usize) -> Router<AppState> {
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", axum::routing::delete(delete_token))
         .route("/enrollment-secrets", get(list_secrets).post(create_secret))
-        .route("/enrollment-secrets/{id}", axum::routing::delete(delete_secret))
+        .route(
+            "/enrollment-secrets/{id}",
+            axum::routing::delete(delete_secret),
+        )
         .route("/audit", get(audit))
 }
 
@@ -93,7 +122,11 @@ async fn list_devices(
     Ok(Json(state.store().list_devices(&q, &state.at()).await?))
 }
 
-async fn get_device(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<Json<DeviceDetail>> {
+async fn get_device(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<Json<DeviceDetail>> {
     op.require(roles::READ, "read devices")?;
     state
         .store()
@@ -103,9 +136,16 @@ async fn get_device(State(state): State<AppState>, op: Operator, Path(id): Path<
         .ok_or_else(|| Error::NotFound(format!("device {id} does not exist")))
 }
 
-async fn delete_device(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<StatusCode> {
+async fn delete_device(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
     op.require(roles::FLEET, "delete devices")?;
-    state.store().delete_device(id, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .delete_device(id, state.now_ms(), &op.actor())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -116,7 +156,10 @@ async fn set_tags(
     Json(body): Json<DeviceTags>,
 ) -> Result<Json<DeviceRow>> {
     op.require(roles::FLEET, "tag devices")?;
-    state.store().set_tags(id, &body.tags, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .set_tags(id, &body.tags, state.now_ms(), &op.actor())
+        .await?;
     state
         .store()
         .device_row(id, &state.at())
@@ -128,9 +171,17 @@ async fn set_tags(
 // ---------------------------------------------------------------------------
 // Device types
 
-async fn list_device_types(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<DeviceTypeView>>> {
+async fn list_device_types(
+    State(state): State<AppState>,
+    op: Operator,
+) -> Result<Json<Vec<DeviceTypeView>>> {
     op.require(roles::READ, "list device types")?;
-    Ok(Json(state.store().list_device_types(state.settings().poll_interval_secs).await?))
+    Ok(Json(
+        state
+            .store()
+            .list_device_types(state.settings().poll_interval_secs)
+            .await?,
+    ))
 }
 
 async fn device_type_view(state: &AppState, name: &str) -> Result<DeviceTypeView> {
@@ -141,7 +192,11 @@ async fn device_type_view(state: &AppState, name: &str) -> Result<DeviceTypeView
         .ok_or_else(|| Error::NotFound(format!("device type {name} does not exist")))
 }
 
-async fn get_device_type(State(state): State<AppState>, op: Operator, Path(name): Path<String>) -> Result<Json<DeviceTypeView>> {
+async fn get_device_type(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<DeviceTypeView>> {
     op.require(roles::READ, "read device types")?;
     Ok(Json(device_type_view(&state, &name).await?))
 }
@@ -163,13 +218,23 @@ async fn put_device_type(
             )));
         }
     }
-    state.store().put_device_type(&name, &body, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .put_device_type(&name, &body, state.now_ms(), &op.actor())
+        .await?;
     Ok(Json(device_type_view(&state, &name).await?))
 }
 
-async fn delete_device_type(State(state): State<AppState>, op: Operator, Path(name): Path<String>) -> Result<StatusCode> {
+async fn delete_device_type(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
     op.require(roles::FLEET, "delete device types")?;
-    state.store().delete_device_type(&name, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .delete_device_type(&name, state.now_ms(), &op.actor())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -182,25 +247,47 @@ async fn enable_plugin(
     op.require(roles::FLEET, "enable plugins")?;
     state
         .store()
-        .enable_plugin(&name, &body.name, body.version.as_deref(), state.now_ms(), &op.actor())
+        .enable_plugin(
+            &name,
+            &body.name,
+            body.version.as_deref(),
+            state.now_ms(),
+            &op.actor(),
+        )
         .await?;
     Ok(Json(device_type_view(&state, &name).await?))
 }
 
-async fn disable_plugin(State(state): State<AppState>, op: Operator, Path(name): Path<String>) -> Result<Json<DeviceTypeView>> {
+async fn disable_plugin(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<DeviceTypeView>> {
     op.require(roles::FLEET, "disable plugins")?;
-    state.store().disable_plugin(&name, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .disable_plugin(&name, state.now_ms(), &op.actor())
+        .await?;
     Ok(Json(device_type_view(&state, &name).await?))
 }
 
-async fn get_reference(State(state): State<AppState>, op: Operator, Path(name): Path<String>) -> Result<Json<ReferenceView>> {
+async fn get_reference(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<ReferenceView>> {
     op.require(roles::READ, "read version references")?;
     device_type_view(&state, &name).await?;
-    state.store().reference_view(&name).await?.map(Json).ok_or_else(|| {
-        Error::NotFound(format!(
-            "device type {name} has no reference version: set one or mark a package Current"
-        ))
-    })
+    state
+        .store()
+        .reference_view(&name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "device type {name} has no reference version: set one or mark a package Current"
+            ))
+        })
 }
 
 async fn set_reference(
@@ -210,19 +297,34 @@ async fn set_reference(
     Json(body): Json<ReferenceBody>,
 ) -> Result<Json<ReferenceView>> {
     op.require(roles::FLEET, "set version references")?;
-    Ok(Json(state.store().set_reference(&name, &body, state.now_ms(), &op.actor()).await?))
+    Ok(Json(
+        state
+            .store()
+            .set_reference(&name, &body, state.now_ms(), &op.actor())
+            .await?,
+    ))
 }
 
-async fn clear_reference(State(state): State<AppState>, op: Operator, Path(name): Path<String>) -> Result<StatusCode> {
+async fn clear_reference(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
     op.require(roles::FLEET, "clear version references")?;
-    state.store().clear_reference(&name, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .clear_reference(&name, state.now_ms(), &op.actor())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 // ---------------------------------------------------------------------------
 // Plugins and packages
 
-async fn list_plugins(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<PluginView>>> {
+async fn list_plugins(
+    State(state): State<AppState>,
+    op: Operator,
+) -> Result<Json<Vec<PluginView>>> {
     op.require(roles::READ, "list plugins")?;
     Ok(Json(state.store().list_plugins().await?))
 }
@@ -236,7 +338,11 @@ async fn plugin_view(state: &AppState, sha256: &str) -> Result<PluginView> {
         .ok_or_else(|| Error::NotFound(format!("plugin {sha256} does not exist")))
 }
 
-async fn get_plugin(State(state): State<AppState>, op: Operator, Path(sha256): Path<String>) -> Result<Json<PluginView>> {
+async fn get_plugin(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(sha256): Path<String>,
+) -> Result<Json<PluginView>> {
     op.require(roles::READ, "read plugins")?;
     Ok(Json(plugin_view(&state, &sha256).await?))
 }
@@ -251,17 +357,34 @@ async fn plugin_file(
     let p = plugin_view(&state, &sha256).await?;
     state
         .blobs()
-        .serve(&sha256, p.size, &headers, Some(&format!("{}-{}.wasm", p.name, p.version)))
+        .serve(
+            &sha256,
+            p.size,
+            &headers,
+            Some(&format!("{}-{}.wasm", p.name, p.version)),
+        )
         .await
 }
 
-async fn delete_plugin(State(state): State<AppState>, op: Operator, Path(sha256): Path<String>) -> Result<StatusCode> {
+async fn delete_plugin(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(sha256): Path<String>,
+) -> Result<StatusCode> {
     op.require(roles::PLUGINS, "delete plugins")?;
     check_sha(&sha256, "plugin")?;
-    state.store().delete_plugin(&sha256, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .delete_plugin(&sha256, state.now_ms(), &op.actor())
+        .await?;
     // A package with the same bytes would share the blob; plugins and packages are
     // different files in practice, but check rather than assume.
-    let shared = state.store().list_packages(None).await?.iter().any(|p| p.sha256 == sha256);
+    let shared = state
+        .store()
+        .list_packages(None)
+        .await?
+        .iter()
+        .any(|p| p.sha256 == sha256);
     if !shared {
         state.blobs().remove(&sha256).await;
     }
@@ -274,7 +397,12 @@ async fn list_packages(
     Query(q): Query<PackageQuery>,
 ) -> Result<Json<Vec<PackageView>>> {
     op.require(roles::READ, "list packages")?;
-    Ok(Json(state.store().list_packages(q.device_type.as_deref()).await?))
+    Ok(Json(
+        state
+            .store()
+            .list_packages(q.device_type.as_deref())
+            .await?,
+    ))
 }
 
 async fn package_view(state: &AppState, id: i64) -> Result<PackageView> {
@@ -285,15 +413,27 @@ async fn package_view(state: &AppState, id: i64) -> Result<PackageView> {
         .ok_or_else(|| Error::NotFound(format!("package {id} does not exist")))
 }
 
-async fn get_package(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<Json<PackageView>> {
+async fn get_package(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<Json<PackageView>> {
     op.require(roles::READ, "read packages")?;
     Ok(Json(package_view(&state, id).await?))
 }
 
-async fn package_file(State(state): State<AppState>, op: Operator, Path(id): Path<i64>, headers: HeaderMap) -> Result<Response> {
+async fn package_file(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Response> {
     op.require(roles::READ, "download packages")?;
     let p = package_view(&state, id).await?;
-    state.blobs().serve(&p.sha256, p.size, &headers, Some(&p.file_name)).await
+    state
+        .blobs()
+        .serve(&p.sha256, p.size, &headers, Some(&p.file_name))
+        .await
 }
 
 async fn patch_package(
@@ -304,22 +444,47 @@ async fn patch_package(
 ) -> Result<Json<PackageView>> {
     op.require(roles::PACKAGES, "edit packages")?;
     if body.notes.as_ref().is_some_and(|n| n.len() > 4000) {
-        return Err(Error::Invalid(format!("package {id}: notes are over 4000 bytes")));
+        return Err(Error::Invalid(format!(
+            "package {id}: notes are over 4000 bytes"
+        )));
     }
     if body.changelog.as_ref().is_some_and(|c| c.len() > 1 << 20) {
-        return Err(Error::Invalid(format!("package {id}: the changelog is over 1 MiB")));
+        return Err(Error::Invalid(format!(
+            "package {id}: the changelog is over 1 MiB"
+        )));
     }
-    Ok(Json(state.store().patch_package(id, &body, state.now_ms(), &op.actor()).await?))
+    Ok(Json(
+        state
+            .store()
+            .patch_package(id, &body, state.now_ms(), &op.actor())
+            .await?,
+    ))
 }
 
-async fn set_current(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<Json<PackageView>> {
+async fn set_current(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<Json<PackageView>> {
     op.require(roles::FLEET, "choose the Current package")?;
-    Ok(Json(state.store().set_current_package(id, state.now_ms(), &op.actor()).await?))
+    Ok(Json(
+        state
+            .store()
+            .set_current_package(id, state.now_ms(), &op.actor())
+            .await?,
+    ))
 }
 
-async fn delete_package(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<StatusCode> {
+async fn delete_package(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
     op.require(roles::PACKAGES, "delete packages")?;
-    let (package, unused) = state.store().delete_package(id, state.now_ms(), &op.actor()).await?;
+    let (package, unused) = state
+        .store()
+        .delete_package(id, state.now_ms(), &op.actor())
+        .await?;
     if unused {
         state.blobs().remove(&package.sha256).await;
     }
@@ -334,7 +499,11 @@ async fn list_groups(State(state): State<AppState>, op: Operator) -> Result<Json
     Ok(Json(state.store().list_groups(&state.at()).await?))
 }
 
-async fn get_group(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<Json<GroupView>> {
+async fn get_group(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<Json<GroupView>> {
     op.require(roles::READ, "read groups")?;
     state
         .store()
@@ -344,9 +513,16 @@ async fn get_group(State(state): State<AppState>, op: Operator, Path(id): Path<i
         .ok_or_else(|| Error::NotFound(format!("group {id} does not exist")))
 }
 
-async fn create_group(State(state): State<AppState>, op: Operator, Json(body): Json<CreateGroup>) -> Result<(StatusCode, Json<GroupView>)> {
+async fn create_group(
+    State(state): State<AppState>,
+    op: Operator,
+    Json(body): Json<CreateGroup>,
+) -> Result<(StatusCode, Json<GroupView>)> {
     op.require(roles::FLEET, "create groups")?;
-    let group = state.store().create_group(&body, &state.at(), &op.actor()).await?;
+    let group = state
+        .store()
+        .create_group(&body, &state.at(), &op.actor())
+        .await?;
     Ok((StatusCode::CREATED, Json(group)))
 }
 
@@ -357,12 +533,24 @@ async fn update_group(
     Json(body): Json<UpdateGroup>,
 ) -> Result<Json<GroupView>> {
     op.require(roles::FLEET, "edit groups")?;
-    Ok(Json(state.store().update_group(id, &body, &state.at(), &op.actor()).await?))
+    Ok(Json(
+        state
+            .store()
+            .update_group(id, &body, &state.at(), &op.actor())
+            .await?,
+    ))
 }
 
-async fn delete_group(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<StatusCode> {
+async fn delete_group(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
     op.require(roles::FLEET, "delete groups")?;
-    state.store().delete_group(id, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .delete_group(id, state.now_ms(), &op.actor())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -373,7 +561,10 @@ async fn add_members(
     Json(body): Json<GroupDevices>,
 ) -> Result<Json<GroupView>> {
     op.require(roles::FLEET, "edit groups")?;
-    state.store().add_group_members(id, &body.devices, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .add_group_members(id, &body.devices, state.now_ms(), &op.actor())
+        .await?;
     get_group(State(state), op, Path(id)).await
 }
 
@@ -384,14 +575,21 @@ async fn remove_members(
     Json(body): Json<GroupDevices>,
 ) -> Result<Json<GroupView>> {
     op.require(roles::FLEET, "edit groups")?;
-    state.store().remove_group_members(id, &body.devices, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .remove_group_members(id, &body.devices, state.now_ms(), &op.actor())
+        .await?;
     get_group(State(state), op, Path(id)).await
 }
 
 // ---------------------------------------------------------------------------
 // Tasks
 
-async fn list_tasks(State(state): State<AppState>, op: Operator, Query(q): Query<TaskQuery>) -> Result<Json<Vec<TaskView>>> {
+async fn list_tasks(
+    State(state): State<AppState>,
+    op: Operator,
+    Query(q): Query<TaskQuery>,
+) -> Result<Json<Vec<TaskView>>> {
     op.require(roles::READ, "list tasks")?;
     let at = state.at();
     // Bring states up to date first, so a listing never shows a task Scheduled
@@ -400,7 +598,11 @@ async fn list_tasks(State(state): State<AppState>, op: Operator, Query(q): Query
     Ok(Json(state.store().list_tasks(q.state, &at).await?))
 }
 
-async fn get_task(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<Json<TaskView>> {
+async fn get_task(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<Json<TaskView>> {
     op.require(roles::READ, "read tasks")?;
     let at = state.at();
     state.store().tick(&at).await?;
@@ -412,32 +614,68 @@ async fn get_task(State(state): State<AppState>, op: Operator, Path(id): Path<i6
         .ok_or_else(|| Error::NotFound(format!("task {id} does not exist")))
 }
 
-async fn create_task(State(state): State<AppState>, op: Operator, Json(body): Json<CreateTask>) -> Result<(StatusCode, Json<TaskView>)> {
+async fn create_task(
+    State(state): State<AppState>,
+    op: Operator,
+    Json(body): Json<CreateTask>,
+) -> Result<(StatusCode, Json<TaskView>)> {
     op.require(roles::FLEET, "create tasks")?;
-    let task = state.store().create_task(&body, &state.at(), &op.actor()).await?;
+    let task = state
+        .store()
+        .create_task(&body, &state.at(), &op.actor())
+        .await?;
     Ok((StatusCode::CREATED, Json(task)))
 }
 
-async fn command(state: AppState, op: Operator, id: i64, command: Command) -> Result<Json<TaskView>> {
+async fn command(
+    state: AppState,
+    op: Operator,
+    id: i64,
+    command: Command,
+) -> Result<Json<TaskView>> {
     op.require(roles::FLEET, &format!("{} tasks", command.as_str()))?;
-    Ok(Json(state.store().command_task(id, command, &state.at(), &op.actor()).await?))
+    Ok(Json(
+        state
+            .store()
+            .command_task(id, command, &state.at(), &op.actor())
+            .await?,
+    ))
 }
 
-async fn pause_task(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<Json<TaskView>> {
+async fn pause_task(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<Json<TaskView>> {
     command(state, op, id, Command::Pause).await
 }
 
-async fn resume_task(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<Json<TaskView>> {
+async fn resume_task(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<Json<TaskView>> {
     command(state, op, id, Command::Resume).await
 }
 
-async fn restart_task(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<Json<TaskView>> {
+async fn restart_task(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<Json<TaskView>> {
     command(state, op, id, Command::Restart).await
 }
 
-async fn delete_task(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<StatusCode> {
+async fn delete_task(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
     op.require(roles::FLEET, "delete tasks")?;
-    state.store().delete_task(id, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .delete_task(id, state.now_ms(), &op.actor())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -457,7 +695,12 @@ async fn task_device(
     Path((id, device_id)): Path<(i64, i64)>,
 ) -> Result<Json<TaskDeviceDetail>> {
     op.require(roles::READ, "read tasks")?;
-    Ok(Json(state.store().task_device_detail(id, device_id, &state.at()).await?))
+    Ok(Json(
+        state
+            .store()
+            .task_device_detail(id, device_id, &state.at())
+            .await?,
+    ))
 }
 
 async fn failed_group(
@@ -467,7 +710,10 @@ async fn failed_group(
     Json(body): Json<FailedToGroup>,
 ) -> Result<(StatusCode, Json<GroupView>)> {
     op.require(roles::FLEET, "create groups")?;
-    let group = state.store().failed_to_group(id, &body, &state.at(), &op.actor()).await?;
+    let group = state
+        .store()
+        .failed_to_group(id, &body, &state.at(), &op.actor())
+        .await?;
     Ok((StatusCode::CREATED, Json(group)))
 }
 
@@ -497,16 +743,30 @@ pub(crate) struct ChangeId {
     change_id: Option<i64>,
 }
 
-async fn set_variable(State(state): State<AppState>, op: Operator, Json(body): Json<SetVariable>) -> Result<Json<ChangeId>> {
+async fn set_variable(
+    State(state): State<AppState>,
+    op: Operator,
+    Json(body): Json<SetVariable>,
+) -> Result<Json<ChangeId>> {
     op.require(roles::FLEET, "set variables")?;
     let id = state
         .store()
-        .change_variable(&body.name, &body.scope, Some(&body.value), state.now_ms(), &op.actor())
+        .change_variable(
+            &body.name,
+            &body.scope,
+            Some(&body.value),
+            state.now_ms(),
+            &op.actor(),
+        )
         .await?;
     Ok(Json(ChangeId { change_id: id }))
 }
 
-async fn delete_variable(State(state): State<AppState>, op: Operator, Json(body): Json<DeleteVariable>) -> Result<Json<ChangeId>> {
+async fn delete_variable(
+    State(state): State<AppState>,
+    op: Operator,
+    Json(body): Json<DeleteVariable>,
+) -> Result<Json<ChangeId>> {
     op.require(roles::FLEET, "delete variables")?;
     let id = state
         .store()
@@ -521,7 +781,12 @@ async fn variable_changes(
     Query(q): Query<ChangesQuery>,
 ) -> Result<Json<Vec<VariableChangeView>>> {
     op.require(roles::READ, "read variable changes")?;
-    Ok(Json(state.store().variable_changes(q.since.unwrap_or(0), q.limit.unwrap_or(100)).await?))
+    Ok(Json(
+        state
+            .store()
+            .variable_changes(q.since.unwrap_or(0), q.limit.unwrap_or(100))
+            .await?,
+    ))
 }
 
 async fn list_sites(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<SiteView>>> {
@@ -538,7 +803,12 @@ async fn site_preferences(
     op.require(roles::FLEET, "set site preferences")?;
     state
         .store()
-        .set_site_preferences(&name, body.ignore_version_check, state.now_ms(), &op.actor())
+        .set_site_preferences(
+            &name,
+            body.ignore_version_check,
+            state.now_ms(),
+            &op.actor(),
+        )
         .await?;
     state
         .store()
@@ -553,12 +823,20 @@ async fn site_preferences(
 // ---------------------------------------------------------------------------
 // Version overview
 
-async fn versions(State(state): State<AppState>, op: Operator, Query(q): Query<VersionQuery>) -> Result<Json<Page<VersionRow>>> {
+async fn versions(
+    State(state): State<AppState>,
+    op: Operator,
+    Query(q): Query<VersionQuery>,
+) -> Result<Json<Page<VersionRow>>> {
     op.require(roles::READ, "read the version overview")?;
     Ok(Json(state.store().versions(&q, &state.at()).await?))
 }
 
-async fn version_detail(State(state): State<AppState>, op: Operator, Path(device_id): Path<i64>) -> Result<Json<VersionDetail>> {
+async fn version_detail(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(device_id): Path<i64>,
+) -> Result<Json<VersionDetail>> {
     op.require(roles::READ, "read the version overview")?;
     state
         .store()
@@ -598,23 +876,44 @@ async fn list_tokens(State(state): State<AppState>, op: Operator) -> Result<Json
     Ok(Json(state.store().list_tokens().await?))
 }
 
-async fn create_token(State(state): State<AppState>, op: Operator, Json(body): Json<CreateToken>) -> Result<(StatusCode, Json<CreatedToken>)> {
+async fn create_token(
+    State(state): State<AppState>,
+    op: Operator,
+    Json(body): Json<CreateToken>,
+) -> Result<(StatusCode, Json<CreatedToken>)> {
     op.require(roles::ADMIN, "create tokens")?;
     let secret = new_secret("pop_");
     let created = state
         .store()
-        .create_token(&body.name, body.role, &secret, &hash_secret(&secret), state.now_ms(), &op.actor())
+        .create_token(
+            &body.name,
+            body.role,
+            &secret,
+            &hash_secret(&secret),
+            state.now_ms(),
+            &op.actor(),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn delete_token(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<StatusCode> {
+async fn delete_token(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
     op.require(roles::ADMIN, "delete tokens")?;
-    state.store().delete_token(id, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .delete_token(id, state.now_ms(), &op.actor())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_secrets(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<EnrollmentSecretView>>> {
+async fn list_secrets(
+    State(state): State<AppState>,
+    op: Operator,
+) -> Result<Json<Vec<EnrollmentSecretView>>> {
     op.require(roles::ADMIN, "list enrollment secrets")?;
     Ok(Json(state.store().list_enrollment_secrets().await?))
 }
@@ -628,18 +927,35 @@ async fn create_secret(
     let secret = new_secret("pes_");
     let created = state
         .store()
-        .create_enrollment_secret(&body.name, &secret, &hash_secret(&secret), state.now_ms(), &op.actor())
+        .create_enrollment_secret(
+            &body.name,
+            &secret,
+            &hash_secret(&secret),
+            state.now_ms(),
+            &op.actor(),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn delete_secret(State(state): State<AppState>, op: Operator, Path(id): Path<i64>) -> Result<StatusCode> {
+async fn delete_secret(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
     op.require(roles::ADMIN, "delete enrollment secrets")?;
-    state.store().delete_enrollment_secret(id, state.now_ms(), &op.actor()).await?;
+    state
+        .store()
+        .delete_enrollment_secret(id, state.now_ms(), &op.actor())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn audit(State(state): State<AppState>, op: Operator, Query(q): Query<AuditQuery>) -> Result<Json<Vec<AuditEntry>>> {
+async fn audit(
+    State(state): State<AppState>,
+    op: Operator,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditEntry>>> {
     op.require(roles::ADMIN, "read the audit log")?;
     Ok(Json(state.store().audit_log(&q).await?))
 }

@@ -33,17 +33,20 @@ fn digest_secret(secret: &str) -> [u8; 32] {
 }
 
 fn bearer(parts: &Parts) -> Result<&str> {
-    let value = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| Error::Unauthorized("missing token: send `Authorization: Bearer <token>`".into()))?;
+    let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        Error::Unauthorized("missing token: send `Authorization: Bearer <token>`".into())
+    })?;
     value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| Error::Unauthorized("malformed Authorization header: send `Authorization: Bearer <token>`".into()))
+        .ok_or_else(|| {
+            Error::Unauthorized(
+                "malformed Authorization header: send `Authorization: Bearer <token>`".into(),
+            )
+        })
 }
 
 /// Who may do what.
@@ -70,7 +73,11 @@ impl Operator {
         if roles.contains(&self.0.role) {
             return Ok(());
         }
-        let needed = roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or ");
+        let needed = roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(" or ");
         Err(Error::Forbidden(format!(
             "token {} has role {} and may not {doing}: that needs role {needed}",
             self.0.name,
@@ -94,7 +101,11 @@ impl FromRequestParts<AppState> for Operator {
             .token_by_hash(&hash_secret(token))
             .await?
             .map(Operator)
-            .ok_or_else(|| Error::Unauthorized("unknown operator token: ask an administrator for a valid one".into()))
+            .ok_or_else(|| {
+                Error::Unauthorized(
+                    "unknown operator token: ask an administrator for a valid one".into(),
+                )
+            })
     }
 }
 
@@ -120,7 +131,9 @@ impl FromRequestParts<AppState> for Device {
             .device_by_token(&hex::encode(token_hash))
             .await?
             .map(Arc::new)
-            .ok_or_else(|| Error::Unauthorized("unknown device token: enroll the device again".into()))?;
+            .ok_or_else(|| {
+                Error::Unauthorized("unknown device token: enroll the device again".into())
+            })?;
         state.caches().put_device(token_hash, auth.clone(), epoch);
         Ok(Device { auth, token_hash })
     }

@@ -40,7 +40,9 @@ impl Blobs {
     pub fn open(root: &Path) -> std::io::Result<Blobs> {
         std::fs::create_dir_all(root.join("sha256"))?;
         std::fs::create_dir_all(root.join("tmp"))?;
-        Ok(Blobs { root: root.to_owned() })
+        Ok(Blobs {
+            root: root.to_owned(),
+        })
     }
 
     pub fn path(&self, sha256: &str) -> PathBuf {
@@ -62,7 +64,9 @@ impl Blobs {
         let mut size = 0u64;
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Error::BadRequest(format!("reading the upload of {file_name} failed: {e}")))?;
+            let chunk = chunk.map_err(|e| {
+                Error::BadRequest(format!("reading the upload of {file_name} failed: {e}"))
+            })?;
             size += chunk.len() as u64;
             if size > max {
                 return Err(Error::TooLarge(format!(
@@ -74,7 +78,9 @@ impl Blobs {
                 .await
                 .map_err(|e| Error::internal("writing an upload", e))?;
         }
-        file.sync_all().await.map_err(|e| Error::internal("writing an upload", e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| Error::internal("writing an upload", e))?;
         Ok(Staged {
             dir,
             path,
@@ -142,7 +148,13 @@ impl Blobs {
     /// Answers a download of blob `sha256` (`size` bytes): the whole file, one
     /// range of it (206), 416 for a range outside it, or 304 when the client's copy
     /// is current. The ETag is the sha256.
-    pub async fn serve(&self, sha256: &str, size: u64, request: &HeaderMap, file_name: Option<&str>) -> Result<Response> {
+    pub async fn serve(
+        &self,
+        sha256: &str,
+        size: u64,
+        request: &HeaderMap,
+        file_name: Option<&str>,
+    ) -> Result<Response> {
         let etag = format!("\"{sha256}\"");
         let matches_etag = |value: &HeaderValue| {
             value
@@ -153,7 +165,10 @@ impl Blobs {
         let mut builder = Response::builder()
             .header(header::ETAG, &etag)
             .header(header::ACCEPT_RANGES, "bytes")
-            .header(header::CACHE_CONTROL, "private, max-age=31536000, immutable");
+            .header(
+                header::CACHE_CONTROL,
+                "private, max-age=31536000, immutable",
+            );
         if request.get(header::IF_NONE_MATCH).is_some_and(matches_etag) {
             return builder
                 .status(StatusCode::NOT_MODIFIED)
@@ -177,10 +192,16 @@ impl Blobs {
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_LENGTH, len);
         if status == StatusCode::PARTIAL_CONTENT {
-            builder = builder.header(header::CONTENT_RANGE, format!("bytes {}-{}/{size}", start, start + len - 1));
+            builder = builder.header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{size}", start, start + len - 1),
+            );
         }
         if let Some(name) = file_name {
-            builder = builder.header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\""));
+            builder = builder.header(
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            );
         }
         let mut file = tokio::fs::File::open(self.path(sha256))
             .await
@@ -197,7 +218,10 @@ impl Blobs {
             let mut buf = vec![0u8; CHUNK.min(left as usize)];
             match file.read(&mut buf).await {
                 Ok(0) => Some((
-                    Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blob shorter than recorded")),
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "blob shorter than recorded",
+                    )),
                     (file, 0),
                 )),
                 Ok(n) => {
@@ -236,7 +260,9 @@ pub fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>> {
             Err(_) => Ok(None),
         },
         (start, end) => {
-            let Ok(start) = start.parse::<u64>() else { return Ok(None) };
+            let Ok(start) = start.parse::<u64>() else {
+                return Ok(None);
+            };
             let end = if end.is_empty() {
                 u64::MAX
             } else {

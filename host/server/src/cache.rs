@@ -37,11 +37,15 @@ struct Inner {
 
 impl Caches {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Read before loading something from the database, passed to the `put_…`.
@@ -137,6 +141,7 @@ mod tests {
             inventory_hash: None,
             revision: 1,
             poll_interval_secs: None,
+            last_contact: 0,
         }
     }
 
@@ -168,7 +173,11 @@ mod tests {
         c.refresh(Generations { tasks: 2, ..g });
         assert!(c.device(&[1; 32]).is_some());
         assert!(c.active().is_none());
-        c.refresh(Generations { tasks: 2, devices: 2, ..g });
+        c.refresh(Generations {
+            tasks: 2,
+            devices: 2,
+            ..g
+        });
         assert!(c.device(&[1; 32]).is_none());
     }
 }

@@ -126,8 +126,9 @@ impl ServerArgs {
     pub fn resolve(&self) -> anyhow::Result<ServerConfig> {
         let file = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the configuration file {}", path.display()))?;
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("reading the configuration file {}", path.display())
+                })?;
                 toml::from_str::<FileConfig>(&text)
                     .with_context(|| format!("parsing the configuration file {}", path.display()))?
             }
@@ -212,6 +213,9 @@ mod tests {
         }
         .resolve()
         .unwrap_err();
-        assert!(format!("{err:#}").contains("unknown field `listn`"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("unknown field `listn`"),
+            "{err:#}"
+        );
     }
 }

@@ -37,7 +37,10 @@ impl From<JsonRejection> for Error {
 
 impl From<QueryRejection> for Error {
     fn from(r: QueryRejection) -> Self {
-        Error::BadRequest(format!("the query string is not accepted: {}", r.body_text()))
+        Error::BadRequest(format!(
+            "the query string is not accepted: {}",
+            r.body_text()
+        ))
     }
 }
 

@@ -58,7 +58,10 @@ pub fn app(state: AppState) -> Router {
         .nest("/api/v1/agent", agent::routes())
         .nest(
             "/api/v1",
-            api::routes(max_plugin).layer(axum::middleware::from_fn_with_state(state.clone(), drop_caches)),
+            api::routes(max_plugin).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                drop_caches,
+            )),
         )
         .fallback(not_found)
         .with_state(state)
@@ -71,7 +74,10 @@ async fn drop_caches(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let changes = !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    let changes = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
     let response = next.run(request).await;
     if changes && response.status().is_success() {
         state.caches().invalidate_all();
@@ -130,7 +136,12 @@ pub async fn bootstrap(state: &AppState, config: &ServerConfig) -> anyhow::Resul
     let now = state.now_ms();
     if let Some(token) = &config.admin_token {
         store
-            .ensure_token("configured admin", Role::Admin, &auth::hash_secret(token), now)
+            .ensure_token(
+                "configured admin",
+                Role::Admin,
+                &auth::hash_secret(token),
+                now,
+            )
             .await?;
     } else if store.admin_token_count().await? == 0 {
         let token = auth::new_secret("pop_");
@@ -229,7 +240,10 @@ async fn background(state: AppState, mut stop: tokio::sync::watch::Receiver<bool
             tracing::warn!("recomputing the version overview at start: {e}");
         }
     });
-    let flush = state.settings().contact_flush.unwrap_or(std::time::Duration::from_secs(1));
+    let flush = state
+        .settings()
+        .contact_flush
+        .unwrap_or(std::time::Duration::from_secs(1));
     let mut ticker = tokio::time::interval(flush.min(std::time::Duration::from_secs(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -257,7 +271,10 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    eprintln!("posup server: listening on http://{}", listener.local_addr()?);
+    eprintln!(
+        "posup server: listening on http://{}",
+        listener.local_addr()?
+    );
     run(config, listener, shutdown_signal()).await
 }
 

@@ -40,7 +40,13 @@ impl Doc {
         self.generator.subschema_for::<T>().to_value()
     }
 
-    fn op(&mut self, method: &'static str, path: &'static str, summary: &str, auth: Auth) -> Op<'_> {
+    fn op(
+        &mut self,
+        method: &'static str,
+        path: &'static str,
+        summary: &str,
+        auth: Auth,
+    ) -> Op<'_> {
         let mut value = Map::new();
         value.insert("summary".into(), json!(summary));
         let tag = path
@@ -59,17 +65,29 @@ impl Doc {
             }
             Auth::Device => {
                 value.insert("security".into(), json!([{"deviceToken": []}]));
-                responses.insert("401".into(), error_response("missing or unknown device token"));
+                responses.insert(
+                    "401".into(),
+                    error_response("missing or unknown device token"),
+                );
             }
             Auth::Operator(roles) => {
                 value.insert("security".into(), json!([{"operatorToken": []}]));
                 let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
                 value.insert("x-roles".into(), json!(names));
-                responses.insert("401".into(), error_response("missing or unknown operator token"));
-                responses.insert("403".into(), error_response("the token's role may not do this"));
+                responses.insert(
+                    "401".into(),
+                    error_response("missing or unknown operator token"),
+                );
+                responses.insert(
+                    "403".into(),
+                    error_response("the token's role may not do this"),
+                );
             }
         }
-        responses.insert("default".into(), error_response("an error, with a message naming the object"));
+        responses.insert(
+            "default".into(),
+            error_response("an error, with a message naming the object"),
+        );
         let mut parameters = Vec::new();
         for segment in path.split('/') {
             if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
@@ -78,7 +96,9 @@ impl Doc {
                 } else {
                     "string"
                 };
-                parameters.push(json!({"name": name, "in": "path", "required": true, "schema": {"type": ty}}));
+                parameters.push(
+                    json!({"name": name, "in": "path", "required": true, "schema": {"type": ty}}),
+                );
             }
         }
         Op {
@@ -96,7 +116,8 @@ impl Op<'_> {
     /// The properties of `T` as query parameters.
     fn query<T: JsonSchema>(mut self) -> Self {
         let schema = schemars::SchemaGenerator::new(
-            SchemaSettings::draft2020_12().with(|s| s.definitions_path = "/components/schemas".into()),
+            SchemaSettings::draft2020_12()
+                .with(|s| s.definitions_path = "/components/schemas".into()),
         )
         .into_root_schema_for::<T>();
         // Enum parameters reference shared schemas; make sure they exist.
@@ -147,7 +168,8 @@ impl Op<'_> {
     }
 
     fn no_content(mut self) -> Self {
-        self.responses.insert("204".into(), json!({"description": "done"}));
+        self.responses
+            .insert("204".into(), json!({"description": "done"}));
         self
     }
 
@@ -158,19 +180,34 @@ impl Op<'_> {
         self.parameters.push(json!({"name": "If-None-Match", "in": "header", "required": false, "schema": {"type": "string"}}));
         self.parameters.push(json!({"name": "If-Range", "in": "header", "required": false, "schema": {"type": "string"}}));
         let file = json!({"application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}});
-        let etag = json!({"ETag": {"description": "the sha256 in quotes", "schema": {"type": "string"}}});
-        self.responses.insert("200".into(), json!({"description": "the whole file", "headers": etag, "content": file}));
-        self.responses.insert("206".into(), json!({"description": "the requested range", "headers": etag, "content": file}));
-        self.responses.insert("304".into(), json!({"description": "the client's copy (If-None-Match) is current"}));
-        self.responses.insert("416".into(), json!({"description": "the range lies outside the file"}));
+        let etag =
+            json!({"ETag": {"description": "the sha256 in quotes", "schema": {"type": "string"}}});
+        self.responses.insert(
+            "200".into(),
+            json!({"description": "the whole file", "headers": etag, "content": file}),
+        );
+        self.responses.insert(
+            "206".into(),
+            json!({"description": "the requested range", "headers": etag, "content": file}),
+        );
+        self.responses.insert(
+            "304".into(),
+            json!({"description": "the client's copy (If-None-Match) is current"}),
+        );
+        self.responses.insert(
+            "416".into(),
+            json!({"description": "the range lies outside the file"}),
+        );
         self
     }
 
     fn add(mut self) {
         if !self.parameters.is_empty() {
-            self.value.insert("parameters".into(), Value::Array(self.parameters));
+            self.value
+                .insert("parameters".into(), Value::Array(self.parameters));
         }
-        self.value.insert("responses".into(), Value::Object(self.responses));
+        self.value
+            .insert("responses".into(), Value::Object(self.responses));
         let entry = self
             .doc
             .paths
@@ -199,120 +236,257 @@ pub fn document() -> Value {
     let op = Auth::Operator;
 
     // Agent API.
-    d.op("post", "/api/v1/agent/enroll", "Enroll a device with an enrollment secret", Auth::None)
-        .body::<EnrollRequest>()
-        .ok::<EnrollResponse>(200, "the device's id and token")
-        .add();
-    d.op("post", "/api/v1/agent/poll", "Report inventory and status; get actions, variable changes and configuration", Auth::Device)
-        .body::<PollRequest>()
-        .ok::<PollResponse>(200, "what to do")
-        .add();
-    d.op("post", "/api/v1/agent/feedback", "Report a step's progress or result (idempotent by key)", Auth::Device)
-        .body::<Feedback>()
-        .ok::<FeedbackAck>(200, "acknowledged")
-        .add();
-    d.op("get", "/api/v1/agent/packages/{sha256}", "Download a package of the device's type", Auth::Device)
-        .download()
-        .add();
-    d.op("get", "/api/v1/agent/plugins/{sha256}", "Download a plugin component", Auth::Device)
-        .download()
-        .add();
+    d.op(
+        "post",
+        "/api/v1/agent/enroll",
+        "Enroll a device with an enrollment secret",
+        Auth::None,
+    )
+    .body::<EnrollRequest>()
+    .ok::<EnrollResponse>(200, "the device's id and token")
+    .add();
+    d.op(
+        "post",
+        "/api/v1/agent/poll",
+        "Report inventory and status; get actions, variable changes and configuration",
+        Auth::Device,
+    )
+    .body::<PollRequest>()
+    .ok::<PollResponse>(200, "what to do")
+    .add();
+    d.op(
+        "post",
+        "/api/v1/agent/feedback",
+        "Report a step's progress or result (idempotent by key)",
+        Auth::Device,
+    )
+    .body::<Feedback>()
+    .ok::<FeedbackAck>(200, "acknowledged")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/agent/packages/{sha256}",
+        "Download a package of the device's type",
+        Auth::Device,
+    )
+    .download()
+    .add();
+    d.op(
+        "get",
+        "/api/v1/agent/plugins/{sha256}",
+        "Download a plugin component",
+        Auth::Device,
+    )
+    .download()
+    .add();
 
     // Operator API.
-    d.op("get", "/api/v1/health", "Whether the server and its database answer", Auth::None)
-        .ok::<crate::api::Health>(200, "the server and its database answer")
-        .add();
-    d.op("get", "/api/v1/devices", "List devices: sort on any column, search per column, pages", op(READ))
-        .query::<DeviceQuery>()
-        .ok::<Page<DeviceRow>>(200, "one page")
-        .add();
-    d.op("get", "/api/v1/devices/{id}", "A device with its inventory and tasks", op(READ))
-        .ok::<DeviceDetail>(200, "the device")
-        .add();
-    d.op("delete", "/api/v1/devices/{id}", "Delete a device", op(FLEET)).no_content().add();
-    d.op("put", "/api/v1/devices/{id}/tags", "Replace a device's tags", op(FLEET))
-        .body::<DeviceTags>()
-        .ok::<DeviceRow>(200, "the device")
-        .add();
+    d.op(
+        "get",
+        "/api/v1/health",
+        "Whether the server and its database answer",
+        Auth::None,
+    )
+    .ok::<crate::api::Health>(200, "the server and its database answer")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/devices",
+        "List devices: sort on any column, search per column, pages",
+        op(READ),
+    )
+    .query::<DeviceQuery>()
+    .ok::<Page<DeviceRow>>(200, "one page")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/devices/{id}",
+        "A device with its inventory and tasks",
+        op(READ),
+    )
+    .ok::<DeviceDetail>(200, "the device")
+    .add();
+    d.op(
+        "delete",
+        "/api/v1/devices/{id}",
+        "Delete a device",
+        op(FLEET),
+    )
+    .no_content()
+    .add();
+    d.op(
+        "put",
+        "/api/v1/devices/{id}/tags",
+        "Replace a device's tags",
+        op(FLEET),
+    )
+    .body::<DeviceTags>()
+    .ok::<DeviceRow>(200, "the device")
+    .add();
     d.op("get", "/api/v1/device-types", "List device types", op(READ))
         .ok::<Vec<DeviceTypeView>>(200, "all device types")
         .add();
-    d.op("get", "/api/v1/device-types/{name}", "A device type", op(READ))
-        .ok::<DeviceTypeView>(200, "the device type")
-        .add();
-    d.op("put", "/api/v1/device-types/{name}", "Create a device type or replace its settings", op(FLEET))
-        .body::<DeviceTypeBody>()
-        .ok::<DeviceTypeView>(200, "the device type")
-        .add();
-    d.op("delete", "/api/v1/device-types/{name}", "Delete a device type without devices or packages", op(FLEET))
-        .no_content()
-        .add();
-    d.op("put", "/api/v1/device-types/{name}/plugin", "Enable a plugin for a device type", op(FLEET))
-        .body::<EnablePlugin>()
-        .ok::<DeviceTypeView>(200, "the device type")
-        .add();
-    d.op("delete", "/api/v1/device-types/{name}/plugin", "Disable the device type's plugin", op(FLEET))
-        .ok::<DeviceTypeView>(200, "the device type")
-        .add();
-    d.op("get", "/api/v1/device-types/{name}/reference", "The version reference of a device type", op(READ))
-        .ok::<ReferenceView>(200, "the reference")
-        .add();
-    d.op("put", "/api/v1/device-types/{name}/reference", "Set the version reference (explicit or from a device)", op(FLEET))
-        .body::<ReferenceBody>()
-        .ok::<ReferenceView>(200, "the reference")
-        .add();
-    d.op("delete", "/api/v1/device-types/{name}/reference", "Drop the explicit reference (the Current package counts)", op(FLEET))
-        .no_content()
-        .add();
+    d.op(
+        "get",
+        "/api/v1/device-types/{name}",
+        "A device type",
+        op(READ),
+    )
+    .ok::<DeviceTypeView>(200, "the device type")
+    .add();
+    d.op(
+        "put",
+        "/api/v1/device-types/{name}",
+        "Create a device type or replace its settings",
+        op(FLEET),
+    )
+    .body::<DeviceTypeBody>()
+    .ok::<DeviceTypeView>(200, "the device type")
+    .add();
+    d.op(
+        "delete",
+        "/api/v1/device-types/{name}",
+        "Delete a device type without devices or packages",
+        op(FLEET),
+    )
+    .no_content()
+    .add();
+    d.op(
+        "put",
+        "/api/v1/device-types/{name}/plugin",
+        "Enable a plugin for a device type",
+        op(FLEET),
+    )
+    .body::<EnablePlugin>()
+    .ok::<DeviceTypeView>(200, "the device type")
+    .add();
+    d.op(
+        "delete",
+        "/api/v1/device-types/{name}/plugin",
+        "Disable the device type's plugin",
+        op(FLEET),
+    )
+    .ok::<DeviceTypeView>(200, "the device type")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/device-types/{name}/reference",
+        "The version reference of a device type",
+        op(READ),
+    )
+    .ok::<ReferenceView>(200, "the reference")
+    .add();
+    d.op(
+        "put",
+        "/api/v1/device-types/{name}/reference",
+        "Set the version reference (explicit or from a device)",
+        op(FLEET),
+    )
+    .body::<ReferenceBody>()
+    .ok::<ReferenceView>(200, "the reference")
+    .add();
+    d.op(
+        "delete",
+        "/api/v1/device-types/{name}/reference",
+        "Drop the explicit reference (the Current package counts)",
+        op(FLEET),
+    )
+    .no_content()
+    .add();
     d.op("get", "/api/v1/plugins", "List plugins", op(READ))
         .ok::<Vec<PluginView>>(200, "all plugins")
         .add();
-    d.op("post", "/api/v1/plugins", "Upload a plugin component; it is loaded and its `info` checked", op(PLUGINS))
-        .query::<crate::uploads::PluginUpload>()
-        .raw_body("application/wasm", "the component (.wasm)")
-        .ok::<PluginView>(200, "the plugin")
-        .add();
+    d.op(
+        "post",
+        "/api/v1/plugins",
+        "Upload a plugin component; it is loaded and its `info` checked",
+        op(PLUGINS),
+    )
+    .query::<crate::uploads::PluginUpload>()
+    .raw_body("application/wasm", "the component (.wasm)")
+    .ok::<PluginView>(200, "the plugin")
+    .add();
     d.op("get", "/api/v1/plugins/{sha256}", "A plugin", op(READ))
         .ok::<PluginView>(200, "the plugin")
         .add();
-    d.op("delete", "/api/v1/plugins/{sha256}", "Delete an unused plugin", op(PLUGINS))
-        .no_content()
-        .add();
-    d.op("get", "/api/v1/plugins/{sha256}/file", "Download a plugin component", op(READ))
-        .download()
-        .add();
+    d.op(
+        "delete",
+        "/api/v1/plugins/{sha256}",
+        "Delete an unused plugin",
+        op(PLUGINS),
+    )
+    .no_content()
+    .add();
+    d.op(
+        "get",
+        "/api/v1/plugins/{sha256}/file",
+        "Download a plugin component",
+        op(READ),
+    )
+    .download()
+    .add();
     d.op("get", "/api/v1/packages", "List packages", op(READ))
         .query::<PackageQuery>()
         .ok::<Vec<PackageView>>(200, "the packages")
         .add();
-    d.op("post", "/api/v1/packages", "Upload a package; the device type's plugin inspects it", op(PACKAGES))
-        .query::<PackageUpload>()
-        .raw_body("application/octet-stream", "the package file")
-        .ok::<PackageView>(200, "the package")
-        .add();
+    d.op(
+        "post",
+        "/api/v1/packages",
+        "Upload a package; the device type's plugin inspects it",
+        op(PACKAGES),
+    )
+    .query::<PackageUpload>()
+    .raw_body("application/octet-stream", "the package file")
+    .ok::<PackageView>(200, "the package")
+    .add();
     d.op("get", "/api/v1/packages/{id}", "A package", op(READ))
         .ok::<PackageView>(200, "the package")
         .add();
-    d.op("patch", "/api/v1/packages/{id}", "Edit a package's notes or changelog", op(PACKAGES))
-        .body::<PackagePatch>()
-        .ok::<PackageView>(200, "the package")
-        .add();
-    d.op("delete", "/api/v1/packages/{id}", "Delete a package no task uses", op(PACKAGES))
-        .no_content()
-        .add();
-    d.op("post", "/api/v1/packages/{id}/current", "Make the package Current for its device type", op(FLEET))
-        .ok::<PackageView>(200, "the package")
-        .add();
-    d.op("get", "/api/v1/packages/{id}/file", "Download a package", op(READ))
-        .download()
-        .add();
+    d.op(
+        "patch",
+        "/api/v1/packages/{id}",
+        "Edit a package's notes or changelog",
+        op(PACKAGES),
+    )
+    .body::<PackagePatch>()
+    .ok::<PackageView>(200, "the package")
+    .add();
+    d.op(
+        "delete",
+        "/api/v1/packages/{id}",
+        "Delete a package no task uses",
+        op(PACKAGES),
+    )
+    .no_content()
+    .add();
+    d.op(
+        "post",
+        "/api/v1/packages/{id}/current",
+        "Make the package Current for its device type",
+        op(FLEET),
+    )
+    .ok::<PackageView>(200, "the package")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/packages/{id}/file",
+        "Download a package",
+        op(READ),
+    )
+    .download()
+    .add();
     d.op("get", "/api/v1/groups", "List groups", op(READ))
         .ok::<Vec<GroupView>>(200, "all groups")
         .add();
-    d.op("post", "/api/v1/groups", "Create a static or filter group", op(FLEET))
-        .body::<CreateGroup>()
-        .ok::<GroupView>(201, "the group")
-        .add();
+    d.op(
+        "post",
+        "/api/v1/groups",
+        "Create a static or filter group",
+        op(FLEET),
+    )
+    .body::<CreateGroup>()
+    .ok::<GroupView>(201, "the group")
+    .add();
     d.op("get", "/api/v1/groups/{id}", "A group", op(READ))
         .ok::<GroupView>(200, "the group")
         .add();
@@ -320,17 +494,32 @@ pub fn document() -> Value {
         .body::<UpdateGroup>()
         .ok::<GroupView>(200, "the group")
         .add();
-    d.op("delete", "/api/v1/groups/{id}", "Delete an operator group", op(FLEET))
-        .no_content()
-        .add();
-    d.op("post", "/api/v1/groups/{id}/devices", "Add devices to a static group", op(FLEET))
-        .body::<GroupDevices>()
-        .ok::<GroupView>(200, "the group")
-        .add();
-    d.op("delete", "/api/v1/groups/{id}/devices", "Remove devices from a static group", op(FLEET))
-        .body::<GroupDevices>()
-        .ok::<GroupView>(200, "the group")
-        .add();
+    d.op(
+        "delete",
+        "/api/v1/groups/{id}",
+        "Delete an operator group",
+        op(FLEET),
+    )
+    .no_content()
+    .add();
+    d.op(
+        "post",
+        "/api/v1/groups/{id}/devices",
+        "Add devices to a static group",
+        op(FLEET),
+    )
+    .body::<GroupDevices>()
+    .ok::<GroupView>(200, "the group")
+    .add();
+    d.op(
+        "delete",
+        "/api/v1/groups/{id}/devices",
+        "Remove devices from a static group",
+        op(FLEET),
+    )
+    .body::<GroupDevices>()
+    .ok::<GroupView>(200, "the group")
+    .add();
     d.op("get", "/api/v1/tasks", "List tasks, newest first", op(READ))
         .query::<TaskQuery>()
         .ok::<Vec<TaskView>>(200, "the tasks")
@@ -339,90 +528,204 @@ pub fn document() -> Value {
         .body::<CreateTask>()
         .ok::<TaskView>(201, "the task")
         .add();
-    d.op("get", "/api/v1/tasks/{id}", "A task with its counts", op(READ))
-        .ok::<TaskView>(200, "the task")
+    d.op(
+        "get",
+        "/api/v1/tasks/{id}",
+        "A task with its counts",
+        op(READ),
+    )
+    .ok::<TaskView>(200, "the task")
+    .add();
+    d.op("delete", "/api/v1/tasks/{id}", "Delete a task", op(FLEET))
+        .no_content()
         .add();
-    d.op("delete", "/api/v1/tasks/{id}", "Delete a task", op(FLEET)).no_content().add();
-    d.op("post", "/api/v1/tasks/{id}/pause", "Pause a Scheduled or Running task", op(FLEET))
-        .ok::<TaskView>(200, "the task")
-        .add();
-    d.op("post", "/api/v1/tasks/{id}/resume", "Resume a Paused task", op(FLEET))
-        .ok::<TaskView>(200, "the task")
-        .add();
-    d.op("post", "/api/v1/tasks/{id}/restart", "Restart a Finished task now (devices that succeeded stay)", op(FLEET))
-        .ok::<TaskView>(200, "the task")
-        .add();
-    d.op("get", "/api/v1/tasks/{id}/devices", "A task's devices with their states", op(READ))
-        .query::<TaskDeviceQuery>()
-        .ok::<Page<TaskDeviceRow>>(200, "one page")
-        .add();
-    d.op("get", "/api/v1/tasks/{id}/devices/{device_id}", "One device of a task with its step history", op(READ))
-        .ok::<TaskDeviceDetail>(200, "the device's part")
-        .add();
-    d.op("post", "/api/v1/tasks/{id}/failed-group", "Put a task's failed devices in a new static group", op(FLEET))
-        .body::<FailedToGroup>()
-        .ok::<GroupView>(201, "the new group")
-        .add();
-    d.op("get", "/api/v1/variables", "List variables as set", op(READ))
-        .query::<crate::api::VariableFilter>()
-        .ok::<Vec<VariableView>>(200, "the variables")
-        .add();
-    d.op("put", "/api/v1/variables", "Set a variable in a scope", op(FLEET))
-        .body::<SetVariable>()
-        .ok::<crate::api::ChangeId>(200, "the change id")
-        .add();
-    d.op("delete", "/api/v1/variables", "Remove a variable from a scope", op(FLEET))
-        .body::<DeleteVariable>()
-        .ok::<crate::api::ChangeId>(200, "the change id, null when it was not set")
-        .add();
-    d.op("get", "/api/v1/variables/changes", "The change log after an id", op(READ))
-        .query::<ChangesQuery>()
-        .ok::<Vec<VariableChangeView>>(200, "the changes")
-        .add();
-    d.op("get", "/api/v1/sites", "List sites with preferences", op(READ))
-        .ok::<Vec<SiteView>>(200, "the sites")
-        .add();
-    d.op("put", "/api/v1/sites/{name}/preferences", "Set a site's preferences (ignore-version-check)", op(FLEET))
-        .body::<SitePreferences>()
-        .ok::<SiteView>(200, "the site")
-        .add();
+    d.op(
+        "post",
+        "/api/v1/tasks/{id}/pause",
+        "Pause a Scheduled or Running task",
+        op(FLEET),
+    )
+    .ok::<TaskView>(200, "the task")
+    .add();
+    d.op(
+        "post",
+        "/api/v1/tasks/{id}/resume",
+        "Resume a Paused task",
+        op(FLEET),
+    )
+    .ok::<TaskView>(200, "the task")
+    .add();
+    d.op(
+        "post",
+        "/api/v1/tasks/{id}/restart",
+        "Restart a Finished task now (devices that succeeded stay)",
+        op(FLEET),
+    )
+    .ok::<TaskView>(200, "the task")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/tasks/{id}/devices",
+        "A task's devices with their states",
+        op(READ),
+    )
+    .query::<TaskDeviceQuery>()
+    .ok::<Page<TaskDeviceRow>>(200, "one page")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/tasks/{id}/devices/{device_id}",
+        "One device of a task with its step history",
+        op(READ),
+    )
+    .ok::<TaskDeviceDetail>(200, "the device's part")
+    .add();
+    d.op(
+        "post",
+        "/api/v1/tasks/{id}/failed-group",
+        "Put a task's failed devices in a new static group",
+        op(FLEET),
+    )
+    .body::<FailedToGroup>()
+    .ok::<GroupView>(201, "the new group")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/variables",
+        "List variables as set",
+        op(READ),
+    )
+    .query::<crate::api::VariableFilter>()
+    .ok::<Vec<VariableView>>(200, "the variables")
+    .add();
+    d.op(
+        "put",
+        "/api/v1/variables",
+        "Set a variable in a scope",
+        op(FLEET),
+    )
+    .body::<SetVariable>()
+    .ok::<crate::api::ChangeId>(200, "the change id")
+    .add();
+    d.op(
+        "delete",
+        "/api/v1/variables",
+        "Remove a variable from a scope",
+        op(FLEET),
+    )
+    .body::<DeleteVariable>()
+    .ok::<crate::api::ChangeId>(200, "the change id, null when it was not set")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/variables/changes",
+        "The change log after an id",
+        op(READ),
+    )
+    .query::<ChangesQuery>()
+    .ok::<Vec<VariableChangeView>>(200, "the changes")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/sites",
+        "List sites with preferences",
+        op(READ),
+    )
+    .ok::<Vec<SiteView>>(200, "the sites")
+    .add();
+    d.op(
+        "put",
+        "/api/v1/sites/{name}/preferences",
+        "Set a site's preferences (ignore-version-check)",
+        op(FLEET),
+    )
+    .body::<SitePreferences>()
+    .ok::<SiteView>(200, "the site")
+    .add();
     d.op("get", "/api/v1/versions", "The version overview", op(READ))
         .query::<VersionQuery>()
         .ok::<Page<VersionRow>>(200, "one page")
         .add();
-    d.op("get", "/api/v1/versions/modules", "One module's version on every device", op(READ))
-        .query::<ModuleQuery>()
-        .ok::<Page<ModuleDeviceRow>>(200, "one page")
-        .add();
-    d.op("post", "/api/v1/versions/recompute", "Recompute the version overview", op(FLEET))
-        .body::<RecomputeRequest>()
-        .ok::<RecomputeResult>(200, "how many devices were computed")
-        .add();
-    d.op("get", "/api/v1/versions/{device_id}", "A device's versions, differences and modules", op(READ))
-        .ok::<VersionDetail>(200, "the device")
-        .add();
+    d.op(
+        "get",
+        "/api/v1/versions/modules",
+        "One module's version on every device",
+        op(READ),
+    )
+    .query::<ModuleQuery>()
+    .ok::<Page<ModuleDeviceRow>>(200, "one page")
+    .add();
+    d.op(
+        "post",
+        "/api/v1/versions/recompute",
+        "Recompute the version overview",
+        op(FLEET),
+    )
+    .body::<RecomputeRequest>()
+    .ok::<RecomputeResult>(200, "how many devices were computed")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/versions/{device_id}",
+        "A device's versions, differences and modules",
+        op(READ),
+    )
+    .ok::<VersionDetail>(200, "the device")
+    .add();
     d.op("get", "/api/v1/tokens", "List operator tokens", op(ADMIN))
         .ok::<Vec<TokenView>>(200, "the tokens")
         .add();
-    d.op("post", "/api/v1/tokens", "Create an operator token (shown once)", op(ADMIN))
-        .body::<CreateToken>()
-        .ok::<CreatedToken>(201, "the token")
-        .add();
-    d.op("delete", "/api/v1/tokens/{id}", "Delete an operator token", op(ADMIN)).no_content().add();
-    d.op("get", "/api/v1/enrollment-secrets", "List enrollment secrets", op(ADMIN))
-        .ok::<Vec<EnrollmentSecretView>>(200, "the secrets")
-        .add();
-    d.op("post", "/api/v1/enrollment-secrets", "Create an enrollment secret (shown once)", op(ADMIN))
-        .body::<CreateEnrollmentSecret>()
-        .ok::<CreatedEnrollmentSecret>(201, "the secret")
-        .add();
-    d.op("delete", "/api/v1/enrollment-secrets/{id}", "Delete an enrollment secret", op(ADMIN))
-        .no_content()
-        .add();
-    d.op("get", "/api/v1/audit", "The audit log, newest first", op(ADMIN))
-        .query::<AuditQuery>()
-        .ok::<Vec<AuditEntry>>(200, "the entries")
-        .add();
+    d.op(
+        "post",
+        "/api/v1/tokens",
+        "Create an operator token (shown once)",
+        op(ADMIN),
+    )
+    .body::<CreateToken>()
+    .ok::<CreatedToken>(201, "the token")
+    .add();
+    d.op(
+        "delete",
+        "/api/v1/tokens/{id}",
+        "Delete an operator token",
+        op(ADMIN),
+    )
+    .no_content()
+    .add();
+    d.op(
+        "get",
+        "/api/v1/enrollment-secrets",
+        "List enrollment secrets",
+        op(ADMIN),
+    )
+    .ok::<Vec<EnrollmentSecretView>>(200, "the secrets")
+    .add();
+    d.op(
+        "post",
+        "/api/v1/enrollment-secrets",
+        "Create an enrollment secret (shown once)",
+        op(ADMIN),
+    )
+    .body::<CreateEnrollmentSecret>()
+    .ok::<CreatedEnrollmentSecret>(201, "the secret")
+    .add();
+    d.op(
+        "delete",
+        "/api/v1/enrollment-secrets/{id}",
+        "Delete an enrollment secret",
+        op(ADMIN),
+    )
+    .no_content()
+    .add();
+    d.op(
+        "get",
+        "/api/v1/audit",
+        "The audit log, newest first",
+        op(ADMIN),
+    )
+    .query::<AuditQuery>()
+    .ok::<Vec<AuditEntry>>(200, "the entries")
+    .add();
     d.op("get", "/api/v1/openapi.json", "This document", Auth::None)
         .ok::<Value>(200, "the OpenAPI document")
         .add();

@@ -61,7 +61,13 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(store: Store, blobs: Blobs, runtime: Runtime, clock: Arc<dyn Clock>, settings: Settings) -> AppState {
+    pub fn new(
+        store: Store,
+        blobs: Blobs,
+        runtime: Runtime,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> AppState {
         AppState {
             inner: Arc::new(Inner {
                 store,
@@ -121,9 +127,16 @@ impl AppState {
     /// [`AppState::flush_contacts`].
     pub async fn record_contact(&self, device_id: i64) -> Result<()> {
         if self.inner.settings.contact_flush.is_none() {
-            return Ok(self.store().touch_devices(&[device_id], self.now_ms()).await?);
+            return Ok(self
+                .store()
+                .touch_devices(&[device_id], self.now_ms())
+                .await?);
         }
-        self.inner.contacts.lock().expect("contacts lock").insert(device_id);
+        self.inner
+            .contacts
+            .lock()
+            .expect("contacts lock")
+            .insert(device_id);
         Ok(())
     }
 
@@ -138,7 +151,11 @@ impl AppState {
         };
         if let Err(e) = self.store().touch_devices(&ids, self.now_ms()).await {
             // Keep them for the next round rather than losing the contacts.
-            self.inner.contacts.lock().expect("contacts lock").extend(ids);
+            self.inner
+                .contacts
+                .lock()
+                .expect("contacts lock")
+                .extend(ids);
             return Err(e.into());
         }
         Ok(())

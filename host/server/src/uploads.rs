@@ -68,10 +68,11 @@ pub async fn upload_plugin(
         .await
         .map_err(|e| Error::internal("validating a plugin", e))?
         .map_err(|e| Error::Invalid(format!("plugin {label} was refused: {e}")))?;
-    let info = plugin
-        .info()
-        .await
-        .map_err(|e| Error::Invalid(format!("plugin {label} was refused: its `info` failed: {e}")))?;
+    let info = plugin.info().await.map_err(|e| {
+        Error::Invalid(format!(
+            "plugin {label} was refused: its `info` failed: {e}"
+        ))
+    })?;
     check_info(&label, &info)?;
     let sha256 = state.blobs().put(&body).await?;
     let view = state
@@ -99,8 +100,9 @@ fn check_info(label: &str, info: &types::PluginInfo) -> Result<()> {
     let name_ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 64
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+            && s.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
+            })
     };
     if !name_ok(&info.name) {
         return Err(Error::Invalid(format!(
@@ -156,12 +158,16 @@ pub async fn upload_package(
     operator.require(roles::PACKAGES, "upload packages")?;
     check_file_name(&q.file_name)?;
     let settings = state.settings().poll_interval_secs;
-    let device_type = state.store().device_type(&q.device_type, settings).await?.ok_or_else(|| {
-        Error::Invalid(format!(
-            "device type {} does not exist: create it before uploading packages for it",
-            q.device_type
-        ))
-    })?;
+    let device_type = state
+        .store()
+        .device_type(&q.device_type, settings)
+        .await?
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "device type {} does not exist: create it before uploading packages for it",
+                q.device_type
+            ))
+        })?;
     let enabled = device_type.plugin.ok_or_else(|| {
         Error::Invalid(format!(
             "device type {} has no plugin enabled: enable one, which reads the package, before uploading",
@@ -187,7 +193,10 @@ pub async fn upload_package(
         },
         ..Default::default()
     };
-    let info = match plugin.inspect(&env, &format!("/staging/{}", q.file_name)).await {
+    let info = match plugin
+        .inspect(&env, &format!("/staging/{}", q.file_name))
+        .await
+    {
         Ok(Ok(info)) => info,
         Ok(Err(reason)) => {
             return Err(Error::Invalid(format!(

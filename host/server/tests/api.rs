@@ -32,7 +32,9 @@ fn runtime() -> Runtime {
     RUNTIME
         .get_or_init(|| {
             Runtime::new(RuntimeConfig {
-                cache_dir: Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("server-plugin-cache")),
+                cache_dir: Some(
+                    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("server-plugin-cache"),
+                ),
                 ..Default::default()
             })
             .expect("starting the plugin runtime")
@@ -63,7 +65,10 @@ impl Answer {
     }
 
     fn error(&self) -> String {
-        self.json()["error"].as_str().expect("an error body").to_owned()
+        self.json()["error"]
+            .as_str()
+            .expect("an error body")
+            .to_owned()
     }
 }
 
@@ -94,11 +99,24 @@ impl Env {
         let response = self.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec();
-        Answer { status, headers, bytes }
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec();
+        Answer {
+            status,
+            headers,
+            bytes,
+        }
     }
 
-    async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<Value>) -> Answer {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
         let mut b = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -122,7 +140,11 @@ impl Env {
             a.status,
             String::from_utf8_lossy(&a.bytes)
         );
-        if a.bytes.is_empty() { Value::Null } else { a.json() }
+        if a.bytes.is_empty() {
+            Value::Null
+        } else {
+            a.json()
+        }
     }
 
     async fn upload(&self, uri: &str, token: &str, bytes: Vec<u8>) -> Answer {
@@ -138,7 +160,12 @@ impl Env {
 
     async fn token(&self, name: &str, role: Role) -> String {
         let created = self
-            .ok("POST", "/api/v1/tokens", ADMIN, Some(json!({"name": name, "role": role})))
+            .ok(
+                "POST",
+                "/api/v1/tokens",
+                ADMIN,
+                Some(json!({"name": name, "role": role})),
+            )
             .await;
         created["token"].as_str().unwrap().to_owned()
     }
@@ -164,7 +191,11 @@ fn package_bytes() -> Vec<u8> {
 }
 
 fn identity(n: u32) -> Value {
-    let site = if n.is_multiple_of(2) { "Store B" } else { "Store A" };
+    let site = if n.is_multiple_of(2) {
+        "Store B"
+    } else {
+        "Store A"
+    };
     json!({
         "guid": format!("8f0c-{n:05}"),
         "site": {"name": site, "address": format!("{site}, Main street 1")},
@@ -187,13 +218,30 @@ async fn fleet(e: &Env, n: u32) -> Fleet {
         })),
     )
     .await;
-    let plugin = e.upload("/api/v1/plugins?file_name=hostile.wasm", ADMIN, hostile()).await;
-    assert_eq!(plugin.status, StatusCode::OK, "{}", String::from_utf8_lossy(&plugin.bytes));
-    let plugin_sha = plugin.json()["sha256"].as_str().unwrap().to_owned();
-    e.ok("PUT", "/api/v1/device-types/test/plugin", ADMIN, Some(json!({"name": "test-hostile"})))
+    let plugin = e
+        .upload("/api/v1/plugins?file_name=hostile.wasm", ADMIN, hostile())
         .await;
+    assert_eq!(
+        plugin.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&plugin.bytes)
+    );
+    let plugin_sha = plugin.json()["sha256"].as_str().unwrap().to_owned();
+    e.ok(
+        "PUT",
+        "/api/v1/device-types/test/plugin",
+        ADMIN,
+        Some(json!({"name": "test-hostile"})),
+    )
+    .await;
     let secret = e
-        .ok("POST", "/api/v1/enrollment-secrets", ADMIN, Some(json!({"name": "rollout"})))
+        .ok(
+            "POST",
+            "/api/v1/enrollment-secrets",
+            ADMIN,
+            Some(json!({"name": "rollout"})),
+        )
         .await["secret"]
         .as_str()
         .unwrap()
@@ -208,14 +256,28 @@ async fn fleet(e: &Env, n: u32) -> Fleet {
                 Some(json!({"secret": secret, "device": identity(i)})),
             )
             .await;
-        assert_eq!(a.status, StatusCode::OK, "{}", String::from_utf8_lossy(&a.bytes));
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&a.bytes)
+        );
         let r: EnrollResponse = serde_json::from_slice(&a.bytes).unwrap();
         devices.push((r.device_id, r.token));
     }
     let p = e
-        .upload("/api/v1/packages?device_type=test&file_name=test_pos_1.0.tgz", ADMIN, package_bytes())
+        .upload(
+            "/api/v1/packages?device_type=test&file_name=test_pos_1.0.tgz",
+            ADMIN,
+            package_bytes(),
+        )
         .await;
-    assert_eq!(p.status, StatusCode::OK, "{}", String::from_utf8_lossy(&p.bytes));
+    assert_eq!(
+        p.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&p.bytes)
+    );
     Fleet {
         devices,
         package: serde_json::from_slice(&p.bytes).unwrap(),
@@ -225,9 +287,19 @@ async fn fleet(e: &Env, n: u32) -> Fleet {
 
 async fn poll(e: &Env, token: &str, body: PollRequest) -> PollResponse {
     let a = e
-        .call("POST", "/api/v1/agent/poll", Some(token), Some(serde_json::to_value(body).unwrap()))
+        .call(
+            "POST",
+            "/api/v1/agent/poll",
+            Some(token),
+            Some(serde_json::to_value(body).unwrap()),
+        )
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", String::from_utf8_lossy(&a.bytes));
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.bytes)
+    );
     serde_json::from_slice(&a.bytes).unwrap()
 }
 
@@ -314,34 +386,96 @@ async fn device_list_pages_sorts_and_searches_over_the_api() {
         let f = fleet(&e, 12).await;
         // Half the fleet polled just now.
         for (_, token) in f.devices.iter().take(6) {
-            poll(&e, token, PollRequest { status: status(), ..Default::default() }).await;
+            poll(
+                &e,
+                token,
+                PollRequest {
+                    status: status(),
+                    ..Default::default()
+                },
+            )
+            .await;
         }
-        let page = e.ok("GET", "/api/v1/devices?sort=name&order=desc&page=2&per_page=5", ADMIN, None).await;
+        let page = e
+            .ok(
+                "GET",
+                "/api/v1/devices?sort=name&order=desc&page=2&per_page=5",
+                ADMIN,
+                None,
+            )
+            .await;
         let page: posup_proto::Page<DeviceRow> = serde_json::from_value(page).unwrap();
         assert_eq!((page.total, page.page, page.per_page), (12, 2, 5));
         let names: Vec<&str> = page.items.iter().map(|d| d.name.as_str()).collect();
         // Text order: Kassa 9, 8, 7, 6, 5, 4, 3, 2, 12, 11, 10, 1.
-        assert_eq!(names, vec!["Kassa 4", "Kassa 3", "Kassa 2", "Kassa 12", "Kassa 11"]);
-        let found: posup_proto::Page<DeviceRow> =
-            serde_json::from_value(e.ok("GET", "/api/v1/devices?site=store%20b&online=true", ADMIN, None).await).unwrap();
-        assert_eq!(found.items.iter().map(|d| d.number).collect::<Vec<_>>(), vec![2, 4, 6]);
-        let found: posup_proto::Page<DeviceRow> =
-            serde_json::from_value(e.ok("GET", "/api/v1/devices?guid=8F0C-0001&sort=last_contact", ADMIN, None).await).unwrap();
+        assert_eq!(
+            names,
+            vec!["Kassa 4", "Kassa 3", "Kassa 2", "Kassa 12", "Kassa 11"]
+        );
+        let found: posup_proto::Page<DeviceRow> = serde_json::from_value(
+            e.ok(
+                "GET",
+                "/api/v1/devices?site=store%20b&online=true",
+                ADMIN,
+                None,
+            )
+            .await,
+        )
+        .unwrap();
+        assert_eq!(
+            found.items.iter().map(|d| d.number).collect::<Vec<_>>(),
+            vec![2, 4, 6]
+        );
+        let found: posup_proto::Page<DeviceRow> = serde_json::from_value(
+            e.ok(
+                "GET",
+                "/api/v1/devices?guid=8F0C-0001&sort=last_contact",
+                ADMIN,
+                None,
+            )
+            .await,
+        )
+        .unwrap();
         assert_eq!(found.total, 3, "8f0c-00010, -00011 and -00012");
-        let even: posup_proto::Page<DeviceRow> =
-            serde_json::from_value(e.ok("GET", "/api/v1/devices?group=2&per_page=100", ADMIN, None).await).unwrap();
+        let even: posup_proto::Page<DeviceRow> = serde_json::from_value(
+            e.ok("GET", "/api/v1/devices?group=2&per_page=100", ADMIN, None)
+                .await,
+        )
+        .unwrap();
         assert_eq!(even.total, 6);
-        let a = e.call("GET", "/api/v1/devices?sort=password", Some(ADMIN), None).await;
+        let a = e
+            .call("GET", "/api/v1/devices?sort=password", Some(ADMIN), None)
+            .await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST);
-        assert!(a.error().contains("unknown variant `password`"), "{}", a.error());
+        assert!(
+            a.error().contains("unknown variant `password`"),
+            "{}",
+            a.error()
+        );
 
         let id = f.devices[0].0;
-        e.ok("PUT", &format!("/api/v1/devices/{id}/tags"), ADMIN, Some(json!({"tags": ["pilot"]}))).await;
-        let detail = e.ok("GET", &format!("/api/v1/devices/{id}"), ADMIN, None).await;
+        e.ok(
+            "PUT",
+            &format!("/api/v1/devices/{id}/tags"),
+            ADMIN,
+            Some(json!({"tags": ["pilot"]})),
+        )
+        .await;
+        let detail = e
+            .ok("GET", &format!("/api/v1/devices/{id}"), ADMIN, None)
+            .await;
         assert_eq!(detail["device"]["tags"], json!(["pilot"]));
         assert_eq!(detail["device"]["online"], json!(true));
-        let a = e.call("GET", "/api/v1/devices/99999", Some(ADMIN), None).await;
-        assert_eq!((a.status, a.error()), (StatusCode::NOT_FOUND, "device 99999 does not exist".to_owned()));
+        let a = e
+            .call("GET", "/api/v1/devices/99999", Some(ADMIN), None)
+            .await;
+        assert_eq!(
+            (a.status, a.error()),
+            (
+                StatusCode::NOT_FOUND,
+                "device 99999 does not exist".to_owned()
+            )
+        );
     })
     .await;
 }
@@ -518,40 +652,141 @@ async fn variables_reach_agents_by_change_id() {
             body["value"] = json!(value);
             body
         };
-        e.ok("PUT", "/api/v1/variables", ADMIN, Some(set("version", "2.4", json!({"scope": "all"})))).await;
-        e.ok("PUT", "/api/v1/variables", ADMIN, Some(set("update", "iceupd_001", json!({"scope": "group", "group_id": 3})))).await;
+        e.ok(
+            "PUT",
+            "/api/v1/variables",
+            ADMIN,
+            Some(set("version", "2.4", json!({"scope": "all"}))),
+        )
+        .await;
+        e.ok(
+            "PUT",
+            "/api/v1/variables",
+            ADMIN,
+            Some(set(
+                "update",
+                "iceupd_001",
+                json!({"scope": "group", "group_id": 3}),
+            )),
+        )
+        .await;
         let last = e
-            .ok("PUT", "/api/v1/variables", ADMIN, Some(set("version", "2.5", json!({"scope": "device", "device_id": dev1}))))
+            .ok(
+                "PUT",
+                "/api/v1/variables",
+                ADMIN,
+                Some(set(
+                    "version",
+                    "2.5",
+                    json!({"scope": "device", "device_id": dev1}),
+                )),
+            )
             .await["change_id"]
             .as_i64()
             .unwrap();
-        let p1 = poll(&e, &token1, PollRequest { status: status(), ..Default::default() }).await;
-        let got: Vec<(&str, Option<&str>)> = p1.variables.changes.iter().map(|c| (c.name.as_str(), c.value.as_deref())).collect();
-        assert_eq!(got, vec![("version", Some("2.5")), ("update", Some("iceupd_001"))]);
+        let p1 = poll(
+            &e,
+            &token1,
+            PollRequest {
+                status: status(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let got: Vec<(&str, Option<&str>)> = p1
+            .variables
+            .changes
+            .iter()
+            .map(|c| (c.name.as_str(), c.value.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("version", Some("2.5")), ("update", Some("iceupd_001"))]
+        );
         assert_eq!(p1.variables.last_id, last);
-        let p2 = poll(&e, &token2, PollRequest { status: status(), ..Default::default() }).await;
-        let got: Vec<(&str, Option<&str>)> = p2.variables.changes.iter().map(|c| (c.name.as_str(), c.value.as_deref())).collect();
+        let p2 = poll(
+            &e,
+            &token2,
+            PollRequest {
+                status: status(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let got: Vec<(&str, Option<&str>)> = p2
+            .variables
+            .changes
+            .iter()
+            .map(|c| (c.name.as_str(), c.value.as_deref()))
+            .collect();
         assert_eq!(got, vec![("version", Some("2.4"))], "device 2 is even");
 
-        let quiet = poll(&e, &token1, PollRequest { status: status(), vars_since: last, ..Default::default() }).await;
+        let quiet = poll(
+            &e,
+            &token1,
+            PollRequest {
+                status: status(),
+                vars_since: last,
+                ..Default::default()
+            },
+        )
+        .await;
         assert!(quiet.variables.changes.is_empty());
         assert_eq!(quiet.variables.last_id, last);
         let removed = e
-            .ok("DELETE", "/api/v1/variables", ADMIN, Some(json!({"name": "version", "scope": "device", "device_id": dev1})))
+            .ok(
+                "DELETE",
+                "/api/v1/variables",
+                ADMIN,
+                Some(json!({"name": "version", "scope": "device", "device_id": dev1})),
+            )
             .await["change_id"]
             .as_i64()
             .unwrap();
-        let back = poll(&e, &token1, PollRequest { status: status(), vars_since: last, ..Default::default() }).await;
-        assert_eq!(back.variables.changes, vec![VariableChange { name: "version".into(), value: Some("2.4".into()) }]);
+        let back = poll(
+            &e,
+            &token1,
+            PollRequest {
+                status: status(),
+                vars_since: last,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            back.variables.changes,
+            vec![VariableChange {
+                name: "version".into(),
+                value: Some("2.4".into())
+            }]
+        );
         assert_eq!(back.variables.last_id, removed);
 
-        let changes = e.ok("GET", &format!("/api/v1/variables/changes?since={last}"), ADMIN, None).await;
+        let changes = e
+            .ok(
+                "GET",
+                &format!("/api/v1/variables/changes?since={last}"),
+                ADMIN,
+                None,
+            )
+            .await;
         assert_eq!(changes.as_array().unwrap().len(), 1);
         assert_eq!(changes[0]["value"], Value::Null);
         let a = e
-            .call("PUT", "/api/v1/variables", Some(ADMIN), Some(set("x", "1", json!({"scope": "device", "device_id": 4242}))))
+            .call(
+                "PUT",
+                "/api/v1/variables",
+                Some(ADMIN),
+                Some(set("x", "1", json!({"scope": "device", "device_id": 4242}))),
+            )
             .await;
-        assert_eq!((a.status, a.error()), (StatusCode::UNPROCESSABLE_ENTITY, "device 4242 does not exist".to_owned()));
+        assert_eq!(
+            (a.status, a.error()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "device 4242 does not exist".to_owned()
+            )
+        );
     })
     .await;
 }
@@ -566,62 +801,136 @@ async fn version_overview_same_different_unknown_over_the_api() {
             version: "23.4".into(),
             modules: modules
                 .iter()
-                .map(|(n, v)| posup_proto::ModuleVersion { name: n.to_string(), version: v.to_string() })
+                .map(|(n, v)| posup_proto::ModuleVersion {
+                    name: n.to_string(),
+                    version: v.to_string(),
+                })
                 .collect(),
             state: "online".into(),
             pending_sync: 3,
             ..Default::default()
         };
         let reports = [
-            PollRequest { inventory: Some(inventory(&[("core", "3.0.1"), ("pos", "1.1")])), status: status(), ..Default::default() },
-            PollRequest { inventory: Some(inventory(&[("core", "3.0.2"), ("pos", "1.1")])), status: status(), ..Default::default() },
-            PollRequest { inventory_error: Some("cannot read /product/modules".into()), status: status(), ..Default::default() },
+            PollRequest {
+                inventory: Some(inventory(&[("core", "3.0.1"), ("pos", "1.1")])),
+                status: status(),
+                ..Default::default()
+            },
+            PollRequest {
+                inventory: Some(inventory(&[("core", "3.0.2"), ("pos", "1.1")])),
+                status: status(),
+                ..Default::default()
+            },
+            PollRequest {
+                inventory_error: Some("cannot read /product/modules".into()),
+                status: status(),
+                ..Default::default()
+            },
         ];
         for ((_, token), report) in f.devices.iter().zip(reports) {
             poll(&e, token, report).await;
         }
         let (dev1, dev2, dev3) = (f.devices[0].0, f.devices[1].0, f.devices[2].0);
-        e.ok("PUT", "/api/v1/device-types/test/reference", ADMIN, Some(json!({"from_device": dev1}))).await;
+        e.ok(
+            "PUT",
+            "/api/v1/device-types/test/reference",
+            ADMIN,
+            Some(json!({"from_device": dev1})),
+        )
+        .await;
         let view = |v: Value| serde_json::from_value::<posup_proto::Page<VersionRow>>(v).unwrap();
         let all = view(e.ok("GET", "/api/v1/versions", ADMIN, None).await);
-        let by_id = |id: i64| all.items.iter().find(|r| r.device_id == id).unwrap().clone();
+        let by_id = |id: i64| {
+            all.items
+                .iter()
+                .find(|r| r.device_id == id)
+                .unwrap()
+                .clone()
+        };
         assert_eq!(by_id(dev1).status, VersionStatus::Same);
         assert_eq!(by_id(dev2).status, VersionStatus::Different);
         assert_eq!(by_id(dev2).differing_modules, 1);
         assert_eq!(by_id(dev3).status, VersionStatus::Unknown);
-        assert!(by_id(dev3).error.unwrap().contains("cannot read /product/modules"));
+        assert!(
+            by_id(dev3)
+                .error
+                .unwrap()
+                .contains("cannot read /product/modules")
+        );
         assert_eq!(by_id(dev1).pending_sync, 3);
         assert_eq!(by_id(dev1).server_status, ServerStatus::Online);
 
-        let detail: VersionDetail =
-            serde_json::from_value(e.ok("GET", &format!("/api/v1/versions/{dev2}"), ADMIN, None).await).unwrap();
+        let detail: VersionDetail = serde_json::from_value(
+            e.ok("GET", &format!("/api/v1/versions/{dev2}"), ADMIN, None)
+                .await,
+        )
+        .unwrap();
         assert_eq!(
             detail.differences,
-            vec![ModuleDifference { name: "core".into(), reference: Some("3.0.1".into()), device: Some("3.0.2".into()) }]
+            vec![ModuleDifference {
+                name: "core".into(),
+                reference: Some("3.0.1".into()),
+                device: Some("3.0.2".into())
+            }]
         );
-        let modules = e.ok("GET", "/api/v1/versions/modules?module=core", ADMIN, None).await;
+        let modules = e
+            .ok("GET", "/api/v1/versions/modules?module=core", ADMIN, None)
+            .await;
         assert_eq!(modules["total"], 2);
 
         // The hot-fix procedure: the site's ignore-version-check preference.
         let site = e
-            .ok("PUT", "/api/v1/sites/Store%20B/preferences", ADMIN, Some(json!({"ignore_version_check": true})))
+            .ok(
+                "PUT",
+                "/api/v1/sites/Store%20B/preferences",
+                ADMIN,
+                Some(json!({"ignore_version_check": true})),
+            )
             .await;
         assert_eq!(site["ignore_version_check"], true);
-        let p = poll(&e, &f.devices[1].1, PollRequest { status: status(), ..Default::default() }).await;
-        assert!(p.variables.changes.contains(&VariableChange { name: "ignore-version-check".into(), value: Some("Y".into()) }));
-        let row = view(e.ok("GET", "/api/v1/versions?site=Store%20B", ADMIN, None).await);
+        let p = poll(
+            &e,
+            &f.devices[1].1,
+            PollRequest {
+                status: status(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(p.variables.changes.contains(&VariableChange {
+            name: "ignore-version-check".into(),
+            value: Some("Y".into())
+        }));
+        let row = view(
+            e.ok("GET", "/api/v1/versions?site=Store%20B", ADMIN, None)
+                .await,
+        );
         assert!(row.items[0].ignore_version_check);
 
-        let recomputed = e.ok("POST", "/api/v1/versions/recompute", ADMIN, Some(json!({}))).await;
+        let recomputed = e
+            .ok("POST", "/api/v1/versions/recompute", ADMIN, Some(json!({})))
+            .await;
         assert_eq!(recomputed["devices"], 3);
-        let unknown = view(e.ok("GET", "/api/v1/versions?status=Unknown", ADMIN, None).await);
+        let unknown = view(
+            e.ok("GET", "/api/v1/versions?status=Unknown", ADMIN, None)
+                .await,
+        );
         assert_eq!(unknown.total, 1);
 
         // Out of contact, every device's version is unknown.
         e.advance(600);
-        let unknown = view(e.ok("GET", "/api/v1/versions?status=Unknown", ADMIN, None).await);
+        let unknown = view(
+            e.ok("GET", "/api/v1/versions?status=Unknown", ADMIN, None)
+                .await,
+        );
         assert_eq!(unknown.total, 3);
-        assert!(unknown.items[0].error.as_deref().unwrap().contains("offline since"));
+        assert!(
+            unknown.items[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("offline since")
+        );
         assert_eq!(unknown.items[0].server_status, ServerStatus::Offline);
     })
     .await;
@@ -657,7 +966,10 @@ async fn packages_download_with_range_and_etag() {
         let part = e.send(get(Some("bytes=1000-1999"), None)).await;
         assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
         assert_eq!(part.bytes, &bytes[1000..2000]);
-        assert_eq!(part.headers[header::CONTENT_RANGE], format!("bytes 1000-1999/{PACKAGE_BYTES}").as_str());
+        assert_eq!(
+            part.headers[header::CONTENT_RANGE],
+            format!("bytes 1000-1999/{PACKAGE_BYTES}").as_str()
+        );
 
         // Resuming an interrupted download: everything from an offset.
         let rest = e.send(get(Some("bytes=150000-"), None)).await;
@@ -666,22 +978,50 @@ async fn packages_download_with_range_and_etag() {
         let tail = e.send(get(Some("bytes=-10"), None)).await;
         assert_eq!(tail.bytes, &bytes[PACKAGE_BYTES - 10..]);
 
-        let outside = e.send(get(Some(&format!("bytes={PACKAGE_BYTES}-")), None)).await;
+        let outside = e
+            .send(get(Some(&format!("bytes={PACKAGE_BYTES}-")), None))
+            .await;
         assert_eq!(outside.status, StatusCode::RANGE_NOT_SATISFIABLE);
-        assert_eq!(outside.headers[header::CONTENT_RANGE], format!("bytes */{PACKAGE_BYTES}").as_str());
+        assert_eq!(
+            outside.headers[header::CONTENT_RANGE],
+            format!("bytes */{PACKAGE_BYTES}").as_str()
+        );
         assert!(outside.error().contains("range not satisfiable"));
 
-        let cached = e.send(get(None, Some(("if-none-match", etag.clone())))).await;
+        let cached = e
+            .send(get(None, Some(("if-none-match", etag.clone()))))
+            .await;
         assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
-        let stale = e.send(get(Some("bytes=0-9"), Some(("if-range", "\"other\"".into())))).await;
-        assert_eq!((stale.status, stale.bytes.len()), (StatusCode::OK, PACKAGE_BYTES), "If-Range mismatch sends it all");
+        let stale = e
+            .send(get(
+                Some("bytes=0-9"),
+                Some(("if-range", "\"other\"".into())),
+            ))
+            .await;
+        assert_eq!(
+            (stale.status, stale.bytes.len()),
+            (StatusCode::OK, PACKAGE_BYTES),
+            "If-Range mismatch sends it all"
+        );
 
         let a = e.call("GET", &url, None, None).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-        let a = e.call("GET", &format!("/api/v1/agent/packages/{}", "0".repeat(64)), Some(token), None).await;
+        let a = e
+            .call(
+                "GET",
+                &format!("/api/v1/agent/packages/{}", "0".repeat(64)),
+                Some(token),
+                None,
+            )
+            .await;
         assert_eq!(a.status, StatusCode::NOT_FOUND);
         let plugin = e
-            .call("GET", &format!("/api/v1/agent/plugins/{}", f.plugin_sha), Some(token), None)
+            .call(
+                "GET",
+                &format!("/api/v1/agent/plugins/{}", f.plugin_sha),
+                Some(token),
+                None,
+            )
             .await;
         assert_eq!((plugin.status, plugin.bytes), (StatusCode::OK, hostile()));
     })
@@ -748,38 +1088,100 @@ async fn plugin_uploads_are_validated_by_the_runtime() {
 async fn package_uploads_name_what_is_wrong() {
     each_backend(|store| async move {
         let e = env(store).await;
-        let a = e.upload("/api/v1/packages?device_type=ukm5&file_name=ukm5_pos_1.8.4.tgz", ADMIN, b"x".to_vec()).await;
+        let a = e
+            .upload(
+                "/api/v1/packages?device_type=ukm5&file_name=ukm5_pos_1.8.4.tgz",
+                ADMIN,
+                b"x".to_vec(),
+            )
+            .await;
         assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(
             a.error(),
             "device type ukm5 does not exist: create it before uploading packages for it"
         );
-        e.ok("PUT", "/api/v1/device-types/ukm5", ADMIN, Some(json!({}))).await;
-        let a = e.upload("/api/v1/packages?device_type=ukm5&file_name=ukm5_pos_1.8.4.tgz", ADMIN, b"x".to_vec()).await;
+        e.ok("PUT", "/api/v1/device-types/ukm5", ADMIN, Some(json!({})))
+            .await;
+        let a = e
+            .upload(
+                "/api/v1/packages?device_type=ukm5&file_name=ukm5_pos_1.8.4.tgz",
+                ADMIN,
+                b"x".to_vec(),
+            )
+            .await;
         assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(a.error().contains("device type ukm5 has no plugin enabled"), "{}", a.error());
+        assert!(
+            a.error().contains("device type ukm5 has no plugin enabled"),
+            "{}",
+            a.error()
+        );
 
         let f = fleet(&e, 1).await;
-        assert_eq!((f.package.version.as_str(), f.package.kind.as_str()), ("0", "test"));
+        assert_eq!(
+            (f.package.version.as_str(), f.package.kind.as_str()),
+            ("0", "test")
+        );
         assert_eq!(f.package.state, PackageState::Install);
         assert_eq!(f.package.size, PACKAGE_BYTES as u64);
-        let a = e.upload("/api/v1/packages?device_type=test&file_name=../escape.tgz", ADMIN, b"x".to_vec()).await;
+        let a = e
+            .upload(
+                "/api/v1/packages?device_type=test&file_name=../escape.tgz",
+                ADMIN,
+                b"x".to_vec(),
+            )
+            .await;
         assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(a.error().contains("package file name `../escape.tgz` is invalid"), "{}", a.error());
+        assert!(
+            a.error()
+                .contains("package file name `../escape.tgz` is invalid"),
+            "{}",
+            a.error()
+        );
         // A plugin that crashes while reading the package refuses it.
-        let a = e.upload("/api/v1/packages?device_type=test&file_name=trap", ADMIN, b"x".to_vec()).await;
+        let a = e
+            .upload(
+                "/api/v1/packages?device_type=test&file_name=trap",
+                ADMIN,
+                b"x".to_vec(),
+            )
+            .await;
         assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(a.error().starts_with("package trap could not be read: plugin test-hostile"), "{}", a.error());
-        let a = e.upload("/api/v1/packages?device_type=test&file_name=other.tgz", ADMIN, package_bytes()).await;
+        assert!(
+            a.error()
+                .starts_with("package trap could not be read: plugin test-hostile"),
+            "{}",
+            a.error()
+        );
+        let a = e
+            .upload(
+                "/api/v1/packages?device_type=test&file_name=other.tgz",
+                ADMIN,
+                package_bytes(),
+            )
+            .await;
         assert_eq!(a.status, StatusCode::CONFLICT, "same content, same type");
 
-        let current = e.ok("POST", &format!("/api/v1/packages/{}/current", f.package.id), ADMIN, None).await;
+        let current = e
+            .ok(
+                "POST",
+                &format!("/api/v1/packages/{}/current", f.package.id),
+                ADMIN,
+                None,
+            )
+            .await;
         assert_eq!(current["state"], "Current");
         let edited = e
-            .ok("PATCH", &format!("/api/v1/packages/{}", f.package.id), ADMIN, Some(json!({"changelog": "- faster"})))
+            .ok(
+                "PATCH",
+                &format!("/api/v1/packages/{}", f.package.id),
+                ADMIN,
+                Some(json!({"changelog": "- faster"})),
+            )
             .await;
         assert_eq!(edited["changelog"], "- faster");
-        let listed = e.ok("GET", "/api/v1/packages?device_type=test", ADMIN, None).await;
+        let listed = e
+            .ok("GET", "/api/v1/packages?device_type=test", ADMIN, None)
+            .await;
         assert_eq!(listed.as_array().unwrap().len(), 1);
     })
     .await;
@@ -789,7 +1191,10 @@ async fn package_uploads_name_what_is_wrong() {
 async fn openapi_documents_real_routes_only() {
     let db = posup_store::testing::TestDb::sqlite().await;
     let e = env(db.store.clone()).await;
-    let doc = e.call("GET", "/api/v1/openapi.json", None, None).await.json();
+    let doc = e
+        .call("GET", "/api/v1/openapi.json", None, None)
+        .await
+        .json();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 40, "{}", paths.len());
@@ -800,14 +1205,28 @@ async fn openapi_documents_real_routes_only() {
             .replace("{sha256}", &"a".repeat(64))
             .replace("{name}", "test");
         for method in item.as_object().unwrap().keys() {
-            let a = e.call(&method.to_uppercase(), &uri, Some(ADMIN), None).await;
+            let a = e
+                .call(&method.to_uppercase(), &uri, Some(ADMIN), None)
+                .await;
             let routed = a.status != StatusCode::METHOD_NOT_ALLOWED
-                && !(a.status == StatusCode::NOT_FOUND && a.bytes.starts_with(b"{\"error\":\"no route"));
-            assert!(routed, "{method} {path} is documented but not routed: {}", a.status);
+                && !(a.status == StatusCode::NOT_FOUND
+                    && a.bytes.starts_with(b"{\"error\":\"no route"));
+            assert!(
+                routed,
+                "{method} {path} is documented but not routed: {}",
+                a.status
+            );
         }
     }
     let schemas = doc["components"]["schemas"].as_object().unwrap();
-    for name in ["PollRequest", "PollResponse", "Feedback", "EnrollRequest", "TaskView", "VersionRow"] {
+    for name in [
+        "PollRequest",
+        "PollResponse",
+        "Feedback",
+        "EnrollRequest",
+        "TaskView",
+        "VersionRow",
+    ] {
         assert!(schemas.contains_key(name), "schema {name} is missing");
     }
     let page = e.call("GET", "/", None, None).await;
@@ -820,12 +1239,17 @@ async fn openapi_documents_real_routes_only() {
 async fn http_get(addr: std::net::SocketAddr, path: &str, token: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(request.as_bytes()).await.unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).await.unwrap();
     let code = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -849,9 +1273,16 @@ async fn run_bootstraps_serves_and_shuts_down() {
         // The listener is bound already: this request waits until the server
         // serves, which is after the first-start bootstrap.
         let (code, body) = http_get(addr, "/api/v1/health", "").await;
-        assert_eq!((code, body.as_str()), (200, "{\"status\":\"ok\"}"), "on {backend}");
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "{\"status\":\"ok\"}"),
+            "on {backend}"
+        );
         let token_file = data.path().join("admin-token");
-        let token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
+        let token = std::fs::read_to_string(&token_file)
+            .unwrap()
+            .trim()
+            .to_owned();
         assert!(data.path().join("enrollment-secret").exists());
         let (code, body) = http_get(addr, "/api/v1/device-types", &token).await;
         assert_eq!((code, body.as_str()), (200, "[]"), "on {backend}");
@@ -859,7 +1290,10 @@ async fn run_bootstraps_serves_and_shuts_down() {
         assert_eq!(code, 401);
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
-        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "stopped listening on {backend}");
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "stopped listening on {backend}"
+        );
         db.cleanup().await;
     }
 }
@@ -873,17 +1307,46 @@ async fn batched_contacts_are_written_on_flush() {
             contact_flush: Some(Duration::from_secs(1)),
             ..Settings::default()
         };
-        let state = AppState::new(store, Blobs::open(dir.path()).unwrap(), runtime(), clock.clone(), settings);
-        state.store().ensure_token("admin", Role::Admin, &hash_secret(ADMIN), 0).await.unwrap();
+        let state = AppState::new(
+            store,
+            Blobs::open(dir.path()).unwrap(),
+            runtime(),
+            clock.clone(),
+            settings,
+        );
+        state
+            .store()
+            .ensure_token("admin", Role::Admin, &hash_secret(ADMIN), 0)
+            .await
+            .unwrap();
         let e = Env {
             app: app(state.clone()),
             clock,
             _blobs: dir,
         };
         let f = fleet(&e, 2).await;
-        poll(&e, &f.devices[0].1, PollRequest { status: status(), ..Default::default() }).await;
-        let online = |v: Value| v["items"].as_array().unwrap().iter().filter(|d| d["online"] == true).count();
-        assert_eq!(online(e.ok("GET", "/api/v1/devices", ADMIN, None).await), 0, "not written yet");
+        poll(
+            &e,
+            &f.devices[0].1,
+            PollRequest {
+                status: status(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let online = |v: Value| {
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["online"] == true)
+                .count()
+        };
+        assert_eq!(
+            online(e.ok("GET", "/api/v1/devices", ADMIN, None).await),
+            0,
+            "not written yet"
+        );
         state.flush_contacts().await.unwrap();
         assert_eq!(online(e.ok("GET", "/api/v1/devices", ADMIN, None).await), 1);
     })
@@ -912,7 +1375,10 @@ async fn replicas_follow_each_others_changes() {
         let f = fleet(&a, 2).await;
         b_state.refresh_caches().await.unwrap();
         let (_, token) = f.devices[0].clone();
-        let idle = PollRequest { status: status(), ..Default::default() };
+        let idle = PollRequest {
+            status: status(),
+            ..Default::default()
+        };
         assert!(poll(&b, &token, idle.clone()).await.actions.is_empty());
 
         // A task created on replica A reaches polls on replica B after its refresh.
@@ -923,20 +1389,38 @@ async fn replicas_follow_each_others_changes() {
             Some(json!({"kind": "download", "package_id": f.package.id, "group_id": 1})),
         )
         .await;
-        assert!(poll(&b, &token, idle.clone()).await.actions.is_empty(), "B still has its cache");
+        assert!(
+            poll(&b, &token, idle.clone()).await.actions.is_empty(),
+            "B still has its cache"
+        );
         b_state.refresh_caches().await.unwrap();
         assert_eq!(poll(&b, &token, idle.clone()).await.actions.len(), 1);
 
         // A device enrolling again through A: its old token stops working on B.
         let secret = a
-            .ok("POST", "/api/v1/enrollment-secrets", ADMIN, Some(json!({"name": "again"})))
+            .ok(
+                "POST",
+                "/api/v1/enrollment-secrets",
+                ADMIN,
+                Some(json!({"name": "again"})),
+            )
             .await["secret"]
             .clone();
-        a.ok("POST", "/api/v1/agent/enroll", "", Some(json!({"secret": secret, "device": identity(1)})))
-            .await;
+        a.ok(
+            "POST",
+            "/api/v1/agent/enroll",
+            "",
+            Some(json!({"secret": secret, "device": identity(1)})),
+        )
+        .await;
         b_state.refresh_caches().await.unwrap();
         let a2 = b
-            .call("POST", "/api/v1/agent/poll", Some(&token), Some(serde_json::to_value(&idle).unwrap()))
+            .call(
+                "POST",
+                "/api/v1/agent/poll",
+                Some(&token),
+                Some(serde_json::to_value(&idle).unwrap()),
+            )
             .await;
         assert_eq!(a2.status, StatusCode::UNAUTHORIZED);
     })

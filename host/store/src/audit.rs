@@ -20,7 +20,9 @@ struct Row {
 impl Store {
     /// Entries newest first.
     pub async fn audit_log(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
-        let mut sql = Sql::new("SELECT id, at, actor, action, object, object_id, detail FROM audit WHERE 1 = 1");
+        let mut sql = Sql::new(
+            "SELECT id, at, actor, action, object, object_id, detail FROM audit WHERE 1 = 1",
+        );
         if let Some(before) = query.before {
             sql.push(" AND id < ").bind(before);
         }
@@ -41,7 +43,8 @@ impl Store {
                 action: r.action,
                 object: r.object,
                 object_id: r.object_id,
-                detail: serde_json::from_str(&r.detail).unwrap_or(serde_json::Value::String(r.detail)),
+                detail: serde_json::from_str(&r.detail)
+                    .unwrap_or(serde_json::Value::String(r.detail)),
             })
             .collect())
     }

@@ -49,7 +49,10 @@ pub(crate) fn check_type_name(name: &str) -> Result<()> {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -79,7 +82,8 @@ fn check_body(name: &str, body: &DeviceTypeBody) -> Result<()> {
         }
     }
     for service in &body.allowed.services {
-        if service.trim().is_empty() || service.len() > 200 || service.chars().any(char::is_control) {
+        if service.trim().is_empty() || service.len() > 200 || service.chars().any(char::is_control)
+        {
             return Err(Error::Invalid(format!(
                 "device type {name}: service name `{service}` is invalid"
             )));
@@ -98,7 +102,11 @@ fn check_body(name: &str, body: &DeviceTypeBody) -> Result<()> {
 /// A Unix path, or a Windows one with a drive letter.
 fn is_absolute(path: &str) -> bool {
     let b = path.as_bytes();
-    path.starts_with('/') || (b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && matches!(b[2], b'\\' | b'/'))
+    path.starts_with('/')
+        || (b.len() >= 3
+            && b[0].is_ascii_alphabetic()
+            && b[1] == b':'
+            && matches!(b[2], b'\\' | b'/'))
 }
 
 impl Row {
@@ -111,7 +119,11 @@ impl Row {
             .map(|c| from_json(c, "plugin capabilities"))
             .transpose()?;
         let plugin = match (self.plugin_sha256, self.plugin_name, self.plugin_version) {
-            (Some(sha256), Some(name), Some(version)) => Some(PluginSummary { name, version, sha256 }),
+            (Some(sha256), Some(name), Some(version)) => Some(PluginSummary {
+                name,
+                version,
+                sha256,
+            }),
             _ => None,
         };
         Ok(DeviceTypeView {
@@ -122,7 +134,10 @@ impl Row {
             plugin,
             allowed,
             paths,
-            poll_interval_secs: self.poll_interval_secs.map(|s| s as u32).unwrap_or(default_poll),
+            poll_interval_secs: self
+                .poll_interval_secs
+                .map(|s| s as u32)
+                .unwrap_or(default_poll),
             devices: self.devices as u64,
             updated_at: ts(self.updated_at),
         })
@@ -181,7 +196,11 @@ impl Store {
         Ok(())
     }
 
-    pub async fn device_type(&self, name: &str, default_poll: u32) -> Result<Option<DeviceTypeView>> {
+    pub async fn device_type(
+        &self,
+        name: &str,
+        default_poll: u32,
+    ) -> Result<Option<DeviceTypeView>> {
         let row: Option<Row> = with_read!(self, pool => {
             sqlx::query_as(&format!("{SELECT} WHERE dt.name = $1"))
                 .bind(name)

@@ -1,7 +1,10 @@
 //! Devices: enrollment, what they report on each poll, and the device list.
 
 use posup_proto::agent::{AgentStatus, DeviceIdentity};
-use posup_proto::api::{DeviceDetail, DeviceQuery, DeviceRow, DeviceSort, DeviceTaskState, DeviceTaskSummary, Order, TaskState};
+use posup_proto::api::{
+    DeviceDetail, DeviceQuery, DeviceRow, DeviceSort, DeviceTaskState, DeviceTaskSummary, Order,
+    TaskState,
+};
 use posup_proto::{Inventory, Page, TaskKind};
 use serde_json::json;
 
@@ -25,6 +28,8 @@ pub struct DeviceAuth {
     pub inventory_hash: Option<String>,
     /// Revision of the device type's configuration.
     pub revision: i64,
+    /// Unix ms of the last recorded contact; 0 for never.
+    pub last_contact: i64,
     pub poll_interval_secs: Option<i64>,
 }
 
@@ -103,16 +108,23 @@ fn sort_column(sort: DeviceSort) -> &'static str {
 pub(crate) fn online_cond(online: bool, at: &At) -> Cond {
     let mut c = Cond::default();
     if online {
-        c.push("d.last_contact >= ").bind(at.online_since).push(" AND d.last_contact > 0");
+        c.push("d.last_contact >= ")
+            .bind(at.online_since)
+            .push(" AND d.last_contact > 0");
     } else {
-        c.push("d.last_contact < ").bind(at.online_since).push(" OR d.last_contact = 0");
+        c.push("d.last_contact < ")
+            .bind(at.online_since)
+            .push(" OR d.last_contact = 0");
     }
     c
 }
 
 fn check_identity(d: &DeviceIdentity) -> Result<()> {
     let field = |what: &str, value: &str, max: usize, required: bool| -> Result<()> {
-        if (required && value.trim().is_empty()) || value.len() > max || value.chars().any(char::is_control) {
+        if (required && value.trim().is_empty())
+            || value.len() > max
+            || value.chars().any(char::is_control)
+        {
             return Err(Error::Invalid(format!(
                 "device {}: {what} `{value}` is invalid: give {} to {max} printable characters",
                 d.guid,
@@ -132,7 +144,13 @@ fn check_identity(d: &DeviceIdentity) -> Result<()> {
 impl Store {
     /// Enrolls a device, or re-enrolls one with the same GUID: its identity is
     /// updated and its token replaced; its history stays.
-    pub async fn enroll(&self, identity: &DeviceIdentity, token_hash: &str, now: i64, actor: &str) -> Result<i64> {
+    pub async fn enroll(
+        &self,
+        identity: &DeviceIdentity,
+        token_hash: &str,
+        now: i64,
+        actor: &str,
+    ) -> Result<i64> {
         check_identity(identity)?;
         self.require_device_type(&identity.device_type)
             .await
@@ -193,7 +211,7 @@ impl Store {
         Ok(with_read!(self, pool => {
             sqlx::query_as::<_, DeviceAuth>(
                 "SELECT d.id, d.guid, d.site, d.number, d.device_type, d.agent_version, d.plugin_sha256, d.agent_message, \
-                 d.inventory_hash, dt.revision, dt.poll_interval_secs \
+                 d.inventory_hash, dt.revision, dt.poll_interval_secs, d.last_contact \
                  FROM devices d JOIN device_types dt ON dt.name = d.device_type WHERE d.token_hash = $1",
             )
             .bind(token_hash)
@@ -204,16 +222,23 @@ impl Store {
 
     /// Stores a changed inventory report and recomputes the device's version status,
     /// in one transaction of few statements: this is every device's first poll.
-    pub async fn record_inventory(&self, device: &DeviceAuth, report: &InventoryReport<'_>, now: i64) -> Result<()> {
+    pub async fn record_inventory(
+        &self,
+        device: &DeviceAuth,
+        report: &InventoryReport<'_>,
+        now: i64,
+    ) -> Result<()> {
         let inv = report.inventory;
-        let mut modules: Vec<&posup_proto::ModuleVersion> = inv.map(|i| i.modules.iter().collect()).unwrap_or_default();
+        let mut modules: Vec<&posup_proto::ModuleVersion> =
+            inv.map(|i| i.modules.iter().collect()).unwrap_or_default();
         modules.sort_by(|a, b| a.name.cmp(&b.name));
         modules.dedup_by(|a, b| a.name == b.name);
         // Multi-row inserts, in chunks that stay under both drivers' parameter limits.
         let inserts: Vec<Sql> = modules
             .chunks(1000)
             .map(|chunk| {
-                let mut insert = Sql::new("INSERT INTO device_modules (device_id, name, version) VALUES ");
+                let mut insert =
+                    Sql::new("INSERT INTO device_modules (device_id, name, version) VALUES ");
                 for (i, m) in chunk.iter().enumerate() {
                     if i > 0 {
                         insert.push(", ");
@@ -466,7 +491,11 @@ impl Store {
         });
         Ok(Some(DeviceDetail {
             device,
-            inventory: extra.inventory.as_deref().map(|i| from_json(i, "device inventory")).transpose()?,
+            inventory: extra
+                .inventory
+                .as_deref()
+                .map(|i| from_json(i, "device inventory"))
+                .transpose()?,
             inventory_error: extra.inventory_error,
             agent_message: extra.agent_message,
             tasks: tasks
@@ -475,11 +504,14 @@ impl Store {
                     Ok(DeviceTaskSummary {
                         task_id: t.task_id,
                         task_name: t.task_name,
-                        kind: TaskKind::parse(&t.kind).ok_or_else(|| Error::Corrupt(format!("task kind `{}`", t.kind)))?,
-                        task_state: TaskState::parse(&t.task_state)
-                            .ok_or_else(|| Error::Corrupt(format!("task state `{}`", t.task_state)))?,
-                        state: DeviceTaskState::parse(&t.state)
-                            .ok_or_else(|| Error::Corrupt(format!("device task state `{}`", t.state)))?,
+                        kind: TaskKind::parse(&t.kind)
+                            .ok_or_else(|| Error::Corrupt(format!("task kind `{}`", t.kind)))?,
+                        task_state: TaskState::parse(&t.task_state).ok_or_else(|| {
+                            Error::Corrupt(format!("task state `{}`", t.task_state))
+                        })?,
+                        state: DeviceTaskState::parse(&t.state).ok_or_else(|| {
+                            Error::Corrupt(format!("device task state `{}`", t.state))
+                        })?,
                         step: t.step,
                         message: t.message,
                         updated_at: ts(t.updated_at),
@@ -542,7 +574,10 @@ impl Store {
     }
 
     /// The inventory and module list of a device as last reported.
-    pub(crate) async fn stored_inventory(&self, id: i64) -> Result<Option<(Option<Inventory>, Option<String>, String)>> {
+    pub(crate) async fn stored_inventory(
+        &self,
+        id: i64,
+    ) -> Result<Option<(Option<Inventory>, Option<String>, String)>> {
         let row: Option<(Option<String>, Option<String>, String)> = with_read!(self, pool => {
             sqlx::query_as("SELECT inventory, inventory_error, guid FROM devices WHERE id = $1")
                 .bind(id)
@@ -551,7 +586,9 @@ impl Store {
         });
         row.map(|(inv, err, guid)| {
             Ok((
-                inv.as_deref().map(|i| from_json(i, "device inventory")).transpose()?,
+                inv.as_deref()
+                    .map(|i| from_json(i, "device inventory"))
+                    .transpose()?,
                 err,
                 guid,
             ))
@@ -563,7 +600,12 @@ impl Store {
 impl Store {
     /// Enrolls many devices in one transaction with one audit entry, for fleet
     /// imports and benchmarks. Each item is an identity and its token's hash.
-    pub async fn bulk_enroll(&self, devices: &[(DeviceIdentity, String)], now: i64, actor: &str) -> Result<()> {
+    pub async fn bulk_enroll(
+        &self,
+        devices: &[(DeviceIdentity, String)],
+        now: i64,
+        actor: &str,
+    ) -> Result<()> {
         let mut types = std::collections::BTreeSet::new();
         for d in devices {
             check_identity(&d.0)?;

@@ -56,7 +56,9 @@ pub(crate) fn membership(id: i64, kind: GroupKind, filter: Option<&GroupFilter>,
             c.push("d.number % 2 = 1");
         }
         GroupKind::Static => {
-            c.push("d.id IN (SELECT device_id FROM group_members WHERE group_id = ").bind(id).push(")");
+            c.push("d.id IN (SELECT device_id FROM group_members WHERE group_id = ")
+                .bind(id)
+                .push(")");
         }
         GroupKind::Filter => {
             c.push("1 = 1");
@@ -74,7 +76,9 @@ pub(crate) fn membership(id: i64, kind: GroupKind, filter: Option<&GroupFilter>,
                 c.and(&online_cond(online, at));
             }
             if let Some(tag) = f.tag {
-                c.push(" AND d.id IN (SELECT device_id FROM device_tags WHERE tag = ").bind(tag).push(")");
+                c.push(" AND d.id IN (SELECT device_id FROM device_tags WHERE tag = ")
+                    .bind(tag)
+                    .push(")");
             }
         }
     }
@@ -96,7 +100,10 @@ impl Row {
     }
 
     fn filter(&self) -> Result<Option<GroupFilter>> {
-        self.filter.as_deref().map(|f| from_json(f, "group filter")).transpose()
+        self.filter
+            .as_deref()
+            .map(|f| from_json(f, "group filter"))
+            .transpose()
     }
 }
 
@@ -179,7 +186,12 @@ impl Store {
         }
     }
 
-    pub async fn create_group(&self, body: &CreateGroup, at: &At, actor: &str) -> Result<GroupView> {
+    pub async fn create_group(
+        &self,
+        body: &CreateGroup,
+        at: &At,
+        actor: &str,
+    ) -> Result<GroupView> {
         check_name("group", &body.name)?;
         let filter = match body.kind {
             GroupKind::Static => {
@@ -244,14 +256,23 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("group {id} vanished while being created")))
     }
 
-    pub async fn update_group(&self, id: i64, body: &UpdateGroup, at: &At, actor: &str) -> Result<GroupView> {
+    pub async fn update_group(
+        &self,
+        id: i64,
+        body: &UpdateGroup,
+        at: &At,
+        actor: &str,
+    ) -> Result<GroupView> {
         let row = self
             .group_row(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("group {id} does not exist")))?;
         let kind = row.kind()?;
         if is_builtin(kind) {
-            return Err(Error::Conflict(format!("group {} is built in and cannot be edited", row.name)));
+            return Err(Error::Conflict(format!(
+                "group {} is built in and cannot be edited",
+                row.name
+            )));
         }
         if let Some(name) = &body.name {
             check_name("group", name)?;
@@ -308,7 +329,10 @@ impl Store {
             .await?
             .ok_or_else(|| Error::NotFound(format!("group {id} does not exist")))?;
         if is_builtin(row.kind()?) {
-            return Err(Error::Conflict(format!("group {} is built in and cannot be deleted", row.name)));
+            return Err(Error::Conflict(format!(
+                "group {} is built in and cannot be deleted",
+                row.name
+            )));
         }
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -333,7 +357,13 @@ impl Store {
         Ok(row)
     }
 
-    pub async fn add_group_members(&self, id: i64, devices: &[i64], now: i64, actor: &str) -> Result<()> {
+    pub async fn add_group_members(
+        &self,
+        id: i64,
+        devices: &[i64],
+        now: i64,
+        actor: &str,
+    ) -> Result<()> {
         self.static_group(id).await?;
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -344,7 +374,13 @@ impl Store {
         Ok(())
     }
 
-    pub async fn remove_group_members(&self, id: i64, devices: &[i64], now: i64, actor: &str) -> Result<()> {
+    pub async fn remove_group_members(
+        &self,
+        id: i64,
+        devices: &[i64],
+        now: i64,
+        actor: &str,
+    ) -> Result<()> {
         self.static_group(id).await?;
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 #[macro_use]
 mod macros;
@@ -71,7 +73,10 @@ pub(crate) enum Db {
     /// SQLite allows one writer at a time. Writes go through a one-connection pool so
     /// they queue in the process instead of failing with "database is locked";
     /// reads use their own pool and see the latest commit through WAL.
-    Sqlite { read: SqlitePool, write: SqlitePool },
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
@@ -83,7 +88,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("backend", &self.backend()).finish()
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .finish()
     }
 }
 
@@ -137,7 +144,9 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { max_connections: 16 }
+        Self {
+            max_connections: 16,
+        }
     }
 }
 
@@ -164,7 +173,10 @@ impl Store {
         Self::connect_sqlite(SqliteConnectOptions::new().filename(path), options).await
     }
 
-    pub async fn connect_sqlite(opts: SqliteConnectOptions, options: &StoreOptions) -> Result<Store> {
+    pub async fn connect_sqlite(
+        opts: SqliteConnectOptions,
+        options: &StoreOptions,
+    ) -> Result<Store> {
         let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -252,7 +264,10 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) 
 /// Page number and size from a query, with the defaults and the upper bound every
 /// listing shares.
 pub(crate) fn paging(page: Option<u32>, per_page: Option<u32>) -> (u32, u32) {
-    (page.unwrap_or(1).max(1), per_page.unwrap_or(50).clamp(1, 1000))
+    (
+        page.unwrap_or(1).max(1),
+        per_page.unwrap_or(50).clamp(1, 1000),
+    )
 }
 
 #[cfg(test)]

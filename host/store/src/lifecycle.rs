@@ -34,7 +34,12 @@ impl Command {
 
 /// The state after `command`, or why the command does not apply. `due` tells
 /// whether the task's start time has come.
-pub fn transition(task_id: i64, state: TaskState, command: Command, due: bool) -> Result<TaskState, String> {
+pub fn transition(
+    task_id: i64,
+    state: TaskState,
+    command: Command,
+    due: bool,
+) -> Result<TaskState, String> {
     let started = if due {
         TaskState::Running
     } else {
@@ -76,7 +81,9 @@ pub fn after_feedback(current: DeviceTaskState, report: FeedbackState) -> Device
         return current;
     }
     match report {
-        FeedbackState::Started | FeedbackState::Progress | FeedbackState::Ok => DeviceTaskState::Running,
+        FeedbackState::Started | FeedbackState::Progress | FeedbackState::Ok => {
+            DeviceTaskState::Running
+        }
         FeedbackState::NotNow => DeviceTaskState::Waiting,
         FeedbackState::Failed | FeedbackState::RolledBack => DeviceTaskState::Failed,
         FeedbackState::Committed => DeviceTaskState::Success,

@@ -1,7 +1,7 @@
 //! Plugins and packages: the records of content-addressed blobs.
 
-use posup_proto::api::{PackagePatch, PackageState, PackageView, PluginView};
 use posup_proto::Capabilities;
+use posup_proto::api::{PackagePatch, PackageState, PackageView, PluginView};
 use serde_json::json;
 
 use crate::{Error, Result, Store, from_json, to_json, ts};
@@ -49,8 +49,7 @@ struct PluginRow {
     uploaded_at: i64,
 }
 
-const PLUGIN_COLUMNS: &str =
-    "sha256, name, vendor, version, description, device_types, capabilities, interface, size, uploaded_at";
+const PLUGIN_COLUMNS: &str = "sha256, name, vendor, version, description, device_types, capabilities, interface, size, uploaded_at";
 
 #[derive(sqlx::FromRow)]
 struct PackageRow {
@@ -108,7 +107,12 @@ impl Store {
     /// Records a validated plugin. Uploading the same bytes again returns the
     /// existing record; another component under the same name and version is a
     /// conflict.
-    pub async fn insert_plugin(&self, plugin: NewPlugin, now: i64, actor: &str) -> Result<PluginView> {
+    pub async fn insert_plugin(
+        &self,
+        plugin: NewPlugin,
+        now: i64,
+        actor: &str,
+    ) -> Result<PluginView> {
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
             let existing: Option<String> = sqlx::query_scalar("SELECT sha256 FROM plugins WHERE name = $1 AND version = $2")
@@ -147,9 +151,12 @@ impl Store {
             }
             tx.commit().await?;
         });
-        self.plugin(&plugin.sha256)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("plugin {} vanished while being stored", plugin.sha256)))
+        self.plugin(&plugin.sha256).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "plugin {} vanished while being stored",
+                plugin.sha256
+            ))
+        })
     }
 
     pub async fn list_plugins(&self) -> Result<Vec<PluginView>> {
@@ -174,7 +181,11 @@ impl Store {
     }
 
     /// The plugin of that name at `version`, or its newest upload.
-    pub async fn plugin_by_name(&self, name: &str, version: Option<&str>) -> Result<Option<PluginView>> {
+    pub async fn plugin_by_name(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<PluginView>> {
         let row: Option<PluginRow> = with_read!(self, pool => {
             match version {
                 Some(v) => sqlx::query_as(&format!("SELECT {PLUGIN_COLUMNS} FROM plugins WHERE name = $1 AND version = $2"))
@@ -248,7 +259,12 @@ impl Store {
     }
 
     /// Records an inspected package (state `Install`).
-    pub async fn insert_package(&self, p: NewPackage, now: i64, actor: &str) -> Result<PackageView> {
+    pub async fn insert_package(
+        &self,
+        p: NewPackage,
+        now: i64,
+        actor: &str,
+    ) -> Result<PackageView> {
         let id = with_write!(self, pool => {
             let mut tx = pool.begin().await?;
             let existing: Option<(i64, String)> = sqlx::query_as(
@@ -317,7 +333,11 @@ impl Store {
     }
 
     /// A package of `device_type` with this content, for agent downloads.
-    pub async fn package_by_sha(&self, sha256: &str, device_type: &str) -> Result<Option<PackageView>> {
+    pub async fn package_by_sha(
+        &self,
+        sha256: &str,
+        device_type: &str,
+    ) -> Result<Option<PackageView>> {
         let row: Option<PackageRow> = with_read!(self, pool => {
             sqlx::query_as(&format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE sha256 = $1 AND device_type = $2"))
                 .bind(sha256)
@@ -328,7 +348,13 @@ impl Store {
         Ok(row.map(PackageRow::view))
     }
 
-    pub async fn patch_package(&self, id: i64, patch: &PackagePatch, now: i64, actor: &str) -> Result<PackageView> {
+    pub async fn patch_package(
+        &self,
+        id: i64,
+        patch: &PackagePatch,
+        now: i64,
+        actor: &str,
+    ) -> Result<PackageView> {
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
             let done = sqlx::query(
@@ -385,7 +411,12 @@ impl Store {
 
     /// Deletes a package no task uses. Returns whether its blob is now unused by
     /// any package or plugin (so the caller may remove the file).
-    pub async fn delete_package(&self, id: i64, now: i64, actor: &str) -> Result<(PackageView, bool)> {
+    pub async fn delete_package(
+        &self,
+        id: i64,
+        now: i64,
+        actor: &str,
+    ) -> Result<(PackageView, bool)> {
         let package = self
             .package(id)
             .await?
@@ -418,7 +449,8 @@ impl Store {
             others == 0
         });
         if package.state == PackageState::Current {
-            self.recompute_versions(Some(&package.device_type), now).await?;
+            self.recompute_versions(Some(&package.device_type), now)
+                .await?;
         }
         Ok((package, unused))
     }

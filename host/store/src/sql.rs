@@ -83,8 +83,13 @@ impl Sql {
         let mut rest = cond.text.as_str();
         while let Some(pos) = rest.find('$') {
             self.text.push_str(&rest[..pos]);
-            let digits: String = rest[pos + 1..].chars().take_while(|c| c.is_ascii_digit()).collect();
-            let n: usize = digits.parse().expect("placeholders of conditions are numbered");
+            let digits: String = rest[pos + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            let n: usize = digits
+                .parse()
+                .expect("placeholders of conditions are numbered");
             write!(self.text, "${}", n + offset).expect("writing to a String");
             rest = &rest[pos + 1 + digits.len()..];
         }

@@ -3,8 +3,8 @@
 
 use posup_proto::agent::{Action, Feedback, FeedbackAck, FeedbackState, PackageRef, PluginRef};
 use posup_proto::api::{
-    CreateTask, DeviceTaskState, FailedToGroup, GroupKind, GroupView, StepEvent, TaskCounts, TaskDeviceDetail,
-    TaskDeviceQuery, TaskDeviceRow, TaskState, TaskView,
+    CreateTask, DeviceTaskState, FailedToGroup, GroupKind, GroupView, StepEvent, TaskCounts,
+    TaskDeviceDetail, TaskDeviceQuery, TaskDeviceRow, TaskState, TaskView,
 };
 use posup_proto::{Page, TaskKind};
 use serde_json::json;
@@ -138,10 +138,17 @@ impl Store {
         if let Some(name) = &body.name {
             crate::tokens::check_name("task", name)?;
         }
-        let start_at = body.start_at.map(|t| t.timestamp_millis()).unwrap_or(at.now);
+        let start_at = body
+            .start_at
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(at.now);
         let state = lifecycle::initial(start_at <= at.now);
         let name = body.name.clone().unwrap_or_else(|| {
-            format!("{} {} → {group_name}", body.kind.as_str(), package.file_name)
+            format!(
+                "{} {} → {group_name}",
+                body.kind.as_str(),
+                package.file_name
+            )
         });
         let mut insert = Sql::new(
             "INSERT INTO task_devices (task_id, device_id, state, attempt, updated_at) SELECT ",
@@ -269,7 +276,13 @@ impl Store {
     }
 
     /// Applies an operator's command to a task.
-    pub async fn command_task(&self, id: i64, command: Command, at: &At, actor: &str) -> Result<TaskView> {
+    pub async fn command_task(
+        &self,
+        id: i64,
+        command: Command,
+        at: &At,
+        actor: &str,
+    ) -> Result<TaskView> {
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
             let row: Option<(String, i64, i64)> = sqlx::query_as("SELECT state, start_at, attempt FROM tasks WHERE id = $1")
@@ -367,7 +380,12 @@ impl Store {
     }
 
     /// One page of a task's devices.
-    pub async fn task_devices(&self, id: i64, q: &TaskDeviceQuery, at: &At) -> Result<Page<TaskDeviceRow>> {
+    pub async fn task_devices(
+        &self,
+        id: i64,
+        q: &TaskDeviceQuery,
+        at: &At,
+    ) -> Result<Page<TaskDeviceRow>> {
         self.require_task(id).await?;
         let mut cond = Cond::new("td.task_id = ");
         cond.bind(id);
@@ -407,7 +425,12 @@ impl Store {
     }
 
     /// One device of a task with every step it reported.
-    pub async fn task_device_detail(&self, id: i64, device_id: i64, at: &At) -> Result<TaskDeviceDetail> {
+    pub async fn task_device_detail(
+        &self,
+        id: i64,
+        device_id: i64,
+        at: &At,
+    ) -> Result<TaskDeviceDetail> {
         self.require_task(id).await?;
         #[derive(sqlx::FromRow)]
         struct Event {
@@ -435,7 +458,9 @@ impl Store {
             .await?;
             (row, events)
         });
-        let row = row.ok_or_else(|| Error::NotFound(format!("device {device_id} is not part of task {id}")))?;
+        let row = row.ok_or_else(|| {
+            Error::NotFound(format!("device {device_id} is not part of task {id}"))
+        })?;
         Ok(TaskDeviceDetail {
             device: row.row(at)?,
             history: events
@@ -444,8 +469,9 @@ impl Store {
                     Ok(StepEvent {
                         attempt: e.attempt as u32,
                         step: e.step,
-                        state: FeedbackState::parse(&e.state)
-                            .ok_or_else(|| Error::Corrupt(format!("feedback state `{}`", e.state)))?,
+                        state: FeedbackState::parse(&e.state).ok_or_else(|| {
+                            Error::Corrupt(format!("feedback state `{}`", e.state))
+                        })?,
                         message: e.message,
                         percent: e.percent.map(|p| p.clamp(0, 100) as u8),
                         at: ts(e.at),
@@ -457,7 +483,13 @@ impl Store {
     }
 
     /// A new static group of the task's failed devices (or the given ones of them).
-    pub async fn failed_to_group(&self, id: i64, body: &FailedToGroup, at: &At, actor: &str) -> Result<GroupView> {
+    pub async fn failed_to_group(
+        &self,
+        id: i64,
+        body: &FailedToGroup,
+        at: &At,
+        actor: &str,
+    ) -> Result<GroupView> {
         self.require_task(id).await?;
         let failed: Vec<i64> = with_read!(self, pool => {
             sqlx::query_scalar("SELECT device_id FROM task_devices WHERE task_id = $1 AND state = 'failed' ORDER BY device_id")
@@ -468,7 +500,9 @@ impl Store {
         let devices = match &body.devices {
             Some(chosen) => {
                 if let Some(d) = chosen.iter().find(|d| !failed.contains(d)) {
-                    return Err(Error::Invalid(format!("device {d} did not fail in task {id}")));
+                    return Err(Error::Invalid(format!(
+                        "device {d} did not fail in task {id}"
+                    )));
                 }
                 chosen.clone()
             }
@@ -521,7 +555,11 @@ impl Store {
                     kind: parse_kind(&r.kind)?,
                     package: PackageRef {
                         id: r.package_id,
-                        url: format!("{}/packages/{}", posup_proto::AGENT_PREFIX, r.package_sha256),
+                        url: format!(
+                            "{}/packages/{}",
+                            posup_proto::AGENT_PREFIX,
+                            r.package_sha256
+                        ),
                         file_name: r.file_name,
                         sha256: r.package_sha256,
                         size: r.size as u64,
@@ -541,7 +579,12 @@ impl Store {
 
     /// Records one step report of a device. A key seen before from the same device
     /// is acknowledged without recording it again.
-    pub async fn record_feedback(&self, device_id: i64, f: &Feedback, at: &At) -> Result<FeedbackAck> {
+    pub async fn record_feedback(
+        &self,
+        device_id: i64,
+        f: &Feedback,
+        at: &At,
+    ) -> Result<FeedbackAck> {
         if f.device_id != device_id {
             return Err(Error::Invalid(format!(
                 "feedback names device {} but comes with the token of device {device_id}",

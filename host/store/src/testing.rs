@@ -18,7 +18,8 @@ use crate::{Backend, Store, StoreOptions};
 
 /// The maintenance database tests create their schemas in.
 pub fn postgres_url() -> String {
-    std::env::var("POSUP_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    std::env::var("POSUP_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
 /// A fresh database for one test. Call [`TestDb::cleanup`] when done
@@ -35,10 +36,14 @@ enum Cleanup {
 
 impl TestDb {
     pub async fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().expect("creating a temporary directory for the test database");
-        let store = Store::open_sqlite_file(&dir.path().join("posup.db"), &StoreOptions { max_connections: 4 })
-            .await
-            .expect("opening a fresh SQLite database");
+        let dir =
+            tempfile::tempdir().expect("creating a temporary directory for the test database");
+        let store = Store::open_sqlite_file(
+            &dir.path().join("posup.db"),
+            &StoreOptions { max_connections: 4 },
+        )
+        .await
+        .expect("opening a fresh SQLite database");
         TestDb {
             store,
             cleanup: Cleanup::Sqlite(dir),
@@ -53,7 +58,10 @@ impl TestDb {
             Ok(c) => c,
             Err(e) => {
                 if std::env::var_os("CI").is_some() {
-                    panic!("PostgreSQL at {} is unreachable and CI is set: {e}", crate::redact(&url));
+                    panic!(
+                        "PostgreSQL at {} is unreachable and CI is set: {e}",
+                        crate::redact(&url)
+                    );
                 }
                 eprintln!(
                     "skipping the PostgreSQL half: {} is unreachable ({e}); start it with \
@@ -105,7 +113,9 @@ impl TestDb {
             Cleanup::Sqlite(dir) => drop(dir),
             Cleanup::Postgres { schema } => {
                 if let Ok(mut admin) = PgConnection::connect(&postgres_url()).await {
-                    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut admin).await;
+                    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                        .execute(&mut admin)
+                        .await;
                     admin.close().await.ok();
                 }
             }
@@ -135,7 +145,9 @@ where
         let Some(db) = TestDb::of(backend).await else {
             continue;
         };
-        let result = AssertUnwindSafe(test(db.store.clone())).catch_unwind().await;
+        let result = AssertUnwindSafe(test(db.store.clone()))
+            .catch_unwind()
+            .await;
         db.cleanup().await;
         if let Err(panic) = result {
             eprintln!("the test failed on {backend}");

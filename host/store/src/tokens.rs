@@ -1,7 +1,9 @@
 //! Operator tokens and enrollment secrets. Only sha256 hashes of the secrets are
 //! stored; the caller hashes.
 
-use posup_proto::api::{CreatedEnrollmentSecret, CreatedToken, EnrollmentSecretView, Role, TokenView};
+use posup_proto::api::{
+    CreatedEnrollmentSecret, CreatedToken, EnrollmentSecretView, Role, TokenView,
+};
 use serde_json::json;
 
 use crate::{Error, Result, Store, ts};

@@ -97,7 +97,9 @@ impl Store {
             }
             VariableScope::Site { site } => {
                 if site.trim().is_empty() {
-                    Err(Error::Invalid("the site of a site-scoped variable must not be empty".into()))
+                    Err(Error::Invalid(
+                        "the site of a site-scoped variable must not be empty".into(),
+                    ))
                 } else {
                     Ok(())
                 }
@@ -117,7 +119,9 @@ impl Store {
     ) -> Result<Option<i64>> {
         check_variable_name(name)?;
         if value.is_some_and(|v| v.len() > 65_536) {
-            return Err(Error::Invalid(format!("variable {name}: value is over 64 KiB")));
+            return Err(Error::Invalid(format!(
+                "variable {name}: value is over 64 KiB"
+            )));
         }
         self.check_scope(scope).await?;
         let (kind, reference) = scope_parts(scope);
@@ -215,7 +219,11 @@ impl Store {
     }
 
     /// The change log after `since`, oldest first.
-    pub async fn variable_changes(&self, since: i64, limit: u32) -> Result<Vec<VariableChangeView>> {
+    pub async fn variable_changes(
+        &self,
+        since: i64,
+        limit: u32,
+    ) -> Result<Vec<VariableChangeView>> {
         let rows: Vec<(i64, String, String, String, Option<String>, i64)> = with_read!(self, pool => {
             sqlx::query_as(
                 "SELECT id, name, scope_kind, scope_ref, value, at FROM variable_changes WHERE id > $1 ORDER BY id LIMIT $2",
@@ -241,7 +249,12 @@ impl Store {
     /// What a polling agent gets: for each variable changed after `since` that
     /// concerns the device, its value for the device now. An agent that holds an id
     /// the server never issued (a restored database) starts over from 0.
-    pub async fn variable_changes_for(&self, target: &VarTarget<'_>, since: i64, at: &At) -> Result<VariableChanges> {
+    pub async fn variable_changes_for(
+        &self,
+        target: &VarTarget<'_>,
+        since: i64,
+        at: &At,
+    ) -> Result<VariableChanges> {
         let mut since = since.max(0);
         loop {
             // One statement for the steady state: the changes after `since` (usually
@@ -274,16 +287,25 @@ impl Store {
                 if names.contains(name) {
                     continue;
                 }
-                if self.concerns(target, kind, reference, &mut membership, at).await? {
+                if self
+                    .concerns(target, kind, reference, &mut membership, at)
+                    .await?
+                {
                     names.push(name.clone());
                 }
             }
             let mut changes = Vec::with_capacity(names.len());
             for name in names {
-                let value = self.effective_value(target, &name, &mut membership, at).await?;
+                let value = self
+                    .effective_value(target, &name, &mut membership, at)
+                    .await?;
                 changes.push(VariableChange { name, value });
             }
-            return Ok(VariableChanges { changes, last_id, more });
+            return Ok(VariableChanges {
+                changes,
+                last_id,
+                more,
+            });
         }
     }
 
@@ -300,14 +322,23 @@ impl Store {
             "site" => reference == target.site,
             "device" => reference == target.device_id.to_string(),
             "group" => match reference.parse::<i64>() {
-                Ok(group) => self.member_cached(target.device_id, group, membership, at).await?,
+                Ok(group) => {
+                    self.member_cached(target.device_id, group, membership, at)
+                        .await?
+                }
                 Err(_) => false,
             },
             _ => false,
         })
     }
 
-    async fn member_cached(&self, device: i64, group: i64, cache: &mut HashMap<i64, bool>, at: &At) -> Result<bool> {
+    async fn member_cached(
+        &self,
+        device: i64,
+        group: i64,
+        cache: &mut HashMap<i64, bool>,
+        at: &At,
+    ) -> Result<bool> {
         if let Some(m) = cache.get(&group) {
             return Ok(*m);
         }
@@ -333,7 +364,10 @@ impl Store {
         });
         let mut best: Option<(u8, i64, String)> = None;
         for (kind, reference, value, change_id) in rows {
-            if !self.concerns(target, &kind, &reference, membership, at).await? {
+            if !self
+                .concerns(target, &kind, &reference, membership, at)
+                .await?
+            {
                 continue;
             }
             let rank = (precedence(&kind), change_id);
@@ -387,11 +421,19 @@ impl Store {
 
     /// Sets a site's `ignore-version-check` preference, as the site-scoped variable of
     /// that name (`Y`/`N`), so the site's plugins read it too.
-    pub async fn set_site_preferences(&self, site: &str, ignore_version_check: bool, now: i64, actor: &str) -> Result<()> {
+    pub async fn set_site_preferences(
+        &self,
+        site: &str,
+        ignore_version_check: bool,
+        now: i64,
+        actor: &str,
+    ) -> Result<()> {
         let value = if ignore_version_check { "Y" } else { "N" };
         self.change_variable(
             IGNORE_VERSION_CHECK,
-            &VariableScope::Site { site: site.to_owned() },
+            &VariableScope::Site {
+                site: site.to_owned(),
+            },
             Some(value),
             now,
             actor,

@@ -39,7 +39,9 @@ pub fn compute(
         differences: Vec::new(),
     };
     if let Some(error) = inventory_error {
-        return unknown(format!("the plugin could not read the installation: {error}"));
+        return unknown(format!(
+            "the plugin could not read the installation: {error}"
+        ));
     }
     let Some(inventory) = inventory else {
         return unknown("the device has not reported its installation yet".to_owned());
@@ -66,7 +68,10 @@ pub fn compute(
 /// Every module whose version differs between the reference and the device,
 /// including modules only one side has. Without reference modules, modules are not
 /// compared.
-pub fn module_differences(reference: &[ModuleVersion], device: &[ModuleVersion]) -> Vec<ModuleDifference> {
+pub fn module_differences(
+    reference: &[ModuleVersion],
+    device: &[ModuleVersion],
+) -> Vec<ModuleDifference> {
     if reference.is_empty() {
         return Vec::new();
     }
@@ -96,7 +101,11 @@ pub fn computed_version(inventory: &Inventory) -> String {
     if inventory.modules.is_empty() {
         return inventory.version.clone();
     }
-    let total: u128 = inventory.modules.iter().map(|m| module_weight(&m.version)).sum();
+    let total: u128 = inventory
+        .modules
+        .iter()
+        .map(|m| module_weight(&m.version))
+        .sum();
     total.to_string()
 }
 
@@ -152,7 +161,10 @@ mod tests {
             version: "23.4".into(),
             modules: modules(&[("core", "3.0.234"), ("retail", "1.2"), ("gone", "1")]),
         };
-        let inv = inventory("23.4", &[("core", "3.0.235"), ("retail", "1.2"), ("extra", "0.1")]);
+        let inv = inventory(
+            "23.4",
+            &[("core", "3.0.235"), ("retail", "1.2"), ("extra", "0.1")],
+        );
         let c = compute("openbravo", Some(&inv), None, Some(&reference));
         assert_eq!(c.status, VersionStatus::Different);
         let names: Vec<_> = c
@@ -176,12 +188,21 @@ mod tests {
             version: "1".into(),
             modules: vec![],
         };
-        let c = compute("ukm5", None, Some("cannot read /product/version"), Some(&reference));
+        let c = compute(
+            "ukm5",
+            None,
+            Some("cannot read /product/version"),
+            Some(&reference),
+        );
         assert_eq!(c.status, VersionStatus::Unknown);
         assert!(c.error.unwrap().contains("cannot read /product/version"));
         let c = compute("ukm5", Some(&inventory("1", &[])), None, None);
         assert_eq!(c.status, VersionStatus::Unknown);
-        assert!(c.error.unwrap().contains("device type ukm5 has no reference"));
+        assert!(
+            c.error
+                .unwrap()
+                .contains("device type ukm5 has no reference")
+        );
     }
 
     #[test]
@@ -189,8 +210,11 @@ mod tests {
         let old = computed_version(&inventory("x", &[("a", "1.9.0"), ("b", "2.0")]));
         let newer = computed_version(&inventory("x", &[("a", "2.0.0"), ("b", "2.0")]));
         let newest = computed_version(&inventory("x", &[("a", "2.0.0"), ("b", "2.0.1")]));
-        let (old, newer, newest): (u128, u128, u128) =
-            (old.parse().unwrap(), newer.parse().unwrap(), newest.parse().unwrap());
+        let (old, newer, newest): (u128, u128, u128) = (
+            old.parse().unwrap(),
+            newer.parse().unwrap(),
+            newest.parse().unwrap(),
+        );
         assert!(old < newer && newer < newest, "{old} {newer} {newest}");
         assert_eq!(computed_version(&inventory("1.8.4", &[])), "1.8.4");
     }

@@ -4,8 +4,8 @@
 
 use posup_proto::Page;
 use posup_proto::api::{
-    ModuleDeviceRow, ModuleDifference, ModuleQuery, ModuleRow, ReferenceBody, ReferenceView, ServerStatus, VersionDetail,
-    VersionQuery, VersionRow, VersionStatus,
+    ModuleDeviceRow, ModuleDifference, ModuleQuery, ModuleRow, ReferenceBody, ReferenceView,
+    ServerStatus, VersionDetail, VersionQuery, VersionRow, VersionStatus,
 };
 use serde_json::json;
 
@@ -52,11 +52,17 @@ impl Row {
         let (status, error) = if online {
             (stored, self.v_error)
         } else if self.last_contact == 0 {
-            (VersionStatus::Unknown, Some("the device has never been in contact".to_owned()))
+            (
+                VersionStatus::Unknown,
+                Some("the device has never been in contact".to_owned()),
+            )
         } else {
             (
                 VersionStatus::Unknown,
-                Some(format!("the device is offline since {}", ts(self.last_contact).to_rfc3339())),
+                Some(format!(
+                    "the device is offline since {}",
+                    ts(self.last_contact).to_rfc3339()
+                )),
             )
         };
         Ok(VersionRow {
@@ -131,7 +137,13 @@ impl Store {
     }
 
     /// Sets the explicit reference of a device type and recomputes its devices.
-    pub async fn set_reference(&self, device_type: &str, body: &ReferenceBody, now: i64, actor: &str) -> Result<ReferenceView> {
+    pub async fn set_reference(
+        &self,
+        device_type: &str,
+        body: &ReferenceBody,
+        now: i64,
+        actor: &str,
+    ) -> Result<ReferenceView> {
         self.require_device_type(device_type).await?;
         let (version, modules, source) = match (body.from_device, &body.version) {
             (Some(id), None) if body.modules.is_empty() => {
@@ -140,7 +152,9 @@ impl Store {
                     .await?
                     .ok_or_else(|| Error::Invalid(format!("device {id} does not exist")))?;
                 let inv = inv.ok_or_else(|| {
-                    Error::Invalid(format!("device {id} ({guid}) has not reported its installation yet"))
+                    Error::Invalid(format!(
+                        "device {id} ({guid}) has not reported its installation yet"
+                    ))
                 })?;
                 (inv.version, inv.modules, format!("device {guid}"))
             }
@@ -170,9 +184,9 @@ impl Store {
             tx.commit().await?;
         });
         self.recompute_versions(Some(device_type), now).await?;
-        self.reference_view(device_type)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("reference of device type {device_type} vanished")))
+        self.reference_view(device_type).await?.ok_or_else(|| {
+            Error::NotFound(format!("reference of device type {device_type} vanished"))
+        })
     }
 
     /// Removes the explicit reference (the `Current` package is the reference again).
@@ -221,9 +235,14 @@ impl Store {
                 after = last.0;
                 let mut updates = Vec::with_capacity(batch.len());
                 for (id, inv, err) in &batch {
-                    let inv: Option<posup_proto::Inventory> =
-                        inv.as_deref().map(|i| from_json(i, "device inventory")).transpose()?;
-                    updates.push((*id, version::compute(&dt, inv.as_ref(), err.as_deref(), reference.as_ref())));
+                    let inv: Option<posup_proto::Inventory> = inv
+                        .as_deref()
+                        .map(|i| from_json(i, "device inventory"))
+                        .transpose()?;
+                    updates.push((
+                        *id,
+                        version::compute(&dt, inv.as_ref(), err.as_deref(), reference.as_ref()),
+                    ));
                 }
                 with_write!(self, pool => {
                     let mut tx = pool.begin().await?;
@@ -262,9 +281,11 @@ impl Store {
         }
         match q.status {
             Some(VersionStatus::Unknown) => {
-                cond.push(" AND (d.v_status = 'Unknown' OR d.last_contact = 0 OR d.last_contact < ")
-                    .bind(at.online_since)
-                    .push(")");
+                cond.push(
+                    " AND (d.v_status = 'Unknown' OR d.last_contact = 0 OR d.last_contact < ",
+                )
+                .bind(at.online_since)
+                .push(")");
             }
             Some(s) => {
                 cond.push(" AND d.v_status = ")
@@ -316,7 +337,9 @@ impl Store {
                 None => None,
             }
         });
-        let Some((row, diffs)) = row else { return Ok(None) };
+        let Some((row, diffs)) = row else {
+            return Ok(None);
+        };
         let reference = self.reference_for(&row.device_type).await?;
         let differences: Vec<ModuleDifference> = diffs
             .as_deref()
@@ -352,7 +375,9 @@ impl Store {
     /// One module across devices: each device's version of it.
     pub async fn module_listing(&self, q: &ModuleQuery) -> Result<Page<ModuleDeviceRow>> {
         if q.module.is_empty() {
-            return Err(Error::Invalid("name the module to list with `module`".into()));
+            return Err(Error::Invalid(
+                "name the module to list with `module`".into(),
+            ));
         }
         let mut cond = Cond::new("m.name = ");
         cond.bind(q.module.as_str());
@@ -369,7 +394,9 @@ impl Store {
             .bind(i64::from(per_page))
             .push(" OFFSET ")
             .bind(i64::from(page - 1) * i64::from(per_page));
-        let mut count = Sql::new("SELECT count(*) FROM device_modules m JOIN devices d ON d.id = m.device_id WHERE ");
+        let mut count = Sql::new(
+            "SELECT count(*) FROM device_modules m JOIN devices d ON d.id = m.device_id WHERE ",
+        );
         count.append(&cond);
         type R = (i64, String, String, String, String, String);
         let (rows, total): (Vec<R>, i64) = with_read!(self, pool => {
@@ -377,7 +404,8 @@ impl Store {
             let total = bind_all!(sqlx::query_scalar::<_, i64>(&count.text), count.args).fetch_one(pool).await?;
             (rows, total)
         });
-        let mut references: std::collections::HashMap<String, Option<Reference>> = Default::default();
+        let mut references: std::collections::HashMap<String, Option<Reference>> =
+            Default::default();
         let mut items = Vec::with_capacity(rows.len());
         for (id, guid, name, site, dt, version) in rows {
             if !references.contains_key(&dt) {

@@ -3,10 +3,12 @@
 use chrono::{DateTime, Utc};
 use posup_proto::agent::{DeviceIdentity, Feedback, FeedbackState, Site};
 use posup_proto::api::*;
-use posup_proto::{Capabilities, DirAccess, DirPaths, Dir, Inventory, ModuleVersion, TaskKind};
+use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Inventory, ModuleVersion, TaskKind};
 use posup_store::lifecycle::Command;
 use posup_store::testing::each_backend;
-use posup_store::{At, DeviceAuth, Error, InventoryReport, NewPackage, NewPlugin, Store, VarTarget};
+use posup_store::{
+    At, DeviceAuth, Error, InventoryReport, NewPackage, NewPlugin, Store, VarTarget,
+};
 
 const T0: i64 = 1_700_000_000_000;
 const MINUTE: i64 = 60_000;
@@ -97,7 +99,10 @@ async fn fleet(store: &Store, n: u32) -> (Vec<i64>, PackageView) {
         )
         .await
         .unwrap();
-    store.enable_plugin("ukm5", "ukm5", None, T0, "token admin").await.unwrap();
+    store
+        .enable_plugin("ukm5", "ukm5", None, T0, "token admin")
+        .await
+        .unwrap();
     let package = store
         .insert_package(
             NewPackage {
@@ -122,7 +127,12 @@ async fn fleet(store: &Store, n: u32) -> (Vec<i64>, PackageView) {
         let site = if i.is_multiple_of(2) { "B" } else { "A" };
         ids.push(
             store
-                .enroll(&identity(i, site), &format!("hash-{i}"), T0, "enrollment secret test")
+                .enroll(
+                    &identity(i, site),
+                    &format!("hash-{i}"),
+                    T0,
+                    "enrollment secret test",
+                )
                 .await
                 .unwrap(),
         );
@@ -131,10 +141,20 @@ async fn fleet(store: &Store, n: u32) -> (Vec<i64>, PackageView) {
 }
 
 async fn auth(store: &Store, n: u32) -> DeviceAuth {
-    store.device_by_token(&format!("hash-{n}")).await.unwrap().unwrap()
+    store
+        .device_by_token(&format!("hash-{n}"))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
-fn feedback(task: &TaskView, action: i64, device: i64, key: &str, state: FeedbackState) -> Feedback {
+fn feedback(
+    task: &TaskView,
+    action: i64,
+    device: i64,
+    key: &str,
+    state: FeedbackState,
+) -> Feedback {
     Feedback {
         key: key.to_owned(),
         task_id: task.id,
@@ -152,16 +172,41 @@ fn feedback(task: &TaskView, action: i64, device: i64, key: &str, state: Feedbac
 #[tokio::test]
 async fn tokens_are_found_by_hash_and_the_last_admin_stays() {
     each_backend(|store| async move {
-        let admin = store.create_token("root", Role::Admin, "secret", "h1", T0, "server").await.unwrap();
-        store.create_token("ops", Role::Operator, "s2", "h2", T0, "token root").await.unwrap();
+        let admin = store
+            .create_token("root", Role::Admin, "secret", "h1", T0, "server")
+            .await
+            .unwrap();
+        store
+            .create_token("ops", Role::Operator, "s2", "h2", T0, "token root")
+            .await
+            .unwrap();
         let who = store.token_by_hash("h2").await.unwrap().unwrap();
         assert_eq!((who.name.as_str(), who.role), ("ops", Role::Operator));
         assert!(store.token_by_hash("nope").await.unwrap().is_none());
-        let err = store.delete_token(admin.id, T0, "token root").await.unwrap_err();
-        assert!(matches!(err, Error::Conflict(ref m) if m.contains("last admin token")), "{err}");
-        assert!(!store.ensure_token("cfg", Role::Admin, "h1", T0).await.unwrap());
-        assert!(store.ensure_token("cfg", Role::Admin, "h3", T0).await.unwrap());
-        store.delete_token(admin.id, T0, "token root").await.unwrap();
+        let err = store
+            .delete_token(admin.id, T0, "token root")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict(ref m) if m.contains("last admin token")),
+            "{err}"
+        );
+        assert!(
+            !store
+                .ensure_token("cfg", Role::Admin, "h1", T0)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .ensure_token("cfg", Role::Admin, "h3", T0)
+                .await
+                .unwrap()
+        );
+        store
+            .delete_token(admin.id, T0, "token root")
+            .await
+            .unwrap();
         assert_eq!(store.admin_token_count().await.unwrap(), 1);
     })
     .await;
@@ -170,10 +215,19 @@ async fn tokens_are_found_by_hash_and_the_last_admin_stays() {
 #[tokio::test]
 async fn enrollment_checks_the_device_type_and_reenrollment_replaces_the_token() {
     each_backend(|store| async move {
-        let err = store.enroll(&identity(1, "A"), "h", T0, "x").await.unwrap_err();
-        assert!(matches!(err, Error::Invalid(ref m) if m.contains("device type ukm5 does not exist")), "{err}");
+        let err = store
+            .enroll(&identity(1, "A"), "h", T0, "x")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid(ref m) if m.contains("device type ukm5 does not exist")),
+            "{err}"
+        );
         device_type(&store).await;
-        let id = store.enroll(&identity(1, "A"), "old", T0, "x").await.unwrap();
+        let id = store
+            .enroll(&identity(1, "A"), "old", T0, "x")
+            .await
+            .unwrap();
         let mut again = identity(1, "A");
         again.name = "Kassa renamed".into();
         assert_eq!(store.enroll(&again, "new", T0, "x").await.unwrap(), id);
@@ -195,7 +249,10 @@ async fn device_list_sorts_searches_and_pages() {
         // Devices 1..=10 polled a minute ago; the rest long ago.
         store.touch_devices(&ids[..10], now - MINUTE).await.unwrap();
         store.touch_devices(&ids[10..], T0).await.unwrap();
-        store.set_tags(ids[4], &["pilot".into()], now, "token ops").await.unwrap();
+        store
+            .set_tags(ids[4], &["pilot".into()], now, "token ops")
+            .await
+            .unwrap();
 
         let q = DeviceQuery {
             sort: DeviceSort::Number,
@@ -254,12 +311,19 @@ async fn device_list_sorts_searches_and_pages() {
             number: Some(7),
             ..Default::default()
         };
-        assert_eq!(store.list_devices(&q, &at(now)).await.unwrap().total, 1, "7 is odd");
+        assert_eq!(
+            store.list_devices(&q, &at(now)).await.unwrap().total,
+            1,
+            "7 is odd"
+        );
         let q = DeviceQuery {
             group: Some(99),
             ..Default::default()
         };
-        assert!(matches!(store.list_devices(&q, &at(now)).await, Err(Error::Invalid(_))));
+        assert!(matches!(
+            store.list_devices(&q, &at(now)).await,
+            Err(Error::Invalid(_))
+        ));
     })
     .await;
 }
@@ -270,8 +334,14 @@ async fn groups_builtin_static_and_filter() {
         let (ids, _) = fleet(&store, 9).await;
         let now = T0;
         let groups = store.list_groups(&at(now)).await.unwrap();
-        let counts: Vec<(&str, u64, bool)> = groups.iter().map(|g| (g.name.as_str(), g.devices, g.builtin)).collect();
-        assert_eq!(counts, vec![("All", 9, true), ("Even", 4, true), ("Odd", 5, true)]);
+        let counts: Vec<(&str, u64, bool)> = groups
+            .iter()
+            .map(|g| (g.name.as_str(), g.devices, g.builtin))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![("All", 9, true), ("Even", 4, true), ("Odd", 5, true)]
+        );
 
         let pilots = store
             .create_group(
@@ -288,11 +358,31 @@ async fn groups_builtin_static_and_filter() {
             .await
             .unwrap();
         assert_eq!(pilots.devices, 2);
-        store.add_group_members(pilots.id, &[ids[2], ids[0]], now, "token ops").await.unwrap();
-        store.remove_group_members(pilots.id, &[ids[1]], now, "token ops").await.unwrap();
-        assert_eq!(store.group(pilots.id, &at(now)).await.unwrap().unwrap().devices, 2);
-        let err = store.add_group_members(pilots.id, &[9999], now, "token ops").await.unwrap_err();
-        assert!(matches!(err, Error::Invalid(ref m) if m.contains("device 9999")), "{err}");
+        store
+            .add_group_members(pilots.id, &[ids[2], ids[0]], now, "token ops")
+            .await
+            .unwrap();
+        store
+            .remove_group_members(pilots.id, &[ids[1]], now, "token ops")
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .group(pilots.id, &at(now))
+                .await
+                .unwrap()
+                .unwrap()
+                .devices,
+            2
+        );
+        let err = store
+            .add_group_members(pilots.id, &[9999], now, "token ops")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid(ref m) if m.contains("device 9999")),
+            "{err}"
+        );
 
         let site_b = store
             .create_group(
@@ -327,9 +417,14 @@ async fn groups_builtin_static_and_filter() {
             .await
             .unwrap_err();
         assert!(matches!(dup, Error::Conflict(_)));
-        assert!(matches!(store.delete_group(1, now, "token ops").await, Err(Error::Conflict(_))));
         assert!(matches!(
-            store.add_group_members(site_b.id, &[ids[0]], now, "token ops").await,
+            store.delete_group(1, now, "token ops").await,
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            store
+                .add_group_members(site_b.id, &[ids[0]], now, "token ops")
+                .await,
             Err(Error::Invalid(_))
         ));
         let renamed = store
@@ -349,8 +444,14 @@ async fn groups_builtin_static_and_filter() {
             )
             .await
             .unwrap();
-        assert_eq!((renamed.name.as_str(), renamed.devices), ("Store B online", 0));
-        store.delete_group(site_b.id, now, "token ops").await.unwrap();
+        assert_eq!(
+            (renamed.name.as_str(), renamed.devices),
+            ("Store B online", 0)
+        );
+        store
+            .delete_group(site_b.id, now, "token ops")
+            .await
+            .unwrap();
         assert!(store.group(site_b.id, &at(now)).await.unwrap().is_none());
     })
     .await;
@@ -381,18 +482,45 @@ async fn task_state_machine_from_schedule_to_restart() {
         assert_eq!(task.counts.total, 2, "Even: devices 2 and 4");
         assert_eq!(task.counts.inprogress, 2);
         // Not handed out before its start (within the horizon it is).
-        assert!(store.actions_for_device(ids[1], now).await.unwrap().is_empty());
-        let early = store.actions_for_device(ids[1], now + 10 * MINUTE).await.unwrap();
+        assert!(
+            store
+                .actions_for_device(ids[1], now)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let early = store
+            .actions_for_device(ids[1], now + 10 * MINUTE)
+            .await
+            .unwrap();
         assert_eq!(early.len(), 1);
         assert_eq!(early[0].not_before, start);
 
         // Pause, resume before the start: back to Scheduled; the tick starts it.
-        let paused = store.command_task(task.id, Command::Pause, &at(now), "token ops").await.unwrap();
+        let paused = store
+            .command_task(task.id, Command::Pause, &at(now), "token ops")
+            .await
+            .unwrap();
         assert_eq!(paused.state, TaskState::Paused);
-        assert!(store.actions_for_device(ids[1], now + 20 * MINUTE).await.unwrap().is_empty());
-        let err = store.command_task(task.id, Command::Restart, &at(now), "token ops").await.unwrap_err();
-        assert!(matches!(err, Error::Conflict(ref m) if m.contains("only a Finished task")), "{err}");
-        let resumed = store.command_task(task.id, Command::Resume, &at(now), "token ops").await.unwrap();
+        assert!(
+            store
+                .actions_for_device(ids[1], now + 20 * MINUTE)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let err = store
+            .command_task(task.id, Command::Restart, &at(now), "token ops")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict(ref m) if m.contains("only a Finished task")),
+            "{err}"
+        );
+        let resumed = store
+            .command_task(task.id, Command::Resume, &at(now), "token ops")
+            .await
+            .unwrap();
         assert_eq!(resumed.state, TaskState::Scheduled);
         let later = now + 11 * MINUTE;
         store.touch_devices(&ids, later).await.unwrap();
@@ -401,47 +529,109 @@ async fn task_state_machine_from_schedule_to_restart() {
         assert_eq!(running.state, TaskState::Running);
 
         // Device 2 commits, device 4 fails; the task finishes.
-        let a2 = store.actions_for_device(ids[1], later).await.unwrap().remove(0);
-        let a4 = store.actions_for_device(ids[3], later).await.unwrap().remove(0);
+        let a2 = store
+            .actions_for_device(ids[1], later)
+            .await
+            .unwrap()
+            .remove(0);
+        let a4 = store
+            .actions_for_device(ids[3], later)
+            .await
+            .unwrap()
+            .remove(0);
         let ack = store
-            .record_feedback(ids[1], &feedback(&running, a2.action_id, ids[1], "k1", FeedbackState::Started), &at(later))
+            .record_feedback(
+                ids[1],
+                &feedback(&running, a2.action_id, ids[1], "k1", FeedbackState::Started),
+                &at(later),
+            )
             .await
             .unwrap();
         assert!(ack.active && !ack.duplicate);
         let again = store
-            .record_feedback(ids[1], &feedback(&running, a2.action_id, ids[1], "k1", FeedbackState::Started), &at(later))
+            .record_feedback(
+                ids[1],
+                &feedback(&running, a2.action_id, ids[1], "k1", FeedbackState::Started),
+                &at(later),
+            )
             .await
             .unwrap();
         assert!(again.duplicate, "same key twice is recorded once");
         let wrong = store
-            .record_feedback(ids[0], &feedback(&running, a2.action_id, ids[0], "k9", FeedbackState::Ok), &at(later))
+            .record_feedback(
+                ids[0],
+                &feedback(&running, a2.action_id, ids[0], "k9", FeedbackState::Ok),
+                &at(later),
+            )
             .await
             .unwrap_err();
         assert!(matches!(wrong, Error::Invalid(_)), "{wrong}");
         store
-            .record_feedback(ids[1], &feedback(&running, a2.action_id, ids[1], "k2", FeedbackState::Committed), &at(later))
+            .record_feedback(
+                ids[1],
+                &feedback(
+                    &running,
+                    a2.action_id,
+                    ids[1],
+                    "k2",
+                    FeedbackState::Committed,
+                ),
+                &at(later),
+            )
             .await
             .unwrap();
         let mid = store.task(task.id, &at(later)).await.unwrap().unwrap();
-        assert_eq!((mid.counts.success, mid.counts.inprogress, mid.state), (1, 1, TaskState::Running));
+        assert_eq!(
+            (mid.counts.success, mid.counts.inprogress, mid.state),
+            (1, 1, TaskState::Running)
+        );
         store
-            .record_feedback(ids[3], &feedback(&running, a4.action_id, ids[3], "k3", FeedbackState::Failed), &at(later))
+            .record_feedback(
+                ids[3],
+                &feedback(&running, a4.action_id, ids[3], "k3", FeedbackState::Failed),
+                &at(later),
+            )
             .await
             .unwrap();
         store
-            .record_feedback(ids[3], &feedback(&running, a4.action_id, ids[3], "k4", FeedbackState::RolledBack), &at(later))
+            .record_feedback(
+                ids[3],
+                &feedback(
+                    &running,
+                    a4.action_id,
+                    ids[3],
+                    "k4",
+                    FeedbackState::RolledBack,
+                ),
+                &at(later),
+            )
             .await
             .unwrap();
         let done = store.task(task.id, &at(later)).await.unwrap().unwrap();
         assert_eq!(done.state, TaskState::Finished);
-        assert_eq!((done.counts.success, done.counts.failed, done.counts.total), (1, 1, 2));
+        assert_eq!(
+            (done.counts.success, done.counts.failed, done.counts.total),
+            (1, 1, 2)
+        );
         assert!(done.finished_at.is_some());
-        assert!(store.actions_for_device(ids[3], later).await.unwrap().is_empty());
+        assert!(
+            store
+                .actions_for_device(ids[3], later)
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
-        let detail = store.task_device_detail(task.id, ids[3], &at(later)).await.unwrap();
+        let detail = store
+            .task_device_detail(task.id, ids[3], &at(later))
+            .await
+            .unwrap();
         assert_eq!(detail.device.state, DeviceTaskState::Failed);
         let states: Vec<FeedbackState> = detail.history.iter().map(|e| e.state).collect();
-        assert_eq!(states, vec![FeedbackState::Failed, FeedbackState::RolledBack]);
+        assert_eq!(
+            states,
+            vec![FeedbackState::Failed, FeedbackState::RolledBack]
+        );
         let failed_only = store
             .task_devices(
                 task.id,
@@ -453,7 +643,14 @@ async fn task_state_machine_from_schedule_to_restart() {
             )
             .await
             .unwrap();
-        assert_eq!(failed_only.items.iter().map(|r| r.device_id).collect::<Vec<_>>(), vec![ids[3]]);
+        assert_eq!(
+            failed_only
+                .items
+                .iter()
+                .map(|r| r.device_id)
+                .collect::<Vec<_>>(),
+            vec![ids[3]]
+        );
 
         let group = store
             .failed_to_group(
@@ -471,37 +668,97 @@ async fn task_state_machine_from_schedule_to_restart() {
         assert_eq!((group.kind, group.devices), (GroupKind::Static, 1));
 
         // Restart: only the failed device runs again, in a new attempt.
-        let restarted = store.command_task(task.id, Command::Restart, &at(later), "token ops").await.unwrap();
-        assert_eq!((restarted.state, restarted.attempt), (TaskState::Running, 2));
-        assert_eq!((restarted.counts.success, restarted.counts.inprogress), (1, 1));
+        let restarted = store
+            .command_task(task.id, Command::Restart, &at(later), "token ops")
+            .await
+            .unwrap();
+        assert_eq!(
+            (restarted.state, restarted.attempt),
+            (TaskState::Running, 2)
+        );
+        assert_eq!(
+            (restarted.counts.success, restarted.counts.inprogress),
+            (1, 1)
+        );
         let again = store.actions_for_device(ids[3], later).await.unwrap();
         assert_eq!(again[0].attempt, 2);
-        assert!(store.actions_for_device(ids[1], later).await.unwrap().is_empty());
+        assert!(
+            store
+                .actions_for_device(ids[1], later)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         // A report of the old attempt is kept but moves nothing.
         let stale = store
-            .record_feedback(ids[3], &feedback(&running, a4.action_id, ids[3], "k5", FeedbackState::Committed), &at(later))
+            .record_feedback(
+                ids[3],
+                &feedback(
+                    &running,
+                    a4.action_id,
+                    ids[3],
+                    "k5",
+                    FeedbackState::Committed,
+                ),
+                &at(later),
+            )
             .await
             .unwrap();
         assert!(!stale.active);
-        assert_eq!(store.task(task.id, &at(later)).await.unwrap().unwrap().counts.success, 1);
+        assert_eq!(
+            store
+                .task(task.id, &at(later))
+                .await
+                .unwrap()
+                .unwrap()
+                .counts
+                .success,
+            1
+        );
 
         // Offline devices are counted apart.
         let much_later = later + 60 * MINUTE;
         let t = store.task(task.id, &at(much_later)).await.unwrap().unwrap();
         assert_eq!((t.counts.offline, t.counts.inprogress), (1, 0));
 
-        let err = store.delete_package(package.id, later, "token ops").await.unwrap_err();
-        assert!(matches!(err, Error::Conflict(ref m) if m.contains(&format!("task {}", task.id))), "{err}");
-        store.delete_task(task.id, later, "token ops").await.unwrap();
+        let err = store
+            .delete_package(package.id, later, "token ops")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict(ref m) if m.contains(&format!("task {}", task.id))),
+            "{err}"
+        );
+        store
+            .delete_task(task.id, later, "token ops")
+            .await
+            .unwrap();
         assert!(store.task(task.id, &at(later)).await.unwrap().is_none());
-        let (_, unused) = store.delete_package(package.id, later, "token ops").await.unwrap();
+        let (_, unused) = store
+            .delete_package(package.id, later, "token ops")
+            .await
+            .unwrap();
         assert!(unused);
 
-        let audit = store.audit_log(&AuditQuery { object: Some("task".into()), ..Default::default() }).await.unwrap();
+        let audit = store
+            .audit_log(&AuditQuery {
+                object: Some("task".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         let actions: Vec<&str> = audit.iter().rev().map(|e| e.action.as_str()).collect();
         assert_eq!(
             actions,
-            vec!["task.create", "task.pause", "task.resume", "task.start", "task.finish", "task.restart", "task.delete"]
+            vec![
+                "task.create",
+                "task.pause",
+                "task.resume",
+                "task.start",
+                "task.finish",
+                "task.restart",
+                "task.delete"
+            ]
         );
     })
     .await;
@@ -559,26 +816,58 @@ async fn variables_since_id_with_scopes() {
         let empty = store.variable_changes_for(&dev1, 0, &a).await.unwrap();
         assert_eq!((empty.changes.len(), empty.last_id), (0, 0));
 
-        let c1 = store.change_variable("version", &VariableScope::All, Some("1.0"), now, "x").await.unwrap().unwrap();
+        let c1 = store
+            .change_variable("version", &VariableScope::All, Some("1.0"), now, "x")
+            .await
+            .unwrap()
+            .unwrap();
         let c2 = store
-            .change_variable("version", &VariableScope::Site { site: "B".into() }, Some("1.1"), now, "x")
+            .change_variable(
+                "version",
+                &VariableScope::Site { site: "B".into() },
+                Some("1.1"),
+                now,
+                "x",
+            )
             .await
             .unwrap()
             .unwrap();
         let c3 = store
-            .change_variable("temperature", &VariableScope::Group { group_id: 3 }, Some("20"), now, "x")
+            .change_variable(
+                "temperature",
+                &VariableScope::Group { group_id: 3 },
+                Some("20"),
+                now,
+                "x",
+            )
             .await
             .unwrap()
             .unwrap();
         assert!(c1 < c2 && c2 < c3);
 
         let got = store.variable_changes_for(&dev1, 0, &a).await.unwrap();
-        let vals: Vec<(&str, Option<&str>)> = got.changes.iter().map(|c| (c.name.as_str(), c.value.as_deref())).collect();
-        assert_eq!(vals, vec![("version", Some("1.0")), ("temperature", Some("20"))], "device 1 is odd, site A");
+        let vals: Vec<(&str, Option<&str>)> = got
+            .changes
+            .iter()
+            .map(|c| (c.name.as_str(), c.value.as_deref()))
+            .collect();
+        assert_eq!(
+            vals,
+            vec![("version", Some("1.0")), ("temperature", Some("20"))],
+            "device 1 is odd, site A"
+        );
         assert_eq!(got.last_id, c3);
         let got2 = store.variable_changes_for(&dev2, 0, &a).await.unwrap();
-        let vals: Vec<(&str, Option<&str>)> = got2.changes.iter().map(|c| (c.name.as_str(), c.value.as_deref())).collect();
-        assert_eq!(vals, vec![("version", Some("1.1"))], "site B wins over all; device 2 is even");
+        let vals: Vec<(&str, Option<&str>)> = got2
+            .changes
+            .iter()
+            .map(|c| (c.name.as_str(), c.value.as_deref()))
+            .collect();
+        assert_eq!(
+            vals,
+            vec![("version", Some("1.1"))],
+            "site B wins over all; device 2 is even"
+        );
 
         // Nothing new since the last id.
         let none = store.variable_changes_for(&dev1, c3, &a).await.unwrap();
@@ -587,29 +876,68 @@ async fn variables_since_id_with_scopes() {
 
         // A device-scoped value wins; removing it falls back to the fleet's.
         let c4 = store
-            .change_variable("version", &VariableScope::Device { device_id: ids[0] }, Some("2.0"), now, "x")
+            .change_variable(
+                "version",
+                &VariableScope::Device { device_id: ids[0] },
+                Some("2.0"),
+                now,
+                "x",
+            )
             .await
             .unwrap()
             .unwrap();
         let got = store.variable_changes_for(&dev1, c3, &a).await.unwrap();
         assert_eq!(got.changes[0].value.as_deref(), Some("2.0"));
         assert_eq!(got.last_id, c4);
-        assert!(store.variable_changes_for(&dev2, c3, &a).await.unwrap().changes.is_empty(), "not device 2's");
+        assert!(
+            store
+                .variable_changes_for(&dev2, c3, &a)
+                .await
+                .unwrap()
+                .changes
+                .is_empty(),
+            "not device 2's"
+        );
         store
-            .change_variable("version", &VariableScope::Device { device_id: ids[0] }, None, now, "x")
+            .change_variable(
+                "version",
+                &VariableScope::Device { device_id: ids[0] },
+                None,
+                now,
+                "x",
+            )
             .await
             .unwrap()
             .unwrap();
         let got = store.variable_changes_for(&dev1, c4, &a).await.unwrap();
         assert_eq!(got.changes[0].value.as_deref(), Some("1.0"));
-        store.change_variable("temperature", &VariableScope::Group { group_id: 3 }, None, now, "x").await.unwrap();
+        store
+            .change_variable(
+                "temperature",
+                &VariableScope::Group { group_id: 3 },
+                None,
+                now,
+                "x",
+            )
+            .await
+            .unwrap();
         let got = store.variable_changes_for(&dev1, c4 + 1, &a).await.unwrap();
         assert_eq!(got.changes.len(), 1);
-        assert_eq!((got.changes[0].name.as_str(), got.changes[0].value.as_deref()), ("temperature", None));
+        assert_eq!(
+            (
+                got.changes[0].name.as_str(),
+                got.changes[0].value.as_deref()
+            ),
+            ("temperature", None)
+        );
 
         // An id the server never issued starts over.
         let reset = store.variable_changes_for(&dev1, 10_000, &a).await.unwrap();
-        let vals: Vec<(&str, Option<&str>)> = reset.changes.iter().map(|c| (c.name.as_str(), c.value.as_deref())).collect();
+        let vals: Vec<(&str, Option<&str>)> = reset
+            .changes
+            .iter()
+            .map(|c| (c.name.as_str(), c.value.as_deref()))
+            .collect();
         assert_eq!(vals, vec![("version", Some("1.0")), ("temperature", None)]);
 
         let err = store
@@ -618,16 +946,34 @@ async fn variables_since_id_with_scopes() {
             .unwrap_err();
         assert!(matches!(err, Error::Invalid(_)));
         let err = store
-            .change_variable("v", &VariableScope::Group { group_id: 77 }, Some("x"), now, "x")
+            .change_variable(
+                "v",
+                &VariableScope::Group { group_id: 77 },
+                Some("x"),
+                now,
+                "x",
+            )
             .await
             .unwrap_err();
-        assert!(matches!(err, Error::Invalid(ref m) if m.contains("group 77")), "{err}");
-        assert_eq!(store.list_variables(Some("version")).await.unwrap().len(), 2);
+        assert!(
+            matches!(err, Error::Invalid(ref m) if m.contains("group 77")),
+            "{err}"
+        );
+        assert_eq!(
+            store.list_variables(Some("version")).await.unwrap().len(),
+            2
+        );
         assert_eq!(store.variable_changes(0, 100).await.unwrap().len(), 6);
 
-        store.set_site_preferences("A", true, now, "x").await.unwrap();
+        store
+            .set_site_preferences("A", true, now, "x")
+            .await
+            .unwrap();
         let sites = store.list_sites().await.unwrap();
-        let prefs: Vec<(&str, u64, bool)> = sites.iter().map(|s| (s.name.as_str(), s.devices, s.ignore_version_check)).collect();
+        let prefs: Vec<(&str, u64, bool)> = sites
+            .iter()
+            .map(|s| (s.name.as_str(), s.devices, s.ignore_version_check))
+            .collect();
         assert_eq!(prefs, vec![("A", 2, true), ("B", 1, false)]);
     })
     .await;
@@ -659,23 +1005,70 @@ async fn version_overview_same_different_unknown() {
         let same = inventory("1.8.4", &[("core", "3.0"), ("retail", "1.2")]);
         let diff = inventory("1.8.4", &[("core", "3.1"), ("retail", "1.2")]);
         for (n, report) in [
-            (1, InventoryReport { inventory: Some(&same), error: None, hash: "1" }),
-            (2, InventoryReport { inventory: Some(&diff), error: None, hash: "2" }),
-            (3, InventoryReport { inventory: None, error: Some("version file unreadable"), hash: "3" }),
+            (
+                1,
+                InventoryReport {
+                    inventory: Some(&same),
+                    error: None,
+                    hash: "1",
+                },
+            ),
+            (
+                2,
+                InventoryReport {
+                    inventory: Some(&diff),
+                    error: None,
+                    hash: "2",
+                },
+            ),
+            (
+                3,
+                InventoryReport {
+                    inventory: None,
+                    error: Some("version file unreadable"),
+                    hash: "3",
+                },
+            ),
         ] {
-            store.record_inventory(&auth(&store, n).await, &report, now).await.unwrap();
+            store
+                .record_inventory(&auth(&store, n).await, &report, now)
+                .await
+                .unwrap();
         }
         // No reference yet: everything Unknown, saying why.
-        let page = store.versions(&VersionQuery::default(), &at(now)).await.unwrap();
-        assert!(page.items.iter().all(|r| r.status == VersionStatus::Unknown));
-        assert!(page.items[0].error.as_deref().unwrap().contains("no reference version"));
+        let page = store
+            .versions(&VersionQuery::default(), &at(now))
+            .await
+            .unwrap();
+        assert!(
+            page.items
+                .iter()
+                .all(|r| r.status == VersionStatus::Unknown)
+        );
+        assert!(
+            page.items[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("no reference version")
+        );
 
         // The Current package is the reference: versions compared, modules not.
-        store.set_current_package(package.id, now, "x").await.unwrap();
-        let page = store.versions(&VersionQuery::default(), &at(now)).await.unwrap();
+        store
+            .set_current_package(package.id, now, "x")
+            .await
+            .unwrap();
+        let page = store
+            .versions(&VersionQuery::default(), &at(now))
+            .await
+            .unwrap();
         let statuses: Vec<VersionStatus> = page.items.iter().map(|r| r.status).collect();
         use VersionStatus::*;
-        assert_eq!(statuses, vec![Same, Unknown, Same, Unknown], "sorted by site then number: 1, 3, 2, 4");
+        assert_eq!(
+            statuses,
+            vec![Same, Unknown, Same, Unknown],
+            "sorted by site then number: 1, 3, 2, 4"
+        );
 
         // An explicit reference with modules.
         let reference = store
@@ -684,8 +1077,14 @@ async fn version_overview_same_different_unknown() {
                 &ReferenceBody {
                     version: Some("1.8.4".into()),
                     modules: vec![
-                        ModuleVersion { name: "core".into(), version: "3.0".into() },
-                        ModuleVersion { name: "retail".into(), version: "1.2".into() },
+                        ModuleVersion {
+                            name: "core".into(),
+                            version: "3.0".into(),
+                        },
+                        ModuleVersion {
+                            name: "retail".into(),
+                            version: "1.2".into(),
+                        },
                     ],
                     from_device: None,
                 },
@@ -695,62 +1094,171 @@ async fn version_overview_same_different_unknown() {
             .await
             .unwrap();
         assert_eq!(reference.source, "explicit");
-        let d1 = store.version_detail(ids[0], &at(now)).await.unwrap().unwrap();
+        let d1 = store
+            .version_detail(ids[0], &at(now))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(d1.row.status, Same);
         assert_eq!(d1.row.pending_sync, 2);
-        let d2 = store.version_detail(ids[1], &at(now)).await.unwrap().unwrap();
+        let d2 = store
+            .version_detail(ids[1], &at(now))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(d2.row.status, Different);
         assert_eq!(d2.row.differing_modules, 1);
         assert_eq!(
-            (d2.differences[0].name.as_str(), d2.differences[0].reference.as_deref(), d2.differences[0].device.as_deref()),
+            (
+                d2.differences[0].name.as_str(),
+                d2.differences[0].reference.as_deref(),
+                d2.differences[0].device.as_deref()
+            ),
             ("core", Some("3.0"), Some("3.1"))
         );
         assert_eq!(d2.modules.len(), 2);
         assert_eq!(d2.modules[0].reference.as_deref(), Some("3.0"));
-        assert!(d1.row.computed_version.parse::<u128>().unwrap() < d2.row.computed_version.parse::<u128>().unwrap());
-        let d3 = store.version_detail(ids[2], &at(now)).await.unwrap().unwrap();
+        assert!(
+            d1.row.computed_version.parse::<u128>().unwrap()
+                < d2.row.computed_version.parse::<u128>().unwrap()
+        );
+        let d3 = store
+            .version_detail(ids[2], &at(now))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(d3.row.status, Unknown);
-        assert!(d3.row.error.as_deref().unwrap().contains("version file unreadable"));
-        let d4 = store.version_detail(ids[3], &at(now)).await.unwrap().unwrap();
+        assert!(
+            d3.row
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("version file unreadable")
+        );
+        let d4 = store
+            .version_detail(ids[3], &at(now))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(d4.row.server_status, ServerStatus::Offline);
-        assert!(d4.row.error.as_deref().unwrap().contains("never been in contact"));
+        assert!(
+            d4.row
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("never been in contact")
+        );
 
         let different = store
-            .versions(&VersionQuery { status: Some(Different), ..Default::default() }, &at(now))
+            .versions(
+                &VersionQuery {
+                    status: Some(Different),
+                    ..Default::default()
+                },
+                &at(now),
+            )
             .await
             .unwrap();
-        assert_eq!(different.items.iter().map(|r| r.device_id).collect::<Vec<_>>(), vec![ids[1]]);
+        assert_eq!(
+            different
+                .items
+                .iter()
+                .map(|r| r.device_id)
+                .collect::<Vec<_>>(),
+            vec![ids[1]]
+        );
         let unknown = store
-            .versions(&VersionQuery { status: Some(Unknown), ..Default::default() }, &at(now))
+            .versions(
+                &VersionQuery {
+                    status: Some(Unknown),
+                    ..Default::default()
+                },
+                &at(now),
+            )
             .await
             .unwrap();
         assert_eq!(unknown.total, 2);
 
         // Device 2 becomes the reference: now it is Same and device 1 Different.
         store
-            .set_reference("ukm5", &ReferenceBody { from_device: Some(ids[1]), ..Default::default() }, now, "x")
+            .set_reference(
+                "ukm5",
+                &ReferenceBody {
+                    from_device: Some(ids[1]),
+                    ..Default::default()
+                },
+                now,
+                "x",
+            )
             .await
             .unwrap();
-        assert_eq!(store.version_detail(ids[1], &at(now)).await.unwrap().unwrap().row.status, Same);
-        assert_eq!(store.version_detail(ids[0], &at(now)).await.unwrap().unwrap().row.status, Different);
+        assert_eq!(
+            store
+                .version_detail(ids[1], &at(now))
+                .await
+                .unwrap()
+                .unwrap()
+                .row
+                .status,
+            Same
+        );
+        assert_eq!(
+            store
+                .version_detail(ids[0], &at(now))
+                .await
+                .unwrap()
+                .unwrap()
+                .row
+                .status,
+            Different
+        );
         assert_eq!(store.recompute_versions(None, now).await.unwrap(), 4);
 
         // Offline devices are Unknown whatever they said last.
         let late = now + 60 * MINUTE;
-        let d1 = store.version_detail(ids[0], &at(late)).await.unwrap().unwrap();
+        let d1 = store
+            .version_detail(ids[0], &at(late))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(d1.row.status, Unknown);
         assert!(d1.row.error.as_deref().unwrap().contains("offline since"));
 
-        store.set_site_preferences("A", true, now, "x").await.unwrap();
-        assert!(store.version_detail(ids[0], &at(now)).await.unwrap().unwrap().row.ignore_version_check);
-        assert!(!store.version_detail(ids[1], &at(now)).await.unwrap().unwrap().row.ignore_version_check);
-
-        let listing = store
-            .module_listing(&ModuleQuery { module: "core".into(), ..Default::default() })
+        store
+            .set_site_preferences("A", true, now, "x")
             .await
             .unwrap();
-        let versions: Vec<(&str, Option<&str>)> =
-            listing.items.iter().map(|r| (r.version.as_str(), r.reference.as_deref())).collect();
+        assert!(
+            store
+                .version_detail(ids[0], &at(now))
+                .await
+                .unwrap()
+                .unwrap()
+                .row
+                .ignore_version_check
+        );
+        assert!(
+            !store
+                .version_detail(ids[1], &at(now))
+                .await
+                .unwrap()
+                .unwrap()
+                .row
+                .ignore_version_check
+        );
+
+        let listing = store
+            .module_listing(&ModuleQuery {
+                module: "core".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let versions: Vec<(&str, Option<&str>)> = listing
+            .items
+            .iter()
+            .map(|r| (r.version.as_str(), r.reference.as_deref()))
+            .collect();
         assert_eq!(versions, vec![("3.0", Some("3.1")), ("3.1", Some("3.1"))]);
     })
     .await;
