@@ -611,7 +611,7 @@ impl Store {
             )));
         }
         let message = f.message.as_ref().map(|m| truncate(m, 4000));
-        let finished = with_write!(self, pool => {
+        let (finished, ack) = with_write!(self, pool => {
             let mut tx = pool.begin().await?;
             let row: Option<(i64, i64, String, i64, String)> = sqlx::query_as(
                 "SELECT td.task_id, td.device_id, td.state, td.attempt, t.state FROM task_devices td \
@@ -678,7 +678,6 @@ impl Store {
             let active = active && !finished;
             (finished, FeedbackAck { key: f.key.clone(), duplicate: false, active })
         });
-        let (finished, ack) = finished;
         if finished {
             // The last device finishing finishes the task.
             self.tick(at).await?;
