@@ -16,6 +16,7 @@
 //! [`control_path`]) plays the customer: it holds `idle`, `menu browsing` or
 //! `payment`, and the kiosk follows it within [`POLL`] while it serves customers.
 
+use crate::process::{with_path, write_atomically};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -664,18 +665,6 @@ fn check_version(version: &str) -> io::Result<()> {
 fn set_mode(file: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(file, fs::Permissions::from_mode(mode)).map_err(|e| with_path(file, e))
-}
-
-fn write_atomically(file: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = file.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, bytes).map_err(|e| with_path(&tmp, e))?;
-    fs::rename(&tmp, file).map_err(|e| with_path(file, e))
-}
-
-fn with_path(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 //!
 //! The layout is described in `plugins/oscar/README.md`; the plugin relies on it.
 
+use crate::process::{with_path, write_atomically, write_file};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -665,27 +666,6 @@ fn check_version(version: &str) -> io::Result<()> {
             format!("OSCAR release {version:?}: use a dotted number such as 21.3.0"),
         ))
     }
-}
-
-fn write_file(file: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = file.parent() {
-        fs::create_dir_all(dir).map_err(|e| with_path(dir, e))?;
-    }
-    fs::write(file, bytes).map_err(|e| with_path(file, e))?;
-    fs::set_permissions(file, fs::Permissions::from_mode(mode)).map_err(|e| with_path(file, e))
-}
-
-fn write_atomically(file: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = file.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, bytes).map_err(|e| with_path(&tmp, e))?;
-    fs::rename(&tmp, file).map_err(|e| with_path(file, e))
-}
-
-fn with_path(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! What the simulated iiko, IceCash and Openbravo processes share: a main loop
+//! What the simulated products share: a main loop
 //! that runs until SIGTERM or SIGINT, the control file a test steers a product
 //! with, stand-ins for compiled program files, and small file helpers.
 //!

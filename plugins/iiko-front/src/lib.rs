@@ -164,14 +164,7 @@ impl Plugin for Front {
                     "no desktop folder at {DESKTOP}: the old plugin must be copied to the desktop's `old` folder before the update"
                 )));
             }
-            let package = std::fs::metadata(&ctx.package).at(&ctx.package)?.len();
-            let needed = package.saturating_mul(4);
-            let free = fs::free_space("/staging")?;
-            if free < needed {
-                return Err(Stop::failed(format!(
-                    "not enough disk space for the update: {free} bytes free on /staging, {needed} needed"
-                )));
-            }
+            posup_plugin_sdk::require_staging_space(&ctx.package)?;
             Ok(())
         })
     }

@@ -114,15 +114,7 @@ impl Plugin for Kiosk {
                     60,
                 ));
             }
-            let package = std::fs::metadata(&ctx.package).at(&ctx.package)?.len();
-            // Room for the unpacked tree and the backup copy, generously.
-            let needed = package.saturating_mul(4);
-            let free = fs::free_space("/staging")?;
-            if free < needed {
-                return Err(Stop::failed(format!(
-                    "not enough disk space for the update: {free} bytes free on /staging, {needed} needed"
-                )));
-            }
+            posup_plugin_sdk::require_staging_space(&ctx.package)?;
             Ok(())
         })
     }

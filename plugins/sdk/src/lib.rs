@@ -139,6 +139,20 @@ impl<T> IoContext<T> for std::io::Result<T> {
     }
 }
 
+/// Refuses the update when `/staging` has less than four times the package's size
+/// free: room for the unpacked tree and the backup copy, generously.
+pub fn require_staging_space(package: &str) -> Result<(), Stop> {
+    let size = std::fs::metadata(package).at(package)?.len();
+    let needed = size.saturating_mul(4);
+    let free = fs::free_space("/staging")?;
+    if free < needed {
+        return Err(Stop::failed(format!(
+            "not enough disk space for the update: {free} bytes free on /staging, {needed} needed"
+        )));
+    }
+    Ok(())
+}
+
 /// Compares two dotted versions numerically part by part (`1.14.9` > `1.8.4`, `877`
 /// > `1.9`); parts that are not numbers compare as text.
 pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
