@@ -18,11 +18,19 @@ struct Terminal {
     state: PathBuf,
     config: PathBuf,
     packages: PathBuf,
+    /// How long the simulated kiosk takes to stop, in milliseconds.
+    shutdown_ms: u64,
 }
 
 impl Terminal {
     /// A terminal with kiosk `version` installed and running, in state IDLE.
     async fn new(version: &str) -> Terminal {
+        Terminal::with_shutdown(version, 0).await
+    }
+
+    /// A terminal whose kiosk takes `shutdown_ms` to stop: the apply step that
+    /// stops it lasts at least that long, long enough to be caught in the act.
+    async fn with_shutdown(version: &str, shutdown_ms: u64) -> Terminal {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let product = root.join("opt/kiosk");
@@ -45,7 +53,7 @@ logs = "{logs}"
 services = ["kiosk"]
 
 [services.kiosk]
-command = ["{posup}", "sim-product", "kiosk", "--product", "{product}", "--logs", "{logs}"]
+command = ["{posup}", "sim-product", "kiosk", "--product", "{product}", "--logs", "{logs}", "--shutdown-ms", "{shutdown_ms}"]
 log = "{logs}/stdout.log"
 "#,
                 logs = logs.display(),
@@ -61,6 +69,7 @@ log = "{logs}/stdout.log"
             state,
             config,
             packages,
+            shutdown_ms,
         };
         t.services().start("kiosk").await.unwrap();
         t.wait_state("IDLE");
@@ -79,6 +88,8 @@ log = "{logs}/stdout.log"
                 self.product.display().to_string(),
                 "--logs".into(),
                 self.logs.display().to_string(),
+                "--shutdown-ms".into(),
+                self.shutdown_ms.to_string(),
             ]),
         )
     }
@@ -234,7 +245,8 @@ fn kill_during(t: &Terminal, package: &Path, step: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_mid_apply_a_rerun_rolls_back_then_a_new_run_installs() {
-    let t = Terminal::new("7.4.2").await;
+    // Apply otherwise ends between two looks at the journal on a fast machine.
+    let t = Terminal::with_shutdown("7.4.2", 1500).await;
     let before = snapshot(&t.product);
     let pkg = t.package("7.5.0", false);
     kill_during(&t, &pkg, "apply");

@@ -259,11 +259,16 @@ pub struct KioskArgs {
     /// `<product>.sim-control`.
     #[arg(long)]
     pub control: Option<PathBuf>,
+    /// How long the kiosk takes to save its order journal when told to stop, in
+    /// milliseconds: a slow shutdown keeps whoever stops it waiting that long.
+    #[arg(long, default_value_t = 0)]
+    pub shutdown_ms: u64,
 }
 
 impl KioskArgs {
     pub fn run(&self) -> io::Result<()> {
-        let mut kiosk = Kiosk::new(&self.product, &self.logs);
+        let mut kiosk = Kiosk::new(&self.product, &self.logs)
+            .with_shutdown(Duration::from_millis(self.shutdown_ms));
         if let Some(control) = &self.control {
             kiosk = kiosk.with_control(control);
         }
@@ -285,6 +290,8 @@ pub struct Kiosk {
     orders: u32,
     /// The last unreadable control-file content reported, so it is told once.
     bad_control: Option<String>,
+    /// Time spent saving the order journal between the stop request and exit.
+    shutdown: Duration,
 }
 
 impl Kiosk {
@@ -297,7 +304,14 @@ impl Kiosk {
             ready_at: None,
             orders: 0,
             bad_control: None,
+            shutdown: Duration::ZERO,
         }
+    }
+
+    /// Takes `shutdown` to stop, as a kiosk saving a long order journal does.
+    pub fn with_shutdown(mut self, shutdown: Duration) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Reads the customer's state from `control` instead of the default path.
@@ -475,6 +489,10 @@ impl Kiosk {
     fn stop(&mut self, why: &str) -> io::Result<()> {
         self.log
             .info("KioskApp", &format!("Stopping kiosk ({why})"))?;
+        if !self.shutdown.is_zero() {
+            self.log.info("Order", "Saving order journal")?;
+            std::thread::sleep(self.shutdown);
+        }
         self.change(KioskState::Stopped)?;
         self.log.info("KioskApp", "Kiosk stopped")
     }
