@@ -208,6 +208,8 @@ impl Api {
                 logs: Some("/var/log/kiosk".into()),
             },
             poll_interval_secs: None,
+            site_limit: None,
+            impact: None,
         };
         self.put("/api/v1/device-types/kiosk", &body).await;
         self.put(
@@ -245,6 +247,7 @@ impl Api {
                 package_id: package.id,
                 group_id: group,
                 start_at: None,
+                notice_override: Some("test: simulated terminals, nobody to notify".into()),
             },
         )
         .await

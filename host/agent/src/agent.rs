@@ -654,6 +654,18 @@ impl Agent {
         message: Option<String>,
         percent: Option<u8>,
     ) {
+        self.report_retry(action, step, state, message, percent, None);
+    }
+
+    fn report_retry(
+        &self,
+        action: &Action,
+        step: &str,
+        state: FeedbackState,
+        message: Option<String>,
+        percent: Option<u8>,
+        retry_after: Option<Duration>,
+    ) {
         let Some(device_id) = self.device_id() else {
             return;
         };
@@ -665,6 +677,7 @@ impl Agent {
             state,
             message,
             percent,
+            retry_after,
         };
         if let Err(e) = self.outbox.push(device_id, report) {
             tracing::error!(
@@ -967,22 +980,20 @@ struct FeedbackObserver {
 
 impl Observer for FeedbackObserver {
     fn step(&self, r: &StepReport) {
-        let (state, message) = match r.result {
-            "ok" => (FeedbackState::Ok, r.message.clone()),
+        let ask_again = self.agent.config.cashier.ask_again();
+        let (state, message, retry_after) = match r.result {
+            "ok" => (FeedbackState::Ok, r.message.clone(), None),
             "declined" => (
                 FeedbackState::NotNow,
-                format!(
-                    "{}; asking again in {} s",
-                    r.message,
-                    self.agent.config.cashier.ask_again().as_secs()
-                ),
+                format!("{}; asking again in {} s", r.message, ask_again.as_secs()),
+                Some(ask_again),
             ),
-            "not-now" => (FeedbackState::NotNow, r.message.clone()),
-            _ => (FeedbackState::Failed, r.message.clone()),
+            "not-now" => (FeedbackState::NotNow, r.message.clone(), r.retry_after),
+            _ => (FeedbackState::Failed, r.message.clone(), None),
         };
         let message = (!message.is_empty()).then_some(message);
         self.agent
-            .report(&self.action, &r.step, state, message, None);
+            .report_retry(&self.action, &r.step, state, message, None, retry_after);
     }
 
     fn started(&self, step: &str, _attempt: u32) {

@@ -267,6 +267,7 @@ impl SimDevice {
             state,
             message,
             percent: None,
+            retry_after: None,
         };
         self.outbox
             .push(self.device_id, report)

@@ -32,6 +32,8 @@ pub struct Report {
     pub state: FeedbackState,
     pub message: Option<String>,
     pub percent: Option<u8>,
+    /// With `not-now`: when the terminal tries again.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// Reports waiting for the server's acknowledgement.
@@ -129,6 +131,7 @@ impl Outbox {
             message: report.message,
             percent: report.percent,
             at: Utc::now(),
+            retry_after_secs: report.retry_after.map(|d| d.as_secs()),
         };
         if let Some(dir) = &self.dir {
             let file = dir.join(format!("{key}.json"));
@@ -251,6 +254,7 @@ mod tests {
             step: step.into(),
             state: FeedbackState::Ok,
             message: None,
+            retry_after: None,
             percent: None,
         }
     }

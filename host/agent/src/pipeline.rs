@@ -129,6 +129,8 @@ pub struct StepReport {
     pub result: &'static str,
     pub message: String,
     pub duration: Duration,
+    /// With `not-now`: the plugin's retry-after.
+    pub retry_after: Option<Duration>,
 }
 
 /// Sees each step as it starts and ends, and may stop an update before its
@@ -411,7 +413,18 @@ impl Pipeline<'_> {
         journal
             .push(step.as_str(), event, attempt, &message)
             .map_err(io("writing the journal"))?;
-        self.report(step.as_str(), attempt, event_name(event), &message, started);
+        let retry_after = match &outcome {
+            Ok(Outcome::NotNow(nn)) => Some(Duration::from_secs(nn.retry_after_secs.into())),
+            _ => None,
+        };
+        self.report_step(
+            step.as_str(),
+            attempt,
+            event_name(event),
+            &message,
+            started,
+            retry_after,
+        );
         match (event, &outcome) {
             (Event::Ok, _) => Ok(Next::Go),
             (Event::NotNow, Ok(Outcome::NotNow(nn)))
@@ -634,6 +647,18 @@ impl Pipeline<'_> {
         message: &str,
         started: Instant,
     ) {
+        self.report_step(step, attempt, result, message, started, None);
+    }
+
+    fn report_step(
+        &self,
+        step: &str,
+        attempt: u32,
+        result: &'static str,
+        message: &str,
+        started: Instant,
+        retry_after: Option<Duration>,
+    ) {
         if let Some(o) = self.observer {
             o.step(&StepReport {
                 step: step.to_owned(),
@@ -641,6 +666,7 @@ impl Pipeline<'_> {
                 result,
                 message: message.to_owned(),
                 duration: started.elapsed(),
+                retry_after,
             });
         }
     }

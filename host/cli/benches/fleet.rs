@@ -139,6 +139,8 @@ async fn server(poll_secs: u32) -> anyhow::Result<Server> {
             logs: Some("/var/log/kiosk".into()),
         },
         poll_interval_secs: None,
+        site_limit: None,
+        impact: None,
     };
     let _: serde_json::Value = api.put("/api/v1/device-types/kiosk", &body).await?;
     let _: serde_json::Value = api
@@ -334,6 +336,7 @@ async fn rollout(n: usize) -> anyhow::Result<()> {
                 package_id: pkg.id,
                 group_id: all,
                 start_at: None,
+                notice_override: Some("benchmark: simulated terminals, nobody to notify".into()),
             },
         )
         .await?;

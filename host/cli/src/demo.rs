@@ -27,6 +27,7 @@ use posup_proto::api::{
     CreateGroup, CreateTask, DeviceRow, DeviceTaskState, DeviceTypeBody, EnablePlugin, GroupKind,
     GroupView, PackageView, TaskDeviceRow, TaskState, TaskView,
 };
+use posup_proto::rollout::{CreateRollout, RolloutState, RolloutView, WaveSpec};
 use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Page, TaskKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -203,6 +204,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
             // The server's default interval, which the demo sets below the 5 s a
             // device type may ask for, so the waves follow each other quickly.
             poll_interval_secs: None,
+            // Kiosks go down one at a time per site, so the others keep serving.
+            site_limit: (p.device_type == "kiosk").then_some(1),
+            impact: Some("software".into()),
         };
         api.put::<_, serde_json::Value>(&format!("/api/v1/device-types/{}", p.device_type), &body)
             .await?;
@@ -486,49 +490,92 @@ async fn rollout(
             },
         )
         .await?;
-    let plan = [
-        (
-            "Download to every terminal",
-            TaskKind::Download,
-            builtin(GroupKind::All)?,
-        ),
-        ("Update the pilot terminals", TaskKind::Update, pilot.id),
-        (
-            "Update the even-numbered terminals",
-            TaskKind::Update,
-            builtin(GroupKind::Even)?,
-        ),
-        (
-            "Forced update of the odd-numbered terminals",
-            TaskKind::ForcedUpdate,
-            builtin(GroupKind::Odd)?,
-        ),
-    ];
     let names: BTreeMap<i64, String> = devices.iter().map(|d| (d.id, d.name.clone())).collect();
     let mut waves = Vec::new();
-    for (i, (title, kind, group)) in plan.iter().enumerate() {
-        for pkg in packages.values() {
-            let task: TaskView = api
-                .post(
-                    "/api/v1/tasks",
-                    &CreateTask {
-                        name: Some(format!("{title}: {}", pkg.file_name)),
-                        kind: *kind,
-                        package_id: pkg.id,
-                        group_id: *group,
-                        start_at: None,
-                    },
-                )
-                .await?;
+    // First the packages go onto every terminal in the background, then one
+    // rollout updates Pilot, Even and Odd, each wave only once the one before
+    // succeeded on every terminal.
+    for pkg in packages.values() {
+        let task: TaskView = api
+            .post(
+                "/api/v1/tasks",
+                &CreateTask {
+                    name: Some(format!("Download to every terminal: {}", pkg.file_name)),
+                    kind: TaskKind::Download,
+                    package_id: pkg.id,
+                    group_id: builtin(GroupKind::All)?,
+                    start_at: None,
+                    notice_override: None,
+                },
+            )
+            .await?;
+        let header = format!("[download] {} to every terminal", pkg.file_name);
+        waves.push(watch_task(api, out, &header, task.id, &names, timeout).await?);
+    }
+    let release: RolloutView = api
+        .post(
+            "/api/v1/rollouts",
+            &CreateRollout {
+                name: Some("Demo release".into()),
+                kind: TaskKind::Update,
+                packages: packages.values().map(|p| p.id).collect(),
+                waves: [
+                    pilot.id,
+                    builtin(GroupKind::Even)?,
+                    builtin(GroupKind::Odd)?,
+                ]
+                .into_iter()
+                .map(|group_id| WaveSpec {
+                    group_id,
+                    success_percent: 100,
+                    auto_advance: true,
+                })
+                .collect(),
+                max_failed: Some(2),
+                max_failed_percent: None,
+                start_at: None,
+                conditions: String::new(),
+                // The demo's stores are simulated: nobody to give 24 hours' notice.
+                notice_override: Some("demo: simulated stores, nobody to notify".into()),
+            },
+        )
+        .await?;
+    let started = Instant::now();
+    for (i, spec) in release.waves.iter().enumerate() {
+        // The wave's tasks appear once the wave before it met its threshold.
+        let tasks = loop {
+            let r: RolloutView = api.get(&format!("/api/v1/rollouts/{}", release.id)).await?;
+            let wave = &r.waves[i];
+            if wave.tasks.len() == r.packages.len() {
+                break wave.tasks.clone();
+            }
+            if matches!(r.state, RolloutState::Paused | RolloutState::Finished) {
+                out.event(&format!(
+                    "  the rollout stopped before wave {} ({}): {}",
+                    i + 1,
+                    spec.group_name,
+                    r.pause_reason.unwrap_or_else(|| r.state.as_str().into())
+                ));
+                return Ok(waves);
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "wave {} ({}) did not start within {timeout:?}",
+                    i + 1,
+                    spec.group_name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        for task in tasks {
             let header = format!(
-                "[{}/{}] {title} ({}, {})",
+                "[wave {}/{}] {} ({})",
                 i + 1,
-                plan.len(),
-                kind.as_str(),
-                pkg.file_name
+                release.waves.len(),
+                spec.group_name,
+                release.name
             );
-            let wave = watch_task(api, out, &header, task.id, &names, timeout).await?;
-            waves.push(wave);
+            waves.push(watch_task(api, out, &header, task, &names, timeout).await?);
         }
     }
     Ok(waves)

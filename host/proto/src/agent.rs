@@ -269,6 +269,11 @@ pub struct Feedback {
     pub percent: Option<u8>,
     /// When it happened on the terminal.
     pub at: DateTime<Utc>,
+    /// With `not-now`: how long the terminal waits before it tries again (the
+    /// plugin's retry-after, or the cashier's ask-again interval). The server does
+    /// not start the part again before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
 }
 
 /// The answer to feedback.

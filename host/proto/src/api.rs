@@ -182,6 +182,14 @@ pub struct DeviceTypeBody {
     /// Poll interval of these devices; the server default when absent.
     #[serde(default)]
     pub poll_interval_secs: Option<u32>,
+    /// At most this many devices of this type may be down for an update per site
+    /// at once (kiosks: 1, so the others keep serving); no limit when absent.
+    #[serde(default)]
+    pub site_limit: Option<u32>,
+    /// What updating this type touches, for announcements:
+    /// `register-and-software`, `register` or `software` (the default).
+    #[serde(default)]
+    pub impact: Option<String>,
 }
 
 /// A device type as the server holds it.
@@ -201,6 +209,8 @@ pub struct DeviceTypeView {
     pub poll_interval_secs: u32,
     pub devices: u64,
     pub updated_at: DateTime<Utc>,
+    pub site_limit: Option<u32>,
+    pub impact: String,
 }
 
 /// `PUT /api/v1/device-types/{name}/plugin`: enables a plugin. Without `version`,
@@ -476,6 +486,11 @@ pub struct CreateTask {
     /// When to start; now when absent.
     #[serde(default)]
     pub start_at: Option<DateTime<Utc>>,
+    /// An Update must start at least 24 hours after it is announced (created).
+    /// An administrator may start it sooner by giving the reason here; it is
+    /// recorded with the task and in the audit log.
+    #[serde(default)]
+    pub notice_override: Option<String>,
 }
 
 /// Query string of `GET /api/v1/tasks`.
@@ -519,6 +534,15 @@ pub struct TaskView {
     /// 1, growing with every restart.
     pub attempt: u32,
     pub counts: TaskCounts,
+    /// The rollout this task is a wave of.
+    #[serde(default)]
+    pub rollout_id: Option<i64>,
+    /// Its wave in that rollout, from 0.
+    #[serde(default)]
+    pub wave: Option<u32>,
+    /// Why it may start less than 24 hours after its announcement.
+    #[serde(default)]
+    pub notice_override: Option<String>,
 }
 
 /// Query string of `GET /api/v1/tasks/{id}/devices`.
@@ -548,6 +572,9 @@ pub struct TaskDeviceRow {
     pub message: Option<String>,
     pub percent: Option<u8>,
     pub updated_at: DateTime<Utc>,
+    /// Why a device that has not started yet waits; `None` once it runs or ended.
+    #[serde(default)]
+    pub wait: Option<crate::rollout::Wait>,
 }
 
 /// One report of a step, as the agent sent it.
@@ -665,6 +692,9 @@ pub struct SiteView {
     /// The `ignore-version-check` preference (Openbravo hot fixes): version checks
     /// on this site's devices do not fail while it is on.
     pub ignore_version_check: bool,
+    /// Time zone, 24/7 and the agreed reboot time.
+    #[serde(default)]
+    pub settings: crate::rollout::SiteSettings,
 }
 
 /// `PUT /api/v1/sites/{name}/preferences`. Stored as the site-scoped variable

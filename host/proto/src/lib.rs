@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod agent;
 pub mod api;
+pub mod notify;
+pub mod rollout;
 
 /// Path prefix of the operator API.
 pub const API_PREFIX: &str = "/api/v1";

@@ -173,10 +173,20 @@ async fn poll(
     };
     let actions = if active.contains(&device.id) {
         // Actions starting before the next poll are handed out now, with their
-        // start time, so a forced update at a set time starts on time.
-        store
-            .actions_for_device(device.id, at.now + i64::from(interval) * 1000)
-            .await?
+        // start time, so a forced update at a set time starts on time. An update
+        // is handed out only once its gates let it start (see `posup_store::gates`).
+        let horizon = at.now + i64::from(interval) * 1000;
+        let asking = posup_store::Asking {
+            device_id: device.id,
+            site: &device.site,
+            device_type: &device.device_type,
+        };
+        if store.admit(asking, &at, horizon).await? {
+            // An ordering rule set a readiness variable: the cached newest change
+            // id is stale.
+            caches.invalidate_all();
+        }
+        store.actions_for_device(device.id, horizon).await?
     } else {
         Vec::new()
     };

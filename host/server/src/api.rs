@@ -96,6 +96,8 @@ pub fn routes(max_plugin_bytes: usize) -> Router<AppState> {
             axum::routing::delete(delete_secret),
         )
         .route("/audit", get(audit))
+        .merge(crate::notify_api::routes())
+        .merge(crate::rollout_api::routes())
 }
 
 #[derive(Debug, serde::Serialize, schemars::JsonSchema)]
@@ -620,6 +622,12 @@ async fn create_task(
     Json(body): Json<CreateTask>,
 ) -> Result<(StatusCode, Json<TaskView>)> {
     op.require(roles::FLEET, "create tasks")?;
+    if body.notice_override.is_some() {
+        op.require(
+            roles::ADMIN,
+            "start an update with less than 24 hours' notice",
+        )?;
+    }
     let task = state
         .store()
         .create_task(&body, &state.at(), &op.actor())

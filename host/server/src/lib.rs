@@ -36,7 +36,10 @@ pub mod clock;
 pub mod config;
 pub mod error;
 mod extract;
+pub mod notify;
+mod notify_api;
 pub mod openapi;
+mod rollout_api;
 pub mod state;
 mod uploads;
 
@@ -246,6 +249,9 @@ async fn background(state: AppState, mut stop: tokio::sync::watch::Receiver<bool
         .unwrap_or(std::time::Duration::from_secs(1));
     let mut ticker = tokio::time::interval(flush.min(std::time::Duration::from_secs(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Notifications go out in a task of their own, so a slow receiver delays
+    // neither this loop nor (by starting a second run) itself.
+    let mut delivering: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -254,12 +260,24 @@ async fn background(state: AppState, mut stop: tokio::sync::watch::Receiver<bool
         if let Err(e) = state.flush_contacts().await {
             tracing::warn!("writing contact times: {e}");
         }
-        if let Err(e) = state.store().tick(&state.at()).await {
-            tracing::warn!("advancing task states: {e}");
+        if let Err(e) = state.tick_rollouts(&state.at()).await {
+            tracing::warn!("advancing tasks and rollouts: {e}");
         }
         if let Err(e) = state.refresh_caches().await {
             tracing::warn!("reading change counters: {e}");
         }
+        if delivering.as_ref().is_none_or(|d| d.is_finished()) {
+            let state = state.clone();
+            delivering = Some(tokio::spawn(async move {
+                if let Err(e) = notify::deliver_due(&state).await {
+                    tracing::warn!("delivering notifications: {e}");
+                }
+            }));
+        }
+    }
+    // A message cut off here is sent again once its lease runs out.
+    if let Some(d) = delivering {
+        d.abort();
     }
     recompute.abort();
 }

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use posup_proto::agent::*;
 use posup_proto::api::*;
+use posup_proto::rollout::*;
 use posup_proto::{ErrorBody, Page};
 
 /// Who may call an operation.
@@ -589,6 +590,7 @@ pub fn document() -> Value {
     .body::<FailedToGroup>()
     .ok::<GroupView>(201, "the new group")
     .add();
+    rollout_operations(d);
     d.op(
         "get",
         "/api/v1/variables",
@@ -726,6 +728,72 @@ pub fn document() -> Value {
     .query::<AuditQuery>()
     .ok::<Vec<AuditEntry>>(200, "the entries")
     .add();
+    // Notification channels and the delivery log.
+    {
+        use posup_proto::notify::*;
+        d.op(
+            "get",
+            "/api/v1/channels",
+            "List notification channels (secrets are never shown)",
+            op(READ),
+        )
+        .ok::<Vec<ChannelView>>(200, "all channels")
+        .add();
+        d.op(
+            "post",
+            "/api/v1/channels",
+            "Create a webhook or Telegram channel",
+            op(ADMIN),
+        )
+        .body::<CreateChannel>()
+        .ok::<ChannelView>(201, "the channel")
+        .add();
+        d.op("get", "/api/v1/channels/{id}", "A channel", op(READ))
+            .ok::<ChannelView>(200, "the channel")
+            .add();
+        d.op(
+            "put",
+            "/api/v1/channels/{id}",
+            "Replace a channel's settings (the secret stays unless given or cleared)",
+            op(ADMIN),
+        )
+        .body::<UpdateChannel>()
+        .ok::<ChannelView>(200, "the channel")
+        .add();
+        d.op(
+            "delete",
+            "/api/v1/channels/{id}",
+            "Delete a channel with its queued messages and their log",
+            op(ADMIN),
+        )
+        .no_content()
+        .add();
+        d.op(
+            "post",
+            "/api/v1/channels/{id}/test",
+            "Queue a test message to this channel only",
+            op(ADMIN),
+        )
+        .ok::<NotificationView>(202, "the queued message")
+        .add();
+        d.op(
+            "get",
+            "/api/v1/notifications",
+            "The delivery log, newest first",
+            op(READ),
+        )
+        .query::<NotificationQuery>()
+        .ok::<Page<NotificationView>>(200, "one page")
+        .add();
+        d.op(
+            "get",
+            "/api/v1/notifications/{id}",
+            "A message with every delivery attempt",
+            op(READ),
+        )
+        .ok::<NotificationDetail>(200, "the message")
+        .add();
+    }
     d.op("get", "/api/v1/openapi.json", "This document", Auth::None)
         .ok::<Value>(200, "the OpenAPI document")
         .add();
@@ -747,4 +815,136 @@ pub fn document() -> Value {
             }
         }
     })
+}
+
+/// Rollouts and the policy they follow.
+fn rollout_operations(d: &mut Doc) {
+    use crate::auth::roles::{FLEET, READ};
+    let op = Auth::Operator;
+    d.op(
+        "get",
+        "/api/v1/rollouts",
+        "List rollouts, newest first",
+        op(READ),
+    )
+    .ok::<Vec<RolloutView>>(200, "the rollouts")
+    .add();
+    d.op(
+        "post",
+        "/api/v1/rollouts",
+        "Create and announce a rollout (an Update needs 24 hours' notice unless an admin overrides)",
+        op(FLEET),
+    )
+    .body::<CreateRollout>()
+    .ok::<RolloutView>(201, "the rollout")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/rollouts/{id}",
+        "A rollout with its waves",
+        op(READ),
+    )
+    .ok::<RolloutView>(200, "the rollout")
+    .add();
+    d.op(
+        "delete",
+        "/api/v1/rollouts/{id}",
+        "Delete a rollout and its tasks",
+        op(FLEET),
+    )
+    .no_content()
+    .add();
+    for (path, summary) in [
+        (
+            "/api/v1/rollouts/{id}/pause",
+            "Pause a rollout and its tasks",
+        ),
+        (
+            "/api/v1/rollouts/{id}/resume",
+            "Resume a Paused rollout (failures before count no more)",
+        ),
+        (
+            "/api/v1/rollouts/{id}/advance",
+            "Start the next wave of a Waiting rollout",
+        ),
+    ] {
+        d.op("post", path, summary, op(FLEET))
+            .ok::<RolloutView>(200, "the rollout")
+            .add();
+    }
+    d.op(
+        "get",
+        "/api/v1/rollouts/{id}/sites",
+        "Each site's part of a rollout, with its report once it ended",
+        op(READ),
+    )
+    .ok::<Vec<RolloutSite>>(200, "the sites")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/rollouts/{id}/announcements",
+        "The announcement each site received",
+        op(READ),
+    )
+    .ok::<Vec<SiteMessage>>(200, "the announcements")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/windows",
+        "List maintenance windows",
+        op(READ),
+    )
+    .ok::<Vec<WindowView>>(200, "the windows")
+    .add();
+    d.op(
+        "post",
+        "/api/v1/windows",
+        "Create a maintenance window",
+        op(FLEET),
+    )
+    .body::<CreateWindow>()
+    .ok::<WindowView>(201, "the window")
+    .add();
+    d.op(
+        "delete",
+        "/api/v1/windows/{id}",
+        "Delete a maintenance window",
+        op(FLEET),
+    )
+    .no_content()
+    .add();
+    d.op(
+        "get",
+        "/api/v1/order-rules",
+        "List ordering rules across device types",
+        op(READ),
+    )
+    .ok::<Vec<OrderRuleView>>(200, "the rules")
+    .add();
+    d.op(
+        "post",
+        "/api/v1/order-rules",
+        "Make a device type wait for another on each site",
+        op(FLEET),
+    )
+    .body::<CreateOrderRule>()
+    .ok::<OrderRuleView>(201, "the rule")
+    .add();
+    d.op(
+        "delete",
+        "/api/v1/order-rules/{id}",
+        "Delete an ordering rule",
+        op(FLEET),
+    )
+    .no_content()
+    .add();
+    d.op(
+        "put",
+        "/api/v1/sites/{name}/settings",
+        "Set a site's time zone, 24/7 and agreed reboot time",
+        op(FLEET),
+    )
+    .body::<SiteSettings>()
+    .ok::<SiteSettings>(200, "the settings")
+    .add();
 }

@@ -119,6 +119,15 @@ impl AppState {
         At::new(self.inner.clock.now(), self.inner.settings.offline_after)
     }
 
+    /// Moves tasks and rollouts along; new parts for devices drop this process's
+    /// cache of who has actions at once (other processes follow the counters).
+    pub async fn tick_rollouts(&self, at: &At) -> Result<()> {
+        if self.store().tick_rollouts(at).await? {
+            self.inner.caches.invalidate_all();
+        }
+        Ok(())
+    }
+
     pub fn now_ms(&self) -> i64 {
         self.inner.clock.now().timestamp_millis()
     }

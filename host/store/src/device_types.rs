@@ -25,6 +25,8 @@ struct Row {
     paths: String,
     poll_interval_secs: Option<i64>,
     updated_at: i64,
+    site_limit: Option<i64>,
+    impact: String,
     plugin_sha256: Option<String>,
     plugin_name: Option<String>,
     plugin_version: Option<String>,
@@ -33,7 +35,7 @@ struct Row {
 }
 
 const SELECT: &str = "SELECT dt.name, dt.description, dt.revision, dt.allowed, dt.paths, dt.poll_interval_secs, dt.updated_at, \
-    dt.plugin_sha256, p.name AS plugin_name, p.version AS plugin_version, p.capabilities AS plugin_caps, \
+    dt.site_limit, dt.impact, dt.plugin_sha256, p.name AS plugin_name, p.version AS plugin_version, p.capabilities AS plugin_caps, \
     (SELECT count(*) FROM devices d WHERE d.device_type = dt.name) AS devices \
     FROM device_types dt LEFT JOIN plugins p ON p.sha256 = dt.plugin_sha256";
 
@@ -96,6 +98,16 @@ fn check_body(name: &str, body: &DeviceTypeBody) -> Result<()> {
             "device type {name}: poll interval {secs} s is out of range: use 5 to 86400"
         )));
     }
+    if body.site_limit == Some(0) {
+        return Err(Error::Invalid(format!(
+            "device type {name}: a site limit of 0 would never let an update start: give 1 or more, or leave it out"
+        )));
+    }
+    if let Some(impact) = &body.impact {
+        impact
+            .parse::<posup_policy::text::Impact>()
+            .map_err(|e| Error::Invalid(format!("device type {name}: {e}")))?;
+    }
     Ok(())
 }
 
@@ -140,6 +152,8 @@ impl Row {
                 .unwrap_or(default_poll),
             devices: self.devices as u64,
             updated_at: ts(self.updated_at),
+            site_limit: self.site_limit.map(|k| k as u32),
+            impact: self.impact,
         })
     }
 }
@@ -158,11 +172,13 @@ impl Store {
         let allowed = to_json(&sorted(body.allowed.clone()));
         let paths = to_json(&body.paths);
         let poll = body.poll_interval_secs.map(i64::from);
+        let site_limit = body.site_limit.map(i64::from);
+        let impact = body.impact.as_deref().unwrap_or("software");
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
             let updated = sqlx::query(
                 "UPDATE device_types SET description = $2, allowed = $3, paths = $4, poll_interval_secs = $5, \
-                 revision = revision + 1, updated_at = $6 WHERE name = $1",
+                 revision = revision + 1, updated_at = $6, site_limit = $7, impact = $8 WHERE name = $1",
             )
             .bind(name)
             .bind(&body.description)
@@ -170,12 +186,14 @@ impl Store {
             .bind(&paths)
             .bind(poll)
             .bind(now)
+            .bind(site_limit)
+            .bind(impact)
             .execute(&mut *tx)
             .await?;
             let action = if updated.rows_affected() == 0 {
                 sqlx::query(
-                    "INSERT INTO device_types (name, description, revision, plugin_sha256, allowed, paths, poll_interval_secs, updated_at) \
-                     VALUES ($1, $2, 1, NULL, $3, $4, $5, $6)",
+                    "INSERT INTO device_types (name, description, revision, plugin_sha256, allowed, paths, poll_interval_secs, updated_at, site_limit, impact) \
+                     VALUES ($1, $2, 1, NULL, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(name)
                 .bind(&body.description)
@@ -183,6 +201,8 @@ impl Store {
                 .bind(&paths)
                 .bind(poll)
                 .bind(now)
+                .bind(site_limit)
+                .bind(impact)
                 .execute(&mut *tx)
                 .await?;
                 "device_type.create"

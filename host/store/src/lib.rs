@@ -31,9 +31,13 @@ mod sql;
 mod audit;
 mod device_types;
 mod devices;
+mod gates;
 mod generations;
 mod groups;
+mod notifications;
 mod plugins;
+mod policy;
+mod rollouts;
 mod tasks;
 mod tokens;
 mod variables;
@@ -47,8 +51,11 @@ pub mod testing;
 
 pub use device_types::DeviceTypeConfig;
 pub use devices::{DeviceAuth, InventoryReport};
+pub use gates::Asking;
 pub use generations::Generations;
+pub use notifications::{Attempt, Delivery, FIRST_RETRY, MAX_ATTEMPTS, MAX_RETRY, Notice, backoff};
 pub use plugins::{NewPackage, NewPlugin};
+pub use rollouts::NOTICE;
 pub use tokens::TokenIdentity;
 pub use variables::{IGNORE_VERSION_CHECK, VarTarget};
 

@@ -93,3 +93,27 @@ macro_rules! bump {
             .await?
     };
 }
+
+/// Queues a message for every enabled channel that should hear about it, inside the
+/// caller's transaction, so a message exists exactly when the change it reports
+/// was committed: `notify!(&mut *tx, now_ms, &Notice { .. })` with a
+/// [`crate::notifications::Notice`]. A notice about a site goes to that site's
+/// channels and to the tenant-wide ones (no site); a notice about no site only to
+/// the tenant-wide ones. Evaluates to the number of messages queued (`u64`).
+macro_rules! notify {
+    ($ex:expr, $now:expr, $notice:expr) => {{
+        let notice: &$crate::notifications::Notice<'_> = $notice;
+        let now: i64 = $now;
+        sqlx::query($crate::notifications::ENQUEUE)
+            .bind(notice.event)
+            .bind(notice.site)
+            .bind(notice.rollout_id)
+            .bind(notice.task_id)
+            .bind(notice.subject)
+            .bind(notice.body)
+            .bind(now)
+            .execute($ex)
+            .await?
+            .rows_affected()
+    }};
+}

@@ -9,10 +9,17 @@ use posup_proto::api::{
 use posup_proto::{Page, TaskKind};
 use serde_json::json;
 
+use posup_proto::rollout::{Wait, WaitKind};
+
 use crate::device_types::plugin_url;
+use crate::gates::DOWNTIME_KINDS;
 use crate::lifecycle::{self, Command};
+use crate::notifications::Notice;
 use crate::sql::{Cond, Sql};
 use crate::{At, Error, Result, Store, paging, ts};
+
+/// When a device answering not-now gave no retry time.
+const DEFAULT_RETRY_SECS: u64 = 60;
 
 /// States of unfinished devices, as SQL; must match the partial index
 /// `task_devices_active`.
@@ -34,10 +41,14 @@ struct TaskRow {
     created_at: i64,
     finished_at: Option<i64>,
     attempt: i64,
+    rollout_id: Option<i64>,
+    wave: Option<i64>,
+    notice_override: Option<String>,
 }
 
 const TASK_SELECT: &str = "SELECT t.id, t.name, t.kind, t.state, t.package_id, p.file_name AS package_file, \
-    p.version AS package_version, t.device_type, t.group_id, t.group_name, t.start_at, t.created_at, t.finished_at, t.attempt \
+    p.version AS package_version, t.device_type, t.group_id, t.group_name, t.start_at, t.created_at, t.finished_at, t.attempt, \
+    t.rollout_id, t.wave, t.notice_override \
     FROM tasks t JOIN packages p ON p.id = t.package_id";
 
 fn parse_state(s: &str) -> Result<TaskState> {
@@ -67,15 +78,40 @@ struct DeviceRow {
     message: Option<String>,
     percent: Option<i64>,
     updated_at: i64,
+    wait_kind: Option<String>,
+    wait_reason: Option<String>,
+    retry_at: Option<i64>,
 }
 
 const DEVICE_SELECT: &str = "SELECT td.id AS action_id, d.id AS device_id, d.guid, d.name, d.site, d.number, d.last_contact, \
-    td.state, td.attempt, td.step, td.message, td.percent, td.updated_at \
+    td.state, td.attempt, td.step, td.message, td.percent, td.updated_at, td.wait_kind, td.wait_reason, td.retry_at \
     FROM task_devices td JOIN devices d ON d.id = td.device_id";
 
 impl DeviceRow {
     fn row(self, at: &At) -> Result<TaskDeviceRow> {
+        let state = parse_device_state(&self.state)?;
+        let wait = match state {
+            DeviceTaskState::Waiting => Some(Wait {
+                kind: WaitKind::NotNow,
+                reason: self
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "answered not-now".into()),
+                until: self.retry_at.map(ts),
+            }),
+            DeviceTaskState::Pending => match (self.wait_kind.as_deref(), self.wait_reason) {
+                (Some(kind), Some(reason)) => Some(Wait {
+                    kind: WaitKind::parse(kind)
+                        .ok_or_else(|| Error::Corrupt(format!("wait kind `{kind}`")))?,
+                    reason,
+                    until: None,
+                }),
+                _ => None,
+            },
+            _ => None,
+        };
         Ok(TaskDeviceRow {
+            wait,
             action_id: self.action_id,
             device_id: self.device_id,
             guid: self.guid,
@@ -83,7 +119,7 @@ impl DeviceRow {
             site: self.site,
             number: self.number as u32,
             online: self.last_contact != 0 && self.last_contact >= at.online_since,
-            state: parse_device_state(&self.state)?,
+            state,
             attempt: self.attempt as u32,
             step: self.step,
             message: self.message,
@@ -150,6 +186,27 @@ impl Store {
                 package.file_name
             )
         });
+        crate::rollouts::check_notice(
+            &format!("task {name}"),
+            body.kind,
+            start_at,
+            at.now,
+            body.notice_override.as_deref(),
+        )?;
+        // Downloads interrupt nobody: only updates are announced.
+        let announcements = if body.kind == TaskKind::Download {
+            Vec::new()
+        } else {
+            self.task_announcements(
+                &name,
+                body.kind,
+                start_at,
+                package.id,
+                &package.device_type,
+                &members,
+            )
+            .await?
+        };
         let mut insert = Sql::new(
             "INSERT INTO task_devices (task_id, device_id, state, attempt, updated_at) SELECT ",
         );
@@ -164,8 +221,8 @@ impl Store {
         let id = with_write!(self, pool => {
             let mut tx = pool.begin().await?;
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO tasks (name, kind, state, package_id, plugin_sha256, device_type, group_id, group_name, start_at, created_at, attempt) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1) RETURNING id",
+                "INSERT INTO tasks (name, kind, state, package_id, plugin_sha256, device_type, group_id, group_name, start_at, created_at, attempt, notice_override) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11) RETURNING id",
             )
             .bind(&name)
             .bind(body.kind.as_str())
@@ -177,6 +234,7 @@ impl Store {
             .bind(&group_name)
             .bind(start_at)
             .bind(at.now)
+            .bind(body.notice_override.clone())
             .fetch_one(&mut *tx)
             .await?;
             let mut args = insert.args.clone();
@@ -188,9 +246,19 @@ impl Store {
                     package.device_type
                 )));
             }
+            for m in &announcements {
+                notify!(&mut *tx, at.now, &Notice {
+                    event: "announcement",
+                    site: Some(&m.site),
+                    rollout_id: None,
+                    task_id: Some(id),
+                    subject: &format!("Planned update: {name}"),
+                    body: &m.text,
+                });
+            }
             audit!(&mut *tx, at.now, actor, "task.create", "task", id,
                 json!({"name": name, "kind": body.kind, "package_id": package.id, "group_id": body.group_id,
-                       "start_at": start_at, "devices": added}));
+                       "start_at": start_at, "devices": added, "notice_override": body.notice_override}));
             bump!(&mut *tx, "tasks");
             tx.commit().await?;
             id
@@ -200,7 +268,7 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("task {id} vanished while being created")))
     }
 
-    async fn counts(&self, id: i64, at: &At) -> Result<TaskCounts> {
+    pub(crate) async fn counts(&self, id: i64, at: &At) -> Result<TaskCounts> {
         let (total, failed, success, offline): (i64, i64, i64, i64) = with_read!(self, pool => {
             sqlx::query_as(
                 "SELECT count(*), \
@@ -241,6 +309,9 @@ impl Store {
             finished_at: r.finished_at.map(ts),
             attempt: r.attempt as u32,
             counts,
+            rollout_id: r.rollout_id,
+            wave: r.wave.map(|w| w as u32),
+            notice_override: r.notice_override,
         })
     }
 
@@ -538,6 +609,7 @@ impl Store {
                  JOIN packages p ON p.id = t.package_id \
                  JOIN plugins pl ON pl.sha256 = t.plugin_sha256 \
                  WHERE td.device_id = $1 AND td.state IN {ACTIVE} \
+                 AND (t.kind NOT IN {DOWNTIME_KINDS} OR td.state = 'running') \
                  AND t.state IN ('Scheduled', 'Running') AND t.start_at <= $2 \
                  ORDER BY t.start_at, t.id"
             ))
@@ -661,8 +733,12 @@ impl Store {
             if current_attempt {
                 let before = parse_device_state(&state)?;
                 let after = lifecycle::after_feedback(before, f.state);
+                // A device that answered not-now is not handed the part again before
+                // it tries again itself (see `gates`).
+                let retry_at = (after == DeviceTaskState::Waiting)
+                    .then(|| at.now + f.retry_after_secs.unwrap_or(DEFAULT_RETRY_SECS).min(86_400) as i64 * 1000);
                 sqlx::query(
-                    "UPDATE task_devices SET state = $2, step = $3, message = COALESCE($4, message), percent = $5, updated_at = $6 WHERE id = $1",
+                    "UPDATE task_devices SET state = $2, step = $3, message = COALESCE($4, message), percent = $5, updated_at = $6, retry_at = $7 WHERE id = $1",
                 )
                 .bind(f.action_id)
                 .bind(after.as_str())
@@ -670,6 +746,7 @@ impl Store {
                 .bind(message.clone())
                 .bind(f.percent.map(i64::from))
                 .bind(at.now)
+                .bind(retry_at)
                 .execute(&mut *tx)
                 .await?;
                 finished = after.is_terminal() && !before.is_terminal();

@@ -43,7 +43,7 @@ fn scope_of(kind: &str, reference: &str) -> Result<VariableScope> {
     })
 }
 
-fn check_variable_name(name: &str) -> Result<()> {
+pub(crate) fn check_variable_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
@@ -404,6 +404,7 @@ impl Store {
                         name,
                         address,
                         devices: devices as u64,
+                        settings: Default::default(),
                     },
                 )
             })
@@ -414,7 +415,20 @@ impl Store {
                 address: String::new(),
                 devices: 0,
                 ignore_version_check: true,
+                settings: Default::default(),
             });
+        }
+        for (name, settings) in self.all_site_settings().await? {
+            sites
+                .entry(name.clone())
+                .or_insert(SiteView {
+                    name,
+                    address: String::new(),
+                    devices: 0,
+                    ignore_version_check: false,
+                    settings: Default::default(),
+                })
+                .settings = settings;
         }
         Ok(sites.into_values().collect())
     }

@@ -55,6 +55,8 @@ async fn device_type(store: &Store) {
                     ..Default::default()
                 },
                 poll_interval_secs: None,
+                site_limit: None,
+                impact: None,
             },
             T0,
             "token admin",
@@ -166,6 +168,7 @@ fn feedback(
         message: Some(format!("{} {key}", state.as_str())),
         percent: None,
         at: DateTime::<Utc>::from_timestamp_millis(T0).unwrap(),
+        retry_after_secs: None,
     }
 }
 
@@ -466,12 +469,15 @@ async fn task_state_machine_from_schedule_to_restart() {
         let start = DateTime::<Utc>::from_timestamp_millis(now + 10 * MINUTE).unwrap();
         let task = store
             .create_task(
+                // A download: updates are handed out only once their gates pass,
+                // which the server's rollout tests cover.
                 &CreateTask {
                     name: None,
-                    kind: TaskKind::Update,
+                    kind: TaskKind::Download,
                     package_id: package.id,
                     group_id: 2,
                     start_at: Some(start),
+                    notice_override: None,
                 },
                 &at(now),
                 "token ops",
@@ -788,6 +794,7 @@ async fn task_needs_devices_of_the_package_type_and_an_enabled_plugin() {
             package_id: package.id,
             group_id: static_empty.id,
             start_at: None,
+            notice_override: None,
         };
         let err = store.create_task(&body, &at(T0), "x").await.unwrap_err();
         assert!(matches!(err, Error::Invalid(ref m) if m.contains("has no devices of device type ukm5")), "{err}");

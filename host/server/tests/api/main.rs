@@ -563,6 +563,7 @@ async fn enrollment_poll_feedback_and_the_task_lifecycle() {
                 message: Some(format!("{} via {key}", state.as_str())),
                 percent: Some(50),
                 at: t0(),
+                retry_after_secs: None,
             })
             .unwrap()
         };
@@ -603,6 +604,7 @@ async fn enrollment_poll_feedback_and_the_task_lifecycle() {
             message: None,
             percent: None,
             at: t0(),
+            retry_after_secs: None,
         };
         e.ok("POST", "/api/v1/agent/feedback", dev4_token, Some(serde_json::to_value(&commit).unwrap())).await;
         let done: TaskView = serde_json::from_value(e.ok("GET", &format!("/api/v1/tasks/{}", task.id), ADMIN, None).await).unwrap();
@@ -1426,3 +1428,6 @@ async fn replicas_follow_each_others_changes() {
     })
     .await;
 }
+
+mod notify;
+mod rollout;

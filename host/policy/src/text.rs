@@ -1,0 +1,1431 @@
+//! Plain-text messages for store staff: the announcement sent before an update and
+//! the report sent after it.
+//!
+//! Staff read these in messengers that show Markdown characters verbatim, so the
+//! output is plain text: no `#` headings, `*`/`_` emphasis, backticks, `[text](url)`
+//! links, `>` quotes, `|` tables or `-`/`*`/`+` list markers. Package changelogs are
+//! often written in Markdown, and operators type conditions and device names
+//! freely, so every piece of text that goes into a message passes through
+//! [`strip_markdown`]. [`is_plain`] is the check the tests hold the output to.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+
+use crate::PolicyError;
+
+/// What an update changes on a node, which decides what staff must not do while
+/// it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Impact {
+    /// Both the fiscal register firmware and the POS software.
+    RegisterAndSoftware,
+    /// Only the fiscal register.
+    Register,
+    /// Only the POS software.
+    Software,
+}
+
+impl Impact {
+    /// The wire name: `register-and-software`, `register` or `software`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Impact::RegisterAndSoftware => "register-and-software",
+            Impact::Register => "register",
+            Impact::Software => "software",
+        }
+    }
+
+    /// The group heading staff see in an announcement.
+    pub fn label(self) -> &'static str {
+        match self {
+            Impact::RegisterAndSoftware => "Register and software",
+            Impact::Register => "Only register",
+            Impact::Software => "Only software",
+        }
+    }
+}
+
+impl FromStr for Impact {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Impact, PolicyError> {
+        match s {
+            "register-and-software" => Ok(Impact::RegisterAndSoftware),
+            "register" => Ok(Impact::Register),
+            "software" => Ok(Impact::Software),
+            _ => Err(PolicyError::Impact {
+                value: s.to_owned(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Impact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One package being rolled out.
+#[derive(Debug, Clone, Copy)]
+pub struct Release<'a> {
+    pub device_type: &'a str,
+    pub version: &'a str,
+    pub file_name: &'a str,
+    /// The package's changelog, possibly Markdown; may be empty.
+    pub changelog: &'a str,
+}
+
+/// A device an announced update will touch.
+#[derive(Debug, Clone, Copy)]
+pub struct Node<'a> {
+    pub name: &'a str,
+    pub device_type: &'a str,
+    pub impact: Impact,
+}
+
+/// How the update went on one device.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceOutcome<'a> {
+    pub name: &'a str,
+    pub device_type: &'a str,
+    pub ok: bool,
+    /// Why it failed; ignored when `ok`.
+    pub detail: &'a str,
+}
+
+/// The store a message is about.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteInfo<'a> {
+    pub name: &'a str,
+    /// Left out of the message when empty.
+    pub address: &'a str,
+    /// Times in messages are shown in this zone.
+    pub time_zone: chrono_tz::Tz,
+    /// The site works 24/7, so registers cannot simply be rebooted at closing.
+    pub always_open: bool,
+    /// The reboot time agreed with a 24/7 site, as staff wrote it (e.g. `04:00`).
+    pub reboot_time: Option<&'a str>,
+}
+
+/// What [`announcement`] is built from.
+#[derive(Debug, Clone)]
+pub struct Announcement<'a> {
+    /// The rollout or task name.
+    pub title: &'a str,
+    /// "Update", "Forced update" or "Download".
+    pub kind: &'a str,
+    pub start: DateTime<Utc>,
+    pub site: SiteInfo<'a>,
+    pub releases: Vec<Release<'a>>,
+    pub nodes: Vec<Node<'a>>,
+    /// The operator's extra requests, one per line, possibly Markdown; may be empty.
+    pub conditions: &'a str,
+}
+
+/// What [`report`] is built from.
+#[derive(Debug, Clone)]
+pub struct Report<'a> {
+    pub title: &'a str,
+    pub finished: DateTime<Utc>,
+    pub site: SiteInfo<'a>,
+    pub releases: Vec<Release<'a>>,
+    pub devices: Vec<DeviceOutcome<'a>>,
+}
+
+/// The message sent to a store before an update:
+///
+/// ```text
+/// Planned update: Winter release
+/// Site: Store 12, 5 Lenina St
+/// Start: 2026-11-24 02:00 (Europe/Moscow)
+/// Type: Update
+/// Release: ukm5 5.2.0 (ukm5-5.2.0.tar.gz)
+/// Affected nodes:
+///   Register and software: Register 1 (ukm5)
+/// Please:
+///   • do not power off the registers;
+///   • do not unplug the router;
+///   • do not switch the registers off overnight.
+/// ```
+///
+/// Times are in the site's zone; an empty address, and sections with nothing to
+/// list, are left out. The text ends with a single newline and satisfies
+/// [`is_plain`] whatever Markdown the inputs contain.
+pub fn announcement(a: &Announcement) -> String {
+    let mut out = String::new();
+    push_line(&mut out, &format!("Planned update: {}", plain(a.title)));
+    push_site(&mut out, &a.site);
+    let start = a.start.with_timezone(&a.site.time_zone);
+    push_line(
+        &mut out,
+        &format!(
+            "Start: {} ({})",
+            start.format("%Y-%m-%d %H:%M"),
+            a.site.time_zone.name()
+        ),
+    );
+    push_line(&mut out, &format!("Type: {}", plain(a.kind)));
+    push_releases(&mut out, &a.releases);
+
+    let groups: Vec<(Impact, String)> = [
+        Impact::RegisterAndSoftware,
+        Impact::Register,
+        Impact::Software,
+    ]
+    .into_iter()
+    .filter_map(|impact| {
+        let names: Vec<String> = a
+            .nodes
+            .iter()
+            .filter(|node| node.impact == impact)
+            .map(|node| named(node.name, node.device_type))
+            .collect();
+        (!names.is_empty()).then(|| (impact, names.join(", ")))
+    })
+    .collect();
+    if !groups.is_empty() {
+        push_line(&mut out, "Affected nodes:");
+        for (impact, names) in groups {
+            push_line(&mut out, &format!("  {}: {names}", impact.label()));
+        }
+    }
+
+    let mut requests: Vec<String> = vec![
+        "do not power off the registers".into(),
+        "do not unplug the router".into(),
+    ];
+    // Software updates run and finish overnight; a download only stores files.
+    let touches_software = a
+        .nodes
+        .iter()
+        .any(|node| matches!(node.impact, Impact::Software | Impact::RegisterAndSoftware));
+    if touches_software && !a.kind.trim().eq_ignore_ascii_case("download") {
+        requests.push("do not switch the registers off overnight".into());
+    }
+    if a.site.always_open {
+        match a.site.reboot_time.map(plain).filter(|t| !t.is_empty()) {
+            Some(time) => requests.push(format!("the registers reboot at the agreed time {time}")),
+            None => requests
+                .push("agree the register reboot time with us: the site is open 24/7".into()),
+        }
+    }
+    for line in strip_markdown(a.conditions).lines() {
+        // The bullet and the closing punctuation are added below.
+        let line = line.trim();
+        let line = line.strip_prefix("• ").unwrap_or(line);
+        let line = line.trim_end_matches(['.', ';', ',']).trim_end();
+        if !line.is_empty() {
+            requests.push(line.to_owned());
+        }
+    }
+    push_line(&mut out, "Please:");
+    let last = requests.len() - 1;
+    for (index, request) in requests.iter().enumerate() {
+        let end = if index == last { '.' } else { ';' };
+        push_line(&mut out, &format!("  • {request}{end}"));
+    }
+    out
+}
+
+/// The message sent to a store after an update:
+///
+/// ```text
+/// Update report: Winter release
+/// Site: Store 12, 5 Lenina St
+/// Date: 2026-11-24
+/// Release: kiosk 2.1.0 (kiosk-2.1.0.zip)
+/// Changes in kiosk 2.1.0:
+///   • New payment screen
+/// Devices:
+///   Kiosk 1 (kiosk): updated
+///   Kiosk 2 (kiosk): failed: no free space
+/// ```
+///
+/// The date is the finishing day in the site's zone. Changelogs are converted with
+/// [`strip_markdown`]; releases without one get no "Changes" section. The text ends
+/// with a single newline and satisfies [`is_plain`].
+pub fn report(r: &Report) -> String {
+    let mut out = String::new();
+    push_line(&mut out, &format!("Update report: {}", plain(r.title)));
+    push_site(&mut out, &r.site);
+    let finished = r.finished.with_timezone(&r.site.time_zone);
+    push_line(&mut out, &format!("Date: {}", finished.format("%Y-%m-%d")));
+    push_releases(&mut out, &r.releases);
+    for release in &r.releases {
+        let changes = strip_markdown(release.changelog);
+        if changes.is_empty() {
+            continue;
+        }
+        push_line(
+            &mut out,
+            &format!(
+                "Changes in {}:",
+                joined(&[plain(release.device_type), plain(release.version)])
+            ),
+        );
+        for line in changes.lines() {
+            if line.is_empty() {
+                push_line(&mut out, "");
+            } else {
+                push_line(&mut out, &format!("  {line}"));
+            }
+        }
+    }
+    if !r.devices.is_empty() {
+        push_line(&mut out, "Devices:");
+        for device in &r.devices {
+            let outcome = match (device.ok, plain(device.detail)) {
+                (true, _) => "updated".to_owned(),
+                (false, detail) if detail.is_empty() => "failed".to_owned(),
+                (false, detail) => format!("failed: {detail}"),
+            };
+            push_line(
+                &mut out,
+                &format!("  {}: {outcome}", named(device.name, device.device_type)),
+            );
+        }
+    }
+    out
+}
+
+fn push_line(out: &mut String, line: &str) {
+    out.push_str(line);
+    out.push('\n');
+}
+
+fn push_site(out: &mut String, site: &SiteInfo) {
+    let name = plain(site.name);
+    let address = plain(site.address);
+    if address.is_empty() {
+        push_line(out, &format!("Site: {name}"));
+    } else {
+        push_line(out, &format!("Site: {name}, {address}"));
+    }
+}
+
+fn push_releases(out: &mut String, releases: &[Release]) {
+    for release in releases {
+        let what = joined(&[plain(release.device_type), plain(release.version)]);
+        let file = plain(release.file_name);
+        if file.is_empty() {
+            push_line(out, &format!("Release: {what}"));
+        } else {
+            push_line(out, &format!("Release: {what} ({file})"));
+        }
+    }
+}
+
+/// `name (type)`, or just the name when the type is empty.
+fn named(name: &str, device_type: &str) -> String {
+    let name = plain(name);
+    let device_type = plain(device_type);
+    if device_type.is_empty() {
+        name
+    } else {
+        format!("{name} ({device_type})")
+    }
+}
+
+fn joined(parts: &[String]) -> String {
+    parts
+        .iter()
+        .filter(|part| !part.is_empty())
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A short value (a name, a version) made plain and kept on one line, so that a
+/// newline typed into a name cannot start a line of its own.
+fn plain(s: &str) -> String {
+    strip_markdown(s)
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Turns Markdown (typically a package changelog) into plain lines.
+///
+/// Headings lose their `#`s; `**x**`, `__x__`, `*x*` and `_x_` lose their markers
+/// where they are emphasis (`snake_case_names` stay as they are); inline code loses
+/// its backticks; code fence lines are dropped and their content kept; `[t](u)`
+/// becomes `t (u)` and `![a](u)` becomes `a (u)`; list items `- x`, `* x`, `+ x`
+/// become `• x` with their indentation; `> x` becomes `x`; horizontal rules are
+/// dropped; table rows become their cells separated by commas; `\*` becomes `*`.
+/// Trailing whitespace is trimmed, runs of blank lines become one, and there are
+/// no blank lines at either end (nor a final newline).
+///
+/// Whatever the input, the result satisfies [`is_plain`]: leftovers that are not
+/// Markdown but would look like it (an unmatched backtick, a `**` in code, a line
+/// that starts with `#123`) are defused too, e.g. a backtick becomes `'` and a
+/// doubled `*` or `_` a single one.
+pub fn strip_markdown(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    let kinds = classify(&lines);
+    let mut out: Vec<String> = Vec::new();
+    for (line, kind) in lines.iter().zip(&kinds) {
+        let converted = match kind {
+            LineKind::Fence | LineKind::TableDelimiter => continue,
+            LineKind::Code => defuse(line),
+            LineKind::TableRow => defuse(&table_row(line)),
+            LineKind::Text => defuse(&text_line(line)),
+        };
+        let converted = converted.trim_end();
+        if converted.is_empty() && out.last().is_none_or(|last| last.is_empty()) {
+            continue;
+        }
+        out.push(converted.to_owned());
+    }
+    while out.last().is_some_and(|last| last.is_empty()) {
+        out.pop();
+    }
+    out.join("\n")
+}
+
+/// Whether `s` reads as plain text in a messenger: no line starts with `#`, `> `,
+/// `- `, `* `, `+ ` or `|` (leading whitespace ignored, as Markdown does), none is
+/// a table delimiter row like `---|---`, and none contains a backtick, `**`, `__`
+/// or `](`.
+pub fn is_plain(s: &str) -> bool {
+    s.lines().all(|line| {
+        let line = line.trim_start();
+        let markdown_start = ["#", "> ", "- ", "* ", "+ ", "|"]
+            .iter()
+            .any(|prefix| line.starts_with(prefix))
+            || line == ">";
+        let markdown_inside = ["`", "**", "__", "]("]
+            .iter()
+            .any(|needle| line.contains(needle));
+        !(markdown_start || markdown_inside || is_table_delimiter(line))
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineKind {
+    Text,
+    /// An opening or closing code fence: dropped.
+    Fence,
+    /// Inside a fenced code block: kept as written, only defused.
+    Code,
+    /// A row of a table with a delimiter row under its header.
+    TableRow,
+    /// The `---|---` row under a table header: dropped.
+    TableDelimiter,
+}
+
+/// Finds code fences and tables, which depend on neighbouring lines.
+fn classify(lines: &[&str]) -> Vec<LineKind> {
+    let mut kinds = Vec::with_capacity(lines.len());
+    let mut open_fence: Option<(char, usize)> = None;
+    for line in lines {
+        let fence = fence_marker(line);
+        let kind = match (open_fence, fence) {
+            (None, Some(marker)) => {
+                open_fence = Some(marker);
+                LineKind::Fence
+            }
+            (Some((ch, len)), Some((close_ch, close_len)))
+                if close_ch == ch && close_len >= len && fence_is_bare(line) =>
+            {
+                open_fence = None;
+                LineKind::Fence
+            }
+            (Some(_), _) => LineKind::Code,
+            (None, None) => LineKind::Text,
+        };
+        kinds.push(kind);
+    }
+    // A table is a header row containing `|`, a delimiter row, and the following
+    // non-blank rows containing `|`.
+    let mut index = 1;
+    while index < lines.len() {
+        let is_table = kinds[index] == LineKind::Text
+            && kinds[index - 1] == LineKind::Text
+            && is_table_delimiter(lines[index].trim())
+            && lines[index - 1].contains('|');
+        if !is_table {
+            index += 1;
+            continue;
+        }
+        kinds[index - 1] = LineKind::TableRow;
+        kinds[index] = LineKind::TableDelimiter;
+        index += 1;
+        while index < lines.len()
+            && kinds[index] == LineKind::Text
+            && lines[index].contains('|')
+            && !lines[index].trim().is_empty()
+        {
+            kinds[index] = LineKind::TableRow;
+            index += 1;
+        }
+    }
+    kinds
+}
+
+/// A code fence: at most three spaces, then three or more backticks or tildes.
+fn fence_marker(line: &str) -> Option<(char, usize)> {
+    let trimmed = line.trim_start_matches(' ');
+    if line.len() - trimmed.len() > 3 {
+        return None;
+    }
+    let ch = trimmed.chars().next().filter(|c| *c == '`' || *c == '~')?;
+    let len = trimmed.chars().take_while(|c| *c == ch).count();
+    (len >= 3).then_some((ch, len))
+}
+
+/// A closing fence has nothing after its marker.
+fn fence_is_bare(line: &str) -> bool {
+    let trimmed = line.trim();
+    trimmed.chars().all(|c| c == '`') || trimmed.chars().all(|c| c == '~')
+}
+
+/// `---|:---:`, the row under a table header.
+fn is_table_delimiter(line: &str) -> bool {
+    line.contains('|')
+        && line.contains('-')
+        && line
+            .chars()
+            .all(|c| matches!(c, '|' | '-' | ':' | ' ' | '\t'))
+}
+
+/// A table row as its cells separated by commas.
+fn table_row(line: &str) -> String {
+    let row = line.trim();
+    let row = row.strip_prefix('|').unwrap_or(row);
+    let row = row.strip_suffix('|').unwrap_or(row);
+    // `\|` is a pipe inside a cell.
+    let mut cells = vec![String::new()];
+    let mut chars = row.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'|') => {
+                cells.last_mut().into_iter().for_each(|cell| cell.push('|'));
+                chars.next();
+            }
+            '|' => cells.push(String::new()),
+            _ => cells.last_mut().into_iter().for_each(|cell| cell.push(c)),
+        }
+    }
+    cells
+        .iter()
+        .map(|cell| inline(cell.trim()))
+        .filter(|cell| !cell.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One line outside code and tables: block markers first, then inline markup.
+fn text_line(line: &str) -> String {
+    let line = line.trim_end();
+    if is_thematic_break(line) {
+        return String::new();
+    }
+    let rest = line.trim_start();
+    let indent = &line[..line.len() - rest.len()];
+    // Quotes, possibly nested: `> > x`.
+    let mut rest = rest;
+    let mut quoted = false;
+    while let Some(inner) = rest.strip_prefix('>') {
+        rest = inner.strip_prefix(' ').unwrap_or(inner);
+        quoted = true;
+    }
+    if quoted && is_thematic_break(rest) {
+        return String::new();
+    }
+    if let Some(heading) = heading_text(rest) {
+        return inline(heading);
+    }
+    for marker in ["- ", "* ", "+ ", "-\t", "*\t", "+\t"] {
+        if let Some(item) = rest.strip_prefix(marker) {
+            return format!("{indent}• {}", inline(item.trim_start()));
+        }
+    }
+    format!("{indent}{}", inline(rest))
+}
+
+/// `---`, `***`, `___` (spaces allowed between), and `===` under a setext heading.
+fn is_thematic_break(line: &str) -> bool {
+    let compact: Vec<char> = line.chars().filter(|c| !c.is_whitespace()).collect();
+    compact.len() >= 3
+        && matches!(compact[0], '-' | '*' | '_' | '=')
+        && compact.iter().all(|c| *c == compact[0])
+}
+
+/// The text of an ATX heading (`## Title ##`), if the line is one.
+fn heading_text(line: &str) -> Option<&str> {
+    let level = line.chars().take_while(|c| *c == '#').count();
+    if !(1..=6).contains(&level) {
+        return None;
+    }
+    let text = &line[level..];
+    if !(text.is_empty() || text.starts_with([' ', '\t'])) {
+        return None;
+    }
+    let text = text.trim();
+    // An optional closing run of `#`s, separated by a space.
+    let without_closing = text.trim_end_matches('#');
+    if without_closing.is_empty() {
+        return Some("");
+    }
+    if without_closing.ends_with([' ', '\t']) {
+        return Some(without_closing.trim_end());
+    }
+    Some(text)
+}
+
+/// An inline element, before emphasis delimiters are matched.
+enum Piece {
+    Text(String),
+    /// A run of `*` or `_` that may open or close emphasis; `count` is how many of
+    /// its characters are still literal.
+    Delimiter {
+        ch: char,
+        count: usize,
+        can_open: bool,
+        can_close: bool,
+    },
+}
+
+/// Inline markup: escapes, code spans, links and images, autolinks, emphasis.
+fn inline(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut literal = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '\\' => match chars.get(i + 1) {
+                Some(next) if next.is_ascii_punctuation() => {
+                    literal.push(*next);
+                    i += 2;
+                }
+                // A backslash at the end of a line is a hard line break.
+                None => i += 1,
+                Some(_) => {
+                    literal.push('\\');
+                    i += 1;
+                }
+            },
+            '`' => {
+                let run = run_length(&chars, i, '`');
+                match find_backtick_run(&chars, i + run, run) {
+                    Some(close) => {
+                        let code: String = chars[i + run..close].iter().collect();
+                        // One space on both sides lets code start or end with a backtick.
+                        let code = match code.strip_prefix(' ').and_then(|c| c.strip_suffix(' ')) {
+                            Some(inner) if !inner.trim().is_empty() => inner.to_owned(),
+                            _ => code,
+                        };
+                        literal.push_str(&code);
+                        i = close + run;
+                    }
+                    None => {
+                        literal.push('\'');
+                        i += run;
+                    }
+                }
+            }
+            '!' if chars.get(i + 1) == Some(&'[') => match link(&chars, i + 1) {
+                Some((label, url, end)) => {
+                    literal.push_str(&link_text(&label, &url));
+                    i = end;
+                }
+                None => {
+                    literal.push('!');
+                    i += 1;
+                }
+            },
+            '[' => match link(&chars, i) {
+                Some((label, url, end)) => {
+                    literal.push_str(&link_text(&label, &url));
+                    i = end;
+                }
+                None => {
+                    literal.push('[');
+                    i += 1;
+                }
+            },
+            '<' => match autolink(&chars, i) {
+                Some((url, end)) => {
+                    literal.push_str(&url);
+                    i = end;
+                }
+                None => {
+                    literal.push('<');
+                    i += 1;
+                }
+            },
+            '*' | '_' => {
+                let run = run_length(&chars, i, c);
+                let before = if i == 0 { ' ' } else { chars[i - 1] };
+                let after = chars.get(i + run).copied().unwrap_or(' ');
+                // CommonMark's flanking rules: `_` inside a word is never emphasis.
+                let left = !after.is_whitespace()
+                    && (!is_punctuation(after) || before.is_whitespace() || is_punctuation(before));
+                let right = !before.is_whitespace()
+                    && (!is_punctuation(before) || after.is_whitespace() || is_punctuation(after));
+                let (can_open, can_close) = if c == '*' {
+                    (left, right)
+                } else {
+                    (
+                        left && (!right || is_punctuation(before)),
+                        right && (!left || is_punctuation(after)),
+                    )
+                };
+                if !literal.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut literal)));
+                }
+                pieces.push(Piece::Delimiter {
+                    ch: c,
+                    count: run,
+                    can_open,
+                    can_close,
+                });
+                i += run;
+            }
+            _ => {
+                literal.push(c);
+                i += 1;
+            }
+        }
+    }
+    if !literal.is_empty() {
+        pieces.push(Piece::Text(literal));
+    }
+    match_emphasis(&mut pieces);
+    let mut out = String::new();
+    for piece in &pieces {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Delimiter { ch, count, .. } => out.extend(std::iter::repeat_n(*ch, *count)),
+        }
+    }
+    out
+}
+
+/// Pairs emphasis delimiters, nearest opener first, and uses up the matched
+/// characters; whatever is left stays literal.
+fn match_emphasis(pieces: &mut [Piece]) {
+    for closer in 0..pieces.len() {
+        while let Piece::Delimiter {
+            ch,
+            count: closer_count @ 1..,
+            can_close: true,
+            ..
+        } = pieces[closer]
+        {
+            let opener = (0..closer).rev().find_map(|j| match pieces[j] {
+                Piece::Delimiter {
+                    ch: c,
+                    count: count @ 1..,
+                    can_open: true,
+                    ..
+                } if c == ch => Some((j, count)),
+                _ => None,
+            });
+            let Some((opener, opener_count)) = opener else {
+                break;
+            };
+            let used = if opener_count >= 2 && closer_count >= 2 {
+                2
+            } else {
+                1
+            };
+            for index in [opener, closer] {
+                if let Piece::Delimiter { count, .. } = &mut pieces[index] {
+                    *count -= used;
+                }
+            }
+            // Delimiters between a matched pair can no longer pair across it.
+            for piece in &mut pieces[opener + 1..closer] {
+                if let Piece::Delimiter {
+                    can_open,
+                    can_close,
+                    ..
+                } = piece
+                {
+                    *can_open = false;
+                    *can_close = false;
+                }
+            }
+        }
+    }
+}
+
+fn is_punctuation(c: char) -> bool {
+    !c.is_alphanumeric() && !c.is_whitespace()
+}
+
+fn run_length(chars: &[char], start: usize, ch: char) -> usize {
+    chars[start..].iter().take_while(|c| **c == ch).count()
+}
+
+/// The start of the next run of exactly `len` backticks at or after `from`.
+fn find_backtick_run(chars: &[char], from: usize, len: usize) -> Option<usize> {
+    let mut i = from;
+    while i < chars.len() {
+        if chars[i] == '`' {
+            let run = run_length(chars, i, '`');
+            if run == len {
+                return Some(i);
+            }
+            i += run;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// `[label](url "title")` starting at `open` (the `[`): the label, the url and the
+/// index after the `)`.
+fn link(chars: &[char], open: usize) -> Option<(String, String, usize)> {
+    let mut depth = 0;
+    let mut i = open;
+    let close = loop {
+        match chars.get(i)? {
+            '\\' => i += 1,
+            '[' => depth += 1,
+            ']' => {
+                depth -= 1;
+                if depth == 0 {
+                    break i;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    };
+    if chars.get(close + 1) != Some(&'(') {
+        return None;
+    }
+    let mut depth = 0;
+    let mut j = close + 1;
+    let end = loop {
+        match chars.get(j)? {
+            '\\' => j += 1,
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    break j;
+                }
+            }
+            _ => {}
+        }
+        j += 1;
+    };
+    let label: String = chars[open + 1..close].iter().collect();
+    let target: String = chars[close + 2..end].iter().collect();
+    // Drop an optional title after the destination, and `<...>` around it.
+    let url = target.split_whitespace().next().unwrap_or("");
+    let url = url
+        .strip_prefix('<')
+        .and_then(|u| u.strip_suffix('>'))
+        .unwrap_or(url);
+    Some((label, url.to_owned(), end + 1))
+}
+
+fn link_text(label: &str, url: &str) -> String {
+    let label = inline(label);
+    if label.is_empty() || label == url {
+        url.to_owned()
+    } else if url.is_empty() {
+        label
+    } else {
+        format!("{label} ({url})")
+    }
+}
+
+/// `<https://...>` or `<mailto:...>`: the address and the index after the `>`.
+fn autolink(chars: &[char], open: usize) -> Option<(String, usize)> {
+    let len = chars[open + 1..].iter().position(|c| *c == '>')?;
+    let url: String = chars[open + 1..open + 1 + len].iter().collect();
+    let scheme = ["http://", "https://", "mailto:"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme));
+    (scheme && !url.contains(char::is_whitespace)).then_some((url, open + len + 2))
+}
+
+/// The last word on anything [`is_plain`] would reject, applied to every output
+/// line: markup that survived conversion (an unmatched backtick, `**` inside code,
+/// a line starting with `#123`) is neutralised rather than passed on.
+fn defuse(line: &str) -> String {
+    let mut line = line.replace('`', "'").replace("](", "] (");
+    while line.contains("**") {
+        line = line.replace("**", "*");
+    }
+    while line.contains("__") {
+        line = line.replace("__", "_");
+    }
+    let rest = line.trim_start();
+    let indent = &line[..line.len() - rest.len()];
+    let mut rest = rest.to_owned();
+    // Every step shortens `rest` or removes a `|`, so this ends.
+    loop {
+        if rest.starts_with('#') {
+            rest = rest.trim_start_matches('#').trim_start().to_owned();
+        } else if rest.starts_with("> ") || rest == ">" {
+            rest = rest[1..].trim_start().to_owned();
+        } else if is_table_delimiter(&rest) {
+            rest = String::new();
+        } else if rest.starts_with('|') {
+            // Only separators: joining cells with ", " cannot form new markup.
+            rest = rest
+                .split('|')
+                .map(str::trim)
+                .filter(|cell| !cell.is_empty())
+                .collect::<Vec<_>>()
+                .join(", ");
+        } else if let Some(item) = ["- ", "* ", "+ "]
+            .iter()
+            .find_map(|marker| rest.strip_prefix(marker))
+        {
+            return format!("{indent}• {}", item.trim_start());
+        } else {
+            return format!("{indent}{rest}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap_or_else(|e| panic!("bad test instant {text}: {e}"))
+            .with_timezone(&Utc)
+    }
+
+    fn moscow_store() -> SiteInfo<'static> {
+        SiteInfo {
+            name: "Store 12",
+            address: "5 Lenina St, Moscow",
+            time_zone: chrono_tz::Europe::Moscow,
+            always_open: true,
+            reboot_time: Some("04:00"),
+        }
+    }
+
+    const UKM5: Release<'static> = Release {
+        device_type: "ukm5",
+        version: "5.2.0",
+        file_name: "ukm5-5.2.0.tar.gz",
+        changelog: "",
+    };
+
+    fn node(name: &'static str, device_type: &'static str, impact: Impact) -> Node<'static> {
+        Node {
+            name,
+            device_type,
+            impact,
+        }
+    }
+
+    const CHANGELOG: &str = r#"# Changelog
+
+## 5.2.0 — 2026-11-01 ##
+
+### Added
+- **New payment screen** with _faster_ card flow
+- Support for `fiscal_drive_v2` printers ([#123](https://tracker.example/123))
+* Option `receipt_header_text`, see the [manual](https://docs.example/manual "Manual")
+  + nested __bold__ and *italic* item   
+
+
+### Fixed
+1. Crash when the shift is closed twice
+2. Escaped \*stars\* and 2 * 3 stay
+3. See <https://status.example/incidents>
+
+> Note: restart the register after installing.
+> > nested quote
+
+---
+
+```sh
+# update by hand
+ukm5-update --now
+```
+
+| Setting | Default |
+|---------|:-------:|
+| `timeout_ms` | 500 |
+| a \| b | c |
+
+![Payment screen](https://img.example/s.png)
+
+***
+"#;
+
+    #[test]
+    fn strips_a_realistic_changelog() {
+        let plain = strip_markdown(CHANGELOG);
+        assert_eq!(
+            plain,
+            "Changelog
+
+5.2.0 — 2026-11-01
+
+Added
+• New payment screen with faster card flow
+• Support for fiscal_drive_v2 printers (#123 (https://tracker.example/123))
+• Option receipt_header_text, see the manual (https://docs.example/manual)
+  • nested bold and italic item
+
+Fixed
+1. Crash when the shift is closed twice
+2. Escaped *stars* and 2 * 3 stay
+3. See https://status.example/incidents
+
+Note: restart the register after installing.
+nested quote
+
+update by hand
+ukm5-update --now
+
+Setting, Default
+timeout_ms, 500
+a | b, c
+
+Payment screen (https://img.example/s.png)"
+        );
+        assert!(is_plain(&plain));
+        assert!(!is_plain(CHANGELOG));
+    }
+
+    #[test]
+    fn strips_each_construct() {
+        let cases = [
+            ("# Title", "Title"),
+            ("###### Deep ###", "Deep"),
+            ("#hashtag stays a word", "hashtag stays a word"),
+            ("**bold** and __bold__", "bold and bold"),
+            ("*it* and _it_", "it and it"),
+            ("***both***", "both"),
+            (
+                "keep snake_case_names and __init_ok intact",
+                "keep snake_case_names and _init_ok intact",
+            ),
+            ("a_b_c x_y", "a_b_c x_y"),
+            // A backtick inside code is still defused.
+            ("use `a_b` or ``x`y``", "use a_b or x'y"),
+            ("an ` unmatched backtick", "an ' unmatched backtick"),
+            ("[docs](https://d.example)", "docs (https://d.example)"),
+            (
+                "![logo](https://l.example/x.png)",
+                "logo (https://l.example/x.png)",
+            ),
+            (
+                "[https://u.example](https://u.example)",
+                "https://u.example",
+            ),
+            (
+                "[**bold** link](https://b.example)",
+                "bold link (https://b.example)",
+            ),
+            ("[not a link] (x)", "[not a link] (x)"),
+            ("- dash", "• dash"),
+            ("* star", "• star"),
+            ("+ plus", "• plus"),
+            ("    - deep", "    • deep"),
+            ("> quoted", "quoted"),
+            (">tight", "tight"),
+            ("> - quoted item", "• quoted item"),
+            ("---", ""),
+            ("* * *", ""),
+            ("___", ""),
+            (
+                "\\*not emphasis\\* \\_x\\_ \\# \\\\",
+                "*not emphasis* _x_ # \\",
+            ),
+            ("trailing   ", "trailing"),
+            ("5 * 3 = 15", "5 * 3 = 15"),
+            ("-5 degrees", "-5 degrees"),
+            ("", ""),
+            ("\n\n\n", ""),
+            ("a\n\n\n\nb\n\n", "a\n\nb"),
+            ("```\ncode **kept** `x`\n```", "code *kept* 'x'"),
+            ("~~~rust\nlet x = 1;\n~~~", "let x = 1;"),
+            // A shorter fence inside a longer one is content.
+            ("````\n```\ninner\n````", "'''\ninner"),
+            ("Title\n=====\ntext", "Title\n\ntext"),
+            ("| only | pipes |", "only, pipes"),
+            ("a | b\n--|--\nc | d", "a, b\nc, d"),
+        ];
+        for (markdown, expected) in cases {
+            assert_eq!(strip_markdown(markdown), expected, "from {markdown:?}");
+        }
+    }
+
+    #[test]
+    fn is_plain_rejects_each_construct() {
+        let markdown = [
+            "# Heading",
+            "  ## Indented heading",
+            "#123 at the start",
+            "> quote",
+            "- item",
+            "* item",
+            "+ item",
+            "text with `code`",
+            "**bold**",
+            "__bold__",
+            "a [link](https://x.example)",
+            "| a | b |",
+            "---|---",
+            "fine\n- but this line is not",
+        ];
+        for sample in markdown {
+            assert!(!is_plain(sample), "{sample:?} passed as plain");
+        }
+        let plain = [
+            "Fixed #123",
+            "snake_case_name",
+            "2 * 3 and a | b",
+            "-5 degrees",
+            "• bullet",
+            "1. numbered",
+            "see (https://x.example)",
+            "",
+        ];
+        for sample in plain {
+            assert!(is_plain(sample), "{sample:?} failed as plain");
+        }
+    }
+
+    #[test]
+    fn strip_markdown_always_yields_plain_text() {
+        let nasty = [
+            "**unclosed bold",
+            "__init__.py and a__b",
+            "2**10 and x__y",
+            "```\n# comment\n- dash\n| a | b |\n> q\n**x** `y` [a](b)\n```",
+            "```\nunclosed fence\n# comment",
+            "\\`escaped\\` \\*\\*x\\*\\*",
+            "[a](b\n](",
+            "# # double heading",
+            "> # quoted heading",
+            "> > > - deep",
+            "| # a | `b` |\n|-|-|\n| **c** | [d](e) |",
+            "|",
+            ">",
+            "- ",
+            "#",
+            "- - -x",
+            "*** not a rule",
+            "* * x",
+            "_ _ x",
+            "+ + x",
+            "| |\n|-|\n| |",
+        ];
+        for sample in nasty {
+            let out = strip_markdown(sample);
+            assert!(is_plain(&out), "{sample:?} became {out:?}");
+        }
+    }
+
+    #[test]
+    fn impact_names() {
+        for impact in [
+            Impact::RegisterAndSoftware,
+            Impact::Register,
+            Impact::Software,
+        ] {
+            assert_eq!(impact.as_str().parse::<Impact>().ok(), Some(impact));
+        }
+        assert_eq!(Impact::RegisterAndSoftware.label(), "Register and software");
+        assert_eq!(Impact::Register.label(), "Only register");
+        assert_eq!(Impact::Software.label(), "Only software");
+        assert_eq!(Impact::Software.to_string(), "software");
+        let error = "Register".parse::<Impact>().err().map(|e| e.to_string());
+        assert_eq!(
+            error.as_deref(),
+            Some(r#"unknown impact "Register": use register-and-software, register or software"#)
+        );
+    }
+
+    #[test]
+    fn full_announcement() {
+        let text = announcement(&Announcement {
+            title: "Winter release",
+            kind: "Update",
+            start: utc("2026-11-23T23:00:00Z"),
+            site: moscow_store(),
+            releases: vec![
+                UKM5,
+                Release {
+                    device_type: "iiko-backoffice",
+                    version: "8.1",
+                    file_name: "iiko-8.1.zip",
+                    changelog: "- ignored here",
+                },
+            ],
+            nodes: vec![
+                node("Register 1", "ukm5", Impact::RegisterAndSoftware),
+                node("BackOffice", "iiko-backoffice", Impact::Software),
+                node("Register 2", "ukm5", Impact::RegisterAndSoftware),
+                node("Fiscal 3", "ukm5", Impact::Register),
+            ],
+            conditions: "- Keep **one** register on for night sales.\n\n\
+                         Call `+7 900 000-00-00` if the screen stays black\n",
+        });
+        assert_eq!(
+            text,
+            "Planned update: Winter release
+Site: Store 12, 5 Lenina St, Moscow
+Start: 2026-11-24 02:00 (Europe/Moscow)
+Type: Update
+Release: ukm5 5.2.0 (ukm5-5.2.0.tar.gz)
+Release: iiko-backoffice 8.1 (iiko-8.1.zip)
+Affected nodes:
+  Register and software: Register 1 (ukm5), Register 2 (ukm5)
+  Only register: Fiscal 3 (ukm5)
+  Only software: BackOffice (iiko-backoffice)
+Please:
+  • do not power off the registers;
+  • do not unplug the router;
+  • do not switch the registers off overnight;
+  • the registers reboot at the agreed time 04:00;
+  • Keep one register on for night sales;
+  • Call +7 900 000-00-00 if the screen stays black.
+"
+        );
+        assert!(is_plain(&text));
+    }
+
+    #[test]
+    fn minimal_announcement_leaves_out_empty_parts() {
+        let site = SiteInfo {
+            name: "Kiosk corner",
+            address: "",
+            time_zone: chrono_tz::Europe::Berlin,
+            always_open: false,
+            reboot_time: None,
+        };
+        // A download touching only a register: no overnight request.
+        let text = announcement(&Announcement {
+            title: "Firmware prefetch",
+            kind: "Download",
+            start: utc("2026-03-29T01:30:00Z"),
+            site,
+            releases: vec![UKM5],
+            nodes: vec![node("Register 1", "ukm5", Impact::Register)],
+            conditions: "",
+        });
+        assert_eq!(
+            text,
+            "Planned update: Firmware prefetch
+Site: Kiosk corner
+Start: 2026-03-29 03:30 (Europe/Berlin)
+Type: Download
+Release: ukm5 5.2.0 (ukm5-5.2.0.tar.gz)
+Affected nodes:
+  Only register: Register 1 (ukm5)
+Please:
+  • do not power off the registers;
+  • do not unplug the router.
+"
+        );
+
+        // Nothing to list; a download of software still needs no overnight request.
+        let text = announcement(&Announcement {
+            title: "Prefetch",
+            kind: "Download",
+            start: utc("2026-03-28T12:00:00Z"),
+            site,
+            releases: vec![],
+            nodes: vec![node("BackOffice", "iiko", Impact::Software)],
+            conditions: "\n  \n",
+        });
+        assert_eq!(
+            text,
+            "Planned update: Prefetch
+Site: Kiosk corner
+Start: 2026-03-28 13:00 (Europe/Berlin)
+Type: Download
+Affected nodes:
+  Only software: BackOffice (iiko)
+Please:
+  • do not power off the registers;
+  • do not unplug the router.
+"
+        );
+    }
+
+    #[test]
+    fn announcement_for_a_24_7_site_without_a_reboot_time() {
+        let site = SiteInfo {
+            reboot_time: None,
+            ..moscow_store()
+        };
+        let text = announcement(&Announcement {
+            title: "Forced fix",
+            kind: "Forced update",
+            start: utc("2026-11-24T09:15:00Z"),
+            site,
+            releases: vec![UKM5],
+            nodes: vec![node("Register 1", "ukm5", Impact::Software)],
+            conditions: "",
+        });
+        assert_eq!(
+            text,
+            "Planned update: Forced fix
+Site: Store 12, 5 Lenina St, Moscow
+Start: 2026-11-24 12:15 (Europe/Moscow)
+Type: Forced update
+Release: ukm5 5.2.0 (ukm5-5.2.0.tar.gz)
+Affected nodes:
+  Only software: Register 1 (ukm5)
+Please:
+  • do not power off the registers;
+  • do not unplug the router;
+  • do not switch the registers off overnight;
+  • agree the register reboot time with us: the site is open 24/7.
+"
+        );
+    }
+
+    #[test]
+    fn report_text() {
+        let text = report(&Report {
+            title: "Kiosk spring release",
+            // 00:30 in Moscow: the date is the site's, not UTC's.
+            finished: utc("2026-11-23T21:30:00Z"),
+            site: moscow_store(),
+            releases: vec![
+                Release {
+                    device_type: "kiosk",
+                    version: "2.1.0",
+                    file_name: "kiosk-2.1.0.zip",
+                    changelog: "## What's new\n\n- **New payment screen**\n- Faster `receipt` printing\n",
+                },
+                UKM5,
+            ],
+            devices: vec![
+                DeviceOutcome {
+                    name: "Kiosk 1",
+                    device_type: "kiosk",
+                    ok: true,
+                    detail: "ignored when ok",
+                },
+                DeviceOutcome {
+                    name: "Kiosk 2",
+                    device_type: "kiosk",
+                    ok: false,
+                    detail: "no free space on /dev/sda1 (need 2 GB)",
+                },
+                DeviceOutcome {
+                    name: "Kiosk 3",
+                    device_type: "kiosk",
+                    ok: false,
+                    detail: "",
+                },
+            ],
+        });
+        assert_eq!(
+            text,
+            "Update report: Kiosk spring release
+Site: Store 12, 5 Lenina St, Moscow
+Date: 2026-11-24
+Release: kiosk 2.1.0 (kiosk-2.1.0.zip)
+Release: ukm5 5.2.0 (ukm5-5.2.0.tar.gz)
+Changes in kiosk 2.1.0:
+  What's new
+
+  • New payment screen
+  • Faster receipt printing
+Devices:
+  Kiosk 1 (kiosk): updated
+  Kiosk 2 (kiosk): failed: no free space on /dev/sda1 (need 2 GB)
+  Kiosk 3 (kiosk): failed
+"
+        );
+        assert!(is_plain(&text));
+
+        let empty = report(&Report {
+            title: "Nothing yet",
+            finished: utc("2026-11-24T12:00:00Z"),
+            site: moscow_store(),
+            releases: vec![],
+            devices: vec![],
+        });
+        assert_eq!(
+            empty,
+            "Update report: Nothing yet\nSite: Store 12, 5 Lenina St, Moscow\nDate: 2026-11-24\n"
+        );
+    }
+
+    #[test]
+    fn markdown_in_names_and_conditions_stays_out_of_messages() {
+        let site = SiteInfo {
+            name: "# Store_12 *main*",
+            address: "[map](https://maps.example)",
+            time_zone: chrono_tz::Europe::Moscow,
+            always_open: true,
+            reboot_time: Some("`04:00`"),
+        };
+        let release = Release {
+            device_type: "ukm__5",
+            version: "**5.2**",
+            file_name: "`ukm5.tar.gz`",
+            changelog: CHANGELOG,
+        };
+        let text = announcement(&Announcement {
+            title: "**Urgent**\n# fix",
+            kind: "_Update_",
+            start: utc("2026-11-23T23:00:00Z"),
+            site,
+            releases: vec![release],
+            nodes: vec![node("- Kiosk `1`", "> kiosk", Impact::RegisterAndSoftware)],
+            conditions: "## Rules\n| a | b |\n|---|---|\n| c | d |\n```\n# x\n```\n> quoted",
+        });
+        assert_eq!(
+            text,
+            "Planned update: Urgent fix
+Site: Store_12 main, map (https://maps.example)
+Start: 2026-11-24 02:00 (Europe/Moscow)
+Type: Update
+Release: ukm_5 5.2 (ukm5.tar.gz)
+Affected nodes:
+  Register and software: • Kiosk 1 (kiosk)
+Please:
+  • do not power off the registers;
+  • do not unplug the router;
+  • do not switch the registers off overnight;
+  • the registers reboot at the agreed time 04:00;
+  • Rules;
+  • a, b;
+  • c, d;
+  • x;
+  • quoted.
+"
+        );
+        assert!(is_plain(&text));
+
+        let text = report(&Report {
+            title: "> **Urgent**",
+            finished: utc("2026-11-23T23:00:00Z"),
+            site,
+            releases: vec![release],
+            devices: vec![DeviceOutcome {
+                name: "| Kiosk |",
+                device_type: "kiosk",
+                ok: false,
+                detail: "`disk full`\n- see [log](https://log.example)",
+            }],
+        });
+        assert!(is_plain(&text), "{text}");
+        assert!(
+            text.contains("\n  Kiosk (kiosk): failed: disk full • see log (https://log.example)\n"),
+            "{text}"
+        );
+    }
+}

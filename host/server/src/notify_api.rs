@@ -1,0 +1,134 @@
+//! The operator API of notification channels and the delivery log:
+//! `/api/v1/channels` and `/api/v1/notifications`.
+//!
+//! Everyone who reads may see channels (without secrets) and the delivery log;
+//! only administrators change channels, since they hold bot tokens and webhook
+//! credentials.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use posup_proto::Page;
+use posup_proto::notify::{
+    ChannelView, CreateChannel, NotificationDetail, NotificationQuery, NotificationView,
+    UpdateChannel,
+};
+
+use crate::auth::{Operator, roles};
+use crate::error::{Error, Result};
+use crate::extract::{Json, Path, Query};
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/channels", get(list_channels).post(create_channel))
+        .route(
+            "/channels/{id}",
+            get(get_channel).put(update_channel).delete(delete_channel),
+        )
+        .route("/channels/{id}/test", post(test_channel))
+        .route("/notifications", get(list_notifications))
+        .route("/notifications/{id}", get(get_notification))
+}
+
+async fn list_channels(
+    State(state): State<AppState>,
+    op: Operator,
+) -> Result<Json<Vec<ChannelView>>> {
+    op.require(roles::READ, "list notification channels")?;
+    Ok(Json(state.store().list_channels().await?))
+}
+
+async fn create_channel(
+    State(state): State<AppState>,
+    op: Operator,
+    Json(body): Json<CreateChannel>,
+) -> Result<(StatusCode, Json<ChannelView>)> {
+    op.require(roles::ADMIN, "create notification channels")?;
+    let view = state
+        .store()
+        .create_channel(&body, state.now_ms(), &op.actor())
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn get_channel(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<Json<ChannelView>> {
+    op.require(roles::READ, "read notification channels")?;
+    state
+        .store()
+        .channel(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("channel {id} does not exist")))
+}
+
+async fn update_channel(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+    Json(body): Json<UpdateChannel>,
+) -> Result<Json<ChannelView>> {
+    op.require(roles::ADMIN, "change notification channels")?;
+    Ok(Json(
+        state
+            .store()
+            .update_channel(id, &body, state.now_ms(), &op.actor())
+            .await?,
+    ))
+}
+
+async fn delete_channel(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
+    op.require(roles::ADMIN, "delete notification channels")?;
+    state
+        .store()
+        .delete_channel(id, state.now_ms(), &op.actor())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Queues a test message to this channel only; the background loop sends it
+/// within a second or so, and the delivery log shows how it went.
+async fn test_channel(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<(StatusCode, Json<NotificationView>)> {
+    op.require(roles::ADMIN, "test notification channels")?;
+    let queued = state
+        .store()
+        .enqueue_test(id, state.now_ms(), &op.actor())
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(queued)))
+}
+
+async fn list_notifications(
+    State(state): State<AppState>,
+    op: Operator,
+    Query(q): Query<NotificationQuery>,
+) -> Result<Json<Page<NotificationView>>> {
+    op.require(roles::READ, "read the delivery log")?;
+    Ok(Json(state.store().notifications(&q).await?))
+}
+
+async fn get_notification(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+) -> Result<Json<NotificationDetail>> {
+    op.require(roles::READ, "read the delivery log")?;
+    state
+        .store()
+        .notification(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("notification {id} does not exist")))
+}

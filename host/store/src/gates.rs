@@ -1,0 +1,433 @@
+//! Whether a device may begin the downtime of an update now.
+//!
+//! A part of an Update or Forced update task is handed to its agent only once it
+//! is *claimed*: the server moved it to `running` after every gate passed. A claim
+//! counts as the device being unavailable until the device reports success, failure
+//! or not-now, so a window closing later never interrupts it. The gates, in order:
+//!
+//! 1. not-now: a device that answered not-now is not claimed again before its
+//!    retry time;
+//! 2. maintenance windows: inside a window of every scope (its site, each of its
+//!    groups) that has windows, at the part's start time;
+//! 3. ordering rules: every device of the types it waits for on its site has no
+//!    unfinished update and reports ready;
+//! 4. site limit: fewer than K claimed devices of its type on its site. The check
+//!    and the claim run in one transaction that first updates the site's row, so
+//!    two replicas claiming for one site queue instead of both passing.
+//!
+//! Download parts have no downtime and pass no gates. A part that waits keeps the
+//! reason (`wait_kind`, `wait_reason`) for the API.
+
+use std::cmp::Ordering;
+
+use chrono::{DateTime, Utc};
+use posup_proto::api::VariableScope;
+use posup_proto::rollout::WaitKind;
+
+use crate::policy::{WINDOW_SELECT, WindowRow};
+use crate::{At, Error, Result, Store, ts};
+
+/// Task kinds with downtime, as SQL.
+pub(crate) const DOWNTIME_KINDS: &str = "('update', 'forced-update')";
+/// Task states whose claimed parts hold a device.
+const HOLDING_TASKS: &str = "('Scheduled', 'Running', 'Paused')";
+
+#[derive(sqlx::FromRow)]
+struct Candidate {
+    id: i64,
+    state: String,
+    retry_at: Option<i64>,
+    wait_kind: Option<String>,
+    wait_reason: Option<String>,
+    task_state: String,
+    start_at: i64,
+}
+
+/// A device of the type waited for: name, installed version, inventory.
+type Other = (String, String, Option<String>);
+
+/// Why a part may not start now.
+struct Blocked {
+    kind: WaitKind,
+    reason: String,
+}
+
+/// The device asking, as the poll knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Asking<'a> {
+    pub device_id: i64,
+    pub site: &'a str,
+    pub device_type: &'a str,
+}
+
+fn when(ms: DateTime<Utc>) -> String {
+    ms.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+impl Store {
+    /// Claims the first of the device's unstarted update parts whose gates all
+    /// pass, recording why the others wait. Returns whether a variable changed (the
+    /// ordering rules' readiness variables), so callers drop cached variable ids.
+    pub async fn admit(&self, device: Asking<'_>, at: &At, horizon: i64) -> Result<bool> {
+        let candidates: Vec<Candidate> = with_read!(self, pool => {
+            sqlx::query_as(&format!(
+                "SELECT td.id, td.state, td.retry_at, td.wait_kind, td.wait_reason, t.state AS task_state, t.start_at \
+                 FROM task_devices td JOIN tasks t ON t.id = td.task_id \
+                 WHERE td.device_id = $1 AND td.state IN ('pending', 'running', 'waiting') \
+                 AND t.kind IN {DOWNTIME_KINDS} AND t.state IN {HOLDING_TASKS} AND t.start_at <= $2 \
+                 ORDER BY t.start_at, t.id"
+            ))
+            .bind(device.device_id)
+            .bind(horizon)
+            .fetch_all(pool)
+            .await?
+        });
+        // One update at a time per device: a claim it holds comes first.
+        if candidates.iter().any(|c| c.state == "running") {
+            return Ok(false);
+        }
+        let mut vars_changed = false;
+        let mut order: Option<Option<Blocked>> = None;
+        for c in candidates.iter().filter(|c| c.task_state != "Paused") {
+            if c.state == "waiting" && c.retry_at.is_some_and(|r| r > at.now) {
+                continue;
+            }
+            let start = ts(c.start_at.max(at.now));
+            let mut blocked = self.window_gate(device, start, at).await?;
+            if blocked.is_none() {
+                if order.is_none() {
+                    let (b, changed) = self.order_gate(device, at).await?;
+                    vars_changed |= changed;
+                    order = Some(b);
+                }
+                blocked = order.as_ref().and_then(|b| {
+                    b.as_ref().map(|b| Blocked {
+                        kind: b.kind,
+                        reason: b.reason.clone(),
+                    })
+                });
+            }
+            match blocked {
+                Some(b) => self.note_wait(c, &b).await?,
+                None => {
+                    if self.claim(device, c.id, at).await? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(vars_changed)
+    }
+
+    /// Records why a part waits, when that changed.
+    async fn note_wait(&self, c: &Candidate, b: &Blocked) -> Result<()> {
+        if c.wait_kind.as_deref() == Some(b.kind.as_str())
+            && c.wait_reason.as_deref() == Some(b.reason.as_str())
+        {
+            return Ok(());
+        }
+        with_write!(self, pool => {
+            sqlx::query("UPDATE task_devices SET wait_kind = $2, wait_reason = $3 WHERE id = $1 AND state IN ('pending', 'waiting')")
+                .bind(c.id)
+                .bind(b.kind.as_str())
+                .bind(&b.reason)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Closed when, for some scope of the device with windows, none is open at
+    /// `start`.
+    async fn window_gate(
+        &self,
+        device: Asking<'_>,
+        start: DateTime<Utc>,
+        at: &At,
+    ) -> Result<Option<Blocked>> {
+        let rows: Vec<WindowRow> = with_read!(self, pool => {
+            sqlx::query_as(&format!(
+                "{WINDOW_SELECT} WHERE (scope_kind = 'site' AND scope_ref = $1) OR scope_kind = 'group' ORDER BY id"
+            ))
+            .bind(device.site)
+            .fetch_all(pool)
+            .await?
+        });
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        // Scopes in a stable order: the site, then groups by id.
+        let mut scopes: Vec<(String, Vec<&WindowRow>)> = Vec::new();
+        for row in &rows {
+            let label = if row.scope_kind == "site" {
+                format!("site {}", row.scope_ref)
+            } else {
+                let group: i64 = row.scope_ref.parse().map_err(|_| {
+                    Error::Corrupt(format!("window {}: group `{}`", row.id, row.scope_ref))
+                })?;
+                if !self.is_member(device.device_id, group, at).await? {
+                    continue;
+                }
+                let name = self.group_name(group).await?.unwrap_or_default();
+                format!("group {name}")
+            };
+            match scopes.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, list)) => list.push(row),
+                None => scopes.push((label, vec![row])),
+            }
+        }
+        for (label, list) in scopes {
+            let mut next: Option<(DateTime<Utc>, String)> = None;
+            let mut open = false;
+            for row in list {
+                let window = row.window()?;
+                if window.is_open(start) {
+                    open = true;
+                    break;
+                }
+                if let Some(n) = window.next_open(start)
+                    && next.as_ref().is_none_or(|(t, _)| n < *t)
+                {
+                    next = Some((n, window.to_string()));
+                }
+            }
+            if !open {
+                let reason = match next {
+                    Some((t, w)) => format!(
+                        "maintenance window of {label} is closed: it opens {} ({w})",
+                        when(t)
+                    ),
+                    None => format!(
+                        "maintenance window of {label} is closed and does not open within a year: check its schedule"
+                    ),
+                };
+                return Ok(Some(Blocked {
+                    kind: WaitKind::Window,
+                    reason,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The ordering rules of the device's type on its site. When a rule holds and
+    /// names a variable, the site-scoped variable is set to the ready version.
+    async fn order_gate(&self, device: Asking<'_>, at: &At) -> Result<(Option<Blocked>, bool)> {
+        let rules: Vec<(String, Option<String>)> = with_read!(self, pool => {
+            sqlx::query_as("SELECT after_type, variable FROM order_rules WHERE device_type = $1 ORDER BY id")
+                .bind(device.device_type)
+                .fetch_all(pool)
+                .await?
+        });
+        let mut changed = false;
+        for (after, variable) in rules {
+            let (others, unfinished): (Vec<Other>, Vec<String>) = with_read!(self, pool => {
+                let others = sqlx::query_as::<_, Other>(
+                    "SELECT name, version, inventory FROM devices WHERE site = $1 AND device_type = $2 ORDER BY number, id",
+                )
+                .bind(device.site)
+                .bind(&after)
+                .fetch_all(pool)
+                .await?;
+                let unfinished = sqlx::query_scalar::<_, String>(&format!(
+                    "SELECT DISTINCT d.name FROM task_devices td JOIN tasks t ON t.id = td.task_id JOIN devices d ON d.id = td.device_id \
+                     WHERE d.site = $1 AND d.device_type = $2 AND td.state IN ('pending', 'running', 'waiting') \
+                     AND t.kind IN {DOWNTIME_KINDS} AND t.state IN {HOLDING_TASKS} ORDER BY d.name"
+                ))
+                .bind(device.site)
+                .bind(&after)
+                .fetch_all(pool)
+                .await?;
+                (others, unfinished)
+            });
+            if !unfinished.is_empty() {
+                return Ok((
+                    Some(Blocked {
+                        kind: WaitKind::Order,
+                        reason: format!(
+                            "waiting for {after} on site {} to be updated first: {} not finished",
+                            device.site,
+                            unfinished.join(", ")
+                        ),
+                    }),
+                    changed,
+                ));
+            }
+            let not_ready: Vec<&str> = others
+                .iter()
+                .filter(|(_, _, inventory)| !reports_ready(inventory.as_deref()))
+                .map(|(name, _, _)| name.as_str())
+                .collect();
+            if !not_ready.is_empty() {
+                return Ok((
+                    Some(Blocked {
+                        kind: WaitKind::Order,
+                        reason: format!(
+                            "waiting for {after} on site {} to report ready after its update: {} not ready yet",
+                            device.site,
+                            not_ready.join(", ")
+                        ),
+                    }),
+                    changed,
+                ));
+            }
+            if let Some(variable) = variable
+                && let Some(version) = others
+                    .iter()
+                    .map(|(_, v, _)| v.as_str())
+                    .min_by(|a, b| compare_versions(a, b))
+            {
+                changed |= self
+                    .ensure_site_variable(&variable, device.site, version, at.now)
+                    .await?;
+            }
+        }
+        Ok((None, changed))
+    }
+
+    async fn ensure_site_variable(
+        &self,
+        name: &str,
+        site: &str,
+        value: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let current: Option<String> = with_read!(self, pool => {
+            sqlx::query_scalar("SELECT value FROM variables WHERE name = $1 AND scope_kind = 'site' AND scope_ref = $2")
+                .bind(name)
+                .bind(site)
+                .fetch_optional(pool)
+                .await?
+        });
+        if current.as_deref() == Some(value) {
+            return Ok(false);
+        }
+        let scope = VariableScope::Site {
+            site: site.to_owned(),
+        };
+        self.change_variable(name, &scope, Some(value), now, "server (ordering rule)")
+            .await?;
+        Ok(true)
+    }
+
+    /// Claims part `id` if the site limit of the device's type allows. Returns
+    /// whether it was claimed.
+    async fn claim(&self, device: Asking<'_>, id: i64, at: &At) -> Result<bool> {
+        let limit: Option<i64> = with_read!(self, pool => {
+            sqlx::query_scalar::<_, Option<i64>>("SELECT site_limit FROM device_types WHERE name = $1")
+                .bind(device.device_type)
+                .fetch_optional(pool)
+                .await?
+                .flatten()
+        });
+        let blocked = with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut blocked = None;
+            if let Some(limit) = limit {
+                // The site's row is the lock: updating it makes a concurrent claim for
+                // the same site wait for this transaction.
+                sqlx::query("INSERT INTO site_settings (site, updated_at) VALUES ($1, $2) ON CONFLICT (site) DO NOTHING")
+                    .bind(device.site)
+                    .bind(at.now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE site_settings SET claims = claims + 1 WHERE site = $1")
+                    .bind(device.site)
+                    .execute(&mut *tx)
+                    .await?;
+                let down: Vec<String> = sqlx::query_scalar(&format!(
+                    "SELECT DISTINCT d.name FROM task_devices td JOIN tasks t ON t.id = td.task_id JOIN devices d ON d.id = td.device_id \
+                     WHERE d.site = $1 AND d.device_type = $2 AND td.state = 'running' AND td.device_id <> $3 \
+                     AND t.kind IN {DOWNTIME_KINDS} AND t.state IN {HOLDING_TASKS} ORDER BY d.name"
+                ))
+                .bind(device.site)
+                .bind(device.device_type)
+                .bind(device.device_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                if down.len() as i64 >= limit {
+                    blocked = Some(format!(
+                        "site limit: at most {limit} {} device(s) of site {} may be down at once; updating now: {}",
+                        device.device_type,
+                        device.site,
+                        down.join(", ")
+                    ));
+                }
+            }
+            match &blocked {
+                Some(reason) => {
+                    sqlx::query("UPDATE task_devices SET wait_kind = $2, wait_reason = $3 WHERE id = $1 AND state IN ('pending', 'waiting')")
+                        .bind(id)
+                        .bind(WaitKind::SiteLimit.as_str())
+                        .bind(reason)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                None => {
+                    sqlx::query(
+                        "UPDATE task_devices SET state = 'running', wait_kind = NULL, wait_reason = NULL, retry_at = NULL, updated_at = $2 \
+                         WHERE id = $1 AND state IN ('pending', 'waiting')",
+                    )
+                    .bind(id)
+                    .bind(at.now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            blocked
+        });
+        Ok(blocked.is_none())
+    }
+}
+
+/// Whether a stored inventory says the product is started and ready.
+fn reports_ready(inventory: Option<&str>) -> bool {
+    inventory
+        .and_then(|i| serde_json::from_str::<posup_proto::Inventory>(i).ok())
+        .is_some_and(|i| i.ready)
+}
+
+/// Dotted versions compared number by number (`8.10` after `8.9`); parts that
+/// are not numbers compare as text.
+fn compare_versions(a: &str, b: &str) -> Ordering {
+    let mut x = a.split(['.', '-']);
+    let mut y = b.split(['.', '-']);
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(p), Some(q)) => {
+                let o = match (p.parse::<u64>(), q.parse::<u64>()) {
+                    (Ok(m), Ok(n)) => m.cmp(&n),
+                    _ => p.cmp(q),
+                };
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_by_number() {
+        assert_eq!(compare_versions("8.10.0", "8.9.3"), Ordering::Greater);
+        assert_eq!(compare_versions("8.4", "8.4.1"), Ordering::Less);
+        assert_eq!(compare_versions("8.4.2", "8.4.2"), Ordering::Equal);
+    }
+
+    #[test]
+    fn readiness_comes_from_the_inventory() {
+        assert!(reports_ready(Some(
+            r#"{"product":"iiko","version":"1","ready":true}"#
+        )));
+        assert!(!reports_ready(Some(r#"{"product":"iiko","version":"1"}"#)));
+        assert!(!reports_ready(None));
+    }
+}
