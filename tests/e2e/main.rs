@@ -2,6 +2,7 @@
 //! that look like the real products. One test binary, one module per area.
 
 mod agent;
+mod demo;
 mod icecash;
 mod iiko;
 mod kiosk;

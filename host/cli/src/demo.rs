@@ -550,13 +550,12 @@ async fn rollout(
                 break wave.tasks.clone();
             }
             if matches!(r.state, RolloutState::Paused | RolloutState::Finished) {
-                out.event(&format!(
-                    "  the rollout stopped before wave {} ({}): {}",
+                bail!(
+                    "the rollout stopped before wave {} ({}): {}",
                     i + 1,
                     spec.group_name,
                     r.pause_reason.unwrap_or_else(|| r.state.as_str().into())
-                ));
-                return Ok(waves);
+                );
             }
             if started.elapsed() > timeout {
                 bail!(
@@ -705,7 +704,7 @@ fn print_table(devices: &[DeviceRow], waves: &[Wave]) {
     println!();
     for (i, w) in waves.iter().enumerate() {
         println!(
-            "wave {}: {} — {} of {} succeeded, {} failed",
+            "step {}: {} — {} of {} succeeded, {} failed",
             i + 1,
             w.title,
             w.success,
@@ -715,7 +714,7 @@ fn print_table(devices: &[DeviceRow], waves: &[Wave]) {
     }
     println!();
     println!(
-        "{:<10} {:<11} {:>3}  {:<8} {:<12} {:<7} waves",
+        "{:<10} {:<11} {:>3}  {:<8} {:<12} {:<7} steps",
         "terminal", "site", "no", "version", "state", "online",
     );
     let mut sorted: Vec<&DeviceRow> = devices.iter().collect();

@@ -155,6 +155,9 @@ pub struct DeviceTaskSummary {
     pub step: Option<String>,
     pub message: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// Why it has not started yet, while it waits.
+    #[serde(default)]
+    pub wait: Option<crate::rollout::Wait>,
 }
 
 /// `PUT /api/v1/devices/{id}/tags`.

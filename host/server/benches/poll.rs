@@ -308,7 +308,7 @@ async fn seed(store: &Store, n: u32) -> anyhow::Result<(i64, i64)> {
                 package_id: package.id,
                 group_id: group.id,
                 start_at: None,
-                notice_override: Some("benchmark: simulated terminals, nobody to notify".into()),
+                notice_override: None,
             },
             &at,
             "bench",

@@ -392,18 +392,10 @@ impl Store {
         } else {
             select.push(&format!(" ORDER BY {col} {dir}, d.id {dir}"));
         }
-        select
-            .push(" LIMIT ")
-            .bind(i64::from(per_page))
-            .push(" OFFSET ")
-            .bind(i64::from(page - 1) * i64::from(per_page));
+        select.page(page, per_page);
         let mut count = Sql::new("SELECT count(*) FROM devices d WHERE ");
         count.append(&cond);
-        let (rows, total): (Vec<ListRow>, i64) = with_read!(self, pool => {
-            let rows = bind_all!(sqlx::query_as::<_, ListRow>(&select.text), select.args).fetch_all(pool).await?;
-            let total = bind_all!(sqlx::query_scalar::<_, i64>(&count.text), count.args).fetch_one(pool).await?;
-            (rows, total)
-        });
+        let (rows, total): (Vec<ListRow>, i64) = fetch_page!(self, ListRow, select, count);
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let mut tags = self.tags_of(&ids).await?;
         Ok(Page {
@@ -474,6 +466,9 @@ impl Store {
             step: Option<String>,
             message: Option<String>,
             updated_at: i64,
+            wait_kind: Option<String>,
+            wait_reason: Option<String>,
+            retry_at: Option<i64>,
         }
         let (extra, tasks): (Extra, Vec<TaskRow>) = with_read!(self, pool => {
             let extra = sqlx::query_as::<_, Extra>("SELECT inventory, inventory_error, agent_message FROM devices WHERE id = $1")
@@ -481,7 +476,8 @@ impl Store {
                 .fetch_one(pool)
                 .await?;
             let tasks = sqlx::query_as::<_, TaskRow>(
-                "SELECT t.id AS task_id, t.name AS task_name, t.kind, t.state AS task_state, td.state, td.step, td.message, td.updated_at \
+                "SELECT t.id AS task_id, t.name AS task_name, t.kind, t.state AS task_state, td.state, td.step, td.message, td.updated_at, \
+                 td.wait_kind, td.wait_reason, td.retry_at \
                  FROM task_devices td JOIN tasks t ON t.id = td.task_id WHERE td.device_id = $1 ORDER BY t.id DESC LIMIT 100",
             )
             .bind(id)
@@ -501,7 +497,17 @@ impl Store {
             tasks: tasks
                 .into_iter()
                 .map(|t| {
+                    let state = DeviceTaskState::parse(&t.state).ok_or_else(|| {
+                        Error::Corrupt(format!("device task state `{}`", t.state))
+                    })?;
                     Ok(DeviceTaskSummary {
+                        wait: crate::tasks::wait_of(
+                            state,
+                            t.message.as_deref(),
+                            t.wait_kind.as_deref(),
+                            t.wait_reason,
+                            t.retry_at,
+                        )?,
                         task_id: t.task_id,
                         task_name: t.task_name,
                         kind: TaskKind::parse(&t.kind)
@@ -509,9 +515,7 @@ impl Store {
                         task_state: TaskState::parse(&t.task_state).ok_or_else(|| {
                             Error::Corrupt(format!("task state `{}`", t.task_state))
                         })?,
-                        state: DeviceTaskState::parse(&t.state).ok_or_else(|| {
-                            Error::Corrupt(format!("device task state `{}`", t.state))
-                        })?,
+                        state,
                         step: t.step,
                         message: t.message,
                         updated_at: ts(t.updated_at),

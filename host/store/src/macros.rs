@@ -117,3 +117,15 @@ macro_rules! notify {
             .rows_affected()
     }};
 }
+
+/// Runs one page's `SELECT` (rows of type `$row`) and the `count(*)` of all its
+/// rows, both built with [`crate::sql::Sql`]; gives `(rows, total)`.
+macro_rules! fetch_page {
+    ($store:expr, $row:ty, $select:expr, $count:expr) => {
+        with_read!($store, pool => {
+            let rows = bind_all!(sqlx::query_as::<_, $row>(&$select.text), $select.args).fetch_all(pool).await?;
+            let total = bind_all!(sqlx::query_scalar::<_, i64>(&$count.text), $count.args).fetch_one(pool).await?;
+            (rows, total)
+        })
+    };
+}

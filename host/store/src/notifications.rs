@@ -797,17 +797,12 @@ impl Store {
         let mut select = Sql::new(&format!("{NOTIFICATION_SELECT} WHERE "));
         select
             .append(&cond)
-            .push(" ORDER BY n.id DESC LIMIT ")
-            .bind(i64::from(per_page))
-            .push(" OFFSET ")
-            .bind(i64::from(page - 1) * i64::from(per_page));
+            .push(" ORDER BY n.id DESC")
+            .page(page, per_page);
         let mut count = Sql::new("SELECT count(*) FROM notifications n WHERE ");
         count.append(&cond);
-        let (rows, total): (Vec<NotificationRow>, i64) = with_read!(self, pool => {
-            let rows = bind_all!(sqlx::query_as::<_, NotificationRow>(&select.text), select.args).fetch_all(pool).await?;
-            let total = bind_all!(sqlx::query_scalar::<_, i64>(&count.text), count.args).fetch_one(pool).await?;
-            (rows, total)
-        });
+        let (rows, total): (Vec<NotificationRow>, i64) =
+            fetch_page!(self, NotificationRow, select, count);
         Ok(Page {
             items: rows
                 .into_iter()

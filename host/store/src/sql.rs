@@ -69,6 +69,15 @@ impl Sql {
         self
     }
 
+    /// Appends ` LIMIT … OFFSET …` selecting page `page` (from 1) of `per_page`
+    /// rows.
+    pub fn page(&mut self, page: u32, per_page: u32) -> &mut Sql {
+        self.push(" LIMIT ")
+            .bind(i64::from(per_page))
+            .push(" OFFSET ")
+            .bind(i64::from(page.max(1) - 1) * i64::from(per_page))
+    }
+
     /// Appends `AND (<fragment>)` where the fragment's own placeholders are
     /// renumbered after ours.
     pub fn and(&mut self, cond: &Cond) -> &mut Sql {

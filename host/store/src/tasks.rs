@@ -90,26 +90,13 @@ const DEVICE_SELECT: &str = "SELECT td.id AS action_id, d.id AS device_id, d.gui
 impl DeviceRow {
     fn row(self, at: &At) -> Result<TaskDeviceRow> {
         let state = parse_device_state(&self.state)?;
-        let wait = match state {
-            DeviceTaskState::Waiting => Some(Wait {
-                kind: WaitKind::NotNow,
-                reason: self
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "answered not-now".into()),
-                until: self.retry_at.map(ts),
-            }),
-            DeviceTaskState::Pending => match (self.wait_kind.as_deref(), self.wait_reason) {
-                (Some(kind), Some(reason)) => Some(Wait {
-                    kind: WaitKind::parse(kind)
-                        .ok_or_else(|| Error::Corrupt(format!("wait kind `{kind}`")))?,
-                    reason,
-                    until: None,
-                }),
-                _ => None,
-            },
-            _ => None,
-        };
+        let wait = wait_of(
+            state,
+            self.message.as_deref(),
+            self.wait_kind.as_deref(),
+            self.wait_reason,
+            self.retry_at,
+        )?;
         Ok(TaskDeviceRow {
             wait,
             action_id: self.action_id,
@@ -467,17 +454,11 @@ impl Store {
         let mut select = Sql::new(&format!("{DEVICE_SELECT} WHERE "));
         select
             .append(&cond)
-            .push(" ORDER BY d.site, d.number, d.id LIMIT ")
-            .bind(i64::from(per_page))
-            .push(" OFFSET ")
-            .bind(i64::from(page - 1) * i64::from(per_page));
+            .push(" ORDER BY d.site, d.number, d.id")
+            .page(page, per_page);
         let mut count = Sql::new("SELECT count(*) FROM task_devices td WHERE ");
         count.append(&cond);
-        let (rows, total): (Vec<DeviceRow>, i64) = with_read!(self, pool => {
-            let rows = bind_all!(sqlx::query_as::<_, DeviceRow>(&select.text), select.args).fetch_all(pool).await?;
-            let total = bind_all!(sqlx::query_scalar::<_, i64>(&count.text), count.args).fetch_one(pool).await?;
-            (rows, total)
-        });
+        let (rows, total): (Vec<DeviceRow>, i64) = fetch_page!(self, DeviceRow, select, count);
         Ok(Page {
             items: rows.into_iter().map(|r| r.row(at)).collect::<Result<_>>()?,
             total: total as u64,
@@ -761,6 +742,31 @@ impl Store {
         }
         Ok(ack)
     }
+}
+
+/// Why an unstarted part waits: its not-now answer while `waiting`, the gate
+/// that held it back while `pending`; nothing once it runs or ended.
+pub(crate) fn wait_of(
+    state: DeviceTaskState,
+    message: Option<&str>,
+    wait_kind: Option<&str>,
+    wait_reason: Option<String>,
+    retry_at: Option<i64>,
+) -> Result<Option<Wait>> {
+    Ok(match (state, wait_kind, wait_reason) {
+        (DeviceTaskState::Waiting, _, _) => Some(Wait {
+            kind: WaitKind::NotNow,
+            reason: message.unwrap_or("answered not-now").to_owned(),
+            until: retry_at.map(ts),
+        }),
+        (DeviceTaskState::Pending, Some(kind), Some(reason)) => Some(Wait {
+            kind: WaitKind::parse(kind)
+                .ok_or_else(|| Error::Corrupt(format!("wait kind `{kind}`")))?,
+            reason,
+            until: None,
+        }),
+        _ => None,
+    })
 }
 
 fn truncate(s: &str, max: usize) -> String {

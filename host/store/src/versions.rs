@@ -299,17 +299,11 @@ impl Store {
         let mut select = Sql::new(&format!("{SELECT} WHERE "));
         select
             .append(&cond)
-            .push(" ORDER BY d.site, d.number, d.id LIMIT ")
-            .bind(i64::from(per_page))
-            .push(" OFFSET ")
-            .bind(i64::from(page - 1) * i64::from(per_page));
+            .push(" ORDER BY d.site, d.number, d.id")
+            .page(page, per_page);
         let mut count = Sql::new("SELECT count(*) FROM devices d WHERE ");
         count.append(&cond);
-        let (rows, total): (Vec<Row>, i64) = with_read!(self, pool => {
-            let rows = bind_all!(sqlx::query_as::<_, Row>(&select.text), select.args).fetch_all(pool).await?;
-            let total = bind_all!(sqlx::query_scalar::<_, i64>(&count.text), count.args).fetch_one(pool).await?;
-            (rows, total)
-        });
+        let (rows, total): (Vec<Row>, i64) = fetch_page!(self, Row, select, count);
         Ok(Page {
             items: rows.into_iter().map(|r| r.row(at)).collect::<Result<_>>()?,
             total: total as u64,
@@ -390,20 +384,14 @@ impl Store {
         );
         select
             .append(&cond)
-            .push(" ORDER BY d.site, d.number, d.id LIMIT ")
-            .bind(i64::from(per_page))
-            .push(" OFFSET ")
-            .bind(i64::from(page - 1) * i64::from(per_page));
+            .push(" ORDER BY d.site, d.number, d.id")
+            .page(page, per_page);
         let mut count = Sql::new(
             "SELECT count(*) FROM device_modules m JOIN devices d ON d.id = m.device_id WHERE ",
         );
         count.append(&cond);
         type R = (i64, String, String, String, String, String);
-        let (rows, total): (Vec<R>, i64) = with_read!(self, pool => {
-            let rows = bind_all!(sqlx::query_as::<_, R>(&select.text), select.args).fetch_all(pool).await?;
-            let total = bind_all!(sqlx::query_scalar::<_, i64>(&count.text), count.args).fetch_one(pool).await?;
-            (rows, total)
-        });
+        let (rows, total): (Vec<R>, i64) = fetch_page!(self, R, select, count);
         let mut references: std::collections::HashMap<String, Option<Reference>> =
             Default::default();
         let mut items = Vec::with_capacity(rows.len());

@@ -7,7 +7,7 @@ use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Inventory, ModuleVersi
 use posup_store::lifecycle::Command;
 use posup_store::testing::each_backend;
 use posup_store::{
-    At, DeviceAuth, Error, InventoryReport, NewPackage, NewPlugin, Store, VarTarget,
+    Asking, At, DeviceAuth, Error, InventoryReport, NewPackage, NewPlugin, Store, VarTarget,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -1267,6 +1267,84 @@ async fn version_overview_same_different_unknown() {
             .map(|r| (r.version.as_str(), r.reference.as_deref()))
             .collect();
         assert_eq!(versions, vec![("3.0", Some("3.1")), ("3.1", Some("3.1"))]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_never_exceed_the_site_limit() {
+    each_backend(|store| async move {
+        let (ids, package) = fleet(&store, 24).await;
+        store
+            .put_device_type(
+                "ukm5",
+                &DeviceTypeBody {
+                    description: "UKM 5 registers, one down per store at a time".into(),
+                    site_limit: Some(1),
+                    ..Default::default()
+                },
+                T0,
+                "token admin",
+            )
+            .await
+            .unwrap();
+        store
+            .create_task(
+                &CreateTask {
+                    name: None,
+                    kind: TaskKind::ForcedUpdate,
+                    package_id: package.id,
+                    group_id: 1,
+                    start_at: None,
+                    notice_override: None,
+                },
+                &at(T0),
+                "token ops",
+            )
+            .await
+            .unwrap();
+        // The stores' rows exist already, so nothing but the claim's own lock
+        // orders the claims.
+        for site in ["A", "B"] {
+            store
+                .set_site_settings(site, &Default::default(), T0, "token ops")
+                .await
+                .unwrap();
+        }
+        // Every register of both stores asks at once, twice over: on PostgreSQL
+        // these are concurrent transactions.
+        let mut asks = Vec::new();
+        for round in 0..2 {
+            for (i, id) in ids.iter().copied().enumerate() {
+                let store = store.clone();
+                let site = if i % 2 == 0 { "A" } else { "B" };
+                asks.push(tokio::spawn(async move {
+                    let asking = Asking {
+                        device_id: id,
+                        site,
+                        device_type: "ukm5",
+                    };
+                    store.admit(asking, &at(T0 + round), T0 + MINUTE).await
+                }));
+            }
+        }
+        for ask in asks {
+            ask.await.unwrap().unwrap();
+        }
+        for (site, first) in [("A", 0), ("B", 1)] {
+            let mut holding = 0;
+            for id in ids.iter().skip(first).step_by(2) {
+                if !store
+                    .actions_for_device(*id, T0 + MINUTE)
+                    .await
+                    .unwrap()
+                    .is_empty()
+                {
+                    holding += 1;
+                }
+            }
+            assert_eq!(holding, 1, "site {site}: exactly one register may be down");
+        }
     })
     .await;
 }

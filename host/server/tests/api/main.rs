@@ -73,6 +73,11 @@ impl Answer {
 }
 
 async fn env(store: Store) -> Env {
+    env_with_state(store).await.0
+}
+
+/// The environment, and the state behind it for calls that bypass HTTP.
+async fn env_with_state(store: Store) -> (Env, AppState) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(t0()));
     let state = AppState::new(
@@ -87,11 +92,12 @@ async fn env(store: Store) -> Env {
         .ensure_token("admin", Role::Admin, &hash_secret(ADMIN), 0)
         .await
         .unwrap();
-    Env {
-        app: app(state),
+    let e = Env {
+        app: app(state.clone()),
         clock,
         _blobs: dir,
-    }
+    };
+    (e, state)
 }
 
 impl Env {

@@ -102,30 +102,6 @@ async fn record(
     response
 }
 
-/// The shared environment, and the state behind it for `deliver_due`.
-async fn notify_env(store: Store) -> (Env, AppState) {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(t0()));
-    let state = AppState::new(
-        store,
-        Blobs::open(dir.path()).unwrap(),
-        runtime(),
-        clock.clone(),
-        Settings::default(),
-    );
-    state
-        .store()
-        .ensure_token("admin", Role::Admin, &hash_secret(ADMIN), 0)
-        .await
-        .unwrap();
-    let e = Env {
-        app: app(state.clone()),
-        clock,
-        _blobs: dir,
-    };
-    (e, state)
-}
-
 async fn deliver(state: &AppState) -> usize {
     deliver_due(state).await.unwrap()
 }
@@ -169,7 +145,7 @@ fn attempts(detail: &Value) -> Vec<(bool, Option<u64>)> {
 #[tokio::test]
 async fn webhooks_are_retried_after_each_backoff_until_delivered() {
     each_backend(|store| async move {
-        let (e, state) = notify_env(store).await;
+        let (e, state) = env_with_state(store).await;
         let rx = Receiver::start().await;
         rx.then(500, &[], "database down");
         rx.then(503, &[("retry-after", "120")], "");
@@ -244,7 +220,7 @@ async fn webhooks_are_retried_after_each_backoff_until_delivered() {
 #[tokio::test]
 async fn telegram_gets_plain_text_in_parts_and_waits_when_told() {
     each_backend(|store| async move {
-        let (e, state) = notify_env(store).await;
+        let (e, state) = env_with_state(store).await;
         let rx = Receiver::start().await;
         // A flood limit; the description echoes the token, as a careless proxy might.
         rx.then(
@@ -325,7 +301,7 @@ async fn telegram_gets_plain_text_in_parts_and_waits_when_told() {
 #[tokio::test]
 async fn refusals_are_permanent_and_unreachable_receivers_are_retried_without_leaking() {
     each_backend(|store| async move {
-        let (e, state) = notify_env(store).await;
+        let (e, state) = env_with_state(store).await;
         let rx = Receiver::start().await;
         rx.then(400, &[], r#"{"error":"unknown field"}"#);
         let hook = e
@@ -395,7 +371,7 @@ async fn refusals_are_permanent_and_unreachable_receivers_are_retried_without_le
 #[tokio::test]
 async fn channels_need_an_admin_and_never_show_their_secret() {
     each_backend(|store| async move {
-        let (e, state) = notify_env(store).await;
+        let (e, state) = env_with_state(store).await;
         let rx = Receiver::start().await;
         let operator = e.token("ops", Role::Operator).await;
         let viewer = e.token("watcher", Role::Viewer).await;

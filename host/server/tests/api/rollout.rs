@@ -348,6 +348,9 @@ async fn updates_start_only_inside_the_window_and_a_closing_window_interrupts_no
         assert_eq!(wait.kind, WaitKind::Window);
         assert!(wait.reason.contains("site Store A is closed: it opens 2026-11-23 22:00 UTC"), "{}", wait.reason);
 
+        let detail = e.ok("GET", &format!("/api/v1/devices/{}", d[0].0), ADMIN, None).await;
+        assert_eq!(detail["tasks"][0]["wait"]["kind"], "window", "{detail}");
+
         // The window opens: device 1 starts.
         e.clock.set(noon + chrono::Duration::hours(10));
         let a1 = actions(&e, &d[0]).await;
