@@ -433,6 +433,18 @@ impl Store {
                     package.file_name
                 )));
             }
+            let rollout: Option<(i64, String)> = sqlx::query_as(
+                "SELECT r.id, r.state FROM rollout_packages rp JOIN rollouts r ON r.id = rp.rollout_id WHERE rp.package_id = $1 ORDER BY r.id LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((rollout, state)) = rollout {
+                return Err(Error::Conflict(format!(
+                    "package {id} ({}) is part of rollout {rollout} ({state}): delete the rollout first",
+                    package.file_name
+                )));
+            }
             let done = sqlx::query("DELETE FROM packages WHERE id = $1").bind(id).execute(&mut *tx).await?;
             if done.rows_affected() == 0 {
                 return Err(Error::NotFound(format!("package {id} does not exist")));

@@ -393,13 +393,19 @@ impl Store {
     pub async fn delete_task(&self, id: i64, now: i64, actor: &str) -> Result<()> {
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
-            let row: Option<(String, String)> = sqlx::query_as("SELECT name, state FROM tasks WHERE id = $1")
+            let row: Option<(String, String, Option<i64>)> = sqlx::query_as("SELECT name, state, rollout_id FROM tasks WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-            let Some((name, state)) = row else {
+            let Some((name, state, rollout)) = row else {
                 return Err(Error::NotFound(format!("task {id} does not exist")));
             };
+            // The rollout would start the wave again and update its devices twice.
+            if let Some(rollout) = rollout {
+                return Err(Error::Conflict(format!(
+                    "task {id} is a wave of rollout {rollout}: pause or delete the rollout instead"
+                )));
+            }
             sqlx::query("DELETE FROM tasks WHERE id = $1").bind(id).execute(&mut *tx).await?;
             audit!(&mut *tx, now, actor, "task.delete", "task", id, json!({"name": name, "state": state}));
             tx.commit().await?;

@@ -319,6 +319,41 @@ async fn a_wave_without_auto_advance_waits_for_the_operator() {
             )
             .await;
         assert_eq!(again.status, StatusCode::CONFLICT);
+
+        // A wave's task goes only with its rollout, which takes its tasks along.
+        let wave_task = r.waves[0].tasks[0];
+        let del = e
+            .call(
+                "DELETE",
+                &format!("/api/v1/tasks/{wave_task}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(del.status, StatusCode::CONFLICT);
+        assert!(
+            del.error().contains("is a wave of rollout"),
+            "{}",
+            del.error()
+        );
+        e.ok("DELETE", &format!("/api/v1/rollouts/{}", r.id), ADMIN, None)
+            .await;
+        let gone = e
+            .call(
+                "GET",
+                &format!("/api/v1/tasks/{wave_task}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(gone.status, StatusCode::NOT_FOUND);
+        e.ok(
+            "DELETE",
+            &format!("/api/v1/packages/{}", f.package.id),
+            ADMIN,
+            None,
+        )
+        .await;
     })
     .await;
 }
