@@ -18,19 +18,21 @@ struct Terminal {
     state: PathBuf,
     config: PathBuf,
     packages: PathBuf,
-    /// How long the simulated kiosk takes to stop, in milliseconds.
+    /// How long the simulated kiosk takes to stop and to start, in milliseconds.
     shutdown_ms: u64,
+    start_ms: u64,
 }
 
 impl Terminal {
     /// A terminal with kiosk `version` installed and running, in state IDLE.
     async fn new(version: &str) -> Terminal {
-        Terminal::with_shutdown(version, 0).await
+        Terminal::slow(version, 0, kiosk::START_DELAY.as_millis() as u64).await
     }
 
-    /// A terminal whose kiosk takes `shutdown_ms` to stop: the apply step that
-    /// stops it lasts at least that long, long enough to be caught in the act.
-    async fn with_shutdown(version: &str, shutdown_ms: u64) -> Terminal {
+    /// A terminal whose kiosk takes `shutdown_ms` to stop and `start_ms` to start:
+    /// the apply step that stops it and the verify step that waits for it to serve
+    /// last at least that long, long enough to be caught in the act.
+    async fn slow(version: &str, shutdown_ms: u64, start_ms: u64) -> Terminal {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let product = root.join("opt/kiosk");
@@ -53,7 +55,7 @@ logs = "{logs}"
 services = ["kiosk"]
 
 [services.kiosk]
-command = ["{posup}", "sim-product", "kiosk", "--product", "{product}", "--logs", "{logs}", "--shutdown-ms", "{shutdown_ms}"]
+command = ["{posup}", "sim-product", "kiosk", "--product", "{product}", "--logs", "{logs}", "--shutdown-ms", "{shutdown_ms}", "--start-ms", "{start_ms}"]
 log = "{logs}/stdout.log"
 "#,
                 logs = logs.display(),
@@ -70,6 +72,7 @@ log = "{logs}/stdout.log"
             config,
             packages,
             shutdown_ms,
+            start_ms,
         };
         t.services().start("kiosk").await.unwrap();
         t.wait_state("IDLE");
@@ -90,6 +93,8 @@ log = "{logs}/stdout.log"
                 self.logs.display().to_string(),
                 "--shutdown-ms".into(),
                 self.shutdown_ms.to_string(),
+                "--start-ms".into(),
+                self.start_ms.to_string(),
             ]),
         )
     }
@@ -246,7 +251,7 @@ fn kill_during(t: &Terminal, package: &Path, step: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_mid_apply_a_rerun_rolls_back_then_a_new_run_installs() {
     // Apply otherwise ends between two looks at the journal on a fast machine.
-    let t = Terminal::with_shutdown("7.4.2", 1500).await;
+    let t = Terminal::slow("7.4.2", 1500, kiosk::START_DELAY.as_millis() as u64).await;
     let before = snapshot(&t.product);
     let pkg = t.package("7.5.0", false);
     kill_during(&t, &pkg, "apply");
@@ -271,7 +276,8 @@ async fn killed_mid_apply_a_rerun_rolls_back_then_a_new_run_installs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_during_verify_a_rerun_restores_the_old_kiosk() {
-    let t = Terminal::new("7.4.2").await;
+    // Verify otherwise ends between two looks at the journal on a fast machine.
+    let t = Terminal::slow("7.4.2", 0, 1500).await;
     let before = snapshot(&t.product);
     let pkg = t.package("7.5.0", false);
     kill_during(&t, &pkg, "verify");

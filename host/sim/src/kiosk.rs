@@ -263,12 +263,17 @@ pub struct KioskArgs {
     /// milliseconds: a slow shutdown keeps whoever stops it waiting that long.
     #[arg(long, default_value_t = 0)]
     pub shutdown_ms: u64,
+    /// How long loading the menu takes after start, in milliseconds: the kiosk is
+    /// `STARTING` that long before it serves.
+    #[arg(long, default_value_t = START_DELAY.as_millis() as u64)]
+    pub start_ms: u64,
 }
 
 impl KioskArgs {
     pub fn run(&self) -> io::Result<()> {
         let mut kiosk = Kiosk::new(&self.product, &self.logs)
-            .with_shutdown(Duration::from_millis(self.shutdown_ms));
+            .with_shutdown(Duration::from_millis(self.shutdown_ms))
+            .with_start(Duration::from_millis(self.start_ms));
         if let Some(control) = &self.control {
             kiosk = kiosk.with_control(control);
         }
@@ -292,6 +297,8 @@ pub struct Kiosk {
     bad_control: Option<String>,
     /// Time spent saving the order journal between the stop request and exit.
     shutdown: Duration,
+    /// Time spent loading the menu before serving.
+    start: Duration,
 }
 
 impl Kiosk {
@@ -305,7 +312,14 @@ impl Kiosk {
             orders: 0,
             bad_control: None,
             shutdown: Duration::ZERO,
+            start: START_DELAY,
         }
+    }
+
+    /// Takes `start` to load its menu, as a kiosk with a large menu does.
+    pub fn with_start(mut self, start: Duration) -> Self {
+        self.start = start;
+        self
     }
 
     /// Takes `shutdown` to stop, as a kiosk saving a long order journal does.
@@ -383,7 +397,7 @@ impl Kiosk {
                 let rms = xml_value(&config, "RmsServer").unwrap_or("(none)");
                 self.log
                     .info("Config", &format!("Terminal {terminal}, RMS server {rms}"))?;
-                self.ready_at = Some(Instant::now() + START_DELAY);
+                self.ready_at = Some(Instant::now() + self.start);
                 Ok(())
             }
             Err(e) => self.log.error(
