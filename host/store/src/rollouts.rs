@@ -428,14 +428,17 @@ impl Store {
                     .bind(&m.text)
                     .execute(&mut *tx)
                     .await?;
-                notify!(&mut *tx, at.now, &Notice {
-                    event: "announcement",
-                    site: Some(&m.site),
-                    rollout_id: Some(id),
-                    task_id: None,
-                    subject: &format!("Planned update: {name}"),
-                    body: &m.text,
-                });
+                // A download interrupts nobody: stores hear only of updates.
+                if body.kind != TaskKind::Download {
+                    notify!(&mut *tx, at.now, &Notice {
+                        event: "announcement",
+                        site: Some(&m.site),
+                        rollout_id: Some(id),
+                        task_id: None,
+                        subject: &format!("Planned update: {name}"),
+                        body: &m.text,
+                    });
+                }
             }
             audit!(&mut *tx, at.now, actor, "rollout.create", "rollout", id,
                 json!({"name": name, "kind": body.kind, "packages": body.packages, "waves": waves,
@@ -766,7 +769,7 @@ impl Store {
         if state == RolloutState::Running {
             changed |= self.judge(&r, &waves, at).await?;
         }
-        self.report_sites(r.id, &waves, at).await?;
+        self.report_sites(&r, &waves, at).await?;
         Ok(changed)
     }
 
@@ -987,7 +990,9 @@ impl Store {
 
     /// Sends the report of every site whose part of rollout `id` ended: each of
     /// its devices the rollout's waves cover has succeeded or failed.
-    async fn report_sites(&self, id: i64, waves: &[WaveRow], at: &At) -> Result<()> {
+    async fn report_sites(&self, r: &RolloutRow, waves: &[WaveRow], at: &At) -> Result<()> {
+        let (id, title) = (r.id, &r.name);
+        let announce = parse_kind(&r.kind)? != TaskKind::Download;
         let open: Vec<String> = with_read!(self, pool => {
             sqlx::query_scalar("SELECT site FROM rollout_sites WHERE rollout_id = $1 AND reported_at IS NULL ORDER BY site")
                 .bind(id)
@@ -1021,9 +1026,6 @@ impl Store {
         let busy: Vec<String> = with_read!(self, pool => {
             bind_all!(sqlx::query_scalar::<_, String>(&pending.text), pending.args).fetch_all(pool).await?
         });
-        let title: String = with_read!(self, pool => {
-            sqlx::query_scalar("SELECT name FROM rollouts WHERE id = $1").bind(id).fetch_one(pool).await?
-        });
         for site in open.iter().filter(|s| !busy.contains(s)) {
             let outcomes: Vec<(String, String, String, Option<String>, String)> = with_read!(self, pool => {
                 sqlx::query_as(
@@ -1041,7 +1043,7 @@ impl Store {
             }
             let settings = self.site_settings(site).await?;
             let report = text::Report {
-                title: &title,
+                title,
                 finished: ts(at.now),
                 site: site_info(site, &outcomes[0].4, &settings)?,
                 releases: releases.iter().map(ReleaseRow::release).collect(),
@@ -1071,7 +1073,7 @@ impl Store {
                 .await?
                 .rows_affected();
                 // Another replica may have sent it a moment ago.
-                if marked > 0 {
+                if marked > 0 && announce {
                     notify!(&mut *tx, at.now, &Notice {
                         event: "report",
                         site: Some(site),
