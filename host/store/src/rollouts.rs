@@ -809,6 +809,8 @@ impl Store {
             insert.bind(package_id);
             insert.push(" AND x.device_id = d.id)");
             insert.and(&members);
+            // Two replicas adding the same joiner at once: one of them adds it.
+            insert.push(" ON CONFLICT (task_id, device_id) DO NOTHING");
             with_write!(self, pool => {
                 let mut tx = pool.begin().await?;
                 let existing: Option<(i64, String)> = sqlx::query_as(
@@ -823,9 +825,12 @@ impl Store {
                     Some(t) => t,
                     None => {
                         let name = format!("{} · wave {} ({})", r.name, w.position + 1, w.group_name);
-                        let id: i64 = sqlx::query_scalar(
+                        // Another replica starting the same wave at this moment: its
+                        // insert wins, and this one takes the task it made.
+                        let id: Option<i64> = sqlx::query_scalar(
                             "INSERT INTO tasks (name, kind, state, package_id, plugin_sha256, device_type, group_id, group_name, start_at, created_at, attempt, rollout_id, wave, notice_override) \
-                             VALUES ($1, $2, 'Running', $3, $4, $5, $6, $7, $8, $8, 1, $9, $10, $11) RETURNING id",
+                             VALUES ($1, $2, 'Running', $3, $4, $5, $6, $7, $8, $8, 1, $9, $10, $11) \
+                             ON CONFLICT (rollout_id, wave, package_id) DO NOTHING RETURNING id",
                         )
                         .bind(&name)
                         .bind(&r.kind)
@@ -838,17 +843,29 @@ impl Store {
                         .bind(r.id)
                         .bind(w.position)
                         .bind(r.notice_override.clone())
-                        .fetch_one(&mut *tx)
+                        .fetch_optional(&mut *tx)
                         .await?;
-                        sqlx::query("UPDATE rollout_waves SET started_at = $3 WHERE rollout_id = $1 AND position = $2 AND started_at IS NULL")
+                        match id {
+                            Some(id) => {
+                                sqlx::query("UPDATE rollout_waves SET started_at = $3 WHERE rollout_id = $1 AND position = $2 AND started_at IS NULL")
+                                    .bind(r.id)
+                                    .bind(w.position)
+                                    .bind(at.now)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                audit!(&mut *tx, at.now, "server", "task.create", "task", id,
+                                    json!({"name": name, "rollout_id": r.id, "wave": w.position}));
+                                (id, "Running".to_owned())
+                            }
+                            None => sqlx::query_as(
+                                "SELECT id, state FROM tasks WHERE rollout_id = $1 AND wave = $2 AND package_id = $3",
+                            )
                             .bind(r.id)
                             .bind(w.position)
-                            .bind(at.now)
-                            .execute(&mut *tx)
-                            .await?;
-                        audit!(&mut *tx, at.now, "server", "task.create", "task", id,
-                            json!({"name": name, "rollout_id": r.id, "wave": w.position}));
-                        (id, "Running".to_owned())
+                            .bind(package_id)
+                            .fetch_one(&mut *tx)
+                            .await?,
+                        }
                     }
                 };
                 let mut args = insert.args.clone();

@@ -1348,3 +1348,52 @@ async fn concurrent_claims_never_exceed_the_site_limit() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_ticking_at_once_start_a_wave_once() {
+    each_backend(|store| async move {
+        let (ids, package) = fleet(&store, 8).await;
+        let start = T0 + 10 * MINUTE;
+        let rollout = store
+            .create_rollout(
+                &posup_proto::rollout::CreateRollout {
+                    name: Some("Night release".into()),
+                    kind: TaskKind::ForcedUpdate,
+                    packages: vec![package.id],
+                    waves: vec![posup_proto::rollout::WaveSpec {
+                        group_id: 1,
+                        success_percent: 100,
+                        auto_advance: true,
+                    }],
+                    max_failed: None,
+                    max_failed_percent: None,
+                    start_at: DateTime::<Utc>::from_timestamp_millis(start),
+                    conditions: String::new(),
+                    notice_override: None,
+                },
+                &at(T0),
+                "token ops",
+            )
+            .await
+            .unwrap();
+        assert!(rollout.waves[0].tasks.is_empty(), "not started yet");
+        // Four server replicas reach the start time together.
+        let ticks: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.tick_rollouts(&at(start)).await })
+            })
+            .collect();
+        for t in ticks {
+            t.await.unwrap().unwrap();
+        }
+        let view = store
+            .rollout(rollout.id, &at(start))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.waves[0].tasks.len(), 1, "one task for the wave");
+        assert_eq!(view.counts.total, ids.len() as u64, "every register once");
+    })
+    .await;
+}

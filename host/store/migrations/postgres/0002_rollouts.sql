@@ -96,7 +96,8 @@ CREATE TABLE rollout_sites (
 ALTER TABLE tasks ADD COLUMN rollout_id BIGINT REFERENCES rollouts (id) ON DELETE CASCADE;
 ALTER TABLE tasks ADD COLUMN wave BIGINT;
 ALTER TABLE tasks ADD COLUMN notice_override TEXT;
-CREATE INDEX tasks_rollout ON tasks (rollout_id);
+-- One task per wave and package, however many replicas start the wave at once.
+CREATE UNIQUE INDEX tasks_rollout ON tasks (rollout_id, wave, package_id);
 
 -- Why a device's unstarted part waits ('window', 'site-limit', 'order', 'not-now')
 -- and what it waits for; a part that reported not-now is not started again before
