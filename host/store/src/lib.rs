@@ -268,6 +268,19 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) 
     serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
 }
 
+/// `s` cut to at most `max` bytes at a character boundary, marked with `…` when
+/// cut: agent messages and receivers' answers are stored bounded.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// Page number and size from a query, with the defaults and the upper bound every
 /// listing shares.
 pub(crate) fn paging(page: Option<u32>, per_page: Option<u32>) -> (u32, u32) {

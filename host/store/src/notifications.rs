@@ -29,6 +29,7 @@ use serde_json::json;
 
 use crate::sql::{Cond, Sql};
 use crate::tokens::check_name;
+use crate::truncate;
 use crate::{Error, Result, Store, paging, ts};
 
 /// Attempts after which a message that still fails is given up (`failed`).
@@ -340,17 +341,6 @@ fn check_url(channel: &str, url: &str) -> Result<()> {
         return Err(invalid("the port is not a number from 0 to 65535"));
     }
     Ok(())
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 impl Store {

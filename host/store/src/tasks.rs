@@ -16,6 +16,7 @@ use crate::gates::DOWNTIME_KINDS;
 use crate::lifecycle::{self, Command};
 use crate::notifications::Notice;
 use crate::sql::{Cond, Sql};
+use crate::truncate;
 use crate::{At, Error, Result, Store, paging, ts};
 
 /// When a device answering not-now gave no retry time.
@@ -773,15 +774,4 @@ pub(crate) fn wait_of(
         }),
         _ => None,
     })
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }

@@ -241,17 +241,7 @@ async fn fleet(e: &Env, n: u32) -> Fleet {
         Some(json!({"name": "test-hostile"})),
     )
     .await;
-    let secret = e
-        .ok(
-            "POST",
-            "/api/v1/enrollment-secrets",
-            ADMIN,
-            Some(json!({"name": "rollout"})),
-        )
-        .await["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let secret = enrollment_secret(e, "rollout").await;
     let mut devices = Vec::new();
     for i in 1..=n {
         let a = e
@@ -289,6 +279,20 @@ async fn fleet(e: &Env, n: u32) -> Fleet {
         package: serde_json::from_slice(&p.bytes).unwrap(),
         plugin_sha,
     }
+}
+
+/// A new enrollment secret named `name`.
+async fn enrollment_secret(e: &Env, name: &str) -> String {
+    e.ok(
+        "POST",
+        "/api/v1/enrollment-secrets",
+        ADMIN,
+        Some(json!({ "name": name })),
+    )
+    .await["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 async fn poll(e: &Env, token: &str, body: PollRequest) -> PollResponse {

@@ -97,16 +97,7 @@ async fn wait_of(e: &Env, task: i64, device: i64) -> Option<Wait> {
 }
 
 async fn secret(e: &Env) -> String {
-    e.ok(
-        "POST",
-        "/api/v1/enrollment-secrets",
-        ADMIN,
-        Some(json!({"name": "more"})),
-    )
-    .await["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    enrollment_secret(e, "more").await
 }
 
 async fn enroll(
