@@ -145,10 +145,13 @@ impl Runtime {
         bytes: &[u8],
     ) -> Result<Component, RuntimeError> {
         let Some(dir) = &self.config.cache_dir else {
-            return Component::new(&self.engine, bytes).map_err(|e| RuntimeError::Compile {
-                plugin: name.to_owned(),
-                message: e.to_string(),
-            });
+            let component =
+                Component::new(&self.engine, bytes).map_err(|e| RuntimeError::Compile {
+                    plugin: name.to_owned(),
+                    message: e.to_string(),
+                });
+            release_freed_heap();
+            return component;
         };
         let file = dir.join(format!("{digest}-{}.cwasm", self.engine_hash));
         if file.exists() {
@@ -160,13 +163,12 @@ impl Runtime {
                 }
             }
         }
-        let compiled =
-            self.engine
-                .precompile_component(bytes)
-                .map_err(|e| RuntimeError::Compile {
-                    plugin: name.to_owned(),
-                    message: e.to_string(),
-                })?;
+        let compiled = self.engine.precompile_component(bytes);
+        release_freed_heap();
+        let compiled = compiled.map_err(|e| RuntimeError::Compile {
+            plugin: name.to_owned(),
+            message: e.to_string(),
+        })?;
         crate::cache::store(dir, &file, &compiled).map_err(|e| RuntimeError::Cache {
             path: file.clone(),
             source: e,
@@ -175,6 +177,20 @@ impl Runtime {
             plugin: name.to_owned(),
             message: e.to_string(),
         })
+    }
+}
+
+/// Gives the heap a compile freed back to the system. Cranelift's working memory
+/// (tens of megabytes for a product plugin) stays in malloc's arenas once freed;
+/// on a terminal agent that compiles once and then idles for weeks it would stay
+/// resident for good.
+fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim only returns free pages to the system; no live allocation
+    // is touched.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

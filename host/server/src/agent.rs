@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use posup_proto::Inventory;
@@ -165,13 +165,13 @@ async fn poll(
         Some(active) => active,
         None => {
             let epoch = caches.epoch();
-            let active: Arc<HashSet<i64>> =
+            let active: Arc<HashMap<i64, bool>> =
                 Arc::new(store.devices_with_actions().await?.into_iter().collect());
             caches.put_active(active.clone(), epoch);
             active
         }
     };
-    let actions = if active.contains(&device.id) {
+    let actions = if let Some(&downtime) = active.get(&device.id) {
         // Actions starting before the next poll are handed out now, with their
         // start time, so a forced update at a set time starts on time. An update
         // is handed out only once its gates let it start (see `posup_store::gates`).
@@ -181,7 +181,7 @@ async fn poll(
             site: &device.site,
             device_type: &device.device_type,
         };
-        if store.admit(asking, &at, horizon).await? {
+        if downtime && store.admit(asking, &at, horizon).await? {
             // An ordering rule set a readiness variable: the cached newest change
             // id is stale.
             caches.invalidate_all();
