@@ -198,3 +198,43 @@ async fn garbage_is_not_a_plugin() {
     let err = rt.load("junk", b"\0asm not really").unwrap_err();
     assert!(err.to_string().contains("plugin junk"), "{err}");
 }
+
+/// `posup plugin compile`, which the agent runs in a child process: the agent's
+/// cache gets the compiled plugin, which its runtime then loads without compiling;
+/// a file that is no component is refused by name and leaves the cache alone.
+#[test]
+fn plugins_compile_into_the_agents_cache_in_a_child_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let wasm = dir.path().join("kiosk.wasm");
+    let bytes = posup_bundled::get("kiosk").unwrap();
+    std::fs::write(&wasm, bytes).unwrap();
+    let rt = posup_agent::agent::runtime_for(&state).unwrap();
+    assert!(!rt.is_cached(bytes));
+    let out = crate::support::posup()
+        .args(["plugin", "compile", "--state-dir"])
+        .arg(&state)
+        .arg(&wasm)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    assert!(rt.is_cached(bytes), "the agent's runtime finds the entry");
+    rt.load("kiosk", bytes).unwrap();
+
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not a component").unwrap();
+    let out = crate::support::posup()
+        .args(["plugin", "compile", "--state-dir"])
+        .arg(&state)
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        crate::support::stderr(&out).contains("junk"),
+        "{}",
+        crate::support::stderr(&out)
+    );
+    let entries = std::fs::read_dir(state.join("cache")).unwrap().count();
+    assert_eq!(entries, 1, "only the kiosk's entry");
+}

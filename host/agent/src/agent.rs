@@ -106,6 +106,10 @@ pub struct Agent {
     last_inventory: Mutex<Option<Result<Inventory, String>>>,
     /// A problem of the agent itself, reported with the next poll.
     problem: Mutex<Option<String>>,
+    /// A `posup` binary that compiles plugins into the cache in a child process
+    /// (`posup plugin compile`), so the compiler's memory never stays with the
+    /// long-lived agent; `None`: compiled in this process.
+    compiler: std::sync::OnceLock<PathBuf>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -169,7 +173,44 @@ impl Agent {
             worker_done: Notify::new(),
             last_inventory: Mutex::new(None),
             problem: Mutex::new(None),
+            compiler: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Compiles plugins with `posup plugin compile` of the binary `exe` in a child
+    /// process instead of in this one.
+    pub fn compile_with(&self, exe: PathBuf) {
+        let _ = self.compiler.set(exe);
+    }
+
+    /// Compiles the plugin in `file` into the cache in a child process, when one is
+    /// configured and the cache lacks it. A failure is logged and the load compiles
+    /// in this process instead: the helper only saves memory.
+    async fn compile_outside(&self, name: &str, file: &Path, bytes: &[u8]) {
+        let Some(exe) = self.compiler.get() else {
+            return;
+        };
+        if self.runtime.is_cached(bytes) {
+            return;
+        }
+        let status = tokio::process::Command::new(exe)
+            .args(["plugin", "compile", "--state-dir"])
+            .arg(&self.paths.root)
+            .arg(file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await;
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => {
+                tracing::warn!("compiling plugin {name} in a child process: {s}; compiling here")
+            }
+            Err(e) => tracing::warn!(
+                "starting {} to compile plugin {name}: {e}; compiling here",
+                exe.display()
+            ),
+        }
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -581,6 +622,9 @@ impl Agent {
                 b
             }
         };
+        if file.exists() {
+            self.compile_outside(&r.name, &file, &bytes).await;
+        }
         let plugin = self
             .runtime
             .load(&r.name, &bytes)

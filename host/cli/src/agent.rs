@@ -31,6 +31,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<u8> {
         )
     })?;
     let agent = Agent::new(config, runtime)?;
+    // Compiling a plugin in a child process keeps the compiler's tens of megabytes
+    // out of an agent that then idles for weeks.
+    match std::env::current_exe() {
+        Ok(exe) => agent.compile_with(exe),
+        Err(e) => {
+            tracing::warn!("this binary's path is unknown ({e}): plugins compile in the agent")
+        }
+    }
     if args.once {
         agent.once().await.context("one poll cycle")?;
         return Ok(0);

@@ -17,6 +17,15 @@ pub enum PluginCommand {
         /// A bundled plugin's name or a `.wasm` component file.
         plugin: String,
     },
+    /// Compile a plugin into an agent's compile cache (the agent runs this in a
+    /// child process).
+    Compile {
+        /// The agent's state directory, whose cache receives the result.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The `.wasm` component file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +126,19 @@ pub async fn plugin(cmd: PluginCommand) -> anyhow::Result<u8> {
             v["sha256"] = json!(p.digest());
             v["interface"] = json!(p.interface().version().to_string());
             println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        PluginCommand::Compile { state_dir, file } => {
+            // The agent's own runtime settings, so the cache entry fits its engine.
+            let rt = posup_agent::agent::runtime_for(&state_dir).with_context(|| {
+                format!("setting up the plugin runtime in {}", state_dir.display())
+            })?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let name = file
+                .file_stem()
+                .and_then(|n| n.to_str())
+                .unwrap_or("plugin");
+            rt.precompile(name, &bytes)?;
         }
     }
     Ok(0)

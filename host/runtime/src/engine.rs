@@ -124,6 +124,31 @@ impl Runtime {
         Plugin::new(self.clone(), name, digest, component)
     }
 
+    /// Whether `bytes` are compiled in the on-disk cache already, so loading them
+    /// runs no compiler.
+    pub fn is_cached(&self, bytes: &[u8]) -> bool {
+        self.cache_file(&hex::encode(Sha256::digest(bytes)))
+            .is_some_and(|f| f.exists())
+    }
+
+    /// Compiles `bytes` into the on-disk cache without loading them: for a helper
+    /// process, so the compiler's memory never stays with a long-lived one.
+    pub fn precompile(&self, name: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let file = self
+            .cache_file(&digest)
+            .ok_or_else(|| RuntimeError::Compile {
+                plugin: name.to_owned(),
+                message: "the runtime has no compile cache to write to".into(),
+            })?;
+        self.compile_into(name, bytes, &file)
+    }
+
+    fn cache_file(&self, digest: &str) -> Option<PathBuf> {
+        let dir = self.config.cache_dir.as_ref()?;
+        Some(dir.join(format!("{digest}-{}.cwasm", self.engine_hash)))
+    }
+
     /// Loads a plugin from a `.wasm` file.
     pub fn load_file(&self, path: &Path) -> Result<Plugin, RuntimeError> {
         let bytes = std::fs::read(path).map_err(|e| RuntimeError::Read {
@@ -163,19 +188,25 @@ impl Runtime {
                 }
             }
         }
+        self.compile_into(name, bytes, &file)?;
+        crate::cache::deserialize(&self.engine, &file).map_err(|e| RuntimeError::Compile {
+            plugin: name.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Compiles `bytes` and writes the result to the cache entry `file`.
+    fn compile_into(&self, name: &str, bytes: &[u8], file: &Path) -> Result<(), RuntimeError> {
         let compiled = self.engine.precompile_component(bytes);
         release_freed_heap();
         let compiled = compiled.map_err(|e| RuntimeError::Compile {
             plugin: name.to_owned(),
             message: e.to_string(),
         })?;
-        crate::cache::store(dir, &file, &compiled).map_err(|e| RuntimeError::Cache {
-            path: file.clone(),
+        let dir = file.parent().unwrap_or(Path::new("."));
+        crate::cache::store(dir, file, &compiled).map_err(|e| RuntimeError::Cache {
+            path: file.to_owned(),
             source: e,
-        })?;
-        crate::cache::deserialize(&self.engine, &file).map_err(|e| RuntimeError::Compile {
-            plugin: name.to_owned(),
-            message: e.to_string(),
         })
     }
 }
