@@ -17,7 +17,7 @@ use posup_proto::api::{
     CreateTask, DeviceRow, DeviceTaskState, DeviceTypeBody, EnablePlugin, GroupKind, GroupView,
     PackageView, TaskDeviceDetail, TaskDeviceRow, TaskState, TaskView,
 };
-use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Page, TaskKind};
+use posup_proto::{Capabilities, DirPaths, Page, TaskKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -178,29 +178,7 @@ impl Api {
             .await;
         let body = DeviceTypeBody {
             description: "self-service kiosks".into(),
-            allowed: Capabilities {
-                dirs: vec![
-                    DirAccess {
-                        dir: Dir::Product,
-                        write: true,
-                    },
-                    DirAccess {
-                        dir: Dir::Staging,
-                        write: true,
-                    },
-                    DirAccess {
-                        dir: Dir::Backup,
-                        write: true,
-                    },
-                    DirAccess {
-                        dir: Dir::Logs,
-                        write: false,
-                    },
-                ],
-                services: vec!["kiosk".into()],
-                scripts: false,
-                prompt: true,
-            },
+            allowed: Capabilities::updater(&["kiosk"]),
             paths: DirPaths {
                 product: Some("/opt/kiosk".into()),
                 staging: Some("/opt/.posup/staging".into()),

@@ -24,7 +24,7 @@ use posup_proto::api::{
     CreateTask, DeviceRow, DeviceTypeBody, EnablePlugin, GroupKind, GroupView, PackageView,
     TaskState, TaskView,
 };
-use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Page, TaskKind};
+use posup_proto::{Capabilities, DirPaths, Page, TaskKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -109,29 +109,7 @@ async fn server(poll_secs: u32) -> anyhow::Result<Server> {
         .await?;
     let body = DeviceTypeBody {
         description: "bench".into(),
-        allowed: Capabilities {
-            dirs: vec![
-                DirAccess {
-                    dir: Dir::Product,
-                    write: true,
-                },
-                DirAccess {
-                    dir: Dir::Staging,
-                    write: true,
-                },
-                DirAccess {
-                    dir: Dir::Backup,
-                    write: true,
-                },
-                DirAccess {
-                    dir: Dir::Logs,
-                    write: false,
-                },
-            ],
-            services: vec!["kiosk".into()],
-            scripts: false,
-            prompt: true,
-        },
+        allowed: Capabilities::updater(&["kiosk"]),
         paths: DirPaths {
             product: Some("/opt/kiosk".into()),
             staging: Some("/opt/.posup/staging".into()),

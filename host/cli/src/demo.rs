@@ -28,7 +28,7 @@ use posup_proto::api::{
     GroupView, PackageView, TaskDeviceRow, TaskState, TaskView,
 };
 use posup_proto::rollout::{CreateRollout, RolloutState, RolloutView, WaveSpec};
-use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Page, TaskKind};
+use posup_proto::{Capabilities, DirPaths, Page, TaskKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -170,29 +170,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("uploading the {} plugin", p.plugin))?;
         let body = DeviceTypeBody {
             description: format!("{} terminals of the demo", p.label),
-            allowed: Capabilities {
-                dirs: vec![
-                    DirAccess {
-                        dir: Dir::Product,
-                        write: true,
-                    },
-                    DirAccess {
-                        dir: Dir::Staging,
-                        write: true,
-                    },
-                    DirAccess {
-                        dir: Dir::Backup,
-                        write: true,
-                    },
-                    DirAccess {
-                        dir: Dir::Logs,
-                        write: false,
-                    },
-                ],
-                services: vec![p.service.into()],
-                scripts: false,
-                prompt: true,
-            },
+            allowed: Capabilities::updater(&[p.service]),
             // Where a real terminal has them; each demo terminal's own configuration
             // points at its sandbox folders instead, and the agent prefers that.
             paths: DirPaths {

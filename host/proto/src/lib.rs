@@ -115,6 +115,24 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// What an operator usually allows a product's updater: the product, staging
+    /// and backup folders writable, the logs readable, the product's `services`
+    /// and the cashier question; no scripts.
+    pub fn updater(services: &[&str]) -> Capabilities {
+        let dir = |dir, write| DirAccess { dir, write };
+        Capabilities {
+            dirs: vec![
+                dir(Dir::Product, true),
+                dir(Dir::Staging, true),
+                dir(Dir::Backup, true),
+                dir(Dir::Logs, false),
+            ],
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+            scripts: false,
+            prompt: true,
+        }
+    }
+
     /// What a plugin gets: a directory when both sides name it (writable only when
     /// both say so), a service when both list it, scripts and prompt when both allow.
     pub fn intersect(&self, other: &Capabilities) -> Capabilities {

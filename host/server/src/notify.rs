@@ -189,23 +189,7 @@ fn mask(attempt: Attempt, secret: Option<&str>) -> Attempt {
     let Some(secret) = secret.filter(|s| !s.is_empty()) else {
         return attempt;
     };
-    match attempt {
-        Attempt::Ok { status, detail } => Attempt::Ok {
-            status,
-            detail: detail.replace(secret, "***"),
-        },
-        Attempt::Error {
-            status,
-            detail,
-            retry_after,
-            permanent,
-        } => Attempt::Error {
-            status,
-            detail: detail.replace(secret, "***"),
-            retry_after,
-            permanent,
-        },
-    }
+    attempt.map_detail(|detail| detail.replace(secret, "***"))
 }
 
 async fn webhook(client: &reqwest::Client, d: &Delivery) -> Attempt {
@@ -304,20 +288,7 @@ async fn telegram(client: &reqwest::Client, d: &Delivery) -> Attempt {
         let response = match client.post(&endpoint).json(&body).send().await {
             Ok(r) => r,
             Err(e) => {
-                return match transport_error(e) {
-                    Attempt::Error {
-                        status,
-                        detail,
-                        retry_after,
-                        permanent,
-                    } => Attempt::Error {
-                        status,
-                        detail: format!("{detail}{}", of(i)),
-                        retry_after,
-                        permanent,
-                    },
-                    ok => ok,
-                };
+                return transport_error(e).map_detail(|detail| format!("{detail}{}", of(i)));
             }
         };
         let status = response.status();

@@ -129,6 +129,29 @@ pub enum Attempt {
     },
 }
 
+impl Attempt {
+    /// The same outcome with its text rewritten (masked, or told which part).
+    pub fn map_detail(self, f: impl FnOnce(String) -> String) -> Attempt {
+        match self {
+            Attempt::Ok { status, detail } => Attempt::Ok {
+                status,
+                detail: f(detail),
+            },
+            Attempt::Error {
+                status,
+                detail,
+                retry_after,
+                permanent,
+            } => Attempt::Error {
+                status,
+                detail: f(detail),
+                retry_after,
+                permanent,
+            },
+        }
+    }
+}
+
 /// The delay before the next attempt after `attempts` failed ones: 30 s, doubling,
 /// at most an hour.
 pub fn backoff(attempts: u32) -> Duration {

@@ -244,22 +244,7 @@ async fn fleet(e: &Env, n: u32) -> Fleet {
     let secret = enrollment_secret(e, "rollout").await;
     let mut devices = Vec::new();
     for i in 1..=n {
-        let a = e
-            .call(
-                "POST",
-                "/api/v1/agent/enroll",
-                None,
-                Some(json!({"secret": secret, "device": identity(i)})),
-            )
-            .await;
-        assert_eq!(
-            a.status,
-            StatusCode::OK,
-            "{}",
-            String::from_utf8_lossy(&a.bytes)
-        );
-        let r: EnrollResponse = serde_json::from_slice(&a.bytes).unwrap();
-        devices.push((r.device_id, r.token));
+        devices.push(enroll(e, &secret, identity(i)).await);
     }
     let p = e
         .upload(
@@ -279,6 +264,26 @@ async fn fleet(e: &Env, n: u32) -> Fleet {
         package: serde_json::from_slice(&p.bytes).unwrap(),
         plugin_sha,
     }
+}
+
+/// Enrolls `device` (a device identity) with `secret`: its id and token.
+async fn enroll(e: &Env, secret: &str, device: Value) -> (i64, String) {
+    let a = e
+        .call(
+            "POST",
+            "/api/v1/agent/enroll",
+            None,
+            Some(json!({"secret": secret, "device": device})),
+        )
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.bytes)
+    );
+    let r: EnrollResponse = serde_json::from_slice(&a.bytes).unwrap();
+    (r.device_id, r.token)
 }
 
 /// A new enrollment secret named `name`.
