@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use posup_proto::rollout::*;
+use posup_store::RolloutCommand;
 
 use crate::auth::{Operator, roles};
 use crate::error::{Error, Result};
@@ -77,9 +78,9 @@ async fn command(
     state: AppState,
     op: Operator,
     id: i64,
-    command: &str,
+    command: RolloutCommand,
 ) -> Result<Json<RolloutView>> {
-    op.require(roles::FLEET, &format!("{command} rollouts"))?;
+    op.require(roles::FLEET, &format!("{} rollouts", command.as_str()))?;
     Ok(Json(
         state
             .store()
@@ -93,7 +94,7 @@ async fn pause(
     op: Operator,
     Path(id): Path<i64>,
 ) -> Result<Json<RolloutView>> {
-    command(state, op, id, "pause").await
+    command(state, op, id, RolloutCommand::Pause).await
 }
 
 async fn resume(
@@ -101,7 +102,7 @@ async fn resume(
     op: Operator,
     Path(id): Path<i64>,
 ) -> Result<Json<RolloutView>> {
-    command(state, op, id, "resume").await
+    command(state, op, id, RolloutCommand::Resume).await
 }
 
 async fn advance(
@@ -109,7 +110,7 @@ async fn advance(
     op: Operator,
     Path(id): Path<i64>,
 ) -> Result<Json<RolloutView>> {
-    command(state, op, id, "advance").await
+    command(state, op, id, RolloutCommand::Advance).await
 }
 
 async fn delete_rollout(

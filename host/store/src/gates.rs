@@ -47,6 +47,7 @@ struct Candidate {
 type Other = (String, String, Option<String>);
 
 /// Why a part may not start now.
+#[derive(Clone)]
 struct Blocked {
     kind: WaitKind,
     reason: String,
@@ -87,26 +88,24 @@ impl Store {
             return Ok(false);
         }
         let mut vars_changed = false;
+        // The ordering rules depend on the device only: asked once, when needed.
         let mut order: Option<Option<Blocked>> = None;
         for c in candidates.iter().filter(|c| c.task_state != "Paused") {
             if c.state == "waiting" && c.retry_at.is_some_and(|r| r > at.now) {
                 continue;
             }
             let start = ts(c.start_at.max(at.now));
-            let mut blocked = self.window_gate(device, start, at).await?;
-            if blocked.is_none() {
-                if order.is_none() {
-                    let (b, changed) = self.order_gate(device, at).await?;
-                    vars_changed |= changed;
-                    order = Some(b);
+            let blocked = match self.window_gate(device, start, at).await? {
+                Some(b) => Some(b),
+                None => {
+                    if order.is_none() {
+                        let (b, changed) = self.order_gate(device, at).await?;
+                        vars_changed |= changed;
+                        order = Some(b);
+                    }
+                    order.clone().flatten()
                 }
-                blocked = order.as_ref().and_then(|b| {
-                    b.as_ref().map(|b| Blocked {
-                        kind: b.kind,
-                        reason: b.reason.clone(),
-                    })
-                });
-            }
+            };
             match blocked {
                 Some(b) => self.note_wait(c, &b).await?,
                 None => {

@@ -55,7 +55,7 @@ pub use gates::Asking;
 pub use generations::Generations;
 pub use notifications::{Attempt, Delivery, FIRST_RETRY, MAX_ATTEMPTS, MAX_RETRY, Notice, backoff};
 pub use plugins::{NewPackage, NewPlugin};
-pub use rollouts::NOTICE;
+pub use rollouts::{NOTICE, RolloutCommand};
 pub use tokens::TokenIdentity;
 pub use variables::{IGNORE_VERSION_CHECK, VarTarget};
 

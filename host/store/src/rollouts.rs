@@ -63,6 +63,25 @@ pub(crate) fn check_notice(
     Ok(())
 }
 
+/// An operator's command on a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutCommand {
+    Pause,
+    Resume,
+    /// Start the next wave of a Waiting rollout.
+    Advance,
+}
+
+impl RolloutCommand {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutCommand::Pause => "pause",
+            RolloutCommand::Resume => "resume",
+            RolloutCommand::Advance => "advance",
+        }
+    }
+}
+
 /// A package as announcements and reports show it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct ReleaseRow {
@@ -605,11 +624,11 @@ impl Store {
             .collect())
     }
 
-    /// An operator's command: `pause`, `resume` or `advance`.
+    /// Applies an operator's command to a rollout.
     pub async fn command_rollout(
         &self,
         id: i64,
-        command: &str,
+        command: RolloutCommand,
         at: &At,
         actor: &str,
     ) -> Result<RolloutView> {
@@ -618,22 +637,24 @@ impl Store {
             .await?
             .ok_or_else(|| Error::NotFound(format!("rollout {id} does not exist")))?;
         let state = parse_state(&row.state)?;
+        use RolloutCommand::*;
         let next = match (command, state) {
-            ("pause", RolloutState::Scheduled | RolloutState::Running | RolloutState::Waiting) => {
+            (Pause, RolloutState::Scheduled | RolloutState::Running | RolloutState::Waiting) => {
                 RolloutState::Paused
             }
-            ("resume", RolloutState::Paused) if row.start_at > at.now => RolloutState::Scheduled,
-            ("resume", RolloutState::Paused) => RolloutState::Running,
-            ("advance", RolloutState::Waiting) => RolloutState::Running,
+            (Resume, RolloutState::Paused) if row.start_at > at.now => RolloutState::Scheduled,
+            (Resume, RolloutState::Paused) => RolloutState::Running,
+            (Advance, RolloutState::Waiting) => RolloutState::Running,
             (c, s) => {
                 let wants = match c {
-                    "pause" => "a Scheduled, Running or Waiting",
-                    "resume" => "a Paused",
-                    _ => "a Waiting",
+                    Pause => "a Scheduled, Running or Waiting",
+                    Resume => "a Paused",
+                    Advance => "a Waiting",
                 };
                 return Err(Error::Conflict(format!(
-                    "rollout {id} is {}: only {wants} rollout can be told to {c}",
-                    s.as_str()
+                    "rollout {id} is {}: only {wants} rollout can be told to {}",
+                    s.as_str(),
+                    c.as_str()
                 )));
             }
         };
@@ -650,13 +671,13 @@ impl Store {
                 return Err(Error::Conflict(format!("rollout {id} changed meanwhile: look at it again")));
             }
             match command {
-                "pause" => {
+                Pause => {
                     sqlx::query("UPDATE tasks SET state = 'Paused' WHERE rollout_id = $1 AND state IN ('Scheduled', 'Running')")
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
                 }
-                "resume" => {
+                Resume => {
                     sqlx::query("UPDATE rollouts SET resumed_at = $2 WHERE id = $1")
                         .bind(id)
                         .bind(at.now)
@@ -667,14 +688,14 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                _ => {
+                Advance => {
                     sqlx::query("UPDATE rollouts SET wave = wave + 1 WHERE id = $1")
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
                 }
             }
-            audit!(&mut *tx, at.now, actor, format!("rollout.{command}"), "rollout", id,
+            audit!(&mut *tx, at.now, actor, format!("rollout.{}", command.as_str()), "rollout", id,
                 json!({"from": state, "to": next}));
             bump!(&mut *tx, "tasks");
             tx.commit().await?;
