@@ -21,6 +21,32 @@ const PLUGINS: &[(&str, &str)] = &[
 /// their bytes are not bundled.
 const TEST_COMPONENTS: &[(&str, &str)] = &[("posup_plugin_test_hostile", "TEST_HOSTILE")];
 
+/// rustup installs the targets rust-toolchain.toml names only together with the
+/// toolchain: a machine that had Rust 1.95.0 before lacks `wasm32-wasip2`. It is
+/// added here (when rustup is there), so the README's commands need nothing else.
+fn ensure_wasm_target(plugins: &Path) {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if sysroot.is_some_and(|s| s.join("lib/rustlib/wasm32-wasip2").exists()) {
+        return;
+    }
+    // In the plugins folder, rustup picks the toolchain of rust-toolchain.toml.
+    match Command::new("rustup")
+        .current_dir(plugins)
+        .args(["target", "add", "wasm32-wasip2"])
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        Ok(s) => println!("cargo:warning=`rustup target add wasm32-wasip2` failed: {s}"),
+        Err(e) => println!("cargo:warning=rustup is not available to add wasm32-wasip2: {e}"),
+    }
+}
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.ancestors().nth(2).unwrap().to_path_buf();
@@ -49,6 +75,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| host_target_dir(&out_dir).join("wasm-plugins"));
 
+    ensure_wasm_target(&plugins);
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&plugins)
