@@ -104,6 +104,7 @@ async fn download(t: &Terminal, package: &Path) -> UpdateResult {
     };
     let request = UpdateRequest {
         package: package.to_owned(),
+        file_name: None,
         task: TaskKind::Download,
     };
     pipeline.run(&request).await.unwrap()

@@ -84,6 +84,11 @@ impl Paths {
     pub fn cache(&self) -> PathBuf {
         self.root.join("cache")
     }
+    /// Packages as downloaded and checked, by sha256: owner-only, so no plugin
+    /// can plant anything in the download's way.
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("downloads")
+    }
 }
 
 /// A running agent. Shared between the poll loop, the worker and the sender.
@@ -526,22 +531,21 @@ impl Agent {
         next_due
     }
 
-    /// The effective device configuration: the file's, with directories it leaves
-    /// out taken from the server's configuration of the device type.
+    /// The effective device configuration: the file's, with the locations of the
+    /// directories it lets the server place (`server_paths`) taken from the
+    /// server's configuration of the device type. The file is the ceiling.
     fn device_config(&self) -> DeviceConfig {
-        let mut local = self.config.device_config().clone();
+        let local = self.config.device_config().clone();
         let state = self.state.lock().expect("state lock");
-        if let Some(server) = &state.config {
-            for dir in posup_proto::Dir::ALL {
-                if let Some(path) = server.paths.get(dir) {
-                    local
-                        .dirs
-                        .entry(dir.as_str().to_owned())
-                        .or_insert_with(|| PathBuf::from(path));
-                }
-            }
-        }
-        local
+        let Some(server) = &state.config else {
+            return local;
+        };
+        local.with_server_paths(|name| {
+            posup_proto::Dir::ALL
+                .into_iter()
+                .find(|d| d.as_str() == name)
+                .and_then(|d| server.paths.get(d).map(str::to_owned))
+        })
     }
 
     /// What the plugin may be granted here: the terminal's allowance intersected
@@ -780,8 +784,28 @@ impl Agent {
             return;
         }
 
-        // The package: downloaded once, checked, kept in staging for the update.
-        let dest = staging.join(name);
+        // Names from the server become paths only as one checked component.
+        let bad_name = posup_runtime::beneath::file_name(name)
+            .err()
+            .map(|m| format!("package file name from the server: {m}"));
+        let bad_sha = (!crate::staging::is_sha256(&action.package.sha256)).then(|| {
+            "package sha256 from the server is not 64 hex digits; it is not downloaded".to_owned()
+        });
+        if let Some(msg) = bad_name.or(bad_sha) {
+            self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+            self.done(&action, "failed");
+            return;
+        }
+        // The package: downloaded once into the agent's own folder, checked, and
+        // copied into staging by the pipeline.
+        let downloads = self.paths.downloads();
+        if let Err(e) = crate::staging::private_dir(&downloads) {
+            let msg = format!("creating the download folder {}: {e}", downloads.display());
+            self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+            self.done(&action, "failed");
+            return;
+        }
+        let dest = downloads.join(&action.package.sha256);
         let journal_open = Journal::load(&Journal::path(&self.paths.root, plugin.name()))
             .ok()
             .flatten()
@@ -908,6 +932,7 @@ impl Agent {
         let result = pipeline
             .run(&UpdateRequest {
                 package: dest,
+                file_name: Some(name.clone()),
                 task,
             })
             .await;
@@ -942,6 +967,12 @@ impl Agent {
                     None,
                 );
                 self.done(&action, "committed");
+                // Installed: the downloaded copy is no longer needed.
+                if let Err(e) = std::fs::remove_file(downloads.join(&action.package.sha256))
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!("removing the downloaded {name}: {e}");
+                }
             }
             UpdateResult::Staged { version } => {
                 self.report(

@@ -10,6 +10,7 @@
 //!
 //! [allow]                     # what the plugin may have, at most
 //! read_only = ["logs"]        # directories never written (default: logs)
+//! server_paths = []           # directories whose location the server may give
 //! services = ["kiosk"]
 //! scripts = false
 //! prompt = true
@@ -23,6 +24,14 @@
 //!
 //! Defaults, each on purpose: a directory not listed is not offered; `logs` is
 //! read-only; no service, no scripts and no prompt unless listed.
+//!
+//! This file is the ceiling of what any plugin may touch on the terminal: the
+//! server narrows it (the operator's allowance per device type), never widens it.
+//! The one thing the server may add is the *location* of a directory that
+//! `[dirs]` leaves out and `server_paths` names — say, when every terminal of a
+//! type keeps its logs where the device type's `paths` says. Such a location
+//! must be an absolute, plain path (no `..`, not `/`), and `read_only` applies
+//! to it as to any other.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -55,6 +64,11 @@ pub struct DeviceConfig {
 pub struct Allow {
     #[serde(default = "default_read_only")]
     pub read_only: Vec<String>,
+    /// Directories (`product`, `staging`, `backup`, `logs`) whose host path the
+    /// server's device-type `paths` may supply when `[dirs]` leaves them out.
+    /// Default: none.
+    #[serde(default)]
+    pub server_paths: Vec<String>,
     #[serde(default)]
     pub services: Vec<String>,
     #[serde(default)]
@@ -67,6 +81,7 @@ impl Default for Allow {
     fn default() -> Self {
         Self {
             read_only: default_read_only(),
+            server_paths: Vec::new(),
             services: Vec::new(),
             scripts: false,
             prompt: false,
@@ -173,6 +188,36 @@ impl DeviceConfig {
     }
 
     /// What the operator allows, for intersecting with the plugin's request.
+    /// This configuration with the locations the server supplies (`server(name)`
+    /// gives the device type's path of a directory) for the directories
+    /// `server_paths` names and `[dirs]` leaves out. Nothing else the server says
+    /// reaches the grants.
+    pub fn with_server_paths(mut self, server: impl Fn(&str) -> Option<String>) -> DeviceConfig {
+        for name in self.allow.server_paths.clone() {
+            if self.dirs.contains_key(&name) || parse_dir(&name).is_none() {
+                continue;
+            }
+            let Some(path) = server(&name) else { continue };
+            let p = PathBuf::from(&path);
+            let plain = p.is_absolute()
+                && p.components().count() > 1
+                && p.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
+            if plain {
+                self.dirs.insert(name, p);
+            } else {
+                tracing::warn!(
+                    "the server's path {path:?} for {name} is not an absolute plain path; {name} is not offered"
+                );
+            }
+        }
+        self
+    }
+
     pub fn allowance(&self) -> Allowance {
         let dirs = self
             .dirs
@@ -297,6 +342,45 @@ mod tests {
         [services.kiosk]
         systemd = "iiko-kiosk.service"
     "#;
+
+    /// The server named `/` as the product directory of a type whose terminals
+    /// leave `product` out: it is never offered, and neither is anything the
+    /// file does not let the server place.
+    #[test]
+    fn the_server_never_widens_the_terminal() {
+        let server = |name: &str| match name {
+            "product" => Some("/".to_owned()),
+            "backup" => Some("/srv/backup".to_owned()),
+            "logs" => Some("/var/log/../../etc".to_owned()),
+            _ => Some("/elsewhere".to_owned()),
+        };
+        let bare = DeviceConfig::parse("[allow]\nservices = []", "t.toml").unwrap();
+        assert!(bare.clone().with_server_paths(server).dirs.is_empty());
+        let some = DeviceConfig::parse(
+            "[dirs]\nstaging = \"/var/lib/posup/staging\"\n[allow]\nserver_paths = [\"product\", \"backup\", \"logs\", \"staging\"]",
+            "t.toml",
+        )
+        .unwrap()
+        .with_server_paths(server);
+        assert_eq!(some.dirs.get("backup"), Some(&PathBuf::from("/srv/backup")));
+        assert_eq!(
+            some.dirs.get("staging"),
+            Some(&PathBuf::from("/var/lib/posup/staging")),
+            "the file's own location wins"
+        );
+        assert!(
+            !some.dirs.contains_key("product"),
+            "`/` is never a granted root"
+        );
+        assert!(!some.dirs.contains_key("logs"), "`..` is refused");
+        let logs_ro = some.allowance();
+        assert!(
+            logs_ro
+                .dirs
+                .iter()
+                .all(|d| d.dir != posup_runtime::types::Dir::Logs)
+        );
+    }
 
     #[test]
     fn logs_are_read_only_unless_said_otherwise() {

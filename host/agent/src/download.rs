@@ -306,19 +306,8 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
 
 /// Bytes free to this user on the filesystem holding `dir`.
 pub fn free_space(dir: &Path) -> std::io::Result<u64> {
-    use posup_runtime::types::Dir;
-    // The runtime's statvfs wrapper works on granted guest paths; grant the folder
-    // as `/staging` to ask about it.
-    let grants = posup_runtime::Grants {
-        dirs: vec![posup_runtime::DirGrant {
-            dir: Dir::Staging,
-            host: dir.to_owned(),
-            write: false,
-        }],
-        ..posup_runtime::Grants::default()
-    };
-    posup_runtime::caps::fs::free_space(&grants, "/staging")
-        .map_err(|e| std::io::Error::other(e.message))
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 #[cfg(test)]

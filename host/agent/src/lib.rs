@@ -19,6 +19,7 @@ pub mod journal;
 pub mod outbox;
 pub mod pipeline;
 pub mod prompter;
+pub mod staging;
 pub mod state;
 
 pub use agent::Agent;

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use posup_runtime::caps::prompt::Prompter;
-use posup_runtime::types::{Outcome, PackageInfo, StepContext, TaskKind};
+use posup_runtime::grants::guest_root;
+use posup_runtime::types::{Dir, Outcome, PackageInfo, StepContext, TaskKind};
 use posup_runtime::{HostEnv, Plugin, Step, StepError};
-use sha2::{Digest, Sha256};
 
 use crate::journal::{Event, Finish, Journal, UpdateKey};
 
@@ -32,6 +32,9 @@ pub struct UpdateRequest {
     /// The package file on the host. It is copied into the staging directory when it
     /// is not there already.
     pub package: PathBuf,
+    /// The name the package has under `/staging` (the file name the server
+    /// announced); the package path's own name when `None`.
+    pub file_name: Option<String>,
     pub task: TaskKind,
 }
 
@@ -215,19 +218,20 @@ enum Next {
 
 impl Pipeline<'_> {
     pub async fn run(&self, req: &UpdateRequest) -> Result<UpdateResult, PipelineError> {
-        let file_name = req
-            .package
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| PipelineError::Io {
-                what: format!("package {}", req.package.display()),
-                source: std::io::Error::other("the package path has no file name"),
-            })?
-            .to_owned();
-        let staged = self.stage_package(&req.package, &file_name)?;
-        let package_sha256 =
-            sha256_file(&staged).map_err(io(format!("reading package {}", staged.display())))?;
-        let guest = format!("/staging/{file_name}");
+        let file_name = match &req.file_name {
+            Some(n) => n.clone(),
+            None => req
+                .package
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| PipelineError::Io {
+                    what: format!("package {}", req.package.display()),
+                    source: std::io::Error::other("the package path has no file name"),
+                })?
+                .to_owned(),
+        };
+        let (staged, package_sha256) = self.stage_package(&req.package, &file_name)?;
+        let guest = format!("{}/{file_name}", guest_root(Dir::Staging));
 
         let started = Instant::now();
         let info = match self.plugin.inspect(&self.env, &guest).await {
@@ -618,25 +622,20 @@ impl Pipeline<'_> {
         .map(|_| ())
     }
 
-    /// Puts the package into the staging directory, where the plugin sees it.
-    fn stage_package(&self, package: &Path, file_name: &str) -> Result<PathBuf, PipelineError> {
-        let target = self.settings.staging.join(file_name);
+    /// Puts the package into the staging directory, where the plugin sees it, and
+    /// returns its path there and the sha256 of what was placed.
+    fn stage_package(
+        &self,
+        package: &Path,
+        file_name: &str,
+    ) -> Result<(PathBuf, String), PipelineError> {
         std::fs::create_dir_all(&self.settings.staging)
             .map_err(io(format!("creating {}", self.settings.staging.display())))?;
-        let same = match (package.canonicalize(), target.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        };
-        if !same {
-            let tmp = target.with_extension("posup-partial");
-            std::fs::copy(package, &tmp).map_err(io(format!(
-                "copying package {} into {}",
-                package.display(),
-                self.settings.staging.display()
-            )))?;
-            std::fs::rename(&tmp, &target).map_err(io(format!("placing {}", target.display())))?;
-        }
-        Ok(target)
+        crate::staging::place(package, &self.settings.staging, file_name).map_err(io(format!(
+            "placing package {} into {} as {file_name}",
+            package.display(),
+            self.settings.staging.display()
+        )))
     }
 
     fn report(
@@ -707,12 +706,4 @@ fn remove_file(path: &Path) {
     {
         tracing::warn!("removing {}: {e}", path.display());
     }
-}
-
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
 }

@@ -189,6 +189,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
     };
     let request = UpdateRequest {
         package: args.package.clone(),
+        file_name: None,
         task: if args.forced {
             TaskKind::ForcedUpdate
         } else {

@@ -127,26 +127,30 @@ impl Runtime {
     /// Whether `bytes` are compiled in the on-disk cache already, so loading them
     /// runs no compiler.
     pub fn is_cached(&self, bytes: &[u8]) -> bool {
-        self.cache_file(&hex::encode(Sha256::digest(bytes)))
-            .is_some_and(|f| f.exists())
+        let name = self.cache_name(&hex::encode(Sha256::digest(bytes)));
+        self.config
+            .cache_dir
+            .as_ref()
+            .is_some_and(|dir| crate::cache::is_stored(dir, &name))
     }
 
     /// Compiles `bytes` into the on-disk cache without loading them: for a helper
     /// process, so the compiler's memory never stays with a long-lived one.
     pub fn precompile(&self, name: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
         let digest = hex::encode(Sha256::digest(bytes));
-        let file = self
-            .cache_file(&digest)
+        let dir = self
+            .config
+            .cache_dir
+            .as_ref()
             .ok_or_else(|| RuntimeError::Compile {
                 plugin: name.to_owned(),
                 message: "the runtime has no compile cache to write to".into(),
             })?;
-        self.compile_into(name, bytes, &file)
+        self.compile_into(name, bytes, dir, &self.cache_name(&digest))
     }
 
-    fn cache_file(&self, digest: &str) -> Option<PathBuf> {
-        let dir = self.config.cache_dir.as_ref()?;
-        Some(dir.join(format!("{digest}-{}.cwasm", self.engine_hash)))
+    fn cache_name(&self, digest: &str) -> String {
+        format!("{digest}-{}.cwasm", self.engine_hash)
     }
 
     /// Loads a plugin from a `.wasm` file.
@@ -178,34 +182,41 @@ impl Runtime {
             release_freed_heap();
             return component;
         };
-        let file = dir.join(format!("{digest}-{}.cwasm", self.engine_hash));
-        if file.exists() {
-            match crate::cache::deserialize(&self.engine, &file) {
-                Ok(component) => return Ok(component),
-                // A damaged or foreign cache entry is rebuilt, not trusted.
-                Err(e) => {
-                    tracing::warn!(file = %file.display(), "dropping unusable cached component: {e}")
-                }
-            }
+        let entry = self.cache_name(digest);
+        let cache_error = |source| RuntimeError::Cache {
+            path: dir.join(&entry),
+            source,
+        };
+        if let Some(component) =
+            crate::cache::load(&self.engine, dir, &entry).map_err(cache_error)?
+        {
+            return Ok(component);
         }
-        self.compile_into(name, bytes, &file)?;
-        crate::cache::deserialize(&self.engine, &file).map_err(|e| RuntimeError::Compile {
-            plugin: name.to_owned(),
-            message: e.to_string(),
-        })
+        self.compile_into(name, bytes, dir, &entry)?;
+        crate::cache::load(&self.engine, dir, &entry)
+            .map_err(cache_error)?
+            .ok_or_else(|| RuntimeError::Compile {
+                plugin: name.to_owned(),
+                message: "the compiled component did not load back from the cache".into(),
+            })
     }
 
-    /// Compiles `bytes` and writes the result to the cache entry `file`.
-    fn compile_into(&self, name: &str, bytes: &[u8], file: &Path) -> Result<(), RuntimeError> {
+    /// Compiles `bytes` and writes the result to the cache entry `entry` in `dir`.
+    fn compile_into(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        dir: &Path,
+        entry: &str,
+    ) -> Result<(), RuntimeError> {
         let compiled = self.engine.precompile_component(bytes);
         release_freed_heap();
         let compiled = compiled.map_err(|e| RuntimeError::Compile {
             plugin: name.to_owned(),
             message: e.to_string(),
         })?;
-        let dir = file.parent().unwrap_or(Path::new("."));
-        crate::cache::store(dir, file, &compiled).map_err(|e| RuntimeError::Cache {
-            path: file.to_owned(),
+        crate::cache::store(dir, entry, &compiled).map_err(|e| RuntimeError::Cache {
+            path: dir.join(entry),
             source: e,
         })
     }

@@ -9,6 +9,7 @@
 //!
 //! Capabilities live in [`caps`], one module each. Nothing is granted by default.
 
+pub mod beneath;
 mod cache;
 pub mod caps;
 pub mod engine;
@@ -24,4 +25,4 @@ pub use plugin::{Plugin, Step};
 /// All generated types of the newest interface, for hosts that implement a backend.
 pub use posup_world::latest as wit;
 pub use posup_world::latest::types;
-pub use state::HostEnv;
+pub use state::{DiskReserve, HostEnv};

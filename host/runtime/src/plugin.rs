@@ -13,6 +13,7 @@ use posup_world::{Interface, since_v0_1_0};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
+use crate::caps::Work;
 use crate::engine::{EPOCH_TICK, Runtime};
 use crate::error::{RuntimeError, StepError};
 use crate::state::{HostEnv, StepState};
@@ -246,13 +247,15 @@ impl Plugin {
         deadline: Duration,
     ) -> Result<Answer, StepError> {
         let call_name = call.name();
-        let state = StepState::new(&self.name, env, self.runtime.limits()).map_err(|e| {
-            StepError::Setup {
-                plugin: self.name.clone(),
-                call: call_name,
-                message: e.to_string(),
-            }
-        })?;
+        let work = Work::default();
+        let state =
+            StepState::new(&self.name, env, self.runtime.limits(), work.clone()).map_err(|e| {
+                StepError::Setup {
+                    plugin: self.name.clone(),
+                    call: call_name,
+                    message: e.to_string(),
+                }
+            })?;
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
         let ticks = (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
@@ -288,6 +291,12 @@ impl Plugin {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => e,
             Err(_elapsed) => {
+                // The call is abandoned, but host work it started (a copy, an
+                // extraction, a script) runs on its own threads: stop it and wait
+                // until it has, so nothing writes after the caller moves on to a
+                // rollback.
+                work.cancel();
+                work.stopped().await;
                 return Err(StepError::Deadline {
                     plugin: self.name.clone(),
                     call: call_name,

@@ -1,6 +1,7 @@
 //! The data of one step's `Store`, and the host environment it is built from.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -8,6 +9,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::beneath::Roots;
+use crate::caps::Work;
 use crate::caps::archive::{ArchiveLimits, ArchiveState};
 use crate::caps::fs::FsState;
 use crate::caps::kv::KvState;
@@ -33,6 +36,20 @@ pub struct HostEnv {
     pub vars: Arc<BTreeMap<String, String>>,
     pub events: Option<Arc<dyn EventSink>>,
     pub archive_limits: ArchiveLimits,
+    /// Free space `copy-tree` and `extract` leave on a filesystem.
+    pub disk_reserve: DiskReserve,
+}
+
+/// Bytes of free space that `copy-tree` and `extract` always leave on the
+/// filesystem they write to, so an update never fills the disk the product's own
+/// database lives on. 256 MiB unless the device configuration says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskReserve(pub u64);
+
+impl Default for DiskReserve {
+    fn default() -> Self {
+        DiskReserve(256 << 20)
+    }
 }
 
 impl std::fmt::Debug for HostEnv {
@@ -86,7 +103,13 @@ impl StepState {
     /// stdio (stderr goes to a small in-memory buffer), no sockets and no name
     /// lookups — the defaults of `WasiCtxBuilder`, which this relies on and the
     /// sandbox tests check.
-    pub fn new(plugin: &str, env: &HostEnv, limits: &Limits) -> Result<Self, std::io::Error> {
+    pub fn new(
+        plugin: &str,
+        env: &HostEnv,
+        limits: &Limits,
+        work: Work,
+    ) -> Result<Self, std::io::Error> {
+        let roots = Arc::new(Roots::open(&env.grants)?);
         let mut wasi = WasiCtxBuilder::new();
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         wasi.stderr(stderr.clone());
@@ -99,7 +122,19 @@ impl StepState {
             } else {
                 FsPerms::ReadOnly
             };
-            wasi.preopened_dir(&grant.host, guest_root(grant.dir), perms)
+            // WASI opens its preopen by path; the path of the handle just checked
+            // makes it the very directory the capabilities use, even if the
+            // configured path changed in between.
+            let handle = roots
+                .handle(grant.dir)
+                .expect("every granted directory has a root handle");
+            let by_handle = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+            let path = if by_handle.is_dir() {
+                by_handle
+            } else {
+                grant.host.clone()
+            };
+            wasi.preopened_dir(&path, guest_root(grant.dir), perms)
                 .map_err(|e| {
                     std::io::Error::other(format!(
                         "granting {} ({}) to plugin {plugin}: {e}",
@@ -120,12 +155,17 @@ impl StepState {
             limiter: crate::engine::Limiter::new(limits),
             stderr,
             log: LogState::new(plugin, env.events.clone()),
-            archive: ArchiveState::new(grants.clone(), env.archive_limits.clone()),
-            fs: FsState::new(grants.clone()),
-            logs: LogsState::new(grants.clone()),
-            services: ServicesState::new(grants, env.services.clone()),
+            archive: ArchiveState::new(
+                roots.clone(),
+                work.clone(),
+                env.archive_limits.clone(),
+                env.disk_reserve.0,
+            ),
+            fs: FsState::new(roots.clone(), work.clone(), env.disk_reserve.0),
+            logs: LogsState::new(roots.clone(), work.clone()),
+            services: ServicesState::new(grants, roots, work.clone(), env.services.clone()),
             prompt: PromptState::new(prompter),
-            kv: KvState::new(env.kv_dir.as_deref(), plugin),
+            kv: KvState::new(env.kv_dir.as_deref(), plugin, work.clone()),
             vars: VarsState::new(env.vars.clone()),
         })
     }

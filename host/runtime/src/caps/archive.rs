@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self as stdfs, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -33,8 +34,8 @@ use posup_world::latest::archive::{self, Entry, EntryKind, ExtractSummary};
 use posup_world::latest::types::Error as WitError;
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{CapError, CapResult};
-use crate::grants::Grants;
+use super::{CapError, CapResult, Work};
+use crate::beneath::Roots;
 
 /// Size limits of unpacking.
 #[derive(Debug, Clone)]
@@ -57,23 +58,47 @@ impl Default for ArchiveLimits {
     }
 }
 
+/// The longest GNU long-name or long-link record and PAX extended header the host
+/// reads into memory. Real names are far shorter; a record claiming more is refused
+/// before it is read.
+pub const MAX_EXTENSION: u64 = 64 << 10;
+/// The most bytes `read-entry` brings into host memory, whatever the plugin asks:
+/// it is for manifests and version files; larger entries are extracted.
+pub const MAX_READ_ENTRY: u64 = 8 << 20;
+/// The most entries `entries` lists, and the most bytes of names and link targets
+/// in one listing.
+pub const MAX_LIST_ENTRIES: u64 = 100_000;
+pub const MAX_LIST_BYTES: u64 = 16 << 20;
+/// Bytes written between two looks at free space and at the step's deadline.
+const CHECK_EVERY: u64 = 16 << 20;
+
 /// Per-step state of `archive`.
 pub struct ArchiveState {
-    grants: Arc<Grants>,
+    roots: Arc<Roots>,
+    work: Work,
     limits: ArchiveLimits,
+    reserve: u64,
 }
 
 impl ArchiveState {
-    pub fn new(grants: Arc<Grants>, limits: ArchiveLimits) -> Self {
-        Self { grants, limits }
+    pub fn new(roots: Arc<Roots>, work: Work, limits: ArchiveLimits, reserve: u64) -> Self {
+        Self {
+            roots,
+            work,
+            limits,
+            reserve,
+        }
     }
 }
 
 impl archive::Host for ArchiveState {
     async fn entries(&mut self, archive: String) -> Result<Vec<Entry>, WitError> {
-        let (grants, limits) = (self.grants.clone(), self.limits.clone());
+        let (roots, limits) = (self.roots.clone(), self.limits.clone());
         let what = format!("listing {archive}");
-        super::blocking(&what, move || list_entries(&grants, &limits, &archive)).await
+        super::blocking(&self.work, &what, move || {
+            list_entries(&roots, &limits, &archive)
+        })
+        .await
     }
 
     async fn read_entry(
@@ -82,18 +107,22 @@ impl archive::Host for ArchiveState {
         entry: String,
         max_bytes: u64,
     ) -> Result<Vec<u8>, WitError> {
-        let (grants, limits) = (self.grants.clone(), self.limits.clone());
+        let (roots, limits) = (self.roots.clone(), self.limits.clone());
         let what = format!("reading {entry} from {archive}");
-        super::blocking(&what, move || {
-            read_entry(&grants, &limits, &archive, &entry, max_bytes)
+        super::blocking(&self.work, &what, move || {
+            read_entry(&roots, &limits, &archive, &entry, max_bytes)
         })
         .await
     }
 
     async fn extract(&mut self, archive: String, dest: String) -> Result<ExtractSummary, WitError> {
-        let (grants, limits) = (self.grants.clone(), self.limits.clone());
+        let (roots, limits) = (self.roots.clone(), self.limits.clone());
+        let (work, reserve) = (self.work.clone(), self.reserve);
         let what = format!("extracting {archive} into {dest}");
-        super::blocking(&what, move || extract(&grants, &limits, &archive, &dest)).await
+        super::blocking(&self.work, &what, move || {
+            extract(&roots, &limits, &work, reserve, &archive, &dest)
+        })
+        .await
     }
 }
 
@@ -144,17 +173,8 @@ impl Format {
 }
 
 /// Opens the archive at guest path `archive` for reading and tells its format.
-fn open(grants: &Grants, archive: &str) -> CapResult<(File, Format)> {
-    let host = grants.resolve(archive, false)?;
-    let mut file = File::open(&host).map_err(|e| CapError::from_io(archive, &e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| CapError::from_io(archive, &e))?;
-    if !meta.is_file() {
-        return Err(CapError::invalid(format!(
-            "{archive}: not a file; give the path of an archive"
-        )));
-    }
+fn open(roots: &Roots, archive: &str) -> CapResult<(File, Format)> {
+    let mut file = roots.locate(archive, false)?.open_file()?;
     let mut head = [0u8; 512];
     let mut n = 0;
     while n < head.len() {
@@ -396,26 +416,13 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn limit_entries(archive: &str, limits: &ArchiveLimits, count: u64) -> CapResult<()> {
-    if count > limits.max_entries {
-        return Err(CapError::limit(format!(
-            "{archive}: holds more than the limit of {} entries",
-            limits.max_entries
-        )));
-    }
-    Ok(())
-}
-
 /// Lists the entries of the archive at guest path `archive`. Blocking.
-pub fn list_entries(
-    grants: &Grants,
-    limits: &ArchiveLimits,
-    archive: &str,
-) -> CapResult<Vec<Entry>> {
-    let (file, format) = open(grants, archive)?;
+pub fn list_entries(roots: &Roots, limits: &ArchiveLimits, archive: &str) -> CapResult<Vec<Entry>> {
+    let (file, format) = open(roots, archive)?;
+    let mut listed = Listing::new(archive, limits);
     if format == Format::Zip {
         let mut zip = open_zip(file, archive)?;
-        limit_entries(archive, limits, zip.len() as u64)?;
+        listed.count(zip.len() as u64)?;
         let mut out = Vec::with_capacity(zip.len());
         for i in 0..zip.len() {
             let mut f = zip
@@ -432,6 +439,7 @@ pub fn list_entries(
                     .map_err(|e| read_error(archive, format, &e))?;
                 link = lossy(&target);
             }
+            listed.bytes(name.len() + link.len())?;
             out.push(Entry {
                 path: lossy(&name),
                 kind,
@@ -443,29 +451,157 @@ pub fn list_entries(
         return Ok(out);
     }
     with_tar_stream(file, format, |stream| {
-        let mut tar = tar::Archive::new(stream);
         let mut out = Vec::new();
-        let err = |e: io::Error| read_error(archive, format, &e);
-        for entry in tar.entries().map_err(err)? {
-            let entry = entry.map_err(err)?;
+        tar_entries(stream, archive, format, |entry, name, link| {
+            listed.count(out.len() as u64 + 1)?;
+            listed.bytes(name.len() + link.map_or(0, <[u8]>::len))?;
             let header = entry.header();
-            if header.entry_type() == tar::EntryType::XGlobalHeader {
-                continue;
-            }
-            limit_entries(archive, limits, out.len() as u64 + 1)?;
             out.push(Entry {
-                path: lossy(&entry.path_bytes()),
+                path: lossy(name),
                 kind: tar_kind(header.entry_type()),
                 size: entry.size(),
                 mode: header.mode().unwrap_or(0) & 0o7777,
-                link: entry
-                    .link_name_bytes()
-                    .map(|l| lossy(&l))
-                    .unwrap_or_default(),
+                link: link.map(lossy).unwrap_or_default(),
             });
-        }
+            Ok(true)
+        })?;
         Ok(out)
     })
+}
+
+/// The bounds of one listing: entries (the smaller of the archive limit and
+/// [`MAX_LIST_ENTRIES`]) and bytes of names ([`MAX_LIST_BYTES`]).
+struct Listing<'a> {
+    archive: &'a str,
+    max_entries: u64,
+    bytes: u64,
+}
+
+impl<'a> Listing<'a> {
+    fn new(archive: &'a str, limits: &ArchiveLimits) -> Self {
+        Self {
+            archive,
+            max_entries: limits.max_entries.min(MAX_LIST_ENTRIES),
+            bytes: 0,
+        }
+    }
+
+    fn count(&self, n: u64) -> CapResult<()> {
+        if n > self.max_entries {
+            return Err(CapError::limit(format!(
+                "{}: holds more than the {} entries one listing may return; read single entries or extract it",
+                self.archive, self.max_entries
+            )));
+        }
+        Ok(())
+    }
+
+    fn bytes(&mut self, n: usize) -> CapResult<()> {
+        self.bytes += n as u64;
+        if self.bytes > MAX_LIST_BYTES {
+            return Err(CapError::limit(format!(
+                "{}: its entry names come to more than the {} MiB one listing may return; read single entries or extract it",
+                self.archive,
+                MAX_LIST_BYTES >> 20
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Walks the entries of a tar stream with GNU long names and PAX paths applied,
+/// reading each such record into memory only up to [`MAX_EXTENSION`] bytes (the
+/// `tar` crate alone would read a record of any size). `each` gets every real
+/// entry with its name and link target, and answers whether to go on. Sparse
+/// files, whose extension blocks the walk would not understand, are refused.
+fn tar_entries(
+    stream: &mut dyn Read,
+    archive: &str,
+    format: Format,
+    mut each: impl FnMut(&mut tar::Entry<'_, &mut dyn Read>, &[u8], Option<&[u8]>) -> CapResult<bool>,
+) -> CapResult<()> {
+    use tar::EntryType as T;
+    let err = |e: io::Error| read_error(archive, format, &e);
+    let mut tar = tar::Archive::new(stream);
+    let (mut name, mut link, mut size): (Option<Vec<u8>>, Option<Vec<u8>>, Option<u64>) =
+        (None, None, None);
+    for entry in tar.entries().map_err(err)?.raw(true) {
+        let mut entry = entry.map_err(err)?;
+        let kind = entry.header().entry_type();
+        let record = |entry: &mut tar::Entry<'_, &mut dyn Read>, what: &str| {
+            if entry.size() > MAX_EXTENSION {
+                return Err(CapError::limit(format!(
+                    "{archive}: holds a {what} record of {} bytes; the host reads at most {} KiB of one, so the archive is refused",
+                    entry.size(),
+                    MAX_EXTENSION >> 10
+                )));
+            }
+            let mut data = Vec::new();
+            entry
+                .take(MAX_EXTENSION)
+                .read_to_end(&mut data)
+                .map_err(err)?;
+            Ok(data)
+        };
+        let strip = |mut v: Vec<u8>| {
+            while v.last() == Some(&0) {
+                v.pop();
+            }
+            v
+        };
+        match kind {
+            T::GNULongName => name = Some(strip(record(&mut entry, "long-name")?)),
+            T::GNULongLink => link = Some(strip(record(&mut entry, "long-link")?)),
+            T::XGlobalHeader => {
+                record(&mut entry, "PAX global header")?;
+            }
+            T::XHeader => {
+                let pax = record(&mut entry, "PAX extended header")?;
+                for ext in tar::PaxExtensions::new(&pax) {
+                    let ext = ext.map_err(err)?;
+                    match ext.key_bytes() {
+                        b"path" => name = Some(ext.value_bytes().to_vec()),
+                        b"linkpath" => link = Some(ext.value_bytes().to_vec()),
+                        b"size" => {
+                            size = std::str::from_utf8(ext.value_bytes())
+                                .ok()
+                                .and_then(|v| v.parse().ok());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            T::GNUSparse => {
+                let shown = name
+                    .take()
+                    .unwrap_or_else(|| entry.path_bytes().into_owned());
+                return Err(CapError::invalid(format!(
+                    "{archive}: entry `{}` is a sparse file, which posup does not unpack; pack it as a plain file",
+                    lossy(&shown)
+                )));
+            }
+            _ => {
+                let this_name = name
+                    .take()
+                    .unwrap_or_else(|| entry.path_bytes().into_owned());
+                let this_link = link
+                    .take()
+                    .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
+                if let Some(s) = size.take()
+                    && s != entry.size()
+                {
+                    return Err(CapError::limit(format!(
+                        "{archive}: entry `{}` has a PAX size of {s} bytes beyond its header's; entries that large are refused",
+                        lossy(&this_name)
+                    )));
+                }
+                if !each(&mut entry, &this_name, this_link.as_deref())? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An entry name compared loosely: `./bin/x`, `bin//x` and `bin/x/` all name `bin/x`.
@@ -478,13 +614,13 @@ fn loose(name: &[u8]) -> Vec<&[u8]> {
 /// Reads one file entry of the archive into memory: the first entry by that name.
 /// At most `max_bytes`, and never more than the host's per-entry limit. Blocking.
 pub fn read_entry(
-    grants: &Grants,
+    roots: &Roots,
     limits: &ArchiveLimits,
     archive: &str,
     entry: &str,
     max_bytes: u64,
 ) -> CapResult<Vec<u8>> {
-    let cap = max_bytes.min(limits.max_entry);
+    let cap = max_bytes.min(limits.max_entry).min(MAX_READ_ENTRY);
     let wanted = loose(entry.as_bytes());
     let too_big = |size: &dyn std::fmt::Display| {
         CapError::limit(format!(
@@ -503,7 +639,7 @@ pub fn read_entry(
             "{archive}: entry `{entry}` is {what}; read-entry reads files only"
         ))
     };
-    let (file, format) = open(grants, archive)?;
+    let (file, format) = open(roots, archive)?;
     let read_capped = |r: &mut dyn Read| -> CapResult<Vec<u8>> {
         let mut data = Vec::new();
         r.take(cap.saturating_add(1))
@@ -535,23 +671,22 @@ pub fn read_entry(
         }
     } else {
         let found = with_tar_stream(file, format, |stream| {
-            let mut tar = tar::Archive::new(stream);
-            let err = |e: io::Error| read_error(archive, format, &e);
-            for e in tar.entries().map_err(err)? {
-                let mut e = e.map_err(err)?;
-                if loose(&e.path_bytes()) != wanted {
-                    continue;
+            let mut found = None;
+            tar_entries(stream, archive, format, |e, name, link| {
+                if loose(name) != wanted {
+                    return Ok(true);
                 }
                 let kind = tar_kind(e.header().entry_type());
                 if kind != EntryKind::File {
-                    return Err(not_a_file(kind, e.link_name_bytes().map(|l| lossy(&l))));
+                    return Err(not_a_file(kind, link.map(lossy)));
                 }
                 if e.size() > cap {
                     return Err(too_big(&e.size()));
                 }
-                return read_capped(&mut e).map(Some);
-            }
-            Ok(None)
+                found = Some(read_capped(e)?);
+                Ok(false)
+            })?;
+            Ok(found)
         })?;
         if let Some(data) = found {
             return Ok(data);
@@ -565,30 +700,37 @@ pub fn read_entry(
 /// Unpacks the archive at guest path `archive` into the existing guest directory
 /// `dest`, all or nothing (see the module documentation). Blocking.
 pub fn extract(
-    grants: &Grants,
+    roots: &Roots,
     limits: &ArchiveLimits,
+    work: &Work,
+    reserve: u64,
     archive: &str,
     dest: &str,
 ) -> CapResult<ExtractSummary> {
-    let dest_host = grants.resolve(dest, true)?;
-    let meta = stdfs::metadata(&dest_host).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => CapError::not_found(format!(
-            "{dest}: does not exist; create the directory first"
-        )),
-        _ => CapError::from_io(dest, &e),
-    })?;
-    if !meta.is_dir() {
-        return Err(CapError::invalid(format!("{dest}: not a directory")));
+    let dest_dir = roots
+        .locate(dest, true)?
+        .open_dir()
+        .map_err(|e| match e.kind {
+            posup_world::latest::types::ErrorKind::NotFound => CapError::not_found(format!(
+                "{dest}: does not exist; create the directory first"
+            )),
+            _ => e,
+        })?;
+    // Everything happens beneath the handle of `dest`, opened beneath its root: its
+    // path through /proc names that very directory, whatever links a plugin
+    // plants on the way there. Inside it, only real directories are walked.
+    let dest_host = PathBuf::from(format!("/proc/self/fd/{}", dest_dir.as_raw_fd()));
+    if !dest_host.is_dir() {
+        return Err(CapError::io(format!(
+            "{dest}: /proc is not mounted, and the host extracts only beneath a directory handle"
+        )));
     }
-    // Work in the real directory, so the temporary one is on the same filesystem
-    // as the final places and the moves at the end are renames.
-    let dest_host = dest_host
-        .canonicalize()
-        .map_err(|e| CapError::from_io(dest, &e))?;
-    let (file, format) = open(grants, archive)?;
+    let (file, format) = open(roots, archive)?;
     let tmp = TempDir::create(&dest_host, dest)?;
     let mut unpacker = Unpacker {
         root: tmp.path.clone(),
+        work,
+        reserve,
         archive,
         dest,
         limits,
@@ -667,6 +809,9 @@ enum Made {
 /// Unpacks entries one by one into `root`, checking each.
 struct Unpacker<'a> {
     root: PathBuf,
+    work: &'a Work,
+    /// Free space every write leaves on the filesystem.
+    reserve: u64,
     archive: &'a str,
     dest: &'a str,
     limits: &'a ArchiveLimits,
@@ -844,6 +989,7 @@ impl Unpacker<'_> {
     }
 
     fn add(&mut self, name: &[u8], item: Item<'_>) -> CapResult<()> {
+        self.work.check(&format!("extracting {}", self.archive))?;
         self.entries += 1;
         if self.entries > self.limits.max_entries {
             return Err(CapError::limit(format!(
@@ -909,6 +1055,25 @@ impl Unpacker<'_> {
         Ok(())
     }
 
+    /// Refuses to go on when the step was cancelled, or when the filesystem being
+    /// written has less than the reserve free.
+    fn room(&self, name: &[u8], out: &File) -> CapResult<()> {
+        self.work.check(&format!("extracting {}", self.archive))?;
+        let free = super::fs::available(out.as_fd())
+            .map_err(|e| self.io_error(name, "measuring free space", &e))?;
+        if free < self.reserve.saturating_add(CHECK_EVERY) {
+            return Err(CapError::limit(format!(
+                "{}: unpacking entry `{}` would leave less than the reserve of {} MiB free ({} MiB free); nothing was extracted into {}; free some space first",
+                self.archive,
+                lossy(name),
+                self.reserve >> 20,
+                free >> 20,
+                self.dest
+            )));
+        }
+        Ok(())
+    }
+
     /// Writes one file, counting the bytes as they arrive against the limits.
     fn write_file(
         &mut self,
@@ -925,7 +1090,12 @@ impl Unpacker<'_> {
             .open(host)
             .map_err(|e| self.io_error(name, "creating the file", &e))?;
         let mut written: u64 = 0;
+        let mut next_check = 0;
         loop {
+            if written >= next_check {
+                self.room(name, &out)?;
+                next_check = written + CHECK_EVERY;
+            }
             let n = match data.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -964,41 +1134,24 @@ impl Unpacker<'_> {
 
     fn unpack_tar(&mut self, stream: &mut dyn Read) -> CapResult<()> {
         let (archive, format) = (self.archive, self.format);
-        let err = |e: io::Error| read_error(archive, format, &e);
-        let mut tar = tar::Archive::new(stream);
-        for entry in tar.entries().map_err(err)? {
-            let mut entry = entry.map_err(err)?;
+        tar_entries(stream, archive, format, |entry, name, link| {
             let header = entry.header();
             let kind = header.entry_type();
             let mode = header.mode().unwrap_or(0o644);
             let mtime = header.mtime().unwrap_or(0);
-            let name = entry.path_bytes().into_owned();
-            let link = entry.link_name_bytes().map(|l| l.into_owned());
+            let target = link.unwrap_or_default();
             match tar_kind(kind) {
                 EntryKind::File => self.add(
-                    &name,
+                    name,
                     Item::File {
                         mode,
                         mtime,
-                        data: &mut entry,
+                        data: entry,
                     },
                 )?,
-                EntryKind::Directory => self.add(&name, Item::Dir { mode, mtime })?,
-                EntryKind::Symlink => {
-                    let target = link.unwrap_or_default();
-                    self.add(
-                        &name,
-                        Item::Symlink {
-                            target: &target,
-                            mtime,
-                        },
-                    )?;
-                }
-                EntryKind::Hardlink => {
-                    let target = link.unwrap_or_default();
-                    self.add(&name, Item::Hardlink { target: &target })?;
-                }
-                EntryKind::Other if kind == tar::EntryType::XGlobalHeader => {}
+                EntryKind::Directory => self.add(name, Item::Dir { mode, mtime })?,
+                EntryKind::Symlink => self.add(name, Item::Symlink { target, mtime })?,
+                EntryKind::Hardlink => self.add(name, Item::Hardlink { target })?,
                 EntryKind::Other => {
                     let what = match kind {
                         tar::EntryType::Char => "a character device",
@@ -1007,13 +1160,13 @@ impl Unpacker<'_> {
                         _ => "a special file",
                     };
                     return Err(self.refuse(
-                        &name,
+                        name,
                         format!("is {what}; only files, directories and links are unpacked"),
                     ));
                 }
             }
-        }
-        Ok(())
+            Ok(true)
+        })
     }
 
     fn unpack_zip(&mut self, file: File) -> CapResult<()> {
@@ -1192,13 +1345,149 @@ mod tests {
     use std::collections::BTreeMap;
     use std::os::unix::fs::MetadataExt;
 
-    use crate::grants::DirGrant;
+    use crate::grants::{DirGrant, Grants};
+
+    fn extract(
+        roots: &Roots,
+        limits: &ArchiveLimits,
+        archive: &str,
+        dest: &str,
+    ) -> CapResult<ExtractSummary> {
+        super::extract(roots, limits, &Work::default(), 0, archive, dest)
+    }
+
+    /// A tar whose first record is a GNU long name claiming `claimed` bytes,
+    /// followed by only a little data: the host must refuse it before reading.
+    fn long_name_bomb(claimed: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_size(claimed);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend(std::iter::repeat_n(b'a', 1 << 20));
+        out
+    }
+
+    #[test]
+    fn a_huge_long_name_record_is_refused_before_it_is_read() {
+        let fx = Fixture::new();
+        fx.put("bomb.tgz", &gz(&long_name_bomb(1 << 30)));
+        for err in [
+            list_entries(&fx.grants, &limits(), "/staging/bomb.tgz").unwrap_err(),
+            read_entry(&fx.grants, &limits(), "/staging/bomb.tgz", "x", 10).unwrap_err(),
+            extract(&fx.grants, &limits(), "/staging/bomb.tgz", "/product").unwrap_err(),
+        ] {
+            assert_eq!(err.kind, ErrorKind::Limit, "{}", err.message);
+            assert!(err.message.contains("64 KiB"), "{}", err.message);
+        }
+        assert!(snapshot(&fx.product()).is_empty());
+    }
+
+    #[test]
+    fn long_names_within_the_bound_still_work() {
+        let fx = Fixture::new();
+        let long = format!("app/{}/{}/file", "d".repeat(150), "e".repeat(150));
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, &long, &b"ok"[..]).unwrap();
+        fx.put("long.tar", &b.into_inner().unwrap());
+        let listed = list_entries(&fx.grants, &limits(), "/staging/long.tar").unwrap();
+        assert_eq!(listed[0].path, long);
+        assert_eq!(
+            read_entry(&fx.grants, &limits(), "/staging/long.tar", &long, 10).unwrap(),
+            b"ok"
+        );
+        extract(&fx.grants, &limits(), "/staging/long.tar", "/product").unwrap();
+        assert_eq!(stdfs::read(fx.product().join(&long)).unwrap(), b"ok");
+    }
+
+    #[test]
+    fn read_entry_brings_at_most_a_few_mib_into_memory() {
+        let fx = Fixture::new();
+        let big = vec![7u8; (MAX_READ_ENTRY + 1) as usize];
+        fx.put("big.tar", &build(vec![file("big", &big, 0o644, 0)]));
+        let err =
+            read_entry(&fx.grants, &limits(), "/staging/big.tar", "big", u64::MAX).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Limit, "{}", err.message);
+        assert!(err.message.contains("by the host"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_listing_is_bounded_in_bytes() {
+        let fx = Fixture::new();
+        let mut b = tar::Builder::new(Vec::new());
+        let each = 60_000;
+        for i in 0..(MAX_LIST_BYTES / each + 2) {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            let name = format!("{i}/{}", "n".repeat(each as usize));
+            b.append_data(&mut h, &name, &[][..]).unwrap();
+        }
+        fx.put("names.tar", &b.into_inner().unwrap());
+        let err = list_entries(&fx.grants, &limits(), "/staging/names.tar").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Limit, "{}", err.message);
+        assert!(err.message.contains("MiB"), "{}", err.message);
+    }
+
+    #[test]
+    fn extraction_keeps_the_disk_reserve_free() {
+        let fx = Fixture::new();
+        fx.put("a.tar", &build(vec![file("data", b"1234", 0o644, 0)]));
+        let err = super::extract(
+            &fx.grants,
+            &limits(),
+            &Work::default(),
+            u64::MAX / 2,
+            "/staging/a.tar",
+            "/product",
+        )
+        .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Limit, "{}", err.message);
+        assert!(err.message.contains("reserve"), "{}", err.message);
+        assert!(snapshot(&fx.product()).is_empty());
+    }
+
+    #[test]
+    fn a_cancelled_extraction_stops_and_changes_nothing() {
+        let fx = Fixture::new();
+        fx.put("a.tar", &build(vec![file("data", b"1234", 0o644, 0)]));
+        let work = Work::default();
+        work.cancel();
+        let err = super::extract(
+            &fx.grants,
+            &limits(),
+            &work,
+            0,
+            "/staging/a.tar",
+            "/product",
+        )
+        .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Timeout, "{}", err.message);
+        assert!(snapshot(&fx.product()).is_empty());
+    }
+
+    #[test]
+    fn extraction_does_not_follow_a_planted_link_to_its_destination() {
+        let fx = Fixture::new();
+        std::os::unix::fs::symlink(fx.root.join("outside"), fx.product().join("out")).unwrap();
+        fx.put("a.tar", &build(vec![file("data", b"1234", 0o644, 0)]));
+        let err = extract(&fx.grants, &limits(), "/staging/a.tar", "/product/out").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Denied, "{}", err.message);
+        assert!(snapshot(&fx.root.join("outside")).is_empty());
+    }
 
     /// A granted `/staging` (archives) and `/product` (destination) in a temp dir.
     struct Fixture {
         _tmp: tempfile::TempDir,
         root: PathBuf,
-        grants: Grants,
+        grants: Roots,
     }
 
     impl Fixture {
@@ -1226,7 +1515,7 @@ mod tests {
             Fixture {
                 _tmp: tmp,
                 root,
-                grants,
+                grants: Roots::open(&grants).unwrap(),
             }
         }
 

@@ -9,7 +9,7 @@ use posup_world::latest::kv;
 use posup_world::latest::types::Error as WitError;
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{CapError, CapResult, blocking};
+use super::{CapError, CapResult, Work, blocking};
 
 const MAX_KEY: usize = 256;
 const MAX_VALUE: usize = 64 * 1024;
@@ -19,15 +19,19 @@ const MAX_TOTAL: usize = 1024 * 1024;
 /// Per-step state of `kv`: the file of this plugin's store, if the host keeps one.
 pub struct KvState {
     file: Option<PathBuf>,
+    work: Work,
 }
 
 impl KvState {
     /// `dir` is the host's state directory for plugin stores; `None` denies `kv`
     /// (as on the server, where `inspect` runs without terminal state).
-    pub fn new(dir: Option<&Path>, plugin: &str) -> Self {
-        Self {
-            file: dir.map(|d| d.join(format!("{plugin}.json"))),
-        }
+    /// A plugin name that is not one plain file name gets no store.
+    pub fn new(dir: Option<&Path>, plugin: &str, work: Work) -> Self {
+        let file = match crate::beneath::file_name(plugin) {
+            Ok(()) => dir.map(|d| d.join(format!("{plugin}.json"))),
+            Err(_) => None,
+        };
+        Self { file, work }
     }
 
     fn file(&self) -> CapResult<PathBuf> {
@@ -86,7 +90,7 @@ impl kv::Host for KvState {
     async fn get(&mut self, key: String) -> Result<Option<String>, WitError> {
         check_key(&key)?;
         let file = self.file()?;
-        blocking("kv get", move || Ok(load(&file)?.remove(&key))).await
+        blocking(&self.work, "kv get", move || Ok(load(&file)?.remove(&key))).await
     }
 
     async fn set(&mut self, key: String, value: String) -> Result<(), WitError> {
@@ -99,7 +103,7 @@ impl kv::Host for KvState {
             .into());
         }
         let file = self.file()?;
-        blocking("kv set", move || {
+        blocking(&self.work, "kv set", move || {
             let mut map = load(&file)?;
             map.insert(key, value);
             save(&file, &map)
@@ -110,7 +114,7 @@ impl kv::Host for KvState {
     async fn delete(&mut self, key: String) -> Result<(), WitError> {
         check_key(&key)?;
         let file = self.file()?;
-        blocking("kv delete", move || {
+        blocking(&self.work, "kv delete", move || {
             let mut map = load(&file)?;
             if map.remove(&key).is_some() {
                 save(&file, &map)?;

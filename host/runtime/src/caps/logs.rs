@@ -24,15 +24,17 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use posup_world::latest::logs::{self, Found, Mark, ScanResult};
 use posup_world::latest::types::Error as WitError;
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{CapError, CapResult, blocking};
-use crate::grants::Grants;
+use posup_world::latest::types::ErrorKind;
+use rustix::fs::{Mode, OFlags};
+
+use super::{CapError, CapResult, Work, blocking};
+use crate::beneath::{Located, Roots};
 
 /// The most lines `tail` returns.
 pub const MAX_TAIL_LINES: u32 = 10_000;
@@ -54,29 +56,32 @@ const CHUNK: usize = 64 * 1024;
 
 /// Per-step state of `logs`.
 pub struct LogsState {
-    grants: Arc<Grants>,
+    roots: Arc<Roots>,
+    work: Work,
 }
 
 impl LogsState {
-    pub fn new(grants: Arc<Grants>) -> Self {
-        Self { grants }
+    pub fn new(roots: Arc<Roots>, work: Work) -> Self {
+        Self { roots, work }
     }
 }
 
 impl logs::Host for LogsState {
     async fn tail(&mut self, path: String, lines: u32) -> Result<Vec<String>, WitError> {
-        let host = self.grants.resolve(&path, false)?;
+        let log = self.roots.locate(&path, false)?;
         let lines = lines.min(MAX_TAIL_LINES) as usize;
-        blocking("logs.tail", move || {
-            tail_file(&host, lines).map_err(|e| CapError::from_io(format!("log {path}"), &e))
+        blocking(&self.work, "logs.tail", move || {
+            let file = log.open_file()?;
+            tail_file(&file, lines).map_err(|e| CapError::from_io(format!("log {path}"), &e))
         })
         .await
     }
 
     async fn end(&mut self, path: String) -> Result<Mark, WitError> {
-        let host = self.grants.resolve(&path, false)?;
-        blocking("logs.end", move || {
-            end_mark(&host).map_err(|e| CapError::from_io(format!("log {path}"), &e))
+        let log = self.roots.locate(&path, false)?;
+        blocking(&self.work, "logs.end", move || {
+            let file = open_log(&log)?;
+            end_mark(file.as_ref()).map_err(|e| CapError::from_io(format!("log {path}"), &e))
         })
         .await
     }
@@ -87,13 +92,51 @@ impl logs::Host for LogsState {
         since: Mark,
         patterns: Vec<String>,
     ) -> Result<ScanResult, WitError> {
-        let host = self.grants.resolve(&path, false)?;
+        let log = self.roots.locate(&path, false)?;
+        let rotated = self.roots.locate(&format!("{path}.1"), false)?;
         check_patterns(&path, &patterns)?;
-        blocking("logs.scan", move || {
-            scan_file(&host, since, &patterns)
+        blocking(&self.work, "logs.scan", move || {
+            let current = open_log(&log)?;
+            scan_file(current, || open_rotated(&rotated), since, &patterns)
                 .map_err(|e| CapError::from_io(format!("log {path}"), &e))
         })
         .await
+    }
+}
+
+/// The log file at a located path, beneath its root; `None` when it does not
+/// exist (yet).
+fn open_log(log: &Located) -> CapResult<Option<File>> {
+    match log.open_file() {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The rotated log `<path>.1`: resolved beneath the same root, and never through
+/// a link of its own — a rotated log is a file the product renamed, so a link
+/// there is something else and is not read.
+fn open_rotated(rotated: &Located) -> io::Result<Option<File>> {
+    let (dir, name) = match rotated.parent() {
+        Ok(x) => x,
+        Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io::Error::other(e.message)),
+    };
+    let fd = match rustix::fs::openat(
+        &dir,
+        &name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::LOOP) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let file = File::from(fd);
+    match crate::beneath::regular(&file) {
+        Ok(()) => Ok(Some(file)),
+        Err(_) => Ok(None),
     }
 }
 
@@ -130,17 +173,19 @@ fn check_patterns(path: &str, patterns: &[String]) -> CapResult<()> {
 
 /// The current end of the file at `path`; a missing file is the mark `{0, 0}`, so
 /// a later scan reads the file from its start once it appears.
-fn end_mark(path: &Path) -> io::Result<Mark> {
-    match std::fs::metadata(path) {
-        Ok(meta) => Ok(Mark {
-            file_id: meta.ino(),
-            offset: meta.len(),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Mark {
+fn end_mark(file: Option<&File>) -> io::Result<Mark> {
+    match file {
+        Some(f) => {
+            let meta = f.metadata()?;
+            Ok(Mark {
+                file_id: meta.ino(),
+                offset: meta.len(),
+            })
+        }
+        None => Ok(Mark {
             file_id: 0,
             offset: 0,
         }),
-        Err(e) => Err(e),
     }
 }
 
@@ -156,8 +201,7 @@ fn line_text(bytes: &[u8]) -> String {
 /// The last `n` lines of the file, oldest first. The file is read backwards in
 /// chunks to find where those lines start; then only the first
 /// [`MAX_LINE_BYTES`] of each is read.
-fn tail_file(path: &Path, n: usize) -> io::Result<Vec<String>> {
-    let file = File::open(path)?;
+fn tail_file(file: &File, n: usize) -> io::Result<Vec<String>> {
     let size = file.metadata()?.len();
     if n == 0 || size == 0 {
         return Ok(Vec::new());
@@ -205,17 +249,17 @@ fn tail_file(path: &Path, n: usize) -> io::Result<Vec<String>> {
 }
 
 /// Lines of `path` written since `since` that contain one of `patterns`.
-fn scan_file(path: &Path, since: Mark, patterns: &[String]) -> io::Result<ScanResult> {
+fn scan_file(
+    current: Option<File>,
+    rotated: impl FnOnce() -> io::Result<Option<File>>,
+    since: Mark,
+    patterns: &[String],
+) -> io::Result<ScanResult> {
     let mut scan = Scan {
         patterns,
         budget: MAX_SCAN_BYTES,
         found: Vec::new(),
         finished_file: false,
-    };
-    let current = match File::open(path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
     };
     let current_id = match &current {
         Some(f) => f.metadata()?.ino(),
@@ -235,19 +279,16 @@ fn scan_file(path: &Path, since: Mark, patterns: &[String]) -> io::Result<ScanRe
 
     // The file the mark belongs to was renamed away (or the mark predates the
     // file): finish the rotated file first, when it is the one the mark names.
-    if since.file_id != 0 {
-        let rotated = rotated_path(path);
-        match File::open(&rotated) {
-            Ok(old) if old.metadata()?.ino() == since.file_id => {
-                let next = scan.region(&old, since.offset, true)?;
-                if !scan.finished_file {
-                    // Stopped inside the rotated file: the next scan goes on there.
-                    return Ok(scan.result(since.file_id, next));
-                }
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+    // The host opened `<path>.1` beneath the grant; the mark only says whether
+    // that file is the one it belongs to.
+    if since.file_id != 0
+        && let Some(old) = rotated()?
+        && old.metadata()?.ino() == since.file_id
+    {
+        let next = scan.region(&old, since.offset, true)?;
+        if !scan.finished_file {
+            // Stopped inside the rotated file: the next scan goes on there.
+            return Ok(scan.result(since.file_id, next));
         }
     }
     match &current {
@@ -257,13 +298,6 @@ fn scan_file(path: &Path, since: Mark, patterns: &[String]) -> io::Result<ScanRe
         }
         None => Ok(scan.result(0, 0)),
     }
-}
-
-/// `<path>.1`, where logrotate and most products put the previous log.
-fn rotated_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".1");
-    PathBuf::from(name)
 }
 
 /// One scan's limits and findings, carried from the rotated file to the new one.
@@ -363,6 +397,81 @@ impl Scan<'_> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::path::{Path, PathBuf};
+
+    fn rotated_path(p: &Path) -> PathBuf {
+        let mut name = p.as_os_str().to_owned();
+        name.push(".1");
+        name.into()
+    }
+
+    fn tail_file(p: &Path, n: usize) -> io::Result<Vec<String>> {
+        super::tail_file(&File::open(p)?, n)
+    }
+
+    fn end_mark(p: &Path) -> io::Result<Mark> {
+        super::end_mark(File::open(p).ok().as_ref())
+    }
+
+    fn scan_file(p: &Path, since: Mark, patterns: &[String]) -> io::Result<ScanResult> {
+        super::scan_file(
+            File::open(p).ok(),
+            || Ok(File::open(rotated_path(p)).ok()),
+            since,
+            patterns,
+        )
+    }
+
+    /// A plugin plants `<log>.1` as a link to a file outside its grants and hands
+    /// `scan` a mark naming that file's inode: the host never opens the link.
+    #[test]
+    fn a_planted_rotated_link_is_never_read() {
+        use crate::grants::{DirGrant, Grants};
+        use posup_world::latest::types::Dir;
+        let tmp = tempfile::tempdir().unwrap();
+        let product = tmp.path().join("product");
+        std::fs::create_dir(&product).unwrap();
+        let secret = tmp.path().join("shadow");
+        std::fs::write(&secret, "root:SECRET\n").unwrap();
+        std::os::unix::fs::symlink(&secret, product.join("rot.1")).unwrap();
+        std::os::unix::fs::symlink("../shadow", product.join("up.1")).unwrap();
+        let roots = Roots::open(&Grants {
+            dirs: vec![DirGrant {
+                dir: Dir::Product,
+                host: product.clone(),
+                write: true,
+            }],
+            ..Grants::default()
+        })
+        .unwrap();
+        let ino = std::fs::metadata(&secret).unwrap().ino();
+        for name in ["/product/rot", "/product/up"] {
+            let log = roots.locate(name, false).unwrap();
+            let rotated = roots.locate(&format!("{name}.1"), false).unwrap();
+            assert!(open_rotated(&rotated).unwrap().is_none());
+            let r = super::scan_file(
+                open_log(&log).unwrap(),
+                || open_rotated(&rotated),
+                Mark {
+                    file_id: ino,
+                    offset: 0,
+                },
+                &pats(&["SECRET"]),
+            )
+            .unwrap();
+            assert!(
+                r.found.is_empty(),
+                "read through a planted link: {:?}",
+                lines(&r)
+            );
+            let err = roots
+                .locate(&format!("{name}.1"), false)
+                .unwrap()
+                .open_file()
+                .unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Denied, "{}", err.message);
+        }
+    }
 
     fn append(path: &Path, text: &str) {
         let mut f = std::fs::OpenOptions::new()
@@ -602,7 +711,7 @@ mod tests {
 
     #[tokio::test]
     async fn host_calls_go_through_the_grants() {
-        use crate::grants::DirGrant;
+        use crate::grants::{DirGrant, Grants};
         use logs::Host as _;
         use posup_world::latest::types::{Dir, ErrorKind};
         let tmp = tempfile::tempdir().unwrap();
@@ -615,7 +724,7 @@ mod tests {
             }],
             ..Grants::default()
         };
-        let mut state = LogsState::new(Arc::new(grants));
+        let mut state = LogsState::new(Arc::new(Roots::open(&grants).unwrap()), Work::default());
         assert_eq!(
             state.tail("/logs/kiosk.log".into(), 1).await.unwrap(),
             ["b"]

@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -40,8 +41,9 @@ use rustix::process::{Pid, Signal};
 use wasmtime::component::{HasSelf, Linker};
 
 use super::prompt::BoxFuture;
-use super::{CapError, CapResult};
-use crate::grants::{Grants, guest_root};
+use super::{CapError, CapResult, Work};
+use crate::beneath::Roots;
+use crate::grants::Grants;
 
 /// The only environment variable a script or a [`Processes`] service gets unless
 /// its spec adds more.
@@ -72,12 +74,24 @@ pub trait ServiceManager: Send + Sync {
 /// Per-step state of `services`.
 pub struct ServicesState {
     grants: Arc<Grants>,
+    roots: Arc<Roots>,
+    work: Work,
     manager: Option<Arc<dyn ServiceManager>>,
 }
 
 impl ServicesState {
-    pub fn new(grants: Arc<Grants>, manager: Option<Arc<dyn ServiceManager>>) -> Self {
-        Self { grants, manager }
+    pub fn new(
+        grants: Arc<Grants>,
+        roots: Arc<Roots>,
+        work: Work,
+        manager: Option<Arc<dyn ServiceManager>>,
+    ) -> Self {
+        Self {
+            grants,
+            roots,
+            work,
+            manager,
+        }
     }
 
     /// The backend for `name`, once the name is known to be granted.
@@ -95,35 +109,45 @@ impl ServicesState {
         })
     }
 
-    /// The host path of a script the plugin may run: scripts must be granted and
-    /// the script must be a file under `/staging`.
-    fn script(&self, path: &str) -> CapResult<PathBuf> {
+    /// The script a plugin may run: scripts must be granted and the script must be
+    /// a regular file under `/staging`, resolved beneath it. Returns the handle of
+    /// its folder (kept open while it runs) and its path through that handle.
+    fn script(&self, path: &str) -> CapResult<(cap_std::fs::Dir, PathBuf)> {
         if !self.grants.scripts {
             return Err(CapError::denied(format!(
                 "script {path}: running scripts is not granted to this plugin"
             )));
         }
-        // `resolve` has already refused `..` leaving a directory and links leading
-        // out of it, so the first component of the guest path is where it lies.
-        let host = self.grants.resolve(path, false)?;
-        let staging = &guest_root(Dir::Staging)[1..];
-        let first = Path::new(path).components().find_map(|c| match c {
-            std::path::Component::Normal(s) => Some(s),
-            _ => None,
-        });
-        if first != Some(OsStr::new(staging)) {
+        let loc = self.roots.locate(path, false)?;
+        if loc.dir != Dir::Staging {
             return Err(CapError::invalid(format!(
                 "script {path}: scripts run only from /staging, where packages are unpacked"
             )));
         }
-        let meta = std::fs::metadata(&host)
-            .map_err(|e| CapError::from_io(format!("script {path}"), &e))?;
-        if !meta.is_file() {
-            return Err(CapError::invalid(format!(
-                "script {path}: not a regular file"
-            )));
-        }
-        Ok(host)
+        let (folder, name) = loc.parent()?;
+        let file = rustix::fs::openat(
+            &folder,
+            &name,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::NONBLOCK
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| {
+            crate::beneath::resolve_error(&format!("script {path}"), "opening", &e.into())
+        })?;
+        crate::beneath::regular(&std::fs::File::from(file))
+            .map_err(|e| CapError::invalid(format!("script {path}: {e}")))?;
+        // The shell opens the script by this path: this process's handle of the
+        // folder, then one name that was just seen to be a regular file.
+        let host = PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            folder.as_raw_fd()
+        ))
+        .join(name);
+        Ok((folder, host))
     }
 }
 
@@ -150,7 +174,7 @@ impl services::Host for ServicesState {
         args: Vec<String>,
         timeout_secs: u32,
     ) -> Result<ScriptResult, WitError> {
-        let host = self.script(&path)?;
+        let (_folder, host) = self.script(&path)?;
         if timeout_secs == 0 {
             return Err(CapError::invalid(format!(
                 "script {path}: the timeout must be at least 1 second"
@@ -158,7 +182,7 @@ impl services::Host for ServicesState {
             .into());
         }
         let timeout = Duration::from_secs(timeout_secs.into()).min(MAX_SCRIPT_TIMEOUT);
-        Ok(run_script(&host, &path, &args, timeout).await?)
+        Ok(super::counted(&self.work, run_script(&host, &path, &args, timeout)).await?)
     }
 }
 
@@ -204,6 +228,9 @@ pub async fn run_script(
     // script, so the reader sees the end of output when the script is done.
     drop(cmd);
     let pid = child.id().and_then(|id| Pid::from_raw(id as i32));
+    // Whatever ends this call — the script's own end, its timeout, or the step's
+    // deadline dropping the call — nothing the script started outlives it.
+    let _group = GroupKiller(pid);
 
     let output = Arc::new(Mutex::new(OutputTail::default()));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -247,6 +274,17 @@ pub async fn run_script(
         exit_code: exit_code(status),
         output,
     })
+}
+
+/// Kills a script's process group when dropped.
+struct GroupKiller(Option<Pid>);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        }
+    }
 }
 
 fn exit_code(status: ExitStatus) -> i32 {
@@ -1164,7 +1202,9 @@ mod tests {
             std::fs::create_dir_all(tmp.join(d)).unwrap();
         }
         let manager: Arc<dyn ServiceManager> = Arc::new(sleeper(tmp));
-        ServicesState::new(Arc::new(grants(tmp, scripts)), Some(manager))
+        let g = grants(tmp, scripts);
+        let roots = Arc::new(Roots::open(&g).unwrap());
+        ServicesState::new(Arc::new(g), roots, Work::default(), Some(manager))
     }
 
     #[tokio::test]
@@ -1178,7 +1218,9 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Denied);
         assert_eq!(s.status("kiosk".into()).await.unwrap(), State::Stopped);
 
-        let mut none = ServicesState::new(Arc::new(grants(tmp.path(), false)), None);
+        let g = grants(tmp.path(), false);
+        let roots = Arc::new(Roots::open(&g).unwrap());
+        let mut none = ServicesState::new(Arc::new(g), roots, Work::default(), None);
         let err = none.start("kiosk".into()).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Denied);
         assert!(

@@ -1,0 +1,511 @@
+//! Host file operations beneath the granted roots.
+//!
+//! posup runs as root, and a plugin can plant symbolic links anywhere it may write.
+//! A path that is checked and then used can be swapped in between, and a check that
+//! resolves links by hand misses cases. So no capability turns a guest path into a
+//! host path string at all: each step opens a handle of every granted root once
+//! ([`Roots::open`]), refusing a root that is a symbolic link or not a directory,
+//! and every file operation resolves beneath such a handle — with `openat2` and
+//! `RESOLVE_BENEATH` on Linux, through `cap-std`, which also covers kernels without
+//! it. The last component of a path is then handled through its folder's handle as
+//! one name, so an operation that must not follow a link (exchange, removal, copy)
+//! never does. An error while resolving is a refusal, never a pass.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use cap_std::fs::Dir;
+use posup_world::latest::types::Dir as GuestDir;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+use crate::caps::{CapError, CapResult};
+use crate::grants::{DirGrant, Grants, guest_root, parse_dir};
+
+/// How deep a tree may be before the host stops walking it: far more than any
+/// installation, and a bound on the recursion a hostile tree can ask for.
+pub const MAX_DEPTH: usize = 256;
+
+/// The open handles of one step's granted roots.
+pub struct Roots {
+    slots: Vec<Slot>,
+}
+
+struct Slot {
+    grant: DirGrant,
+    /// Replaced only by [`Roots::reopen`], after an exchange moved another tree
+    /// to the root's host path.
+    dir: RwLock<Arc<Dir>>,
+}
+
+impl std::fmt::Debug for Roots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.slots.iter().map(|s| &s.grant))
+            .finish()
+    }
+}
+
+impl Roots {
+    /// Opens every granted root. A root must be a real directory: a symbolic link
+    /// (even to a directory), a file or a missing path is refused with an error that
+    /// names the directory and its host path.
+    pub fn open(grants: &Grants) -> io::Result<Roots> {
+        let slots = grants
+            .dirs
+            .iter()
+            .map(|grant| {
+                let dir = open_root(&grant.host).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "the granted directory {} ({}) {e}",
+                            guest_root(grant.dir),
+                            grant.host.display()
+                        ),
+                    )
+                })?;
+                Ok(Slot {
+                    grant: grant.clone(),
+                    dir: RwLock::new(Arc::new(dir)),
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Roots { slots })
+    }
+
+    /// Nothing granted.
+    pub fn none() -> Roots {
+        Roots { slots: Vec::new() }
+    }
+
+    fn slot(&self, dir: GuestDir) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.grant.dir == dir)
+    }
+
+    /// The handle of a granted root, for handing it on (to WASI's preopens).
+    pub fn handle(&self, dir: GuestDir) -> Option<Arc<Dir>> {
+        self.slot(dir)
+            .map(|s| s.dir.read().expect("root lock").clone())
+    }
+
+    /// The handles of every granted root.
+    pub fn all(&self) -> Vec<Arc<Dir>> {
+        self.slots
+            .iter()
+            .map(|s| s.dir.read().expect("root lock").clone())
+            .collect()
+    }
+
+    /// Finds where a guest path lies: its granted root and the path beneath it.
+    /// Refuses paths outside the granted directories, writes to read-only ones and
+    /// `..` that climbs out of a root. Nothing on the disk is looked at yet.
+    pub fn locate(&self, guest: &str, write: bool) -> CapResult<Located> {
+        let (dir, rel) = split_guest(guest)?;
+        let slot = self.slot(dir).ok_or_else(|| {
+            CapError::denied(format!(
+                "{guest}: the directory {} is not granted to this plugin",
+                guest_root(dir)
+            ))
+        })?;
+        if write && !slot.grant.write {
+            return Err(CapError::denied(format!(
+                "{guest}: the directory {} is granted read-only",
+                guest_root(dir)
+            )));
+        }
+        Ok(Located {
+            guest: guest.to_owned(),
+            dir,
+            root: slot.dir.read().expect("root lock").clone(),
+            host_root: slot.grant.host.clone(),
+            rel,
+        })
+    }
+
+    /// Opens a root again from its host path, after an exchange put another tree
+    /// there. The new tree must be a real directory, as at the start of the step.
+    pub(crate) fn reopen(&self, dir: GuestDir) -> CapResult<()> {
+        let Some(slot) = self.slot(dir) else {
+            return Ok(());
+        };
+        let fresh = open_root(&slot.grant.host).map_err(|e| {
+            CapError::from_io(format!("the granted directory {}", guest_root(dir)), &e)
+        })?;
+        *slot.dir.write().expect("root lock") = Arc::new(fresh);
+        Ok(())
+    }
+}
+
+/// Opens a root by its host path (from the terminal's own configuration) without
+/// following a link in its last component, and checks it is a directory.
+fn open_root(host: &Path) -> io::Result<Dir> {
+    let fd = rustix::fs::open(
+        host,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is a symbolic link or not a directory; a granted directory must be a real directory",
+        ),
+        e => io::Error::from(e),
+    })?;
+    Ok(Dir::from_std_file(File::from(fd)))
+}
+
+/// Splits an absolute guest path into its granted directory and the normalised
+/// path beneath it (empty for the root itself). `..` may not climb out of the root,
+/// even back into another granted one: `/product/../staging` is refused.
+pub fn split_guest(guest: &str) -> CapResult<(GuestDir, PathBuf)> {
+    let path = Path::new(guest);
+    if !path.is_absolute() {
+        return Err(CapError::invalid(format!(
+            "{guest}: guest paths are absolute, e.g. /product/bin"
+        )));
+    }
+    let mut parts: Vec<&OsStr> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(s) => parts.push(s),
+            Component::ParentDir => {
+                if parts.len() <= 1 {
+                    return Err(CapError::invalid(format!(
+                        "{guest}: `..` leaves the granted directory"
+                    )));
+                }
+                parts.pop();
+            }
+            Component::Prefix(_) => {
+                return Err(CapError::invalid(format!("{guest}: not a guest path")));
+            }
+        }
+    }
+    let first = parts
+        .first()
+        .and_then(|c| c.to_str())
+        .ok_or_else(|| CapError::invalid(format!("{guest}: not inside a granted directory")))?;
+    let dir = parse_dir(first).ok_or_else(|| {
+        CapError::denied(format!(
+            "{guest}: only /product, /staging, /backup and /logs can be granted"
+        ))
+    })?;
+    Ok((dir, parts[1..].iter().collect()))
+}
+
+/// A guest path resolved to its root's handle and the path beneath it.
+pub struct Located {
+    pub guest: String,
+    pub dir: GuestDir,
+    pub root: Arc<Dir>,
+    /// The root's host path, from the terminal's configuration: only for opening
+    /// the folder that holds the root itself (see [`Located::parent`]).
+    host_root: PathBuf,
+    /// Beneath the root, normalised, without `.` or `..`; empty for the root.
+    pub rel: PathBuf,
+}
+
+impl Located {
+    pub fn is_root(&self) -> bool {
+        self.rel.as_os_str().is_empty()
+    }
+
+    /// The error for an I/O failure on this path, refusing escapes by name.
+    pub fn error(&self, what: &str, e: &io::Error) -> CapError {
+        resolve_error(&self.guest, what, e)
+    }
+
+    /// The folder holding the path's last component, opened beneath the root, and
+    /// that component. The root itself has no folder inside the grant: refused.
+    pub fn parent(&self) -> CapResult<(Dir, OsString)> {
+        let (Some(parent), Some(name)) = (self.rel.parent(), self.rel.file_name()) else {
+            return Err(CapError::denied(format!(
+                "{}: is the granted directory {} itself",
+                self.guest,
+                guest_root(self.dir)
+            )));
+        };
+        Ok((self.open_dir_at(parent)?, name.to_owned()))
+    }
+
+    /// The folder holding the root itself on the host, opened by its configured
+    /// path, and the root's name in it: only exchange needs it, to swap the root
+    /// with another directory.
+    pub(crate) fn root_parent(&self) -> CapResult<(Dir, OsString)> {
+        let (Some(parent), Some(name)) = (self.host_root.parent(), self.host_root.file_name())
+        else {
+            return Err(CapError::invalid(format!(
+                "{}: the granted directory is the host's root and cannot be exchanged",
+                self.guest
+            )));
+        };
+        let fd = rustix::fs::open(
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.error("opening the folder of the granted directory", &e.into()))?;
+        Ok((Dir::from_std_file(File::from(fd)), name.to_owned()))
+    }
+
+    /// The directory at this path, opened beneath the root; links inside the
+    /// grant are followed, links leading out of it are refused.
+    pub fn open_dir(&self) -> CapResult<Dir> {
+        self.open_dir_at(&self.rel)
+    }
+
+    fn open_dir_at(&self, rel: &Path) -> CapResult<Dir> {
+        if rel.as_os_str().is_empty() {
+            return self.root.try_clone().map_err(|e| self.error("opening", &e));
+        }
+        self.root
+            .open_dir(rel)
+            .map_err(|e| self.error("opening its folder", &e))
+    }
+
+    /// The regular file at this path, opened for reading beneath the root. Links
+    /// inside the grant are followed; a pipe, device or socket is refused without
+    /// waiting on it (a plugin could plant a fifo to hang the host).
+    pub fn open_file(&self) -> CapResult<File> {
+        use cap_std::fs::{OpenOptions, OpenOptionsExt};
+        let file = self
+            .root
+            .open_with(
+                &self.rel,
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY),
+            )
+            .map_err(|e| self.error("opening", &e))?
+            .into_std();
+        regular(&file).map_err(|e| self.error("opening", &e))?;
+        Ok(file)
+    }
+
+    /// The nearest existing directory at or above this path, beneath the root:
+    /// where free space is measured for a path that does not exist yet.
+    pub fn nearest_dir(&self) -> CapResult<Dir> {
+        let mut rel = self.rel.as_path();
+        loop {
+            match self.open_dir_at(rel) {
+                Ok(d) => return Ok(d),
+                Err(e) if e.kind == posup_world::latest::types::ErrorKind::NotFound => {
+                    rel = rel.parent().unwrap_or(Path::new(""));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Checks that a name from outside (the server, a plugin) can become one path
+/// component: not empty, not `.` or `..`, no `/`, no NUL, at most 255 bytes, and
+/// not hidden (posup's own temporary names start with a dot).
+pub fn file_name(name: &str) -> Result<(), String> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.starts_with('.')
+        || name.len() > 255
+        || name.contains(['/', '\\', '\0'])
+        || name.chars().any(char::is_control);
+    if bad {
+        return Err(format!(
+            "`{}` is not a plain file name: names are 1 to 255 bytes, without `/`, control characters or a leading dot",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// Turns an I/O error met while resolving `guest` into a refusal. An escape
+/// (through a symbolic link or `..`) is `denied`, naming the path.
+pub fn resolve_error(guest: &str, what: &str, e: &io::Error) -> CapError {
+    let escaped = e.kind() == io::ErrorKind::PermissionDenied
+        && e.to_string().contains("outside of the filesystem")
+        || e.raw_os_error() == Some(libc::EXDEV)
+        || e.raw_os_error() == Some(libc::ELOOP);
+    if escaped {
+        return CapError::denied(format!(
+            "{guest}: resolves through a symbolic link outside its granted directory"
+        ));
+    }
+    CapError::from_io(format!("{guest}: {what}"), e)
+}
+
+/// Checks that an open file is a regular file, and clears the non-blocking flag
+/// it was opened with so reads behave normally.
+pub fn regular(file: &File) -> io::Result<()> {
+    let st = rustix::fs::fstat(file)?;
+    let ft = FileType::from_raw_mode(st.st_mode);
+    if ft != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("is {}, not a regular file", describe(ft)),
+        ));
+    }
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    rustix::fs::fcntl_setfl(file, flags - OFlags::NONBLOCK)?;
+    Ok(())
+}
+
+/// What a file type is, for messages.
+pub fn describe(ft: FileType) -> &'static str {
+    match ft {
+        FileType::RegularFile => "a file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a named pipe (fifo)",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Unknown => "a special file",
+    }
+}
+
+/// The type of `name` in `dir` itself, without following it; `None` when absent.
+pub fn kind_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<rustix::fs::Stat>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens the directory `name` in `dir` without following a link.
+pub fn open_dir_nofollow(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The names in a directory, without `.` and `..`.
+pub fn names(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    let mut it = rustix::fs::Dir::read_from(dir)?;
+    while let Some(entry) = it.read() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            out.push(OsStr::from_bytes(name).to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the directory `inner` lies inside (or is) the directory `outer`, found
+/// by walking `..` up from `inner` to the filesystem's root.
+pub fn is_within(inner: BorrowedFd<'_>, outer: BorrowedFd<'_>) -> io::Result<bool> {
+    let target = rustix::fs::fstat(outer)?;
+    let id = |st: &rustix::fs::Stat| (st.st_dev, st.st_ino);
+    let mut cur: OwnedFd = rustix::io::fcntl_dupfd_cloexec(inner, 0)?;
+    for _ in 0..4096 {
+        let st = rustix::fs::fstat(&cur)?;
+        if id(&st) == id(&target) {
+            return Ok(true);
+        }
+        let up = open_dir_nofollow(cur.as_fd(), OsStr::new(".."))?;
+        let up_st = rustix::fs::fstat(&up)?;
+        if id(&up_st) == id(&st) {
+            return Ok(false);
+        }
+        cur = up;
+    }
+    Ok(false)
+}
+
+/// Flushes a directory so renames in it survive a power loss. Best effort: some
+/// filesystems cannot sync a directory, and the rename itself has happened.
+pub fn sync_dir(dir: BorrowedFd<'_>) {
+    let _ = rustix::fs::fsync(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use posup_world::latest::types::ErrorKind;
+
+    fn roots(root: &Path) -> Roots {
+        for d in ["product", "logs"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        Roots::open(&Grants {
+            dirs: vec![
+                DirGrant {
+                    dir: GuestDir::Product,
+                    host: root.join("product"),
+                    write: true,
+                },
+                DirGrant {
+                    dir: GuestDir::Logs,
+                    host: root.join("logs"),
+                    write: false,
+                },
+            ],
+            ..Grants::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn locates_only_granted_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = roots(tmp.path());
+        let loc = r.locate("/product/bin/./oscar.ini", true).unwrap();
+        assert_eq!(loc.rel, Path::new("bin/oscar.ini"));
+        assert!(r.locate("/product", true).unwrap().is_root());
+        assert!(r.locate("/logs/kiosk.log", false).is_ok());
+        let err = |g: &str, w: bool| r.locate(g, w).err().unwrap().message;
+        assert!(err("/logs/kiosk.log", true).contains("read-only"));
+        assert!(err("/backup/x", false).contains("not granted"));
+        assert!(err("/product/../logs/x", false).contains(".."));
+        assert!(err("/etc/passwd", false).contains("/etc/passwd"));
+        assert!(err("product/x", false).contains("absolute"));
+    }
+
+    #[test]
+    fn links_out_of_a_grant_are_refused_and_links_inside_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = roots(tmp.path());
+        let p = tmp.path().join("product");
+        std::os::unix::fs::symlink("/etc", p.join("etc")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../etc/hostname", p.join("up")).unwrap();
+        std::fs::create_dir(p.join("real")).unwrap();
+        std::fs::write(p.join("real/f"), b"inside").unwrap();
+        std::os::unix::fs::symlink("real", p.join("current")).unwrap();
+        for guest in ["/product/etc/passwd", "/product/up"] {
+            let e = r.locate(guest, false).unwrap().open_file().unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Denied, "{guest}: {}", e.message);
+            assert!(e.message.contains("symbolic link"), "{}", e.message);
+        }
+        let f = r.locate("/product/current/f", false).unwrap().open_file();
+        assert!(f.is_ok());
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_on_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = roots(tmp.path());
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            tmp.path().join("product/pipe"),
+            Mode::RUSR,
+        )
+        .unwrap();
+        let e = r
+            .locate("/product/pipe", false)
+            .unwrap()
+            .open_file()
+            .unwrap_err();
+        assert!(e.message.contains("named pipe"), "{}", e.message);
+    }
+}
