@@ -50,6 +50,14 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Download progress is reported at most this often, besides its end.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
+/// The largest plugin component an agent downloads. A Python plugin is about
+/// 20 MB; a server naming more is refused.
+pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
+
+/// How long one plugin download may take in all before the poll cycle moves on;
+/// what arrived is kept and the next poll resumes it.
+pub const PLUGIN_DOWNLOAD_TIME: Duration = Duration::from_secs(300);
+
 /// Why the agent cannot run at all.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -603,41 +611,77 @@ impl Agent {
     }
 
     /// The plugin with this reference: loaded, from the local store, or downloaded
-    /// and checked against its sha256 first.
+    /// and checked against its sha256 first. The download is a package's: on disk
+    /// in the agent's own folder, resumable, at most the size the server names
+    /// (and never more than [`MAX_PLUGIN_BYTES`]), stopped when it stalls or takes
+    /// longer than [`PLUGIN_DOWNLOAD_TIME`]; no lock is held while it runs.
     async fn plugin(&self, r: &PluginRef) -> Result<(Arc<Plugin>, PluginInfo), String> {
-        let mut plugins = self.plugins.lock().await;
-        if let Some(p) = plugins.get(&r.sha256) {
+        if let Some(p) = self.plugins.lock().await.get(&r.sha256) {
             return Ok(p.clone());
         }
-        let file = self.paths.plugins().join(format!("{}.wasm", r.sha256));
-        let bytes = match std::fs::read(&file) {
-            Ok(b) if hex::encode(Sha256::digest(&b)) == r.sha256 => b,
-            _ => {
-                let b = self.fetch_plugin(r).await?;
-                let write = || -> std::io::Result<()> {
-                    std::fs::create_dir_all(self.paths.plugins())?;
-                    let tmp = file.with_extension("wasm.tmp");
-                    std::fs::write(&tmp, &b)?;
-                    std::fs::rename(&tmp, &file)
-                };
-                if let Err(e) = write() {
-                    tracing::warn!("keeping plugin {} in {}: {e}", r.name, file.display());
-                }
-                b
-            }
-        };
-        if file.exists() {
-            self.compile_outside(&r.name, &file, &bytes).await;
+        let what = format!("plugin {} {}", r.name, r.version);
+        if !crate::staging::is_sha256(&r.sha256) {
+            return Err(format!(
+                "{what}: its sha256 from the server is not 64 hex digits; it is not downloaded"
+            ));
         }
+        if r.size == 0 || r.size > MAX_PLUGIN_BYTES {
+            return Err(format!(
+                "{what}: the server names a size of {} bytes; plugins are 1 byte to {} MiB, so it is not downloaded",
+                r.size,
+                MAX_PLUGIN_BYTES >> 20
+            ));
+        }
+        let dir = self.paths.plugins();
+        crate::staging::private_dir(&dir)
+            .map_err(|e| format!("{what}: the plugin folder {}: {e}", dir.display()))?;
+        let file = dir.join(format!("{}.wasm", r.sha256));
+        let expected = Expected {
+            sha256: r.sha256.clone(),
+            size: r.size,
+        };
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let keep_going = || tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3;
+        let poll = self.config.poll.clone();
+        let backoff = move |n: u32| poll.backoff(n);
+        let fetched = tokio::time::timeout(
+            PLUGIN_DOWNLOAD_TIME,
+            download::fetch_with_retries(
+                &self.client,
+                &r.url,
+                &file,
+                &expected,
+                &mut |_, _| {},
+                &backoff,
+                &keep_going,
+            ),
+        )
+        .await;
+        match fetched {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("downloading {what}: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "downloading {what}: not done within {} s; it resumes at the next poll",
+                    PLUGIN_DOWNLOAD_TIME.as_secs()
+                ));
+            }
+        }
+        let bytes = std::fs::read(&file).map_err(|e| format!("reading {what}: {e}"))?;
+        if hex::encode(Sha256::digest(&bytes)) != r.sha256 {
+            let _ = std::fs::remove_file(&file);
+            return Err(format!(
+                "{what}: changed on disk after its check; it is not loaded"
+            ));
+        }
+        self.compile_outside(&r.name, &file, &bytes).await;
         let plugin = self
             .runtime
             .load(&r.name, &bytes)
-            .map_err(|e| format!("plugin {} {}: {e}", r.name, r.version))?;
-        let info = plugin
-            .info()
-            .await
-            .map_err(|e| format!("plugin {} {}: {e}", r.name, r.version))?;
+            .map_err(|e| format!("{what}: {e}"))?;
+        let info = plugin.info().await.map_err(|e| format!("{what}: {e}"))?;
         let entry = (Arc::new(plugin), info);
+        let mut plugins = self.plugins.lock().await;
         // Keep the device type's plugin and the one an action needs; drop others.
         plugins.retain(|sha, _| {
             self.state
@@ -650,26 +694,6 @@ impl Agent {
         });
         plugins.insert(r.sha256.clone(), entry.clone());
         Ok(entry)
-    }
-
-    async fn fetch_plugin(&self, r: &PluginRef) -> Result<Vec<u8>, String> {
-        let resp = self
-            .client
-            .get_blob(&r.url, 0, None)
-            .await
-            .map_err(|e| format!("downloading plugin {} {}: {e}", r.name, r.version))?;
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("downloading plugin {} {}: {e}", r.name, r.version))?;
-        let sha = hex::encode(Sha256::digest(&bytes));
-        if sha != r.sha256 {
-            return Err(format!(
-                "plugin {} {}: the download has sha256 {sha}, the server announced {}; it is not loaded",
-                r.name, r.version, r.sha256
-            ));
-        }
-        Ok(bytes.to_vec())
     }
 
     /// The product's state through the device type's plugin.
@@ -1102,7 +1126,7 @@ impl EventSink for ProgressSink {
     fn progress(&self, _plugin: &str, percent: u8, message: &str) {
         {
             let mut last = self.last.lock().expect("progress lock");
-            if percent < 100 && last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            if last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
                 return;
             }
             *last = Some(std::time::Instant::now());

@@ -158,6 +158,9 @@ pub struct PluginRef {
     pub name: String,
     pub version: String,
     pub sha256: String,
+    /// Bytes of the component: the agent downloads no more than this.
+    #[serde(default)]
+    pub size: u64,
     /// Path of the download, relative to the server's base URL.
     pub url: String,
 }

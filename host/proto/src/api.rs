@@ -236,6 +236,9 @@ pub struct PluginSummary {
     pub name: String,
     pub version: String,
     pub sha256: String,
+    /// Bytes of the component.
+    #[serde(default)]
+    pub size: u64,
 }
 
 /// An uploaded plugin, as its `info` described it.

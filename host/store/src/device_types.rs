@@ -30,12 +30,13 @@ struct Row {
     plugin_sha256: Option<String>,
     plugin_name: Option<String>,
     plugin_version: Option<String>,
+    plugin_size: Option<i64>,
     plugin_caps: Option<String>,
     devices: i64,
 }
 
 const SELECT: &str = "SELECT dt.name, dt.description, dt.revision, dt.allowed, dt.paths, dt.poll_interval_secs, dt.updated_at, \
-    dt.site_limit, dt.impact, dt.plugin_sha256, p.name AS plugin_name, p.version AS plugin_version, p.capabilities AS plugin_caps, \
+    dt.site_limit, dt.impact, dt.plugin_sha256, p.name AS plugin_name, p.version AS plugin_version, p.size AS plugin_size, p.capabilities AS plugin_caps, \
     (SELECT count(*) FROM devices d WHERE d.device_type = dt.name) AS devices \
     FROM device_types dt LEFT JOIN plugins p ON p.sha256 = dt.plugin_sha256";
 
@@ -135,6 +136,7 @@ impl Row {
                 name,
                 version,
                 sha256,
+                size: self.plugin_size.unwrap_or(0) as u64,
             }),
             _ => None,
         };
@@ -329,6 +331,7 @@ impl Store {
             name: plugin.name,
             version: plugin.version,
             sha256: plugin.sha256,
+            size: plugin.size,
         })
     }
 
@@ -372,6 +375,7 @@ impl Store {
                     name: p.name,
                     version: p.version,
                     sha256: p.sha256,
+                    size: p.size,
                 }),
                 allowed: view.allowed,
                 paths: view.paths,

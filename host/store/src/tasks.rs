@@ -132,6 +132,7 @@ struct ActionRow {
     plugin_name: String,
     plugin_version: String,
     plugin_sha256: String,
+    plugin_size: i64,
 }
 
 impl Store {
@@ -591,7 +592,7 @@ impl Store {
             sqlx::query_as(&format!(
                 "SELECT td.id AS action_id, td.attempt, t.id AS task_id, t.kind, t.start_at, \
                  p.id AS package_id, p.file_name, p.sha256 AS package_sha256, p.size, p.version AS package_version, \
-                 pl.name AS plugin_name, pl.version AS plugin_version, pl.sha256 AS plugin_sha256 \
+                 pl.name AS plugin_name, pl.version AS plugin_version, pl.sha256 AS plugin_sha256, pl.size AS plugin_size \
                  FROM task_devices td \
                  JOIN tasks t ON t.id = td.task_id \
                  JOIN packages p ON p.id = t.package_id \
@@ -630,6 +631,7 @@ impl Store {
                         name: r.plugin_name,
                         version: r.plugin_version,
                         sha256: r.plugin_sha256,
+                        size: r.plugin_size as u64,
                     },
                     not_before: ts(r.start_at),
                 })
