@@ -18,6 +18,7 @@
 //! `echo yes > /var/lib/posup/prompt/answer`.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,9 @@ pub struct Question {
     pub timeout_secs: u64,
     pub asked_at: chrono::DateTime<chrono::Utc>,
 }
+
+/// `messages.log` is rotated to `messages.log.1` beyond this size.
+pub const MAX_MESSAGES_LOG: u64 = 64 << 10;
 
 /// A [`Prompter`] that asks through `<dir>/question.json` and `<dir>/answer`.
 #[derive(Debug, Clone)]
@@ -141,10 +145,18 @@ impl Prompter for FilePrompter {
     fn notify(&self, message: &str) {
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&self.dir)?;
+            let log = self.dir.join("messages.log");
+            // Rotated at a bound: the register shows recent messages, and a plugin
+            // cannot fill the disk through them.
+            if std::fs::symlink_metadata(&log).is_ok_and(|m| m.len() > MAX_MESSAGES_LOG) {
+                std::fs::rename(&log, self.dir.join("messages.log.1"))?;
+            }
+            // The cashier's interface may write in this folder: never follow a link.
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(self.dir.join("messages.log"))?;
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&log)?;
             writeln!(
                 f,
                 "{} {}",
@@ -199,5 +211,24 @@ mod tests {
         p.notify("The program was updated");
         let log = std::fs::read_to_string(dir.join("messages.log")).unwrap();
         assert!(log.contains("The program was updated"));
+    }
+
+    #[test]
+    fn the_message_log_is_rotated_at_its_bound_and_never_follows_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("prompt");
+        let p = FilePrompter::new(&dir);
+        for i in 0..2_000 {
+            p.notify(&format!("message {i} {}", "x".repeat(100)));
+        }
+        let size = |n: &str| std::fs::metadata(dir.join(n)).map(|m| m.len()).unwrap_or(0);
+        assert!(size("messages.log") <= MAX_MESSAGES_LOG + 200);
+        assert!(size("messages.log.1") <= MAX_MESSAGES_LOG + 200);
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::fs::remove_file(dir.join("messages.log")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("messages.log")).unwrap();
+        p.notify("through the link");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
     }
 }

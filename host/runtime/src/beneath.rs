@@ -495,12 +495,7 @@ mod tests {
     fn a_fifo_is_refused_without_waiting_on_it() {
         let tmp = tempfile::tempdir().unwrap();
         let r = roots(tmp.path());
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            tmp.path().join("product/pipe"),
-            Mode::RUSR,
-        )
-        .unwrap();
+        rustix::fs::mkfifoat(rustix::fs::CWD, tmp.path().join("product/pipe"), Mode::RUSR).unwrap();
         let e = r
             .locate("/product/pipe", false)
             .unwrap()

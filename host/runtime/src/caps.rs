@@ -77,6 +77,18 @@ impl From<CapError> for WitError {
     }
 }
 
+/// `message` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn cut(message: &str, max: usize) -> &str {
+    if message.len() <= max {
+        return message;
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
 /// The host work one step has started (copies, extractions, scripts), so that it
 /// can be stopped when the step's deadline passes and waited for before anything
 /// else (a rollback) touches the same trees. Cloned into each capability.

@@ -17,6 +17,10 @@ use super::CapError;
 
 /// The longest a plugin may make a step wait for an answer.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
+/// Questions and messages are cut to this many bytes: a cashier reads a sentence.
+pub const MAX_MESSAGE: usize = 1_024;
+/// Messages one step may show; later ones are dropped.
+pub const MAX_NOTIFY: usize = 16;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -53,12 +57,16 @@ impl Prompter for FixedAnswer {
 /// Per-step state of `prompt`: the prompter when the grant allows questions.
 pub struct PromptState {
     prompter: Option<Arc<dyn Prompter>>,
+    notified: usize,
 }
 
 impl PromptState {
     /// `None` when prompting is not granted.
     pub fn new(prompter: Option<Arc<dyn Prompter>>) -> Self {
-        Self { prompter }
+        Self {
+            prompter,
+            notified: 0,
+        }
     }
 
     fn get(&self) -> Result<&Arc<dyn Prompter>, CapError> {
@@ -76,15 +84,20 @@ impl prompt::Host for PromptState {
         let timeout = Duration::from_secs(timeout_secs.into()).min(MAX_TIMEOUT);
         // The prompter gets the timeout to show a countdown; the runtime enforces it
         // too, so a prompter that never answers cannot hang the step.
-        match tokio::time::timeout(timeout, prompter.ask(&question, timeout)).await {
+        let question = super::cut(&question, MAX_MESSAGE);
+        match tokio::time::timeout(timeout, prompter.ask(question, timeout)).await {
             Ok(answer) => Ok(answer),
             Err(_) => Ok(None),
         }
     }
 
     async fn notify(&mut self, message: String) {
-        if let Ok(prompter) = self.get() {
-            prompter.notify(&message);
+        if self.notified >= MAX_NOTIFY {
+            return;
+        }
+        if let Ok(prompter) = self.get().cloned() {
+            self.notified += 1;
+            prompter.notify(super::cut(&message, MAX_MESSAGE));
         }
     }
 }
@@ -94,4 +107,26 @@ pub fn add_to_linker<T: Send + 'static>(
     get: fn(&mut T) -> &mut PromptState,
 ) -> wasmtime::Result<()> {
     prompt::add_to_linker::<T, HasSelf<PromptState>>(linker, get)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prompt::Host as _;
+
+    #[tokio::test]
+    async fn messages_are_bounded_in_size_and_number() {
+        let shown = FixedAnswer::default();
+        let mut state = PromptState::new(Some(Arc::new(shown.clone())));
+        for _ in 0..1_000 {
+            state.notify("ы".repeat(100_000)).await;
+        }
+        let shown = shown.shown.lock().unwrap();
+        assert_eq!(shown.len(), MAX_NOTIFY);
+        assert!(
+            shown
+                .iter()
+                .all(|m| m.len() <= MAX_MESSAGE && !m.is_empty())
+        );
+    }
 }
