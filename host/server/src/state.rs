@@ -58,7 +58,14 @@ struct Inner {
     /// Loaded plugins by sha256. Blobs never change, so an entry never goes stale;
     /// it only saves compiling or deserializing a component per package upload.
     plugins: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// Uploads being compiled or read by a plugin at once. Each may hold a plugin's
+    /// memory limit and the archive capability's bounded buffers; uploads beyond
+    /// these wait their turn, so a burst of uploads cannot exhaust the server.
+    inspections: tokio::sync::Semaphore,
 }
+
+/// How many uploads are compiled or inspected at once.
+pub const MAX_INSPECTIONS: usize = 2;
 
 impl AppState {
     pub fn new(
@@ -78,8 +85,18 @@ impl AppState {
                 contacts: Mutex::new(HashSet::new()),
                 caches: Caches::default(),
                 plugins: Mutex::new(HashMap::new()),
+                inspections: tokio::sync::Semaphore::new(MAX_INSPECTIONS),
             }),
         }
+    }
+
+    /// A turn to compile or inspect an upload; held until dropped.
+    pub async fn inspection(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.inner
+            .inspections
+            .acquire()
+            .await
+            .expect("the inspection semaphore is never closed")
     }
 
     pub fn store(&self) -> &Store {

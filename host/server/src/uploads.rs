@@ -60,6 +60,7 @@ pub async fn upload_plugin(
             "plugin {label} is empty: send the component's bytes as the request body"
         )));
     }
+    let _turn = state.inspection().await;
     let runtime = state.runtime().clone();
     let bytes = body.clone();
     let name = label.clone();
@@ -181,6 +182,7 @@ pub async fn upload_package(
     if staged.size == 0 {
         return Err(Error::Invalid(format!("package {} is empty", q.file_name)));
     }
+    let _turn = state.inspection().await;
     let plugin = state.plugin(&enabled.sha256, &enabled.name).await?;
     let env = posup_runtime::HostEnv {
         grants: posup_runtime::Grants {

@@ -1101,6 +1101,32 @@ async fn plugin_uploads_are_validated_by_the_runtime() {
     .await;
 }
 
+/// A small package whose tar long-name record claims a gigabyte is refused at the
+/// host's bound while the plugin lists it, naming the bound.
+#[tokio::test]
+async fn a_package_made_to_exhaust_the_server_is_refused() {
+    each_backend(|store| async move {
+        let e = env(store).await;
+        fleet(&e, 1).await;
+        let a = e
+            .upload(
+                "/api/v1/packages?device_type=test&file_name=list-bomb.tar",
+                ADMIN,
+                posup_sim::hostile::long_name_bomb(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            a.error().contains("plugin test-hostile")
+                && a.error().contains("long-name record of 1073741824 bytes")
+                && a.error().contains("64 KiB"),
+            "{}",
+            a.error()
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn package_uploads_name_what_is_wrong() {
     each_backend(|store| async move {
