@@ -177,7 +177,11 @@ async fn info_runs_with_nothing_granted_and_the_cache_is_reused() {
     let p = hostile(&rt);
     let info = p.info().await.unwrap();
     assert_eq!(info.name, "test-hostile");
-    let entries: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().collect();
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+        .collect();
     assert_eq!(entries.len(), 1, "one compiled entry");
     let name = entries[0].file_name().into_string().unwrap();
     assert!(
@@ -235,6 +239,262 @@ fn plugins_compile_into_the_agents_cache_in_a_child_process() {
         "{}",
         crate::support::stderr(&out)
     );
-    let entries = std::fs::read_dir(state.join("cache")).unwrap().count();
+    let entries = std::fs::read_dir(state.join("cache"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+        .count();
     assert_eq!(entries, 1, "only the kiosk's entry");
+}
+
+/// A plugin with ordinary grants: `/product` and `/staging` writable, scripts and
+/// prompts allowed, as an updater has them.
+struct Granted {
+    tmp: tempfile::TempDir,
+    product: std::path::PathBuf,
+    staging: std::path::PathBuf,
+}
+
+impl Granted {
+    fn new() -> Granted {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let (product, staging) = (root.join("product"), root.join("staging"));
+        std::fs::create_dir(&product).unwrap();
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::write(product.join("marker"), b"the product").unwrap();
+        std::fs::write(staging.join("probe"), b"probe").unwrap();
+        Granted {
+            tmp,
+            product,
+            staging,
+        }
+    }
+
+    fn env(&self) -> HostEnv {
+        HostEnv {
+            grants: Grants {
+                dirs: vec![
+                    DirGrant {
+                        dir: Dir::Product,
+                        host: self.product.clone(),
+                        write: true,
+                    },
+                    DirGrant {
+                        dir: Dir::Staging,
+                        host: self.staging.clone(),
+                        write: true,
+                    },
+                ],
+                scripts: true,
+                prompt: true,
+                ..Grants::default()
+            },
+            ..HostEnv::default()
+        }
+    }
+
+    /// Runs `stage` of the hostile plugin on a package named after the attack.
+    async fn stage(
+        &self,
+        env: &HostEnv,
+        attack: &str,
+        deadline: Duration,
+    ) -> Result<String, StepError> {
+        use posup_runtime::types::{Outcome, PackageInfo, StepContext, TaskKind};
+        std::fs::write(self.staging.join(attack), b"").unwrap();
+        let rt = runtime(Duration::from_secs(60));
+        let p = hostile(&rt);
+        let ctx = StepContext {
+            package: format!("/staging/{attack}"),
+            info: PackageInfo {
+                version: "0".into(),
+                kind: "test".into(),
+                notes: String::new(),
+                changelog: String::new(),
+                rollback: true,
+            },
+            task: TaskKind::Update,
+            attempt: 1,
+        };
+        match p
+            .step(env, posup_runtime::Step::Stage, &ctx, deadline)
+            .await?
+        {
+            Outcome::Failed(m) => Ok(m),
+            other => panic!("the hostile stage answered {other:?}"),
+        }
+    }
+
+    /// The product root is the real directory it was, with its content.
+    fn assert_product_intact(&self) {
+        let meta = std::fs::symlink_metadata(&self.product).unwrap();
+        assert!(meta.is_dir(), "the product root was replaced by a link");
+        assert_eq!(
+            std::fs::read(self.product.join("marker")).unwrap(),
+            b"the product"
+        );
+    }
+}
+
+const ESCAPED_PROBE: &str = "/tmp/posup-escaped";
+
+/// The exchange escape, by a planted "interrupted exchange": `/staging/x` is
+/// absent and `/staging/x.posup-exchange` is a link climbing to `/`.
+#[tokio::test]
+async fn exchange_never_finishes_an_exchange_a_plugin_planted() {
+    let _ = std::fs::remove_dir_all(ESCAPED_PROBE);
+    let g = Granted::new();
+    std::os::unix::fs::symlink(
+        "../../../../../../../../../../../..",
+        g.staging.join("x.posup-exchange"),
+    )
+    .unwrap();
+    let said = g
+        .stage(&g.env(), "exchange-sidecar", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(said.starts_with("held:"), "{said}");
+    g.assert_product_intact();
+    assert!(
+        !Path::new(ESCAPED_PROBE).exists(),
+        "a file was written outside the grants"
+    );
+}
+
+/// The exchange escape, by a link deep in `/staging` that resolves inside it
+/// there and climbs to `/` where the product root stands.
+#[tokio::test]
+async fn exchange_never_puts_a_link_where_the_product_was() {
+    let _ = std::fs::remove_dir_all(ESCAPED_PROBE);
+    let g = Granted::new();
+    let deep = g.staging.join("a/b/c/d/e/f/g/h/i/j");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../../../..", deep.join("link")).unwrap();
+    let said = g
+        .stage(&g.env(), "exchange-deep", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(said.starts_with("held:"), "{said}");
+    assert!(said.contains("real directories"), "{said}");
+    g.assert_product_intact();
+    assert!(
+        !Path::new(ESCAPED_PROBE).exists(),
+        "a file was written outside the grants"
+    );
+}
+
+/// A planted `<log>.1` link to a file outside the grants is never read, even with
+/// a mark naming that file.
+#[tokio::test]
+async fn a_rotated_log_link_out_of_the_grants_is_never_read() {
+    use std::os::unix::fs::MetadataExt;
+    let g = Granted::new();
+    let secret = g.tmp.path().join("shadow");
+    std::fs::write(&secret, "root:SECRET:1:0\n").unwrap();
+    std::os::unix::fs::symlink(&secret, g.product.join("rot.1")).unwrap();
+    let mut env = g.env();
+    let inode = std::fs::metadata(&secret).unwrap().ino();
+    env.vars = std::sync::Arc::new([("inode".to_string(), inode.to_string())].into());
+    let said = g
+        .stage(&env, "rotated-log", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(said.starts_with("held:"), "{said}");
+}
+
+/// Host work a step started stops when the step's deadline passes, before the
+/// caller gets the deadline error: a script still running is killed with its
+/// processes and writes nothing afterwards.
+#[tokio::test]
+async fn a_timed_out_step_leaves_no_host_work_running() {
+    let g = Granted::new();
+    let late = g.tmp.path().join("late");
+    let pidfile = g.tmp.path().join("pid");
+    std::fs::write(
+        g.staging.join("slow.sh"),
+        format!(
+            "echo $$ > {}\nsleep 9\ntouch {}\n",
+            pidfile.display(),
+            late.display()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let err = g
+        .stage(&g.env(), "slow-script", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StepError::Deadline { .. }), "{err}");
+    // Killed: gone, or a zombie not yet reaped, which runs nothing.
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
+    let running = status
+        .lines()
+        .find_map(|l| l.strip_prefix("State:"))
+        .is_some_and(|s| !s.trim_start().starts_with('Z'));
+    assert!(
+        !running,
+        "the script was still running after the step's deadline error: {status}"
+    );
+    // Past the moment the script would have written.
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(started.elapsed())).await;
+    assert!(!late.exists(), "the script wrote after the step ended");
+}
+
+/// Progress and messages in a loop reach the host a bounded number of times.
+#[tokio::test]
+async fn a_flood_of_progress_and_messages_is_throttled() {
+    use posup_runtime::caps::log::{EventSink, Level};
+    use posup_runtime::caps::prompt::{FixedAnswer, MAX_MESSAGE, MAX_NOTIFY};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+    impl EventSink for Count {
+        fn log(&self, _: &str, _: Level, _: &str) {}
+        fn progress(&self, _: &str, _: u8, _: &str) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let g = Granted::new();
+    let count = std::sync::Arc::new(Count::default());
+    let shown = FixedAnswer::default();
+    let mut env = g.env();
+    env.events = Some(count.clone());
+    env.prompter = Some(std::sync::Arc::new(shown.clone()));
+    let started = Instant::now();
+    let said = g
+        .stage(&env, "flood", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(said, "held: flooded");
+    let secs = started.elapsed().as_secs_f64();
+    let progress = count.0.load(Ordering::SeqCst) as f64;
+    assert!(
+        progress <= secs / 0.5 + 2.0,
+        "{progress} reports in {secs:.1} s"
+    );
+    let shown = shown.shown.lock().unwrap();
+    assert_eq!(shown.len(), MAX_NOTIFY);
+    assert!(shown.iter().all(|m| m.len() <= MAX_MESSAGE));
+}
+
+#[tokio::test]
+async fn a_huge_tar_long_name_is_refused_at_its_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = runtime(Duration::from_secs(60));
+    let p = hostile(&rt);
+    let env = env_with(tmp.path(), None, vec![]);
+    std::fs::write(
+        tmp.path().join("list-bomb.tar"),
+        posup_sim::hostile::long_name_bomb(),
+    )
+    .unwrap();
+    let err = p
+        .inspect(&env, "/staging/list-bomb.tar")
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.contains("64 KiB") && err.contains("long-name"), "{err}");
 }

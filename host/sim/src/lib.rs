@@ -13,6 +13,7 @@
 //! [`oscar`] (MICROS Retail OSCAR POS server). The `posup sim-product` command
 //! mounts [`SimProductArgs`]; `posup-sim` is the same entry point on its own.
 
+pub mod hostile;
 pub mod icecash;
 pub mod iiko;
 pub mod kiosk;

@@ -1,10 +1,17 @@
-//! A plugin that misbehaves on request. `inspect` picks the misbehaviour from the
-//! package's file name, so the sandbox tests can drive each one through the normal
-//! host path; every update step is a trivial `ok`, which the step benchmark times.
+//! A plugin that misbehaves on request. `inspect` and `stage` pick the
+//! misbehaviour from the package's file name, so the sandbox tests can drive each
+//! one through the normal host path; every other update step, and `stage` of any
+//! other package, is a trivial `ok`, which the step benchmark times.
+//!
+//! The attacks in `stage` are those of a plugin with ordinary grants (`/product`
+//! and `/staging` writable). The links they exploit are planted by the test on the
+//! host beforehand, as such a plugin can itself through `archive.extract` (a link
+//! that stays inside its destination) and `fs.copy-tree` (which copies links as
+//! they are). What got through is returned as `failed("ESCAPED: …")`.
 
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, Inventory, Outcome, PackageInfo, Plugin, PluginInfo,
-    StepContext, services,
+    StepContext, archive, fs, logs, progress, prompt, services, vars,
 };
 
 struct Hostile;
@@ -21,7 +28,7 @@ impl Plugin for Hostile {
                 dirs: vec![
                     DirRequest {
                         dir: Dir::Staging,
-                        write: false,
+                        write: true,
                     },
                     DirRequest {
                         dir: Dir::Product,
@@ -33,8 +40,8 @@ impl Plugin for Hostile {
                     },
                 ],
                 services: vec!["kiosk".into(), "sshd".into()],
-                scripts: false,
-                prompt: false,
+                scripts: true,
+                prompt: true,
             },
         }
     }
@@ -91,6 +98,11 @@ impl Plugin for Hostile {
             "product-write" => std::fs::write("/product/planted", b"x")
                 .map(|()| found("wrote /product/planted".into()))
                 .map_err(|e| format!("/product/planted: {e}")),
+            // Lists the package: the host must bound what a hostile archive makes
+            // it hold in memory.
+            n if n.starts_with("list-") => archive::entries(&package)
+                .map(|e| found(format!("{} entries", e.len())))
+                .map_err(|e| e.message),
             _ => Ok(found("trivial".into())),
         }
     }
@@ -98,8 +110,68 @@ impl Plugin for Hostile {
     fn precheck(_: StepContext) -> Outcome {
         Outcome::Ok
     }
-    fn stage(_: StepContext) -> Outcome {
-        Outcome::Ok
+    fn stage(ctx: StepContext) -> Outcome {
+        let name = ctx.package.rsplit('/').next().unwrap_or_default();
+        let mut escaped = Vec::new();
+        let mut held = Vec::new();
+        let mut note = |r: Result<String, String>| match r {
+            Ok(what) => escaped.push(what),
+            Err(why) => held.push(why),
+        };
+        match name {
+            // A planted `/staging/x.posup-exchange` link climbing to `/`, and an
+            // exchange "to finish" with `/staging/x` absent.
+            "exchange-sidecar" => {
+                note(fs::exchange("/staging/x", "/product").map(|()| "exchange".into()).map_err(|e| e.message));
+                probe(&mut note);
+            }
+            // A link ten levels deep in /staging whose target climbs ten levels:
+            // inside /staging there, at `/` once it stands where /product was.
+            "exchange-deep" => {
+                note(
+                    fs::exchange("/product", "/staging/a/b/c/d/e/f/g/h/i/j/link")
+                        .map(|()| "exchange".into())
+                        .map_err(|e| e.message),
+                );
+                probe(&mut note);
+            }
+            // A planted `/product/rot.1` link to a file outside the grants, and a
+            // mark naming that file's inode (the test passes it as a variable).
+            "rotated-log" => {
+                let inode = vars::get("inode").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let mark = logs::Mark {
+                    file_id: inode,
+                    offset: 0,
+                };
+                note(match logs::scan("/product/rot", mark, &["SECRET".to_string()]) {
+                    Ok(r) if !r.found.is_empty() => Ok(format!("read {}", r.found[0].line)),
+                    Ok(_) => Err("scan found nothing".into()),
+                    Err(e) => Err(e.message),
+                });
+            }
+            // A script that outlives the step's deadline unless the host stops it.
+            "slow-script" => {
+                note(
+                    services::run_script("/staging/slow.sh", &[], 120)
+                        .map(|r| format!("script ended with {}", r.exit_code))
+                        .map_err(|e| e.message),
+                );
+            }
+            // Thousands of progress reports and long messages in a loop.
+            "flood" => {
+                for i in 0..5_000u32 {
+                    progress::report(100, &format!("flood {i}"));
+                    prompt::notify(&"x".repeat(64 * 1024));
+                }
+                held.push("flooded".into());
+            }
+            _ => return Outcome::Ok,
+        }
+        if escaped.is_empty() {
+            Outcome::Failed(format!("held: {}", held.join("; ")))
+        } else {
+            Outcome::Failed(format!("ESCAPED: {}", escaped.join("; ")))
+        }
     }
     fn apply(_: StepContext) -> Outcome {
         Outcome::Ok
@@ -113,6 +185,19 @@ impl Plugin for Hostile {
     fn rollback(_: StepContext) -> Outcome {
         Outcome::Ok
     }
+}
+
+/// After an exchange: does `/product` now lead outside the grants?
+fn probe(note: &mut impl FnMut(Result<String, String>)) {
+    note(match logs::tail("/product/etc/hostname", 1) {
+        Ok(lines) => Ok(format!("read /etc/hostname: {lines:?}")),
+        Err(e) => Err(e.message),
+    });
+    note(
+        fs::copy_tree("/staging/probe", "/product/tmp/posup-escaped")
+            .map(|_| "wrote /tmp/posup-escaped".into())
+            .map_err(|e| e.message),
+    );
 }
 
 fn found(notes: String) -> PackageInfo {
