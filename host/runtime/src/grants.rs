@@ -49,6 +49,10 @@ pub struct Grants {
     pub scripts: bool,
     /// Whether the plugin may ask the person at the terminal.
     pub prompt: bool,
+    /// Set for the calls that only look (`inventory`, `inspect`, `precheck`):
+    /// directories are read-only, services are only queried and scripts do not
+    /// run, so whatever the plugin does there leaves the terminal as it was.
+    pub look_only: bool,
 }
 
 /// What the operator allows for a device type, and where its directories are.
@@ -92,17 +96,19 @@ impl Grants {
             services,
             scripts: requested.scripts && allowed.scripts,
             prompt: requested.prompt && allowed.prompt,
+            look_only: false,
         }
     }
 
-    /// The same grants with every directory read-only: for `inventory` and
-    /// `inspect`, which must not change anything.
+    /// The same grants for a call that only looks (`inventory`, `inspect`,
+    /// `precheck`): every directory read-only, services only queried, no script
+    /// run. A plugin can still tell which of them it was granted.
     pub fn read_only(&self) -> Grants {
         let mut g = self.clone();
         for d in &mut g.dirs {
             d.write = false;
         }
-        g.scripts = false;
+        g.look_only = true;
         g
     }
 

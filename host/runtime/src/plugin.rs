@@ -226,7 +226,9 @@ impl Plugin {
         }
     }
 
-    /// Runs one update step within `deadline`.
+    /// Runs one update step within `deadline`. `precheck` only looks: it runs with
+    /// the grants of `inspect` (directories read-only, services only queried, no
+    /// scripts), so a failed precheck has changed nothing, whatever the plugin.
     pub async fn step(
         &self,
         env: &HostEnv,
@@ -234,6 +236,16 @@ impl Plugin {
         ctx: &StepContext,
         deadline: Duration,
     ) -> Result<Outcome, StepError> {
+        let looking;
+        let env = if step == Step::Precheck {
+            looking = HostEnv {
+                grants: env.grants.read_only(),
+                ..env.clone()
+            };
+            &looking
+        } else {
+            env
+        };
         match self.call(env, Call::Step(step, ctx), deadline).await? {
             Answer::Outcome(outcome) => Ok(outcome),
             _ => unreachable!("steps answer outcomes"),

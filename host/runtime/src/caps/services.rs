@@ -109,6 +109,18 @@ impl ServicesState {
         })
     }
 
+    /// The backend for starting or stopping `name`: granted, and not in a call
+    /// that only looks.
+    fn control(&self, name: &str) -> CapResult<Arc<dyn ServiceManager>> {
+        let manager = self.manager(name)?;
+        if self.grants.look_only {
+            return Err(CapError::denied(format!(
+                "service {name}: inventory, inspect and precheck only look at services; start and stop them from stage on"
+            )));
+        }
+        Ok(manager)
+    }
+
     /// The script a plugin may run: scripts must be granted and the script must be
     /// a regular file under `/staging`, resolved beneath it. Returns the handle of
     /// its folder (kept open while it runs) and its path through that handle.
@@ -116,6 +128,11 @@ impl ServicesState {
         if !self.grants.scripts {
             return Err(CapError::denied(format!(
                 "script {path}: running scripts is not granted to this plugin"
+            )));
+        }
+        if self.grants.look_only {
+            return Err(CapError::invalid(format!(
+                "script {path}: inventory, inspect and precheck run no scripts; run it from stage on"
             )));
         }
         let loc = self.roots.locate(path, false)?;
@@ -157,15 +174,15 @@ impl services::Host for ServicesState {
     }
 
     async fn start(&mut self, name: String) -> Result<(), WitError> {
-        Ok(self.manager(&name)?.start(&name).await?)
+        Ok(self.control(&name)?.start(&name).await?)
     }
 
     async fn stop(&mut self, name: String) -> Result<(), WitError> {
-        Ok(self.manager(&name)?.stop(&name).await?)
+        Ok(self.control(&name)?.stop(&name).await?)
     }
 
     async fn restart(&mut self, name: String) -> Result<(), WitError> {
-        Ok(self.manager(&name)?.restart(&name).await?)
+        Ok(self.control(&name)?.restart(&name).await?)
     }
 
     async fn run_script(
@@ -1194,7 +1211,33 @@ mod tests {
             services: vec!["kiosk".into()],
             scripts,
             prompt: false,
+            look_only: false,
         }
+    }
+
+    /// In a call that only looks (precheck among them), a granted service is
+    /// queried but never started or stopped, and a granted script does not run.
+    #[tokio::test]
+    async fn a_look_only_call_changes_no_service_and_runs_no_script() {
+        let tmp = tempfile::tempdir().unwrap();
+        for d in ["staging/upd", "product"] {
+            std::fs::create_dir_all(tmp.path().join(d)).unwrap();
+        }
+        std::fs::write(tmp.path().join("staging/upd/x.sh"), "touch ran\n").unwrap();
+        let g = grants(tmp.path(), true).read_only();
+        let roots = Arc::new(Roots::open(&g).unwrap());
+        let manager: Arc<dyn ServiceManager> = Arc::new(sleeper(tmp.path()));
+        let mut s = ServicesState::new(Arc::new(g), roots, Work::default(), Some(manager));
+        assert_eq!(s.status("kiosk".into()).await.unwrap(), State::Stopped);
+        let err = s.start("kiosk".into()).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Denied, "{}", err.message);
+        assert_eq!(s.status("kiosk".into()).await.unwrap(), State::Stopped);
+        let err = s
+            .run_script("/staging/upd/x.sh".into(), vec![], 10)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Invalid, "{}", err.message);
+        assert!(!tmp.path().join("staging/upd/ran").exists());
     }
 
     fn state(tmp: &Path, scripts: bool) -> ServicesState {
