@@ -274,6 +274,9 @@ impl Agent {
 
     /// Runs until `shutdown` completes: polls, works, reports.
     pub async fn run(self: &Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        if let Err(e) = self.check_dirs() {
+            tracing::error!("{e}; updates of this device type fail until it is fixed");
+        }
         let sender = tokio::spawn(Arc::clone(self).send_loop());
         tokio::pin!(shutdown);
         let mut failures = 0u32;
@@ -554,6 +557,23 @@ impl Agent {
                 .find(|d| d.as_str() == name)
                 .and_then(|d| server.paths.get(d).map(str::to_owned))
         })
+    }
+
+    /// Checks, once at start, that every directory of the device configuration can
+    /// be granted: a real directory (staging and backup are made when missing),
+    /// never a symbolic link. Each step checks again when it opens them.
+    pub fn check_dirs(&self) -> std::io::Result<()> {
+        let device = self.config.device_config();
+        for dir in ["staging", "backup"] {
+            if let Some(d) = device.dir(dir) {
+                std::fs::create_dir_all(d)?;
+            }
+        }
+        let grants = Grants {
+            dirs: device.allowance().dirs,
+            ..Grants::default()
+        };
+        posup_runtime::beneath::Roots::open(&grants).map(drop)
     }
 
     /// What the plugin may be granted here: the terminal's allowance intersected

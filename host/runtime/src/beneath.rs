@@ -53,27 +53,31 @@ impl Roots {
     /// Opens every granted root. A root must be a real directory: a symbolic link
     /// (even to a directory), a file or a missing path is refused with an error that
     /// names the directory and its host path.
+    ///
+    /// A root configured inside another, writable one (logs under the product,
+    /// say) is opened beneath that one's handle: the plugin can rename folders
+    /// there, so the way to the inner root must not leave the outer one.
     pub fn open(grants: &Grants) -> io::Result<Roots> {
-        let slots = grants
-            .dirs
-            .iter()
-            .map(|grant| {
-                let dir = open_root(&grant.host).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!(
-                            "the granted directory {} ({}) {e}",
-                            guest_root(grant.dir),
-                            grant.host.display()
-                        ),
-                    )
-                })?;
-                Ok(Slot {
-                    grant: grant.clone(),
-                    dir: RwLock::new(Arc::new(dir)),
-                })
-            })
-            .collect::<io::Result<Vec<_>>>()?;
+        // Outer roots first, so an inner one finds its container open.
+        let mut order: Vec<&DirGrant> = grants.dirs.iter().collect();
+        order.sort_by_key(|g| g.host.components().count());
+        let mut slots: Vec<Slot> = Vec::with_capacity(order.len());
+        for grant in order {
+            let dir = open_in(&slots, grant).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "the granted directory {} ({}) {e}",
+                        guest_root(grant.dir),
+                        grant.host.display()
+                    ),
+                )
+            })?;
+            slots.push(Slot {
+                grant: grant.clone(),
+                dir: RwLock::new(Arc::new(dir)),
+            });
+        }
         Ok(Roots { slots })
     }
 
@@ -132,12 +136,43 @@ impl Roots {
         let Some(slot) = self.slot(dir) else {
             return Ok(());
         };
-        let fresh = open_root(&slot.grant.host).map_err(|e| {
+        let fresh = open_in(&self.slots, &slot.grant).map_err(|e| {
             CapError::from_io(format!("the granted directory {}", guest_root(dir)), &e)
         })?;
         *slot.dir.write().expect("root lock") = Arc::new(fresh);
         Ok(())
     }
+}
+
+/// Opens the root of `grant`: beneath the handle of a writable root among `open`
+/// that contains its host path, else by that path.
+fn open_in(open: &[Slot], grant: &DirGrant) -> io::Result<Dir> {
+    let outer = open
+        .iter()
+        .filter(|s| s.grant.write && s.grant.dir != grant.dir)
+        .filter_map(|s| Some((s, grant.host.strip_prefix(&s.grant.host).ok()?)))
+        .filter(|(_, rel)| !rel.as_os_str().is_empty())
+        .max_by_key(|(s, _)| s.grant.host.components().count());
+    let Some((outer, rel)) = outer else {
+        return open_root(&grant.host);
+    };
+    let outer = outer.dir.read().expect("root lock").clone();
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return open_root(&grant.host);
+    };
+    let folder = if parent.as_os_str().is_empty() {
+        outer.try_clone()?
+    } else {
+        outer.open_dir(parent)?
+    };
+    let fd = open_dir_nofollow(folder.as_fd(), name).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is a symbolic link or not a directory; a granted directory must be a real directory",
+        ),
+        _ => e,
+    })?;
+    Ok(Dir::from_std_file(File::from(fd)))
 }
 
 /// Opens a root by its host path (from the terminal's own configuration) without
@@ -489,6 +524,37 @@ mod tests {
         }
         let f = r.locate("/product/current/f", false).unwrap().open_file();
         assert!(f.is_ok());
+    }
+
+    /// Logs configured inside the writable product: a plugin that replaces a
+    /// folder on the way with a link to elsewhere gets a refusal, not that place.
+    #[test]
+    fn a_root_inside_a_writable_one_is_opened_beneath_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let product = tmp.path().join("product");
+        std::fs::create_dir_all(product.join("var/log")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("elsewhere/log")).unwrap();
+        std::fs::write(tmp.path().join("elsewhere/log/secret"), b"s").unwrap();
+        let grants = Grants {
+            dirs: vec![
+                DirGrant {
+                    dir: GuestDir::Logs,
+                    host: product.join("var/log"),
+                    write: false,
+                },
+                DirGrant {
+                    dir: GuestDir::Product,
+                    host: product.clone(),
+                    write: true,
+                },
+            ],
+            ..Grants::default()
+        };
+        assert!(Roots::open(&grants).is_ok());
+        std::fs::rename(product.join("var"), product.join("var.old")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), product.join("var")).unwrap();
+        let err = Roots::open(&grants).unwrap_err();
+        assert!(err.to_string().contains("/logs"), "{err}");
     }
 
     #[test]
