@@ -30,6 +30,9 @@
 //! Layout and state files: `plugins/oscar/README.md`. Every step can be run again
 //! after a crash: progress is read from the trees and from `kv`.
 
+pub mod package;
+
+use package::{Change, change_config, describe, parse_changes, parse_rules};
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -815,173 +818,6 @@ fn extension_of(name: &str) -> String {
         .unwrap_or_else(|_| "tgz".into())
 }
 
-/// What `Rules` says.
-#[derive(Debug, PartialEq, Eq)]
-struct Rules {
-    complete: bool,
-    small: bool,
-}
-
-/// Parses `Rules`: one `name = value` a line, names `completeupdate` and
-/// `smallupdate` in any case, values 0 or 1. Anything else is an error naming
-/// the line.
-fn parse_rules(text: &str) -> Result<Rules, String> {
-    let mut complete: Option<(bool, usize)> = None;
-    let mut small: Option<(bool, usize)> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let n = i + 1;
-        let line = raw.trim_end_matches('\r').trim();
-        if line.is_empty() {
-            continue;
-        }
-        let Some((name, value)) = line.split_once('=') else {
-            return Err(format!("Rules line {n}: `{line}` is not `name = value`"));
-        };
-        let name = name.trim();
-        let value = value.trim();
-        let slot = match name.to_ascii_lowercase().as_str() {
-            "completeupdate" => &mut complete,
-            "smallupdate" => &mut small,
-            _ => {
-                return Err(format!(
-                    "Rules line {n}: unknown value `{name}`; Rules knows completeupdate and smallupdate"
-                ));
-            }
-        };
-        let set = match value {
-            "0" => false,
-            "1" => true,
-            _ => {
-                return Err(format!(
-                    "Rules line {n}: {name} = {value}: the value must be 0 or 1"
-                ));
-            }
-        };
-        if let Some((_, first)) = slot {
-            return Err(format!(
-                "Rules line {n}: {name} is set again (first on line {first})"
-            ));
-        }
-        *slot = Some((set, n));
-    }
-    let complete = complete.is_some_and(|(v, _)| v);
-    let small = small.is_some_and(|(v, _)| v);
-    if complete && small {
-        return Err("Rules: completeupdate = 1 and smallupdate = 1 contradict each other; a small update is never complete".into());
-    }
-    Ok(Rules { complete, small })
-}
-
-/// One line of a `.chg` file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Change {
-    /// `S:NAME=VALUE`: add the variable or replace its value.
-    Set(String, String),
-    /// `R:NAME=...`: remove the variable, whatever its value.
-    Remove(String),
-}
-
-fn parse_changes(file: &str, text: &str) -> Result<Vec<Change>, String> {
-    let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let n = i + 1;
-        let line = raw.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("S:") {
-            let Some((name, value)) = rest.split_once('=') else {
-                return Err(format!(
-                    "{file} line {n}: `{line}` sets no value; write S:NAME=VALUE"
-                ));
-            };
-            let name = name.trim();
-            if name.is_empty() {
-                return Err(format!("{file} line {n}: `{line}` names no variable"));
-            }
-            out.push(Change::Set(name.to_owned(), value.trim_end().to_owned()));
-        } else if let Some(rest) = line.strip_prefix("R:") {
-            let name = rest.split_once('=').map_or(rest, |(n, _)| n).trim();
-            if name.is_empty() {
-                return Err(format!("{file} line {n}: `{line}` names no variable"));
-            }
-            out.push(Change::Remove(name.to_owned()));
-        } else {
-            return Err(format!(
-                "{file} line {n}: `{line}` starts with neither S: (set) nor R: (remove)"
-            ));
-        }
-    }
-    Ok(out)
-}
-
-fn describe(changes: &[Change]) -> String {
-    changes
-        .iter()
-        .map(|c| match c {
-            Change::Set(n, v) => format!("set {n}={v}"),
-            Change::Remove(n) => format!("removed {n}"),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The variable a configuration line sets, if it sets one.
-fn variable_of(line: &str) -> Option<&str> {
-    let t = line.trim_start();
-    if t.is_empty() || t.starts_with('#') || t.starts_with(';') || t.starts_with('[') {
-        return None;
-    }
-    t.split_once('=').map(|(n, _)| n.trim())
-}
-
-/// Applies `changes` to a configuration text, keeping its comments, order and
-/// line endings.
-fn change_config(text: &str, changes: &[Change], ignore_case: bool) -> String {
-    let crlf = text.contains("\r\n");
-    let mut lines: Vec<String> = text
-        .lines()
-        .map(|l| l.trim_end_matches('\r').to_owned())
-        .collect();
-    let same = |a: &str, b: &str| {
-        if ignore_case {
-            a.eq_ignore_ascii_case(b)
-        } else {
-            a == b
-        }
-    };
-    for change in changes {
-        match change {
-            Change::Set(name, value) => {
-                let new = format!("{name}={value}");
-                let mut placed = false;
-                lines.retain_mut(|l| {
-                    if variable_of(l).is_some_and(|v| same(v, name)) {
-                        if placed {
-                            return false;
-                        }
-                        *l = new.clone();
-                        placed = true;
-                    }
-                    true
-                });
-                if !placed {
-                    lines.push(new);
-                }
-            }
-            Change::Remove(name) => {
-                lines.retain(|l| !variable_of(l).is_some_and(|v| same(v, name)))
-            }
-        }
-    }
-    let eol = if crlf { "\r\n" } else { "\n" };
-    let mut out = lines.join(eol);
-    if !out.is_empty() {
-        out.push_str(eol);
-    }
-    out
-}
-
 /// One terminal client from `work.srv/clients.lst`.
 struct Client {
     name: String,
@@ -1308,6 +1144,7 @@ fn timestamp() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::package::Rules;
 
     #[test]
     fn rules_are_read_strictly() {

@@ -1,0 +1,241 @@
+//! The OSCAR update package's own files, parsed without touching the host: `Rules`
+//! (which kind of update an archive is) and the `.chg` files (changes to
+//! configuration files). Pure functions, so they are unit-tested, property-tested
+//! and fuzzed on the host target.
+
+/// What `Rules` says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rules {
+    pub complete: bool,
+    pub small: bool,
+}
+
+/// Parses `Rules`: one `name = value` a line, names `completeupdate` and
+/// `smallupdate` in any case, values 0 or 1. Anything else is an error naming
+/// the line.
+pub fn parse_rules(text: &str) -> Result<Rules, String> {
+    let mut complete: Option<(bool, usize)> = None;
+    let mut small: Option<(bool, usize)> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = raw.trim_end_matches('\r').trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(format!("Rules line {n}: `{line}` is not `name = value`"));
+        };
+        let name = name.trim();
+        let value = value.trim();
+        let slot = match name.to_ascii_lowercase().as_str() {
+            "completeupdate" => &mut complete,
+            "smallupdate" => &mut small,
+            _ => {
+                return Err(format!(
+                    "Rules line {n}: unknown value `{name}`; Rules knows completeupdate and smallupdate"
+                ));
+            }
+        };
+        let set = match value {
+            "0" => false,
+            "1" => true,
+            _ => {
+                return Err(format!(
+                    "Rules line {n}: {name} = {value}: the value must be 0 or 1"
+                ));
+            }
+        };
+        if let Some((_, first)) = slot {
+            return Err(format!(
+                "Rules line {n}: {name} is set again (first on line {first})"
+            ));
+        }
+        *slot = Some((set, n));
+    }
+    let complete = complete.is_some_and(|(v, _)| v);
+    let small = small.is_some_and(|(v, _)| v);
+    if complete && small {
+        return Err("Rules: completeupdate = 1 and smallupdate = 1 contradict each other; a small update is never complete".into());
+    }
+    Ok(Rules { complete, small })
+}
+
+/// One line of a `.chg` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `S:NAME=VALUE`: add the variable or replace its value.
+    Set(String, String),
+    /// `R:NAME=...`: remove the variable, whatever its value.
+    Remove(String),
+}
+
+pub fn parse_changes(file: &str, text: &str) -> Result<Vec<Change>, String> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = raw.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("S:") {
+            let Some((name, value)) = rest.split_once('=') else {
+                return Err(format!(
+                    "{file} line {n}: `{line}` sets no value; write S:NAME=VALUE"
+                ));
+            };
+            let name = name.trim();
+            if !is_variable(name) {
+                return Err(format!("{file} line {n}: `{line}` names no variable"));
+            }
+            out.push(Change::Set(name.to_owned(), value.trim_end().to_owned()));
+        } else if let Some(rest) = line.strip_prefix("R:") {
+            let name = rest.split_once('=').map_or(rest, |(n, _)| n).trim();
+            if !is_variable(name) {
+                return Err(format!("{file} line {n}: `{line}` names no variable"));
+            }
+            out.push(Change::Remove(name.to_owned()));
+        } else {
+            return Err(format!(
+                "{file} line {n}: `{line}` starts with neither S: (set) nor R: (remove)"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+pub fn describe(changes: &[Change]) -> String {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::Set(n, v) => format!("set {n}={v}"),
+            Change::Remove(n) => format!("removed {n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether `name` can be a variable of a configuration file: not empty, and not
+/// starting like a comment or a section, which [`variable_of`] would not read back.
+fn is_variable(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with(['#', ';', '['])
+}
+
+/// The variable a configuration line sets, if it sets one.
+pub fn variable_of(line: &str) -> Option<&str> {
+    let t = line.trim_start();
+    if t.is_empty() || t.starts_with('#') || t.starts_with(';') || t.starts_with('[') {
+        return None;
+    }
+    t.split_once('=').map(|(n, _)| n.trim())
+}
+
+/// Applies `changes` to a configuration text, keeping its comments, order and
+/// line endings.
+pub fn change_config(text: &str, changes: &[Change], ignore_case: bool) -> String {
+    let crlf = text.contains("\r\n");
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_owned())
+        .collect();
+    let same = |a: &str, b: &str| {
+        if ignore_case {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        }
+    };
+    for change in changes {
+        match change {
+            Change::Set(name, value) => {
+                let new = format!("{name}={value}");
+                let mut placed = false;
+                lines.retain_mut(|l| {
+                    if variable_of(l).is_some_and(|v| same(v, name)) {
+                        if placed {
+                            return false;
+                        }
+                        *l = new.clone();
+                        placed = true;
+                    }
+                    true
+                });
+                if !placed {
+                    lines.push(new);
+                }
+            }
+            Change::Remove(name) => {
+                lines.retain(|l| !variable_of(l).is_some_and(|v| same(v, name)))
+            }
+        }
+    }
+    let eol = if crlf { "\r\n" } else { "\n" };
+    let mut out = lines.join(eol);
+    if !out.is_empty() {
+        out.push_str(eol);
+    }
+    out
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text is either read or refused with a message naming a line; a
+        /// text that is read never says both complete and small.
+        #[test]
+        fn rules_never_panic(text in "\\PC*") {
+            match parse_rules(&text) {
+                Ok(r) => prop_assert!(!(r.complete && r.small)),
+                Err(e) => prop_assert!(e.starts_with("Rules")),
+            }
+        }
+
+        /// What Rules can say is read back as written, in any case and spacing.
+        #[test]
+        fn rules_round_trip(complete: bool, small: bool, upper: bool, pad in " {0,3}") {
+            prop_assume!(!(complete && small));
+            let name = |n: &str| if upper { n.to_uppercase() } else { n.to_owned() };
+            let text = format!(
+                "{}{pad}={pad}{}\r\n{}={}\n",
+                name("completeupdate"), u8::from(complete), name("smallupdate"), u8::from(small)
+            );
+            prop_assert_eq!(parse_rules(&text), Ok(Rules { complete, small }));
+        }
+
+        /// Any .chg text is read or refused; applying what was read to any
+        /// configuration never panics, and after it each variable the changes
+        /// touched holds its last value, or is gone when last removed.
+        #[test]
+        fn changes_apply_to_any_configuration(
+            chg in prop::collection::vec(("[SRX]:", "[ aA_#;\\[]{0,4}", "[^\\n\\r]{0,4}"), 0..8)
+                .prop_map(|ls| ls.into_iter().map(|(p, n, v)| format!("{p}{n}={v}\n")).collect::<String>()),
+            config in prop::collection::vec("[ aA_#;\\[=x]{0,6}", 0..8).prop_map(|ls| ls.join("\r\n")),
+            ignore_case: bool,
+        ) {
+            if let Ok(changes) = parse_changes("x.chg", &chg) {
+                let out = change_config(&config, &changes, ignore_case);
+                let _ = describe(&changes);
+                let key = |n: &str| if ignore_case { n.to_ascii_lowercase() } else { n.to_owned() };
+                let mut last = std::collections::BTreeMap::new();
+                for c in &changes {
+                    match c {
+                        Change::Set(n, v) => last.insert(key(n), Some(format!("{n}={v}"))),
+                        Change::Remove(n) => last.insert(key(n), None),
+                    };
+                }
+                for (name, line) in last {
+                    let holding: Vec<&str> = out
+                        .lines()
+                        .filter(|l| variable_of(l).is_some_and(|v| key(v) == name))
+                        .collect();
+                    match line {
+                        Some(line) => prop_assert_eq!(holding, vec![line.as_str()]),
+                        None => prop_assert!(holding.is_empty()),
+                    }
+                }
+            }
+        }
+    }
+}
