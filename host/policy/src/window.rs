@@ -1050,4 +1050,52 @@ mod tests {
             }
         }
     }
+
+    mod properties {
+        use super::*;
+        use chrono::TimeZone;
+        use proptest::prelude::*;
+
+        fn field() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("*".to_string()),
+                (0u32..70).prop_map(|n| n.to_string()),
+                (0u32..40, 0u32..40).prop_map(|(a, b)| format!("{a}-{b}")),
+                (1u32..30).prop_map(|n| format!("*/{n}")),
+                (0u32..30, 0u32..30).prop_map(|(a, b)| format!("{a},{b}")),
+                prop_oneof!["mon", "sun", "jan", "dec", "sat-sun", "x", "", "-", "/"]
+                    .prop_map(String::from),
+            ]
+        }
+
+        proptest! {
+            /// Any schedule text is either read or refused with a reason.
+            #[test]
+            fn any_schedule_gets_an_answer(text in "\\PC{0,40}", minutes in 0u32..20_000) {
+                let _ = Window::new(&text, minutes, "Europe/Berlin");
+            }
+
+            /// For schedules made of cron fields: the next opening after an instant
+            /// lies after it, and the window is open then.
+            #[test]
+            fn the_next_opening_is_open(
+                fields in prop::collection::vec(field(), 5),
+                minutes in 1u32..600,
+                at in 0i64..(4 * 365 * 24 * 60),
+                tz in prop_oneof!["Europe/Berlin", "UTC", "America/New_York", "Asia/Kolkata"],
+            ) {
+                let Ok(w) = Window::new(&fields.join(" "), minutes, &tz) else {
+                    return Ok(());
+                };
+                let at = Utc.timestamp_opt(1_767_225_600 + at * 60, 0).unwrap();
+                if let Some(open) = w.next_open(at) {
+                    prop_assert!(open > at);
+                    prop_assert!(w.is_open(open), "closed at its own opening {open}");
+                }
+                if let Some(until) = w.open_until(at) {
+                    prop_assert!(w.is_open(at) && until > at);
+                }
+            }
+        }
+    }
 }

@@ -2163,4 +2163,97 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Invalid, "{}", err.message);
         assert!(stdfs::read_dir(fx.product()).unwrap().next().is_none());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Nothing but the archive in staging and what landed in the product:
+        /// the `outside` folder beside them stays empty.
+        fn nothing_outside(fx: &Fixture) -> Result<(), TestCaseError> {
+            prop_assert!(snapshot(&fx.root.join("outside")).is_empty());
+            let staging: Vec<_> = stdfs::read_dir(fx.root.join("staging")).unwrap().collect();
+            prop_assert_eq!(staging.len(), 1);
+            Ok(())
+        }
+
+        fn run_all(fx: &Fixture, name: &str) {
+            let archive = format!("/staging/{name}");
+            let _ = list_entries(&fx.grants, &limits(), &archive);
+            let _ = read_entry(&fx.grants, &limits(), &archive, "a", 1 << 20);
+            let _ = extract(&fx.grants, &limits(), &archive, "/product");
+        }
+
+        /// An entry name or link target as a hostile packer writes it.
+        fn path() -> impl Strategy<Value = String> {
+            prop::collection::vec(prop_oneof!["a", "b", "..", ".", "", "/", "outside"], 1..5)
+                .prop_map(|parts| parts.join("/"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// Whatever bytes follow a format's magic, listing, reading and
+            /// extracting answer (an error or a result) and write nowhere else.
+            #[test]
+            fn any_bytes_get_an_answer(
+                magic in prop_oneof![
+                    Just(Vec::new()),
+                    Just(vec![0x1f, 0x8b]),
+                    Just(b"BZh".to_vec()),
+                    Just(b"PK\x03\x04".to_vec()),
+                ],
+                tail in prop::collection::vec(any::<u8>(), 0..2048),
+            ) {
+                let fx = Fixture::new();
+                let mut bytes = magic;
+                bytes.extend(tail);
+                fx.put("any", &bytes);
+                run_all(&fx, "any");
+                nothing_outside(&fx)?;
+            }
+
+            /// Tar archives of hostile entries (`..`, absolute names, links to
+            /// anywhere, files through links, devices), plain, gzip or bzip2:
+            /// nothing is ever written outside the destination.
+            #[test]
+            fn hostile_tars_stay_inside(
+                entries in prop::collection::vec((path(), 0u8..5, path()), 1..10),
+                compression in 0u8..3,
+            ) {
+                let fx = Fixture::new();
+                let mut raw = Vec::new();
+                for (name, kind, target) in &entries {
+                    let kind = match kind {
+                        0 => tar::EntryType::Regular,
+                        1 => tar::EntryType::Directory,
+                        2 => tar::EntryType::Symlink,
+                        3 => tar::EntryType::Link,
+                        _ => tar::EntryType::Char,
+                    };
+                    let data: &[u8] = if kind == tar::EntryType::Regular { b"data" } else { b"" };
+                    let mut h = raw_header(name.as_bytes(), kind, data.len() as u64);
+                    if matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
+                        h.as_old_mut().linkname[..target.len().min(100)]
+                            .copy_from_slice(&target.as_bytes()[..target.len().min(100)]);
+                        h.set_cksum();
+                    }
+                    raw.push((h, data));
+                }
+                let tar = tar_of(&raw);
+                let bytes = match compression {
+                    0 => tar,
+                    1 => gz(&tar),
+                    _ => {
+                        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+                        bz.write_all(&tar).unwrap();
+                        bz.finish().unwrap()
+                    }
+                };
+                fx.put("hostile", &bytes);
+                run_all(&fx, "hostile");
+                nothing_outside(&fx)?;
+            }
+        }
+    }
 }
