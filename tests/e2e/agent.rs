@@ -1025,3 +1025,174 @@ async fn a_simulated_fleet_takes_a_download_and_an_update_through_the_real_serve
     fleet.await.unwrap().unwrap();
     server.stop().await;
 }
+
+/// The terminal's configuration is the ceiling of what a plugin may touch: a
+/// directory it leaves out is never granted, even where the device type's
+/// `paths` names one — here a writable backup folder of the server's choosing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_cannot_grant_a_directory_the_terminal_left_out() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), None).await;
+    let api = server.api();
+    api.kiosk_device_type().await;
+    let elsewhere = data.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    api.put(
+        "/api/v1/device-types/kiosk",
+        &DeviceTypeBody {
+            description: "self-service kiosks".into(),
+            allowed: Capabilities::updater(&["kiosk"]),
+            paths: DirPaths {
+                product: Some("/opt/kiosk".into()),
+                staging: Some("/opt/.posup/staging".into()),
+                backup: Some(elsewhere.display().to_string()),
+                logs: Some("/var/log/kiosk".into()),
+            },
+            poll_interval_secs: None,
+            site_limit: None,
+            impact: None,
+        },
+    )
+    .await;
+    let pkg = api.kiosk_package(&data.path().join("pkgs"), NEW).await;
+    let k = Kiosk::without_agent(1, &server.url(), &server.secret, 0.2).await;
+    let text = read(&k.config);
+    let without_backup: String = text
+        .lines()
+        .filter(|l| !l.starts_with("backup = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(text, without_backup, "the terminal named a backup folder");
+    std::fs::write(&k.config, without_backup).unwrap();
+
+    assert!(k.once().status.success());
+    let task = api.task(TaskKind::Update, &pkg).await;
+    for _ in 0..3 {
+        let out = k.once();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "the plugin wrote where only the server said it could"
+    );
+    // The update was tried, and the plugin never had the server's folder.
+    let t: TaskView = api.get(&format!("/api/v1/tasks/{}", task.id)).await;
+    assert_eq!(t.state, TaskState::Finished, "{t:?}");
+    let d = &api.task_devices(task.id).await[0];
+    assert_eq!(d.state, DeviceTaskState::Failed, "{d:?}");
+    let message = d.message.clone().unwrap_or_default();
+    assert!(message.contains("/backup is not granted"), "{message}");
+    assert_eq!(k.version(), OLD);
+    drop(k);
+    server.stop().await;
+}
+
+/// A proxy in front of the server that answers every plugin download with a body
+/// that never ends (and forwards everything else).
+async fn endless_plugins(upstream: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (mut cr, cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let cw = Arc::new(tokio::sync::Mutex::new(cw));
+            let to_client = cw.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 || to_client.lock().await.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if buf[..n].starts_with(b"GET /api/v1/agent/plugins/") {
+                        break;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                let mut w = cw.lock().await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/wasm\r\ntransfer-encoding: chunked\r\n\r\n";
+                if w.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "\0".repeat(64 * 1024));
+                while w.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+/// A plugin download that never ends neither freezes the agent nor fills its
+/// memory: it stops at the size the server named, and the poll cycle goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_download_that_never_ends_does_not_freeze_the_agent() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), None).await;
+    let api = server.api();
+    api.kiosk_device_type().await;
+    let pkg = api.kiosk_package(&data.path().join("pkgs"), NEW).await;
+    let proxy = endless_plugins(server.addr).await;
+    let k = Kiosk::without_agent(1, &format!("http://{proxy}"), &server.secret, 0.2).await;
+    assert!(k.once().status.success());
+    let task = api.task(TaskKind::Download, &pkg).await;
+    let mut agent = std::process::Command::new(posup_path())
+        .args(["agent", "--once", "--config"])
+        .arg(&k.config)
+        .env("POSUP_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = agent.kill();
+            let _ = agent.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut agent.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        status.is_some(),
+        "the agent was still downloading after 60 s: {err}"
+    );
+    // The download was tried, failed, and said so.
+    let d = &api.task_devices(task.id).await[0];
+    let message = d.message.clone().unwrap_or_default();
+    assert!(message.contains("downloading plugin kiosk"), "{d:?}\n{err}");
+    // What arrived is on disk, never more than the component's size.
+    let plugins = k.state.join("plugins");
+    for f in std::fs::read_dir(&plugins).into_iter().flatten().flatten() {
+        assert!(
+            f.metadata().unwrap().len() <= 64 << 20,
+            "{}",
+            f.path().display()
+        );
+    }
+    drop(k);
+    server.stop().await;
+}

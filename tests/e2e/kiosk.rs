@@ -317,3 +317,30 @@ fn a_package_with_a_wrong_name_is_refused_before_anything_changes() {
     );
     assert_eq!(snapshot(&product), before);
 }
+
+/// Staging is plugin-writable, so a plugin can leave links there. Placing the next
+/// package follows none of them: the root-owned file they point at keeps its bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn placing_a_package_never_follows_a_link_planted_in_staging() {
+    let t = Terminal::new("7.4.2").await;
+    let pkg = t.package("7.5.0", false);
+    let name = pkg.file_name().unwrap().to_string_lossy().into_owned();
+    let staging = t.state.join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let victim = t._dir.path().join("etc-shadow");
+    std::fs::write(&victim, b"root:precious").unwrap();
+    // Every name a copy into staging has gone through, planted as a link.
+    let stem = name.trim_end_matches(".tgz");
+    for planted in [
+        format!("{stem}.posup-partial"),
+        format!(".{name}.posup-partial"),
+        name.clone(),
+    ] {
+        std::os::unix::fs::symlink(&victim, staging.join(planted)).unwrap();
+    }
+    let out = t.apply(&pkg);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root:precious");
+    assert_eq!(t.version(), "7.5.0");
+    t.stop().await;
+}

@@ -257,8 +257,17 @@ struct Granted {
 
 impl Granted {
     fn new() -> Granted {
+        Granted::within(None)
+    }
+
+    /// `/product` and `/staging` in `dir` (a filesystem of the test's choosing),
+    /// or in the test's temporary folder.
+    fn within(dir: Option<&Path>) -> Granted {
         let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().canonicalize().unwrap();
+        let root = match dir {
+            Some(d) => d.to_owned(),
+            None => tmp.path().canonicalize().unwrap(),
+        };
         let (product, staging) = (root.join("product"), root.join("staging"));
         std::fs::create_dir(&product).unwrap();
         std::fs::create_dir(&staging).unwrap();
@@ -301,8 +310,23 @@ impl Granted {
         attack: &str,
         deadline: Duration,
     ) -> Result<String, StepError> {
+        self.step(env, posup_runtime::Step::Stage, attack, deadline)
+            .await
+    }
+
+    /// Runs `step` of the hostile plugin on a package named after the attack.
+    async fn step(
+        &self,
+        env: &HostEnv,
+        step: posup_runtime::Step,
+        attack: &str,
+        deadline: Duration,
+    ) -> Result<String, StepError> {
         use posup_runtime::types::{Outcome, PackageInfo, StepContext, TaskKind};
-        std::fs::write(self.staging.join(attack), b"").unwrap();
+        let package = self.staging.join(attack);
+        if !package.exists() {
+            std::fs::write(&package, b"").unwrap();
+        }
         let rt = runtime(Duration::from_secs(60));
         let p = hostile(&rt);
         let ctx = StepContext {
@@ -317,10 +341,7 @@ impl Granted {
             task: TaskKind::Update,
             attempt: 1,
         };
-        match p
-            .step(env, posup_runtime::Step::Stage, &ctx, deadline)
-            .await?
-        {
+        match p.step(env, step, &ctx, deadline).await? {
             Outcome::Failed(m) => Ok(m),
             other => panic!("the hostile stage answered {other:?}"),
         }
@@ -404,8 +425,8 @@ async fn a_rotated_log_link_out_of_the_grants_is_never_read() {
 }
 
 /// Host work a step started stops when the step's deadline passes, before the
-/// caller gets the deadline error: a script still running is killed with its
-/// processes and writes nothing afterwards.
+/// caller gets the deadline error: a script still running is killed with every
+/// process it started, and none of them writes anything afterwards.
 #[tokio::test]
 async fn a_timed_out_step_leaves_no_host_work_running() {
     let g = Granted::new();
@@ -414,9 +435,9 @@ async fn a_timed_out_step_leaves_no_host_work_running() {
     std::fs::write(
         g.staging.join("slow.sh"),
         format!(
-            "echo $$ > {}\nsleep 9\ntouch {}\n",
-            pidfile.display(),
-            late.display()
+            "(sleep 9; touch {}) &\necho $! > {}\nwait\n",
+            late.display(),
+            pidfile.display()
         ),
     )
     .unwrap();
@@ -497,4 +518,124 @@ async fn a_huge_tar_long_name_is_refused_at_its_bound() {
         .unwrap()
         .unwrap_err();
     assert!(err.contains("64 KiB") && err.contains("long-name"), "{err}");
+}
+
+/// Compiled code in the cache is native code: an entry this host did not write —
+/// here another plugin's, placed under this plugin's name — is never loaded.
+#[tokio::test]
+async fn the_compile_cache_loads_only_what_this_host_wrote() {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_owned()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let hostile_bytes = std::fs::read(posup_bundled::TEST_HOSTILE).unwrap();
+    let hostile_digest = hostile(&runtime(Duration::from_secs(5)))
+        .digest()
+        .to_owned();
+    let kiosk = rt
+        .load("kiosk", posup_bundled::get("kiosk").unwrap())
+        .unwrap();
+    let kiosk_entry = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(kiosk.digest())
+        })
+        .expect("the kiosk's compiled entry");
+    let name = kiosk_entry
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let planted = cache
+        .path()
+        .join(name.replacen(kiosk.digest(), &hostile_digest, 1));
+    std::fs::copy(&kiosk_entry, &planted).unwrap();
+    let p = rt.load("test-hostile", &hostile_bytes).unwrap();
+    assert_eq!(p.info().await.unwrap().name, "test-hostile");
+}
+
+/// A failed precheck is reported as "the installation was not changed": precheck
+/// only looks, so a plugin that tries to change things there cannot.
+#[tokio::test]
+async fn precheck_changes_nothing_whatever_the_plugin_does() {
+    let g = Granted::new();
+    let before = crate::support::snapshot(&g.product);
+    let said = g
+        .step(
+            &g.env(),
+            posup_runtime::Step::Precheck,
+            "precheck-writes",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(said.starts_with("held:"), "{said}");
+    assert_eq!(crate::support::snapshot(&g.product), before);
+}
+
+/// A small filesystem of its own, mounted for one test (tmpfs; the test runs as
+/// root, as posup does on a terminal), unmounted when dropped.
+struct SmallDisk {
+    _tmp: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn new(megabytes: u32) -> SmallDisk {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { _tmp: tmp, path }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// A package that unpacks to more than the disk holds is refused while the
+/// filesystem still keeps its reserve: the product's own data (its database, on
+/// a terminal) never meets a full disk because of an update.
+#[tokio::test]
+async fn an_archive_bomb_stops_at_the_disk_reserve() {
+    let disk = SmallDisk::new(320);
+    let g = Granted::within(Some(&disk.path));
+    std::fs::write(
+        g.staging.join("disk-bomb.tgz"),
+        posup_sim::hostile::zero_bomb(300 << 20),
+    )
+    .unwrap();
+    let said = g
+        .stage(&g.env(), "disk-bomb.tgz", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(said.starts_with("held:"), "{said}");
+    assert!(said.contains("reserve"), "{said}");
+    g.assert_product_intact();
+    assert_eq!(
+        std::fs::read_dir(&g.product).unwrap().count(),
+        1,
+        "nothing was extracted"
+    );
 }

@@ -18,3 +18,28 @@ pub fn long_name_bomb() -> Vec<u8> {
     out.extend(std::iter::repeat_n(b'a', 1 << 20));
     out
 }
+
+/// A gzip-compressed tar holding one file of `size` zero bytes: a few hundred
+/// kilobytes that unpack to `size`.
+pub fn zero_bomb(size: u64) -> Vec<u8> {
+    use std::io::Write;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_path("zeros").expect("a short name");
+    h.set_cksum();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(h.as_bytes()).expect("writing to memory");
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        gz.write_all(&zeros[..n]).expect("writing to memory");
+        left -= n as u64;
+    }
+    let pad = (512 - size % 512) % 512 + 1024;
+    gz.write_all(&vec![0u8; pad as usize])
+        .expect("writing to memory");
+    gz.finish().expect("writing to memory")
+}

@@ -107,8 +107,38 @@ impl Plugin for Hostile {
         }
     }
 
-    fn precheck(_: StepContext) -> Outcome {
-        Outcome::Ok
+    /// On a package named `precheck-writes`: changes what it can, then fails,
+    /// as if nothing had happened.
+    fn precheck(ctx: StepContext) -> Outcome {
+        if !ctx.package.ends_with("/precheck-writes") {
+            return Outcome::Ok;
+        }
+        let mut escaped = Vec::new();
+        let mut held = Vec::new();
+        let mut note = |r: Result<String, String>| match r {
+            Ok(what) => escaped.push(what),
+            Err(why) => held.push(why),
+        };
+        note(
+            std::fs::write("/product/planted", b"x")
+                .map(|()| "wrote /product/planted".into())
+                .map_err(|e| format!("/product/planted: {e}")),
+        );
+        note(
+            fs::copy_tree("/staging/probe", "/product/copied")
+                .map(|_| "copied into /product".into())
+                .map_err(|e| e.message),
+        );
+        note(
+            services::stop("kiosk")
+                .map(|()| "stopped kiosk".into())
+                .map_err(|e| e.message),
+        );
+        if escaped.is_empty() {
+            Outcome::Failed(format!("held: {}", held.join("; ")))
+        } else {
+            Outcome::Failed(format!("ESCAPED: {}", escaped.join("; ")))
+        }
     }
     fn stage(ctx: StepContext) -> Outcome {
         let name = ctx.package.rsplit('/').next().unwrap_or_default();
@@ -122,7 +152,11 @@ impl Plugin for Hostile {
             // A planted `/staging/x.posup-exchange` link climbing to `/`, and an
             // exchange "to finish" with `/staging/x` absent.
             "exchange-sidecar" => {
-                note(fs::exchange("/staging/x", "/product").map(|()| "exchange".into()).map_err(|e| e.message));
+                note(
+                    fs::exchange("/staging/x", "/product")
+                        .map(|()| "exchange".into())
+                        .map_err(|e| e.message),
+                );
                 probe(&mut note);
             }
             // A link ten levels deep in /staging whose target climbs ten levels:
@@ -143,17 +177,27 @@ impl Plugin for Hostile {
                     file_id: inode,
                     offset: 0,
                 };
-                note(match logs::scan("/product/rot", mark, &["SECRET".to_string()]) {
-                    Ok(r) if !r.found.is_empty() => Ok(format!("read {}", r.found[0].line)),
-                    Ok(_) => Err("scan found nothing".into()),
-                    Err(e) => Err(e.message),
-                });
+                note(
+                    match logs::scan("/product/rot", mark, &["SECRET".to_string()]) {
+                        Ok(r) if !r.found.is_empty() => Ok(format!("read {}", r.found[0].line)),
+                        Ok(_) => Err("scan found nothing".into()),
+                        Err(e) => Err(e.message),
+                    },
+                );
             }
             // A script that outlives the step's deadline unless the host stops it.
             "slow-script" => {
                 note(
                     services::run_script("/staging/slow.sh", &[], 120)
                         .map(|r| format!("script ended with {}", r.exit_code))
+                        .map_err(|e| e.message),
+                );
+            }
+            // A small package that unpacks to more than the disk holds.
+            "disk-bomb.tgz" => {
+                note(
+                    archive::extract(&ctx.package, "/product")
+                        .map(|s| format!("extracted {} bytes", s.bytes))
                         .map_err(|e| e.message),
                 );
             }
