@@ -22,21 +22,8 @@ use sha2::{Digest, Sha256};
 pub fn place(src: &Path, staging: &Path, name: &str) -> io::Result<(PathBuf, String)> {
     posup_runtime::beneath::file_name(name)
         .map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?;
-    let dir = rustix::fs::open(
-        staging,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| match e {
-        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{} is a symbolic link or not a directory; staging must be a real directory",
-                staging.display()
-            ),
-        ),
-        e => e.into(),
-    })?;
+    let dir = posup_runtime::beneath::open_real_dir(staging)
+        .map_err(|e| io::Error::new(e.kind(), format!("staging {}: {e}", staging.display())))?;
     let mut input = File::open(src)?;
     let tmp = format!(".{name}.posup-partial");
     match rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty()) {

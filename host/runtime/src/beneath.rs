@@ -154,11 +154,11 @@ fn open_in(open: &[Slot], grant: &DirGrant) -> io::Result<Dir> {
         .filter(|(_, rel)| !rel.as_os_str().is_empty())
         .max_by_key(|(s, _)| s.grant.host.components().count());
     let Some((outer, rel)) = outer else {
-        return open_root(&grant.host);
+        return open_real_dir(&grant.host);
     };
     let outer = outer.dir.read().expect("root lock").clone();
     let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-        return open_root(&grant.host);
+        return open_real_dir(&grant.host);
     };
     let folder = if parent.as_os_str().is_empty() {
         outer.try_clone()?
@@ -168,16 +168,17 @@ fn open_in(open: &[Slot], grant: &DirGrant) -> io::Result<Dir> {
     let fd = open_dir_nofollow(folder.as_fd(), name).map_err(|e| match e.raw_os_error() {
         Some(libc::ELOOP | libc::ENOTDIR) => io::Error::new(
             io::ErrorKind::InvalidInput,
-            "is a symbolic link or not a directory; a granted directory must be a real directory",
+            "is a symbolic link or not a directory; name the real directory",
         ),
         _ => e,
     })?;
     Ok(Dir::from_std_file(File::from(fd)))
 }
 
-/// Opens a root by its host path (from the terminal's own configuration) without
-/// following a link in its last component, and checks it is a directory.
-fn open_root(host: &Path) -> io::Result<Dir> {
+/// Opens a directory by its host path (from the terminal's own configuration)
+/// without following a link in its last component, and checks it is a directory:
+/// a granted root, or the agent's staging folder.
+pub fn open_real_dir(host: &Path) -> io::Result<Dir> {
     let fd = rustix::fs::open(
         host,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -186,7 +187,7 @@ fn open_root(host: &Path) -> io::Result<Dir> {
     .map_err(|e| match e {
         rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::new(
             io::ErrorKind::InvalidInput,
-            "is a symbolic link or not a directory; a granted directory must be a real directory",
+            "is a symbolic link or not a directory; name the real directory",
         ),
         e => io::Error::from(e),
     })?;

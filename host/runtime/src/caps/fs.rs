@@ -664,6 +664,11 @@ mod tests {
         }
     }
 
+    /// `copy-tree` with no reserve and nothing cancelled.
+    fn copy(fx: &Fixture, src: &str, dst: &str) -> CapResult<u64> {
+        copy_tree(&fx.grants, &Work::default(), 0, src, dst)
+    }
+
     fn set_mtime(p: &Path, secs: i64) {
         set_times_nofollow(p, Some((secs, 0)), (secs, 500)).unwrap();
     }
@@ -710,14 +715,7 @@ mod tests {
         set_mtime(&src.join("bin"), 1_400_000_000);
         set_mtime(&src, 1_500_000_000);
 
-        let bytes = copy_tree(
-            &fx.grants,
-            &Work::default(),
-            0,
-            "/product/app",
-            "/staging/copy",
-        )
-        .unwrap();
+        let bytes = copy(&fx, "/product/app", "/staging/copy").unwrap();
         assert_eq!(bytes, 10 + 100_000 + 1);
         let dst = fx.p("staging/copy");
         assert_eq!(listing(&src), listing(&dst));
@@ -735,32 +733,11 @@ mod tests {
         assert_eq!(m(&dst.join("data")).ino(), m(&dst.join("data2")).ino());
         assert_eq!(stdfs::read(dst.join("bin/run")).unwrap(), b"#!/bin/sh\n");
 
-        let err = copy_tree(
-            &fx.grants,
-            &Work::default(),
-            0,
-            "/product/app",
-            "/staging/copy",
-        )
-        .unwrap_err();
+        let err = copy(&fx, "/product/app", "/staging/copy").unwrap_err();
         assert!(err.message.contains("already exists"), "{}", err.message);
-        let err = copy_tree(
-            &fx.grants,
-            &Work::default(),
-            0,
-            "/product/app",
-            "/backup/copy",
-        )
-        .unwrap_err();
+        let err = copy(&fx, "/product/app", "/backup/copy").unwrap_err();
         assert_eq!(err.kind, ErrorKind::Denied);
-        let err = copy_tree(
-            &fx.grants,
-            &Work::default(),
-            0,
-            "/product/app",
-            "/product/app/inside",
-        )
-        .unwrap_err();
+        let err = copy(&fx, "/product/app", "/product/app/inside").unwrap_err();
         assert!(err.message.contains("into itself"), "{}", err.message);
         // Cleanup of the read-only copy works too (tempfile would fail on it).
         remove_tree(&fx.grants, &Work::default(), "/staging/copy").unwrap();
@@ -774,14 +751,7 @@ mod tests {
         stdfs::create_dir_all(src.join("a")).unwrap();
         stdfs::write(src.join("a/file"), b"x").unwrap();
         let _sock = std::os::unix::net::UnixListener::bind(src.join("z.sock")).unwrap();
-        let err = copy_tree(
-            &fx.grants,
-            &Work::default(),
-            0,
-            "/product/app",
-            "/staging/copy",
-        )
-        .unwrap_err();
+        let err = copy(&fx, "/product/app", "/staging/copy").unwrap_err();
         assert_eq!(err.kind, ErrorKind::Invalid);
         assert!(
             err.message.contains("/product/app/z.sock") && err.message.contains("socket"),
