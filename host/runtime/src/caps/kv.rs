@@ -131,3 +131,44 @@ pub fn add_to_linker<T: Send + 'static>(
 ) -> wasmtime::Result<()> {
     kv::add_to_linker::<T, HasSelf<KvState>>(linker, get)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv::Host as _;
+    use posup_world::latest::types::ErrorKind;
+
+    /// A plugin filling its store is stopped at the bounds, and what it stored
+    /// before stays readable.
+    #[tokio::test]
+    async fn the_store_is_bounded_per_value_and_in_total() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut kv = KvState::new(Some(tmp.path()), "p", Work::default());
+        let err = kv
+            .set("k".into(), "x".repeat(MAX_VALUE + 1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Limit, "{}", err.message);
+        let mut stored = 0;
+        let last = loop {
+            match kv.set(format!("k{stored}"), "x".repeat(MAX_VALUE)).await {
+                Ok(()) => stored += 1,
+                Err(e) => break e,
+            }
+            assert!(stored <= MAX_TOTAL / MAX_VALUE, "no total bound");
+        };
+        assert_eq!(last.kind, ErrorKind::Limit, "{}", last.message);
+        assert!(kv.get("k0".into()).await.unwrap().is_some());
+        let err = kv.set(String::new(), "v".into()).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn a_plugin_name_that_is_no_file_name_gets_no_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["../../etc/cron.d/x", "a/b", "", ".."] {
+            let kv = KvState::new(Some(tmp.path()), name, Work::default());
+            assert!(kv.file().is_err(), "{name}");
+        }
+    }
+}
