@@ -130,7 +130,9 @@ pub fn variable_of(line: &str) -> Option<&str> {
 }
 
 /// Applies `changes` to a configuration text, keeping its comments, order and
-/// line endings.
+/// line endings. Only the last change of each variable counts, taken in the order
+/// the variables first appear: applying the same changes again (a step re-run
+/// after a power cut) gives the same text.
 pub fn change_config(text: &str, changes: &[Change], ignore_case: bool) -> String {
     let crlf = text.contains("\r\n");
     let mut lines: Vec<String> = text
@@ -144,7 +146,25 @@ pub fn change_config(text: &str, changes: &[Change], ignore_case: bool) -> Strin
             a == b
         }
     };
+    let key = |c: &Change| {
+        let name = match c {
+            Change::Set(n, _) | Change::Remove(n) => n,
+        };
+        if ignore_case {
+            name.to_ascii_lowercase()
+        } else {
+            name.clone()
+        }
+    };
+    let mut last: Vec<(String, &Change)> = Vec::new();
     for change in changes {
+        let k = key(change);
+        match last.iter_mut().find(|(seen, _)| *seen == k) {
+            Some(slot) => slot.1 = change,
+            None => last.push((k, change)),
+        }
+    }
+    for (_, change) in last {
         match change {
             Change::Set(name, value) => {
                 let new = format!("{name}={value}");
@@ -202,6 +222,21 @@ mod properties {
                 name("completeupdate"), u8::from(complete), name("smallupdate"), u8::from(small)
             );
             prop_assert_eq!(parse_rules(&text), Ok(Rules { complete, small }));
+        }
+
+        /// Applying the same changes twice gives the text of applying them once
+        /// (found by the `oscar_changes` fuzz target: a variable removed and set
+        /// again moved behind the others on every run).
+        #[test]
+        fn applying_twice_changes_nothing_more(
+            chg in prop::collection::vec(("[SR]:", "[aAbB]{1,2}", "[xy]{0,2}"), 0..10)
+                .prop_map(|ls| ls.into_iter().map(|(p, n, v)| format!("{p}{n}={v}\n")).collect::<String>()),
+            config in prop::collection::vec("[aAbB#]{0,2}=[xy]?", 0..6).prop_map(|ls| ls.join("\n")),
+            ignore_case: bool,
+        ) {
+            let changes = parse_changes("x.chg", &chg).unwrap();
+            let once = change_config(&config, &changes, ignore_case);
+            prop_assert_eq!(change_config(&once, &changes, ignore_case), once);
         }
 
         /// Any .chg text is read or refused; applying what was read to any
