@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self as stdfs, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -751,7 +751,7 @@ pub fn extract(
     } else {
         with_tar_stream(file, format, |stream| unpacker.unpack_tar(stream))?;
     }
-    unpacker.finish(&dest_host, tmp)
+    unpacker.finish(dest_dir.as_fd(), tmp)
 }
 
 /// The temporary directory an extraction unpacks into; removed when dropped, so
@@ -1234,11 +1234,20 @@ impl Unpacker<'_> {
     }
 
     /// Moves the unpacked tree into `dest` once every entry has passed, then sets
-    /// the directories' modes and times.
-    fn finish(self, dest: &Path, tmp: TempDir) -> CapResult<ExtractSummary> {
+    /// the directories' modes and times. Works through handles: `dest`'s, and of
+    /// each folder below it, opened without following links, so a link planted in
+    /// `dest` is replaced, never walked through.
+    fn finish(self, dest: BorrowedFd<'_>, tmp: TempDir) -> CapResult<ExtractSummary> {
+        let name = tmp
+            .path
+            .file_name()
+            .map(OsStr::to_owned)
+            .unwrap_or_default();
+        let from = crate::beneath::open_dir_nofollow(dest, &name)
+            .map_err(|e| CapError::from_io(format!("{}: the unpacked files", self.dest), &e))?;
         let mut rel = PathBuf::new();
-        self.check_merge(&tmp.path, dest, &mut rel)?;
-        self.merge(&tmp.path, dest, &mut rel).map_err(|(at, e)| {
+        self.check_merge(from.as_fd(), dest, &mut rel)?;
+        self.merge(from.as_fd(), dest, &mut rel).map_err(|(at, e)| {
             CapError::io(format!(
                 "{}: moving the unpacked files into {} failed at `{}`: {e}; {} may hold part of the archive, extract again",
                 self.archive,
@@ -1247,22 +1256,20 @@ impl Unpacker<'_> {
                 self.dest
             ))
         })?;
+        drop(from);
         drop(tmp);
         let mut dirs = self.dirs;
         // Deepest first, so setting a parent's time is the last change inside it.
         dirs.sort_by_key(|(rel, _, _)| std::cmp::Reverse(rel.components().count()));
         for (rel, mode, mtime) in dirs {
-            let host = dest.join(&rel);
-            stdfs::set_permissions(&host, stdfs::Permissions::from_mode(mode))
-                .and_then(|()| super::fs::set_times_nofollow(&host, None, mtime_timespec(mtime)))
-                .map_err(|e| {
-                    CapError::io(format!(
-                        "{}: setting the mode and time of `{}` in {}: {e}",
-                        self.archive,
-                        rel.display(),
-                        self.dest
-                    ))
-                })?;
+            set_dir(dest, &rel, mode, mtime).map_err(|e| {
+                CapError::io(format!(
+                    "{}: setting the mode and time of `{}` in {}: {e}",
+                    self.archive,
+                    rel.display(),
+                    self.dest
+                ))
+            })?;
         }
         Ok(self.summary)
     }
@@ -1270,31 +1277,28 @@ impl Unpacker<'_> {
     /// Checks, before anything moves, that the unpacked tree fits over `dest`: a
     /// file may replace a file or a link, a directory merges into a directory, but
     /// nothing replaces an existing directory that is not a directory in the archive.
-    fn check_merge(&self, from: &Path, to: &Path, rel: &mut PathBuf) -> CapResult<()> {
-        let read = stdfs::read_dir(from).map_err(|e| CapError::from_io(from.display(), &e))?;
-        for child in read {
-            let child = child.map_err(|e| CapError::from_io(from.display(), &e))?;
-            let name = child.file_name();
+    fn check_merge(
+        &self,
+        from: BorrowedFd<'_>,
+        to: BorrowedFd<'_>,
+        rel: &mut PathBuf,
+    ) -> CapResult<()> {
+        let shown = |rel: &Path, e: io::Error| {
+            CapError::from_io(format!("{}/{}", self.dest, rel.display()), &e)
+        };
+        for name in crate::beneath::names(from).map_err(|e| shown(rel, e))? {
             rel.push(&name);
-            let there = match stdfs::symlink_metadata(to.join(&name)) {
-                Ok(m) => Some(m),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    return Err(CapError::from_io(
-                        format!("{}/{}", self.dest, rel.display()),
-                        &e,
-                    ));
+            let is_dir = kind(from, &name).map_err(|e| shown(rel, e))? == Some(true);
+            match kind(to, &name).map_err(|e| shown(rel, e))? {
+                Some(true) if is_dir => {
+                    let (f, t) = (
+                        crate::beneath::open_dir_nofollow(from, &name)
+                            .map_err(|e| shown(rel, e))?,
+                        crate::beneath::open_dir_nofollow(to, &name).map_err(|e| shown(rel, e))?,
+                    );
+                    self.check_merge(f.as_fd(), t.as_fd(), rel)?;
                 }
-            };
-            let is_dir = child
-                .file_type()
-                .map_err(|e| CapError::from_io(from.display(), &e))?
-                .is_dir();
-            match there {
-                Some(m) if m.is_dir() && is_dir => {
-                    self.check_merge(&from.join(&name), &to.join(&name), rel)?
-                }
-                Some(m) if m.is_dir() => {
+                Some(true) => {
                     return Err(self.refuse(
                         rel.as_os_str().as_bytes(),
                         format!(
@@ -1310,28 +1314,74 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    fn merge(&self, from: &Path, to: &Path, rel: &mut PathBuf) -> Result<(), (PathBuf, io::Error)> {
-        let read = stdfs::read_dir(from).map_err(|e| (rel.clone(), e))?;
-        for child in read {
-            let child = child.map_err(|e| (rel.clone(), e))?;
-            let name = child.file_name();
+    fn merge(
+        &self,
+        from: BorrowedFd<'_>,
+        to: BorrowedFd<'_>,
+        rel: &mut PathBuf,
+    ) -> Result<(), (PathBuf, io::Error)> {
+        for name in crate::beneath::names(from).map_err(at(rel))? {
             rel.push(&name);
-            let (src, dst) = (from.join(&name), to.join(&name));
-            let is_dir = child.file_type().map_err(|e| (rel.clone(), e))?.is_dir();
-            match stdfs::symlink_metadata(&dst) {
-                Ok(m) if m.is_dir() && is_dir => self.merge(&src, &dst, rel)?,
-                Ok(m) if is_dir && !m.is_dir() => {
+            let is_dir = kind(from, &name).map_err(at(rel))? == Some(true);
+            match kind(to, &name).map_err(at(rel))? {
+                Some(true) if is_dir => {
+                    let f = crate::beneath::open_dir_nofollow(from, &name).map_err(at(rel))?;
+                    let t = crate::beneath::open_dir_nofollow(to, &name).map_err(at(rel))?;
+                    self.merge(f.as_fd(), t.as_fd(), rel)?;
+                }
+                Some(false) if is_dir => {
                     // A file or link where the archive has a directory: the
                     // directory replaces it, as `tar` does.
-                    stdfs::remove_file(&dst).map_err(|e| (rel.clone(), e))?;
-                    stdfs::rename(&src, &dst).map_err(|e| (rel.clone(), e))?;
+                    rustix::fs::unlinkat(to, &name, rustix::fs::AtFlags::empty())
+                        .map_err(|e| at(rel)(e.into()))?;
+                    rustix::fs::renameat(from, &name, to, &name).map_err(|e| at(rel)(e.into()))?;
                 }
-                Ok(_) | Err(_) => stdfs::rename(&src, &dst).map_err(|e| (rel.clone(), e))?,
+                // A rename replaces a file or a link at the destination itself;
+                // it never follows one.
+                _ => rustix::fs::renameat(from, &name, to, &name).map_err(|e| at(rel)(e.into()))?,
             }
             rel.pop();
         }
         Ok(())
     }
+}
+
+/// An I/O error at `rel`, for [`Unpacker::merge`].
+fn at(rel: &Path) -> impl FnOnce(io::Error) -> (PathBuf, io::Error) + use<> {
+    let rel = rel.to_path_buf();
+    move |e| (rel, e)
+}
+
+/// Whether `name` in `dir` is a directory (`Some(true)`), something else
+/// (`Some(false)`) or absent, without following a link.
+fn kind(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<bool>> {
+    Ok(crate::beneath::kind_at(dir, name)?.map(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+    }))
+}
+
+/// Sets the mode and modification time of the directory `rel` below `dest`,
+/// reached through real directories only.
+fn set_dir(dest: BorrowedFd<'_>, rel: &Path, mode: u32, mtime: u64) -> io::Result<()> {
+    let mut cur: Option<std::os::fd::OwnedFd> = None;
+    for part in rel.components() {
+        let parent = cur.as_ref().map_or(dest, |c| c.as_fd());
+        cur = Some(crate::beneath::open_dir_nofollow(parent, part.as_os_str())?);
+    }
+    let dir = cur.as_ref().map_or(dest, |c| c.as_fd());
+    rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(mode))?;
+    let (sec, nsec) = mtime_timespec(mtime);
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        },
+    };
+    Ok(rustix::fs::futimens(dir, &times)?)
 }
 
 fn mtime_timespec(mtime: u64) -> (i64, i64) {
@@ -1471,6 +1521,31 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Timeout, "{}", err.message);
         assert!(snapshot(&fx.product()).is_empty());
+    }
+
+    /// A link in `dest` where the archive has a directory is replaced by the
+    /// directory, never walked into: the folder it points at stays as it was.
+    #[test]
+    fn merging_replaces_a_planted_link_instead_of_walking_it() {
+        let fx = Fixture::new();
+        stdfs::create_dir(fx.product().join("app")).unwrap();
+        std::os::unix::fs::symlink(fx.root.join("outside"), fx.product().join("app/bin")).unwrap();
+        fx.put(
+            "a.tar",
+            &build(vec![
+                dir("app", 0o755, 0),
+                dir("app/bin", 0o755, 0),
+                file("app/bin/run", b"new", 0o755, 0),
+            ]),
+        );
+        extract(&fx.grants, &limits(), "/staging/a.tar", "/product").unwrap();
+        assert!(snapshot(&fx.root.join("outside")).is_empty());
+        let bin = stdfs::symlink_metadata(fx.product().join("app/bin")).unwrap();
+        assert!(bin.is_dir());
+        assert_eq!(
+            stdfs::read(fx.product().join("app/bin/run")).unwrap(),
+            b"new"
+        );
     }
 
     #[test]
