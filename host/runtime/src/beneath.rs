@@ -15,6 +15,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -81,11 +82,6 @@ impl Roots {
         Ok(Roots { slots })
     }
 
-    /// Nothing granted.
-    pub fn none() -> Roots {
-        Roots { slots: Vec::new() }
-    }
-
     fn slot(&self, dir: GuestDir) -> Option<&Slot> {
         self.slots.iter().find(|s| s.grant.dir == dir)
     }
@@ -125,9 +121,46 @@ impl Roots {
             guest: guest.to_owned(),
             dir,
             root: slot.dir.read().expect("root lock").clone(),
-            host_root: slot.grant.host.clone(),
             rel,
         })
+    }
+
+    /// The folder holding root `dir` itself on the host, and the root's name in
+    /// it: only exchange needs it, to swap the root with another directory. Like
+    /// the root, it is opened beneath a writable root that contains it.
+    pub(crate) fn root_parent(&self, dir: GuestDir) -> CapResult<(Dir, OsString)> {
+        let slot = self.slot(dir).ok_or_else(|| {
+            CapError::denied(format!(
+                "the directory {} is not granted to this plugin",
+                guest_root(dir)
+            ))
+        })?;
+        let host = &slot.grant.host;
+        let (Some(parent), Some(name)) = (host.parent(), host.file_name()) else {
+            return Err(CapError::invalid(format!(
+                "{}: the granted directory is the host's root and cannot be exchanged",
+                guest_root(dir)
+            )));
+        };
+        let folder = match outer_of(&self.slots, dir, parent) {
+            Some((outer, rel)) if rel.as_os_str().is_empty() => outer.try_clone(),
+            Some((outer, rel)) => outer.open_dir(rel),
+            None => rustix::fs::open(
+                parent,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map(|fd| Dir::from_std_file(File::from(fd)))
+            .map_err(io::Error::from),
+        }
+        .map_err(|e| {
+            resolve_error(
+                guest_root(dir),
+                "opening the folder of the granted directory",
+                &e,
+            )
+        })?;
+        Ok((folder, name.to_owned()))
     }
 
     /// Opens a root again from its host path, after an exchange put another tree
@@ -144,19 +177,22 @@ impl Roots {
     }
 }
 
+/// The writable root among `open` (other than `except`) that contains `host`
+/// most closely, with `host` relative to it (empty when it is that root).
+fn outer_of<'h>(open: &[Slot], except: GuestDir, host: &'h Path) -> Option<(Arc<Dir>, &'h Path)> {
+    open.iter()
+        .filter(|s| s.grant.write && s.grant.dir != except)
+        .filter_map(|s| Some((s, host.strip_prefix(&s.grant.host).ok()?)))
+        .max_by_key(|(s, _)| s.grant.host.components().count())
+        .map(|(s, rel)| (s.dir.read().expect("root lock").clone(), rel))
+}
+
 /// Opens the root of `grant`: beneath the handle of a writable root among `open`
 /// that contains its host path, else by that path.
 fn open_in(open: &[Slot], grant: &DirGrant) -> io::Result<Dir> {
-    let outer = open
-        .iter()
-        .filter(|s| s.grant.write && s.grant.dir != grant.dir)
-        .filter_map(|s| Some((s, grant.host.strip_prefix(&s.grant.host).ok()?)))
-        .filter(|(_, rel)| !rel.as_os_str().is_empty())
-        .max_by_key(|(s, _)| s.grant.host.components().count());
-    let Some((outer, rel)) = outer else {
+    let Some((outer, rel)) = outer_of(open, grant.dir, &grant.host) else {
         return open_real_dir(&grant.host);
     };
-    let outer = outer.dir.read().expect("root lock").clone();
     let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
         return open_real_dir(&grant.host);
     };
@@ -165,14 +201,19 @@ fn open_in(open: &[Slot], grant: &DirGrant) -> io::Result<Dir> {
     } else {
         outer.open_dir(parent)?
     };
-    let fd = open_dir_nofollow(folder.as_fd(), name).map_err(|e| match e.raw_os_error() {
+    let fd = open_dir_nofollow(folder.as_fd(), name).map_err(not_real_dir)?;
+    Ok(Dir::from_std_file(File::from(fd)))
+}
+
+/// A link or a non-directory where a real directory must be, said so.
+fn not_real_dir(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
         Some(libc::ELOOP | libc::ENOTDIR) => io::Error::new(
             io::ErrorKind::InvalidInput,
             "is a symbolic link or not a directory; name the real directory",
         ),
         _ => e,
-    })?;
-    Ok(Dir::from_std_file(File::from(fd)))
+    }
 }
 
 /// Opens a directory by its host path (from the terminal's own configuration)
@@ -184,13 +225,7 @@ pub fn open_real_dir(host: &Path) -> io::Result<Dir> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| match e {
-        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "is a symbolic link or not a directory; name the real directory",
-        ),
-        e => io::Error::from(e),
-    })?;
+    .map_err(|e| not_real_dir(e.into()))?;
     Ok(Dir::from_std_file(File::from(fd)))
 }
 
@@ -239,9 +274,6 @@ pub struct Located {
     pub guest: String,
     pub dir: GuestDir,
     pub root: Arc<Dir>,
-    /// The root's host path, from the terminal's configuration: only for opening
-    /// the folder that holds the root itself (see [`Located::parent`]).
-    host_root: PathBuf,
     /// Beneath the root, normalised, without `.` or `..`; empty for the root.
     pub rel: PathBuf,
 }
@@ -267,26 +299,6 @@ impl Located {
             )));
         };
         Ok((self.open_dir_at(parent)?, name.to_owned()))
-    }
-
-    /// The folder holding the root itself on the host, opened by its configured
-    /// path, and the root's name in it: only exchange needs it, to swap the root
-    /// with another directory.
-    pub(crate) fn root_parent(&self) -> CapResult<(Dir, OsString)> {
-        let (Some(parent), Some(name)) = (self.host_root.parent(), self.host_root.file_name())
-        else {
-            return Err(CapError::invalid(format!(
-                "{}: the granted directory is the host's root and cannot be exchanged",
-                self.guest
-            )));
-        };
-        let fd = rustix::fs::open(
-            parent,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| self.error("opening the folder of the granted directory", &e.into()))?;
-        Ok((Dir::from_std_file(File::from(fd)), name.to_owned()))
     }
 
     /// The directory at this path, opened beneath the root; links inside the
@@ -337,6 +349,62 @@ impl Located {
             }
         }
     }
+}
+
+/// Creates a folder of the host's own owner-only (0700), or checks that an
+/// existing one is a real directory of this user and closes it to others: the
+/// compile cache, the agent's downloads and plugins.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    let uid = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != uid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a directory of this user (uid {uid}); remove it",
+                dir.display()
+            ),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// [`private_dir`], opened as a real directory: the handle the host's own files
+/// in it are read and written through.
+pub fn open_private_dir(dir: &Path) -> io::Result<Dir> {
+    private_dir(dir)?;
+    open_real_dir(dir)
+}
+
+/// Replaces the file `name` in `dir` with `bytes`, owner-only (0600): written to
+/// a hidden temporary name created afresh (never through a link), flushed, then
+/// renamed over `name`, so a reader or a power loss sees the old or the new
+/// content, never a mix.
+pub fn replace_file(dir: BorrowedFd<'_>, name: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = format!(".{name}.tmp-{}", std::process::id());
+    match rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut file = File::from(rustix::fs::openat(
+        dir,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )?);
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    rustix::fs::renameat(dir, tmp.as_str(), dir, name)?;
+    sync_dir(dir);
+    Ok(())
 }
 
 /// Checks that a name from outside (the server, a plugin) can become one path
@@ -411,6 +479,25 @@ pub fn kind_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<rustix::f
         Err(rustix::io::Errno::NOENT) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Opens the file `name` in `dir` for reading without following a link and
+/// without waiting on a fifo; `None` when absent. A link is an `ELOOP` error, and
+/// anything but a regular file an `InvalidInput` error that says what it is.
+pub fn open_file_nofollow(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<File>> {
+    let fd = match rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let file = File::from(fd);
+    regular(&file)?;
+    Ok(Some(file))
 }
 
 /// Opens the directory `name` in `dir` without following a link.

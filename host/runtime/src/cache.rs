@@ -12,18 +12,22 @@
 //!
 //! An entry is named `<sha256 of the component>-<engine compatibility hash>.cwasm`:
 //! the same bytes compiled by the same engine configuration. Entries and the index
-//! are written to a temporary file and renamed, so a reader never sees half of one.
+//! are read and written through the folder's handle, replaced whole
+//! ([`crate::beneath::replace_file`]), so a reader never sees half of one.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use rustix::fs::{Mode, OFlags};
+use cap_std::fs::Dir;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+use crate::beneath::{open_private_dir, replace_file};
 
 /// The index of what this host wrote: `<entry name> <sha256>` lines.
 const INDEX: &str = "index";
@@ -32,34 +36,9 @@ const MAX_INDEX: u64 = 1 << 20;
 /// The largest compiled component read back.
 const MAX_ENTRY: u64 = 512 << 20;
 
-/// Creates the cache directory owner-only, or checks that an existing one is.
-fn private_dir(dir: &Path) -> io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let meta = std::fs::symlink_metadata(dir)?;
-    let uid = rustix::process::geteuid().as_raw();
-    if !meta.is_dir() || meta.uid() != uid {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "the compile cache {} is not a directory of this user (uid {uid}); remove it",
-                dir.display()
-            ),
-        ));
-    }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
-
-fn read_index(dir: &Path) -> io::Result<BTreeMap<String, String>> {
-    let file = match open_own(&dir.join(INDEX)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e),
+fn read_index(dir: &Dir) -> io::Result<BTreeMap<String, String>> {
+    let Some(file) = open_own(dir, INDEX)? else {
+        return Ok(BTreeMap::new());
     };
     let mut text = String::new();
     file.take(MAX_INDEX).read_to_string(&mut text)?;
@@ -70,63 +49,42 @@ fn read_index(dir: &Path) -> io::Result<BTreeMap<String, String>> {
         .collect())
 }
 
-/// Opens a file of this user that no one else can write, without following a link.
-fn open_own(path: &Path) -> io::Result<File> {
-    let file = File::from(rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?);
+/// Opens a file of this user that no one else can write, without following a
+/// link; `None` when absent.
+fn open_own(dir: &Dir, name: &str) -> io::Result<Option<File>> {
+    let Some(file) = crate::beneath::open_file_nofollow(dir.as_fd(), name.as_ref())? else {
+        return Ok(None);
+    };
     let meta = file.metadata()?;
     let uid = rustix::process::geteuid().as_raw();
-    if !meta.is_file() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
+    if meta.uid() != uid || meta.mode() & 0o022 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is not a private file of this user; it is not trusted",
-                path.display()
-            ),
+            format!("{name} is not a private file of this user; it is not trusted"),
         ));
     }
-    Ok(file)
-}
-
-/// Writes `bytes` to `dir/name` through a temporary file, mode 0600.
-fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(
-        ".tmp-{}-{:?}-{name}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = File::from(rustix::fs::open(
-        &tmp,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::RUSR | Mode::WUSR,
-    )?);
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))
+    Ok(Some(file))
 }
 
 /// Stores a compiled component as entry `name` and records its sha256.
 pub(crate) fn store(dir: &Path, name: &str, compiled: &[u8]) -> io::Result<()> {
-    private_dir(dir)?;
-    write_private(dir, name, compiled)?;
-    let mut index = read_index(dir)?;
+    let dir = open_private_dir(dir)?;
+    replace_file(dir.as_fd(), name, compiled)?;
+    let mut index = read_index(&dir)?;
     index.insert(name.to_owned(), hex::encode(Sha256::digest(compiled)));
     let text: String = index
         .iter()
         .map(|(n, sha)| format!("{n} {sha}\n"))
         .collect();
-    write_private(dir, INDEX, text.as_bytes())
+    replace_file(dir.as_fd(), INDEX, text.as_bytes())
 }
 
 /// Whether entry `name` is one this host wrote (its sha256 is not checked here).
 pub(crate) fn is_stored(dir: &Path, name: &str) -> bool {
-    private_dir(dir).is_ok()
-        && read_index(dir).is_ok_and(|i| i.contains_key(name))
-        && open_own(&dir.join(name)).is_ok()
+    open_private_dir(dir).is_ok_and(|dir| {
+        read_index(&dir).is_ok_and(|i| i.contains_key(name))
+            && matches!(open_own(&dir, name), Ok(Some(_)))
+    })
 }
 
 /// Loads entry `name`: `Ok(None)` when there is none this host wrote (absent, not
@@ -135,13 +93,13 @@ pub(crate) fn is_stored(dir: &Path, name: &str) -> bool {
 /// The entry is read into memory rather than mapped: a mapped file that something
 /// else truncates takes the whole process down with SIGBUS.
 pub(crate) fn load(engine: &Engine, dir: &Path, name: &str) -> io::Result<Option<Component>> {
-    private_dir(dir)?;
-    let Some(recorded) = read_index(dir)?.remove(name) else {
+    let dir = open_private_dir(dir)?;
+    let Some(recorded) = read_index(&dir)?.remove(name) else {
         return Ok(None);
     };
-    let file = match open_own(&dir.join(name)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+    let file = match open_own(&dir, name) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(None),
         Err(e) => {
             tracing::warn!("compile cache entry {name}: {e}; compiling again");
             return Ok(None);
@@ -172,6 +130,7 @@ pub(crate) fn load(engine: &Engine, dir: &Path, name: &str) -> io::Result<Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn engine() -> Engine {
         Engine::default()

@@ -1,8 +1,11 @@
 //! `kv`: small persistent state of one plugin on one terminal, e.g. which package
 //! a staged tree belongs to. Kept as one JSON file per plugin, replaced atomically
 //! on every write so a power loss leaves the old or the new content, never a mix.
+//! The file is handled through its folder's handle and never through a link.
 
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use posup_world::latest::kv;
@@ -16,10 +19,19 @@ const MAX_VALUE: usize = 64 * 1024;
 /// The whole store of one plugin.
 const MAX_TOTAL: usize = 1024 * 1024;
 
-/// Per-step state of `kv`: the file of this plugin's store, if the host keeps one.
+/// Per-step state of `kv`: where this plugin's store is, if the host keeps one.
 pub struct KvState {
-    file: Option<PathBuf>,
+    store: Option<Store>,
     work: Work,
+}
+
+/// A plugin's store: the file `name` in the host's folder `dir`. The folder is
+/// opened as a real directory for every call and the file handled through it as
+/// one name, never following a link.
+#[derive(Clone)]
+struct Store {
+    dir: PathBuf,
+    name: String,
 }
 
 impl KvState {
@@ -27,53 +39,64 @@ impl KvState {
     /// (as on the server, where `inspect` runs without terminal state).
     /// A plugin name that is not one plain file name gets no store.
     pub fn new(dir: Option<&Path>, plugin: &str, work: Work) -> Self {
-        let file = match crate::beneath::file_name(plugin) {
-            Ok(()) => dir.map(|d| d.join(format!("{plugin}.json"))),
+        let store = match crate::beneath::file_name(plugin) {
+            Ok(()) => dir.map(|d| Store {
+                dir: d.to_owned(),
+                name: format!("{plugin}.json"),
+            }),
             Err(_) => None,
         };
-        Self { file, work }
+        Self { store, work }
     }
 
-    fn file(&self) -> CapResult<PathBuf> {
-        self.file
+    fn store(&self) -> CapResult<Store> {
+        self.store
             .clone()
             .ok_or_else(|| CapError::denied("kv: no persistent state is kept for plugins here"))
     }
 }
 
-fn load(file: &Path) -> CapResult<BTreeMap<String, String>> {
-    match std::fs::read(file) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            CapError::io(format!(
-                "kv store {}: unreadable ({e}); remove the file to start afresh",
-                file.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(CapError::from_io(file.display(), &e)),
+impl Store {
+    fn shown(&self) -> String {
+        format!("kv store {}", self.dir.join(&self.name).display())
     }
-}
 
-fn save(file: &Path, map: &BTreeMap<String, String>) -> CapResult<()> {
-    let bytes = serde_json::to_vec(map).expect("a map of strings serialises");
-    if bytes.len() > MAX_TOTAL {
-        return Err(CapError::limit(format!(
-            "kv: the store would grow to {} bytes, over the limit of {MAX_TOTAL}",
-            bytes.len()
-        )));
+    /// The store's folder, owner-only, opened as a real directory.
+    fn folder(&self) -> CapResult<cap_std::fs::Dir> {
+        crate::beneath::open_private_dir(&self.dir).map_err(|e| CapError::from_io(self.shown(), &e))
     }
-    let dir = file.parent().expect("kv file has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| CapError::from_io(dir.display(), &e))?;
-    let tmp = file.with_extension("json.tmp");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, file)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| CapError::from_io(file.display(), &e))
+
+    fn load(&self) -> CapResult<BTreeMap<String, String>> {
+        let folder = self.folder()?;
+        let file = match crate::beneath::open_file_nofollow(folder.as_fd(), self.name.as_ref()) {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(CapError::from_io(self.shown(), &e)),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_TOTAL as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| CapError::from_io(self.shown(), &e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            CapError::io(format!(
+                "{}: unreadable ({e}); remove the file to start afresh",
+                self.shown()
+            ))
+        })
+    }
+
+    fn save(&self, map: &BTreeMap<String, String>) -> CapResult<()> {
+        let bytes = serde_json::to_vec(map).expect("a map of strings serialises");
+        if bytes.len() > MAX_TOTAL {
+            return Err(CapError::limit(format!(
+                "kv: the store would grow to {} bytes, over the limit of {MAX_TOTAL}",
+                bytes.len()
+            )));
+        }
+        let folder = self.folder()?;
+        crate::beneath::replace_file(folder.as_fd(), &self.name, &bytes)
+            .map_err(|e| CapError::from_io(self.shown(), &e))
+    }
 }
 
 fn check_key(key: &str) -> CapResult<()> {
@@ -89,8 +112,8 @@ fn check_key(key: &str) -> CapResult<()> {
 impl kv::Host for KvState {
     async fn get(&mut self, key: String) -> Result<Option<String>, WitError> {
         check_key(&key)?;
-        let file = self.file()?;
-        blocking(&self.work, "kv get", move || Ok(load(&file)?.remove(&key))).await
+        let store = self.store()?;
+        blocking(&self.work, "kv get", move || Ok(store.load()?.remove(&key))).await
     }
 
     async fn set(&mut self, key: String, value: String) -> Result<(), WitError> {
@@ -102,22 +125,22 @@ impl kv::Host for KvState {
             ))
             .into());
         }
-        let file = self.file()?;
+        let store = self.store()?;
         blocking(&self.work, "kv set", move || {
-            let mut map = load(&file)?;
+            let mut map = store.load()?;
             map.insert(key, value);
-            save(&file, &map)
+            store.save(&map)
         })
         .await
     }
 
     async fn delete(&mut self, key: String) -> Result<(), WitError> {
         check_key(&key)?;
-        let file = self.file()?;
+        let store = self.store()?;
         blocking(&self.work, "kv delete", move || {
-            let mut map = load(&file)?;
+            let mut map = store.load()?;
             if map.remove(&key).is_some() {
-                save(&file, &map)?;
+                store.save(&map)?;
             }
             Ok(())
         })
@@ -163,12 +186,31 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Invalid);
     }
 
+    /// A link planted where the store or its temporary file goes is never
+    /// followed: the file it points at keeps its bytes.
+    #[tokio::test]
+    async fn the_store_never_follows_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"{}").unwrap();
+        let dir = tmp.path().join("kv");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("p.json.tmp")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("q.json")).unwrap();
+        let mut p = KvState::new(Some(&dir), "p", Work::default());
+        p.set("k".into(), "v".into()).await.unwrap();
+        assert_eq!(p.get("k".into()).await.unwrap().as_deref(), Some("v"));
+        let mut q = KvState::new(Some(&dir), "q", Work::default());
+        assert!(q.get("k".into()).await.is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"{}");
+    }
+
     #[test]
     fn a_plugin_name_that_is_no_file_name_gets_no_store() {
         let tmp = tempfile::tempdir().unwrap();
         for name in ["../../etc/cron.d/x", "a/b", "", ".."] {
             let kv = KvState::new(Some(tmp.path()), name, Work::default());
-            assert!(kv.file().is_err(), "{name}");
+            assert!(kv.store().is_err(), "{name}");
         }
     }
 }
