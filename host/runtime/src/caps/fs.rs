@@ -275,16 +275,9 @@ impl Copier<'_> {
                     .map_err(|e| self.io(rel, "linking its copy", e));
                 }
                 self.room(to, st.st_size as u64, rel)?;
-                let input = File::from(
-                    rustix::fs::openat(
-                        from,
-                        name,
-                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| self.io(rel, "opening", e))?,
-                );
-                beneath::regular(&input).map_err(|e| self.io(rel, "opening", e))?;
+                let input = beneath::open_file_nofollow(from, name)
+                    .and_then(|f| f.ok_or_else(|| io::ErrorKind::NotFound.into()))
+                    .map_err(|e| self.io(rel, "opening", e))?;
                 let mut output = File::from(
                     rustix::fs::openat(
                         to,
@@ -389,7 +382,7 @@ struct Side {
 fn side(roots: &Roots, guest: &str) -> CapResult<Side> {
     let loc = roots.locate(guest, true)?;
     let (folder, name, root) = if loc.is_root() {
-        let (f, n) = loc.root_parent()?;
+        let (f, n) = roots.root_parent(loc.dir)?;
         (f, n, Some(loc.dir))
     } else {
         let (f, n) = loc.parent()?;

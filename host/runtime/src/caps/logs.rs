@@ -31,7 +31,7 @@ use posup_world::latest::types::Error as WitError;
 use wasmtime::component::{HasSelf, Linker};
 
 use posup_world::latest::types::ErrorKind;
-use rustix::fs::{Mode, OFlags};
+use std::os::fd::AsFd;
 
 use super::{CapError, CapResult, Work, blocking};
 use crate::beneath::{Located, Roots};
@@ -123,20 +123,15 @@ fn open_rotated(rotated: &Located) -> io::Result<Option<File>> {
         Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io::Error::other(e.message)),
     };
-    let fd = match rustix::fs::openat(
-        &dir,
-        &name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT | rustix::io::Errno::LOOP) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let file = File::from(fd);
-    match crate::beneath::regular(&file) {
-        Ok(()) => Ok(Some(file)),
-        Err(_) => Ok(None),
+    match crate::beneath::open_file_nofollow(dir.as_fd(), &name) {
+        Ok(file) => Ok(file),
+        // A link or something else than a file: not a rotated log.
+        Err(e)
+            if e.raw_os_error() == Some(libc::ELOOP) || e.kind() == io::ErrorKind::InvalidInput =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -25,7 +25,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -142,20 +143,15 @@ impl ServicesState {
             )));
         }
         let (folder, name) = loc.parent()?;
-        let file = rustix::fs::openat(
-            &folder,
-            &name,
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::NOFOLLOW
-                | rustix::fs::OFlags::NONBLOCK
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| {
-            crate::beneath::resolve_error(&format!("script {path}"), "opening", &e.into())
-        })?;
-        crate::beneath::regular(&std::fs::File::from(file))
-            .map_err(|e| CapError::invalid(format!("script {path}: {e}")))?;
+        let shown = format!("script {path}");
+        match crate::beneath::open_file_nofollow(folder.as_fd(), &name) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(CapError::not_found(format!("{shown}: does not exist"))),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                return Err(CapError::invalid(format!("{shown}: {e}")));
+            }
+            Err(e) => return Err(crate::beneath::resolve_error(&shown, "opening", &e)),
+        }
         // The shell opens the script by this path: this process's handle of the
         // folder, then one name that was just seen to be a regular file.
         let host = PathBuf::from(format!(
@@ -709,9 +705,12 @@ impl Processes {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| what(&e, &format!("log directory {}", dir.display())))?;
                 }
+                // The log folder may be the product's, writable by it and by its
+                // plugin: the output file is never opened through a link.
                 let f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(log)
                     .map_err(|e| what(&e, &format!("output file {}", log.display())))?;
                 let f2 = f.try_clone().map_err(|e| what(&e, "output file"))?;
