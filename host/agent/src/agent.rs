@@ -564,11 +564,7 @@ impl Agent {
     /// never a symbolic link. Each step checks again when it opens them.
     pub fn check_dirs(&self) -> std::io::Result<()> {
         let device = self.config.device_config();
-        for dir in ["staging", "backup"] {
-            if let Some(d) = device.dir(dir) {
-                std::fs::create_dir_all(d)?;
-            }
-        }
+        own_dirs(device)?;
         let grants = Grants {
             dirs: device.allowance().dirs,
             ..Grants::default()
@@ -607,14 +603,8 @@ impl Agent {
         events: Option<Arc<dyn EventSink>>,
     ) -> (HostEnv, DeviceConfig) {
         let device = self.device_config();
-        // Staging and backup are the agent's own folders: made when missing. The
-        // product's folders must be there already.
-        for dir in ["staging", "backup"] {
-            if let Some(d) = device.dir(dir)
-                && let Err(e) = std::fs::create_dir_all(d)
-            {
-                tracing::warn!("creating the {dir} directory {}: {e}", d.display());
-            }
+        if let Err(e) = own_dirs(&device) {
+            tracing::warn!("{e}");
         }
         let grants = Grants::intersect(&info.capabilities, &self.allowance(&device));
         let prompter: Arc<dyn Prompter> = self.prompter.clone();
@@ -653,7 +643,7 @@ impl Agent {
             ));
         }
         let dir = self.paths.plugins();
-        crate::staging::private_dir(&dir)
+        posup_runtime::beneath::private_dir(&dir)
             .map_err(|e| format!("{what}: the plugin folder {}: {e}", dir.display()))?;
         let file = dir.join(format!("{}.wasm", r.sha256));
         let expected = Expected {
@@ -843,7 +833,7 @@ impl Agent {
         // The package: downloaded once into the agent's own folder, checked, and
         // copied into staging by the pipeline.
         let downloads = self.paths.downloads();
-        if let Err(e) = crate::staging::private_dir(&downloads) {
+        if let Err(e) = posup_runtime::beneath::private_dir(&downloads) {
             let msg = format!("creating the download folder {}: {e}", downloads.display());
             self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
             self.done(&action, "failed");
@@ -1160,6 +1150,22 @@ impl EventSink for ProgressSink {
             Some(percent.min(100)),
         );
     }
+}
+
+/// Staging and backup are the agent's own folders: made when missing. The
+/// product's folders must be there already.
+fn own_dirs(device: &DeviceConfig) -> std::io::Result<()> {
+    for dir in ["staging", "backup"] {
+        if let Some(d) = device.dir(dir) {
+            std::fs::create_dir_all(d).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("creating the {dir} directory {}: {e}", d.display()),
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The plugin's inventory as the wire carries it.

@@ -73,23 +73,6 @@ pub fn place(src: &Path, staging: &Path, name: &str) -> io::Result<(PathBuf, Str
     Ok((staging.join(name), hex::encode(hasher.finalize())))
 }
 
-/// Creates the agent's private download folder, owner-only.
-pub fn private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let meta = std::fs::symlink_metadata(dir)?;
-    if !meta.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a directory", dir.display()),
-        ));
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
 /// Whether a sha256 from the server is 64 lowercase hex digits, so it can name a
 /// file.
 pub fn is_sha256(s: &str) -> bool {

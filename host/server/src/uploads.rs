@@ -132,21 +132,14 @@ fn check_info(label: &str, info: &types::PluginInfo) -> Result<()> {
     Ok(())
 }
 
-/// A file name as it may appear in `/staging`: one path component.
+/// A file name as it may appear in `/staging`: one plain path component, by the
+/// rule the agent applies before the name becomes a path there.
 fn check_file_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', '\\'])
-        && !name.chars().any(char::is_control);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
+    posup_runtime::beneath::file_name(name).map_err(|_| {
+        Error::Invalid(format!(
             "package file name `{name}` is invalid: give the bare file name, e.g. ukm5_pos_1.8.4.tgz"
-        )))
-    }
+        ))
+    })
 }
 
 /// `POST /api/v1/packages?device_type=…&file_name=…`: the body is the package file.
