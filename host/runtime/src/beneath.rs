@@ -389,7 +389,13 @@ pub fn open_private_dir(dir: &Path) -> io::Result<Dir> {
 /// content, never a mix.
 pub fn replace_file(dir: BorrowedFd<'_>, name: &str, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    let tmp = format!(".{name}.tmp-{}", std::process::id());
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // A name of its own per call: callers in one process (two uploads compiling
+    // one plugin) must never remove or rename each other's temporary file. One
+    // left by a crash of an earlier process with this pid is replaced.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = format!(".{name}.tmp-{}-{n}", std::process::id());
     match rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty()) {
         Ok(()) | Err(rustix::io::Errno::NOENT) => {}
         Err(e) => return Err(e.into()),
@@ -556,6 +562,33 @@ pub fn sync_dir(dir: BorrowedFd<'_>) {
 mod tests {
     use super::*;
     use posup_world::latest::types::ErrorKind;
+
+    /// Two callers of one process replacing one file at once (two servers'
+    /// uploads compiling the same plugin): both succeed and the file is whole.
+    #[test]
+    fn concurrent_replacements_of_one_file_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = std::sync::Arc::new(File::open(dir.path()).unwrap());
+        let writers: Vec<_> = (0..8u8)
+            .map(|n| {
+                let handle = handle.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        replace_file(handle.as_fd(), "entry", &[n; 4096])?;
+                    }
+                    Ok::<_, io::Error>(())
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap().expect("every replacement succeeds");
+        }
+        let bytes = std::fs::read(dir.path().join("entry")).unwrap();
+        assert_eq!(bytes.len(), 4096);
+        assert!(bytes.iter().all(|b| *b == bytes[0]), "one writer's bytes, whole");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file stays behind");
+    }
 
     fn roots(root: &Path) -> Roots {
         for d in ["product", "logs"] {
