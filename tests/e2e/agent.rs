@@ -310,6 +310,7 @@ impl Kiosk {
         let config = root.join("agent.toml");
         let text = format!(
             r#"server = "{server}"
+insecure_http = true
 enrollment_secret = "{secret}"
 state_dir = "{state}"
 
@@ -929,6 +930,7 @@ async fn agent_once_enrolls_then_does_the_due_work_and_reports_it() {
         &posup_proto::api::SetVariable {
             name: "kiosk-verify-timeout".into(),
             value: "45".into(),
+            secret: false,
             scope: posup_proto::api::VariableScope::All,
         },
     )
@@ -1195,4 +1197,124 @@ async fn a_plugin_download_that_never_ends_does_not_freeze_the_agent() {
     }
     drop(k);
     server.stop().await;
+}
+
+/// A fleet's own certificate authority and a server certificate it signed for
+/// 127.0.0.1, as PEM files in `dir`: (CA, certificate, key).
+fn fleet_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} fleet CA"));
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut server = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    server
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = server.signed_by(&key, &ca, &ca_key).unwrap();
+    let paths = (
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}-cert.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// The server terminates TLS itself; the agent reaches it only through the CA it
+/// pins, and never over plain HTTP unless told to.
+#[tokio::test]
+async fn the_agent_reaches_its_server_over_tls_through_the_pinned_ca_only() {
+    use posup_agent::client::{Client, ClientError, Transport};
+    use posup_proto::agent::{DeviceIdentity, EnrollRequest, Site};
+
+    let data = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = fleet_ca(data.path(), "ours");
+    let (stranger, _, _) = fleet_ca(data.path(), "theirs");
+    let mut config = posup_server::ServerConfig::new(data.path());
+    config.enrollment_secret = Some("pes_tls".into());
+    config.tls = Some(posup_server::config::TlsFiles { cert, key });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, mut rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(posup_server::run(config, listener, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    let https = format!("https://{addr}");
+    let request = EnrollRequest {
+        secret: "pes_tls".into(),
+        device: DeviceIdentity {
+            guid: "tls-1".into(),
+            site: Site {
+                name: "Store".into(),
+                address: String::new(),
+            },
+            name: "Kassa 1".into(),
+            number: 1,
+            device_type: "kiosk".into(),
+            agent_version: "test".into(),
+        },
+    };
+    let pinned = |file: &Path| Transport {
+        insecure_http: false,
+        ca_file: Some(file.to_owned()),
+    };
+
+    // Through the pinned CA the server answers (no device type `kiosk` yet: 422
+    // is an answer from the server, past TLS).
+    let start = Instant::now();
+    let answer = loop {
+        match Client::new(&https, &pinned(&ca))
+            .unwrap()
+            .enroll(&request)
+            .await
+        {
+            Err(ClientError::Unreachable { .. }) if start.elapsed() < LIMIT => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other,
+        }
+    };
+    match answer {
+        Err(ClientError::Status {
+            status: 422,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("device type kiosk"), "{message}")
+        }
+        other => panic!("expected the server's 422, got {other:?}"),
+    }
+    // Another CA, or the public roots, do not vouch for this server.
+    for transport in [pinned(&stranger), Transport::default()] {
+        let e = Client::new(&https, &transport)
+            .unwrap()
+            .enroll(&request)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e}");
+    }
+    // Plain HTTP to the TLS port gets nothing useful, and plain HTTP is refused
+    // by the agent before it connects unless its configuration allows it.
+    let plain = format!("http://{addr}");
+    let e = Client::new(&plain, &Transport::insecure())
+        .unwrap()
+        .enroll(&request)
+        .await
+        .unwrap_err();
+    assert!(!matches!(e, ClientError::Status { .. }), "{e}");
+    let e = Client::new(&plain, &Transport::default())
+        .unwrap()
+        .enroll(&request)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("scheme"), "{e}");
+
+    let _ = stop.send(true);
+    task.await.unwrap().unwrap();
 }

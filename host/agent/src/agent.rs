@@ -169,7 +169,7 @@ impl Agent {
             state_file.save(&state).map_err(state_err)?;
         }
         let outbox = Outbox::open(&paths.outbox()).map_err(state_err)?;
-        let client = Client::new(&config.server)?;
+        let client = Client::new(&config.server, &config.transport())?;
         client.set_token(state.token.clone());
         let prompter = Arc::new(FilePrompter::new(paths.prompt()));
         Ok(Arc::new(Self {

@@ -1,5 +1,6 @@
 //! The agent API client: enroll, poll, feedback and blob downloads, over HTTP.
 
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -60,17 +61,73 @@ pub struct Client {
     token: RwLock<Option<String>>,
 }
 
+/// How the agent reaches its server.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// Accept `http://`: tests and demos only. Otherwise every request, and every
+    /// redirect, must be HTTPS.
+    pub insecure_http: bool,
+    /// PEM certificates of the only authorities whose server certificates are
+    /// accepted (the fleet's own CA). Without it, the public web roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Transport {
+    /// Plain HTTP allowed: for tests and local tools.
+    pub fn insecure() -> Self {
+        Transport {
+            insecure_http: true,
+            ca_file: None,
+        }
+    }
+}
+
+/// Largest CA file read: a bundle of a few certificates is a few KiB.
+const MAX_CA_FILE: u64 = 1 << 20;
+
+fn pinned_authorities(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    use std::io::Read;
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CA_FILE + 1).read_to_end(&mut pem))
+        .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+    if pem.len() as u64 > MAX_CA_FILE {
+        return Err(format!(
+            "ca_file {}: over 1 MiB, which is no certificate bundle",
+            path.display()
+        ));
+    }
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("ca_file {}: not PEM certificates ({e})", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "ca_file {}: holds no certificate: give the PEM of the fleet's certificate authority",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
 impl Client {
-    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base: &str) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+    /// A client of the server at `base` (e.g. `https://posup.example.net`).
+    pub fn new(base: &str, transport: &Transport) -> Result<Self, ClientError> {
+        let failed = |message: String| ClientError::Unreachable {
+            url: base.to_owned(),
+            message,
+        };
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("posup-agent/", env!("CARGO_PKG_VERSION")))
+            .https_only(!transport.insecure_http);
+        if let Some(path) = &transport.ca_file {
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in pinned_authorities(path).map_err(failed)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
-            .map_err(|e| ClientError::Unreachable {
-                url: base.to_owned(),
-                message: format!("cannot set up HTTP: {e}"),
-            })?;
+            .map_err(|e| failed(format!("cannot set up HTTP: {e}")))?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),

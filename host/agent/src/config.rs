@@ -2,6 +2,8 @@
 //!
 //! ```toml
 //! server = "https://posup.example.net"     # the server's base URL
+//! ca_file = "/etc/posup/ca.pem"            # optional: accept only this CA's servers
+//! insecure_http = false                    # true accepts http:// (tests, demos)
 //! enrollment_secret = "…"                  # from `POST /api/v1/enrollment-secrets`
 //! state_dir = "/var/lib/posup"             # token, variables, journal, outbox, cache
 //!
@@ -55,8 +57,16 @@ use crate::device::{ConfigError, DeviceConfig};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// The server's base URL, e.g. `http://127.0.0.1:8080`.
+    /// The server's base URL, e.g. `https://posup.example.net`.
     pub server: String,
+    /// Accept a plain `http://` server: for tests and demos only. TLS keeps the
+    /// device token and secret variables secret; signatures protect software.
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// PEM certificates of the authorities whose server certificates are
+    /// accepted, instead of the public web roots (a fleet's own CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The secret that lets this terminal enroll.
     pub enrollment_secret: String,
     /// Where the agent keeps its state; created when missing.
@@ -164,6 +174,14 @@ impl CashierConfig {
 }
 
 impl AgentConfig {
+    /// How to reach the server.
+    pub fn transport(&self) -> crate::client::Transport {
+        crate::client::Transport {
+            insecure_http: self.insecure_http,
+            ca_file: self.ca_file.clone(),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
@@ -180,7 +198,14 @@ impl AgentConfig {
         let config: AgentConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         if !(config.server.starts_with("http://") || config.server.starts_with("https://")) {
             return Err(invalid(format!(
-                "server = {:?}: give the server's base URL, e.g. http://127.0.0.1:8080",
+                "server = {:?}: give the server's base URL, e.g. https://posup.example.net",
+                config.server
+            )));
+        }
+        if config.server.starts_with("http://") && !config.insecure_http {
+            return Err(invalid(format!(
+                "server = {:?}: plain HTTP would show the device token and secret variables to the network: \
+                 give an https:// URL, or set `insecure_http = true` (tests and demos only)",
                 config.server
             )));
         }
@@ -268,6 +293,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("dirs.product"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_needs_saying_so() {
+        let text = example().replace("https://posup.example.net", "http://10.0.0.1:8080");
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("http://10.0.0.1:8080") && err.contains("insecure_http = true"),
+            "{err}"
+        );
+        let text = text.replace("insecure_http = false", "insecure_http = true");
+        let c = AgentConfig::parse(&text, "agent.toml").unwrap();
+        assert!(c.transport().insecure_http);
+        assert_eq!(
+            AgentConfig::parse(&example(), "example")
+                .unwrap()
+                .transport()
+                .ca_file
+                .as_deref(),
+            Some(Path::new("/etc/posup/ca.pem"))
+        );
     }
 
     #[test]

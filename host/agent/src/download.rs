@@ -318,6 +318,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::client::Transport;
 
     /// A blob server speaking plain HTTP/1.1, so a test decides exactly how each
     /// answer ends. It records the Range header of each request and, while
@@ -409,7 +410,7 @@ mod tests {
         let b = blob(300_000);
         *b.cut_after.lock().unwrap() = Some(100_000);
         let addr = server(b.clone()).await;
-        let client = Client::new(&format!("http://{addr}")).unwrap();
+        let client = Client::new(&format!("http://{addr}"), &Transport::insecure()).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("kiosk_7.5.0.tgz");
         let want = expected(&b.bytes);
@@ -451,7 +452,7 @@ mod tests {
     async fn a_file_that_fails_its_check_is_deleted_and_never_placed() {
         let b = blob(50_000);
         let addr = server(b.clone()).await;
-        let client = Client::new(&format!("http://{addr}")).unwrap();
+        let client = Client::new(&format!("http://{addr}"), &Transport::insecure()).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("kiosk_7.5.0.tgz");
         let mut want = expected(&b.bytes);
@@ -470,7 +471,7 @@ mod tests {
     async fn no_download_starts_without_room_for_it() {
         let b = blob(10);
         let addr = server(b.clone()).await;
-        let client = Client::new(&format!("http://{addr}")).unwrap();
+        let client = Client::new(&format!("http://{addr}"), &Transport::insecure()).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("huge.tgz");
         let want = Expected {

@@ -21,7 +21,7 @@ use posup_proto::agent::{
 use posup_proto::{Inventory, TaskKind};
 use sha2::{Digest, Sha256};
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Transport};
 use crate::config::{PollConfig, jittered};
 use crate::outbox::{Outbox, Report};
 
@@ -96,7 +96,13 @@ pub async fn run(
     stats: Arc<FleetStats>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ClientError> {
-    let base = Arc::new(Client::new(&config.server)?);
+    // The fleet simulates terminals against a test or benchmark server, which
+    // may be plain HTTP on loopback.
+    let transport = Transport {
+        insecure_http: config.server.starts_with("http://"),
+        ca_file: None,
+    };
+    let base = Arc::new(Client::new(&config.server, &transport)?);
     let config = Arc::new(config);
     let gate = Arc::new(tokio::sync::Semaphore::new(
         config.enroll_concurrency.max(1),

@@ -167,6 +167,7 @@ async fn idle_rss(idle: Duration) -> anyhow::Result<()> {
         &config,
         format!(
             r#"server = "{url}"
+insecure_http = true
 enrollment_secret = "{SECRET}"
 state_dir = "{state}"
 [device]

@@ -276,6 +276,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
                 .map_err(|e| anyhow::anyhow!("starting {name}: {}", e.message))?;
             let config = AgentConfig {
                 server: base.clone(),
+                // The demo's server is on loopback, without a certificate.
+                insecure_http: true,
+                ca_file: None,
                 enrollment_secret: secret.clone(),
                 state_dir: state.clone(),
                 device: Identity {

@@ -56,6 +56,13 @@ pub struct ServerArgs {
     /// Database connections (PostgreSQL pool, or SQLite readers) [default: 16].
     #[arg(long, env = "POSUP_DB_CONNECTIONS")]
     pub db_connections: Option<u32>,
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key). Without it,
+    /// plain HTTP, for a TLS proxy in front or for tests.
+    #[arg(long, env = "POSUP_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "POSUP_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The configuration file. Every key is optional; names match the flags.
@@ -72,6 +79,8 @@ pub struct FileConfig {
     pub offline_after_secs: Option<u32>,
     pub max_package_mb: Option<u64>,
     pub db_connections: Option<u32>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Milliseconds contact times are collected before being written together.
     pub contact_flush_ms: Option<u64>,
 }
@@ -92,6 +101,15 @@ pub struct ServerConfig {
     pub db_connections: u32,
     /// `None` writes each contact at once.
     pub contact_flush: Option<Duration>,
+    /// Serve HTTPS; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of the server's certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl ServerConfig {
@@ -109,6 +127,7 @@ impl ServerConfig {
             max_package_bytes: 4096 << 20,
             db_connections: 16,
             contact_flush: Some(Duration::from_secs(1)),
+            tls: None,
         }
     }
 
@@ -173,6 +192,19 @@ impl ServerArgs {
         if let Some(v) = self.db_connections.or(file.db_connections) {
             c.db_connections = v.max(1);
         }
+        c.tls = match (
+            self.tls_cert.clone().or(file.tls_cert),
+            self.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                anyhow::bail!("--tls-cert needs --tls-key: give the certificate's private key")
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("--tls-key needs --tls-cert: give the certificate chain")
+            }
+        };
         if let Some(ms) = file.contact_flush_ms {
             c.contact_flush = (ms > 0).then(|| Duration::from_millis(ms));
         }

@@ -41,6 +41,7 @@ mod notify_api;
 pub mod openapi;
 mod rollout_api;
 pub mod state;
+pub mod tls;
 mod uploads;
 
 pub use blobs::Blobs;
@@ -193,25 +194,41 @@ fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `config` on `listener` until `shutdown` completes, then finishes running
-/// requests, writes pending contact times and closes the database.
+/// Serves `config` on `listener` (with TLS when the configuration has a
+/// certificate) until `shutdown` completes, then finishes running requests, writes
+/// pending contact times and closes the database.
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // A bad certificate is found before the database is touched.
+    let tls = match &config.tls {
+        Some(files) => Some(tls::load(&files.cert, &files.key)?),
+        None => None,
+    };
     let state = open(&config, Arc::new(SystemClock)).await?;
     bootstrap(&state, &config).await?;
-    run_with_state(state, listener, shutdown).await
+    match tls {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls).context("listening with TLS")?;
+            run_with_state(state, listener, shutdown).await
+        }
+        None => run_with_state(state, listener, shutdown).await,
+    }
 }
 
 /// [`run`] with a prepared state (tests and benchmarks bring their own clock or
 /// store).
-pub async fn run_with_state(
+pub async fn run_with_state<L>(
     state: AppState,
-    listener: TcpListener,
+    listener: L,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     // The counters as of now: caches filled from here on are checked against them.
     state.refresh_caches().await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -290,7 +307,12 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     eprintln!(
-        "posup server: listening on http://{}",
+        "posup server: listening on {}://{}",
+        if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         listener.local_addr()?
     );
     run(config, listener, shutdown_signal()).await
