@@ -53,13 +53,17 @@ pub struct DeviceIdentity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EnrollRequest {
-    /// An enrollment secret created by an administrator.
+    /// An enrollment token created by an administrator. A terminal enrolling again
+    /// with its current device token (`Authorization: Bearer`) needs none.
+    #[serde(default)]
     pub secret: String,
     pub device: DeviceIdentity,
 }
 
-/// The answer to an enrollment. Enrolling again with the same GUID replaces the
-/// device's token (the old one stops working) and keeps its history.
+/// The answer to an enrollment. An enrolled GUID enrolls again only with its
+/// current device token, or once after an administrator reset it; that replaces
+/// the device's token (the old one stops working) and keeps its history. Site and
+/// device type stay as they are: only an operator moves a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EnrollResponse {

@@ -129,6 +129,52 @@ pub struct DeviceRow {
     pub last_contact: Option<DateTime<Utc>>,
     pub enrolled_at: DateTime<Utc>,
     pub tags: Vec<String>,
+    /// Whether its token is accepted.
+    pub access: DeviceAccess,
+}
+
+/// Whether a device's token is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceAccess {
+    Active,
+    /// Its token is refused and it cannot enroll again until an administrator
+    /// resets it.
+    Revoked,
+    /// Reset by an administrator: its token is refused; the next enrollment with
+    /// its GUID and a valid enrollment token takes the device over.
+    AwaitingEnrollment,
+}
+
+impl DeviceAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceAccess::Active => "active",
+            DeviceAccess::Revoked => "revoked",
+            DeviceAccess::AwaitingEnrollment => "awaiting-enrollment",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "active" => DeviceAccess::Active,
+            "revoked" => DeviceAccess::Revoked,
+            "awaiting-enrollment" => DeviceAccess::AwaitingEnrollment,
+            _ => return None,
+        })
+    }
+}
+
+/// `PATCH /api/v1/devices/{id}`: an operator moves a device to another site or
+/// device type (a terminal cannot move itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct MoveDevice {
+    #[serde(default)]
+    pub site: Option<crate::agent::Site>,
+    #[serde(default)]
+    pub device_type: Option<String>,
 }
 
 /// `GET /api/v1/devices/{id}`.
@@ -640,6 +686,10 @@ pub enum VariableScope {
 pub struct SetVariable {
     pub name: String,
     pub value: String,
+    /// Write-only: its value is never shown by the API or the audit log, only
+    /// sent to the devices in its scope (passwords, keys).
+    #[serde(default)]
+    pub secret: bool,
     #[serde(flatten)]
     pub scope: VariableScope,
 }
@@ -660,13 +710,16 @@ pub struct VariableView {
     pub name: String,
     #[serde(flatten)]
     pub scope: VariableScope,
-    pub value: String,
+    /// `None` for a secret variable: its value is write-only.
+    pub value: Option<String>,
+    pub secret: bool,
     /// The change that set it.
     pub change_id: i64,
     pub updated_at: DateTime<Utc>,
 }
 
-/// One change of a variable; `value` is `None` for a removal.
+/// One change of a variable; `value` is `None` for a removal, and for a secret
+/// variable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VariableChangeView {
@@ -675,6 +728,7 @@ pub struct VariableChangeView {
     #[serde(flatten)]
     pub scope: VariableScope,
     pub value: Option<String>,
+    pub secret: bool,
     pub at: DateTime<Utc>,
 }
 
@@ -892,6 +946,10 @@ pub struct RecomputeResult {
 pub struct CreateToken {
     pub name: String,
     pub role: Role,
+    /// The vendor a `vendor` token acts for (required for that role, refused for
+    /// the others): it manages only plugins that name this vendor.
+    #[serde(default)]
+    pub vendor: Option<String>,
 }
 
 /// A new operator token; the secret is shown only here.
@@ -911,6 +969,7 @@ pub struct TokenView {
     pub id: i64,
     pub name: String,
     pub role: Role,
+    pub vendor: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -919,6 +978,15 @@ pub struct TokenView {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CreateEnrollmentSecret {
     pub name: String,
+    /// Only terminals of this site may enroll with it (a store's token).
+    #[serde(default)]
+    pub site: Option<String>,
+    /// How many enrollments it serves; unlimited when absent.
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    /// When it stops working; never when absent.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A new enrollment secret; the secret is shown only here.
@@ -936,6 +1004,11 @@ pub struct CreatedEnrollmentSecret {
 pub struct EnrollmentSecretView {
     pub id: i64,
     pub name: String,
+    pub site: Option<String>,
+    pub max_uses: Option<u32>,
+    /// Enrollments it served.
+    pub uses: u32,
+    pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -585,7 +585,10 @@ mod tests {
         }
         let bytes = std::fs::read(dir.path().join("entry")).unwrap();
         assert_eq!(bytes.len(), 4096);
-        assert!(bytes.iter().all(|b| *b == bytes[0]), "one writer's bytes, whole");
+        assert!(
+            bytes.iter().all(|b| *b == bytes[0]),
+            "one writer's bytes, whole"
+        );
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file stays behind");
     }

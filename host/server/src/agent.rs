@@ -14,12 +14,12 @@ use posup_proto::agent::{
     AgentStatus, EnrollRequest, EnrollResponse, Feedback, FeedbackAck, PollResponse,
     VariableChanges,
 };
-use posup_store::{InventoryReport, VarTarget};
+use posup_store::{Enrollment, InventoryReport, VarTarget};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::auth::{Device, hash_secret, new_secret};
+use crate::auth::{Device, hash_secret, new_secret, optional_bearer};
 use crate::error::{Error, Result};
 use crate::extract::{Json, Path};
 use crate::state::AppState;
@@ -35,24 +35,22 @@ pub fn routes() -> Router<AppState> {
 
 async fn enroll(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Json(req): Json<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>> {
     let store = state.store();
-    let secret = store
-        .enrollment_secret_by_hash(&hash_secret(&req.secret))
-        .await?
-        .ok_or_else(|| {
-            Error::Unauthorized(
-                "unknown enrollment secret: ask an administrator for a valid one".into(),
-            )
-        })?;
     let token = new_secret("pdt_");
+    let current = optional_bearer(&headers).map(hash_secret);
+    let secret = (!req.secret.is_empty()).then(|| hash_secret(&req.secret));
     let id = store
         .enroll(
-            &req.device,
-            &hash_secret(&token),
+            Enrollment {
+                identity: &req.device,
+                secret_hash: secret.as_deref(),
+                current_token_hash: current.as_deref(),
+                new_token_hash: &hash_secret(&token),
+            },
             state.now_ms(),
-            &format!("enrollment secret {secret}"),
         )
         .await?;
     // A device enrolling again gets a new token: the old one must stop working.

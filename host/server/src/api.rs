@@ -21,7 +21,12 @@ pub fn routes(max_plugin_bytes: usize) -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/devices", get(list_devices))
-        .route("/devices/{id}", get(get_device).delete(delete_device))
+        .route(
+            "/devices/{id}",
+            get(get_device).delete(delete_device).patch(move_device),
+        )
+        .route("/devices/{id}/revoke", post(revoke_device))
+        .route("/devices/{id}/reset", post(reset_device))
         .route("/devices/{id}/tags", put(set_tags))
         .route("/device-types", get(list_device_types))
         .route(
@@ -148,6 +153,60 @@ async fn delete_device(
         .store()
         .delete_device(id, state.now_ms(), &op.actor())
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn move_device(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+    Json(body): Json<MoveDevice>,
+) -> Result<Json<DeviceRow>> {
+    op.require(roles::FLEET, "move devices")?;
+    let store = state.store();
+    store
+        .move_device(id, &body, state.now_ms(), &op.actor())
+        .await?;
+    state.caches().invalidate_all();
+    Ok(Json(
+        store
+            .device_detail(id, &state.at())
+            .await?
+            .map(|d| d.device)
+            .ok_or_else(|| Error::NotFound(format!("device {id} does not exist")))?,
+    ))
+}
+
+async fn revoke_device(state: State<AppState>, op: Operator, id: Path<i64>) -> Result<StatusCode> {
+    device_access(state, op, id, DeviceAccess::Revoked, "revoke device tokens").await
+}
+
+async fn reset_device(state: State<AppState>, op: Operator, id: Path<i64>) -> Result<StatusCode> {
+    device_access(
+        state,
+        op,
+        id,
+        DeviceAccess::AwaitingEnrollment,
+        "reset devices",
+    )
+    .await
+}
+
+/// Revoking and resetting both end the device's current token at once, on this
+/// replica by its cache and on the others by the devices counter.
+async fn device_access(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<i64>,
+    to: DeviceAccess,
+    doing: &str,
+) -> Result<StatusCode> {
+    op.require(roles::ADMIN, doing)?;
+    state
+        .store()
+        .set_device_access(id, to, state.now_ms(), &op.actor())
+        .await?;
+    state.caches().invalidate_all();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -375,6 +434,8 @@ async fn delete_plugin(
 ) -> Result<StatusCode> {
     op.require(roles::PLUGINS, "delete plugins")?;
     check_sha(&sha256, "plugin")?;
+    let plugin = plugin_view(&state, &sha256).await?;
+    op.act_for_vendor(&plugin.vendor, "delete plugins")?;
     state
         .store()
         .delete_plugin(&sha256, state.now_ms(), &op.actor())
@@ -759,10 +820,11 @@ async fn set_variable(
     op.require(roles::FLEET, "set variables")?;
     let id = state
         .store()
-        .change_variable(
+        .write_variable(
             &body.name,
             &body.scope,
             Some(&body.value),
+            body.secret,
             state.now_ms(),
             &op.actor(),
         )
@@ -894,8 +956,7 @@ async fn create_token(
     let created = state
         .store()
         .create_token(
-            &body.name,
-            body.role,
+            &body,
             &secret,
             &hash_secret(&secret),
             state.now_ms(),
@@ -936,7 +997,7 @@ async fn create_secret(
     let created = state
         .store()
         .create_enrollment_secret(
-            &body.name,
+            &body,
             &secret,
             &hash_secret(&secret),
             state.now_ms(),

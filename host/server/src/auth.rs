@@ -49,6 +49,17 @@ fn bearer(parts: &Parts) -> Result<&str> {
         })
 }
 
+/// The bearer token of a request that may carry one (an enrollment).
+pub fn optional_bearer(headers: &header::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// Who may do what.
 pub mod roles {
     use posup_proto::api::Role::{self, *};
@@ -82,6 +93,19 @@ impl Operator {
             "token {} has role {} and may not {doing}: that needs role {needed}",
             self.0.name,
             self.0.role.as_str()
+        )))
+    }
+
+    /// Refuses with 403 a vendor token acting on another vendor's plugin. Other
+    /// roles pass (their role was checked by [`Operator::require`]).
+    pub fn act_for_vendor(&self, vendor: &str, doing: &str) -> Result<()> {
+        if self.0.role != Role::Vendor || self.0.vendor.as_deref() == Some(vendor) {
+            return Ok(());
+        }
+        Err(Error::Forbidden(format!(
+            "token {} acts for vendor {} and may not {doing} of vendor {vendor}",
+            self.0.name,
+            self.0.vendor.as_deref().unwrap_or("(none)")
         )))
     }
 
@@ -123,7 +147,7 @@ impl FromRequestParts<AppState> for Device {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let token_hash = digest_secret(bearer(parts)?);
         if let Some(auth) = state.caches().device(&token_hash) {
-            return Ok(Device { auth, token_hash });
+            return active(auth).map(|auth| Device { auth, token_hash });
         }
         let epoch = state.caches().epoch();
         let auth = state
@@ -135,6 +159,21 @@ impl FromRequestParts<AppState> for Device {
                 Error::Unauthorized("unknown device token: enroll the device again".into())
             })?;
         state.caches().put_device(token_hash, auth.clone(), epoch);
-        Ok(Device { auth, token_hash })
+        active(auth).map(|auth| Device { auth, token_hash })
+    }
+}
+
+/// Only an active device is served; a revoked or reset one hears why, and nothing
+/// else.
+fn active(auth: Arc<DeviceAuth>) -> Result<Arc<DeviceAuth>> {
+    match auth.access.as_str() {
+        "active" => Ok(auth),
+        "awaiting-enrollment" => Err(Error::Unauthorized(
+            "device token replaced: an administrator reset this device; enroll it again".into(),
+        )),
+        _ => Err(Error::Unauthorized(
+            "device token revoked: an administrator must reset this device before it enrolls again"
+                .into(),
+        )),
     }
 }

@@ -143,6 +143,7 @@ mod tests {
             revision: 1,
             poll_interval_secs: None,
             last_contact: 0,
+            access: "active".into(),
         }
     }
 

@@ -66,6 +66,8 @@ impl From<posup_store::Error> for Error {
             posup_store::Error::NotFound(m) => Error::NotFound(m),
             posup_store::Error::Conflict(m) => Error::Conflict(m),
             posup_store::Error::Invalid(m) => Error::Invalid(m),
+            posup_store::Error::Unauthorized(m) => Error::Unauthorized(m),
+            posup_store::Error::Forbidden(m) => Error::Forbidden(m),
             other => Error::internal("the database failed", other),
         }
     }

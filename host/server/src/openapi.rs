@@ -240,7 +240,7 @@ pub fn document() -> Value {
     d.op(
         "post",
         "/api/v1/agent/enroll",
-        "Enroll a device with an enrollment secret",
+        "Enroll a terminal: a new GUID with an enrollment token; an enrolled one with its current device token (Authorization) or once after a reset",
         Auth::None,
     )
     .body::<EnrollRequest>()
@@ -312,6 +312,31 @@ pub fn document() -> Value {
         "/api/v1/devices/{id}",
         "Delete a device",
         op(FLEET),
+    )
+    .no_content()
+    .add();
+    d.op(
+        "patch",
+        "/api/v1/devices/{id}",
+        "Move a device to another site or device type",
+        op(FLEET),
+    )
+    .body::<MoveDevice>()
+    .ok::<DeviceRow>(200, "the device")
+    .add();
+    d.op(
+        "post",
+        "/api/v1/devices/{id}/revoke",
+        "Revoke a device's token: it is refused until an administrator resets it",
+        op(ADMIN),
+    )
+    .no_content()
+    .add();
+    d.op(
+        "post",
+        "/api/v1/devices/{id}/reset",
+        "End a device's token and let its GUID enroll once more with an enrollment token",
+        op(ADMIN),
     )
     .no_content()
     .add();

@@ -75,6 +75,7 @@ pub async fn upload_plugin(
         ))
     })?;
     check_info(&label, &info)?;
+    operator.act_for_vendor(&info.vendor, "upload plugins")?;
     let sha256 = state.blobs().put(&body).await?;
     let view = state
         .store()

@@ -2,13 +2,12 @@
 
 use posup_proto::agent::{AgentStatus, DeviceIdentity};
 use posup_proto::api::{
-    DeviceDetail, DeviceQuery, DeviceRow, DeviceSort, DeviceTaskState, DeviceTaskSummary, Order,
-    TaskState,
+    DeviceAccess, DeviceDetail, DeviceQuery, DeviceRow, DeviceSort, DeviceTaskState,
+    DeviceTaskSummary, Order, TaskState,
 };
 use posup_proto::{Inventory, Page, TaskKind};
 use serde_json::json;
 
-use crate::device_types::unknown_type;
 use crate::sql::{Cond, Sql, contains_pattern};
 use crate::version::{self, Reference};
 
@@ -31,6 +30,8 @@ pub struct DeviceAuth {
     /// Unix ms of the last recorded contact; 0 for never.
     pub last_contact: i64,
     pub poll_interval_secs: Option<i64>,
+    /// `active`, `revoked` or `awaiting-enrollment`: only an active device is served.
+    pub access: String,
 }
 
 /// What a poll reports about the installation.
@@ -58,14 +59,17 @@ pub(crate) struct ListRow {
     pending_sync: i64,
     last_contact: i64,
     enrolled_at: i64,
+    access: String,
 }
 
 pub(crate) const LIST_COLUMNS: &str = "d.id, d.guid, d.site, d.address, d.name, d.number, d.device_type, d.agent_version, \
-    d.version, d.loaded_package, d.state, d.pending_sync, d.last_contact, d.enrolled_at";
+    d.version, d.loaded_package, d.state, d.pending_sync, d.last_contact, d.enrolled_at, d.access";
 
 impl ListRow {
     fn row(self, at: &At, tags: Vec<String>) -> DeviceRow {
         DeviceRow {
+            // An unknown value reads as revoked: the stricter answer.
+            access: DeviceAccess::parse(&self.access).unwrap_or(DeviceAccess::Revoked),
             id: self.id,
             guid: self.guid,
             site: self.site,
@@ -119,7 +123,7 @@ pub(crate) fn online_cond(online: bool, at: &At) -> Cond {
     c
 }
 
-fn check_identity(d: &DeviceIdentity) -> Result<()> {
+pub(crate) fn check_identity(d: &DeviceIdentity) -> Result<()> {
     let field = |what: &str, value: &str, max: usize, required: bool| -> Result<()> {
         if (required && value.trim().is_empty())
             || value.len() > max
@@ -142,76 +146,12 @@ fn check_identity(d: &DeviceIdentity) -> Result<()> {
 }
 
 impl Store {
-    /// Enrolls a device, or re-enrolls one with the same GUID: its identity is
-    /// updated and its token replaced; its history stays.
-    pub async fn enroll(
-        &self,
-        identity: &DeviceIdentity,
-        token_hash: &str,
-        now: i64,
-        actor: &str,
-    ) -> Result<i64> {
-        check_identity(identity)?;
-        self.require_device_type(&identity.device_type)
-            .await
-            .map_err(|_| unknown_type(&identity.device_type))?;
-        let d = identity;
-        with_write!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM devices WHERE guid = $1")
-                .bind(&d.guid)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let (id, action) = match existing {
-                Some(id) => {
-                    sqlx::query(
-                        "UPDATE devices SET site = $2, address = $3, name = $4, number = $5, device_type = $6, \
-                         agent_version = $7, token_hash = $8 WHERE id = $1",
-                    )
-                    .bind(id)
-                    .bind(&d.site.name)
-                    .bind(&d.site.address)
-                    .bind(&d.name)
-                    .bind(i64::from(d.number))
-                    .bind(&d.device_type)
-                    .bind(&d.agent_version)
-                    .bind(token_hash)
-                    .execute(&mut *tx)
-                    .await?;
-                    (id, "device.reenroll")
-                }
-                None => {
-                    let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO devices (guid, site, address, name, number, device_type, agent_version, token_hash, enrolled_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-                    )
-                    .bind(&d.guid)
-                    .bind(&d.site.name)
-                    .bind(&d.site.address)
-                    .bind(&d.name)
-                    .bind(i64::from(d.number))
-                    .bind(&d.device_type)
-                    .bind(&d.agent_version)
-                    .bind(token_hash)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    (id, "device.enroll")
-                }
-            };
-            audit!(&mut *tx, now, actor, action, "device", id, json!(d));
-            bump!(&mut *tx, "devices");
-            tx.commit().await?;
-            Ok(id)
-        })
-    }
-
     /// The device whose token has this hash.
     pub async fn device_by_token(&self, token_hash: &str) -> Result<Option<DeviceAuth>> {
         Ok(with_read!(self, pool => {
             sqlx::query_as::<_, DeviceAuth>(
                 "SELECT d.id, d.guid, d.site, d.number, d.device_type, d.agent_version, d.plugin_sha256, d.agent_message, \
-                 d.inventory_hash, dt.revision, dt.poll_interval_secs, d.last_contact \
+                 d.inventory_hash, dt.revision, dt.poll_interval_secs, d.last_contact, d.access \
                  FROM devices d JOIN device_types dt ON dt.name = d.device_type WHERE d.token_hash = $1",
             )
             .bind(token_hash)

@@ -31,6 +31,7 @@ mod sql;
 mod audit;
 mod device_types;
 mod devices;
+mod enrollment;
 mod gates;
 mod generations;
 mod groups;
@@ -51,6 +52,7 @@ pub mod testing;
 
 pub use device_types::DeviceTypeConfig;
 pub use devices::{DeviceAuth, InventoryReport};
+pub use enrollment::Enrollment;
 pub use gates::Asking;
 pub use generations::Generations;
 pub use notifications::{Attempt, Delivery, FIRST_RETRY, MAX_ATTEMPTS, MAX_RETRY, Notice, backoff};
@@ -101,8 +103,8 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// What went wrong in the store. Messages of `NotFound`, `Conflict` and `Invalid`
-/// name the object and are meant for clients; `Database`, `Migrate` and `Corrupt`
+/// What went wrong in the store. Messages of `NotFound`, `Conflict`, `Invalid`,
+/// `Unauthorized` and `Forbidden` name the object and are meant for clients; `Database`, `Migrate` and `Corrupt`
 /// are for the server log only.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -112,6 +114,12 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// A credential was refused (an enrollment token unknown, expired, used up).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A credential is valid but not for this (an enrollment token of another site).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]

@@ -115,6 +115,19 @@ impl Store {
     ) -> Result<PluginView> {
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
+            // A plugin name belongs to the vendor that published it first, so no
+            // vendor's build can stand in for another's on a device type.
+            let owner: Option<String> = sqlx::query_scalar("SELECT vendor FROM plugins WHERE name = $1 AND vendor <> $2 LIMIT 1")
+                .bind(&plugin.name)
+                .bind(&plugin.vendor)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(owner) = owner {
+                return Err(Error::Conflict(format!(
+                    "plugin name {} belongs to vendor {owner}; this plugin says vendor {}: give it a name of its own",
+                    plugin.name, plugin.vendor
+                )));
+            }
             let existing: Option<String> = sqlx::query_scalar("SELECT sha256 FROM plugins WHERE name = $1 AND version = $2")
                 .bind(&plugin.name)
                 .bind(&plugin.version)

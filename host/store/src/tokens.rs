@@ -2,10 +2,12 @@
 //! stored; the caller hashes.
 
 use posup_proto::api::{
-    CreatedEnrollmentSecret, CreatedToken, EnrollmentSecretView, Role, TokenView,
+    CreateEnrollmentSecret, CreateToken, CreatedEnrollmentSecret, CreatedToken,
+    EnrollmentSecretView, Role, TokenView,
 };
 use serde_json::json;
 
+use crate::enrollment::check_new_token;
 use crate::{Error, Result, Store, ts};
 
 /// Who an operator token belongs to.
@@ -14,6 +16,8 @@ pub struct TokenIdentity {
     pub id: i64,
     pub name: String,
     pub role: Role,
+    /// The vendor a vendor token acts for.
+    pub vendor: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -21,6 +25,7 @@ struct TokenRow {
     id: i64,
     name: String,
     role: String,
+    vendor: Option<String>,
     created_at: i64,
 }
 
@@ -42,26 +47,42 @@ impl Store {
     /// and not kept.
     pub async fn create_token(
         &self,
-        name: &str,
-        role: Role,
+        body: &CreateToken,
         secret: &str,
         hash: &str,
         now: i64,
         actor: &str,
     ) -> Result<CreatedToken> {
+        let (name, role, vendor) = (body.name.as_str(), body.role, body.vendor.as_deref());
         check_name("token", name)?;
+        match (role, vendor) {
+            (Role::Vendor, None) => {
+                return Err(Error::Invalid(format!(
+                    "token {name}: a vendor token acts for one vendor: give `vendor`, the name its plugins declare"
+                )));
+            }
+            (Role::Vendor, Some(v)) => check_name("vendor", v)?,
+            (_, Some(_)) => {
+                return Err(Error::Invalid(format!(
+                    "token {name}: only a vendor token names a vendor: leave `vendor` out for role {}",
+                    role.as_str()
+                )));
+            }
+            (_, None) => {}
+        }
         let id = with_write!(self, pool => {
             let mut tx = pool.begin().await?;
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO tokens (name, role, hash, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+                "INSERT INTO tokens (name, role, hash, created_at, vendor) VALUES ($1, $2, $3, $4, $5) RETURNING id",
             )
             .bind(name)
             .bind(role.as_str())
             .bind(hash)
             .bind(now)
+            .bind(vendor)
             .fetch_one(&mut *tx)
             .await?;
-            audit!(&mut *tx, now, actor, "token.create", "token", id, json!({"name": name, "role": role}));
+            audit!(&mut *tx, now, actor, "token.create", "token", id, json!({"name": name, "role": role, "vendor": vendor}));
             tx.commit().await?;
             id
         });
@@ -110,17 +131,18 @@ impl Store {
     }
 
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenIdentity>> {
-        let row: Option<(i64, String, String)> = with_read!(self, pool => {
-            sqlx::query_as("SELECT id, name, role FROM tokens WHERE hash = $1")
+        let row: Option<(i64, String, String, Option<String>)> = with_read!(self, pool => {
+            sqlx::query_as("SELECT id, name, role, vendor FROM tokens WHERE hash = $1")
                 .bind(hash)
                 .fetch_optional(pool)
                 .await?
         });
-        row.map(|(id, name, r)| {
+        row.map(|(id, name, r, vendor)| {
             Ok(TokenIdentity {
                 id,
                 name,
                 role: role(&r)?,
+                vendor,
             })
         })
         .transpose()
@@ -128,7 +150,7 @@ impl Store {
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenView>> {
         let rows: Vec<TokenRow> = with_read!(self, pool => {
-            sqlx::query_as("SELECT id, name, role, created_at FROM tokens ORDER BY id")
+            sqlx::query_as("SELECT id, name, role, vendor, created_at FROM tokens ORDER BY id")
                 .fetch_all(pool)
                 .await?
         });
@@ -138,6 +160,7 @@ impl Store {
                     id: r.id,
                     name: r.name,
                     role: role(&r.role)?,
+                    vendor: r.vendor,
                     created_at: ts(r.created_at),
                 })
             })
@@ -173,32 +196,41 @@ impl Store {
         })
     }
 
+    /// Stores a new enrollment token (its hash) with what it may enroll; `secret`
+    /// is returned in the answer and not kept.
     pub async fn create_enrollment_secret(
         &self,
-        name: &str,
+        body: &CreateEnrollmentSecret,
         secret: &str,
         hash: &str,
         now: i64,
         actor: &str,
     ) -> Result<CreatedEnrollmentSecret> {
-        check_name("enrollment secret", name)?;
+        check_name("enrollment token", &body.name)?;
+        check_new_token(body.max_uses, body.expires_at, body.site.as_deref(), now)?;
+        let expires_at = body.expires_at.map(|at| at.timestamp_millis());
+        let max_uses = body.max_uses.map(i64::from);
         let id = with_write!(self, pool => {
             let mut tx = pool.begin().await?;
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO enrollment_secrets (name, hash, created_at) VALUES ($1, $2, $3) RETURNING id",
+                "INSERT INTO enrollment_secrets (name, hash, created_at, site, expires_at, max_uses) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             )
-            .bind(name)
+            .bind(&body.name)
             .bind(hash)
             .bind(now)
+            .bind(body.site.as_deref())
+            .bind(expires_at)
+            .bind(max_uses)
             .fetch_one(&mut *tx)
             .await?;
-            audit!(&mut *tx, now, actor, "enrollment_secret.create", "enrollment_secret", id, json!({"name": name}));
+            audit!(&mut *tx, now, actor, "enrollment_secret.create", "enrollment_secret", id, json!(body));
             tx.commit().await?;
             id
         });
         Ok(CreatedEnrollmentSecret {
             id,
-            name: name.to_owned(),
+            name: body.name.clone(),
             secret: secret.to_owned(),
         })
     }
@@ -236,29 +268,36 @@ impl Store {
         }))
     }
 
-    /// The name of the enrollment secret with this hash.
-    pub async fn enrollment_secret_by_hash(&self, hash: &str) -> Result<Option<String>> {
-        Ok(with_read!(self, pool => {
-            sqlx::query_scalar::<_, String>("SELECT name FROM enrollment_secrets WHERE hash = $1")
-                .bind(hash)
-                .fetch_optional(pool)
-                .await?
-        }))
-    }
-
     pub async fn list_enrollment_secrets(&self) -> Result<Vec<EnrollmentSecretView>> {
-        let rows: Vec<(i64, String, i64)> = with_read!(self, pool => {
-            sqlx::query_as("SELECT id, name, created_at FROM enrollment_secrets ORDER BY id")
-                .fetch_all(pool)
-                .await?
+        type Row = (
+            i64,
+            String,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            i64,
+            i64,
+        );
+        let rows: Vec<Row> = with_read!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, name, site, max_uses, expires_at, uses, created_at FROM enrollment_secrets ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?
         });
         Ok(rows
             .into_iter()
-            .map(|(id, name, created_at)| EnrollmentSecretView {
-                id,
-                name,
-                created_at: ts(created_at),
-            })
+            .map(
+                |(id, name, site, max_uses, expires_at, uses, created_at)| EnrollmentSecretView {
+                    id,
+                    name,
+                    site,
+                    max_uses: max_uses.map(|m| m as u32),
+                    uses: uses as u32,
+                    expires_at: expires_at.map(ts),
+                    created_at: ts(created_at),
+                },
+            )
             .collect())
     }
 

@@ -117,6 +117,22 @@ impl Store {
         now: i64,
         actor: &str,
     ) -> Result<Option<i64>> {
+        self.write_variable(name, scope, value, false, now, actor)
+            .await
+    }
+
+    /// [`Store::change_variable`], for a value that may be secret: a secret value
+    /// is kept only in the variable itself, never in the change log or the audit
+    /// log, and the API shows it to nobody.
+    pub async fn write_variable(
+        &self,
+        name: &str,
+        scope: &VariableScope,
+        value: Option<&str>,
+        secret: bool,
+        now: i64,
+        actor: &str,
+    ) -> Result<Option<i64>> {
         check_variable_name(name)?;
         if value.is_some_and(|v| v.len() > 65_536) {
             return Err(Error::Invalid(format!(
@@ -148,20 +164,22 @@ impl Store {
                 }
             }
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO variable_changes (name, scope_kind, scope_ref, value, at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                "INSERT INTO variable_changes (name, scope_kind, scope_ref, value, at, secret) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             )
             .bind(name)
             .bind(kind)
             .bind(&reference)
-            .bind(value)
+            .bind(if secret { None } else { value })
             .bind(now)
+            .bind(i64::from(secret))
             .fetch_one(&mut *tx)
             .await?;
             match value {
                 Some(v) => {
                     sqlx::query(
-                        "INSERT INTO variables (name, scope_kind, scope_ref, value, change_id, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
-                         ON CONFLICT (name, scope_kind, scope_ref) DO UPDATE SET value = excluded.value, change_id = excluded.change_id, updated_at = excluded.updated_at",
+                        "INSERT INTO variables (name, scope_kind, scope_ref, value, change_id, updated_at, secret) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         ON CONFLICT (name, scope_kind, scope_ref) DO UPDATE SET value = excluded.value, change_id = excluded.change_id, \
+                         updated_at = excluded.updated_at, secret = excluded.secret",
                     )
                     .bind(name)
                     .bind(kind)
@@ -169,6 +187,7 @@ impl Store {
                     .bind(v)
                     .bind(id)
                     .bind(now)
+                    .bind(i64::from(secret))
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -182,7 +201,8 @@ impl Store {
                 }
             }
             let action = if value.is_some() { "variable.set" } else { "variable.delete" };
-            audit!(&mut *tx, now, actor, action, "variable", name, json!({"scope": scope, "value": value, "change_id": id}));
+            let shown = if secret { None } else { value };
+            audit!(&mut *tx, now, actor, action, "variable", name, json!({"scope": scope, "value": shown, "secret": secret, "change_id": id}));
             tx.commit().await?;
             Ok(Some(id))
         })
@@ -190,31 +210,35 @@ impl Store {
 
     /// Variables as set, optionally only one name.
     pub async fn list_variables(&self, name: Option<&str>) -> Result<Vec<VariableView>> {
-        let rows: Vec<(String, String, String, String, i64, i64)> = with_read!(self, pool => {
+        type Row = (String, String, String, String, i64, i64, i64);
+        let rows: Vec<Row> = with_read!(self, pool => {
             match name {
                 Some(n) => sqlx::query_as(
-                    "SELECT name, scope_kind, scope_ref, value, change_id, updated_at FROM variables WHERE name = $1 ORDER BY name, scope_kind, scope_ref",
+                    "SELECT name, scope_kind, scope_ref, value, change_id, updated_at, secret FROM variables WHERE name = $1 ORDER BY name, scope_kind, scope_ref",
                 )
                 .bind(n)
                 .fetch_all(pool)
                 .await?,
                 None => sqlx::query_as(
-                    "SELECT name, scope_kind, scope_ref, value, change_id, updated_at FROM variables ORDER BY name, scope_kind, scope_ref",
+                    "SELECT name, scope_kind, scope_ref, value, change_id, updated_at, secret FROM variables ORDER BY name, scope_kind, scope_ref",
                 )
                 .fetch_all(pool)
                 .await?,
             }
         });
         rows.into_iter()
-            .map(|(name, kind, reference, value, change_id, updated_at)| {
-                Ok(VariableView {
-                    name,
-                    scope: scope_of(&kind, &reference)?,
-                    value,
-                    change_id,
-                    updated_at: ts(updated_at),
-                })
-            })
+            .map(
+                |(name, kind, reference, value, change_id, updated_at, secret)| {
+                    Ok(VariableView {
+                        name,
+                        scope: scope_of(&kind, &reference)?,
+                        value: (secret == 0).then_some(value),
+                        secret: secret != 0,
+                        change_id,
+                        updated_at: ts(updated_at),
+                    })
+                },
+            )
             .collect()
     }
 
@@ -224,9 +248,10 @@ impl Store {
         since: i64,
         limit: u32,
     ) -> Result<Vec<VariableChangeView>> {
-        let rows: Vec<(i64, String, String, String, Option<String>, i64)> = with_read!(self, pool => {
+        type Row = (i64, String, String, String, Option<String>, i64, i64);
+        let rows: Vec<Row> = with_read!(self, pool => {
             sqlx::query_as(
-                "SELECT id, name, scope_kind, scope_ref, value, at FROM variable_changes WHERE id > $1 ORDER BY id LIMIT $2",
+                "SELECT id, name, scope_kind, scope_ref, value, at, secret FROM variable_changes WHERE id > $1 ORDER BY id LIMIT $2",
             )
             .bind(since)
             .bind(i64::from(limit.clamp(1, 1000)))
@@ -234,12 +259,13 @@ impl Store {
             .await?
         });
         rows.into_iter()
-            .map(|(id, name, kind, reference, value, at)| {
+            .map(|(id, name, kind, reference, value, at, secret)| {
                 Ok(VariableChangeView {
                     id,
                     name,
                     scope: scope_of(&kind, &reference)?,
-                    value,
+                    value: if secret != 0 { None } else { value },
+                    secret: secret != 0,
                     at: ts(at),
                 })
             })

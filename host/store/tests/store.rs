@@ -7,7 +7,8 @@ use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Inventory, ModuleVersi
 use posup_store::lifecycle::Command;
 use posup_store::testing::each_backend;
 use posup_store::{
-    Asking, At, DeviceAuth, Error, InventoryReport, NewPackage, NewPlugin, Store, VarTarget,
+    Asking, At, DeviceAuth, Enrollment, Error, InventoryReport, NewPackage, NewPlugin, Store,
+    VarTarget,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -128,18 +129,31 @@ async fn fleet(store: &Store, n: u32) -> (Vec<i64>, PackageView) {
     for i in 1..=n {
         let site = if i.is_multiple_of(2) { "B" } else { "A" };
         ids.push(
-            store
-                .enroll(
-                    &identity(i, site),
-                    &format!("hash-{i}"),
-                    T0,
-                    "enrollment secret test",
-                )
+            enroll(store, &identity(i, site), &format!("hash-{i}"))
                 .await
                 .unwrap(),
         );
     }
     (ids, package)
+}
+
+/// The hash of the enrollment token the tests enroll with.
+const ENROLL: &str = "enroll-hash";
+
+/// Enrolls a new device with the tests' enrollment token.
+async fn enroll(store: &Store, d: &DeviceIdentity, token_hash: &str) -> Result<i64, Error> {
+    store.ensure_enrollment_secret("test", ENROLL, T0).await?;
+    store
+        .enroll(
+            Enrollment {
+                identity: d,
+                secret_hash: Some(ENROLL),
+                current_token_hash: None,
+                new_token_hash: token_hash,
+            },
+            T0,
+        )
+        .await
 }
 
 async fn auth(store: &Store, n: u32) -> DeviceAuth {
@@ -176,11 +190,31 @@ fn feedback(
 async fn tokens_are_found_by_hash_and_the_last_admin_stays() {
     each_backend(|store| async move {
         let admin = store
-            .create_token("root", Role::Admin, "secret", "h1", T0, "server")
+            .create_token(
+                &CreateToken {
+                    name: "root".into(),
+                    role: Role::Admin,
+                    vendor: None,
+                },
+                "secret",
+                "h1",
+                T0,
+                "server",
+            )
             .await
             .unwrap();
         store
-            .create_token("ops", Role::Operator, "s2", "h2", T0, "token root")
+            .create_token(
+                &CreateToken {
+                    name: "ops".into(),
+                    role: Role::Operator,
+                    vendor: None,
+                },
+                "s2",
+                "h2",
+                T0,
+                "token root",
+            )
             .await
             .unwrap();
         let who = store.token_by_hash("h2").await.unwrap().unwrap();
@@ -218,28 +252,88 @@ async fn tokens_are_found_by_hash_and_the_last_admin_stays() {
 #[tokio::test]
 async fn enrollment_checks_the_device_type_and_reenrollment_replaces_the_token() {
     each_backend(|store| async move {
-        let err = store
-            .enroll(&identity(1, "A"), "h", T0, "x")
-            .await
-            .unwrap_err();
+        let err = enroll(&store, &identity(1, "A"), "h").await.unwrap_err();
         assert!(
             matches!(err, Error::Invalid(ref m) if m.contains("device type ukm5 does not exist")),
             "{err}"
         );
         device_type(&store).await;
-        let id = store
-            .enroll(&identity(1, "A"), "old", T0, "x")
-            .await
-            .unwrap();
+        let id = enroll(&store, &identity(1, "A"), "old").await.unwrap();
         let mut again = identity(1, "A");
         again.name = "Kassa renamed".into();
-        assert_eq!(store.enroll(&again, "new", T0, "x").await.unwrap(), id);
+        // The enrollment token alone does not enroll an enrolled GUID again.
+        let err = enroll(&store, &again, "stolen").await.unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict(ref m) if m.contains("already enrolled")),
+            "{err}"
+        );
+        let with_token = |new| Enrollment {
+            identity: &again,
+            secret_hash: None,
+            current_token_hash: Some("old"),
+            new_token_hash: new,
+        };
+        assert_eq!(store.enroll(with_token("new"), T0).await.unwrap(), id);
         assert!(store.device_by_token("old").await.unwrap().is_none());
         let dev = store.device_by_token("new").await.unwrap().unwrap();
-        assert_eq!(dev.id, id);
+        assert_eq!((dev.id, dev.access.as_str()), (id, "active"));
         let row = store.device_row(id, &at(T0)).await.unwrap().unwrap();
         assert_eq!(row.name, "Kassa renamed");
         assert!(!row.online, "never polled");
+        // The replaced token enrolls nothing either.
+        let err = store.enroll(with_token("newer"), T0).await.unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err}");
+    })
+    .await;
+}
+
+/// Terminals racing for an enrollment token's last use: exactly one gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_use_of_an_enrollment_token_goes_to_one_terminal() {
+    each_backend(|store| async move {
+        device_type(&store).await;
+        let body = CreateEnrollmentSecret {
+            name: "one".into(),
+            site: None,
+            max_uses: Some(1),
+            expires_at: None,
+        };
+        store
+            .create_enrollment_secret(&body, "pes_one", "one-hash", T0, "token admin")
+            .await
+            .unwrap();
+        let tries: Vec<_> = (1..=8)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .enroll(
+                            Enrollment {
+                                identity: &identity(n, "A"),
+                                secret_hash: Some("one-hash"),
+                                current_token_hash: None,
+                                new_token_hash: &format!("t{n}"),
+                            },
+                            T0,
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tries {
+            results.push(t.await.unwrap());
+        }
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "{results:?}");
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(r, Error::Unauthorized(m) if m.contains("used up")),
+                "{r}"
+            );
+        }
+        let listed = store.list_enrollment_secrets().await.unwrap();
+        assert_eq!(listed[0].uses, 1);
     })
     .await;
 }
@@ -1394,6 +1488,39 @@ async fn replicas_ticking_at_once_start_a_wave_once() {
             .unwrap();
         assert_eq!(view.waves[0].tasks.len(), 1, "one task for the wave");
         assert_eq!(view.counts.total, ids.len() as u64, "every register once");
+    })
+    .await;
+}
+
+/// A plugin name belongs to the vendor that published it first.
+#[tokio::test]
+async fn a_plugin_name_belongs_to_its_first_vendor() {
+    each_backend(|store| async move {
+        fleet(&store, 0).await;
+        let mut impostor = store.plugin(&"aa".repeat(32)).await.unwrap().unwrap();
+        impostor.vendor = "iiko".into();
+        let err = store
+            .insert_plugin(
+                NewPlugin {
+                    sha256: "bb".repeat(32),
+                    name: impostor.name.clone(),
+                    vendor: impostor.vendor.clone(),
+                    version: "9.9.9".into(),
+                    description: impostor.description.clone(),
+                    device_types: impostor.device_types.clone(),
+                    capabilities: Default::default(),
+                    interface: "0.1.0".into(),
+                    size: 10,
+                },
+                T0,
+                "token other",
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict(ref m) if m.contains("belongs to vendor posup")),
+            "{err}"
+        );
     })
     .await;
 }
