@@ -833,14 +833,12 @@ async fn a_server_restarted_mid_rollout_loses_no_report_and_the_task_completes()
     api.wait_devices(3).await;
 
     let task = api.task(TaskKind::Update, &pkg).await;
-    // Stop the server once the first device is at work.
+    // Stop the server once the first device is at work with the package on the
+    // terminal: a download still under way needs the server, and would wait for it.
     let start = Instant::now();
-    while !api
-        .task_devices(task.id)
-        .await
-        .iter()
-        .any(|r| r.state == DeviceTaskState::Running)
-    {
+    while !api.task_devices(task.id).await.iter().any(|r| {
+        r.state == DeviceTaskState::Running && r.step.as_deref().is_some_and(|s| s != "download")
+    }) {
         assert!(start.elapsed() < LIMIT, "no device started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
