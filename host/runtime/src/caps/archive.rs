@@ -20,16 +20,17 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self as stdfs, File, OpenOptions};
+use std::fs::{self as stdfs, File};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cap_std::fs::{Dir, DirBuilder, DirBuilderExt, OpenOptions, OpenOptionsExt};
 use posup_world::latest::archive::{self, Entry, EntryKind, ExtractSummary};
 use posup_world::latest::types::Error as WitError;
 use wasmtime::component::{HasSelf, Linker};
@@ -716,19 +717,18 @@ pub fn extract(
             )),
             _ => e,
         })?;
-    // Everything happens beneath the handle of `dest`, opened beneath its root: its
-    // path through /proc names that very directory, whatever links a plugin
-    // plants on the way there. Inside it, only real directories are walked.
-    let dest_host = PathBuf::from(format!("/proc/self/fd/{}", dest_dir.as_raw_fd()));
-    if !dest_host.is_dir() {
-        return Err(CapError::io(format!(
-            "{dest}: /proc is not mounted, and the host extracts only beneath a directory handle"
-        )));
-    }
+    // Everything happens beneath the handle of `dest`, opened beneath its root, and
+    // beneath the handle of the temporary directory made in it: no path from the
+    // host's root is walked, whatever links a plugin plants on the way there.
     let (file, format) = open(roots, archive)?;
-    let tmp = TempDir::create(&dest_host, dest)?;
+    let tmp = TempDir::create(&dest_dir, dest)?;
     let mut unpacker = Unpacker {
-        root: tmp.path.clone(),
+        root: tmp.dir.try_clone().map_err(|e| {
+            CapError::from_io(
+                format!("{dest}: the temporary directory to unpack into"),
+                &e,
+            )
+        })?,
         work,
         reserve,
         archive,
@@ -754,32 +754,39 @@ pub fn extract(
     unpacker.finish(dest_dir.as_fd(), tmp)
 }
 
-/// The temporary directory an extraction unpacks into; removed when dropped, so
-/// every early return and even a panic leave `dest` as it was.
+/// The temporary directory an extraction unpacks into, made in `dest` and held by
+/// a handle; removed through `dest`'s handle when dropped, so every early return
+/// and even a panic leave `dest` as it was.
 struct TempDir {
-    path: PathBuf,
+    parent: Dir,
+    name: String,
+    dir: Dir,
 }
 
 impl TempDir {
-    fn create(parent: &Path, guest: &str) -> CapResult<TempDir> {
+    fn create(parent: &Dir, guest: &str) -> CapResult<TempDir> {
+        let failed = |e: io::Error| {
+            CapError::from_io(
+                format!("{guest}: creating the temporary directory to unpack into"),
+                &e,
+            )
+        };
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .subsec_nanos();
         for attempt in 0u32..100 {
-            let path = parent.join(format!(
-                ".posup-extract-{}-{nanos:x}-{attempt}",
-                std::process::id()
-            ));
-            match stdfs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(TempDir { path }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(CapError::from_io(
-                        format!("{guest}: creating the temporary directory to unpack into"),
-                        &e,
-                    ));
+            let name = format!(".posup-extract-{}-{nanos:x}-{attempt}", std::process::id());
+            match parent.create_dir_with(&name, DirBuilder::new().mode(0o700)) {
+                Ok(()) => {
+                    let dir = crate::beneath::open_dir_nofollow(parent.as_fd(), name.as_ref())
+                        .map(|fd| Dir::from_std_file(File::from(fd)))
+                        .map_err(failed)?;
+                    let parent = parent.try_clone().map_err(failed)?;
+                    return Ok(TempDir { parent, name, dir });
                 }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(failed(e)),
             }
         }
         Err(CapError::io(format!(
@@ -790,10 +797,10 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if let Err(e) = stdfs::remove_dir_all(&self.path)
+        if let Err(e) = self.parent.remove_dir_all(&self.name)
             && e.kind() != io::ErrorKind::NotFound
         {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not remove the temporary extraction directory");
+            tracing::warn!(name = %self.name, error = %e, "could not remove the temporary extraction directory");
         }
     }
 }
@@ -808,7 +815,8 @@ enum Made {
 
 /// Unpacks entries one by one into `root`, checking each.
 struct Unpacker<'a> {
-    root: PathBuf,
+    /// The temporary directory's handle.
+    root: Dir,
     work: &'a Work,
     /// Free space every write leaves on the filesystem.
     reserve: u64,
@@ -965,7 +973,8 @@ impl Unpacker<'_> {
                     ));
                 }
                 None => {
-                    stdfs::create_dir(self.root.join(parent))
+                    self.root
+                        .create_dir(parent)
                         .map_err(|e| self.io_error(name, "creating its folder", &e))?;
                     self.known.insert(parent.to_path_buf(), Made::Dir);
                 }
@@ -979,7 +988,7 @@ impl Unpacker<'_> {
                 "replaces a directory of the same name made by an earlier entry",
             )),
             Some(_) => {
-                stdfs::remove_file(self.root.join(rel)).map_err(|e| {
+                self.root.remove_file(rel).map_err(|e| {
                     self.io_error(name, "replacing an earlier entry of the same name", &e)
                 })?;
                 self.known.remove(rel);
@@ -1005,13 +1014,11 @@ impl Unpacker<'_> {
                 _ => Err(self.refuse(name, "names no file")),
             };
         };
-        let host = self.root.join(&rel);
         match item {
             Item::Dir { mode, mtime } => {
                 if !self.prepare(name, &rel, true)? {
-                    stdfs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&host)
+                    self.root
+                        .create_dir_with(&rel, DirBuilder::new().mode(0o700))
                         .map_err(|e| self.io_error(name, "creating the directory", &e))?;
                     self.known.insert(rel.clone(), Made::Dir);
                 }
@@ -1020,16 +1027,17 @@ impl Unpacker<'_> {
             }
             Item::File { mode, mtime, data } => {
                 self.prepare(name, &rel, false)?;
-                self.write_file(name, &host, mode, mtime, data)?;
+                self.write_file(name, &rel, mode, mtime, data)?;
                 self.known.insert(rel, Made::File);
                 self.summary.files += 1;
             }
             Item::Symlink { target, mtime } => {
                 self.check_link_target(name, &rel, target)?;
                 self.prepare(name, &rel, false)?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(target), &host)
+                self.root
+                    .symlink(OsStr::from_bytes(target), &rel)
                     .map_err(|e| self.io_error(name, "creating the symbolic link", &e))?;
-                super::fs::set_times_nofollow(&host, None, mtime_timespec(mtime))
+                self.set_link_time(&rel, mtime)
                     .map_err(|e| self.io_error(name, "setting the link's time", &e))?;
                 self.known.insert(rel, Made::Symlink);
                 self.summary.links += 1;
@@ -1046,7 +1054,8 @@ impl Unpacker<'_> {
                     ));
                 }
                 self.prepare(name, &rel, false)?;
-                stdfs::hard_link(self.root.join(&target_rel), &host)
+                self.root
+                    .hard_link(&target_rel, &self.root, &rel)
                     .map_err(|e| self.io_error(name, "creating the hard link", &e))?;
                 self.known.insert(rel, Made::File);
                 self.summary.links += 1;
@@ -1074,21 +1083,33 @@ impl Unpacker<'_> {
         Ok(())
     }
 
+    /// Sets the time of the link at `rel` itself, through its folder's handle.
+    fn set_link_time(&self, rel: &Path, mtime: u64) -> io::Result<()> {
+        let folder = match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => self.root.open_dir(parent)?,
+            None => self.root.try_clone()?,
+        };
+        let link = rel.file_name().unwrap_or_default();
+        super::fs::set_times_nofollow(folder.as_fd(), link, None, mtime_timespec(mtime))
+    }
+
     /// Writes one file, counting the bytes as they arrive against the limits.
     fn write_file(
         &mut self,
         name: &[u8],
-        host: &Path,
+        rel: &Path,
         mode: u32,
         mtime: u64,
         data: &mut dyn Read,
     ) -> CapResult<()> {
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(host)
-            .map_err(|e| self.io_error(name, "creating the file", &e))?;
+        let mut out = self
+            .root
+            .open_with(
+                rel,
+                OpenOptions::new().write(true).create_new(true).mode(0o600),
+            )
+            .map_err(|e| self.io_error(name, "creating the file", &e))?
+            .into_std();
         let mut written: u64 = 0;
         let mut next_check = 0;
         loop {
@@ -1238,16 +1259,10 @@ impl Unpacker<'_> {
     /// each folder below it, opened without following links, so a link planted in
     /// `dest` is replaced, never walked through.
     fn finish(self, dest: BorrowedFd<'_>, tmp: TempDir) -> CapResult<ExtractSummary> {
-        let name = tmp
-            .path
-            .file_name()
-            .map(OsStr::to_owned)
-            .unwrap_or_default();
-        let from = crate::beneath::open_dir_nofollow(dest, &name)
-            .map_err(|e| CapError::from_io(format!("{}: the unpacked files", self.dest), &e))?;
+        let from = self.root.as_fd();
         let mut rel = PathBuf::new();
-        self.check_merge(from.as_fd(), dest, &mut rel)?;
-        self.merge(from.as_fd(), dest, &mut rel).map_err(|(at, e)| {
+        self.check_merge(from, dest, &mut rel)?;
+        self.merge(from, dest, &mut rel).map_err(|(at, e)| {
             CapError::io(format!(
                 "{}: moving the unpacked files into {} failed at `{}`: {e}; {} may hold part of the archive, extract again",
                 self.archive,
@@ -1256,7 +1271,6 @@ impl Unpacker<'_> {
                 self.dest
             ))
         })?;
-        drop(from);
         drop(tmp);
         let mut dirs = self.dirs;
         // Deepest first, so setting a parent's time is the last change inside it.

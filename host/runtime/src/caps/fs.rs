@@ -581,10 +581,11 @@ pub(crate) fn available(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// Sets access and modification times (seconds, nanoseconds) of `path` itself,
-/// even when it is a symbolic link; `None` leaves the access time as it is.
+/// Sets access and modification times (seconds, nanoseconds) of `name` in `dir`
+/// itself, even when it is a symbolic link; `None` leaves the access time as it is.
 pub(crate) fn set_times_nofollow(
-    path: &std::path::Path,
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
     atime: Option<(i64, i64)>,
     mtime: (i64, i64),
 ) -> io::Result<()> {
@@ -603,8 +604,8 @@ pub(crate) fn set_times_nofollow(
         last_modification: ts(mtime),
     };
     Ok(rustix::fs::utimensat(
-        rustix::fs::CWD,
-        path,
+        dir,
+        name,
         &times,
         AtFlags::SYMLINK_NOFOLLOW,
     )?)
@@ -663,7 +664,9 @@ mod tests {
     }
 
     fn set_mtime(p: &Path, secs: i64) {
-        set_times_nofollow(p, Some((secs, 0)), (secs, 500)).unwrap();
+        let folder = stdfs::File::open(p.parent().unwrap()).unwrap();
+        let name = p.file_name().unwrap();
+        set_times_nofollow(folder.as_fd(), name, Some((secs, 0)), (secs, 500)).unwrap();
     }
 
     fn listing(root: &Path) -> Vec<(PathBuf, u32, i64)> {
