@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use cap_std::fs::Dir;
 
 use posup_world::latest::kv;
 use posup_world::latest::types::Error as WitError;
@@ -26,12 +29,13 @@ pub struct KvState {
 }
 
 /// A plugin's store: the file `name` in the host's folder `dir`. The folder is
-/// opened as a real directory for every call and the file handled through it as
-/// one name, never following a link.
+/// opened once per step, as a real owner-only directory, and the file is read
+/// and replaced through that handle as one name, never following a link.
 #[derive(Clone)]
 struct Store {
     dir: PathBuf,
     name: String,
+    folder: Arc<OnceLock<Arc<Dir>>>,
 }
 
 impl KvState {
@@ -43,6 +47,7 @@ impl KvState {
             Ok(()) => dir.map(|d| Store {
                 dir: d.to_owned(),
                 name: format!("{plugin}.json"),
+                folder: Arc::default(),
             }),
             Err(_) => None,
         };
@@ -61,9 +66,15 @@ impl Store {
         format!("kv store {}", self.dir.join(&self.name).display())
     }
 
-    /// The store's folder, owner-only, opened as a real directory.
-    fn folder(&self) -> CapResult<cap_std::fs::Dir> {
-        crate::beneath::open_private_dir(&self.dir).map_err(|e| CapError::from_io(self.shown(), &e))
+    /// The handle of the store's folder, opened (and made, owner-only) on first
+    /// use in this step.
+    fn folder(&self) -> CapResult<Arc<Dir>> {
+        if let Some(dir) = self.folder.get() {
+            return Ok(dir.clone());
+        }
+        let dir = crate::beneath::open_private_dir(&self.dir)
+            .map_err(|e| CapError::from_io(self.shown(), &e))?;
+        Ok(self.folder.get_or_init(|| Arc::new(dir)).clone())
     }
 
     fn load(&self) -> CapResult<BTreeMap<String, String>> {
@@ -186,8 +197,9 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Invalid);
     }
 
-    /// A link planted where the store or its temporary file goes is never
-    /// followed: the file it points at keeps its bytes.
+    /// A link planted where a store goes is never followed: the file it points
+    /// at keeps its bytes. (The temporary file of a write has a fresh name per
+    /// write and is created exclusively, see `beneath::replace_file`.)
     #[tokio::test]
     async fn the_store_never_follows_a_link() {
         let tmp = tempfile::tempdir().unwrap();
@@ -195,7 +207,6 @@ mod tests {
         std::fs::write(&victim, b"{}").unwrap();
         let dir = tmp.path().join("kv");
         std::fs::create_dir(&dir).unwrap();
-        std::os::unix::fs::symlink(&victim, dir.join("p.json.tmp")).unwrap();
         std::os::unix::fs::symlink(&victim, dir.join("q.json")).unwrap();
         let mut p = KvState::new(Some(&dir), "p", Work::default());
         p.set("k".into(), "v".into()).await.unwrap();
