@@ -10,11 +10,16 @@
 //! Before any byte is fetched the filesystem must have room for the rest of the
 //! blob plus a margin, so a download never fills the terminal's disk.
 
-use std::io::Write;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
+use posup_runtime::beneath;
+use rustix::fs::{AtFlags, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
 use crate::client::{Client, ClientError, STALL_TIMEOUT};
@@ -92,15 +97,46 @@ pub struct Downloaded {
     pub resumed_from: u64,
 }
 
-fn part_path(dest: &Path) -> PathBuf {
-    let mut name = dest.as_os_str().to_owned();
-    name.push(".part");
-    PathBuf::from(name)
+/// What stands at `name` in `folder`, opened without following it, when it is a
+/// regular file. Anything else there (a link, a fifo) is removed: it is no
+/// download of ours.
+fn present(folder: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<File>> {
+    match beneath::open_file_nofollow(folder, name) {
+        Ok(file) => Ok(file),
+        Err(e) => match rustix::fs::unlinkat(folder, name, AtFlags::empty()) {
+            Ok(()) => Ok(None),
+            Err(_) => Err(e),
+        },
+    }
+}
+
+/// The part file `name` in `folder`, opened (created, owner-only) for reading and
+/// writing without following a link; a link there is removed first.
+fn open_part(folder: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
+    let open = || {
+        rustix::fs::openat(
+            folder,
+            name,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )
+    };
+    let fd = match open() {
+        Err(rustix::io::Errno::LOOP) => {
+            rustix::fs::unlinkat(folder, name, AtFlags::empty())?;
+            open()?
+        }
+        other => other?,
+    };
+    let file = File::from(fd);
+    beneath::regular(&file)?;
+    Ok(file)
 }
 
 /// Downloads `path` (relative to the server's base) to `dest`, resuming a part
 /// file left by an earlier attempt. `progress` is called with (bytes present,
-/// total) as data arrives.
+/// total) as data arrives. Everything in `dest`'s folder (owner-only, made when
+/// missing) goes through the folder's handle, and no link there is followed.
 pub async fn fetch(
     client: &Client,
     path: &str,
@@ -108,18 +144,28 @@ pub async fn fetch(
     expected: &Expected,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<Downloaded, DownloadError> {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| dest.display().to_string());
     let io = |what: String| move |source| DownloadError::Io { what, source };
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let (dir, file_name) = match (dest.parent(), dest.file_name()) {
+        (Some(dir), Some(file_name)) => (dir, file_name),
+        _ => {
+            return Err(DownloadError::Io {
+                what: format!("placing {}", dest.display()),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "not a file in a folder"),
+            });
+        }
+    };
+    let name = file_name.to_string_lossy().into_owned();
+    let folder =
+        beneath::open_private_dir(dir).map_err(io(format!("opening {}", dir.display())))?;
+    let folder = folder.as_fd();
 
     // A file under the final name was checked when it got there; check it again
     // anyway, as it may have been damaged since, and fetch it anew if so.
-    if dest.exists() {
-        let (sha, size) = hash_file(dest).map_err(io(format!("reading {}", dest.display())))?;
+    if let Some(mut present) =
+        present(folder, file_name).map_err(io(format!("reading {}", dest.display())))?
+    {
+        let (sha, size) =
+            hash_reader(&mut present).map_err(io(format!("reading {}", dest.display())))?;
         if sha == expected.sha256 && size == expected.size {
             return Ok(Downloaded {
                 path: dest.to_owned(),
@@ -127,16 +173,26 @@ pub async fn fetch(
                 resumed_from: 0,
             });
         }
-        std::fs::remove_file(dest).map_err(io(format!("removing {}", dest.display())))?;
+        rustix::fs::unlinkat(folder, file_name, AtFlags::empty())
+            .map_err(|e| io(format!("removing {}", dest.display()))(e.into()))?;
     }
 
-    let part = part_path(dest);
-    let mut offset = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let mut part_name = file_name.to_owned();
+    part_name.push(".part");
+    let part = dir.join(&part_name);
+    let mut file =
+        open_part(folder, &part_name).map_err(io(format!("opening {}", part.display())))?;
+    let mut offset = file
+        .metadata()
+        .map_err(io(format!("reading {}", part.display())))?
+        .len();
     if offset > expected.size {
         offset = 0;
     }
     let needed = expected.size - offset + SPACE_MARGIN;
-    let free = free_space(dir).map_err(io(format!("free space of {}", dir.display())))?;
+    let free = rustix::fs::fstatvfs(folder)
+        .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
+        .map_err(|e| io(format!("free space of {}", dir.display()))(e.into()))?;
     if free < needed {
         return Err(DownloadError::NoSpace {
             name,
@@ -164,11 +220,6 @@ pub async fn fetch(
                     source,
                 },
             })?;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&part)
-            .map_err(io(format!("opening {}", part.display())))?;
         match resp.status().as_u16() {
             206 => {}
             416 => {
@@ -189,6 +240,8 @@ pub async fn fetch(
                 offset = 0;
             }
         }
+        file.seek(SeekFrom::Start(offset))
+            .map_err(io(format!("writing {}", part.display())))?;
         progress(offset, expected.size);
         let mut stream = resp.bytes_stream();
         loop {
@@ -239,9 +292,11 @@ pub async fn fetch(
         }
     }
 
-    let (sha, size) = hash_file(&part).map_err(io(format!("reading {}", part.display())))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(io(format!("reading {}", part.display())))?;
+    let (sha, size) = hash_reader(&mut file).map_err(io(format!("reading {}", part.display())))?;
     if sha != expected.sha256 || size != expected.size {
-        let _ = std::fs::remove_file(&part);
+        let _ = rustix::fs::unlinkat(folder, &part_name, AtFlags::empty());
         return Err(DownloadError::Corrupt {
             name,
             expected: expected.sha256.clone(),
@@ -250,10 +305,9 @@ pub async fn fetch(
             actual_size: size,
         });
     }
-    std::fs::rename(&part, dest).map_err(io(format!("placing {}", dest.display())))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    rustix::fs::renameat(folder, &part_name, folder, file_name)
+        .map_err(|e| io(format!("placing {}", dest.display()))(e.into()))?;
+    beneath::sync_dir(folder);
     Ok(Downloaded {
         path: dest.to_owned(),
         fetched,
@@ -297,17 +351,14 @@ pub async fn fetch_with_retries(
 }
 
 /// sha256 (hex) and size of a file.
-pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let size = std::io::copy(&mut f, &mut h)?;
-    Ok((hex::encode(h.finalize()), size))
+pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    hash_reader(&mut File::open(path)?)
 }
 
-/// Bytes free to this user on the filesystem holding `dir`.
-pub fn free_space(dir: &Path) -> std::io::Result<u64> {
-    let st = rustix::fs::statvfs(dir)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+fn hash_reader(reader: &mut impl io::Read) -> io::Result<(String, u64)> {
+    let mut h = Sha256::new();
+    let size = io::copy(reader, &mut h)?;
+    Ok((hex::encode(h.finalize()), size))
 }
 
 #[cfg(test)]
@@ -405,6 +456,42 @@ mod tests {
         }
     }
 
+    /// Links planted where the download or its part file go are never followed:
+    /// the files they point at keep their bytes, and the download lands as a
+    /// file of its own.
+    #[tokio::test]
+    async fn a_download_never_writes_or_trusts_through_a_link() {
+        let b = blob(50_000);
+        let addr = server(b.clone()).await;
+        let client = Client::new(&format!("http://{addr}"), &Transport::insecure()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let downloads = tmp.path().join("downloads");
+        std::fs::create_dir(&downloads).unwrap();
+        let want = expected(&b.bytes);
+
+        // A link to a file that already holds the right bytes is no download.
+        let good = tmp.path().join("good");
+        std::fs::write(&good, &*b.bytes).unwrap();
+        let dest = downloads.join("a.tgz");
+        std::os::unix::fs::symlink(&good, &dest).unwrap();
+        std::os::unix::fs::symlink(&victim, downloads.join("a.tgz.part")).unwrap();
+        let done = fetch(&client, "/blob", &dest, &want, &mut |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(done.fetched, 50_000, "fetched, not taken from the link");
+        assert!(
+            !std::fs::symlink_metadata(&dest)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), *b.bytes);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&good).unwrap(), *b.bytes);
+    }
+
     #[tokio::test]
     async fn a_broken_download_resumes_from_its_offset_and_is_checked() {
         let b = blob(300_000);
@@ -464,7 +551,7 @@ mod tests {
         assert!(err.to_string().contains("deleted"), "{err}");
         assert!(!err.is_transient());
         assert!(!dest.exists());
-        assert!(!part_path(&dest).exists());
+        assert!(!tmp.path().join("kiosk_7.5.0.tgz.part").exists());
     }
 
     #[tokio::test]
