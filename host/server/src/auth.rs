@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use posup_proto::api::Role;
+use posup_proto::api::{DeviceAccess, Role};
 use posup_store::{DeviceAuth, TokenIdentity};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -166,12 +166,13 @@ impl FromRequestParts<AppState> for Device {
 /// Only an active device is served; a revoked or reset one hears why, and nothing
 /// else.
 fn active(auth: Arc<DeviceAuth>) -> Result<Arc<DeviceAuth>> {
-    match auth.access.as_str() {
-        "active" => Ok(auth),
-        "awaiting-enrollment" => Err(Error::Unauthorized(
+    // An unknown value reads as revoked: the stricter answer.
+    match DeviceAccess::parse(&auth.access).unwrap_or(DeviceAccess::Revoked) {
+        DeviceAccess::Active => Ok(auth),
+        DeviceAccess::AwaitingEnrollment => Err(Error::Unauthorized(
             "device token replaced: an administrator reset this device; enroll it again".into(),
         )),
-        _ => Err(Error::Unauthorized(
+        DeviceAccess::Revoked => Err(Error::Unauthorized(
             "device token revoked: an administrator must reset this device before it enrolls again"
                 .into(),
         )),

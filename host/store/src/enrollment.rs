@@ -99,24 +99,42 @@ pub(crate) fn check_new_token(
     Ok(())
 }
 
-/// Spends one use of the enrollment token with hash `$hash` (an `Option<&str>`)
-/// inside the caller's transaction, if it may enroll a terminal of `$site` at
-/// `$now`; otherwise says why not. The check and the spending are one statement,
-/// so terminals racing for a token's last use cannot both have it.
-macro_rules! spend_token {
-    ($ex:expr, $hash:expr, $site:expr, $now:expr) => {{
+/// The enrollment token with hash `$hash` (an `Option<&str>`), read inside the
+/// caller's transaction; 401 when none was sent or it is unknown.
+macro_rules! read_token {
+    ($ex:expr, $hash:expr) => {{
         let hash = $hash.filter(|h: &&str| !h.is_empty()).ok_or_else(|| {
             Error::Unauthorized(
                 "no enrollment token: give `enrollment_secret` in the agent's configuration".into(),
             )
         })?;
+        let token: Option<TokenRow> = sqlx::query_as(
+            "SELECT name, site, expires_at, max_uses, uses FROM enrollment_secrets WHERE hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&mut *$ex)
+        .await?;
+        token.ok_or_else(|| {
+            Error::Unauthorized(
+                "unknown enrollment token: ask an administrator for a valid one".into(),
+            )
+        })?
+    }};
+}
+
+/// Spends one use of the enrollment token with hash `$hash` inside the caller's
+/// transaction, if it may enroll a terminal of `$site` at `$now`; otherwise says
+/// why not. The check and the spending are one statement, so terminals racing
+/// for a token's last use cannot both have it.
+macro_rules! spend_token {
+    ($ex:expr, $hash:expr, $site:expr, $now:expr) => {{
         let spent: Option<TokenRow> = sqlx::query_as(
             "UPDATE enrollment_secrets SET uses = uses + 1 \
              WHERE hash = $1 AND (expires_at IS NULL OR expires_at > $2) \
              AND (max_uses IS NULL OR uses < max_uses) AND (site IS NULL OR site = $3) \
              RETURNING name, site, expires_at, max_uses, uses",
         )
-        .bind(hash)
+        .bind($hash.unwrap_or_default())
         .bind($now)
         .bind($site)
         .fetch_optional(&mut *$ex)
@@ -124,17 +142,7 @@ macro_rules! spend_token {
         match spent {
             Some(token) => token,
             None => {
-                let token: Option<TokenRow> = sqlx::query_as(
-                    "SELECT name, site, expires_at, max_uses, uses FROM enrollment_secrets WHERE hash = $1",
-                )
-                .bind(hash)
-                .fetch_optional(&mut *$ex)
-                .await?;
-                let token = token.ok_or_else(|| {
-                    Error::Unauthorized(
-                        "unknown enrollment token: ask an administrator for a valid one".into(),
-                    )
-                })?;
+                let token = read_token!($ex, $hash);
                 judge_token(&token, $site, $now)?;
                 // It was good a moment ago: another terminal took its last use.
                 return Err(Error::Unauthorized(format!(
@@ -168,6 +176,9 @@ impl Store {
                     let own_token = state == DeviceAccess::Active
                         && e.current_token_hash == Some(old.token_hash.as_str());
                     if !own_token && state != DeviceAccess::AwaitingEnrollment {
+                        // Only a holder of a valid enrollment token learns that
+                        // the GUID is enrolled.
+                        judge_token(&read_token!(tx, e.secret_hash), &d.site.name, now)?;
                         let id = old.id;
                         let why = if state == DeviceAccess::Revoked {
                             "is revoked"

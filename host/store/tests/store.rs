@@ -280,9 +280,10 @@ async fn enrollment_checks_the_device_type_and_reenrollment_replaces_the_token()
         let row = store.device_row(id, &at(T0)).await.unwrap().unwrap();
         assert_eq!(row.name, "Kassa renamed");
         assert!(!row.online, "never polled");
-        // The replaced token enrolls nothing either.
+        // The replaced token enrolls nothing either; without an enrollment token
+        // it does not even learn that the GUID is enrolled.
         let err = store.enroll(with_token("newer"), T0).await.unwrap_err();
-        assert!(matches!(err, Error::Conflict(_)), "{err}");
+        assert!(matches!(err, Error::Unauthorized(_)), "{err}");
     })
     .await;
 }

@@ -132,6 +132,11 @@ async fn an_enrolled_guid_is_never_taken_over() {
             "{}",
             a.error()
         );
+        // Without a valid enrollment token nobody even learns the GUID is enrolled.
+        for (secret, current) in [("", None), ("pes_unknown", None), ("", Some("pdt_made_up"))] {
+            let a = enroll_answer(&e, secret, current, thief.clone()).await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.error());
+        }
         // A made-up device token is no better.
         let a = enroll_answer(&e, &secret, Some("pdt_made_up"), thief).await;
         assert_eq!(a.status, StatusCode::CONFLICT);
