@@ -677,7 +677,8 @@ impl Agent {
                 ));
             }
         }
-        let bytes = std::fs::read(&file).map_err(|e| format!("reading {what}: {e}"))?;
+        let bytes = read_download(&dir, &file, MAX_PLUGIN_BYTES)
+            .map_err(|e| format!("reading {what}: {e}"))?;
         if hex::encode(Sha256::digest(&bytes)) != r.sha256 {
             let _ = std::fs::remove_file(&file);
             return Err(format!(
@@ -844,13 +845,16 @@ impl Agent {
             .ok()
             .flatten()
             .is_some_and(|j| j.record.finished.is_none());
-        let present = dest.exists();
-        if !present {
-            self.report(&action, "download", FeedbackState::Started, None, Some(0));
-        }
+        // Reported with the first bytes asked for: a package already here (an
+        // earlier Download task) is not downloaded again.
+        let mut started = false;
         let mut last = std::time::Instant::now();
         let mut last_pct = 0u8;
         let mut progress = |got: u64, total: u64| {
+            if !started {
+                started = true;
+                self.report(&action, "download", FeedbackState::Started, None, Some(0));
+            }
             let pct = (got.saturating_mul(100) / total.max(1)).min(100) as u8;
             if pct != last_pct && (last.elapsed() >= PROGRESS_EVERY || pct == 100) {
                 last = std::time::Instant::now();
@@ -885,7 +889,11 @@ impl Agent {
         .await;
         match downloaded {
             Ok(d) => {
-                if d.fetched > 0 || !present {
+                if !d.present {
+                    if !started {
+                        // A part file that was already whole: no bytes were asked for.
+                        self.report(&action, "download", FeedbackState::Started, None, Some(0));
+                    }
                     let mut msg = format!("{} bytes, sha256 verified", action.package.size);
                     if d.resumed_from > 0 {
                         msg.push_str(&format!(", resumed from byte {}", d.resumed_from));
@@ -1188,4 +1196,21 @@ pub fn to_proto(inv: posup_runtime::types::Inventory) -> Inventory {
         reboot_required: inv.reboot_required,
         details: inv.details,
     }
+}
+/// The bytes of the file `file` in the agent's own folder `dir`, read through the
+/// folder's handle without following a link, and at most `max` of them.
+fn read_download(dir: &Path, file: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let folder = posup_runtime::beneath::open_real_dir(dir)?;
+    let name = file.file_name().unwrap_or_default();
+    let Some(f) = posup_runtime::beneath::open_file_nofollow(folder.as_fd(), name)? else {
+        return Err(std::io::ErrorKind::NotFound.into());
+    };
+    let mut bytes = Vec::new();
+    f.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!("over {max} bytes")));
+    }
+    Ok(bytes)
 }

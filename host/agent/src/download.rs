@@ -95,6 +95,8 @@ pub struct Downloaded {
     pub fetched: u64,
     /// Where this call started: above 0 when it resumed a broken download.
     pub resumed_from: u64,
+    /// The whole file was there already, under its final name, and checked.
+    pub present: bool,
 }
 
 /// What stands at `name` in `folder`, opened without following it, when it is a
@@ -171,6 +173,7 @@ pub async fn fetch(
                 path: dest.to_owned(),
                 fetched: 0,
                 resumed_from: 0,
+                present: true,
             });
         }
         rustix::fs::unlinkat(folder, file_name, AtFlags::empty())
@@ -312,6 +315,7 @@ pub async fn fetch(
         path: dest.to_owned(),
         fetched,
         resumed_from,
+        present: false,
     })
 }
 
