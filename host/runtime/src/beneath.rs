@@ -413,6 +413,81 @@ pub fn replace_file(dir: BorrowedFd<'_>, name: &str, bytes: &[u8]) -> io::Result
     Ok(())
 }
 
+/// Opens the file at the host path `path` for appending (created 0644 when
+/// missing, its missing folders 0755), without following a link anywhere on the
+/// way: each component is opened beneath the one before it with `O_NOFOLLOW`. For
+/// files in folders a plugin may write to (a service's output in its product's
+/// log folder), where a link planted on the path would lead the host elsewhere.
+pub fn open_append_nofollow(path: &Path) -> io::Result<File> {
+    let linked = |c: &OsStr| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "`{}` on its path is a symbolic link or not a directory; give the real path",
+                c.to_string_lossy()
+            ),
+        )
+    };
+    let mut names: Vec<&OsStr> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => names.push(n),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "`..` in the path is refused; give the real path",
+                ));
+            }
+        }
+    }
+    let Some((file, folders)) = names.split_last() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "names no file"));
+    };
+    let start = if path.is_absolute() { "/" } else { "." };
+    let mut dir = rustix::fs::open(
+        start,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let folder_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    for name in folders {
+        let next = match rustix::fs::openat(&dir, *name, folder_flags, Mode::empty()) {
+            Err(rustix::io::Errno::NOENT) => {
+                match rustix::fs::mkdirat(&dir, *name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                rustix::fs::openat(&dir, *name, folder_flags, Mode::empty())
+            }
+            other => other,
+        };
+        dir = match next {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => return Err(linked(name)),
+            Err(e) => return Err(e.into()),
+        };
+    }
+    let fd = rustix::fs::openat(
+        &dir,
+        *file,
+        OFlags::WRONLY
+            | OFlags::APPEND
+            | OFlags::CREATE
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP => linked(file),
+        e => e.into(),
+    })?;
+    let file = File::from(fd);
+    regular(&file)?;
+    Ok(file)
+}
+
 /// Checks that a name from outside (the server, a plugin) can become one path
 /// component: not empty, not `.` or `..`, no `/`, no NUL, at most 255 bytes, and
 /// not hidden (posup's own temporary names start with a dot).

@@ -26,7 +26,6 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -576,6 +575,25 @@ pub struct Processes {
     stop_timeout: Duration,
 }
 
+/// A pidfile or exit record in the run directory, read through its handle: a
+/// link or anything but a regular file there holds no record.
+fn read_record(folder: std::os::fd::BorrowedFd<'_>, name: &str) -> io::Result<Option<String>> {
+    let file = match crate::beneath::open_file_nofollow(folder, name.as_ref()) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(None),
+        Err(e)
+            if e.kind() == io::ErrorKind::InvalidInput || e.raw_os_error() == Some(libc::ELOOP) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut text = String::new();
+    // A record is two short lines.
+    file.take(4096).read_to_string(&mut text)?;
+    Ok(Some(text))
+}
+
 /// How long to wait for a process killed with SIGKILL to go.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(20);
@@ -609,6 +627,19 @@ impl Processes {
         self.run_dir.join(format!("{name}.exit"))
     }
 
+    /// The run directory's handle, if it exists: pidfiles and exit records are
+    /// read, written and removed only through it, never through a link.
+    fn run_folder(&self) -> CapResult<Option<cap_std::fs::Dir>> {
+        match crate::beneath::open_real_dir(&self.run_dir) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CapError::from_io(
+                format!("run directory {}", self.run_dir.display()),
+                &e,
+            )),
+        }
+    }
+
     fn spec(&self, name: &str) -> CapResult<&ProcessSpec> {
         check_name(name)?;
         self.specs.get(name).ok_or_else(|| {
@@ -633,13 +664,15 @@ impl Processes {
     }
 
     fn recorded(&self, name: &str) -> CapResult<Option<Recorded>> {
-        let file = self.pidfile(name);
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        let Some(folder) = self.run_folder()? else {
+            return Ok(None);
+        };
+        let text = match read_record(folder.as_fd(), &format!("{name}.pid")) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Ok(None),
             Err(e) => {
                 return Err(CapError::from_io(
-                    format!("service {name}: pidfile {}", file.display()),
+                    format!("service {name}: pidfile {}", self.pidfile(name).display()),
                     &e,
                 ));
             }
@@ -659,14 +692,16 @@ impl Processes {
     }
 
     fn clear(&self, name: &str) -> CapResult<()> {
-        for file in [self.pidfile(name), self.exitfile(name)] {
-            match std::fs::remove_file(&file) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        let Some(folder) = self.run_folder()? else {
+            return Ok(());
+        };
+        for file in [format!("{name}.pid"), format!("{name}.exit")] {
+            match rustix::fs::unlinkat(&folder, file.as_str(), rustix::fs::AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
                 Err(e) => {
                     return Err(CapError::from_io(
-                        format!("service {name}: {}", file.display()),
-                        &e,
+                        format!("service {name}: {}", self.run_dir.join(&file).display()),
+                        &e.into(),
                     ));
                 }
             }
@@ -682,8 +717,10 @@ impl Processes {
         let Some(rec) = self.recorded(name)? else {
             return Ok(State::Stopped);
         };
-        let failed = std::fs::read_to_string(self.exitfile(name))
-            .ok()
+        let failed = self
+            .run_folder()?
+            .and_then(|folder| read_record(folder.as_fd(), &format!("{name}.exit")).ok())
+            .flatten()
             .and_then(|t| ExitRecord::parse(&t))
             .is_some_and(|e| e.pid == rec.pid && e.failed());
         Ok(if failed {
@@ -696,22 +733,14 @@ impl Processes {
     fn spawn(&self, name: &str, spec: &ProcessSpec) -> CapResult<()> {
         let what =
             |e: &io::Error, step: &str| CapError::from_io(format!("service {name}: {step}"), e);
-        std::fs::create_dir_all(&self.run_dir)
+        let folder = crate::beneath::open_private_dir(&self.run_dir)
             .map_err(|e| what(&e, &format!("run directory {}", self.run_dir.display())))?;
         self.clear(name)?;
         let (out, err) = match &spec.log {
             Some(log) => {
-                if let Some(dir) = log.parent() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| what(&e, &format!("log directory {}", dir.display())))?;
-                }
                 // The log folder may be the product's, writable by it and by its
-                // plugin: the output file is never opened through a link.
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(log)
+                // plugin: no link on the output file's path is followed.
+                let f = crate::beneath::open_append_nofollow(log)
                     .map_err(|e| what(&e, &format!("output file {}", log.display())))?;
                 let f2 = f.try_clone().map_err(|e| what(&e, "output file"))?;
                 (Stdio::from(f), Stdio::from(f2))
@@ -740,27 +769,33 @@ impl Processes {
         // exited already; it is what tells this process from a later one with the
         // same pid.
         let start = proc_stat(pid).map(|s| s.start).unwrap_or(0);
-        let pidfile = self.pidfile(name);
-        let tmp = self.run_dir.join(format!(".{name}.pid.tmp"));
-        let written = std::fs::write(&tmp, format!("{pid}\n{start}\n"))
-            .and_then(|()| std::fs::rename(&tmp, &pidfile));
+        let (pidfile, exitfile) = (format!("{name}.pid"), format!("{name}.exit"));
+        let written = crate::beneath::replace_file(
+            folder.as_fd(),
+            &pidfile,
+            format!("{pid}\n{start}\n").as_bytes(),
+        );
         if let Err(e) = written {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(what(&e, &format!("pidfile {}", pidfile.display())));
+            return Err(what(
+                &e,
+                &format!("pidfile {}", self.pidfile(name).display()),
+            ));
         }
         // Reaping on a thread of its own keeps the process from lingering as a
         // zombie of a long-running host (the agent) and records how it ended.
-        let exitfile = self.exitfile(name);
         std::thread::spawn(move || {
             if let Ok(status) = child.wait() {
-                let still_ours = std::fs::read_to_string(&pidfile)
+                let still_ours = read_record(folder.as_fd(), &pidfile)
                     .ok()
+                    .flatten()
                     .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
                     == Some(pid);
                 if still_ours {
+                    let record = ExitRecord::from_status(pid, status).to_string();
                     let _ =
-                        std::fs::write(&exitfile, ExitRecord::from_status(pid, status).to_string());
+                        crate::beneath::replace_file(folder.as_fd(), &exitfile, record.as_bytes());
                 }
             }
         });
@@ -1033,6 +1068,41 @@ mod tests {
         let err = p.status("sshd").await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::NotFound);
         assert!(err.message.contains("sshd"), "{}", err.message);
+    }
+
+    /// A link planted in the output file's path, or at the pidfile, is never
+    /// followed: the service is refused, and nothing is written where it led.
+    #[tokio::test]
+    async fn links_on_the_output_or_pidfile_path_are_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, tmp.path().join("out")).unwrap();
+        let p = sleeper(tmp.path());
+        let err = p.start("kiosk").await.unwrap_err();
+        assert!(err.message.contains("output file"), "{}", err.message);
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        assert_eq!(p.status("kiosk").await.unwrap(), State::Stopped);
+
+        // A pidfile that is a link to another file names no process, and starting
+        // replaces the link instead of writing through it.
+        std::fs::remove_file(tmp.path().join("out")).unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, format!("{}\n", std::process::id())).unwrap();
+        std::fs::create_dir_all(tmp.path().join("run")).unwrap();
+        std::os::unix::fs::symlink(&victim, p.pidfile("kiosk")).unwrap();
+        assert!(p.recorded("kiosk").unwrap().is_none());
+        p.start("kiosk").await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        assert!(
+            !std::fs::symlink_metadata(p.pidfile("kiosk"))
+                .unwrap()
+                .is_symlink()
+        );
+        p.stop("kiosk").await.unwrap();
     }
 
     #[tokio::test]
