@@ -623,6 +623,8 @@ impl Processes {
         self.run_dir.join(format!("{name}.pid"))
     }
 
+    /// Where the exit record of `name` is (the tests look at it).
+    #[cfg(test)]
     fn exitfile(&self, name: &str) -> PathBuf {
         self.run_dir.join(format!("{name}.exit"))
     }
