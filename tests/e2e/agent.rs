@@ -311,6 +311,7 @@ impl Kiosk {
         let text = format!(
             r#"server = "{server}"
 insecure_http = true
+insecure_unsigned = true
 enrollment_secret = "{secret}"
 state_dir = "{state}"
 

@@ -5,9 +5,17 @@
 //!  poll loop ──(every interval ± jitter; backoff while the server is away)──┐
 //!    inventory (plugin) → POST /poll → variables, configuration, actions     │
 //!    └─ a due action and no work under way → worker ───────────────────────┘
-//!  worker: plugin by sha256 → download (Range resume, sha256) → pipeline
+//!  worker: refresh signed metadata (TUF, from the installed root) → plugin and
+//!          package must be signed targets → download (Range resume, signed length
+//!          and sha256) → no unsigned downgrade → pipeline
 //!          every step → outbox (on disk) → sender → POST /feedback
 //! ```
+//!
+//! **Invariant:** with a trusted root configured, no plugin is loaded and no
+//! package reaches staging unless the metadata refreshed for it lists its name for
+//! this device type with its length and sha256, signed by the role delegated
+//! that name. The server's URL, sha256 and size are hints; a refusal is reported
+//! as a failure naming the role and the reason.
 //!
 //! One action runs at a time: a terminal updates one product at a time. The poll
 //! loop goes on while it runs, so the server keeps seeing the terminal, variables
@@ -65,6 +73,8 @@ pub enum AgentError {
     State { dir: String, source: std::io::Error },
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Trust(#[from] posup_trust::TrustError),
 }
 
 /// Where the agent keeps each kind of state under its state directory.
@@ -94,6 +104,10 @@ impl Paths {
     }
     /// Packages as downloaded and checked, by sha256: owner-only, so no plugin
     /// can plant anything in the download's way.
+    /// The TUF metadata this terminal trusts so far (rollback protection).
+    pub fn tuf(&self) -> PathBuf {
+        self.root.join("tuf")
+    }
     pub fn downloads(&self) -> PathBuf {
         self.root.join("downloads")
     }
@@ -104,6 +118,9 @@ pub struct Agent {
     config: AgentConfig,
     paths: Paths,
     client: Client,
+    /// Checks every plugin and package against the fleet's signed metadata;
+    /// `None` only with `insecure_unsigned`.
+    trust: Option<posup_trust::client::TrustClient>,
     runtime: Runtime,
     state_file: StateFile,
     state: Mutex<State>,
@@ -172,10 +189,28 @@ impl Agent {
         let client = Client::new(&config.server, &config.transport())?;
         client.set_token(state.token.clone());
         let prompter = Arc::new(FilePrompter::new(paths.prompt()));
+        let trust = match &config.root {
+            Some(root) => {
+                posup_runtime::beneath::private_dir(&paths.tuf()).map_err(state_err)?;
+                Some(posup_trust::client::TrustClient::new(
+                    root,
+                    client.base(),
+                    client.http(),
+                    paths.tuf(),
+                )?)
+            }
+            None => {
+                tracing::warn!(
+                    "insecure_unsigned = true: plugins and packages are used without checking any signature"
+                );
+                None
+            }
+        };
         Ok(Arc::new(Self {
             config,
             paths,
             client,
+            trust,
             runtime,
             state_file,
             state: Mutex::new(state),
@@ -625,7 +660,11 @@ impl Agent {
     /// in the agent's own folder, resumable, at most the size the server names
     /// (and never more than [`MAX_PLUGIN_BYTES`]), stopped when it stalls or takes
     /// longer than [`PLUGIN_DOWNLOAD_TIME`]; no lock is held while it runs.
-    async fn plugin(&self, r: &PluginRef) -> Result<(Arc<Plugin>, PluginInfo), String> {
+    async fn plugin(
+        &self,
+        r: &PluginRef,
+        verified: Option<&posup_trust::client::Verified>,
+    ) -> Result<(Arc<Plugin>, PluginInfo), String> {
         if let Some(p) = self.plugins.lock().await.get(&r.sha256) {
             return Ok(p.clone());
         }
@@ -635,10 +674,32 @@ impl Agent {
                 "{what}: its sha256 from the server is not 64 hex digits; it is not downloaded"
             ));
         }
-        if r.size == 0 || r.size > MAX_PLUGIN_BYTES {
+        // The size to download: the signed length, or (unsigned) the server's word.
+        let size = match &self.trust {
+            Some(_) => {
+                let refreshed;
+                let verified = match verified {
+                    Some(v) => v,
+                    None => {
+                        refreshed = self.verify().await?;
+                        &refreshed
+                    }
+                };
+                verified
+                    .plugin(
+                        &self.config.device.device_type,
+                        &r.name,
+                        &r.version,
+                        &r.sha256,
+                    )
+                    .map_err(|e| format!("{what} is not used: {e}"))?
+                    .length
+            }
+            None => r.size,
+        };
+        if size == 0 || size > MAX_PLUGIN_BYTES {
             return Err(format!(
-                "{what}: the server names a size of {} bytes; plugins are 1 byte to {} MiB, so it is not downloaded",
-                r.size,
+                "{what}: a size of {size} bytes; plugins are 1 byte to {} MiB, so it is not downloaded",
                 MAX_PLUGIN_BYTES >> 20
             ));
         }
@@ -648,7 +709,7 @@ impl Agent {
         let file = dir.join(format!("{}.wasm", r.sha256));
         let expected = Expected {
             sha256: r.sha256.clone(),
-            size: r.size,
+            size,
         };
         let tries = std::sync::atomic::AtomicU32::new(0);
         let keep_going = || tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3;
@@ -719,8 +780,17 @@ impl Agent {
         Some(self.inventory_with(&r).await)
     }
 
+    /// The fleet's signed metadata, refreshed now.
+    async fn verify(&self) -> Result<posup_trust::client::Verified, String> {
+        let trust = self
+            .trust
+            .as_ref()
+            .expect("verify only with a trusted root");
+        trust.refresh().await.map_err(|e| e.to_string())
+    }
+
     async fn inventory_with(&self, r: &PluginRef) -> Result<Inventory, String> {
-        let (plugin, info) = self.plugin(r).await?;
+        let (plugin, info) = self.plugin(r, None).await?;
         let (env, _) = self.env(&info, None);
         match plugin.inventory(&env).await {
             Ok(Ok(inv)) => Ok(to_proto(inv)),
@@ -794,7 +864,20 @@ impl Agent {
     async fn work(self: &Arc<Self>, action: Action) {
         let name = &action.package.file_name;
         tracing::info!(action = action.action_id, "{} {name}", action.kind.as_str());
-        let (plugin, info) = match self.plugin(&action.plugin).await {
+        // One refresh of the signed metadata serves the plugin and the package.
+        let verified = match &self.trust {
+            Some(_) => match self.verify().await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    let msg = format!("nothing was downloaded: {e}");
+                    self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+                    self.done(&action, "failed");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let (plugin, info) = match self.plugin(&action.plugin, verified.as_ref()).await {
             Ok(p) => p,
             Err(e) => {
                 self.report(&action, "download", FeedbackState::Failed, Some(e), None);
@@ -831,6 +914,29 @@ impl Agent {
             self.done(&action, "failed");
             return;
         }
+        // The package must be a signed target of this device type; its signed
+        // length bounds the download and its signed sha256 checks it.
+        let signed = match &verified {
+            Some(v) => match v.package(
+                &self.config.device.device_type,
+                name,
+                &action.package.sha256,
+            ) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let msg = format!("{name} is not downloaded: {e}");
+                    self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+                    self.done(&action, "failed");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let (size, version) = match &signed {
+            Some(t) if !t.release.version.is_empty() => (t.length, t.release.version.clone()),
+            Some(t) => (t.length, action.package.version.clone()),
+            None => (action.package.size, action.package.version.clone()),
+        };
         // The package: downloaded once into the agent's own folder, checked, and
         // copied into staging by the pipeline.
         let downloads = self.paths.downloads();
@@ -870,7 +976,7 @@ impl Agent {
         };
         let expected = Expected {
             sha256: action.package.sha256.clone(),
-            size: action.package.size,
+            size,
         };
         let poll = self.config.poll.clone();
         let backoff = move |n: u32| poll.backoff(n);
@@ -894,7 +1000,14 @@ impl Agent {
                         // A part file that was already whole: no bytes were asked for.
                         self.report(&action, "download", FeedbackState::Started, None, Some(0));
                     }
-                    let mut msg = format!("{} bytes, sha256 verified", action.package.size);
+                    let mut msg = match &signed {
+                        Some(t) => {
+                            format!("{size} bytes, length and sha256 as signed by {}", t.role)
+                        }
+                        None => format!(
+                            "{size} bytes, sha256 verified (unsigned: insecure_unsigned is set)"
+                        ),
+                    };
                     if d.resumed_from > 0 {
                         msg.push_str(&format!(", resumed from byte {}", d.resumed_from));
                     }
@@ -923,17 +1036,31 @@ impl Agent {
 
         // Already there: an Update of the version installed finishes at once,
         // without downtime (a pilot device in the even wave, say).
-        if action.kind != TaskKind::Download
-            && !journal_open
-            && let Ok(inv) = self.inventory_with(&action.plugin).await
-            && !inv.version.is_empty()
-            && inv.version == action.package.version
+        // An update about to begin (not one a power cut interrupted) looks at
+        // what is installed first.
+        let installed = if action.kind != TaskKind::Download && !journal_open {
+            self.inventory_with(&action.plugin)
+                .await
+                .map(|inv| inv.version)
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        // An older release than the one installed needs the release role's
+        // signed word: a server cannot roll a terminal back on its own.
+        if let Some(t) = &signed
+            && let Err(msg) = posup_trust::decide::downgrade(&installed, t)
         {
+            self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+            self.done(&action, "failed");
+            return;
+        }
+        if !installed.is_empty() && installed == version {
             self.report(
                 &action,
                 "commit",
                 FeedbackState::Committed,
-                Some(format!("version {} is already installed", inv.version)),
+                Some(format!("version {installed} is already installed")),
                 None,
             );
             self.done(&action, "committed");

@@ -135,6 +135,11 @@ impl Client {
         })
     }
 
+    /// The HTTP client, with this agent's TLS settings.
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
     /// A client of the same server sharing this one's connections, with a token of
     /// its own: for many simulated devices in one process.
     pub fn sharing(&self) -> Self {

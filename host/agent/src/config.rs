@@ -4,6 +4,7 @@
 //! server = "https://posup.example.net"     # the server's base URL
 //! ca_file = "/etc/posup/ca.pem"            # optional: accept only this CA's servers
 //! insecure_http = false                    # true accepts http:// (tests, demos)
+//! root = "/etc/posup/root.json"            # the fleet's trusted TUF root, installed with the agent
 //! enrollment_secret = "…"                  # from `POST /api/v1/enrollment-secrets`
 //! state_dir = "/var/lib/posup"             # token, variables, journal, outbox, cache
 //!
@@ -67,6 +68,16 @@ pub struct AgentConfig {
     /// accepted, instead of the public web roots (a fleet's own CA).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The fleet's trusted root: the `1.root.json` (or a later root) of its TUF
+    /// repository, installed with the agent. Every plugin and package is checked
+    /// against the metadata that chains to it before it is used.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// Use plugins and packages without checking any signature: for tests of
+    /// other things only. A terminal so configured installs whatever its server
+    /// (or anyone between) hands it.
+    #[serde(default)]
+    pub insecure_unsigned: bool,
     /// The secret that lets this terminal enroll.
     pub enrollment_secret: String,
     /// Where the agent keeps its state; created when missing.
@@ -209,6 +220,21 @@ impl AgentConfig {
                 config.server
             )));
         }
+        match (&config.root, config.insecure_unsigned) {
+            (None, false) => {
+                return Err(invalid(
+                    "root is not set: give the path of the fleet's trusted root.json (`posup repo init` writes 1.root.json), \
+                     or set `insecure_unsigned = true` to install unsigned software (tests only)"
+                        .into(),
+                ));
+            }
+            (Some(_), true) => {
+                return Err(invalid(
+                    "both root and insecure_unsigned are set: a terminal with a trusted root checks every signature; remove insecure_unsigned".into(),
+                ));
+            }
+            _ => {}
+        }
         if !config.state_dir.is_absolute() {
             return Err(invalid(format!(
                 "state_dir = {}: must be an absolute path",
@@ -316,6 +342,31 @@ mod tests {
                 .as_deref(),
             Some(Path::new("/etc/posup/ca.pem"))
         );
+    }
+
+    #[test]
+    fn unsigned_software_needs_saying_so() {
+        let c = AgentConfig::parse(&example(), "example").unwrap();
+        assert_eq!(c.root.as_deref(), Some(Path::new("/etc/posup/root.json")));
+        let text = example().replace("root = \"/etc/posup/root.json\"", "");
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("root is not set") && err.contains("insecure_unsigned = true"),
+            "{err}"
+        );
+        let unsigned = format!("insecure_unsigned = true\n{text}");
+        assert!(
+            AgentConfig::parse(&unsigned, "agent.toml")
+                .unwrap()
+                .insecure_unsigned
+        );
+        let both = format!("insecure_unsigned = true\n{}", example());
+        let err = AgentConfig::parse(&both, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("both root and insecure_unsigned"), "{err}");
     }
 
     #[test]

@@ -168,6 +168,7 @@ async fn idle_rss(idle: Duration) -> anyhow::Result<()> {
         format!(
             r#"server = "{url}"
 insecure_http = true
+insecure_unsigned = true
 enrollment_secret = "{SECRET}"
 state_dir = "{state}"
 [device]

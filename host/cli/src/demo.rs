@@ -155,13 +155,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
         ..Default::default()
     })?;
     let products = products();
+    let fleet = Fleet::new(&root, &base, &admin, &runtime, &products).await?;
+    out.say(&format!(
+        "throwaway fleet keys in {}; terminals trust {}",
+        fleet.keys.display(),
+        fleet.trusted_root().display()
+    ));
     let packages_dir = root.join("packages");
     let mut packages: BTreeMap<&str, PackageView> = BTreeMap::new();
     for p in &products {
         let bytes = posup_bundled::get(p.plugin)
             .with_context(|| format!("the {} plugin is not bundled in this build", p.plugin))?;
         // Compiled once here, so the agents load it from the cache.
-        runtime.load(p.plugin, bytes)?;
+        let info = runtime.load(p.plugin, bytes)?.info().await?;
+        fleet.sign_plugin(bytes, &info, p.device_type)?;
         api.post_bytes::<serde_json::Value>(
             &format!("/api/v1/plugins?file_name={}.wasm", p.plugin),
             bytes.to_vec(),
@@ -212,12 +219,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
             )
             .await
             .with_context(|| format!("uploading the package {name}"))?;
+        fleet.sign_package(&std::fs::read(&file)?, &pkg)?;
         out.say(&format!(
-            "uploaded plugin {} and package {} ({}, {} bytes)",
-            p.plugin, pkg.file_name, pkg.version, pkg.size
+            "uploaded and signed plugin {} ({}) and package {} ({}, {} bytes)",
+            p.plugin, info.vendor, pkg.file_name, pkg.version, pkg.size
         ));
         packages.insert(p.device_type, pkg);
     }
+    let published = fleet.publish().await?;
+    out.say(&format!(
+        "published the signed repository: {}",
+        published
+            .roles
+            .iter()
+            .map(|r| format!("{} v{}", r.role, r.version))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let trusted_root = fleet.trusted_root();
 
     // The terminals: product, simulated product process, agent.
     let exe = std::env::current_exe()
@@ -279,6 +298,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
                 // The demo's server is on loopback, without a certificate.
                 insecure_http: true,
                 ca_file: None,
+                root: Some(trusted_root.clone()),
+                insecure_unsigned: false,
                 enrollment_secret: secret.clone(),
                 state_dir: state.clone(),
                 device: Identity {
@@ -896,5 +917,126 @@ impl Api {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// The demo fleet's throwaway keys and repository: a fleet owner's root and
+/// targets keys, one key per plugin vendor and the release key, all made here
+/// and kept in the demo folder.
+struct Fleet {
+    keys: PathBuf,
+    repo: posup_trust::offline::RepoDir,
+    release: posup_trust::SigningKey,
+    vendors: BTreeMap<String, posup_trust::SigningKey>,
+    server: crate::trust::ServerArg,
+}
+
+impl Fleet {
+    async fn new(
+        root: &Path,
+        base: &str,
+        admin: &str,
+        runtime: &posup_runtime::Runtime,
+        products: &[Product],
+    ) -> anyhow::Result<Fleet> {
+        use posup_trust::keys::write_new;
+        use posup_trust::names;
+        use posup_trust::offline::{self, Delegation, InitSpec, RepoDir};
+        let keys = root.join("keys");
+        std::fs::create_dir_all(&keys)?;
+        let owner_root = write_new(&keys.join("root.key"))?;
+        let targets = write_new(&keys.join("targets.key"))?;
+        let release = write_new(&keys.join("release.key"))?;
+        let server = crate::trust::ServerArg {
+            server: base.to_owned(),
+            token: admin.to_owned(),
+        };
+        let (snapshot_key, timestamp_key) = crate::trust::online_keys(base, admin).await?;
+        let repo = RepoDir::open(&root.join("repo"))?;
+        let spec = InitSpec {
+            root_keys: vec![owner_root.public()],
+            root_threshold: 1,
+            targets_keys: vec![targets.public()],
+            targets_threshold: 1,
+            snapshot_key,
+            timestamp_key,
+            root_days: offline::ROOT_DAYS,
+            targets_days: offline::TARGETS_DAYS,
+        };
+        offline::init(&repo, &spec, &[&owner_root], &[&targets])?;
+        // Each vendor may sign its own plugins for the device types they run on.
+        let mut paths: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in products {
+            let bytes = posup_bundled::get(p.plugin)
+                .with_context(|| format!("the {} plugin is not bundled in this build", p.plugin))?;
+            let info = runtime.load(p.plugin, bytes)?.info().await?;
+            paths
+                .entry(info.vendor.clone())
+                .or_default()
+                .push(names::plugin_pattern(p.device_type, &info.name)?);
+        }
+        let mut vendors = BTreeMap::new();
+        for (vendor, paths) in paths {
+            let key = write_new(&keys.join(format!("vendor-{vendor}.key")))?;
+            let delegation = Delegation {
+                name: names::vendor_role(&vendor)?,
+                keys: vec![key.public()],
+                threshold: 1,
+                paths,
+            };
+            offline::delegate(&repo, &delegation, &[&targets], offline::TARGETS_DAYS)?;
+            vendors.insert(vendor, key);
+        }
+        let delegation = Delegation {
+            name: names::RELEASE.into(),
+            keys: vec![release.public()],
+            threshold: 1,
+            paths: vec![names::package_pattern(None)?],
+        };
+        offline::delegate(&repo, &delegation, &[&targets], offline::TARGETS_DAYS)?;
+        Ok(Fleet {
+            keys,
+            repo,
+            release,
+            vendors,
+            server,
+        })
+    }
+
+    fn trusted_root(&self) -> PathBuf {
+        self.repo.path().join("1.root.json")
+    }
+
+    fn sign_plugin(
+        &self,
+        bytes: &[u8],
+        info: &posup_runtime::types::PluginInfo,
+        device_type: &str,
+    ) -> anyhow::Result<()> {
+        let key = self
+            .vendors
+            .get(&info.vendor)
+            .with_context(|| format!("no key of vendor {}", info.vendor))?;
+        crate::trust::sign_plugin(&self.repo, &[key], bytes, info, &[device_type.to_owned()])?;
+        Ok(())
+    }
+
+    fn sign_package(&self, bytes: &[u8], pkg: &PackageView) -> anyhow::Result<()> {
+        let release = posup_trust::offline::Release {
+            version: pkg.version.clone(),
+            allow_downgrade: false,
+        };
+        crate::trust::sign_package(
+            &self.repo,
+            &[&self.release],
+            bytes,
+            &pkg.file_name,
+            &pkg.device_type,
+            &release,
+        )
+    }
+
+    async fn publish(&self) -> anyhow::Result<posup_proto::api::TufStatus> {
+        crate::trust::publish(&self.repo, &self.server).await
     }
 }

@@ -6,6 +6,7 @@ mod apply;
 mod demo;
 mod plugins;
 mod sim;
+mod trust;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,12 @@ enum Command {
     Package(plugins::PackageCommand),
     /// Run a simulated point-of-sale product in the foreground (tests, demo).
     SimProduct(posup_sim::SimProductArgs),
+    /// Make signing keys.
+    #[command(subcommand)]
+    Keys(trust::KeysCommand),
+    /// Edit and publish the fleet's TUF repository: init, delegate, rotate, publish.
+    #[command(subcommand)]
+    Repo(trust::RepoCommand),
     /// Run the terminal agent: poll the server, download and apply updates.
     Agent(agent::AgentArgs),
     /// Run a store fleet update end to end on this machine: server, terminals, rollout.
@@ -66,6 +73,8 @@ fn main() -> std::process::ExitCode {
             Command::Package(cmd) => plugins::package(cmd).await,
             Command::Server(args) => posup_server::serve(args).await.map(|()| 0),
             Command::Agent(args) => agent::run(args).await,
+            Command::Keys(cmd) => trust::keys(cmd).await,
+            Command::Repo(cmd) => trust::repo(cmd).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::SimProduct(_) => unreachable!("handled before the async runtime starts"),

@@ -17,6 +17,28 @@ pub enum PluginCommand {
         /// A bundled plugin's name or a `.wasm` component file.
         plugin: String,
     },
+    /// Sign a plugin component into its vendor's role (`vendor-<vendor>`), for
+    /// the device types its info names or those given.
+    Sign {
+        #[command(flatten)]
+        repo: crate::trust::RepoArg,
+        /// The vendor's private key file(s).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Sign it for these device types only.
+        #[arg(long = "device-type")]
+        device_types: Vec<String>,
+        /// The `.wasm` component file.
+        file: PathBuf,
+    },
+    /// Upload a signed plugin component and publish the metadata that signs it.
+    Publish {
+        #[command(flatten)]
+        repo: crate::trust::RepoArg,
+        #[command(flatten)]
+        server: crate::trust::ServerArg,
+        file: PathBuf,
+    },
     /// Compile a plugin into an agent's compile cache (the agent runs this in a
     /// child process).
     Compile {
@@ -35,6 +57,37 @@ pub enum PackageCommand {
         /// A bundled plugin's name or a `.wasm` component file.
         #[arg(long)]
         plugin: String,
+        package: PathBuf,
+    },
+    /// Sign a package into the release role, with the version it installs.
+    Sign {
+        #[command(flatten)]
+        repo: crate::trust::RepoArg,
+        /// The release role's private key file(s).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long)]
+        device_type: String,
+        /// The version it installs; without it, read by --plugin's `inspect`.
+        #[arg(long, required_unless_present = "plugin")]
+        version: Option<String>,
+        /// The plugin that reads the package's version (a bundled name or a file).
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Terminals with a newer version installed may install this one.
+        #[arg(long)]
+        allow_downgrade: bool,
+        package: PathBuf,
+    },
+    /// Upload a signed package for a device type and publish the metadata that
+    /// signs it.
+    Upload {
+        #[command(flatten)]
+        repo: crate::trust::RepoArg,
+        #[command(flatten)]
+        server: crate::trust::ServerArg,
+        #[arg(long)]
+        device_type: String,
         package: PathBuf,
     },
     /// Build package sources (folders with package.toml and content/, or a folder of
@@ -127,6 +180,21 @@ pub async fn plugin(cmd: PluginCommand) -> anyhow::Result<u8> {
             v["interface"] = json!(p.interface().version().to_string());
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
+        PluginCommand::Sign {
+            repo,
+            keys,
+            device_types,
+            file,
+        } => crate::trust::plugin_sign(&repo.repo, &keys, &file, &device_types).await?,
+        PluginCommand::Publish { repo, server, file } => {
+            let name = file_name(&file)?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            crate::trust::upload(&server, &format!("/api/v1/plugins?file_name={name}"), bytes)
+                .await?;
+            crate::trust::publish(&posup_trust::offline::RepoDir::open(&repo.repo)?, &server)
+                .await?;
+        }
         PluginCommand::Compile { state_dir, file } => {
             // The agent's own runtime settings, so the cache entry fits its engine.
             let rt = posup_agent::agent::runtime_for(&state_dir).with_context(|| {
@@ -144,36 +212,107 @@ pub async fn plugin(cmd: PluginCommand) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// The file name of a path, as the server names uploads.
+fn file_name(path: &Path) -> anyhow::Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{}: not a file path", path.display()))
+}
+
+/// Reads a package through a plugin's `inspect`, the package's folder granted
+/// read-only.
+pub async fn inspect(plugin: &str, package: &Path) -> anyhow::Result<PackageInfo> {
+    let rt = runtime(default_cache())?;
+    let p = load(&rt, plugin)?;
+    let package = package
+        .canonicalize()
+        .with_context(|| format!("package {}", package.display()))?;
+    let (dir, name) = match (
+        package.parent(),
+        package.file_name().and_then(|n| n.to_str()),
+    ) {
+        (Some(d), Some(n)) => (d.to_owned(), n.to_owned()),
+        _ => bail!("package {}: not a file path", package.display()),
+    };
+    let env = HostEnv {
+        grants: Grants {
+            dirs: vec![DirGrant {
+                dir: posup_runtime::types::Dir::Staging,
+                host: dir,
+                write: false,
+            }],
+            ..Grants::default()
+        },
+        ..HostEnv::default()
+    };
+    match p.inspect(&env, &format!("/staging/{name}")).await? {
+        Ok(info) => Ok(info),
+        Err(reason) => bail!("{reason}"),
+    }
+}
+
 pub async fn package(cmd: PackageCommand) -> anyhow::Result<u8> {
     match cmd {
         PackageCommand::Inspect { plugin, package } => {
-            let rt = runtime(default_cache())?;
-            let p = load(&rt, &plugin)?;
-            let package = package
-                .canonicalize()
-                .with_context(|| format!("package {}", package.display()))?;
-            let (dir, name) = match (
-                package.parent(),
-                package.file_name().and_then(|n| n.to_str()),
-            ) {
-                (Some(d), Some(n)) => (d.to_owned(), n.to_owned()),
-                _ => bail!("package {}: not a file path", package.display()),
+            let info = inspect(&plugin, &package).await?;
+            println!("{}", serde_json::to_string_pretty(&package_json(&info))?);
+        }
+        PackageCommand::Sign {
+            repo,
+            keys,
+            device_type,
+            version,
+            plugin,
+            allow_downgrade,
+            package,
+        } => {
+            let version = match (version, plugin) {
+                (Some(v), _) => v,
+                (None, Some(p)) => inspect(&p, &package).await?.version,
+                (None, None) => bail!("give --version or --plugin to read it"),
             };
-            let env = HostEnv {
-                grants: Grants {
-                    dirs: vec![DirGrant {
-                        dir: posup_runtime::types::Dir::Staging,
-                        host: dir,
-                        write: false,
-                    }],
-                    ..Grants::default()
-                },
-                ..HostEnv::default()
+            let bytes = std::fs::read(&package)
+                .with_context(|| format!("reading {}", package.display()))?;
+            let signers = keys
+                .iter()
+                .map(|k| Ok(posup_trust::keys::read_signing(k)?))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let dir = posup_trust::offline::RepoDir::open(&repo.repo)?;
+            let release = posup_trust::offline::Release {
+                version: version.clone(),
+                allow_downgrade,
             };
-            match p.inspect(&env, &format!("/staging/{name}")).await? {
-                Ok(info) => println!("{}", serde_json::to_string_pretty(&package_json(&info))?),
-                Err(reason) => bail!("{reason}"),
-            }
+            let name = file_name(&package)?;
+            crate::trust::sign_package(
+                &dir,
+                &signers.iter().collect::<Vec<_>>(),
+                &bytes,
+                &name,
+                &device_type,
+                &release,
+            )?;
+            eprintln!(
+                "signed {name} (version {version}) for device type {device_type} into release; publish with `posup package upload`"
+            );
+        }
+        PackageCommand::Upload {
+            repo,
+            server,
+            device_type,
+            package,
+        } => {
+            let name = file_name(&package)?;
+            let bytes = std::fs::read(&package)
+                .with_context(|| format!("reading {}", package.display()))?;
+            crate::trust::upload(
+                &server,
+                &format!("/api/v1/packages?device_type={device_type}&file_name={name}"),
+                bytes,
+            )
+            .await?;
+            crate::trust::publish(&posup_trust::offline::RepoDir::open(&repo.repo)?, &server)
+                .await?;
         }
         PackageCommand::Build { sources, out } => {
             for root in sources {

@@ -11,12 +11,14 @@
 //!   the report sent after it. Staff read them in messengers that show Markdown
 //!   verbatim, so everything, including changelogs written in Markdown, is turned
 //!   into plain lines.
+//! - [`version`]: how product versions compare (downgrades, version gates).
 //!
 //! **Invariant:** nothing here reads the clock, the network or the disk. Every
 //! function takes the instant it reasons about, so callers (and tests) decide what
 //! "now" is and results are reproducible.
 
 pub mod text;
+pub mod version;
 pub mod window;
 
 pub use text::{

@@ -1040,3 +1040,71 @@ pub struct AuditEntry {
     pub object_id: String,
     pub detail: serde_json::Value,
 }
+
+// ---------------------------------------------------------------------------
+// Trust (TUF)
+
+/// One metadata file of `POST /api/v1/tuf/metadata`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct MetadataFile {
+    /// `root`, `targets`, `release` or `vendor-<vendor>`.
+    pub role: String,
+    /// The signed metadata as `posup` wrote it (`{"signed": …, "signatures": …}`).
+    pub metadata: serde_json::Value,
+}
+
+/// `POST /api/v1/tuf/metadata`: signed metadata to publish, checked in order
+/// (each root of a rotation in turn, then targets, then delegated roles) and
+/// published together or not at all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PublishMetadata {
+    pub files: Vec<MetadataFile>,
+}
+
+/// A published role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct TufRole {
+    pub role: String,
+    pub version: u64,
+    /// When terminals stop trusting this version (RFC 3339, UTC).
+    pub expires: String,
+}
+
+/// The server's online keys, to name in `posup repo init`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct OnlineKeysView {
+    pub snapshot_keyid: String,
+    /// The public key as TUF metadata writes it.
+    pub snapshot: serde_json::Value,
+    pub timestamp_keyid: String,
+    pub timestamp: serde_json::Value,
+}
+
+/// `GET /api/v1/tuf`: what the repository holds and what needs attention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct TufStatus {
+    /// The newest version of each role, soonest to expire first.
+    pub roles: Vec<TufRole>,
+    pub online_keys: OnlineKeysView,
+    /// Offline metadata that expires within 30 days (terminals refuse updates
+    /// after), or a repository not set up yet.
+    pub warnings: Vec<String>,
+}
+
+/// Who signed a plugin or package: a delegated role listing its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SignatureView {
+    /// The target name (`plugins/<device type>/<plugin>/…`, `packages/<device type>/…`).
+    pub target: String,
+    pub role: String,
+    /// The role's keys that signed it.
+    pub keyids: Vec<String>,
+    /// Until when the role's metadata is valid.
+    pub expires: String,
+}

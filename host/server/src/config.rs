@@ -63,6 +63,11 @@ pub struct ServerArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, env = "POSUP_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Folder of the repository's online keys (`snapshot.key`, `timestamp.key`),
+    /// made on first start; replicas sharing a database share it
+    /// [default: <data dir>/tuf-keys].
+    #[arg(long, env = "POSUP_TUF_KEYS")]
+    pub tuf_keys: Option<PathBuf>,
 }
 
 /// The configuration file. Every key is optional; names match the flags.
@@ -81,6 +86,7 @@ pub struct FileConfig {
     pub db_connections: Option<u32>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub tuf_keys: Option<PathBuf>,
     /// Milliseconds contact times are collected before being written together.
     pub contact_flush_ms: Option<u64>,
 }
@@ -103,6 +109,8 @@ pub struct ServerConfig {
     pub contact_flush: Option<Duration>,
     /// Serve HTTPS; `None` serves plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// The online keys' folder.
+    pub tuf_keys_dir: PathBuf,
 }
 
 /// The PEM files of the server's certificate chain and private key.
@@ -128,6 +136,7 @@ impl ServerConfig {
             db_connections: 16,
             contact_flush: Some(Duration::from_secs(1)),
             tls: None,
+            tuf_keys_dir: data_dir.join("tuf-keys"),
         }
     }
 
@@ -165,6 +174,9 @@ impl ServerArgs {
         c.database = self.database.clone().or(file.database);
         if let Some(v) = self.blob_dir.clone().or(file.blob_dir) {
             c.blob_dir = v;
+        }
+        if let Some(v) = self.tuf_keys.clone().or(file.tuf_keys) {
+            c.tuf_keys_dir = v;
         }
         c.admin_token = self.admin_token.clone().or(file.admin_token);
         c.enrollment_secret = self.enrollment_secret.clone().or(file.enrollment_secret);

@@ -2,7 +2,8 @@
 //!
 //! An axum application over [`posup_store::Store`]: the agent API under
 //! `/api/v1/agent` (enroll, poll, feedback, downloads), the operator API under
-//! `/api/v1`, its OpenAPI document at `/api/v1/openapi.json`, and a small web
+//! `/api/v1`, the TUF repository terminals verify everything against under
+//! `/tuf` (see `tuf`), its OpenAPI document at `/api/v1/openapi.json`, and a small web
 //! console at `/`. Plugins uploaded by vendors are validated by the real plugin
 //! runtime; packages are read by their device type's plugin.
 //!
@@ -42,6 +43,7 @@ pub mod openapi;
 mod rollout_api;
 pub mod state;
 pub mod tls;
+pub mod tuf;
 mod uploads;
 
 pub use blobs::Blobs;
@@ -60,12 +62,12 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(console))
         .route("/api/v1/openapi.json", get(openapi_json))
         .nest("/api/v1/agent", agent::routes())
+        .merge(tuf::public_routes())
         .nest(
             "/api/v1",
-            api::routes(max_plugin).layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                drop_caches,
-            )),
+            api::routes(max_plugin).merge(tuf::api_routes()).layer(
+                axum::middleware::from_fn_with_state(state.clone(), drop_caches),
+            ),
         )
         .fallback(not_found)
         .with_state(state)
@@ -129,7 +131,8 @@ pub async fn open(config: &ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         contact_flush: config.contact_flush,
         ..Settings::default()
     };
-    Ok(AppState::new(store, blobs, runtime, clock, settings))
+    let keys = tuf::load_keys(&config.tuf_keys_dir)?;
+    Ok(AppState::new(store, blobs, runtime, clock, settings).with_online_keys(keys))
 }
 
 /// Makes sure an administrator token and an enrollment secret exist: the ones
@@ -269,6 +272,9 @@ async fn background(state: AppState, mut stop: tokio::sync::watch::Receiver<bool
     // Notifications go out in a task of their own, so a slow receiver delays
     // neither this loop nor (by starting a second run) itself.
     let mut delivering: Option<tokio::task::JoinHandle<()>> = None;
+    // The repository's timestamp is renewed well before it expires; checked at
+    // start and then every minute.
+    let mut renewed: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -282,6 +288,12 @@ async fn background(state: AppState, mut stop: tokio::sync::watch::Receiver<bool
         }
         if let Err(e) = state.refresh_caches().await {
             tracing::warn!("reading change counters: {e}");
+        }
+        if renewed.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+            renewed = Some(std::time::Instant::now());
+            if let Err(e) = tuf::renew(&state).await {
+                tracing::warn!("renewing the repository's timestamp: {e}");
+            }
         }
         if delivering.as_ref().is_none_or(|d| d.is_finished()) {
             let state = state.clone();

@@ -62,6 +62,16 @@ struct Inner {
     /// memory limit and the archive capability's bounded buffers; uploads beyond
     /// these wait their turn, so a burst of uploads cannot exhaust the server.
     inspections: tokio::sync::Semaphore,
+    /// The repository's online keys (snapshot, timestamp).
+    online_keys: posup_trust::online::OnlineKeys,
+}
+
+fn fresh_online_keys() -> posup_trust::online::OnlineKeys {
+    let key = || posup_trust::SigningKey::generate().expect("the system's random source works");
+    posup_trust::online::OnlineKeys {
+        snapshot: key(),
+        timestamp: key(),
+    }
 }
 
 /// How many uploads are compiled or inspected at once.
@@ -86,8 +96,23 @@ impl AppState {
                 caches: Caches::default(),
                 plugins: Mutex::new(HashMap::new()),
                 inspections: tokio::sync::Semaphore::new(MAX_INSPECTIONS),
+                online_keys: fresh_online_keys(),
             }),
         }
+    }
+
+    /// Uses these online keys instead of the fresh ones [`AppState::new`] made
+    /// (the server's own, from its data directory). Call before the state is
+    /// cloned.
+    pub fn with_online_keys(mut self, keys: posup_trust::online::OnlineKeys) -> AppState {
+        Arc::get_mut(&mut self.inner)
+            .expect("online keys are set before the state is shared")
+            .online_keys = keys;
+        self
+    }
+
+    pub fn online_keys(&self) -> &posup_trust::online::OnlineKeys {
+        &self.inner.online_keys
     }
 
     /// A turn to compile or inspect an upload; held until dropped.

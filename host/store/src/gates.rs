@@ -18,8 +18,6 @@
 //! Download parts have no downtime and pass no gates. A part that waits keeps the
 //! reason (`wait_kind`, `wait_reason`) for the API.
 
-use std::cmp::Ordering;
-
 use chrono::{DateTime, Utc};
 use posup_proto::api::VariableScope;
 use posup_proto::rollout::WaitKind;
@@ -274,7 +272,7 @@ impl Store {
                 && let Some(version) = others
                     .iter()
                     .map(|(_, v, _)| v.as_str())
-                    .min_by(|a, b| compare_versions(a, b))
+                    .min_by(|a, b| posup_policy::version::compare(a, b))
             {
                 changed |= self
                     .ensure_site_variable(&variable, device.site, version, at.now)
@@ -387,39 +385,9 @@ fn reports_ready(inventory: Option<&str>) -> bool {
         .is_some_and(|i| i.ready)
 }
 
-/// Dotted versions compared number by number (`8.10` after `8.9`); parts that
-/// are not numbers compare as text.
-fn compare_versions(a: &str, b: &str) -> Ordering {
-    let mut x = a.split(['.', '-']);
-    let mut y = b.split(['.', '-']);
-    loop {
-        match (x.next(), y.next()) {
-            (None, None) => return Ordering::Equal,
-            (None, Some(_)) => return Ordering::Less,
-            (Some(_), None) => return Ordering::Greater,
-            (Some(p), Some(q)) => {
-                let o = match (p.parse::<u64>(), q.parse::<u64>()) {
-                    (Ok(m), Ok(n)) => m.cmp(&n),
-                    _ => p.cmp(q),
-                };
-                if o != Ordering::Equal {
-                    return o;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn versions_compare_by_number() {
-        assert_eq!(compare_versions("8.10.0", "8.9.3"), Ordering::Greater);
-        assert_eq!(compare_versions("8.4", "8.4.1"), Ordering::Less);
-        assert_eq!(compare_versions("8.4.2", "8.4.2"), Ordering::Equal);
-    }
 
     #[test]
     fn readiness_comes_from_the_inventory() {

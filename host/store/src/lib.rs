@@ -41,6 +41,7 @@ mod policy;
 mod rollouts;
 mod tasks;
 mod tokens;
+mod tuf;
 mod variables;
 mod versions;
 
@@ -59,6 +60,7 @@ pub use notifications::{Attempt, Delivery, FIRST_RETRY, MAX_ATTEMPTS, MAX_RETRY,
 pub use plugins::{NewPackage, NewPlugin};
 pub use rollouts::{NOTICE, RolloutCommand};
 pub use tokens::TokenIdentity;
+pub use tuf::TufFile;
 pub use variables::{IGNORE_VERSION_CHECK, VarTarget};
 
 /// Which database a [`Store`] uses.
