@@ -24,22 +24,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{posup_path, read, snapshot};
 
-const OLD: &str = "7.4.2";
-const NEW: &str = "7.5.0";
-const LIMIT: Duration = Duration::from_secs(90);
+pub(crate) const OLD: &str = "7.4.2";
+pub(crate) const NEW: &str = "7.5.0";
+pub(crate) const LIMIT: Duration = Duration::from_secs(90);
 
 /// The server, in this process, on a fixed address so it can be restarted.
-struct Server {
-    addr: SocketAddr,
-    data: PathBuf,
-    admin: String,
-    secret: String,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
+    pub(crate) data: PathBuf,
+    pub(crate) admin: String,
+    pub(crate) secret: String,
+    pub(crate) stop: tokio::sync::watch::Sender<bool>,
+    pub(crate) task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Server {
-    async fn start(data: &Path, addr: Option<SocketAddr>) -> Server {
+    pub(crate) async fn start(data: &Path, addr: Option<SocketAddr>) -> Server {
         let admin = "pop_e2e_admin".to_owned();
         let secret = "pes_e2e_secret".to_owned();
         let mut config = posup_server::ServerConfig::new(data);
@@ -84,11 +84,11 @@ impl Server {
         server
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn api(&self) -> Api {
+    pub(crate) fn api(&self) -> Api {
         Api {
             http: reqwest::Client::new(),
             base: self.url(),
@@ -96,7 +96,7 @@ impl Server {
         }
     }
 
-    async fn stop(self) -> (SocketAddr, PathBuf) {
+    pub(crate) async fn stop(self) -> (SocketAddr, PathBuf) {
         let _ = self.stop.send(true);
         self.task.await.unwrap().unwrap();
         (self.addr, self.data)
@@ -104,14 +104,18 @@ impl Server {
 }
 
 /// The operator API, as the tests use it.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
+pub(crate) struct Api {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) token: String,
 }
 
 impl Api {
-    async fn send<R: DeserializeOwned>(&self, req: reqwest::RequestBuilder, what: &str) -> R {
+    pub(crate) async fn send<R: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> R {
         let resp = req
             .bearer_auth(&self.token)
             .send()
@@ -123,12 +127,12 @@ impl Api {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}: {text}"))
     }
 
-    async fn get<R: DeserializeOwned>(&self, path: &str) -> R {
+    pub(crate) async fn get<R: DeserializeOwned>(&self, path: &str) -> R {
         self.send(self.http.get(format!("{}{path}", self.base)), path)
             .await
     }
 
-    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> R {
+    pub(crate) async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> R {
         self.send(
             self.http.post(format!("{}{path}", self.base)).json(body),
             path,
@@ -136,7 +140,7 @@ impl Api {
         .await
     }
 
-    async fn put<B: Serialize>(&self, path: &str, body: &B) {
+    pub(crate) async fn put<B: Serialize>(&self, path: &str, body: &B) {
         let _: serde_json::Value = self
             .send(
                 self.http.put(format!("{}{path}", self.base)).json(body),
@@ -145,7 +149,7 @@ impl Api {
             .await;
     }
 
-    async fn post_bytes<R: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> R {
+    pub(crate) async fn post_bytes<R: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> R {
         self.send(
             self.http.post(format!("{}{path}", self.base)).body(body),
             path,
@@ -153,7 +157,7 @@ impl Api {
         .await
     }
 
-    async fn wait_healthy(&self) {
+    pub(crate) async fn wait_healthy(&self) {
         let start = Instant::now();
         while self
             .http
@@ -169,7 +173,7 @@ impl Api {
     }
 
     /// Uploads the kiosk plugin, configures the `kiosk` device type and enables it.
-    async fn kiosk_device_type(&self) {
+    pub(crate) async fn kiosk_device_type(&self) {
         let wasm = posup_bundled::get("kiosk")
             .expect("the kiosk plugin is bundled")
             .to_vec();
@@ -200,7 +204,7 @@ impl Api {
         .await;
     }
 
-    async fn kiosk_package(&self, dir: &Path, version: &str) -> PackageView {
+    pub(crate) async fn kiosk_package(&self, dir: &Path, version: &str) -> PackageView {
         let file = posup_sim::kiosk_package(dir, version, false).unwrap();
         let name = file.file_name().unwrap().to_str().unwrap().to_owned();
         self.post_bytes(
@@ -210,12 +214,12 @@ impl Api {
         .await
     }
 
-    async fn group(&self, kind: GroupKind) -> i64 {
+    pub(crate) async fn group(&self, kind: GroupKind) -> i64 {
         let groups: Vec<GroupView> = self.get("/api/v1/groups").await;
         groups.iter().find(|g| g.kind == kind).unwrap().id
     }
 
-    async fn task(&self, kind: TaskKind, package: &PackageView) -> TaskView {
+    pub(crate) async fn task(&self, kind: TaskKind, package: &PackageView) -> TaskView {
         let group = self.group(GroupKind::All).await;
         self.post(
             "/api/v1/tasks",
@@ -231,24 +235,24 @@ impl Api {
         .await
     }
 
-    async fn devices(&self) -> Vec<DeviceRow> {
+    pub(crate) async fn devices(&self) -> Vec<DeviceRow> {
         let page: Page<DeviceRow> = self.get("/api/v1/devices?per_page=1000").await;
         page.items
     }
 
-    async fn task_devices(&self, id: i64) -> Vec<TaskDeviceRow> {
+    pub(crate) async fn task_devices(&self, id: i64) -> Vec<TaskDeviceRow> {
         let page: Page<TaskDeviceRow> = self
             .get(&format!("/api/v1/tasks/{id}/devices?per_page=1000"))
             .await;
         page.items
     }
 
-    async fn detail(&self, task: i64, device: i64) -> TaskDeviceDetail {
+    pub(crate) async fn detail(&self, task: i64, device: i64) -> TaskDeviceDetail {
         self.get(&format!("/api/v1/tasks/{task}/devices/{device}"))
             .await
     }
 
-    async fn wait_devices(&self, n: usize) {
+    pub(crate) async fn wait_devices(&self, n: usize) {
         let start = Instant::now();
         loop {
             let d = self.devices().await;
@@ -263,7 +267,7 @@ impl Api {
         }
     }
 
-    async fn wait_finished(&self, id: i64) -> TaskView {
+    pub(crate) async fn wait_finished(&self, id: i64) -> TaskView {
         let start = Instant::now();
         loop {
             let t: TaskView = self.get(&format!("/api/v1/tasks/{id}")).await;
@@ -282,25 +286,51 @@ impl Api {
 
 /// A kiosk terminal: its product running as a process and a `posup agent`
 /// process. Dropping it kills both.
-struct Kiosk {
-    _dir: tempfile::TempDir,
-    number: u32,
-    product: PathBuf,
-    state: PathBuf,
-    config: PathBuf,
-    agent: Option<Child>,
-    runs: u32,
+pub(crate) struct Kiosk {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) number: u32,
+    pub(crate) product: PathBuf,
+    pub(crate) state: PathBuf,
+    pub(crate) config: PathBuf,
+    pub(crate) agent: Option<Child>,
+    pub(crate) runs: u32,
 }
 
 impl Kiosk {
-    async fn new(number: u32, server: &str, secret: &str, consent_timeout: f64) -> Kiosk {
+    pub(crate) async fn new(
+        number: u32,
+        server: &str,
+        secret: &str,
+        consent_timeout: f64,
+    ) -> Kiosk {
         let mut k = Kiosk::without_agent(number, server, secret, consent_timeout).await;
         k.start_agent();
         k
     }
 
     /// The terminal with its kiosk running but no agent yet.
-    async fn without_agent(number: u32, server: &str, secret: &str, consent_timeout: f64) -> Kiosk {
+    pub(crate) async fn without_agent(
+        number: u32,
+        server: &str,
+        secret: &str,
+        consent_timeout: f64,
+    ) -> Kiosk {
+        Kiosk::terminal(number, server, secret, consent_timeout, None).await
+    }
+
+    /// A terminal whose agent trusts the fleet root in `root` (and checks every
+    /// signature), without its agent started.
+    pub(crate) async fn trusting(number: u32, server: &str, secret: &str, root: &Path) -> Kiosk {
+        Kiosk::terminal(number, server, secret, 0.2, Some(root)).await
+    }
+
+    async fn terminal(
+        number: u32,
+        server: &str,
+        secret: &str,
+        consent_timeout: f64,
+        root_json: Option<&Path>,
+    ) -> Kiosk {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let product = root.join("opt/kiosk");
@@ -311,7 +341,7 @@ impl Kiosk {
         let text = format!(
             r#"server = "{server}"
 insecure_http = true
-insecure_unsigned = true
+{trust}
 enrollment_secret = "{secret}"
 state_dir = "{state}"
 
@@ -350,6 +380,10 @@ log = "{logs}/stdout.log"
             root = root.display(),
             logs = logs.display(),
             posup = posup_path(),
+            trust = match root_json {
+                Some(r) => format!("root = \"{}\"", r.display()),
+                None => "insecure_unsigned = true".to_owned(),
+            },
         );
         std::fs::write(&config, text).unwrap();
         // The kiosk runs before the agent comes, as on a terminal.
@@ -371,7 +405,7 @@ log = "{logs}/stdout.log"
     }
 
     /// `posup agent --once`: one poll cycle, the due work, the reports.
-    fn once(&self) -> std::process::Output {
+    pub(crate) fn once(&self) -> std::process::Output {
         std::process::Command::new(posup_path())
             .args(["agent", "--once", "--config"])
             .arg(&self.config)
@@ -379,7 +413,7 @@ log = "{logs}/stdout.log"
             .unwrap()
     }
 
-    fn start_agent(&mut self) {
+    pub(crate) fn start_agent(&mut self) {
         self.runs += 1;
         let log = |name: &str| {
             std::fs::File::create(
@@ -402,26 +436,26 @@ log = "{logs}/stdout.log"
     }
 
     /// Kills the agent at once (SIGKILL), as a power cut would.
-    fn kill_agent(&mut self) {
+    pub(crate) fn kill_agent(&mut self) {
         if let Some(mut c) = self.agent.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn version(&self) -> String {
+    pub(crate) fn version(&self) -> String {
         read(&self.product.join("version")).trim().to_owned()
     }
 
-    fn prompt(&self) -> PathBuf {
+    pub(crate) fn prompt(&self) -> PathBuf {
         self.state.join("prompt")
     }
 
-    fn journal(&self) -> PathBuf {
+    pub(crate) fn journal(&self) -> PathBuf {
         self.state.join("journal/kiosk.json")
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         (1..=self.runs)
             .map(|i| read(&self.state.with_file_name(format!("agent-err-{i}.log"))))
             .collect::<Vec<_>>()

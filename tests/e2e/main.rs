@@ -11,4 +11,5 @@ mod oscar;
 mod sandbox;
 mod support;
 mod terminal;
+mod trust;
 mod ukm5;

@@ -264,7 +264,17 @@ pub async fn fetch(
                 None => break,
                 Some(Ok(chunk)) => {
                     if offset + chunk.len() as u64 > expected.size {
-                        break;
+                        // More than the named size is not this file (endless
+                        // data): nothing of it is kept or tried again.
+                        drop(file);
+                        let _ = rustix::fs::unlinkat(folder, &part_name, AtFlags::empty());
+                        return Err(DownloadError::Corrupt {
+                            name,
+                            expected: expected.sha256.clone(),
+                            actual: "unknown (it went on past the size)".into(),
+                            expected_size: expected.size,
+                            actual_size: offset + chunk.len() as u64,
+                        });
                     }
                     file.write_all(&chunk)
                         .map_err(io(format!("writing {}", part.display())))?;
@@ -554,6 +564,27 @@ mod tests {
         assert!(matches!(err, DownloadError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("deleted"), "{err}");
         assert!(!err.is_transient());
+        assert!(!dest.exists());
+        assert!(!tmp.path().join("kiosk_7.5.0.tgz.part").exists());
+    }
+
+    #[tokio::test]
+    async fn more_bytes_than_named_fail_the_download_instead_of_retrying_it() {
+        let b = blob(50_000);
+        let addr = server(b.clone()).await;
+        let client = Client::new(&format!("http://{addr}"), &Transport::insecure()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("kiosk_7.5.0.tgz");
+        // What was signed: the first 40 000 bytes; the server sends 50 000.
+        let want = expected(&b.bytes[..40_000]);
+        let err = fetch(&client, "/blob", &dest, &want, &mut |_, _| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DownloadError::Corrupt { .. }), "{err}");
+        assert!(
+            !err.is_transient(),
+            "endless data is no reason to try again"
+        );
         assert!(!dest.exists());
         assert!(!tmp.path().join("kiosk_7.5.0.tgz.part").exists());
     }

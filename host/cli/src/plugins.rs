@@ -190,8 +190,10 @@ pub async fn plugin(cmd: PluginCommand) -> anyhow::Result<u8> {
             let name = file_name(&file)?;
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            crate::trust::upload(&server, &format!("/api/v1/plugins?file_name={name}"), bytes)
-                .await?;
+            if !crate::trust::on_server(&server, "/api/v1/plugins", &bytes).await? {
+                crate::trust::upload(&server, &format!("/api/v1/plugins?file_name={name}"), bytes)
+                    .await?;
+            }
             crate::trust::publish(&posup_trust::offline::RepoDir::open(&repo.repo)?, &server)
                 .await?;
         }
@@ -305,12 +307,15 @@ pub async fn package(cmd: PackageCommand) -> anyhow::Result<u8> {
             let name = file_name(&package)?;
             let bytes = std::fs::read(&package)
                 .with_context(|| format!("reading {}", package.display()))?;
-            crate::trust::upload(
-                &server,
-                &format!("/api/v1/packages?device_type={device_type}&file_name={name}"),
-                bytes,
-            )
-            .await?;
+            let list = format!("/api/v1/packages?device_type={device_type}");
+            if !crate::trust::on_server(&server, &list, &bytes).await? {
+                crate::trust::upload(
+                    &server,
+                    &format!("/api/v1/packages?device_type={device_type}&file_name={name}"),
+                    bytes,
+                )
+                .await?;
+            }
             crate::trust::publish(&posup_trust::offline::RepoDir::open(&repo.repo)?, &server)
                 .await?;
         }

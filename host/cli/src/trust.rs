@@ -321,7 +321,12 @@ async fn answer<T: serde::de::DeserializeOwned>(
 }
 
 /// The files the server lacks, in the order it checks them: every root newer
-/// than its own in turn, then the newest targets and delegated roles.
+/// than its own in turn, then targets, then the delegated roles.
+///
+/// Terminals can use a targets only when every role it delegates to has
+/// metadata, so the newest targets whose roles all have some (here or on the
+/// server) is sent; a newer one waits, with a warning, for the first signature of
+/// the role it adds.
 pub fn unpublished(dir: &RepoDir, status: &TufStatus) -> anyhow::Result<Vec<MetadataFile>> {
     let on_server = |role: &str| {
         status
@@ -330,7 +335,6 @@ pub fn unpublished(dir: &RepoDir, status: &TufStatus) -> anyhow::Result<Vec<Meta
             .find(|r| r.role == role)
             .map_or(0, |r| r.version)
     };
-    let mut out = Vec::new();
     let metadata = |role: &str, bytes: &[u8]| -> anyhow::Result<MetadataFile> {
         Ok(MetadataFile {
             role: role.to_owned(),
@@ -338,21 +342,45 @@ pub fn unpublished(dir: &RepoDir, status: &TufStatus) -> anyhow::Result<Vec<Meta
                 .with_context(|| format!("{} of {}", role, dir.path().display()))?,
         })
     };
-    let mut roots: Vec<u64> = dir
-        .files()?
-        .into_iter()
+    let files = dir.files()?;
+    let mut out = Vec::new();
+    let mut roots: Vec<u64> = files
+        .iter()
         .filter(|(r, v, _)| r == "root" && *v > on_server("root"))
-        .map(|(_, v, _)| v)
+        .map(|(_, v, _)| *v)
         .collect();
     roots.sort();
     for v in roots {
         out.push(metadata("root", &dir.read("root", v)?)?);
     }
-    let mut latest = dir.latest_files()?;
-    // targets before the roles it delegates to.
-    latest.sort_by_key(|(role, _, _)| role != "targets");
-    for (role, v, bytes) in latest {
-        if role != "root" && v > on_server(&role) {
+    let has_metadata = |role: &str| on_server(role) > 0 || files.iter().any(|(r, _, _)| r == role);
+    let mut newer: Vec<u64> = files
+        .iter()
+        .filter(|(r, v, _)| r == "targets" && *v > on_server("targets"))
+        .map(|(_, v, _)| *v)
+        .collect();
+    newer.sort_by(|a, b| b.cmp(a));
+    let mut chosen = None;
+    for v in &newer {
+        let missing: Vec<String> = dir
+            .delegated_names(*v)?
+            .into_iter()
+            .filter(|r| !has_metadata(r))
+            .collect();
+        if missing.is_empty() {
+            chosen = Some(*v);
+            break;
+        }
+        eprintln!(
+            "targets version {v} waits: it delegates to {}, which has signed nothing yet",
+            missing.join(", ")
+        );
+    }
+    if let Some(v) = chosen {
+        out.push(metadata("targets", &dir.read("targets", v)?)?);
+    }
+    for (role, v, bytes) in dir.latest_files()? {
+        if role != "root" && role != "targets" && v > on_server(&role) {
             out.push(metadata(&role, &bytes)?);
         }
     }
@@ -386,6 +414,20 @@ pub async fn publish(dir: &RepoDir, server: &ServerArg) -> anyhow::Result<TufSta
         eprintln!("warning: {w}");
     }
     Ok(status)
+}
+
+/// Whether the listing at `path` (plugins or packages) already has these bytes:
+/// publishing a new signature of an uploaded file uploads nothing again.
+pub async fn on_server(server: &ServerArg, path: &str, bytes: &[u8]) -> anyhow::Result<bool> {
+    use sha2::Digest;
+    #[derive(serde::Deserialize)]
+    struct Item {
+        sha256: String,
+    }
+    let url = format!("{}{path}", server.server.trim_end_matches('/'));
+    let items: Vec<Item> = get_json(&url, &server.token).await?;
+    let sha = hex::encode(sha2::Sha256::digest(bytes));
+    Ok(items.iter().any(|i| i.sha256 == sha))
 }
 
 /// Uploads a file to an operator API route (`path` with its query).

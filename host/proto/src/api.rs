@@ -305,6 +305,9 @@ pub struct PluginView {
     pub uploaded_at: DateTime<Utc>,
     /// Device types that have it enabled.
     pub enabled_for: Vec<String>,
+    /// The vendor roles that signed it, for which device types (`target`).
+    #[serde(default)]
+    pub signatures: Vec<SignatureView>,
 }
 
 // ---------------------------------------------------------------------------
@@ -346,6 +349,9 @@ pub struct PackageView {
     /// The plugin that inspected it.
     pub plugin_sha256: String,
     pub uploaded_at: DateTime<Utc>,
+    /// The release role's signature, if it signed these bytes.
+    #[serde(default)]
+    pub signatures: Vec<SignatureView>,
 }
 
 /// `PATCH /api/v1/packages/{id}`.

@@ -387,7 +387,12 @@ async fn list_plugins(
     op: Operator,
 ) -> Result<Json<Vec<PluginView>>> {
     op.require(roles::READ, "list plugins")?;
-    Ok(Json(state.store().list_plugins().await?))
+    let signed = crate::tuf::signatures(&state).await?;
+    let mut plugins = state.store().list_plugins().await?;
+    for p in &mut plugins {
+        p.signatures = signed(&p.sha256);
+    }
+    Ok(Json(plugins))
 }
 
 async fn plugin_view(state: &AppState, sha256: &str) -> Result<PluginView> {
@@ -405,7 +410,9 @@ async fn get_plugin(
     Path(sha256): Path<String>,
 ) -> Result<Json<PluginView>> {
     op.require(roles::READ, "read plugins")?;
-    Ok(Json(plugin_view(&state, &sha256).await?))
+    let mut p = plugin_view(&state, &sha256).await?;
+    p.signatures = crate::tuf::signatures(&state).await?(&p.sha256);
+    Ok(Json(p))
 }
 
 async fn plugin_file(
@@ -460,12 +467,27 @@ async fn list_packages(
     Query(q): Query<PackageQuery>,
 ) -> Result<Json<Vec<PackageView>>> {
     op.require(roles::READ, "list packages")?;
-    Ok(Json(
-        state
-            .store()
-            .list_packages(q.device_type.as_deref())
-            .await?,
-    ))
+    let signed = crate::tuf::signatures(&state).await?;
+    let mut packages = state
+        .store()
+        .list_packages(q.device_type.as_deref())
+        .await?;
+    for p in &mut packages {
+        p.signatures = package_signatures(&signed, p);
+    }
+    Ok(Json(packages))
+}
+
+/// The signatures of a package's bytes as a package of its own device type.
+fn package_signatures(
+    signed: &impl Fn(&str) -> Vec<posup_proto::api::SignatureView>,
+    p: &PackageView,
+) -> Vec<posup_proto::api::SignatureView> {
+    let prefix = format!("packages/{}/", p.device_type);
+    signed(&p.sha256)
+        .into_iter()
+        .filter(|s| s.target.starts_with(&prefix))
+        .collect()
 }
 
 async fn package_view(state: &AppState, id: i64) -> Result<PackageView> {
@@ -482,7 +504,9 @@ async fn get_package(
     Path(id): Path<i64>,
 ) -> Result<Json<PackageView>> {
     op.require(roles::READ, "read packages")?;
-    Ok(Json(package_view(&state, id).await?))
+    let mut p = package_view(&state, id).await?;
+    p.signatures = package_signatures(&crate::tuf::signatures(&state).await?, &p);
+    Ok(Json(p))
 }
 
 async fn package_file(

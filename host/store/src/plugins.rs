@@ -90,6 +90,8 @@ impl PackageRow {
             },
             plugin_sha256: self.plugin_sha256,
             uploaded_at: ts(self.uploaded_at),
+            // Signatures live in the TUF repository; the server adds them.
+            signatures: Vec::new(),
         }
     }
 }
@@ -498,5 +500,6 @@ fn plugin_view(r: PluginRow, enabled: &[(String, String)]) -> Result<PluginView>
         interface: r.interface,
         size: r.size as u64,
         uploaded_at: ts(r.uploaded_at),
+        signatures: Vec::new(),
     })
 }

@@ -198,6 +198,16 @@ impl RepoDir {
         })
     }
 
+    /// The roles one version of targets delegates to.
+    pub fn delegated_names(&self, targets_version: u64) -> Result<Vec<String>> {
+        let t: Signed<Targets> = meta::parse(&self.read("targets", targets_version)?, "targets")?;
+        Ok(t.signed
+            .delegations
+            .iter()
+            .flat_map(|d| d.roles.iter().map(|r| r.name.clone()))
+            .collect())
+    }
+
     fn write<T: Serialize>(&self, role: &str, signed: &Signed<T>, version: u64) -> Result<PathBuf> {
         let path = self.path.join(meta::file_name(role, version));
         use std::io::Write;
