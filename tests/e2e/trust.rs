@@ -607,3 +607,134 @@ fn hex_of(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// A device token, as a terminal gets one by enrolling.
+async fn device_token(server: &Server) -> String {
+    use posup_proto::agent::{DeviceIdentity, EnrollRequest, EnrollResponse, Site};
+    let req = EnrollRequest {
+        secret: server.secret.clone(),
+        device: DeviceIdentity {
+            guid: "python-tuf".into(),
+            site: Site {
+                name: "Test store".into(),
+                address: String::new(),
+            },
+            name: "reference client".into(),
+            number: 99,
+            device_type: "kiosk".into(),
+            agent_version: "python-tuf".into(),
+        },
+    };
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/agent/enroll", server.url()))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    resp.json::<EnrollResponse>().await.unwrap().token
+}
+
+/// The reference implementation's client (python-tuf), which nobody here wrote,
+/// bootstraps from posup's root.json, refreshes from the running server, and
+/// downloads and verifies a plugin and a package. CI installs python-tuf, so the
+/// test runs there; without it, it fails saying how to install it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_tuf_client_accepts_the_repository() {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import tuf.ngclient"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        have,
+        "python-tuf is missing: `python3 -m pip install tuf==7.0.1` (.ci/run does)"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), None).await;
+    let api = server.api();
+    let fleet = Fleet::new(&server);
+    fleet.publish_plugin(&server);
+    api.kiosk_device_type().await;
+    let new = posup_sim::kiosk_package(&data.path().join("pkgs"), NEW, false).unwrap();
+    fleet.publish_package(&server, &new, &[]);
+    // A root rotation too, so the client walks the N.root.json chain.
+    let repo = fleet.repo().display().to_string();
+    fleet.cli(&[
+        "keys",
+        "new",
+        &fleet.path("root2.key").display().to_string(),
+    ]);
+    fleet.cli(&[
+        "repo",
+        "rotate",
+        "--repo",
+        &repo,
+        "--sign-key",
+        &fleet.path("root.key").display().to_string(),
+        "--sign-key",
+        &fleet.path("root2.key").display().to_string(),
+        "--root-key",
+        &fleet.path("root2.key.pub").display().to_string(),
+    ]);
+    fleet.cli(&[
+        "repo",
+        "publish",
+        "--repo",
+        &repo,
+        "--server",
+        &server.url(),
+        "--token",
+        &server.admin,
+    ]);
+
+    let plugins: Vec<posup_proto::api::PluginView> = api.get("/api/v1/plugins").await;
+    let plugin = plugins.iter().find(|p| p.name == "kiosk").unwrap();
+    let plugin_target = format!("plugins/kiosk/kiosk/kiosk-{}.wasm", plugin.version);
+    let token = device_token(&server).await;
+    let client = data.path().join("python-tuf");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/e2e/tuf_client.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--root", &fleet.root_json().display().to_string()])
+        .args(["--server", &server.url(), "--token", &token])
+        .args(["--dir", &client.display().to_string()])
+        .args([&plugin_target, "packages/kiosk/kiosk_7.5.0.tgz"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python-tuf refused posup's repository: {}",
+        stderr(&out)
+    );
+    let paths: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert_eq!(
+        std::fs::read(&paths[0]).unwrap(),
+        posup_bundled::get("kiosk").unwrap()
+    );
+    assert_eq!(
+        std::fs::read(&paths[1]).unwrap(),
+        std::fs::read(&new).unwrap()
+    );
+    // It trusts the rotated root now.
+    let trusted = std::fs::read_to_string(client.join("metadata/root.json")).unwrap();
+    assert!(trusted.contains("\"version\": 2"), "{trusted}");
+
+    // And it refuses what was not signed: a target no role lists.
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--root", &fleet.root_json().display().to_string()])
+        .args(["--server", &server.url(), "--token", &token])
+        .args(["--dir", &client.display().to_string()])
+        .arg("packages/kiosk/kiosk_9.9.9.tgz")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no such target"), "{}", stderr(&out));
+    server.stop().await;
+}

@@ -977,9 +977,10 @@ impl Fleet {
         }
         let mut vendors = BTreeMap::new();
         for (vendor, paths) in paths {
-            let key = write_new(&keys.join(format!("vendor-{vendor}.key")))?;
+            let role = names::vendor_role(&vendor)?;
+            let key = write_new(&keys.join(format!("{role}.key")))?;
             let delegation = Delegation {
-                name: names::vendor_role(&vendor)?,
+                name: role,
                 keys: vec![key.public()],
                 threshold: 1,
                 paths,

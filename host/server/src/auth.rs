@@ -70,6 +70,8 @@ pub mod roles {
     pub const FLEET: &[Role] = &[Admin, Operator];
     pub const PACKAGES: &[Role] = &[Admin, Operator, Vendor];
     pub const PLUGINS: &[Role] = &[Admin, Vendor];
+    /// Publishing signed metadata (each role narrowed further by `tuf`).
+    pub const PUBLISH: &[Role] = &[Admin, Operator, Vendor];
     /// Tokens, enrollment secrets and the audit log.
     pub const ADMIN: &[Role] = &[Admin];
 }

@@ -280,6 +280,47 @@ pub fn document() -> Value {
     )
     .download()
     .add();
+    d.op(
+        "get",
+        "/tuf/metadata/{name}",
+        "A TUF metadata file (`N.<role>.json`, `timestamp.json`)",
+        Auth::None,
+    )
+    .ok::<serde_json::Value>(200, "the signed metadata")
+    .add();
+    d.op(
+        "get",
+        "/tuf/targets/{path}",
+        "A TUF target, by its consistent-snapshot name (`<dirs>/<sha256>.<file name>`)",
+        Auth::Device,
+    )
+    .download()
+    .add();
+    d.op(
+        "get",
+        "/api/v1/tuf",
+        "The TUF repository: roles, expiries, warnings",
+        op(READ),
+    )
+    .ok::<TufStatus>(200, "what is published")
+    .add();
+    d.op(
+        "get",
+        "/api/v1/tuf/online-keys",
+        "The server's online snapshot and timestamp keys, to name in `posup repo init`",
+        op(READ),
+    )
+    .ok::<OnlineKeysView>(200, "the public keys")
+    .add();
+    d.op(
+        "post",
+        "/api/v1/tuf/metadata",
+        "Publish signed metadata: root (each of a rotation in turn) and targets by an admin, release by an operator, a vendor's role by its vendor; all or nothing",
+        op(PUBLISH),
+    )
+    .body::<PublishMetadata>()
+    .ok::<TufStatus>(200, "what is published now")
+    .add();
 
     // Operator API.
     d.op(

@@ -221,13 +221,23 @@ fn may_publish(op: &Operator, role: &str) -> Result<()> {
     match role {
         "root" | "targets" => op.require(&[Role::Admin], &doing),
         "release" => op.require(&[Role::Admin, Role::Operator], &doing),
-        _ => match role.strip_prefix("vendor-") {
-            Some(vendor) => {
-                op.require(&[Role::Admin, Role::Vendor], &doing)?;
-                op.act_for_vendor(vendor, "publish the metadata")
+        _ if role.starts_with("vendor-") => {
+            op.require(&[Role::Admin, Role::Vendor], &doing)?;
+            let own =
+                op.0.vendor
+                    .as_deref()
+                    .and_then(|v| posup_trust::names::vendor_role(v).ok());
+            if op.0.role == Role::Vendor && own.as_deref() != Some(role) {
+                return Err(Error::Forbidden(format!(
+                    "token {} acts for vendor {} (role {}) and may not {doing}",
+                    op.0.name,
+                    op.0.vendor.as_deref().unwrap_or("(none)"),
+                    own.as_deref().unwrap_or("(none)")
+                )));
             }
-            None => op.require(&[Role::Admin], &doing),
-        },
+            Ok(())
+        }
+        _ => op.require(&[Role::Admin], &doing),
     }
 }
 
@@ -236,6 +246,7 @@ async fn publish(
     op: Operator,
     Json(req): Json<PublishMetadata>,
 ) -> Result<Json<TufStatus>> {
+    op.require(roles::PUBLISH, "publish signed metadata")?;
     if req.files.is_empty() {
         return Err(Error::Invalid("no metadata to publish: send files".into()));
     }

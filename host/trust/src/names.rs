@@ -17,10 +17,26 @@ use crate::{Result, TrustError};
 /// The role that signs packages (and with them, the releases operators roll out).
 pub const RELEASE: &str = "release";
 
-/// The role of a vendor's plugins.
+/// The role of a vendor's plugins: `vendor-` and the vendor's name as plugins
+/// give it, lower-cased, with every run of other characters than letters,
+/// digits, `.`, `_` and `+` written as one `-` (`Syrve Group` → `vendor-syrve-group`).
 pub fn vendor_role(vendor: &str) -> Result<String> {
-    part("vendor", vendor)?;
-    Ok(format!("vendor-{vendor}"))
+    let mut slug = String::new();
+    for c in vendor.trim().chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+') {
+            slug.push(c);
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_matches(|c| c == '-' || c == '.');
+    part("vendor", slug).map_err(|_| {
+        TrustError::Invalid(format!(
+            "vendor {vendor:?} has no letters or digits to name its role with"
+        ))
+    })?;
+    Ok(format!("vendor-{slug}"))
 }
 
 /// The target name of a plugin of `version` for `device_type`.
@@ -90,6 +106,9 @@ mod tests {
             "packages/ukm5/ukm5_pos_1.8.4.tgz"
         );
         assert_eq!(vendor_role("iiko").unwrap(), "vendor-iiko");
+        assert_eq!(vendor_role("Syrve Group").unwrap(), "vendor-syrve-group");
+        assert_eq!(vendor_role("posup tests").unwrap(), "vendor-posup-tests");
+        assert!(vendor_role("  //  ").is_err());
         for bad in ["", "..", ".hidden", "a/b", "a*", "a?", "[a]", "a b", "ü"] {
             assert!(plugin_target("kiosk", bad, "1").is_err(), "{bad:?}");
             assert!(package_target(bad, "x.tgz").is_err(), "{bad:?}");

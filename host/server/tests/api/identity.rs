@@ -328,7 +328,7 @@ async fn revoked_reset_and_deleted_devices() {
     .await;
 }
 
-async fn vendor_token(e: &Env, name: &str, vendor: &str) -> String {
+pub(crate) async fn vendor_token(e: &Env, name: &str, vendor: &str) -> String {
     e.ok(
         "POST",
         "/api/v1/tokens",

@@ -1466,3 +1466,4 @@ async fn replicas_follow_each_others_changes() {
 mod identity;
 mod notify;
 mod rollout;
+mod tuf;
