@@ -76,6 +76,13 @@ async fn published(state: &AppState) -> Result<Published> {
     Ok(p)
 }
 
+/// The server's clock in whole seconds, as metadata writes time.
+fn now(state: &AppState) -> jiff::Timestamp {
+    let t = jiff::Timestamp::from_millisecond(state.now_ms())
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    posup_trust::meta::expires_in(t, 0)
+}
+
 fn timestamp_version(p: &Published) -> i64 {
     p.roles.get("timestamp").map_or(0, |(v, _)| *v as i64)
 }
@@ -182,7 +189,7 @@ async fn status_of(state: &AppState) -> Result<TufStatus> {
             "no repository is published: terminals with a trusted root install nothing until the fleet owner publishes one (`posup repo init`, `posup repo publish`)".to_owned(),
         );
     }
-    let soon = posup_trust::meta::expires_in(posup_trust::meta::now(), WARN_DAYS * 86_400);
+    let soon = posup_trust::meta::expires_in(now(state), WARN_DAYS * 86_400);
     for r in &roles {
         if matches!(r.role.as_str(), "snapshot" | "timestamp") {
             continue;
@@ -268,14 +275,8 @@ async fn publish(
     let mut tries = 0;
     loop {
         let p = published(&state).await?;
-        let files = online::accept(
-            &p,
-            &uploads,
-            state.online_keys(),
-            posup_trust::meta::now(),
-            &blob,
-        )
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+        let files = online::accept(&p, &uploads, state.online_keys(), now(&state), &blob)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         match state
             .store()
             .tuf_save(
@@ -297,7 +298,7 @@ async fn publish(
 /// Signs a new timestamp (and snapshot) when the current ones near their end.
 pub async fn renew(state: &AppState) -> Result<()> {
     let p = published(state).await?;
-    let files = online::refresh(&p, state.online_keys(), posup_trust::meta::now())
+    let files = online::refresh(&p, state.online_keys(), now(state))
         .map_err(|e| Error::internal("renewing the repository's timestamp", e))?;
     if files.is_empty() {
         return Ok(());

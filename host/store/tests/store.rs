@@ -1525,3 +1525,69 @@ async fn a_plugin_name_belongs_to_its_first_vendor() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn repository_metadata_takes_one_of_two_racing_writers() {
+    each_backend(|store| async move {
+        let file = |role: &str, version: i64, name: &str| posup_store::TufFile {
+            role: role.into(),
+            version,
+            name: name.into(),
+            body: format!("{{\"{role}\": {version}}}"),
+        };
+        store
+            .tuf_save(
+                &[
+                    file("root", 1, "1.root.json"),
+                    file("timestamp", 1, "timestamp.json"),
+                ],
+                0,
+                Some("token admin"),
+                1,
+            )
+            .await
+            .unwrap();
+        // Two servers renewing the same timestamp: the second built on a stale one.
+        store
+            .tuf_save(&[file("timestamp", 2, "timestamp.json")], 1, None, 2)
+            .await
+            .unwrap();
+        let stale = store
+            .tuf_save(&[file("timestamp", 2, "timestamp.json")], 1, None, 3)
+            .await;
+        assert!(
+            matches!(stale, Err(posup_store::Error::Conflict(_))),
+            "{stale:?}"
+        );
+        // A version once stored is never replaced, and a failed save leaves nothing.
+        let again = store
+            .tuf_save(
+                &[
+                    file("targets", 1, "1.targets.json"),
+                    file("root", 1, "1.root.json"),
+                ],
+                2,
+                None,
+                4,
+            )
+            .await;
+        assert!(
+            matches!(again, Err(posup_store::Error::Conflict(_))),
+            "{again:?}"
+        );
+        assert_eq!(store.tuf_file("1.targets.json").await.unwrap(), None);
+        assert_eq!(
+            store.tuf_file("timestamp.json").await.unwrap().as_deref(),
+            Some("{\"timestamp\": 2}")
+        );
+        let latest = store.tuf_latest().await.unwrap();
+        assert_eq!(
+            latest
+                .iter()
+                .map(|(r, v, _)| (r.as_str(), *v))
+                .collect::<Vec<_>>(),
+            [("root", 1), ("timestamp", 2)]
+        );
+    })
+    .await;
+}

@@ -258,7 +258,7 @@ fn accept_targets(chain: &mut Chain, bytes: &[u8], now: jiff::Timestamp) -> Resu
     Ok(version)
 }
 
-fn delegation_of<'a>(chain: &'a Chain, role: &str) -> Result<Delegations> {
+fn delegation_of(chain: &Chain, role: &str) -> Result<Delegations> {
     let d = chain
         .targets
         .as_ref()

@@ -212,3 +212,67 @@ async fn the_repository_is_published_by_whom_it_belongs_to_and_served_as_signed(
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_server_renews_its_timestamp_and_snapshot_before_they_expire() {
+    each_backend(|store| async move {
+        let (e, state) = env_with_state(store).await;
+        // Nothing to renew before a repository is published.
+        posup_server::tuf::renew(&state).await.unwrap();
+        assert_eq!(
+            e.call("GET", "/tuf/metadata/timestamp.json", None, None)
+                .await
+                .status,
+            StatusCode::NOT_FOUND
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo, _keys) = repository(&state, tmp.path());
+        let all = files(&repo, &["root", "targets", "release", "vendor-posup-tests"]);
+        e.ok("POST", "/api/v1/tuf/metadata", ADMIN, Some(all)).await;
+        let version = |status: &Value, role: &str| {
+            status["roles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["role"] == role)
+                .unwrap()["version"]
+                .as_u64()
+                .unwrap()
+        };
+        let before = e.ok("GET", "/api/v1/tuf", ADMIN, None).await;
+        // Fresh: nothing is signed again.
+        posup_server::tuf::renew(&state).await.unwrap();
+        let same = e.ok("GET", "/api/v1/tuf", ADMIN, None).await;
+        assert_eq!(version(&same, "timestamp"), version(&before, "timestamp"));
+        // Half a day on, a new timestamp of the same snapshot.
+        e.advance(13 * 3600);
+        posup_server::tuf::renew(&state).await.unwrap();
+        let later = e.ok("GET", "/api/v1/tuf", ADMIN, None).await;
+        assert_eq!(
+            version(&later, "timestamp"),
+            version(&before, "timestamp") + 1
+        );
+        assert_eq!(version(&later, "snapshot"), version(&before, "snapshot"));
+        // Four days on, a new snapshot too.
+        e.advance(4 * 86_400);
+        posup_server::tuf::renew(&state).await.unwrap();
+        let much_later = e.ok("GET", "/api/v1/tuf", ADMIN, None).await;
+        assert_eq!(
+            version(&much_later, "snapshot"),
+            version(&before, "snapshot") + 1
+        );
+        let a = e
+            .call(
+                "GET",
+                &format!(
+                    "/tuf/metadata/{}.snapshot.json",
+                    version(&much_later, "snapshot")
+                ),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+    })
+    .await;
+}
