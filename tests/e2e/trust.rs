@@ -128,6 +128,35 @@ impl Fleet {
         ]);
     }
 
+    /// The owner makes a new root key and rotates to it, signing with the old
+    /// key and the new one, and publishes `2.root.json`.
+    fn rotate_root(&self, server: &Server) {
+        let repo = self.repo().display().to_string();
+        self.cli(&["keys", "new", &self.path("root2.key").display().to_string()]);
+        self.cli(&[
+            "repo",
+            "rotate",
+            "--repo",
+            &repo,
+            "--sign-key",
+            &self.path("root.key").display().to_string(),
+            "--sign-key",
+            &self.path("root2.key").display().to_string(),
+            "--root-key",
+            &self.path("root2.key.pub").display().to_string(),
+        ]);
+        self.cli(&[
+            "repo",
+            "publish",
+            "--repo",
+            &repo,
+            "--server",
+            &server.url(),
+            "--token",
+            &server.admin,
+        ]);
+    }
+
     /// The release signer signs a package (its version read by the kiosk
     /// plugin) and uploads it.
     fn publish_package(&self, server: &Server, file: &Path, extra: &[&str]) {
@@ -243,34 +272,7 @@ async fn a_fleet_signed_with_the_cli_updates_terminals_pinned_to_its_root() {
 
     // The owner rotates the root key; the terminal, installed with 1.root.json,
     // follows the chain and goes on installing.
-    let repo = fleet.repo().display().to_string();
-    fleet.cli(&[
-        "keys",
-        "new",
-        &fleet.path("root2.key").display().to_string(),
-    ]);
-    fleet.cli(&[
-        "repo",
-        "rotate",
-        "--repo",
-        &repo,
-        "--sign-key",
-        &fleet.path("root.key").display().to_string(),
-        "--sign-key",
-        &fleet.path("root2.key").display().to_string(),
-        "--root-key",
-        &fleet.path("root2.key.pub").display().to_string(),
-    ]);
-    fleet.cli(&[
-        "repo",
-        "publish",
-        "--repo",
-        &repo,
-        "--server",
-        &server.url(),
-        "--token",
-        &server.admin,
-    ]);
+    fleet.rotate_root(&server);
     let status: TufStatus = api.get("/api/v1/tuf").await;
     assert!(
         status
@@ -658,34 +660,7 @@ async fn the_reference_tuf_client_accepts_the_repository() {
     let new = posup_sim::kiosk_package(&data.path().join("pkgs"), NEW, false).unwrap();
     fleet.publish_package(&server, &new, &[]);
     // A root rotation too, so the client walks the N.root.json chain.
-    let repo = fleet.repo().display().to_string();
-    fleet.cli(&[
-        "keys",
-        "new",
-        &fleet.path("root2.key").display().to_string(),
-    ]);
-    fleet.cli(&[
-        "repo",
-        "rotate",
-        "--repo",
-        &repo,
-        "--sign-key",
-        &fleet.path("root.key").display().to_string(),
-        "--sign-key",
-        &fleet.path("root2.key").display().to_string(),
-        "--root-key",
-        &fleet.path("root2.key.pub").display().to_string(),
-    ]);
-    fleet.cli(&[
-        "repo",
-        "publish",
-        "--repo",
-        &repo,
-        "--server",
-        &server.url(),
-        "--token",
-        &server.admin,
-    ]);
+    fleet.rotate_root(&server);
 
     let plugins: Vec<posup_proto::api::PluginView> = api.get("/api/v1/plugins").await;
     let plugin = plugins.iter().find(|p| p.name == "kiosk").unwrap();

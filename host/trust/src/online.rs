@@ -622,6 +622,18 @@ mod tests {
         u
     }
 
+    /// Everything in the folder, published to an empty server.
+    fn first_publish(f: &Fleet) -> Vec<NewFile> {
+        accept(
+            &Published::default(),
+            &ordered(uploads(f)),
+            &f.online,
+            meta::now(),
+            &|_, _| true,
+        )
+        .unwrap()
+    }
+
     fn publish(published: &mut Published, files: &[NewFile]) {
         for f in files {
             published
@@ -647,14 +659,7 @@ mod tests {
             365,
         )
         .unwrap();
-        let files = accept(
-            &Published::default(),
-            &ordered(uploads(&f)),
-            &f.online,
-            meta::now(),
-            &|_, _| true,
-        )
-        .unwrap();
+        let files = first_publish(&f);
         let roles: Vec<&str> = files.iter().map(|f| f.role.as_str()).collect();
         assert_eq!(
             roles,
@@ -819,14 +824,7 @@ mod tests {
         let f = fleet();
         offline::sign_targets(&f.dir, "vendor-acme", vec![], &[&f.vendor], 365).unwrap();
         offline::sign_targets(&f.dir, "release", vec![], &[&f.release], 365).unwrap();
-        let files = accept(
-            &Published::default(),
-            &ordered(uploads(&f)),
-            &f.online,
-            meta::now(),
-            &|_, _| true,
-        )
-        .unwrap();
+        let files = first_publish(&f);
         let mut published = Published::default();
         publish(&mut published, &files);
         let new_root = SigningKey::generate().unwrap();
