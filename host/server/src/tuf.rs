@@ -190,8 +190,20 @@ async fn status_of(state: &AppState) -> Result<TufStatus> {
         );
     }
     let soon = posup_trust::meta::expires_in(now(state), WARN_DAYS * 86_400);
+    // The server renews its own roles 12 h (timestamp) and 3 days (snapshot)
+    // ahead; so close to the end, renewal is failing.
+    let online_soon = posup_trust::meta::expires_in(now(state), 6 * 3600);
     for r in &roles {
         if matches!(r.role.as_str(), "snapshot" | "timestamp") {
+            if r.expires
+                .parse::<jiff::Timestamp>()
+                .is_ok_and(|t| t <= online_soon)
+            {
+                warnings.push(format!(
+                    "{} version {} expires at {} and the server has not renewed it: check the server's log and its online keys (--tuf-keys); terminals refuse every update after",
+                    r.role, r.version, r.expires
+                ));
+            }
             continue;
         }
         if r.expires

@@ -273,6 +273,18 @@ async fn the_server_renews_its_timestamp_and_snapshot_before_they_expire() {
             )
             .await;
         assert_eq!(a.status, StatusCode::OK);
+        assert!(
+            much_later["warnings"].as_array().unwrap().is_empty(),
+            "{much_later}"
+        );
+        // A server that stops renewing warns the fleet before terminals refuse.
+        e.advance(20 * 3600);
+        let stale = e.ok("GET", "/api/v1/tuf", ADMIN, None).await;
+        let warnings = stale["warnings"].to_string();
+        assert!(
+            warnings.contains("timestamp") && warnings.contains("has not renewed"),
+            "{stale}"
+        );
     })
     .await;
 }
