@@ -193,6 +193,18 @@ impl Fleet {
     }
 }
 
+/// A server whose fleet signed and published the kiosk plugin (enabled for
+/// kiosks) and the 7.5.0 package, built in `<dir>/pkgs`.
+async fn signed_kiosks(dir: &Path) -> (Server, Fleet, PathBuf) {
+    let server = Server::start(dir, None).await;
+    let fleet = Fleet::new(&server);
+    fleet.publish_plugin(&server);
+    server.api().kiosk_device_type().await;
+    let new = posup_sim::kiosk_package(&dir.join("pkgs"), NEW, false).unwrap();
+    fleet.publish_package(&server, &new, &[]);
+    (server, fleet, new)
+}
+
 async fn package_named(api: &Api, name: &str) -> PackageView {
     let list: Vec<PackageView> = api.get("/api/v1/packages?device_type=kiosk").await;
     list.into_iter().find(|p| p.file_name == name).unwrap()
@@ -219,14 +231,9 @@ async fn update(api: &Api, k: &Kiosk, pkg: &PackageView) -> (DeviceTaskState, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_signed_with_the_cli_updates_terminals_pinned_to_its_root() {
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path(), None).await;
+    let (server, fleet, _) = signed_kiosks(data.path()).await;
     let api = server.api();
-    let fleet = Fleet::new(&server);
-    fleet.publish_plugin(&server);
-    api.kiosk_device_type().await;
     let pkgs = data.path().join("pkgs");
-    let new = posup_sim::kiosk_package(&pkgs, NEW, false).unwrap();
-    fleet.publish_package(&server, &new, &[]);
     let status: TufStatus = api.get("/api/v1/tuf").await;
     let roles: Vec<&str> = status.roles.iter().map(|r| r.role.as_str()).collect();
     for r in [
@@ -412,14 +419,9 @@ fn current_version(status: &TufStatus, role: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_or_network_that_tampers_makes_the_agent_install_nothing() {
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path(), None).await;
+    let (server, fleet, new) = signed_kiosks(data.path()).await;
     let api = server.api();
-    let fleet = Fleet::new(&server);
-    fleet.publish_plugin(&server);
-    api.kiosk_device_type().await;
     let pkgs = data.path().join("pkgs");
-    let new = posup_sim::kiosk_package(&pkgs, NEW, false).unwrap();
-    fleet.publish_package(&server, &new, &[]);
     let pkg = package_named(&api, "kiosk_7.5.0.tgz").await;
     let tamper = Tamper::start(server.addr).await;
     let k = Kiosk::trusting(1, &tamper.url(), &server.secret, &fleet.root_json()).await;
@@ -652,13 +654,8 @@ async fn the_reference_tuf_client_accepts_the_repository() {
         "python-tuf is missing: `python3 -m pip install tuf==7.0.1` (.ci/run does)"
     );
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path(), None).await;
+    let (server, fleet, new) = signed_kiosks(data.path()).await;
     let api = server.api();
-    let fleet = Fleet::new(&server);
-    fleet.publish_plugin(&server);
-    api.kiosk_device_type().await;
-    let new = posup_sim::kiosk_package(&data.path().join("pkgs"), NEW, false).unwrap();
-    fleet.publish_package(&server, &new, &[]);
     // A root rotation too, so the client walks the N.root.json chain.
     fleet.rotate_root(&server);
 
