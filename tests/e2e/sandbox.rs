@@ -447,17 +447,32 @@ async fn a_timed_out_step_leaves_no_host_work_running() {
         .await
         .unwrap_err();
     assert!(matches!(err, StepError::Deadline { .. }), "{err}");
-    // Killed: gone, or a zombie not yet reaped, which runs nothing.
+    // Killed: gone, or a zombie not yet reaped, which runs nothing. SIGKILL was
+    // sent before the error returned; a process that has it pending never runs
+    // its own code again, but the kernel may show it running for a moment while
+    // it exits, so its state is looked at for up to a second.
     let pid = std::fs::read_to_string(&pidfile).unwrap();
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
-    let running = status
-        .lines()
-        .find_map(|l| l.strip_prefix("State:"))
-        .is_some_and(|s| !s.trim_start().starts_with('Z'));
+    let state = || {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
+        let running = status
+            .lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .is_some_and(|s| !s.trim_start().starts_with('Z'));
+        (running, status)
+    };
+    let mut seen = state();
+    for _ in 0..100 {
+        if !seen.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        seen = state();
+    }
     assert!(
-        !running,
-        "the script was still running after the step's deadline error: {status}"
+        !seen.0,
+        "the script was still running a second after the step's deadline error: {}",
+        seen.1
     );
     // Past the moment the script would have written.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(started.elapsed())).await;
