@@ -612,6 +612,41 @@ fn hex_of(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// The folder python-tuf is importable from: installed once from PyPI into the
+/// build's own temporary folder, so `cargo test` needs nothing installed first.
+fn python_tuf() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-tuf-7.0.1");
+    let importable = || {
+        std::process::Command::new("python3")
+            .env("PYTHONPATH", &dir)
+            .args(["-c", "import tuf.ngclient"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !importable() {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&dir)
+            .arg("tuf==7.0.1")
+            .output()
+            .expect("running python3 -m pip");
+        assert!(
+            out.status.success() && importable(),
+            "installing python-tuf 7.0.1 into {} failed: {}",
+            dir.display(),
+            stderr(&out)
+        );
+    }
+    dir
+}
+
 /// A device token, as a terminal gets one by enrolling.
 async fn device_token(server: &Server) -> String {
     use posup_proto::agent::{DeviceIdentity, EnrollRequest, EnrollResponse, Site};
@@ -641,18 +676,11 @@ async fn device_token(server: &Server) -> String {
 
 /// The reference implementation's client (python-tuf), which nobody here wrote,
 /// bootstraps from posup's root.json, refreshes from the running server, and
-/// downloads and verifies a plugin and a package. CI installs python-tuf, so the
-/// test runs there; without it, it fails saying how to install it.
+/// downloads and verifies a plugin and a package. python-tuf comes from PyPI on
+/// first run, so the test runs everywhere the suite does, CI included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_tuf_client_accepts_the_repository() {
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import tuf.ngclient"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        have,
-        "python-tuf is missing: `python3 -m pip install tuf==7.0.1` (.ci/run does)"
-    );
+    let python_path = python_tuf();
     let data = tempfile::tempdir().unwrap();
     let (server, fleet, new) = signed_kiosks(data.path()).await;
     let api = server.api();
@@ -666,6 +694,7 @@ async fn the_reference_tuf_client_accepts_the_repository() {
     let client = data.path().join("python-tuf");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/e2e/tuf_client.py");
     let out = tokio::process::Command::new("python3")
+        .env("PYTHONPATH", &python_path)
         .arg(script)
         .args(["--root", &fleet.root_json().display().to_string()])
         .args(["--server", &server.url(), "--token", &token])
@@ -698,6 +727,7 @@ async fn the_reference_tuf_client_accepts_the_repository() {
 
     // And it refuses what was not signed: a target no role lists.
     let out = tokio::process::Command::new("python3")
+        .env("PYTHONPATH", &python_path)
         .arg(script)
         .args(["--root", &fleet.root_json().display().to_string()])
         .args(["--server", &server.url(), "--token", &token])

@@ -279,17 +279,4 @@ impl Verified {
             release,
         })
     }
-
-    /// When the soonest metadata expires (the terminal refuses to install after).
-    pub fn expires(&self) -> String {
-        let mut soonest = self.repo.timestamp().signed.expires;
-        for t in [
-            self.repo.snapshot().signed.expires,
-            self.repo.targets().signed.expires,
-            self.repo.root().signed.expires,
-        ] {
-            soonest = soonest.min(t);
-        }
-        soonest.to_string()
-    }
 }

@@ -37,23 +37,6 @@ pub fn sign<T: Serialize>(role: T, keys: &[&SigningKey]) -> Signed<T> {
     }
 }
 
-/// Adds signatures of more keys to already signed metadata (a root signed by
-/// both the old and the new root keys).
-pub fn add_signatures<T: Serialize>(signed: &mut Signed<T>, keys: &[&SigningKey]) {
-    let data = canonical(&signed.signed);
-    for k in keys {
-        let keyid: tough::schema::decoded::Decoded<tough::schema::decoded::Hex> =
-            hex::decode(k.key_id()).expect("a key id is hex").into();
-        if signed.signatures.iter().any(|s| s.keyid == keyid) {
-            continue;
-        }
-        signed.signatures.push(Signature {
-            keyid,
-            sig: k.sign(&data).into(),
-        });
-    }
-}
-
 fn canonical<T: Serialize>(value: &T) -> Vec<u8> {
     let mut data = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(&mut data, CanonicalFormatter::new());
