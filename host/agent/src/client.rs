@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use posup_proto::AGENT_PREFIX;
 use posup_proto::agent::{
-    EnrollRequest, EnrollResponse, Feedback, FeedbackAck, PollRequest, PollResponse,
+    EnrollRequest, EnrollResponse, Feedback, FeedbackAck, FeedbackBatch, FeedbackBatchAck,
+    PollRequest, PollResponse,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -183,6 +184,27 @@ impl Client {
     pub async fn feedback(&self, f: &Feedback) -> Result<FeedbackAck, ClientError> {
         self.post(&format!("{AGENT_PREFIX}/feedback"), f, true)
             .await
+    }
+
+    /// Sends reports in one request; the answer has one result per report, in order.
+    pub async fn feedback_batch(
+        &self,
+        batch: &FeedbackBatch,
+    ) -> Result<FeedbackBatchAck, ClientError> {
+        let ack: FeedbackBatchAck = self
+            .post(&format!("{AGENT_PREFIX}/feedback/batch"), batch, true)
+            .await?;
+        if ack.results.len() != batch.reports.len() {
+            return Err(ClientError::Decode {
+                url: self.url(&format!("{AGENT_PREFIX}/feedback/batch")),
+                message: format!(
+                    "{} results for {} reports",
+                    ack.results.len(),
+                    batch.reports.len()
+                ),
+            });
+        }
+        Ok(ack)
     }
 
     /// Starts a download of `path` from byte `offset`. With `if_range` (the blob's

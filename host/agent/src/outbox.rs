@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::Utc;
-use posup_proto::agent::{Feedback, FeedbackAck, FeedbackState};
+use posup_proto::agent::{
+    Feedback, FeedbackAck, FeedbackBatch, FeedbackResult, FeedbackState, MAX_FEEDBACK_BATCH,
+};
 use tokio::sync::Notify;
 
 use crate::client::{Client, ClientError};
@@ -58,6 +60,8 @@ struct Queue {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Flushed {
     pub sent: usize,
+    /// Requests it took.
+    pub calls: usize,
     /// Reports the server refused for good (their action is gone): dropped.
     pub dropped: usize,
 }
@@ -187,9 +191,14 @@ impl Outbox {
             .remove(&action_id);
     }
 
-    fn front(&self) -> Option<(u64, Feedback)> {
+    /// The oldest reports, at most `n`, in order.
+    fn front(&self, n: usize) -> Vec<(u64, Feedback)> {
         let q = self.queue.lock().expect("outbox lock");
-        q.entries.iter().next().map(|(s, f)| (*s, f.clone()))
+        q.entries
+            .iter()
+            .take(n)
+            .map(|(s, f)| (*s, f.clone()))
+            .collect()
     }
 
     fn remove(&self, seq: u64, ack: Option<&FeedbackAck>, action_id: i64) {
@@ -211,34 +220,42 @@ impl Outbox {
         }
     }
 
-    /// Sends queued reports in order until the queue is empty or a call fails.
-    /// A report the server refuses for good (its action no longer exists) is
-    /// dropped with a warning, since sending it again cannot succeed; any other
-    /// failure stops the flush and keeps the report for the next one.
+    /// Sends queued reports in order until the queue is empty or a call fails,
+    /// as many at once as the server takes in one batch. A report the server
+    /// refuses for good (its action no longer exists) is dropped with a warning,
+    /// since sending it again cannot succeed; any other failure stops the flush
+    /// and keeps the report for the next one.
     pub async fn flush(&self, client: &Client) -> Result<Flushed, ClientError> {
         let mut done = Flushed::default();
-        while let Some((seq, f)) = self.front() {
-            match client.feedback(&f).await {
-                Ok(ack) => {
-                    self.remove(seq, Some(&ack), f.action_id);
-                    done.sent += 1;
+        loop {
+            let reports = self.front(MAX_FEEDBACK_BATCH);
+            if reports.is_empty() {
+                return Ok(done);
+            }
+            let batch = FeedbackBatch {
+                reports: reports.iter().map(|(_, f)| f.clone()).collect(),
+            };
+            let ack = client.feedback_batch(&batch).await?;
+            done.calls += 1;
+            for ((seq, f), result) in reports.iter().zip(ack.results) {
+                match result {
+                    FeedbackResult::Ack(ack) => {
+                        self.remove(*seq, Some(&ack), f.action_id);
+                        done.sent += 1;
+                    }
+                    FeedbackResult::Refused { error, .. } => {
+                        tracing::warn!(
+                            key = %f.key,
+                            "the server refused report {} of action {} ({error}); dropping it",
+                            f.step,
+                            f.action_id
+                        );
+                        self.remove(*seq, None, f.action_id);
+                        done.dropped += 1;
+                    }
                 }
-                Err(ClientError::Status {
-                    status, message, ..
-                }) if (400..500).contains(&status) && status != 408 && status != 429 => {
-                    tracing::warn!(
-                        key = %f.key,
-                        "the server refused report {} of action {} ({status}: {message}); dropping it",
-                        f.step,
-                        f.action_id
-                    );
-                    self.remove(seq, None, f.action_id);
-                    done.dropped += 1;
-                }
-                Err(e) => return Err(e),
             }
         }
-        Ok(done)
     }
 }
 
@@ -288,10 +305,10 @@ mod tests {
     fn keys_stay_unique_when_the_sequence_starts_again() {
         let o = Outbox::memory();
         o.push(1, report("a")).unwrap();
-        let first = o.front().unwrap();
+        let first = o.front(1).remove(0);
         o.remove(first.0, None, 2);
         let o2 = Outbox::memory();
         o2.push(1, report("a")).unwrap();
-        assert_ne!(o2.front().unwrap().1.key, first.1.key);
+        assert_ne!(o2.front(1)[0].1.key, first.1.key);
     }
 }

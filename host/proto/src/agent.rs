@@ -8,6 +8,9 @@
 //!   interval out.
 //! - `POST /feedback` ([`Feedback`] → [`FeedbackAck`]): one step's progress or
 //!   result, idempotent by its key.
+//! - `POST /feedback/batch` ([`FeedbackBatch`] → [`FeedbackBatchAck`]): up to
+//!   [`MAX_FEEDBACK_BATCH`] reports of one device in order, recorded in one
+//!   transaction, each answered on its own (acknowledged or refused for good).
 //! - `GET /packages/{sha256}` and `GET /plugins/{sha256}`: the blobs named in
 //!   actions, with `Range` (one range) and `ETag` (the sha256).
 //!
@@ -293,4 +296,35 @@ pub struct FeedbackAck {
     /// Whether the action is still wanted. `false` when its task was paused, deleted
     /// or restarted (a newer attempt): do not start further steps.
     pub active: bool,
+}
+
+/// The most reports one [`FeedbackBatch`] may carry.
+pub const MAX_FEEDBACK_BATCH: usize = 64;
+
+/// `POST /api/v1/agent/feedback/batch`: reports of one device, oldest first. A
+/// terminal sends what its outbox holds at once, so a step's end and the next
+/// step's start cost one request and one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct FeedbackBatch {
+    pub reports: Vec<Feedback>,
+}
+
+/// The answer to a [`FeedbackBatch`]: one result per report, in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct FeedbackBatchAck {
+    pub results: Vec<FeedbackResult>,
+}
+
+/// What became of one report of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackResult {
+    /// Recorded, or recorded before (`duplicate`).
+    Ack(FeedbackAck),
+    /// Refused for good (its action no longer exists, or the report is invalid):
+    /// sending it again cannot succeed.
+    Refused { key: String, error: String },
 }

@@ -6,13 +6,13 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use posup_proto::Inventory;
 use posup_proto::agent::{
-    AgentStatus, EnrollRequest, EnrollResponse, Feedback, FeedbackAck, PollResponse,
-    VariableChanges,
+    AgentStatus, EnrollRequest, EnrollResponse, Feedback, FeedbackAck, FeedbackBatch,
+    FeedbackBatchAck, FeedbackResult, PollResponse, VariableChanges,
 };
 use posup_store::{Enrollment, InventoryReport, VarTarget};
 use serde::Deserialize;
@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/enroll", post(enroll))
         .route("/poll", post(poll))
         .route("/feedback", post(feedback))
+        .route("/feedback/batch", post(feedback_batch))
         .route("/packages/{sha256}", get(package))
         .route("/plugins/{sha256}", get(plugin))
 }
@@ -42,7 +43,7 @@ async fn enroll(
     let token = new_secret("pdt_");
     let current = optional_bearer(&headers).map(hash_secret);
     let secret = (!req.secret.is_empty()).then(|| hash_secret(&req.secret));
-    let id = store
+    let (id, replaced) = store
         .enroll(
             Enrollment {
                 identity: &req.device,
@@ -53,8 +54,10 @@ async fn enroll(
             state.now_ms(),
         )
         .await?;
-    // A device enrolling again gets a new token: the old one must stop working.
-    state.caches().invalidate_all();
+    if replaced {
+        // A device enrolling again gets a new token: the old one must stop working.
+        state.caches().invalidate_all();
+    }
     let interval = store
         .device_config(&req.device.device_type)
         .await?
@@ -163,13 +166,13 @@ async fn poll(
         Some(active) => active,
         None => {
             let epoch = caches.epoch();
-            let active: Arc<HashMap<i64, bool>> =
+            let active: Arc<HashSet<i64>> =
                 Arc::new(store.devices_with_actions().await?.into_iter().collect());
             caches.put_active(active.clone(), epoch);
             active
         }
     };
-    let actions = if let Some(&downtime) = active.get(&device.id) {
+    let actions = if active.contains(&device.id) {
         // Actions starting before the next poll are handed out now, with their
         // start time, so a forced update at a set time starts on time. An update
         // is handed out only once its gates let it start (see `posup_store::gates`).
@@ -179,12 +182,13 @@ async fn poll(
             site: &device.site,
             device_type: &device.device_type,
         };
-        if downtime && store.admit(asking, &at, horizon).await? {
+        let (actions, vars_changed) = store.poll_actions(asking, &at, horizon).await?;
+        if vars_changed {
             // An ordering rule set a readiness variable: the cached newest change
             // id is stale.
             caches.invalidate_all();
         }
-        store.actions_for_device(device.id, horizon).await?
+        actions
     } else {
         Vec::new()
     };
@@ -238,6 +242,30 @@ async fn feedback(
             .record_feedback(device.auth.id, &f, &state.at())
             .await?,
     ))
+}
+
+async fn feedback_batch(
+    State(state): State<AppState>,
+    device: Device,
+    Json(batch): Json<FeedbackBatch>,
+) -> Result<Json<FeedbackBatchAck>> {
+    let results = state
+        .store()
+        .record_feedback_batch(device.auth.id, &batch.reports, &state.at())
+        .await?;
+    let mut answers = Vec::with_capacity(results.len());
+    for (f, result) in batch.reports.iter().zip(results) {
+        answers.push(match result {
+            Ok(ack) => FeedbackResult::Ack(ack),
+            Err(e) => FeedbackResult::Refused {
+                key: f.key.clone(),
+                // Only refusals are answered per report; a database failure failed
+                // the whole batch above.
+                error: Error::from(e).to_string(),
+            },
+        });
+    }
+    Ok(Json(FeedbackBatchAck { results: answers }))
 }
 
 pub(crate) fn check_sha(sha256: &str, what: &str) -> Result<()> {

@@ -11,7 +11,7 @@
 //! the database is kept only if no invalidation happened while it was loaded (the
 //! epoch check), so a slow load cannot bring back what an invalidation dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use posup_store::{DeviceAuth, Generations};
@@ -27,9 +27,8 @@ struct Inner {
     epoch: u64,
     /// Devices by the sha256 of their token.
     devices: HashMap<[u8; 32], Arc<DeviceAuth>>,
-    /// Devices that may have actions, each with whether one is an update with
-    /// downtime; `None` until loaded.
-    active: Option<Arc<HashMap<i64, bool>>>,
+    /// Devices that may have actions; `None` until loaded.
+    active: Option<Arc<HashSet<i64>>>,
     /// The newest variable change id; `None` until loaded.
     vars_max: Option<i64>,
     /// The store's counters as last read.
@@ -72,11 +71,11 @@ impl Caches {
         }
     }
 
-    pub fn active(&self) -> Option<Arc<HashMap<i64, bool>>> {
+    pub fn active(&self) -> Option<Arc<HashSet<i64>>> {
         self.read().active.clone()
     }
 
-    pub fn put_active(&self, active: Arc<HashMap<i64, bool>>, epoch: u64) {
+    pub fn put_active(&self, active: Arc<HashSet<i64>>, epoch: u64) {
         let mut inner = self.write();
         if inner.epoch == epoch {
             inner.active = Some(active);
@@ -168,7 +167,7 @@ mod tests {
         };
         c.refresh(g);
         c.put_device([1; 32], Arc::new(device(1)), c.epoch());
-        c.put_active(Arc::new(HashMap::from([(1, false)])), c.epoch());
+        c.put_active(Arc::new(HashSet::from([1])), c.epoch());
         c.put_vars_max(5, c.epoch());
         c.refresh(g);
         assert!(c.device(&[1; 32]).is_some() && c.active().is_some() && c.vars_max() == Some(5));

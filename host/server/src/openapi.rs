@@ -265,6 +265,15 @@ pub fn document() -> Value {
     .ok::<FeedbackAck>(200, "acknowledged")
     .add();
     d.op(
+        "post",
+        "/api/v1/agent/feedback/batch",
+        "Report up to 64 steps' progress or results in order, in one transaction",
+        Auth::Device,
+    )
+    .body::<FeedbackBatch>()
+    .ok::<FeedbackBatchAck>(200, "one result per report: acknowledged or refused")
+    .add();
+    d.op(
         "get",
         "/api/v1/agent/packages/{sha256}",
         "Download a package of the device's type",

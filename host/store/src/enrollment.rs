@@ -155,8 +155,9 @@ macro_rules! spend_token {
 }
 
 impl Store {
-    /// Enrolls a terminal; returns the device's id. See the module for who may.
-    pub async fn enroll(&self, e: Enrollment<'_>, now: i64) -> Result<i64> {
+    /// Enrolls a terminal; returns the device's id and whether it replaced the
+    /// token of an enrolled device. See the module for who may.
+    pub async fn enroll(&self, e: Enrollment<'_>, now: i64) -> Result<(i64, bool)> {
         let d = e.identity;
         check_identity(d)?;
         self.require_device_type(&d.device_type)
@@ -220,7 +221,9 @@ impl Store {
                         None => format!("device {}", d.guid),
                     };
                     audit!(&mut *tx, now, actor, "device.reenroll", "device", old.id, json!({"identity": d, "after_reset": !own_token}));
-                    old.id
+                    // Servers that cached the old token must stop taking it.
+                    bump!(&mut *tx, "devices");
+                    (old.id, true)
                 }
                 None => {
                     let token = spend_token!(tx, e.secret_hash, d.site.name.as_str(), now);
@@ -240,10 +243,11 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?;
                     audit!(&mut *tx, now, format!("enrollment token {}", token.name), "device.enroll", "device", id, json!(d));
-                    id
+                    // A new device invalidates nothing cached: no token of it was
+                    // ever taken, and it is in no task yet.
+                    (id, false)
                 }
             };
-            bump!(&mut *tx, "devices");
             tx.commit().await?;
             Ok(id)
         })

@@ -23,22 +23,23 @@ use posup_proto::api::VariableScope;
 use posup_proto::rollout::WaitKind;
 
 use crate::policy::{WINDOW_SELECT, WindowRow};
+use crate::tasks::{PartOnPoll, handed_out};
 use crate::{At, Error, Result, Store, ts};
+use posup_proto::agent::Action;
 
 /// Task kinds with downtime, as SQL.
-pub(crate) const DOWNTIME_KINDS: &str = "('update', 'forced-update')";
+const DOWNTIME_KINDS: &str = "('update', 'forced-update')";
 /// Task states whose claimed parts hold a device.
 const HOLDING_TASKS: &str = "('Scheduled', 'Running', 'Paused')";
 
+/// What the gates of a device need beyond its parts, read in one query when a
+/// part may be claimed.
 #[derive(sqlx::FromRow)]
-struct Candidate {
-    id: i64,
-    state: String,
-    retry_at: Option<i64>,
-    wait_kind: Option<String>,
-    wait_reason: Option<String>,
-    task_state: String,
-    start_at: i64,
+struct GateConfig {
+    site_limit: Option<i64>,
+    /// Some window could apply: one of its site, or of any group.
+    windows: i64,
+    order_rules: i64,
 }
 
 /// A device of the type waited for: name, installed version, inventory.
@@ -64,60 +65,89 @@ fn when(ms: DateTime<Utc>) -> String {
 }
 
 impl Store {
-    /// Claims the first of the device's unstarted update parts whose gates all
-    /// pass, recording why the others wait. Returns whether a variable changed (the
-    /// ordering rules' readiness variables), so callers drop cached variable ids.
-    pub async fn admit(&self, device: Asking<'_>, at: &At, horizon: i64) -> Result<bool> {
-        let candidates: Vec<Candidate> = with_read!(self, pool => {
-            sqlx::query_as(&format!(
-                "SELECT td.id, td.state, td.retry_at, td.wait_kind, td.wait_reason, t.state AS task_state, t.start_at \
-                 FROM task_devices td JOIN tasks t ON t.id = td.task_id \
-                 WHERE td.device_id = $1 AND td.state IN ('pending', 'running', 'waiting') \
-                 AND t.kind IN {DOWNTIME_KINDS} AND t.state IN {HOLDING_TASKS} AND t.start_at <= $2 \
-                 ORDER BY t.start_at, t.id"
-            ))
-            .bind(device.device_id)
-            .bind(horizon)
-            .fetch_all(pool)
-            .await?
-        });
-        // One update at a time per device: a claim it holds comes first.
-        if candidates.iter().any(|c| c.state == "running") {
+    /// What a poll hands the device: its parts read once; the first of its
+    /// unstarted update parts whose gates all pass claimed, and why the others
+    /// wait recorded; the actions to work on. Returns the actions and whether a
+    /// variable changed (the ordering rules' readiness variables), so callers drop
+    /// cached variable ids.
+    pub async fn poll_actions(
+        &self,
+        device: Asking<'_>,
+        at: &At,
+        horizon: i64,
+    ) -> Result<(Vec<Action>, bool)> {
+        let mut parts = self.parts_on_poll(device.device_id, horizon).await?;
+        let changed = self.claim_first(device, &mut parts, at).await?;
+        Ok((handed_out(&parts)?, changed))
+    }
+
+    async fn claim_first(
+        &self,
+        device: Asking<'_>,
+        parts: &mut [PartOnPoll],
+        at: &At,
+    ) -> Result<bool> {
+        let order = claimable(parts, at.now);
+        if order.is_empty() {
             return Ok(false);
         }
+        let gates: GateConfig = with_read!(self, pool => {
+            sqlx::query_as(
+                "SELECT (SELECT site_limit FROM device_types WHERE name = $1) AS site_limit, \
+                 CAST(CASE WHEN EXISTS (SELECT 1 FROM windows WHERE (scope_kind = 'site' AND scope_ref = $2) OR scope_kind = 'group') \
+                 THEN 1 ELSE 0 END AS BIGINT) AS windows, \
+                 CAST(CASE WHEN EXISTS (SELECT 1 FROM order_rules WHERE device_type = $1) THEN 1 ELSE 0 END AS BIGINT) AS order_rules",
+            )
+            .bind(device.device_type)
+            .bind(device.site)
+            .fetch_one(pool)
+            .await?
+        });
         let mut vars_changed = false;
         // The ordering rules depend on the device only: asked once, when needed.
-        let mut order: Option<Option<Blocked>> = None;
-        for c in candidates.iter().filter(|c| c.task_state != "Paused") {
-            if c.state == "waiting" && c.retry_at.is_some_and(|r| r > at.now) {
-                continue;
-            }
+        let mut order_blocked: Option<Option<Blocked>> = None;
+        for i in order {
+            let c = &parts[i];
             let start = ts(c.start_at.max(at.now));
-            let blocked = match self.window_gate(device, start, at).await? {
+            let window = if gates.windows != 0 {
+                self.window_gate(device, start, at).await?
+            } else {
+                None
+            };
+            let blocked = match window {
                 Some(b) => Some(b),
+                None if gates.order_rules == 0 => None,
                 None => {
-                    if order.is_none() {
+                    if order_blocked.is_none() {
                         let (b, changed) = self.order_gate(device, at).await?;
                         vars_changed |= changed;
-                        order = Some(b);
+                        order_blocked = Some(b);
                     }
-                    order.clone().flatten()
+                    order_blocked.clone().flatten()
                 }
             };
             match blocked {
                 Some(b) => self.note_wait(c, &b).await?,
-                None => {
-                    if self.claim(device, c.id, at).await? {
+                None => match self
+                    .claim(device, c.action_id, gates.site_limit, at)
+                    .await?
+                {
+                    Claim::Claimed => {
+                        parts[i].state = "running".into();
                         break;
                     }
-                }
+                    // Another poll of this device claimed it a moment ago: the
+                    // next poll hands it out, and nothing else may be claimed.
+                    Claim::Taken => break,
+                    Claim::SiteLimit => {}
+                },
             }
         }
         Ok(vars_changed)
     }
 
     /// Records why a part waits, when that changed.
-    async fn note_wait(&self, c: &Candidate, b: &Blocked) -> Result<()> {
+    async fn note_wait(&self, c: &PartOnPoll, b: &Blocked) -> Result<()> {
         if c.wait_kind.as_deref() == Some(b.kind.as_str())
             && c.wait_reason.as_deref() == Some(b.reason.as_str())
         {
@@ -125,7 +155,7 @@ impl Store {
         }
         with_write!(self, pool => {
             sqlx::query("UPDATE task_devices SET wait_kind = $2, wait_reason = $3 WHERE id = $1 AND state IN ('pending', 'waiting')")
-                .bind(c.id)
+                .bind(c.action_id)
                 .bind(b.kind.as_str())
                 .bind(&b.reason)
                 .execute(pool)
@@ -307,75 +337,101 @@ impl Store {
         Ok(true)
     }
 
-    /// Claims part `id` if the site limit of the device's type allows. Returns
-    /// whether it was claimed.
-    async fn claim(&self, device: Asking<'_>, id: i64, at: &At) -> Result<bool> {
-        let limit: Option<i64> = with_read!(self, pool => {
-            sqlx::query_scalar::<_, Option<i64>>("SELECT site_limit FROM device_types WHERE name = $1")
-                .bind(device.device_type)
-                .fetch_optional(pool)
-                .await?
-                .flatten()
-        });
-        let blocked = with_write!(self, pool => {
+    /// Claims part `id` if `limit`, the site limit of the device's type, allows.
+    async fn claim(
+        &self,
+        device: Asking<'_>,
+        id: i64,
+        limit: Option<i64>,
+        at: &At,
+    ) -> Result<Claim> {
+        let claimed = |rows: u64| {
+            if rows > 0 {
+                Claim::Claimed
+            } else {
+                Claim::Taken
+            }
+        };
+        let Some(limit) = limit else {
+            // No limit: one statement, which claims only a part still unstarted.
+            let rows = with_write!(self, pool => {
+                sqlx::query(CLAIM).bind(id).bind(at.now).execute(pool).await?.rows_affected()
+            });
+            return Ok(claimed(rows));
+        };
+        with_write!(self, pool => {
             let mut tx = pool.begin().await?;
-            let mut blocked = None;
-            if let Some(limit) = limit {
-                // The site's row is the lock: updating it makes a concurrent claim for
-                // the same site wait for this transaction.
-                sqlx::query("INSERT INTO site_settings (site, updated_at) VALUES ($1, $2) ON CONFLICT (site) DO NOTHING")
-                    .bind(device.site)
-                    .bind(at.now)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("UPDATE site_settings SET claims = claims + 1 WHERE site = $1")
-                    .bind(device.site)
-                    .execute(&mut *tx)
-                    .await?;
-                let down: Vec<String> = sqlx::query_scalar(&format!(
-                    "SELECT DISTINCT d.name FROM task_devices td JOIN tasks t ON t.id = td.task_id JOIN devices d ON d.id = td.device_id \
-                     WHERE d.site = $1 AND d.device_type = $2 AND td.state = 'running' AND td.device_id <> $3 \
-                     AND t.kind IN {DOWNTIME_KINDS} AND t.state IN {HOLDING_TASKS} ORDER BY d.name"
-                ))
+            // The site's row is the lock: updating it makes a concurrent claim for
+            // the same site wait for this transaction.
+            sqlx::query("INSERT INTO site_settings (site, updated_at) VALUES ($1, $2) ON CONFLICT (site) DO NOTHING")
                 .bind(device.site)
-                .bind(device.device_type)
-                .bind(device.device_id)
-                .fetch_all(&mut *tx)
+                .bind(at.now)
+                .execute(&mut *tx)
                 .await?;
-                if down.len() as i64 >= limit {
-                    blocked = Some(format!(
-                        "site limit: at most {limit} {} device(s) of site {} may be down at once; updating now: {}",
-                        device.device_type,
-                        device.site,
-                        down.join(", ")
-                    ));
-                }
-            }
-            match &blocked {
-                Some(reason) => {
-                    sqlx::query("UPDATE task_devices SET wait_kind = $2, wait_reason = $3 WHERE id = $1 AND state IN ('pending', 'waiting')")
-                        .bind(id)
-                        .bind(WaitKind::SiteLimit.as_str())
-                        .bind(reason)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                None => {
-                    sqlx::query(
-                        "UPDATE task_devices SET state = 'running', wait_kind = NULL, wait_reason = NULL, retry_at = NULL, updated_at = $2 \
-                         WHERE id = $1 AND state IN ('pending', 'waiting')",
-                    )
+            sqlx::query("UPDATE site_settings SET claims = claims + 1 WHERE site = $1")
+                .bind(device.site)
+                .execute(&mut *tx)
+                .await?;
+            let down: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT DISTINCT d.name FROM task_devices td JOIN tasks t ON t.id = td.task_id JOIN devices d ON d.id = td.device_id \
+                 WHERE d.site = $1 AND d.device_type = $2 AND td.state = 'running' AND td.device_id <> $3 \
+                 AND t.kind IN {DOWNTIME_KINDS} AND t.state IN {HOLDING_TASKS} ORDER BY d.name"
+            ))
+            .bind(device.site)
+            .bind(device.device_type)
+            .bind(device.device_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let claimed = if down.len() as i64 >= limit {
+                let reason = format!(
+                    "site limit: at most {limit} {} device(s) of site {} may be down at once; updating now: {}",
+                    device.device_type,
+                    device.site,
+                    down.join(", ")
+                );
+                sqlx::query("UPDATE task_devices SET wait_kind = $2, wait_reason = $3 WHERE id = $1 AND state IN ('pending', 'waiting')")
                     .bind(id)
-                    .bind(at.now)
+                    .bind(WaitKind::SiteLimit.as_str())
+                    .bind(reason)
                     .execute(&mut *tx)
                     .await?;
-                }
-            }
+                Claim::SiteLimit
+            } else {
+                claimed(sqlx::query(CLAIM).bind(id).bind(at.now).execute(&mut *tx).await?.rows_affected())
+            };
             tx.commit().await?;
-            blocked
-        });
-        Ok(blocked.is_none())
+            Ok(claimed)
+        })
     }
+}
+
+/// What became of a claim.
+enum Claim {
+    Claimed,
+    /// The part was no longer unstarted.
+    Taken,
+    /// The site limit holds it back (recorded as its wait).
+    SiteLimit,
+}
+
+/// Claims part `$1` at `$2` if it is still unstarted.
+const CLAIM: &str = "UPDATE task_devices SET state = 'running', wait_kind = NULL, wait_reason = NULL, retry_at = NULL, \
+    updated_at = $2 WHERE id = $1 AND state IN ('pending', 'waiting')";
+
+/// The parts a poll may claim, in the order to try them: none while the device
+/// holds a claim (one update at a time), else its unstarted update parts of
+/// unpaused tasks, except those that answered not-now and wait for their retry.
+fn claimable(parts: &[PartOnPoll], now: i64) -> Vec<usize> {
+    if parts.iter().any(|p| p.downtime() && p.state == "running") {
+        return Vec::new();
+    }
+    parts
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.downtime() && p.task_state != "Paused")
+        .filter(|(_, p)| !(p.state == "waiting" && p.retry_at.is_some_and(|r| r > now)))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Whether a stored inventory says the product is started and ready.
@@ -388,6 +444,54 @@ fn reports_ready(inventory: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use posup_proto::TaskKind;
+
+    #[test]
+    fn a_poll_claims_one_update_at_a_time_and_hands_out_downloads_freely() {
+        use TaskKind::{Download, Update};
+        let part = PartOnPoll::example;
+        let parts = [
+            part(1, Download, "pending", "Running"),
+            part(2, Update, "pending", "Paused"),
+            part(3, Update, "waiting", "Running"),
+            part(4, Update, "pending", "Scheduled"),
+        ];
+        assert_eq!(
+            claimable(&parts, 0),
+            [2, 3],
+            "downloads and paused tasks claim nothing"
+        );
+        let ids = |parts: &[PartOnPoll]| -> Vec<i64> {
+            handed_out(parts)
+                .unwrap()
+                .iter()
+                .map(|a| a.action_id)
+                .collect()
+        };
+        assert_eq!(ids(&parts), [1], "updates only once claimed");
+
+        let mut later = parts;
+        later[2].retry_at = Some(5_000);
+        assert_eq!(
+            claimable(&later, 4_999),
+            [3],
+            "not-now holds until its retry time"
+        );
+        assert_eq!(claimable(&later, 5_000), [2, 3]);
+
+        later[3].state = "running".into();
+        assert!(
+            claimable(&later, 0).is_empty(),
+            "a claim held: nothing more"
+        );
+        assert_eq!(ids(&later), [1, 4]);
+        later[3].task_state = "Paused".into();
+        assert!(
+            claimable(&later, 0).is_empty(),
+            "a paused task's claim still holds"
+        );
+        assert_eq!(ids(&later), [1], "but is not handed out");
+    }
 
     #[test]
     fn readiness_comes_from_the_inventory() {

@@ -38,21 +38,15 @@ impl Store {
     }
 
     /// Devices that may have actions: those with an unfinished part in a task that
-    /// is Scheduled or Running, each with whether one of those parts is an update
-    /// with downtime (which the poll passes through the gates; a download need not).
-    pub async fn devices_with_actions(&self) -> Result<Vec<(i64, bool)>> {
-        let rows: Vec<(i64, i64)> = with_read!(self, pool => {
-            sqlx::query_as(&format!(
-                "SELECT td.device_id, CAST(max(CASE WHEN t.kind IN {} THEN 1 ELSE 0 END) AS BIGINT) FROM task_devices td JOIN tasks t ON t.id = td.task_id \
-                 WHERE td.state IN ('pending', 'running', 'waiting') AND t.state IN ('Scheduled', 'Running') GROUP BY td.device_id",
-                crate::gates::DOWNTIME_KINDS
-            ))
+    /// is Scheduled or Running.
+    pub async fn devices_with_actions(&self) -> Result<Vec<i64>> {
+        Ok(with_read!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT DISTINCT td.device_id FROM task_devices td JOIN tasks t ON t.id = td.task_id \
+                 WHERE td.state IN ('pending', 'running', 'waiting') AND t.state IN ('Scheduled', 'Running')",
+            )
             .fetch_all(pool)
             .await?
-        });
-        Ok(rows
-            .into_iter()
-            .map(|(id, downtime)| (id, downtime != 0))
-            .collect())
+        }))
     }
 }

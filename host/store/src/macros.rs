@@ -36,6 +36,7 @@ macro_rules! bind_all {
                 $crate::sql::Arg::I64(v) => q.bind(*v),
                 $crate::sql::Arg::Text(v) => q.bind(v.clone()),
                 $crate::sql::Arg::OptText(v) => q.bind(v.clone()),
+                $crate::sql::Arg::OptI64(v) => q.bind(*v),
                 $crate::sql::Arg::Bool(v) => q.bind(*v),
             };
         }

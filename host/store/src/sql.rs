@@ -9,6 +9,7 @@ pub(crate) enum Arg {
     I64(i64),
     Text(String),
     OptText(Option<String>),
+    OptI64(Option<i64>),
     Bool(bool),
 }
 
@@ -33,6 +34,12 @@ impl From<&str> for Arg {
 impl From<Option<String>> for Arg {
     fn from(v: Option<String>) -> Self {
         Arg::OptText(v)
+    }
+}
+
+impl From<Option<i64>> for Arg {
+    fn from(v: Option<i64>) -> Self {
+        Arg::OptI64(v)
     }
 }
 

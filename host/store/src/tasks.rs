@@ -1,7 +1,9 @@
 //! Tasks: creation from a group, the state machine, per-device progress from
 //! agent feedback, and the actions handed to polling agents.
 
-use posup_proto::agent::{Action, Feedback, FeedbackAck, FeedbackState, PackageRef, PluginRef};
+use posup_proto::agent::{
+    Action, Feedback, FeedbackAck, FeedbackState, MAX_FEEDBACK_BATCH, PackageRef, PluginRef,
+};
 use posup_proto::api::{
     CreateTask, DeviceTaskState, FailedToGroup, GroupKind, GroupView, StepEvent, TaskCounts,
     TaskDeviceDetail, TaskDeviceQuery, TaskDeviceRow, TaskState, TaskView,
@@ -12,7 +14,6 @@ use serde_json::json;
 use posup_proto::rollout::{Wait, WaitKind};
 
 use crate::device_types::plugin_url;
-use crate::gates::DOWNTIME_KINDS;
 use crate::lifecycle::{self, Command};
 use crate::notifications::Notice;
 use crate::sql::{Cond, Sql};
@@ -117,13 +118,20 @@ impl DeviceRow {
     }
 }
 
+/// A device's unfinished part as a poll reads it (see [`Store::parts_on_poll`]).
 #[derive(sqlx::FromRow)]
-struct ActionRow {
-    action_id: i64,
-    attempt: i64,
-    task_id: i64,
-    kind: String,
-    start_at: i64,
+pub(crate) struct PartOnPoll {
+    pub action_id: i64,
+    pub attempt: i64,
+    /// `pending`, `running` or `waiting`.
+    pub state: String,
+    pub retry_at: Option<i64>,
+    pub wait_kind: Option<String>,
+    pub wait_reason: Option<String>,
+    pub task_id: i64,
+    pub kind: String,
+    pub task_state: String,
+    pub start_at: i64,
     package_id: i64,
     file_name: String,
     package_sha256: String,
@@ -133,6 +141,79 @@ struct ActionRow {
     plugin_version: String,
     plugin_sha256: String,
     plugin_size: i64,
+}
+
+impl PartOnPoll {
+    /// Whether the part has downtime, so it starts only once claimed.
+    pub fn downtime(&self) -> bool {
+        self.kind != TaskKind::Download.as_str()
+    }
+}
+
+#[cfg(test)]
+impl PartOnPoll {
+    /// A part for the pure decisions' tests.
+    pub(crate) fn example(id: i64, kind: TaskKind, state: &str, task_state: &str) -> PartOnPoll {
+        PartOnPoll {
+            action_id: id,
+            attempt: 1,
+            state: state.into(),
+            retry_at: None,
+            wait_kind: None,
+            wait_reason: None,
+            task_id: id,
+            kind: kind.as_str().into(),
+            task_state: task_state.into(),
+            start_at: 0,
+            package_id: 1,
+            file_name: "p.tgz".into(),
+            package_sha256: "00".repeat(32),
+            size: 1,
+            package_version: "2".into(),
+            plugin_name: "kiosk".into(),
+            plugin_version: "1".into(),
+            plugin_sha256: "11".repeat(32),
+            plugin_size: 1,
+        }
+    }
+}
+
+/// The actions a device is handed: parts of Scheduled or Running tasks, updates
+/// only once claimed (`running`).
+pub(crate) fn handed_out(parts: &[PartOnPoll]) -> Result<Vec<Action>> {
+    parts
+        .iter()
+        .filter(|r| matches!(r.task_state.as_str(), "Scheduled" | "Running"))
+        .filter(|r| !r.downtime() || r.state == "running")
+        .map(|r| {
+            Ok(Action {
+                task_id: r.task_id,
+                action_id: r.action_id,
+                attempt: r.attempt as u32,
+                kind: parse_kind(&r.kind)?,
+                package: PackageRef {
+                    id: r.package_id,
+                    url: format!(
+                        "{}/packages/{}",
+                        posup_proto::AGENT_PREFIX,
+                        r.package_sha256
+                    ),
+                    file_name: r.file_name.clone(),
+                    sha256: r.package_sha256.clone(),
+                    size: r.size as u64,
+                    version: r.package_version.clone(),
+                },
+                plugin: PluginRef {
+                    url: plugin_url(&r.plugin_sha256),
+                    name: r.plugin_name.clone(),
+                    version: r.plugin_version.clone(),
+                    sha256: r.plugin_sha256.clone(),
+                    size: r.plugin_size as u64,
+                },
+                not_before: ts(r.start_at),
+            })
+        })
+        .collect()
 }
 
 impl Store {
@@ -588,9 +669,20 @@ impl Store {
     /// The actions a device should work on: its unfinished parts of tasks that are
     /// not paused and start before `horizon` (Unix ms).
     pub async fn actions_for_device(&self, device_id: i64, horizon: i64) -> Result<Vec<Action>> {
-        let rows: Vec<ActionRow> = with_read!(self, pool => {
+        handed_out(&self.parts_on_poll(device_id, horizon).await?)
+    }
+
+    /// The device's unfinished parts of tasks that hold or may start before
+    /// `horizon`, with what the gates and the answer need: the one read of a poll.
+    pub(crate) async fn parts_on_poll(
+        &self,
+        device_id: i64,
+        horizon: i64,
+    ) -> Result<Vec<PartOnPoll>> {
+        Ok(with_read!(self, pool => {
             sqlx::query_as(&format!(
-                "SELECT td.id AS action_id, td.attempt, t.id AS task_id, t.kind, t.start_at, \
+                "SELECT td.id AS action_id, td.attempt, td.state, td.retry_at, td.wait_kind, td.wait_reason, \
+                 t.id AS task_id, t.kind, t.state AS task_state, t.start_at, \
                  p.id AS package_id, p.file_name, p.sha256 AS package_sha256, p.size, p.version AS package_version, \
                  pl.name AS plugin_name, pl.version AS plugin_version, pl.sha256 AS plugin_sha256, pl.size AS plugin_size \
                  FROM task_devices td \
@@ -598,45 +690,14 @@ impl Store {
                  JOIN packages p ON p.id = t.package_id \
                  JOIN plugins pl ON pl.sha256 = t.plugin_sha256 \
                  WHERE td.device_id = $1 AND td.state IN {ACTIVE} \
-                 AND (t.kind NOT IN {DOWNTIME_KINDS} OR td.state = 'running') \
-                 AND t.state IN ('Scheduled', 'Running') AND t.start_at <= $2 \
+                 AND t.state IN ('Scheduled', 'Running', 'Paused') AND t.start_at <= $2 \
                  ORDER BY t.start_at, t.id"
             ))
             .bind(device_id)
             .bind(horizon)
             .fetch_all(pool)
             .await?
-        });
-        rows.into_iter()
-            .map(|r| {
-                Ok(Action {
-                    task_id: r.task_id,
-                    action_id: r.action_id,
-                    attempt: r.attempt as u32,
-                    kind: parse_kind(&r.kind)?,
-                    package: PackageRef {
-                        id: r.package_id,
-                        url: format!(
-                            "{}/packages/{}",
-                            posup_proto::AGENT_PREFIX,
-                            r.package_sha256
-                        ),
-                        file_name: r.file_name,
-                        sha256: r.package_sha256,
-                        size: r.size as u64,
-                        version: r.package_version,
-                    },
-                    plugin: PluginRef {
-                        url: plugin_url(&r.plugin_sha256),
-                        name: r.plugin_name,
-                        version: r.plugin_version,
-                        sha256: r.plugin_sha256,
-                        size: r.plugin_size as u64,
-                    },
-                    not_before: ts(r.start_at),
-                })
-            })
-            .collect()
+        }))
     }
 
     /// Records one step report of a device. A key seen before from the same device
@@ -647,110 +708,258 @@ impl Store {
         f: &Feedback,
         at: &At,
     ) -> Result<FeedbackAck> {
-        if f.device_id != device_id {
-            return Err(Error::Invalid(format!(
-                "feedback names device {} but comes with the token of device {device_id}",
-                f.device_id
-            )));
-        }
-        if f.key.is_empty() || f.key.len() > 200 {
-            return Err(Error::Invalid(format!(
-                "feedback key `{}` is invalid: give 1 to 200 characters",
-                f.key
-            )));
-        }
-        if f.step.trim().is_empty() || f.step.len() > 64 {
-            return Err(Error::Invalid(format!(
-                "feedback for action {}: step name `{}` is invalid: give 1 to 64 characters",
-                f.action_id, f.step
-            )));
-        }
-        if f.percent.is_some_and(|p| p > 100) {
-            return Err(Error::Invalid(format!(
-                "feedback for action {}: percent {} is over 100",
-                f.action_id,
-                f.percent.unwrap_or_default()
-            )));
-        }
-        let message = f.message.as_ref().map(|m| truncate(m, 4000));
-        let (finished, ack) = with_write!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let row: Option<(i64, i64, String, i64, String)> = sqlx::query_as(
-                "SELECT td.task_id, td.device_id, td.state, td.attempt, t.state FROM task_devices td \
-                 JOIN tasks t ON t.id = td.task_id WHERE td.id = $1",
-            )
-            .bind(f.action_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some((task_id, owner, state, attempt, task_state)) = row else {
-                return Err(Error::NotFound(format!(
-                    "action {} does not exist (its task may have been deleted)",
-                    f.action_id
-                )));
-            };
-            if owner != device_id || task_id != f.task_id {
-                return Err(Error::Invalid(format!(
-                    "action {} is not device {device_id}'s part of task {}",
-                    f.action_id, f.task_id
-                )));
-            }
-            let inserted = sqlx::query(
-                "INSERT INTO task_events (task_device_id, device_id, key, attempt, step, state, message, percent, at, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (device_id, key) DO NOTHING",
-            )
-            .bind(f.action_id)
-            .bind(device_id)
-            .bind(&f.key)
-            .bind(i64::from(f.attempt))
-            .bind(&f.step)
-            .bind(f.state.as_str())
-            .bind(message.clone())
-            .bind(f.percent.map(i64::from))
-            .bind(f.at.timestamp_millis())
-            .bind(at.now)
-            .execute(&mut *tx)
+        self.record_feedback_batch(device_id, std::slice::from_ref(f), at)
             .await?
-            .rows_affected();
-            let task_state = parse_state(&task_state)?;
-            let current_attempt = i64::from(f.attempt) == attempt;
-            let active = current_attempt
-                && matches!(task_state, TaskState::Scheduled | TaskState::Running)
-                && !parse_device_state(&state)?.is_terminal();
-            if inserted == 0 {
-                return Ok(FeedbackAck { key: f.key.clone(), duplicate: true, active });
+            .pop()
+            .expect("one result per report")
+    }
+
+    /// Records reports of one device, oldest first, in one transaction, with the
+    /// same effect as recording them one by one: each is acknowledged or refused
+    /// on its own (an inner error: the report is invalid or its action is gone),
+    /// and only a failure of the database fails them all.
+    ///
+    /// A batch costs a fixed number of statements whatever its size: its parts read
+    /// once, its reports inserted together, each part's row written once with the
+    /// state the reports lead to, and the task finished when its last part ended.
+    pub async fn record_feedback_batch(
+        &self,
+        device_id: i64,
+        reports: &[Feedback],
+        at: &At,
+    ) -> Result<Vec<Result<FeedbackAck>>> {
+        if reports.len() > MAX_FEEDBACK_BATCH {
+            return Err(Error::Invalid(format!(
+                "a feedback batch of {} reports is too large: send at most {MAX_FEEDBACK_BATCH} at a time",
+                reports.len()
+            )));
+        }
+        let mut results: Vec<Result<FeedbackAck>> =
+            reports.iter().map(|f| check_report(device_id, f)).collect();
+        let mut actions: Vec<i64> = reports
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(f, _)| f.action_id)
+            .collect();
+        actions.sort_unstable();
+        actions.dedup();
+        if actions.is_empty() {
+            return Ok(results);
+        }
+        with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut select = Sql::new(
+                "SELECT td.id, td.task_id, td.device_id, td.state, td.attempt, t.state AS task_state \
+                 FROM task_devices td JOIN tasks t ON t.id = td.task_id WHERE td.id IN (",
+            );
+            for (i, id) in actions.iter().enumerate() {
+                if i > 0 {
+                    select.push(", ");
+                }
+                select.bind(*id);
             }
-            let mut finished = false;
-            if current_attempt {
-                let before = parse_device_state(&state)?;
-                let after = lifecycle::after_feedback(before, f.state);
-                // A device that answered not-now is not handed the part again before
-                // it tries again itself (see `gates`).
-                let retry_at = (after == DeviceTaskState::Waiting)
-                    .then(|| at.now + f.retry_after_secs.unwrap_or(DEFAULT_RETRY_SECS).min(86_400) as i64 * 1000);
+            select.push(")");
+            let rows: Vec<PartRow> = bind_all!(sqlx::query_as::<_, PartRow>(&select.text), select.args)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut parts = Vec::with_capacity(rows.len());
+            for r in rows {
+                parts.push(Part::read(r)?);
+            }
+            // Reports that name a part of this device; the others are refused.
+            for (f, result) in reports.iter().zip(results.iter_mut()) {
+                if result.is_err() {
+                    continue;
+                }
+                *result = match parts.iter().find(|p| p.id == f.action_id) {
+                    None => Err(Error::NotFound(format!(
+                        "action {} does not exist (its task may have been deleted)",
+                        f.action_id
+                    ))),
+                    Some(p) if p.device_id != device_id || p.task_id != f.task_id => {
+                        Err(Error::Invalid(format!(
+                            "action {} is not device {device_id}'s part of task {}",
+                            f.action_id, f.task_id
+                        )))
+                    }
+                    Some(_) => Ok(FeedbackAck { key: f.key.clone(), duplicate: true, active: false }),
+                };
+            }
+            let fresh: Vec<(&Feedback, Option<String>)> = reports
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(f, _)| (f, f.message.as_ref().map(|m| truncate(m, 4000))))
+                .collect();
+            let mut insert = Sql::new(
+                "INSERT INTO task_events (task_device_id, device_id, key, attempt, step, state, message, percent, at, received_at) VALUES ",
+            );
+            for (i, (f, message)) in fresh.iter().enumerate() {
+                insert.push(if i == 0 { "(" } else { ", (" });
+                insert.bind(f.action_id).push(", ").bind(device_id).push(", ").bind(f.key.as_str());
+                insert.push(", ").bind(i64::from(f.attempt)).push(", ").bind(f.step.as_str());
+                insert.push(", ").bind(f.state.as_str()).push(", ").bind(message.clone());
+                insert.push(", ").bind(f.percent.map(i64::from)).push(", ").bind(f.at.timestamp_millis());
+                insert.push(", ").bind(at.now).push(")");
+            }
+            insert.push(" ON CONFLICT (device_id, key) DO NOTHING RETURNING key");
+            let inserted: Vec<String> = if fresh.is_empty() {
+                Vec::new()
+            } else {
+                bind_all!(sqlx::query_scalar::<_, String>(&insert.text), insert.args)
+                    .fetch_all(&mut *tx)
+                    .await?
+            };
+            let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+            // The reports in order, each moving its part as it would alone; a key
+            // twice in one batch counts once.
+            let mut seen = std::collections::HashSet::new();
+            for (f, result) in reports.iter().zip(results.iter_mut()) {
+                let Ok(ack) = result else { continue };
+                let Some(part) = parts.iter_mut().find(|p| p.id == f.action_id) else { continue };
+                ack.duplicate = !(inserted.contains(&f.key) && seen.insert(f.key.as_str()));
+                let current_attempt = i64::from(f.attempt) == part.attempt;
+                let running_task = matches!(part.task_state, TaskState::Scheduled | TaskState::Running);
+                let mut active = current_attempt && running_task && !part.state.is_terminal();
+                if !ack.duplicate && current_attempt {
+                    let before = part.state;
+                    let after = lifecycle::after_feedback(before, f.state);
+                    part.state = after;
+                    part.step = Some(f.step.clone());
+                    if let Some(m) = &f.message {
+                        part.message = Some(truncate(m, 4000));
+                    }
+                    part.percent = f.percent.map(i64::from);
+                    // A device that answered not-now is not handed the part again
+                    // before it tries again itself (see `gates`).
+                    part.retry_at = (after == DeviceTaskState::Waiting).then(|| {
+                        at.now + f.retry_after_secs.unwrap_or(DEFAULT_RETRY_SECS).min(86_400) as i64 * 1000
+                    });
+                    part.changed = true;
+                    if after.is_terminal() && !before.is_terminal() {
+                        part.finished = true;
+                        active = false;
+                    }
+                }
+                ack.active = active;
+            }
+            for p in parts.iter().filter(|p| p.changed) {
                 sqlx::query(
                     "UPDATE task_devices SET state = $2, step = $3, message = COALESCE($4, message), percent = $5, updated_at = $6, retry_at = $7 WHERE id = $1",
                 )
-                .bind(f.action_id)
-                .bind(after.as_str())
-                .bind(&f.step)
-                .bind(message.clone())
-                .bind(f.percent.map(i64::from))
+                .bind(p.id)
+                .bind(p.state.as_str())
+                .bind(p.step.clone())
+                .bind(p.message.clone())
+                .bind(p.percent)
                 .bind(at.now)
-                .bind(retry_at)
+                .bind(p.retry_at)
                 .execute(&mut *tx)
                 .await?;
-                finished = after.is_terminal() && !before.is_terminal();
+            }
+            // The last part ending finishes its task.
+            let mut ended: Vec<i64> = parts.iter().filter(|p| p.finished).map(|p| p.task_id).collect();
+            ended.sort_unstable();
+            ended.dedup();
+            for task_id in ended {
+                let finished: Option<i64> = sqlx::query_scalar(&format!(
+                    "UPDATE tasks SET state = 'Finished', finished_at = $1 WHERE id = $2 AND state = 'Running' \
+                     AND NOT EXISTS (SELECT 1 FROM task_devices td WHERE td.task_id = tasks.id AND td.state IN {ACTIVE}) RETURNING id"
+                ))
+                .bind(at.now)
+                .bind(task_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(id) = finished {
+                    audit!(&mut *tx, at.now, "server", "task.finish", "task", id, json!({"from": "Running", "to": "Finished"}));
+                }
             }
             tx.commit().await?;
-            let active = active && !finished;
-            (finished, FeedbackAck { key: f.key.clone(), duplicate: false, active })
         });
-        if finished {
-            // The last device finishing finishes the task.
-            self.tick(at).await?;
-        }
-        Ok(ack)
+        Ok(results)
     }
+}
+
+/// A part named by a feedback batch, as read and then as its reports leave it.
+struct Part {
+    id: i64,
+    task_id: i64,
+    device_id: i64,
+    state: DeviceTaskState,
+    attempt: i64,
+    task_state: TaskState,
+    step: Option<String>,
+    message: Option<String>,
+    percent: Option<i64>,
+    retry_at: Option<i64>,
+    /// Its row must be written.
+    changed: bool,
+    /// A report of the batch ended it.
+    finished: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct PartRow {
+    id: i64,
+    task_id: i64,
+    device_id: i64,
+    state: String,
+    attempt: i64,
+    task_state: String,
+}
+
+impl Part {
+    fn read(r: PartRow) -> Result<Part> {
+        Ok(Part {
+            id: r.id,
+            task_id: r.task_id,
+            device_id: r.device_id,
+            state: parse_device_state(&r.state)?,
+            attempt: r.attempt,
+            task_state: parse_state(&r.task_state)?,
+            step: None,
+            message: None,
+            percent: None,
+            retry_at: None,
+            changed: false,
+            finished: false,
+        })
+    }
+}
+
+/// The checks of one report that need no database.
+fn check_report(device_id: i64, f: &Feedback) -> Result<FeedbackAck> {
+    if f.device_id != device_id {
+        return Err(Error::Invalid(format!(
+            "feedback names device {} but comes with the token of device {device_id}",
+            f.device_id
+        )));
+    }
+    if f.key.is_empty() || f.key.len() > 200 {
+        return Err(Error::Invalid(format!(
+            "feedback key `{}` is invalid: give 1 to 200 characters",
+            f.key
+        )));
+    }
+    if f.step.trim().is_empty() || f.step.len() > 64 {
+        return Err(Error::Invalid(format!(
+            "feedback for action {}: step name `{}` is invalid: give 1 to 64 characters",
+            f.action_id, f.step
+        )));
+    }
+    if f.percent.is_some_and(|p| p > 100) {
+        return Err(Error::Invalid(format!(
+            "feedback for action {}: percent {} is over 100",
+            f.action_id,
+            f.percent.unwrap_or_default()
+        )));
+    }
+    Ok(FeedbackAck {
+        key: f.key.clone(),
+        duplicate: false,
+        active: false,
+    })
 }
 
 /// Why an unstarted part waits: its not-now answer while `waiting`, the gate

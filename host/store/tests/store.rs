@@ -154,6 +154,7 @@ async fn enroll(store: &Store, d: &DeviceIdentity, token_hash: &str) -> Result<i
             T0,
         )
         .await
+        .map(|(id, _)| id)
 }
 
 async fn auth(store: &Store, n: u32) -> DeviceAuth {
@@ -258,7 +259,13 @@ async fn enrollment_checks_the_device_type_and_reenrollment_replaces_the_token()
             "{err}"
         );
         device_type(&store).await;
+        let before = store.generations().await.unwrap();
         let id = enroll(&store, &identity(1, "A"), "old").await.unwrap();
+        assert_eq!(
+            store.generations().await.unwrap(),
+            before,
+            "a new device invalidates no server's cache"
+        );
         let mut again = identity(1, "A");
         again.name = "Kassa renamed".into();
         // The enrollment token alone does not enroll an enrolled GUID again.
@@ -273,8 +280,15 @@ async fn enrollment_checks_the_device_type_and_reenrollment_replaces_the_token()
             current_token_hash: Some("old"),
             new_token_hash: new,
         };
-        assert_eq!(store.enroll(with_token("new"), T0).await.unwrap(), id);
+        assert_eq!(
+            store.enroll(with_token("new"), T0).await.unwrap(),
+            (id, true)
+        );
         assert!(store.device_by_token("old").await.unwrap().is_none());
+        assert!(
+            store.generations().await.unwrap().devices > before.devices,
+            "servers that cached the old token drop it"
+        );
         let dev = store.device_by_token("new").await.unwrap().unwrap();
         assert_eq!((dev.id, dev.access.as_str()), (id, "active"));
         let row = store.device_row(id, &at(T0)).await.unwrap().unwrap();
@@ -866,6 +880,139 @@ async fn task_state_machine_from_schedule_to_restart() {
 }
 
 #[tokio::test]
+async fn a_batch_of_reports_records_what_they_would_one_by_one() {
+    each_backend(|store| async move {
+        let (ids, package) = fleet(&store, 4).await;
+        let now = T0;
+        store.touch_devices(&ids, now).await.unwrap();
+        let task = store
+            .create_task(
+                &CreateTask {
+                    name: None,
+                    kind: TaskKind::Download,
+                    package_id: package.id,
+                    group_id: 2,
+                    start_at: None,
+                    notice_override: None,
+                },
+                &at(now),
+                "token ops",
+            )
+            .await
+            .unwrap();
+        let (d2, d4) = (ids[1], ids[3]);
+        let a2 = store.actions_for_device(d2, now).await.unwrap().remove(0);
+        let a4 = store.actions_for_device(d4, now).await.unwrap().remove(0);
+        let report = |action: i64, device: i64, key: &str, state: FeedbackState| {
+            let mut f = feedback(&task, action, device, key, state);
+            f.step = key.to_owned();
+            f
+        };
+        // A batch sent before, cut off after its first report had been recorded.
+        store
+            .record_feedback(
+                d2,
+                &report(a2.action_id, d2, "k1", FeedbackState::Started),
+                &at(now),
+            )
+            .await
+            .unwrap();
+        let mut no_message = report(a2.action_id, d2, "k3", FeedbackState::Ok);
+        no_message.message = None;
+        let batch = vec![
+            report(a2.action_id, d2, "k1", FeedbackState::Started),
+            report(a2.action_id, d2, "k2", FeedbackState::Ok),
+            no_message,
+            // Another device's action, and a report the server cannot read: both
+            // refused, the rest recorded.
+            report(a4.action_id, d2, "k4", FeedbackState::Ok),
+            report(a2.action_id, d2, "", FeedbackState::Ok),
+            report(a2.action_id, d2, "k2", FeedbackState::Ok),
+            report(a2.action_id, d2, "k5", FeedbackState::Committed),
+            report(a2.action_id, d2, "k6", FeedbackState::Ok),
+        ];
+        let results = store
+            .record_feedback_batch(d2, &batch, &at(now))
+            .await
+            .unwrap();
+        let shape: Vec<Option<(bool, bool)>> = results
+            .iter()
+            .map(|r| r.as_ref().ok().map(|a| (a.duplicate, a.active)))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                Some((true, true)),
+                Some((false, true)),
+                Some((false, true)),
+                None,
+                None,
+                Some((true, true)),
+                Some((false, false)),
+                Some((false, false)),
+            ],
+            "duplicates acknowledged, refusals apart, the committing report ends the part"
+        );
+        assert!(
+            matches!(results[3], Err(Error::Invalid(_))),
+            "{:?}",
+            results[3]
+        );
+        assert!(
+            matches!(results[4], Err(Error::Invalid(_))),
+            "{:?}",
+            results[4]
+        );
+        let detail = store
+            .task_device_detail(task.id, d2, &at(now))
+            .await
+            .unwrap();
+        let history: Vec<&str> = detail.history.iter().map(|e| e.step.as_str()).collect();
+        assert_eq!(
+            history,
+            vec!["k1", "k2", "k3", "k5", "k6"],
+            "each once, in order"
+        );
+        assert_eq!(detail.device.state, DeviceTaskState::Success);
+        assert_eq!(
+            (
+                detail.device.step.as_deref(),
+                detail.device.message.as_deref()
+            ),
+            (Some("k6"), Some("ok k6")),
+            "the row shows the last report, and its last message"
+        );
+        let mid = store.task(task.id, &at(now)).await.unwrap().unwrap();
+        assert_eq!((mid.state, mid.counts.success), (TaskState::Running, 1));
+
+        // The last part ending in a batch finishes the task.
+        let results = store
+            .record_feedback_batch(
+                d4,
+                &[
+                    report(a4.action_id, d4, "k7", FeedbackState::Failed),
+                    report(a4.action_id, d4, "k8", FeedbackState::RolledBack),
+                ],
+                &at(now),
+            )
+            .await
+            .unwrap();
+        assert!(results.iter().all(|r| r.as_ref().is_ok_and(|a| !a.active)));
+        let done = store.task(task.id, &at(now)).await.unwrap().unwrap();
+        assert_eq!(
+            (done.state, done.counts.success, done.counts.failed),
+            (TaskState::Finished, 1, 1)
+        );
+        let too_many = vec![report(a4.action_id, d4, "k9", FeedbackState::Ok); 65];
+        assert!(matches!(
+            store.record_feedback_batch(d4, &too_many, &at(now)).await,
+            Err(Error::Invalid(ref m)) if m.contains("at most 64")
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn task_needs_devices_of_the_package_type_and_an_enabled_plugin() {
     each_backend(|store| async move {
         let (_, package) = fleet(&store, 1).await;
@@ -1419,7 +1566,9 @@ async fn concurrent_claims_never_exceed_the_site_limit() {
                         site,
                         device_type: "ukm5",
                     };
-                    store.admit(asking, &at(T0 + round), T0 + MINUTE).await
+                    store
+                        .poll_actions(asking, &at(T0 + round), T0 + MINUTE)
+                        .await
                 }));
             }
         }
