@@ -938,6 +938,122 @@ async fn a_server_restarted_mid_rollout_loses_no_report_and_the_task_completes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_terminals_lose_no_report_and_count_none_twice_across_a_server_restart() {
+    use posup_agent::fleet::{self, FleetConfig, FleetStats};
+    const N: usize = 1000;
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), None).await;
+    let api = server.api();
+    api.kiosk_device_type().await;
+    let pkg = api.kiosk_package(&data.path().join("pkgs"), NEW).await;
+    let mut config = FleetConfig::new(&server.url(), &server.secret, N);
+    // Back soon after the restart, rather than after a long backoff; steps long
+    // enough that most of the fleet is mid-update when the server goes.
+    config.poll.max_backoff_secs = 2.0;
+    config.step_time = Duration::from_millis(400);
+    let stats = Arc::new(FleetStats::default());
+    let (stop_fleet, stopped) = tokio::sync::oneshot::channel::<()>();
+    let fleet = tokio::spawn(fleet::run(config, stats.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let start = Instant::now();
+    loop {
+        let page: Page<posup_proto::api::DeviceRow> =
+            api.get("/api/v1/devices?version=1.0.0&per_page=1").await;
+        if page.total as usize == N {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT * 2, "{}", stats.line());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let task = api.task(TaskKind::Update, &pkg).await;
+    // Down while a good part of the fleet is at work, with reports on the way.
+    let start = Instant::now();
+    while stats.done.load(Ordering::Relaxed) < (N / 20) as u64 {
+        assert!(start.elapsed() < LIMIT * 2, "{}", stats.line());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (addr, dir) = server.stop().await;
+    let done_while_up = stats.done.load(Ordering::Relaxed);
+    assert!(
+        done_while_up < N as u64,
+        "the restart came too late to test anything"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let server = Server::start(&dir, Some(addr)).await;
+    let api = server.api();
+    let t = api.wait_finished(task.id).await;
+    assert!(
+        stats.poll_errors.load(Ordering::Relaxed) > 0,
+        "the fleet met the server away: {}",
+        stats.line()
+    );
+    assert_eq!(
+        (t.counts.total, t.counts.success, t.counts.failed),
+        (N as u64, N as u64, 0),
+        "{t:?}"
+    );
+    // Each device's history: every report once. Only the download's start may
+    // repeat, when the restart cut a download and the device fetched it again.
+    let steps = ["precheck", "stage", "apply", "verify", "commit"];
+    for page in 1..=N.div_ceil(500) {
+        let rows: Page<posup_proto::api::TaskDeviceRow> = api
+            .get(&format!(
+                "/api/v1/tasks/{}/devices?per_page=500&page={page}",
+                task.id
+            ))
+            .await;
+        for row in rows.items {
+            let d = api.detail(task.id, row.device_id).await;
+            let mut seen: BTreeMap<(String, &str), usize> = BTreeMap::new();
+            for e in &d.history {
+                *seen.entry((e.step.clone(), e.state.as_str())).or_default() += 1;
+            }
+            let count = |step: &str, state: FeedbackState| {
+                seen.get(&(step.to_owned(), state.as_str()))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            for step in steps {
+                assert_eq!(
+                    (
+                        count(step, FeedbackState::Started),
+                        count(step, FeedbackState::Ok)
+                    ),
+                    (1, 1),
+                    "device {}: {step} reported once: {:?}",
+                    row.device_id,
+                    d.history
+                );
+            }
+            assert_eq!(count("download", FeedbackState::Ok), 1, "{:?}", d.history);
+            assert!(
+                count("download", FeedbackState::Started) >= 1,
+                "{:?}",
+                d.history
+            );
+            assert_eq!(
+                count("commit", FeedbackState::Committed),
+                1,
+                "{:?}",
+                d.history
+            );
+            assert_eq!(
+                d.history.len(),
+                steps.len() * 2 + 2 + count("download", FeedbackState::Started),
+                "device {}: nothing else recorded: {:?}",
+                row.device_id,
+                d.history
+            );
+        }
+    }
+    let _ = stop_fleet.send(());
+    fleet.await.unwrap().unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_once_enrolls_then_does_the_due_work_and_reports_it() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), None).await;

@@ -69,24 +69,96 @@ pub struct FleetStats {
     pub polls: AtomicU64,
     pub poll_errors: AtomicU64,
     pub reports: AtomicU64,
+    /// Requests that carried reports.
+    pub report_calls: AtomicU64,
     pub downloads: AtomicU64,
     pub bytes: AtomicU64,
     /// Actions finished (committed, staged or failed).
     pub done: AtomicU64,
+    /// How long answered polls took.
+    pub latency: Latency,
 }
 
 impl FleetStats {
+    /// The counters on one line; the latency histogram last, as its cumulative
+    /// bucket counts (`latency <count>,<count>,…`, see [`Latency::bound`]), so a
+    /// reader can take the percentiles of any interval.
     pub fn line(&self) -> String {
         format!(
-            "enrolled {} · polls {} (failed {}) · reports {} · downloads {} ({} bytes) · actions done {}",
+            "enrolled {} · polls {} (failed {}) · reports {} in {} calls · downloads {} ({} bytes) · actions done {} · p99 poll {:.1} ms · latency {}",
             self.enrolled.load(Ordering::Relaxed),
             self.polls.load(Ordering::Relaxed),
             self.poll_errors.load(Ordering::Relaxed),
             self.reports.load(Ordering::Relaxed),
+            self.report_calls.load(Ordering::Relaxed),
             self.downloads.load(Ordering::Relaxed),
             self.bytes.load(Ordering::Relaxed),
             self.done.load(Ordering::Relaxed),
+            Latency::percentile(&self.latency.counts(), 0.99).as_secs_f64() * 1000.0,
+            self.latency
+                .counts()
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
         )
+    }
+}
+
+/// A histogram of durations in fixed buckets that grow by a quarter each, from
+/// 50 µs to about a minute: constant memory and lock-free however many polls it
+/// counts, within 25 % of the true value.
+#[derive(Debug)]
+pub struct Latency {
+    buckets: [AtomicU64; Latency::BUCKETS],
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Latency {
+    pub const BUCKETS: usize = 64;
+
+    /// The upper bound of bucket `i`; the last one also holds everything longer.
+    pub fn bound(i: usize) -> Duration {
+        Duration::from_secs_f64(50e-6 * 1.25f64.powi(i as i32))
+    }
+
+    pub fn record(&self, d: Duration) {
+        let i = (0..Self::BUCKETS - 1)
+            .find(|&i| d <= Self::bound(i))
+            .unwrap_or(Self::BUCKETS - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The `q` quantile (0…1) of bucket counts: the bound of the bucket it falls
+    /// in; zero when nothing was counted.
+    pub fn percentile(counts: &[u64], q: f64) -> Duration {
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return Duration::ZERO;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::bound(i);
+            }
+        }
+        Self::bound(counts.len().saturating_sub(1))
     }
 }
 
@@ -235,7 +307,9 @@ impl SimDevice {
             vars_since: self.vars_since,
             config_revision: self.config_revision,
         };
+        let asked = std::time::Instant::now();
         let resp = self.client.poll(&req).await?;
+        stats.latency.record(asked.elapsed());
         if let Some(c) = &resp.config {
             self.config_revision = Some(c.revision);
         }
@@ -261,7 +335,18 @@ impl SimDevice {
     async fn flush(&self, stats: &FleetStats) -> Result<(), ClientError> {
         let sent = self.outbox.flush(&self.client).await?;
         stats.reports.fetch_add(sent.sent as u64, Ordering::Relaxed);
+        stats
+            .report_calls
+            .fetch_add(sent.calls as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Sends what is queued at a step boundary, as a real agent's sender does when
+    /// a step ends and the next begins; what fails waits for the next flush.
+    async fn send(&self, stats: &FleetStats) {
+        if let Err(e) = self.flush(stats).await {
+            tracing::debug!("{}: reports wait: {e}", self.identity.guid);
+        }
     }
 
     fn report(&self, action: &Action, step: &str, state: FeedbackState, message: Option<String>) {
@@ -284,6 +369,7 @@ impl SimDevice {
         let pkg = &action.package;
         if !self.have.contains(&pkg.sha256) {
             self.report(action, "download", FeedbackState::Started, None);
+            self.send(stats).await;
             match self.download(&pkg.url, &pkg.sha256, stats).await {
                 Ok(()) => {
                     self.have.push(pkg.sha256.clone());
@@ -313,6 +399,7 @@ impl SimDevice {
         };
         for step in steps {
             self.report(action, step, FeedbackState::Started, None);
+            self.send(stats).await;
             tokio::time::sleep(config.step_time).await;
             self.report(action, step, FeedbackState::Ok, None);
         }
@@ -355,5 +442,37 @@ impl SimDevice {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_percentiles_come_from_the_buckets() {
+        let l = Latency::default();
+        assert_eq!(Latency::percentile(&l.counts(), 0.99), Duration::ZERO);
+        for _ in 0..98 {
+            l.record(Duration::from_micros(100));
+        }
+        l.record(Duration::from_millis(20));
+        l.record(Duration::from_secs(3600));
+        let counts = l.counts();
+        let p50 = Latency::percentile(&counts, 0.5);
+        assert!(
+            p50 >= Duration::from_micros(100) && p50 < Duration::from_micros(125),
+            "{p50:?}"
+        );
+        let p99 = Latency::percentile(&counts, 0.99);
+        assert!(
+            p99 >= Duration::from_millis(20) && p99 < Duration::from_millis(25),
+            "{p99:?}"
+        );
+        // Longer than the last bound: counted in the last bucket.
+        assert_eq!(
+            Latency::percentile(&counts, 1.0),
+            Latency::bound(Latency::BUCKETS - 1)
+        );
     }
 }

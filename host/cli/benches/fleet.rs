@@ -8,13 +8,20 @@
 //!    every second. After `--idle-secs` of idling, the agent's resident set
 //!    (VmRSS) and peak (VmHWM) are printed next to the target (25 MB) and, as a
 //!    peer measured in the same run, the simulated kiosk process's RSS.
-//! 2. **Rollout time.** For each fleet size, a fresh server (SQLite) in this
-//!    process with a 5 s poll interval and a `posup sim` process of that many
-//!    simulated agents. Once every device enrolled and reported, an Update task
-//!    for all of them starts; printed: the time from task start to all devices
-//!    done, the polls per second the fleet made meanwhile, and the CPU time
-//!    of the server and of the simulated fleet, so growth with N and whether the
-//!    server's CPU is the limit can be read off.
+//! 2. **Rollouts at fleet scale.** For each backend (SQLite, PostgreSQL with
+//!    one and with two replicas) and each fleet size, fresh `posup server`
+//!    processes and a `posup sim` process of that many simulated agents (5 s
+//!    polls up to 10 000 devices, 30 s above). Two replicas share the database
+//!    and the blob folder, behind the bench's own round-robin TCP front. Once
+//!    every device enrolled and reported, the fleet idles for two poll
+//!    intervals (the peer: what an idle poll costs the server), then an Update
+//!    task for all of them runs. Printed per run: enrollment time, task time,
+//!    server CPU per device update and per idle poll, polls per second and the
+//!    p99 poll latency during the task, and the servers' peak RSS.
+//!
+//! `--backends sqlite,postgres` and `--replicas 1,2` (PostgreSQL) choose the
+//! runs; PostgreSQL is the one at 127.0.0.1:5432 (`test` machines' trust auth),
+//! in a database `posup_bench` made afresh for each run.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -40,10 +47,22 @@ fn main() -> anyhow::Result<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let sizes: Vec<usize> = value("--devices")
-        .unwrap_or_else(|| "1000,10000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
+    let list = |name: &str, default: &str| -> Vec<String> {
+        value(name)
+            .unwrap_or_else(|| default.into())
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let sizes: Vec<usize> = list("--devices", "1000,10000,100000")
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let backends = list("--backends", "sqlite,postgres");
+    let replicas: Vec<usize> = list("--replicas", "1,2")
+        .iter()
+        .filter_map(|s| s.parse().ok())
         .collect();
     let idle: u64 = value("--idle-secs")
         .and_then(|v| v.parse().ok())
@@ -52,15 +71,39 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        idle_rss(Duration::from_secs(idle)).await?;
-        println!();
-        println!("rollout of one Update task, 5 s poll interval, server on SQLite in this process");
+        if idle > 0 {
+            idle_rss(Duration::from_secs(idle)).await?;
+            println!();
+        }
+        println!("one Update task for the whole fleet; servers and the simulated fleet are processes of their own");
         println!(
-            "{:>7} {:>10} {:>9} {:>11} {:>12} {:>12} {:>10}",
-            "devices", "enroll s", "task s", "s/1000 dev", "polls/s", "server cpu s", "sim cpu s"
+            "{:<12} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>8} {:>9} {:>9}",
+            "backend",
+            "devices",
+            "poll",
+            "enroll s",
+            "task s",
+            "cpu/update ms",
+            "cpu/idle µs",
+            "polls/s",
+            "p99 ms",
+            "peak MB"
         );
-        for n in sizes {
-            rollout(n).await?;
+        for backend in &backends {
+            let counts: &[usize] = if backend == "postgres" { &replicas } else { &[1] };
+            for &replicas in counts {
+                for &n in &sizes {
+                    let run = Run {
+                        postgres: backend == "postgres",
+                        replicas,
+                        devices: n,
+                        poll_secs: if n > 10_000 { 30 } else { 5 },
+                    };
+                    if let Err(e) = run.go().await {
+                        println!("{:<12} {n:>7} failed: {e:#}", run.label());
+                    }
+                }
+            }
         }
         anyhow::Ok(())
     })
@@ -100,7 +143,25 @@ async fn server(poll_secs: u32) -> anyhow::Result<Server> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The kiosk device type, its plugin and a package.
+    setup(&api).await?;
+    Ok(Server {
+        url,
+        stop,
+        task,
+        _dir: dir,
+    })
+}
+
+impl Server {
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// The kiosk device type with its plugin enabled.
+async fn setup(api: &Api) -> anyhow::Result<()> {
     let wasm = posup_bundled::get("kiosk")
         .expect("the kiosk plugin is bundled")
         .to_vec();
@@ -130,20 +191,7 @@ async fn server(poll_secs: u32) -> anyhow::Result<Server> {
             },
         )
         .await?;
-    Ok(Server {
-        url,
-        stop,
-        task,
-        _dir: dir,
-    })
-}
-
-impl Server {
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        self.task.await??;
-        Ok(())
-    }
+    Ok(())
 }
 
 async fn package(api: &Api, dir: &Path) -> anyhow::Result<PackageView> {
@@ -255,111 +303,334 @@ command = ["{POSUP}", "sim-product", "kiosk", "--product", "{product}", "--logs"
     server.stop().await
 }
 
-async fn rollout(n: usize) -> anyhow::Result<()> {
-    let server = server(5).await?;
-    let api = Api::new(&server.url);
-    let tmp = tempfile::tempdir()?;
-    let pkg = package(&api, tmp.path()).await?;
-    let mut sim = Command::new(POSUP)
-        .args([
-            "sim",
-            "--devices",
-            &n.to_string(),
-            "--server",
-            &server.url,
-            "--secret",
-            SECRET,
-        ])
-        .args(["--duration", "3600", "--report-every", "0.5"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    // The fleet prints its counters twice a second; the latest line is kept.
-    let last = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    {
-        let out = sim.stdout.take().expect("piped stdout");
-        let last = last.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                *last.lock().expect("summary lock") = line;
-            }
-        });
-    }
-    let start = Instant::now();
-    loop {
-        let page: Page<DeviceRow> = api.get("/api/v1/devices?version=1.0.0&per_page=1").await?;
-        if page.total as usize >= n {
-            break;
-        }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(600),
-            "only {} of {n} simulated devices enrolled and reported",
-            page.total
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let enrolled = start.elapsed();
-    let groups: Vec<GroupView> = api.get("/api/v1/groups").await?;
-    let all = groups
-        .iter()
-        .find(|g| g.kind == GroupKind::All)
-        .map(|g| g.id)
-        .unwrap_or(1);
-    let cpu0 = (cpu_secs(std::process::id()), cpu_secs(sim.id()));
-    let polls0 = polls(&last);
-    let task: TaskView = api
-        .post(
-            "/api/v1/tasks",
-            &CreateTask {
-                name: None,
-                kind: TaskKind::Update,
-                package_id: pkg.id,
-                group_id: all,
-                start_at: None,
-                notice_override: Some("benchmark: simulated terminals, nobody to notify".into()),
-            },
-        )
-        .await?;
-    let started = Instant::now();
-    let counts = loop {
-        let t: TaskView = api.get(&format!("/api/v1/tasks/{}", task.id)).await?;
-        if t.state == TaskState::Finished {
-            break t.counts;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(1800),
-            "the task did not finish: {:?}",
-            t.counts
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let took = started.elapsed();
-    let cpu1 = (cpu_secs(std::process::id()), cpu_secs(sim.id()));
-    let polls1 = polls(&last);
-    anyhow::ensure!(
-        counts.success as usize == n,
-        "not every device succeeded: {counts:?}"
-    );
-    println!(
-        "{n:>7} {:>10.1} {:>9.1} {:>11.2} {:>12.0} {:>12.1} {:>10.1}",
-        enrolled.as_secs_f64(),
-        took.as_secs_f64(),
-        took.as_secs_f64() / (n as f64 / 1000.0),
-        polls1.saturating_sub(polls0) as f64 / took.as_secs_f64(),
-        cpu1.0 - cpu0.0,
-        cpu1.1 - cpu0.1,
-    );
-    kill(&mut sim);
-    server.stop().await
+/// One measured rollout.
+struct Run {
+    postgres: bool,
+    replicas: usize,
+    devices: usize,
+    poll_secs: u32,
 }
 
-/// The simulated fleet's poll counter from its latest summary line.
-fn polls(last: &std::sync::Mutex<String>) -> u64 {
-    let line = last.lock().expect("summary lock").clone();
-    line.split_once("polls ")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+const BENCH_DB: &str = "posup_bench";
+
+impl Run {
+    fn label(&self) -> String {
+        if self.postgres {
+            format!("postgres ×{}", self.replicas)
+        } else {
+            "sqlite".into()
+        }
+    }
+
+    async fn go(&self) -> anyhow::Result<()> {
+        let n = self.devices;
+        let tmp = tempfile::tempdir()?;
+        let database = if self.postgres {
+            fresh_postgres()?;
+            Some(format!("postgres://postgres@127.0.0.1:5432/{BENCH_DB}"))
+        } else {
+            None
+        };
+        let mut servers = Vec::new();
+        for i in 0..self.replicas {
+            servers.push(ServerProcess::start(
+                tmp.path(),
+                i,
+                database.as_deref(),
+                self.poll_secs,
+            )?);
+            servers[i].ready().await?;
+        }
+        let api = Api::new(&servers[0].url);
+        setup(&api).await?;
+        let pkg = package(&api, tmp.path()).await?;
+        let front = if self.replicas > 1 {
+            let urls: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+            round_robin(urls).await?
+        } else {
+            servers[0].url.clone()
+        };
+        let mut sim = Command::new(POSUP)
+            .args([
+                "sim",
+                "--devices",
+                &n.to_string(),
+                "--server",
+                &front,
+                "--secret",
+                SECRET,
+            ])
+            .args(["--duration", "7200", "--report-every", "0.5"])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        // The fleet prints its counters twice a second; the latest line is kept.
+        let last = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        {
+            let out = sim.stdout.take().expect("piped stdout");
+            let last = last.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    *last.lock().expect("summary lock") = line;
+                }
+            });
+        }
+        let result = self.measure(&api, &servers, &pkg, &last).await;
+        kill(&mut sim);
+        for s in &mut servers {
+            s.stop();
+        }
+        result
+    }
+
+    async fn measure(
+        &self,
+        api: &Api,
+        servers: &[ServerProcess],
+        pkg: &PackageView,
+        last: &std::sync::Mutex<String>,
+    ) -> anyhow::Result<()> {
+        let n = self.devices;
+        let start = Instant::now();
+        loop {
+            let page: Page<DeviceRow> = api.get("/api/v1/devices?version=1.0.0&per_page=1").await?;
+            if page.total as usize >= n {
+                break;
+            }
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(1800),
+                "only {} of {n} simulated devices enrolled and reported",
+                page.total
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let enrolled = start.elapsed();
+        let cpu = || servers.iter().map(|s| cpu_secs(s.child.id())).sum::<f64>();
+
+        // The peer: the fleet idling.
+        let (idle_cpu0, idle_polls0) = (cpu(), Summary::read(last).polls);
+        tokio::time::sleep(Duration::from_secs(2 * u64::from(self.poll_secs))).await;
+        let (idle_cpu1, idle_polls1) = (cpu(), Summary::read(last).polls);
+        let idle_per_poll =
+            (idle_cpu1 - idle_cpu0) / idle_polls1.saturating_sub(idle_polls0).max(1) as f64;
+
+        let groups: Vec<GroupView> = api.get("/api/v1/groups").await?;
+        let all = groups
+            .iter()
+            .find(|g| g.kind == GroupKind::All)
+            .map(|g| g.id)
+            .unwrap_or(1);
+        let cpu0 = cpu();
+        let before = Summary::read(last);
+        let task: TaskView = api
+            .post(
+                "/api/v1/tasks",
+                &CreateTask {
+                    name: None,
+                    kind: TaskKind::Update,
+                    package_id: pkg.id,
+                    group_id: all,
+                    start_at: None,
+                    notice_override: Some(
+                        "benchmark: simulated terminals, nobody to notify".into(),
+                    ),
+                },
+            )
+            .await?;
+        let started = Instant::now();
+        let counts = loop {
+            let t: TaskView = api.get(&format!("/api/v1/tasks/{}", task.id)).await?;
+            if t.state == TaskState::Finished {
+                break t.counts;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(3600),
+                "the task did not finish: {:?}",
+                t.counts
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let took = started.elapsed();
+        let cpu1 = cpu();
+        let after = Summary::read(last);
+        anyhow::ensure!(
+            counts.success as usize == n,
+            "not every device succeeded: {counts:?}"
+        );
+        let latency: Vec<u64> = after
+            .latency
+            .iter()
+            .zip(before.latency.iter().chain(std::iter::repeat(&0)))
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        let peak = servers
+            .iter()
+            .map(|s| memory(s.child.id()).hwm)
+            .max()
+            .unwrap_or(0);
+        println!(
+            "{:<12} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12.1} {:>8.0} {:>9.1} {:>9.0}",
+            self.label(),
+            self.poll_secs,
+            enrolled.as_secs_f64(),
+            took.as_secs_f64(),
+            (cpu1 - cpu0) * 1000.0 / n as f64,
+            idle_per_poll * 1e6,
+            after.polls.saturating_sub(before.polls) as f64 / took.as_secs_f64(),
+            posup_agent::fleet::Latency::percentile(&latency, 0.99).as_secs_f64() * 1000.0,
+            peak as f64 / 1024.0,
+        );
+        Ok(())
+    }
+}
+
+/// A `posup server` process of a run.
+struct ServerProcess {
+    child: Child,
+    /// `host:port`.
+    addr: String,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    fn start(
+        dir: &Path,
+        index: usize,
+        database: Option<&str>,
+        poll_secs: u32,
+    ) -> anyhow::Result<ServerProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let data = dir.join(format!("server-{index}"));
+        let log = dir.join(format!("server-{index}.log"));
+        let mut cmd = Command::new(POSUP);
+        cmd.args(["server", "--listen", &addr, "--admin-token", ADMIN])
+            .args(["--enrollment-secret", SECRET])
+            .args(["--poll-interval-secs", &poll_secs.to_string()])
+            .args(["--offline-after-secs", &(poll_secs * 6).to_string()])
+            .arg("--data-dir")
+            .arg(&data)
+            // Replicas share what a fleet's replicas share: blobs and online keys.
+            .arg("--blob-dir")
+            .arg(dir.join("blobs"))
+            .arg("--tuf-keys")
+            .arg(dir.join("tuf-keys"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        if let Some(url) = database {
+            cmd.args(["--database", url]);
+        }
+        Ok(ServerProcess {
+            child: cmd.spawn()?,
+            url: format!("http://{addr}"),
+            addr,
+            log,
+        })
+    }
+
+    async fn ready(&mut self) -> anyhow::Result<()> {
+        let api = Api::new(&self.url);
+        let start = Instant::now();
+        while api
+            .get::<serde_json::Value>("/api/v1/health")
+            .await
+            .is_err()
+        {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!(
+                    "the server exited ({status}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(60),
+                "the server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// Drops and makes the bench's PostgreSQL database.
+fn fresh_postgres() -> anyhow::Result<()> {
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"),
+        format!("CREATE DATABASE {BENCH_DB}"),
+    ] {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-qc",
+                &sql,
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "PostgreSQL at 127.0.0.1:5432: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A TCP front that hands each new connection to the next of `upstreams`, as a
+/// load balancer before replicas would. Returns its URL.
+async fn round_robin(upstreams: Vec<String>) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let mut next = 0usize;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let upstream = upstreams[next % upstreams.len()].clone();
+            next += 1;
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    Ok(url)
+}
+
+/// The simulated fleet's counters from its latest summary line.
+struct Summary {
+    polls: u64,
+    latency: Vec<u64>,
+}
+
+impl Summary {
+    fn read(last: &std::sync::Mutex<String>) -> Summary {
+        let line = last.lock().expect("summary lock").clone();
+        let polls = line
+            .split_once("polls ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let latency = line
+            .rsplit_once("latency ")
+            .map(|(_, rest)| {
+                rest.split(',')
+                    .filter_map(|c| c.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Summary { polls, latency }
+    }
 }
 
 fn kill(child: &mut Child) {
