@@ -16,8 +16,10 @@
 //!    every device enrolled and reported, the fleet idles for two poll
 //!    intervals (the peer: what an idle poll costs the server), then an Update
 //!    task for all of them runs. Printed per run: enrollment time, task time,
-//!    server CPU per device update and per idle poll, polls per second and the
-//!    p99 poll latency during the task, and the servers' peak RSS.
+//!    server CPU per device update (and, on PostgreSQL, the database's CPU per
+//!    update besides), the server CPU per poll of the idling fleet (background
+//!    work included), polls per second and the p99 poll latency during the task,
+//!    and the servers' peak RSS.
 //!
 //! `--backends sqlite,postgres` and `--replicas 1,2` (PostgreSQL) choose the
 //! runs; PostgreSQL is the one at 127.0.0.1:5432 (`test` machines' trust auth),
@@ -77,13 +79,14 @@ fn main() -> anyhow::Result<()> {
         }
         println!("one Update task for the whole fleet; servers and the simulated fleet are processes of their own");
         println!(
-            "{:<12} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>8} {:>9} {:>9}",
+            "{:<12} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>12} {:>8} {:>9} {:>9}",
             "backend",
             "devices",
             "poll",
             "enroll s",
             "task s",
             "cpu/update ms",
+            "+db/update ms",
             "cpu/idle µs",
             "polls/s",
             "p99 ms",
@@ -421,6 +424,7 @@ impl Run {
             .map(|g| g.id)
             .unwrap_or(1);
         let cpu0 = cpu();
+        let db0 = postgres_cpu();
         let before = Summary::read(last);
         let task: TaskView = api
             .post(
@@ -452,6 +456,7 @@ impl Run {
         };
         let took = started.elapsed();
         let cpu1 = cpu();
+        let db1 = postgres_cpu();
         let after = Summary::read(last);
         anyhow::ensure!(
             counts.success as usize == n,
@@ -469,12 +474,17 @@ impl Run {
             .max()
             .unwrap_or(0);
         println!(
-            "{:<12} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12.1} {:>8.0} {:>9.1} {:>9.0}",
+            "{:<12} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12} {:>12.1} {:>8.0} {:>9.1} {:>9.0}",
             self.label(),
             self.poll_secs,
             enrolled.as_secs_f64(),
             took.as_secs_f64(),
             (cpu1 - cpu0) * 1000.0 / n as f64,
+            if self.postgres {
+                format!("{:.3}", (db1 - db0) * 1000.0 / n as f64)
+            } else {
+                "-".into()
+            },
             idle_per_poll * 1e6,
             after.polls.saturating_sub(before.polls) as f64 / took.as_secs_f64(),
             posup_agent::fleet::Latency::percentile(&latency, 0.99).as_secs_f64() * 1000.0,
@@ -558,6 +568,22 @@ impl ServerProcess {
     fn stop(&mut self) {
         kill(&mut self.child);
     }
+}
+
+/// CPU seconds of the machine's PostgreSQL processes: on PostgreSQL, part of
+/// what a device update costs is spent there.
+fn postgres_cpu() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(cpu_secs)
+        .sum()
 }
 
 /// Drops and makes the bench's PostgreSQL database.

@@ -172,7 +172,7 @@ async fn poll(
             active
         }
     };
-    let actions = if active.contains(&device.id) {
+    let actions = if caches.may_have_actions(&active, device.id) {
         // Actions starting before the next poll are handed out now, with their
         // start time, so a forced update at a set time starts on time. An update
         // is handed out only once its gates let it start (see `posup_store::gates`).
@@ -182,13 +182,17 @@ async fn poll(
             site: &device.site,
             device_type: &device.device_type,
         };
-        let (actions, vars_changed) = store.poll_actions(asking, &at, horizon).await?;
-        if vars_changed {
+        let epoch = caches.epoch();
+        let polled = store.poll_actions(asking, &at, horizon).await?;
+        if polled.idle {
+            caches.put_idle(device.id, epoch);
+        }
+        if polled.vars_changed {
             // An ordering rule set a readiness variable: the cached newest change
             // id is stale.
             caches.invalidate_all();
         }
-        actions
+        polled.actions
     } else {
         Vec::new()
     };

@@ -29,6 +29,9 @@ struct Inner {
     devices: HashMap<[u8; 32], Arc<DeviceAuth>>,
     /// Devices that may have actions; `None` until loaded.
     active: Option<Arc<HashSet<i64>>>,
+    /// Devices of `active` whose poll found nothing to do since it was loaded:
+    /// their parts ended, and only a change to tasks can give them new ones.
+    idle: HashSet<i64>,
     /// The newest variable change id; `None` until loaded.
     vars_max: Option<i64>,
     /// The store's counters as last read.
@@ -82,6 +85,20 @@ impl Caches {
         }
     }
 
+    /// Whether `device` may have actions: in the loaded set, and not found idle
+    /// since.
+    pub fn may_have_actions(&self, active: &HashSet<i64>, device: i64) -> bool {
+        active.contains(&device) && !self.read().idle.contains(&device)
+    }
+
+    /// Notes that a poll of `device` found nothing to do.
+    pub fn put_idle(&self, device: i64, epoch: u64) {
+        let mut inner = self.write();
+        if inner.epoch == epoch {
+            inner.idle.insert(device);
+        }
+    }
+
     pub fn vars_max(&self) -> Option<i64> {
         self.read().vars_max
     }
@@ -99,6 +116,7 @@ impl Caches {
         inner.epoch += 1;
         inner.devices.clear();
         inner.active = None;
+        inner.idle.clear();
         inner.vars_max = None;
     }
 
@@ -117,6 +135,7 @@ impl Caches {
         }
         if seen.tasks != now.tasks {
             inner.active = None;
+            inner.idle.clear();
         }
         if seen.variables != now.variables {
             inner.vars_max = None;
@@ -171,9 +190,22 @@ mod tests {
         c.put_vars_max(5, c.epoch());
         c.refresh(g);
         assert!(c.device(&[1; 32]).is_some() && c.active().is_some() && c.vars_max() == Some(5));
+        let active = c.active().unwrap();
+        let before = c.epoch();
+        c.put_idle(1, before);
+        assert!(!c.may_have_actions(&active, 1), "found idle");
         c.refresh(Generations { tasks: 2, ..g });
         assert!(c.device(&[1; 32]).is_some());
         assert!(c.active().is_none());
+        assert!(
+            c.may_have_actions(&active, 1),
+            "a task change may give it work"
+        );
+        c.put_idle(1, before);
+        assert!(
+            c.may_have_actions(&active, 1),
+            "idle found before the change is not kept"
+        );
         c.refresh(Generations {
             tasks: 2,
             devices: 2,

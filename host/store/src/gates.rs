@@ -67,18 +67,20 @@ fn when(ms: DateTime<Utc>) -> String {
 impl Store {
     /// What a poll hands the device: its parts read once; the first of its
     /// unstarted update parts whose gates all pass claimed, and why the others
-    /// wait recorded; the actions to work on. Returns the actions and whether a
-    /// variable changed (the ordering rules' readiness variables), so callers drop
-    /// cached variable ids.
+    /// wait recorded; the actions to work on.
     pub async fn poll_actions(
         &self,
         device: Asking<'_>,
         at: &At,
         horizon: i64,
-    ) -> Result<(Vec<Action>, bool)> {
-        let mut parts = self.parts_on_poll(device.device_id, horizon).await?;
-        let changed = self.claim_first(device, &mut parts, at).await?;
-        Ok((handed_out(&parts)?, changed))
+    ) -> Result<PollActions> {
+        let (mut parts, idle) = self.parts_on_poll(device.device_id, horizon).await?;
+        let vars_changed = self.claim_first(device, &mut parts, at).await?;
+        Ok(PollActions {
+            actions: handed_out(&parts)?,
+            vars_changed,
+            idle,
+        })
     }
 
     async fn claim_first(
@@ -403,6 +405,17 @@ impl Store {
             Ok(claimed)
         })
     }
+}
+
+/// What a poll hands a device, and what its caller may cache.
+#[derive(Debug)]
+pub struct PollActions {
+    pub actions: Vec<Action>,
+    /// An ordering rule set a readiness variable: cached variable ids are stale.
+    pub vars_changed: bool,
+    /// The device has no unfinished part in any task: only a change to tasks
+    /// (which grows the `tasks` generation) can give it work.
+    pub idle: bool,
 }
 
 /// What became of a claim.

@@ -54,7 +54,7 @@ pub mod testing;
 pub use device_types::DeviceTypeConfig;
 pub use devices::{DeviceAuth, InventoryReport};
 pub use enrollment::Enrollment;
-pub use gates::Asking;
+pub use gates::{Asking, PollActions};
 pub use generations::Generations;
 pub use notifications::{Attempt, Delivery, FIRST_RETRY, MAX_ATTEMPTS, MAX_RETRY, Notice, backoff};
 pub use plugins::{NewPackage, NewPlugin};

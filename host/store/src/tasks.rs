@@ -669,17 +669,18 @@ impl Store {
     /// The actions a device should work on: its unfinished parts of tasks that are
     /// not paused and start before `horizon` (Unix ms).
     pub async fn actions_for_device(&self, device_id: i64, horizon: i64) -> Result<Vec<Action>> {
-        handed_out(&self.parts_on_poll(device_id, horizon).await?)
+        handed_out(&self.parts_on_poll(device_id, horizon).await?.0)
     }
 
     /// The device's unfinished parts of tasks that hold or may start before
     /// `horizon`, with what the gates and the answer need: the one read of a poll.
+    /// Also whether the device has no unfinished part at all, whatever its start.
     pub(crate) async fn parts_on_poll(
         &self,
         device_id: i64,
         horizon: i64,
-    ) -> Result<Vec<PartOnPoll>> {
-        Ok(with_read!(self, pool => {
+    ) -> Result<(Vec<PartOnPoll>, bool)> {
+        let mut parts: Vec<PartOnPoll> = with_read!(self, pool => {
             sqlx::query_as(&format!(
                 "SELECT td.id AS action_id, td.attempt, td.state, td.retry_at, td.wait_kind, td.wait_reason, \
                  t.id AS task_id, t.kind, t.state AS task_state, t.start_at, \
@@ -690,14 +691,16 @@ impl Store {
                  JOIN packages p ON p.id = t.package_id \
                  JOIN plugins pl ON pl.sha256 = t.plugin_sha256 \
                  WHERE td.device_id = $1 AND td.state IN {ACTIVE} \
-                 AND t.state IN ('Scheduled', 'Running', 'Paused') AND t.start_at <= $2 \
+                 AND t.state IN ('Scheduled', 'Running', 'Paused') \
                  ORDER BY t.start_at, t.id"
             ))
             .bind(device_id)
-            .bind(horizon)
             .fetch_all(pool)
             .await?
-        }))
+        });
+        let none = parts.is_empty();
+        parts.retain(|p| p.start_at <= horizon);
+        Ok((parts, none))
     }
 
     /// Records one step report of a device. A key seen before from the same device

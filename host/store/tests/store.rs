@@ -596,7 +596,15 @@ async fn task_state_machine_from_schedule_to_restart() {
         assert_eq!(task.state, TaskState::Scheduled);
         assert_eq!(task.counts.total, 2, "Even: devices 2 and 4");
         assert_eq!(task.counts.inprogress, 2);
-        // Not handed out before its start (within the horizon it is).
+        // Not handed out before its start (within the horizon it is), and the
+        // device is not idle: it has work to come.
+        let asking = Asking {
+            device_id: ids[1],
+            site: "B",
+            device_type: "ukm5",
+        };
+        let waiting = store.poll_actions(asking, &at(now), now).await.unwrap();
+        assert!(waiting.actions.is_empty() && !waiting.idle);
         assert!(
             store
                 .actions_for_device(ids[1], now)
@@ -908,6 +916,28 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
             f.step = key.to_owned();
             f
         };
+        let ask = |device_id| Asking {
+            device_id,
+            site: "B",
+            device_type: "ukm5",
+        };
+        let polled = store.poll_actions(ask(d2), &at(now), now).await.unwrap();
+        assert_eq!((polled.actions.len(), polled.idle), (1, false));
+        let outside = store
+            .poll_actions(
+                Asking {
+                    site: "A",
+                    ..ask(ids[0])
+                },
+                &at(now),
+                now,
+            )
+            .await
+            .unwrap();
+        assert!(
+            outside.actions.is_empty() && outside.idle,
+            "device 1 is in no task"
+        );
         // A batch sent before, cut off after its first report had been recorded.
         store
             .record_feedback(
@@ -1003,6 +1033,8 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
             (done.state, done.counts.success, done.counts.failed),
             (TaskState::Finished, 1, 1)
         );
+        let polled = store.poll_actions(ask(d4), &at(now), now).await.unwrap();
+        assert!(polled.actions.is_empty() && polled.idle, "its part ended");
         let too_many = vec![report(a4.action_id, d4, "k9", FeedbackState::Ok); 65];
         assert!(matches!(
             store.record_feedback_batch(d4, &too_many, &at(now)).await,
