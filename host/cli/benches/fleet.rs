@@ -21,6 +21,8 @@
 //!    work included), polls per second and the p99 poll latency during the task,
 //!    and the servers' peak RSS.
 //!
+//! Every simulated device keeps a connection open, as terminals do: run it under
+//! `ulimit -n` of twice the largest fleet and more (it says so otherwise).
 //! `--backends sqlite,postgres` and `--replicas 1,2` (PostgreSQL) choose the
 //! runs; PostgreSQL is the one at 127.0.0.1:5432 (`test` machines' trust auth),
 //! in a database `posup_bench` made afresh for each run.
@@ -327,6 +329,15 @@ impl Run {
 
     async fn go(&self) -> anyhow::Result<()> {
         let n = self.devices;
+        // Each simulated device keeps a connection, the server one per device,
+        // and a round-robin front two.
+        let needed = (if self.replicas > 1 { 2 * n } else { n }) as u64 + 1024;
+        let limit = open_files_limit();
+        anyhow::ensure!(
+            limit >= needed,
+            "{n} devices need {needed} open files per process, and the limit is {limit}: \
+             run the benchmark under `ulimit -n {needed}` (as root, raise the hard limit too)"
+        );
         let tmp = tempfile::tempdir()?;
         let database = if self.postgres {
             fresh_postgres()?;
@@ -586,6 +597,19 @@ fn postgres_cpu() -> f64 {
         .sum()
 }
 
+/// This process's limit of open files, which its children inherit.
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Drops and makes the bench's PostgreSQL database.
 fn fresh_postgres() -> anyhow::Result<()> {
     for sql in [
@@ -620,7 +644,12 @@ async fn round_robin(upstreams: Vec<String>) -> anyhow::Result<String> {
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move {
         let mut next = 0usize;
-        while let Ok((mut inbound, _)) = listener.accept().await {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                // Out of descriptors for a moment: the client retries.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
             let upstream = upstreams[next % upstreams.len()].clone();
             next += 1;
             tokio::spawn(async move {

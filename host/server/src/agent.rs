@@ -240,12 +240,13 @@ async fn feedback(
     device: Device,
     Json(f): Json<Feedback>,
 ) -> Result<Json<FeedbackAck>> {
-    Ok(Json(
-        state
-            .store()
-            .record_feedback(device.auth.id, &f, &state.at())
-            .await?,
-    ))
+    let result = state
+        .reports()
+        .record(state.store(), device.auth.id, vec![f], state.at())
+        .await?
+        .pop()
+        .expect("one result per report");
+    Ok(Json(result?))
 }
 
 async fn feedback_batch(
@@ -253,22 +254,24 @@ async fn feedback_batch(
     device: Device,
     Json(batch): Json<FeedbackBatch>,
 ) -> Result<Json<FeedbackBatchAck>> {
+    let keys: Vec<String> = batch.reports.iter().map(|f| f.key.clone()).collect();
     let results = state
-        .store()
-        .record_feedback_batch(device.auth.id, &batch.reports, &state.at())
+        .reports()
+        .record(state.store(), device.auth.id, batch.reports, state.at())
         .await?;
-    let mut answers = Vec::with_capacity(results.len());
-    for (f, result) in batch.reports.iter().zip(results) {
-        answers.push(match result {
+    let answers = keys
+        .into_iter()
+        .zip(results)
+        .map(|(key, result)| match result {
             Ok(ack) => FeedbackResult::Ack(ack),
+            // Only refusals are answered per report; a database failure failed
+            // the whole batch above.
             Err(e) => FeedbackResult::Refused {
-                key: f.key.clone(),
-                // Only refusals are answered per report; a database failure failed
-                // the whole batch above.
+                key,
                 error: Error::from(e).to_string(),
             },
-        });
-    }
+        })
+        .collect();
     Ok(Json(FeedbackBatchAck { results: answers }))
 }
 

@@ -40,6 +40,7 @@ mod extract;
 pub mod notify;
 mod notify_api;
 pub mod openapi;
+mod reports;
 mod rollout_api;
 pub mod state;
 pub mod tls;

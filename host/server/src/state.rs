@@ -55,6 +55,8 @@ struct Inner {
     settings: Settings,
     contacts: Mutex<HashSet<i64>>,
     caches: Caches,
+    /// Step reports waiting to be written together.
+    reports: crate::reports::Reports,
     /// Loaded plugins by sha256. Blobs never change, so an entry never goes stale;
     /// it only saves compiling or deserializing a component per package upload.
     plugins: Mutex<HashMap<String, Arc<Plugin>>>,
@@ -94,6 +96,7 @@ impl AppState {
                 settings,
                 contacts: Mutex::new(HashSet::new()),
                 caches: Caches::default(),
+                reports: Default::default(),
                 plugins: Mutex::new(HashMap::new()),
                 inspections: tokio::sync::Semaphore::new(MAX_INSPECTIONS),
                 online_keys: fresh_online_keys(),
@@ -138,6 +141,10 @@ impl AppState {
 
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    pub(crate) fn reports(&self) -> &crate::reports::Reports {
+        &self.inner.reports
     }
 
     pub fn caches(&self) -> &Caches {

@@ -59,6 +59,7 @@ pub use generations::Generations;
 pub use notifications::{Attempt, Delivery, FIRST_RETRY, MAX_ATTEMPTS, MAX_RETRY, Notice, backoff};
 pub use plugins::{NewPackage, NewPlugin};
 pub use rollouts::{NOTICE, RolloutCommand};
+pub use tasks::MAX_REPORTS_AT_ONCE;
 pub use tokens::TokenIdentity;
 pub use tuf::TufFile;
 pub use variables::{IGNORE_VERSION_CHECK, VarTarget};

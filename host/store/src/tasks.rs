@@ -717,14 +717,8 @@ impl Store {
             .expect("one result per report")
     }
 
-    /// Records reports of one device, oldest first, in one transaction, with the
-    /// same effect as recording them one by one: each is acknowledged or refused
-    /// on its own (an inner error: the report is invalid or its action is gone),
-    /// and only a failure of the database fails them all.
-    ///
-    /// A batch costs a fixed number of statements whatever its size: its parts read
-    /// once, its reports inserted together, each part's row written once with the
-    /// state the reports lead to, and the task finished when its last part ended.
+    /// Records reports of one device, oldest first, in one transaction: see
+    /// [`Store::record_reports`].
     pub async fn record_feedback_batch(
         &self,
         device_id: i64,
@@ -737,13 +731,41 @@ impl Store {
                 reports.len()
             )));
         }
-        let mut results: Vec<Result<FeedbackAck>> =
-            reports.iter().map(|f| check_report(device_id, f)).collect();
+        let reports: Vec<(i64, &Feedback)> = reports.iter().map(|f| (device_id, f)).collect();
+        self.record_reports(&reports, at).await
+    }
+
+    /// Records reports, each with the device whose token sent it, in one
+    /// transaction, with the same effect as recording them one by one in order:
+    /// each is acknowledged or refused on its own (an inner error: the report is
+    /// invalid or its action is gone), and only a failure of the database fails
+    /// them all. A server gathers the reports of many devices arriving together
+    /// into one call (group commit).
+    ///
+    /// A call costs a fixed number of statements whatever its size (at most
+    /// [`MAX_REPORTS_AT_ONCE`]): its parts read at once, its reports inserted
+    /// together, the parts' rows written in one statement with the state their
+    /// reports lead to, and each task finished when its last part ended.
+    pub async fn record_reports(
+        &self,
+        reports: &[(i64, &Feedback)],
+        at: &At,
+    ) -> Result<Vec<Result<FeedbackAck>>> {
+        if reports.len() > MAX_REPORTS_AT_ONCE {
+            return Err(Error::Invalid(format!(
+                "{} reports at once: record at most {MAX_REPORTS_AT_ONCE}",
+                reports.len()
+            )));
+        }
+        let mut results: Vec<Result<FeedbackAck>> = reports
+            .iter()
+            .map(|(device_id, f)| check_report(*device_id, f))
+            .collect();
         let mut actions: Vec<i64> = reports
             .iter()
             .zip(&results)
             .filter(|(_, r)| r.is_ok())
-            .map(|(f, _)| f.action_id)
+            .map(|((_, f), _)| f.action_id)
             .collect();
         actions.sort_unstable();
         actions.dedup();
@@ -770,8 +792,9 @@ impl Store {
             for r in rows {
                 parts.push(Part::read(r)?);
             }
-            // Reports that name a part of this device; the others are refused.
-            for (f, result) in reports.iter().zip(results.iter_mut()) {
+            // Reports that name a part of their device; the others are refused.
+            for ((device_id, f), result) in reports.iter().zip(results.iter_mut()) {
+                let device_id = *device_id;
                 if result.is_err() {
                     continue;
                 }
@@ -789,39 +812,40 @@ impl Store {
                     Some(_) => Ok(FeedbackAck { key: f.key.clone(), duplicate: true, active: false }),
                 };
             }
-            let fresh: Vec<(&Feedback, Option<String>)> = reports
+            let fresh: Vec<(i64, &Feedback, Option<String>)> = reports
                 .iter()
                 .zip(&results)
                 .filter(|(_, r)| r.is_ok())
-                .map(|(f, _)| (f, f.message.as_ref().map(|m| truncate(m, 4000))))
+                .map(|((device_id, f), _)| (*device_id, *f, f.message.as_ref().map(|m| truncate(m, 4000))))
                 .collect();
             let mut insert = Sql::new(
                 "INSERT INTO task_events (task_device_id, device_id, key, attempt, step, state, message, percent, at, received_at) VALUES ",
             );
-            for (i, (f, message)) in fresh.iter().enumerate() {
+            for (i, (device_id, f, message)) in fresh.iter().enumerate() {
                 insert.push(if i == 0 { "(" } else { ", (" });
-                insert.bind(f.action_id).push(", ").bind(device_id).push(", ").bind(f.key.as_str());
+                insert.bind(f.action_id).push(", ").bind(*device_id).push(", ").bind(f.key.as_str());
                 insert.push(", ").bind(i64::from(f.attempt)).push(", ").bind(f.step.as_str());
                 insert.push(", ").bind(f.state.as_str()).push(", ").bind(message.clone());
                 insert.push(", ").bind(f.percent.map(i64::from)).push(", ").bind(f.at.timestamp_millis());
                 insert.push(", ").bind(at.now).push(")");
             }
-            insert.push(" ON CONFLICT (device_id, key) DO NOTHING RETURNING key");
-            let inserted: Vec<String> = if fresh.is_empty() {
+            insert.push(" ON CONFLICT (device_id, key) DO NOTHING RETURNING device_id, key");
+            let inserted: Vec<(i64, String)> = if fresh.is_empty() {
                 Vec::new()
             } else {
-                bind_all!(sqlx::query_scalar::<_, String>(&insert.text), insert.args)
+                bind_all!(sqlx::query_as::<_, (i64, String)>(&insert.text), insert.args)
                     .fetch_all(&mut *tx)
                     .await?
             };
-            let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+            let inserted: std::collections::HashSet<(i64, String)> = inserted.into_iter().collect();
             // The reports in order, each moving its part as it would alone; a key
-            // twice in one batch counts once.
+            // twice in one call counts once.
             let mut seen = std::collections::HashSet::new();
-            for (f, result) in reports.iter().zip(results.iter_mut()) {
+            for ((device_id, f), result) in reports.iter().zip(results.iter_mut()) {
                 let Ok(ack) = result else { continue };
                 let Some(part) = parts.iter_mut().find(|p| p.id == f.action_id) else { continue };
-                ack.duplicate = !(inserted.contains(&f.key) && seen.insert(f.key.as_str()));
+                let key = (*device_id, f.key.clone());
+                ack.duplicate = !(inserted.contains(&key) && seen.insert(key));
                 let current_attempt = i64::from(f.attempt) == part.attempt;
                 let running_task = matches!(part.task_state, TaskState::Scheduled | TaskState::Running);
                 let mut active = current_attempt && running_task && !part.state.is_terminal();
@@ -847,19 +871,22 @@ impl Store {
                 }
                 ack.active = active;
             }
-            for p in parts.iter().filter(|p| p.changed) {
-                sqlx::query(
-                    "UPDATE task_devices SET state = $2, step = $3, message = COALESCE($4, message), percent = $5, updated_at = $6, retry_at = $7 WHERE id = $1",
-                )
-                .bind(p.id)
-                .bind(p.state.as_str())
-                .bind(p.step.clone())
-                .bind(p.message.clone())
-                .bind(p.percent)
-                .bind(at.now)
-                .bind(p.retry_at)
-                .execute(&mut *tx)
-                .await?;
+            let changed: Vec<&Part> = parts.iter().filter(|p| p.changed).collect();
+            if !changed.is_empty() {
+                // One statement for every part: the values are typed so both
+                // backends read them alike.
+                let mut update = Sql::new("UPDATE task_devices SET state = v.column2, step = v.column3, \
+                    message = COALESCE(v.column4, task_devices.message), percent = v.column5, retry_at = v.column6, updated_at = ");
+                update.bind(at.now).push(" FROM (VALUES ");
+                for (i, p) in changed.iter().enumerate() {
+                    update.push(if i == 0 { "(CAST(" } else { ", (CAST(" });
+                    update.bind(p.id).push(" AS BIGINT), CAST(").bind(p.state.as_str());
+                    update.push(" AS TEXT), CAST(").bind(p.step.clone()).push(" AS TEXT), CAST(");
+                    update.bind(p.message.clone()).push(" AS TEXT), CAST(").bind(p.percent);
+                    update.push(" AS BIGINT), CAST(").bind(p.retry_at).push(" AS BIGINT))");
+                }
+                update.push(") AS v WHERE task_devices.id = v.column1");
+                bind_all!(sqlx::query(&update.text), update.args).execute(&mut *tx).await?;
             }
             // The last part ending finishes its task.
             let mut ended: Vec<i64> = parts.iter().filter(|p| p.finished).map(|p| p.task_id).collect();
@@ -883,6 +910,9 @@ impl Store {
         Ok(results)
     }
 }
+
+/// The most reports [`Store::record_reports`] takes at once.
+pub const MAX_REPORTS_AT_ONCE: usize = 512;
 
 /// A part named by a feedback batch, as read and then as its reports leave it.
 struct Part {

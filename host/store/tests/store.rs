@@ -1015,19 +1015,40 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
         let mid = store.task(task.id, &at(now)).await.unwrap().unwrap();
         assert_eq!((mid.state, mid.counts.success), (TaskState::Running, 1));
 
-        // The last part ending in a batch finishes the task.
+        // Reports of two devices in one call (as a server groups them), one key
+        // used by both: each device's is its own. The last part ending finishes
+        // the task.
+        let (f7, f8) = (
+            report(a4.action_id, d4, "k7", FeedbackState::Failed),
+            report(a4.action_id, d4, "k8", FeedbackState::RolledBack),
+        );
+        let late = report(a2.action_id, d2, "k7", FeedbackState::Ok);
         let results = store
-            .record_feedback_batch(
-                d4,
-                &[
-                    report(a4.action_id, d4, "k7", FeedbackState::Failed),
-                    report(a4.action_id, d4, "k8", FeedbackState::RolledBack),
-                ],
-                &at(now),
-            )
+            .record_reports(&[(d4, &f7), (d2, &late), (d4, &f8)], &at(now))
             .await
             .unwrap();
-        assert!(results.iter().all(|r| r.as_ref().is_ok_and(|a| !a.active)));
+        assert!(
+            results
+                .iter()
+                .all(|r| r.as_ref().is_ok_and(|a| !a.active && !a.duplicate)),
+            "{results:?}"
+        );
+        let d2_steps = store
+            .task_device_detail(task.id, d2, &at(now))
+            .await
+            .unwrap()
+            .history
+            .len();
+        assert_eq!(d2_steps, 6);
+        let d4_steps: Vec<String> = store
+            .task_device_detail(task.id, d4, &at(now))
+            .await
+            .unwrap()
+            .history
+            .into_iter()
+            .map(|e| e.step)
+            .collect();
+        assert_eq!(d4_steps, ["k7", "k8"]);
         let done = store.task(task.id, &at(now)).await.unwrap().unwrap();
         assert_eq!(
             (done.state, done.counts.success, done.counts.failed),

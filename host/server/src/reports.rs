@@ -1,0 +1,134 @@
+//! Group commit of step reports.
+//!
+//! At fleet scale reports arrive from many devices at once, and each transaction
+//! costs the server far more in hand-offs to the database than in SQL. A request
+//! queues its reports and waits for the writer: the request that gets it writes
+//! everything queued by then in one transaction (`Store::record_reports`) and
+//! answers every waiting request. When reports come one at a time, each is
+//! written at once, so nothing waits for company; under load, one transaction
+//! serves many devices.
+//!
+//! The write runs in a task of its own, so a request dropped while it leads
+//! (its client went away) cannot cancel the transaction of the others.
+
+use std::sync::{Arc, Mutex};
+
+use posup_proto::agent::{Feedback, FeedbackAck};
+use posup_store::{At, MAX_REPORTS_AT_ONCE, Store};
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+
+/// Each report's outcome, or why the whole group failed (logged once).
+type Outcome = std::result::Result<Vec<posup_store::Result<FeedbackAck>>, Arc<String>>;
+
+struct Pending {
+    device_id: i64,
+    reports: Vec<Feedback>,
+    done: oneshot::Sender<Outcome>,
+}
+
+#[derive(Default)]
+pub struct Reports {
+    queue: Mutex<Vec<Pending>>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Reports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reports")
+            .field("queued", &self.lock_queue().len())
+            .finish()
+    }
+}
+
+impl Reports {
+    /// Records `reports` of device `device_id` (at most
+    /// `posup_proto::agent::MAX_FEEDBACK_BATCH`, checked by the store's limit on a
+    /// group), in order; one outcome per report.
+    pub async fn record(
+        &self,
+        store: &Store,
+        device_id: i64,
+        reports: Vec<Feedback>,
+        at: At,
+    ) -> Result<Vec<posup_store::Result<FeedbackAck>>> {
+        if reports.len() > posup_proto::agent::MAX_FEEDBACK_BATCH {
+            return Err(Error::Invalid(format!(
+                "a feedback batch of {} reports is too large: send at most {} at a time",
+                reports.len(),
+                posup_proto::agent::MAX_FEEDBACK_BATCH
+            )));
+        }
+        let (done, mut outcome) = oneshot::channel();
+        self.lock_queue().push(Pending {
+            device_id,
+            reports,
+            done,
+        });
+        loop {
+            let writer = self.writer.lock().await;
+            match outcome.try_recv() {
+                Ok(o) => return o.map_err(|e| Error::internal("recording reports", e)),
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(Error::internal(
+                        "recording reports",
+                        "the write of this report's group ended without an answer",
+                    ));
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let group = self.take_group();
+            let store = store.clone();
+            let write = tokio::spawn(async move { write(&store, group, &at).await });
+            let _ = write.await;
+            drop(writer);
+        }
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The oldest queued requests, as many as fit in one transaction (at least
+    /// one).
+    fn take_group(&self) -> Vec<Pending> {
+        let mut queue = self.lock_queue();
+        let mut reports = 0;
+        let mut n = 0;
+        for p in queue.iter() {
+            if n > 0 && reports + p.reports.len() > MAX_REPORTS_AT_ONCE {
+                break;
+            }
+            reports += p.reports.len();
+            n += 1;
+        }
+        queue.drain(..n).collect()
+    }
+}
+
+async fn write(store: &Store, group: Vec<Pending>, at: &At) {
+    if group.is_empty() {
+        return;
+    }
+    let all: Vec<(i64, &Feedback)> = group
+        .iter()
+        .flat_map(|p| p.reports.iter().map(move |f| (p.device_id, f)))
+        .collect();
+    match store.record_reports(&all, at).await {
+        Ok(results) => {
+            let mut results = results.into_iter();
+            for p in group {
+                let mine: Vec<_> = results.by_ref().take(p.reports.len()).collect();
+                let _ = p.done.send(Ok(mine));
+            }
+        }
+        Err(e) => {
+            tracing::error!("recording {} reports: {e}", all.len());
+            let message = Arc::new(e.to_string());
+            for p in group {
+                let _ = p.done.send(Err(message.clone()));
+            }
+        }
+    }
+}
