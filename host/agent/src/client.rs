@@ -112,11 +112,30 @@ fn pinned_authorities(path: &Path) -> Result<Vec<reqwest::Certificate>, String> 
 impl Client {
     /// A client of the server at `base` (e.g. `https://posup.example.net`).
     pub fn new(base: &str, transport: &Transport) -> Result<Self, ClientError> {
+        Self::build(base, transport, reqwest::Client::builder())
+    }
+
+    /// A client for many simulated devices, keeping at most `connections` idle
+    /// connections to the server for them to share.
+    pub fn pooled(
+        base: &str,
+        transport: &Transport,
+        connections: usize,
+    ) -> Result<Self, ClientError> {
+        let builder = reqwest::Client::builder().pool_max_idle_per_host(connections);
+        Self::build(base, transport, builder)
+    }
+
+    fn build(
+        base: &str,
+        transport: &Transport,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<Self, ClientError> {
         let failed = |message: String| ClientError::Unreachable {
             url: base.to_owned(),
             message,
         };
-        let mut builder = reqwest::Client::builder()
+        let mut builder = builder
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("posup-agent/", env!("CARGO_PKG_VERSION")))
             .https_only(!transport.insecure_http);

@@ -42,6 +42,10 @@ pub struct FleetConfig {
     pub step_time: Duration,
     /// Enrollments under way at once when the fleet starts.
     pub enroll_concurrency: usize,
+    /// Kept-alive connections the devices share. Real terminals hold one each; one
+    /// process cannot hold 100 000, and a server behind a proxy sees the proxy's
+    /// few anyway.
+    pub connections: usize,
     pub poll: PollConfig,
 }
 
@@ -57,6 +61,7 @@ impl FleetConfig {
             version: "1.0.0".into(),
             step_time: Duration::from_millis(20),
             enroll_concurrency: 32,
+            connections: 4096,
             poll: PollConfig::default(),
         }
     }
@@ -174,7 +179,11 @@ pub async fn run(
         insecure_http: config.server.starts_with("http://"),
         ca_file: None,
     };
-    let base = Arc::new(Client::new(&config.server, &transport)?);
+    let base = Arc::new(Client::pooled(
+        &config.server,
+        &transport,
+        config.connections.max(1),
+    )?);
     let config = Arc::new(config);
     let gate = Arc::new(tokio::sync::Semaphore::new(
         config.enroll_concurrency.max(1),

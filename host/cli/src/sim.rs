@@ -36,6 +36,10 @@ pub struct SimArgs {
     /// Stop after this many seconds; run until Ctrl-C when absent.
     #[arg(long)]
     duration: Option<f64>,
+    /// Kept-alive connections the devices share (a real fleet holds one per
+    /// terminal; a process has too few file descriptors for that at scale).
+    #[arg(long, default_value_t = 4096)]
+    connections: usize,
     /// Print the counters every this many seconds.
     #[arg(long, default_value_t = 5.0)]
     report_every: f64,
@@ -48,6 +52,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
     config.prefix = args.prefix;
     config.version = args.version;
     config.step_time = Duration::from_millis(args.step_ms);
+    config.connections = args.connections;
     let stats = Arc::new(FleetStats::default());
     let printer = {
         let stats = Arc::clone(&stats);

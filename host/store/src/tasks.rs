@@ -911,8 +911,10 @@ impl Store {
     }
 }
 
-/// The most reports [`Store::record_reports`] takes at once.
-pub const MAX_REPORTS_AT_ONCE: usize = 512;
+/// The most reports [`Store::record_reports`] takes at once. Larger groups save
+/// no more: the SQLite driver looks each placeholder up by name in a list, so a
+/// statement's binding cost grows with the square of its placeholders.
+pub const MAX_REPORTS_AT_ONCE: usize = 64;
 
 /// A part named by a feedback batch, as read and then as its reports leave it.
 struct Part {
