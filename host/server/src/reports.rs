@@ -79,6 +79,17 @@ impl Reports {
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
             let group = self.take_group();
+            if group.is_empty() {
+                // Ours is in a write whose leader went away; that write goes on.
+                drop(writer);
+                return match outcome.await {
+                    Ok(o) => o.map_err(|e| Error::internal("recording reports", e)),
+                    Err(_) => Err(Error::internal(
+                        "recording reports",
+                        "the write of this report's group ended without an answer",
+                    )),
+                };
+            }
             let store = store.clone();
             let write = tokio::spawn(async move { write(&store, group, &at).await });
             let _ = write.await;
