@@ -235,7 +235,38 @@ impl Outbox {
             let batch = FeedbackBatch {
                 reports: reports.iter().map(|(_, f)| f.clone()).collect(),
             };
-            let ack = client.feedback_batch(&batch).await?;
+            let ack = match client.feedback_batch(&batch).await {
+                Ok(ack) => ack,
+                Err(ClientError::Status { status, .. }) if refused_for_good(status) => {
+                    // The batch as a whole is refused: a server older than
+                    // batches, or one report it can never take. The oldest goes
+                    // alone, as before batches, so one bad report cannot hold
+                    // up the rest for ever.
+                    let (seq, f) = &reports[0];
+                    done.calls += 1;
+                    match client.feedback(f).await {
+                        Ok(ack) => {
+                            self.remove(*seq, Some(&ack), f.action_id);
+                            done.sent += 1;
+                        }
+                        Err(ClientError::Status {
+                            status, message, ..
+                        }) if refused_for_good(status) => {
+                            tracing::warn!(
+                                key = %f.key,
+                                "the server refused report {} of action {} ({status}: {message}); dropping it",
+                                f.step,
+                                f.action_id
+                            );
+                            self.remove(*seq, None, f.action_id);
+                            done.dropped += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             done.calls += 1;
             for ((seq, f), result) in reports.iter().zip(ack.results) {
                 match result {
@@ -257,6 +288,12 @@ impl Outbox {
             }
         }
     }
+}
+
+/// Whether an answer with `status` means that sending the same request again
+/// cannot succeed.
+fn refused_for_good(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
 }
 
 #[cfg(test)]
@@ -310,5 +347,87 @@ mod tests {
         let o2 = Outbox::memory();
         o2.push(1, report("a")).unwrap();
         assert_ne!(o2.front(1)[0].1.key, first.1.key);
+    }
+
+    /// A server that has no batch route (404), takes report `good` alone and
+    /// refuses every other (422).
+    async fn server_without_batches() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // Head and the whole (small) body.
+                    loop {
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        req.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&req);
+                        let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                            let len = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length: ")
+                                        .map(str::to_owned)
+                                })
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            body.len() >= len
+                        });
+                        if n == 0 || complete {
+                            break;
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req);
+                    let (status, body) = if text.starts_with("POST /api/v1/agent/feedback/batch") {
+                        ("404 Not Found", r#"{"error":"no route"}"#.to_owned())
+                    } else if text.contains(r#""step":"good""#) {
+                        let key = text
+                            .split(r#""key":""#)
+                            .nth(1)
+                            .and_then(|r| r.split('"').next())
+                            .unwrap_or("");
+                        (
+                            "200 OK",
+                            format!(r#"{{"key":"{key}","duplicate":false,"active":true}}"#),
+                        )
+                    } else {
+                        (
+                            "422 Unprocessable Entity",
+                            r#"{"error":"invalid"}"#.to_owned(),
+                        )
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_falls_back_to_single_reports_and_drops_only_the_bad_one() {
+        let url = server_without_batches().await;
+        let client = Client::new(
+            &url,
+            &crate::client::Transport {
+                insecure_http: true,
+                ca_file: None,
+            },
+        )
+        .unwrap();
+        let o = Outbox::memory();
+        o.push(1, report("good")).unwrap();
+        o.push(1, report("bad")).unwrap();
+        o.push(1, report("good")).unwrap();
+        let done = o.flush(&client).await.unwrap();
+        assert_eq!((done.sent, done.dropped), (2, 1), "{done:?}");
+        assert!(o.is_empty());
     }
 }

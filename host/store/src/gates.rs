@@ -27,8 +27,14 @@ use crate::tasks::{PartOnPoll, handed_out};
 use crate::{At, Error, Result, Store, ts};
 use posup_proto::agent::Action;
 
-/// Task kinds with downtime, as SQL.
+/// Task kinds with downtime, as SQL; the same as [`has_downtime`].
 const DOWNTIME_KINDS: &str = "('update', 'forced-update')";
+
+/// Whether a task of `kind` (as stored) has downtime, so its parts start only
+/// once claimed; the same kinds as [`DOWNTIME_KINDS`].
+pub(crate) fn has_downtime(kind: &str) -> bool {
+    matches!(kind, "update" | "forced-update")
+}
 /// Task states whose claimed parts hold a device.
 const HOLDING_TASKS: &str = "('Scheduled', 'Running', 'Paused')";
 

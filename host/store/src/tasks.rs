@@ -1,9 +1,7 @@
 //! Tasks: creation from a group, the state machine, per-device progress from
 //! agent feedback, and the actions handed to polling agents.
 
-use posup_proto::agent::{
-    Action, Feedback, FeedbackAck, FeedbackState, MAX_FEEDBACK_BATCH, PackageRef, PluginRef,
-};
+use posup_proto::agent::{Action, Feedback, FeedbackAck, FeedbackState, PackageRef, PluginRef};
 use posup_proto::api::{
     CreateTask, DeviceTaskState, FailedToGroup, GroupKind, GroupView, StepEvent, TaskCounts,
     TaskDeviceDetail, TaskDeviceQuery, TaskDeviceRow, TaskState, TaskView,
@@ -146,7 +144,7 @@ pub(crate) struct PartOnPoll {
 impl PartOnPoll {
     /// Whether the part has downtime, so it starts only once claimed.
     pub fn downtime(&self) -> bool {
-        self.kind != TaskKind::Download.as_str()
+        crate::gates::has_downtime(&self.kind)
     }
 }
 
@@ -711,28 +709,10 @@ impl Store {
         f: &Feedback,
         at: &At,
     ) -> Result<FeedbackAck> {
-        self.record_feedback_batch(device_id, std::slice::from_ref(f), at)
+        self.record_reports(&[(device_id, f)], at)
             .await?
             .pop()
             .expect("one result per report")
-    }
-
-    /// Records reports of one device, oldest first, in one transaction: see
-    /// [`Store::record_reports`].
-    pub async fn record_feedback_batch(
-        &self,
-        device_id: i64,
-        reports: &[Feedback],
-        at: &At,
-    ) -> Result<Vec<Result<FeedbackAck>>> {
-        if reports.len() > MAX_FEEDBACK_BATCH {
-            return Err(Error::Invalid(format!(
-                "a feedback batch of {} reports is too large: send at most {MAX_FEEDBACK_BATCH} at a time",
-                reports.len()
-            )));
-        }
-        let reports: Vec<(i64, &Feedback)> = reports.iter().map(|f| (device_id, f)).collect();
-        self.record_reports(&reports, at).await
     }
 
     /// Records reports, each with the device whose token sent it, in one

@@ -949,7 +949,7 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
             .unwrap();
         let mut no_message = report(a2.action_id, d2, "k3", FeedbackState::Ok);
         no_message.message = None;
-        let batch = vec![
+        let batch = [
             report(a2.action_id, d2, "k1", FeedbackState::Started),
             report(a2.action_id, d2, "k2", FeedbackState::Ok),
             no_message,
@@ -961,10 +961,8 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
             report(a2.action_id, d2, "k5", FeedbackState::Committed),
             report(a2.action_id, d2, "k6", FeedbackState::Ok),
         ];
-        let results = store
-            .record_feedback_batch(d2, &batch, &at(now))
-            .await
-            .unwrap();
+        let batch: Vec<(i64, &Feedback)> = batch.iter().map(|f| (d2, f)).collect();
+        let results = store.record_reports(&batch, &at(now)).await.unwrap();
         let shape: Vec<Option<(bool, bool)>> = results
             .iter()
             .map(|r| r.as_ref().ok().map(|a| (a.duplicate, a.active)))
@@ -1056,9 +1054,10 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
         );
         let polled = store.poll_actions(ask(d4), &at(now), now).await.unwrap();
         assert!(polled.actions.is_empty() && polled.idle, "its part ended");
-        let too_many = vec![report(a4.action_id, d4, "k9", FeedbackState::Ok); 65];
+        let f9 = report(a4.action_id, d4, "k9", FeedbackState::Ok);
+        let too_many = vec![(d4, &f9); 65];
         assert!(matches!(
-            store.record_feedback_batch(d4, &too_many, &at(now)).await,
+            store.record_reports(&too_many, &at(now)).await,
             Err(Error::Invalid(ref m)) if m.contains("at most 64")
         ));
     })
