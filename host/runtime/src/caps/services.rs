@@ -573,6 +573,11 @@ pub struct Processes {
     run_dir: PathBuf,
     specs: BTreeMap<String, ProcessSpec>,
     stop_timeout: Duration,
+    /// Pids this host started whose exit it has not recorded yet. Such a
+    /// process is still the service's even while it is between fork and exec
+    /// (its command line is the host's) or exited but not yet reaped: reporting
+    /// it `stopped` then would hide how a one-shot service ended.
+    unreaped: Arc<Mutex<std::collections::HashSet<i32>>>,
 }
 
 /// A pidfile or exit record in the run directory, read through its handle: a
@@ -606,6 +611,7 @@ impl Processes {
             run_dir: run_dir.into(),
             specs: BTreeMap::new(),
             stop_timeout: Duration::from_secs(10),
+            unreaped: Arc::default(),
         }
     }
 
@@ -719,6 +725,9 @@ impl Processes {
         let Some(rec) = self.recorded(name)? else {
             return Ok(State::Stopped);
         };
+        if self.is_unreaped(rec.pid) {
+            return Ok(State::Running);
+        }
         let failed = self
             .run_folder()?
             .and_then(|folder| read_record(folder.as_fd(), &format!("{name}.exit")).ok())
@@ -787,7 +796,10 @@ impl Processes {
         }
         // Reaping on a thread of its own keeps the process from lingering as a
         // zombie of a long-running host (the agent) and records how it ended.
+        let unreaped = self.unreaped.clone();
+        lock(&unreaped).insert(pid);
         std::thread::spawn(move || {
+            let _done = Unreaped(unreaped, pid);
             if let Ok(status) = child.wait() {
                 let still_ours = read_record(folder.as_fd(), &pidfile)
                     .ok()
@@ -802,6 +814,10 @@ impl Processes {
             }
         });
         Ok(())
+    }
+
+    fn is_unreaped(&self, pid: i32) -> bool {
+        lock(&self.unreaped).contains(&pid)
     }
 
     async fn stop_now(&self, name: &str) -> CapResult<()> {
@@ -852,6 +868,22 @@ impl Processes {
             let _ = rustix::process::kill_process_group(pid, Signal::KILL);
         }
         self.clear(name)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The set stays consistent whatever a panicking holder did: inserts and
+    // removes are single operations.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes a reaped pid out of [`Processes::unreaped`] once its exit is
+/// recorded, or when the reaper gives up.
+struct Unreaped(Arc<Mutex<std::collections::HashSet<i32>>>, i32);
+
+impl Drop for Unreaped {
+    fn drop(&mut self) {
+        lock(&self.0).remove(&self.1);
     }
 }
 
@@ -1165,6 +1197,27 @@ mod tests {
         );
         same.kill().unwrap();
         same.wait().unwrap();
+    }
+
+    /// A caller that waits for a one-shot service (UKM 5's `up.sh`) to end
+    /// must see how it ended, never "stopped" in the moment between its exit
+    /// and the reaper's record.
+    #[tokio::test]
+    async fn a_service_seen_ending_has_its_exit_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Processes::new(tmp.path().join("run"))
+            .with_service("bad", ProcessSpec::new("/bin/sh").args(["-c", "exit 3"]));
+        for _ in 0..200 {
+            p.start("bad").await.unwrap();
+            let state = loop {
+                match p.status("bad").await.unwrap() {
+                    State::Running => std::thread::yield_now(),
+                    other => break other,
+                }
+            };
+            assert_eq!(state, State::Failed);
+            p.stop("bad").await.unwrap();
+        }
     }
 
     #[tokio::test]
