@@ -1,9 +1,11 @@
 //! The IceCash plugin through `posup apply`, against a simulated register whose
 //! `dIceCash` and `DTPrint` services really run.
 //!
-//! Fixture terminal: the register's file system under `register/`
-//! (`home/kassir/dIceCash`, `var/lib/mysql/IceCash/tb_sets.txt`), logs under
-//! `logs/`. The server's variables `version` and `update` are passed with `--var`.
+//! Fixture terminal: the register's `/home/kassir` (which holds `dIceCash`) is
+//! the product folder, logs under `logs/`. The server's variables are passed with
+//! `--var`. A *bare* register is only what the IceCash document names: the
+//! program folder and its two services, no log the plugin is told of; a *logged*
+//! one names dIceCash's output (`icecash-log`), whose start line the plugin reads.
 
 use std::time::Duration;
 
@@ -24,19 +26,32 @@ const SERVICES: [Service; 2] = [
     },
 ];
 
+/// The variables of a register whose dIceCash output the plugin reads.
+const LOGGED: [(&str, &str); 2] = [
+    ("icecash-log", "dIceCash.log"),
+    ("icecash-settle-secs", "1"),
+];
+/// The variables of a bare register: verify goes by the services' state.
+const BARE: [(&str, &str); 1] = [("icecash-settle-secs", "2")];
+
 /// A register running dIceCash `version`; `scripts` is whether the device type
 /// grants package scripts.
 async fn register(version: &str, scripts: bool) -> Terminal {
-    let t = Terminal::new("register", &SERVICES, scripts);
+    let t = Terminal::new("register/home/kassir", &SERVICES, scripts);
     icecash::init_icecash(&t.product, &t.logs, version).unwrap();
     let services = t.services();
     services.start("DTPrint").await.unwrap();
     services.start("dIceCash").await.unwrap();
-    wait_for("dIceCash to serve", Duration::from_secs(30), || {
+    wait_for("dIceCash to start", Duration::from_secs(30), || {
         t.log(icecash::DICECASH_LOG)
-            .contains("Serving the register interface")
+            .contains("Start dIceCash Server v")
     });
     t
+}
+
+/// The server variables `vars` with those of the fixture's kind.
+fn with<'a>(kind: &[(&'a str, &'a str)], vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    kind.iter().chain(vars).copied().collect()
 }
 
 fn program_version(t: &Terminal, dir: &str) -> Option<String> {
@@ -50,7 +65,7 @@ async fn a_program_upgrade_renames_the_old_program_and_tells_the_cashier() {
     let out = t.apply(
         "icecash",
         &t.package("icecash", "2.0.060"),
-        &[("version", "2.0.060")],
+        &with(&LOGGED, &[("version", "2.0.060")]),
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
@@ -63,7 +78,10 @@ async fn a_program_upgrade_renames_the_old_program_and_tells_the_cashier() {
         old_program
     );
     let log = t.log(icecash::DICECASH_LOG);
-    assert!(log.contains("IceCash 2.0.060 started"), "{log}");
+    assert!(
+        log.contains("Start dIceCash Server v 2.0.060 [10110]"),
+        "{log}"
+    );
     assert!(
         t.log(icecash::DTPRINT_LOG)
             .matches("DTPrint started")
@@ -80,13 +98,80 @@ async fn a_program_upgrade_renames_the_old_program_and_tells_the_cashier() {
     let inv = t.inventory("icecash").await;
     assert_eq!(inv.version, "2.0.060");
     assert_eq!(inv.state, "running");
-    assert_eq!(detail(&inv, "printer"), Some("KKM_FPRINT"));
-    assert_eq!(detail(&inv, "environment-update"), Some("000"));
+    assert_eq!(detail(&inv, "DTPrint"), Some("running"));
+    // No environment update has run through posup yet.
+    assert_eq!(detail(&inv, "environment-update"), Some(""));
     assert_eq!(detail(&inv, "previous-program"), Some("2.0.059"));
-    icecash::set_printer(&t.product, "KKM_SHTRIHM", "shtrihm").unwrap();
-    let inv = t.inventory("icecash").await;
-    assert_eq!(detail(&inv, "printer"), Some("KKM_SHTRIHM"));
-    assert_eq!(detail(&inv, "printer-name"), Some("shtrihm"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bare_register_is_upgraded_and_rolled_back_by_its_services_state() {
+    let t = register("2.0.059", false).await;
+    let before = snapshot(&t.product);
+    // A program that dies on start: the services' state alone shows it.
+    let out = t.apply(
+        "icecash",
+        &t.package("icecash", "2.0.061-broken"),
+        &with(&BARE, &[("version", "2.0.061")]),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("dIceCash is")
+            && err.contains("after the upgrade")
+            && err.contains("rolled back"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t.product), before);
+
+    let out = t.apply(
+        "icecash",
+        &t.package("icecash", "2.0.060"),
+        &with(&BARE, &[("version", "2.0.060")]),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        program_version(&t, icecash::PROGRAM_DIR).as_deref(),
+        Some("2.0.060")
+    );
+    assert_eq!(
+        program_version(&t, icecash::PREVIOUS_DIR).as_deref(),
+        Some("2.0.059")
+    );
+    assert!(
+        stderr(&out).contains("Программа IceCash обновлена до версии 2.0.060"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_line_of_another_version_fails_the_upgrade() {
+    let t = register("2.0.059", false).await;
+    let before = snapshot(&t.product);
+    // The register is told to expect another start line than the program prints.
+    let out = t.apply(
+        "icecash",
+        &t.package("icecash", "2.0.060"),
+        &with(
+            &LOGGED,
+            &[
+                ("version", "2.0.060"),
+                (
+                    "icecash-started",
+                    "Start dIceCash Server v {version} [10119]",
+                ),
+                ("icecash-verify-timeout", "5"),
+            ],
+        ),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("dIceCash started another version: "),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&t.product), before);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -95,17 +180,32 @@ async fn a_program_upgrade_needs_the_servers_version() {
     let before = snapshot(&t.product);
     let package = t.package("icecash", "2.0.060");
 
-    let out = t.apply("icecash", &package, &[]);
+    let out = t.apply("icecash", &package, &BARE);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("the server variable `version` is not set"),
         "{}",
         stderr(&out)
     );
-    let out = t.apply("icecash", &package, &[("version", "2.0.061")]);
+    let out = t.apply("icecash", &package, &with(&BARE, &[("version", "2.0.061")]));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("offers 2.0.061"), "{}", stderr(&out));
-    let out = t.apply("icecash", &package, &[("version", "2.0.059")]);
+    let out = t.apply("icecash", &package, &with(&BARE, &[("version", "2.0.059")]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // A log the server names must be a file of the logs folder, never a path.
+    let out = t.apply(
+        "icecash",
+        &package,
+        &[
+            ("version", "2.0.060"),
+            ("icecash-log", "../register/home/kassir/x"),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("must name a file in the device's logs folder"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(snapshot(&t.product), before);
 }
@@ -125,7 +225,7 @@ async fn a_program_that_does_not_start_is_rolled_back_byte_for_byte() {
     let out = t.apply(
         "icecash",
         &t.package("icecash", "2.0.061-broken"),
-        &[("version", "2.0.061")],
+        &with(&LOGGED, &[("version", "2.0.061")]),
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
@@ -140,7 +240,7 @@ async fn a_program_that_does_not_start_is_rolled_back_byte_for_byte() {
         Duration::from_secs(30),
         || {
             t.log(icecash::DICECASH_LOG)
-                .matches("IceCash 2.0.059 started")
+                .matches("Start dIceCash Server v 2.0.059")
                 .count()
                 == 2
         },
@@ -160,7 +260,6 @@ async fn an_environment_update_runs_install_sh_where_scripts_are_granted() {
         &[("update", "001")],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(icecash::read_sets(&t.product).unwrap()["update"], "001");
     let inv = t.inventory("icecash").await;
     assert_eq!(detail(&inv, "environment-update"), Some("001"));
     assert_eq!(inv.version, "2.0.059");
@@ -172,7 +271,7 @@ async fn an_environment_update_runs_install_sh_where_scripts_are_granted() {
     );
     assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
     assert!(
-        stderr(&again).contains("already at update 001"),
+        stderr(&again).contains("already ran environment update 001"),
         "{}",
         stderr(&again)
     );
@@ -213,7 +312,8 @@ async fn a_failing_install_sh_leaves_the_register_as_it_was() {
         "{err}"
     );
     assert_eq!(snapshot(&t.product), before);
-    assert_eq!(icecash::read_sets(&t.product).unwrap()["update"], "000");
+    let inv = t.inventory("icecash").await;
+    assert_eq!(detail(&inv, "environment-update"), Some(""));
     // The register kept running throughout.
     assert_eq!(
         t.services().status("dIceCash").await.unwrap(),

@@ -2,18 +2,20 @@
 //! register's web interface, port 10110) and the `DTPrint` printer service (port
 //! 10111), each a process of its own, as systemd runs them on a register.
 //!
-//! The product folder stands for the register's file system: the program in
-//! `home/kassir/dIceCash` (its version is the `VERSION` constant in
-//! `dIceCash.py`, as the real program takes it), the previous program in
-//! `home/kassir/dIceCash_` after a program upgrade, and the register's settings,
-//! the MySQL table `tb_sets`, kept as `name = value` lines in
-//! `var/lib/mysql/IceCash/tb_sets.txt`: the server variables the register applied
-//! (`version`, `update`, `sets`), its place and register numbers, and the printer
-//! DTPrint drives (`d_name`, `d_devtype`).
+//! The product folder is the register's `/home/kassir`: the program in
+//! `dIceCash` (its version is the `VERSION` constant in `dIceCash.py`, as the
+//! real program takes it) and the previous program in `dIceCash_` after a
+//! program upgrade. The register's settings, the MySQL table `tb_sets`, are
+//! simulated as `name = value` lines in the register's
+//! `/var/lib/mysql/IceCash/tb_sets.txt` (two folders above the product folder):
+//! the server variables the register applied (`version`, `update`, `sets`), its
+//! place and register numbers, and the printer DTPrint drives. The plugin reads
+//! none of it; it is there so the services print what a real register prints.
 //!
 //! Started, `dIceCash` checks its Python modules are all there: a program folder
 //! that lacks one fails the way Python does, with a traceback in its log and exit
-//! code 1. The layout and log lines are in plugins/icecash/README.md.
+//! code 1; otherwise it prints the program's own start line,
+//! `Start dIceCash Server v 2.0.060 [10110]`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,15 +31,18 @@ use crate::process::{
 use crate::product_log::ProductLog;
 
 /// The program folder, in the product folder.
-pub const PROGRAM_DIR: &str = "home/kassir/dIceCash";
+pub const PROGRAM_DIR: &str = "dIceCash";
 /// Where a program upgrade moves the previous program.
-pub const PREVIOUS_DIR: &str = "home/kassir/dIceCash_";
+pub const PREVIOUS_DIR: &str = "dIceCash_";
 /// The file whose `VERSION` constant is the program's version.
-pub const MAIN_FILE: &str = "home/kassir/dIceCash/dIceCash.py";
+pub const MAIN_FILE: &str = "dIceCash/dIceCash.py";
 /// DTPrint's program, inside the program folder.
-pub const DTPRINT_FILE: &str = "home/kassir/dIceCash/DTPrint/DTPrint.py";
-/// The register's settings (the MySQL table `tb_sets`).
-pub const SETS_FILE: &str = "var/lib/mysql/IceCash/tb_sets.txt";
+pub const DTPRINT_FILE: &str = "dIceCash/DTPrint/DTPrint.py";
+/// The register's settings (the MySQL table `tb_sets`), from the product folder
+/// (`/home/kassir`) to the register's `/var/lib/mysql`.
+pub const SETS_FILE: &str = "../../var/lib/mysql/IceCash/tb_sets.txt";
+/// Where the product folder is on a register, for the paths Python prints.
+const HOME: &str = "/home/kassir";
 /// dIceCash's log, in the log folder.
 pub const DICECASH_LOG: &str = "dIceCash.log";
 /// DTPrint's log, in the log folder.
@@ -115,7 +120,7 @@ pub fn program_version(main_py: &str) -> Option<String> {
 /// `sim-product dicecash`: runs the dIceCash service in the foreground.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DIceCashArgs {
-    /// The register's file system: `home/kassir/dIceCash`, `var/lib/mysql/…`.
+    /// The register's `/home/kassir`, which holds `dIceCash`.
     #[arg(long)]
     pub product: PathBuf,
     /// The folder of `dIceCash.log`.
@@ -187,7 +192,7 @@ impl DIceCash {
 impl SimProcess for DIceCash {
     fn start(&mut self) -> io::Result<()> {
         let main = self.product.join(MAIN_FILE);
-        let shown = format!("/{MAIN_FILE}");
+        let shown = format!("{HOME}/{MAIN_FILE}");
         let source = match fs::read_to_string(&main) {
             Ok(s) => s,
             Err(e) => {
@@ -217,19 +222,12 @@ impl SimProcess for DIceCash {
             ));
         };
         let sets = read_sets(&self.product).unwrap_or_default();
-        let get = |k: &str| sets.get(k).map(String::as_str).unwrap_or("?");
         self.log.info(
             "dIceCash",
             &format!(
-                "IceCash {version} started: place {}, register {}, environment update {}",
-                get("idplace"),
-                get("nkassa"),
-                get("update")
+                "Start dIceCash Server v {version} [{}]",
+                sets.get("server_port").map_or("10110", String::as_str)
             ),
-        )?;
-        self.log.info(
-            "dIceCash",
-            &format!("Serving the register interface on *:{}", get("server_port")),
         )
     }
 
@@ -265,7 +263,7 @@ impl SimProcess for DtPrint {
         let main = self.product.join(DTPRINT_FILE);
         if !main.is_file() {
             let error = format!(
-                "python: can't open file '/{DTPRINT_FILE}': [Errno 2] No such file or directory\n"
+                "python: can't open file '{HOME}/{DTPRINT_FILE}': [Errno 2] No such file or directory\n"
             );
             append_raw(self.log.path(), &error)?;
             return Err(io::Error::other(error.trim_end().to_owned()));
@@ -448,8 +446,13 @@ mod tests {
     #[test]
     fn an_installed_register_looks_like_one() {
         let tmp = tempfile::tempdir().unwrap();
-        let product = tmp.path().join("register");
+        let product = tmp.path().join("register/home/kassir");
         init_icecash(&product, &tmp.path().join("logs"), "2.0.059").unwrap();
+        assert!(
+            tmp.path()
+                .join("register/var/lib/mysql/IceCash/tb_sets.txt")
+                .is_file()
+        );
         let main = fs::read_to_string(product.join(MAIN_FILE)).unwrap();
         assert_eq!(program_version(&main).as_deref(), Some("2.0.059"));
         assert!(main.contains("VERSION     = '2.0.059'"));
@@ -470,15 +473,21 @@ mod tests {
     #[test]
     fn both_services_start_and_stop() {
         let tmp = tempfile::tempdir().unwrap();
-        let (product, logs) = (tmp.path().join("register"), tmp.path().join("logs"));
+        let (product, logs) = (
+            tmp.path().join("register/home/kassir"),
+            tmp.path().join("logs"),
+        );
         init_icecash(&product, &logs, "2.0.059").unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (p1, l1, s1) = (product.clone(), logs.clone(), stop.clone());
         let a = std::thread::spawn(move || run_dicecash_until(&p1, &l1, &s1));
         let (p2, l2, s2) = (product.clone(), logs.clone(), stop.clone());
         let b = std::thread::spawn(move || run_dtprint_until(&p2, &l2, &s2));
-        let log = wait_for(&logs.join(DICECASH_LOG), |t| t.contains("Serving"));
-        assert!(log.contains("INFO  [dIceCash] IceCash 2.0.059 started: place 12, register 1, environment update 000"), "{log}");
+        let log = wait_for(&logs.join(DICECASH_LOG), |t| t.contains("Start"));
+        assert!(
+            log.contains("INFO  [dIceCash] Start dIceCash Server v 2.0.059 [10110]"),
+            "{log}"
+        );
         let log = wait_for(&logs.join(DTPRINT_LOG), |t| t.contains("ready"));
         assert!(
             log.contains("Printer fprint (KKM_FPRINT) on /dev/ttyS0: ready"),
@@ -498,7 +507,10 @@ mod tests {
     #[test]
     fn a_missing_module_fails_like_python() {
         let tmp = tempfile::tempdir().unwrap();
-        let (product, logs) = (tmp.path().join("register"), tmp.path().join("logs"));
+        let (product, logs) = (
+            tmp.path().join("register/home/kassir"),
+            tmp.path().join("logs"),
+        );
         init_icecash(&product, &logs, "2.0.059").unwrap();
         fs::remove_file(product.join(PROGRAM_DIR).join("dbIceCash.py")).unwrap();
         let stop = AtomicBool::new(false);

@@ -12,55 +12,70 @@
 //!   variable names this level. The archive is unpacked and its `install.sh` run
 //!   (as root on a register) — only through the host's `services.run-script`,
 //!   so only where the device type grants scripts; elsewhere the update is
-//!   refused before anything changes. The level reached is recorded in the
-//!   register's settings (`update` in `tb_sets`). What the script itself did to
-//!   the system cannot be undone: a rollback restores the record only.
+//!   refused before anything changes. The level reached is posup's own record
+//!   (the plugin's kv store): IceCash keeps its settings in the MySQL table
+//!   `tb_sets`, which a plugin cannot read. What the script itself did to the
+//!   system cannot be undone.
 //!
-//! `inventory` reports what IceCash sends its server with every request: the
-//! program version, the environment-update version and the printer model.
-//!
-//! Layout (plugins/icecash/README.md has the whole picture): `/product` is the
-//! register's file system — `home/kassir/dIceCash/dIceCash.py` (its `VERSION`
-//! constant is the program's version), `home/kassir/dIceCash_/`,
-//! `var/lib/mysql/IceCash/tb_sets.txt`; logs `/logs/dIceCash.log`, `/logs/DTPrint.log`.
+//! `/product` is the folder that holds `dIceCash` (`/home/kassir` on the
+//! document's registers; the device configuration says where). Nothing else of
+//! the register is read: the document names no log file, so dIceCash's output is
+//! read only where the server variable `icecash-log` names it, and otherwise
+//! verify goes by the services' state. plugins/icecash/README.md lists every
+//! source.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use posup_plugin_common::{
-    Watch, exists, file_name, package_text, remember_log_end, remembered_mark, stop_text,
-    version_in_name, wait_limit, watch_log,
+    Watch, exists, file_name, package_text, remembered_mark, stop_text, version_in_name,
+    wait_limit, watch_log,
 };
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, ModuleVersion, Outcome,
     PackageInfo, Plugin, PluginInfo, StepContext, Stop, archive, compare_versions, fs, kv, log,
-    progress, prompt, services, step, vars,
+    logs, progress, prompt, services, step, vars,
 };
 
 const DICECASH: &str = "dIceCash";
 const DTPRINT: &str = "DTPrint";
-const PROGRAM: &str = "/product/home/kassir/dIceCash";
-const PREVIOUS: &str = "/product/home/kassir/dIceCash_";
-const MAIN: &str = "/product/home/kassir/dIceCash/dIceCash.py";
-const SETS: &str = "/product/var/lib/mysql/IceCash/tb_sets.txt";
-const DICECASH_LOG: &str = "/logs/dIceCash.log";
-const DTPRINT_LOG: &str = "/logs/DTPrint.log";
+const PROGRAM: &str = "/product/dIceCash";
+const PREVIOUS: &str = "/product/dIceCash_";
+const MAIN: &str = "/product/dIceCash/dIceCash.py";
 /// The `dIceCash_` of an earlier upgrade, moved aside while this one runs.
 const BACKUP_PREVIOUS: &str = "/backup/dIceCash_";
-const BACKUP_SETS: &str = "/backup/tb_sets.txt";
 const PROGRAM_PREFIX: &str = "dIceCash_";
 const PROGRAM_SUFFIXES: [&str; 3] = [".tgz", ".tar.gz", ".tar.bz2"];
 const ENV_PREFIX: &str = "iceupd_";
-/// How long verify waits for the services to come up, unless the server sets
+/// The server variable naming dIceCash's output file under `/logs`.
+const DICECASH_LOG_VAR: &str = "icecash-log";
+/// The server variable naming DTPrint's output file under `/logs`.
+const DTPRINT_LOG_VAR: &str = "dtprint-log";
+/// The server variable with the line dIceCash prints when it has started.
+const STARTED_VAR: &str = "icecash-started";
+/// What dIceCash prints when it has started (`{version}` is the program's
+/// version): the program's own start line, `Start dIceCash Server v 2.0.060 [10110]`.
+const STARTED_DEFAULT: &str = "Start dIceCash Server v {version}";
+/// What in a service's output means it failed: Python ends a traceback with
+/// `SomeError: why`, the line that names the cause.
+const ERROR_PATTERNS: [&str; 3] = [" ERROR ", "Error:", "can't open file"];
+/// How long verify waits for dIceCash's start line, unless the server sets
 /// `icecash-verify-timeout` (seconds).
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long both services must keep running after the upgrade before it is
+/// taken as good, unless the server sets `icecash-settle-secs`. A Python program
+/// missing a module or a setting dies within a second or two of its start.
+const SETTLE: Duration = Duration::from_secs(10);
 /// How long an environment script may run: they install system packages.
 const SCRIPT_TIMEOUT_SECS: u32 = 3_600;
-const KV_KEYS: [&str; 8] = [
+/// The environment-update level this register reached: posup's record, kept
+/// across updates (not one of [`KV_KEYS`]).
+const LEVEL_KEY: &str = "environment-update";
+/// What one update remembers between its steps; gone after commit or rollback.
+const KV_KEYS: [&str; 7] = [
     "staged",
     "applied",
     "previous-moved",
     "renamed",
-    "sets-saved",
     "was-running",
     "dicecash-mark",
     "dtprint-mark",
@@ -90,7 +105,7 @@ impl Plugin for IceCash {
         PluginInfo {
             name: "icecash".into(),
             vendor: "posup".into(),
-            version: "0.1.0".into(),
+            version: "0.2.0".into(),
             description:
                 "IceCash registers: dIceCash program upgrades and environment upgrades (install.sh)"
                     .into(),
@@ -109,6 +124,7 @@ impl Plugin for IceCash {
                         dir: Dir::Backup,
                         write: true,
                     },
+                    // Only where the server names the services' output files.
                     DirRequest {
                         dir: Dir::Logs,
                         write: false,
@@ -123,26 +139,17 @@ impl Plugin for IceCash {
 
     fn inventory() -> Result<Inventory, String> {
         let version = installed_version().map_err(stop_text)?;
-        let sets = read_sets().map_err(stop_text)?;
-        let get = |k: &str| sets.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let environment = get("update").unwrap_or_default();
-        let mut details = vec![
-            ("printer".to_owned(), get("d_devtype").unwrap_or_default()),
-            ("printer-name".to_owned(), get("d_name").unwrap_or_default()),
-            ("environment-update".to_owned(), environment.clone()),
-        ];
-        if let Some(v) = get("version") {
+        let environment = kv::get(LEVEL_KEY)
+            .map_err(|e| e.message)?
+            .unwrap_or_default();
+        let mut details = vec![("environment-update".to_owned(), environment.clone())];
+        if let Some(v) = vars::get("version") {
             details.push(("server-version".into(), v));
         }
         if let Ok(previous) = program_version(&format!("{PREVIOUS}/dIceCash.py")) {
             details.push(("previous-program".into(), previous));
         }
-        let status = |name: &str| match services::status(name) {
-            Ok(services::State::Running) => "running",
-            Ok(services::State::Stopped) => "stopped",
-            Ok(services::State::Failed) => "failed",
-            Err(_) => "unknown",
-        };
+        let status = |name: &str| services::status(name).map_or("unknown", state_name);
         let state = status(DICECASH);
         details.push(("DTPrint".into(), status(DTPRINT).into()));
         Ok(Inventory {
@@ -279,10 +286,9 @@ impl Plugin for IceCash {
         step(|| match Kind::of(&ctx) {
             Kind::Program => verify_program(&ctx),
             Kind::Environment => {
-                let level = sets_value("update")?.unwrap_or_default();
-                if level != ctx.info.version {
+                if kv::get("applied")?.as_deref() != Some(ctx.info.version.as_str()) {
                     return Err(Stop::failed(format!(
-                        "{SETS}: the environment update level is {level}, expected {}",
+                        "environment update {}: install.sh has not completed on this register",
                         ctx.info.version
                     )));
                 }
@@ -293,10 +299,12 @@ impl Plugin for IceCash {
 
     fn commit(ctx: StepContext) -> Outcome {
         step(|| {
+            if Kind::of(&ctx) == Kind::Environment {
+                kv::set(LEVEL_KEY, &ctx.info.version)?;
+            }
             // The dIceCash_ of an earlier upgrade is superseded by the one this
             // upgrade made; the program IceCash returns to is the one just replaced.
             fs::remove_tree(BACKUP_PREVIOUS)?;
-            fs::remove_tree(BACKUP_SETS)?;
             fs::remove_tree(&staged_dir(&ctx))?;
             for key in KV_KEYS {
                 kv::delete(key)?;
@@ -307,16 +315,12 @@ impl Plugin for IceCash {
 
     fn rollback(ctx: StepContext) -> Outcome {
         step(|| {
+            // An environment update changes nothing posup could restore: its
+            // level is recorded only at commit.
             let start = match Kind::of(&ctx) {
                 Kind::Program => rollback_program(&ctx)?,
-                Kind::Environment => {
-                    if kv::get("sets-saved")?.is_some() && exists(BACKUP_SETS) {
-                        replace_sets_from(BACKUP_SETS)?;
-                    }
-                    false
-                }
+                Kind::Environment => false,
             };
-            fs::remove_tree(BACKUP_SETS)?;
             fs::remove_tree(&staged_dir(&ctx))?;
             for key in KV_KEYS {
                 kv::delete(key)?;
@@ -337,7 +341,8 @@ fn staged_dir(ctx: &StepContext) -> String {
     }
 }
 
-/// The `VERSION = '…'` of a `dIceCash.py`.
+/// The `VERSION = '…'` of a `dIceCash.py`: IceCash takes its own version from a
+/// constant of the program.
 fn version_in_source(source: &str) -> Option<String> {
     source.lines().find_map(|l| {
         let (name, value) = l.split_once('=')?;
@@ -353,29 +358,11 @@ fn program_version(main: &str) -> Result<String, Stop> {
 fn installed_version() -> Result<String, Stop> {
     if !exists(MAIN) {
         return Err(Stop::failed(format!(
-            "no IceCash program at {PROGRAM}: {MAIN} is missing"
+            "no IceCash program at {PROGRAM}: {MAIN} is missing (the device configuration's \
+             `product` folder must be the one that holds dIceCash, e.g. /home/kassir)"
         )));
     }
     program_version(MAIN)
-}
-
-/// The rows of `tb_sets`, in file order.
-fn read_sets() -> Result<Vec<(String, String)>, Stop> {
-    let text = std::fs::read_to_string(SETS).at(SETS)?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect())
-}
-
-fn sets_value(name: &str) -> Result<Option<String>, Stop> {
-    Ok(read_sets()?
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v))
 }
 
 /// A server variable this register must have; IceCash acts only on them.
@@ -388,6 +375,77 @@ fn server_var(name: &str, why: &str) -> Result<String, Stop> {
                 "the server variable `{name}` is not set for this register: {why}"
             ))
         })
+}
+
+/// The guest path of a service's output file named by the server variable
+/// `var`, when one is set. Only a plain file name under `/logs` is taken.
+fn output_file(var: &str) -> Result<Option<String>, Stop> {
+    let Some(name) = vars::get(var).map(|v| v.trim().to_owned()) else {
+        return Ok(None);
+    };
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if name.contains('/') || name == "." || name == ".." {
+        return Err(Stop::failed(format!(
+            "the server variable `{var}` must name a file in the device's logs folder, not a path: {name}"
+        )));
+    }
+    Ok(Some(format!("/logs/{name}")))
+}
+
+/// Remembers where `log` ends now under `key`; a log not written yet is read
+/// from its start later.
+fn remember_output_end(key: &str, log: &str) -> Result<(), Stop> {
+    match logs::end(log) {
+        Ok(mark) => kv::set(key, &format!("{}:{}", mark.file_id, mark.offset))?,
+        Err(e) if e.kind == ErrorKind::NotFound => kv::delete(key)?,
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// What a line holding the start pattern says: `Some(true)` when it is the
+/// start line of `version`, `Some(false)` when another version started, `None`
+/// when the line is not a start line. `template` is the start line with
+/// `{version}` where the version stands.
+fn start_line(line: &str, template: &str, version: &str) -> Option<bool> {
+    let Some((before, after)) = template.split_once("{version}") else {
+        return line.contains(template).then_some(true);
+    };
+    let at = line.find(before)? + before.len();
+    let rest = &line[at..];
+    let started = rest
+        .split(|c: char| !(c.is_ascii_alphanumeric() || ".-_".contains(c)))
+        .next()
+        .unwrap_or("");
+    Some(started == version && rest[started.len()..].starts_with(after.trim_end()))
+}
+
+/// The configured start line (`icecash-started`) and the text a log scan looks
+/// for: what stands before `{version}`, which must not be empty.
+fn start_template() -> Result<(String, String), Stop> {
+    let template = vars::get(STARTED_VAR)
+        .filter(|t| !t.trim().is_empty())
+        .unwrap_or_else(|| STARTED_DEFAULT.to_owned());
+    let pattern = match template.split_once("{version}") {
+        None => template.clone(),
+        Some((before, _)) => before.to_owned(),
+    };
+    if pattern.trim().is_empty() {
+        return Err(Stop::failed(format!(
+            "the server variable `{STARTED_VAR}` must have text before {{version}}, as in `{STARTED_DEFAULT}`"
+        )));
+    }
+    Ok((template, pattern))
+}
+
+fn state_name(state: services::State) -> &'static str {
+    match state {
+        services::State::Running => "running",
+        services::State::Stopped => "stopped",
+        services::State::Failed => "failed",
+    }
 }
 
 fn precheck_program(ctx: &StepContext) -> Result<(), Stop> {
@@ -407,6 +465,10 @@ fn precheck_program(ctx: &StepContext) -> Result<(), Stop> {
             "the register already runs dIceCash {installed}, the version the server offers; nothing to upgrade"
         )));
     }
+    // Refused here, before anything changes, rather than at verify.
+    output_file(DICECASH_LOG_VAR)?;
+    output_file(DTPRINT_LOG_VAR)?;
+    start_template()?;
     log::info(&format!(
         "the server offers dIceCash {offered}; the register runs {installed}"
     ));
@@ -425,10 +487,10 @@ fn precheck_environment(ctx: &StepContext) -> Result<(), Stop> {
             "the server's `update` variable asks for environment update {wanted}, but this package is {level}"
         )));
     }
-    let done = sets_value("update")?.unwrap_or_default();
+    let done = kv::get(LEVEL_KEY)?.unwrap_or_default();
     if !done.is_empty() && compare_versions(&done, level).is_ge() {
         return Err(Stop::failed(format!(
-            "the register's environment is already at update {done} ({SETS}); nothing to run"
+            "posup already ran environment update {done} on this register; nothing to run"
         )));
     }
     Ok(())
@@ -482,8 +544,12 @@ fn apply_program(ctx: &StepContext) -> Result<(), Stop> {
         fs::copy_tree(&staged_program, PROGRAM)?;
         kv::set("applied", version)?;
     }
-    remember_log_end("dicecash-mark", DICECASH_LOG)?;
-    remember_log_end("dtprint-mark", DTPRINT_LOG)?;
+    if let Some(log) = output_file(DICECASH_LOG_VAR)? {
+        remember_output_end("dicecash-mark", &log)?;
+    }
+    if let Some(log) = output_file(DTPRINT_LOG_VAR)? {
+        remember_output_end("dtprint-mark", &log)?;
+    }
     progress::report(90, "starting DTPrint and dIceCash");
     services::start(DTPRINT)?;
     services::start(DICECASH)?;
@@ -498,45 +564,42 @@ fn verify_program(ctx: &StepContext) -> Result<(), Stop> {
             "{MAIN} says {installed}, expected {version}"
         )));
     }
-    let limit = wait_limit("icecash-verify-timeout", VERIFY_TIMEOUT);
-    let mut started = false;
-    watch_log(
-        DICECASH_LOG,
-        remembered_mark("dicecash-mark")?,
-        // Python ends a traceback with `SomeError: why`, the line that names the cause.
-        &[
-            " ERROR ",
-            "Error:",
-            "can't open file",
-            "IceCash ",
-            "Serving the register interface",
-        ],
-        DICECASH,
-        limit,
-        "`Serving the register interface`",
-        |pattern, line| match pattern {
-            0..=2 => Watch::Fail(format!("dIceCash failed after the upgrade: {line}")),
-            3 if line.contains(&format!("IceCash {version} started")) => {
-                started = true;
-                Watch::Wait
-            }
-            3 => Watch::Fail(format!("dIceCash started another version: {line}")),
-            _ if started => Watch::Done,
-            _ => Watch::Wait,
-        },
-    )?;
-    watch_log(
-        DTPRINT_LOG,
-        remembered_mark("dtprint-mark")?,
-        &[" ERROR ", "Error:", "can't open file", ": ready"],
-        DTPRINT,
-        limit,
-        "the printer's `ready`",
-        |pattern, line| match pattern {
-            0..=2 => Watch::Fail(format!("DTPrint failed after the upgrade: {line}")),
-            _ => Watch::Done,
-        },
-    )?;
+    let dicecash_log = output_file(DICECASH_LOG_VAR)?;
+    if let Some(log) = &dicecash_log {
+        let (template, prefix) = start_template()?;
+        let mut patterns = ERROR_PATTERNS.to_vec();
+        patterns.push(&prefix);
+        watch_log(
+            log,
+            remembered_mark("dicecash-mark")?,
+            &patterns,
+            DICECASH,
+            wait_limit("icecash-verify-timeout", VERIFY_TIMEOUT),
+            &format!(
+                "the start line `{}`",
+                template.replace("{version}", &version)
+            ),
+            |_, line| match start_line(line, &template, &version) {
+                Some(true) => Watch::Done,
+                Some(false) => Watch::Fail(format!("dIceCash started another version: {line}")),
+                None => Watch::Fail(format!("dIceCash failed after the upgrade: {line}")),
+            },
+        )?;
+    }
+    settle(dicecash_log.as_deref())?;
+    if let Some(log) = output_file(DTPRINT_LOG_VAR)? {
+        let scan = logs::scan(
+            &log,
+            remembered_mark("dtprint-mark")?,
+            &ERROR_PATTERNS.map(str::to_owned),
+        )?;
+        if let Some(found) = scan.found.first() {
+            return Err(Stop::failed(format!(
+                "DTPrint failed after the upgrade: {}",
+                found.line.trim()
+            )));
+        }
+    }
     // IceCash tells the person at the register that the program changed under them.
     prompt::notify(&format!(
         "Внимание! Программа IceCash обновлена до версии {version}. Сервис перезапущен; выйдите из режима \
@@ -544,6 +607,43 @@ fn verify_program(ctx: &StepContext) -> Result<(), Stop> {
     ));
     log::info(&format!("dIceCash {version} and DTPrint are up"));
     Ok(())
+}
+
+/// Both services must keep running for the settle time (`icecash-settle-secs`):
+/// the one sign of a good start a register gives without a log. A program that
+/// fails later than that is not caught here.
+fn settle(dicecash_log: Option<&str>) -> Result<(), Stop> {
+    let limit = wait_limit("icecash-settle-secs", SETTLE);
+    log::info(&format!(
+        "waiting {} s for dIceCash and DTPrint to keep running",
+        limit.as_secs()
+    ));
+    let started = Instant::now();
+    loop {
+        for (service, log) in [(DICECASH, dicecash_log), (DTPRINT, None)] {
+            let state = services::status(service)?;
+            if state != services::State::Running {
+                let last = log
+                    .and_then(|l| logs::tail(l, 1).ok())
+                    .and_then(|l| l.last().map(|s| s.trim().to_owned()));
+                return Err(Stop::failed(match last {
+                    Some(line) => format!(
+                        "{service} is {} after the upgrade; its last line: {line}",
+                        state_name(state)
+                    ),
+                    None => format!(
+                        "{service} is {} after the upgrade, {} s after it was started",
+                        state_name(state),
+                        started.elapsed().as_secs()
+                    ),
+                }));
+            }
+        }
+        if started.elapsed() >= limit {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Returns whether the services are to be started again.
@@ -578,11 +678,6 @@ fn apply_environment(ctx: &StepContext) -> Result<(), Stop> {
             "{script} is not prepared: run the stage step (a Download task) first"
         )));
     }
-    if kv::get("sets-saved")?.is_none() || !exists(BACKUP_SETS) {
-        fs::remove_tree(BACKUP_SETS)?;
-        fs::copy_tree(SETS, BACKUP_SETS)?;
-        kv::set("sets-saved", "yes")?;
-    }
     progress::report(20, "running install.sh");
     let result = services::run_script(&script, &[], SCRIPT_TIMEOUT_SECS)?;
     for line in result.output.lines() {
@@ -601,45 +696,55 @@ fn apply_environment(ctx: &StepContext) -> Result<(), Stop> {
             last.trim()
         )));
     }
-    progress::report(90, "recording the environment update");
-    set_sets_value("update", level)?;
     kv::set("applied", level)?;
     Ok(())
 }
 
-/// Sets one row of `tb_sets`, keeping the others, the comments and the file's
-/// mode: the new table is written beside the old and renamed over it.
-fn set_sets_value(name: &str, value: &str) -> Result<(), Stop> {
-    let text = std::fs::read_to_string(SETS).at(SETS)?;
-    let mut found = false;
-    let mut out: String = text
-        .lines()
-        .map(|l| match l.split_once('=') {
-            Some((k, _)) if k.trim() == name && !l.trim_start().starts_with('#') => {
-                found = true;
-                format!("{name} = {value}\n")
-            }
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    if !found {
-        out.push_str(&format!("{name} = {value}\n"));
-    }
-    let next = format!("{SETS}.posup-new");
-    fs::remove_tree(&next)?;
-    fs::copy_tree(SETS, &next)?;
-    std::fs::write(&next, out).at(&next)?;
-    std::fs::rename(&next, SETS).at(SETS)?;
-    Ok(())
-}
-
-/// Puts a saved `tb_sets` back, byte for byte and with its mode.
-fn replace_sets_from(saved: &str) -> Result<(), Stop> {
-    let next = format!("{SETS}.posup-restore");
-    fs::remove_tree(&next)?;
-    fs::copy_tree(saved, &next)?;
-    std::fs::rename(&next, SETS).at(SETS)?;
-    Ok(())
-}
-
 posup_plugin_sdk::export!(IceCash);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_programs_own_start_line_is_recognised() {
+        let t = STARTED_DEFAULT;
+        assert_eq!(
+            start_line("Start dIceCash Server v 2.0.060 [10110]", t, "2.0.060"),
+            Some(true)
+        );
+        assert_eq!(
+            start_line(
+                "2026-12-06 INFO Start dIceCash Server v 2.0.060",
+                t,
+                "2.0.060"
+            ),
+            Some(true)
+        );
+        // Another version, and a version that only begins like this one.
+        assert_eq!(
+            start_line("Start dIceCash Server v 2.0.059 [10110]", t, "2.0.060"),
+            Some(false)
+        );
+        assert_eq!(
+            start_line("Start dIceCash Server v 2.0.0601 [10110]", t, "2.0.060"),
+            Some(false)
+        );
+        assert_eq!(start_line("ImportError: No module", t, "2.0.060"), None);
+        // A configured line without the version.
+        assert_eq!(
+            start_line("INFO register ready", "register ready", "2"),
+            Some(true)
+        );
+        // A configured line with text after the version.
+        let custom = "IceCash {version} started";
+        assert_eq!(
+            start_line("INFO IceCash 2.0.060 started: place 12", custom, "2.0.060"),
+            Some(true)
+        );
+        assert_eq!(
+            start_line("INFO IceCash 2.0.060 stopped", custom, "2.0.060"),
+            Some(false)
+        );
+    }
+}
