@@ -4,6 +4,10 @@
 //! process backend. Complete, partial and small updates, the `.chg` files, the
 //! `UPD<nnn>` numbering and the kept `Upd<nn>` archive, the preconditions, and
 //! rollbacks that restore the installation byte for byte.
+//!
+//! Most cases run on the simulator's full installation, whose log and client
+//! lists the plugin is told of. The *bare* cases have only what the OSCAR
+//! document names: no `VERSION`, no client or unit lists, no log named.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +17,7 @@ use std::time::Duration;
 use posup_runtime::caps::services::ServiceManager;
 use posup_sim::oscar;
 
-use crate::support::{Node, posup, read, snapshot, stderr, wait_for};
+use crate::support::{Node, posup, read, sample_package_without, snapshot, stderr, wait_for};
 use crate::terminal::{Service, Terminal, detail, steps};
 
 const SERVER: Service = Service {
@@ -48,9 +52,21 @@ fn last_server_line(t: &Terminal) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The server variables that point the plugin at the simulator's log.
+const LOGGED: [(&str, &str); 3] = [
+    ("oscar-log", "oscar.log"),
+    ("oscar-ready", "POS server {version} ready"),
+    ("oscar-settle-secs", "1"),
+];
+
+/// A Forced update of `package` on the full installation.
 fn apply(t: &Terminal, package: &Path) -> Output {
-    posup()
-        .args(["apply", "--plugin", "oscar", "--json"])
+    apply_with(t, package, true, &LOGGED)
+}
+
+fn apply_with(t: &Terminal, package: &Path, forced: bool, vars: &[(&str, &str)]) -> Output {
+    let mut cmd = posup();
+    cmd.args(["apply", "--plugin", "oscar", "--json"])
         .arg("--package")
         .arg(package)
         .arg("--root")
@@ -58,10 +74,75 @@ fn apply(t: &Terminal, package: &Path) -> Output {
         .arg("--state-dir")
         .arg(&t.state)
         .arg("--device-config")
-        .arg(&t.config)
-        .arg("--forced")
-        .output()
-        .unwrap()
+        .arg(&t.config);
+    if forced {
+        cmd.arg("--forced");
+    }
+    for (name, value) in vars {
+        cmd.arg("--var").arg(format!("{name}={value}"));
+    }
+    cmd.output().unwrap()
+}
+
+/// An installation of release 21.3.0 with only what the document names: no
+/// `VERSION` file and no client or system-unit lists.
+async fn bare_installation() -> Terminal {
+    let t = Terminal::new("opt/osc_usr/osc21", &[SERVER], false);
+    oscar::init_oscar(&t.product, &t.logs, "21.3.0").unwrap();
+    for f in [oscar::VERSION_FILE, oscar::CLIENTS, oscar::UNITS] {
+        std::fs::remove_file(t.product.join(f)).unwrap();
+    }
+    t.services().start("oscar").await.unwrap();
+    wait_ready(&t, "21.3.0");
+    t
+}
+
+/// A bare installation takes an Update only when it can tell nobody works at a
+/// client; a Forced update goes ahead, is checked by its files and the server
+/// staying up, and a broken one is rolled back byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bare_installation_is_updated_when_forced_and_rolled_back_byte_for_byte() {
+    let t = bare_installation().await;
+    let dir = tempfile::tempdir().unwrap();
+    let before = snapshot(&t.product);
+    let settle = [("oscar-settle-secs", "2")];
+
+    let good = sample_package_without("oscar", "oscupd10-complete", "VERSION", dir.path());
+    let out = apply_with(&t, &good, false, &settle);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("posup cannot tell whether a transaction is open")
+            && err.contains(
+                "there is no /product/work.srv/clients.lst and /product/work.srv/sysunits.lst"
+            )
+            && err.contains("Forced update"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t.product), before);
+
+    let broken = sample_package_without("oscar", "oscupd14-broken-complete", "VERSION", dir.path());
+    let out = apply_with(&t, &broken, true, &settle);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the OSCAR server is not running after the update")
+            && err.contains("rolled back"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t.product), before);
+    wait_ready(&t, "21.3.0");
+
+    let out = apply_with(&t, &good, true, &settle);
+    assert_ok(&out);
+    assert_eq!(steps(&out)[0].2, "complete oscupd10");
+    assert!(file(&t, "bin/liboscdb.so").starts_with("SIM-ELF liboscdb.so 22.0.0\n"));
+    assert!(!t.product.join("VERSION").exists());
+    assert_eq!(bytes(&t.product.join("Upd01.tgz")), bytes(&good));
+    let inv = t.inventory("oscar").await;
+    assert_eq!(inv.version, "oscupd10");
+    assert_eq!(inv.state, "running");
+    t.services().stop("oscar").await.unwrap();
 }
 
 fn file(t: &Terminal, rel: &str) -> String {
@@ -144,7 +225,7 @@ async fn a_complete_update_exchanges_the_installation_and_keeps_the_site_data() 
         "terminal clients and server shut down",
         "oscar.ini.chg applied to bin/oscar.ini: removed MICROS Retail OSCAR POS_OMLPATH, set MICROS Retail OSCAR POS_VERSION=\"Oscar3_ASU_Test_3\"",
         "exchanging the directories: the installation then holds 22.0.0",
-        "server started; verified: the server runs 22.0.0 and is ready",
+        "server started; verified: 22.0.0 installed and the server runs",
         "the original archive is kept as Upd01.tgz in the installation root",
         "UPD001 oscupd10.tgz: update finished",
     ] {
@@ -157,7 +238,7 @@ async fn a_complete_update_exchanges_the_installation_and_keeps_the_site_data() 
     assert!(log.contains("Shutting down terminal clients: POS01, POS02"));
     let inv = t.inventory("oscar").await;
     assert_eq!(inv.version, "22.0.0");
-    assert_eq!(inv.state, "ready");
+    assert_eq!(inv.state, "running");
     assert_eq!(detail(&inv, "kept-archives"), Some("Upd01.tgz"));
 
     // The next update gets the next number; a small one keeps the release.

@@ -92,3 +92,30 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// Copies a tree of plain files and folders.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// The sample package `packages/<product>/<sample>` without the file `remove`
+/// of its content, built into `dir`: a package as a product's own documents
+/// describe it, without what only posup's samples add.
+pub fn sample_package_without(product: &str, sample: &str, remove: &str, dir: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../packages")
+        .join(product)
+        .join(sample);
+    let copy = dir.join(sample);
+    copy_tree(&source, &copy);
+    std::fs::remove_file(copy.join("content").join(remove)).unwrap();
+    posup_sim::package::build(&copy, &dir.join("built")).unwrap()
+}

@@ -416,8 +416,12 @@ impl Server {
     }
 
     fn start(&mut self) -> io::Result<()> {
+        // An installation need not name its release: the program file says
+        // which release it is.
         let version_file = self.product.join(VERSION_FILE);
-        let version = fs::read_to_string(&version_file).map(|v| v.trim().to_owned());
+        let version = fs::read_to_string(&version_file)
+            .map(|v| v.trim().to_owned())
+            .or_else(|e| program_release(&self.product).ok_or(e));
         self.log.info(
             "Server",
             &format!(
@@ -504,8 +508,11 @@ impl Server {
             ),
         )?;
         let units = read_units(&self.product).unwrap_or_default();
+        // The client list is this simulation's stand-in for OSCAR's database;
+        // an installation without one has no clients to connect.
         let clients = match read_clients(&self.product) {
             Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return self.fail("Clients", &e.to_string()),
         };
         let mut connected = 0;
@@ -602,6 +609,13 @@ impl Server {
 }
 
 /// `21.3` of `21.3.0`: files of one release work together.
+/// The release `bin/oscar` was built for, from its first line.
+fn program_release(product: &Path) -> Option<String> {
+    let text = fs::read_to_string(product.join(PROGRAM[0])).ok()?;
+    let first = text.lines().next()?;
+    Some(first.strip_prefix("SIM-ELF oscar")?.trim().to_owned())
+}
+
 fn release_of(version: &str) -> String {
     version.split('.').take(2).collect::<Vec<_>>().join(".")
 }

@@ -19,7 +19,10 @@
 //! `R:NAME=...` removes it. Before anything is touched, and again right before
 //! the server is stopped, there must be no open transaction, no operator signed
 //! on at a terminal client, every system unit online, and enough disk space on
-//! each of them. Every update gets the next number: its archive is stored as
+//! each of them. OSCAR keeps those facts in its own database, which a plugin
+//! cannot read: they are taken from lists a site writes (`oscar-clients`,
+//! `oscar-units`), and without them only a Forced update (the operator's word
+//! that the store is closed) goes ahead. Every update gets the next number: its archive is stored as
 //! `work/update/UPD<nnn>`, every step is written to `work/update/UpdateState.log`,
 //! and after success the archive is kept as `Upd<nn>` in the installation root.
 //!
@@ -38,15 +41,24 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
-    PluginInfo, StepContext, Stop, archive, fs, kv, log, logs, progress, services, step, vars,
+    PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, services, step,
+    vars,
 };
 
 const SERVICE: &str = "oscar";
-const LOG: &str = "/logs/oscar.log";
 const PRODUCT: &str = "/product";
+/// The release an installation runs, where it says so; the OSCAR document names
+/// no such file, so it is read only when present.
 const VERSION_FILE: &str = "/product/VERSION";
-const CLIENTS: &str = "/product/work.srv/clients.lst";
-const UNITS: &str = "/product/work.srv/sysunits.lst";
+/// Where the client and system-unit lists are read from unless the server
+/// variables `oscar-clients` and `oscar-units` name other files.
+const CLIENTS: &str = "work.srv/clients.lst";
+const UNITS: &str = "work.srv/sysunits.lst";
+/// The last update posup installed here, when the installation names no release.
+const INSTALLED_KEY: &str = "installed";
+/// How long the server must keep running after the update before it is taken
+/// as good, unless the server variable `oscar-settle-secs` says otherwise.
+const SETTLE: Duration = Duration::from_secs(10);
 const UPDATE_DIR: &str = "work/update";
 const STATE_LOG: &str = "work/update/UpdateState.log";
 /// The configuration carried into every new installation.
@@ -130,17 +142,18 @@ impl Plugin for Oscar {
     }
 
     fn inventory() -> Result<Inventory, String> {
+        require_installation().map_err(stop_text)?;
         let version = installed_version().map_err(stop_text)?;
-        let state = server_state();
+        let state = services::status(SERVICE).map_or("unknown", state_name);
         let mut details = Vec::new();
-        if let Ok(clients) = read_clients() {
+        if let Ok(Some(clients)) = read_clients() {
             let pos = clients.iter().filter(|c| c.role != "admin");
             let open = pos.clone().filter(|c| c.transaction.is_some()).count();
             let signed = pos.filter(|c| c.operator.is_some()).count();
             details.push(("open-transactions".to_owned(), open.to_string()));
             details.push(("operators-signed-on".to_owned(), signed.to_string()));
         }
-        if let Ok(units) = read_units() {
+        if let Ok(Some(units)) = read_units() {
             let offline: Vec<&str> = units
                 .iter()
                 .filter(|u| !u.online)
@@ -167,8 +180,8 @@ impl Plugin for Oscar {
             } else {
                 None
             },
-            ready: state == "ready",
-            state,
+            ready: state == "running",
+            state: state.into(),
             pending_sync: 0,
             reboot_required: false,
             details,
@@ -205,9 +218,10 @@ impl Plugin for Oscar {
 
     fn precheck(ctx: StepContext) -> Outcome {
         step(|| {
-            installed_version()?;
+            require_installation()?;
             let a = analyse(&ctx.package)?;
-            check_clients()?;
+            log_file()?;
+            check_clients(ctx.task)?;
             let archive_size = std::fs::metadata(&ctx.package).at(&ctx.package)?.len();
             let (needed, place) = match a.kind {
                 Kind::Complete => (
@@ -229,7 +243,7 @@ impl Plugin for Oscar {
             }
             // Every system unit receives the archive and unpacks it.
             let per_unit = archive_size + a.unpacked;
-            for unit in read_units()? {
+            for unit in read_units()?.unwrap_or_default() {
                 if unit.free < per_unit {
                     return Err(Stop::failed(format!(
                         "not enough disk space on system unit {}: {} bytes free, {per_unit} needed for {}",
@@ -237,11 +251,7 @@ impl Plugin for Oscar {
                     )));
                 }
             }
-            log::info(&format!(
-                "{}: {} update possible: no open transactions, no operator signed on, all system units online with enough disk space",
-                a.name,
-                a.kind.as_str()
-            ));
+            log::info(&format!("{}: {} update possible", a.name, a.kind.as_str()));
             Ok(())
         })
     }
@@ -373,7 +383,7 @@ impl Plugin for Oscar {
                         "{staged} is missing: run the stage step (a Download task) again"
                     )));
                 }
-                shut_down(&tag, &staged)?;
+                shut_down(ctx.task, &tag, &staged)?;
                 progress::report(30, "copying work.srv and the configuration again");
                 let carried = carry_over(&staged)?;
                 tag.log(
@@ -403,26 +413,32 @@ impl Plugin for Oscar {
     fn verify(ctx: StepContext) -> Outcome {
         step(|| {
             let a = analyse(&ctx.package)?;
-            let installed = installed_version()?;
-            if a.kind == Kind::Small {
-                for (path, size) in &a.files {
-                    let want = archive::read_entry(&ctx.package, path, size + 1)?;
-                    let file = format!("{PRODUCT}/{}", path.trim_start_matches("./"));
-                    let have = std::fs::read(&file).at(&file)?;
-                    if have != want {
-                        return Err(Stop::failed(format!(
-                            "{file} differs from {path} in {} after the small update",
-                            a.name
-                        )));
-                    }
+            // Every file the archive brings is installed as it is, except what
+            // the update carries over from the installation (the server's data
+            // and the configuration, which the `.chg` files then change).
+            for (path, size) in &a.files {
+                let rel = path.trim_start_matches("./");
+                if a.kind != Kind::Small && (rel.starts_with("work.srv/") || CONFIG.contains(&rel))
+                {
+                    continue;
                 }
-            } else if installed != a.version {
-                return Err(Stop::failed(format!(
-                    "{VERSION_FILE} says {installed}, expected {} after the {} update",
-                    a.version,
-                    a.kind.as_str()
-                )));
+                let want = archive::read_entry(&ctx.package, path, size + 1)?;
+                let file = format!("{PRODUCT}/{rel}");
+                let have = std::fs::read(&file).at(&file)?;
+                if have != want {
+                    return Err(Stop::failed(format!(
+                        "{file} differs from {path} in {} after the {} update",
+                        a.name,
+                        a.kind.as_str()
+                    )));
+                }
             }
+            // The release the server now runs, for a configured ready line.
+            let installed = if exists(VERSION_FILE) {
+                installed_version()?
+            } else {
+                a.version.clone()
+            };
             wait_ready(&installed)?;
             if let Some(seq) = current(&ctx)? {
                 Tag {
@@ -431,7 +447,10 @@ impl Plugin for Oscar {
                 }
                 .log(
                     PRODUCT,
-                    &format!("server started; verified: the server runs {installed} and is ready"),
+                    &format!(
+                        "server started; verified: {} installed and the server runs",
+                        a.version
+                    ),
                 )?;
             }
             Ok(())
@@ -458,6 +477,9 @@ impl Plugin for Oscar {
                 "the original archive is kept as {kept} in the installation root; to repeat the update, rename it to {name} and copy it to work"
             ))?;
             tag.log(PRODUCT, "update finished")?;
+            if ctx.info.kind != Kind::Small.as_str() {
+                kv::set(INSTALLED_KEY, &ctx.info.version)?;
+            }
             // After the exchange the new directory's name holds the old installation.
             fs::remove_tree(&staged_dir(seq))?;
             for key in KV_KEYS {
@@ -541,18 +563,15 @@ impl Plugin for Oscar {
 }
 
 /// Stops the clients and the server after checking once more that nobody works.
-fn shut_down(tag: &Tag<'_>, state_root: &str) -> Result<(), Stop> {
-    if let Err(stop) = check_clients() {
+fn shut_down(task: TaskKind, tag: &Tag<'_>, state_root: &str) -> Result<(), Stop> {
+    if let Err(stop) = check_clients(task) {
         let reason = stop_text(stop);
         tag.log(state_root, &format!("cancelled: {reason}"))?;
         return Err(Stop::failed(format!(
             "{reason} (since the precheck); the update was cancelled"
         )));
     }
-    tag.log(
-        state_root,
-        "preconditions hold: no open transactions, no operator signed on, all system units online",
-    )?;
+    tag.log(state_root, "preconditions hold")?;
     progress::report(10, "shutting down the terminal clients and the server");
     services::stop(SERVICE)?;
     tag.log(state_root, "terminal clients and server shut down")
@@ -560,7 +579,7 @@ fn shut_down(tag: &Tag<'_>, state_root: &str) -> Result<(), Stop> {
 
 fn apply_small(ctx: &StepContext, a: &Analysis, tag: &Tag<'_>) -> Result<(), Stop> {
     if kv::get("small-started")?.is_none() {
-        shut_down(tag, PRODUCT)?;
+        shut_down(ctx.task, tag, PRODUCT)?;
         let dir = format!("{PRODUCT}/{UPDATE_DIR}");
         if !exists(&dir) {
             std::fs::create_dir_all(&dir).at(&dir)?;
@@ -596,8 +615,14 @@ fn apply_small(ctx: &StepContext, a: &Analysis, tag: &Tag<'_>) -> Result<(), Sto
 /// Starts the server and the clients. The Update State records the start in
 /// `verify`, which sees the installation as it is now.
 fn start_server() -> Result<(), Stop> {
-    let mark = logs::end(LOG)?;
-    kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?;
+    if let Some(log) = log_file()? {
+        match logs::end(&log) {
+            Ok(mark) => kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?,
+            // A log not written yet is read from its start.
+            Err(e) if e.kind == ErrorKind::NotFound => kv::delete("start-mark")?,
+            Err(e) => return Err(e.into()),
+        }
+    }
     progress::report(90, "starting the server");
     services::start(SERVICE)?;
     Ok(())
@@ -757,23 +782,23 @@ fn analyse(package: &str) -> Result<Analysis, String> {
         }
         files.push((entry.path.clone(), entry.size));
     }
-    let version = if kind == Kind::Small {
-        stem
-    } else {
-        let text = read_text(package, "VERSION")?.ok_or_else(|| {
-            format!("{name}: a {} update names the release it installs in a VERSION file, and it has none", kind.as_str())
-        })?;
-        let v = text.trim().to_owned();
-        if v.is_empty()
-            || !v
-                .split('.')
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err(format!(
-                "{name}: VERSION says {v:?}, which is no release such as 22.0.0"
-            ));
+    // The document names no release file: an archive's `VERSION` is read when
+    // it has one, and otherwise the update is known by its archive's name.
+    let version = match read_text(package, "VERSION")? {
+        Some(text) if kind != Kind::Small => {
+            let v = text.trim().to_owned();
+            if v.is_empty()
+                || !v
+                    .split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(format!(
+                    "{name}: VERSION says {v:?}, which is no release such as 22.0.0"
+                ));
+            }
+            v
         }
-        v
+        _ => stem,
     };
     if kind == Kind::Complete
         && !files
@@ -847,8 +872,32 @@ fn dash(s: &str) -> Option<String> {
     (s != "-").then(|| s.to_owned())
 }
 
-fn read_clients() -> Result<Vec<Client>, Stop> {
-    state_lines(CLIENTS)?
+/// A file of the installation named by the server variable `var`, or
+/// `default`: a relative path inside the installation, never outside it.
+fn facts_file(var: &str, default: &str) -> Result<String, Stop> {
+    let rel = vars::get(var)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned());
+    if rel.starts_with('/')
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(Stop::failed(format!(
+            "the server variable `{var}` must be a path inside the installation such as {default}, not {rel:?}"
+        )));
+    }
+    Ok(format!("{PRODUCT}/{rel}"))
+}
+
+/// The terminal clients, when the site keeps their list; `None` when it does not.
+fn read_clients() -> Result<Option<Vec<Client>>, Stop> {
+    let path = facts_file("oscar-clients", CLIENTS)?;
+    if !exists(&path) {
+        return Ok(None);
+    }
+    state_lines(&path)?
         .into_iter()
         .map(|(n, cols)| match cols.as_slice() {
             [name, _unit, role, operator, transaction] => Ok(Client {
@@ -858,14 +907,20 @@ fn read_clients() -> Result<Vec<Client>, Stop> {
                 transaction: dash(transaction),
             }),
             _ => Err(Stop::failed(format!(
-                "{CLIENTS} line {n}: expected `client unit role operator transaction`; the server's client list cannot be read"
+                "{path} line {n}: expected `client unit role operator transaction`; the server's client list cannot be read"
             ))),
         })
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
-fn read_units() -> Result<Vec<Unit>, Stop> {
-    state_lines(UNITS)?
+/// The system units, when the site keeps their list; `None` when it does not.
+fn read_units() -> Result<Option<Vec<Unit>>, Stop> {
+    let path = facts_file("oscar-units", UNITS)?;
+    if !exists(&path) {
+        return Ok(None);
+    }
+    state_lines(&path)?
         .into_iter()
         .map(|(n, cols)| match cols.as_slice() {
             [name, _role, state, free] if state == "online" || state == "offline" => Ok(Unit {
@@ -873,21 +928,48 @@ fn read_units() -> Result<Vec<Unit>, Stop> {
                 online: state == "online",
                 free: free.parse().map_err(|_| {
                     Stop::failed(format!(
-                        "{UNITS} line {n}: free space {free:?} is not a number of bytes"
+                        "{path} line {n}: free space {free:?} is not a number of bytes"
                     ))
                 })?,
             }),
             _ => Err(Stop::failed(format!(
-                "{UNITS} line {n}: expected `unit role online|offline free-bytes`"
+                "{path} line {n}: expected `unit role online|offline free-bytes`"
             ))),
         })
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 /// Nobody may be working at a terminal client, and every system unit must be
-/// online. The admin client, which runs the update, may be signed on.
-fn check_clients() -> Result<(), Stop> {
-    for c in read_clients()?.iter().filter(|c| c.role != "admin") {
+/// online. The admin client, which runs the update, may be signed on. Where the
+/// site keeps no list to tell, only a Forced update goes ahead: the operator
+/// ordered it for a closed store, as the document's forced updates are meant.
+fn check_clients(task: TaskKind) -> Result<(), Stop> {
+    let (clients, units) = (read_clients()?, read_units()?);
+    let forced = task == TaskKind::ForcedUpdate;
+    if (clients.is_none() || units.is_none()) && !forced {
+        let missing: Vec<String> = [
+            clients
+                .is_none()
+                .then(|| facts_file("oscar-clients", CLIENTS)),
+            units.is_none().then(|| facts_file("oscar-units", UNITS)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Result<_, _>>()?;
+        return Err(Stop::failed(format!(
+            "posup cannot tell whether a transaction is open, an operator is signed on or a system unit is offline: \
+             there is no {}. Have the site write them (server variables `oscar-clients`, `oscar-units`; format in the \
+             plugin's README), or run this update as a Forced update when the store is closed; nothing was changed",
+            missing.join(" and ")
+        )));
+    }
+    if forced && (clients.is_none() || units.is_none()) {
+        log::warn(
+            "no client or system-unit list to check: a Forced update goes ahead as ordered, without knowing whether anybody works at a client",
+        );
+    }
+    for c in clients.iter().flatten().filter(|c| c.role != "admin") {
         if let Some(t) = &c.transaction {
             return Err(Stop::not_now(
                 format!(
@@ -907,7 +989,7 @@ fn check_clients() -> Result<(), Stop> {
             ));
         }
     }
-    if let Some(u) = read_units()?.iter().find(|u| !u.online) {
+    if let Some(u) = units.iter().flatten().find(|u| !u.online) {
         return Err(Stop::not_now(
             format!(
                 "system unit {} is offline: every terminal client must be online for the update",
@@ -919,67 +1001,100 @@ fn check_clients() -> Result<(), Stop> {
     Ok(())
 }
 
-/// Waits for the server to log that it runs `version` and is ready.
+/// The server's log under `/logs`, when the server variable `oscar-log` names
+/// one: the document names no log file.
+fn log_file() -> Result<Option<String>, Stop> {
+    let Some(name) = vars::get("oscar-log").map(|v| v.trim().to_owned()) else {
+        return Ok(None);
+    };
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if name.contains('/') || name == "." || name == ".." {
+        return Err(Stop::failed(format!(
+            "the server variable `oscar-log` must name a file in the device's logs folder, not a path: {name}"
+        )));
+    }
+    Ok(Some(format!("/logs/{name}")))
+}
+
+/// The server must run and keep running for the settle time
+/// (`oscar-settle-secs`). Where the server names its log (`oscar-log`), no line
+/// may hold the error text (`oscar-error`, ` ERROR `), and where it names the
+/// line that means ready (`oscar-ready`, `{version}` standing for the installed
+/// release), that line must appear first, within `oscar-verify-timeout`.
 fn wait_ready(version: &str) -> Result<(), Stop> {
+    let log = log_file()?;
     let mut mark = kv::get("start-mark")?
         .and_then(|m| parse_mark(&m))
         .unwrap_or(logs::Mark {
             file_id: 0,
             offset: 0,
         });
-    let timeout = vars::get("oscar-verify-timeout")
-        .and_then(|s| s.parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(VERIFY_TIMEOUT);
-    let ready = format!("POS server {version} ready");
+    let seconds = |var: &str, default: Duration| {
+        vars::get(var)
+            .and_then(|s| s.trim().parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(default)
+    };
+    let timeout = seconds("oscar-verify-timeout", VERIFY_TIMEOUT);
+    let settle = seconds("oscar-settle-secs", SETTLE);
+    let error = vars::get("oscar-error")
+        .filter(|e| !e.trim().is_empty())
+        .unwrap_or_else(|| " ERROR ".to_owned());
+    let ready = vars::get("oscar-ready")
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| r.replace("{version}", version));
+    let mut ready_at = if ready.is_some() && log.is_some() {
+        None
+    } else {
+        Some(Instant::now())
+    };
     let started = Instant::now();
     loop {
-        let scan = logs::scan(LOG, mark, &[ready.clone(), " ERROR ".into()])?;
-        mark = scan.next;
-        if let Some(error) = scan.found.iter().find(|f| f.pattern == 1) {
+        if let Some(log) = &log {
+            let mut patterns = vec![error.clone()];
+            patterns.extend(ready.clone());
+            let scan = logs::scan(log, mark, &patterns)?;
+            mark = scan.next;
+            if let Some(e) = scan.found.iter().find(|f| f.pattern == 0) {
+                return Err(Stop::failed(format!(
+                    "the server logged an error after the update: {}",
+                    e.line.trim()
+                )));
+            }
+            if ready_at.is_none() && !scan.found.is_empty() {
+                ready_at = Some(Instant::now());
+            }
+        }
+        let state = services::status(SERVICE)?;
+        if state != services::State::Running {
             return Err(Stop::failed(format!(
-                "the server logged an error after the update: {}",
-                error.line.trim()
+                "the OSCAR server is not running after the update ({})",
+                state_name(state)
             )));
         }
-        if !scan.found.is_empty() {
-            return Ok(());
-        }
-        if services::status(SERVICE)? != services::State::Running {
-            return Err(Stop::failed(
-                "the OSCAR server is not running after the update".to_owned(),
-            ));
-        }
-        if started.elapsed() > timeout {
-            return Err(Stop::failed(format!(
-                "the OSCAR server did not report `{ready}` within {} s",
-                timeout.as_secs()
-            )));
+        match ready_at {
+            Some(at) if at.elapsed() >= settle => return Ok(()),
+            None if started.elapsed() > timeout => {
+                return Err(Stop::failed(format!(
+                    "the OSCAR server did not report `{}` within {} s",
+                    ready.unwrap_or_default(),
+                    timeout.as_secs()
+                )));
+            }
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-/// `ready`, `starting`, `stopped` or `failed`, from the server's last words.
-fn server_state() -> String {
-    let Ok(lines) = logs::tail(LOG, 500) else {
-        return String::new();
-    };
-    for line in lines.iter().rev() {
-        if line.contains(" ERROR ") {
-            return "failed".into();
-        }
-        if line.contains("POS server stopped") {
-            return "stopped".into();
-        }
-        if line.contains(" ready, ") && line.contains("POS server") {
-            return "ready".into();
-        }
-        if line.contains(" starting in ") {
-            return "starting".into();
-        }
+fn state_name(state: services::State) -> &'static str {
+    match state {
+        services::State::Running => "running",
+        services::State::Stopped => "stopped",
+        services::State::Failed => "failed",
     }
-    String::new()
 }
 
 /// The sequence number of the update of this step's package, once staged.
@@ -1050,16 +1165,30 @@ fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-fn installed_version() -> Result<String, Stop> {
-    if !exists(VERSION_FILE) {
-        return Err(Stop::failed(format!(
-            "no MICROS Retail OSCAR POS installation at /product: {VERSION_FILE} is missing"
-        )));
+/// An OSCAR installation has the server's data (`work.srv`) and its programs
+/// (`bin`), as the document describes it.
+fn require_installation() -> Result<(), Stop> {
+    for dir in ["work.srv", "bin"] {
+        if !std::fs::metadata(format!("{PRODUCT}/{dir}")).is_ok_and(|m| m.is_dir()) {
+            return Err(Stop::failed(format!(
+                "no MICROS Retail OSCAR POS installation at {PRODUCT}: its {dir} folder is missing \
+                 (the device configuration's `product` must be the installation folder, e.g. /opt/osc_usr/osc21)"
+            )));
+        }
     }
-    Ok(std::fs::read_to_string(VERSION_FILE)
-        .at(VERSION_FILE)?
-        .trim()
-        .to_owned())
+    Ok(())
+}
+
+/// The installation's `VERSION` where it has one; otherwise the last update
+/// posup installed here; empty when neither tells.
+fn installed_version() -> Result<String, Stop> {
+    if exists(VERSION_FILE) {
+        return Ok(std::fs::read_to_string(VERSION_FILE)
+            .at(VERSION_FILE)?
+            .trim()
+            .to_owned());
+    }
+    Ok(kv::get(INSTALLED_KEY)?.unwrap_or_default())
 }
 
 fn stop_text(stop: Stop) -> String {
