@@ -7,7 +7,6 @@
 //! terminal; dropping the [`Terminal`] stops every one still recorded in its
 //! pidfiles, so a failing test leaves no process behind.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
@@ -108,6 +107,22 @@ impl Terminal {
         posup_sim::package::build(&source, &self.dir.path().join("packages")).unwrap()
     }
 
+    /// Grants the plugin one more service, a command the device configuration
+    /// runs in `cwd` (a product's own installer, UKM 5's `up.sh`), its output
+    /// going to `<logs>/<name>.out`.
+    pub fn grant_command(&self, name: &str, command: &[&str], cwd: &Path) {
+        let text = read(&self.config);
+        let text = text.replacen("services = [", &format!("services = [\"{name}\", "), 1);
+        let command: Vec<String> = command.iter().map(|c| format!("{c:?}")).collect();
+        let text = format!(
+            "{text}\n[services.{name}]\ncommand = [{}]\ncwd = {:?}\nlog = \"{}/{name}.out\"\n",
+            command.join(", "),
+            cwd.display().to_string(),
+            self.logs.display(),
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     /// Runs `posup apply --json` with the server variables `vars`.
     pub fn apply(&self, plugin: &str, package: &Path, vars: &[(&str, &str)]) -> Output {
         let mut cmd = posup();
@@ -131,6 +146,11 @@ impl Terminal {
     /// The plugin's inventory of this terminal, through the runtime and the same
     /// grants `posup apply` gives it.
     pub async fn inventory(&self, plugin: &str) -> Inventory {
+        self.inventory_with(plugin, &[]).await
+    }
+
+    /// The plugin's inventory with the server variables `vars`.
+    pub async fn inventory_with(&self, plugin: &str, vars: &[(&str, &str)]) -> Inventory {
         let rt = Runtime::new(RuntimeConfig {
             cache_dir: Some(self.state.join("cache")),
             ..RuntimeConfig::default()
@@ -150,7 +170,11 @@ impl Terminal {
             grants: Grants::intersect(&info.capabilities, &config.allowance()),
             services: config.service_manager(&self.state.join("run")),
             kv_dir: Some(self.state.join("kv")),
-            vars: Arc::new(BTreeMap::new()),
+            vars: Arc::new(
+                vars.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
             ..HostEnv::default()
         };
         plugin.inventory(&env).await.unwrap().unwrap()

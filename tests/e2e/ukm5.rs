@@ -1,7 +1,12 @@
 //! The UKM 5 plugin through `posup apply` (and a Download task through the agent's
 //! pipeline), against a simulated register that really runs: its home laid out as
 //! `/home/ukm5` under `home/ukm5`, its log `pos.log`, the register program
-//! supervised by posup's process backend.
+//! supervised by posup's process backend, its own `up.sh` granted as the service
+//! `ukm5-up`.
+//!
+//! Most cases tell the plugin where the simulated register logs (`ukm5-log`); a
+//! *bare* register has only what the UKM 5 document names: no version file, no
+//! log, packages without a `version` file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -14,7 +19,7 @@ use posup_runtime::types::TaskKind;
 use posup_runtime::{Grants, HostEnv, Runtime, RuntimeConfig};
 use posup_sim::ukm5::{self, Mode};
 
-use crate::support::{posup, posup_path, read, snapshot, stderr, wait_for};
+use crate::support::{posup, posup_path, read, sample_package_without, snapshot, stderr, wait_for};
 use crate::terminal::{Service, Terminal, steps};
 
 const REGISTER: Service = Service {
@@ -22,10 +27,27 @@ const REGISTER: Service = Service {
     product: "ukm5",
 };
 
+/// The server variables of a register whose log the plugin reads, in the boot
+/// the tests call `boot-1`.
+const LOGGED: [&str; 6] = [
+    "--var",
+    "ukm5-log=pos.log",
+    "--var",
+    "ukm5-settle-secs=1",
+    "--var",
+    "posup-boot-id=boot-1",
+];
+
 /// A register running `version`, in sale mode.
 async fn register(version: &str) -> Terminal {
     let t = Terminal::new("home/ukm5", &[REGISTER], false);
     ukm5::init_ukm5(&t.product, &t.logs, version).unwrap();
+    let update = t.product.join(ukm5::UPDATE_DIR);
+    t.grant_command(
+        "ukm5-up",
+        &[update.join("up.sh").to_str().unwrap()],
+        &update,
+    );
     t.services().start("ukm5").await.unwrap();
     wait_mode(&t, "SALE");
     t
@@ -39,7 +61,18 @@ fn wait_mode(t: &Terminal, mode: &str) {
     );
 }
 
+/// `posup apply` on a register whose log the plugin reads.
 fn apply(t: &Terminal, package: &Path, extra: &[&str]) -> Output {
+    apply_bare(t, package, &[&LOGGED[..], extra].concat())
+}
+
+/// The plugin's inventory of a register whose log it reads, in boot `boot`.
+async fn inventory(t: &Terminal, boot: &str) -> posup_runtime::types::Inventory {
+    t.inventory_with("ukm5", &[("ukm5-log", "pos.log"), ("posup-boot-id", boot)])
+        .await
+}
+
+fn apply_bare(t: &Terminal, package: &Path, extra: &[&str]) -> Output {
     posup()
         .args(["apply", "--plugin", "ukm5", "--json"])
         .arg("--package")
@@ -147,7 +180,7 @@ async fn a_download_loads_the_package_and_the_register_announces_it_as_update_co
         t.log("pos.log")
             .contains("the cashier will be asked to update in 10 min")
     );
-    let inv = t.inventory("ukm5").await;
+    let inv = inventory(&t, "boot-1").await;
     assert_eq!(inv.version, "1.8.4");
     assert_eq!(inv.loaded_package.as_deref(), Some("ukm5_pos_1.14.9.tgz"));
     assert_eq!(inv.state, "SALE");
@@ -226,23 +259,26 @@ async fn an_update_installs_like_up_sh_and_requires_a_full_reboot() {
         0
     );
     assert!(!t.state.join("backup/mint").exists());
-    // A full reboot is required: marked, logged by the register, told to the
-    // cashier, reported in the inventory.
-    assert_eq!(read(&t.product.join(ukm5::REBOOT_MARK)), "1.14.9\n");
+    // The register's own up.sh installed it.
+    assert!(
+        t.log("ukm5-up.out")
+            .contains("up.sh: ukm5_pos_1.14.9.tgz installed"),
+        "{}",
+        t.log("ukm5-up.out")
+    );
     let log = t.log("pos.log");
     assert!(
         log.contains("INFO  [Mint] Starting UKM 5 POS 1.14.9"),
         "{log}"
     );
-    assert!(log.contains(
-        "UKM 5 POS 1.14.9 was installed by an update: a full reboot of the register is required"
-    ));
+    // A full reboot is required: told to the cashier, reported in the inventory
+    // for as long as the terminal runs in the boot it was installed in.
     assert!(
         stderr(&out).contains("Reboot the register fully"),
         "{}",
         stderr(&out)
     );
-    let inv = t.inventory("ukm5").await;
+    let inv = inventory(&t, "boot-1").await;
     assert_eq!(inv.version, "1.14.9");
     assert_eq!(inv.loaded_package, None);
     assert!(inv.reboot_required);
@@ -250,8 +286,9 @@ async fn an_update_installs_like_up_sh_and_requires_a_full_reboot() {
         crate::terminal::detail(&inv, "reboot-required-for"),
         Some("1.14.9")
     );
+    assert!(inventory(&t, "boot-1").await.reboot_required);
 
-    // After the full reboot the update is in force and the mark is gone.
+    // After the full reboot (a new boot id) the update is in force.
     t.services().stop("ukm5").await.unwrap();
     let mut boot = std::process::Command::new(posup_path())
         .args(["sim-product", "ukm5", "--cold-boot", "--product"])
@@ -273,7 +310,11 @@ async fn an_update_installs_like_up_sh_and_requires_a_full_reboot() {
         .args(["-TERM", &boot.id().to_string()])
         .status();
     boot.wait().unwrap();
-    assert!(!t.inventory("ukm5").await.reboot_required);
+    assert!(!inventory(&t, "boot-2").await.reboot_required);
+    assert!(
+        !inventory(&t, "boot-1").await.reboot_required,
+        "the requirement is gone for good"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -290,7 +331,82 @@ async fn a_forced_update_asks_nobody_and_takes_a_bare_build_number() {
     assert_eq!(version(&t), "877");
     // Nobody is at the register: it comes back locked.
     wait_mode(&t, "LOCKED");
-    assert!(t.inventory("ukm5").await.reboot_required);
+    assert!(inventory(&t, "boot-1").await.reboot_required);
+}
+
+/// A register with only what the document names: the plugin needs its `up.sh`,
+/// knows the version it installed, and tells a good start from a bad one by the
+/// register program staying up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bare_register_is_updated_by_its_up_sh_and_rolled_back_byte_for_byte() {
+    let t = register("1.8.4").await;
+    std::fs::remove_file(t.product.join(ukm5::VERSION_FILE)).unwrap();
+    t.services().restart("ukm5").await.unwrap();
+    wait_mode(&t, "SALE");
+    let dir = tempfile::tempdir().unwrap();
+    let bare = |name: &str| sample_package_without("ukm5", name, "version", dir.path());
+    let settle = [
+        "--var",
+        "ukm5-settle-secs=2",
+        "--var",
+        "posup-boot-id=boot-1",
+    ];
+    let before = snapshot(&t.product);
+
+    let out = apply_bare(
+        &t,
+        &bare("1.14.10-broken"),
+        &[&settle[..], &["--forced"]].concat(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the register program stopped") && err.contains("rolled back"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t.product), before);
+    wait_mode(&t, "SALE");
+
+    let out = apply_bare(
+        &t,
+        &bare("1.14.9"),
+        &[&settle[..], &["--answer", "yes"]].concat(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for module in ukm5::MODULES {
+        let text = read(&t.product.join("mint").join(module));
+        assert!(
+            text.lines().next().unwrap().ends_with(" 1.14.9"),
+            "{module}: {text}"
+        );
+    }
+    let inv = t
+        .inventory_with("ukm5", &[("posup-boot-id", "boot-1")])
+        .await;
+    assert_eq!(inv.version, "1.14.9");
+    assert_eq!(inv.state, "RUNNING");
+    assert!(inv.ready && inv.reboot_required);
+}
+
+/// Without its installer the register is not touched: the plugin says how to
+/// grant it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_without_the_registers_installer_is_refused() {
+    let t = Terminal::new("home/ukm5", &[REGISTER], false);
+    ukm5::init_ukm5(&t.product, &t.logs, "1.8.4").unwrap();
+    t.services().start("ukm5").await.unwrap();
+    wait_mode(&t, "SALE");
+    let before = snapshot(&t.product);
+    let out = apply(&t, &t.package("ukm5", "1.14.9"), &["--forced"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("precheck failed")
+            && err.contains("sudo ./up.sh")
+            && err.contains("[services.ukm5-up]"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t.product), before);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -380,7 +496,7 @@ async fn a_register_that_does_not_start_is_rolled_back_byte_for_byte() {
         t.log("pos.log")
             .ends_with("Mode changed: STARTING -> SALE\n")
     );
-    let inv = t.inventory("ukm5").await;
+    let inv = inventory(&t, "boot-1").await;
     assert_eq!(inv.version, "1.8.4");
     assert!(!inv.reboot_required && inv.loaded_package.is_none());
 }

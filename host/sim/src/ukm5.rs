@@ -16,7 +16,10 @@
 //! program does when a jar does not match. A control file (see [`control_path`])
 //! plays the cashier: it holds `SALE`, `RECEIPT` or `LOCKED`.
 //!
-//! The layout is described in `plugins/ukm5/README.md`; the plugin relies on it.
+//! The layout is described in `plugins/ukm5/README.md`. The plugin relies only on
+//! what the UKM 5 document names (`mint/update`, its drop folder, `update.conf`
+//! and `up.sh`); the version file, the log and the reboot mark are this
+//! simulation's, read by the plugin only where it is told to.
 
 use crate::process::{with_path, write_atomically, write_file};
 use std::fs;
@@ -413,8 +416,12 @@ impl Register {
     }
 
     fn start(&mut self) -> io::Result<()> {
+        // A register that keeps no version file runs the version its main
+        // module was built for.
         let version_file = self.home.join(VERSION_FILE);
-        let version = fs::read_to_string(&version_file).map(|v| v.trim().to_owned());
+        let version = fs::read_to_string(&version_file)
+            .map(|v| v.trim().to_owned())
+            .or_else(|e| module_version(&self.home, MODULES[0]).ok_or(e));
         self.log.info(
             "Mint",
             &format!(
@@ -677,8 +684,8 @@ const UP_SH_TEXT: &str = "\
 #!/bin/sh
 # Installs the UKM 5 package waiting in ./version, by hand and as root:
 #   cd /home/ukm5/mint/update && sudo ./up.sh
-# Stop the register program first. The previous program is kept in ../../mint.bak.
-# A full reboot of the register is required afterwards.
+# Stop the register program first. A full reboot of the register is required
+# afterwards.
 set -eu
 cd \"$(dirname \"$0\")\"
 package=$(ls version/ukm5_pos_*.tgz 2>/dev/null | head -n 1)
@@ -687,13 +694,26 @@ if [ -z \"$package\" ]; then
     exit 1
 fi
 mint=$(cd .. && pwd)
-rm -rf \"$mint.bak\"
-cp -a \"$mint\" \"$mint.bak\"
+echo \"up.sh: installing $(basename \"$package\") into $mint\"
 tar -xzf \"$package\" -C \"$mint\"
 rm -f \"$package\"
-cp \"$mint/version\" reboot-required
+version=${package#version/ukm5_pos_}
+echo \"${version%.tgz}\" > reboot-required
 echo \"up.sh: $(basename \"$package\") installed; reboot the register fully\"
 ";
+
+/// The version a program module under `mint/` was built for, from its first
+/// line (`SIM-JAR ukm5-pos.jar 1.14.9`).
+fn module_version(home: &Path, module: &str) -> Option<String> {
+    let text = fs::read_to_string(home.join(MINT).join(module)).ok()?;
+    let name = module.rsplit('/').next().unwrap_or(module);
+    let rest = text
+        .lines()
+        .next()?
+        .strip_prefix("SIM-JAR ")?
+        .strip_prefix(name)?;
+    Some(rest.trim().to_owned())
+}
 
 /// Versions are dotted numbers (`1.14.9`) or a bare build number (`877`).
 fn check_version(version: &str) -> io::Result<()> {
@@ -961,10 +981,8 @@ mod tests {
             "1.14.9\n"
         );
         assert!(!package.exists());
-        assert_eq!(
-            fs::read_to_string(home.join("mint.bak/version")).unwrap(),
-            "1.8.4\n"
-        );
+        // Nothing of its own outside mint/: keeping the old program is posup's.
+        assert!(!home.join("mint.bak").exists());
         assert!(home.join(SETTINGS_FILE).is_file());
     }
 

@@ -9,15 +9,16 @@
 //!   `autoUpdateTimeout` set, the register itself asks the cashier after that many
 //!   minutes; commented out, it never asks and only an explicit Update or Forced
 //!   update task (or `sudo ./up.sh` by hand) installs it;
-//! - an Update waits while a receipt is open (the host has asked the cashier
-//!   before `apply`; a Forced update asks nobody), then does what `up.sh` does:
-//!   the register leaves sale mode, the program is kept aside for a rollback, the
-//!   package is unpacked into `mint/`, and it leaves the drop folder;
-//! - a full reboot is required after the update: `apply` leaves the mark
-//!   `mint/update/reboot-required` (cleared by the register's next full boot),
-//!   logs it, tells the cashier, and `inventory` reports `reboot-required`.
+//! - an Update (after the host asked the cashier; a Forced update asks nobody)
+//!   stops the register program, keeps `mint/` aside for a rollback, and runs the
+//!   register's own installer as the document says — `./up.sh` from
+//!   `mint/update`, as root — through the granted service `ukm5-up`;
+//! - a full reboot is required after the update: the plugin remembers the boot
+//!   it installed in (the host's `posup-boot-id`) and reports `reboot-required`
+//!   until the terminal has booted again.
 //!
-//! Layout and log lines: `plugins/ukm5/README.md`.
+//! The document names no log and no version file: they are read only where
+//! present or configured (`plugins/ukm5/README.md` lists every source).
 //!
 //! Every step can be run again after a crash: progress is read from the tree and
 //! from `kv`, never assumed.
@@ -31,12 +32,25 @@ use posup_plugin_sdk::{
 };
 
 const SERVICE: &str = "ukm5";
-const LOG: &str = "/logs/pos.log";
+/// The register's own installer, `./up.sh` in `mint/update` run as root, as a
+/// service the device configuration defines and grants.
+const INSTALLER: &str = "ukm5-up";
 const MINT: &str = "/product/mint";
-const VERSION_FILE: &str = "/product/mint/version";
+const UPDATE_DIR: &str = "/product/mint/update";
+/// Where the installed version is read unless `ukm5-version-file` says
+/// otherwise; used only when present.
+const VERSION_FILE: &str = "mint/version";
 const DROP: &str = "/product/mint/update/version";
 const UPDATE_CONF: &str = "/product/mint/update/update.conf";
-const REBOOT_MARK: &str = "/product/mint/update/reboot-required";
+/// The version and boot of the last install, until the terminal boots again.
+const REBOOT_KEY: &str = "reboot-required";
+/// The last version posup installed, where the register names none itself.
+const INSTALLED_KEY: &str = "installed";
+/// The host's id of the current boot.
+const BOOT_ID: &str = "posup-boot-id";
+/// How long the register program must keep running after the update, unless
+/// the server sets `ukm5-settle-secs`.
+const SETTLE: Duration = Duration::from_secs(10);
 /// The program as it was before the update: what a rollback restores.
 const BACKUP: &str = "/backup/mint";
 /// Modes in which the register may be taken out of service.
@@ -44,9 +58,14 @@ const READY: [&str; 2] = ["SALE", "LOCKED"];
 /// How long verify waits for the register to reach sale mode, unless the server
 /// sets `ukm5-verify-timeout` (seconds).
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
+/// The start line the register program logs, unless `ukm5-started` says
+/// otherwise; `{version}` stands for the version.
+const STARTED_DEFAULT: &str = "Starting UKM 5 POS {version}";
+/// A line of the register's log that says its mode changed: `… -> SALE`.
+const MODE_LINE: &str = "Mode changed:";
 /// Parts of the package that are the register's own and never come in one.
 const NOT_IN_PACKAGES: [&str; 2] = ["conf/", "update/"];
-const KV_KEYS: [&str; 4] = ["placed", "backup", "applied", "start-mark"];
+const KV_KEYS: [&str; 5] = ["placed", "backup", "applied", "start-mark", "installer-run"];
 
 struct Ukm5;
 
@@ -55,8 +74,8 @@ impl Plugin for Ukm5 {
         PluginInfo {
             name: "ukm5".into(),
             vendor: "posup".into(),
-            version: "0.1.0".into(),
-            description: "UKM 5 cash registers: loads ukm5_pos packages into mint/update/version, installs them as up.sh does, reports the required reboot".into(),
+            version: "0.2.0".into(),
+            description: "UKM 5 cash registers: loads ukm5_pos packages into mint/update/version, installs them with the register's up.sh, reports the required reboot".into(),
             device_types: vec!["ukm5".into()],
             capabilities: Capabilities {
                 dirs: vec![
@@ -65,7 +84,7 @@ impl Plugin for Ukm5 {
                     DirRequest { dir: Dir::Backup, write: true },
                     DirRequest { dir: Dir::Logs, write: false },
                 ],
-                services: vec![SERVICE.into()],
+                services: vec![SERVICE.into(), INSTALLER.into()],
                 scripts: false,
                 // Only to tell the cashier that a full reboot is due; the consent
                 // question before an Update is the host's.
@@ -75,8 +94,15 @@ impl Plugin for Ukm5 {
     }
 
     fn inventory() -> Result<Inventory, String> {
+        require_register().map_err(stop_text)?;
         let version = installed_version().map_err(stop_text)?;
-        let mode = current_mode().unwrap_or_default();
+        let running = services::status(SERVICE).map_err(|e| e.message)? == services::State::Running;
+        // The register's mode where its log tells it; otherwise what the
+        // service's state says.
+        let mode = current_mode()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| if running { "RUNNING" } else { "STOPPED" }.to_owned());
         let mut details = vec![(
             "autoUpdateTimeout".to_owned(),
             match auto_update_timeout() {
@@ -85,7 +111,7 @@ impl Plugin for Ukm5 {
                 Err(e) => e,
             },
         )];
-        let reboot = read_file(REBOOT_MARK).ok();
+        let reboot = reboot_pending().map_err(stop_text)?;
         if let Some(v) = &reboot {
             details.push(("reboot-required-for".into(), v.clone()));
         }
@@ -94,7 +120,7 @@ impl Plugin for Ukm5 {
             version,
             modules: vec![],
             loaded_package: loaded_package(),
-            ready: READY.iter().any(|r| mode == *r),
+            ready: running && (READY.iter().any(|r| mode == *r) || mode == "RUNNING"),
             state: mode,
             pending_sync: 0,
             reboot_required: reboot.is_some(),
@@ -105,9 +131,11 @@ impl Plugin for Ukm5 {
     fn inspect(package: String) -> Result<PackageInfo, String> {
         let name = file_name(&package);
         let version = version_from_name(name)?;
-        let inside = read_text(&package, "version", 64)?
-            .ok_or_else(|| format!("{name}: the package has no `version` file"))?;
-        if inside.trim() != version {
+        // The document names packages, never their contents: a `version` file
+        // is checked where a package has one.
+        if let Some(inside) = read_text(&package, "version", 64)?
+            && inside.trim() != version
+        {
             return Err(format!(
                 "{name}: its name says version {version} but its `version` file says {}",
                 inside.trim()
@@ -139,9 +167,12 @@ impl Plugin for Ukm5 {
 
     fn precheck(ctx: StepContext) -> Outcome {
         step(|| {
-            installed_version()?;
+            require_register()?;
+            if ctx.task != TaskKind::Download {
+                installer_granted()?;
+            }
             if ctx.task != TaskKind::Download
-                && let Some(mode) = current_mode()
+                && let Some(mode) = current_mode()?
                 && mode == "RECEIPT"
             {
                 return Err(Stop::not_now(
@@ -216,39 +247,54 @@ impl Plugin for Ukm5 {
             let name = file_name(&ctx.package).to_owned();
             let loaded = format!("{DROP}/{name}");
             if kv::get("applied")?.as_deref() != Some(version.as_str()) {
-                let installed = installed_version()?;
-                if !exists(&loaded) {
+                installer_granted()?;
+                if kv::get("installer-run")?.is_none() {
+                    if !exists(&loaded) {
+                        return Err(Stop::failed(format!(
+                            "{name} is not in {DROP}: run the stage step (a Download task) first"
+                        )));
+                    }
+                    progress::report(5, "the register leaves sale mode");
+                    services::stop(SERVICE)?;
+                    if kv::get("backup")?.as_deref() != Some(name.as_str()) || !exists(BACKUP) {
+                        progress::report(20, "keeping the current program for a rollback");
+                        fs::remove_tree(BACKUP)?;
+                        fs::copy_tree(MINT, BACKUP)?;
+                        kv::set("backup", &name)?;
+                    }
+                    progress::report(40, "running up.sh in mint/update");
+                    services::start(INSTALLER)?;
+                    // From here on a rerun after a crash waits for up.sh or
+                    // judges how it ended. A crash just before this line runs
+                    // it again, rather than taking an install that never ran
+                    // for done.
+                    kv::set("installer-run", &name)?;
+                }
+                wait_installer(&name)?;
+                if let Some(now) = version_file()?
+                    && now != *version
+                {
                     return Err(Stop::failed(format!(
-                        "{name} is not in {DROP}: run the stage step (a Download task) first"
+                        "up.sh installed {name}, but the register's version file says {now}, expected {version}"
                     )));
                 }
-                progress::report(5, "the register leaves sale mode");
-                services::stop(SERVICE)?;
-                if kv::get("backup")?.as_deref() != Some(installed.as_str()) || !exists(BACKUP) {
-                    progress::report(20, "keeping the current program for a rollback");
-                    fs::remove_tree(BACKUP)?;
-                    fs::copy_tree(MINT, BACKUP)?;
-                    kv::set("backup", &installed)?;
-                }
-                // What `sudo ./up.sh` does: unpack over the program, take the package
-                // out of the drop folder, leave the reboot mark.
-                progress::report(50, "unpacking the package into mint/");
-                archive::extract(&loaded, MINT)?;
-                let now = read_file(VERSION_FILE)?;
-                if now != *version {
-                    return Err(Stop::failed(format!(
-                        "{name} was unpacked but {VERSION_FILE} says {now}, expected {version}"
-                    )));
-                }
+                // The register would ask to install a package still waiting here
+                // again at its next start.
                 fs::remove_tree(&loaded)?;
-                std::fs::write(REBOOT_MARK, format!("{version}\n")).at(REBOOT_MARK)?;
                 kv::set("applied", version)?;
                 log::warn(&format!(
-                    "UKM 5 POS {version} installed (was {installed}): a full reboot of the register is required"
+                    "UKM 5 POS {version} installed by up.sh: a full reboot of the register is required"
                 ));
             }
-            let mark = logs::end(LOG)?;
-            kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?;
+            if let Some(log) = log_file()? {
+                match logs::end(&log) {
+                    Ok(mark) => {
+                        kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?
+                    }
+                    Err(e) if e.kind == ErrorKind::NotFound => kv::delete("start-mark")?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
             progress::report(90, "starting the register program");
             services::start(SERVICE)?;
             Ok(())
@@ -258,77 +304,35 @@ impl Plugin for Ukm5 {
     fn verify(ctx: StepContext) -> Outcome {
         step(|| {
             let version = &ctx.info.version;
-            let installed = installed_version()?;
-            if installed != *version {
+            if let Some(installed) = version_file()?
+                && installed != *version
+            {
                 return Err(Stop::failed(format!(
-                    "{VERSION_FILE} says {installed}, expected {version}"
+                    "the register's version file says {installed}, expected {version}"
                 )));
             }
-            let mut mark = kv::get("start-mark")?
-                .and_then(|m| parse_mark(&m))
-                .unwrap_or(logs::Mark {
-                    file_id: 0,
-                    offset: 0,
-                });
-            let timeout = vars::get("ukm5-verify-timeout")
-                .and_then(|s| s.parse().ok())
-                .map(Duration::from_secs)
-                .unwrap_or(VERIFY_TIMEOUT);
-            let started = Instant::now();
-            let starting = format!("Starting UKM 5 POS {version}");
-            let mut seen_start = false;
-            let mut mode = String::from("unknown");
-            loop {
-                let patterns = ["Mode changed:".into(), " ERROR ".into(), starting.clone()];
-                let scan = logs::scan(LOG, mark, &patterns)?;
-                mark = scan.next;
-                for found in scan.found {
-                    match found.pattern {
-                        1 => {
-                            return Err(Stop::failed(format!(
-                                "the register logged an error after the update: {}",
-                                found.line.trim()
-                            )));
-                        }
-                        2 => seen_start |= found.line.trim_end().ends_with(&starting),
-                        _ => {
-                            if let Some(m) = mode_of(&found.line) {
-                                mode = m;
-                            }
-                        }
-                    }
-                }
-                if seen_start && READY.contains(&mode.as_str()) {
-                    break;
-                }
-                if services::status(SERVICE)? != services::State::Running {
-                    return Err(Stop::failed(format!(
-                        "the register program is not running after the update (last mode: {mode})"
-                    )));
-                }
-                if started.elapsed() > timeout {
-                    return Err(Stop::failed(format!(
-                        "the register did not reach sale mode with {version} within {} s (last mode: {mode})",
-                        timeout.as_secs()
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            if exists(REBOOT_MARK) {
-                let message = format!(
-                    "UKM 5 POS {version} is installed. Reboot the register fully (switch it off and on) to complete the update."
-                );
-                log::warn(&format!(
-                    "{version} runs in {mode} mode; a full reboot of the register is required"
-                ));
-                prompt::notify(&message);
-            }
+            let mode = match log_file()? {
+                Some(log) => watch_start(&log, version)?,
+                None => "RUNNING".to_owned(),
+            };
+            settle(&mode)?;
+            let message = format!(
+                "UKM 5 POS {version} is installed. Reboot the register fully (switch it off and on) to complete the update."
+            );
+            log::warn(&format!(
+                "{version} runs ({mode}); a full reboot of the register is required"
+            ));
+            prompt::notify(&message);
             Ok(())
         })
     }
 
-    fn commit(_ctx: StepContext) -> Outcome {
+    fn commit(ctx: StepContext) -> Outcome {
         step(|| {
+            let version = &ctx.info.version;
+            let boot = vars::get(BOOT_ID).unwrap_or_default();
+            kv::set(REBOOT_KEY, &format!("{version} {boot}"))?;
+            kv::set(INSTALLED_KEY, version)?;
             fs::remove_tree(BACKUP)?;
             for key in KV_KEYS {
                 kv::delete(key)?;
@@ -339,6 +343,9 @@ impl Plugin for Ukm5 {
 
     fn rollback(ctx: StepContext) -> Outcome {
         step(|| {
+            if kv::get("installer-run")?.is_some() {
+                services::stop(INSTALLER)?;
+            }
             services::stop(SERVICE)?;
             // The backup is a faithful copy of mint/ taken before anything was
             // unpacked; putting it back is idempotent, so a rollback interrupted
@@ -377,13 +384,204 @@ fn read_file(path: &str) -> Result<String, Stop> {
     Ok(std::fs::read_to_string(path).at(path)?.trim().to_owned())
 }
 
-fn installed_version() -> Result<String, Stop> {
-    if !exists(VERSION_FILE) {
+/// A UKM 5 register's home has the update folder the document names.
+fn require_register() -> Result<(), Stop> {
+    if !std::fs::metadata(UPDATE_DIR).is_ok_and(|m| m.is_dir()) {
         return Err(Stop::failed(format!(
-            "no UKM 5 register program at /product: {VERSION_FILE} is missing"
+            "no UKM 5 register at /product: {UPDATE_DIR} is missing (the device configuration's \
+             `product` must be the register's home, /home/ukm5)"
         )));
     }
-    read_file(VERSION_FILE)
+    Ok(())
+}
+
+/// A file of the register named by the server variable `var`, or `default`: a
+/// relative path inside `/product`, never outside it.
+fn product_file(var: &str, default: &str) -> Result<String, Stop> {
+    let rel = vars::get(var)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned());
+    if rel.starts_with('/')
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(Stop::failed(format!(
+            "the server variable `{var}` must be a path inside the register's home such as {default}, not {rel:?}"
+        )));
+    }
+    Ok(format!("/product/{rel}"))
+}
+
+/// The version the register's version file names, where it has one.
+fn version_file() -> Result<Option<String>, Stop> {
+    let path = product_file("ukm5-version-file", VERSION_FILE)?;
+    if !exists(&path) {
+        return Ok(None);
+    }
+    read_file(&path).map(Some)
+}
+
+/// The register's version file where it has one; otherwise the last version
+/// posup installed; empty when neither tells.
+fn installed_version() -> Result<String, Stop> {
+    if let Some(v) = version_file()? {
+        return Ok(v);
+    }
+    Ok(kv::get(INSTALLED_KEY)?.unwrap_or_default())
+}
+
+/// The version whose install still waits for a full reboot: until the host's
+/// boot id differs from the one the install was committed in. Without a boot id
+/// the requirement stays, erring towards one reboot too many.
+fn reboot_pending() -> Result<Option<String>, Stop> {
+    let Some(mark) = kv::get(REBOOT_KEY)? else {
+        return Ok(None);
+    };
+    let (version, boot) = mark.split_once(' ').unwrap_or((mark.as_str(), ""));
+    let now = vars::get(BOOT_ID).unwrap_or_default();
+    if !boot.is_empty() && !now.is_empty() && boot != now {
+        kv::delete(REBOOT_KEY)?;
+        log::info(&format!(
+            "the register booted again since {version} was installed: the update is in force"
+        ));
+        return Ok(None);
+    }
+    Ok(Some(version.to_owned()))
+}
+
+/// The register's installer must be granted: the document's one install
+/// procedure is its `up.sh`, and the plugin does not imitate it.
+fn installer_granted() -> Result<(), Stop> {
+    match services::status(INSTALLER) {
+        Err(e) if e.kind == ErrorKind::Denied || e.kind == ErrorKind::NotFound => {
+            Err(Stop::failed(format!(
+                "the register's installer is not available to the ukm5 plugin ({}). UKM 5 installs an update with \
+                 `sudo ./up.sh` in /home/ukm5/mint/update: define it in the device configuration as \
+                 [services.ukm5-up] command = [\"/home/ukm5/mint/update/up.sh\"], cwd = \"/home/ukm5/mint/update\" \
+                 (or a oneshot systemd unit) and add \"ukm5-up\" to [allow] services; nothing was changed",
+                e.message
+            )))
+        }
+        Err(e) => Err(e.into()),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Waits for `up.sh` to end: stopped is success, failed is its non-zero exit.
+fn wait_installer(name: &str) -> Result<(), Stop> {
+    loop {
+        match services::status(INSTALLER)? {
+            services::State::Running => std::thread::sleep(Duration::from_millis(200)),
+            services::State::Stopped => return Ok(()),
+            services::State::Failed => {
+                return Err(Stop::failed(format!(
+                    "up.sh failed installing {name} (the service {INSTALLER} exited with an error; its output is \
+                     where the device configuration sends it)"
+                )));
+            }
+        }
+    }
+}
+
+/// The register's log under `/logs`, when the server variable `ukm5-log` names
+/// one: the document names no log.
+fn log_file() -> Result<Option<String>, Stop> {
+    let Some(name) = vars::get("ukm5-log").map(|v| v.trim().to_owned()) else {
+        return Ok(None);
+    };
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if name.contains('/') || name == "." || name == ".." {
+        return Err(Stop::failed(format!(
+            "the server variable `ukm5-log` must name a file in the device's logs folder, not a path: {name}"
+        )));
+    }
+    Ok(Some(format!("/logs/{name}")))
+}
+
+/// Reads the register's log from the mark left by `apply` until it shows the
+/// start line (`ukm5-started`, `{version}` standing for the version) and a mode
+/// in which the register works; an ` ERROR ` line fails. Returns that mode.
+fn watch_start(log: &str, version: &str) -> Result<String, Stop> {
+    let mut mark = kv::get("start-mark")?
+        .and_then(|m| parse_mark(&m))
+        .unwrap_or(logs::Mark {
+            file_id: 0,
+            offset: 0,
+        });
+    let timeout = vars::get("ukm5-verify-timeout")
+        .and_then(|s| s.trim().parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(VERIFY_TIMEOUT);
+    let starting = vars::get("ukm5-started")
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| STARTED_DEFAULT.to_owned())
+        .replace("{version}", version);
+    let started = Instant::now();
+    let mut seen_start = false;
+    let mut mode = String::from("unknown");
+    loop {
+        let patterns = [MODE_LINE.into(), " ERROR ".into(), starting.clone()];
+        let scan = logs::scan(log, mark, &patterns)?;
+        mark = scan.next;
+        for found in scan.found {
+            match found.pattern {
+                1 => {
+                    return Err(Stop::failed(format!(
+                        "the register logged an error after the update: {}",
+                        found.line.trim()
+                    )));
+                }
+                2 => seen_start |= found.line.trim_end().ends_with(&starting),
+                _ => {
+                    if let Some(m) = mode_of(&found.line) {
+                        mode = m;
+                    }
+                }
+            }
+        }
+        if seen_start && READY.contains(&mode.as_str()) {
+            return Ok(mode);
+        }
+        if services::status(SERVICE)? != services::State::Running {
+            return Err(Stop::failed(format!(
+                "the register program is not running after the update (last mode: {mode})"
+            )));
+        }
+        if started.elapsed() > timeout {
+            return Err(Stop::failed(format!(
+                "the register did not reach sale mode with {version} within {} s (last mode: {mode})",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The register program must keep running for the settle time
+/// (`ukm5-settle-secs`): without a log, the one sign of a good start.
+fn settle(mode: &str) -> Result<(), Stop> {
+    let limit = vars::get("ukm5-settle-secs")
+        .and_then(|s| s.trim().parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(SETTLE);
+    let started = Instant::now();
+    loop {
+        let state = services::status(SERVICE)?;
+        if state != services::State::Running {
+            return Err(Stop::failed(format!(
+                "the register program stopped {} s after it was started with the update (last mode: {mode})",
+                started.elapsed().as_secs()
+            )));
+        }
+        if started.elapsed() >= limit {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn stop_text(stop: Stop) -> String {
@@ -465,14 +663,20 @@ fn loaded_package() -> Option<String> {
         .map(|(_, n)| n)
 }
 
-/// The register's mode after the last `Mode changed:` line of its log.
-fn current_mode() -> Option<String> {
-    let lines = logs::tail(LOG, 500).ok()?;
-    lines.iter().rev().find_map(|l| mode_of(l))
+/// The register's mode after the last mode line of its log, where the server
+/// names the log; `None` without a log or a mode line.
+fn current_mode() -> Result<Option<String>, Stop> {
+    let Some(log) = log_file()? else {
+        return Ok(None);
+    };
+    let Ok(lines) = logs::tail(&log, 500) else {
+        return Ok(None);
+    };
+    Ok(lines.iter().rev().find_map(|l| mode_of(l)))
 }
 
 fn mode_of(line: &str) -> Option<String> {
-    let (_, change) = line.split_once("Mode changed:")?;
+    let (_, change) = line.split_once(MODE_LINE)?;
     let (_, to) = change.split_once("->")?;
     Some(to.trim().to_owned())
 }
