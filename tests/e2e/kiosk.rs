@@ -225,6 +225,43 @@ async fn a_kiosk_that_fails_to_start_is_rolled_back_byte_for_byte() {
     t.stop().await;
 }
 
+/// A kiosk whose log the plugin is not told of: nothing says whether a customer
+/// is at it, so only a Forced update goes ahead, checked by the kiosk staying up.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_its_log_a_kiosk_is_updated_only_when_forced() {
+    let t = Terminal::new("7.4.2").await;
+    let before = snapshot(&t.product);
+    let unknown = [
+        "--var",
+        "kiosk-log=not-named.log",
+        "--var",
+        "kiosk-settle-secs=2",
+    ];
+    let pkg = t.package("7.5.0", false);
+    let out = t.apply_command(&pkg).args(unknown).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("posup cannot tell whether a customer is using the kiosk")
+            && stderr(&out).contains("Forced update"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&t.product), before);
+
+    let out = t
+        .apply_command(&pkg)
+        .args(unknown)
+        .arg("--forced")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(t.version(), "7.5.0");
+    // Nothing of posup's is left in the installation.
+    assert!(!t.product.join(".posup-update").exists());
+    t.wait_state("IDLE");
+    t.stop().await;
+}
+
 /// Kills `posup apply` once the journal says `step` started, and returns.
 fn kill_during(t: &Terminal, package: &Path, step: &str) {
     let mut child: Child = t

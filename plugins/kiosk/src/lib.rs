@@ -5,10 +5,13 @@
 //! update start the kiosk and check in its log that it reached `IDLE` (cash shift
 //! open) or `maintenance` without errors.
 //!
-//! Layout it expects (see host/sim's README for the simulated kiosk):
-//! - `/product/version`, `/product/app/…`, `/product/config/kiosk.config.xml`
-//! - `/logs/kiosk.log`, lines like `… INFO  [StateMachine] State changed: STARTING -> IDLE`
-//! - packages `kiosk_<version>.tgz` holding `version`, `app/…` and `CHANGELOG.txt`
+//! What it reads (plugins/kiosk/README.md lists every source):
+//! - the kiosk's log (`kiosk-log`, default `kiosk.log` in the logs folder), its
+//!   state from lines like `… State changed: STARTING -> IDLE` (`kiosk-state-line`);
+//! - `/product/config/`, the site's settings, carried over by every update;
+//! - `/product/version` where the installation has one; otherwise the version
+//!   posup installed last;
+//! - packages `kiosk_<version>.tgz` holding the program and `CHANGELOG.txt`.
 //!
 //! How an update moves through the directories:
 //! - stage: the package is unpacked into `/staging/kiosk-<version>` and the site's
@@ -24,12 +27,27 @@
 use std::time::{Duration, Instant};
 
 use posup_plugin_sdk::{
-    Capabilities, Dir, DirRequest, Inventory, IoContext, Outcome, PackageInfo, Plugin, PluginInfo,
-    StepContext, Stop, archive, fs, kv, log, logs, progress, services, step, vars,
+    Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
+    PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, services, step,
+    vars,
 };
 
 const SERVICE: &str = "kiosk";
-const LOG: &str = "/logs/kiosk.log";
+/// The kiosk's log in the logs folder unless the server variable `kiosk-log`
+/// names another.
+const LOG_DEFAULT: &str = "kiosk.log";
+/// What a log line that says the kiosk's state changed holds, before
+/// `<old> -> <new>`, unless the server variable `kiosk-state-line` says otherwise.
+const STATE_LINE_DEFAULT: &str = "State changed:";
+const VERSION_FILE: &str = "/product/version";
+/// Left in the staged tree before the exchange: after a crash it tells on which
+/// side of the exchange the installation is.
+const MARK: &str = ".posup-update";
+/// The last version posup installed, where the installation names none itself.
+const INSTALLED_KEY: &str = "installed";
+/// How long the kiosk must keep running after the update, unless the server sets
+/// `kiosk-settle-secs`; the check where no log tells its state.
+const SETTLE: Duration = Duration::from_secs(10);
 const BACKUP: &str = "/backup/kiosk";
 /// States in which a customer is using the kiosk.
 const BUSY: [&str; 2] = ["menu browsing", "payment"];
@@ -46,7 +64,7 @@ impl Plugin for Kiosk {
         PluginInfo {
             name: "kiosk".into(),
             vendor: "posup".into(),
-            version: "0.1.0".into(),
+            version: "0.2.0".into(),
             description: "iiko self-service kiosk software: waits for idle, updates, checks the kiosk reaches IDLE".into(),
             device_types: vec!["kiosk".into()],
             capabilities: Capabilities {
@@ -65,7 +83,14 @@ impl Plugin for Kiosk {
 
     fn inventory() -> Result<Inventory, String> {
         let version = installed_version().map_err(stop_text)?;
-        let state = current_state().unwrap_or_default();
+        let state = match current_state().map_err(stop_text)? {
+            Some(state) => state,
+            None => match services::status(SERVICE).map_err(|e| e.message)? {
+                services::State::Running => "running".to_owned(),
+                services::State::Stopped => "stopped".to_owned(),
+                services::State::Failed => "failed".to_owned(),
+            },
+        };
         let loaded = kv::get("staged")
             .ok()
             .flatten()
@@ -75,7 +100,10 @@ impl Plugin for Kiosk {
             version,
             modules: vec![],
             loaded_package: loaded,
-            ready: READY.iter().any(|r| state.eq_ignore_ascii_case(r)),
+            ready: READY
+                .iter()
+                .chain(&["running"])
+                .any(|r| state.eq_ignore_ascii_case(r)),
             state,
             pending_sync: 0,
             reboot_required: false,
@@ -85,9 +113,10 @@ impl Plugin for Kiosk {
 
     fn inspect(package: String) -> Result<PackageInfo, String> {
         let version = version_from_name(&package)?;
-        let inside = read_text(&package, "version", 64)?
-            .ok_or_else(|| format!("{package}: the package has no `version` file"))?;
-        if inside.trim() != version {
+        // A `version` file is checked where a package has one.
+        if let Some(inside) = read_text(&package, "version", 64)?
+            && inside.trim() != version
+        {
             return Err(format!(
                 "{package}: its name says version {version} but its `version` file says {}",
                 inside.trim()
@@ -106,13 +135,29 @@ impl Plugin for Kiosk {
     fn precheck(ctx: StepContext) -> Outcome {
         step(|| {
             installed_version()?;
-            if let Some(state) = current_state()
-                && BUSY.iter().any(|b| state.eq_ignore_ascii_case(b))
-            {
-                return Err(Stop::not_now(
-                    format!("the kiosk is in `{state}`: a customer is using it"),
-                    60,
-                ));
+            match current_state()? {
+                Some(state) if BUSY.iter().any(|b| state.eq_ignore_ascii_case(b)) => {
+                    return Err(Stop::not_now(
+                        format!("the kiosk is in `{state}`: a customer is using it"),
+                        60,
+                    ));
+                }
+                Some(_) => {}
+                // No log to read: nothing tells whether a customer is at the
+                // kiosk. Only a Forced update, the operator's word that the
+                // store is closed, goes ahead.
+                None if ctx.task == TaskKind::ForcedUpdate => log::warn(
+                    "the kiosk's log tells no state: a Forced update goes ahead as ordered, without knowing whether a customer is at the kiosk",
+                ),
+                None => {
+                    return Err(Stop::failed(format!(
+                        "posup cannot tell whether a customer is using the kiosk: {} has no state line. \
+                         Name the kiosk's log in the server variable `kiosk-log` (and its state line in \
+                         `kiosk-state-line`), or run this update as a Forced update when the store is closed; \
+                         nothing was changed",
+                        log_file()?
+                    )));
+                }
             }
             posup_plugin_sdk::require_staging_space(&ctx.package)?;
             Ok(())
@@ -131,8 +176,9 @@ impl Plugin for Kiosk {
             std::fs::create_dir(&staged).at(&staged)?;
             progress::report(10, "unpacking the package");
             archive::extract(&ctx.package, &staged)?;
-            let staged_version = read_file(&format!("{staged}/version"))?;
-            if staged_version != *version {
+            if let Ok(staged_version) = read_file(&format!("{staged}/version"))
+                && staged_version != *version
+            {
                 return Err(Stop::failed(format!(
                     "{}: unpacked version {staged_version} differs from {version}",
                     ctx.package
@@ -144,6 +190,7 @@ impl Plugin for Kiosk {
             if exists("/product/config") {
                 fs::copy_tree("/product/config", &format!("{staged}/config"))?;
             }
+            std::fs::write(format!("{staged}/{MARK}"), version).at(&staged)?;
             kv::set("staged", version)?;
             progress::report(100, "staged");
             Ok(())
@@ -155,10 +202,8 @@ impl Plugin for Kiosk {
             let version = &ctx.info.version;
             let staged = staged_dir(version);
             let installed = installed_version()?;
-            let exchanged = kv::get("applied")?.as_deref() == Some(version.as_str())
-                || (installed == *version
-                    && read_file(&format!("{staged}/version")).ok().as_deref()
-                        != Some(version.as_str()));
+            let exchanged =
+                kv::get("applied")?.as_deref() == Some(version.as_str()) || exchanged_to(version);
             if !exchanged {
                 if kv::get("staged")?.as_deref() != Some(version.as_str()) || !exists(&staged) {
                     return Err(Stop::failed(format!(
@@ -177,8 +222,12 @@ impl Plugin for Kiosk {
                 fs::exchange("/product", &staged)?;
                 kv::set("applied", version)?;
             }
-            let mark = logs::end(LOG)?;
-            kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?;
+            match logs::end(&log_file()?) {
+                Ok(mark) => kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?,
+                // A log not written yet is read from its start.
+                Err(e) if e.kind == ErrorKind::NotFound => kv::delete("start-mark")?,
+                Err(e) => return Err(e.into()),
+            }
             progress::report(90, "starting the kiosk");
             services::start(SERVICE)?;
             Ok(())
@@ -188,11 +237,22 @@ impl Plugin for Kiosk {
     fn verify(ctx: StepContext) -> Outcome {
         step(|| {
             let version = &ctx.info.version;
-            let installed = installed_version()?;
-            if installed != *version {
+            if !exchanged_to(version) {
                 return Err(Stop::failed(format!(
-                    "/product/version says {installed}, expected {version}"
+                    "/product does not hold the staged {version}: the update was not installed"
                 )));
+            }
+            if let Ok(installed) = read_file(VERSION_FILE)
+                && installed != *version
+            {
+                return Err(Stop::failed(format!(
+                    "{VERSION_FILE} says {installed}, expected {version}"
+                )));
+            }
+            let log = log_file()?;
+            if logs::tail(&log, 1).is_err() {
+                // No log to read: the kiosk staying up is the one sign of a good start.
+                return settle();
             }
             let mut mark = match kv::get("start-mark")?.and_then(|m| parse_mark(&m)) {
                 Some(m) => m,
@@ -205,10 +265,11 @@ impl Plugin for Kiosk {
                 .and_then(|s| s.parse().ok())
                 .map(Duration::from_secs)
                 .unwrap_or(VERIFY_TIMEOUT);
+            let state_line = state_line();
             let started = Instant::now();
             let mut state = String::from("unknown");
             loop {
-                let scan = logs::scan(LOG, mark, &["State changed:".into(), " ERROR ".into()])?;
+                let scan = logs::scan(&log, mark, &[state_line.clone(), " ERROR ".into()])?;
                 mark = scan.next;
                 for found in scan.found {
                     if found.pattern == 1 {
@@ -217,7 +278,7 @@ impl Plugin for Kiosk {
                             found.line.trim()
                         )));
                     }
-                    if let Some(s) = state_of(&found.line) {
+                    if let Some(s) = state_of(&found.line, &state_line) {
                         state = s;
                     }
                 }
@@ -243,6 +304,8 @@ impl Plugin for Kiosk {
 
     fn commit(ctx: StepContext) -> Outcome {
         step(|| {
+            kv::set(INSTALLED_KEY, &ctx.info.version)?;
+            fs::remove_tree(&format!("/product/{MARK}"))?;
             fs::remove_tree(BACKUP)?;
             // After the exchange the staged name holds the previous installation.
             fs::remove_tree(&staged_dir(&ctx.info.version))?;
@@ -258,12 +321,10 @@ impl Plugin for Kiosk {
             let version = &ctx.info.version;
             services::stop(SERVICE)?;
             if exists(BACKUP) {
-                let backup_version = read_file(&format!("{BACKUP}/version"))?;
-                let installed = installed_version().unwrap_or_default();
-                // The exchange happened when the product runs the new version while the
-                // backup holds another; a rollback re-run after its own exchange sees
-                // the backup version installed and does not swap back.
-                if installed == *version && backup_version != *version {
+                // The exchange happened when the installation holds the staged
+                // tree's mark; a rollback re-run after its own exchange finds the
+                // old tree back, without the mark, and does not swap again.
+                if exchanged_to(version) {
                     fs::exchange("/product", BACKUP)?;
                 }
                 fs::remove_tree(BACKUP)?;
@@ -290,13 +351,59 @@ fn read_file(path: &str) -> Result<String, Stop> {
     Ok(std::fs::read_to_string(path).at(path)?.trim().to_owned())
 }
 
+/// The installation's `version` file where it has one; otherwise the version
+/// posup installed last; empty when neither tells.
 fn installed_version() -> Result<String, Stop> {
-    if !exists("/product/version") {
-        return Err(Stop::failed(
-            "no kiosk installation at /product: /product/version is missing",
-        ));
+    if exists(VERSION_FILE) {
+        return read_file(VERSION_FILE);
     }
-    read_file("/product/version")
+    Ok(kv::get(INSTALLED_KEY)?.unwrap_or_default())
+}
+
+/// Whether `/product` is the staged tree of `version`: the exchange happened.
+fn exchanged_to(version: &str) -> bool {
+    std::fs::read_to_string(format!("/product/{MARK}")).is_ok_and(|v| v == version)
+}
+
+/// The kiosk's log: `kiosk-log` in the logs folder, a file name only.
+fn log_file() -> Result<String, Stop> {
+    let name = vars::get("kiosk-log")
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| LOG_DEFAULT.to_owned());
+    if name.contains('/') || name == "." || name == ".." {
+        return Err(Stop::failed(format!(
+            "the server variable `kiosk-log` must name a file in the device's logs folder, not a path: {name}"
+        )));
+    }
+    Ok(format!("/logs/{name}"))
+}
+
+fn state_line() -> String {
+    vars::get("kiosk-state-line")
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| STATE_LINE_DEFAULT.to_owned())
+}
+
+/// The kiosk must keep running for the settle time (`kiosk-settle-secs`).
+fn settle() -> Result<(), Stop> {
+    let limit = vars::get("kiosk-settle-secs")
+        .and_then(|s| s.trim().parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(SETTLE);
+    let started = Instant::now();
+    loop {
+        if services::status(SERVICE)? != services::State::Running {
+            return Err(Stop::failed(format!(
+                "the kiosk stopped {} s after it was started with the update",
+                started.elapsed().as_secs()
+            )));
+        }
+        if started.elapsed() >= limit {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn stop_text(stop: Stop) -> String {
@@ -306,14 +413,18 @@ fn stop_text(stop: Stop) -> String {
     }
 }
 
-/// The kiosk's state after the last `State changed:` line in its log.
-fn current_state() -> Option<String> {
-    let lines = logs::tail(LOG, 500).ok()?;
-    lines.iter().rev().find_map(|l| state_of(l))
+/// The kiosk's state after the last state line in its log; `None` when there
+/// is no log or no state line in its last 500 lines.
+fn current_state() -> Result<Option<String>, Stop> {
+    let Ok(lines) = logs::tail(&log_file()?, 500) else {
+        return Ok(None);
+    };
+    let state_line = state_line();
+    Ok(lines.iter().rev().find_map(|l| state_of(l, &state_line)))
 }
 
-fn state_of(line: &str) -> Option<String> {
-    let (_, change) = line.split_once("State changed:")?;
+fn state_of(line: &str, state_line: &str) -> Option<String> {
+    let (_, change) = line.split_once(state_line)?;
     let (_, to) = change.split_once("->")?;
     Some(to.trim().to_owned())
 }
@@ -352,7 +463,7 @@ fn read_text(package: &str, entry: &str, max: u64) -> Result<Option<String>, Str
                     .map(Some)
                     .map_err(|_| format!("{package}: {entry} is not UTF-8 text"));
             }
-            Err(e) if e.kind == posup_plugin_sdk::ErrorKind::NotFound => continue,
+            Err(e) if e.kind == ErrorKind::NotFound => continue,
             Err(e) => return Err(e.message),
         }
     }
