@@ -125,6 +125,18 @@ impl Terminal {
 
     /// Runs `posup apply --json` with the server variables `vars`.
     pub fn apply(&self, plugin: &str, package: &Path, vars: &[(&str, &str)]) -> Output {
+        self.apply_with(plugin, package, vars, &[])
+    }
+
+    /// Runs `posup apply --json` with the server variables `vars` and the
+    /// further arguments `extra` (`--forced`, `--answer no`).
+    pub fn apply_with(
+        &self,
+        plugin: &str,
+        package: &Path,
+        vars: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Output {
         let mut cmd = posup();
         cmd.args(["apply", "--plugin", plugin, "--json"])
             .arg("--package")
@@ -140,6 +152,7 @@ impl Terminal {
         for (name, value) in vars {
             cmd.arg("--var").arg(format!("{name}={value}"));
         }
+        cmd.args(extra);
         cmd.output().unwrap()
     }
 

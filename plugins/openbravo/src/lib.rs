@@ -15,31 +15,41 @@
 //!   information, and its log must show the version this plugin computes from the
 //!   modules now installed, without errors.
 //!
-//! Layout (plugins/openbravo/README.md has the whole picture): `/product` is the
-//! Openbravo installation — the core's `src-db/database/sourcedata/AD_MODULE.xml`,
-//! `modules/<javapackage>/src-db/database/sourcedata/AD_MODULE.xml`, pending
-//! batches as files in `sync/pending/`; log `/logs/openbravo.log`. Packages are
-//! Openbravo module files `<javapackage>-<version>.obx` (zip) holding
-//! `<javapackage>/…`.
+//! Layout (plugins/openbravo/README.md has the whole picture and every source):
+//! `/product` is the Openbravo installation — the core's
+//! `src-db/database/sourcedata/AD_MODULE.xml`,
+//! `modules/<javapackage>/src-db/database/sourcedata/AD_MODULE.xml`. Openbravo
+//! keeps the data pending to sync in its database: the plugin counts it where a
+//! folder of pending batches is kept (`openbravo-pending-dir`), reads the store
+//! server's log only where it is named (`openbravo-log`), and without a count
+//! lets only a Forced update or a hot fix through. Packages are Openbravo module
+//! files `<javapackage>-<version>.obx` (zip) holding `<javapackage>/…`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use posup_plugin_common::{
-    Watch, exists, file_name, package_text, remember_log_end, remembered_mark, stop_text,
-    wait_limit, watch_log, xml_value,
+    Watch, exists, file_name, package_text, remembered_mark, stop_text, wait_limit, watch_log,
+    xml_value,
 };
 use posup_plugin_sdk::{
-    Capabilities, Dir, DirRequest, Inventory, IoContext, ModuleVersion, Outcome, PackageInfo,
-    Plugin, PluginInfo, StepContext, Stop, archive, compare_versions, fs, kv, log, logs, progress,
-    services, step, vars,
+    Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, ModuleVersion, Outcome,
+    PackageInfo, Plugin, PluginInfo, StepContext, Stop, TaskKind, archive, compare_versions, fs,
+    kv, log, logs, progress, services, step, vars,
 };
 
 const SERVICE: &str = "openbravo";
-const LOG: &str = "/logs/openbravo.log";
+/// Where pending batches are counted unless `openbravo-pending-dir` says
+/// otherwise, inside the installation; used when present.
+const PENDING_DEFAULT: &str = "sync/pending";
+/// The line the store server logs when it recomputed its version, before the
+/// number, unless `openbravo-version-line` says otherwise.
+const VERSION_LINE_DEFAULT: &str = "Version information recomputed: version ";
+/// How long the store server must keep running after the update, unless
+/// `openbravo-settle-secs` says otherwise.
+const SETTLE: Duration = Duration::from_secs(10);
 const PRODUCT: &str = "/product";
 const MODULES: &str = "/product/modules";
 const MODULE_FILE: &str = "src-db/database/sourcedata/AD_MODULE.xml";
-const PENDING: &str = "/product/sync/pending";
 const PROPERTIES: &str = "/product/config/Openbravo.properties";
 const CORE: &str = "org.openbravo";
 /// The per-site preference that lets a hot fix in while data is pending to sync.
@@ -80,15 +90,23 @@ impl Plugin for Openbravo {
         let version = computed_version(modules.iter().map(|m| m.version.as_str()))?;
         let pending = pending_batches().map_err(stop_text)?;
         let running = services::status(SERVICE).ok() == Some(services::State::Running);
-        let state = if running {
-            last_status().unwrap_or_else(|| "transitioning".into())
-        } else {
-            "offline".into()
+        let logged = log_file().map_err(stop_text)?.is_some();
+        let state = match (running, logged) {
+            (false, _) => "offline".to_owned(),
+            (true, true) => last_status().unwrap_or_else(|| "transitioning".into()),
+            // Without its log nothing says whether it reaches central.
+            (true, false) => "running".to_owned(),
         };
-        let mut details = vec![(
-            "version-rule".to_owned(),
-            "sum over modules of major*10^12 + minor*10^6 + patch".to_owned(),
-        )];
+        let mut details = vec![
+            (
+                "version-rule".to_owned(),
+                "sum over modules of major*10^12 + minor*10^6 + patch".to_owned(),
+            ),
+            (
+                "pending-sync".to_owned(),
+                pending.map_or("unknown".to_owned(), |n| n.to_string()),
+            ),
+        ];
         if let Ok(props) = std::fs::read_to_string(PROPERTIES)
             && let Some(store) = props
                 .lines()
@@ -107,9 +125,9 @@ impl Plugin for Openbravo {
                 })
                 .collect(),
             loaded_package: kv::get("staged").ok().flatten(),
-            ready: state == "online",
+            ready: state == "online" || state == "running",
             state,
-            pending_sync: pending,
+            pending_sync: pending.unwrap_or(0),
             reboot_required: false,
             details,
         })
@@ -169,7 +187,8 @@ impl Plugin for Openbravo {
                     m.version, ctx.info.version
                 )));
             }
-            pending_sync_allows()?;
+            log_file()?;
+            pending_sync_allows(ctx.task)?;
             posup_plugin_sdk::require_staging_space(&ctx.package)?;
             Ok(())
         })
@@ -215,7 +234,7 @@ impl Plugin for Openbravo {
                     )));
                 }
                 // Data may have come in since the precheck.
-                pending_sync_allows()?;
+                pending_sync_allows(ctx.task)?;
                 progress::report(5, "stopping the store server");
                 services::stop(SERVICE)?;
                 if exists(&target) {
@@ -236,7 +255,16 @@ impl Plugin for Openbravo {
                 }
                 kv::set("applied", version)?;
             }
-            remember_log_end("start-mark", LOG)?;
+            if let Some(log) = log_file()? {
+                match logs::end(&log) {
+                    Ok(mark) => {
+                        kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?
+                    }
+                    // A log not written yet is read from its start.
+                    Err(e) if e.kind == ErrorKind::NotFound => kv::delete("start-mark")?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
             progress::report(90, "starting the store server");
             services::start(SERVICE)?;
             Ok(())
@@ -255,16 +283,18 @@ impl Plugin for Openbravo {
             }
             let modules = installed_modules()?;
             let expected = computed_version(modules.iter().map(|m| m.version.as_str()))?;
+            let Some(log) = log_file()? else {
+                return settle();
+            };
             let limit = wait_limit("openbravo-verify-timeout", VERIFY_TIMEOUT);
+            let version_line = vars::get("openbravo-version-line")
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| VERSION_LINE_DEFAULT.to_owned());
             let mut recomputed = false;
             watch_log(
-                LOG,
+                &log,
                 remembered_mark("start-mark")?,
-                &[
-                    " ERROR ",
-                    "Version information recomputed: version ",
-                    "Data pending to sync:",
-                ],
+                &[" ERROR ", version_line.as_str(), "Data pending to sync:"],
                 SERVICE,
                 limit,
                 "the recomputed version information",
@@ -274,7 +304,7 @@ impl Plugin for Openbravo {
                     )),
                     1 => {
                         let found = line
-                            .split("recomputed: version ")
+                            .split(version_line.as_str())
                             .nth(1)
                             .and_then(|r| r.split_whitespace().next())
                             .unwrap_or_default();
@@ -421,44 +451,126 @@ fn computed_version<'a>(versions: impl IntoIterator<Item = &'a str>) -> Result<u
     Ok(total)
 }
 
-fn pending_batches() -> Result<u32, Stop> {
-    match std::fs::read_dir(PENDING) {
-        Ok(entries) => Ok(entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-            .count() as u32),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(Stop::failed(format!("{PENDING}: {e}"))),
+/// The folder of pending batches (`openbravo-pending-dir`, a path inside the
+/// installation).
+fn pending_dir() -> Result<String, Stop> {
+    let rel = vars::get("openbravo-pending-dir")
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| PENDING_DEFAULT.to_owned());
+    if rel.starts_with('/')
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(Stop::failed(format!(
+            "the server variable `openbravo-pending-dir` must be a path inside the installation such as {PENDING_DEFAULT}, not {rel:?}"
+        )));
+    }
+    Ok(format!("{PRODUCT}/{rel}"))
+}
+
+/// Batches of store data pending to sync; `None` when the installation keeps
+/// no folder of them, so nothing tells.
+fn pending_batches() -> Result<Option<u32>, Stop> {
+    let dir = pending_dir()?;
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => Ok(Some(
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count() as u32,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Stop::failed(format!("{dir}: {e}"))),
     }
 }
 
 /// Not now while data is pending to sync, unless `ignore-version-check` is `Y`.
-fn pending_sync_allows() -> Result<(), Stop> {
-    let pending = pending_batches()?;
-    if pending == 0 {
-        return Ok(());
-    }
-    match vars::get(IGNORE_VAR)
+/// Where nothing counts the pending data, only a hot fix (`Y`) or a Forced
+/// update — the operator's word that the store is closed and synchronized —
+/// goes ahead.
+fn pending_sync_allows(task: TaskKind) -> Result<(), Stop> {
+    let ignore = match vars::get(IGNORE_VAR)
         .map(|v| v.trim().to_owned())
         .as_deref()
     {
-        Some("Y") => {
-            log::warn(&format!(
-                "{pending} batches are pending to sync to central; installing anyway as a hot fix ({IGNORE_VAR} = Y)"
-            ));
-            Ok(())
+        Some("Y") => true,
+        None | Some("N") => false,
+        Some(other) => {
+            return Err(Stop::failed(format!(
+                "the site's `{IGNORE_VAR}` is {other:?}: it must be Y (enabled) or N (disabled)"
+            )));
         }
-        None | Some("N") => Err(Stop::not_now(
-            format!(
-                "{pending} batches of store data are pending to sync to central: updating a module now would make \
-                 store and central versions differ with data pending, which logs WebPOS users out of central. \
-                 Wait until the data is synchronized, or set the site's `{IGNORE_VAR}` to Y for a hot fix"
-            ),
-            RETRY_SECS,
-        )),
-        Some(other) => Err(Stop::failed(format!(
-            "the site's `{IGNORE_VAR}` is {other:?}: it must be Y (enabled) or N (disabled)"
-        ))),
+    };
+    let pending = match pending_batches()? {
+        Some(0) => return Ok(()),
+        Some(n) => n,
+        None if ignore || task == TaskKind::ForcedUpdate => {
+            log::warn(&format!(
+                "nothing counts the data pending to sync ({} is missing): going ahead as ordered",
+                pending_dir()?
+            ));
+            return Ok(());
+        }
+        None => {
+            return Err(Stop::failed(format!(
+                "posup cannot tell whether store data is pending to sync to central: {} is missing. Name the \
+                 folder of pending batches in the server variable `openbravo-pending-dir`, set the site's \
+                 `{IGNORE_VAR}` to Y for a hot fix, or run this update as a Forced update; nothing was changed",
+                pending_dir()?
+            )));
+        }
+    };
+    if ignore {
+        log::warn(&format!(
+            "{pending} batches are pending to sync to central; installing anyway as a hot fix ({IGNORE_VAR} = Y)"
+        ));
+        return Ok(());
+    }
+    Err(Stop::not_now(
+        format!(
+            "{pending} batches of store data are pending to sync to central: updating a module now would make \
+             store and central versions differ with data pending, which logs WebPOS users out of central. \
+             Wait until the data is synchronized, or set the site's `{IGNORE_VAR}` to Y for a hot fix"
+        ),
+        RETRY_SECS,
+    ))
+}
+
+/// The store server's log under `/logs`, when the server variable
+/// `openbravo-log` names one.
+fn log_file() -> Result<Option<String>, Stop> {
+    let Some(name) = vars::get("openbravo-log").map(|v| v.trim().to_owned()) else {
+        return Ok(None);
+    };
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if name.contains('/') || name == "." || name == ".." {
+        return Err(Stop::failed(format!(
+            "the server variable `openbravo-log` must name a file in the device's logs folder, not a path: {name}"
+        )));
+    }
+    Ok(Some(format!("/logs/{name}")))
+}
+
+/// The store server must keep running for the settle time
+/// (`openbravo-settle-secs`): without its log, the one sign of a good start.
+fn settle() -> Result<(), Stop> {
+    let limit = wait_limit("openbravo-settle-secs", SETTLE);
+    let started = Instant::now();
+    loop {
+        if services::status(SERVICE)? != services::State::Running {
+            return Err(Stop::failed(format!(
+                "the store server stopped {} s after it was started with the update",
+                started.elapsed().as_secs()
+            )));
+        }
+        if started.elapsed() >= limit {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -485,7 +597,7 @@ fn backup_dir(javapackage: &str) -> String {
 
 /// The last `Server status:` the store server logged.
 fn last_status() -> Option<String> {
-    let lines = logs::tail(LOG, 2_000).ok()?;
+    let lines = logs::tail(&log_file().ok()??, 2_000).ok()?;
     lines.iter().rev().find_map(|l| {
         l.split("Server status: ")
             .nth(1)
