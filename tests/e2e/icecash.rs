@@ -117,8 +117,8 @@ async fn a_bare_register_is_upgraded_and_rolled_back_by_its_services_state() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("dIceCash is")
-            && err.contains("after the upgrade")
+        err.contains("dIceCash stopped")
+            && err.contains("after it was started with the update")
             && err.contains("rolled back"),
         "{err}"
     );

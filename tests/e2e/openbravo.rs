@@ -194,7 +194,7 @@ async fn a_bare_store_server_is_updated_only_when_forced() {
     let out = t.apply_with("openbravo", &broken, &settle, &["--forced"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("the store server stopped") && stderr(&out).contains("rolled back"),
+        stderr(&out).contains("openbravo stopped") && stderr(&out).contains("rolled back"),
         "{}",
         stderr(&out)
     );

@@ -361,7 +361,7 @@ async fn a_bare_register_is_updated_by_its_up_sh_and_rolled_back_byte_for_byte()
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("the register program stopped") && err.contains("rolled back"),
+        err.contains("ukm5 stopped") && err.contains("rolled back"),
         "{err}"
     );
     assert_eq!(snapshot(&t.product), before);

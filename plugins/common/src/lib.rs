@@ -1,14 +1,16 @@
-//! What the iiko BackOffice, iikoFront, IceCash and Openbravo plugins share:
-//! reading files of the installation and of packages, remembering a log position
-//! across steps, reading values of small XML files, and waiting for a product's
-//! log to show it started.
+//! What the built-in plugins share: reading files of the installation and of
+//! packages, remembering a log position across steps, reading values of small
+//! XML files, waiting for a product's log to show it started, and the
+//! configuration every plugin takes from server variables — where a product's
+//! log or facts are, and how long a product must keep running after an update
+//! when nothing else tells that it started well.
 //!
 //! Everything here is a thin layer over the SDK's host calls and `std::fs` under
 //! the granted directories; errors are [`Stop`]s that name the file involved.
 
 use std::time::{Duration, Instant};
 
-use posup_plugin_sdk::{ErrorKind, Stop, archive, kv, logs, services};
+use posup_plugin_sdk::{ErrorKind, Stop, archive, kv, logs, services, vars};
 
 /// Whether anything (file, folder or link) exists at a guest path.
 pub fn exists(path: &str) -> bool {
@@ -101,10 +103,85 @@ pub fn remembered_mark(key: &str) -> Result<logs::Mark, Stop> {
 /// How long a plugin waits for its product to come up: the server variable
 /// `var` in seconds, or `default`.
 pub fn wait_limit(var: &str, default: Duration) -> Duration {
-    posup_plugin_sdk::vars::get(var)
+    vars::get(var)
         .and_then(|s| s.trim().parse().ok())
         .map(Duration::from_secs)
         .unwrap_or(default)
+}
+
+/// The guest path of the log the server variable `var` names in the logs folder;
+/// `None` where the variable is unset or empty. Only a plain file name is
+/// taken, never a path.
+pub fn named_log(var: &str) -> Result<Option<String>, Stop> {
+    let Some(name) = vars::get(var).map(|v| v.trim().to_owned()) else {
+        return Ok(None);
+    };
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if name.contains('/') || name == "." || name == ".." {
+        return Err(Stop::failed(format!(
+            "the server variable `{var}` must name a file in the device's logs folder, not a path: {name}"
+        )));
+    }
+    Ok(Some(format!("/logs/{name}")))
+}
+
+/// The log the server variable `var` names, or `default` in the logs folder.
+pub fn log_or(var: &str, default: &str) -> Result<String, Stop> {
+    Ok(named_log(var)?.unwrap_or_else(|| format!("/logs/{default}")))
+}
+
+/// A path inside `/product` named by the server variable `var`, or `default`:
+/// a relative path without `.` or `..` components, so it stays inside.
+pub fn product_path(var: &str, default: &str) -> Result<String, Stop> {
+    let rel = vars::get(var)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned());
+    if rel.starts_with('/')
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(Stop::failed(format!(
+            "the server variable `{var}` must be a path inside the installation such as {default}, not {rel:?}"
+        )));
+    }
+    Ok(format!("/product/{rel}"))
+}
+
+/// A service's state in words.
+pub fn state_name(state: services::State) -> &'static str {
+    match state {
+        services::State::Running => "running",
+        services::State::Stopped => "stopped",
+        services::State::Failed => "failed",
+    }
+}
+
+/// Every one of `names` must keep running for `limit` (the server variable
+/// `var` in seconds, or `default`): where no log tells, the one sign a product
+/// gives that it started well. A program that fails later is not caught.
+pub fn settle(names: &[&str], var: &str, default: Duration) -> Result<(), Stop> {
+    let limit = wait_limit(var, default);
+    let started = Instant::now();
+    loop {
+        for name in names {
+            let state = services::status(name)?;
+            if state != services::State::Running {
+                return Err(Stop::failed(format!(
+                    "{name} stopped ({}) {} s after it was started with the update",
+                    state_name(state),
+                    started.elapsed().as_secs()
+                )));
+            }
+        }
+        if started.elapsed() >= limit {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// What [`watch_log`]'s judge says about the lines seen so far.

@@ -24,11 +24,11 @@
 //! verify goes by the services' state. plugins/icecash/README.md lists every
 //! source.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use posup_plugin_common::{
-    Watch, exists, file_name, package_text, remembered_mark, stop_text, version_in_name,
-    wait_limit, watch_log,
+    Watch, exists, file_name, named_log, package_text, remembered_mark, settle, state_name,
+    stop_text, version_in_name, wait_limit, watch_log,
 };
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, ModuleVersion, Outcome,
@@ -377,23 +377,6 @@ fn server_var(name: &str, why: &str) -> Result<String, Stop> {
         })
 }
 
-/// The guest path of a service's output file named by the server variable
-/// `var`, when one is set. Only a plain file name under `/logs` is taken.
-fn output_file(var: &str) -> Result<Option<String>, Stop> {
-    let Some(name) = vars::get(var).map(|v| v.trim().to_owned()) else {
-        return Ok(None);
-    };
-    if name.is_empty() {
-        return Ok(None);
-    }
-    if name.contains('/') || name == "." || name == ".." {
-        return Err(Stop::failed(format!(
-            "the server variable `{var}` must name a file in the device's logs folder, not a path: {name}"
-        )));
-    }
-    Ok(Some(format!("/logs/{name}")))
-}
-
 /// Remembers where `log` ends now under `key`; a log not written yet is read
 /// from its start later.
 fn remember_output_end(key: &str, log: &str) -> Result<(), Stop> {
@@ -440,14 +423,6 @@ fn start_template() -> Result<(String, String), Stop> {
     Ok((template, pattern))
 }
 
-fn state_name(state: services::State) -> &'static str {
-    match state {
-        services::State::Running => "running",
-        services::State::Stopped => "stopped",
-        services::State::Failed => "failed",
-    }
-}
-
 fn precheck_program(ctx: &StepContext) -> Result<(), Stop> {
     let installed = installed_version()?;
     let offered = server_var(
@@ -466,8 +441,8 @@ fn precheck_program(ctx: &StepContext) -> Result<(), Stop> {
         )));
     }
     // Refused here, before anything changes, rather than at verify.
-    output_file(DICECASH_LOG_VAR)?;
-    output_file(DTPRINT_LOG_VAR)?;
+    named_log(DICECASH_LOG_VAR)?;
+    named_log(DTPRINT_LOG_VAR)?;
     start_template()?;
     log::info(&format!(
         "the server offers dIceCash {offered}; the register runs {installed}"
@@ -544,10 +519,10 @@ fn apply_program(ctx: &StepContext) -> Result<(), Stop> {
         fs::copy_tree(&staged_program, PROGRAM)?;
         kv::set("applied", version)?;
     }
-    if let Some(log) = output_file(DICECASH_LOG_VAR)? {
+    if let Some(log) = named_log(DICECASH_LOG_VAR)? {
         remember_output_end("dicecash-mark", &log)?;
     }
-    if let Some(log) = output_file(DTPRINT_LOG_VAR)? {
+    if let Some(log) = named_log(DTPRINT_LOG_VAR)? {
         remember_output_end("dtprint-mark", &log)?;
     }
     progress::report(90, "starting DTPrint and dIceCash");
@@ -564,7 +539,7 @@ fn verify_program(ctx: &StepContext) -> Result<(), Stop> {
             "{MAIN} says {installed}, expected {version}"
         )));
     }
-    let dicecash_log = output_file(DICECASH_LOG_VAR)?;
+    let dicecash_log = named_log(DICECASH_LOG_VAR)?;
     if let Some(log) = &dicecash_log {
         let (template, prefix) = start_template()?;
         let mut patterns = ERROR_PATTERNS.to_vec();
@@ -586,8 +561,8 @@ fn verify_program(ctx: &StepContext) -> Result<(), Stop> {
             },
         )?;
     }
-    settle(dicecash_log.as_deref())?;
-    if let Some(log) = output_file(DTPRINT_LOG_VAR)? {
+    settle(&[DICECASH, DTPRINT], "icecash-settle-secs", SETTLE)?;
+    if let Some(log) = named_log(DTPRINT_LOG_VAR)? {
         let scan = logs::scan(
             &log,
             remembered_mark("dtprint-mark")?,
@@ -607,43 +582,6 @@ fn verify_program(ctx: &StepContext) -> Result<(), Stop> {
     ));
     log::info(&format!("dIceCash {version} and DTPrint are up"));
     Ok(())
-}
-
-/// Both services must keep running for the settle time (`icecash-settle-secs`):
-/// the one sign of a good start a register gives without a log. A program that
-/// fails later than that is not caught here.
-fn settle(dicecash_log: Option<&str>) -> Result<(), Stop> {
-    let limit = wait_limit("icecash-settle-secs", SETTLE);
-    log::info(&format!(
-        "waiting {} s for dIceCash and DTPrint to keep running",
-        limit.as_secs()
-    ));
-    let started = Instant::now();
-    loop {
-        for (service, log) in [(DICECASH, dicecash_log), (DTPRINT, None)] {
-            let state = services::status(service)?;
-            if state != services::State::Running {
-                let last = log
-                    .and_then(|l| logs::tail(l, 1).ok())
-                    .and_then(|l| l.last().map(|s| s.trim().to_owned()));
-                return Err(Stop::failed(match last {
-                    Some(line) => format!(
-                        "{service} is {} after the upgrade; its last line: {line}",
-                        state_name(state)
-                    ),
-                    None => format!(
-                        "{service} is {} after the upgrade, {} s after it was started",
-                        state_name(state),
-                        started.elapsed().as_secs()
-                    ),
-                }));
-            }
-        }
-        if started.elapsed() >= limit {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Returns whether the services are to be started again.

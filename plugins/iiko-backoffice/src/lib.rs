@@ -26,7 +26,7 @@
 use std::time::Duration;
 
 use posup_plugin_common::{
-    Watch, exists, file_name, package_text, remember_log_end, remembered_mark, stop_text,
+    Watch, exists, file_name, log_or, package_text, remember_log_end, remembered_mark, stop_text,
     version_in_name, wait_limit, watch_log, xml_value,
 };
 use posup_plugin_sdk::{
@@ -35,7 +35,9 @@ use posup_plugin_sdk::{
 };
 
 const SERVICE: &str = "BackOffice";
-const LOG: &str = "/logs/backoffice.log";
+/// The log in the logs folder unless the server variable `iiko-backoffice-log` names
+/// another (the field procedure asks for its log, but names no file).
+const LOG_DEFAULT: &str = "backoffice.log";
 const PLUGIN: &str = "Kiosk.BackOffice";
 const PLUGIN_DIR: &str = "/product/Office/Plugins/Kiosk.BackOffice";
 const MENU: &str = "/product/Office/Plugins/Kiosk.BackOffice/Config/KioskMenu.xml";
@@ -233,7 +235,7 @@ impl Plugin for BackOffice {
                 fs::exchange(PLUGIN_DIR, &staged_plugin)?;
                 kv::set("applied", version)?;
             }
-            remember_log_end("start-mark", LOG)?;
+            remember_log_end("start-mark", &log()?)?;
             progress::report(90, "starting BackOffice");
             services::start(SERVICE)?;
             Ok(())
@@ -253,7 +255,7 @@ impl Plugin for BackOffice {
             let mut started = false;
             let mut last_rms = String::from("no RMS connection attempt yet");
             watch_log(
-                LOG,
+                &log()?,
                 remembered_mark("start-mark")?,
                 &[" ERROR ", "[PluginHost] Plugin ", "[RmsConnection]"],
                 SERVICE,
@@ -446,7 +448,10 @@ struct Session {
 
 /// Reads the log from the last `Starting iikoOffice` line on.
 fn last_session() -> Session {
-    let lines = logs::tail(LOG, INVENTORY_LINES).unwrap_or_default();
+    let lines = log()
+        .ok()
+        .and_then(|l| logs::tail(&l, INVENTORY_LINES).ok())
+        .unwrap_or_default();
     let Some(start) = lines
         .iter()
         .rposition(|l| l.contains("Starting iikoOffice "))
@@ -483,6 +488,10 @@ fn last_session() -> Session {
         }
     }
     s
+}
+
+fn log() -> Result<String, Stop> {
+    log_or("iiko-backoffice-log", LOG_DEFAULT)
 }
 
 posup_plugin_sdk::export!(BackOffice);

@@ -30,7 +30,7 @@
 use std::time::Duration;
 
 use posup_plugin_common::{
-    Watch, exists, file_name, package_text, remember_log_end, remembered_mark, stop_text,
+    Watch, exists, file_name, log_or, package_text, remember_log_end, remembered_mark, stop_text,
     version_in_name, wait_limit, watch_log, xml_value,
 };
 use posup_plugin_sdk::{
@@ -40,7 +40,9 @@ use posup_plugin_sdk::{
 };
 
 const SERVICE: &str = "iikoFront";
-const LOG: &str = "/logs/cash-server.log";
+/// The log in the logs folder unless the server variable `iiko-front-log` names
+/// another (the field procedure asks for its log, but names no file).
+const LOG_DEFAULT: &str = "cash-server.log";
 const PLUGIN: &str = "Kiosk.Front";
 const PLUGIN_DIR: &str = "/product/Front.Net/Plugins/Kiosk.Front";
 const DESKTOP: &str = "/product/Desktop";
@@ -233,7 +235,7 @@ impl Plugin for Front {
                 fs::exchange(PLUGIN_DIR, &staged_plugin)?;
                 kv::set("applied", version)?;
             }
-            remember_log_end("start-mark", LOG)?;
+            remember_log_end("start-mark", &log()?)?;
             progress::report(90, "starting iikoFront");
             services::start(SERVICE)?;
             Ok(())
@@ -252,7 +254,7 @@ impl Plugin for Front {
             let limit = wait_limit("iiko-verify-timeout", VERIFY_TIMEOUT);
             let mut started = false;
             watch_log(
-                LOG,
+                &log()?,
                 remembered_mark("start-mark")?,
                 &[" ERROR ", "[PluginHost] Plugin ", "iikoFront is ready"],
                 SERVICE,
@@ -410,6 +412,10 @@ fn copy_to_desktop(installed: &str) -> Result<(), Stop> {
     kv::set("old-copy", &copy)?;
     log::info(&format!("the old plugin {installed} is copied to {copy}"));
     Ok(())
+}
+
+fn log() -> Result<String, Stop> {
+    log_or("iiko-front-log", LOG_DEFAULT)
 }
 
 posup_plugin_sdk::export!(Front);

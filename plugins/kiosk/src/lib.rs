@@ -26,6 +26,7 @@
 
 use std::time::{Duration, Instant};
 
+use posup_plugin_common::{exists, log_or, settle, stop_text};
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
     PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, services, step,
@@ -155,7 +156,7 @@ impl Plugin for Kiosk {
                          Name the kiosk's log in the server variable `kiosk-log` (and its state line in \
                          `kiosk-state-line`), or run this update as a Forced update when the store is closed; \
                          nothing was changed",
-                        log_file()?
+                        log_or("kiosk-log", LOG_DEFAULT)?
                     )));
                 }
             }
@@ -222,7 +223,7 @@ impl Plugin for Kiosk {
                 fs::exchange("/product", &staged)?;
                 kv::set("applied", version)?;
             }
-            match logs::end(&log_file()?) {
+            match logs::end(&log_or("kiosk-log", LOG_DEFAULT)?) {
                 Ok(mark) => kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?,
                 // A log not written yet is read from its start.
                 Err(e) if e.kind == ErrorKind::NotFound => kv::delete("start-mark")?,
@@ -249,10 +250,10 @@ impl Plugin for Kiosk {
                     "{VERSION_FILE} says {installed}, expected {version}"
                 )));
             }
-            let log = log_file()?;
+            let log = log_or("kiosk-log", LOG_DEFAULT)?;
             if logs::tail(&log, 1).is_err() {
                 // No log to read: the kiosk staying up is the one sign of a good start.
-                return settle();
+                return settle(&[SERVICE], "kiosk-settle-secs", SETTLE);
             }
             let mut mark = match kv::get("start-mark")?.and_then(|m| parse_mark(&m)) {
                 Some(m) => m,
@@ -343,10 +344,6 @@ fn staged_dir(version: &str) -> String {
     format!("/staging/kiosk-{version}")
 }
 
-fn exists(path: &str) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
-}
-
 fn read_file(path: &str) -> Result<String, Stop> {
     Ok(std::fs::read_to_string(path).at(path)?.trim().to_owned())
 }
@@ -365,58 +362,16 @@ fn exchanged_to(version: &str) -> bool {
     std::fs::read_to_string(format!("/product/{MARK}")).is_ok_and(|v| v == version)
 }
 
-/// The kiosk's log: `kiosk-log` in the logs folder, a file name only.
-fn log_file() -> Result<String, Stop> {
-    let name = vars::get("kiosk-log")
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| LOG_DEFAULT.to_owned());
-    if name.contains('/') || name == "." || name == ".." {
-        return Err(Stop::failed(format!(
-            "the server variable `kiosk-log` must name a file in the device's logs folder, not a path: {name}"
-        )));
-    }
-    Ok(format!("/logs/{name}"))
-}
-
 fn state_line() -> String {
     vars::get("kiosk-state-line")
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| STATE_LINE_DEFAULT.to_owned())
 }
 
-/// The kiosk must keep running for the settle time (`kiosk-settle-secs`).
-fn settle() -> Result<(), Stop> {
-    let limit = vars::get("kiosk-settle-secs")
-        .and_then(|s| s.trim().parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(SETTLE);
-    let started = Instant::now();
-    loop {
-        if services::status(SERVICE)? != services::State::Running {
-            return Err(Stop::failed(format!(
-                "the kiosk stopped {} s after it was started with the update",
-                started.elapsed().as_secs()
-            )));
-        }
-        if started.elapsed() >= limit {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn stop_text(stop: Stop) -> String {
-    match stop {
-        Stop::Failed(s) => s,
-        Stop::NotNow { reason, .. } => reason,
-    }
-}
-
 /// The kiosk's state after the last state line in its log; `None` when there
 /// is no log or no state line in its last 500 lines.
 fn current_state() -> Result<Option<String>, Stop> {
-    let Ok(lines) = logs::tail(&log_file()?, 500) else {
+    let Ok(lines) = logs::tail(&log_or("kiosk-log", LOG_DEFAULT)?, 500) else {
         return Ok(None);
     };
     let state_line = state_line();

@@ -25,11 +25,11 @@
 //! lets only a Forced update or a hot fix through. Packages are Openbravo module
 //! files `<javapackage>-<version>.obx` (zip) holding `<javapackage>/…`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use posup_plugin_common::{
-    Watch, exists, file_name, package_text, remembered_mark, stop_text, wait_limit, watch_log,
-    xml_value,
+    Watch, exists, file_name, named_log, package_text, product_path, remembered_mark, settle,
+    stop_text, wait_limit, watch_log, xml_value,
 };
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, ModuleVersion, Outcome,
@@ -90,7 +90,7 @@ impl Plugin for Openbravo {
         let version = computed_version(modules.iter().map(|m| m.version.as_str()))?;
         let pending = pending_batches().map_err(stop_text)?;
         let running = services::status(SERVICE).ok() == Some(services::State::Running);
-        let logged = log_file().map_err(stop_text)?.is_some();
+        let logged = named_log("openbravo-log").map_err(stop_text)?.is_some();
         let state = match (running, logged) {
             (false, _) => "offline".to_owned(),
             (true, true) => last_status().unwrap_or_else(|| "transitioning".into()),
@@ -187,7 +187,7 @@ impl Plugin for Openbravo {
                     m.version, ctx.info.version
                 )));
             }
-            log_file()?;
+            named_log("openbravo-log")?;
             pending_sync_allows(ctx.task)?;
             posup_plugin_sdk::require_staging_space(&ctx.package)?;
             Ok(())
@@ -255,7 +255,7 @@ impl Plugin for Openbravo {
                 }
                 kv::set("applied", version)?;
             }
-            if let Some(log) = log_file()? {
+            if let Some(log) = named_log("openbravo-log")? {
                 match logs::end(&log) {
                     Ok(mark) => {
                         kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?
@@ -283,8 +283,8 @@ impl Plugin for Openbravo {
             }
             let modules = installed_modules()?;
             let expected = computed_version(modules.iter().map(|m| m.version.as_str()))?;
-            let Some(log) = log_file()? else {
-                return settle();
+            let Some(log) = named_log("openbravo-log")? else {
+                return settle(&[SERVICE], "openbravo-settle-secs", SETTLE);
             };
             let limit = wait_limit("openbravo-verify-timeout", VERIFY_TIMEOUT);
             let version_line = vars::get("openbravo-version-line")
@@ -451,29 +451,10 @@ fn computed_version<'a>(versions: impl IntoIterator<Item = &'a str>) -> Result<u
     Ok(total)
 }
 
-/// The folder of pending batches (`openbravo-pending-dir`, a path inside the
-/// installation).
-fn pending_dir() -> Result<String, Stop> {
-    let rel = vars::get("openbravo-pending-dir")
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| PENDING_DEFAULT.to_owned());
-    if rel.starts_with('/')
-        || rel
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return Err(Stop::failed(format!(
-            "the server variable `openbravo-pending-dir` must be a path inside the installation such as {PENDING_DEFAULT}, not {rel:?}"
-        )));
-    }
-    Ok(format!("{PRODUCT}/{rel}"))
-}
-
 /// Batches of store data pending to sync; `None` when the installation keeps
 /// no folder of them, so nothing tells.
 fn pending_batches() -> Result<Option<u32>, Stop> {
-    let dir = pending_dir()?;
+    let dir = product_path("openbravo-pending-dir", PENDING_DEFAULT)?;
     match std::fs::read_dir(&dir) {
         Ok(entries) => Ok(Some(
             entries
@@ -509,7 +490,7 @@ fn pending_sync_allows(task: TaskKind) -> Result<(), Stop> {
         None if ignore || task == TaskKind::ForcedUpdate => {
             log::warn(&format!(
                 "nothing counts the data pending to sync ({} is missing): going ahead as ordered",
-                pending_dir()?
+                product_path("openbravo-pending-dir", PENDING_DEFAULT)?
             ));
             return Ok(());
         }
@@ -518,7 +499,7 @@ fn pending_sync_allows(task: TaskKind) -> Result<(), Stop> {
                 "posup cannot tell whether store data is pending to sync to central: {} is missing. Name the \
                  folder of pending batches in the server variable `openbravo-pending-dir`, set the site's \
                  `{IGNORE_VAR}` to Y for a hot fix, or run this update as a Forced update; nothing was changed",
-                pending_dir()?
+                product_path("openbravo-pending-dir", PENDING_DEFAULT)?
             )));
         }
     };
@@ -536,42 +517,6 @@ fn pending_sync_allows(task: TaskKind) -> Result<(), Stop> {
         ),
         RETRY_SECS,
     ))
-}
-
-/// The store server's log under `/logs`, when the server variable
-/// `openbravo-log` names one.
-fn log_file() -> Result<Option<String>, Stop> {
-    let Some(name) = vars::get("openbravo-log").map(|v| v.trim().to_owned()) else {
-        return Ok(None);
-    };
-    if name.is_empty() {
-        return Ok(None);
-    }
-    if name.contains('/') || name == "." || name == ".." {
-        return Err(Stop::failed(format!(
-            "the server variable `openbravo-log` must name a file in the device's logs folder, not a path: {name}"
-        )));
-    }
-    Ok(Some(format!("/logs/{name}")))
-}
-
-/// The store server must keep running for the settle time
-/// (`openbravo-settle-secs`): without its log, the one sign of a good start.
-fn settle() -> Result<(), Stop> {
-    let limit = wait_limit("openbravo-settle-secs", SETTLE);
-    let started = Instant::now();
-    loop {
-        if services::status(SERVICE)? != services::State::Running {
-            return Err(Stop::failed(format!(
-                "the store server stopped {} s after it was started with the update",
-                started.elapsed().as_secs()
-            )));
-        }
-        if started.elapsed() >= limit {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The java package of the package's module.
@@ -597,7 +542,7 @@ fn backup_dir(javapackage: &str) -> String {
 
 /// The last `Server status:` the store server logged.
 fn last_status() -> Option<String> {
-    let lines = logs::tail(&log_file().ok()??, 2_000).ok()?;
+    let lines = logs::tail(&named_log("openbravo-log").ok()??, 2_000).ok()?;
     lines.iter().rev().find_map(|l| {
         l.split("Server status: ")
             .nth(1)

@@ -39,6 +39,7 @@ use package::{Change, change_config, describe, parse_changes, parse_rules};
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use posup_plugin_common::{exists, file_name, named_log, product_path, state_name, stop_text};
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
     PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, services, step,
@@ -220,7 +221,7 @@ impl Plugin for Oscar {
         step(|| {
             require_installation()?;
             let a = analyse(&ctx.package)?;
-            log_file()?;
+            named_log("oscar-log")?;
             check_clients(ctx.task)?;
             let archive_size = std::fs::metadata(&ctx.package).at(&ctx.package)?.len();
             let (needed, place) = match a.kind {
@@ -615,7 +616,7 @@ fn apply_small(ctx: &StepContext, a: &Analysis, tag: &Tag<'_>) -> Result<(), Sto
 /// Starts the server and the clients. The Update State records the start in
 /// `verify`, which sees the installation as it is now.
 fn start_server() -> Result<(), Stop> {
-    if let Some(log) = log_file()? {
+    if let Some(log) = named_log("oscar-log")? {
         match logs::end(&log) {
             Ok(mark) => kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?,
             // A log not written yet is read from its start.
@@ -872,28 +873,9 @@ fn dash(s: &str) -> Option<String> {
     (s != "-").then(|| s.to_owned())
 }
 
-/// A file of the installation named by the server variable `var`, or
-/// `default`: a relative path inside the installation, never outside it.
-fn facts_file(var: &str, default: &str) -> Result<String, Stop> {
-    let rel = vars::get(var)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned());
-    if rel.starts_with('/')
-        || rel
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return Err(Stop::failed(format!(
-            "the server variable `{var}` must be a path inside the installation such as {default}, not {rel:?}"
-        )));
-    }
-    Ok(format!("{PRODUCT}/{rel}"))
-}
-
 /// The terminal clients, when the site keeps their list; `None` when it does not.
 fn read_clients() -> Result<Option<Vec<Client>>, Stop> {
-    let path = facts_file("oscar-clients", CLIENTS)?;
+    let path = product_path("oscar-clients", CLIENTS)?;
     if !exists(&path) {
         return Ok(None);
     }
@@ -916,7 +898,7 @@ fn read_clients() -> Result<Option<Vec<Client>>, Stop> {
 
 /// The system units, when the site keeps their list; `None` when it does not.
 fn read_units() -> Result<Option<Vec<Unit>>, Stop> {
-    let path = facts_file("oscar-units", UNITS)?;
+    let path = product_path("oscar-units", UNITS)?;
     if !exists(&path) {
         return Ok(None);
     }
@@ -951,8 +933,8 @@ fn check_clients(task: TaskKind) -> Result<(), Stop> {
         let missing: Vec<String> = [
             clients
                 .is_none()
-                .then(|| facts_file("oscar-clients", CLIENTS)),
-            units.is_none().then(|| facts_file("oscar-units", UNITS)),
+                .then(|| product_path("oscar-clients", CLIENTS)),
+            units.is_none().then(|| product_path("oscar-units", UNITS)),
         ]
         .into_iter()
         .flatten()
@@ -1001,30 +983,13 @@ fn check_clients(task: TaskKind) -> Result<(), Stop> {
     Ok(())
 }
 
-/// The server's log under `/logs`, when the server variable `oscar-log` names
-/// one: the document names no log file.
-fn log_file() -> Result<Option<String>, Stop> {
-    let Some(name) = vars::get("oscar-log").map(|v| v.trim().to_owned()) else {
-        return Ok(None);
-    };
-    if name.is_empty() {
-        return Ok(None);
-    }
-    if name.contains('/') || name == "." || name == ".." {
-        return Err(Stop::failed(format!(
-            "the server variable `oscar-log` must name a file in the device's logs folder, not a path: {name}"
-        )));
-    }
-    Ok(Some(format!("/logs/{name}")))
-}
-
 /// The server must run and keep running for the settle time
 /// (`oscar-settle-secs`). Where the server names its log (`oscar-log`), no line
 /// may hold the error text (`oscar-error`, ` ERROR `), and where it names the
 /// line that means ready (`oscar-ready`, `{version}` standing for the installed
 /// release), that line must appear first, within `oscar-verify-timeout`.
 fn wait_ready(version: &str) -> Result<(), Stop> {
-    let log = log_file()?;
+    let log = named_log("oscar-log")?;
     let mut mark = kv::get("start-mark")?
         .and_then(|m| parse_mark(&m))
         .unwrap_or(logs::Mark {
@@ -1089,14 +1054,6 @@ fn wait_ready(version: &str) -> Result<(), Stop> {
     }
 }
 
-fn state_name(state: services::State) -> &'static str {
-    match state {
-        services::State::Running => "running",
-        services::State::Stopped => "stopped",
-        services::State::Failed => "failed",
-    }
-}
-
 /// The sequence number of the update of this step's package, once staged.
 fn current(ctx: &StepContext) -> Result<Option<u32>, Stop> {
     if kv::get("package")?.as_deref() != Some(file_name(&ctx.package)) {
@@ -1157,14 +1114,6 @@ fn kept_archives() -> Vec<String> {
     kept
 }
 
-fn exists(path: &str) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
-}
-
-fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
 /// An OSCAR installation has the server's data (`work.srv`) and its programs
 /// (`bin`), as the document describes it.
 fn require_installation() -> Result<(), Stop> {
@@ -1189,13 +1138,6 @@ fn installed_version() -> Result<String, Stop> {
             .to_owned());
     }
     Ok(kv::get(INSTALLED_KEY)?.unwrap_or_default())
-}
-
-fn stop_text(stop: Stop) -> String {
-    match stop {
-        Stop::Failed(s) => s,
-        Stop::NotNow { reason, .. } => reason,
-    }
 }
 
 /// Bytes of the files under `root`; 0 when it does not exist.

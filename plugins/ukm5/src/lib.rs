@@ -25,6 +25,7 @@
 
 use std::time::{Duration, Instant};
 
+use posup_plugin_common::{exists, file_name, named_log, product_path, settle, stop_text};
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
     PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, prompt,
@@ -286,7 +287,7 @@ impl Plugin for Ukm5 {
                     "UKM 5 POS {version} installed by up.sh: a full reboot of the register is required"
                 ));
             }
-            if let Some(log) = log_file()? {
+            if let Some(log) = named_log("ukm5-log")? {
                 match logs::end(&log) {
                     Ok(mark) => {
                         kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?
@@ -311,11 +312,11 @@ impl Plugin for Ukm5 {
                     "the register's version file says {installed}, expected {version}"
                 )));
             }
-            let mode = match log_file()? {
+            let mode = match named_log("ukm5-log")? {
                 Some(log) => watch_start(&log, version)?,
                 None => "RUNNING".to_owned(),
             };
-            settle(&mode)?;
+            settle(&[SERVICE], "ukm5-settle-secs", SETTLE)?;
             let message = format!(
                 "UKM 5 POS {version} is installed. Reboot the register fully (switch it off and on) to complete the update."
             );
@@ -372,14 +373,6 @@ impl Plugin for Ukm5 {
     }
 }
 
-fn exists(path: &str) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
-}
-
-fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
 fn read_file(path: &str) -> Result<String, Stop> {
     Ok(std::fs::read_to_string(path).at(path)?.trim().to_owned())
 }
@@ -395,28 +388,9 @@ fn require_register() -> Result<(), Stop> {
     Ok(())
 }
 
-/// A file of the register named by the server variable `var`, or `default`: a
-/// relative path inside `/product`, never outside it.
-fn product_file(var: &str, default: &str) -> Result<String, Stop> {
-    let rel = vars::get(var)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned());
-    if rel.starts_with('/')
-        || rel
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return Err(Stop::failed(format!(
-            "the server variable `{var}` must be a path inside the register's home such as {default}, not {rel:?}"
-        )));
-    }
-    Ok(format!("/product/{rel}"))
-}
-
 /// The version the register's version file names, where it has one.
 fn version_file() -> Result<Option<String>, Stop> {
-    let path = product_file("ukm5-version-file", VERSION_FILE)?;
+    let path = product_path("ukm5-version-file", VERSION_FILE)?;
     if !exists(&path) {
         return Ok(None);
     }
@@ -485,23 +459,6 @@ fn wait_installer(name: &str) -> Result<(), Stop> {
     }
 }
 
-/// The register's log under `/logs`, when the server variable `ukm5-log` names
-/// one: the document names no log.
-fn log_file() -> Result<Option<String>, Stop> {
-    let Some(name) = vars::get("ukm5-log").map(|v| v.trim().to_owned()) else {
-        return Ok(None);
-    };
-    if name.is_empty() {
-        return Ok(None);
-    }
-    if name.contains('/') || name == "." || name == ".." {
-        return Err(Stop::failed(format!(
-            "the server variable `ukm5-log` must name a file in the device's logs folder, not a path: {name}"
-        )));
-    }
-    Ok(Some(format!("/logs/{name}")))
-}
-
 /// Reads the register's log from the mark left by `apply` until it shows the
 /// start line (`ukm5-started`, `{version}` standing for the version) and a mode
 /// in which the register works; an ` ERROR ` line fails. Returns that mode.
@@ -558,36 +515,6 @@ fn watch_start(log: &str, version: &str) -> Result<String, Stop> {
             )));
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The register program must keep running for the settle time
-/// (`ukm5-settle-secs`): without a log, the one sign of a good start.
-fn settle(mode: &str) -> Result<(), Stop> {
-    let limit = vars::get("ukm5-settle-secs")
-        .and_then(|s| s.trim().parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(SETTLE);
-    let started = Instant::now();
-    loop {
-        let state = services::status(SERVICE)?;
-        if state != services::State::Running {
-            return Err(Stop::failed(format!(
-                "the register program stopped {} s after it was started with the update (last mode: {mode})",
-                started.elapsed().as_secs()
-            )));
-        }
-        if started.elapsed() >= limit {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn stop_text(stop: Stop) -> String {
-    match stop {
-        Stop::Failed(s) => s,
-        Stop::NotNow { reason, .. } => reason,
     }
 }
 
@@ -666,7 +593,7 @@ fn loaded_package() -> Option<String> {
 /// The register's mode after the last mode line of its log, where the server
 /// names the log; `None` without a log or a mode line.
 fn current_mode() -> Result<Option<String>, Stop> {
-    let Some(log) = log_file()? else {
+    let Some(log) = named_log("ukm5-log")? else {
         return Ok(None);
     };
     let Ok(lines) = logs::tail(&log, 500) else {
