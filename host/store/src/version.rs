@@ -94,9 +94,11 @@ pub fn module_differences(
 
 /// One number for the whole installation, computed from its module versions, that
 /// grows whenever any module's version grows (module versions only grow). Each
-/// module's version contributes its first four numeric parts, weighted
-/// 10⁹/10⁶/10³/1 with each part capped at 999; the sum over modules is the
-/// computed version. A product without modules reports its own version instead.
+/// module's version `major.minor.patch` weighs major·10¹² + minor·10⁶ + patch,
+/// each part capped at 999 999 (Openbravo numbers builds in the thousands:
+/// `1.8.3900`, `3.0.33000`); the sum over modules is the computed version, the
+/// same number the Openbravo plugin computes. A product without modules reports
+/// its own version instead.
 pub fn computed_version(inventory: &Inventory) -> String {
     if inventory.modules.is_empty() {
         return inventory.version.clone();
@@ -110,13 +112,14 @@ pub fn computed_version(inventory: &Inventory) -> String {
 }
 
 fn module_weight(version: &str) -> u128 {
-    const WEIGHTS: [u128; 4] = [1_000_000_000, 1_000_000, 1_000, 1];
+    const WEIGHTS: [u128; 3] = [1_000_000_000_000, 1_000_000, 1];
+    const CAP: u128 = 999_999;
     version
         .split(|c: char| !c.is_ascii_digit())
         .filter(|part| !part.is_empty())
-        .take(4)
+        .take(3)
         .zip(WEIGHTS)
-        .map(|(part, weight)| part.parse::<u128>().unwrap_or(999).min(999) * weight)
+        .map(|(part, weight)| part.parse::<u128>().unwrap_or(CAP).min(CAP) * weight)
         .sum()
 }
 
@@ -217,5 +220,25 @@ mod tests {
         );
         assert!(old < newer && newer < newest, "{old} {newer} {newest}");
         assert_eq!(computed_version(&inventory("1.8.4", &[])), "1.8.4");
+    }
+
+    /// Openbravo numbers its modules' builds in the thousands (`1.8.3900`,
+    /// core `3.0.33000`): a build grows the computed version, and it is the
+    /// number the store server's plugin computes.
+    #[test]
+    fn openbravo_builds_grow_the_computed_version() {
+        let baseline = [
+            ("org.openbravo", "3.0.33000"),
+            ("org.openbravo.mobile.core", "1.8.3900"),
+            ("org.openbravo.retail.discounts", "1.8.3900"),
+            ("org.openbravo.retail.posterminal", "1.8.3900"),
+            ("org.openbravo.retail.storeserver", "1.2.3900"),
+        ];
+        let before = computed_version(&inventory("x", &baseline));
+        let mut updated = baseline;
+        updated[3].1 = "1.8.4000";
+        let after = computed_version(&inventory("x", &updated));
+        assert_eq!(before, "7000026048600");
+        assert_eq!(after, "7000026048700");
     }
 }
