@@ -1041,7 +1041,21 @@ impl Agent {
         let installed = if action.kind != TaskKind::Download && !journal_open {
             self.inventory_with(&action.plugin)
                 .await
-                .map(|inv| inv.version)
+                .map(|inv| {
+                    // A module package (Openbravo's) is measured against its
+                    // module, not the product's computed version.
+                    let modules: Vec<(String, String)> = inv
+                        .modules
+                        .into_iter()
+                        .map(|m| (m.name, m.version))
+                        .collect();
+                    posup_policy::version::installed_for(
+                        &action.package.file_name,
+                        &inv.version,
+                        &modules,
+                    )
+                    .to_owned()
+                })
                 .unwrap_or_default()
         } else {
             String::new()

@@ -159,8 +159,10 @@ impl Plugin for IceCash {
                     name: DICECASH.into(),
                     version: version.clone(),
                 },
+                // Named as environment updates are (`iceupd_<nnn>`), so a
+                // level is measured against the level reached.
                 ModuleVersion {
-                    name: "environment".into(),
+                    name: "iceupd".into(),
                     version: environment,
                 },
             ],
