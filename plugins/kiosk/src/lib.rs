@@ -26,7 +26,7 @@
 
 use std::time::{Duration, Instant};
 
-use posup_plugin_common::{exists, log_or, settle, stop_text};
+use posup_plugin_common::{exists, log_or, settle, stop_text, wait_limit};
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
     PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, services, step,
@@ -52,6 +52,9 @@ const SETTLE: Duration = Duration::from_secs(10);
 const BACKUP: &str = "/backup/kiosk";
 /// States in which a customer is using the kiosk.
 const BUSY: [&str; 2] = ["menu browsing", "payment"];
+/// How long to wait before asking again while a customer uses the kiosk, unless
+/// the server sets `kiosk-busy-retry-secs`.
+const BUSY_RETRY: Duration = Duration::from_secs(60);
 /// States the kiosk must reach after an update.
 const READY: [&str; 2] = ["IDLE", "maintenance"];
 /// How long verify waits for the kiosk to become ready, unless the server sets the
@@ -140,7 +143,7 @@ impl Plugin for Kiosk {
                 Some(state) if BUSY.iter().any(|b| state.eq_ignore_ascii_case(b)) => {
                     return Err(Stop::not_now(
                         format!("the kiosk is in `{state}`: a customer is using it"),
-                        60,
+                        wait_limit("kiosk-busy-retry-secs", BUSY_RETRY).as_secs() as u32,
                     ));
                 }
                 Some(_) => {}
