@@ -20,7 +20,7 @@
 //! `--keep` leaves everything running for the web console.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1182,7 +1182,6 @@ async fn watch_tasks(
             finished += u64::from(task.state == TaskState::Finished);
         }
         rows.sort_by_key(|(_, r)| names.get(&r.device_id).cloned());
-        let mut lines = Vec::new();
         for (_, r) in &rows {
             let name = names
                 .get(&r.device_id)
@@ -1194,13 +1193,12 @@ async fn watch_tasks(
                 (Some(w), _) => w.reason.clone(),
                 (_, m) => m.clone().unwrap_or_default(),
             };
-            lines.push(format!(
-                "  {name:<16} {} {:>3}%  {:<10} {step:<9} {}",
-                bar(frac, 16),
-                (frac * 100.0).round() as u32,
-                r.state.as_str(),
-                clip(&msg, 56)
-            ));
+            out.row(
+                r.device_id,
+                &name,
+                frac,
+                &format!("{:<10} {step:<9} {}", r.state.as_str(), clip(&msg, 56)),
+            );
             let key = (r.state, r.step.clone());
             if seen.get(&r.device_id) != Some(&key) {
                 seen.insert(r.device_id, key);
@@ -1211,10 +1209,9 @@ async fn watch_tasks(
                 ));
             }
         }
-        lines.push(format!(
-            "  {success} of {total} done · {running} in progress · {failed} failed"
+        out.summary(&format!(
+            "{success} of {total} done · {running} in progress · {failed} failed"
         ));
-        out.frame(&lines);
         if finished == tasks.len() as u64 {
             out.end(&format!(
                 "  finished in {:.1} s: {success} succeeded, {failed} failed",
@@ -1432,11 +1429,6 @@ fn fraction(r: &TaskDeviceRow) -> f64 {
     from + (to - from) * pct
 }
 
-fn bar(frac: f64, width: usize) -> String {
-    let full = ((frac.clamp(0.0, 1.0)) * width as f64).round() as usize;
-    format!("[{}{}]", "#".repeat(full), ".".repeat(width - full))
-}
-
 fn clip(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_owned()
@@ -1446,18 +1438,30 @@ fn clip(s: &str, max: usize) -> String {
     }
 }
 
-/// Output: redrawn frames on a terminal, one line per change otherwise.
+/// Output: a progress bar per terminal on a terminal (indicatif), one line per
+/// change otherwise, so a log of the demo reads as a story.
 struct Out {
     tty: bool,
-    drawn: std::sync::Mutex<usize>,
+    bars: Mutex<Option<Bars>>,
+}
+
+/// The bars of the step being watched.
+struct Bars {
+    multi: indicatif::MultiProgress,
+    rows: BTreeMap<i64, indicatif::ProgressBar>,
+    summary: indicatif::ProgressBar,
 }
 
 impl Out {
     fn new() -> Self {
         Self {
             tty: std::io::stdout().is_terminal(),
-            drawn: std::sync::Mutex::new(0),
+            bars: Mutex::new(None),
         }
+    }
+
+    fn bars(&self) -> std::sync::MutexGuard<'_, Option<Bars>> {
+        self.bars.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn say(&self, line: &str) {
@@ -1467,28 +1471,49 @@ impl Out {
     fn begin(&self, header: &str) {
         println!();
         println!("{header}");
-        *self.drawn.lock().expect("out lock") = 0;
+        if self.tty {
+            let multi = indicatif::MultiProgress::new();
+            let summary = multi.add(indicatif::ProgressBar::new_spinner());
+            summary.set_style(
+                indicatif::ProgressStyle::with_template("  {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            *self.bars() = Some(Bars {
+                multi,
+                rows: BTreeMap::new(),
+                summary,
+            });
+        }
     }
 
-    /// Replaces the last frame (terminal only).
-    fn frame(&self, lines: &[String]) {
-        if !self.tty {
+    /// One terminal's progress in the step, `frac` of it done.
+    fn row(&self, id: i64, name: &str, frac: f64, text: &str) {
+        let mut bars = self.bars();
+        let Some(b) = bars.as_mut() else {
             return;
+        };
+        let bar = b.rows.entry(id).or_insert_with(|| {
+            let bar = b
+                .multi
+                .insert_before(&b.summary, indicatif::ProgressBar::new(100));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "  {prefix:<22} [{bar:16}] {pos:>3}%  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("#>."),
+            );
+            bar.set_prefix(name.to_owned());
+            bar
+        });
+        bar.set_position((frac.clamp(0.0, 1.0) * 100.0).round() as u64);
+        bar.set_message(text.to_owned());
+    }
+
+    fn summary(&self, text: &str) {
+        if let Some(b) = self.bars().as_ref() {
+            b.summary.set_message(text.to_owned());
         }
-        let mut drawn = self.drawn.lock().expect("out lock");
-        let mut s = String::new();
-        if *drawn > 0 {
-            s.push_str(&format!("\x1b[{}A", *drawn));
-        }
-        for l in lines {
-            s.push_str("\x1b[2K");
-            s.push_str(l);
-            s.push('\n');
-        }
-        *drawn = lines.len();
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(s.as_bytes());
-        let _ = stdout.flush();
     }
 
     /// One change (plain output only).
@@ -1499,7 +1524,12 @@ impl Out {
     }
 
     fn end(&self, line: &str) {
-        *self.drawn.lock().expect("out lock") = 0;
+        if let Some(b) = self.bars().take() {
+            for bar in b.rows.values() {
+                bar.finish();
+            }
+            b.summary.finish_and_clear();
+        }
         println!("{line}");
     }
 }
