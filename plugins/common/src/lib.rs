@@ -78,10 +78,14 @@ pub fn stop_text(stop: Stop) -> String {
 }
 
 /// Remembers the current end of `log` under `key`, so a later step reads only
-/// what the product logs after this moment.
+/// what the product logs after this moment. A log not written yet is read from
+/// its start later.
 pub fn remember_log_end(key: &str, log: &str) -> Result<(), Stop> {
-    let mark = logs::end(log)?;
-    kv::set(key, &format!("{}:{}", mark.file_id, mark.offset))?;
+    match logs::end(log) {
+        Ok(mark) => kv::set(key, &format!("{}:{}", mark.file_id, mark.offset))?,
+        Err(e) if e.kind == ErrorKind::NotFound => kv::delete(key)?,
+        Err(e) => return Err(e.into()),
+    }
     Ok(())
 }
 

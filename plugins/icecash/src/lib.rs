@@ -27,8 +27,8 @@
 use std::time::Duration;
 
 use posup_plugin_common::{
-    Watch, exists, file_name, named_log, package_text, remembered_mark, settle, state_name,
-    stop_text, version_in_name, wait_limit, watch_log,
+    Watch, exists, file_name, named_log, package_text, remember_log_end, remembered_mark, settle,
+    state_name, stop_text, version_in_name, wait_limit, watch_log,
 };
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, ModuleVersion, Outcome,
@@ -379,17 +379,6 @@ fn server_var(name: &str, why: &str) -> Result<String, Stop> {
         })
 }
 
-/// Remembers where `log` ends now under `key`; a log not written yet is read
-/// from its start later.
-fn remember_output_end(key: &str, log: &str) -> Result<(), Stop> {
-    match logs::end(log) {
-        Ok(mark) => kv::set(key, &format!("{}:{}", mark.file_id, mark.offset))?,
-        Err(e) if e.kind == ErrorKind::NotFound => kv::delete(key)?,
-        Err(e) => return Err(e.into()),
-    }
-    Ok(())
-}
-
 /// What a line holding the start pattern says: `Some(true)` when it is the
 /// start line of `version`, `Some(false)` when another version started, `None`
 /// when the line is not a start line. `template` is the start line with
@@ -522,10 +511,10 @@ fn apply_program(ctx: &StepContext) -> Result<(), Stop> {
         kv::set("applied", version)?;
     }
     if let Some(log) = named_log(DICECASH_LOG_VAR)? {
-        remember_output_end("dicecash-mark", &log)?;
+        remember_log_end("dicecash-mark", &log)?;
     }
     if let Some(log) = named_log(DTPRINT_LOG_VAR)? {
-        remember_output_end("dtprint-mark", &log)?;
+        remember_log_end("dtprint-mark", &log)?;
     }
     progress::report(90, "starting DTPrint and dIceCash");
     services::start(DTPRINT)?;

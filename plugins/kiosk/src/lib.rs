@@ -26,7 +26,9 @@
 
 use std::time::{Duration, Instant};
 
-use posup_plugin_common::{exists, log_or, settle, stop_text, wait_limit};
+use posup_plugin_common::{
+    exists, log_or, remember_log_end, remembered_mark, settle, stop_text, wait_limit,
+};
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
     PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, services, step,
@@ -226,12 +228,7 @@ impl Plugin for Kiosk {
                 fs::exchange("/product", &staged)?;
                 kv::set("applied", version)?;
             }
-            match logs::end(&log_or("kiosk-log", LOG_DEFAULT)?) {
-                Ok(mark) => kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?,
-                // A log not written yet is read from its start.
-                Err(e) if e.kind == ErrorKind::NotFound => kv::delete("start-mark")?,
-                Err(e) => return Err(e.into()),
-            }
+            remember_log_end("start-mark", &log_or("kiosk-log", LOG_DEFAULT)?)?;
             progress::report(90, "starting the kiosk");
             services::start(SERVICE)?;
             Ok(())
@@ -258,13 +255,7 @@ impl Plugin for Kiosk {
                 // No log to read: the kiosk staying up is the one sign of a good start.
                 return settle(&[SERVICE], "kiosk-settle-secs", SETTLE);
             }
-            let mut mark = match kv::get("start-mark")?.and_then(|m| parse_mark(&m)) {
-                Some(m) => m,
-                None => logs::Mark {
-                    file_id: 0,
-                    offset: 0,
-                },
-            };
+            let mut mark = remembered_mark("start-mark")?;
             let timeout = vars::get("kiosk-verify-timeout")
                 .and_then(|s| s.parse().ok())
                 .map(Duration::from_secs)
@@ -385,14 +376,6 @@ fn state_of(line: &str, state_line: &str) -> Option<String> {
     let (_, change) = line.split_once(state_line)?;
     let (_, to) = change.split_once("->")?;
     Some(to.trim().to_owned())
-}
-
-fn parse_mark(s: &str) -> Option<logs::Mark> {
-    let (id, off) = s.split_once(':')?;
-    Some(logs::Mark {
-        file_id: id.parse().ok()?,
-        offset: off.parse().ok()?,
-    })
 }
 
 /// `kiosk_7.4.2.tgz` → `7.4.2`.

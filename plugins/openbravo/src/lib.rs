@@ -28,13 +28,13 @@
 use std::time::Duration;
 
 use posup_plugin_common::{
-    Watch, exists, file_name, named_log, package_text, product_path, remembered_mark, settle,
-    stop_text, wait_limit, watch_log, xml_value,
+    Watch, exists, file_name, named_log, package_text, product_path, remember_log_end,
+    remembered_mark, settle, stop_text, wait_limit, watch_log, xml_value,
 };
 use posup_plugin_sdk::{
-    Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, ModuleVersion, Outcome,
-    PackageInfo, Plugin, PluginInfo, StepContext, Stop, TaskKind, archive, compare_versions, fs,
-    kv, log, logs, progress, services, step, vars,
+    Capabilities, Dir, DirRequest, Inventory, IoContext, ModuleVersion, Outcome, PackageInfo,
+    Plugin, PluginInfo, StepContext, Stop, TaskKind, archive, compare_versions, fs, kv, log, logs,
+    progress, services, step, vars,
 };
 
 const SERVICE: &str = "openbravo";
@@ -256,14 +256,7 @@ impl Plugin for Openbravo {
                 kv::set("applied", version)?;
             }
             if let Some(log) = named_log("openbravo-log")? {
-                match logs::end(&log) {
-                    Ok(mark) => {
-                        kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?
-                    }
-                    // A log not written yet is read from its start.
-                    Err(e) if e.kind == ErrorKind::NotFound => kv::delete("start-mark")?,
-                    Err(e) => return Err(e.into()),
-                }
+                remember_log_end("start-mark", &log)?;
             }
             progress::report(90, "starting the store server");
             services::start(SERVICE)?;

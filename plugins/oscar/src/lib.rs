@@ -39,7 +39,10 @@ use package::{Change, change_config, describe, parse_changes, parse_rules};
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use posup_plugin_common::{exists, file_name, named_log, product_path, state_name, stop_text};
+use posup_plugin_common::{
+    exists, file_name, named_log, product_path, remember_log_end, remembered_mark, state_name,
+    stop_text,
+};
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
     PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, services, step,
@@ -617,12 +620,7 @@ fn apply_small(ctx: &StepContext, a: &Analysis, tag: &Tag<'_>) -> Result<(), Sto
 /// `verify`, which sees the installation as it is now.
 fn start_server() -> Result<(), Stop> {
     if let Some(log) = named_log("oscar-log")? {
-        match logs::end(&log) {
-            Ok(mark) => kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?,
-            // A log not written yet is read from its start.
-            Err(e) if e.kind == ErrorKind::NotFound => kv::delete("start-mark")?,
-            Err(e) => return Err(e.into()),
-        }
+        remember_log_end("start-mark", &log)?;
     }
     progress::report(90, "starting the server");
     services::start(SERVICE)?;
@@ -990,12 +988,7 @@ fn check_clients(task: TaskKind) -> Result<(), Stop> {
 /// release), that line must appear first, within `oscar-verify-timeout`.
 fn wait_ready(version: &str) -> Result<(), Stop> {
     let log = named_log("oscar-log")?;
-    let mut mark = kv::get("start-mark")?
-        .and_then(|m| parse_mark(&m))
-        .unwrap_or(logs::Mark {
-            file_id: 0,
-            offset: 0,
-        });
+    let mut mark = remembered_mark("start-mark")?;
     let seconds = |var: &str, default: Duration| {
         vars::get(var)
             .and_then(|s| s.trim().parse().ok())
@@ -1160,14 +1153,6 @@ fn tree_size(root: &str) -> Result<u64, Stop> {
         }
     }
     Ok(total)
-}
-
-fn parse_mark(s: &str) -> Option<logs::Mark> {
-    let (id, off) = s.split_once(':')?;
-    Some(logs::Mark {
-        file_id: id.parse().ok()?,
-        offset: off.parse().ok()?,
-    })
 }
 
 /// A text entry of the package, `None` when it has no such entry.

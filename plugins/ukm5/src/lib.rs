@@ -25,7 +25,10 @@
 
 use std::time::{Duration, Instant};
 
-use posup_plugin_common::{exists, file_name, named_log, product_path, settle, stop_text};
+use posup_plugin_common::{
+    exists, file_name, named_log, product_path, remember_log_end, remembered_mark, settle,
+    stop_text,
+};
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
     PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, prompt,
@@ -288,13 +291,7 @@ impl Plugin for Ukm5 {
                 ));
             }
             if let Some(log) = named_log("ukm5-log")? {
-                match logs::end(&log) {
-                    Ok(mark) => {
-                        kv::set("start-mark", &format!("{}:{}", mark.file_id, mark.offset))?
-                    }
-                    Err(e) if e.kind == ErrorKind::NotFound => kv::delete("start-mark")?,
-                    Err(e) => return Err(e.into()),
-                }
+                remember_log_end("start-mark", &log)?;
             }
             progress::report(90, "starting the register program");
             services::start(SERVICE)?;
@@ -463,12 +460,7 @@ fn wait_installer(name: &str) -> Result<(), Stop> {
 /// start line (`ukm5-started`, `{version}` standing for the version) and a mode
 /// in which the register works; an ` ERROR ` line fails. Returns that mode.
 fn watch_start(log: &str, version: &str) -> Result<String, Stop> {
-    let mut mark = kv::get("start-mark")?
-        .and_then(|m| parse_mark(&m))
-        .unwrap_or(logs::Mark {
-            file_id: 0,
-            offset: 0,
-        });
+    let mut mark = remembered_mark("start-mark")?;
     let timeout = vars::get("ukm5-verify-timeout")
         .and_then(|s| s.trim().parse().ok())
         .map(Duration::from_secs)
@@ -606,14 +598,6 @@ fn mode_of(line: &str) -> Option<String> {
     let (_, change) = line.split_once(MODE_LINE)?;
     let (_, to) = change.split_once("->")?;
     Some(to.trim().to_owned())
-}
-
-fn parse_mark(s: &str) -> Option<logs::Mark> {
-    let (id, off) = s.split_once(':')?;
-    Some(logs::Mark {
-        file_id: id.parse().ok()?,
-        offset: off.parse().ok()?,
-    })
 }
 
 /// `ukm5_pos_1.8.4.tgz` → `1.8.4`; `ukm5_pos_877.tgz` → `877`.
