@@ -404,8 +404,9 @@ fn installed_version() -> Result<String, Stop> {
 }
 
 /// The version whose install still waits for a full reboot: until the host's
-/// boot id differs from the one the install was committed in. Without a boot id
-/// the requirement stays, erring towards one reboot too many.
+/// boot id differs from the one the install was committed in (ids never come
+/// back, so the mark is only read: `inventory` changes nothing). Without a
+/// boot id the requirement stays, erring towards one reboot too many.
 fn reboot_pending() -> Result<Option<String>, Stop> {
     let Some(mark) = kv::get(REBOOT_KEY)? else {
         return Ok(None);
@@ -413,10 +414,6 @@ fn reboot_pending() -> Result<Option<String>, Stop> {
     let (version, boot) = mark.split_once(' ').unwrap_or((mark.as_str(), ""));
     let now = vars::get(BOOT_ID).unwrap_or_default();
     if !boot.is_empty() && !now.is_empty() && boot != now {
-        kv::delete(REBOOT_KEY)?;
-        log::info(&format!(
-            "the register booted again since {version} was installed: the update is in force"
-        ));
         return Ok(None);
     }
     Ok(Some(version.to_owned()))
