@@ -267,3 +267,41 @@ async fn a_front_plugin_that_cannot_load_is_rolled_back() {
     );
     assert_eq!(snapshot(&fr.product), before);
 }
+
+/// A site whose BackOffice and iikoFront logs the plugins are not told of: both
+/// update, checked by staying up; BackOffice never reports `ready`, since
+/// nothing confirms its RMS login, so the server holds the Front back until an
+/// operator lets it go (here, the variable given by hand).
+#[tokio::test(flavor = "multi_thread")]
+async fn without_their_logs_the_site_updates_and_backoffice_is_never_taken_for_ready() {
+    let bo = backoffice("3.1.0").await;
+    let unknown = [
+        ("iiko-backoffice-log", "not-named.log"),
+        ("iiko-settle-secs", "1"),
+    ];
+    let out = bo.apply(
+        "iiko-backoffice",
+        &bo.package("iiko-backoffice", "3.2.0"),
+        &unknown,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inv = bo.inventory_with("iiko-backoffice", &unknown).await;
+    assert_eq!(inv.version, "3.2.0");
+    assert!(!inv.ready, "{inv:?}");
+    assert_eq!(inv.state, "running; RMS login unknown (no log)");
+
+    let fr = front("2.3.0", "3.1.0").await;
+    iiko::set_rms_kiosk_settings(&fr.product, "3.2.0").unwrap();
+    let unknown = [
+        ("iiko-front-log", "not-named.log"),
+        ("iiko-settle-secs", "1"),
+        ("iiko-backoffice-ready", "3.2.0"),
+    ];
+    let out = fr.apply("iiko-front", &fr.package("iiko-front", "2.4.0"), &unknown);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest = read(
+        &fr.product
+            .join("Front.Net/Plugins/Kiosk.Front/Manifest.xml"),
+    );
+    assert!(manifest.contains("<Version>2.4.0</Version>"), "{manifest}");
+}

@@ -136,6 +136,21 @@ pub fn log_or(var: &str, default: &str) -> Result<String, Stop> {
     Ok(named_log(var)?.unwrap_or_else(|| format!("/logs/{default}")))
 }
 
+/// Whether `log` can be read: a product whose log is not where the device's
+/// variables say is verified by its services staying up instead.
+pub fn log_present(log: &str) -> bool {
+    logs::tail(log, 1).is_ok()
+}
+
+/// The server variable `var`, or `default`, with `{plugin}` replaced by
+/// `plugin`: the text of a log line a plugin looks for.
+pub fn log_line(var: &str, default: &str, plugin: &str) -> String {
+    vars::get(var)
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_owned())
+        .replace("{plugin}", plugin)
+}
+
 /// A path inside `/product` named by the server variable `var`, or `default`:
 /// a relative path without `.` or `..` components, so it stays inside.
 pub fn product_path(var: &str, default: &str) -> Result<String, Stop> {

@@ -26,8 +26,8 @@
 use std::time::Duration;
 
 use posup_plugin_common::{
-    Watch, exists, file_name, log_or, package_text, remember_log_end, remembered_mark, stop_text,
-    version_in_name, wait_limit, watch_log, xml_value,
+    Watch, exists, file_name, log_line, log_or, log_present, package_text, remember_log_end,
+    remembered_mark, settle, stop_text, version_in_name, wait_limit, watch_log, xml_value,
 };
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, Inventory, IoContext, ModuleVersion, Outcome, PackageInfo,
@@ -50,6 +50,15 @@ const PACKAGE_PREFIX: &str = "iiko-kiosk-backoffice_";
 /// How long verify waits for BackOffice to log in to RMS, unless the server sets
 /// `iiko-verify-timeout` (seconds).
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long BackOffice must keep running after the update where its log cannot
+/// be read, unless the server sets `iiko-settle-secs`.
+const SETTLE: Duration = Duration::from_secs(10);
+/// The log lines the plugin reads, each a server variable with this default
+/// (our simulated iikoOffice's wording): the plugin's start (`{plugin}`,
+/// `{version}`), the RMS login, and the start of iikoOffice.
+const STARTED_LINE: (&str, &str) = ("iiko-plugin-started", "Plugin {plugin} {version} started");
+const RMS_LOGIN_LINE: (&str, &str) = ("iiko-rms-login", "Logged in to RMS");
+const OFFICE_START_LINE: (&str, &str) = ("iiko-office-start", "Starting iikoOffice ");
 /// Lines of the log `inventory` reads back for BackOffice's last start.
 const INVENTORY_LINES: u32 = 5_000;
 const KV_KEYS: [&str; 6] = [
@@ -251,13 +260,39 @@ impl Plugin for BackOffice {
                     "{PLUGIN_DIR}/Manifest.xml says {installed}, expected {version}"
                 )));
             }
+            let log = log()?;
+            if !log_present(&log) {
+                // Nothing tells whether BackOffice logged in to RMS: the plugin
+                // started well if BackOffice keeps running, and it never reports
+                // `ready`, so the site's iikoFront waits rather than fail.
+                settle(&[SERVICE], "iiko-settle-secs", SETTLE)?;
+                check_menu()?;
+                log::warn(&format!(
+                    "{log} cannot be read: BackOffice runs, but its RMS login cannot be confirmed, so the site's \
+                     iikoFront waits; name BackOffice's log in the server variable `iiko-backoffice-log`"
+                ));
+                return Ok(());
+            }
             let limit = wait_limit("iiko-verify-timeout", VERIFY_TIMEOUT);
+            let started_line = log_line(STARTED_LINE.0, STARTED_LINE.1, PLUGIN);
+            let started_pattern = started_line
+                .split("{version}")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let started_line = started_line.replace("{version}", &version);
+            let rms_login = log_line(RMS_LOGIN_LINE.0, RMS_LOGIN_LINE.1, PLUGIN);
             let mut started = false;
             let mut last_rms = String::from("no RMS connection attempt yet");
             watch_log(
-                &log()?,
+                &log,
                 remembered_mark("start-mark")?,
-                &[" ERROR ", "[PluginHost] Plugin ", "[RmsConnection]"],
+                &[
+                    " ERROR ",
+                    started_pattern.as_str(),
+                    "[RmsConnection]",
+                    rms_login.as_str(),
+                ],
                 SERVICE,
                 limit,
                 "the login to RMS",
@@ -265,9 +300,9 @@ impl Plugin for BackOffice {
                     if pattern == 0 {
                         return Watch::Fail(format!("BackOffice logged an error after the update: {line}"));
                     }
-                    if pattern == 1 && line.contains(&format!("Plugin {PLUGIN} {version} started")) {
+                    if pattern == 1 && line.contains(&started_line) {
                         started = true;
-                    } else if line.contains("Logged in to RMS") {
+                    } else if line.contains(&rms_login) {
                         if !started {
                             return Watch::Fail(format!(
                                 "BackOffice logged in to RMS without starting {PLUGIN} {version}: {line}"
@@ -448,14 +483,22 @@ struct Session {
 
 /// Reads the log from the last `Starting iikoOffice` line on.
 fn last_session() -> Session {
-    let lines = log()
+    let Some(lines) = log()
         .ok()
         .and_then(|l| logs::tail(&l, INVENTORY_LINES).ok())
-        .unwrap_or_default();
-    let Some(start) = lines
-        .iter()
-        .rposition(|l| l.contains("Starting iikoOffice "))
     else {
+        let state = match services::status(SERVICE) {
+            Ok(services::State::Running) => "running; RMS login unknown (no log)",
+            Ok(_) => "stopped",
+            Err(_) => "unknown",
+        };
+        return Session {
+            state: state.into(),
+            ..Session::default()
+        };
+    };
+    let office_start = log_line(OFFICE_START_LINE.0, OFFICE_START_LINE.1, PLUGIN);
+    let Some(start) = lines.iter().rposition(|l| l.contains(&office_start)) else {
         return Session {
             state: "not started since installation".into(),
             ..Session::default()
@@ -463,20 +506,24 @@ fn last_session() -> Session {
     };
     let mut s = Session {
         office_version: lines[start]
-            .split("Starting iikoOffice ")
+            .split(&office_start)
             .nth(1)
             .map(|v| v.trim().to_owned()),
         state: "started".into(),
         ..Session::default()
     };
-    let started = format!("Plugin {PLUGIN} ");
+    let started_line = log_line(STARTED_LINE.0, STARTED_LINE.1, PLUGIN);
+    let (before, after) = started_line
+        .split_once("{version}")
+        .unwrap_or((started_line.as_str(), ""));
+    let rms_login = log_line(RMS_LOGIN_LINE.0, RMS_LOGIN_LINE.1, PLUGIN);
     for line in &lines[start..] {
-        if let Some(rest) = line.split(&started).nth(1)
-            && let Some(v) = rest.strip_suffix(" started")
+        if let Some(rest) = line.split(before).nth(1)
+            && let Some(v) = rest.strip_suffix(after)
         {
             s.plugin_version = Some(v.trim().to_owned());
         }
-        if line.contains("Logged in to RMS") {
+        if line.contains(&rms_login) {
             s.logged_in = true;
             s.state = "logged in to RMS".into();
         } else if line.contains("[RmsConnection]") && line.contains("refused") {

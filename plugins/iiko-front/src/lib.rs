@@ -30,8 +30,8 @@
 use std::time::Duration;
 
 use posup_plugin_common::{
-    Watch, exists, file_name, log_or, package_text, remember_log_end, remembered_mark, stop_text,
-    version_in_name, wait_limit, watch_log, xml_value,
+    Watch, exists, file_name, log_line, log_or, log_present, package_text, remember_log_end,
+    remembered_mark, settle, stop_text, version_in_name, wait_limit, watch_log, xml_value,
 };
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, Inventory, IoContext, ModuleVersion, Outcome, PackageInfo,
@@ -54,6 +54,13 @@ const READY_VAR: &str = "iiko-backoffice-ready";
 /// How long verify waits for iikoFront to start its plugins, unless the server
 /// sets `iiko-verify-timeout` (seconds).
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long iikoFront must keep running after the update where its log cannot
+/// be read, unless the server sets `iiko-settle-secs`.
+const SETTLE: Duration = Duration::from_secs(10);
+/// The log lines the plugin reads, each a server variable with this default
+/// (our simulated iikoFront's wording): the plugin's start and iikoFront ready.
+const STARTED_LINE: (&str, &str) = ("iiko-plugin-started", "Plugin {plugin} {version} started");
+const READY_LINE: (&str, &str) = ("iiko-front-ready", "iikoFront is ready");
 /// When the server is asked again while BackOffice is not ready.
 const RETRY_SECS: u32 = 600;
 const KV_KEYS: [&str; 7] = [
@@ -251,24 +258,47 @@ impl Plugin for Front {
                     "{PLUGIN_DIR}/Manifest.xml says {installed}, expected {version}"
                 )));
             }
+            let log = log()?;
+            if !log_present(&log) {
+                settle(&[SERVICE], "iiko-settle-secs", SETTLE)?;
+                log::warn(&format!(
+                    "{log} cannot be read: iikoFront keeps running, which is all that tells the plugin started; \
+                     name iikoFront's log in the server variable `iiko-front-log`"
+                ));
+                return Ok(());
+            }
             let limit = wait_limit("iiko-verify-timeout", VERIFY_TIMEOUT);
+            let started_line = log_line(STARTED_LINE.0, STARTED_LINE.1, PLUGIN);
+            // A plugin's own line, whatever it says (started, crashed, failed).
+            let plugin_pattern = started_line
+                .split("{version}")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let started_line = started_line.replace("{version}", &version);
+            let ready = log_line(READY_LINE.0, READY_LINE.1, PLUGIN);
             let mut started = false;
             watch_log(
-                &log()?,
+                &log,
                 remembered_mark("start-mark")?,
-                &[" ERROR ", "[PluginHost] Plugin ", "iikoFront is ready"],
+                &[
+                    " ERROR ",
+                    "[PluginHost] Plugin ",
+                    ready.as_str(),
+                    plugin_pattern.as_str(),
+                ],
                 SERVICE,
                 limit,
-                "`iikoFront is ready`",
+                &format!("`{ready}`"),
                 |pattern, line| match pattern {
                     0 => Watch::Fail(format!(
                         "iikoFront logged an error after the update: {line}"
                     )),
-                    1 if line.contains(&format!("Plugin {PLUGIN} {version} started")) => {
+                    1 | 3 if line.contains(&started_line) => {
                         started = true;
                         Watch::Wait
                     }
-                    1 if line.contains(PLUGIN) => {
+                    1 | 3 if line.contains(PLUGIN) => {
                         Watch::Fail(format!("the plugin failed on start: {line}"))
                     }
                     2 if started => Watch::Done,
