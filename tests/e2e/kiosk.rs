@@ -230,6 +230,10 @@ async fn a_kiosk_that_fails_to_start_is_rolled_back_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_its_log_a_kiosk_is_updated_only_when_forced() {
     let t = Terminal::new("7.4.2").await;
+    // Nor does it keep a version file; its packages carry none either.
+    std::fs::remove_file(t.product.join(kiosk::VERSION_FILE)).unwrap();
+    t.services().restart("kiosk").await.unwrap();
+    t.wait_state("IDLE");
     let before = snapshot(&t.product);
     let unknown = [
         "--var",
@@ -237,7 +241,7 @@ async fn without_its_log_a_kiosk_is_updated_only_when_forced() {
         "--var",
         "kiosk-settle-secs=2",
     ];
-    let pkg = t.package("7.5.0", false);
+    let pkg = without_version_file(&t.package("7.5.0", false));
     let out = t.apply_command(&pkg).args(unknown).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
@@ -255,11 +259,44 @@ async fn without_its_log_a_kiosk_is_updated_only_when_forced() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(t.version(), "7.5.0");
+    assert!(
+        std::fs::read(t.product.join("app/Kiosk.bin"))
+            .unwrap()
+            .starts_with("\u{7f}SIM iiko Kiosk 7.5.0\n".as_bytes()),
+        "the new program is installed"
+    );
     // Nothing of posup's is left in the installation.
     assert!(!t.product.join(".posup-update").exists());
     t.wait_state("IDLE");
     t.stop().await;
+}
+
+/// A copy of a kiosk package without its `version` file, beside it.
+fn without_version_file(package: &Path) -> PathBuf {
+    let dir = package.with_extension("unpacked");
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(package)
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_file(dir.join(kiosk::VERSION_FILE)).unwrap();
+    let bare_dir = dir.join("bare");
+    std::fs::create_dir_all(&bare_dir).unwrap();
+    let bare = bare_dir.join(package.file_name().unwrap());
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&bare)
+        .arg("-C")
+        .arg(&dir)
+        .args(["app", "CHANGELOG.txt"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    bare
 }
 
 /// Kills `posup apply` once the journal says `step` started, and returns.

@@ -371,8 +371,12 @@ impl Kiosk {
     }
 
     fn start(&mut self) -> io::Result<()> {
+        // A kiosk that keeps no version file runs the version its program
+        // was built as.
         let version_file = self.product.join(VERSION_FILE);
-        let version = fs::read_to_string(&version_file).map(|v| v.trim().to_owned());
+        let version = fs::read_to_string(&version_file)
+            .map(|v| v.trim().to_owned())
+            .or_else(|e| program_version(&self.product).ok_or(e));
         self.log.info(
             "KioskApp",
             &format!(
@@ -639,6 +643,18 @@ fn app_files(version: &str, broken: bool) -> Vec<(String, Vec<u8>, u32)> {
 
 /// Bytes that stand for a compiled file: a header naming it and the version, then
 /// filler that differs between versions, so an update really changes the file.
+/// The version `app/Kiosk.bin` was built as, from its first line.
+fn program_version(product: &Path) -> Option<String> {
+    let bytes = fs::read(product.join("app/Kiosk.bin")).ok()?;
+    let first = bytes.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(first).ok()?;
+    Some(
+        line.strip_prefix("\u{7f}SIM iiko Kiosk ")?
+            .trim()
+            .to_owned(),
+    )
+}
+
 fn binary(what: &str, version: &str, len: usize) -> Vec<u8> {
     let mut out = format!("\u{7f}SIM {what} {version}\n").into_bytes();
     let mut x: u32 = version.bytes().fold(2_166_136_261, |h, b| {
