@@ -103,6 +103,19 @@ impl ReleaseRow {
     }
 }
 
+/// The releases for the device types a site has: a store is told only of the
+/// software its own terminals get.
+fn releases_for<'a>(
+    releases: &'a [ReleaseRow],
+    device_types: impl Iterator<Item = &'a str> + Clone,
+) -> Vec<text::Release<'a>> {
+    releases
+        .iter()
+        .filter(|r| device_types.clone().any(|t| t == r.device_type))
+        .map(ReleaseRow::release)
+        .collect()
+}
+
 #[derive(sqlx::FromRow)]
 struct NodeRow {
     site: String,
@@ -258,7 +271,6 @@ impl Store {
         for n in &nodes {
             by_site.entry(n.site.as_str()).or_default().push(n);
         }
-        let releases: Vec<text::Release> = releases.iter().map(ReleaseRow::release).collect();
         let mut out = Vec::with_capacity(by_site.len());
         for (site, nodes) in by_site {
             let s = settings.get(site).cloned().unwrap_or_default();
@@ -267,7 +279,7 @@ impl Store {
                 kind: kind_label(kind),
                 start: ts(start_at),
                 site: site_info(site, &nodes[0].address, &s)?,
-                releases: releases.clone(),
+                releases: releases_for(releases, nodes.iter().map(|n| n.device_type.as_str())),
                 nodes: nodes
                     .iter()
                     .map(|n| text::Node {
@@ -1084,7 +1096,7 @@ impl Store {
                 title,
                 finished: ts(at.now),
                 site: site_info(site, &outcomes[0].4, &settings)?,
-                releases: releases.iter().map(ReleaseRow::release).collect(),
+                releases: releases_for(&releases, outcomes.iter().map(|o| o.1.as_str())),
                 devices: outcomes
                     .iter()
                     .map(

@@ -656,3 +656,121 @@ async fn a_sites_report_goes_out_in_plain_text_when_its_part_ends() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_site_is_told_only_of_the_releases_for_its_own_devices() {
+    each_backend(|store| async move {
+        let e = env(store).await;
+        let dir = tempfile::tempdir().unwrap();
+        let bo_pkg = product(
+            &e,
+            "iiko-backoffice",
+            json!({"description": "iiko BackOffice"}),
+            &sample("iiko-backoffice", "3.2.0", dir.path()),
+        )
+        .await;
+        let front_pkg = product(
+            &e,
+            "iiko-front",
+            json!({"description": "iikoFront registers"}),
+            &sample("iiko-front", "2.4.0", dir.path()),
+        )
+        .await;
+        let s = secret(&e).await;
+        let bo = enroll_on_site(
+            &e,
+            &s,
+            "bo-1",
+            "Office",
+            "BackOffice 1",
+            1,
+            "iiko-backoffice",
+        )
+        .await;
+        let front = enroll_on_site(&e, &s, "front-1", "Cafe", "Front 1", 1, "iiko-front").await;
+        let r = create(
+            &e,
+            ADMIN,
+            json!({"name": "Kiosk plugins", "kind": "forced-update",
+            "packages": [bo_pkg.id, front_pkg.id], "waves": [{"group_id": 1}]}),
+        )
+        .await;
+
+        let messages: Vec<SiteMessage> = serde_json::from_value(
+            e.ok(
+                "GET",
+                &format!("/api/v1/rollouts/{}/announcements", r.id),
+                ADMIN,
+                None,
+            )
+            .await,
+        )
+        .unwrap();
+        let text = |site: &str| {
+            messages
+                .iter()
+                .find(|m| m.site == site)
+                .map(|m| m.text.clone())
+                .unwrap()
+        };
+        assert!(
+            text("Office").contains("Release: iiko-backoffice 3.2.0"),
+            "{}",
+            text("Office")
+        );
+        assert!(!text("Office").contains("iiko-front"), "{}", text("Office"));
+        assert!(
+            text("Cafe").contains("Release: iiko-front 2.4.0"),
+            "{}",
+            text("Cafe")
+        );
+        assert!(
+            !text("Cafe").contains("iiko-backoffice 3.2.0"),
+            "{}",
+            text("Cafe")
+        );
+
+        for dev in [&bo, &front] {
+            let a = actions(&e, dev).await;
+            report(&e, dev, &a[0], FeedbackState::Committed, None).await;
+        }
+        let sites: Vec<RolloutSite> = serde_json::from_value(
+            e.ok(
+                "GET",
+                &format!("/api/v1/rollouts/{}/sites", r.id),
+                ADMIN,
+                None,
+            )
+            .await,
+        )
+        .unwrap();
+        let report = |site: &str| {
+            sites
+                .iter()
+                .find(|s| s.site == site)
+                .and_then(|s| s.report.clone())
+                .unwrap()
+        };
+        assert!(
+            report("Office").contains("Release: iiko-backoffice 3.2.0"),
+            "{}",
+            report("Office")
+        );
+        assert!(
+            !report("Office").contains("iiko-front"),
+            "{}",
+            report("Office")
+        );
+        assert!(
+            report("Cafe").contains("Release: iiko-front 2.4.0"),
+            "{}",
+            report("Cafe")
+        );
+        assert!(
+            !report("Cafe").contains("Changes in iiko-backoffice"),
+            "{}",
+            report("Cafe")
+        );
+    })
+    .await;
+}
