@@ -940,7 +940,7 @@ async fn night(
     let before = api.openbravo_versions().await?;
     let names: BTreeMap<i64, String> = devices
         .iter()
-        .map(|d| (d.id, format!("{} {}", short_site(&d.site), d.name)))
+        .map(|d| (d.id, format!("{} {}", d.site, d.name)))
         .collect();
     let pilots: Vec<i64> = devices
         .iter()
@@ -1244,10 +1244,6 @@ async fn watch_tasks(
     }
 }
 
-fn short_site(site: &str) -> &str {
-    site
-}
-
 /// Waits until every store received its report of the night.
 async fn wait_reports(inbox: &Mutex<Vec<Received>>, limit: Duration) -> bool {
     let started = Instant::now();
@@ -1257,7 +1253,7 @@ async fn wait_reports(inbox: &Mutex<Vec<Received>>, limit: Duration) -> bool {
             STORES.iter().all(|(site, _)| {
                 inbox
                     .iter()
-                    .any(|m| m.site.as_deref() == Some(site) && is_report(m))
+                    .any(|m| m.site.as_deref() == Some(site) && m.event == "report")
             })
         };
         if got {
@@ -1268,10 +1264,6 @@ async fn wait_reports(inbox: &Mutex<Vec<Received>>, limit: Duration) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn is_report(m: &Received) -> bool {
-    m.event.contains("report")
 }
 
 /// The update's downtime on one terminal: from the moment its product was

@@ -27,7 +27,8 @@
 use std::time::{Duration, Instant};
 
 use posup_plugin_common::{
-    exists, log_or, remember_log_end, remembered_mark, settle, stop_text, wait_limit,
+    exists, log_or, log_present, remember_log_end, remembered_mark, settle, state_name, stop_text,
+    wait_limit,
 };
 use posup_plugin_sdk::{
     Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
@@ -91,11 +92,7 @@ impl Plugin for Kiosk {
         let version = installed_version().map_err(stop_text)?;
         let state = match current_state().map_err(stop_text)? {
             Some(state) => state,
-            None => match services::status(SERVICE).map_err(|e| e.message)? {
-                services::State::Running => "running".to_owned(),
-                services::State::Stopped => "stopped".to_owned(),
-                services::State::Failed => "failed".to_owned(),
-            },
+            None => state_name(services::status(SERVICE).map_err(|e| e.message)?).to_owned(),
         };
         let loaded = kv::get("staged")
             .ok()
@@ -251,7 +248,7 @@ impl Plugin for Kiosk {
                 )));
             }
             let log = log_or("kiosk-log", LOG_DEFAULT)?;
-            if logs::tail(&log, 1).is_err() {
+            if !log_present(&log) {
                 // No log to read: the kiosk staying up is the one sign of a good start.
                 return settle(&[SERVICE], "kiosk-settle-secs", SETTLE);
             }
