@@ -370,6 +370,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     let secret = format!("pes_demo_{:016x}", rand_u64());
     let mut config = posup_server::ServerConfig::new(&root.join("server"));
     config.admin_token = Some(admin.clone());
+    let password = format!("demo-{:08x}", rand_u64() as u32);
+    config.admin_password = Some(password.clone());
+    config.bundled = posup_server::Bundled(posup_bundled::PLUGINS);
     config.enrollment_secret = Some(secret.clone());
     config.poll_interval_secs = args.poll_interval.max(1);
     config.offline_after = Duration::from_secs(u64::from(args.poll_interval.max(1)) * 10);
@@ -537,7 +540,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
     };
     println!();
     println!(
-        "Done in {:.0} s. Web console: {base}/   (operator token: {admin})",
+        "Done in {:.0} s. Web console: {base}/   (log in as admin, password {password}; API token {admin})",
         started_at.elapsed().as_secs_f64()
     );
     if args.keep {

@@ -71,7 +71,11 @@ fn main() -> std::process::ExitCode {
             Command::Apply(args) => apply::run(args).await,
             Command::Plugin(cmd) => plugins::plugin(cmd).await,
             Command::Package(cmd) => plugins::package(cmd).await,
-            Command::Server(args) => posup_server::serve(args).await.map(|()| 0),
+            Command::Server(args) => {
+                posup_server::serve(args, posup_server::Bundled(posup_bundled::PLUGINS))
+                    .await
+                    .map(|()| 0)
+            }
             Command::Agent(args) => agent::run(args).await,
             Command::Keys(cmd) => trust::keys(cmd).await,
             Command::Repo(cmd) => trust::repo(cmd).await,

@@ -39,6 +39,11 @@ pub struct ServerArgs {
     /// `<data dir>/admin-token`.
     #[arg(long, env = "POSUP_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// The password of the console's first account, `admin`, created when the
+    /// server has no account. Without it one is generated and written to
+    /// `<data dir>/admin-password`.
+    #[arg(long, env = "POSUP_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
     /// An enrollment secret to accept. Without it and without any secret, one is
     /// generated on first start and written to `<data dir>/enrollment-secret`.
     #[arg(long, env = "POSUP_ENROLLMENT_SECRET", hide_env_values = true)]
@@ -79,6 +84,7 @@ pub struct FileConfig {
     pub database: Option<String>,
     pub blob_dir: Option<PathBuf>,
     pub admin_token: Option<String>,
+    pub admin_password: Option<String>,
     pub enrollment_secret: Option<String>,
     pub poll_interval_secs: Option<u32>,
     pub offline_after_secs: Option<u32>,
@@ -100,6 +106,10 @@ pub struct ServerConfig {
     pub database: Option<String>,
     pub blob_dir: PathBuf,
     pub admin_token: Option<String>,
+    /// The first console account's password (see [`ServerArgs::admin_password`]).
+    pub admin_password: Option<String>,
+    /// The plugins built into the running binary, offered by the console.
+    pub bundled: crate::state::Bundled,
     pub enrollment_secret: Option<String>,
     pub poll_interval_secs: u32,
     pub offline_after: Duration,
@@ -129,6 +139,8 @@ impl ServerConfig {
             database: None,
             blob_dir: data_dir.join("blobs"),
             admin_token: None,
+            admin_password: None,
+            bundled: Default::default(),
             enrollment_secret: None,
             poll_interval_secs: 60,
             offline_after: Duration::from_secs(180),
@@ -179,6 +191,7 @@ impl ServerArgs {
             c.tuf_keys_dir = v;
         }
         c.admin_token = self.admin_token.clone().or(file.admin_token);
+        c.admin_password = self.admin_password.clone().or(file.admin_password);
         c.enrollment_secret = self.enrollment_secret.clone().or(file.enrollment_secret);
         if let Some(v) = self.poll_interval_secs.or(file.poll_interval_secs) {
             anyhow::ensure!(

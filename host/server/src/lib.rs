@@ -3,8 +3,8 @@
 //! An axum application over [`posup_store::Store`]: the agent API under
 //! `/api/v1/agent` (enroll, poll, feedback, downloads), the operator API under
 //! `/api/v1`, the TUF repository terminals verify everything against under
-//! `/tuf` (see `tuf`), its OpenAPI document at `/api/v1/openapi.json`, and a small web
-//! console at `/`. Plugins uploaded by vendors are validated by the real plugin
+//! `/tuf` (see `tuf`), its OpenAPI document at `/api/v1/openapi.json`, and the operator
+//! console at `/` (see `console`). Plugins uploaded by vendors are validated by the real plugin
 //! runtime; packages are read by their device type's plugin.
 //!
 //! [`app`] builds the router over an [`AppState`]; [`run`] serves it on a bound
@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use posup_proto::api::Role;
 use posup_runtime::{Runtime, RuntimeConfig};
@@ -35,6 +35,7 @@ pub mod blobs;
 mod cache;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod error;
 mod extract;
 pub mod notify;
@@ -51,7 +52,7 @@ pub use blobs::Blobs;
 pub use clock::{Clock, SystemClock};
 pub use config::{ServerArgs, ServerConfig};
 pub use error::Error;
-pub use state::{AppState, Settings};
+pub use state::{AppState, Bundled, Settings};
 
 #[cfg(feature = "test-support")]
 pub use clock::ManualClock;
@@ -60,7 +61,12 @@ pub use clock::ManualClock;
 pub fn app(state: AppState) -> Router {
     let max_plugin = state.settings().max_plugin_bytes;
     Router::new()
-        .route("/", get(console))
+        .merge(
+            console::routes().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                drop_caches,
+            )),
+        )
         .route("/api/v1/openapi.json", get(openapi_json))
         .nest("/api/v1/agent", agent::routes())
         .merge(tuf::public_routes())
@@ -90,10 +96,6 @@ async fn drop_caches(
         state.caches().invalidate_all();
     }
     response
-}
-
-async fn console() -> Html<&'static str> {
-    Html(include_str!("console.html"))
 }
 
 async fn openapi_json() -> impl IntoResponse {
@@ -130,10 +132,13 @@ pub async fn open(config: &ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         offline_after: config.offline_after,
         max_package_bytes: config.max_package_bytes,
         contact_flush: config.contact_flush,
+        secure_cookies: config.tls.is_some(),
         ..Settings::default()
     };
     let keys = tuf::load_keys(&config.tuf_keys_dir)?;
-    Ok(AppState::new(store, blobs, runtime, clock, settings).with_online_keys(keys))
+    Ok(AppState::new(store, blobs, runtime, clock, settings)
+        .with_online_keys(keys)
+        .with_bundled(config.bundled))
 }
 
 /// Makes sure an administrator token and an enrollment secret exist: the ones
@@ -162,6 +167,37 @@ pub async fn bootstrap(state: &AppState, config: &ServerConfig) -> anyhow::Resul
             "posup server: first start: created admin token {token} (also in {})",
             file.display()
         );
+    }
+    if store.account_count().await? == 0 {
+        // The console's first administrator; they choose language and time zone
+        // in the console and create the other accounts there.
+        let generated = config.admin_password.is_none();
+        let password = match &config.admin_password {
+            Some(p) => p.clone(),
+            None => auth::new_secret("")[..24].to_owned(),
+        };
+        let hash = console::session::hash_password(&password)?;
+        store
+            .create_account(
+                &posup_store::NewAccount {
+                    name: "admin",
+                    role: Role::Admin,
+                    password: &hash,
+                    language: posup_proto::api::Language::En,
+                    time_zone: "UTC",
+                },
+                now,
+                "server",
+            )
+            .await?;
+        if generated {
+            let file = config.data_dir.join("admin-password");
+            write_secret(&file, &password)?;
+            eprintln!(
+                "posup server: first start: the console's account `admin` has password {password} (also in {})",
+                file.display()
+            );
+        }
     }
     if let Some(secret) = &config.enrollment_secret {
         store
@@ -314,8 +350,9 @@ async fn background(state: AppState, mut stop: tokio::sync::watch::Receiver<bool
 
 /// `posup server`: resolves the configuration, binds, and serves until Ctrl-C or
 /// SIGTERM.
-pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
-    let config = args.resolve()?;
+pub async fn serve(args: ServerArgs, bundled: Bundled) -> anyhow::Result<()> {
+    let mut config = args.resolve()?;
+    config.bundled = bundled;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

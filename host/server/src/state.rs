@@ -26,6 +26,8 @@ pub struct Settings {
     /// How long contact times are collected before they are written in one
     /// statement; `None` writes each poll's contact at once.
     pub contact_flush: Option<Duration>,
+    /// The console's session cookie is marked `Secure` (the server speaks TLS).
+    pub secure_cookies: bool,
 }
 
 impl Default for Settings {
@@ -36,7 +38,31 @@ impl Default for Settings {
             max_package_bytes: 4 << 30,
             max_plugin_bytes: 64 << 20,
             contact_flush: None,
+            secure_cookies: false,
         }
+    }
+}
+
+/// The plugins built into the binary that runs the server: (name, component).
+/// The console offers them on a fresh server, ready to enable in one click.
+#[derive(Clone, Copy, Default)]
+pub struct Bundled(pub &'static [(&'static str, &'static [u8])]);
+
+impl std::fmt::Debug for Bundled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+impl Bundled {
+    pub fn get(&self, name: &str) -> Option<&'static [u8]> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.iter().map(|(n, _)| *n)
     }
 }
 
@@ -66,6 +92,7 @@ struct Inner {
     inspections: tokio::sync::Semaphore,
     /// The repository's online keys (snapshot, timestamp).
     online_keys: posup_trust::online::OnlineKeys,
+    bundled: Bundled,
 }
 
 fn fresh_online_keys() -> posup_trust::online::OnlineKeys {
@@ -100,6 +127,7 @@ impl AppState {
                 plugins: Mutex::new(HashMap::new()),
                 inspections: tokio::sync::Semaphore::new(MAX_INSPECTIONS),
                 online_keys: fresh_online_keys(),
+                bundled: Bundled::default(),
             }),
         }
     }
@@ -112,6 +140,19 @@ impl AppState {
             .expect("online keys are set before the state is shared")
             .online_keys = keys;
         self
+    }
+
+    /// Offers these bundled plugins in the console. Call before the state is
+    /// cloned.
+    pub fn with_bundled(mut self, bundled: Bundled) -> AppState {
+        Arc::get_mut(&mut self.inner)
+            .expect("bundled plugins are set before the state is shared")
+            .bundled = bundled;
+        self
+    }
+
+    pub fn bundled(&self) -> Bundled {
+        self.inner.bundled
     }
 
     pub fn online_keys(&self) -> &posup_trust::online::OnlineKeys {

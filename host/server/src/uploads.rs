@@ -55,6 +55,24 @@ pub async fn upload_plugin(
 ) -> Result<Json<PluginView>> {
     operator.require(roles::PLUGINS, "upload plugins")?;
     let label = q.file_name.unwrap_or_else(|| "upload".to_owned());
+    let view = store_plugin(&state, &label, body, &operator.actor(), |vendor| {
+        operator.act_for_vendor(vendor, "upload plugins")
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+/// Validates a component with the runtime (it must load and answer `info` with
+/// sound names) and stores it. `may_store` sees the vendor the plugin declares
+/// before anything is written. The API and the console's bundled plugins both
+/// come through here.
+pub async fn store_plugin(
+    state: &AppState,
+    label: &str,
+    body: Bytes,
+    actor: &str,
+    may_store: impl FnOnce(&str) -> Result<()>,
+) -> Result<PluginView> {
     if body.is_empty() {
         return Err(Error::Invalid(format!(
             "plugin {label} is empty: send the component's bytes as the request body"
@@ -63,7 +81,7 @@ pub async fn upload_plugin(
     let _turn = state.inspection().await;
     let runtime = state.runtime().clone();
     let bytes = body.clone();
-    let name = label.clone();
+    let name = label.to_owned();
     // Compiling a component takes a while of pure CPU: keep it off the executor.
     let plugin = tokio::task::spawn_blocking(move || runtime.load(&name, &bytes))
         .await
@@ -74,8 +92,8 @@ pub async fn upload_plugin(
             "plugin {label} was refused: its `info` failed: {e}"
         ))
     })?;
-    check_info(&label, &info)?;
-    operator.act_for_vendor(&info.vendor, "upload plugins")?;
+    check_info(label, &info)?;
+    may_store(&info.vendor)?;
     let sha256 = state.blobs().put(&body).await?;
     let view = state
         .store()
@@ -92,10 +110,10 @@ pub async fn upload_plugin(
                 size: body.len() as u64,
             },
             state.now_ms(),
-            &operator.actor(),
+            actor,
         )
         .await?;
-    Ok(Json(view))
+    Ok(view)
 }
 
 fn check_info(label: &str, info: &types::PluginInfo) -> Result<()> {
@@ -151,6 +169,19 @@ pub async fn upload_package(
     body: Body,
 ) -> Result<Json<PackageView>> {
     operator.require(roles::PACKAGES, "upload packages")?;
+    Ok(Json(
+        store_package(&state, &q, body, &operator.actor()).await?,
+    ))
+}
+
+/// Reads an uploaded package with its device type's plugin and stores it; the
+/// API and the console both upload through here.
+pub async fn store_package(
+    state: &AppState,
+    q: &PackageUpload,
+    body: Body,
+    actor: &str,
+) -> Result<PackageView> {
     check_file_name(&q.file_name)?;
     let settings = state.settings().poll_interval_secs;
     let device_type = state
@@ -224,8 +255,8 @@ pub async fn upload_package(
                 plugin_sha256: enabled.sha256,
             },
             state.now_ms(),
-            &operator.actor(),
+            actor,
         )
         .await?;
-    Ok(Json(view))
+    Ok(view)
 }

@@ -28,6 +28,7 @@ use sqlx::sqlite::{
 mod macros;
 mod sql;
 
+mod accounts;
 mod audit;
 mod device_types;
 mod devices;
@@ -51,6 +52,9 @@ pub mod version;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
+pub use accounts::{
+    AccountView, Failure, LOCK_MS, LoginAccount, MAX_FAILED_LOGINS, NewAccount, SessionAccount,
+};
 pub use device_types::DeviceTypeConfig;
 pub use devices::{DeviceAuth, InventoryReport};
 pub use enrollment::Enrollment;

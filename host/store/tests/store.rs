@@ -7,8 +7,8 @@ use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Inventory, ModuleVersi
 use posup_store::lifecycle::Command;
 use posup_store::testing::each_backend;
 use posup_store::{
-    Asking, At, DeviceAuth, Enrollment, Error, InventoryReport, NewPackage, NewPlugin, Store,
-    VarTarget,
+    Asking, At, DeviceAuth, Enrollment, Error, Failure, InventoryReport, LOCK_MS,
+    MAX_FAILED_LOGINS, NewAccount, NewPackage, NewPlugin, Store, VarTarget,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -246,6 +246,154 @@ async fn tokens_are_found_by_hash_and_the_last_admin_stays() {
             .await
             .unwrap();
         assert_eq!(store.admin_token_count().await.unwrap(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn accounts_lock_after_repeated_failures_and_sessions_end() {
+    each_backend(|store| async move {
+        let new = |name: &'static str, role| NewAccount {
+            name,
+            role,
+            password: "$argon2id$stand-in",
+            language: Language::Ru,
+            time_zone: "Europe/Moscow",
+        };
+        let admin = store
+            .create_account(&new("anna", Role::Admin), T0, "server")
+            .await
+            .unwrap();
+        let viewer = store
+            .create_account(&new("boris", Role::Viewer), T0, "account anna")
+            .await
+            .unwrap();
+        let taken = store
+            .create_account(&new("anna", Role::Viewer), T0, "server")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(taken, Error::Conflict(ref m) if m.contains("anna exists")),
+            "{taken}"
+        );
+        let zone = store
+            .create_account(
+                &NewAccount {
+                    time_zone: "Moscow",
+                    ..new("vera", Role::Viewer)
+                },
+                T0,
+                "server",
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(zone, Error::Invalid(ref m) if m.contains("IANA")),
+            "{zone}"
+        );
+
+        // Four failures count; the fifth locks, and the count starts again.
+        for n in 1..MAX_FAILED_LOGINS {
+            assert_eq!(
+                store.login_failed(viewer, T0).await.unwrap(),
+                Failure::Counted(n)
+            );
+        }
+        assert_eq!(
+            store.login_failed(viewer, T0).await.unwrap(),
+            Failure::Locked(T0 + LOCK_MS)
+        );
+        let login = store.account_for_login("boris").await.unwrap().unwrap();
+        assert_eq!(login.locked_until, T0 + LOCK_MS);
+        assert_eq!(
+            store.login_failed(viewer, T0).await.unwrap(),
+            Failure::Counted(1)
+        );
+        // A right password starts the count again.
+        store
+            .open_session(viewer, "s1", "csrf1", T0, T0 + MINUTE)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.login_failed(viewer, T0).await.unwrap(),
+            Failure::Counted(1)
+        );
+
+        let session = store.session("s1", T0).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                session.name.as_str(),
+                session.role,
+                session.language,
+                session.csrf.as_str()
+            ),
+            ("boris", Role::Viewer, Language::Ru, "csrf1")
+        );
+        assert!(
+            store.session("s1", T0 + MINUTE).await.unwrap().is_none(),
+            "expired"
+        );
+        assert!(store.session("other", T0).await.unwrap().is_none());
+        store
+            .set_account_preferences(viewer, Language::En, "UTC", T0, "account boris")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.session("s1", T0).await.unwrap().unwrap().language,
+            Language::En
+        );
+        // A new password ends every other session of the account.
+        store
+            .open_session(viewer, "s3", "csrf3", T0, T0 + MINUTE)
+            .await
+            .unwrap();
+        store
+            .set_account_password(viewer, "$argon2id$new", "s1", T0, "account boris")
+            .await
+            .unwrap();
+        assert!(
+            store.session("s3", T0).await.unwrap().is_none(),
+            "the other session ended"
+        );
+        assert_eq!(
+            store
+                .account_for_login("boris")
+                .await
+                .unwrap()
+                .unwrap()
+                .password,
+            "$argon2id$new"
+        );
+        store.end_session("s1").await.unwrap();
+        assert!(store.session("s1", T0).await.unwrap().is_none(), "ended");
+
+        // Deleting an account ends its sessions; the last administrator stays.
+        store
+            .open_session(viewer, "s2", "csrf2", T0, T0 + MINUTE)
+            .await
+            .unwrap();
+        store
+            .delete_account(viewer, T0, "account anna")
+            .await
+            .unwrap();
+        assert!(store.session("s2", T0).await.unwrap().is_none());
+        let last = store
+            .delete_account(admin, T0, "account anna")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(last, Error::Conflict(ref m) if m.contains("last administrator")),
+            "{last}"
+        );
+        assert_eq!(store.account_count().await.unwrap(), 1);
+        let names: Vec<String> = store
+            .list_accounts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(names, ["anna"]);
     })
     .await;
 }

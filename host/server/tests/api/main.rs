@@ -1329,6 +1329,14 @@ async fn run_bootstraps_serves_and_shuts_down() {
             .trim()
             .to_owned();
         assert!(data.path().join("enrollment-secret").exists());
+        // The console's first administrator, with a password only this file holds.
+        let password = std::fs::read_to_string(data.path().join("admin-password")).unwrap();
+        assert_eq!(password.trim().len(), 24, "{password}");
+        let (code, body) = http_get(addr, "/login", "").await;
+        assert!(
+            code == 200 && body.contains("name=\"password\""),
+            "{code} {body}"
+        );
         let (code, body) = http_get(addr, "/api/v1/device-types", &token).await;
         assert_eq!((code, body.as_str()), (200, "[]"), "on {backend}");
         let (code, _) = http_get(addr, "/api/v1/device-types", "pop_wrong").await;
@@ -1463,7 +1471,9 @@ async fn replicas_follow_each_others_changes() {
     .await;
 }
 
+mod console;
 mod identity;
 mod notify;
 mod rollout;
 mod tuf;
+mod webdriver;

@@ -1,0 +1,239 @@
+//! The operator console: server-rendered pages at `/`.
+//!
+//! Pages are askama templates (`templates/`, checked when the crate compiles) in
+//! the operator's language (`locales/`, Fluent), over the same store calls as the
+//! API. The live parts (a task's progress) are fragments htmx fetches again every
+//! few seconds; htmx is vendored under `assets/` with its licence, so nothing is
+//! fetched at build or run time.
+//!
+//! **Boundary:** a person reads everything here. Form fields arrive as text and each
+//! page checks them and says what is wrong in words; store errors are shown by
+//! their message, which names the object and what to do; nothing else of an error
+//! (SQL, a parser's text) reaches the page.
+//!
+//! **Invariant:** every page needs a session ([`session::Session`]); every form
+//! post is checked against the session's CSRF token before its fields are read
+//! ([`session::Posted`]); a viewer's session can read but every action refuses it
+//! with 403, whether or not the page showed the button.
+
+use askama::Template;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use posup_proto::api::Language;
+
+use crate::state::AppState;
+
+mod accounts;
+mod devices;
+mod i18n;
+mod login;
+mod packages;
+mod plugins;
+pub mod session;
+mod tasks;
+
+pub use i18n::Tr;
+use session::Session;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/devices") }))
+        .route("/login", get(login::form).post(login::submit))
+        .route("/logout", post(login::logout))
+        .route("/preferences", post(login::preferences))
+        .route("/devices", get(devices::list))
+        .route("/devices/{id}", get(devices::page))
+        .route("/tasks", get(tasks::list).post(tasks::create))
+        .route("/tasks/new", get(tasks::new))
+        .route("/tasks/{id}", get(tasks::page))
+        .route("/tasks/{id}/live", get(tasks::live))
+        .route("/tasks/{id}/{command}", post(tasks::command))
+        .route("/packages", get(packages::list))
+        .route("/packages/upload", post(packages::upload))
+        .route("/packages/{id}/{command}", post(packages::command))
+        .route("/plugins", get(plugins::list))
+        .route(
+            "/plugins/bundled/{name}/enable",
+            post(plugins::enable_bundled),
+        )
+        .route("/accounts", get(accounts::list).post(accounts::create))
+        .route("/accounts/{id}/delete", post(accounts::delete))
+        .route("/password", post(accounts::password))
+        .route("/assets/{name}", get(asset))
+}
+
+/// What every page shows around its content: who is logged in, in which
+/// language, and the token its forms carry.
+#[derive(Debug)]
+pub struct Frame {
+    pub tr: Tr,
+    pub name: String,
+    pub role: &'static str,
+    pub can_act: bool,
+    pub is_admin: bool,
+    pub csrf: String,
+    pub time_zone: String,
+    /// The section the page belongs to, for the navigation.
+    pub section: &'static str,
+    /// The page's own address, so the language form comes back to it.
+    pub here: String,
+}
+
+impl Frame {
+    pub fn new(session: &Session, section: &'static str, here: String) -> Frame {
+        let account = &session.account;
+        Frame {
+            tr: Tr::new(account.language),
+            name: account.name.clone(),
+            role: account.role.as_str(),
+            can_act: session.can_act(),
+            is_admin: session.is_admin(),
+            csrf: account.csrf.clone(),
+            time_zone: account.time_zone.clone(),
+            section,
+            here,
+        }
+    }
+
+    pub fn lang(&self) -> &'static str {
+        self.tr.language.as_str()
+    }
+
+    pub fn other_language(&self) -> &'static str {
+        match self.tr.language {
+            Language::En => Language::Ru.as_str(),
+            Language::Ru => Language::En.as_str(),
+        }
+    }
+
+    /// `t` in the operator's zone, and the UTC instant for the hover title.
+    pub fn when(&self, t: DateTime<Utc>) -> When {
+        When::new(t, &self.time_zone)
+    }
+}
+
+/// A moment as the operator reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct When {
+    /// In the operator's zone, to the minute.
+    pub shown: String,
+    /// The instant in UTC (RFC 3339).
+    pub utc: String,
+}
+
+impl When {
+    pub fn new(t: DateTime<Utc>, zone: &str) -> When {
+        // Zones are checked when an account is saved; UTC is shown if one is not.
+        let tz: chrono_tz::Tz = zone.parse().unwrap_or(chrono_tz::UTC);
+        When {
+            shown: t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string(),
+            utc: t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+    }
+}
+
+fn render(template: &impl Template) -> Result<Response, Fail> {
+    let html = template
+        .render()
+        .map_err(|e| Fail::Internal(anyhow::anyhow!("rendering a console page: {e}")))?;
+    Ok(Html(html).into_response())
+}
+
+/// Why a console request did not get its page.
+#[derive(Debug)]
+pub enum Fail {
+    /// No live session: the login page.
+    LogIn,
+    /// The account's role does not allow this.
+    Forbidden,
+    /// A form without this session's token: another site's page, or one left
+    /// open from an earlier login.
+    Csrf,
+    /// A body that is not a form.
+    BadForm,
+    Store(posup_store::Error),
+    Internal(anyhow::Error),
+}
+
+impl From<posup_store::Error> for Fail {
+    fn from(e: posup_store::Error) -> Self {
+        Fail::Store(e)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "failed.html")]
+struct Failed {
+    status: u16,
+    /// The same words in both languages: an error found before the session is
+    /// known has no language to choose.
+    lines: Vec<(Tr, String)>,
+    /// The store's own message, where it is meant for people.
+    detail: Option<String>,
+}
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        let (status, id, detail) = match self {
+            Fail::LogIn => return Redirect::to("/login").into_response(),
+            Fail::Forbidden => (StatusCode::FORBIDDEN, "fail-forbidden", None),
+            Fail::Csrf => (StatusCode::FORBIDDEN, "fail-csrf", None),
+            Fail::BadForm => (StatusCode::BAD_REQUEST, "fail-form", None),
+            Fail::Store(e) => {
+                let message = e.to_string();
+                let status = crate::error::Error::from(e).status_code();
+                if status.is_client_error() {
+                    // These messages are written for people: they name the object
+                    // and what to do.
+                    (status, "fail-refused", Some(message))
+                } else {
+                    tracing::error!("console: {message}");
+                    (status, "fail-internal", None)
+                }
+            }
+            Fail::Internal(e) => {
+                tracing::error!("console: {e:#}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "fail-internal", None)
+            }
+        };
+        let lines = Language::ALL
+            .into_iter()
+            .map(|l| {
+                let tr = Tr::new(l);
+                (tr, tr.t(id))
+            })
+            .collect();
+        let page = Failed {
+            status: status.as_u16(),
+            lines,
+            detail,
+        };
+        match page.render() {
+            Ok(html) => (status, Html(html)).into_response(),
+            Err(_) => status.into_response(),
+        }
+    }
+}
+
+/// Vendored assets, served with their digest-pinned names and a year's cache.
+async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    let (body, kind): (&'static [u8], &str) = match name.as_str() {
+        "htmx-2.0.11.min.js" => (
+            include_bytes!("../assets/htmx-2.0.11.min.js"),
+            "text/javascript",
+        ),
+        "console-1.css" => (include_bytes!("../assets/console-1.css"), "text/css"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,251 @@
+//! Plugins and device types: what each device type runs and is granted, the
+//! plugins uploaded, and on a fresh server the bundled ones, each enabled in one
+//! click.
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use posup_proto::api::DeviceTypeBody;
+use posup_proto::{Capabilities, Dir};
+
+use super::session::{Posted, Session};
+use super::{Fail, Frame, render};
+use crate::state::AppState;
+
+/// Capabilities in a few words: `product (write), staging · services kiosk ·
+/// scripts · prompt`.
+pub fn capabilities(c: &Capabilities) -> String {
+    let dir = |d: Dir| match d {
+        Dir::Product => "product",
+        Dir::Staging => "staging",
+        Dir::Backup => "backup",
+        Dir::Logs => "logs",
+    };
+    let mut parts = Vec::new();
+    if !c.dirs.is_empty() {
+        parts.push(
+            c.dirs
+                .iter()
+                .map(|d| {
+                    if d.write {
+                        format!("{} (write)", dir(d.dir))
+                    } else {
+                        dir(d.dir).to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
+    if !c.services.is_empty() {
+        parts.push(format!("services {}", c.services.join(", ")));
+    }
+    if c.scripts {
+        parts.push("scripts".into());
+    }
+    if c.prompt {
+        parts.push("prompt".into());
+    }
+    parts.join(" · ")
+}
+
+pub struct TypeLine {
+    pub name: String,
+    pub description: String,
+    pub plugin: String,
+    pub granted: String,
+    pub allowed: String,
+    pub devices: u64,
+}
+
+pub struct PluginLine {
+    pub name: String,
+    pub vendor: String,
+    pub version: String,
+    pub device_types: String,
+    pub requested: String,
+    pub interface: String,
+    pub enabled_for: String,
+    pub signed: bool,
+}
+
+#[derive(Template)]
+#[template(path = "plugins.html")]
+struct PluginsPage {
+    frame: Frame,
+    types: Vec<TypeLine>,
+    plugins: Vec<PluginLine>,
+    /// Bundled plugins no device type runs yet.
+    bundled: Vec<&'static str>,
+}
+
+pub async fn list(State(state): State<AppState>, session: Session) -> Result<Response, Fail> {
+    let frame = Frame::new(&session, "plugins", "/plugins".into());
+    let types = state
+        .store()
+        .list_device_types(state.settings().poll_interval_secs)
+        .await?;
+    let plugins = state.store().list_plugins().await?;
+    let bundled = state
+        .bundled()
+        .names()
+        .filter(|name| {
+            !plugins
+                .iter()
+                .any(|p| p.name == *name && !p.enabled_for.is_empty())
+        })
+        .collect();
+    render(&PluginsPage {
+        types: types
+            .into_iter()
+            .map(|t| TypeLine {
+                plugin: t
+                    .plugin
+                    .map(|p| format!("{} {}", p.name, p.version))
+                    .unwrap_or_default(),
+                granted: t.granted.as_ref().map(capabilities).unwrap_or_default(),
+                allowed: capabilities(&t.allowed),
+                name: t.name,
+                description: t.description,
+                devices: t.devices,
+            })
+            .collect(),
+        plugins: plugins
+            .into_iter()
+            .map(|p| PluginLine {
+                requested: capabilities(&p.capabilities),
+                device_types: p.device_types.join(", "),
+                enabled_for: p.enabled_for.join(", "),
+                signed: !p.signatures.is_empty(),
+                name: p.name,
+                vendor: p.vendor,
+                version: p.version,
+                interface: p.interface,
+            })
+            .collect(),
+        bundled,
+        frame,
+    })
+}
+
+/// Enables a bundled plugin: stores it (unless it is stored already) and, for
+/// each device type it names, creates the device type when it does not exist,
+/// allowing exactly what the plugin asks for, and enables the plugin there. The
+/// terminal's own configuration still limits what it gets.
+pub async fn enable_bundled(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    posted: Posted,
+) -> Result<Response, Fail> {
+    let session = &posted.session;
+    session.require_act()?;
+    let Some(bytes) = state.bundled().get(&name) else {
+        return Err(Fail::Store(posup_store::Error::NotFound(format!(
+            "{name} is not a plugin built into this server"
+        ))));
+    };
+    let actor = session.actor();
+    let stored = crate::uploads::store_plugin(
+        &state,
+        &format!("{name} (bundled)"),
+        Bytes::from_static(bytes),
+        &actor,
+        |_| Ok(()),
+    )
+    .await;
+    let plugin = match stored {
+        Ok(view) => view,
+        // Stored before: enable the stored one.
+        Err(crate::error::Error::Conflict(_)) => state
+            .store()
+            .list_plugins()
+            .await?
+            .into_iter()
+            .filter(|p| p.name == name)
+            .next_back()
+            .ok_or_else(|| {
+                Fail::Internal(anyhow::anyhow!("plugin {name} conflicts but is not stored"))
+            })?,
+        Err(e) => return Err(server_error(e)),
+    };
+    let now = state.now_ms();
+    for device_type in &plugin.device_types {
+        let exists = state
+            .store()
+            .device_type(device_type, state.settings().poll_interval_secs)
+            .await?
+            .is_some();
+        if !exists {
+            state
+                .store()
+                .put_device_type(
+                    device_type,
+                    &DeviceTypeBody {
+                        description: plugin.description.clone(),
+                        allowed: plugin.capabilities.clone(),
+                        ..Default::default()
+                    },
+                    now,
+                    &actor,
+                )
+                .await?;
+        }
+        state
+            .store()
+            .enable_plugin(
+                device_type,
+                &plugin.name,
+                Some(&plugin.version),
+                now,
+                &actor,
+            )
+            .await?;
+    }
+    Ok(Redirect::to("/plugins").into_response())
+}
+
+/// The API's error on a console page: its words where they are meant for people.
+fn server_error(e: crate::error::Error) -> Fail {
+    use crate::error::Error as E;
+    match e {
+        E::NotFound(m) => Fail::Store(posup_store::Error::NotFound(m)),
+        E::Invalid(m) | E::BadRequest(m) | E::TooLarge(m) => {
+            Fail::Store(posup_store::Error::Invalid(m))
+        }
+        E::Conflict(m) => Fail::Store(posup_store::Error::Conflict(m)),
+        E::Forbidden(_) | E::Unauthorized(_) => Fail::Forbidden,
+        other => Fail::Internal(anyhow::anyhow!("{other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use posup_proto::DirAccess;
+
+    use super::*;
+
+    #[test]
+    fn capabilities_read_in_a_few_words() {
+        let c = Capabilities {
+            dirs: vec![
+                DirAccess {
+                    dir: Dir::Product,
+                    write: true,
+                },
+                DirAccess {
+                    dir: Dir::Staging,
+                    write: false,
+                },
+            ],
+            services: vec!["kiosk".into()],
+            scripts: false,
+            prompt: true,
+        };
+        assert_eq!(
+            capabilities(&c),
+            "product (write), staging · services kiosk · prompt"
+        );
+        assert_eq!(capabilities(&Capabilities::default()), "");
+    }
+}

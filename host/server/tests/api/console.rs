@@ -1,0 +1,478 @@
+//! The operator console: its rules over HTTP on both backends (logins, lock-out,
+//! CSRF, roles), and its jobs in a real Chromium against a real server.
+
+use super::webdriver::Browser;
+use super::*;
+use posup_server::console::session::hash_password;
+use posup_store::NewAccount;
+
+const PASSWORD: &str = "night shift 42";
+
+async fn account(state: &AppState, name: &str, role: Role, language: Language) {
+    state
+        .store()
+        .create_account(
+            &NewAccount {
+                name,
+                role,
+                password: &hash_password(PASSWORD).unwrap(),
+                language,
+                time_zone: "Europe/Moscow",
+            },
+            0,
+            "test",
+        )
+        .await
+        .unwrap();
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(pairs).unwrap()
+}
+
+impl Env {
+    async fn post_form(&self, uri: &str, cookie: Option<&str>, body: String) -> Answer {
+        let mut b = Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(c) = cookie {
+            b = b.header(header::COOKIE, format!("posup_session={c}"));
+        }
+        self.send(b.body(Body::from(body)).unwrap()).await
+    }
+
+    async fn get_page(&self, uri: &str, cookie: &str) -> Answer {
+        self.send(
+            Request::builder()
+                .uri(uri)
+                .header(header::COOKIE, format!("posup_session={cookie}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Logs in: the session cookie and the page's CSRF token.
+    async fn log_in(&self, name: &str) -> (String, String) {
+        let a = self
+            .post_form(
+                "/login",
+                None,
+                form(&[("name", name), ("password", PASSWORD)]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        let set = a.headers[header::SET_COOKIE].to_str().unwrap();
+        let cookie = set
+            .strip_prefix("posup_session=")
+            .and_then(|v| v.split(';').next())
+            .unwrap()
+            .to_owned();
+        let page = self.get_page("/tasks", &cookie).await.text();
+        let csrf = page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .expect("a form with the CSRF token")
+            .to_owned();
+        (cookie, csrf)
+    }
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn console_logins_lock_out_and_every_form_needs_its_token_and_role() {
+    each_backend(|store| async move {
+        let (e, state) = env_with_state(store).await;
+        account(&state, "anna", Role::Admin, Language::En).await;
+        account(&state, "vika", Role::Viewer, Language::Ru).await;
+        let f = fleet(&e, 2).await;
+
+        // Without a session every page leads to the login.
+        let a = e.call("GET", "/devices", None, None).await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        assert_eq!(a.headers[header::LOCATION], "/login");
+        let login = e.call("GET", "/login", None, None).await;
+        assert!(login.text().contains("name=\"password\""));
+
+        // A wrong password says so without telling whether the name exists.
+        let wrong = e
+            .post_form("/login", None, form(&[("name", "anna"), ("password", "x")]))
+            .await;
+        let nobody = e
+            .post_form(
+                "/login",
+                None,
+                form(&[("name", "nobody"), ("password", "x")]),
+            )
+            .await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+        assert!(
+            wrong.text().contains("Wrong name or password."),
+            "{}",
+            wrong.text()
+        );
+        assert_eq!(
+            nobody.text().replace("nobody", "anna"),
+            wrong.text(),
+            "an unknown name answers as a wrong password does"
+        );
+
+        // The cookie is HttpOnly and SameSite=Strict.
+        let ok = e
+            .post_form(
+                "/login",
+                None,
+                form(&[("name", "anna"), ("password", PASSWORD)]),
+            )
+            .await;
+        let set = ok.headers[header::SET_COOKIE].to_str().unwrap();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+
+        let (admin, admin_csrf) = e.log_in("anna").await;
+        let (viewer, viewer_csrf) = e.log_in("vika").await;
+        let group = e.ok("GET", "/api/v1/groups", ADMIN, None).await[0]["id"]
+            .as_i64()
+            .unwrap();
+        let task_form = |csrf: &str| {
+            form(&[
+                ("csrf", csrf),
+                ("kind", "download"),
+                ("group", &group.to_string()),
+                ("package", &f.package.id.to_string()),
+                ("start", "now"),
+            ])
+        };
+
+        // A form without this session's token is refused and changes nothing.
+        for csrf in ["", "forged", viewer_csrf.as_str()] {
+            let a = e.post_form("/tasks", Some(&admin), task_form(csrf)).await;
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "token {csrf:?}");
+            assert!(
+                a.text().contains("This form is out of date"),
+                "{}",
+                a.text()
+            );
+        }
+        // A viewer sees the tasks but no action, and a forged post is refused.
+        let page = e.get_page("/tasks", &viewer).await.text();
+        assert!(
+            page.contains("Задачи") && !page.contains("id=\"new-task\""),
+            "{page}"
+        );
+        let a = e
+            .post_form("/tasks", Some(&viewer), task_form(&viewer_csrf))
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert!(
+            a.text().contains("Your role does not allow this"),
+            "{}",
+            a.text()
+        );
+        assert_eq!(e.ok("GET", "/api/v1/tasks", ADMIN, None).await, json!([]));
+
+        // The administrator's form creates the task; the audit log names the account.
+        let a = e
+            .post_form("/tasks", Some(&admin), task_form(&admin_csrf))
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        let task = a.headers[header::LOCATION].to_str().unwrap().to_owned();
+        let tasks = e.ok("GET", "/api/v1/tasks", ADMIN, None).await;
+        assert_eq!(tasks.as_array().unwrap().len(), 1);
+        let audit = e.ok("GET", "/api/v1/audit", ADMIN, None).await.to_string();
+        assert!(audit.contains("account anna"), "{audit}");
+        let viewer_page = e.get_page(&task, &viewer).await.text();
+        assert!(!viewer_page.contains("id=\"pause\""), "{viewer_page}");
+        let a = e
+            .post_form(
+                &format!("{task}/pause"),
+                Some(&viewer),
+                form(&[("csrf", &viewer_csrf)]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+
+        // A form's mistakes come back in words, not as a parser's text.
+        let a = e
+            .post_form(
+                "/tasks",
+                Some(&admin),
+                form(&[
+                    ("csrf", &admin_csrf),
+                    ("kind", "download"),
+                    ("group", "x"),
+                    ("start", "at"),
+                    ("start_at", "soon"),
+                ]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let text = a.text();
+        assert!(
+            text.contains("Choose the group of devices the task is for."),
+            "{text}"
+        );
+        assert!(
+            text.contains("Choose the package the task installs."),
+            "{text}"
+        );
+        assert!(
+            text.contains("Give the start as a date and time (Europe/Moscow)"),
+            "{text}"
+        );
+        let a = e.get_page("/devices?page=two&number=x", &admin).await;
+        assert!(
+            a.text().contains("No. must be a whole number"),
+            "{}",
+            a.text()
+        );
+        assert!(a.text().contains("2 devices"), "{}", a.text());
+
+        // Logging out ends the session on the server, not only in the browser.
+        let a = e
+            .post_form("/logout", Some(&admin), form(&[("csrf", &admin_csrf)]))
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        let a = e.get_page("/devices", &admin).await;
+        assert_eq!(a.headers[header::LOCATION], "/login");
+
+        // Five wrong passwords lock the account; the right one is refused then.
+        for _ in 0..5 {
+            e.post_form("/login", None, form(&[("name", "vika"), ("password", "x")]))
+                .await;
+        }
+        let a = e
+            .post_form(
+                "/login",
+                None,
+                form(&[("name", "vika"), ("password", PASSWORD)]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        assert!(a.text().contains("locked until"), "{}", a.text());
+        e.advance(15 * 60 + 1);
+        e.log_in("vika").await;
+    })
+    .await;
+}
+
+/// A server on a real port for the browser, over the environment's state.
+async fn serve(state: AppState) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(posup_server::run_with_state(state, listener, async {
+        let _ = stopped.await;
+    }));
+    (base, stop)
+}
+
+async fn log_in_browser(browser: &Browser, base: &str, name: &str) {
+    browser.open(&format!("{base}/login")).await;
+    browser.find("#name").await.type_text(name).await;
+    browser.find("#password").await.type_text(PASSWORD).await;
+    browser.find("#enter").await.click().await;
+    browser.find("#who").await;
+}
+
+#[tokio::test]
+async fn console_in_chromium_devices_language_a_forced_update_at_a_set_time_and_live_progress() {
+    let Some(db) = posup_store::testing::TestDb::of(posup_store::Backend::Sqlite).await else {
+        panic!("SQLite is always there");
+    };
+    let (e, state) = env_with_state(db.store.clone()).await;
+    account(&state, "anna", Role::Admin, Language::En).await;
+    account(&state, "vika", Role::Viewer, Language::En).await;
+    let f = fleet(&e, 3).await;
+    // The terminals report what they run.
+    for (n, (_, token)) in f.devices.iter().enumerate() {
+        poll(
+            &e,
+            token,
+            PollRequest {
+                status: status(),
+                inventory: Some(posup_proto::Inventory {
+                    product: "Test POS".into(),
+                    version: format!("1.{n}"),
+                    state: "sale".into(),
+                    ready: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    let (base, stop) = serve(state.clone()).await;
+    let browser = Browser::start().await;
+
+    // Log in; the device list shows every terminal with what it reported.
+    log_in_browser(&browser, &base, "anna").await;
+    assert!(browser.url().await.ends_with("/devices"));
+    let list = browser.find("#devices").await.text().await;
+    for version in ["1.0", "1.1", "1.2"] {
+        assert!(list.contains(version), "{list}");
+    }
+    assert!(
+        list.contains("Kassa 3") && list.contains("online"),
+        "{list}"
+    );
+    browser.screenshot("devices").await;
+
+    // Sorting by number, descending, puts register 3 first.
+    browser
+        .open(&format!("{base}/devices?sort=number&order=desc"))
+        .await;
+    let first = browser.find("#devices tbody tr").await.text().await;
+    assert!(first.contains("Kassa 3"), "{first}");
+
+    // A device's page: its installation.
+    browser
+        .open(&format!("{base}/devices/{}", f.devices[1].0))
+        .await;
+    assert_eq!(browser.find("#version").await.text().await, "1.1");
+    browser.screenshot("device").await;
+
+    // Russian, by the operator's own choice, kept with the account.
+    browser.find("#language").await.click().await;
+    browser
+        .wait_text("header nav", 10, |t| t.contains("Устройства"))
+        .await;
+    assert!(browser.text().await.contains("Установка"));
+    browser.find("#language").await.click().await;
+    browser
+        .wait_text("header nav", 10, |t| t.contains("Devices"))
+        .await;
+
+    // A Forced update for the All group, at 02:30 the night after next in the
+    // operator's zone (Moscow, UTC+3).
+    browser.open(&format!("{base}/tasks/new")).await;
+    browser
+        .find("#task-name")
+        .await
+        .type_text("Night update")
+        .await;
+    browser
+        .script(
+            "document.getElementById('task-kind').value = 'forced-update';
+             document.getElementById('task-group').selectedIndex = 1;
+             document.getElementById('task-package').selectedIndex = 1;
+             document.getElementById('start-at').checked = true;
+             document.getElementById('start-time').value = arguments[0];",
+            json!(["2023-11-16T02:30"]),
+        )
+        .await;
+    browser.screenshot("task-new").await;
+    browser.find("#create-task").await.click().await;
+    let start = browser.find("#start").await.text().await;
+    assert_eq!(start, "2023-11-16 02:30");
+    assert_eq!(browser.find("#task-state").await.text().await, "Scheduled");
+    let tasks = e.ok("GET", "/api/v1/tasks", ADMIN, None).await;
+    assert_eq!(tasks[0]["kind"], "forced-update");
+    assert_eq!(
+        tasks[0]["start_at"], "2023-11-15T23:30:00Z",
+        "Moscow time, stored in UTC"
+    );
+    let task_id = tasks[0]["id"].as_i64().unwrap();
+
+    // A download now; its page follows the terminals live, without a reload.
+    let download = e
+        .ok(
+            "POST",
+            "/api/v1/tasks",
+            ADMIN,
+            Some(json!({"kind": "download", "package_id": f.package.id, "group_id": tasks[0]["group_id"]})),
+        )
+        .await;
+    let download_id = download["id"].as_i64().unwrap();
+    browser.open(&format!("{base}/tasks/{download_id}")).await;
+    assert_eq!(browser.find("#count-success").await.text().await, "0");
+    let (device, token) = &f.devices[0];
+    let action = poll(
+        &e,
+        token,
+        PollRequest {
+            status: status(),
+            ..Default::default()
+        },
+    )
+    .await
+    .actions
+    .into_iter()
+    .find(|a| a.task_id == download_id)
+    .expect("the download reaches the terminal");
+    let report = Feedback {
+        key: "done".into(),
+        task_id: download_id,
+        action_id: action.action_id,
+        device_id: *device,
+        attempt: 1,
+        step: "download".into(),
+        state: FeedbackState::Committed,
+        message: Some("downloaded and verified".into()),
+        percent: None,
+        at: t0(),
+        retry_after_secs: None,
+    };
+    e.ok(
+        "POST",
+        "/api/v1/agent/feedback",
+        token,
+        Some(serde_json::to_value(&report).unwrap()),
+    )
+    .await;
+    browser.wait_text("#count-success", 10, |t| t == "1").await;
+    let row = browser
+        .find("#task-devices tr[data-state=success]")
+        .await
+        .text()
+        .await;
+    assert!(row.contains("downloaded and verified"), "{row}");
+    browser.screenshot("task").await;
+
+    // Pause the scheduled forced update from its page.
+    browser.open(&format!("{base}/tasks/{task_id}")).await;
+    browser.find("#pause").await.click().await;
+    browser
+        .wait_text("#task-state", 10, |t| t == "Paused")
+        .await;
+
+    // A viewer sees the same pages without a single action.
+    browser.find("#logout").await.click().await;
+    browser.find("#enter").await;
+    log_in_browser(&browser, &base, "vika").await;
+    browser.open(&format!("{base}/tasks/{task_id}")).await;
+    browser.find("#live").await;
+    assert_eq!(browser.count("#actions button").await, 0);
+    browser.open(&format!("{base}/tasks")).await;
+    assert_eq!(browser.count("#new-task").await, 0);
+    // A post forged with the viewer's own cookie and token is refused.
+    let cookie = browser.cookie("posup_session").await;
+    let csrf = browser
+        .script(
+            "return document.querySelector('input[name=csrf]').value",
+            json!([]),
+        )
+        .await;
+    let forged = reqwest::Client::new()
+        .post(format!("{base}/tasks/{task_id}/resume"))
+        .header("cookie", format!("posup_session={cookie}"))
+        .form(&[("csrf", csrf.as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+
+    browser.close().await;
+    let _ = stop.send(());
+    db.cleanup().await;
+}
