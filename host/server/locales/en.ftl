@@ -167,7 +167,7 @@ package-delete-ask = Delete this package?
 
 nav-plugins = Plugins
 plugins-bundled = Plugins built into this server
-plugins-bundled-about = Enabling one creates its device types, allowing what the plugin asks for; each terminal's own configuration still decides what it gets.
+plugins-bundled-about = Enabling one creates its device types, allowing what the plugin asks for, with its directories in posup's usual places (/opt/<type>, /var/lib/posup/<type>, /var/log/<type>); each terminal's own configuration still says where they are and what it grants.
 plugins-enable = Enable { $name }
 plugins-device-types = Device types
 plugins-description = Description

@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use posup_proto::api::DeviceTypeBody;
-use posup_proto::{Capabilities, Dir};
+use posup_proto::{Capabilities, Dir, DirPaths};
 
 use super::session::{Posted, Session};
 use super::{Fail, Frame, render};
@@ -184,6 +184,7 @@ pub async fn enable_bundled(
                     &DeviceTypeBody {
                         description: plugin.description.clone(),
                         allowed: plugin.capabilities.clone(),
+                        paths: default_paths(device_type, &plugin.capabilities),
                         ..Default::default()
                     },
                     now,
@@ -203,6 +204,29 @@ pub async fn enable_bundled(
             .await?;
     }
     Ok(Redirect::to("/plugins").into_response())
+}
+
+/// Where a new device type's directories are when a terminal's own
+/// configuration does not say: posup's usual places. The terminal's `[dirs]`
+/// always wins; these only fill what it leaves out and lets the server give.
+pub fn default_paths(device_type: &str, asked: &Capabilities) -> DirPaths {
+    let mut paths = DirPaths::default();
+    for access in &asked.dirs {
+        let path = match access.dir {
+            Dir::Product => format!("/opt/{device_type}"),
+            Dir::Staging => format!("/var/lib/posup/{device_type}/staging"),
+            Dir::Backup => format!("/var/lib/posup/{device_type}/backup"),
+            Dir::Logs => format!("/var/log/{device_type}"),
+        };
+        let slot = match access.dir {
+            Dir::Product => &mut paths.product,
+            Dir::Staging => &mut paths.staging,
+            Dir::Backup => &mut paths.backup,
+            Dir::Logs => &mut paths.logs,
+        };
+        *slot = Some(path);
+    }
+    paths
 }
 
 /// The API's error on a console page: its words where they are meant for people.
@@ -247,5 +271,16 @@ mod tests {
             "product (write), staging · services kiosk · prompt"
         );
         assert_eq!(capabilities(&Capabilities::default()), "");
+        let paths = default_paths("kiosk", &c);
+        assert_eq!(paths.product.as_deref(), Some("/opt/kiosk"));
+        assert_eq!(
+            paths.staging.as_deref(),
+            Some("/var/lib/posup/kiosk/staging")
+        );
+        assert_eq!(
+            (paths.backup, paths.logs),
+            (None, None),
+            "only what it asks for"
+        );
     }
 }

@@ -476,3 +476,181 @@ async fn console_in_chromium_devices_language_a_forced_update_at_a_set_time_and_
     let _ = stop.send(());
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn console_in_chromium_bundled_plugins_package_uploads_and_accounts() {
+    let Some(db) = posup_store::testing::TestDb::of(posup_store::Backend::Sqlite).await else {
+        panic!("SQLite is always there");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = AppState::new(
+        db.store.clone(),
+        Blobs::open(dir.path()).unwrap(),
+        runtime(),
+        Arc::new(ManualClock::new(t0())),
+        Settings::default(),
+    )
+    .with_bundled(posup_server::Bundled(posup_bundled::PLUGINS));
+    state
+        .store()
+        .ensure_token("admin", Role::Admin, &hash_secret(ADMIN), 0)
+        .await
+        .unwrap();
+    let e = Env {
+        app: app(state.clone()),
+        clock: Arc::new(ManualClock::new(t0())),
+        _blobs: dir,
+    };
+    account(&state, "anna", Role::Admin, Language::En).await;
+    let (base, stop) = serve(state.clone()).await;
+    let browser = Browser::start().await;
+    log_in_browser(&browser, &base, "anna").await;
+
+    // A fresh server offers its bundled plugins; one click enables the kiosk's.
+    browser.open(&format!("{base}/plugins")).await;
+    let offered = browser.find("#bundled").await.text().await;
+    for name in ["kiosk", "ukm5", "icecash", "oscar", "openbravo"] {
+        assert!(offered.contains(&format!("Enable {name}")), "{offered}");
+    }
+    browser.find("#enable-kiosk").await.click().await;
+    let types = browser.find("#device-types").await.text().await;
+    assert!(types.contains("kiosk 0.2.0"), "{types}");
+    assert_eq!(browser.count("#enable-kiosk").await, 0, "no longer offered");
+    let kiosk = e.ok("GET", "/api/v1/device-types/kiosk", ADMIN, None).await;
+    assert_eq!(kiosk["plugin"]["name"], "kiosk");
+    assert_eq!(
+        kiosk["granted"], kiosk["allowed"],
+        "the server allows what the plugin asks for"
+    );
+    browser.screenshot("plugins").await;
+
+    // A kiosk enrolls and reports its version; the device list shows it.
+    let secret = enrollment_secret(&e, "kiosks").await;
+    let mut kiosk_identity = identity(5);
+    kiosk_identity["device_type"] = json!("kiosk");
+    let (_, token) = enroll(&e, &secret, kiosk_identity).await;
+    let first = poll(
+        &e,
+        &token,
+        PollRequest {
+            status: status(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        first
+            .config
+            .expect("the kiosk's configuration")
+            .plugin
+            .unwrap()
+            .name,
+        "kiosk"
+    );
+    poll(
+        &e,
+        &token,
+        PollRequest {
+            status: status(),
+            inventory: Some(posup_proto::Inventory {
+                product: "Kiosk".into(),
+                version: "7.4.2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    browser
+        .open(&format!("{base}/devices?device_type=kiosk"))
+        .await;
+    let list = browser.find("#devices tbody").await.text().await;
+    assert!(list.contains("7.4.2") && list.contains("Kassa 5"), "{list}");
+
+    // Upload a kiosk package: the bar fills, the plugin reads it, the list shows it.
+    let built = tempfile::tempdir().unwrap();
+    let file = posup_sim::kiosk::kiosk_package(built.path(), "7.5.0", false).unwrap();
+    browser.open(&format!("{base}/packages")).await;
+    browser
+        .find("#upload-file")
+        .await
+        .type_text(file.to_str().unwrap())
+        .await;
+    browser.find("#upload").await.click().await;
+    browser
+        .wait_text("#upload-result", 30, |t| t.contains("Uploaded"))
+        .await;
+    let value = browser
+        .script(
+            "return document.getElementById('upload-progress').value",
+            json!([]),
+        )
+        .await;
+    assert_eq!(value, json!(100));
+    let rows = browser
+        .wait_text("#packages", 10, |t| t.contains("kiosk_7.5.0.tgz"))
+        .await;
+    assert!(rows.contains("7.5.0"), "{rows}");
+    // A package its plugin refuses is refused in words.
+    let junk = built.path().join("kiosk_9.tgz");
+    std::fs::write(&junk, b"not a tarball").unwrap();
+    browser.open(&format!("{base}/packages")).await;
+    browser
+        .find("#upload-file")
+        .await
+        .type_text(junk.to_str().unwrap())
+        .await;
+    browser.find("#upload").await.click().await;
+    let refused = browser
+        .wait_text("#upload-result", 30, |t| t.contains("refused"))
+        .await;
+    assert!(refused.contains("kiosk_9.tgz"), "{refused}");
+    browser.screenshot("packages").await;
+
+    // An administrator creates an operator account; it logs in and can act.
+    browser.open(&format!("{base}/accounts")).await;
+    browser.find("#account-name").await.type_text("oleg").await;
+    browser
+        .script(
+            "document.getElementById('account-role').value = 'operator'",
+            json!([]),
+        )
+        .await;
+    browser
+        .find("#account-password")
+        .await
+        .type_text("short")
+        .await;
+    browser
+        .find("#account-again")
+        .await
+        .type_text("short")
+        .await;
+    browser.find("#create-account").await.click().await;
+    let problem = browser.find(".problem").await.text().await;
+    assert!(problem.contains("at least 10 characters"), "{problem}");
+    browser
+        .find("#account-password")
+        .await
+        .type_text(PASSWORD)
+        .await;
+    browser
+        .find("#account-again")
+        .await
+        .type_text(PASSWORD)
+        .await;
+    browser.find("#create-account").await.click().await;
+    let accounts = browser
+        .wait_text("#accounts", 10, |t| t.contains("oleg"))
+        .await;
+    assert!(accounts.contains("operator"), "{accounts}");
+    browser.find("#logout").await.click().await;
+    log_in_browser(&browser, &base, "oleg").await;
+    browser.open(&format!("{base}/tasks")).await;
+    assert_eq!(browser.count("#new-task").await, 1, "an operator acts");
+    assert_eq!(browser.count("#accounts").await, 0);
+
+    browser.close().await;
+    let _ = stop.send(());
+    db.cleanup().await;
+}

@@ -159,7 +159,15 @@ impl Browser {
                     id: first[ELEMENT].as_str().unwrap().to_owned(),
                 };
             }
-            assert!(Instant::now() < deadline, "no element `{css}` on the page");
+            if Instant::now() >= deadline {
+                let page = self
+                    .script(
+                        "return document.body ? document.body.innerText : ''",
+                        json!([]),
+                    )
+                    .await;
+                panic!("no element `{css}` on the page, which reads: {page}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
