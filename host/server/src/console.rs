@@ -28,6 +28,7 @@ use crate::state::AppState;
 
 mod accounts;
 mod devices;
+mod groups;
 mod i18n;
 mod login;
 mod packages;
@@ -51,6 +52,10 @@ pub fn routes() -> Router<AppState> {
         .route("/tasks/{id}", get(tasks::page))
         .route("/tasks/{id}/live", get(tasks::live))
         .route("/tasks/{id}/{command}", post(tasks::command))
+        .route("/groups", get(groups::list).post(groups::create))
+        .route("/groups/{id}", get(groups::page))
+        .route("/groups/{id}/{command}", post(groups::command))
+        .route("/tasks/{id}/failed-group", post(groups::from_failed))
         .route("/packages", get(packages::list))
         .route("/packages/upload", post(packages::upload))
         .route("/packages/{id}/{command}", post(packages::command))

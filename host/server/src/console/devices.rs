@@ -162,6 +162,10 @@ pub async fn list(
             }
         },
     };
+    let group = match get("group") {
+        "" => None,
+        v => v.parse::<i64>().ok(),
+    };
     let online = match get("online") {
         "yes" => Some(true),
         "no" => Some(false),
@@ -189,7 +193,7 @@ pub async fn list(
         loaded_package: text("loaded_package"),
         state: None,
         online,
-        group: None,
+        group,
         tag: None,
     };
     let found = state.store().list_devices(&query, &state.at()).await?;

@@ -348,6 +348,8 @@ struct TaskPage {
     frame: Frame,
     task: TaskLine,
     live: Live,
+    /// Static groups the failed devices may join.
+    static_groups: Vec<(i64, String)>,
 }
 
 /// The part of a task's page that refreshes itself.
@@ -430,7 +432,20 @@ pub async fn page(
     let live = live_of(&state, &session, task_id(&id)?).await?;
     let frame = Frame::new(&session, "tasks", format!("/tasks/{id}"));
     let task = live.task.clone();
-    render(&TaskPage { frame, task, live })
+    let static_groups = state
+        .store()
+        .list_groups(&state.at())
+        .await?
+        .into_iter()
+        .filter(|g| g.kind == posup_proto::api::GroupKind::Static)
+        .map(|g| (g.id, g.name))
+        .collect();
+    render(&TaskPage {
+        frame,
+        task,
+        live,
+        static_groups,
+    })
 }
 
 pub async fn live(

@@ -654,3 +654,213 @@ async fn console_in_chromium_bundled_plugins_package_uploads_and_accounts() {
     let _ = stop.send(());
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn console_groups_are_made_edited_and_gathered_from_a_tasks_failed_devices() {
+    each_backend(|store| async move {
+        let (e, state) = env_with_state(store).await;
+        account(&state, "anna", Role::Operator, Language::En).await;
+        let f = fleet(&e, 3).await;
+        let (cookie, csrf) = e.log_in("anna").await;
+
+        // A filter group needs a condition; a static one is made and filled by GUID.
+        let a = e
+            .post_form(
+                "/groups",
+                Some(&cookie),
+                form(&[("csrf", &csrf), ("name", "Moscow"), ("kind", "filter")]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            a.text()
+                .contains("A filter group needs at least one condition."),
+            "{}",
+            a.text()
+        );
+        let a = e
+            .post_form(
+                "/groups",
+                Some(&cookie),
+                form(&[
+                    ("csrf", &csrf),
+                    ("name", "Store A"),
+                    ("kind", "filter"),
+                    ("site", "Store A"),
+                ]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        let page = e
+            .get_page(a.headers[header::LOCATION].to_str().unwrap(), &cookie)
+            .await
+            .text();
+        assert!(
+            page.contains("2 devices") && page.contains("Kassa 3"),
+            "{page}"
+        );
+
+        let a = e
+            .post_form(
+                "/groups",
+                Some(&cookie),
+                form(&[("csrf", &csrf), ("name", "Pilot"), ("kind", "static")]),
+            )
+            .await;
+        let pilot = a.headers[header::LOCATION].to_str().unwrap().to_owned();
+        let a = e
+            .post_form(
+                &format!("{pilot}/add"),
+                Some(&cookie),
+                form(&[("csrf", &csrf), ("guids", "8f0c-00001\n8f0c-00002\n")]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        let a = e
+            .post_form(
+                &format!("{pilot}/add"),
+                Some(&cookie),
+                form(&[("csrf", &csrf), ("guids", "nope")]),
+            )
+            .await;
+        assert!(
+            a.text().contains("No device has the GUID nope"),
+            "{}",
+            a.text()
+        );
+        let a = e
+            .post_form(
+                &format!("{pilot}/remove"),
+                Some(&cookie),
+                form(&[("csrf", &csrf), ("device", &f.devices[1].0.to_string())]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        let page = e.get_page(&pilot, &cookie).await.text();
+        assert!(
+            page.contains("1 device") && page.contains("Kassa 1") && !page.contains("Kassa 2"),
+            "{page}"
+        );
+
+        // A download that fails on two terminals; the ticked ones go to a new group.
+        let all = e.ok("GET", "/api/v1/groups", ADMIN, None).await[0]["id"]
+            .as_i64()
+            .unwrap();
+        let task = e
+            .ok(
+                "POST",
+                "/api/v1/tasks",
+                ADMIN,
+                Some(json!({"kind": "download", "package_id": f.package.id, "group_id": all})),
+            )
+            .await["id"]
+            .as_i64()
+            .unwrap();
+        for (device, token) in &f.devices[1..] {
+            let action = poll(
+                &e,
+                token,
+                PollRequest {
+                    status: status(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .actions[0]
+                .clone();
+            let report = Feedback {
+                key: format!("fail-{device}"),
+                task_id: task,
+                action_id: action.action_id,
+                device_id: *device,
+                attempt: 1,
+                step: "download".into(),
+                state: FeedbackState::Failed,
+                message: Some("disk full".into()),
+                percent: None,
+                at: t0(),
+                retry_after_secs: None,
+            };
+            e.ok(
+                "POST",
+                "/api/v1/agent/feedback",
+                token,
+                Some(serde_json::to_value(&report).unwrap()),
+            )
+            .await;
+        }
+        let page = e.get_page(&format!("/tasks/{task}"), &cookie).await.text();
+        assert_eq!(
+            page.matches("form=\"failed-form\"").count(),
+            2,
+            "a tick box per failed device"
+        );
+        let a = e
+            .post_form(
+                &format!("/tasks/{task}/failed-group"),
+                Some(&cookie),
+                form(&[("csrf", &csrf), ("name", "Retry tonight")]),
+            )
+            .await;
+        assert!(
+            a.text()
+                .contains("Tick the failed devices to gather first."),
+            "{}",
+            a.text()
+        );
+        let a = e
+            .post_form(
+                &format!("/tasks/{task}/failed-group"),
+                Some(&cookie),
+                form(&[
+                    ("csrf", &csrf),
+                    ("name", "Retry tonight"),
+                    ("device", &f.devices[2].0.to_string()),
+                ]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        let page = e
+            .get_page(a.headers[header::LOCATION].to_str().unwrap(), &cookie)
+            .await
+            .text();
+        assert!(
+            page.contains("Retry tonight") && page.contains("Kassa 3") && page.contains("1 device"),
+            "{page}"
+        );
+        // …or join an existing static group.
+        let pilot_id = pilot.rsplit('/').next().unwrap();
+        let a = e
+            .post_form(
+                &format!("/tasks/{task}/failed-group"),
+                Some(&cookie),
+                form(&[
+                    ("csrf", &csrf),
+                    ("group", pilot_id),
+                    ("device", &f.devices[1].0.to_string()),
+                ]),
+            )
+            .await;
+        assert_eq!(a.headers[header::LOCATION].to_str().unwrap(), pilot);
+        let page = e.get_page(&pilot, &cookie).await.text();
+        assert!(
+            page.contains("Kassa 2") && page.contains("2 devices"),
+            "{page}"
+        );
+
+        // Deleting a group keeps its devices.
+        let a = e
+            .post_form(
+                &format!("{pilot}/delete"),
+                Some(&cookie),
+                form(&[("csrf", &csrf)]),
+            )
+            .await;
+        assert_eq!(a.headers[header::LOCATION], "/groups");
+        assert_eq!(
+            e.ok("GET", "/api/v1/devices", ADMIN, None).await["total"],
+            3
+        );
+    })
+    .await;
+}
