@@ -33,6 +33,7 @@ mod i18n;
 mod login;
 mod packages;
 mod plugins;
+mod rollouts;
 pub mod session;
 mod tasks;
 
@@ -56,6 +57,11 @@ pub fn routes() -> Router<AppState> {
         .route("/groups/{id}", get(groups::page))
         .route("/groups/{id}/{command}", post(groups::command))
         .route("/tasks/{id}/failed-group", post(groups::from_failed))
+        .route("/rollouts", get(rollouts::list).post(rollouts::create))
+        .route("/rollouts/new", get(rollouts::new))
+        .route("/rollouts/{id}", get(rollouts::page))
+        .route("/rollouts/{id}/live", get(rollouts::live))
+        .route("/rollouts/{id}/{command}", post(rollouts::command))
         .route("/packages", get(packages::list))
         .route("/packages/upload", post(packages::upload))
         .route("/packages/{id}/{command}", post(packages::command))
@@ -166,6 +172,22 @@ pub enum Fail {
 impl From<posup_store::Error> for Fail {
     fn from(e: posup_store::Error) -> Self {
         Fail::Store(e)
+    }
+}
+
+/// The API's error on a console page: its words where they are meant for people.
+impl From<crate::error::Error> for Fail {
+    fn from(e: crate::error::Error) -> Self {
+        use crate::error::Error as E;
+        match e {
+            E::NotFound(m) => Fail::Store(posup_store::Error::NotFound(m)),
+            E::Invalid(m) | E::BadRequest(m) | E::TooLarge(m) => {
+                Fail::Store(posup_store::Error::Invalid(m))
+            }
+            E::Conflict(m) => Fail::Store(posup_store::Error::Conflict(m)),
+            E::Forbidden(_) | E::Unauthorized(_) => Fail::Forbidden,
+            other => Fail::Internal(anyhow::anyhow!("{other}")),
+        }
     }
 }
 

@@ -92,7 +92,9 @@ async fn drop_caches(
         axum::http::Method::GET | axum::http::Method::HEAD
     );
     let response = next.run(request).await;
-    if changes && response.status().is_success() {
+    // The console answers a change with a redirect to the changed page.
+    let done = response.status().is_success() || response.status().is_redirection();
+    if changes && done {
         state.caches().invalidate_all();
     }
     response

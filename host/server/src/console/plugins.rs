@@ -167,7 +167,7 @@ pub async fn enable_bundled(
             .ok_or_else(|| {
                 Fail::Internal(anyhow::anyhow!("plugin {name} conflicts but is not stored"))
             })?,
-        Err(e) => return Err(server_error(e)),
+        Err(e) => return Err(e.into()),
     };
     let now = state.now_ms();
     for device_type in &plugin.device_types {
@@ -227,20 +227,6 @@ pub fn default_paths(device_type: &str, asked: &Capabilities) -> DirPaths {
         *slot = Some(path);
     }
     paths
-}
-
-/// The API's error on a console page: its words where they are meant for people.
-fn server_error(e: crate::error::Error) -> Fail {
-    use crate::error::Error as E;
-    match e {
-        E::NotFound(m) => Fail::Store(posup_store::Error::NotFound(m)),
-        E::Invalid(m) | E::BadRequest(m) | E::TooLarge(m) => {
-            Fail::Store(posup_store::Error::Invalid(m))
-        }
-        E::Conflict(m) => Fail::Store(posup_store::Error::Conflict(m)),
-        E::Forbidden(_) | E::Unauthorized(_) => Fail::Forbidden,
-        other => Fail::Internal(anyhow::anyhow!("{other}")),
-    }
 }
 
 #[cfg(test)]

@@ -180,10 +180,35 @@ async fn console_logins_lock_out_and_every_form_needs_its_token_and_role() {
         );
         assert_eq!(e.ok("GET", "/api/v1/tasks", ADMIN, None).await, json!([]));
 
-        // The administrator's form creates the task; the audit log names the account.
+        // The administrator's form creates the task; the audit log names the account,
+        // and a terminal the server saw idle a moment ago is handed it at once.
+        let idle = poll(
+            &e,
+            &f.devices[0].1,
+            PollRequest {
+                status: status(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(idle.actions.is_empty());
         let a = e
             .post_form("/tasks", Some(&admin), task_form(&admin_csrf))
             .await;
+        let busy = poll(
+            &e,
+            &f.devices[0].1,
+            PollRequest {
+                status: status(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            busy.actions.len(),
+            1,
+            "the console's change reached the poll caches"
+        );
         assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
         let task = a.headers[header::LOCATION].to_str().unwrap().to_owned();
         let tasks = e.ok("GET", "/api/v1/tasks", ADMIN, None).await;
@@ -318,7 +343,7 @@ async fn console_in_chromium_devices_language_a_forced_update_at_a_set_time_and_
     // Log in; the device list shows every terminal with what it reported.
     log_in_browser(&browser, &base, "anna").await;
     assert!(browser.url().await.ends_with("/devices"));
-    let list = browser.find("#devices").await.text().await;
+    let list = browser.text_of("#devices").await;
     for version in ["1.0", "1.1", "1.2"] {
         assert!(list.contains(version), "{list}");
     }
@@ -332,14 +357,14 @@ async fn console_in_chromium_devices_language_a_forced_update_at_a_set_time_and_
     browser
         .open(&format!("{base}/devices?sort=number&order=desc"))
         .await;
-    let first = browser.find("#devices tbody tr").await.text().await;
+    let first = browser.text_of("#devices tbody tr").await;
     assert!(first.contains("Kassa 3"), "{first}");
 
     // A device's page: its installation.
     browser
         .open(&format!("{base}/devices/{}", f.devices[1].0))
         .await;
-    assert_eq!(browser.find("#version").await.text().await, "1.1");
+    assert_eq!(browser.text_of("#version").await, "1.1");
     browser.screenshot("device").await;
 
     // Russian, by the operator's own choice, kept with the account.
@@ -373,9 +398,9 @@ async fn console_in_chromium_devices_language_a_forced_update_at_a_set_time_and_
         .await;
     browser.screenshot("task-new").await;
     browser.find("#create-task").await.click().await;
-    let start = browser.find("#start").await.text().await;
+    let start = browser.text_of("#start").await;
     assert_eq!(start, "2023-11-16 02:30");
-    assert_eq!(browser.find("#task-state").await.text().await, "Scheduled");
+    assert_eq!(browser.text_of("#task-state").await, "Scheduled");
     let tasks = e.ok("GET", "/api/v1/tasks", ADMIN, None).await;
     assert_eq!(tasks[0]["kind"], "forced-update");
     assert_eq!(
@@ -395,7 +420,7 @@ async fn console_in_chromium_devices_language_a_forced_update_at_a_set_time_and_
         .await;
     let download_id = download["id"].as_i64().unwrap();
     browser.open(&format!("{base}/tasks/{download_id}")).await;
-    assert_eq!(browser.find("#count-success").await.text().await, "0");
+    assert_eq!(browser.text_of("#count-success").await, "0");
     let (device, token) = &f.devices[0];
     let action = poll(
         &e,
@@ -508,12 +533,12 @@ async fn console_in_chromium_bundled_plugins_package_uploads_and_accounts() {
 
     // A fresh server offers its bundled plugins; one click enables the kiosk's.
     browser.open(&format!("{base}/plugins")).await;
-    let offered = browser.find("#bundled").await.text().await;
+    let offered = browser.text_of("#bundled").await;
     for name in ["kiosk", "ukm5", "icecash", "oscar", "openbravo"] {
         assert!(offered.contains(&format!("Enable {name}")), "{offered}");
     }
     browser.find("#enable-kiosk").await.click().await;
-    let types = browser.find("#device-types").await.text().await;
+    let types = browser.text_of("#device-types").await;
     assert!(types.contains("kiosk 0.2.0"), "{types}");
     assert_eq!(browser.count("#enable-kiosk").await, 0, "no longer offered");
     let kiosk = e.ok("GET", "/api/v1/device-types/kiosk", ADMIN, None).await;
@@ -564,7 +589,7 @@ async fn console_in_chromium_bundled_plugins_package_uploads_and_accounts() {
     browser
         .open(&format!("{base}/devices?device_type=kiosk"))
         .await;
-    let list = browser.find("#devices tbody").await.text().await;
+    let list = browser.text_of("#devices tbody").await;
     assert!(list.contains("7.4.2") && list.contains("Kassa 5"), "{list}");
 
     // Upload a kiosk package: the bar fills, the plugin reads it, the list shows it.
@@ -863,4 +888,177 @@ async fn console_groups_are_made_edited_and_gathered_from_a_tasks_failed_devices
         );
     })
     .await;
+}
+
+#[tokio::test]
+async fn console_in_chromium_a_rollout_advances_live_pauses_and_says_why_a_device_waits() {
+    let Some(db) = posup_store::testing::TestDb::of(posup_store::Backend::Sqlite).await else {
+        panic!("SQLite is always there");
+    };
+    let (e, state) = env_with_state(db.store.clone()).await;
+    account(&state, "anna", Role::Operator, Language::En).await;
+    let f = fleet(&e, 3).await;
+    let pilot = e
+        .ok(
+            "POST",
+            "/api/v1/groups",
+            ADMIN,
+            Some(json!({"name": "Pilot", "kind": "static", "devices": [f.devices[0].0]})),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let odd = e
+        .ok("GET", "/api/v1/groups", ADMIN, None)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["kind"] == "odd")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let (base, stop) = serve(state.clone()).await;
+    let browser = Browser::start().await;
+    log_in_browser(&browser, &base, "anna").await;
+
+    // A Forced update rolled out to the pilot register, then the odd ones.
+    browser.open(&format!("{base}/rollouts/new")).await;
+    browser
+        .find("#rollout-name")
+        .await
+        .type_text("Night 1.0")
+        .await;
+    browser
+        .script(
+            "document.getElementById('rollout-kind').value = 'forced-update';
+             document.querySelector('#rollout-packages input').checked = true;
+             document.getElementById('wave0-group').value = arguments[0];
+             document.getElementById('wave1-group').value = arguments[1];
+             document.getElementById('wave2-group').value = '';",
+            json!([pilot.to_string(), odd.to_string()]),
+        )
+        .await;
+    browser.find("#create-rollout").await.click().await;
+    assert_eq!(browser.text_of("#rollout-state").await, "Running");
+    assert_eq!(browser.text_of("#rollout-wave").await, "1 / 2");
+    let rollout = e.ok("GET", "/api/v1/rollouts", ADMIN, None).await[0].clone();
+    let sites = browser.text_of("#sites").await;
+    assert!(sites.contains("Store A"), "the first wave's store: {sites}");
+
+    // The pilot register updates; the page shows the second wave start by itself.
+    let (pilot_device, pilot_token) = &f.devices[0];
+    let action = poll(
+        &e,
+        pilot_token,
+        PollRequest {
+            status: status(),
+            ..Default::default()
+        },
+    )
+    .await
+    .actions
+    .into_iter()
+    .next()
+    .expect("the pilot register's update");
+    let report =
+        |device: i64, action: i64, task: i64, state: FeedbackState, message: &str| Feedback {
+            key: format!("{device}-{message}"),
+            task_id: task,
+            action_id: action,
+            device_id: device,
+            attempt: 1,
+            step: "commit".into(),
+            state,
+            message: Some(message.into()),
+            percent: None,
+            at: t0(),
+            retry_after_secs: Some(900),
+        };
+    e.ok(
+        "POST",
+        "/api/v1/agent/feedback",
+        pilot_token,
+        Some(
+            serde_json::to_value(report(
+                *pilot_device,
+                action.action_id,
+                action.task_id,
+                FeedbackState::Committed,
+                "committed",
+            ))
+            .unwrap(),
+        ),
+    )
+    .await;
+    browser
+        .wait_text("#rollout-wave", 15, |t| t == "2 / 2")
+        .await;
+    let waves = browser.text_of("#waves").await;
+    assert!(waves.contains("Pilot") && waves.contains("Odd"), "{waves}");
+    browser.screenshot("rollout").await;
+
+    // Register 3 is busy: it says not now, and its page says so and until when.
+    let (third, third_token) = &f.devices[2];
+    let action = poll(
+        &e,
+        third_token,
+        PollRequest {
+            status: status(),
+            ..Default::default()
+        },
+    )
+    .await
+    .actions
+    .into_iter()
+    .next()
+    .expect("the second wave reaches register 3");
+    let mut busy = report(
+        *third,
+        action.action_id,
+        action.task_id,
+        FeedbackState::NotNow,
+        "a receipt is open",
+    );
+    busy.step = "precheck".into();
+    e.ok(
+        "POST",
+        "/api/v1/agent/feedback",
+        third_token,
+        Some(serde_json::to_value(&busy).unwrap()),
+    )
+    .await;
+    browser.open(&format!("{base}/devices/{third}")).await;
+    let wait = browser.text_of("#updates td.wait").await;
+    assert!(
+        wait.starts_with("not now: ") && wait.contains("a receipt is open"),
+        "{wait}"
+    );
+    assert!(
+        wait.contains("again at 2023-11-15 01:28"),
+        "Moscow time, 15 minutes on: {wait}"
+    );
+
+    // Pause it from its page.
+    browser
+        .open(&format!("{base}/rollouts/{}", rollout["id"]))
+        .await;
+    browser.find("#pause").await.click().await;
+    browser
+        .wait_text("#rollout-state", 10, |t| t == "Paused")
+        .await;
+    assert_eq!(browser.count("#resume").await, 1);
+    let paused = e
+        .ok(
+            "GET",
+            &format!("/api/v1/rollouts/{}", rollout["id"]),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(paused["state"], "Paused");
+
+    browser.close().await;
+    let _ = stop.send(());
+    db.cleanup().await;
 }

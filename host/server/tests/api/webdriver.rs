@@ -184,11 +184,25 @@ impl Browser {
         .map_or(0, Vec::len)
     }
 
+    /// The text of the first element `css` selects, read in one step, so a part
+    /// of the page that htmx replaces meanwhile cannot leave a stale reference.
+    pub async fn text_of(&self, css: &str) -> String {
+        self.find(css).await;
+        self.script(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+            json!([css]),
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    }
+
     /// Waits up to `secs` for the text of `css` to satisfy `ok`; its last text.
     pub async fn wait_text(&self, css: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            let text = self.find(css).await.text().await;
+            let text = self.text_of(css).await;
             if ok(&text) {
                 return text;
             }
