@@ -24,10 +24,16 @@ use crate::error::{Error, Result};
 use crate::extract::{Json, Path};
 use crate::state::AppState;
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/enroll", post(enroll))
-        .route("/poll", post(poll))
+        .route(
+            "/poll",
+            post(poll).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::metrics::time_polls,
+            )),
+        )
         .route("/feedback", post(feedback))
         .route("/feedback/batch", post(feedback_batch))
         .route("/packages/{sha256}", get(package))

@@ -38,6 +38,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 mod extract;
+pub mod metrics;
 pub mod notify;
 mod notify_api;
 pub mod openapi;
@@ -68,7 +69,8 @@ pub fn app(state: AppState) -> Router {
             )),
         )
         .route("/api/v1/openapi.json", get(openapi_json))
-        .nest("/api/v1/agent", agent::routes())
+        .route("/metrics", get(metrics::metrics))
+        .nest("/api/v1/agent", agent::routes(&state))
         .merge(tuf::public_routes())
         .nest(
             "/api/v1",

@@ -93,6 +93,8 @@ struct Inner {
     /// The repository's online keys (snapshot, timestamp).
     online_keys: posup_trust::online::OnlineKeys,
     bundled: Bundled,
+    /// How long this process took to answer polls, for `/metrics`.
+    poll_latency: crate::metrics::Latency,
 }
 
 fn fresh_online_keys() -> posup_trust::online::OnlineKeys {
@@ -128,6 +130,7 @@ impl AppState {
                 inspections: tokio::sync::Semaphore::new(MAX_INSPECTIONS),
                 online_keys: fresh_online_keys(),
                 bundled: Bundled::default(),
+                poll_latency: Default::default(),
             }),
         }
     }
@@ -149,6 +152,10 @@ impl AppState {
             .expect("bundled plugins are set before the state is shared")
             .bundled = bundled;
         self
+    }
+
+    pub fn poll_latency(&self) -> &crate::metrics::Latency {
+        &self.inner.poll_latency
     }
 
     pub fn bundled(&self) -> Bundled {

@@ -1473,6 +1473,7 @@ async fn replicas_follow_each_others_changes() {
 
 mod console;
 mod identity;
+mod metrics;
 mod notify;
 mod rollout;
 mod tuf;

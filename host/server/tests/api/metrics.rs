@@ -1,0 +1,56 @@
+//! `/metrics`: the fleet in Prometheus' text format, for a token that may read.
+
+use super::*;
+
+#[tokio::test]
+async fn metrics_count_the_fleet_for_prometheus() {
+    each_backend(|store| async move {
+        let e = env(store).await;
+        let f = fleet(&e, 3).await;
+        let a = e.call("GET", "/metrics", None, None).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+
+        // Two terminals poll; a download fails on one of them while verifying.
+        let all = e.ok("GET", "/api/v1/groups", ADMIN, None).await[0]["id"].as_i64().unwrap();
+        let task = e
+            .ok("POST", "/api/v1/tasks", ADMIN, Some(json!({"kind": "download", "package_id": f.package.id, "group_id": all})))
+            .await["id"]
+            .as_i64()
+            .unwrap();
+        for (device, token) in &f.devices[..2] {
+            let actions = poll(&e, token, PollRequest { status: status(), ..Default::default() }).await.actions;
+            if *device == f.devices[0].0 {
+                let failed = Feedback {
+                    key: "k".into(),
+                    task_id: task,
+                    action_id: actions[0].action_id,
+                    device_id: *device,
+                    attempt: 1,
+                    step: "verify".into(),
+                    state: FeedbackState::Failed,
+                    message: Some("checksum".into()),
+                    percent: None,
+                    at: t0(),
+                    retry_after_secs: None,
+                };
+                e.ok("POST", "/api/v1/agent/feedback", token, Some(serde_json::to_value(&failed).unwrap())).await;
+            }
+        }
+        let viewer = e.token("grafana", Role::Viewer).await;
+        let a = e.call("GET", "/metrics", Some(&viewer), None).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.headers[header::CONTENT_TYPE], "text/plain; version=0.0.4");
+        let text = String::from_utf8(a.bytes).unwrap();
+        for line in [
+            "posup_devices{device_type=\"test\",state=\"online\"} 2",
+            "posup_devices{device_type=\"test\",state=\"offline\"} 1",
+            "posup_tasks{state=\"Running\"} 1",
+            "posup_updates_ended{device_type=\"test\",kind=\"download\",outcome=\"failed\",step=\"verify\"} 1",
+            "posup_notifications_pending 0",
+            "posup_poll_duration_seconds_count 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+        }
+    })
+    .await;
+}
