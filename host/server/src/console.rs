@@ -27,6 +27,7 @@ use posup_proto::api::Language;
 use crate::state::AppState;
 
 mod accounts;
+mod admin;
 mod devices;
 mod groups;
 mod i18n;
@@ -73,6 +74,10 @@ pub fn routes() -> Router<AppState> {
         .route("/accounts", get(accounts::list).post(accounts::create))
         .route("/accounts/{id}/delete", post(accounts::delete))
         .route("/password", post(accounts::password))
+        .route("/access", get(admin::access))
+        .route("/access/{what}", post(admin::create))
+        .route("/access/{what}/{id}/delete", post(admin::delete))
+        .route("/audit", get(admin::audit))
         .route("/assets/{name}", get(asset))
 }
 

@@ -1062,3 +1062,106 @@ async fn console_in_chromium_a_rollout_advances_live_pauses_and_says_why_a_devic
     let _ = stop.send(());
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn console_an_administrator_makes_tokens_and_secrets_and_reads_the_audit_log() {
+    each_backend(|store| async move {
+        let (e, state) = env_with_state(store).await;
+        account(&state, "anna", Role::Admin, Language::En).await;
+        account(&state, "oleg", Role::Operator, Language::En).await;
+        let (admin, csrf) = e.log_in("anna").await;
+        let (operator, operator_csrf) = e.log_in("oleg").await;
+
+        // An operator neither sees nor makes tokens.
+        assert_eq!(
+            e.get_page("/access", &operator).await.status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            e.get_page("/audit", &operator).await.status,
+            StatusCode::FORBIDDEN
+        );
+        let a = e
+            .post_form(
+                "/access/tokens",
+                Some(&operator),
+                form(&[("csrf", &operator_csrf), ("name", "x"), ("role", "admin")]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+
+        // The token is shown once and works on the API.
+        let a = e
+            .post_form(
+                "/access/tokens",
+                Some(&admin),
+                form(&[("csrf", &csrf), ("name", "grafana"), ("role", "viewer")]),
+            )
+            .await;
+        let page = a.text();
+        let token = page
+            .split("<code id=\"secret\">")
+            .nth(1)
+            .and_then(|s| s.split('<').next())
+            .expect("the new token on the page")
+            .to_owned();
+        assert!(token.starts_with("pop_"), "{token}");
+        assert_eq!(
+            e.call("GET", "/api/v1/devices", Some(&token), None)
+                .await
+                .status,
+            StatusCode::OK
+        );
+        assert!(
+            !e.get_page("/access", &admin).await.text().contains(&token),
+            "shown only once"
+        );
+
+        // A store's enrollment secret, with a limit typed wrong and then right.
+        let a = e
+            .post_form(
+                "/access/enrollment-secrets",
+                Some(&admin),
+                form(&[
+                    ("csrf", &csrf),
+                    ("name", "Store 12"),
+                    ("site", "Store 12"),
+                    ("max_uses", "many"),
+                ]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            a.text().contains("must be a whole number from 1"),
+            "{}",
+            a.text()
+        );
+        let a = e
+            .post_form(
+                "/access/enrollment-secrets",
+                Some(&admin),
+                form(&[
+                    ("csrf", &csrf),
+                    ("name", "Store 12"),
+                    ("site", "Store 12"),
+                    ("max_uses", "4"),
+                ]),
+            )
+            .await;
+        assert!(a.text().contains("pes_"), "{}", a.text());
+        let secrets = e.ok("GET", "/api/v1/enrollment-secrets", ADMIN, None).await;
+        assert!(secrets.to_string().contains("\"max_uses\":4"), "{secrets}");
+
+        // Every change is in the audit log with the account that made it.
+        let audit = e.get_page("/audit?object=token", &admin).await.text();
+        assert!(
+            audit.contains("token.create") && audit.contains("account anna"),
+            "{audit}"
+        );
+        assert!(
+            !audit.contains("enrollment_secret.create"),
+            "filtered by object: {audit}"
+        );
+    })
+    .await;
+}
