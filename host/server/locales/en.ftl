@@ -265,3 +265,26 @@ audit-what = What
 audit-object = Object
 audit-detail = Detail
 audit-older = older
+
+nav-versions = Versions
+version-same = Same as Central
+version-different = Different
+version-unknown = Unknown
+version-transitioning = updating
+version-status = Status
+version-server = Server
+version-computed = Computed version
+version-reference = Central
+version-differences = Differing modules
+version-computed-at = Computed
+version-ignored = version check ignored on this store
+version-recompute = Compute again now
+version-recomputed = { $count ->
+    [one] Computed again for { $count } device.
+   *[other] Computed again for { $count } devices.
+}
+version-why = Why unknown
+version-module = Module
+version-installed = Installed
+version-missing = missing
+version-device-page = The device's page

@@ -267,3 +267,27 @@ audit-what = Что
 audit-object = Объект
 audit-detail = Подробности
 audit-older = раньше
+
+nav-versions = Версии
+version-same = Как в центре
+version-different = Отличается
+version-unknown = Неизвестно
+version-transitioning = обновляется
+version-status = Статус
+version-server = Сервер
+version-computed = Вычисленная версия
+version-reference = Центр
+version-differences = Отличающиеся модули
+version-computed-at = Вычислено
+version-ignored = проверка версии в магазине отключена
+version-recompute = Вычислить заново
+version-recomputed = { $count ->
+    [one] Вычислено заново для { $count } устройства.
+    [few] Вычислено заново для { $count } устройств.
+   *[many] Вычислено заново для { $count } устройств.
+}
+version-why = Почему неизвестно
+version-module = Модуль
+version-installed = Установлен
+version-missing = нет
+version-device-page = Страница устройства

@@ -37,6 +37,7 @@ mod plugins;
 mod rollouts;
 pub mod session;
 mod tasks;
+mod versions;
 
 pub use i18n::Tr;
 use session::Session;
@@ -63,6 +64,9 @@ pub fn routes() -> Router<AppState> {
         .route("/rollouts/{id}", get(rollouts::page))
         .route("/rollouts/{id}/live", get(rollouts::live))
         .route("/rollouts/{id}/{command}", post(rollouts::command))
+        .route("/versions", get(versions::list))
+        .route("/versions/recompute", post(versions::recompute))
+        .route("/versions/{id}", get(versions::page))
         .route("/packages", get(packages::list))
         .route("/packages/upload", post(packages::upload))
         .route("/packages/{id}/{command}", post(packages::command))

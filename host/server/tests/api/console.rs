@@ -1165,3 +1165,94 @@ async fn console_an_administrator_makes_tokens_and_secrets_and_reads_the_audit_l
     })
     .await;
 }
+
+#[tokio::test]
+async fn console_version_overview_shows_same_different_unknown_and_recomputes() {
+    each_backend(|store| async move {
+        let (e, state) = env_with_state(store).await;
+        account(&state, "anna", Role::Operator, Language::Ru).await;
+        let f = fleet(&e, 3).await;
+        let inventory = |core: &str| posup_proto::Inventory {
+            product: "Openbravo".into(),
+            version: "1.8".into(),
+            modules: vec![
+                posup_proto::ModuleVersion {
+                    name: "core".into(),
+                    version: core.into(),
+                },
+                posup_proto::ModuleVersion {
+                    name: "pos".into(),
+                    version: "1.1".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        poll(
+            &e,
+            &f.devices[0].1,
+            PollRequest {
+                inventory: Some(inventory("3.0.1")),
+                status: status(),
+                ..Default::default()
+            },
+        )
+        .await;
+        poll(
+            &e,
+            &f.devices[1].1,
+            PollRequest {
+                inventory: Some(inventory("3.0.2")),
+                status: status(),
+                ..Default::default()
+            },
+        )
+        .await;
+        poll(
+            &e,
+            &f.devices[2].1,
+            PollRequest {
+                inventory_error: Some("cannot read /product/modules".into()),
+                status: status(),
+                ..Default::default()
+            },
+        )
+        .await;
+        e.ok(
+            "PUT",
+            "/api/v1/device-types/test/reference",
+            ADMIN,
+            Some(json!({"from_device": f.devices[0].0})),
+        )
+        .await;
+        let (cookie, csrf) = e.log_in("anna").await;
+        let page = e.get_page("/versions", &cookie).await.text();
+        for words in [
+            "Как в центре",
+            "Отличается",
+            "Неизвестно",
+            "cannot read /product/modules",
+            "3 устройства",
+        ] {
+            assert!(page.contains(words), "{words} in {page}");
+        }
+        let page = e
+            .get_page(&format!("/versions/{}", f.devices[1].0), &cookie)
+            .await
+            .text();
+        assert!(page.contains("class=\"differs\"><td>core</td>"), "{page}");
+        let a = e
+            .post_form(
+                "/versions/recompute",
+                Some(&cookie),
+                form(&[("csrf", &csrf)]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        let page = e
+            .get_page(a.headers[header::LOCATION].to_str().unwrap(), &cookie)
+            .await
+            .text();
+        assert!(page.contains("Вычислено заново для 3 устройств."), "{page}");
+    })
+    .await;
+}
