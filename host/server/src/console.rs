@@ -36,6 +36,7 @@ mod packages;
 mod plugins;
 mod rollouts;
 pub mod session;
+mod sites;
 mod tasks;
 mod versions;
 
@@ -64,6 +65,15 @@ pub fn routes() -> Router<AppState> {
         .route("/rollouts/{id}", get(rollouts::page))
         .route("/rollouts/{id}/live", get(rollouts::live))
         .route("/rollouts/{id}/{command}", post(rollouts::command))
+        .route("/sites", get(sites::list))
+        .route("/sites/windows", post(sites::create_window))
+        .route("/sites/order-rules", post(sites::create_rule))
+        .route("/sites/{what}/{id}/delete", post(sites::delete))
+        .route("/sites/{name}/settings", post(sites::settings))
+        .route(
+            "/variables",
+            get(sites::variables).post(sites::set_variable),
+        )
         .route("/versions", get(versions::list))
         .route("/versions/recompute", post(versions::recompute))
         .route("/versions/{id}", get(versions::page))

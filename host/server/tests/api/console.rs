@@ -1256,3 +1256,171 @@ async fn console_version_overview_shows_same_different_unknown_and_recomputes() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn console_stores_windows_order_and_variables() {
+    each_backend(|store| async move {
+        let (e, state) = env_with_state(store).await;
+        account(&state, "anna", Role::Operator, Language::En).await;
+        let _f = fleet(&e, 2).await;
+        let (cookie, csrf) = e.log_in("anna").await;
+
+        // A store's settings: a wrong reboot time is refused in words, then saved.
+        let settings = |reboot: &str| {
+            form(&[
+                ("csrf", &csrf),
+                ("time_zone", "Europe/Moscow"),
+                ("always_open", "on"),
+                ("reboot_time", reboot),
+                ("ignore_version_check", "on"),
+            ])
+        };
+        let a = e
+            .post_form("/sites/Store%20A/settings", Some(&cookie), settings("4am"))
+            .await;
+        assert!(
+            a.text().contains("is not a time: write it as HH:MM"),
+            "{}",
+            a.text()
+        );
+        let a = e
+            .post_form(
+                "/sites/Store%20A/settings",
+                Some(&cookie),
+                settings("04:00"),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        let sites = e.ok("GET", "/api/v1/sites", ADMIN, None).await;
+        let a_site = sites
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "Store A")
+            .unwrap()
+            .clone();
+        assert_eq!(a_site["settings"]["reboot_time"], "04:00");
+        assert_eq!(a_site["settings"]["always_open"], true);
+        assert_eq!(a_site["ignore_version_check"], true);
+
+        // A nightly window for Store B; a window with no scope is refused.
+        let a = e
+            .post_form(
+                "/sites/windows",
+                Some(&cookie),
+                form(&[("csrf", &csrf), ("schedule", "0 22 * * *")]),
+            )
+            .await;
+        assert!(
+            a.text().contains("Give either a store or a group"),
+            "{}",
+            a.text()
+        );
+        let a = e
+            .post_form(
+                "/sites/windows",
+                Some(&cookie),
+                form(&[
+                    ("csrf", &csrf),
+                    ("site", "Store B"),
+                    ("schedule", "0 22 * * *"),
+                    ("duration_minutes", "360"),
+                    ("time_zone", "Europe/Moscow"),
+                ]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        let page = e.get_page("/sites", &cookie).await.text();
+        assert!(
+            page.contains("Store Store B") && page.contains("0 22 * * *"),
+            "{page}"
+        );
+
+        // The registers after the store server.
+        e.ok(
+            "PUT",
+            "/api/v1/device-types/store-server",
+            ADMIN,
+            Some(json!({"description": "store servers"})),
+        )
+        .await;
+        let a = e
+            .post_form(
+                "/sites/order-rules",
+                Some(&cookie),
+                form(&[
+                    ("csrf", &csrf),
+                    ("device_type", "test"),
+                    ("after_type", "store-server"),
+                ]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        assert_eq!(
+            e.ok("GET", "/api/v1/order-rules", ADMIN, None).await[0]["after_type"],
+            "store-server"
+        );
+
+        // Variables: a plain one shows its value, a secret one never does.
+        for (name, value, secret) in [("update", "002", ""), ("rms-password", "hunter2", "on")] {
+            let a = e
+                .post_form(
+                    "/variables",
+                    Some(&cookie),
+                    form(&[
+                        ("csrf", &csrf),
+                        ("name", name),
+                        ("value", value),
+                        ("secret", secret),
+                        ("scope", "site"),
+                        ("target", "Store A"),
+                    ]),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        }
+        let a = e
+            .post_form(
+                "/variables",
+                Some(&cookie),
+                form(&[
+                    ("csrf", &csrf),
+                    ("name", "x"),
+                    ("value", "1"),
+                    ("scope", "group"),
+                    ("target", "Pilot"),
+                ]),
+            )
+            .await;
+        assert!(
+            a.text().contains("Give the group by its number"),
+            "{}",
+            a.text()
+        );
+        let page = e.get_page("/variables", &cookie).await.text();
+        assert!(
+            page.contains("002") && page.contains("rms-password"),
+            "{page}"
+        );
+        assert!(!page.contains("hunter2"), "a secret is never shown");
+        let a = e
+            .post_form(
+                "/variables",
+                Some(&cookie),
+                form(&[
+                    ("csrf", &csrf),
+                    ("delete", "yes"),
+                    ("name", "update"),
+                    ("scope", "site"),
+                    ("target", "Store A"),
+                ]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        let vars = e
+            .ok("GET", "/api/v1/variables?name=update", ADMIN, None)
+            .await;
+        assert_eq!(vars, json!([]));
+    })
+    .await;
+}
