@@ -32,6 +32,7 @@ mod devices;
 mod groups;
 mod i18n;
 mod login;
+mod notifications;
 mod packages;
 mod plugins;
 mod rollouts;
@@ -74,6 +75,16 @@ pub fn routes() -> Router<AppState> {
             "/variables",
             get(sites::variables).post(sites::set_variable),
         )
+        .route("/notifications", get(notifications::list))
+        .route(
+            "/notifications/channels",
+            post(notifications::create_channel),
+        )
+        .route(
+            "/notifications/channels/{id}/{command}",
+            post(notifications::channel_command),
+        )
+        .route("/notifications/{id}", get(notifications::page))
         .route("/versions", get(versions::list))
         .route("/versions/recompute", post(versions::recompute))
         .route("/versions/{id}", get(versions::page))

@@ -1424,3 +1424,72 @@ async fn console_stores_windows_order_and_variables() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn console_notification_channels_and_the_delivery_log() {
+    each_backend(|store| async move {
+        let (e, state) = env_with_state(store).await;
+        account(&state, "anna", Role::Admin, Language::En).await;
+        let (cookie, csrf) = e.log_in("anna").await;
+        let channel = |url: &str| {
+            form(&[
+                ("csrf", &csrf),
+                ("name", "Store A webhook"),
+                ("kind", "webhook"),
+                ("site", "Store A"),
+                ("url", url),
+            ])
+        };
+        let a = e
+            .post_form("/notifications/channels", Some(&cookie), channel("ftp://x"))
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            a.text().contains("http"),
+            "the store's words on the address: {}",
+            a.text()
+        );
+        let a = e
+            .post_form(
+                "/notifications/channels",
+                Some(&cookie),
+                channel("http://127.0.0.1:9/hook"),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        let id = e.ok("GET", "/api/v1/channels", ADMIN, None).await[0]["id"]
+            .as_i64()
+            .unwrap();
+        let a = e
+            .post_form(
+                &format!("/notifications/channels/{id}/test"),
+                Some(&cookie),
+                form(&[("csrf", &csrf)]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER);
+        let page = e
+            .get_page("/notifications?state=pending", &cookie)
+            .await
+            .text();
+        assert!(
+            page.contains("Store A webhook") && page.contains("data-state=\"pending\""),
+            "{page}"
+        );
+        let message = e.ok("GET", "/api/v1/notifications", ADMIN, None).await["items"][0]["id"]
+            .as_i64()
+            .unwrap();
+        let page = e
+            .get_page(&format!("/notifications/{message}"), &cookie)
+            .await
+            .text();
+        assert!(page.contains("id=\"message-body\""), "{page}");
+        assert!(
+            !e.get_page("/notifications?state=sent", &cookie)
+                .await
+                .text()
+                .contains("data-state=\"pending\"")
+        );
+    })
+    .await;
+}
