@@ -378,6 +378,10 @@ pub struct PackageView {
     /// The release role's signature, if it signed these bytes.
     #[serde(default)]
     pub signatures: Vec<SignatureView>,
+    /// Deleted while history referred to it: hidden from the list, kept for the
+    /// record, usable by no new task.
+    #[serde(default)]
+    pub archived: bool,
 }
 
 /// `PATCH /api/v1/packages/{id}`.

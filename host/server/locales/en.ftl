@@ -163,7 +163,7 @@ package-install = Install
 package-signed = signed
 package-no-rollback = cannot be rolled back
 package-set-current = Make current
-package-delete-ask = Delete this package?
+package-delete-ask = Delete this package? If a task or rollout used it, it is archived instead: hidden, kept for their record.
 
 nav-plugins = Plugins
 plugins-bundled = Plugins built into this server

@@ -165,7 +165,7 @@ package-install = Установка
 package-signed = подписан
 package-no-rollback = без отката
 package-set-current = Сделать текущим
-package-delete-ask = Удалить пакет?
+package-delete-ask = Удалить пакет? Если его использовала задача или развёртывание, он будет скрыт в архиве и сохранится для их истории.
 
 nav-plugins = Плагины
 plugins-bundled = Плагины, встроенные в сервер

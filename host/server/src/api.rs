@@ -4,10 +4,11 @@
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use posup_proto::Page;
 use posup_proto::api::*;
+use posup_store::Removal;
 use posup_store::lifecycle::Command;
 
 use crate::agent::check_sha;
@@ -566,16 +567,24 @@ async fn delete_package(
     State(state): State<AppState>,
     op: Operator,
     Path(id): Path<i64>,
-) -> Result<StatusCode> {
+) -> Result<Response> {
     op.require(roles::PACKAGES, "delete packages")?;
-    let (package, unused) = state
+    match state
         .store()
         .delete_package(id, state.now_ms(), &op.actor())
-        .await?;
-    if unused {
-        state.blobs().remove(&package.sha256).await;
+        .await?
+    {
+        Removal::Deleted {
+            package,
+            blob_unused,
+        } => {
+            if blob_unused {
+                state.blobs().remove(&package.sha256).await;
+            }
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Removal::Archived(package) => Ok(Json(package).into_response()),
     }
-    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---------------------------------------------------------------------------

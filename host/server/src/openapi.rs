@@ -530,10 +530,11 @@ pub fn document() -> Value {
     d.op(
         "delete",
         "/api/v1/packages/{id}",
-        "Delete a package no task uses",
+        "Delete a package; one a task or rollout refers to is archived instead (hidden, kept for the record)",
         op(PACKAGES),
     )
     .no_content()
+    .ok::<PackageView>(200, "archived: the package, with `archived` true")
     .add();
     d.op(
         "post",

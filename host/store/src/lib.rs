@@ -63,7 +63,7 @@ pub use gates::{Asking, PollActions};
 pub use generations::Generations;
 pub use metrics::FleetCounts;
 pub use notifications::{Attempt, Delivery, FIRST_RETRY, MAX_ATTEMPTS, MAX_RETRY, Notice, backoff};
-pub use plugins::{NewPackage, NewPlugin};
+pub use plugins::{NewPackage, NewPlugin, Removal};
 pub use rollouts::{NOTICE, RolloutCommand};
 pub use tasks::MAX_REPORTS_AT_ONCE;
 pub use tokens::TokenIdentity;

@@ -66,9 +66,23 @@ struct PackageRow {
     current: bool,
     plugin_sha256: String,
     uploaded_at: i64,
+    archived_at: Option<i64>,
 }
 
-const PACKAGE_COLUMNS: &str = "id, device_type, file_name, sha256, size, version, kind, notes, changelog, rollback, current, plugin_sha256, uploaded_at";
+const PACKAGE_COLUMNS: &str = "id, device_type, file_name, sha256, size, version, kind, notes, changelog, rollback, current, plugin_sha256, uploaded_at, archived_at";
+
+/// What deleting a package did.
+#[derive(Debug, Clone)]
+pub enum Removal {
+    /// It is gone; `blob_unused` when no other package or plugin has its bytes,
+    /// so the blob may go too.
+    Deleted {
+        package: PackageView,
+        blob_unused: bool,
+    },
+    /// History refers to it: hidden and kept.
+    Archived(PackageView),
+}
 
 impl PackageRow {
     fn view(self) -> PackageView {
@@ -92,6 +106,7 @@ impl PackageRow {
             uploaded_at: ts(self.uploaded_at),
             // Signatures live in the TUF repository; the server adds them.
             signatures: Vec::new(),
+            archived: self.archived_at.is_some(),
         }
     }
 }
@@ -282,14 +297,28 @@ impl Store {
     ) -> Result<PackageView> {
         let id = with_write!(self, pool => {
             let mut tx = pool.begin().await?;
-            let existing: Option<(i64, String)> = sqlx::query_as(
-                "SELECT id, file_name FROM packages WHERE device_type = $1 AND sha256 = $2",
+            let existing: Option<(i64, String, Option<i64>)> = sqlx::query_as(
+                "SELECT id, file_name, archived_at FROM packages WHERE device_type = $1 AND sha256 = $2",
             )
             .bind(&p.device_type)
             .bind(&p.sha256)
             .fetch_optional(&mut *tx)
             .await?;
-            if let Some((id, file)) = existing {
+            if let Some((id, _, Some(_))) = existing {
+                // The same bytes uploaded again: the archived package comes back.
+                sqlx::query("UPDATE packages SET archived_at = NULL WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                audit!(&mut *tx, now, actor, "package.restore", "package", id,
+                    json!({"device_type": p.device_type, "file_name": p.file_name}));
+                tx.commit().await?;
+                return self
+                    .package(id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("package {id} vanished while being restored")));
+            }
+            if let Some((id, file, None)) = existing {
                 return Err(Error::Conflict(format!(
                     "this file is already uploaded for device type {} as package {id} ({file})",
                     p.device_type
@@ -325,11 +354,11 @@ impl Store {
     pub async fn list_packages(&self, device_type: Option<&str>) -> Result<Vec<PackageView>> {
         let rows: Vec<PackageRow> = with_read!(self, pool => {
             match device_type {
-                Some(dt) => sqlx::query_as(&format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE device_type = $1 ORDER BY id"))
+                Some(dt) => sqlx::query_as(&format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE device_type = $1 AND archived_at IS NULL ORDER BY id"))
                     .bind(dt)
                     .fetch_all(pool)
                     .await?,
-                None => sqlx::query_as(&format!("SELECT {PACKAGE_COLUMNS} FROM packages ORDER BY id"))
+                None => sqlx::query_as(&format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE archived_at IS NULL ORDER BY id"))
                     .fetch_all(pool)
                     .await?,
             }
@@ -396,13 +425,19 @@ impl Store {
     pub async fn set_current_package(&self, id: i64, now: i64, actor: &str) -> Result<PackageView> {
         let device_type = with_write!(self, pool => {
             let mut tx = pool.begin().await?;
-            let dt: Option<String> = sqlx::query_scalar("SELECT device_type FROM packages WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(dt) = dt else {
+            let row: Option<(String, Option<i64>)> =
+                sqlx::query_as("SELECT device_type, archived_at FROM packages WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((dt, archived)) = row else {
                 return Err(Error::NotFound(format!("package {id} does not exist")));
             };
+            if archived.is_some() {
+                return Err(Error::Invalid(format!(
+                    "package {id} is archived: upload its file again to use it"
+                )));
+            }
             // Two statements: the unique index on the Current package is checked row
             // by row, so the old one must be cleared before the new one is set.
             sqlx::query("UPDATE packages SET current = FALSE WHERE device_type = $1 AND current = TRUE")
@@ -424,62 +459,65 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("package {id} does not exist")))
     }
 
-    /// Deletes a package no task uses. Returns whether its blob is now unused by
-    /// any package or plugin (so the caller may remove the file).
-    pub async fn delete_package(
-        &self,
-        id: i64,
-        now: i64,
-        actor: &str,
-    ) -> Result<(PackageView, bool)> {
+    /// Deletes a package, or archives it when a task or a rollout refers to it:
+    /// history keeps naming the package it ran, and a deleted package would be a
+    /// dead end (a task to delete first, a rollout before it).
+    pub async fn delete_package(&self, id: i64, now: i64, actor: &str) -> Result<Removal> {
         let package = self
             .package(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("package {id} does not exist")))?;
-        let unused = with_write!(self, pool => {
+        let archived = with_write!(self, pool => {
             let mut tx = pool.begin().await?;
-            let task: Option<(i64, String)> = sqlx::query_as("SELECT id, state FROM tasks WHERE package_id = $1 ORDER BY id LIMIT 1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some((task, state)) = task {
-                return Err(Error::Conflict(format!(
-                    "package {id} ({}) is used by task {task} ({state}): delete the task first",
-                    package.file_name
-                )));
-            }
-            let rollout: Option<(i64, String)> = sqlx::query_as(
-                "SELECT r.id, r.state FROM rollout_packages rp JOIN rollouts r ON r.id = rp.rollout_id WHERE rp.package_id = $1 ORDER BY r.id LIMIT 1",
+            let referred: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE package_id = $1) \
+                 OR EXISTS (SELECT 1 FROM rollout_packages WHERE package_id = $1)",
             )
             .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((rollout, state)) = rollout {
-                return Err(Error::Conflict(format!(
-                    "package {id} ({}) is part of rollout {rollout} ({state}): delete the rollout first",
-                    package.file_name
-                )));
-            }
-            let done = sqlx::query("DELETE FROM packages WHERE id = $1").bind(id).execute(&mut *tx).await?;
-            if done.rows_affected() == 0 {
-                return Err(Error::NotFound(format!("package {id} does not exist")));
-            }
-            audit!(&mut *tx, now, actor, "package.delete", "package", id,
-                json!({"file_name": package.file_name, "device_type": package.device_type}));
-            let others: i64 = sqlx::query_scalar(
-                "SELECT (SELECT count(*) FROM packages WHERE sha256 = $1) + (SELECT count(*) FROM plugins WHERE sha256 = $1)",
-            )
-            .bind(&package.sha256)
             .fetch_one(&mut *tx)
             .await?;
+            let blob_unused = if referred {
+                sqlx::query("UPDATE packages SET archived_at = $2, current = FALSE WHERE id = $1")
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                audit!(&mut *tx, now, actor, "package.archive", "package", id,
+                    json!({"file_name": package.file_name, "device_type": package.device_type}));
+                false
+            } else {
+                let done = sqlx::query("DELETE FROM packages WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::NotFound(format!("package {id} does not exist")));
+                }
+                audit!(&mut *tx, now, actor, "package.delete", "package", id,
+                    json!({"file_name": package.file_name, "device_type": package.device_type}));
+                let others: i64 = sqlx::query_scalar(
+                    "SELECT (SELECT count(*) FROM packages WHERE sha256 = $1) + (SELECT count(*) FROM plugins WHERE sha256 = $1)",
+                )
+                .bind(&package.sha256)
+                .fetch_one(&mut *tx)
+                .await?;
+                others == 0
+            };
             tx.commit().await?;
-            others == 0
+            referred.then_some(()).ok_or(blob_unused)
         });
         if package.state == PackageState::Current {
             self.recompute_versions(Some(&package.device_type), now)
                 .await?;
         }
-        Ok((package, unused))
+        Ok(match archived {
+            Ok(()) => Removal::Archived(
+                self.package(id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("package {id} does not exist")))?,
+            ),
+            Err(blob_unused) => Removal::Deleted {
+                package,
+                blob_unused,
+            },
+        })
     }
 }
 

@@ -316,6 +316,11 @@ impl Store {
                 "a rollout needs at least one package: give `packages`".into(),
             ));
         }
+        for id in &body.packages {
+            if let Some(package) = self.package(*id).await? {
+                crate::tasks::refuse_archived(&package)?;
+            }
+        }
         let releases = self.releases(&body.packages).await?;
         for r in &releases {
             let enabled: Option<String> = with_read!(self, pool => {

@@ -214,6 +214,17 @@ pub(crate) fn handed_out(parts: &[PartOnPoll]) -> Result<Vec<Action>> {
         .collect()
 }
 
+/// An archived package starts nothing new.
+pub(crate) fn refuse_archived(package: &posup_proto::api::PackageView) -> Result<()> {
+    if package.archived {
+        return Err(Error::Invalid(format!(
+            "package {} ({}) is archived: upload its file again to use it",
+            package.id, package.file_name
+        )));
+    }
+    Ok(())
+}
+
 impl Store {
     /// Creates a task over the group's devices of the package's device type, with
     /// the plugin enabled for that type now.
@@ -222,6 +233,7 @@ impl Store {
             .package(body.package_id)
             .await?
             .ok_or_else(|| Error::Invalid(format!("package {} does not exist", body.package_id)))?;
+        refuse_archived(&package)?;
         let group_name = self
             .group_name(body.group_id)
             .await?

@@ -8,7 +8,7 @@ use posup_store::lifecycle::Command;
 use posup_store::testing::each_backend;
 use posup_store::{
     Asking, At, DeviceAuth, Enrollment, Error, Failure, InventoryReport, LOCK_MS,
-    MAX_FAILED_LOGINS, NewAccount, NewPackage, NewPlugin, Store, VarTarget,
+    MAX_FAILED_LOGINS, NewAccount, NewPackage, NewPlugin, Removal, Store, VarTarget,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -992,24 +992,32 @@ async fn task_state_machine_from_schedule_to_restart() {
         let t = store.task(task.id, &at(much_later)).await.unwrap().unwrap();
         assert_eq!((t.counts.offline, t.counts.inprogress), (1, 0));
 
-        let err = store
+        // The task refers to the package: deleting it archives it.
+        let removal = store
             .delete_package(package.id, later, "token ops")
             .await
-            .unwrap_err();
-        assert!(
-            matches!(err, Error::Conflict(ref m) if m.contains(&format!("task {}", task.id))),
-            "{err}"
-        );
+            .unwrap();
+        assert!(matches!(removal, Removal::Archived(_)), "{removal:?}");
         store
             .delete_task(task.id, later, "token ops")
             .await
             .unwrap();
         assert!(store.task(task.id, &at(later)).await.unwrap().is_none());
-        let (_, unused) = store
+        // Nothing refers to it any more: deleting it deletes it.
+        let removal = store
             .delete_package(package.id, later, "token ops")
             .await
             .unwrap();
-        assert!(unused);
+        assert!(
+            matches!(
+                removal,
+                Removal::Deleted {
+                    blob_unused: true,
+                    ..
+                }
+            ),
+            "{removal:?}"
+        );
 
         let audit = store
             .audit_log(&AuditQuery {
@@ -1937,6 +1945,127 @@ async fn repository_metadata_takes_one_of_two_racing_writers() {
                 .collect::<Vec<_>>(),
             [("root", 1), ("timestamp", 2)]
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_package_history_refers_to_is_archived_not_deleted() {
+    each_backend(|store| async move {
+        let (_, package) = fleet(&store, 2).await;
+        let download = |package_id| CreateTask {
+            name: None,
+            kind: TaskKind::Download,
+            package_id,
+            group_id: 1,
+            start_at: None,
+            notice_override: None,
+        };
+        store
+            .create_task(&download(package.id), &at(T0), "token ops")
+            .await
+            .unwrap();
+        store
+            .set_current_package(package.id, T0, "token ops")
+            .await
+            .unwrap();
+
+        // Deleting it archives it: hidden from the list, kept for the task.
+        let removal = store
+            .delete_package(package.id, T0, "token ops")
+            .await
+            .unwrap();
+        let Removal::Archived(archived) = removal else {
+            panic!("a package a task uses is archived: {removal:?}");
+        };
+        assert!(archived.archived);
+        assert_eq!(archived.state, PackageState::Install, "no longer current");
+        assert!(store.list_packages(None).await.unwrap().is_empty());
+        assert!(store.package(package.id).await.unwrap().unwrap().archived);
+        assert_eq!(
+            store.list_tasks(None, &at(T0)).await.unwrap()[0].package_file,
+            "ukm5_pos_1.8.4.tgz"
+        );
+
+        // An archived package starts nothing new and cannot become current.
+        let err = store
+            .create_task(&download(package.id), &at(T0), "token ops")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid(ref m) if m.contains("archived")),
+            "{err}"
+        );
+        let err = store
+            .set_current_package(package.id, T0, "token ops")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid(ref m) if m.contains("archived")),
+            "{err}"
+        );
+
+        // Uploading the same file again brings it back.
+        let again = store
+            .insert_package(
+                NewPackage {
+                    device_type: "ukm5".into(),
+                    file_name: "ukm5_pos_1.8.4.tgz".into(),
+                    sha256: "bb".repeat(32),
+                    size: 1234,
+                    version: "1.8.4".into(),
+                    kind: "complete".into(),
+                    notes: "fixes".into(),
+                    changelog: String::new(),
+                    rollback: true,
+                    plugin_sha256: "aa".repeat(32),
+                },
+                T0,
+                "token vendor",
+            )
+            .await
+            .unwrap();
+        assert_eq!((again.id, again.archived), (package.id, false));
+        assert_eq!(store.list_packages(None).await.unwrap().len(), 1);
+
+        // A package nothing refers to is deleted outright.
+        let (_, other) = (
+            (),
+            store
+                .insert_package(
+                    NewPackage {
+                        device_type: "ukm5".into(),
+                        file_name: "ukm5_pos_1.8.5.tgz".into(),
+                        sha256: "cc".repeat(32),
+                        size: 1,
+                        version: "1.8.5".into(),
+                        kind: "complete".into(),
+                        notes: String::new(),
+                        changelog: String::new(),
+                        rollback: true,
+                        plugin_sha256: "aa".repeat(32),
+                    },
+                    T0,
+                    "token vendor",
+                )
+                .await
+                .unwrap(),
+        );
+        let removal = store
+            .delete_package(other.id, T0, "token ops")
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                removal,
+                Removal::Deleted {
+                    blob_unused: true,
+                    ..
+                }
+            ),
+            "{removal:?}"
+        );
+        assert!(store.package(other.id).await.unwrap().is_none());
     })
     .await;
 }

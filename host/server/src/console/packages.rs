@@ -155,11 +155,15 @@ pub async fn command(
                 .await?;
         }
         "delete" => {
-            let (package, unused) = state
+            let removal = state
                 .store()
                 .delete_package(id, now, &session.actor())
                 .await?;
-            if unused {
+            if let posup_store::Removal::Deleted {
+                package,
+                blob_unused: true,
+            } = removal
+            {
                 state.blobs().remove(&package.sha256).await;
             }
         }

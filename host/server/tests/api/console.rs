@@ -873,6 +873,37 @@ async fn console_groups_are_made_edited_and_gathered_from_a_tasks_failed_devices
             "{page}"
         );
 
+        // The task's package, deleted, is archived: out of the list, kept for the task.
+        let a = e
+            .post_form(
+                &format!("/packages/{}/delete", f.package.id),
+                Some(&cookie),
+                form(&[("csrf", &csrf)]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        assert!(
+            !e.get_page("/packages", &cookie)
+                .await
+                .text()
+                .contains("test_pos_1.0.tgz")
+        );
+        let kept = e
+            .ok(
+                "GET",
+                &format!("/api/v1/packages/{}", f.package.id),
+                ADMIN,
+                None,
+            )
+            .await;
+        assert_eq!(kept["archived"], true);
+        assert!(
+            e.get_page(&format!("/tasks/{task}"), &cookie)
+                .await
+                .text()
+                .contains("test_pos_1.0.tgz")
+        );
+
         // Deleting a group keeps its devices.
         let a = e
             .post_form(
