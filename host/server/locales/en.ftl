@@ -348,3 +348,5 @@ notification-delivered = Delivered
 notification-text = Text
 notification-accepted = Accepted
 notification-no-such = There is no message { $id } in the delivery log.
+variable-from = Set for
+package-edit = Note and changes

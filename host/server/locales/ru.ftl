@@ -351,3 +351,5 @@ notification-delivered = Доставлено
 notification-text = Текст
 notification-accepted = Принято
 notification-no-such = Сообщения { $id } в журнале доставки нет.
+variable-from = Задана для
+package-edit = Примечание и изменения

@@ -357,6 +357,23 @@ impl Store {
         Ok(row)
     }
 
+    /// The groups a device is in now (built-in, static and filter groups alike).
+    pub async fn groups_of_device(&self, device_id: i64, at: &At) -> Result<Vec<GroupView>> {
+        let mut found = Vec::new();
+        for group in self.list_groups(at).await? {
+            let mut sql = Sql::new("SELECT count(*) FROM devices d WHERE d.id = ");
+            sql.bind(device_id).push(" AND ");
+            sql.append(&self.group_cond(group.id, at).await?);
+            let n: i64 = with_read!(self, pool => {
+                bind_all!(sqlx::query_scalar::<_, i64>(&sql.text), sql.args).fetch_one(pool).await?
+            });
+            if n > 0 {
+                found.push(group);
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn add_group_members(
         &self,
         id: i64,

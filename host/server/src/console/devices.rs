@@ -252,6 +252,51 @@ pub async fn list(
     })
 }
 
+/// The value of each variable a device sees: its own, else its groups' (the latest
+/// set), else its site's, else the fleet's; the rule the agent API applies.
+fn seen_variables(
+    tr: &super::Tr,
+    all: &[posup_proto::api::VariableView],
+    device_id: i64,
+    site: &str,
+    groups: &[posup_proto::api::GroupView],
+) -> Vec<(String, String, String)> {
+    use posup_proto::api::VariableScope;
+    let mut best: std::collections::BTreeMap<&str, (u8, i64, &posup_proto::api::VariableView)> =
+        Default::default();
+    for v in all {
+        let rank = match &v.scope {
+            VariableScope::Device { device_id: d } if *d == device_id => 4,
+            VariableScope::Group { group_id } if groups.iter().any(|g| g.id == *group_id) => 3,
+            VariableScope::Site { site: s } if s == site => 2,
+            VariableScope::All => 1,
+            _ => continue,
+        };
+        let candidate = (rank, v.change_id, v);
+        match best.get(v.name.as_str()) {
+            Some((r, c, _)) if (*r, *c) >= (rank, v.change_id) => {}
+            _ => {
+                best.insert(v.name.as_str(), candidate);
+            }
+        }
+    }
+    best.into_values()
+        .map(|(rank, _, v)| {
+            let from = match rank {
+                4 => tr.t("variable-device"),
+                3 => tr.t("task-group"),
+                2 => tr.t("col-site"),
+                _ => tr.t("variable-all"),
+            };
+            let value = match (&v.value, v.secret) {
+                (Some(value), false) => value.clone(),
+                _ => "••••••".into(),
+            };
+            (v.name.clone(), value, from)
+        })
+        .collect()
+}
+
 /// One update of the device, as its page lists it.
 pub struct Update {
     pub task_id: i64,
@@ -285,6 +330,9 @@ struct DevicePage {
     inventory_error: String,
     agent_message: String,
     updates: Vec<Update>,
+    groups: Vec<(i64, String)>,
+    /// The variables this device sees: name, value (secrets masked), from where.
+    variables: Vec<(String, String, String)>,
 }
 
 pub async fn page(
@@ -336,7 +384,18 @@ pub async fn page(
                 .join(", ")
         })
         .unwrap_or_default();
+    let at = state.at();
+    let groups = state.store().groups_of_device(id, &at).await?;
+    let variables = seen_variables(
+        &tr,
+        &state.store().list_variables(None).await?,
+        id,
+        &d.site,
+        &groups,
+    );
     render(&DevicePage {
+        groups: groups.into_iter().map(|g| (g.id, g.name)).collect(),
+        variables,
         name: d.name,
         guid: d.guid,
         site: d.site,

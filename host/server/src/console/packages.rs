@@ -148,6 +148,16 @@ pub async fn command(
     session.require_act()?;
     let now = state.now_ms();
     match command.as_str() {
+        "edit" => {
+            let patch = posup_proto::api::PackagePatch {
+                notes: Some(posted.field("notes").to_owned()),
+                changelog: Some(posted.field("changelog").to_owned()),
+            };
+            state
+                .store()
+                .patch_package(id, &patch, now, &session.actor())
+                .await?;
+        }
         "current" => {
             state
                 .store()

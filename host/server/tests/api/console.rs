@@ -352,6 +352,24 @@ async fn console_in_chromium_devices_language_a_forced_update_at_a_set_time_and_
         "{list}"
     );
     browser.screenshot("devices").await;
+    // The list follows what the terminals report, without a reload.
+    poll(
+        &e,
+        &f.devices[0].1,
+        PollRequest {
+            status: status(),
+            inventory: Some(posup_proto::Inventory {
+                product: "Test POS".into(),
+                version: "1.9".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    browser
+        .wait_text("#devices tbody", 15, |t| t.contains("1.9"))
+        .await;
 
     // Sorting by number, descending, puts register 3 first.
     browser
@@ -873,6 +891,32 @@ async fn console_groups_are_made_edited_and_gathered_from_a_tasks_failed_devices
             "{page}"
         );
 
+        // A package's note and changes are edited on its row.
+        let a = e
+            .post_form(
+                &format!("/packages/{}/edit", f.package.id),
+                Some(&cookie),
+                form(&[
+                    ("csrf", &csrf),
+                    ("notes", "night build"),
+                    ("changelog", "- faster receipts"),
+                ]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        let edited = e
+            .ok(
+                "GET",
+                &format!("/api/v1/packages/{}", f.package.id),
+                ADMIN,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (edited["notes"].as_str(), edited["changelog"].as_str()),
+            (Some("night build"), Some("- faster receipts"))
+        );
+
         // The task's package, deleted, is archived: out of the list, kept for the task.
         let a = e
             .post_form(
@@ -1293,7 +1337,7 @@ async fn console_stores_windows_order_and_variables() {
     each_backend(|store| async move {
         let (e, state) = env_with_state(store).await;
         account(&state, "anna", Role::Operator, Language::En).await;
-        let _f = fleet(&e, 2).await;
+        let f = fleet(&e, 2).await;
         let (cookie, csrf) = e.log_in("anna").await;
 
         // A store's settings: a wrong reboot time is refused in words, then saved.
@@ -1452,6 +1496,28 @@ async fn console_stores_windows_order_and_variables() {
             .ok("GET", "/api/v1/variables?name=update", ADMIN, None)
             .await;
         assert_eq!(vars, json!([]));
+        // A device's page: its groups and the variables it sees, from where.
+        e.ok(
+            "PUT",
+            "/api/v1/variables",
+            ADMIN,
+            Some(json!({"name": "shift", "value": "fleet", "scope": "all"})),
+        )
+        .await;
+        e.ok(
+            "PUT",
+            "/api/v1/variables",
+            ADMIN,
+            Some(json!({"name": "shift", "value": "night", "scope": "device", "device_id": f.devices[0].0})),
+        )
+        .await;
+        let page = e.get_page(&format!("/devices/{}", f.devices[0].0), &cookie).await.text();
+        let groups = page.split("id=\"device-groups\">").nth(1).unwrap().split("</p>").next().unwrap();
+        assert!(groups.contains(">All<") && groups.contains(">Odd<") && !groups.contains(">Even<"), "{groups}");
+        let vars = page.split("id=\"device-variables\">").nth(1).unwrap().split("</table>").next().unwrap();
+        assert!(vars.contains("<td>shift</td><td>night</td><td>device</td>"), "{vars}");
+        assert!(vars.contains("<td>rms-password</td><td>••••••</td><td>Store</td>"), "{vars}");
+        assert!(!vars.contains("fleet"), "the device's own value wins: {vars}");
     })
     .await;
 }
