@@ -37,13 +37,9 @@ impl Impact {
         }
     }
 
-    /// The group heading staff see in an announcement.
+    /// The group heading staff see in an English announcement.
     pub fn label(self) -> &'static str {
-        match self {
-            Impact::RegisterAndSoftware => "Register and software",
-            Impact::Register => "Only register",
-            Impact::Software => "Only software",
-        }
+        self.label_in(Lang::En)
     }
 }
 
@@ -65,6 +61,125 @@ impl FromStr for Impact {
 impl fmt::Display for Impact {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The language a store reads its messages in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Lang {
+    #[default]
+    En,
+    Ru,
+}
+
+impl Lang {
+    pub fn parse(tag: &str) -> Option<Lang> {
+        match tag {
+            "en" => Some(Lang::En),
+            "ru" => Some(Lang::Ru),
+            _ => None,
+        }
+    }
+
+    fn words(self) -> &'static Words {
+        match self {
+            Lang::En => &EN,
+            Lang::Ru => &RU,
+        }
+    }
+}
+
+/// Every fixed piece of text in a store's messages, per language. Russian follows
+/// the field procedure: "Дата обновления", "Номер релиза", the list of changes.
+struct Words {
+    planned: &'static str,
+    site: &'static str,
+    start: &'static str,
+    kind: &'static str,
+    release: &'static str,
+    affected: &'static str,
+    impacts: [&'static str; 3],
+    please: &'static str,
+    power: &'static str,
+    router: &'static str,
+    overnight: &'static str,
+    reboot_at: &'static str,
+    agree_reboot: &'static str,
+    report: &'static str,
+    date: &'static str,
+    changes_in: &'static str,
+    devices: &'static str,
+    updated: &'static str,
+    failed: &'static str,
+    kinds: [&'static str; 3],
+}
+
+const EN: Words = Words {
+    planned: "Planned update",
+    site: "Site",
+    start: "Start",
+    kind: "Type",
+    release: "Release",
+    affected: "Affected nodes",
+    impacts: ["Register and software", "Only register", "Only software"],
+    please: "Please",
+    power: "do not power off the registers",
+    router: "do not unplug the router",
+    overnight: "do not switch the registers off overnight",
+    reboot_at: "the registers reboot at the agreed time",
+    agree_reboot: "agree the register reboot time with us: the site is open 24/7",
+    report: "Update report",
+    date: "Date",
+    changes_in: "Changes in",
+    devices: "Devices",
+    updated: "updated",
+    failed: "failed",
+    kinds: ["Download", "Update", "Forced update"],
+};
+
+const RU: Words = Words {
+    planned: "Плановое обновление",
+    site: "Магазин",
+    start: "Начало",
+    kind: "Тип",
+    release: "Релиз",
+    affected: "Затрагиваемые узлы",
+    impacts: ["Касса и ПО", "Только касса", "Только ПО"],
+    please: "Просьба",
+    power: "не выключать кассы",
+    router: "не отключать роутер",
+    overnight: "не выключать кассы на ночь",
+    reboot_at: "кассы перезагрузятся в согласованное время",
+    agree_reboot: "согласуйте с нами время перезагрузки касс: магазин работает круглосуточно",
+    report: "Отчёт об обновлении",
+    date: "Дата обновления",
+    changes_in: "Изменения в",
+    devices: "Устройства",
+    updated: "обновлено",
+    failed: "ошибка",
+    kinds: ["Загрузка", "Обновление", "Принудительное обновление"],
+};
+
+/// The name of a task kind (`download`, `update`, `forced-update`) in a store's
+/// language; other text is returned as it is.
+pub fn kind_label(kind: &str, lang: Lang) -> &str {
+    let kinds = lang.words().kinds;
+    match kind {
+        "download" => kinds[0],
+        "update" => kinds[1],
+        "forced-update" => kinds[2],
+        other => other,
+    }
+}
+
+impl Impact {
+    fn label_in(self, lang: Lang) -> &'static str {
+        let labels = lang.words().impacts;
+        match self {
+            Impact::RegisterAndSoftware => labels[0],
+            Impact::Register => labels[1],
+            Impact::Software => labels[2],
+        }
     }
 }
 
@@ -108,6 +223,8 @@ pub struct SiteInfo<'a> {
     pub always_open: bool,
     /// The reboot time agreed with a 24/7 site, as staff wrote it (e.g. `04:00`).
     pub reboot_time: Option<&'a str>,
+    /// The language its staff read.
+    pub language: Lang,
 }
 
 /// What [`announcement`] is built from.
@@ -155,20 +272,22 @@ pub struct Report<'a> {
 /// list, are left out. The text ends with a single newline and satisfies
 /// [`is_plain`] whatever Markdown the inputs contain.
 pub fn announcement(a: &Announcement) -> String {
+    let w = a.site.language.words();
     let mut out = String::new();
-    push_line(&mut out, &format!("Planned update: {}", plain(a.title)));
+    push_line(&mut out, &format!("{}: {}", w.planned, plain(a.title)));
     push_site(&mut out, &a.site);
     let start = a.start.with_timezone(&a.site.time_zone);
     push_line(
         &mut out,
         &format!(
-            "Start: {} ({})",
+            "{}: {} ({})",
+            w.start,
             start.format("%Y-%m-%d %H:%M"),
             a.site.time_zone.name()
         ),
     );
-    push_line(&mut out, &format!("Type: {}", plain(a.kind)));
-    push_releases(&mut out, &a.releases);
+    push_line(&mut out, &format!("{}: {}", w.kind, plain(a.kind)));
+    push_releases(&mut out, &a.releases, a.site.language);
 
     let groups: Vec<(Impact, String)> = [
         Impact::RegisterAndSoftware,
@@ -187,29 +306,31 @@ pub fn announcement(a: &Announcement) -> String {
     })
     .collect();
     if !groups.is_empty() {
-        push_line(&mut out, "Affected nodes:");
+        push_line(&mut out, &format!("{}:", w.affected));
         for (impact, names) in groups {
-            push_line(&mut out, &format!("  {}: {names}", impact.label()));
+            push_line(
+                &mut out,
+                &format!("  {}: {names}", impact.label_in(a.site.language)),
+            );
         }
     }
 
-    let mut requests: Vec<String> = vec![
-        "do not power off the registers".into(),
-        "do not unplug the router".into(),
-    ];
+    let mut requests: Vec<String> = vec![w.power.into(), w.router.into()];
     // Software updates run and finish overnight; a download only stores files.
     let touches_software = a
         .nodes
         .iter()
         .any(|node| matches!(node.impact, Impact::Software | Impact::RegisterAndSoftware));
-    if touches_software && !a.kind.trim().eq_ignore_ascii_case("download") {
-        requests.push("do not switch the registers off overnight".into());
+    let download = [EN.kinds[0], RU.kinds[0]]
+        .iter()
+        .any(|d| a.kind.trim().eq_ignore_ascii_case(d));
+    if touches_software && !download {
+        requests.push(w.overnight.into());
     }
     if a.site.always_open {
         match a.site.reboot_time.map(plain).filter(|t| !t.is_empty()) {
-            Some(time) => requests.push(format!("the registers reboot at the agreed time {time}")),
-            None => requests
-                .push("agree the register reboot time with us: the site is open 24/7".into()),
+            Some(time) => requests.push(format!("{} {time}", w.reboot_at)),
+            None => requests.push(w.agree_reboot.into()),
         }
     }
     for line in strip_markdown(a.conditions).lines() {
@@ -221,7 +342,7 @@ pub fn announcement(a: &Announcement) -> String {
             requests.push(line.to_owned());
         }
     }
-    push_line(&mut out, "Please:");
+    push_line(&mut out, &format!("{}:", w.please));
     let last = requests.len() - 1;
     for (index, request) in requests.iter().enumerate() {
         let end = if index == last { '.' } else { ';' };
@@ -248,12 +369,16 @@ pub fn announcement(a: &Announcement) -> String {
 /// [`strip_markdown`]; releases without one get no "Changes" section. The text ends
 /// with a single newline and satisfies [`is_plain`].
 pub fn report(r: &Report) -> String {
+    let w = r.site.language.words();
     let mut out = String::new();
-    push_line(&mut out, &format!("Update report: {}", plain(r.title)));
+    push_line(&mut out, &format!("{}: {}", w.report, plain(r.title)));
     push_site(&mut out, &r.site);
     let finished = r.finished.with_timezone(&r.site.time_zone);
-    push_line(&mut out, &format!("Date: {}", finished.format("%Y-%m-%d")));
-    push_releases(&mut out, &r.releases);
+    push_line(
+        &mut out,
+        &format!("{}: {}", w.date, finished.format("%Y-%m-%d")),
+    );
+    push_releases(&mut out, &r.releases, r.site.language);
     for release in &r.releases {
         let changes = strip_markdown(release.changelog);
         if changes.is_empty() {
@@ -262,7 +387,8 @@ pub fn report(r: &Report) -> String {
         push_line(
             &mut out,
             &format!(
-                "Changes in {}:",
+                "{} {}:",
+                w.changes_in,
                 joined(&[plain(release.device_type), plain(release.version)])
             ),
         );
@@ -275,12 +401,12 @@ pub fn report(r: &Report) -> String {
         }
     }
     if !r.devices.is_empty() {
-        push_line(&mut out, "Devices:");
+        push_line(&mut out, &format!("{}:", w.devices));
         for device in &r.devices {
             let outcome = match (device.ok, plain(device.detail)) {
-                (true, _) => "updated".to_owned(),
-                (false, detail) if detail.is_empty() => "failed".to_owned(),
-                (false, detail) => format!("failed: {detail}"),
+                (true, _) => w.updated.to_owned(),
+                (false, detail) if detail.is_empty() => w.failed.to_owned(),
+                (false, detail) => format!("{}: {detail}", w.failed),
             };
             push_line(
                 &mut out,
@@ -297,23 +423,25 @@ fn push_line(out: &mut String, line: &str) {
 }
 
 fn push_site(out: &mut String, site: &SiteInfo) {
+    let label = site.language.words().site;
     let name = plain(site.name);
     let address = plain(site.address);
     if address.is_empty() {
-        push_line(out, &format!("Site: {name}"));
+        push_line(out, &format!("{label}: {name}"));
     } else {
-        push_line(out, &format!("Site: {name}, {address}"));
+        push_line(out, &format!("{label}: {name}, {address}"));
     }
 }
 
-fn push_releases(out: &mut String, releases: &[Release]) {
+fn push_releases(out: &mut String, releases: &[Release], lang: Lang) {
+    let label = lang.words().release;
     for release in releases {
         let what = joined(&[plain(release.device_type), plain(release.version)]);
         let file = plain(release.file_name);
         if file.is_empty() {
-            push_line(out, &format!("Release: {what}"));
+            push_line(out, &format!("{label}: {what}"));
         } else {
-            push_line(out, &format!("Release: {what} ({file})"));
+            push_line(out, &format!("{label}: {what} ({file})"));
         }
     }
 }
@@ -911,6 +1039,7 @@ mod tests {
             time_zone: chrono_tz::Europe::Moscow,
             always_open: true,
             reboot_time: Some("04:00"),
+            language: Lang::En,
         }
     }
 
@@ -1153,6 +1282,88 @@ Payment screen (https://img.example/s.png)"
     }
 
     #[test]
+    fn a_russian_store_reads_russian_messages() {
+        let site = SiteInfo {
+            language: Lang::Ru,
+            ..moscow_store()
+        };
+        let text = announcement(&Announcement {
+            title: "Зимний релиз",
+            kind: kind_label("forced-update", Lang::Ru),
+            start: utc("2026-11-23T23:00:00Z"),
+            site,
+            releases: vec![UKM5],
+            nodes: vec![
+                node("Касса 1", "ukm5", Impact::RegisterAndSoftware),
+                node("Касса 2", "ukm5", Impact::Software),
+            ],
+            conditions: "Закрыть смену до 23:00",
+        });
+        assert_eq!(
+            text,
+            "Плановое обновление: Зимний релиз
+Магазин: Store 12, 5 Lenina St, Moscow
+Начало: 2026-11-24 02:00 (Europe/Moscow)
+Тип: Принудительное обновление
+Релиз: ukm5 5.2.0 (ukm5-5.2.0.tar.gz)
+Затрагиваемые узлы:
+  Касса и ПО: Касса 1 (ukm5)
+  Только ПО: Касса 2 (ukm5)
+Просьба:
+  • не выключать кассы;
+  • не отключать роутер;
+  • не выключать кассы на ночь;
+  • кассы перезагрузятся в согласованное время 04:00;
+  • Закрыть смену до 23:00.
+"
+        );
+        assert!(is_plain(&text));
+
+        // The report keeps the field procedure's order: date, release, changes.
+        let text = report(&Report {
+            title: "Зимний релиз",
+            finished: utc("2026-11-24T01:30:00Z"),
+            site,
+            releases: vec![Release {
+                changelog: "- Новый экран оплаты\n- Исправлен сбой при закрытии смены",
+                ..UKM5
+            }],
+            devices: vec![
+                DeviceOutcome {
+                    name: "Касса 1",
+                    device_type: "ukm5",
+                    ok: true,
+                    detail: "",
+                },
+                DeviceOutcome {
+                    name: "Касса 2",
+                    device_type: "ukm5",
+                    ok: false,
+                    detail: "нет места на диске",
+                },
+            ],
+        });
+        assert_eq!(
+            text,
+            "Отчёт об обновлении: Зимний релиз
+Магазин: Store 12, 5 Lenina St, Moscow
+Дата обновления: 2026-11-24
+Релиз: ukm5 5.2.0 (ukm5-5.2.0.tar.gz)
+Изменения в ukm5 5.2.0:
+  • Новый экран оплаты
+  • Исправлен сбой при закрытии смены
+Устройства:
+  Касса 1 (ukm5): обновлено
+  Касса 2 (ukm5): ошибка: нет места на диске
+"
+        );
+        assert!(is_plain(&text));
+        assert_eq!(kind_label("download", Lang::En), "Download");
+        assert_eq!(Lang::parse("ru"), Some(Lang::Ru));
+        assert_eq!(Lang::parse("de"), None);
+    }
+
+    #[test]
     fn full_announcement() {
         let text = announcement(&Announcement {
             title: "Winter release",
@@ -1209,6 +1420,7 @@ Please:
             time_zone: chrono_tz::Europe::Berlin,
             always_open: false,
             reboot_time: None,
+            language: Lang::En,
         };
         // A download touching only a register: no overnight request.
         let text = announcement(&Announcement {
@@ -1371,6 +1583,7 @@ Devices:
             time_zone: chrono_tz::Europe::Moscow,
             always_open: true,
             reboot_time: Some("`04:00`"),
+            language: Lang::En,
         };
         let release = Release {
             device_type: "ukm__5",

@@ -235,6 +235,9 @@ pub struct SiteSettings {
     /// `HH:MM`, agreed with a 24/7 site.
     #[serde(default)]
     pub reboot_time: Option<String>,
+    /// The language its staff read announcements and reports in.
+    #[serde(default)]
+    pub language: crate::api::Language,
 }
 
 fn utc() -> String {
@@ -247,6 +250,7 @@ impl Default for SiteSettings {
             time_zone: utc(),
             always_open: false,
             reboot_time: None,
+            language: Default::default(),
         }
     }
 }

@@ -350,3 +350,4 @@ notification-accepted = Accepted
 notification-no-such = There is no message { $id } in the delivery log.
 variable-from = Set for
 package-edit = Note and changes
+site-language = Messages in

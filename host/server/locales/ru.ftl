@@ -353,3 +353,4 @@ notification-accepted = Принято
 notification-no-such = Сообщения { $id } в журнале доставки нет.
 variable-from = Задана для
 package-edit = Примечание и изменения
+site-language = Язык сообщений

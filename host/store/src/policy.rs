@@ -72,6 +72,7 @@ struct SiteRow {
     time_zone: String,
     always_open: bool,
     reboot_time: Option<String>,
+    language: String,
 }
 
 impl SiteRow {
@@ -82,6 +83,8 @@ impl SiteRow {
                 time_zone: self.time_zone,
                 always_open: self.always_open,
                 reboot_time: self.reboot_time,
+                // An unknown tag reads as English, the default every site had.
+                language: posup_proto::api::Language::parse(&self.language).unwrap_or_default(),
             },
         )
     }
@@ -109,7 +112,7 @@ impl Store {
     /// A site's settings; the defaults when none were set.
     pub async fn site_settings(&self, site: &str) -> Result<SiteSettings> {
         let row: Option<SiteRow> = with_read!(self, pool => {
-            sqlx::query_as("SELECT site, time_zone, always_open, reboot_time FROM site_settings WHERE site = $1")
+            sqlx::query_as("SELECT site, time_zone, always_open, reboot_time, language FROM site_settings WHERE site = $1")
                 .bind(site)
                 .fetch_optional(pool)
                 .await?
@@ -120,7 +123,7 @@ impl Store {
     /// Every site that has settings.
     pub(crate) async fn all_site_settings(&self) -> Result<BTreeMap<String, SiteSettings>> {
         let rows: Vec<SiteRow> = with_read!(self, pool => {
-            sqlx::query_as("SELECT site, time_zone, always_open, reboot_time FROM site_settings ORDER BY site")
+            sqlx::query_as("SELECT site, time_zone, always_open, reboot_time, language FROM site_settings ORDER BY site")
                 .fetch_all(pool)
                 .await?
         });
@@ -147,15 +150,16 @@ impl Store {
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(
-                "INSERT INTO site_settings (site, time_zone, always_open, reboot_time, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                "INSERT INTO site_settings (site, time_zone, always_open, reboot_time, updated_at, language) VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (site) DO UPDATE SET time_zone = excluded.time_zone, always_open = excluded.always_open, \
-                 reboot_time = excluded.reboot_time, updated_at = excluded.updated_at",
+                 reboot_time = excluded.reboot_time, updated_at = excluded.updated_at, language = excluded.language",
             )
             .bind(site)
             .bind(&settings.time_zone)
             .bind(settings.always_open)
             .bind(settings.reboot_time.clone())
             .bind(now)
+            .bind(settings.language.as_str())
             .execute(&mut *tx)
             .await?;
             audit!(&mut *tx, now, actor, "site.settings", "site", site, json!(settings));

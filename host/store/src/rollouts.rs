@@ -276,7 +276,7 @@ impl Store {
             let s = settings.get(site).cloned().unwrap_or_default();
             let announcement = text::Announcement {
                 title,
-                kind: kind_label(kind),
+                kind: text::kind_label(kind.as_str(), lang(s.language)),
                 start: ts(start_at),
                 site: site_info(site, &nodes[0].address, &s)?,
                 releases: releases_for(releases, nodes.iter().map(|n| n.device_type.as_str())),
@@ -1175,5 +1175,13 @@ fn site_info<'a>(
             .map_err(|_| Error::Corrupt(format!("site {name}: time zone `{}`", s.time_zone)))?,
         always_open: s.always_open,
         reboot_time: s.reboot_time.as_deref(),
+        language: lang(s.language),
     })
+}
+
+fn lang(language: posup_proto::api::Language) -> text::Lang {
+    match language {
+        posup_proto::api::Language::En => text::Lang::En,
+        posup_proto::api::Language::Ru => text::Lang::Ru,
+    }
 }

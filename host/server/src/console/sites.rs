@@ -21,6 +21,7 @@ pub struct SiteLine {
     pub always_open: bool,
     pub reboot_time: String,
     pub ignore_version_check: bool,
+    pub language: &'static str,
 }
 
 pub struct WindowLine {
@@ -87,6 +88,7 @@ async fn sites_page(
                 always_open: s.settings.always_open,
                 reboot_time: s.settings.reboot_time.unwrap_or_default(),
                 ignore_version_check: s.ignore_version_check,
+                language: s.settings.language.as_str(),
             })
             .collect(),
         windows: windows
@@ -164,6 +166,7 @@ pub async fn settings(
         time_zone: posted.field("time_zone").to_owned(),
         always_open: posted.field("always_open") == "on",
         reboot_time,
+        language: posup_proto::api::Language::parse(posted.field("language")).unwrap_or_default(),
     };
     let now = state.now_ms();
     let actor = session.actor();

@@ -1348,6 +1348,7 @@ async fn console_stores_windows_order_and_variables() {
                 ("always_open", "on"),
                 ("reboot_time", reboot),
                 ("ignore_version_check", "on"),
+                ("language", "ru"),
             ])
         };
         let a = e
@@ -1377,6 +1378,7 @@ async fn console_stores_windows_order_and_variables() {
         assert_eq!(a_site["settings"]["reboot_time"], "04:00");
         assert_eq!(a_site["settings"]["always_open"], true);
         assert_eq!(a_site["ignore_version_check"], true);
+        assert_eq!(a_site["settings"]["language"], "ru");
 
         // A nightly window for Store B; a window with no scope is refused.
         let a = e
@@ -1587,6 +1589,44 @@ async fn console_notification_channels_and_the_delivery_log() {
                 .text()
                 .contains("data-state=\"pending\"")
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_store_reads_its_announcement_and_report_in_its_own_language() {
+    each_backend(|store| async move {
+        let e = env(store).await;
+        let f = fleet(&e, 2).await;
+        e.ok(
+            "PUT",
+            "/api/v1/sites/Store%20A/settings",
+            ADMIN,
+            Some(json!({"time_zone": "Europe/Moscow", "language": "ru"})),
+        )
+        .await;
+        let all = e.ok("GET", "/api/v1/groups", ADMIN, None).await[0]["id"].as_i64().unwrap();
+        let rollout = e
+            .ok(
+                "POST",
+                "/api/v1/rollouts",
+                ADMIN,
+                Some(json!({"kind": "forced-update", "packages": [f.package.id], "waves": [{"group_id": all}]})),
+            )
+            .await;
+        let told = e
+            .ok("GET", &format!("/api/v1/rollouts/{}/announcements", rollout["id"]), ADMIN, None)
+            .await;
+        let text = |site: &str| {
+            told.as_array().unwrap().iter().find(|m| m["site"] == site).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let a = text("Store A");
+        assert!(a.starts_with("Плановое обновление: ") && a.contains("Тип: Принудительное обновление"), "{a}");
+        let b = text("Store B");
+        assert!(b.starts_with("Planned update: ") && b.contains("Type: Forced update"), "{b}");
     })
     .await;
 }

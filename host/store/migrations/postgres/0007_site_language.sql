@@ -1,0 +1,3 @@
+-- The language a store reads its announcements and reports in. Same in
+-- ../sqlite.
+ALTER TABLE site_settings ADD COLUMN language TEXT NOT NULL DEFAULT 'en';
