@@ -464,6 +464,7 @@ impl Agent {
                 plugin_sha256,
                 busy_action: busy,
                 message: self.problem.lock().expect("problem lock").clone(),
+                allows: Some(self.terminal_allows()),
             },
             vars_since,
             config_revision,
@@ -605,6 +606,31 @@ impl Agent {
             ..Grants::default()
         };
         posup_runtime::beneath::Roots::open(&grants).map(drop)
+    }
+
+    /// What this terminal's configuration allows any plugin, for the server to
+    /// show beside what the operator allows; where the directories are stays here.
+    fn terminal_allows(&self) -> posup_proto::Capabilities {
+        let a = self.device_config().allowance();
+        posup_proto::Capabilities {
+            dirs: a
+                .dirs
+                .iter()
+                .filter_map(|d| {
+                    let name = posup_runtime::grants::dir_name(d.dir);
+                    posup_proto::Dir::ALL
+                        .into_iter()
+                        .find(|x| x.as_str() == name)
+                        .map(|dir| posup_proto::DirAccess {
+                            dir,
+                            write: d.write,
+                        })
+                })
+                .collect(),
+            services: a.services,
+            scripts: a.scripts,
+            prompt: a.prompt,
+        }
     }
 
     /// What the plugin may be granted here: the terminal's allowance intersected

@@ -90,6 +90,10 @@ pub struct AgentStatus {
     /// A problem of the agent itself (cannot load the plugin, disk full).
     #[serde(default)]
     pub message: Option<String>,
+    /// What this terminal's own configuration allows a plugin: the ceiling of
+    /// every grant here, shown to operators beside what they allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allows: Option<crate::Capabilities>,
 }
 
 /// `POST /api/v1/agent/poll`.

@@ -351,3 +351,10 @@ notification-no-such = There is no message { $id } in the delivery log.
 variable-from = Set for
 package-edit = Note and changes
 site-language = Messages in
+plugins-terminals = Terminals allow
+plugins-terminal-count = { $count ->
+    [one] { $count } terminal
+   *[other] { $count } terminals
+}
+plugins-not-reported = not reported yet
+plugins-lacking = Asked for and not granted

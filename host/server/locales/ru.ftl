@@ -354,3 +354,11 @@ notification-no-such = Сообщения { $id } в журнале достав
 variable-from = Задана для
 package-edit = Примечание и изменения
 site-language = Язык сообщений
+plugins-terminals = Терминалы разрешают
+plugins-terminal-count = { $count ->
+    [one] { $count } терминал
+    [few] { $count } терминала
+   *[many] { $count } терминалов
+}
+plugins-not-reported = ещё не сообщили
+plugins-lacking = Просит, но не получает

@@ -143,15 +143,22 @@ async fn poll(
         }
     }
     let status = &req.status;
+    // An agent that says nothing of its allowance keeps the one recorded.
+    let allows = match &status.allows {
+        Some(a) => Some(serde_json::to_string(a).map_err(|e| Error::internal("allowance", e))?),
+        None => device.allows.clone(),
+    };
     if status.agent_version != device.agent_version
         || status.plugin_sha256 != device.plugin_sha256
         || status.message != device.agent_message
+        || allows != device.allows
     {
         store.record_agent_status(device.id, status).await?;
         caches.update_device(&token_hash, |d| {
             d.agent_version = status.agent_version.clone();
             d.plugin_sha256 = status.plugin_sha256.clone();
             d.agent_message = status.message.clone();
+            d.allows = allows.clone();
         });
     }
     // Contact times are kept to a sixth of the offline threshold: a device polling

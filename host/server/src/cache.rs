@@ -162,6 +162,7 @@ mod tests {
             poll_interval_secs: None,
             last_contact: 0,
             access: "active".into(),
+            allows: None,
         }
     }
 

@@ -32,6 +32,9 @@ pub struct DeviceAuth {
     pub poll_interval_secs: Option<i64>,
     /// `active`, `revoked` or `awaiting-enrollment`: only an active device is served.
     pub access: String,
+    /// What the terminal's configuration allows, as its agent last reported it
+    /// (JSON), to notice a change without a write.
+    pub allows: Option<String>,
 }
 
 /// What a poll reports about the installation.
@@ -151,7 +154,7 @@ impl Store {
         Ok(with_read!(self, pool => {
             sqlx::query_as::<_, DeviceAuth>(
                 "SELECT d.id, d.guid, d.site, d.number, d.device_type, d.agent_version, d.plugin_sha256, d.agent_message, \
-                 d.inventory_hash, dt.revision, dt.poll_interval_secs, d.last_contact, d.access \
+                 d.inventory_hash, dt.revision, dt.poll_interval_secs, d.last_contact, d.access, d.allows \
                  FROM devices d JOIN device_types dt ON dt.name = d.device_type WHERE d.token_hash = $1",
             )
             .bind(token_hash)
@@ -247,16 +250,44 @@ impl Store {
 
     /// Stores a changed agent status.
     pub async fn record_agent_status(&self, device_id: i64, status: &AgentStatus) -> Result<()> {
+        let allows = status.allows.as_ref().map(to_json);
         with_write!(self, pool => {
-            sqlx::query("UPDATE devices SET agent_version = $2, plugin_sha256 = $3, agent_message = $4 WHERE id = $1")
+            sqlx::query("UPDATE devices SET agent_version = $2, plugin_sha256 = $3, agent_message = $4, allows = COALESCE($5, allows) WHERE id = $1")
                 .bind(device_id)
                 .bind(&status.agent_version)
                 .bind(status.plugin_sha256.clone())
                 .bind(status.message.clone())
+                .bind(allows)
                 .execute(pool)
                 .await?;
         });
         Ok(())
+    }
+
+    /// What the terminals of a device type allow a plugin, each distinct
+    /// configuration with how many terminals have it; `None` for terminals whose
+    /// agent has not said (older agents, or not yet polled).
+    pub async fn terminal_allowances(
+        &self,
+        device_type: &str,
+    ) -> Result<Vec<(Option<posup_proto::Capabilities>, i64)>> {
+        let rows: Vec<(Option<String>, i64)> = with_read!(self, pool => {
+            sqlx::query_as("SELECT allows, count(*) FROM devices WHERE device_type = $1 GROUP BY allows ORDER BY count(*) DESC")
+                .bind(device_type)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter()
+            .map(|(allows, n)| {
+                Ok((
+                    allows
+                        .as_deref()
+                        .map(|a| from_json(a, "a terminal's allowance"))
+                        .transpose()?,
+                    n,
+                ))
+            })
+            .collect()
     }
 
     /// Records that these devices were in contact at `now`, in one statement: the

@@ -42,6 +42,23 @@ fn bundles() -> &'static [(Language, Bundle)] {
     })
 }
 
+/// A number of things, however many references a template puts around it.
+pub trait Count {
+    fn count(&self) -> u64;
+}
+
+impl Count for u64 {
+    fn count(&self) -> u64 {
+        *self
+    }
+}
+
+impl<T: Count + ?Sized> Count for &T {
+    fn count(&self) -> u64 {
+        (**self).count()
+    }
+}
+
 /// The messages of one language.
 #[derive(Clone, Copy)]
 pub struct Tr {
@@ -80,9 +97,9 @@ impl Tr {
     }
 
     /// The message `id` with a count, so plural forms are chosen by it.
-    pub fn n(&self, id: &str, count: impl std::borrow::Borrow<u64>) -> String {
+    pub fn n(&self, id: &str, count: impl Count) -> String {
         let mut args = FluentArgs::new();
-        args.set("count", FluentValue::from(*count.borrow()));
+        args.set("count", FluentValue::from(count.count()));
         self.format(id, Some(&args))
     }
 

@@ -54,8 +54,13 @@ pub struct TypeLine {
     pub name: String,
     pub description: String,
     pub plugin: String,
-    pub granted: String,
+    /// What the enabled plugin asks for.
+    pub asked: String,
     pub allowed: String,
+    /// What the terminals' own configurations allow, and what the plugin then
+    /// really gets there: (terminals, their ceiling, granted on them, what the
+    /// plugin asks and does not get).
+    pub terminals: Vec<(u64, String, String, String)>,
     pub devices: u64,
 }
 
@@ -96,21 +101,54 @@ pub async fn list(State(state): State<AppState>, session: Session) -> Result<Res
                 .any(|p| p.name == *name && !p.enabled_for.is_empty())
         })
         .collect();
-    render(&PluginsPage {
-        types: types
+    let tr = frame.tr;
+    let mut lines = Vec::with_capacity(types.len());
+    for t in types {
+        let asked = t
+            .plugin
+            .as_ref()
+            .and_then(|p| plugins.iter().find(|x| x.sha256 == p.sha256))
+            .map(|p| p.capabilities.clone());
+        let terminals = state
+            .store()
+            .terminal_allowances(&t.name)
+            .await?
             .into_iter()
-            .map(|t| TypeLine {
-                plugin: t
-                    .plugin
-                    .map(|p| format!("{} {}", p.name, p.version))
-                    .unwrap_or_default(),
-                granted: t.granted.as_ref().map(capabilities).unwrap_or_default(),
-                allowed: capabilities(&t.allowed),
-                name: t.name,
-                description: t.description,
-                devices: t.devices,
+            .map(|(ceiling, n)| (ceiling, n.max(0) as u64))
+            .map(|(ceiling, n)| match (ceiling, &asked) {
+                (Some(ceiling), Some(asked)) => {
+                    let got = asked.intersect(&t.allowed).intersect(&ceiling);
+                    (
+                        n,
+                        capabilities(&ceiling),
+                        capabilities(&got),
+                        missing(asked, &got),
+                    )
+                }
+                (Some(ceiling), None) => (n, capabilities(&ceiling), String::new(), String::new()),
+                (None, _) => (
+                    n,
+                    tr.t("plugins-not-reported"),
+                    String::new(),
+                    String::new(),
+                ),
             })
-            .collect(),
+            .collect();
+        lines.push(TypeLine {
+            plugin: t
+                .plugin
+                .map(|p| format!("{} {}", p.name, p.version))
+                .unwrap_or_default(),
+            asked: asked.as_ref().map(capabilities).unwrap_or_default(),
+            allowed: capabilities(&t.allowed),
+            terminals,
+            name: t.name,
+            description: t.description,
+            devices: t.devices,
+        });
+    }
+    render(&PluginsPage {
+        types: lines,
         plugins: plugins
             .into_iter()
             .map(|p| PluginLine {
@@ -204,6 +242,31 @@ pub async fn enable_bundled(
             .await?;
     }
     Ok(Redirect::to("/plugins").into_response())
+}
+
+/// What a plugin asks for and is not granted, in a few words.
+pub fn missing(asked: &Capabilities, got: &Capabilities) -> String {
+    let lacking = Capabilities {
+        dirs: asked
+            .dirs
+            .iter()
+            .filter(|d| {
+                !got.dirs
+                    .iter()
+                    .any(|g| g.dir == d.dir && (g.write || !d.write))
+            })
+            .cloned()
+            .collect(),
+        services: asked
+            .services
+            .iter()
+            .filter(|s| !got.services.contains(s))
+            .cloned()
+            .collect(),
+        scripts: asked.scripts && !got.scripts,
+        prompt: asked.prompt && !got.prompt,
+    };
+    capabilities(&lacking)
 }
 
 /// Where a new device type's directories are when a terminal's own

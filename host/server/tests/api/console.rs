@@ -590,11 +590,20 @@ async fn console_in_chromium_bundled_plugins_package_uploads_and_accounts() {
             .name,
         "kiosk"
     );
+    // Its configuration allows no questions to the person at the kiosk: the page
+    // shows that ceiling beside what the operator allows, and what is lost.
+    let allows = posup_proto::Capabilities {
+        prompt: false,
+        ..kiosk_allowed(&e).await
+    };
     poll(
         &e,
         &token,
         PollRequest {
-            status: status(),
+            status: AgentStatus {
+                allows: Some(allows),
+                ..status()
+            },
             inventory: Some(posup_proto::Inventory {
                 product: "Kiosk".into(),
                 version: "7.4.2".into(),
@@ -604,6 +613,13 @@ async fn console_in_chromium_bundled_plugins_package_uploads_and_accounts() {
         },
     )
     .await;
+    browser.open(&format!("{base}/plugins")).await;
+    let types = browser.text_of("#device-types").await;
+    assert!(types.contains("1 terminal:"), "{types}");
+    assert!(
+        types.contains("Asked for and not granted: prompt"),
+        "{types}"
+    );
     browser
         .open(&format!("{base}/devices?device_type=kiosk"))
         .await;
@@ -1629,4 +1645,12 @@ async fn a_store_reads_its_announcement_and_report_in_its_own_language() {
         assert!(b.starts_with("Planned update: ") && b.contains("Type: Forced update"), "{b}");
     })
     .await;
+}
+
+/// What the server allows the kiosk device type.
+async fn kiosk_allowed(e: &Env) -> posup_proto::Capabilities {
+    serde_json::from_value(
+        e.ok("GET", "/api/v1/device-types/kiosk", ADMIN, None).await["allowed"].clone(),
+    )
+    .unwrap()
 }
