@@ -358,3 +358,8 @@ plugins-terminal-count = { $count ->
 }
 plugins-not-reported = not reported yet
 plugins-lacking = Asked for and not granted
+plugins-edit-allowed = Change what is allowed
+plugins-write = may write
+plugins-services = Services
+plugins-scripts = may run scripts (as root)
+plugins-prompt = may ask the person at the terminal

@@ -362,3 +362,8 @@ plugins-terminal-count = { $count ->
 }
 plugins-not-reported = ещё не сообщили
 plugins-lacking = Просит, но не получает
+plugins-edit-allowed = Изменить разрешения
+plugins-write = запись
+plugins-services = Службы
+plugins-scripts = может запускать скрипты (от root)
+plugins-prompt = может спрашивать человека у терминала

@@ -96,6 +96,7 @@ pub fn routes() -> Router<AppState> {
             "/plugins/bundled/{name}/enable",
             post(plugins::enable_bundled),
         )
+        .route("/plugins/types/{name}/allow", post(plugins::allow))
         .route("/accounts", get(accounts::list).post(accounts::create))
         .route("/accounts/{id}/delete", post(accounts::delete))
         .route("/password", post(accounts::password))
@@ -181,6 +182,16 @@ fn render(template: &impl Template) -> Result<Response, Fail> {
         .render()
         .map_err(|e| Fail::Internal(anyhow::anyhow!("rendering a console page: {e}")))?;
     Ok(Html(html).into_response())
+}
+
+/// A page with a form: answered 422 when it comes back refused, its problems
+/// shown on it, so a script or a test sees the refusal without reading HTML.
+fn render_form(template: &impl Template, refused: bool) -> Result<Response, Fail> {
+    let mut response = render(template)?;
+    if refused {
+        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    Ok(response)
 }
 
 /// Why a console request did not get its page.

@@ -218,6 +218,43 @@ impl Store {
         Ok(())
     }
 
+    /// Changes only what the operator allows plugins on a device type (the grants
+    /// editor), checked as [`Store::put_device_type`] checks it; the rest stays.
+    pub async fn set_allowed(
+        &self,
+        name: &str,
+        allowed: &posup_proto::Capabilities,
+        now: i64,
+        actor: &str,
+    ) -> Result<()> {
+        let current = self
+            .device_type(name, 60)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("device type {name} does not exist")))?;
+        check_body(
+            name,
+            &DeviceTypeBody {
+                allowed: allowed.clone(),
+                paths: current.paths.clone(),
+                ..Default::default()
+            },
+        )?;
+        let json_allowed = to_json(&sorted(allowed.clone()));
+        with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE device_types SET allowed = $2, revision = revision + 1, updated_at = $3 WHERE name = $1")
+                .bind(name)
+                .bind(&json_allowed)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            audit!(&mut *tx, now, actor, "device_type.allow", "device_type", name, json!(allowed));
+            bump!(&mut *tx, "devices");
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     pub async fn device_type(
         &self,
         name: &str,

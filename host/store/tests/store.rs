@@ -68,6 +68,22 @@ async fn device_type(store: &Store) {
 
 /// A device type with an enabled plugin, a package, and `n` devices (numbers 1..=n,
 /// sites A and B alternating).
+/// A UKM 5 package read by the tests' plugin.
+fn ukm5_package(file_name: &str, sha256: String, version: &str) -> NewPackage {
+    NewPackage {
+        device_type: "ukm5".into(),
+        file_name: file_name.into(),
+        sha256,
+        size: 1234,
+        version: version.into(),
+        kind: "complete".into(),
+        notes: "fixes".into(),
+        changelog: String::new(),
+        rollback: true,
+        plugin_sha256: "aa".repeat(32),
+    }
+}
+
 async fn fleet(store: &Store, n: u32) -> (Vec<i64>, PackageView) {
     device_type(store).await;
     store
@@ -108,18 +124,7 @@ async fn fleet(store: &Store, n: u32) -> (Vec<i64>, PackageView) {
         .unwrap();
     let package = store
         .insert_package(
-            NewPackage {
-                device_type: "ukm5".into(),
-                file_name: "ukm5_pos_1.8.4.tgz".into(),
-                sha256: "bb".repeat(32),
-                size: 1234,
-                version: "1.8.4".into(),
-                kind: "complete".into(),
-                notes: "fixes".into(),
-                changelog: String::new(),
-                rollback: true,
-                plugin_sha256: "aa".repeat(32),
-            },
+            ukm5_package("ukm5_pos_1.8.4.tgz", "bb".repeat(32), "1.8.4"),
             T0,
             "token vendor",
         )
@@ -2008,18 +2013,7 @@ async fn a_package_history_refers_to_is_archived_not_deleted() {
         // Uploading the same file again brings it back.
         let again = store
             .insert_package(
-                NewPackage {
-                    device_type: "ukm5".into(),
-                    file_name: "ukm5_pos_1.8.4.tgz".into(),
-                    sha256: "bb".repeat(32),
-                    size: 1234,
-                    version: "1.8.4".into(),
-                    kind: "complete".into(),
-                    notes: "fixes".into(),
-                    changelog: String::new(),
-                    rollback: true,
-                    plugin_sha256: "aa".repeat(32),
-                },
+                ukm5_package("ukm5_pos_1.8.4.tgz", "bb".repeat(32), "1.8.4"),
                 T0,
                 "token vendor",
             )
@@ -2029,28 +2023,14 @@ async fn a_package_history_refers_to_is_archived_not_deleted() {
         assert_eq!(store.list_packages(None).await.unwrap().len(), 1);
 
         // A package nothing refers to is deleted outright.
-        let (_, other) = (
-            (),
-            store
-                .insert_package(
-                    NewPackage {
-                        device_type: "ukm5".into(),
-                        file_name: "ukm5_pos_1.8.5.tgz".into(),
-                        sha256: "cc".repeat(32),
-                        size: 1,
-                        version: "1.8.5".into(),
-                        kind: "complete".into(),
-                        notes: String::new(),
-                        changelog: String::new(),
-                        rollback: true,
-                        plugin_sha256: "aa".repeat(32),
-                    },
-                    T0,
-                    "token vendor",
-                )
-                .await
-                .unwrap(),
-        );
+        let other = store
+            .insert_package(
+                ukm5_package("ukm5_pos_1.8.5.tgz", "cc".repeat(32), "1.8.5"),
+                T0,
+                "token vendor",
+            )
+            .await
+            .unwrap();
         let removal = store
             .delete_package(other.id, T0, "token ops")
             .await

@@ -8,7 +8,7 @@ use posup_proto::api::{Language, Role};
 use posup_store::NewAccount;
 
 use super::session::{Posted, Session, hash_password, password_matches};
-use super::{Fail, Frame, Tr, When, render};
+use super::{Fail, Frame, Tr, When, render_form};
 use crate::state::AppState;
 
 /// Shortest password an account may have.
@@ -79,26 +79,25 @@ async fn page(
         .map(|r| (r.as_str(), tr.t(role_id(r))))
         .collect();
     let (name, role, time_zone, language) = typed;
-    let failed = !problems.is_empty();
-    let mut response = render(&AccountsPage {
-        accounts,
-        problems,
-        roles,
-        name,
-        role,
-        time_zone: if time_zone.is_empty() {
-            session.account.time_zone.clone()
-        } else {
-            time_zone
+    let refused = !problems.is_empty();
+    render_form(
+        &AccountsPage {
+            accounts,
+            problems,
+            roles,
+            name,
+            role,
+            time_zone: if time_zone.is_empty() {
+                session.account.time_zone.clone()
+            } else {
+                time_zone
+            },
+            language,
+            changed,
+            frame,
         },
-        language,
-        changed,
-        frame,
-    })?;
-    if failed {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+        refused,
+    )
 }
 
 pub async fn list(State(state): State<AppState>, session: Session) -> Result<Response, Fail> {

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use posup_proto::api::{AuditQuery, CreateEnrollmentSecret, CreateToken, Role};
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, Tr, When, render};
+use super::{Fail, Frame, Tr, When, render, render_form};
 use crate::auth::{hash_secret, new_secret};
 use crate::state::AppState;
 
@@ -52,40 +52,39 @@ async fn access_page(
     let tr = frame.tr;
     let tokens = state.store().list_tokens().await?;
     let secrets = state.store().list_enrollment_secrets().await?;
-    let failed = !problems.is_empty();
-    let mut response = render(&AccessPage {
-        tokens: tokens
-            .into_iter()
-            .map(|t| TokenLine {
-                id: t.id,
-                role: tr.t(t.role.as_str()),
-                vendor: t.vendor.unwrap_or_default(),
-                created: frame.when(t.created_at),
-                name: t.name,
-            })
-            .collect(),
-        secrets: secrets
-            .into_iter()
-            .map(|s| SecretLine {
-                id: s.id,
-                site: s.site.unwrap_or_else(|| tr.t("access-any-site")),
-                uses: match s.max_uses {
-                    Some(max) => format!("{} / {max}", s.uses),
-                    None => s.uses.to_string(),
-                },
-                expires: s.expires_at.map(|t| frame.when(t)),
-                created: frame.when(s.created_at),
-                name: s.name,
-            })
-            .collect(),
-        problems,
-        created,
-        frame,
-    })?;
-    if failed {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    let refused = !problems.is_empty();
+    render_form(
+        &AccessPage {
+            tokens: tokens
+                .into_iter()
+                .map(|t| TokenLine {
+                    id: t.id,
+                    role: tr.t(t.role.as_str()),
+                    vendor: t.vendor.unwrap_or_default(),
+                    created: frame.when(t.created_at),
+                    name: t.name,
+                })
+                .collect(),
+            secrets: secrets
+                .into_iter()
+                .map(|s| SecretLine {
+                    id: s.id,
+                    site: s.site.unwrap_or_else(|| tr.t("access-any-site")),
+                    uses: match s.max_uses {
+                        Some(max) => format!("{} / {max}", s.uses),
+                        None => s.uses.to_string(),
+                    },
+                    expires: s.expires_at.map(|t| frame.when(t)),
+                    created: frame.when(s.created_at),
+                    name: s.name,
+                })
+                .collect(),
+            problems,
+            created,
+            frame,
+        },
+        refused,
+    )
 }
 
 pub async fn access(State(state): State<AppState>, session: Session) -> Result<Response, Fail> {

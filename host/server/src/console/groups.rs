@@ -9,7 +9,7 @@ use posup_proto::api::{
 };
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, Tr, render};
+use super::{Fail, Frame, Tr, render_form};
 use crate::state::AppState;
 
 fn kind_id(kind: GroupKind) -> &'static str {
@@ -131,17 +131,16 @@ async fn groups_page(
     let frame = Frame::new(session, "groups", "/groups".into());
     let tr = frame.tr;
     let groups = state.store().list_groups(&state.at()).await?;
-    let failed = !problems.is_empty();
-    let mut response = render(&GroupsPage {
-        groups: groups.into_iter().map(|g| line(&tr, g)).collect(),
-        problems,
-        form,
-        frame,
-    })?;
-    if failed {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    let refused = !problems.is_empty();
+    render_form(
+        &GroupsPage {
+            groups: groups.into_iter().map(|g| line(&tr, g)).collect(),
+            problems,
+            form,
+            frame,
+        },
+        refused,
+    )
 }
 
 pub async fn list(State(state): State<AppState>, session: Session) -> Result<Response, Fail> {
@@ -253,32 +252,31 @@ async fn group_page(
         },
         tag: text(&filter.tag),
     };
-    let failed = !problems.is_empty();
-    let mut response = render(&GroupPage {
-        is_static: group.kind == GroupKind::Static,
-        is_filter: group.kind == GroupKind::Filter,
-        more: members.total.saturating_sub(members.items.len() as u64),
-        members: members
-            .items
-            .into_iter()
-            .map(|d| Member {
-                id: d.id,
-                guid: d.guid,
-                site: d.site,
-                name: d.name,
-                number: d.number,
-                version: d.version,
-            })
-            .collect(),
-        group: line(&tr, group),
-        form,
-        problems,
-        frame,
-    })?;
-    if failed {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    let refused = !problems.is_empty();
+    render_form(
+        &GroupPage {
+            is_static: group.kind == GroupKind::Static,
+            is_filter: group.kind == GroupKind::Filter,
+            more: members.total.saturating_sub(members.items.len() as u64),
+            members: members
+                .items
+                .into_iter()
+                .map(|d| Member {
+                    id: d.id,
+                    guid: d.guid,
+                    site: d.site,
+                    name: d.name,
+                    number: d.number,
+                    version: d.version,
+                })
+                .collect(),
+            group: line(&tr, group),
+            form,
+            problems,
+            frame,
+        },
+        refused,
+    )
 }
 
 pub async fn page(

@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use posup_proto::notify::{ChannelKind, CreateChannel, NotificationQuery, NotificationState};
+use posup_proto::notify::{
+    ChannelKind, CreateChannel, NotificationQuery, NotificationState, NotificationView,
+};
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, Tr, When, render};
+use super::{Fail, Frame, Tr, When, render, render_form};
 use crate::state::AppState;
 
 const PER_PAGE: u32 = 100;
@@ -48,6 +50,23 @@ pub struct MessageLine {
     pub next: Option<When>,
 }
 
+fn message_line(m: NotificationView, frame: &Frame) -> MessageLine {
+    MessageLine {
+        id: m.id,
+        channel: m.channel_name,
+        event: m.event,
+        site: m.site.unwrap_or_default(),
+        subject: m.subject,
+        state: frame.tr.t(state_id(m.state)),
+        state_key: m.state.as_str(),
+        attempts: m.attempts,
+        last_error: m.last_error.unwrap_or_default(),
+        created: frame.when(m.created_at),
+        sent: m.sent_at.map(|t| frame.when(t)),
+        next: m.next_attempt_at.map(|t| frame.when(t)),
+    }
+}
+
 #[derive(Template)]
 #[template(path = "notifications.html")]
 struct NotificationsPage {
@@ -75,47 +94,33 @@ async fn notifications_page(
             ..Default::default()
         })
         .await?;
-    let failed = !problems.is_empty();
-    let mut response = render(&NotificationsPage {
-        channels: channels
-            .into_iter()
-            .map(|c| ChannelLine {
-                id: c.id,
-                name: c.name,
-                kind: c.kind.as_str(),
-                site: c.site.unwrap_or_else(|| tr.t("access-any-site")),
-                url: c.url,
-                chat_id: c.chat_id.unwrap_or_default(),
-                has_secret: c.has_secret,
-                enabled: c.enabled,
-            })
-            .collect(),
-        messages: messages
-            .items
-            .into_iter()
-            .map(|m| MessageLine {
-                id: m.id,
-                channel: m.channel_name,
-                event: m.event,
-                site: m.site.unwrap_or_default(),
-                subject: m.subject,
-                state: tr.t(state_id(m.state)),
-                state_key: m.state.as_str(),
-                attempts: m.attempts,
-                last_error: m.last_error.unwrap_or_default(),
-                created: frame.when(m.created_at),
-                sent: m.sent_at.map(|t| frame.when(t)),
-                next: m.next_attempt_at.map(|t| frame.when(t)),
-            })
-            .collect(),
-        state: chosen.map(|s| s.as_str()).unwrap_or_default().to_owned(),
-        problems,
-        frame,
-    })?;
-    if failed {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    let refused = !problems.is_empty();
+    render_form(
+        &NotificationsPage {
+            channels: channels
+                .into_iter()
+                .map(|c| ChannelLine {
+                    id: c.id,
+                    name: c.name,
+                    kind: c.kind.as_str(),
+                    site: c.site.unwrap_or_else(|| tr.t("access-any-site")),
+                    url: c.url,
+                    chat_id: c.chat_id.unwrap_or_default(),
+                    has_secret: c.has_secret,
+                    enabled: c.enabled,
+                })
+                .collect(),
+            messages: messages
+                .items
+                .into_iter()
+                .map(|m| message_line(m, &frame))
+                .collect(),
+            state: chosen.map(|s| s.as_str()).unwrap_or_default().to_owned(),
+            problems,
+            frame,
+        },
+        refused,
+    )
 }
 
 pub async fn list(
@@ -222,20 +227,7 @@ pub async fn page(
                 detail: a.detail,
             })
             .collect(),
-        message: MessageLine {
-            id: m.id,
-            channel: m.channel_name,
-            event: m.event,
-            site: m.site.unwrap_or_default(),
-            subject: m.subject,
-            state: tr.t(state_id(m.state)),
-            state_key: m.state.as_str(),
-            attempts: m.attempts,
-            last_error: m.last_error.unwrap_or_default(),
-            created: frame.when(m.created_at),
-            sent: m.sent_at.map(|t| frame.when(t)),
-            next: m.next_attempt_at.map(|t| frame.when(t)),
-        },
+        message: message_line(m, &frame),
         frame,
     })
 }

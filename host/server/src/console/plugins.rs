@@ -62,6 +62,12 @@ pub struct TypeLine {
     /// plugin asks and does not get).
     pub terminals: Vec<(u64, String, String, String)>,
     pub devices: u64,
+    /// The grants editor's state: each directory with a path (name, allowed,
+    /// writable), the services as typed, scripts, prompt.
+    pub dirs: Vec<(&'static str, bool, bool)>,
+    pub services: String,
+    pub scripts: bool,
+    pub prompt: bool,
 }
 
 pub struct PluginLine {
@@ -134,7 +140,23 @@ pub async fn list(State(state): State<AppState>, session: Session) -> Result<Res
                 ),
             })
             .collect();
+        let dirs = Dir::ALL
+            .into_iter()
+            .filter(|d| t.paths.get(*d).is_some())
+            .map(|d| {
+                let allowed = t.allowed.dirs.iter().find(|a| a.dir == d);
+                (
+                    d.as_str(),
+                    allowed.is_some(),
+                    allowed.is_some_and(|a| a.write),
+                )
+            })
+            .collect();
         lines.push(TypeLine {
+            dirs,
+            services: t.allowed.services.join(", "),
+            scripts: t.allowed.scripts,
+            prompt: t.allowed.prompt,
             plugin: t
                 .plugin
                 .map(|p| format!("{} {}", p.name, p.version))
@@ -241,6 +263,40 @@ pub async fn enable_bundled(
             )
             .await?;
     }
+    Ok(Redirect::to("/plugins").into_response())
+}
+
+/// The grants editor: what the operator allows plugins on a device type.
+pub async fn allow(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    posted: Posted,
+) -> Result<Response, Fail> {
+    let session = &posted.session;
+    session.require_act()?;
+    let allowed = Capabilities {
+        dirs: Dir::ALL
+            .into_iter()
+            .filter(|d| posted.field(&format!("dir_{}", d.as_str())) == "on")
+            .map(|dir| posup_proto::DirAccess {
+                dir,
+                write: posted.field(&format!("write_{}", dir.as_str())) == "on",
+            })
+            .collect(),
+        services: posted
+            .field("services")
+            .split([',', ' ', '\n'])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        scripts: posted.field("scripts") == "on",
+        prompt: posted.field("prompt") == "on",
+    };
+    state
+        .store()
+        .set_allowed(&name, &allowed, state.now_ms(), &session.actor())
+        .await?;
     Ok(Redirect::to("/plugins").into_response())
 }
 

@@ -12,7 +12,7 @@ use posup_store::RolloutCommand;
 
 use super::session::{Posted, Session};
 use super::tasks::{Choice, kind_id, local_time};
-use super::{Fail, Frame, Tr, When, render};
+use super::{Fail, Frame, Tr, When, render, render_form};
 use crate::state::AppState;
 
 /// Waves a new rollout's form offers.
@@ -325,50 +325,49 @@ async fn new_page(
             w.success_percent = "100".into();
         }
     }
-    let failed = !problems.is_empty();
-    let mut response = render(&NewPage {
-        problems,
-        name: typed.name,
-        kinds: TaskKind::ALL
-            .into_iter()
-            .filter(|k| *k != TaskKind::Download)
-            .map(|k| Choice {
-                value: k.as_str().into(),
-                text: tr.t(kind_id(k)),
-                selected: typed.kind == k.as_str(),
-            })
-            .collect(),
-        packages: packages
-            .into_iter()
-            .rev()
-            .map(|p| Choice {
-                selected: typed.packages.contains(&p.id.to_string()),
-                value: p.id.to_string(),
-                text: format!("{} · {} · {}", p.device_type, p.file_name, p.version),
-            })
-            .collect(),
-        groups: groups
-            .into_iter()
-            .map(|g| {
-                (
-                    g.id.to_string(),
-                    format!("{} ({})", g.name, tr.n("devices-count", g.devices)),
-                )
-            })
-            .collect(),
-        waves,
-        max_failed: typed.max_failed,
-        max_failed_percent: typed.max_failed_percent,
-        start_now: typed.start != "at",
-        start_at: typed.start_at,
-        conditions: typed.conditions,
-        notice_override: typed.notice_override,
-        frame,
-    })?;
-    if failed {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    let refused = !problems.is_empty();
+    render_form(
+        &NewPage {
+            problems,
+            name: typed.name,
+            kinds: TaskKind::ALL
+                .into_iter()
+                .filter(|k| *k != TaskKind::Download)
+                .map(|k| Choice {
+                    value: k.as_str().into(),
+                    text: tr.t(kind_id(k)),
+                    selected: typed.kind == k.as_str(),
+                })
+                .collect(),
+            packages: packages
+                .into_iter()
+                .rev()
+                .map(|p| Choice {
+                    selected: typed.packages.contains(&p.id.to_string()),
+                    value: p.id.to_string(),
+                    text: format!("{} · {} · {}", p.device_type, p.file_name, p.version),
+                })
+                .collect(),
+            groups: groups
+                .into_iter()
+                .map(|g| {
+                    (
+                        g.id.to_string(),
+                        format!("{} ({})", g.name, tr.n("devices-count", g.devices)),
+                    )
+                })
+                .collect(),
+            waves,
+            max_failed: typed.max_failed,
+            max_failed_percent: typed.max_failed_percent,
+            start_now: typed.start != "at",
+            start_at: typed.start_at,
+            conditions: typed.conditions,
+            notice_override: typed.notice_override,
+            frame,
+        },
+        refused,
+    )
 }
 
 pub async fn new(State(state): State<AppState>, session: Session) -> Result<Response, Fail> {

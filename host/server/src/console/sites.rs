@@ -10,7 +10,7 @@ use posup_proto::api::VariableScope;
 use posup_proto::rollout::{CreateOrderRule, CreateWindow, SiteSettings, WindowScope};
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, Tr, When, render};
+use super::{Fail, Frame, Tr, When, render_form};
 use crate::state::AppState;
 
 pub struct SiteLine {
@@ -76,55 +76,54 @@ async fn sites_page(
             .map(|(_, n)| n.clone())
             .unwrap_or_else(|| id.to_string())
     };
-    let failed = !problems.is_empty();
-    let mut response = render(&SitesPage {
-        sites: sites
-            .into_iter()
-            .map(|s| SiteLine {
-                name: s.name,
-                address: s.address,
-                devices: s.devices,
-                time_zone: s.settings.time_zone,
-                always_open: s.settings.always_open,
-                reboot_time: s.settings.reboot_time.unwrap_or_default(),
-                ignore_version_check: s.ignore_version_check,
-                language: s.settings.language.as_str(),
-            })
-            .collect(),
-        windows: windows
-            .into_iter()
-            .map(|w| WindowLine {
-                id: w.id,
-                scope: match &w.scope {
-                    WindowScope::Site { site } => format!("{} {site}", tr.t("col-site")),
-                    WindowScope::Group { group_id } => {
-                        format!("{} {}", tr.t("task-group"), group_name(*group_id))
-                    }
-                },
-                schedule: w.schedule,
-                duration_minutes: w.duration_minutes,
-                time_zone: w.time_zone,
-                open: w.open,
-                next_open: w.next_open.map(|t| frame.when(t)),
-            })
-            .collect(),
-        rules: rules
-            .into_iter()
-            .map(|r| RuleLine {
-                id: r.id,
-                device_type: r.device_type,
-                after_type: r.after_type,
-                variable: r.variable.unwrap_or_default(),
-            })
-            .collect(),
-        groups,
-        problems,
-        frame,
-    })?;
-    if failed {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    let refused = !problems.is_empty();
+    render_form(
+        &SitesPage {
+            sites: sites
+                .into_iter()
+                .map(|s| SiteLine {
+                    name: s.name,
+                    address: s.address,
+                    devices: s.devices,
+                    time_zone: s.settings.time_zone,
+                    always_open: s.settings.always_open,
+                    reboot_time: s.settings.reboot_time.unwrap_or_default(),
+                    ignore_version_check: s.ignore_version_check,
+                    language: s.settings.language.as_str(),
+                })
+                .collect(),
+            windows: windows
+                .into_iter()
+                .map(|w| WindowLine {
+                    id: w.id,
+                    scope: match &w.scope {
+                        WindowScope::Site { site } => format!("{} {site}", tr.t("col-site")),
+                        WindowScope::Group { group_id } => {
+                            format!("{} {}", tr.t("task-group"), group_name(*group_id))
+                        }
+                    },
+                    schedule: w.schedule,
+                    duration_minutes: w.duration_minutes,
+                    time_zone: w.time_zone,
+                    open: w.open,
+                    next_open: w.next_open.map(|t| frame.when(t)),
+                })
+                .collect(),
+            rules: rules
+                .into_iter()
+                .map(|r| RuleLine {
+                    id: r.id,
+                    device_type: r.device_type,
+                    after_type: r.after_type,
+                    variable: r.variable.unwrap_or_default(),
+                })
+                .collect(),
+            groups,
+            problems,
+            frame,
+        },
+        refused,
+    )
 }
 
 pub async fn list(State(state): State<AppState>, session: Session) -> Result<Response, Fail> {
@@ -295,56 +294,55 @@ async fn variables_page(
         .into_iter()
         .map(|g| (g.id, g.name))
         .collect();
-    let failed = !problems.is_empty();
-    let mut response = render(&VariablesPage {
-        variables: variables
-            .into_iter()
-            .map(|v| {
-                let (scope, scope_kind, scope_value) = match &v.scope {
-                    VariableScope::All => (tr.t("variable-all"), "all", String::new()),
-                    VariableScope::Site { site } => {
-                        (format!("{} {site}", tr.t("col-site")), "site", site.clone())
+    let refused = !problems.is_empty();
+    render_form(
+        &VariablesPage {
+            variables: variables
+                .into_iter()
+                .map(|v| {
+                    let (scope, scope_kind, scope_value) = match &v.scope {
+                        VariableScope::All => (tr.t("variable-all"), "all", String::new()),
+                        VariableScope::Site { site } => {
+                            (format!("{} {site}", tr.t("col-site")), "site", site.clone())
+                        }
+                        VariableScope::Group { group_id } => {
+                            let name = groups
+                                .iter()
+                                .find(|(g, _)| g == group_id)
+                                .map(|(_, n)| n.clone())
+                                .unwrap_or_default();
+                            (
+                                format!("{} {name}", tr.t("task-group")),
+                                "group",
+                                group_id.to_string(),
+                            )
+                        }
+                        VariableScope::Device { device_id } => (
+                            format!("{} {device_id}", tr.t("variable-device")),
+                            "device",
+                            device_id.to_string(),
+                        ),
+                    };
+                    VariableLine {
+                        value: match (&v.value, v.secret) {
+                            (_, true) | (None, _) => "••••••".into(),
+                            (Some(value), false) => value.clone(),
+                        },
+                        name: v.name,
+                        scope,
+                        scope_kind,
+                        scope_value,
+                        secret: v.secret,
+                        change_id: v.change_id,
+                        updated: frame.when(v.updated_at),
                     }
-                    VariableScope::Group { group_id } => {
-                        let name = groups
-                            .iter()
-                            .find(|(g, _)| g == group_id)
-                            .map(|(_, n)| n.clone())
-                            .unwrap_or_default();
-                        (
-                            format!("{} {name}", tr.t("task-group")),
-                            "group",
-                            group_id.to_string(),
-                        )
-                    }
-                    VariableScope::Device { device_id } => (
-                        format!("{} {device_id}", tr.t("variable-device")),
-                        "device",
-                        device_id.to_string(),
-                    ),
-                };
-                VariableLine {
-                    value: match (&v.value, v.secret) {
-                        (_, true) | (None, _) => "••••••".into(),
-                        (Some(value), false) => value.clone(),
-                    },
-                    name: v.name,
-                    scope,
-                    scope_kind,
-                    scope_value,
-                    secret: v.secret,
-                    change_id: v.change_id,
-                    updated: frame.when(v.updated_at),
-                }
-            })
-            .collect(),
-        problems,
-        frame,
-    })?;
-    if failed {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+                })
+                .collect(),
+            problems,
+            frame,
+        },
+        refused,
+    )
 }
 
 pub async fn variables(State(state): State<AppState>, session: Session) -> Result<Response, Fail> {

@@ -16,7 +16,7 @@ use posup_proto::{Page, TaskKind};
 use posup_store::lifecycle::Command;
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, Tr, When, render};
+use super::{Fail, Frame, Tr, When, render, render_form};
 use crate::state::AppState;
 
 pub fn kind_id(kind: TaskKind) -> &'static str {
@@ -223,6 +223,7 @@ async fn new_page(
             text: format!("{} · {} · {}", p.device_type, p.file_name, p.version),
         })
         .collect();
+    let refused = !problems.is_empty();
     let page = NewPage {
         problems,
         name: typed.name,
@@ -234,7 +235,7 @@ async fn new_page(
         notice_override: typed.notice_override,
         frame,
     };
-    render(&page)
+    render_form(&page, refused)
 }
 
 pub async fn new(State(state): State<AppState>, session: Session) -> Result<Response, Fail> {
@@ -297,9 +298,7 @@ pub async fn create(State(state): State<AppState>, posted: Posted) -> Result<Res
     let (Some(kind), Some(group_id), Some(package_id), true) =
         (kind, group, package, problems.is_empty())
     else {
-        let mut response = new_page(&state, session, typed, problems).await?;
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-        return Ok(response);
+        return new_page(&state, session, typed, problems).await;
     };
     let body = CreateTask {
         name: Some(typed.name.clone()).filter(|n| !n.is_empty()),
@@ -318,9 +317,7 @@ pub async fn create(State(state): State<AppState>, posted: Posted) -> Result<Res
         // The store says what is wrong with the task (no notice, no devices…): the
         // form comes back with its words.
         Err(posup_store::Error::Invalid(m) | posup_store::Error::Conflict(m)) => {
-            let mut response = new_page(&state, session, typed, vec![m]).await?;
-            *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-            Ok(response)
+            new_page(&state, session, typed, vec![m]).await
         }
         Err(e) => Err(e.into()),
     }

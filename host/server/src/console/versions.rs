@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use posup_proto::api::{ServerStatus, VersionQuery, VersionStatus};
+use posup_proto::api::{ServerStatus, VersionQuery, VersionRow, VersionStatus};
 
 use super::session::{Posted, Session};
 use super::{Fail, Frame, Tr, When, render};
@@ -50,6 +50,27 @@ pub struct VersionLine {
     pub computed_at: Option<When>,
 }
 
+fn line(r: VersionRow, frame: &Frame) -> VersionLine {
+    let tr = frame.tr;
+    VersionLine {
+        device_id: r.device_id,
+        server: tr.t(server_id(r.server_status)),
+        status: tr.t(status_id(r.status)),
+        status_key: r.status.as_str(),
+        error: r.error.unwrap_or_default(),
+        reference: r.reference_version.unwrap_or_default(),
+        computed_at: r.computed_at.map(|t| frame.when(t)),
+        name: r.name,
+        site: r.site,
+        device_type: r.device_type,
+        version: r.version,
+        computed: r.computed_version,
+        pending_sync: r.pending_sync,
+        differing: r.differing_modules,
+        ignore_check: r.ignore_version_check,
+    }
+}
+
 #[derive(Template)]
 #[template(path = "versions.html")]
 struct VersionsPage {
@@ -85,27 +106,7 @@ pub async fn list(
             &state.at(),
         )
         .await?;
-    let lines = page
-        .items
-        .into_iter()
-        .map(|r| VersionLine {
-            device_id: r.device_id,
-            server: tr.t(server_id(r.server_status)),
-            status: tr.t(status_id(r.status)),
-            status_key: r.status.as_str(),
-            error: r.error.unwrap_or_default(),
-            reference: r.reference_version.unwrap_or_default(),
-            computed_at: r.computed_at.map(|t| frame.when(t)),
-            name: r.name,
-            site: r.site,
-            device_type: r.device_type,
-            version: r.version,
-            computed: r.computed_version,
-            pending_sync: r.pending_sync,
-            differing: r.differing_modules,
-            ignore_check: r.ignore_version_check,
-        })
-        .collect();
+    let lines = page.items.into_iter().map(|r| line(r, &frame)).collect();
     render(&VersionsPage {
         lines,
         status: get("status"),
@@ -168,23 +169,7 @@ pub async fn page(
             })
             .collect(),
         missing,
-        line: VersionLine {
-            device_id: r.device_id,
-            server: tr.t(server_id(r.server_status)),
-            status: tr.t(status_id(r.status)),
-            status_key: r.status.as_str(),
-            error: r.error.unwrap_or_default(),
-            reference: r.reference_version.unwrap_or_default(),
-            computed_at: r.computed_at.map(|t| frame.when(t)),
-            name: r.name,
-            site: r.site,
-            device_type: r.device_type,
-            version: r.version,
-            computed: r.computed_version,
-            pending_sync: r.pending_sync,
-            differing: r.differing_modules,
-            ignore_check: r.ignore_version_check,
-        },
+        line: line(r, &frame),
         frame,
     })
 }

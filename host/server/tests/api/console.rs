@@ -1429,6 +1429,27 @@ async fn console_stores_windows_order_and_variables() {
             "{page}"
         );
 
+        // The grants editor: the product only for reading, no service.
+        let a = e
+            .post_form(
+                "/plugins/types/test/allow",
+                Some(&cookie),
+                form(&[("csrf", &csrf), ("dir_product", "on"), ("dir_staging", "on"), ("write_staging", "on"), ("services", "")]),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        let allowed = e.ok("GET", "/api/v1/device-types/test", ADMIN, None).await["allowed"].clone();
+        assert_eq!(
+            allowed,
+            json!({"dirs": [{"dir": "product", "write": false}, {"dir": "staging", "write": true}], "services": [], "scripts": false, "prompt": false})
+        );
+        // A directory the device type gives no place cannot be allowed.
+        let a = e
+            .post_form("/plugins/types/test/allow", Some(&cookie), form(&[("csrf", &csrf), ("dir_backup", "on")]))
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(a.text().contains("allows directory `backup` but gives it no path"), "{}", a.text());
+
         // The registers after the store server.
         e.ok(
             "PUT",
