@@ -222,8 +222,7 @@ pub async fn enable_bundled(
             .list_plugins()
             .await?
             .into_iter()
-            .filter(|p| p.name == name)
-            .next_back()
+            .rfind(|p| p.name == name)
             .ok_or_else(|| {
                 Fail::Internal(anyhow::anyhow!("plugin {name} conflicts but is not stored"))
             })?,
