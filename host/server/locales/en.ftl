@@ -363,3 +363,5 @@ plugins-write = may write
 plugins-services = Services
 plugins-scripts = may run scripts (as root)
 plugins-prompt = may ask the person at the terminal
+plugins-upload = Upload a plugin
+plugins-uploaded-done = Uploaded: the plugin loaded and described itself.

@@ -367,3 +367,5 @@ plugins-write = запись
 plugins-services = Службы
 plugins-scripts = может запускать скрипты (от root)
 plugins-prompt = может спрашивать человека у терминала
+plugins-upload = Загрузить плагин
+plugins-uploaded-done = Загружен: плагин запустился и описал себя.

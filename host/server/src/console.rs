@@ -92,6 +92,7 @@ pub fn routes() -> Router<AppState> {
         .route("/packages/upload", post(packages::upload))
         .route("/packages/{id}/{command}", post(packages::command))
         .route("/plugins", get(plugins::list))
+        .route("/plugins/upload", post(plugins::upload))
         .route(
             "/plugins/bundled/{name}/enable",
             post(plugins::enable_bundled),
@@ -294,6 +295,7 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
             "text/javascript",
         ),
         "console-1.css" => (include_bytes!("../assets/console-1.css"), "text/css"),
+        "upload-1.js" => (include_bytes!("../assets/upload-1.js"), "text/javascript"),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     (

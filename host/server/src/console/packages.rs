@@ -117,26 +117,37 @@ pub async fn upload(
     Query(q): Query<PackageUpload>,
     body: Body,
 ) -> Result<Response, Fail> {
+    check_csrf_header(&session, &headers)?;
+    session.require_act()?;
+    match crate::uploads::store_package(&state, &q, body, &session.actor()).await {
+        Ok(package) => Ok((StatusCode::CREATED, package.id.to_string()).into_response()),
+        Err(e) => Ok(refusal(&session, e)),
+    }
+}
+
+/// An upload is no form post: its CSRF token comes in `X-CSRF-Token`.
+pub fn check_csrf_header(session: &Session, headers: &HeaderMap) -> Result<(), Fail> {
     let sent = headers
         .get("x-csrf-token")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if !super::session::same(sent.as_bytes(), session.account.csrf.as_bytes()) {
-        return Err(Fail::Csrf);
+    if super::session::same(sent.as_bytes(), session.account.csrf.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Fail::Csrf)
     }
-    session.require_act()?;
-    match crate::uploads::store_package(&state, &q, body, &session.actor()).await {
-        Ok(package) => Ok((StatusCode::CREATED, package.id.to_string()).into_response()),
-        Err(e) => {
-            let status = e.status_code();
-            let text = if status.is_server_error() {
-                super::Tr::new(session.account.language).t("fail-internal")
-            } else {
-                e.to_string()
-            };
-            Ok((status, text).into_response())
-        }
-    }
+}
+
+/// An upload's refusal as the page's script shows it: the words of a refusal
+/// meant for people, or that the server failed.
+pub fn refusal(session: &Session, e: crate::error::Error) -> Response {
+    let status = e.status_code();
+    let text = if status.is_server_error() {
+        super::Tr::new(session.account.language).t("fail-internal")
+    } else {
+        e.to_string()
+    };
+    (status, text).into_response()
 }
 
 pub async fn command(

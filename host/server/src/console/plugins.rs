@@ -265,6 +265,30 @@ pub async fn enable_bundled(
     Ok(Redirect::to("/plugins").into_response())
 }
 
+/// `POST /plugins/upload?file_name=…` from the page's script: the body is the
+/// component, the CSRF token in `X-CSRF-Token`. An administrator uploads any
+/// plugin; a vendor's own uploads go through the API with its vendor token.
+/// Answers 201 or the refusal's words as plain text.
+pub async fn upload(
+    State(state): State<AppState>,
+    session: Session,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<crate::uploads::PluginUpload>,
+    body: Bytes,
+) -> Result<Response, Fail> {
+    super::packages::check_csrf_header(&session, &headers)?;
+    session.require_admin()?;
+    let label = q.file_name.unwrap_or_else(|| "upload".to_owned());
+    match crate::uploads::store_plugin(&state, &label, body, &session.actor(), |_| Ok(())).await {
+        Ok(plugin) => Ok((
+            axum::http::StatusCode::CREATED,
+            format!("{} {}", plugin.name, plugin.version),
+        )
+            .into_response()),
+        Err(e) => Ok(super::packages::refusal(&session, e)),
+    }
+}
+
 /// The grants editor: what the operator allows plugins on a device type.
 pub async fn allow(
     State(state): State<AppState>,

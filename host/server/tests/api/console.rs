@@ -489,6 +489,22 @@ async fn console_in_chromium_devices_language_a_forced_update_at_a_set_time_and_
         .wait_text("#task-state", 10, |t| t == "Paused")
         .await;
 
+    // On a tablet held upright the pages fit the screen; wide tables scroll in
+    // place instead of the whole page.
+    browser.resize(800, 1280).await;
+    for page in ["/devices", "/tasks", &format!("/tasks/{task_id}")] {
+        browser.open(&format!("{base}{page}")).await;
+        let fits = browser
+            .script(
+                "return document.documentElement.scrollWidth <= window.innerWidth",
+                json!([]),
+            )
+            .await;
+        assert_eq!(fits, json!(true), "{page} is wider than a tablet");
+    }
+    browser.screenshot("tablet-tasks").await;
+    browser.resize(1280, 800).await;
+
     // A viewer sees the same pages without a single action.
     browser.find("#logout").await.click().await;
     browser.find("#enter").await;
@@ -566,6 +582,35 @@ async fn console_in_chromium_bundled_plugins_package_uploads_and_accounts() {
         "the server allows what the plugin asks for"
     );
     browser.screenshot("plugins").await;
+
+    // An administrator uploads a vendor's component: the runtime loads it and it
+    // describes itself; a file that is no component is refused in words.
+    browser
+        .find("#plugin-file")
+        .await
+        .type_text(posup_bundled::TEST_HOSTILE)
+        .await;
+    browser.find("#upload-plugin").await.click().await;
+    browser
+        .wait_text("#plugin-upload-result", 60, |t| t.contains("Uploaded"))
+        .await;
+    let plugins = browser
+        .wait_text("#plugins", 10, |t| t.contains("test-hostile"))
+        .await;
+    assert!(plugins.contains("posup tests"), "{plugins}");
+    let junk = tempfile::tempdir().unwrap();
+    let not_wasm = junk.path().join("vendor.wasm");
+    std::fs::write(&not_wasm, b"not a component").unwrap();
+    browser
+        .find("#plugin-file")
+        .await
+        .type_text(not_wasm.to_str().unwrap())
+        .await;
+    browser.find("#upload-plugin").await.click().await;
+    let refused = browser
+        .wait_text("#plugin-upload-result", 30, |t| t.contains("refused"))
+        .await;
+    assert!(refused.contains("vendor.wasm"), "{refused}");
 
     // A kiosk enrolls and reports its version; the device list shows it.
     let secret = enrollment_secret(&e, "kiosks").await;

@@ -223,6 +223,16 @@ impl Browser {
         .await
     }
 
+    /// Resizes the window (a tablet held upright: 800×1280).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
     /// The value of a cookie the page holds.
     pub async fn cookie(&self, name: &str) -> String {
         self.call(reqwest::Method::GET, &format!("/cookie/{name}"), None)
