@@ -748,7 +748,31 @@ async fn console_in_chromium_bundled_plugins_package_uploads_and_accounts() {
         .wait_text("#accounts", 10, |t| t.contains("oleg"))
         .await;
     assert!(accounts.contains("operator"), "{accounts}");
+    // A screenshot of every other view, each one a page and not an error.
+    for (name, path) in [
+        ("groups", "/groups"),
+        ("tasks", "/tasks"),
+        ("rollouts", "/rollouts"),
+        ("rollout-new", "/rollouts/new"),
+        ("stores", "/sites"),
+        ("variables", "/variables"),
+        ("versions", "/versions"),
+        ("notifications", "/notifications"),
+        ("accounts", "/accounts"),
+        ("access", "/access"),
+        ("audit", "/audit"),
+    ] {
+        browser.open(&format!("{base}{path}")).await;
+        let heading = browser.text_of("main h1").await;
+        assert!(
+            !heading.is_empty() && browser.count(".problem").await == 0,
+            "{path}: {heading}"
+        );
+        browser.screenshot(name).await;
+    }
+
     browser.find("#logout").await.click().await;
+    browser.screenshot("login").await;
     log_in_browser(&browser, &base, "oleg").await;
     browser.open(&format!("{base}/tasks")).await;
     assert_eq!(browser.count("#new-task").await, 1, "an operator acts");
