@@ -318,11 +318,23 @@ async fn a_forced_update_asks_nobody_and_takes_a_bare_build_number() {
     let t = register("1.8.4").await;
     ukm5::set_mode(&t.product, Mode::Locked).unwrap();
     wait_mode(&t, "LOCKED");
-    let out = apply(&t, &t.package("ukm5", "877"), &["--forced"]);
+    // A Russian store: the cashier's message is in Russian.
+    let out = apply(
+        &t,
+        &t.package("ukm5", "877"),
+        &["--forced", "--var", "posup-language=ru"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         step_names(&out),
         ["inspect", "precheck", "stage", "apply", "verify", "commit"]
+    );
+    assert!(
+        stderr(&out).contains(
+            "Установлена UKM 5 POS 877. Чтобы завершить обновление, полностью перезагрузите кассу"
+        ),
+        "{}",
+        stderr(&out)
     );
     assert_eq!(version(&t), "877");
     // Nobody is at the register: it comes back locked.

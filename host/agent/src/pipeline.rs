@@ -178,6 +178,18 @@ impl std::fmt::Debug for Settings {
     }
 }
 
+/// The consent question in the store's language; English when it has none.
+pub fn consent_question(version: &str, language: Option<&str>) -> String {
+    match language {
+        Some("ru") => format!(
+            "Готово обновление до версии {version}. На время установки терминал выйдет из работы. Обновить сейчас?"
+        ),
+        _ => format!(
+            "An update to version {version} is ready. The terminal leaves service while it installs. Update now?"
+        ),
+    }
+}
+
 /// A failure of the pipeline itself, not of the update: the journal or the staging
 /// folder could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -540,10 +552,12 @@ impl Pipeline<'_> {
         let started = Instant::now();
         let answer = match &self.settings.prompter {
             Some(p) => {
-                let question = format!(
-                    "An update to version {} is ready. The terminal leaves service while it installs. Update now?",
-                    info.version
-                );
+                let language = self
+                    .env
+                    .vars
+                    .get(posup_proto::agent::LANGUAGE_VARIABLE)
+                    .map(String::as_str);
+                let question = consent_question(&info.version, language);
                 let timeout = self.settings.consent_timeout;
                 tokio::time::timeout(timeout, p.ask(&question, timeout))
                     .await
@@ -705,5 +719,19 @@ fn remove_file(path: &Path) {
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!("removing {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consent_question;
+
+    #[test]
+    fn the_cashier_is_asked_in_the_stores_language() {
+        assert!(
+            consent_question("1.8.4", Some("ru")).starts_with("Готово обновление до версии 1.8.4.")
+        );
+        assert!(consent_question("1.8.4", None).ends_with("Update now?"));
+        assert!(consent_question("1.8.4", Some("de")).starts_with("An update to version 1.8.4"));
     }
 }

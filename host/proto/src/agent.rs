@@ -96,6 +96,11 @@ pub struct AgentStatus {
     pub allows: Option<crate::Capabilities>,
 }
 
+/// The site-scoped variable that tells a store's terminals which language their
+/// staff read (`en`, `ru`): the agent asks the cashier in it, plugins read it
+/// through `vars`. The server sets it with the store's settings.
+pub const LANGUAGE_VARIABLE: &str = "posup-language";
+
 /// `POST /api/v1/agent/poll`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

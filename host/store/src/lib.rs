@@ -68,7 +68,7 @@ pub use rollouts::{NOTICE, RolloutCommand};
 pub use tasks::MAX_REPORTS_AT_ONCE;
 pub use tokens::TokenIdentity;
 pub use tuf::TufFile;
-pub use variables::{IGNORE_VERSION_CHECK, VarTarget};
+pub use variables::{IGNORE_VERSION_CHECK, LANGUAGE, VarTarget};
 
 /// Which database a [`Store`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

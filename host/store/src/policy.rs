@@ -165,6 +165,18 @@ impl Store {
             audit!(&mut *tx, now, actor, "site.settings", "site", site, json!(settings));
             tx.commit().await?;
         });
+        // The terminals learn their store's language as a variable, as they learn
+        // everything else of their site.
+        self.change_variable(
+            crate::variables::LANGUAGE,
+            &posup_proto::api::VariableScope::Site {
+                site: site.to_owned(),
+            },
+            Some(settings.language.as_str()),
+            now,
+            actor,
+        )
+        .await?;
         Ok(())
     }
 

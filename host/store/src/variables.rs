@@ -13,6 +13,7 @@ use crate::{At, Db, Error, Result, Store, ts};
 
 /// The site preference of the Openbravo hot-fix procedure.
 pub const IGNORE_VERSION_CHECK: &str = "ignore-version-check";
+pub use posup_proto::agent::LANGUAGE_VARIABLE as LANGUAGE;
 
 /// Changes handed to an agent per poll.
 const CHANGES_PER_POLL: i64 = 500;

@@ -314,9 +314,7 @@ impl Plugin for Ukm5 {
                 None => "RUNNING".to_owned(),
             };
             settle(&[SERVICE], "ukm5-settle-secs", SETTLE)?;
-            let message = format!(
-                "UKM 5 POS {version} is installed. Reboot the register fully (switch it off and on) to complete the update."
-            );
+            let message = reboot_message(version, vars::get("posup-language").as_deref());
             log::warn(&format!(
                 "{version} runs ({mode}); a full reboot of the register is required"
             ));
@@ -631,3 +629,15 @@ fn read_text(package: &str, entry: &str, max: u64) -> Result<Option<String>, Str
 }
 
 posup_plugin_sdk::export!(Ukm5);
+
+/// What the cashier is told after the update, in the store's language.
+fn reboot_message(version: &str, language: Option<&str>) -> String {
+    match language {
+        Some("ru") => format!(
+            "Установлена UKM 5 POS {version}. Чтобы завершить обновление, полностью перезагрузите кассу (выключите и включите)."
+        ),
+        _ => format!(
+            "UKM 5 POS {version} is installed. Reboot the register fully (switch it off and on) to complete the update."
+        ),
+    }
+}

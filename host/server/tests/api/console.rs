@@ -1733,6 +1733,10 @@ async fn a_store_reads_its_announcement_and_report_in_its_own_language() {
         assert!(a.starts_with("Плановое обновление: ") && a.contains("Тип: Принудительное обновление"), "{a}");
         let b = text("Store B");
         assert!(b.starts_with("Planned update: ") && b.contains("Type: Forced update"), "{b}");
+        // The store's terminals learn the language too, to ask the cashier in it.
+        let vars = e.ok("GET", "/api/v1/variables?name=posup-language", ADMIN, None).await;
+        assert_eq!(vars[0]["site"], "Store A");
+        assert_eq!(vars[0]["value"], "ru");
     })
     .await;
 }
