@@ -365,3 +365,4 @@ plugins-scripts = may run scripts (as root)
 plugins-prompt = may ask the person at the terminal
 plugins-upload = Upload a plugin
 plugins-uploaded-done = Uploaded: the plugin loaded and described itself.
+login-stale = The login form was out of date or came from another page: log in again here.

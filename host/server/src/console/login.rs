@@ -1,7 +1,6 @@
 //! Logging in and out, and an operator's own preferences (language, time zone).
 
 use askama::Template;
-use axum::Form;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -20,6 +19,46 @@ struct LoginPage {
     /// What went wrong with the last attempt, in words.
     error: Option<String>,
     name: String,
+    /// The form's token, also set as the `posup_login` cookie: a login posted from
+    /// another site's page has the cookie but cannot know the token, so nobody can
+    /// sign a browser into an account of theirs.
+    token: String,
+}
+
+/// The login form's cookie.
+const LOGIN_COOKIE: &str = "posup_login";
+
+/// The login page with a fresh token in the form and in its cookie.
+fn login_page(
+    state: &AppState,
+    tr: Tr,
+    error: Option<String>,
+    name: String,
+    status: axum::http::StatusCode,
+) -> Result<Response, Fail> {
+    let token = crate::auth::new_secret("");
+    let mut response = render(&LoginPage {
+        tr,
+        error,
+        name,
+        token: token.clone(),
+    })?;
+    *response.status_mut() = status;
+    let secure = if state.settings().secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600{secure}"
+    );
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie
+            .parse()
+            .map_err(|e| Fail::Internal(anyhow::anyhow!("login cookie: {e}")))?,
+    );
+    Ok(response)
 }
 
 /// The language of a visitor who has not logged in: the browser's first choice
@@ -37,37 +76,72 @@ fn visitor_language(headers: &HeaderMap) -> Language {
         .unwrap_or_default()
 }
 
-pub async fn form(headers: HeaderMap) -> Result<Response, Fail> {
-    render(&LoginPage {
-        tr: Tr::new(visitor_language(&headers)),
-        error: None,
-        name: String::new(),
-    })
+pub async fn form(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Fail> {
+    let tr = Tr::new(visitor_language(&headers));
+    login_page(&state, tr, None, String::new(), axum::http::StatusCode::OK)
 }
 
-#[derive(Debug, serde::Deserialize)]
-pub struct Credentials {
-    #[serde(default)]
+/// The fields of a login form; absent ones are empty.
+struct Credentials {
     name: String,
-    #[serde(default)]
     password: String,
+    token: String,
+}
+
+impl Credentials {
+    fn parse(body: &[u8]) -> Result<Credentials, Fail> {
+        let fields: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(body).map_err(|_| Fail::BadForm)?;
+        let field = |n: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        Ok(Credentials {
+            name: field("name"),
+            password: field("password"),
+            token: field("token"),
+        })
+    }
 }
 
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Form(form): Form<Credentials>,
+    body: axum::body::Bytes,
 ) -> Result<Response, Fail> {
+    let form = Credentials::parse(&body)?;
     let tr = Tr::new(visitor_language(&headers));
     let now = state.now_ms();
     let refuse = |error: String, name: String| {
-        let page = LoginPage {
+        login_page(
+            &state,
             tr,
-            error: Some(error),
+            Some(error),
             name,
-        };
-        render(&page).map(|r| (axum::http::StatusCode::UNAUTHORIZED, r).into_response())
+            axum::http::StatusCode::UNAUTHORIZED,
+        )
     };
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == LOGIN_COOKIE)
+        .map(|(_, v)| v.to_owned())
+        .unwrap_or_default();
+    if cookie.is_empty() || !session::same(cookie.as_bytes(), form.token.as_bytes()) {
+        return login_page(
+            &state,
+            tr,
+            Some(tr.t("login-stale")),
+            form.name,
+            axum::http::StatusCode::FORBIDDEN,
+        );
+    }
     let account = state.store().account_for_login(form.name.trim()).await?;
     if let Some(a) = &account
         && a.locked_until > now

@@ -26,6 +26,15 @@ async fn account(state: &AppState, name: &str, role: Role, language: Language) {
         .unwrap();
 }
 
+/// The login form's token on a login page.
+fn login_token(page: &str) -> String {
+    page.split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .expect("a login form with its token")
+        .to_owned()
+}
+
 fn form(pairs: &[(&str, &str)]) -> String {
     serde_urlencoded::to_string(pairs).unwrap()
 }
@@ -53,15 +62,37 @@ impl Env {
         .await
     }
 
+    /// Posts the login form as a browser does: the form's token from the page,
+    /// and the cookie the page set.
+    async fn login_attempt(&self, name: &str, password: &str) -> Answer {
+        let page = self.call("GET", "/login", None, None).await;
+        let cookie = page.headers[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let token = login_token(&page.text());
+        self.send(
+            Request::builder()
+                .method("POST")
+                .uri("/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(header::COOKIE, cookie)
+                .body(Body::from(form(&[
+                    ("name", name),
+                    ("password", password),
+                    ("token", &token),
+                ])))
+                .unwrap(),
+        )
+        .await
+    }
+
     /// Logs in: the session cookie and the page's CSRF token.
     async fn log_in(&self, name: &str) -> (String, String) {
-        let a = self
-            .post_form(
-                "/login",
-                None,
-                form(&[("name", name), ("password", PASSWORD)]),
-            )
-            .await;
+        let a = self.login_attempt(name, PASSWORD).await;
         assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
         let set = a.headers[header::SET_COOKIE].to_str().unwrap();
         let cookie = set
@@ -102,36 +133,46 @@ async fn console_logins_lock_out_and_every_form_needs_its_token_and_role() {
         assert!(login.text().contains("name=\"password\""));
 
         // A wrong password says so without telling whether the name exists.
-        let wrong = e
-            .post_form("/login", None, form(&[("name", "anna"), ("password", "x")]))
-            .await;
-        let nobody = e
-            .post_form(
-                "/login",
-                None,
-                form(&[("name", "nobody"), ("password", "x")]),
-            )
-            .await;
+        let wrong = e.login_attempt("anna", "x").await;
+        let nobody = e.login_attempt("nobody", "x").await;
         assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
         assert!(
             wrong.text().contains("Wrong name or password."),
             "{}",
             wrong.text()
         );
+        let without_token = |a: &Answer| a.text().replace(&login_token(&a.text()), "");
         assert_eq!(
-            nobody.text().replace("nobody", "anna"),
-            wrong.text(),
+            without_token(&nobody).replace("nobody", "anna"),
+            without_token(&wrong),
             "an unknown name answers as a wrong password does"
         );
 
-        // The cookie is HttpOnly and SameSite=Strict.
-        let ok = e
+        // A login posted from another page (no token, or no cookie) is refused
+        // and opens no session.
+        let forged = e
             .post_form(
                 "/login",
                 None,
                 form(&[("name", "anna"), ("password", PASSWORD)]),
             )
             .await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN);
+        assert!(
+            forged.text().contains("The login form was out of date"),
+            "{}",
+            forged.text()
+        );
+        assert!(
+            !forged.headers[header::SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .starts_with("posup_session="),
+            "no session for a forged login"
+        );
+
+        // The cookie is HttpOnly and SameSite=Strict.
+        let ok = e.login_attempt("anna", PASSWORD).await;
         let set = ok.headers[header::SET_COOKIE].to_str().unwrap();
         assert!(
             set.contains("HttpOnly") && set.contains("SameSite=Strict"),
@@ -272,16 +313,9 @@ async fn console_logins_lock_out_and_every_form_needs_its_token_and_role() {
 
         // Five wrong passwords lock the account; the right one is refused then.
         for _ in 0..5 {
-            e.post_form("/login", None, form(&[("name", "vika"), ("password", "x")]))
-                .await;
+            e.login_attempt("vika", "x").await;
         }
-        let a = e
-            .post_form(
-                "/login",
-                None,
-                form(&[("name", "vika"), ("password", PASSWORD)]),
-            )
-            .await;
+        let a = e.login_attempt("vika", PASSWORD).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED);
         assert!(a.text().contains("locked until"), "{}", a.text());
         e.advance(15 * 60 + 1);
