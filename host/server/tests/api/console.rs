@@ -354,18 +354,14 @@ async fn console_in_chromium_devices_language_a_forced_update_at_a_set_time_and_
     let f = fleet(&e, 3).await;
     // The terminals report what they run.
     for (n, (_, token)) in f.devices.iter().enumerate() {
-        poll(
+        report_inventory(
             &e,
             token,
-            PollRequest {
-                status: status(),
-                inventory: Some(posup_proto::Inventory {
-                    product: "Test POS".into(),
-                    version: format!("1.{n}"),
-                    state: "sale".into(),
-                    ready: true,
-                    ..Default::default()
-                }),
+            posup_proto::Inventory {
+                product: "Test POS".into(),
+                version: format!("1.{n}"),
+                state: "sale".into(),
+                ready: true,
                 ..Default::default()
             },
         )
@@ -387,16 +383,12 @@ async fn console_in_chromium_devices_language_a_forced_update_at_a_set_time_and_
     );
     browser.screenshot("devices").await;
     // The list follows what the terminals report, without a reload.
-    poll(
+    report_inventory(
         &e,
         &f.devices[0].1,
-        PollRequest {
-            status: status(),
-            inventory: Some(posup_proto::Inventory {
-                product: "Test POS".into(),
-                version: "1.9".into(),
-                ..Default::default()
-            }),
+        posup_proto::Inventory {
+            product: "Test POS".into(),
+            version: "1.9".into(),
             ..Default::default()
         },
     )
@@ -474,37 +466,19 @@ async fn console_in_chromium_devices_language_a_forced_update_at_a_set_time_and_
     browser.open(&format!("{base}/tasks/{download_id}")).await;
     assert_eq!(browser.text_of("#count-success").await, "0");
     let (device, token) = &f.devices[0];
-    let action = poll(
+    let action = actions(&e, token)
+        .await
+        .into_iter()
+        .find(|a| a.task_id == download_id)
+        .expect("the download reaches the terminal");
+    report(
         &e,
         token,
-        PollRequest {
-            status: status(),
-            ..Default::default()
-        },
-    )
-    .await
-    .actions
-    .into_iter()
-    .find(|a| a.task_id == download_id)
-    .expect("the download reaches the terminal");
-    let report = Feedback {
-        key: "done".into(),
-        task_id: download_id,
-        action_id: action.action_id,
-        device_id: *device,
-        attempt: 1,
-        step: "download".into(),
-        state: FeedbackState::Committed,
-        message: Some("downloaded and verified".into()),
-        percent: None,
-        at: t0(),
-        retry_after_secs: None,
-    };
-    e.ok(
-        "POST",
-        "/api/v1/agent/feedback",
-        token,
-        Some(serde_json::to_value(&report).unwrap()),
+        &action,
+        *device,
+        "download",
+        FeedbackState::Committed,
+        "downloaded and verified",
     )
     .await;
     browser.wait_text("#count-success", 10, |t| t == "1").await;
@@ -919,35 +893,15 @@ async fn console_groups_are_made_edited_and_gathered_from_a_tasks_failed_devices
             .as_i64()
             .unwrap();
         for (device, token) in &f.devices[1..] {
-            let action = poll(
+            let action = actions(&e, token).await.remove(0);
+            report(
                 &e,
                 token,
-                PollRequest {
-                    status: status(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .actions[0]
-                .clone();
-            let report = Feedback {
-                key: format!("fail-{device}"),
-                task_id: task,
-                action_id: action.action_id,
-                device_id: *device,
-                attempt: 1,
-                step: "download".into(),
-                state: FeedbackState::Failed,
-                message: Some("disk full".into()),
-                percent: None,
-                at: t0(),
-                retry_after_secs: None,
-            };
-            e.ok(
-                "POST",
-                "/api/v1/agent/feedback",
-                token,
-                Some(serde_json::to_value(&report).unwrap()),
+                &action,
+                *device,
+                "download",
+                FeedbackState::Failed,
+                "disk full",
             )
             .await;
         }
@@ -1142,47 +1096,15 @@ async fn console_in_chromium_a_rollout_advances_live_pauses_and_says_why_a_devic
 
     // The pilot register updates; the page shows the second wave start by itself.
     let (pilot_device, pilot_token) = &f.devices[0];
-    let action = poll(
+    let action = actions(&e, pilot_token).await.remove(0);
+    report(
         &e,
         pilot_token,
-        PollRequest {
-            status: status(),
-            ..Default::default()
-        },
-    )
-    .await
-    .actions
-    .into_iter()
-    .next()
-    .expect("the pilot register's update");
-    let report =
-        |device: i64, action: i64, task: i64, state: FeedbackState, message: &str| Feedback {
-            key: format!("{device}-{message}"),
-            task_id: task,
-            action_id: action,
-            device_id: device,
-            attempt: 1,
-            step: "commit".into(),
-            state,
-            message: Some(message.into()),
-            percent: None,
-            at: t0(),
-            retry_after_secs: Some(900),
-        };
-    e.ok(
-        "POST",
-        "/api/v1/agent/feedback",
-        pilot_token,
-        Some(
-            serde_json::to_value(report(
-                *pilot_device,
-                action.action_id,
-                action.task_id,
-                FeedbackState::Committed,
-                "committed",
-            ))
-            .unwrap(),
-        ),
+        &action,
+        *pilot_device,
+        "commit",
+        FeedbackState::Committed,
+        "committed",
     )
     .await;
     browser
@@ -1194,32 +1116,15 @@ async fn console_in_chromium_a_rollout_advances_live_pauses_and_says_why_a_devic
 
     // Register 3 is busy: it says not now, and its page says so and until when.
     let (third, third_token) = &f.devices[2];
-    let action = poll(
+    let action = actions(&e, third_token).await.remove(0);
+    report(
         &e,
         third_token,
-        PollRequest {
-            status: status(),
-            ..Default::default()
-        },
-    )
-    .await
-    .actions
-    .into_iter()
-    .next()
-    .expect("the second wave reaches register 3");
-    let mut busy = report(
+        &action,
         *third,
-        action.action_id,
-        action.task_id,
+        "precheck",
         FeedbackState::NotNow,
         "a receipt is open",
-    );
-    busy.step = "precheck".into();
-    e.ok(
-        "POST",
-        "/api/v1/agent/feedback",
-        third_token,
-        Some(serde_json::to_value(&busy).unwrap()),
     )
     .await;
     browser.open(&format!("{base}/devices/{third}")).await;
@@ -1381,26 +1286,8 @@ async fn console_version_overview_shows_same_different_unknown_and_recomputes() 
             ],
             ..Default::default()
         };
-        poll(
-            &e,
-            &f.devices[0].1,
-            PollRequest {
-                inventory: Some(inventory("3.0.1")),
-                status: status(),
-                ..Default::default()
-            },
-        )
-        .await;
-        poll(
-            &e,
-            &f.devices[1].1,
-            PollRequest {
-                inventory: Some(inventory("3.0.2")),
-                status: status(),
-                ..Default::default()
-            },
-        )
-        .await;
+        report_inventory(&e, &f.devices[0].1, inventory("3.0.1")).await;
+        report_inventory(&e, &f.devices[1].1, inventory("3.0.2")).await;
         poll(
             &e,
             &f.devices[2].1,

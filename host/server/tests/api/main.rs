@@ -320,6 +320,67 @@ async fn poll(e: &Env, token: &str, body: PollRequest) -> PollResponse {
     serde_json::from_slice(&a.bytes).unwrap()
 }
 
+/// The terminal polls with its installation as `inventory`.
+async fn report_inventory(e: &Env, token: &str, inventory: posup_proto::Inventory) -> PollResponse {
+    poll(
+        e,
+        token,
+        PollRequest {
+            inventory: Some(inventory),
+            status: status(),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// What a terminal is handed when it polls with nothing to report.
+async fn actions(e: &Env, token: &str) -> Vec<Action> {
+    poll(
+        e,
+        token,
+        PollRequest {
+            status: status(),
+            ..Default::default()
+        },
+    )
+    .await
+    .actions
+}
+
+/// The terminal reports that `step` of `action` reached `state`, saying `message`
+/// (and, for not-now, that it tries again in 15 minutes).
+async fn report(
+    e: &Env,
+    token: &str,
+    action: &Action,
+    device: i64,
+    step: &str,
+    state: FeedbackState,
+    message: &str,
+) {
+    let feedback = Feedback {
+        key: format!("{device}-{step}-{message}"),
+        task_id: action.task_id,
+        action_id: action.action_id,
+        device_id: device,
+        attempt: 1,
+        step: step.into(),
+        state,
+        message: Some(message.into()),
+        percent: None,
+        at: t0(),
+        retry_after_secs: Some(900),
+    };
+    e.ok(
+        "POST",
+        "/api/v1/agent/feedback",
+        token,
+        Some(serde_json::to_value(&feedback).unwrap()),
+    )
+    .await;
+}
+
 fn status() -> AgentStatus {
     AgentStatus {
         agent_version: "0.1.0".into(),

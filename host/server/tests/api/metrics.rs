@@ -12,28 +12,12 @@ async fn metrics_count_the_fleet_for_prometheus() {
 
         // Two terminals poll; a download fails on one of them while verifying.
         let all = e.ok("GET", "/api/v1/groups", ADMIN, None).await[0]["id"].as_i64().unwrap();
-        let task = e
-            .ok("POST", "/api/v1/tasks", ADMIN, Some(json!({"kind": "download", "package_id": f.package.id, "group_id": all})))
-            .await["id"]
-            .as_i64()
-            .unwrap();
+        e.ok("POST", "/api/v1/tasks", ADMIN, Some(json!({"kind": "download", "package_id": f.package.id, "group_id": all})))
+            .await;
         for (device, token) in &f.devices[..2] {
-            let actions = poll(&e, token, PollRequest { status: status(), ..Default::default() }).await.actions;
+            let handed = actions(&e, token).await;
             if *device == f.devices[0].0 {
-                let failed = Feedback {
-                    key: "k".into(),
-                    task_id: task,
-                    action_id: actions[0].action_id,
-                    device_id: *device,
-                    attempt: 1,
-                    step: "verify".into(),
-                    state: FeedbackState::Failed,
-                    message: Some("checksum".into()),
-                    percent: None,
-                    at: t0(),
-                    retry_after_secs: None,
-                };
-                e.ok("POST", "/api/v1/agent/feedback", token, Some(serde_json::to_value(&failed).unwrap())).await;
+                report(&e, token, &handed[0], *device, "verify", FeedbackState::Failed, "checksum").await;
             }
         }
         let viewer = e.token("grafana", Role::Viewer).await;
