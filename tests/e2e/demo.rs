@@ -61,18 +61,35 @@ fn the_demo_updates_the_whole_fleet_and_the_stores_get_their_reports() {
     // The version overview: different from central before, the same after.
     assert!(stdout.contains("before Openbravo 4") && stdout.contains("Different"));
     assert!(stdout.contains("after  Openbravo 4") && stdout.contains("Same"));
-    // Each store received its plain-text report.
-    for store in ["Лесная", "Восточная"] {
+    // Each store received its plain-text report, in its own language.
+    for (store, report, site) in [
+        (
+            "Лесная",
+            "Отчёт об обновлении: Night release",
+            "Магазин: Лесная",
+        ),
+        (
+            "Восточная",
+            "Update report: Night release",
+            "Site: Восточная",
+        ),
+    ] {
         let received = stdout
             .split(&format!("── What store «{store}» received ──"))
             .nth(1)
             .unwrap_or_default();
         let received = received.split("── What store").next().unwrap_or_default();
         assert!(
-            received.contains("Update report: Night release")
-                && received.contains(&format!("Site: {store}")),
+            received.contains(report) && received.contains(site),
             "{store}:\n{received}"
         );
         assert!(!received.contains("**"), "no Markdown: {received}");
+        if store == "Лесная" {
+            // Subjects too are in the store's language.
+            assert!(
+                !received.contains("Update report:") && !received.contains("Planned update:"),
+                "{received}"
+            );
+        }
     }
 }

@@ -34,11 +34,13 @@ use posup_agent::{Agent, AgentConfig, DeviceConfig};
 use posup_proto::agent::FeedbackState;
 use posup_proto::api::{
     CreateGroup, CreateTask, DeviceDetail, DeviceRow, DeviceTaskState, DeviceTypeBody,
-    EnablePlugin, GroupKind, GroupView, PackageView, ReferenceBody, SetVariable, TaskDeviceDetail,
-    TaskDeviceRow, TaskState, TaskView, VariableScope, VersionRow,
+    EnablePlugin, GroupKind, GroupView, Language, PackageView, ReferenceBody, SetVariable,
+    TaskDeviceDetail, TaskDeviceRow, TaskState, TaskView, VariableScope, VersionRow,
 };
 use posup_proto::notify::{ChannelKind, CreateChannel};
-use posup_proto::rollout::{CreateOrderRule, CreateRollout, RolloutState, RolloutView, WaveSpec};
+use posup_proto::rollout::{
+    CreateOrderRule, CreateRollout, RolloutState, RolloutView, SiteSettings, WaveSpec,
+};
 use posup_proto::{Capabilities, DirPaths, ModuleVersion, Page, TaskKind};
 use posup_sim::{icecash, iiko, kiosk, openbravo, oscar, ukm5};
 use serde::Serialize;
@@ -405,6 +407,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
                 chat_id: None,
                 secret: None,
                 enabled: true,
+            },
+        )
+        .await?;
+    }
+    // «Лесная» reads its messages in Russian, «Восточная» in English; both keep
+    // Moscow time.
+    for ((site, _), language) in STORES.iter().zip([Language::Ru, Language::En]) {
+        api.put::<_, serde_json::Value>(
+            &format!("/api/v1/sites/{site}/settings"),
+            &SiteSettings {
+                time_zone: "Europe/Moscow".into(),
+                language,
+                ..Default::default()
             },
         )
         .await?;

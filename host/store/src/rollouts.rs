@@ -471,7 +471,8 @@ impl Store {
                         site: Some(&m.site),
                         rollout_id: Some(id),
                         task_id: None,
-                        subject: &format!("Planned update: {name}"),
+                        // The message's own first line, in the store's language.
+                        subject: m.text.lines().next().unwrap_or_default(),
                         body: &m.text,
                     });
                 }
@@ -1134,7 +1135,7 @@ impl Store {
                         site: Some(site),
                         rollout_id: Some(id),
                         task_id: None,
-                        subject: &format!("Update report: {title}"),
+                        subject: body.lines().next().unwrap_or_default(),
                         body: &body,
                     });
                 }

@@ -332,7 +332,8 @@ impl Store {
                     site: Some(&m.site),
                     rollout_id: None,
                     task_id: Some(id),
-                    subject: &format!("Planned update: {name}"),
+                    // The message's own first line, in the store's language.
+                    subject: m.text.lines().next().unwrap_or_default(),
                     body: &m.text,
                 });
             }
