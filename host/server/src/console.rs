@@ -106,6 +106,36 @@ pub fn routes() -> Router<AppState> {
         .route("/access/{what}/{id}/delete", post(admin::delete))
         .route("/audit", get(admin::audit))
         .route("/assets/{name}", get(asset))
+        .layer(axum::middleware::map_response(guard_headers))
+}
+
+/// What every console answer tells the browser: scripts only from this server
+/// (the pages carry none inline), never inside another site's frame, forms
+/// posted only here, and pages (which may show a secret once) never stored.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+     frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+
+async fn guard_headers(mut response: Response) -> Response {
+    use axum::http::HeaderValue;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
 }
 
 /// What every page shows around its content: who is logged in, in which
@@ -295,7 +325,7 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
             "text/javascript",
         ),
         "console-1.css" => (include_bytes!("../assets/console-1.css"), "text/css"),
-        "upload-1.js" => (include_bytes!("../assets/upload-1.js"), "text/javascript"),
+        "console-1.js" => (include_bytes!("../assets/console-1.js"), "text/javascript"),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     (

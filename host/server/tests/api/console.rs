@@ -204,6 +204,33 @@ async fn console_logins_lock_out_and_every_form_needs_its_token_and_role() {
                 a.text()
             );
         }
+        // Pages allow no inline script, no framing, and are never stored.
+        let page = e.get_page("/tasks", &admin).await;
+        let csp = page.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        assert!(
+            csp.contains("script-src 'self';") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        assert_eq!(page.headers[header::X_FRAME_OPTIONS], "DENY");
+        assert_eq!(page.headers[header::CACHE_CONTROL], "no-store");
+        let text = page.text();
+        assert!(
+            !text.contains("<script>")
+                && !["onsubmit=", "onchange=", "onclick=", "javascript:"]
+                    .iter()
+                    .any(|h| text.contains(h)),
+            "no inline script"
+        );
+        let asset = e.call("GET", "/assets/console-1.js", None, None).await;
+        assert!(
+            asset.headers[header::CACHE_CONTROL]
+                .to_str()
+                .unwrap()
+                .contains("immutable")
+        );
+
         // A viewer sees the tasks but no action, and a forged post is refused.
         let page = e.get_page("/tasks", &viewer).await.text();
         assert!(

@@ -1,3 +1,17 @@
+// posup console: the page's behaviour, from this file only, so the pages run
+// under a Content-Security-Policy that allows no inline script.
+
+// A form with `data-ask` asks before it is sent (deletes).
+document.addEventListener('submit', function (event) {
+  var ask = event.target.dataset.ask;
+  if (ask && !window.confirm(ask)) { event.preventDefault(); event.stopImmediatePropagation(); }
+}, true);
+
+// A select marked `data-submit-on-change` sends its form when it changes.
+document.addEventListener('change', function (event) {
+  if (event.target.matches('[data-submit-on-change]')) { event.target.form.submit(); }
+});
+
 // posup console: file uploads with a progress bar. A form marked
 // `data-upload="<address>"` sends its file as the request body, with the session's
 // CSRF token in a header, to the address plus its fields as the query; the bar
