@@ -1184,6 +1184,19 @@ async fn console_in_chromium_a_rollout_advances_live_pauses_and_says_why_a_devic
         .await;
     assert_eq!(paused["state"], "Paused");
 
+    // Deleting asks first: "no" keeps it, "yes" deletes it.
+    browser.find("#delete").await.click().await;
+    let asked = browser.answer_dialog(false).await;
+    assert!(asked.starts_with("Delete this rollout"), "{asked}");
+    assert_eq!(browser.text_of("#rollout-state").await, "Paused");
+    browser.find("#delete").await.click().await;
+    browser.answer_dialog(true).await;
+    browser.find("#rollouts").await;
+    assert_eq!(
+        e.ok("GET", "/api/v1/rollouts", ADMIN, None).await,
+        json!([])
+    );
+
     browser.close().await;
     let _ = stop.send(());
     db.cleanup().await;

@@ -223,6 +223,34 @@ impl Browser {
         .await
     }
 
+    /// The text of the dialog the page opened (`confirm`), answered yes or no.
+    pub async fn answer_dialog(&self, yes: bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self
+                .http
+                .get(format!("{}/alert/text", self.session))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap();
+            if let Some(text) = text["value"].as_str() {
+                let verb = if yes { "accept" } else { "dismiss" };
+                self.call(
+                    reqwest::Method::POST,
+                    &format!("/alert/{verb}"),
+                    Some(json!({})),
+                )
+                .await;
+                return text.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no dialog opened");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Resizes the window (a tablet held upright: 800×1280).
     pub async fn resize(&self, width: u32, height: u32) {
         self.call(
