@@ -56,6 +56,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tasks/new", get(tasks::new))
         .route("/tasks/{id}", get(tasks::page))
         .route("/tasks/{id}/live", get(tasks::live))
+        .route("/tasks/{id}/devices/{device_id}", get(tasks::device))
         .route("/tasks/{id}/{command}", post(tasks::command))
         .route("/groups", get(groups::list).post(groups::create))
         .route("/groups/{id}", get(groups::page))

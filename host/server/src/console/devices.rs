@@ -314,6 +314,7 @@ pub struct Update {
 #[template(path = "device.html")]
 struct DevicePage {
     frame: Frame,
+    id: i64,
     name: String,
     guid: String,
     site: String,
@@ -394,6 +395,7 @@ pub async fn page(
         &groups,
     );
     render(&DevicePage {
+        id,
         groups: groups.into_iter().map(|g| (g.id, g.name)).collect(),
         variables,
         name: d.name,

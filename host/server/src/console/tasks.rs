@@ -339,6 +339,27 @@ pub struct DeviceLine {
     pub updated: When,
 }
 
+fn device_line(d: TaskDeviceRow, frame: &Frame) -> DeviceLine {
+    let tr = frame.tr;
+    DeviceLine {
+        device_id: d.device_id,
+        name: d.name,
+        site: d.site,
+        number: d.number,
+        online: d.online,
+        state: tr.t(device_state_id(d.state)),
+        state_key: d.state.as_str(),
+        step: d.step.unwrap_or_default(),
+        message: d.message.unwrap_or_default(),
+        percent: d.percent.map(|p| format!("{p} %")).unwrap_or_default(),
+        wait: d
+            .wait
+            .map(|w| wait_text(&tr, &w, frame))
+            .unwrap_or_default(),
+        updated: frame.when(d.updated_at),
+    }
+}
+
 #[derive(Template)]
 #[template(path = "task.html")]
 struct TaskPage {
@@ -383,27 +404,10 @@ async fn live_of(state: &AppState, session: &Session, id: i64) -> Result<Live, F
             &at,
         )
         .await?;
-    let tr = frame.tr;
     let devices: Vec<DeviceLine> = page
         .items
         .into_iter()
-        .map(|d| DeviceLine {
-            device_id: d.device_id,
-            name: d.name,
-            site: d.site,
-            number: d.number,
-            online: d.online,
-            state: tr.t(device_state_id(d.state)),
-            state_key: d.state.as_str(),
-            step: d.step.unwrap_or_default(),
-            message: d.message.unwrap_or_default(),
-            percent: d.percent.map(|p| format!("{p} %")).unwrap_or_default(),
-            wait: d
-                .wait
-                .map(|w| wait_text(&tr, &w, &frame))
-                .unwrap_or_default(),
-            updated: frame.when(d.updated_at),
-        })
+        .map(|d| device_line(d, &frame))
         .collect();
     Ok(Live {
         more: page.total.saturating_sub(devices.len() as u64),
@@ -480,6 +484,82 @@ pub async fn command(
         .command_task(id, command, &state.at(), &actor)
         .await?;
     Ok(Redirect::to(&format!("/tasks/{id}")).into_response())
+}
+
+/// One report of a device's update, as its history lists it.
+pub struct StepLine {
+    pub attempt: u32,
+    pub step: String,
+    pub state: String,
+    pub state_key: &'static str,
+    pub message: String,
+    pub percent: String,
+    pub at: When,
+    pub received: When,
+}
+
+fn report_id(state: posup_proto::agent::FeedbackState) -> &'static str {
+    use posup_proto::agent::FeedbackState as F;
+    match state {
+        F::Started => "report-started",
+        F::Progress => "report-progress",
+        F::Ok => "report-ok",
+        F::NotNow => "report-not-now",
+        F::Failed => "report-failed",
+        F::RolledBack => "report-rolled-back",
+        F::Committed => "report-committed",
+    }
+}
+
+#[derive(Template)]
+#[template(path = "task_device.html")]
+struct TaskDevicePage {
+    frame: Frame,
+    task: TaskLine,
+    device: DeviceLine,
+    history: Vec<StepLine>,
+}
+
+/// A device's part of a task, step by step with the plugin's messages.
+pub async fn device(
+    State(state): State<AppState>,
+    session: Session,
+    Path((id, device_id)): Path<(String, i64)>,
+) -> Result<Response, Fail> {
+    let id = task_id(&id)?;
+    let frame = Frame::new(
+        &session,
+        "tasks",
+        format!("/tasks/{id}/devices/{device_id}"),
+    );
+    let tr = frame.tr;
+    let at = state.at();
+    let task = state
+        .store()
+        .task(id, &at)
+        .await?
+        .ok_or_else(|| posup_store::Error::NotFound(tr.t1("task-no-such", "id", id)))?;
+    let detail = state.store().task_device_detail(id, device_id, &at).await?;
+    let d = detail.device;
+    render(&TaskDevicePage {
+        task: line(task, &frame),
+        device: device_line(d, &frame),
+        history: detail
+            .history
+            .into_iter()
+            .map(|h| StepLine {
+                attempt: h.attempt,
+                step: h.step,
+                state: tr.t(report_id(h.state)),
+                state_key: h.state.as_str(),
+                message: h.message.unwrap_or_default(),
+                percent: h.percent.map(|p| format!("{p} %")).unwrap_or_default(),
+                at: frame.when(h.at),
+                received: frame.when(h.received_at),
+            })
+            .collect(),
+        frame,
+    })
 }
 
 #[cfg(test)]

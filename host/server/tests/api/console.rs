@@ -932,6 +932,19 @@ async fn console_groups_are_made_edited_and_gathered_from_a_tasks_failed_devices
             )
             .await;
         }
+        // A device's part of the task, report by report with the plugin's words.
+        let page = e
+            .get_page(
+                &format!("/tasks/{task}/devices/{}", f.devices[1].0),
+                &cookie,
+            )
+            .await
+            .text();
+        let history = page.split("id=\"history\"").nth(1).unwrap_or_default();
+        assert!(
+            history.contains("<td>download</td>") && history.contains("disk full"),
+            "{page}"
+        );
         let page = e.get_page(&format!("/tasks/{task}"), &cookie).await.text();
         assert_eq!(
             page.matches("form=\"failed-form\"").count(),
