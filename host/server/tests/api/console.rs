@@ -517,6 +517,45 @@ async fn console_in_chromium_devices_language_a_forced_update_at_a_set_time_and_
     assert!(row.contains("downloaded and verified"), "{row}");
     browser.screenshot("task").await;
 
+    // Register 2 fails; its tick box survives the live refresh, and the ticked
+    // device goes into a new group.
+    let (second, second_token) = &f.devices[1];
+    let action = actions(&e, second_token)
+        .await
+        .into_iter()
+        .find(|a| a.task_id == download_id)
+        .expect("the download reaches register 2");
+    report(
+        &e,
+        second_token,
+        &action,
+        *second,
+        "download",
+        FeedbackState::Failed,
+        "disk full",
+    )
+    .await;
+    browser.open(&format!("{base}/tasks/{download_id}")).await;
+    browser.find(&format!("#tick-{second}")).await.click().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ticked = browser
+        .script(
+            &format!("return document.getElementById('tick-{second}').checked"),
+            json!([]),
+        )
+        .await;
+    assert_eq!(ticked, json!(true), "the tick survives the refresh");
+    browser
+        .find("#failed-group-name")
+        .await
+        .type_text("Retry tonight")
+        .await;
+    browser.find("#gather-failed").await.click().await;
+    let members = browser
+        .wait_text("#members", 10, |t| t.contains("Kassa 2"))
+        .await;
+    assert!(!members.contains("Kassa 1"), "{members}");
+
     // Pause the scheduled forced update from its page.
     browser.open(&format!("{base}/tasks/{task_id}")).await;
     browser.find("#pause").await.click().await;
