@@ -222,11 +222,42 @@ pub async fn preferences(State(state): State<AppState>, posted: Posted) -> Resul
         )
         .await?;
     // Back to the page the form was on; only a path of this console.
-    let back = posted.field("back");
-    let back = if back.starts_with('/') && !back.starts_with("//") {
-        back
-    } else {
-        "/devices"
-    };
-    Ok(Redirect::to(back).into_response())
+    Ok(Redirect::to(console_path(posted.field("back")).unwrap_or("/devices")).into_response())
+}
+
+/// `back` when it is a path of this console, never another site: browsers read
+/// `//host` and `/\host` as another host, so only a plain path passes.
+fn console_path(back: &str) -> Option<&str> {
+    let plain = back.starts_with('/')
+        && !back.starts_with("//")
+        && back.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '/' | '?' | '=' | '&' | '%' | '.' | '-' | '_' | '+')
+        });
+    plain.then_some(back)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::console_path;
+
+    #[test]
+    fn only_a_path_of_this_console_is_followed_back() {
+        assert_eq!(
+            console_path("/devices?sort=number&order=desc"),
+            Some("/devices?sort=number&order=desc")
+        );
+        assert_eq!(console_path("/tasks/4"), Some("/tasks/4"));
+        for away in [
+            "//evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "evil",
+            "",
+            "/a b",
+            "/\tevil",
+        ] {
+            assert_eq!(console_path(away), None, "{away:?}");
+        }
+    }
 }
