@@ -263,6 +263,20 @@ async fn get_device_type(
     Ok(Json(device_type_view(&state, &name).await?))
 }
 
+/// A device type's poll interval must leave its devices online between polls.
+pub(crate) fn check_poll_interval(state: &AppState, name: &str, secs: Option<u32>) -> Result<()> {
+    let Some(secs) = secs else { return Ok(()) };
+    let offline = state.settings().offline_after.as_secs();
+    if u64::from(secs) * 2 > offline {
+        return Err(Error::Invalid(format!(
+            "device type {name}: a poll interval of {secs} s would make its devices look offline \
+             (the server marks devices offline after {offline} s without contact): use at most {} s",
+            offline / 2
+        )));
+    }
+    Ok(())
+}
+
 async fn put_device_type(
     State(state): State<AppState>,
     op: Operator,
@@ -270,16 +284,7 @@ async fn put_device_type(
     Json(body): Json<DeviceTypeBody>,
 ) -> Result<Json<DeviceTypeView>> {
     op.require(roles::FLEET, "configure device types")?;
-    if let Some(secs) = body.poll_interval_secs {
-        let offline = state.settings().offline_after.as_secs();
-        if u64::from(secs) * 2 > offline {
-            return Err(Error::Invalid(format!(
-                "device type {name}: a poll interval of {secs} s would make its devices look offline \
-                 (the server marks devices offline after {offline} s without contact): use at most {} s",
-                offline / 2
-            )));
-        }
-    }
+    check_poll_interval(&state, &name, body.poll_interval_secs)?;
     state
         .store()
         .put_device_type(&name, &body, state.now_ms(), &op.actor())

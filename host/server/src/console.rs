@@ -99,6 +99,7 @@ pub fn routes() -> Router<AppState> {
             post(plugins::enable_bundled),
         )
         .route("/plugins/types/{name}/allow", post(plugins::allow))
+        .route("/plugins/types/{name}/settings", post(plugins::settings))
         .route("/accounts", get(accounts::list).post(accounts::create))
         .route("/accounts/{id}/delete", post(accounts::delete))
         .route("/password", post(accounts::password))

@@ -68,6 +68,12 @@ pub struct TypeLine {
     pub services: String,
     pub scripts: bool,
     pub prompt: bool,
+    /// The settings form's state: each directory's path, the poll interval when
+    /// it is not the server's default, the store limit, the impact.
+    pub paths: Vec<(&'static str, String)>,
+    pub poll: String,
+    pub site_limit: String,
+    pub impact: String,
 }
 
 pub struct PluginLine {
@@ -152,7 +158,17 @@ pub async fn list(State(state): State<AppState>, session: Session) -> Result<Res
                 )
             })
             .collect();
+        let default_poll = state.settings().poll_interval_secs;
         lines.push(TypeLine {
+            paths: Dir::ALL
+                .into_iter()
+                .map(|d| (d.as_str(), t.paths.get(d).unwrap_or_default().to_owned()))
+                .collect(),
+            poll: (t.poll_interval_secs != default_poll)
+                .then(|| t.poll_interval_secs.to_string())
+                .unwrap_or_default(),
+            site_limit: t.site_limit.map(|l| l.to_string()).unwrap_or_default(),
+            impact: t.impact.clone(),
             dirs,
             services: t.allowed.services.join(", "),
             scripts: t.allowed.scripts,
@@ -319,6 +335,57 @@ pub async fn allow(
     state
         .store()
         .set_allowed(&name, &allowed, state.now_ms(), &session.actor())
+        .await?;
+    Ok(Redirect::to("/plugins").into_response())
+}
+
+/// A device type's settings: description, where its directories are (when the
+/// terminal's configuration leaves it to the server), poll interval, how many of
+/// a store's may be down at once, and what updating it touches.
+pub async fn settings(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    posted: Posted,
+) -> Result<Response, Fail> {
+    let session = &posted.session;
+    session.require_act()?;
+    let tr = super::Tr::new(session.account.language);
+    let current = state
+        .store()
+        .device_type(&name, state.settings().poll_interval_secs)
+        .await?
+        .ok_or_else(|| {
+            posup_store::Error::NotFound(format!("device type {name} does not exist"))
+        })?;
+    let number = |field: &str, words: &str| -> Result<Option<u32>, Fail> {
+        match posted.field(field) {
+            "" => Ok(None),
+            v => v
+                .parse::<u32>()
+                .map(Some)
+                .map_err(|_| Fail::Store(posup_store::Error::Invalid(tr.t1(words, "value", v)))),
+        }
+    };
+    let path = |d: Dir| {
+        Some(posted.field(&format!("path_{}", d.as_str())).to_owned()).filter(|p| !p.is_empty())
+    };
+    let body = DeviceTypeBody {
+        description: posted.field("description").to_owned(),
+        allowed: current.allowed,
+        paths: DirPaths {
+            product: path(Dir::Product),
+            staging: path(Dir::Staging),
+            backup: path(Dir::Backup),
+            logs: path(Dir::Logs),
+        },
+        poll_interval_secs: number("poll", "type-poll-not-number")?,
+        site_limit: number("site_limit", "type-limit-not-number")?,
+        impact: Some(posted.field("impact").to_owned()).filter(|i| !i.is_empty()),
+    };
+    crate::api::check_poll_interval(&state, &name, body.poll_interval_secs)?;
+    state
+        .store()
+        .put_device_type(&name, &body, state.now_ms(), &session.actor())
         .await?;
     Ok(Redirect::to("/plugins").into_response())
 }

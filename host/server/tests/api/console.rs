@@ -1525,6 +1525,30 @@ async fn console_stores_windows_order_and_variables() {
             allowed,
             json!({"dirs": [{"dir": "product", "write": false}, {"dir": "staging", "write": true}], "services": [], "scripts": false, "prompt": false})
         );
+        // The device type's settings: one register of a store at a time.
+        let settings = |limit: &str, poll: &str| {
+            form(&[
+                ("csrf", &csrf),
+                ("description", "test terminals"),
+                ("path_product", "/opt/test"),
+                ("path_staging", "/var/lib/posup/staging"),
+                ("poll", poll),
+                ("site_limit", limit),
+                ("impact", "register"),
+            ])
+        };
+        let a = e.post_form("/plugins/types/test/settings", Some(&cookie), settings("one", "")).await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(a.text().contains("The store limit must be a whole number; “one” is not."), "{}", a.text());
+        let a = e.post_form("/plugins/types/test/settings", Some(&cookie), settings("1", "9999")).await;
+        assert!(a.text().contains("would make its devices look offline"), "{}", a.text());
+        let a = e.post_form("/plugins/types/test/settings", Some(&cookie), settings("1", "")).await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        let kind = e.ok("GET", "/api/v1/device-types/test", ADMIN, None).await;
+        assert_eq!((kind["site_limit"].as_u64(), kind["impact"].as_str()), (Some(1), Some("register")));
+        assert_eq!(kind["paths"]["product"], "/opt/test");
+        assert_eq!(kind["allowed"]["dirs"][0]["dir"], "product", "what is allowed stays");
+
         // A directory the device type gives no place cannot be allowed.
         let a = e
             .post_form("/plugins/types/test/allow", Some(&cookie), form(&[("csrf", &csrf), ("dir_backup", "on")]))
