@@ -164,9 +164,11 @@ pub async fn list(State(state): State<AppState>, session: Session) -> Result<Res
                 .into_iter()
                 .map(|d| (d.as_str(), t.paths.get(d).unwrap_or_default().to_owned()))
                 .collect(),
-            poll: (t.poll_interval_secs != default_poll)
-                .then(|| t.poll_interval_secs.to_string())
-                .unwrap_or_default(),
+            poll: if t.poll_interval_secs == default_poll {
+                String::new()
+            } else {
+                t.poll_interval_secs.to_string()
+            },
             site_limit: t.site_limit.map(|l| l.to_string()).unwrap_or_default(),
             impact: t.impact.clone(),
             dirs,
