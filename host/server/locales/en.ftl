@@ -387,3 +387,4 @@ type-impact-register = only the register
 type-impact-both = register and software
 type-poll-not-number = The poll interval must be a whole number of seconds; “{ $value }” is not.
 type-limit-not-number = The store limit must be a whole number; “{ $value }” is not.
+fail-no-page = There is no such page: the address names something that does not exist. Go back to the list it came from.

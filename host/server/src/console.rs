@@ -217,6 +217,29 @@ fn render(template: &impl Template) -> Result<Response, Fail> {
     Ok(Html(html).into_response())
 }
 
+/// The parameters of a console address (`/tasks/{id}`): one that does not parse
+/// is a page that does not exist, said in words, not axum's parser message.
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Fail;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Fail> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Params(p.0))
+            .map_err(|_| Fail::NoPage)
+    }
+}
+
 /// A page with a form: answered 422 when it comes back refused, its problems
 /// shown on it, so a script or a test sees the refusal without reading HTML.
 fn render_form(template: &impl Template, refused: bool) -> Result<Response, Fail> {
@@ -239,6 +262,8 @@ pub enum Fail {
     Csrf,
     /// A body that is not a form.
     BadForm,
+    /// An address whose numbers or names parse to nothing that exists.
+    NoPage,
     Store(posup_store::Error),
     Internal(anyhow::Error),
 }
@@ -283,6 +308,7 @@ impl IntoResponse for Fail {
             Fail::Forbidden => (StatusCode::FORBIDDEN, "fail-forbidden", None),
             Fail::Csrf => (StatusCode::FORBIDDEN, "fail-csrf", None),
             Fail::BadForm => (StatusCode::BAD_REQUEST, "fail-form", None),
+            Fail::NoPage => (StatusCode::NOT_FOUND, "fail-no-page", None),
             Fail::Store(e) => {
                 let message = e.to_string();
                 let status = crate::error::Error::from(e).status_code();

@@ -2,13 +2,13 @@
 //! their own password.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use posup_proto::api::{Language, Role};
 use posup_store::NewAccount;
 
-use super::session::{Posted, Session, hash_password, password_matches};
-use super::{Fail, Frame, Tr, When, render_form};
+use super::session::{Posted, Session, hash_password, password_matches_in_background};
+use super::{Fail, Frame, Params, Tr, When, render_form};
 use crate::state::AppState;
 
 /// Shortest password an account may have.
@@ -189,7 +189,7 @@ async fn hash_in_background(password: String) -> Result<String, Fail> {
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Params(id): Params<i64>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;
@@ -214,9 +214,7 @@ pub async fn password(State(state): State<AppState>, posted: Posted) -> Result<R
     };
     let current = posted.field("current").to_owned();
     let stored = login.password.clone();
-    let right = tokio::task::spawn_blocking(move || password_matches(&current, &stored))
-        .await
-        .map_err(|e| Fail::Internal(e.into()))?;
+    let right = password_matches_in_background(current, stored).await?;
     let problem = if right {
         password_problem(&tr, posted.field("password"), posted.field("again"))
     } else {

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use posup_proto::api::{AuditQuery, CreateEnrollmentSecret, CreateToken, Role};
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, Tr, When, render, render_form};
+use super::{Fail, Frame, Params, Tr, When, render, render_form};
 use crate::auth::{hash_secret, new_secret};
 use crate::state::AppState;
 
@@ -94,7 +94,7 @@ pub async fn access(State(state): State<AppState>, session: Session) -> Result<R
 /// Creates an API token or an enrollment secret; the page shows it once.
 pub async fn create(
     State(state): State<AppState>,
-    Path(what): Path<String>,
+    Params(what): Params<String>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;
@@ -169,7 +169,7 @@ pub async fn create(
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path((what, id)): Path<(String, i64)>,
+    Params((what, id)): Params<(String, i64)>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;

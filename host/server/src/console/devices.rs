@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::Response;
 use posup_proto::Inventory;
 use posup_proto::api::{DeviceQuery, DeviceSort, Order};
 
 use super::session::Session;
-use super::{Fail, Frame, When, render};
+use super::{Fail, Frame, Params, When, render};
 use crate::state::AppState;
 
 const PER_PAGE: u32 = 50;
@@ -339,16 +339,9 @@ struct DevicePage {
 pub async fn page(
     State(state): State<AppState>,
     session: Session,
-    Path(id): Path<String>,
+    Params(id): Params<i64>,
 ) -> Result<Response, Fail> {
     let frame = Frame::new(&session, "devices", format!("/devices/{id}"));
-    let Ok(id) = id.parse::<i64>() else {
-        return Err(Fail::Store(posup_store::Error::NotFound(frame.tr.t1(
-            "device-no-such",
-            "id",
-            id,
-        ))));
-    };
     let detail = state
         .store()
         .device_detail(id, &state.at())

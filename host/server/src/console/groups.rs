@@ -2,14 +2,14 @@
 //! and failed devices of a task gathered into a group.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use posup_proto::api::{
     CreateGroup, DeviceQuery, FailedToGroup, GroupFilter, GroupKind, GroupView, UpdateGroup,
 };
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, Tr, render_form};
+use super::{Fail, Frame, Params, Tr, render_form};
 use crate::state::AppState;
 
 fn kind_id(kind: GroupKind) -> &'static str {
@@ -282,7 +282,7 @@ async fn group_page(
 pub async fn page(
     State(state): State<AppState>,
     session: Session,
-    Path(id): Path<i64>,
+    Params(id): Params<i64>,
 ) -> Result<Response, Fail> {
     group_page(&state, &session, id, Vec::new()).await
 }
@@ -325,7 +325,7 @@ async fn chosen_devices(
 
 pub async fn command(
     State(state): State<AppState>,
-    Path((id, command)): Path<(i64, String)>,
+    Params((id, command)): Params<(i64, String)>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;
@@ -387,7 +387,7 @@ pub async fn command(
 /// static one.
 pub async fn from_failed(
     State(state): State<AppState>,
-    Path(task): Path<i64>,
+    Params(task): Params<i64>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;

@@ -124,15 +124,7 @@ pub async fn submit(
             axum::http::StatusCode::UNAUTHORIZED,
         )
     };
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == LOGIN_COOKIE)
-        .map(|(_, v)| v.to_owned())
-        .unwrap_or_default();
+    let cookie = session::cookie_value(&headers, LOGIN_COOKIE).unwrap_or_default();
     if cookie.is_empty() || !session::same(cookie.as_bytes(), form.token.as_bytes()) {
         return login_page(
             &state,
@@ -159,12 +151,7 @@ pub async fn submit(
         .as_ref()
         .map(|a| a.password.clone())
         .unwrap_or_else(|| session::decoy_hash().to_owned());
-    let password = form.password;
-    // argon2 takes tens of milliseconds of CPU: off the request threads.
-    let matches =
-        tokio::task::spawn_blocking(move || session::password_matches(&password, &stored))
-            .await
-            .map_err(|e| Fail::Internal(e.into()))?;
+    let matches = session::password_matches_in_background(form.password, stored).await?;
     let account = match account {
         Some(a) if matches => a,
         Some(a) => {

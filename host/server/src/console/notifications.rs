@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use posup_proto::notify::{
     ChannelKind, CreateChannel, NotificationQuery, NotificationState, NotificationView,
 };
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, Tr, When, render, render_form};
+use super::{Fail, Frame, Params, Tr, When, render, render_form};
 use crate::state::AppState;
 
 const PER_PAGE: u32 = 100;
@@ -170,7 +170,7 @@ pub async fn create_channel(
 
 pub async fn channel_command(
     State(state): State<AppState>,
-    Path((id, command)): Path<(i64, String)>,
+    Params((id, command)): Params<(i64, String)>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;
@@ -205,7 +205,7 @@ struct NotificationPage {
 pub async fn page(
     State(state): State<AppState>,
     session: Session,
-    Path(id): Path<i64>,
+    Params(id): Params<i64>,
 ) -> Result<Response, Fail> {
     let frame = Frame::new(&session, "notifications", format!("/notifications/{id}"));
     let tr = frame.tr;

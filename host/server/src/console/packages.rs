@@ -5,13 +5,13 @@ use std::collections::HashMap;
 
 use askama::Template;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use posup_proto::api::{PackageState, PackageUpload};
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, When, render};
+use super::{Fail, Frame, Params, When, render};
 use crate::state::AppState;
 
 pub struct PackageLine {
@@ -152,7 +152,7 @@ pub fn refusal(session: &Session, e: crate::error::Error) -> Response {
 
 pub async fn command(
     State(state): State<AppState>,
-    Path((id, command)): Path<(i64, String)>,
+    Params((id, command)): Params<(i64, String)>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;

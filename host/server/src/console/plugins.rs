@@ -4,13 +4,13 @@
 
 use askama::Template;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use posup_proto::api::DeviceTypeBody;
 use posup_proto::{Capabilities, Dir, DirPaths};
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, render};
+use super::{Fail, Frame, Params, render};
 use crate::state::AppState;
 
 /// Capabilities in a few words: `product (write), staging · services kiosk ·
@@ -213,7 +213,7 @@ pub async fn list(State(state): State<AppState>, session: Session) -> Result<Res
 /// terminal's own configuration still limits what it gets.
 pub async fn enable_bundled(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Params(name): Params<String>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;
@@ -310,7 +310,7 @@ pub async fn upload(
 /// The grants editor: what the operator allows plugins on a device type.
 pub async fn allow(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Params(name): Params<String>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;
@@ -346,7 +346,7 @@ pub async fn allow(
 /// a store's may be down at once, and what updating it touches.
 pub async fn settings(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Params(name): Params<String>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;

@@ -3,7 +3,7 @@
 //! was told and reported.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use posup_proto::TaskKind;
 use posup_proto::api::TaskCounts;
@@ -12,7 +12,7 @@ use posup_store::RolloutCommand;
 
 use super::session::{Posted, Session};
 use super::tasks::{Choice, kind_id, local_time};
-use super::{Fail, Frame, Tr, When, render, render_form};
+use super::{Fail, Frame, Params, Tr, When, render, render_form};
 use crate::state::AppState;
 
 /// Waves a new rollout's form offers.
@@ -204,20 +204,12 @@ async fn live_of(
     ))
 }
 
-fn rollout_id(text: &str) -> Result<i64, Fail> {
-    text.parse::<i64>().map_err(|_| {
-        Fail::Store(posup_store::Error::NotFound(format!(
-            "rollout {text} does not exist: rollout numbers are whole numbers"
-        )))
-    })
-}
-
 pub async fn page(
     State(state): State<AppState>,
     session: Session,
-    Path(id): Path<String>,
+    Params(id): Params<i64>,
 ) -> Result<Response, Fail> {
-    let (live, view) = live_of(&state, &session, rollout_id(&id)?).await?;
+    let (live, view) = live_of(&state, &session, id).await?;
     let frame = Frame::new(&session, "rollouts", format!("/rollouts/{id}"));
     render(&RolloutPage {
         rollout: live.rollout.clone(),
@@ -232,19 +224,18 @@ pub async fn page(
 pub async fn live(
     State(state): State<AppState>,
     session: Session,
-    Path(id): Path<String>,
+    Params(id): Params<i64>,
 ) -> Result<Response, Fail> {
-    render(&live_of(&state, &session, rollout_id(&id)?).await?.0)
+    render(&live_of(&state, &session, id).await?.0)
 }
 
 pub async fn command(
     State(state): State<AppState>,
-    Path((id, command)): Path<(String, String)>,
+    Params((id, command)): Params<(i64, String)>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;
     session.require_act()?;
-    let id = rollout_id(&id)?;
     let actor = session.actor();
     let command = match command.as_str() {
         "pause" => RolloutCommand::Pause,

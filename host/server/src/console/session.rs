@@ -75,17 +75,33 @@ pub fn expired_cookie() -> HeaderValue {
     HeaderValue::from_static("posup_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
-/// The session cookie of a request.
-pub fn token(headers: &HeaderMap) -> Option<&str> {
+/// The value of the cookie `name` a request carries; `None` when absent or empty.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value)
         .filter(|v| !v.is_empty())
+}
+
+/// The session cookie of a request.
+pub fn token(headers: &HeaderMap) -> Option<&str> {
+    cookie_value(headers, COOKIE)
+}
+
+/// [`password_matches`] off the request threads: argon2 takes tens of
+/// milliseconds of CPU.
+pub async fn password_matches_in_background(
+    password: String,
+    stored: String,
+) -> Result<bool, Fail> {
+    tokio::task::spawn_blocking(move || password_matches(&password, &stored))
+        .await
+        .map_err(|e| Fail::Internal(e.into()))
 }
 
 /// The operator of a console request: a live session.

@@ -4,13 +4,13 @@
 //! variables replicated to terminals.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use posup_proto::api::VariableScope;
 use posup_proto::rollout::{CreateOrderRule, CreateWindow, SiteSettings, WindowScope};
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, Tr, When, render_form};
+use super::{Fail, Frame, Params, Tr, When, render_form};
 use crate::state::AppState;
 
 pub struct SiteLine {
@@ -148,7 +148,7 @@ async fn or_refused(
 /// A site's settings and preference, from its row's form.
 pub async fn settings(
     State(state): State<AppState>,
-    Path(site): Path<String>,
+    Params(site): Params<String>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;
@@ -245,7 +245,7 @@ pub async fn create_rule(State(state): State<AppState>, posted: Posted) -> Resul
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path((what, id)): Path<(String, i64)>,
+    Params((what, id)): Params<(String, i64)>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;

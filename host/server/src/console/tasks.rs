@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use posup_proto::api::{
@@ -16,7 +16,7 @@ use posup_proto::{Page, TaskKind};
 use posup_store::lifecycle::Command;
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, Tr, When, render, render_form};
+use super::{Fail, Frame, Params, Tr, When, render, render_form};
 use crate::state::AppState;
 
 pub fn kind_id(kind: TaskKind) -> &'static str {
@@ -417,20 +417,12 @@ async fn live_of(state: &AppState, session: &Session, id: i64) -> Result<Live, F
     })
 }
 
-fn task_id(text: &str) -> Result<i64, Fail> {
-    text.parse::<i64>().map_err(|_| {
-        Fail::Store(posup_store::Error::NotFound(format!(
-            "task {text} does not exist: task numbers are whole numbers"
-        )))
-    })
-}
-
 pub async fn page(
     State(state): State<AppState>,
     session: Session,
-    Path(id): Path<String>,
+    Params(id): Params<i64>,
 ) -> Result<Response, Fail> {
-    let live = live_of(&state, &session, task_id(&id)?).await?;
+    let live = live_of(&state, &session, id).await?;
     let frame = Frame::new(&session, "tasks", format!("/tasks/{id}"));
     let task = live.task.clone();
     let static_groups = state
@@ -452,19 +444,18 @@ pub async fn page(
 pub async fn live(
     State(state): State<AppState>,
     session: Session,
-    Path(id): Path<String>,
+    Params(id): Params<i64>,
 ) -> Result<Response, Fail> {
-    render(&live_of(&state, &session, task_id(&id)?).await?)
+    render(&live_of(&state, &session, id).await?)
 }
 
 pub async fn command(
     State(state): State<AppState>,
-    Path((id, command)): Path<(String, String)>,
+    Params((id, command)): Params<(i64, String)>,
     posted: Posted,
 ) -> Result<Response, Fail> {
     let session = &posted.session;
     session.require_act()?;
-    let id = task_id(&id)?;
     let actor = session.actor();
     let command = match command.as_str() {
         "pause" => Command::Pause,
@@ -524,9 +515,8 @@ struct TaskDevicePage {
 pub async fn device(
     State(state): State<AppState>,
     session: Session,
-    Path((id, device_id)): Path<(String, i64)>,
+    Params((id, device_id)): Params<(i64, i64)>,
 ) -> Result<Response, Fail> {
-    let id = task_id(&id)?;
     let frame = Frame::new(
         &session,
         "tasks",

@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use posup_proto::api::{ServerStatus, VersionQuery, VersionRow, VersionStatus};
 
 use super::session::{Posted, Session};
-use super::{Fail, Frame, Tr, When, render};
+use super::{Fail, Frame, Params, Tr, When, render};
 use crate::state::AppState;
 
 const PER_PAGE: u32 = 100;
@@ -141,7 +141,7 @@ struct VersionPage {
 pub async fn page(
     State(state): State<AppState>,
     session: Session,
-    Path(id): Path<i64>,
+    Params(id): Params<i64>,
 ) -> Result<Response, Fail> {
     let frame = Frame::new(&session, "versions", format!("/versions/{id}"));
     let tr: Tr = frame.tr;

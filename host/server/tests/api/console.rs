@@ -204,6 +204,24 @@ async fn console_logins_lock_out_and_every_form_needs_its_token_and_role() {
                 a.text()
             );
         }
+        // An address naming nothing that exists is a page that says so in words,
+        // not a parser's message.
+        for path in [
+            "/groups/abc",
+            "/tasks/x/devices/1",
+            "/versions/1.5",
+            "/notifications/-",
+        ] {
+            let a = e.get_page(path, &admin).await;
+            assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
+            assert!(
+                a.text().contains("There is no such page"),
+                "{path}: {}",
+                a.text()
+            );
+            assert!(!a.text().contains("Cannot parse"), "{path}");
+        }
+
         // Pages allow no inline script, no framing, and are never stored.
         let page = e.get_page("/tasks", &admin).await;
         let csp = page.headers[header::CONTENT_SECURITY_POLICY]
