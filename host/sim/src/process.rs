@@ -127,26 +127,7 @@ pub(crate) fn stand_in_version(file: &Path, what: &str) -> io::Result<String> {
         })
 }
 
-/// Compares dotted versions part by part, numerically where both parts are
-/// numbers (`3.10.0` > `3.9.2`).
-pub(crate) fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    let mut pa = a.split(['.', '-', '_']);
-    let mut pb = b.split(['.', '-', '_']);
-    loop {
-        let ord = match (pa.next(), pb.next()) {
-            (None, None) => return std::cmp::Ordering::Equal,
-            (None, Some(_)) => std::cmp::Ordering::Less,
-            (Some(_), None) => std::cmp::Ordering::Greater,
-            (Some(x), Some(y)) => match (x.parse::<u64>(), y.parse::<u64>()) {
-                (Ok(x), Ok(y)) => x.cmp(&y),
-                _ => x.cmp(y),
-            },
-        };
-        if ord != std::cmp::Ordering::Equal {
-            return ord;
-        }
-    }
-}
+pub(crate) use posup_plugin_sdk::version::compare as compare_versions;
 
 /// The text of the first `<tag>...</tag>` of a small XML file, without a CDATA
 /// wrapper.
@@ -241,11 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn versions_and_xml() {
-        use std::cmp::Ordering::*;
-        assert_eq!(compare_versions("3.10.0", "3.9.2"), Greater);
-        assert_eq!(compare_versions("3.2", "3.2.0"), Less);
-        assert_eq!(compare_versions("2.0.060", "2.0.60"), Equal);
+    fn names_and_xml() {
         let xml = "<a><VERSION><![CDATA[1.8.3900]]></VERSION><B> x </B></a>";
         assert_eq!(xml_value(xml, "VERSION"), Some("1.8.3900"));
         assert_eq!(xml_value(xml, "B"), Some("x"));

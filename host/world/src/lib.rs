@@ -79,3 +79,33 @@ impl Interface {
         format!("@{}", self.version())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Vendors build against the SDK, not this repository, so the SDK carries
+    /// the interface it implements; that copy must be the newest released folder
+    /// to the byte, and the SDK's major.minor must name the same version.
+    #[test]
+    fn the_sdk_carries_the_newest_released_interface() {
+        let released = include_str!("../../../wit/since_v0.1.0/plugin.wit");
+        let carried = include_str!("../../../plugins/sdk/wit/plugin.wit");
+        assert!(
+            carried == released,
+            "plugins/sdk/wit/plugin.wit differs from wit/since_v0.1.0/plugin.wit: copy the released folder's file into the SDK"
+        );
+        let latest = super::MAX_VERSION;
+        assert!(released.contains(&format!("package posup:plugin@{latest};")));
+        let manifest = include_str!("../../../plugins/sdk/Cargo.toml");
+        let sdk_version = manifest
+            .lines()
+            .find_map(|l| l.strip_prefix("version = \""))
+            .and_then(|v| v.strip_suffix('"'))
+            .expect("the SDK's manifest states its own version");
+        assert!(
+            sdk_version.starts_with(&format!("{}.{}.", latest.major, latest.minor)),
+            "the SDK's version {sdk_version} must start with the interface's {}.{}",
+            latest.major,
+            latest.minor
+        );
+    }
+}

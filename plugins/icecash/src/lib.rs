@@ -26,14 +26,15 @@
 
 use std::time::Duration;
 
-use posup_plugin_common::{
-    Watch, exists, file_name, named_log, package_text, remember_log_end, remembered_mark, settle,
-    state_name, stop_text, version_in_name, wait_limit, watch_log,
+use posup_plugin_sdk::config::{named_log, wait_limit};
+use posup_plugin_sdk::files::{exists, file_name, package_text, version_in_name};
+use posup_plugin_sdk::watch::{
+    Watch, remember_log_end, remembered_mark, settle, state_name, watch_log,
 };
 use posup_plugin_sdk::{
-    Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, ModuleVersion, Outcome,
-    PackageInfo, Plugin, PluginInfo, StepContext, Stop, archive, compare_versions, fs, kv, log,
-    logs, progress, prompt, services, step, vars,
+    Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, ModuleVersion, PackageInfo,
+    Plugin, PluginInfo, StepContext, Stop, archive, fs, kv, log, logs, progress, prompt, services,
+    vars,
 };
 
 const DICECASH: &str = "dIceCash";
@@ -137,11 +138,9 @@ impl Plugin for IceCash {
         }
     }
 
-    fn inventory() -> Result<Inventory, String> {
-        let version = installed_version().map_err(stop_text)?;
-        let environment = kv::get(LEVEL_KEY)
-            .map_err(|e| e.message)?
-            .unwrap_or_default();
+    fn inventory() -> Result<Inventory, Stop> {
+        let version = installed_version()?;
+        let environment = kv::get(LEVEL_KEY)?.unwrap_or_default();
         let mut details = vec![("environment-update".to_owned(), environment.clone())];
         if let Some(v) = vars::get("version") {
             details.push(("server-version".into(), v));
@@ -176,20 +175,20 @@ impl Plugin for IceCash {
         })
     }
 
-    fn inspect(package: String) -> Result<PackageInfo, String> {
-        let name = file_name(&package);
+    fn inspect(package: &str) -> Result<PackageInfo, Stop> {
+        let name = file_name(package);
         if let Some(version) = version_in_name(name, PROGRAM_PREFIX, &PROGRAM_SUFFIXES) {
-            let main = package_text(&package, "dIceCash/dIceCash.py", 1024 * 1024)?
+            let main = package_text(package, "dIceCash/dIceCash.py", 1024 * 1024)?
                 .ok_or_else(|| format!("{name}: the package has no dIceCash/dIceCash.py"))?;
             let inside = version_in_source(&main)
                 .ok_or_else(|| format!("{name}: dIceCash/dIceCash.py sets no VERSION"))?;
             if inside != version {
                 return Err(format!(
                     "{name}: its name says version {version} but dIceCash/dIceCash.py says {inside}"
-                ));
+                )
+                .into());
             }
-            let changelog =
-                package_text(&package, "CHANGELOG.txt", 256 * 1024)?.unwrap_or_default();
+            let changelog = package_text(package, "CHANGELOG.txt", 256 * 1024)?.unwrap_or_default();
             return Ok(PackageInfo {
                 version: version.to_owned(),
                 kind: "program".into(),
@@ -202,19 +201,19 @@ impl Plugin for IceCash {
             if level.parse::<u32>().is_err() {
                 return Err(format!(
                     "{name}: environment updates are numbered, e.g. {ENV_PREFIX}001.tar.bz2"
-                ));
+                )
+                .into());
             }
-            let has_install = archive::entries(&package)
-                .map_err(|e| e.message)?
+            let has_install = archive::entries(package)?
                 .iter()
                 .any(|e| e.path.trim_start_matches("./") == "install.sh");
             if !has_install {
                 return Err(format!(
                     "{name}: an environment update must hold install.sh at its top"
-                ));
+                )
+                .into());
             }
-            let changelog =
-                package_text(&package, "CHANGELOG.txt", 256 * 1024)?.unwrap_or_default();
+            let changelog = package_text(package, "CHANGELOG.txt", 256 * 1024)?.unwrap_or_default();
             return Ok(PackageInfo {
                 version: level.to_owned(),
                 kind: "environment".into(),
@@ -226,67 +225,63 @@ impl Plugin for IceCash {
         }
         Err(format!(
             "{name}: IceCash packages are named {PROGRAM_PREFIX}<version>.tgz (program) or {ENV_PREFIX}<nnn>.tar.bz2 (environment)"
-        ))
+        ).into())
     }
 
-    fn precheck(ctx: StepContext) -> Outcome {
-        step(|| {
-            match Kind::of(&ctx) {
-                Kind::Program => precheck_program(&ctx)?,
-                Kind::Environment => precheck_environment(&ctx)?,
-            }
-            posup_plugin_sdk::require_staging_space(&ctx.package)?;
-            Ok(())
-        })
+    fn precheck(ctx: &StepContext) -> Result<(), Stop> {
+        match Kind::of(ctx) {
+            Kind::Program => precheck_program(ctx)?,
+            Kind::Environment => precheck_environment(ctx)?,
+        }
+        posup_plugin_sdk::tree::require_staging_space(&ctx.package)?;
+        Ok(())
     }
 
-    fn stage(ctx: StepContext) -> Outcome {
-        step(|| {
-            let staged = staged_dir(&ctx);
-            let key = ctx.package.clone();
-            if kv::get("staged")?.as_deref() == Some(file_name(&key)) && exists(&staged) {
-                log::info(&format!("{staged} is already prepared"));
-                return Ok(());
-            }
-            fs::remove_tree(&staged)?;
-            std::fs::create_dir(&staged).at(&staged)?;
-            progress::report(10, "unpacking the package");
-            archive::extract(&ctx.package, &staged)?;
-            match Kind::of(&ctx) {
-                Kind::Program => {
-                    let v = program_version(&format!("{staged}/dIceCash/dIceCash.py"))?;
-                    if v != ctx.info.version {
-                        return Err(Stop::failed(format!(
-                            "{staged}/dIceCash/dIceCash.py: the unpacked program is version {v}, not {}",
-                            ctx.info.version
-                        )));
-                    }
-                }
-                Kind::Environment => {
-                    let script = format!("{staged}/install.sh");
-                    if !exists(&script) {
-                        return Err(Stop::failed(format!(
-                            "{script}: the unpacked update has no install.sh"
-                        )));
-                    }
+    fn stage(ctx: &StepContext) -> Result<(), Stop> {
+        let staged = staged_dir(ctx);
+        let key = ctx.package.clone();
+        if kv::get("staged")?.as_deref() == Some(file_name(&key)) && exists(&staged) {
+            log::info(&format!("{staged} is already prepared"));
+            return Ok(());
+        }
+        fs::remove_tree(&staged)?;
+        std::fs::create_dir(&staged).at(&staged)?;
+        progress::report(10, "unpacking the package");
+        archive::extract(&ctx.package, &staged)?;
+        match Kind::of(ctx) {
+            Kind::Program => {
+                let v = program_version(&format!("{staged}/dIceCash/dIceCash.py"))?;
+                if v != ctx.info.version {
+                    return Err(Stop::failed(format!(
+                        "{staged}/dIceCash/dIceCash.py: the unpacked program is version {v}, not {}",
+                        ctx.info.version
+                    )));
                 }
             }
-            kv::set("staged", file_name(&key))?;
-            progress::report(100, "staged");
-            Ok(())
-        })
+            Kind::Environment => {
+                let script = format!("{staged}/install.sh");
+                if !exists(&script) {
+                    return Err(Stop::failed(format!(
+                        "{script}: the unpacked update has no install.sh"
+                    )));
+                }
+            }
+        }
+        kv::set("staged", file_name(&key))?;
+        progress::report(100, "staged");
+        Ok(())
     }
 
-    fn apply(ctx: StepContext) -> Outcome {
-        step(|| match Kind::of(&ctx) {
-            Kind::Program => apply_program(&ctx),
-            Kind::Environment => apply_environment(&ctx),
-        })
+    fn apply(ctx: &StepContext) -> Result<(), Stop> {
+        match Kind::of(ctx) {
+            Kind::Program => apply_program(ctx),
+            Kind::Environment => apply_environment(ctx),
+        }
     }
 
-    fn verify(ctx: StepContext) -> Outcome {
-        step(|| match Kind::of(&ctx) {
-            Kind::Program => verify_program(&ctx),
+    fn verify(ctx: &StepContext) -> Result<(), Stop> {
+        match Kind::of(ctx) {
+            Kind::Program => verify_program(ctx),
             Kind::Environment => {
                 if kv::get("applied")?.as_deref() != Some(ctx.info.version.as_str()) {
                     return Err(Stop::failed(format!(
@@ -296,43 +291,39 @@ impl Plugin for IceCash {
                 }
                 Ok(())
             }
-        })
+        }
     }
 
-    fn commit(ctx: StepContext) -> Outcome {
-        step(|| {
-            if Kind::of(&ctx) == Kind::Environment {
-                kv::set(LEVEL_KEY, &ctx.info.version)?;
-            }
-            // The dIceCash_ of an earlier upgrade is superseded by the one this
-            // upgrade made; the program IceCash returns to is the one just replaced.
-            fs::remove_tree(BACKUP_PREVIOUS)?;
-            fs::remove_tree(&staged_dir(&ctx))?;
-            for key in KV_KEYS {
-                kv::delete(key)?;
-            }
-            Ok(())
-        })
+    fn commit(ctx: &StepContext) -> Result<(), Stop> {
+        if Kind::of(ctx) == Kind::Environment {
+            kv::set(LEVEL_KEY, &ctx.info.version)?;
+        }
+        // The dIceCash_ of an earlier upgrade is superseded by the one this
+        // upgrade made; the program IceCash returns to is the one just replaced.
+        fs::remove_tree(BACKUP_PREVIOUS)?;
+        fs::remove_tree(&staged_dir(ctx))?;
+        for key in KV_KEYS {
+            kv::delete(key)?;
+        }
+        Ok(())
     }
 
-    fn rollback(ctx: StepContext) -> Outcome {
-        step(|| {
-            // An environment update changes nothing posup could restore: its
-            // level is recorded only at commit.
-            let start = match Kind::of(&ctx) {
-                Kind::Program => rollback_program(&ctx)?,
-                Kind::Environment => false,
-            };
-            fs::remove_tree(&staged_dir(&ctx))?;
-            for key in KV_KEYS {
-                kv::delete(key)?;
-            }
-            if start {
-                services::start(DTPRINT)?;
-                services::start(DICECASH)?;
-            }
-            Ok(())
-        })
+    fn rollback(ctx: &StepContext) -> Result<(), Stop> {
+        // An environment update changes nothing posup could restore: its
+        // level is recorded only at commit.
+        let start = match Kind::of(ctx) {
+            Kind::Program => rollback_program(ctx)?,
+            Kind::Environment => false,
+        };
+        fs::remove_tree(&staged_dir(ctx))?;
+        for key in KV_KEYS {
+            kv::delete(key)?;
+        }
+        if start {
+            services::start(DTPRINT)?;
+            services::start(DICECASH)?;
+        }
+        Ok(())
     }
 }
 
@@ -454,7 +445,7 @@ fn precheck_environment(ctx: &StepContext) -> Result<(), Stop> {
         )));
     }
     let done = kv::get(LEVEL_KEY)?.unwrap_or_default();
-    if !done.is_empty() && compare_versions(&done, level).is_ge() {
+    if !done.is_empty() && posup_plugin_sdk::version::compare(&done, level).is_ge() {
         return Err(Stop::failed(format!(
             "posup already ran environment update {done} on this register; nothing to run"
         )));

@@ -25,13 +25,14 @@
 
 use std::time::Duration;
 
-use posup_plugin_common::{
-    Watch, exists, file_name, log_line, log_or, log_present, package_text, remember_log_end,
-    remembered_mark, settle, stop_text, version_in_name, wait_limit, watch_log, xml_value,
+use posup_plugin_sdk::config::{log_line, log_or, wait_limit};
+use posup_plugin_sdk::files::{exists, file_name, package_text, version_in_name, xml_value};
+use posup_plugin_sdk::watch::{
+    Watch, log_present, remember_log_end, remembered_mark, settle, watch_log,
 };
 use posup_plugin_sdk::{
-    Capabilities, Dir, DirRequest, Inventory, IoContext, ModuleVersion, Outcome, PackageInfo,
-    Plugin, PluginInfo, StepContext, Stop, archive, fs, kv, log, logs, progress, services, step,
+    Capabilities, Dir, DirRequest, Inventory, IoContext, ModuleVersion, PackageInfo, Plugin,
+    PluginInfo, StepContext, Stop, archive, fs, kv, log, logs, progress, services,
 };
 
 const SERVICE: &str = "BackOffice";
@@ -94,8 +95,8 @@ impl Plugin for BackOffice {
         }
     }
 
-    fn inventory() -> Result<Inventory, String> {
-        let version = installed_version().map_err(stop_text)?;
+    fn inventory() -> Result<Inventory, Stop> {
+        let version = installed_version()?;
         let session = last_session();
         let ready =
             session.plugin_version.as_deref() == Some(version.as_str()) && session.logged_in;
@@ -134,21 +135,22 @@ impl Plugin for BackOffice {
         })
     }
 
-    fn inspect(package: String) -> Result<PackageInfo, String> {
-        let name = file_name(&package);
+    fn inspect(package: &str) -> Result<PackageInfo, Stop> {
+        let name = file_name(package);
         let version = version_in_name(name, PACKAGE_PREFIX, &[".zip"]).ok_or_else(|| {
             format!("{name}: BackOffice plugin packages are named {PACKAGE_PREFIX}<version>.zip, e.g. {PACKAGE_PREFIX}3.2.0.zip")
         })?;
-        let manifest = package_text(&package, &format!("{PLUGIN}/Manifest.xml"), 64 * 1024)?
+        let manifest = package_text(package, &format!("{PLUGIN}/Manifest.xml"), 64 * 1024)?
             .ok_or_else(|| format!("{name}: the package has no {PLUGIN}/Manifest.xml"))?;
         let inside = xml_value(&manifest, "Version")
             .ok_or_else(|| format!("{name}: {PLUGIN}/Manifest.xml has no <Version>"))?;
         if inside != version {
             return Err(format!(
                 "{name}: its name says version {version} but {PLUGIN}/Manifest.xml says {inside}"
-            ));
+            )
+            .into());
         }
-        let changelog = package_text(&package, "CHANGELOG.txt", 256 * 1024)?.unwrap_or_default();
+        let changelog = package_text(package, "CHANGELOG.txt", 256 * 1024)?.unwrap_or_default();
         Ok(PackageInfo {
             version: version.to_owned(),
             kind: "plugin".into(),
@@ -158,217 +160,203 @@ impl Plugin for BackOffice {
         })
     }
 
-    fn precheck(ctx: StepContext) -> Outcome {
-        step(|| {
+    fn precheck(ctx: &StepContext) -> Result<(), Stop> {
+        let installed = installed_version()?;
+        if installed == ctx.info.version {
+            return Err(Stop::failed(format!(
+                "the BackOffice plugin {installed} is already installed; nothing to update"
+            )));
+        }
+        let menu = std::fs::read_to_string(MENU).map_err(|e| {
+            Stop::failed(format!(
+                "{MENU}: the client's kiosk menu cannot be read ({e}); restore it before updating the plugin"
+            ))
+        })?;
+        let menu = Menu::of(&menu);
+        if menu.kiosks == 0 {
+            return Err(Stop::failed(format!(
+                "{MENU} configures no kiosk ({menu}); check the client's menu before updating the plugin"
+            )));
+        }
+        posup_plugin_sdk::tree::require_staging_space(&ctx.package)?;
+        Ok(())
+    }
+
+    fn stage(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        let staged = staged_dir(version);
+        if kv::get("staged")?.as_deref() == Some(version.as_str()) && exists(&staged) {
+            log::info(&format!("{staged} is already prepared"));
+            return Ok(());
+        }
+        fs::remove_tree(&staged)?;
+        std::fs::create_dir(&staged).at(&staged)?;
+        progress::report(10, "unpacking the package");
+        archive::extract(&ctx.package, &staged)?;
+        let manifest = format!("{staged}/{PLUGIN}/Manifest.xml");
+        let text = std::fs::read_to_string(&manifest).at(&manifest)?;
+        if xml_value(&text, "Version") != Some(version.as_str()) {
+            return Err(Stop::failed(format!(
+                "{manifest}: the unpacked plugin is not version {version}"
+            )));
+        }
+        kv::set("staged", version)?;
+        progress::report(100, "staged");
+        Ok(())
+    }
+
+    fn apply(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        let staged = staged_dir(version);
+        let staged_plugin = format!("{staged}/{PLUGIN}");
+        if kv::get("applied")?.as_deref() != Some(version.as_str()) {
+            if kv::get("staged")?.as_deref() != Some(version.as_str()) || !exists(&staged_plugin) {
+                return Err(Stop::failed(format!(
+                    "{staged} is not prepared: run the stage step (a Download task) first"
+                )));
+            }
             let installed = installed_version()?;
-            if installed == ctx.info.version {
-                return Err(Stop::failed(format!(
-                    "the BackOffice plugin {installed} is already installed; nothing to update"
-                )));
+            if kv::get("was-running")?.is_none() {
+                let running = services::status(SERVICE)? == services::State::Running;
+                kv::set("was-running", if running { "yes" } else { "no" })?;
             }
-            let menu = std::fs::read_to_string(MENU).map_err(|e| {
-                Stop::failed(format!(
-                    "{MENU}: the client's kiosk menu cannot be read ({e}); restore it before updating the plugin"
-                ))
-            })?;
-            let menu = Menu::of(&menu);
-            if menu.kiosks == 0 {
-                return Err(Stop::failed(format!(
-                    "{MENU} configures no kiosk ({menu}); check the client's menu before updating the plugin"
-                )));
-            }
-            posup_plugin_sdk::require_staging_space(&ctx.package)?;
-            Ok(())
-        })
-    }
-
-    fn stage(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            let staged = staged_dir(version);
-            if kv::get("staged")?.as_deref() == Some(version.as_str()) && exists(&staged) {
-                log::info(&format!("{staged} is already prepared"));
-                return Ok(());
-            }
-            fs::remove_tree(&staged)?;
-            std::fs::create_dir(&staged).at(&staged)?;
-            progress::report(10, "unpacking the package");
-            archive::extract(&ctx.package, &staged)?;
-            let manifest = format!("{staged}/{PLUGIN}/Manifest.xml");
-            let text = std::fs::read_to_string(&manifest).at(&manifest)?;
-            if xml_value(&text, "Version") != Some(version.as_str()) {
-                return Err(Stop::failed(format!(
-                    "{manifest}: the unpacked plugin is not version {version}"
-                )));
-            }
-            kv::set("staged", version)?;
-            progress::report(100, "staged");
-            Ok(())
-        })
-    }
-
-    fn apply(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            let staged = staged_dir(version);
-            let staged_plugin = format!("{staged}/{PLUGIN}");
-            if kv::get("applied")?.as_deref() != Some(version.as_str()) {
-                if kv::get("staged")?.as_deref() != Some(version.as_str())
-                    || !exists(&staged_plugin)
-                {
-                    return Err(Stop::failed(format!(
-                        "{staged} is not prepared: run the stage step (a Download task) first"
-                    )));
-                }
-                let installed = installed_version()?;
-                if kv::get("was-running")?.is_none() {
-                    let running = services::status(SERVICE)? == services::State::Running;
-                    kv::set("was-running", if running { "yes" } else { "no" })?;
-                }
-                progress::report(5, "stopping BackOffice");
-                services::stop(SERVICE)?;
-                let save = save_menu(&installed, version)?;
-                if kv::get("backup")?.as_deref() != Some(installed.as_str()) || !exists(BACKUP) {
-                    progress::report(20, "backing up the plugin");
-                    fs::remove_tree(BACKUP)?;
-                    fs::copy_tree(PLUGIN_DIR, BACKUP)?;
-                    kv::set("backup", &installed)?;
-                }
-                progress::report(60, "carrying the client's menu over");
-                let menu = std::fs::read(&save).at(&save)?;
-                let target = format!("{staged_plugin}/{MENU_IN_PLUGIN}");
-                let config_dir = format!("{staged_plugin}/Config");
-                std::fs::create_dir_all(&config_dir).at(&config_dir)?;
-                std::fs::write(&target, &menu).at(&target)?;
-                progress::report(80, "installing");
-                fs::exchange(PLUGIN_DIR, &staged_plugin)?;
-                kv::set("applied", version)?;
-            }
-            remember_log_end("start-mark", &log()?)?;
-            progress::report(90, "starting BackOffice");
-            services::start(SERVICE)?;
-            Ok(())
-        })
-    }
-
-    fn verify(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = ctx.info.version.clone();
-            let installed = installed_version()?;
-            if installed != version {
-                return Err(Stop::failed(format!(
-                    "{PLUGIN_DIR}/Manifest.xml says {installed}, expected {version}"
-                )));
-            }
-            let log = log()?;
-            if !log_present(&log) {
-                // Nothing tells whether BackOffice logged in to RMS: the plugin
-                // started well if BackOffice keeps running, and it never reports
-                // `ready`, so the site's iikoFront waits rather than fail.
-                settle(&[SERVICE], "iiko-settle-secs", SETTLE)?;
-                check_menu()?;
-                log::warn(&format!(
-                    "{log} cannot be read: BackOffice runs, but its RMS login cannot be confirmed, so the site's \
-                     iikoFront waits; name BackOffice's log in the server variable `iiko-backoffice-log`"
-                ));
-                return Ok(());
-            }
-            let limit = wait_limit("iiko-verify-timeout", VERIFY_TIMEOUT);
-            let started_line = log_line(STARTED_LINE.0, STARTED_LINE.1, PLUGIN);
-            let started_pattern = started_line
-                .split("{version}")
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let started_line = started_line.replace("{version}", &version);
-            let rms_login = log_line(RMS_LOGIN_LINE.0, RMS_LOGIN_LINE.1, PLUGIN);
-            let mut started = false;
-            let mut last_rms = String::from("no RMS connection attempt yet");
-            watch_log(
-                &log,
-                remembered_mark("start-mark")?,
-                &[
-                    " ERROR ",
-                    started_pattern.as_str(),
-                    "[RmsConnection]",
-                    rms_login.as_str(),
-                ],
-                SERVICE,
-                limit,
-                "the login to RMS",
-                |pattern, line| {
-                    if pattern == 0 {
-                        return Watch::Fail(format!("BackOffice logged an error after the update: {line}"));
-                    }
-                    if pattern == 1 && line.contains(&started_line) {
-                        started = true;
-                    } else if line.contains(&rms_login) {
-                        if !started {
-                            return Watch::Fail(format!(
-                                "BackOffice logged in to RMS without starting {PLUGIN} {version}: {line}"
-                            ));
-                        }
-                        return Watch::Done;
-                    } else if pattern == 2 {
-                        last_rms = line.to_owned();
-                        log::info(&format!("waiting for the RMS login: {line}"));
-                    }
-                    Watch::Wait
-                },
-            )
-            .map_err(|e| match e {
-                Stop::Failed(reason) if reason.contains("did not appear") => {
-                    Stop::failed(format!("{reason}; last RMS message: {last_rms}"))
-                }
-                other => other,
-            })?;
-            check_menu()?;
-            log::info(&format!(
-                "BackOffice runs {PLUGIN} {version} and is logged in to RMS"
-            ));
-            Ok(())
-        })
-    }
-
-    fn commit(ctx: StepContext) -> Outcome {
-        step(|| {
-            fs::remove_tree(BACKUP)?;
-            // After the exchange the staged folder holds the previous plugin.
-            fs::remove_tree(&staged_dir(&ctx.info.version))?;
-            for key in KV_KEYS {
-                kv::delete(key)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn rollback(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
+            progress::report(5, "stopping BackOffice");
             services::stop(SERVICE)?;
-            if exists(BACKUP) {
-                let backup_version = manifest_version(&format!("{BACKUP}/Manifest.xml"))?;
-                let installed = installed_version().unwrap_or_default();
-                // A rollback run again after its own exchange finds the backup's
-                // version installed and does not swap back.
-                if installed == *version && backup_version != *version {
-                    fs::exchange(PLUGIN_DIR, BACKUP)?;
-                }
+            let save = save_menu(&installed, version)?;
+            if kv::get("backup")?.as_deref() != Some(installed.as_str()) || !exists(BACKUP) {
+                progress::report(20, "backing up the plugin");
                 fs::remove_tree(BACKUP)?;
+                fs::copy_tree(PLUGIN_DIR, BACKUP)?;
+                kv::set("backup", &installed)?;
             }
-            fs::remove_tree(&staged_dir(version))?;
-            if let Some(save) = kv::get("menu-save")? {
-                fs::remove_tree(&save)?;
+            progress::report(60, "carrying the client's menu over");
+            let menu = std::fs::read(&save).at(&save)?;
+            let target = format!("{staged_plugin}/{MENU_IN_PLUGIN}");
+            let config_dir = format!("{staged_plugin}/Config");
+            std::fs::create_dir_all(&config_dir).at(&config_dir)?;
+            std::fs::write(&target, &menu).at(&target)?;
+            progress::report(80, "installing");
+            fs::exchange(PLUGIN_DIR, &staged_plugin)?;
+            kv::set("applied", version)?;
+        }
+        remember_log_end("start-mark", &log()?)?;
+        progress::report(90, "starting BackOffice");
+        services::start(SERVICE)?;
+        Ok(())
+    }
+
+    fn verify(ctx: &StepContext) -> Result<(), Stop> {
+        let version = ctx.info.version.clone();
+        let installed = installed_version()?;
+        if installed != version {
+            return Err(Stop::failed(format!(
+                "{PLUGIN_DIR}/Manifest.xml says {installed}, expected {version}"
+            )));
+        }
+        let log = log()?;
+        if !log_present(&log) {
+            // Nothing tells whether BackOffice logged in to RMS: the plugin
+            // started well if BackOffice keeps running, and it never reports
+            // `ready`, so the site's iikoFront waits rather than fail.
+            settle(&[SERVICE], "iiko-settle-secs", SETTLE)?;
+            check_menu()?;
+            log::warn(&format!(
+                "{log} cannot be read: BackOffice runs, but its RMS login cannot be confirmed, so the site's \
+                 iikoFront waits; name BackOffice's log in the server variable `iiko-backoffice-log`"
+            ));
+            return Ok(());
+        }
+        let limit = wait_limit("iiko-verify-timeout", VERIFY_TIMEOUT);
+        let started_line = log_line(STARTED_LINE.0, STARTED_LINE.1, PLUGIN);
+        let started_pattern = started_line
+            .split("{version}")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let started_line = started_line.replace("{version}", &version);
+        let rms_login = log_line(RMS_LOGIN_LINE.0, RMS_LOGIN_LINE.1, PLUGIN);
+        let mut started = false;
+        let mut last_rms = String::from("no RMS connection attempt yet");
+        watch_log(
+            &log,
+            remembered_mark("start-mark")?,
+            &[
+                " ERROR ",
+                started_pattern.as_str(),
+                "[RmsConnection]",
+                rms_login.as_str(),
+            ],
+            SERVICE,
+            limit,
+            "the login to RMS",
+            |pattern, line| {
+                if pattern == 0 {
+                    return Watch::Fail(format!("BackOffice logged an error after the update: {line}"));
+                }
+                if pattern == 1 && line.contains(&started_line) {
+                    started = true;
+                } else if line.contains(&rms_login) {
+                    if !started {
+                        return Watch::Fail(format!(
+                            "BackOffice logged in to RMS without starting {PLUGIN} {version}: {line}"
+                        ));
+                    }
+                    return Watch::Done;
+                } else if pattern == 2 {
+                    last_rms = line.to_owned();
+                    log::info(&format!("waiting for the RMS login: {line}"));
+                }
+                Watch::Wait
+            },
+        )
+        .map_err(|e| match e {
+            Stop::Failed(reason) if reason.contains("did not appear") => {
+                Stop::failed(format!("{reason}; last RMS message: {last_rms}"))
             }
-            let start = kv::get("was-running")?.as_deref() != Some("no");
-            for key in KV_KEYS {
-                kv::delete(key)?;
+            other => other,
+        })?;
+        check_menu()?;
+        log::info(&format!(
+            "BackOffice runs {PLUGIN} {version} and is logged in to RMS"
+        ));
+        Ok(())
+    }
+
+    fn commit(ctx: &StepContext) -> Result<(), Stop> {
+        fs::remove_tree(BACKUP)?;
+        // After the exchange the staged folder holds the previous plugin.
+        fs::remove_tree(&staged_dir(&ctx.info.version))?;
+        for key in KV_KEYS {
+            kv::delete(key)?;
+        }
+        Ok(())
+    }
+
+    fn rollback(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        services::stop(SERVICE)?;
+        if exists(BACKUP) {
+            let backup_version = manifest_version(&format!("{BACKUP}/Manifest.xml"))?;
+            let installed = installed_version().unwrap_or_default();
+            // A rollback run again after its own exchange finds the backup's
+            // version installed and does not swap back.
+            if installed == *version && backup_version != *version {
+                fs::exchange(PLUGIN_DIR, BACKUP)?;
             }
-            if start {
-                services::start(SERVICE)?;
-            }
-            Ok(())
-        })
+            fs::remove_tree(BACKUP)?;
+        }
+        fs::remove_tree(&staged_dir(version))?;
+        if let Some(save) = kv::get("menu-save")? {
+            fs::remove_tree(&save)?;
+        }
+        let start = kv::get("was-running")?.as_deref() != Some("no");
+        for key in KV_KEYS {
+            kv::delete(key)?;
+        }
+        if start {
+            services::start(SERVICE)?;
+        }
+        Ok(())
     }
 }
 

@@ -29,14 +29,14 @@
 
 use std::time::Duration;
 
-use posup_plugin_common::{
-    Watch, exists, file_name, log_line, log_or, log_present, package_text, remember_log_end,
-    remembered_mark, settle, stop_text, version_in_name, wait_limit, watch_log, xml_value,
+use posup_plugin_sdk::config::{log_line, log_or, wait_limit};
+use posup_plugin_sdk::files::{exists, file_name, package_text, version_in_name, xml_value};
+use posup_plugin_sdk::watch::{
+    Watch, log_present, remember_log_end, remembered_mark, settle, watch_log,
 };
 use posup_plugin_sdk::{
-    Capabilities, Dir, DirRequest, Inventory, IoContext, ModuleVersion, Outcome, PackageInfo,
-    Plugin, PluginInfo, StepContext, Stop, archive, compare_versions, fs, kv, log, progress,
-    services, step, vars,
+    Capabilities, Dir, DirRequest, Inventory, IoContext, ModuleVersion, PackageInfo, Plugin,
+    PluginInfo, StepContext, Stop, archive, fs, kv, log, progress, services, vars,
 };
 
 const SERVICE: &str = "iikoFront";
@@ -97,9 +97,9 @@ impl Plugin for Front {
         }
     }
 
-    fn inventory() -> Result<Inventory, String> {
-        let manifest = installed_manifest().map_err(stop_text)?;
-        let version = field(&manifest, "Version").map_err(stop_text)?;
+    fn inventory() -> Result<Inventory, Stop> {
+        let manifest = installed_manifest()?;
+        let version = field(&manifest, "Version")?;
         let mut details = Vec::new();
         if let Some(needs) = xml_value(&manifest, "RequiredBackOfficeVersion") {
             details.push(("requires-backoffice".to_owned(), needs.to_owned()));
@@ -129,23 +129,24 @@ impl Plugin for Front {
         })
     }
 
-    fn inspect(package: String) -> Result<PackageInfo, String> {
-        let name = file_name(&package);
+    fn inspect(package: &str) -> Result<PackageInfo, Stop> {
+        let name = file_name(package);
         let version = version_in_name(name, PACKAGE_PREFIX, &[".zip"]).ok_or_else(|| {
             format!("{name}: iikoFront plugin packages are named {PACKAGE_PREFIX}<version>.zip, e.g. {PACKAGE_PREFIX}2.4.0.zip")
         })?;
-        let manifest = package_manifest(&package)?;
+        let manifest = package_manifest(package)?;
         let inside = xml_value(&manifest, "Version")
             .ok_or_else(|| format!("{name}: {PLUGIN}/Manifest.xml has no <Version>"))?;
         if inside != version {
             return Err(format!(
                 "{name}: its name says version {version} but {PLUGIN}/Manifest.xml says {inside}"
-            ));
+            )
+            .into());
         }
         let needs = xml_value(&manifest, "RequiredBackOfficeVersion").ok_or_else(|| {
             format!("{name}: {PLUGIN}/Manifest.xml has no <RequiredBackOfficeVersion>")
         })?;
-        let changelog = package_text(&package, "CHANGELOG.txt", 256 * 1024)?.unwrap_or_default();
+        let changelog = package_text(package, "CHANGELOG.txt", 256 * 1024)?.unwrap_or_default();
         Ok(PackageInfo {
             version: version.to_owned(),
             kind: "plugin".into(),
@@ -157,208 +158,193 @@ impl Plugin for Front {
         })
     }
 
-    fn precheck(ctx: StepContext) -> Outcome {
-        step(|| {
+    fn precheck(ctx: &StepContext) -> Result<(), Stop> {
+        let installed = field(&installed_manifest()?, "Version")?;
+        if installed == ctx.info.version {
+            return Err(Stop::failed(format!(
+                "the iikoFront plugin {installed} is already installed; nothing to update"
+            )));
+        }
+        let manifest = package_manifest(&ctx.package)?;
+        let needs = field(&manifest, "RequiredBackOfficeVersion")?;
+        backoffice_ready(&needs)?;
+        if !std::fs::metadata(DESKTOP).is_ok_and(|m| m.is_dir()) {
+            return Err(Stop::failed(format!(
+                "no desktop folder at {DESKTOP}: the old plugin must be copied to the desktop's `old` folder before the update"
+            )));
+        }
+        posup_plugin_sdk::tree::require_staging_space(&ctx.package)?;
+        Ok(())
+    }
+
+    fn stage(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        let staged = staged_dir(version);
+        if kv::get("staged")?.as_deref() == Some(version.as_str()) && exists(&staged) {
+            log::info(&format!("{staged} is already prepared"));
+            return Ok(());
+        }
+        fs::remove_tree(&staged)?;
+        std::fs::create_dir(&staged).at(&staged)?;
+        progress::report(10, "unpacking the package");
+        archive::extract(&ctx.package, &staged)?;
+        let manifest = format!("{staged}/{PLUGIN}/Manifest.xml");
+        let text = std::fs::read_to_string(&manifest).at(&manifest)?;
+        if xml_value(&text, "Version") != Some(version.as_str()) {
+            return Err(Stop::failed(format!(
+                "{manifest}: the unpacked plugin is not version {version}"
+            )));
+        }
+        kv::set("staged", version)?;
+        progress::report(100, "staged");
+        Ok(())
+    }
+
+    fn apply(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        let staged_plugin = format!("{}/{PLUGIN}", staged_dir(version));
+        if kv::get("applied")?.as_deref() != Some(version.as_str()) {
+            if kv::get("staged")?.as_deref() != Some(version.as_str()) || !exists(&staged_plugin) {
+                return Err(Stop::failed(format!(
+                    "{} is not prepared: run the stage step (a Download task) first",
+                    staged_dir(version)
+                )));
+            }
+            // The order rule is checked again at the last moment: the
+            // variables are those of this step.
+            backoffice_ready(&field(
+                &std::fs::read_to_string(format!("{staged_plugin}/Manifest.xml"))
+                    .at(&staged_plugin)?,
+                "RequiredBackOfficeVersion",
+            )?)?;
             let installed = field(&installed_manifest()?, "Version")?;
-            if installed == ctx.info.version {
-                return Err(Stop::failed(format!(
-                    "the iikoFront plugin {installed} is already installed; nothing to update"
-                )));
+            if kv::get("was-running")?.is_none() {
+                let running = services::status(SERVICE)? == services::State::Running;
+                kv::set("was-running", if running { "yes" } else { "no" })?;
             }
-            let manifest = package_manifest(&ctx.package)?;
-            let needs = field(&manifest, "RequiredBackOfficeVersion")?;
-            backoffice_ready(&needs)?;
-            if !std::fs::metadata(DESKTOP).is_ok_and(|m| m.is_dir()) {
-                return Err(Stop::failed(format!(
-                    "no desktop folder at {DESKTOP}: the old plugin must be copied to the desktop's `old` folder before the update"
-                )));
-            }
-            posup_plugin_sdk::require_staging_space(&ctx.package)?;
-            Ok(())
-        })
-    }
-
-    fn stage(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            let staged = staged_dir(version);
-            if kv::get("staged")?.as_deref() == Some(version.as_str()) && exists(&staged) {
-                log::info(&format!("{staged} is already prepared"));
-                return Ok(());
-            }
-            fs::remove_tree(&staged)?;
-            std::fs::create_dir(&staged).at(&staged)?;
-            progress::report(10, "unpacking the package");
-            archive::extract(&ctx.package, &staged)?;
-            let manifest = format!("{staged}/{PLUGIN}/Manifest.xml");
-            let text = std::fs::read_to_string(&manifest).at(&manifest)?;
-            if xml_value(&text, "Version") != Some(version.as_str()) {
-                return Err(Stop::failed(format!(
-                    "{manifest}: the unpacked plugin is not version {version}"
-                )));
-            }
-            kv::set("staged", version)?;
-            progress::report(100, "staged");
-            Ok(())
-        })
-    }
-
-    fn apply(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            let staged_plugin = format!("{}/{PLUGIN}", staged_dir(version));
-            if kv::get("applied")?.as_deref() != Some(version.as_str()) {
-                if kv::get("staged")?.as_deref() != Some(version.as_str())
-                    || !exists(&staged_plugin)
-                {
-                    return Err(Stop::failed(format!(
-                        "{} is not prepared: run the stage step (a Download task) first",
-                        staged_dir(version)
-                    )));
-                }
-                // The order rule is checked again at the last moment: the
-                // variables are those of this step.
-                backoffice_ready(&field(
-                    &std::fs::read_to_string(format!("{staged_plugin}/Manifest.xml"))
-                        .at(&staged_plugin)?,
-                    "RequiredBackOfficeVersion",
-                )?)?;
-                let installed = field(&installed_manifest()?, "Version")?;
-                if kv::get("was-running")?.is_none() {
-                    let running = services::status(SERVICE)? == services::State::Running;
-                    kv::set("was-running", if running { "yes" } else { "no" })?;
-                }
-                progress::report(5, "stopping iikoFront");
-                services::stop(SERVICE)?;
-                if kv::get("backup")?.as_deref() != Some(installed.as_str()) || !exists(BACKUP) {
-                    progress::report(20, "backing up the plugin");
-                    fs::remove_tree(BACKUP)?;
-                    fs::copy_tree(PLUGIN_DIR, BACKUP)?;
-                    kv::set("backup", &installed)?;
-                }
-                progress::report(40, "copying the old plugin to the desktop");
-                copy_to_desktop(&installed)?;
-                progress::report(80, "installing");
-                fs::exchange(PLUGIN_DIR, &staged_plugin)?;
-                kv::set("applied", version)?;
-            }
-            remember_log_end("start-mark", &log()?)?;
-            progress::report(90, "starting iikoFront");
-            services::start(SERVICE)?;
-            Ok(())
-        })
-    }
-
-    fn verify(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = ctx.info.version.clone();
-            let installed = field(&installed_manifest()?, "Version")?;
-            if installed != version {
-                return Err(Stop::failed(format!(
-                    "{PLUGIN_DIR}/Manifest.xml says {installed}, expected {version}"
-                )));
-            }
-            let log = log()?;
-            if !log_present(&log) {
-                settle(&[SERVICE], "iiko-settle-secs", SETTLE)?;
-                log::warn(&format!(
-                    "{log} cannot be read: iikoFront keeps running, which is all that tells the plugin started; \
-                     name iikoFront's log in the server variable `iiko-front-log`"
-                ));
-                return Ok(());
-            }
-            let limit = wait_limit("iiko-verify-timeout", VERIFY_TIMEOUT);
-            let started_line = log_line(STARTED_LINE.0, STARTED_LINE.1, PLUGIN);
-            // A plugin's own line, whatever it says (started, crashed, failed).
-            let plugin_pattern = started_line
-                .split("{version}")
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let started_line = started_line.replace("{version}", &version);
-            let ready = log_line(READY_LINE.0, READY_LINE.1, PLUGIN);
-            let mut started = false;
-            watch_log(
-                &log,
-                remembered_mark("start-mark")?,
-                &[
-                    " ERROR ",
-                    "[PluginHost] Plugin ",
-                    ready.as_str(),
-                    plugin_pattern.as_str(),
-                ],
-                SERVICE,
-                limit,
-                &format!("`{ready}`"),
-                |pattern, line| match pattern {
-                    0 => Watch::Fail(format!(
-                        "iikoFront logged an error after the update: {line}"
-                    )),
-                    1 | 3 if line.contains(&started_line) => {
-                        started = true;
-                        Watch::Wait
-                    }
-                    1 | 3 if line.contains(PLUGIN) => {
-                        Watch::Fail(format!("the plugin failed on start: {line}"))
-                    }
-                    2 if started => Watch::Done,
-                    2 => Watch::Fail(format!(
-                        "iikoFront started without the plugin {PLUGIN} {version}: {line}"
-                    )),
-                    _ => Watch::Wait,
-                },
-            )?;
-            log::info(&format!("iikoFront runs {PLUGIN} {version} without errors"));
-            Ok(())
-        })
-    }
-
-    fn commit(ctx: StepContext) -> Outcome {
-        step(|| {
-            fs::remove_tree(BACKUP)?;
-            // After the exchange the staged folder holds the previous plugin; its
-            // copy on the desktop stays, as the field procedure wants.
-            fs::remove_tree(&staged_dir(&ctx.info.version))?;
-            for key in KV_KEYS {
-                kv::delete(key)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn rollback(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
+            progress::report(5, "stopping iikoFront");
             services::stop(SERVICE)?;
-            if exists(BACKUP) {
-                let backup =
-                    std::fs::read_to_string(format!("{BACKUP}/Manifest.xml")).at(BACKUP)?;
-                let backup_version = field(&backup, "Version")?;
-                let installed = installed_manifest()
-                    .and_then(|m| field(&m, "Version"))
-                    .unwrap_or_default();
-                if installed == *version && backup_version != *version {
-                    fs::exchange(PLUGIN_DIR, BACKUP)?;
-                }
+            if kv::get("backup")?.as_deref() != Some(installed.as_str()) || !exists(BACKUP) {
+                progress::report(20, "backing up the plugin");
                 fs::remove_tree(BACKUP)?;
+                fs::copy_tree(PLUGIN_DIR, BACKUP)?;
+                kv::set("backup", &installed)?;
             }
-            fs::remove_tree(&staged_dir(version))?;
-            // What the update put on the desktop goes too: the desktop is as before.
-            if let Some(copy) = kv::get("old-copy")? {
-                fs::remove_tree(&copy)?;
+            progress::report(40, "copying the old plugin to the desktop");
+            copy_to_desktop(&installed)?;
+            progress::report(80, "installing");
+            fs::exchange(PLUGIN_DIR, &staged_plugin)?;
+            kv::set("applied", version)?;
+        }
+        remember_log_end("start-mark", &log()?)?;
+        progress::report(90, "starting iikoFront");
+        services::start(SERVICE)?;
+        Ok(())
+    }
+
+    fn verify(ctx: &StepContext) -> Result<(), Stop> {
+        let version = ctx.info.version.clone();
+        let installed = field(&installed_manifest()?, "Version")?;
+        if installed != version {
+            return Err(Stop::failed(format!(
+                "{PLUGIN_DIR}/Manifest.xml says {installed}, expected {version}"
+            )));
+        }
+        let log = log()?;
+        if !log_present(&log) {
+            settle(&[SERVICE], "iiko-settle-secs", SETTLE)?;
+            log::warn(&format!(
+                "{log} cannot be read: iikoFront keeps running, which is all that tells the plugin started; \
+                 name iikoFront's log in the server variable `iiko-front-log`"
+            ));
+            return Ok(());
+        }
+        let limit = wait_limit("iiko-verify-timeout", VERIFY_TIMEOUT);
+        let started_line = log_line(STARTED_LINE.0, STARTED_LINE.1, PLUGIN);
+        // A plugin's own line, whatever it says (started, crashed, failed).
+        let plugin_pattern = started_line
+            .split("{version}")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let started_line = started_line.replace("{version}", &version);
+        let ready = log_line(READY_LINE.0, READY_LINE.1, PLUGIN);
+        let mut started = false;
+        watch_log(
+            &log,
+            remembered_mark("start-mark")?,
+            &[
+                " ERROR ",
+                "[PluginHost] Plugin ",
+                ready.as_str(),
+                plugin_pattern.as_str(),
+            ],
+            SERVICE,
+            limit,
+            &format!("`{ready}`"),
+            |pattern, line| match pattern {
+                0 => Watch::Fail(format!(
+                    "iikoFront logged an error after the update: {line}"
+                )),
+                1 | 3 if line.contains(&started_line) => {
+                    started = true;
+                    Watch::Wait
+                }
+                1 | 3 if line.contains(PLUGIN) => {
+                    Watch::Fail(format!("the plugin failed on start: {line}"))
+                }
+                2 if started => Watch::Done,
+                2 => Watch::Fail(format!(
+                    "iikoFront started without the plugin {PLUGIN} {version}: {line}"
+                )),
+                _ => Watch::Wait,
+            },
+        )?;
+        log::info(&format!("iikoFront runs {PLUGIN} {version} without errors"));
+        Ok(())
+    }
+
+    fn commit(ctx: &StepContext) -> Result<(), Stop> {
+        fs::remove_tree(BACKUP)?;
+        // After the exchange the staged folder holds the previous plugin; its
+        // copy on the desktop stays, as the field procedure wants.
+        fs::remove_tree(&staged_dir(&ctx.info.version))?;
+        for key in KV_KEYS {
+            kv::delete(key)?;
+        }
+        Ok(())
+    }
+
+    fn rollback(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        services::stop(SERVICE)?;
+        if exists(BACKUP) {
+            let backup = std::fs::read_to_string(format!("{BACKUP}/Manifest.xml")).at(BACKUP)?;
+            let backup_version = field(&backup, "Version")?;
+            let installed = installed_manifest()
+                .and_then(|m| field(&m, "Version"))
+                .unwrap_or_default();
+            if installed == *version && backup_version != *version {
+                fs::exchange(PLUGIN_DIR, BACKUP)?;
             }
-            if kv::get("old-created")?.as_deref() == Some("yes") {
-                fs::remove_tree(OLD)?;
-            }
-            let start = kv::get("was-running")?.as_deref() != Some("no");
-            for key in KV_KEYS {
-                kv::delete(key)?;
-            }
-            if start {
-                services::start(SERVICE)?;
-            }
-            Ok(())
-        })
+            fs::remove_tree(BACKUP)?;
+        }
+        fs::remove_tree(&staged_dir(version))?;
+        // What the update put on the desktop goes too: the desktop is as before.
+        if let Some(copy) = kv::get("old-copy")? {
+            fs::remove_tree(&copy)?;
+        }
+        if kv::get("old-created")?.as_deref() == Some("yes") {
+            fs::remove_tree(OLD)?;
+        }
+        let start = kv::get("was-running")?.as_deref() != Some("no");
+        for key in KV_KEYS {
+            kv::delete(key)?;
+        }
+        if start {
+            services::start(SERVICE)?;
+        }
+        Ok(())
     }
 }
 
@@ -382,12 +368,12 @@ fn field(manifest: &str, tag: &str) -> Result<String, Stop> {
         .ok_or_else(|| Stop::failed(format!("{PLUGIN}/Manifest.xml has no <{tag}>")))
 }
 
-fn package_manifest(package: &str) -> Result<String, String> {
+fn package_manifest(package: &str) -> Result<String, Stop> {
     package_text(package, &format!("{PLUGIN}/Manifest.xml"), 64 * 1024)?.ok_or_else(|| {
-        format!(
+        Stop::failed(format!(
             "{}: the package has no {PLUGIN}/Manifest.xml",
             file_name(package)
-        )
+        ))
     })
 }
 
@@ -406,13 +392,15 @@ fn backoffice_ready(needs: &str) -> Result<(), Stop> {
             ),
             RETRY_SECS,
         )),
-        Some(ready) if compare_versions(&ready, needs).is_lt() => Err(Stop::not_now(
-            format!(
-                "the site's BackOffice is ready with plugin {ready}, but this iikoFront plugin needs {needs} or \
+        Some(ready) if posup_plugin_sdk::version::compare(&ready, needs).is_lt() => {
+            Err(Stop::not_now(
+                format!(
+                    "the site's BackOffice is ready with plugin {ready}, but this iikoFront plugin needs {needs} or \
                  newer: update BackOffice first, start it and log in to RMS"
-            ),
-            RETRY_SECS,
-        )),
+                ),
+                RETRY_SECS,
+            ))
+        }
         Some(ready) => {
             log::info(&format!(
                 "the site's BackOffice is ready with plugin {ready}"

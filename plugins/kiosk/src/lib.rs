@@ -26,14 +26,12 @@
 
 use std::time::{Duration, Instant};
 
-use posup_plugin_common::{
-    exists, log_or, log_present, remember_log_end, remembered_mark, settle, state_name, stop_text,
-    wait_limit,
-};
+use posup_plugin_sdk::config::{log_or, wait_limit};
+use posup_plugin_sdk::files::{exists, package_text, read_trimmed};
+use posup_plugin_sdk::watch::{log_present, remember_log_end, remembered_mark, settle, state_name};
 use posup_plugin_sdk::{
-    Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
-    PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, services, step,
-    vars,
+    Capabilities, Dir, DirRequest, Inventory, IoContext, PackageInfo, Plugin, PluginInfo,
+    StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, services, vars,
 };
 
 const SERVICE: &str = "kiosk";
@@ -88,11 +86,11 @@ impl Plugin for Kiosk {
         }
     }
 
-    fn inventory() -> Result<Inventory, String> {
-        let version = installed_version().map_err(stop_text)?;
-        let state = match current_state().map_err(stop_text)? {
+    fn inventory() -> Result<Inventory, Stop> {
+        let version = installed_version()?;
+        let state = match current_state()? {
             Some(state) => state,
-            None => state_name(services::status(SERVICE).map_err(|e| e.message)?).to_owned(),
+            None => state_name(services::status(SERVICE)?).to_owned(),
         };
         let loaded = kv::get("staged")
             .ok()
@@ -114,18 +112,19 @@ impl Plugin for Kiosk {
         })
     }
 
-    fn inspect(package: String) -> Result<PackageInfo, String> {
-        let version = version_from_name(&package)?;
+    fn inspect(package: &str) -> Result<PackageInfo, Stop> {
+        let version = version_from_name(package)?;
         // A `version` file is checked where a package has one.
-        if let Some(inside) = read_text(&package, "version", 64)?
+        if let Some(inside) = package_text(package, "version", 64)?
             && inside.trim() != version
         {
             return Err(format!(
                 "{package}: its name says version {version} but its `version` file says {}",
                 inside.trim()
-            ));
+            )
+            .into());
         }
-        let changelog = read_text(&package, "CHANGELOG.txt", 256 * 1024)?.unwrap_or_default();
+        let changelog = package_text(package, "CHANGELOG.txt", 256 * 1024)?.unwrap_or_default();
         Ok(PackageInfo {
             notes: format!("iiko kiosk software {version}"),
             version,
@@ -135,199 +134,187 @@ impl Plugin for Kiosk {
         })
     }
 
-    fn precheck(ctx: StepContext) -> Outcome {
-        step(|| {
-            installed_version()?;
-            match current_state()? {
-                Some(state) if BUSY.iter().any(|b| state.eq_ignore_ascii_case(b)) => {
-                    return Err(Stop::not_now(
-                        format!("the kiosk is in `{state}`: a customer is using it"),
-                        wait_limit("kiosk-busy-retry-secs", BUSY_RETRY).as_secs() as u32,
-                    ));
-                }
-                Some(_) => {}
-                // No log to read: nothing tells whether a customer is at the
-                // kiosk. Only a Forced update, the operator's word that the
-                // store is closed, goes ahead.
-                None if ctx.task == TaskKind::ForcedUpdate => log::warn(
-                    "the kiosk's log tells no state: a Forced update goes ahead as ordered, without knowing whether a customer is at the kiosk",
-                ),
-                None => {
-                    return Err(Stop::failed(format!(
-                        "posup cannot tell whether a customer is using the kiosk: {} has no state line. \
-                         Name the kiosk's log in the server variable `kiosk-log` (and its state line in \
-                         `kiosk-state-line`), or run this update as a Forced update when the store is closed; \
-                         nothing was changed",
-                        log_or("kiosk-log", LOG_DEFAULT)?
-                    )));
-                }
+    fn precheck(ctx: &StepContext) -> Result<(), Stop> {
+        installed_version()?;
+        match current_state()? {
+            Some(state) if BUSY.iter().any(|b| state.eq_ignore_ascii_case(b)) => {
+                return Err(Stop::not_now(
+                    format!("the kiosk is in `{state}`: a customer is using it"),
+                    wait_limit("kiosk-busy-retry-secs", BUSY_RETRY).as_secs() as u32,
+                ));
             }
-            posup_plugin_sdk::require_staging_space(&ctx.package)?;
-            Ok(())
-        })
+            Some(_) => {}
+            // No log to read: nothing tells whether a customer is at the
+            // kiosk. Only a Forced update, the operator's word that the
+            // store is closed, goes ahead.
+            None if ctx.task == TaskKind::ForcedUpdate => log::warn(
+                "the kiosk's log tells no state: a Forced update goes ahead as ordered, without knowing whether a customer is at the kiosk",
+            ),
+            None => {
+                return Err(Stop::failed(format!(
+                    "posup cannot tell whether a customer is using the kiosk: {} has no state line. \
+                     Name the kiosk's log in the server variable `kiosk-log` (and its state line in \
+                     `kiosk-state-line`), or run this update as a Forced update when the store is closed; \
+                     nothing was changed",
+                    log_or("kiosk-log", LOG_DEFAULT)?
+                )));
+            }
+        }
+        posup_plugin_sdk::tree::require_staging_space(&ctx.package)?;
+        Ok(())
     }
 
-    fn stage(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            let staged = staged_dir(version);
-            if kv::get("staged")?.as_deref() == Some(version.as_str()) && exists(&staged) {
-                log::info(&format!("{staged} is already prepared"));
+    fn stage(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        let staged = staged_dir(version);
+        if kv::get("staged")?.as_deref() == Some(version.as_str()) && exists(&staged) {
+            log::info(&format!("{staged} is already prepared"));
+            return Ok(());
+        }
+        fs::remove_tree(&staged)?;
+        std::fs::create_dir(&staged).at(&staged)?;
+        progress::report(10, "unpacking the package");
+        archive::extract(&ctx.package, &staged)?;
+        if let Ok(staged_version) = read_trimmed(&format!("{staged}/version"))
+            && staged_version != *version
+        {
+            return Err(Stop::failed(format!(
+                "{}: unpacked version {staged_version} differs from {version}",
+                ctx.package
+            )));
+        }
+        // The site's settings stay as they are: the package never carries them.
+        progress::report(70, "carrying the site configuration over");
+        fs::remove_tree(&format!("{staged}/config"))?;
+        if exists("/product/config") {
+            fs::copy_tree("/product/config", &format!("{staged}/config"))?;
+        }
+        std::fs::write(format!("{staged}/{MARK}"), version).at(&staged)?;
+        kv::set("staged", version)?;
+        progress::report(100, "staged");
+        Ok(())
+    }
+
+    fn apply(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        let staged = staged_dir(version);
+        let installed = installed_version()?;
+        let exchanged =
+            kv::get("applied")?.as_deref() == Some(version.as_str()) || exchanged_to(version);
+        if !exchanged {
+            if kv::get("staged")?.as_deref() != Some(version.as_str()) || !exists(&staged) {
+                return Err(Stop::failed(format!(
+                    "{staged} is not prepared: run the stage step (a Download task) first"
+                )));
+            }
+            progress::report(5, "stopping the kiosk");
+            services::stop(SERVICE)?;
+            if kv::get("backup")?.as_deref() != Some(installed.as_str()) || !exists(BACKUP) {
+                progress::report(20, "backing up the installation");
+                fs::remove_tree(BACKUP)?;
+                fs::copy_tree("/product", BACKUP)?;
+                kv::set("backup", &installed)?;
+            }
+            progress::report(80, "installing");
+            fs::exchange("/product", &staged)?;
+            kv::set("applied", version)?;
+        }
+        remember_log_end("start-mark", &log_or("kiosk-log", LOG_DEFAULT)?)?;
+        progress::report(90, "starting the kiosk");
+        services::start(SERVICE)?;
+        Ok(())
+    }
+
+    fn verify(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        if !exchanged_to(version) {
+            return Err(Stop::failed(format!(
+                "/product does not hold the staged {version}: the update was not installed"
+            )));
+        }
+        if let Ok(installed) = read_trimmed(VERSION_FILE)
+            && installed != *version
+        {
+            return Err(Stop::failed(format!(
+                "{VERSION_FILE} says {installed}, expected {version}"
+            )));
+        }
+        let log = log_or("kiosk-log", LOG_DEFAULT)?;
+        if !log_present(&log) {
+            // No log to read: the kiosk staying up is the one sign of a good start.
+            return settle(&[SERVICE], "kiosk-settle-secs", SETTLE);
+        }
+        let mut mark = remembered_mark("start-mark")?;
+        let timeout = vars::get("kiosk-verify-timeout")
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(VERIFY_TIMEOUT);
+        let state_line = state_line();
+        let started = Instant::now();
+        let mut state = String::from("unknown");
+        loop {
+            let scan = logs::scan(&log, mark, &[state_line.clone(), " ERROR ".into()])?;
+            mark = scan.next;
+            for found in scan.found {
+                if found.pattern == 1 {
+                    return Err(Stop::failed(format!(
+                        "the kiosk logged an error after the update: {}",
+                        found.line.trim()
+                    )));
+                }
+                if let Some(s) = state_of(&found.line, &state_line) {
+                    state = s;
+                }
+            }
+            if READY.iter().any(|r| state.eq_ignore_ascii_case(r)) {
+                log::info(&format!("kiosk {version} is up in state {state}"));
                 return Ok(());
             }
-            fs::remove_tree(&staged)?;
-            std::fs::create_dir(&staged).at(&staged)?;
-            progress::report(10, "unpacking the package");
-            archive::extract(&ctx.package, &staged)?;
-            if let Ok(staged_version) = read_file(&format!("{staged}/version"))
-                && staged_version != *version
-            {
+            if services::status(SERVICE)? != services::State::Running {
                 return Err(Stop::failed(format!(
-                    "{}: unpacked version {staged_version} differs from {version}",
-                    ctx.package
+                    "the kiosk process is not running after the update (last state: {state})"
                 )));
             }
-            // The site's settings stay as they are: the package never carries them.
-            progress::report(70, "carrying the site configuration over");
-            fs::remove_tree(&format!("{staged}/config"))?;
-            if exists("/product/config") {
-                fs::copy_tree("/product/config", &format!("{staged}/config"))?;
-            }
-            std::fs::write(format!("{staged}/{MARK}"), version).at(&staged)?;
-            kv::set("staged", version)?;
-            progress::report(100, "staged");
-            Ok(())
-        })
-    }
-
-    fn apply(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            let staged = staged_dir(version);
-            let installed = installed_version()?;
-            let exchanged =
-                kv::get("applied")?.as_deref() == Some(version.as_str()) || exchanged_to(version);
-            if !exchanged {
-                if kv::get("staged")?.as_deref() != Some(version.as_str()) || !exists(&staged) {
-                    return Err(Stop::failed(format!(
-                        "{staged} is not prepared: run the stage step (a Download task) first"
-                    )));
-                }
-                progress::report(5, "stopping the kiosk");
-                services::stop(SERVICE)?;
-                if kv::get("backup")?.as_deref() != Some(installed.as_str()) || !exists(BACKUP) {
-                    progress::report(20, "backing up the installation");
-                    fs::remove_tree(BACKUP)?;
-                    fs::copy_tree("/product", BACKUP)?;
-                    kv::set("backup", &installed)?;
-                }
-                progress::report(80, "installing");
-                fs::exchange("/product", &staged)?;
-                kv::set("applied", version)?;
-            }
-            remember_log_end("start-mark", &log_or("kiosk-log", LOG_DEFAULT)?)?;
-            progress::report(90, "starting the kiosk");
-            services::start(SERVICE)?;
-            Ok(())
-        })
-    }
-
-    fn verify(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            if !exchanged_to(version) {
+            if started.elapsed() > timeout {
                 return Err(Stop::failed(format!(
-                    "/product does not hold the staged {version}: the update was not installed"
+                    "the kiosk did not reach IDLE or maintenance within {} s (last state: {state})",
+                    timeout.as_secs()
                 )));
             }
-            if let Ok(installed) = read_file(VERSION_FILE)
-                && installed != *version
-            {
-                return Err(Stop::failed(format!(
-                    "{VERSION_FILE} says {installed}, expected {version}"
-                )));
-            }
-            let log = log_or("kiosk-log", LOG_DEFAULT)?;
-            if !log_present(&log) {
-                // No log to read: the kiosk staying up is the one sign of a good start.
-                return settle(&[SERVICE], "kiosk-settle-secs", SETTLE);
-            }
-            let mut mark = remembered_mark("start-mark")?;
-            let timeout = vars::get("kiosk-verify-timeout")
-                .and_then(|s| s.parse().ok())
-                .map(Duration::from_secs)
-                .unwrap_or(VERIFY_TIMEOUT);
-            let state_line = state_line();
-            let started = Instant::now();
-            let mut state = String::from("unknown");
-            loop {
-                let scan = logs::scan(&log, mark, &[state_line.clone(), " ERROR ".into()])?;
-                mark = scan.next;
-                for found in scan.found {
-                    if found.pattern == 1 {
-                        return Err(Stop::failed(format!(
-                            "the kiosk logged an error after the update: {}",
-                            found.line.trim()
-                        )));
-                    }
-                    if let Some(s) = state_of(&found.line, &state_line) {
-                        state = s;
-                    }
-                }
-                if READY.iter().any(|r| state.eq_ignore_ascii_case(r)) {
-                    log::info(&format!("kiosk {version} is up in state {state}"));
-                    return Ok(());
-                }
-                if services::status(SERVICE)? != services::State::Running {
-                    return Err(Stop::failed(format!(
-                        "the kiosk process is not running after the update (last state: {state})"
-                    )));
-                }
-                if started.elapsed() > timeout {
-                    return Err(Stop::failed(format!(
-                        "the kiosk did not reach IDLE or maintenance within {} s (last state: {state})",
-                        timeout.as_secs()
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
-    fn commit(ctx: StepContext) -> Outcome {
-        step(|| {
-            kv::set(INSTALLED_KEY, &ctx.info.version)?;
-            fs::remove_tree(&format!("/product/{MARK}"))?;
+    fn commit(ctx: &StepContext) -> Result<(), Stop> {
+        kv::set(INSTALLED_KEY, &ctx.info.version)?;
+        fs::remove_tree(&format!("/product/{MARK}"))?;
+        fs::remove_tree(BACKUP)?;
+        // After the exchange the staged name holds the previous installation.
+        fs::remove_tree(&staged_dir(&ctx.info.version))?;
+        for key in ["staged", "applied", "backup", "start-mark"] {
+            kv::delete(key)?;
+        }
+        Ok(())
+    }
+
+    fn rollback(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        services::stop(SERVICE)?;
+        if exists(BACKUP) {
+            // The exchange happened when the installation holds the staged
+            // tree's mark; a rollback re-run after its own exchange finds the
+            // old tree back, without the mark, and does not swap again.
+            if exchanged_to(version) {
+                fs::exchange("/product", BACKUP)?;
+            }
             fs::remove_tree(BACKUP)?;
-            // After the exchange the staged name holds the previous installation.
-            fs::remove_tree(&staged_dir(&ctx.info.version))?;
-            for key in ["staged", "applied", "backup", "start-mark"] {
-                kv::delete(key)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn rollback(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            services::stop(SERVICE)?;
-            if exists(BACKUP) {
-                // The exchange happened when the installation holds the staged
-                // tree's mark; a rollback re-run after its own exchange finds the
-                // old tree back, without the mark, and does not swap again.
-                if exchanged_to(version) {
-                    fs::exchange("/product", BACKUP)?;
-                }
-                fs::remove_tree(BACKUP)?;
-            }
-            fs::remove_tree(&staged_dir(version))?;
-            for key in ["staged", "applied", "backup", "start-mark"] {
-                kv::delete(key)?;
-            }
-            services::start(SERVICE)?;
-            Ok(())
-        })
+        }
+        fs::remove_tree(&staged_dir(version))?;
+        for key in ["staged", "applied", "backup", "start-mark"] {
+            kv::delete(key)?;
+        }
+        services::start(SERVICE)?;
+        Ok(())
     }
 }
 
@@ -335,15 +322,11 @@ fn staged_dir(version: &str) -> String {
     format!("/staging/kiosk-{version}")
 }
 
-fn read_file(path: &str) -> Result<String, Stop> {
-    Ok(std::fs::read_to_string(path).at(path)?.trim().to_owned())
-}
-
 /// The installation's `version` file where it has one; otherwise the version
 /// posup installed last; empty when neither tells.
 fn installed_version() -> Result<String, Stop> {
     if exists(VERSION_FILE) {
-        return read_file(VERSION_FILE);
+        return read_trimmed(VERSION_FILE);
     }
     Ok(kv::get(INSTALLED_KEY)?.unwrap_or_default())
 }
@@ -390,22 +373,6 @@ fn version_from_name(package: &str) -> Result<String, String> {
             format!("{name}: kiosk packages are named kiosk_<version>.tgz, e.g. kiosk_7.4.2.tgz")
         })?;
     Ok(version.to_owned())
-}
-
-/// A text entry of the package, `None` when it has no such entry.
-fn read_text(package: &str, entry: &str, max: u64) -> Result<Option<String>, String> {
-    for name in [entry.to_owned(), format!("./{entry}")] {
-        match archive::read_entry(package, &name, max) {
-            Ok(bytes) => {
-                return String::from_utf8(bytes)
-                    .map(Some)
-                    .map_err(|_| format!("{package}: {entry} is not UTF-8 text"));
-            }
-            Err(e) if e.kind == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.message),
-        }
-    }
-    Ok(None)
 }
 
 posup_plugin_sdk::export!(Kiosk);

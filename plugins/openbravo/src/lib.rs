@@ -27,14 +27,12 @@
 
 use std::time::Duration;
 
-use posup_plugin_common::{
-    Watch, exists, file_name, named_log, package_text, product_path, remember_log_end,
-    remembered_mark, settle, stop_text, wait_limit, watch_log, xml_value,
-};
+use posup_plugin_sdk::config::{named_log, product_path, wait_limit};
+use posup_plugin_sdk::files::{exists, file_name, package_text, xml_value};
+use posup_plugin_sdk::watch::{Watch, remember_log_end, remembered_mark, settle, watch_log};
 use posup_plugin_sdk::{
-    Capabilities, Dir, DirRequest, Inventory, IoContext, ModuleVersion, Outcome, PackageInfo,
-    Plugin, PluginInfo, StepContext, Stop, TaskKind, archive, compare_versions, fs, kv, log, logs,
-    progress, services, step, vars,
+    Capabilities, Dir, DirRequest, Inventory, IoContext, ModuleVersion, PackageInfo, Plugin,
+    PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, services, vars,
 };
 
 const SERVICE: &str = "openbravo";
@@ -85,12 +83,12 @@ impl Plugin for Openbravo {
         }
     }
 
-    fn inventory() -> Result<Inventory, String> {
-        let modules = installed_modules().map_err(stop_text)?;
+    fn inventory() -> Result<Inventory, Stop> {
+        let modules = installed_modules()?;
         let version = computed_version(modules.iter().map(|m| m.version.as_str()))?;
-        let pending = pending_batches().map_err(stop_text)?;
+        let pending = pending_batches()?;
         let running = services::status(SERVICE).ok() == Some(services::State::Running);
-        let logged = named_log("openbravo-log").map_err(stop_text)?.is_some();
+        let logged = named_log("openbravo-log")?.is_some();
         let state = match (running, logged) {
             (false, _) => "offline".to_owned(),
             (true, true) => last_status().unwrap_or_else(|| "transitioning".into()),
@@ -133,8 +131,8 @@ impl Plugin for Openbravo {
         })
     }
 
-    fn inspect(package: String) -> Result<PackageInfo, String> {
-        let name = file_name(&package);
+    fn inspect(package: &str) -> Result<PackageInfo, Stop> {
+        let name = file_name(package);
         let (javapackage, version) = name
             .strip_suffix(".obx")
             .and_then(|n| n.rsplit_once('-'))
@@ -145,222 +143,202 @@ impl Plugin for Openbravo {
         if javapackage == CORE {
             return Err(format!(
                 "{name}: the core ({CORE}) is not updated as a module; use the Openbravo upgrade procedure"
-            ));
+            ).into());
         }
-        let xml = package_text(
-            &package,
-            &format!("{javapackage}/{MODULE_FILE}"),
-            256 * 1024,
-        )?
-        .ok_or_else(|| format!("{name}: the module has no {javapackage}/{MODULE_FILE}"))?;
+        let xml = package_text(package, &format!("{javapackage}/{MODULE_FILE}"), 256 * 1024)?
+            .ok_or_else(|| format!("{name}: the module has no {javapackage}/{MODULE_FILE}"))?;
         let module = Module::from_xml(&xml).map_err(|e| format!("{name}: {e}"))?;
         if module.javapackage != javapackage || module.version != version {
             return Err(format!(
                 "{name}: its AD_MODULE.xml describes {} {}, not {javapackage} {version}",
                 module.javapackage, module.version
-            ));
+            )
+            .into());
         }
         computed_version([version])?;
         Ok(PackageInfo {
             version: version.to_owned(),
             kind: "module".into(),
             notes: format!("{} ({javapackage}) {version}", module.name),
-            changelog: package_text(
-                &package,
-                &format!("{javapackage}/CHANGELOG.txt"),
-                256 * 1024,
-            )?
-            .unwrap_or_default(),
+            changelog: package_text(package, &format!("{javapackage}/CHANGELOG.txt"), 256 * 1024)?
+                .unwrap_or_default(),
             rollback: true,
         })
     }
 
-    fn precheck(ctx: StepContext) -> Outcome {
-        step(|| {
-            let javapackage = package_module(&ctx)?;
-            let modules = installed_modules()?;
-            if let Some(m) = modules.iter().find(|m| m.javapackage == javapackage)
-                && compare_versions(&ctx.info.version, &m.version).is_le()
-            {
+    fn precheck(ctx: &StepContext) -> Result<(), Stop> {
+        let javapackage = package_module(ctx)?;
+        let modules = installed_modules()?;
+        if let Some(m) = modules.iter().find(|m| m.javapackage == javapackage)
+            && posup_plugin_sdk::version::compare(&ctx.info.version, &m.version).is_le()
+        {
+            return Err(Stop::failed(format!(
+                "{javapackage} {} is installed; {} is not newer, and module versions only grow",
+                m.version, ctx.info.version
+            )));
+        }
+        named_log("openbravo-log")?;
+        pending_sync_allows(ctx.task)?;
+        posup_plugin_sdk::tree::require_staging_space(&ctx.package)?;
+        Ok(())
+    }
+
+    fn stage(ctx: &StepContext) -> Result<(), Stop> {
+        let javapackage = package_module(ctx)?;
+        let staged = staged_dir(ctx)?;
+        let marker = file_name(&ctx.package).to_owned();
+        if kv::get("staged")?.as_deref() == Some(marker.as_str()) && exists(&staged) {
+            log::info(&format!("{staged} is already prepared"));
+            return Ok(());
+        }
+        fs::remove_tree(&staged)?;
+        std::fs::create_dir(&staged).at(&staged)?;
+        progress::report(10, "unpacking the module");
+        archive::extract(&ctx.package, &staged)?;
+        let module = Module::read(&format!("{staged}/{javapackage}"))?;
+        if module.version != ctx.info.version {
+            return Err(Stop::failed(format!(
+                "{staged}/{javapackage}: the unpacked module is version {}, not {}",
+                module.version, ctx.info.version
+            )));
+        }
+        kv::set("staged", &marker)?;
+        progress::report(100, "staged");
+        Ok(())
+    }
+
+    fn apply(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        let javapackage = package_module(ctx)?;
+        let target = format!("{MODULES}/{javapackage}");
+        let staged_module = format!("{}/{javapackage}", staged_dir(ctx)?);
+        let backup = backup_dir(&javapackage);
+        if kv::get("applied")?.as_deref() != Some(version.as_str()) {
+            if !exists(&staged_module) {
                 return Err(Stop::failed(format!(
-                    "{javapackage} {} is installed; {} is not newer, and module versions only grow",
-                    m.version, ctx.info.version
+                    "{staged_module} is not prepared: run the stage step (a Download task) first"
                 )));
             }
-            named_log("openbravo-log")?;
+            // Data may have come in since the precheck.
             pending_sync_allows(ctx.task)?;
-            posup_plugin_sdk::require_staging_space(&ctx.package)?;
-            Ok(())
-        })
-    }
-
-    fn stage(ctx: StepContext) -> Outcome {
-        step(|| {
-            let javapackage = package_module(&ctx)?;
-            let staged = staged_dir(&ctx)?;
-            let marker = file_name(&ctx.package).to_owned();
-            if kv::get("staged")?.as_deref() == Some(marker.as_str()) && exists(&staged) {
-                log::info(&format!("{staged} is already prepared"));
-                return Ok(());
-            }
-            fs::remove_tree(&staged)?;
-            std::fs::create_dir(&staged).at(&staged)?;
-            progress::report(10, "unpacking the module");
-            archive::extract(&ctx.package, &staged)?;
-            let module = Module::read(&format!("{staged}/{javapackage}"))?;
-            if module.version != ctx.info.version {
-                return Err(Stop::failed(format!(
-                    "{staged}/{javapackage}: the unpacked module is version {}, not {}",
-                    module.version, ctx.info.version
-                )));
-            }
-            kv::set("staged", &marker)?;
-            progress::report(100, "staged");
-            Ok(())
-        })
-    }
-
-    fn apply(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            let javapackage = package_module(&ctx)?;
-            let target = format!("{MODULES}/{javapackage}");
-            let staged_module = format!("{}/{javapackage}", staged_dir(&ctx)?);
-            let backup = backup_dir(&javapackage);
-            if kv::get("applied")?.as_deref() != Some(version.as_str()) {
-                if !exists(&staged_module) {
-                    return Err(Stop::failed(format!(
-                        "{staged_module} is not prepared: run the stage step (a Download task) first"
-                    )));
-                }
-                // Data may have come in since the precheck.
-                pending_sync_allows(ctx.task)?;
-                progress::report(5, "stopping the store server");
-                services::stop(SERVICE)?;
-                if exists(&target) {
-                    let installed = Module::read(&target)?.version;
-                    if kv::get("backup")?.as_deref() != Some(installed.as_str()) || !exists(&backup)
-                    {
-                        progress::report(20, "backing up the module");
-                        fs::remove_tree(&backup)?;
-                        fs::copy_tree(&target, &backup)?;
-                        kv::set("backup", &installed)?;
-                    }
-                    progress::report(70, "installing the module");
-                    fs::exchange(&target, &staged_module)?;
-                } else {
-                    progress::report(70, "installing the new module");
-                    kv::set("new-module", "yes")?;
-                    fs::copy_tree(&staged_module, &target)?;
-                }
-                kv::set("applied", version)?;
-            }
-            if let Some(log) = named_log("openbravo-log")? {
-                remember_log_end("start-mark", &log)?;
-            }
-            progress::report(90, "starting the store server");
-            services::start(SERVICE)?;
-            Ok(())
-        })
-    }
-
-    fn verify(ctx: StepContext) -> Outcome {
-        step(|| {
-            let javapackage = package_module(&ctx)?;
-            let module = Module::read(&format!("{MODULES}/{javapackage}"))?;
-            if module.version != ctx.info.version {
-                return Err(Stop::failed(format!(
-                    "{MODULES}/{javapackage} is version {}, expected {}",
-                    module.version, ctx.info.version
-                )));
-            }
-            let modules = installed_modules()?;
-            let expected = computed_version(modules.iter().map(|m| m.version.as_str()))?;
-            let Some(log) = named_log("openbravo-log")? else {
-                return settle(&[SERVICE], "openbravo-settle-secs", SETTLE);
-            };
-            let limit = wait_limit("openbravo-verify-timeout", VERIFY_TIMEOUT);
-            let version_line = vars::get("openbravo-version-line")
-                .filter(|v| !v.trim().is_empty())
-                .unwrap_or_else(|| VERSION_LINE_DEFAULT.to_owned());
-            let mut recomputed = false;
-            watch_log(
-                &log,
-                remembered_mark("start-mark")?,
-                &[" ERROR ", version_line.as_str(), "Data pending to sync:"],
-                SERVICE,
-                limit,
-                "the recomputed version information",
-                |pattern, line| match pattern {
-                    0 => Watch::Fail(format!(
-                        "the store server logged an error after the update: {line}"
-                    )),
-                    1 => {
-                        let found = line
-                            .split(version_line.as_str())
-                            .nth(1)
-                            .and_then(|r| r.split_whitespace().next())
-                            .unwrap_or_default();
-                        if found == expected.to_string() {
-                            recomputed = true;
-                            Watch::Wait
-                        } else {
-                            Watch::Fail(format!(
-                                "the store server recomputed version {found}, but its modules make {expected}"
-                            ))
-                        }
-                    }
-                    _ if recomputed => Watch::Done,
-                    _ => Watch::Wait,
-                },
-            )?;
-            log::info(&format!(
-                "the store server runs {javapackage} {} (version {expected})",
-                ctx.info.version
-            ));
-            Ok(())
-        })
-    }
-
-    fn commit(ctx: StepContext) -> Outcome {
-        step(|| {
-            let javapackage = package_module(&ctx)?;
-            fs::remove_tree(&backup_dir(&javapackage))?;
-            // After the exchange the staged folder holds the previous module.
-            fs::remove_tree(&staged_dir(&ctx)?)?;
-            for key in KV_KEYS {
-                kv::delete(key)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn rollback(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            let javapackage = package_module(&ctx)?;
-            let target = format!("{MODULES}/{javapackage}");
-            let backup = backup_dir(&javapackage);
+            progress::report(5, "stopping the store server");
             services::stop(SERVICE)?;
-            let installed = Module::read(&target).map(|m| m.version).unwrap_or_default();
-            if exists(&backup) {
-                let saved = Module::read(&backup)?.version;
-                // A rollback run again after its own exchange finds the saved
-                // version installed and does not swap back.
-                if installed == *version && saved != *version {
-                    fs::exchange(&target, &backup)?;
+            if exists(&target) {
+                let installed = Module::read(&target)?.version;
+                if kv::get("backup")?.as_deref() != Some(installed.as_str()) || !exists(&backup) {
+                    progress::report(20, "backing up the module");
+                    fs::remove_tree(&backup)?;
+                    fs::copy_tree(&target, &backup)?;
+                    kv::set("backup", &installed)?;
                 }
-                fs::remove_tree(&backup)?;
-            } else if kv::get("new-module")?.is_some() && installed == *version {
-                fs::remove_tree(&target)?;
+                progress::report(70, "installing the module");
+                fs::exchange(&target, &staged_module)?;
+            } else {
+                progress::report(70, "installing the new module");
+                kv::set("new-module", "yes")?;
+                fs::copy_tree(&staged_module, &target)?;
             }
-            fs::remove_tree(&staged_dir(&ctx)?)?;
-            for key in KV_KEYS {
-                kv::delete(key)?;
+            kv::set("applied", version)?;
+        }
+        if let Some(log) = named_log("openbravo-log")? {
+            remember_log_end("start-mark", &log)?;
+        }
+        progress::report(90, "starting the store server");
+        services::start(SERVICE)?;
+        Ok(())
+    }
+
+    fn verify(ctx: &StepContext) -> Result<(), Stop> {
+        let javapackage = package_module(ctx)?;
+        let module = Module::read(&format!("{MODULES}/{javapackage}"))?;
+        if module.version != ctx.info.version {
+            return Err(Stop::failed(format!(
+                "{MODULES}/{javapackage} is version {}, expected {}",
+                module.version, ctx.info.version
+            )));
+        }
+        let modules = installed_modules()?;
+        let expected = computed_version(modules.iter().map(|m| m.version.as_str()))?;
+        let Some(log) = named_log("openbravo-log")? else {
+            return settle(&[SERVICE], "openbravo-settle-secs", SETTLE);
+        };
+        let limit = wait_limit("openbravo-verify-timeout", VERIFY_TIMEOUT);
+        let version_line = vars::get("openbravo-version-line")
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| VERSION_LINE_DEFAULT.to_owned());
+        let mut recomputed = false;
+        watch_log(
+            &log,
+            remembered_mark("start-mark")?,
+            &[" ERROR ", version_line.as_str(), "Data pending to sync:"],
+            SERVICE,
+            limit,
+            "the recomputed version information",
+            |pattern, line| match pattern {
+                0 => Watch::Fail(format!(
+                    "the store server logged an error after the update: {line}"
+                )),
+                1 => {
+                    let found = line
+                        .split(version_line.as_str())
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .unwrap_or_default();
+                    if found == expected.to_string() {
+                        recomputed = true;
+                        Watch::Wait
+                    } else {
+                        Watch::Fail(format!(
+                            "the store server recomputed version {found}, but its modules make {expected}"
+                        ))
+                    }
+                }
+                _ if recomputed => Watch::Done,
+                _ => Watch::Wait,
+            },
+        )?;
+        log::info(&format!(
+            "the store server runs {javapackage} {} (version {expected})",
+            ctx.info.version
+        ));
+        Ok(())
+    }
+
+    fn commit(ctx: &StepContext) -> Result<(), Stop> {
+        let javapackage = package_module(ctx)?;
+        fs::remove_tree(&backup_dir(&javapackage))?;
+        // After the exchange the staged folder holds the previous module.
+        fs::remove_tree(&staged_dir(ctx)?)?;
+        for key in KV_KEYS {
+            kv::delete(key)?;
+        }
+        Ok(())
+    }
+
+    fn rollback(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        let javapackage = package_module(ctx)?;
+        let target = format!("{MODULES}/{javapackage}");
+        let backup = backup_dir(&javapackage);
+        services::stop(SERVICE)?;
+        let installed = Module::read(&target).map(|m| m.version).unwrap_or_default();
+        if exists(&backup) {
+            let saved = Module::read(&backup)?.version;
+            // A rollback run again after its own exchange finds the saved
+            // version installed and does not swap back.
+            if installed == *version && saved != *version {
+                fs::exchange(&target, &backup)?;
             }
-            services::start(SERVICE)?;
-            Ok(())
-        })
+            fs::remove_tree(&backup)?;
+        } else if kv::get("new-module")?.is_some() && installed == *version {
+            fs::remove_tree(&target)?;
+        }
+        fs::remove_tree(&staged_dir(ctx)?)?;
+        for key in KV_KEYS {
+            kv::delete(key)?;
+        }
+        services::start(SERVICE)?;
+        Ok(())
     }
 }
 

@@ -39,14 +39,12 @@ use package::{Change, change_config, describe, parse_changes, parse_rules};
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use posup_plugin_common::{
-    exists, file_name, named_log, product_path, remember_log_end, remembered_mark, state_name,
-    stop_text,
-};
+use posup_plugin_sdk::config::{named_log, product_path};
+use posup_plugin_sdk::files::{exists, file_name, package_text, tree_size};
+use posup_plugin_sdk::watch::{remember_log_end, remembered_mark, state_name};
 use posup_plugin_sdk::{
-    Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
-    PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, services, step,
-    vars,
+    Capabilities, Dir, DirRequest, Inventory, IoContext, PackageInfo, Plugin, PluginInfo,
+    StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, services, vars,
 };
 
 const SERVICE: &str = "oscar";
@@ -145,9 +143,9 @@ impl Plugin for Oscar {
         }
     }
 
-    fn inventory() -> Result<Inventory, String> {
-        require_installation().map_err(stop_text)?;
-        let version = installed_version().map_err(stop_text)?;
+    fn inventory() -> Result<Inventory, Stop> {
+        require_installation()?;
+        let version = installed_version()?;
         let state = services::status(SERVICE).map_or("unknown", state_name);
         let mut details = Vec::new();
         if let Ok(Some(clients)) = read_clients() {
@@ -192,8 +190,8 @@ impl Plugin for Oscar {
         })
     }
 
-    fn inspect(package: String) -> Result<PackageInfo, String> {
-        let a = analyse(&package)?;
+    fn inspect(package: &str) -> Result<PackageInfo, Stop> {
+        let a = analyse(package)?;
         let notes = match a.kind {
             Kind::Complete => format!("complete update to {} ({})", a.version, a.name),
             Kind::Partial => format!("partial update to {} ({})", a.version, a.name),
@@ -220,356 +218,343 @@ impl Plugin for Oscar {
         })
     }
 
-    fn precheck(ctx: StepContext) -> Outcome {
-        step(|| {
-            require_installation()?;
-            let a = analyse(&ctx.package)?;
-            named_log("oscar-log")?;
-            check_clients(ctx.task)?;
-            let archive_size = std::fs::metadata(&ctx.package).at(&ctx.package)?.len();
-            let (needed, place) = match a.kind {
-                Kind::Complete => (
-                    a.unpacked
-                        + tree_size(&format!("{PRODUCT}/work.srv"))?
-                        + tree_size(&format!("{PRODUCT}/work"))?
-                        + archive_size,
-                    "/staging",
-                ),
-                Kind::Partial => (tree_size(PRODUCT)? + a.unpacked + archive_size, "/staging"),
-                Kind::Small => (a.unpacked + archive_size, PRODUCT),
-            };
-            let free = fs::free_space(place)?;
-            if free < needed {
+    fn precheck(ctx: &StepContext) -> Result<(), Stop> {
+        require_installation()?;
+        let a = analyse(&ctx.package)?;
+        named_log("oscar-log")?;
+        check_clients(ctx.task)?;
+        let archive_size = std::fs::metadata(&ctx.package).at(&ctx.package)?.len();
+        let (needed, place) = match a.kind {
+            Kind::Complete => (
+                a.unpacked
+                    + tree_size(&format!("{PRODUCT}/work.srv"))?
+                    + tree_size(&format!("{PRODUCT}/work"))?
+                    + archive_size,
+                "/staging",
+            ),
+            Kind::Partial => (tree_size(PRODUCT)? + a.unpacked + archive_size, "/staging"),
+            Kind::Small => (a.unpacked + archive_size, PRODUCT),
+        };
+        let free = fs::free_space(place)?;
+        if free < needed {
+            return Err(Stop::failed(format!(
+                "not enough disk space on the server for the {} update: {free} bytes free for {place}, {needed} needed",
+                a.kind.as_str()
+            )));
+        }
+        // Every system unit receives the archive and unpacks it.
+        let per_unit = archive_size + a.unpacked;
+        for unit in read_units()?.unwrap_or_default() {
+            if unit.free < per_unit {
                 return Err(Stop::failed(format!(
-                    "not enough disk space on the server for the {} update: {free} bytes free for {place}, {needed} needed",
-                    a.kind.as_str()
+                    "not enough disk space on system unit {}: {} bytes free, {per_unit} needed for {}",
+                    unit.name, unit.free, a.name
                 )));
             }
-            // Every system unit receives the archive and unpacks it.
-            let per_unit = archive_size + a.unpacked;
-            for unit in read_units()?.unwrap_or_default() {
-                if unit.free < per_unit {
-                    return Err(Stop::failed(format!(
-                        "not enough disk space on system unit {}: {} bytes free, {per_unit} needed for {}",
-                        unit.name, unit.free, a.name
-                    )));
-                }
-            }
-            log::info(&format!("{}: {} update possible", a.name, a.kind.as_str()));
-            Ok(())
-        })
+        }
+        log::info(&format!("{}: {} update possible", a.name, a.kind.as_str()));
+        Ok(())
     }
 
-    fn stage(ctx: StepContext) -> Outcome {
-        step(|| {
-            let a = analyse(&ctx.package)?;
-            let seq = match current(&ctx)? {
-                Some(seq) => seq,
-                None => {
-                    for key in KV_KEYS {
-                        kv::delete(key)?;
-                    }
-                    next_seq()?
-                }
-            };
-            kv::set("package", &a.name)?;
-            kv::set("seq", &seq.to_string())?;
-            kv::set("kind", a.kind.as_str())?;
-            if a.kind == Kind::Small {
-                log::info(&format!(
-                    "{}: small update (Rules: {}): nothing to prepare, it is unpacked straight into the installation during apply, without a backup",
-                    a.name,
-                    a.kind.rules()
-                ));
-                kv::set("staged", "1")?;
-                return Ok(());
-            }
-            let staged = staged_dir(seq);
-            if kv::get("staged")?.is_some() && exists(&staged) {
-                log::info(&format!("{staged} is already prepared"));
-                return Ok(());
-            }
-            fs::remove_tree(&staged)?;
-            let tag = Tag {
-                seq,
-                package: &a.name,
-            };
-            match a.kind {
-                Kind::Complete => {
-                    std::fs::create_dir(&staged).at(&staged)?;
-                    progress::report(10, "unpacking the complete program");
-                    archive::extract(&ctx.package, &staged)?;
-                    // The new program keeps the site's update history: the work
-                    // folder with the Update State log, and the kept archives.
-                    progress::report(
-                        50,
-                        "copying work and the kept archives into the new directory",
-                    );
-                    fs::remove_tree(&format!("{staged}/work"))?;
-                    if exists(&format!("{PRODUCT}/work")) {
-                        fs::copy_tree(&format!("{PRODUCT}/work"), &format!("{staged}/work"))?;
-                    }
-                    for kept in kept_archives() {
-                        fs::remove_tree(&format!("{staged}/{kept}"))?;
-                        fs::copy_tree(&format!("{PRODUCT}/{kept}"), &format!("{staged}/{kept}"))?;
-                    }
-                    tag.log(&staged, &format!(
-                        "update started: complete update to {} (Rules: {}); archive unpacked into the new directory {staged}",
-                        a.version,
-                        a.kind.rules()
-                    ))?;
-                }
-                Kind::Partial => {
-                    progress::report(10, "copying the installation into the new directory");
-                    fs::copy_tree(PRODUCT, &staged)?;
-                    progress::report(50, "unpacking the archive over the copy");
-                    archive::extract(&ctx.package, &staged)?;
-                    tag.log(&staged, &format!(
-                        "update started: partial update to {} (Rules: {}); installation copied to the new directory {staged} and the archive unpacked over it",
-                        a.version,
-                        a.kind.rules()
-                    ))?;
-                }
-                Kind::Small => unreachable!("small updates returned above"),
-            }
-            // The update's instructions are not part of the program.
-            for file in ["Rules", "oscar.ini.chg", "oscar.def.chg"] {
-                fs::remove_tree(&format!("{staged}/{file}"))?;
-            }
-            progress::report(70, "copying work.srv and the configuration");
-            let carried = carry_over(&staged)?;
-            tag.log(
-                &staged,
-                &format!("copied from the installation: {}", carried.join(", ")),
-            )?;
-            let upd = upd_name(seq, &a.ext);
-            let dir = format!("{staged}/{UPDATE_DIR}");
-            std::fs::create_dir_all(&dir).at(&dir)?;
-            let stored = format!("{dir}/{upd}");
-            fs::remove_tree(&stored)?;
-            fs::copy_tree(&ctx.package, &stored)?;
-            tag.log(&staged, &format!("archive stored as {UPDATE_DIR}/{upd}"))?;
-            tag.log(
-                &staged,
-                "new directory prepared; the update continues in the agreed window",
-            )?;
-            kv::set("staged", "1")?;
-            progress::report(100, "prepared");
-            Ok(())
-        })
-    }
-
-    fn apply(ctx: StepContext) -> Outcome {
-        step(|| {
-            let a = analyse(&ctx.package)?;
-            let seq = current(&ctx)?
-                .filter(|_| kv::get("staged").ok().flatten().is_some())
-                .ok_or_else(|| {
-                    Stop::failed(format!(
-                        "{} is not prepared: run the stage step (a Download task) first",
-                        a.name
-                    ))
-                })?;
-            let tag = Tag {
-                seq,
-                package: &a.name,
-            };
-            if a.kind == Kind::Small {
-                return apply_small(&ctx, &a, &tag);
-            }
-            let staged = staged_dir(seq);
-            let upd = upd_name(seq, &a.ext);
-            let exchanged =
-                kv::get("exchanged")?.is_some() || exists(&format!("{PRODUCT}/{UPDATE_DIR}/{upd}"));
-            if !exchanged {
-                if !exists(&staged) {
-                    return Err(Stop::failed(format!(
-                        "{staged} is missing: run the stage step (a Download task) again"
-                    )));
-                }
-                shut_down(ctx.task, &tag, &staged)?;
-                progress::report(30, "copying work.srv and the configuration again");
-                let carried = carry_over(&staged)?;
-                tag.log(
-                    &staged,
-                    &format!("copied again after the shutdown: {}", carried.join(", ")),
-                )?;
-                apply_changes(&a, &staged, &tag)?;
-                // Written before the exchange, into the tree that becomes the
-                // installation: after it, this step's `/product` still names the
-                // directory it opened at its start, which is then the old one.
-                tag.log(&staged, &format!(
-                    "exchanging the directories: the installation then holds {}, the previous installation stays in {staged} for a rollback",
-                    a.version
-                ))?;
-                progress::report(70, "exchanging the installation");
-                fs::exchange(PRODUCT, &staged)?;
-                kv::set("exchanged", "1")?;
-                log::info(&format!(
-                    "directories exchanged: {PRODUCT} holds {}",
-                    a.version
-                ));
-            }
-            start_server()
-        })
-    }
-
-    fn verify(ctx: StepContext) -> Outcome {
-        step(|| {
-            let a = analyse(&ctx.package)?;
-            // Every file the archive brings is installed as it is, except what
-            // the update carries over from the installation (the server's data
-            // and the configuration, which the `.chg` files then change).
-            for (path, size) in &a.files {
-                let rel = path.trim_start_matches("./");
-                if a.kind != Kind::Small && (rel.starts_with("work.srv/") || CONFIG.contains(&rel))
-                {
-                    continue;
-                }
-                let want = archive::read_entry(&ctx.package, path, size + 1)?;
-                let file = format!("{PRODUCT}/{rel}");
-                let have = std::fs::read(&file).at(&file)?;
-                if have != want {
-                    return Err(Stop::failed(format!(
-                        "{file} differs from {path} in {} after the {} update",
-                        a.name,
-                        a.kind.as_str()
-                    )));
-                }
-            }
-            // The release the server now runs, for a configured ready line.
-            let installed = if exists(VERSION_FILE) {
-                installed_version()?
-            } else {
-                a.version.clone()
-            };
-            wait_ready(&installed)?;
-            if let Some(seq) = current(&ctx)? {
-                Tag {
-                    seq,
-                    package: &a.name,
-                }
-                .log(
-                    PRODUCT,
-                    &format!(
-                        "server started; verified: {} installed and the server runs",
-                        a.version
-                    ),
-                )?;
-            }
-            Ok(())
-        })
-    }
-
-    fn commit(ctx: StepContext) -> Outcome {
-        step(|| {
-            let name = file_name(&ctx.package).to_owned();
-            let Some(seq) = current(&ctx)? else {
-                return Ok(());
-            };
-            let ext = extension_of(&name);
-            let tag = Tag {
-                seq,
-                package: &name,
-            };
-            let stored = format!("{PRODUCT}/{UPDATE_DIR}/{}", upd_name(seq, &ext));
-            let kept = kept_name(seq, &ext);
-            if exists(&stored) && !exists(&format!("{PRODUCT}/{kept}")) {
-                fs::copy_tree(&stored, &format!("{PRODUCT}/{kept}"))?;
-            }
-            tag.log(PRODUCT, &format!(
-                "the original archive is kept as {kept} in the installation root; to repeat the update, rename it to {name} and copy it to work"
-            ))?;
-            tag.log(PRODUCT, "update finished")?;
-            if ctx.info.kind != Kind::Small.as_str() {
-                kv::set(INSTALLED_KEY, &ctx.info.version)?;
-            }
-            // After the exchange the new directory's name holds the old installation.
-            fs::remove_tree(&staged_dir(seq))?;
-            for key in KV_KEYS {
-                kv::delete(key)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn rollback(ctx: StepContext) -> Outcome {
-        step(|| {
-            services::stop(SERVICE)?;
-            let name = file_name(&ctx.package).to_owned();
-            let Some(seq) = current(&ctx)? else {
-                services::start(SERVICE)?;
-                return Ok(());
-            };
-            let ext = extension_of(&name);
-            let upd = upd_name(seq, &ext);
-            let stored = format!("{PRODUCT}/{UPDATE_DIR}/{upd}");
-            let kind = kv::get("kind")?.as_deref().and_then(Kind::parse);
-            if kind == Some(Kind::Small) {
-                let started = kv::get("small-started")?.is_some();
-                if !started {
-                    // Nothing was unpacked: only the stored archive goes again.
-                    fs::remove_tree(&stored)?;
-                    if kv::get("made-update-dir")?.is_some() {
-                        fs::remove_tree(&format!("{PRODUCT}/{UPDATE_DIR}"))?;
-                    }
-                }
+    fn stage(ctx: &StepContext) -> Result<(), Stop> {
+        let a = analyse(&ctx.package)?;
+        let seq = match current(ctx)? {
+            Some(seq) => seq,
+            None => {
                 for key in KV_KEYS {
                     kv::delete(key)?;
                 }
-                services::start(SERVICE)?;
-                if started {
-                    return Err(Stop::failed(format!(
-                        "{name} is a small update (Rules: smallupdate = 1): it was unpacked straight into the installation without a backup, so it cannot be rolled back; install a corrected small update or a complete update"
-                    )));
-                }
-                return Ok(());
+                next_seq()?
             }
-            let staged = staged_dir(seq);
-            if exists(&stored) {
-                if !exists(&staged) {
-                    return Err(Stop::failed(format!(
-                        "the previous installation {staged} is gone, so the installation cannot be restored"
-                    )));
-                }
-                // The failed attempt's Update State goes where the restored tree
-                // does not overwrite it.
-                let record = format!(
-                    "/staging/UpdateState-{}.log",
-                    upd.trim_end_matches(&format!(".{ext}"))
+        };
+        kv::set("package", &a.name)?;
+        kv::set("seq", &seq.to_string())?;
+        kv::set("kind", a.kind.as_str())?;
+        if a.kind == Kind::Small {
+            log::info(&format!(
+                "{}: small update (Rules: {}): nothing to prepare, it is unpacked straight into the installation during apply, without a backup",
+                a.name,
+                a.kind.rules()
+            ));
+            kv::set("staged", "1")?;
+            return Ok(());
+        }
+        let staged = staged_dir(seq);
+        if kv::get("staged")?.is_some() && exists(&staged) {
+            log::info(&format!("{staged} is already prepared"));
+            return Ok(());
+        }
+        fs::remove_tree(&staged)?;
+        let tag = Tag {
+            seq,
+            package: &a.name,
+        };
+        match a.kind {
+            Kind::Complete => {
+                std::fs::create_dir(&staged).at(&staged)?;
+                progress::report(10, "unpacking the complete program");
+                archive::extract(&ctx.package, &staged)?;
+                // The new program keeps the site's update history: the work
+                // folder with the Update State log, and the kept archives.
+                progress::report(
+                    50,
+                    "copying work and the kept archives into the new directory",
                 );
-                let state = format!("{PRODUCT}/{STATE_LOG}");
-                fs::remove_tree(&record)?;
-                if exists(&state) {
-                    fs::copy_tree(&state, &record)?;
+                fs::remove_tree(&format!("{staged}/work"))?;
+                if exists(&format!("{PRODUCT}/work")) {
+                    fs::copy_tree(&format!("{PRODUCT}/work"), &format!("{staged}/work"))?;
                 }
-                append_line(
-                    &record,
-                    &format!(
-                        "{} {} {name}: rolled back to the previous installation",
-                        timestamp(),
-                        upd
-                    ),
-                )?;
-                fs::exchange(PRODUCT, &staged)?;
-                log::warn(&format!(
-                    "{name}: rolled back; the failed update's Update State is kept in {record}"
-                ));
+                for kept in kept_archives() {
+                    fs::remove_tree(&format!("{staged}/{kept}"))?;
+                    fs::copy_tree(&format!("{PRODUCT}/{kept}"), &format!("{staged}/{kept}"))?;
+                }
+                tag.log(&staged, &format!(
+                    "update started: complete update to {} (Rules: {}); archive unpacked into the new directory {staged}",
+                    a.version,
+                    a.kind.rules()
+                ))?;
             }
-            fs::remove_tree(&staged)?;
+            Kind::Partial => {
+                progress::report(10, "copying the installation into the new directory");
+                fs::copy_tree(PRODUCT, &staged)?;
+                progress::report(50, "unpacking the archive over the copy");
+                archive::extract(&ctx.package, &staged)?;
+                tag.log(&staged, &format!(
+                    "update started: partial update to {} (Rules: {}); installation copied to the new directory {staged} and the archive unpacked over it",
+                    a.version,
+                    a.kind.rules()
+                ))?;
+            }
+            Kind::Small => unreachable!("small updates returned above"),
+        }
+        // The update's instructions are not part of the program.
+        for file in ["Rules", "oscar.ini.chg", "oscar.def.chg"] {
+            fs::remove_tree(&format!("{staged}/{file}"))?;
+        }
+        progress::report(70, "copying work.srv and the configuration");
+        let carried = carry_over(&staged)?;
+        tag.log(
+            &staged,
+            &format!("copied from the installation: {}", carried.join(", ")),
+        )?;
+        let upd = upd_name(seq, &a.ext);
+        let dir = format!("{staged}/{UPDATE_DIR}");
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let stored = format!("{dir}/{upd}");
+        fs::remove_tree(&stored)?;
+        fs::copy_tree(&ctx.package, &stored)?;
+        tag.log(&staged, &format!("archive stored as {UPDATE_DIR}/{upd}"))?;
+        tag.log(
+            &staged,
+            "new directory prepared; the update continues in the agreed window",
+        )?;
+        kv::set("staged", "1")?;
+        progress::report(100, "prepared");
+        Ok(())
+    }
+
+    fn apply(ctx: &StepContext) -> Result<(), Stop> {
+        let a = analyse(&ctx.package)?;
+        let seq = current(ctx)?
+            .filter(|_| kv::get("staged").ok().flatten().is_some())
+            .ok_or_else(|| {
+                Stop::failed(format!(
+                    "{} is not prepared: run the stage step (a Download task) first",
+                    a.name
+                ))
+            })?;
+        let tag = Tag {
+            seq,
+            package: &a.name,
+        };
+        if a.kind == Kind::Small {
+            return apply_small(ctx, &a, &tag);
+        }
+        let staged = staged_dir(seq);
+        let upd = upd_name(seq, &a.ext);
+        let exchanged =
+            kv::get("exchanged")?.is_some() || exists(&format!("{PRODUCT}/{UPDATE_DIR}/{upd}"));
+        if !exchanged {
+            if !exists(&staged) {
+                return Err(Stop::failed(format!(
+                    "{staged} is missing: run the stage step (a Download task) again"
+                )));
+            }
+            shut_down(ctx.task, &tag, &staged)?;
+            progress::report(30, "copying work.srv and the configuration again");
+            let carried = carry_over(&staged)?;
+            tag.log(
+                &staged,
+                &format!("copied again after the shutdown: {}", carried.join(", ")),
+            )?;
+            apply_changes(&a, &staged, &tag)?;
+            // Written before the exchange, into the tree that becomes the
+            // installation: after it, this step's `/product` still names the
+            // directory it opened at its start, which is then the old one.
+            tag.log(&staged, &format!(
+                "exchanging the directories: the installation then holds {}, the previous installation stays in {staged} for a rollback",
+                a.version
+            ))?;
+            progress::report(70, "exchanging the installation");
+            fs::exchange(PRODUCT, &staged)?;
+            kv::set("exchanged", "1")?;
+            log::info(&format!(
+                "directories exchanged: {PRODUCT} holds {}",
+                a.version
+            ));
+        }
+        start_server()
+    }
+
+    fn verify(ctx: &StepContext) -> Result<(), Stop> {
+        let a = analyse(&ctx.package)?;
+        // Every file the archive brings is installed as it is, except what
+        // the update carries over from the installation (the server's data
+        // and the configuration, which the `.chg` files then change).
+        for (path, size) in &a.files {
+            let rel = path.trim_start_matches("./");
+            if a.kind != Kind::Small && (rel.starts_with("work.srv/") || CONFIG.contains(&rel)) {
+                continue;
+            }
+            let want = archive::read_entry(&ctx.package, path, size + 1)?;
+            let file = format!("{PRODUCT}/{rel}");
+            let have = std::fs::read(&file).at(&file)?;
+            if have != want {
+                return Err(Stop::failed(format!(
+                    "{file} differs from {path} in {} after the {} update",
+                    a.name,
+                    a.kind.as_str()
+                )));
+            }
+        }
+        // The release the server now runs, for a configured ready line.
+        let installed = if exists(VERSION_FILE) {
+            installed_version()?
+        } else {
+            a.version.clone()
+        };
+        wait_ready(&installed)?;
+        if let Some(seq) = current(ctx)? {
+            Tag {
+                seq,
+                package: &a.name,
+            }
+            .log(
+                PRODUCT,
+                &format!(
+                    "server started; verified: {} installed and the server runs",
+                    a.version
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn commit(ctx: &StepContext) -> Result<(), Stop> {
+        let name = file_name(&ctx.package).to_owned();
+        let Some(seq) = current(ctx)? else {
+            return Ok(());
+        };
+        let ext = extension_of(&name);
+        let tag = Tag {
+            seq,
+            package: &name,
+        };
+        let stored = format!("{PRODUCT}/{UPDATE_DIR}/{}", upd_name(seq, &ext));
+        let kept = kept_name(seq, &ext);
+        if exists(&stored) && !exists(&format!("{PRODUCT}/{kept}")) {
+            fs::copy_tree(&stored, &format!("{PRODUCT}/{kept}"))?;
+        }
+        tag.log(PRODUCT, &format!(
+            "the original archive is kept as {kept} in the installation root; to repeat the update, rename it to {name} and copy it to work"
+        ))?;
+        tag.log(PRODUCT, "update finished")?;
+        if ctx.info.kind != Kind::Small.as_str() {
+            kv::set(INSTALLED_KEY, &ctx.info.version)?;
+        }
+        // After the exchange the new directory's name holds the old installation.
+        fs::remove_tree(&staged_dir(seq))?;
+        for key in KV_KEYS {
+            kv::delete(key)?;
+        }
+        Ok(())
+    }
+
+    fn rollback(ctx: &StepContext) -> Result<(), Stop> {
+        services::stop(SERVICE)?;
+        let name = file_name(&ctx.package).to_owned();
+        let Some(seq) = current(ctx)? else {
+            services::start(SERVICE)?;
+            return Ok(());
+        };
+        let ext = extension_of(&name);
+        let upd = upd_name(seq, &ext);
+        let stored = format!("{PRODUCT}/{UPDATE_DIR}/{upd}");
+        let kind = kv::get("kind")?.as_deref().and_then(Kind::parse);
+        if kind == Some(Kind::Small) {
+            let started = kv::get("small-started")?.is_some();
+            if !started {
+                // Nothing was unpacked: only the stored archive goes again.
+                fs::remove_tree(&stored)?;
+                if kv::get("made-update-dir")?.is_some() {
+                    fs::remove_tree(&format!("{PRODUCT}/{UPDATE_DIR}"))?;
+                }
+            }
             for key in KV_KEYS {
                 kv::delete(key)?;
             }
             services::start(SERVICE)?;
-            Ok(())
-        })
+            if started {
+                return Err(Stop::failed(format!(
+                    "{name} is a small update (Rules: smallupdate = 1): it was unpacked straight into the installation without a backup, so it cannot be rolled back; install a corrected small update or a complete update"
+                )));
+            }
+            return Ok(());
+        }
+        let staged = staged_dir(seq);
+        if exists(&stored) {
+            if !exists(&staged) {
+                return Err(Stop::failed(format!(
+                    "the previous installation {staged} is gone, so the installation cannot be restored"
+                )));
+            }
+            // The failed attempt's Update State goes where the restored tree
+            // does not overwrite it.
+            let record = format!(
+                "/staging/UpdateState-{}.log",
+                upd.trim_end_matches(&format!(".{ext}"))
+            );
+            let state = format!("{PRODUCT}/{STATE_LOG}");
+            fs::remove_tree(&record)?;
+            if exists(&state) {
+                fs::copy_tree(&state, &record)?;
+            }
+            append_line(
+                &record,
+                &format!(
+                    "{} {} {name}: rolled back to the previous installation",
+                    timestamp(),
+                    upd
+                ),
+            )?;
+            fs::exchange(PRODUCT, &staged)?;
+            log::warn(&format!(
+                "{name}: rolled back; the failed update's Update State is kept in {record}"
+            ));
+        }
+        fs::remove_tree(&staged)?;
+        for key in KV_KEYS {
+            kv::delete(key)?;
+        }
+        services::start(SERVICE)?;
+        Ok(())
     }
 }
 
 /// Stops the clients and the server after checking once more that nobody works.
 fn shut_down(task: TaskKind, tag: &Tag<'_>, state_root: &str) -> Result<(), Stop> {
     if let Err(stop) = check_clients(task) {
-        let reason = stop_text(stop);
+        let reason = stop.to_string();
         tag.log(state_root, &format!("cancelled: {reason}"))?;
         return Err(Stop::failed(format!(
             "{reason} (since the precheck); the update was cancelled"
@@ -724,11 +709,11 @@ struct Analysis {
     changes: Vec<(String, String, Vec<Change>)>,
 }
 
-fn analyse(package: &str) -> Result<Analysis, String> {
+fn analyse(package: &str) -> Result<Analysis, Stop> {
     let name = file_name(package).to_owned();
     let (stem, ext) = archive_name(&name)?;
-    let entries = archive::entries(package).map_err(|e| e.message)?;
-    let rules = read_text(package, "Rules")?.ok_or_else(|| {
+    let entries = archive::entries(package)?;
+    let rules = package_text(package, "Rules", 1024 * 1024)?.ok_or_else(|| {
         format!("{name}: the archive has no Rules file; every OSCAR update holds one that says how it is applied")
     })?;
     let rules = parse_rules(&rules).map_err(|e| format!("{name}: {e}"))?;
@@ -749,7 +734,7 @@ fn analyse(package: &str) -> Result<Analysis, String> {
                 return Err(format!(
                     "{name}: a small update holds only plain uncritical files, and {} is a link or special file",
                     entry.path
-                ));
+                ).into());
             }
             continue;
         }
@@ -761,9 +746,9 @@ fn analyse(package: &str) -> Result<Analysis, String> {
             if kind == Kind::Small {
                 return Err(format!(
                     "{name}: a small update changes no configuration, and it holds {file}; make it a partial update (smallupdate = 0)"
-                ));
+                ).into());
             }
-            let text = read_text(package, &entry.path)?.unwrap_or_default();
+            let text = package_text(package, &entry.path, 1024 * 1024)?.unwrap_or_default();
             let parsed = parse_changes(file, &text).map_err(|e| format!("{name}: {e}"))?;
             changes.push((file.to_string(), target.to_string(), parsed));
             continue;
@@ -776,14 +761,14 @@ fn analyse(package: &str) -> Result<Analysis, String> {
             if !UNCRITICAL.contains(&ext.as_str()) {
                 return Err(format!(
                     "{name}: a small update holds only uncritical files (*.fgl, *.fsm, *.asc, *.bmp), and {path} is not one; make it a partial update (smallupdate = 0)"
-                ));
+                ).into());
             }
         }
         files.push((entry.path.clone(), entry.size));
     }
     // The document names no release file: an archive's `VERSION` is read when
     // it has one, and otherwise the update is known by its archive's name.
-    let version = match read_text(package, "VERSION")? {
+    let version = match package_text(package, "VERSION", 1024 * 1024)? {
         Some(text) if kind != Kind::Small => {
             let v = text.trim().to_owned();
             if v.is_empty()
@@ -793,7 +778,8 @@ fn analyse(package: &str) -> Result<Analysis, String> {
             {
                 return Err(format!(
                     "{name}: VERSION says {v:?}, which is no release such as 22.0.0"
-                ));
+                )
+                .into());
             }
             v
         }
@@ -806,7 +792,7 @@ fn analyse(package: &str) -> Result<Analysis, String> {
     {
         return Err(format!(
             "{name}: a complete update (completeupdate = 1) holds the whole program, and bin/oscar is not in it"
-        ));
+        ).into());
     }
     Ok(Analysis {
         name,
@@ -1131,45 +1117,6 @@ fn installed_version() -> Result<String, Stop> {
             .to_owned());
     }
     Ok(kv::get(INSTALLED_KEY)?.unwrap_or_default())
-}
-
-/// Bytes of the files under `root`; 0 when it does not exist.
-fn tree_size(root: &str) -> Result<u64, Stop> {
-    let mut total = 0;
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let entry = entry.at(&dir)?;
-            let path = format!("{dir}/{}", entry.file_name().to_string_lossy());
-            let meta = std::fs::symlink_metadata(&path).at(&path)?;
-            if meta.is_dir() {
-                stack.push(path);
-            } else {
-                total += meta.len();
-            }
-        }
-    }
-    Ok(total)
-}
-
-/// A text entry of the package, `None` when it has no such entry.
-fn read_text(package: &str, entry: &str) -> Result<Option<String>, String> {
-    let bare = entry.trim_start_matches("./");
-    for name in [bare.to_owned(), format!("./{bare}")] {
-        match archive::read_entry(package, &name, 1024 * 1024) {
-            Ok(bytes) => {
-                return String::from_utf8(bytes)
-                    .map(Some)
-                    .map_err(|_| format!("{}: {bare} is not text", file_name(package)));
-            }
-            Err(e) if e.kind == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.message),
-        }
-    }
-    Ok(None)
 }
 
 /// Now, as the Update State log writes it (UTC: the sandbox has no time zone).

@@ -1,177 +1,84 @@
-//! The guest side of `posup:plugin@0.1.0`.
+//! Write a posup plugin: the guest side of the interface `posup:plugin@0.1.0`
+//! (`wit/plugin.wit`, shipped inside this crate).
 //!
-//! A plugin author implements [`Plugin`] for a unit struct and calls [`export!`]:
+//! A plugin teaches posup how one point-of-sale product is updated. It is a
+//! WebAssembly component built with `cargo build --release --target
+//! wasm32-wasip2`; the posup agent runs it in a sandbox on every terminal, one
+//! step at a time, each step in a fresh instance. A plugin implements
+//! [`Plugin`] for a unit struct and hands it to [`export!`]:
 //!
 //! ```ignore
-//! struct Kiosk;
-//! impl posup_plugin_sdk::Plugin for Kiosk { /* info, inventory, inspect, steps */ }
-//! posup_plugin_sdk::export!(Kiosk);
+//! use posup_plugin_sdk::{Capabilities, Dir, DirRequest, PackageInfo, Plugin, PluginInfo, //!     StepContext, Stop, archive, files, fs, services};
+//!
+//! struct Frontol;
+//!
+//! impl Plugin for Frontol {
+//!     fn info() -> PluginInfo {
+//!         PluginInfo {
+//!             name: "frontol".into(),
+//!             vendor: "ACME".into(),
+//!             version: "1.0.0".into(),
+//!             device_types: vec!["frontol".into()],
+//!             capabilities: Capabilities {
+//!                 dirs: vec![DirRequest::write(Dir::Product), DirRequest::write(Dir::Staging),
+//!                            DirRequest::write(Dir::Backup)],
+//!                 services: vec!["frontol".into()],
+//!                 ..Capabilities::default()
+//!             },
+//!             ..PluginInfo::default()
+//!         }
+//!     }
+//!     fn inspect(package: &str) -> Result<PackageInfo, Stop> {
+//!         let version = files::version_in_name(files::file_name(package), "frontol-", &[".tar.gz"])
+//!             .ok_or_else(|| Stop::failed(format!("{package}: not frontol-<version>.tar.gz")))?;
+//!         Ok(PackageInfo { version: version.into(), kind: "program".into(), ..PackageInfo::default() })
+//!     }
+//!     fn precheck(ctx: &StepContext) -> Result<(), Stop> { posup_plugin_sdk::tree::require_staging_space(&ctx.package) }
+//!     fn stage(ctx: &StepContext) -> Result<(), Stop> { /* unpack into /staging */ Ok(()) }
+//!     fn apply(ctx: &StepContext) -> Result<(), Stop> {
+//!         services::stop("frontol")?;
+//!         posup_plugin_sdk::tree::backup("/product", "/backup/frontol", &ctx.info.version)?;
+//!         archive::extract(&ctx.package, "/product")?;
+//!         services::start("frontol")?;
+//!         Ok(())
+//!     }
+//!     fn rollback(_ctx: &StepContext) -> Result<(), Stop> {
+//!         services::stop("frontol")?;
+//!         posup_plugin_sdk::tree::restore("/backup/frontol", "/product", &[])?;
+//!         services::start("frontol")?;
+//!         Ok(())
+//!     }
+//!     // `verify` (the product's services keep running), `commit` and `inventory`
+//!     // (the version posup installed last) have defaults.
+//! }
+//!
+//! posup_plugin_sdk::export!(Frontol);
 //! ```
 //!
-//! Host capabilities are plain functions in the modules [`archive`], [`fs`],
-//! [`logs`], [`services`], [`prompt`], [`kv`], [`vars`], [`log`] and [`progress`].
-//! Files are reached with `std::fs` under the granted directories `/product`,
-//! `/staging`, `/backup` and `/logs`.
+//! What a plugin can reach:
+//! - files with `std::fs` under the directories it asked for and the operator
+//!   granted: `/product` (the installation), `/staging` (packages and trees
+//!   prepared before the downtime), `/backup`, `/logs`;
+//! - the host's capabilities, plain functions in [`archive`], [`fs`], [`logs`],
+//!   [`services`], [`prompt`], [`kv`], [`vars`], [`log`] and [`progress`];
+//! - nothing else: no network, no environment, no clock beyond WASI's.
+//!
+//! The helpers every product needs are here too: [`watch`] (log marks that
+//! survive a step, waiting for a log line with a deadline, a product that must
+//! keep running), [`config`] (settings from server variables), [`tree`]
+//! (backup and restore with a keep-list, free space), [`files`] and [`version`].
+//!
+//! The guide, `docs/plugin-guide.md` in the posup repository, describes the step
+//! lifecycle, deadlines, the device configuration and testing with
+//! `posup plugin test`.
 
-// The generated export macro names items through `posup_plugin_sdk::…`, which must
+// The generated bindings name items through `posup_plugin_sdk::…`, which must
 // resolve inside this crate too.
 extern crate self as posup_plugin_sdk;
 
-#[doc(hidden)]
-pub use wit_bindgen::rt as __wit_bindgen_rt;
+pub mod version;
 
-/// Raw bindings generated from `wit/since_v0.1.0`. Plugins should not need them.
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub mod bindings {
-    wit_bindgen::generate!({
-        path: "../../wit/since_v0.1.0",
-        world: "plugin",
-        pub_export_macro: true,
-        export_macro_name: "export_bindings",
-        default_bindings_module: "posup_plugin_sdk::bindings",
-        runtime_path: "posup_plugin_sdk::__wit_bindgen_rt",
-    });
-}
-
-pub use bindings::Guest as Plugin;
-pub use bindings::posup::plugin::types::{
-    Capabilities, Dir, DirRequest, Error, ErrorKind, Inventory, ModuleVersion, NotNow, Outcome,
-    PackageInfo, PluginInfo, StepContext, TaskKind,
-};
-pub use bindings::posup::plugin::{archive, fs, kv, logs, progress, prompt, services, vars};
-
-/// Exports a type implementing [`Plugin`] as the component's entry points.
-#[macro_export]
-macro_rules! export {
-    ($plugin:ident) => {
-        $crate::bindings::export_bindings!($plugin with_types_in $crate::bindings);
-    };
-}
-
-/// Plugin log lines, stored by the host with the step.
-pub mod log {
-    use crate::bindings::posup::plugin::log::{Level, log};
-
-    pub fn debug(message: &str) {
-        log(Level::Debug, message);
-    }
-    pub fn info(message: &str) {
-        log(Level::Info, message);
-    }
-    pub fn warn(message: &str) {
-        log(Level::Warn, message);
-    }
-    pub fn error(message: &str) {
-        log(Level::Error, message);
-    }
-}
-
-/// Why a step stops early: the value `?` carries out of a step body run by [`step`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stop {
-    /// Nothing was changed; the host asks again after `retry_after_secs`.
-    NotNow {
-        reason: String,
-        retry_after_secs: u32,
-    },
-    /// The step failed; the host rolls back.
-    Failed(String),
-}
-
-impl Stop {
-    pub fn not_now(reason: impl Into<String>, retry_after_secs: u32) -> Self {
-        Stop::NotNow {
-            reason: reason.into(),
-            retry_after_secs,
-        }
-    }
-
-    pub fn failed(reason: impl Into<String>) -> Self {
-        Stop::Failed(reason.into())
-    }
-}
-
-impl From<Error> for Stop {
-    fn from(e: Error) -> Self {
-        Stop::Failed(e.message)
-    }
-}
-
-impl From<String> for Stop {
-    fn from(s: String) -> Self {
-        Stop::Failed(s)
-    }
-}
-
-impl From<&str> for Stop {
-    fn from(s: &str) -> Self {
-        Stop::Failed(s.to_owned())
-    }
-}
-
-/// Runs a step body and turns its result into the [`Outcome`] the host expects.
-pub fn step(body: impl FnOnce() -> Result<(), Stop>) -> Outcome {
-    match body() {
-        Ok(()) => Outcome::Ok,
-        Err(Stop::NotNow {
-            reason,
-            retry_after_secs,
-        }) => Outcome::NotNow(NotNow {
-            reason,
-            retry_after_secs,
-        }),
-        Err(Stop::Failed(reason)) => {
-            log::error(&reason);
-            Outcome::Failed(reason)
-        }
-    }
-}
-
-/// Adds the path to an I/O error, so a failure names the file it is about.
-pub trait IoContext<T> {
-    fn at(self, path: &str) -> Result<T, Stop>;
-}
-
-impl<T> IoContext<T> for std::io::Result<T> {
-    fn at(self, path: &str) -> Result<T, Stop> {
-        self.map_err(|e| Stop::Failed(format!("{path}: {e}")))
-    }
-}
-
-/// Refuses the update when `/staging` has less than four times the package's size
-/// free: room for the unpacked tree and the backup copy, generously.
-pub fn require_staging_space(package: &str) -> Result<(), Stop> {
-    let size = std::fs::metadata(package).at(package)?.len();
-    let needed = size.saturating_mul(4);
-    let free = fs::free_space("/staging")?;
-    if free < needed {
-        return Err(Stop::failed(format!(
-            "not enough disk space for the update: {free} bytes free on /staging, {needed} needed"
-        )));
-    }
-    Ok(())
-}
-
-/// Compares two dotted versions numerically part by part (`1.14.9` > `1.8.4`, `877`
-/// > `1.9`); parts that are not numbers compare as text.
-pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    let mut pa = a.split(['.', '-', '_']);
-    let mut pb = b.split(['.', '-', '_']);
-    loop {
-        match (pa.next(), pb.next()) {
-            (None, None) => return std::cmp::Ordering::Equal,
-            (None, Some(_)) => return std::cmp::Ordering::Less,
-            (Some(_), None) => return std::cmp::Ordering::Greater,
-            (Some(x), Some(y)) => {
-                let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
-                    (Ok(x), Ok(y)) => x.cmp(&y),
-                    _ => x.cmp(y),
-                };
-                if ord != std::cmp::Ordering::Equal {
-                    return ord;
-                }
-            }
-        }
-    }
-}
+#[cfg(feature = "guest")]
+mod guest;
+#[cfg(feature = "guest")]
+pub use guest::*;

@@ -10,8 +10,8 @@
 //! they are). What got through is returned as `failed("ESCAPED: …")`.
 
 use posup_plugin_sdk::{
-    Capabilities, Dir, DirRequest, Inventory, Outcome, PackageInfo, Plugin, PluginInfo,
-    StepContext, archive, fs, logs, progress, prompt, services, vars,
+    Capabilities, Dir, DirRequest, Inventory, PackageInfo, Plugin, PluginInfo, StepContext, Stop,
+    archive, fs, logs, progress, prompt, services, vars,
 };
 
 struct Hostile;
@@ -46,7 +46,7 @@ impl Plugin for Hostile {
         }
     }
 
-    fn inventory() -> Result<Inventory, String> {
+    fn inventory() -> Result<Inventory, Stop> {
         Ok(Inventory {
             product: "hostile".into(),
             version: "0".into(),
@@ -60,7 +60,7 @@ impl Plugin for Hostile {
         })
     }
 
-    fn inspect(package: String) -> Result<PackageInfo, String> {
+    fn inspect(package: &str) -> Result<PackageInfo, Stop> {
         let name = package.rsplit('/').next().unwrap_or_default();
         match name {
             "loop" => {
@@ -91,27 +91,27 @@ impl Plugin for Hostile {
             }
             "service" => services::stop("sshd")
                 .map(|()| found("stopped sshd".into()))
-                .map_err(|e| e.message),
+                .map_err(Stop::from),
             "backup-write" => std::fs::write("/backup/planted", b"x")
                 .map(|()| found("wrote /backup/planted".into()))
-                .map_err(|e| format!("/backup/planted: {e}")),
+                .map_err(|e| Stop::failed(format!("/backup/planted: {e}"))),
             "product-write" => std::fs::write("/product/planted", b"x")
                 .map(|()| found("wrote /product/planted".into()))
-                .map_err(|e| format!("/product/planted: {e}")),
+                .map_err(|e| Stop::failed(format!("/product/planted: {e}"))),
             // Lists the package: the host must bound what a hostile archive makes
             // it hold in memory.
-            n if n.starts_with("list-") => archive::entries(&package)
+            n if n.starts_with("list-") => archive::entries(package)
                 .map(|e| found(format!("{} entries", e.len())))
-                .map_err(|e| e.message),
+                .map_err(Stop::from),
             _ => Ok(found("trivial".into())),
         }
     }
 
     /// On a package named `precheck-writes`: changes what it can, then fails,
     /// as if nothing had happened.
-    fn precheck(ctx: StepContext) -> Outcome {
+    fn precheck(ctx: &StepContext) -> Result<(), Stop> {
         if !ctx.package.ends_with("/precheck-writes") {
-            return Outcome::Ok;
+            return Ok(());
         }
         let mut escaped = Vec::new();
         let mut held = Vec::new();
@@ -135,12 +135,12 @@ impl Plugin for Hostile {
                 .map_err(|e| e.message),
         );
         if escaped.is_empty() {
-            Outcome::Failed(format!("held: {}", held.join("; ")))
+            Err(Stop::Failed(format!("held: {}", held.join("; "))))
         } else {
-            Outcome::Failed(format!("ESCAPED: {}", escaped.join("; ")))
+            Err(Stop::Failed(format!("ESCAPED: {}", escaped.join("; "))))
         }
     }
-    fn stage(ctx: StepContext) -> Outcome {
+    fn stage(ctx: &StepContext) -> Result<(), Stop> {
         let name = ctx.package.rsplit('/').next().unwrap_or_default();
         let mut escaped = Vec::new();
         let mut held = Vec::new();
@@ -209,25 +209,25 @@ impl Plugin for Hostile {
                 }
                 held.push("flooded".into());
             }
-            _ => return Outcome::Ok,
+            _ => return Ok(()),
         }
         if escaped.is_empty() {
-            Outcome::Failed(format!("held: {}", held.join("; ")))
+            Err(Stop::Failed(format!("held: {}", held.join("; "))))
         } else {
-            Outcome::Failed(format!("ESCAPED: {}", escaped.join("; ")))
+            Err(Stop::Failed(format!("ESCAPED: {}", escaped.join("; "))))
         }
     }
-    fn apply(_: StepContext) -> Outcome {
-        Outcome::Ok
+    fn apply(_ctx: &StepContext) -> Result<(), Stop> {
+        Ok(())
     }
-    fn verify(_: StepContext) -> Outcome {
-        Outcome::Ok
+    fn verify(_ctx: &StepContext) -> Result<(), Stop> {
+        Ok(())
     }
-    fn commit(_: StepContext) -> Outcome {
-        Outcome::Ok
+    fn commit(_ctx: &StepContext) -> Result<(), Stop> {
+        Ok(())
     }
-    fn rollback(_: StepContext) -> Outcome {
-        Outcome::Ok
+    fn rollback(_ctx: &StepContext) -> Result<(), Stop> {
+        Ok(())
     }
 }
 

@@ -25,14 +25,15 @@
 
 use std::time::{Duration, Instant};
 
-use posup_plugin_common::{
-    exists, file_name, named_log, product_path, remember_log_end, remembered_mark, settle,
-    stop_text,
+use posup_plugin_sdk::config::{named_log, product_path};
+use posup_plugin_sdk::files::{
+    exists, file_name, package_text, read_trimmed, same_file, tree_size,
 };
+use posup_plugin_sdk::watch::{remember_log_end, remembered_mark, settle};
 use posup_plugin_sdk::{
-    Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, Outcome, PackageInfo, Plugin,
+    Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, PackageInfo, Plugin,
     PluginInfo, StepContext, Stop, TaskKind, archive, fs, kv, log, logs, progress, prompt,
-    services, step, vars,
+    services, vars,
 };
 
 const SERVICE: &str = "ukm5";
@@ -97,10 +98,10 @@ impl Plugin for Ukm5 {
         }
     }
 
-    fn inventory() -> Result<Inventory, String> {
-        require_register().map_err(stop_text)?;
-        let version = installed_version().map_err(stop_text)?;
-        let running = services::status(SERVICE).map_err(|e| e.message)? == services::State::Running;
+    fn inventory() -> Result<Inventory, Stop> {
+        require_register()?;
+        let version = installed_version()?;
+        let running = services::status(SERVICE)? == services::State::Running;
         // The register's mode where its log tells it; otherwise what the
         // service's state says.
         let mode = current_mode()
@@ -115,7 +116,7 @@ impl Plugin for Ukm5 {
                 Err(e) => e,
             },
         )];
-        let reboot = reboot_pending().map_err(stop_text)?;
+        let reboot = reboot_pending()?;
         if let Some(v) = &reboot {
             details.push(("reboot-required-for".into(), v.clone()));
         }
@@ -132,20 +133,21 @@ impl Plugin for Ukm5 {
         })
     }
 
-    fn inspect(package: String) -> Result<PackageInfo, String> {
-        let name = file_name(&package);
+    fn inspect(package: &str) -> Result<PackageInfo, Stop> {
+        let name = file_name(package);
         let version = version_from_name(name)?;
         // The document names packages, never their contents: a `version` file
         // is checked where a package has one.
-        if let Some(inside) = read_text(&package, "version", 64)?
+        if let Some(inside) = package_text(package, "version", 64)?
             && inside.trim() != version
         {
             return Err(format!(
                 "{name}: its name says version {version} but its `version` file says {}",
                 inside.trim()
-            ));
+            )
+            .into());
         }
-        for entry in archive::entries(&package).map_err(|e| e.message)? {
+        for entry in archive::entries(package)? {
             let path = entry.path.trim_start_matches("./");
             if let Some(own) = NOT_IN_PACKAGES
                 .iter()
@@ -154,10 +156,10 @@ impl Plugin for Ukm5 {
                 return Err(format!(
                     "{name}: holds {}, which is the register's own ({own} is never replaced by a package)",
                     entry.path
-                ));
+                ).into());
             }
         }
-        let changelog = read_text(&package, "CHANGELOG.txt", 256 * 1024)?.unwrap_or_default();
+        let changelog = package_text(package, "CHANGELOG.txt", 256 * 1024)?.unwrap_or_default();
         Ok(PackageInfo {
             notes: format!(
                 "UKM 5 POS {version}; a full reboot of the register is required after it"
@@ -169,207 +171,191 @@ impl Plugin for Ukm5 {
         })
     }
 
-    fn precheck(ctx: StepContext) -> Outcome {
-        step(|| {
-            require_register()?;
-            if ctx.task != TaskKind::Download {
-                installer_granted()?;
-            }
-            if ctx.task != TaskKind::Download
-                && let Some(mode) = current_mode()?
-                && mode == "RECEIPT"
-            {
-                return Err(Stop::not_now(
-                    "a receipt is open at the register: the update waits until the cashier closes it",
-                    120,
-                ));
-            }
-            // Room for the package in the drop folder and the copy of the program
-            // a rollback needs.
-            let package = std::fs::metadata(&ctx.package).at(&ctx.package)?.len();
-            let program = tree_size(MINT)?;
-            let needed = package.saturating_mul(2).saturating_add(program);
-            let free = fs::free_space("/product")?;
-            if free < needed {
-                return Err(Stop::failed(format!(
-                    "not enough disk space on the register: {free} bytes free under /home/ukm5, {needed} needed"
-                )));
-            }
-            Ok(())
-        })
+    fn precheck(ctx: &StepContext) -> Result<(), Stop> {
+        require_register()?;
+        if ctx.task != TaskKind::Download {
+            installer_granted()?;
+        }
+        if ctx.task != TaskKind::Download
+            && let Some(mode) = current_mode()?
+            && mode == "RECEIPT"
+        {
+            return Err(Stop::not_now(
+                "a receipt is open at the register: the update waits until the cashier closes it",
+                120,
+            ));
+        }
+        // Room for the package in the drop folder and the copy of the program
+        // a rollback needs.
+        let package = std::fs::metadata(&ctx.package).at(&ctx.package)?.len();
+        let program = tree_size(MINT)?;
+        let needed = package.saturating_mul(2).saturating_add(program);
+        let free = fs::free_space("/product")?;
+        if free < needed {
+            return Err(Stop::failed(format!(
+                "not enough disk space on the register: {free} bytes free under /home/ukm5, {needed} needed"
+            )));
+        }
+        Ok(())
     }
 
-    fn stage(ctx: StepContext) -> Outcome {
-        step(|| {
-            let name = file_name(&ctx.package).to_owned();
-            let target = format!("{DROP}/{name}");
-            if !exists(DROP) {
-                return Err(Stop::failed(format!(
-                    "{DROP} does not exist: this is not a UKM 5 register home, or its update folder was removed"
-                )));
-            }
-            let loaded = same_file(&ctx.package, &target)?;
-            // Whether this update placed the package decides whether its rollback
-            // takes it away again. A Download loads it for good: the register
-            // keeps it until it is installed.
-            if ctx.task == TaskKind::Download {
+    fn stage(ctx: &StepContext) -> Result<(), Stop> {
+        let name = file_name(&ctx.package).to_owned();
+        let target = format!("{DROP}/{name}");
+        if !exists(DROP) {
+            return Err(Stop::failed(format!(
+                "{DROP} does not exist: this is not a UKM 5 register home, or its update folder was removed"
+            )));
+        }
+        let loaded = same_file(&ctx.package, &target)?;
+        // Whether this update placed the package decides whether its rollback
+        // takes it away again. A Download loads it for good: the register
+        // keeps it until it is installed.
+        if ctx.task == TaskKind::Download {
+            kv::delete("placed")?;
+        } else if !loaded && kv::get("placed")?.as_deref() != Some(name.as_str()) {
+            if exists(&target) {
                 kv::delete("placed")?;
-            } else if !loaded && kv::get("placed")?.as_deref() != Some(name.as_str()) {
-                if exists(&target) {
-                    kv::delete("placed")?;
-                } else {
-                    kv::set("placed", &name)?;
-                }
-            }
-            if loaded {
-                log::info(&format!("{name} is already loaded in {DROP}"));
             } else {
-                progress::report(20, "loading the package into the register's update folder");
-                // Under a hidden name first: the register watches the folder and
-                // must never see half a package.
-                let partial = format!("{DROP}/.{name}.partial");
-                std::fs::copy(&ctx.package, &partial).at(&partial)?;
-                std::fs::rename(&partial, &target).at(&target)?;
+                kv::set("placed", &name)?;
             }
-            match auto_update_timeout() {
-                Ok(Some(minutes)) => log::info(&format!(
-                    "{name} is loaded; update.conf sets autoUpdateTimeout = {minutes}: the register asks the cashier to update in {minutes} min"
-                )),
-                Ok(None) => log::info(&format!(
-                    "{name} is loaded; autoUpdateTimeout is commented out in update.conf: the register does not ask, an Update or Forced update task installs it"
-                )),
-                Err(e) => log::warn(&e),
-            }
-            progress::report(100, "loaded");
-            Ok(())
-        })
+        }
+        if loaded {
+            log::info(&format!("{name} is already loaded in {DROP}"));
+        } else {
+            progress::report(20, "loading the package into the register's update folder");
+            // Under a hidden name first: the register watches the folder and
+            // must never see half a package.
+            let partial = format!("{DROP}/.{name}.partial");
+            std::fs::copy(&ctx.package, &partial).at(&partial)?;
+            std::fs::rename(&partial, &target).at(&target)?;
+        }
+        match auto_update_timeout() {
+            Ok(Some(minutes)) => log::info(&format!(
+                "{name} is loaded; update.conf sets autoUpdateTimeout = {minutes}: the register asks the cashier to update in {minutes} min"
+            )),
+            Ok(None) => log::info(&format!(
+                "{name} is loaded; autoUpdateTimeout is commented out in update.conf: the register does not ask, an Update or Forced update task installs it"
+            )),
+            Err(e) => log::warn(&e),
+        }
+        progress::report(100, "loaded");
+        Ok(())
     }
 
-    fn apply(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            let name = file_name(&ctx.package).to_owned();
-            let loaded = format!("{DROP}/{name}");
-            if kv::get("applied")?.as_deref() != Some(version.as_str()) {
-                installer_granted()?;
-                if kv::get("installer-run")?.is_none() {
-                    if !exists(&loaded) {
-                        return Err(Stop::failed(format!(
-                            "{name} is not in {DROP}: run the stage step (a Download task) first"
-                        )));
-                    }
-                    progress::report(5, "the register leaves sale mode");
-                    services::stop(SERVICE)?;
-                    if kv::get("backup")?.as_deref() != Some(name.as_str()) || !exists(BACKUP) {
-                        progress::report(20, "keeping the current program for a rollback");
-                        fs::remove_tree(BACKUP)?;
-                        fs::copy_tree(MINT, BACKUP)?;
-                        kv::set("backup", &name)?;
-                    }
-                    progress::report(40, "running up.sh in mint/update");
-                    services::start(INSTALLER)?;
-                    // From here on a rerun after a crash waits for up.sh or
-                    // judges how it ended. A crash just before this line runs
-                    // it again, rather than taking an install that never ran
-                    // for done.
-                    kv::set("installer-run", &name)?;
-                }
-                wait_installer(&name)?;
-                if let Some(now) = version_file()?
-                    && now != *version
-                {
+    fn apply(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        let name = file_name(&ctx.package).to_owned();
+        let loaded = format!("{DROP}/{name}");
+        if kv::get("applied")?.as_deref() != Some(version.as_str()) {
+            installer_granted()?;
+            if kv::get("installer-run")?.is_none() {
+                if !exists(&loaded) {
                     return Err(Stop::failed(format!(
-                        "up.sh installed {name}, but the register's version file says {now}, expected {version}"
+                        "{name} is not in {DROP}: run the stage step (a Download task) first"
                     )));
                 }
-                // The register would ask to install a package still waiting here
-                // again at its next start.
-                fs::remove_tree(&loaded)?;
-                kv::set("applied", version)?;
-                log::warn(&format!(
-                    "UKM 5 POS {version} installed by up.sh: a full reboot of the register is required"
-                ));
+                progress::report(5, "the register leaves sale mode");
+                services::stop(SERVICE)?;
+                if kv::get("backup")?.as_deref() != Some(name.as_str()) || !exists(BACKUP) {
+                    progress::report(20, "keeping the current program for a rollback");
+                    fs::remove_tree(BACKUP)?;
+                    fs::copy_tree(MINT, BACKUP)?;
+                    kv::set("backup", &name)?;
+                }
+                progress::report(40, "running up.sh in mint/update");
+                services::start(INSTALLER)?;
+                // From here on a rerun after a crash waits for up.sh or
+                // judges how it ended. A crash just before this line runs
+                // it again, rather than taking an install that never ran
+                // for done.
+                kv::set("installer-run", &name)?;
             }
-            if let Some(log) = named_log("ukm5-log")? {
-                remember_log_end("start-mark", &log)?;
-            }
-            progress::report(90, "starting the register program");
-            services::start(SERVICE)?;
-            Ok(())
-        })
-    }
-
-    fn verify(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            if let Some(installed) = version_file()?
-                && installed != *version
+            wait_installer(&name)?;
+            if let Some(now) = version_file()?
+                && now != *version
             {
                 return Err(Stop::failed(format!(
-                    "the register's version file says {installed}, expected {version}"
+                    "up.sh installed {name}, but the register's version file says {now}, expected {version}"
                 )));
             }
-            let mode = match named_log("ukm5-log")? {
-                Some(log) => watch_start(&log, version)?,
-                None => "RUNNING".to_owned(),
-            };
-            settle(&[SERVICE], "ukm5-settle-secs", SETTLE)?;
-            let message = reboot_message(version, vars::get("posup-language").as_deref());
+            // The register would ask to install a package still waiting here
+            // again at its next start.
+            fs::remove_tree(&loaded)?;
+            kv::set("applied", version)?;
             log::warn(&format!(
-                "{version} runs ({mode}); a full reboot of the register is required"
+                "UKM 5 POS {version} installed by up.sh: a full reboot of the register is required"
             ));
-            prompt::notify(&message);
-            Ok(())
-        })
+        }
+        if let Some(log) = named_log("ukm5-log")? {
+            remember_log_end("start-mark", &log)?;
+        }
+        progress::report(90, "starting the register program");
+        services::start(SERVICE)?;
+        Ok(())
     }
 
-    fn commit(ctx: StepContext) -> Outcome {
-        step(|| {
-            let version = &ctx.info.version;
-            let boot = vars::get(BOOT_ID).unwrap_or_default();
-            kv::set(REBOOT_KEY, &format!("{version} {boot}"))?;
-            kv::set(INSTALLED_KEY, version)?;
-            fs::remove_tree(BACKUP)?;
-            for key in KV_KEYS {
-                kv::delete(key)?;
-            }
-            Ok(())
-        })
+    fn verify(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        if let Some(installed) = version_file()?
+            && installed != *version
+        {
+            return Err(Stop::failed(format!(
+                "the register's version file says {installed}, expected {version}"
+            )));
+        }
+        let mode = match named_log("ukm5-log")? {
+            Some(log) => watch_start(&log, version)?,
+            None => "RUNNING".to_owned(),
+        };
+        settle(&[SERVICE], "ukm5-settle-secs", SETTLE)?;
+        let message = reboot_message(version, vars::get("posup-language").as_deref());
+        log::warn(&format!(
+            "{version} runs ({mode}); a full reboot of the register is required"
+        ));
+        prompt::notify(&message);
+        Ok(())
     }
 
-    fn rollback(ctx: StepContext) -> Outcome {
-        step(|| {
-            if kv::get("installer-run")?.is_some() {
-                services::stop(INSTALLER)?;
-            }
-            services::stop(SERVICE)?;
-            // The backup is a faithful copy of mint/ taken before anything was
-            // unpacked; putting it back is idempotent, so a rollback interrupted
-            // half-way is simply run again. It is removed only at the very end.
-            if kv::get("backup")?.is_some() && exists(BACKUP) {
-                progress::report(30, "restoring the program kept before the update");
-                fs::remove_tree(MINT)?;
-                fs::copy_tree(BACKUP, MINT)?;
-            }
-            // A package this update loaded leaves with it; one that was there
-            // before stays.
-            let name = file_name(&ctx.package);
-            if kv::get("placed")?.as_deref() == Some(name) {
-                fs::remove_tree(&format!("{DROP}/{name}"))?;
-            }
-            fs::remove_tree(&format!("{DROP}/.{name}.partial"))?;
-            fs::remove_tree(BACKUP)?;
-            for key in KV_KEYS {
-                kv::delete(key)?;
-            }
-            services::start(SERVICE)?;
-            Ok(())
-        })
+    fn commit(ctx: &StepContext) -> Result<(), Stop> {
+        let version = &ctx.info.version;
+        let boot = vars::get(BOOT_ID).unwrap_or_default();
+        kv::set(REBOOT_KEY, &format!("{version} {boot}"))?;
+        kv::set(INSTALLED_KEY, version)?;
+        fs::remove_tree(BACKUP)?;
+        for key in KV_KEYS {
+            kv::delete(key)?;
+        }
+        Ok(())
     }
-}
 
-fn read_file(path: &str) -> Result<String, Stop> {
-    Ok(std::fs::read_to_string(path).at(path)?.trim().to_owned())
+    fn rollback(ctx: &StepContext) -> Result<(), Stop> {
+        if kv::get("installer-run")?.is_some() {
+            services::stop(INSTALLER)?;
+        }
+        services::stop(SERVICE)?;
+        // The backup is a faithful copy of mint/ taken before anything was
+        // unpacked; putting it back is idempotent, so a rollback interrupted
+        // half-way is simply run again. It is removed only at the very end.
+        if kv::get("backup")?.is_some() && exists(BACKUP) {
+            progress::report(30, "restoring the program kept before the update");
+            fs::remove_tree(MINT)?;
+            fs::copy_tree(BACKUP, MINT)?;
+        }
+        // A package this update loaded leaves with it; one that was there
+        // before stays.
+        let name = file_name(&ctx.package);
+        if kv::get("placed")?.as_deref() == Some(name) {
+            fs::remove_tree(&format!("{DROP}/{name}"))?;
+        }
+        fs::remove_tree(&format!("{DROP}/.{name}.partial"))?;
+        fs::remove_tree(BACKUP)?;
+        for key in KV_KEYS {
+            kv::delete(key)?;
+        }
+        services::start(SERVICE)?;
+        Ok(())
+    }
 }
 
 /// A UKM 5 register's home has the update folder the document names.
@@ -389,7 +375,7 @@ fn version_file() -> Result<Option<String>, Stop> {
     if !exists(&path) {
         return Ok(None);
     }
-    read_file(&path).map(Some)
+    read_trimmed(&path).map(Some)
 }
 
 /// The register's version file where it has one; otherwise the last version
@@ -505,37 +491,6 @@ fn watch_start(log: &str, version: &str) -> Result<String, Stop> {
     }
 }
 
-/// Whether two files hold the same bytes (`false` when `b` does not exist).
-fn same_file(a: &str, b: &str) -> Result<bool, Stop> {
-    let Ok(mb) = std::fs::metadata(b) else {
-        return Ok(false);
-    };
-    let ma = std::fs::metadata(a).at(a)?;
-    if ma.len() != mb.len() {
-        return Ok(false);
-    }
-    Ok(std::fs::read(a).at(a)? == std::fs::read(b).at(b)?)
-}
-
-/// Bytes of the files under `root`.
-fn tree_size(root: &str) -> Result<u64, Stop> {
-    let mut total = 0;
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).at(&dir)? {
-            let entry = entry.at(&dir)?;
-            let path = format!("{dir}/{}", entry.file_name().to_string_lossy());
-            let meta = std::fs::symlink_metadata(&path).at(&path)?;
-            if meta.is_dir() {
-                stack.push(path);
-            } else {
-                total += meta.len();
-            }
-        }
-    }
-    Ok(total)
-}
-
 /// `autoUpdateTimeout` from `update.conf`: minutes when set, `None` when
 /// commented out or absent; a value that is no number of minutes is an error
 /// naming its line.
@@ -573,7 +528,7 @@ fn loaded_package() -> Option<String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter_map(|n| version_from_name(&n).ok().map(|v| (v, n)))
-        .max_by(|a, b| posup_plugin_sdk::compare_versions(&a.0, &b.0))
+        .max_by(|a, b| posup_plugin_sdk::version::compare(&a.0, &b.0))
         .map(|(_, n)| n)
 }
 
@@ -610,22 +565,6 @@ fn version_from_name(name: &str) -> Result<String, String> {
                 "{name}: UKM 5 packages are named ukm5_pos_<version>.tgz, the version dotted or a bare build number, e.g. ukm5_pos_1.8.4.tgz or ukm5_pos_877.tgz"
             )
         })
-}
-
-/// A text entry of the package, `None` when it has no such entry.
-fn read_text(package: &str, entry: &str, max: u64) -> Result<Option<String>, String> {
-    for name in [entry.to_owned(), format!("./{entry}")] {
-        match archive::read_entry(package, &name, max) {
-            Ok(bytes) => {
-                return String::from_utf8(bytes)
-                    .map(Some)
-                    .map_err(|_| format!("{}: {entry} is not UTF-8 text", file_name(package)));
-            }
-            Err(e) if e.kind == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.message),
-        }
-    }
-    Ok(None)
 }
 
 posup_plugin_sdk::export!(Ukm5);
