@@ -132,6 +132,7 @@ async fn download(t: &Terminal, package: &Path) -> UpdateResult {
             prompter: None,
             consent_timeout: Duration::from_secs(5),
             deadline: posup_runtime::Step::default_deadline,
+            fail_after: None,
         },
         observer: None,
     };
@@ -405,7 +406,23 @@ async fn an_update_without_the_registers_installer_is_refused() {
     t.services().start("ukm5").await.unwrap();
     wait_mode(&t, "SALE");
     let before = snapshot(&t.product);
+    // `posup apply` names the missing grant before any step runs…
     let out = apply(&t, &t.package("ukm5", "1.14.9"), &["--forced"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("nothing was changed")
+            && err.contains("[allow] services = [\"ukm5-up\", …]")
+            && err.contains("[services.ukm5-up]"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t.product), before);
+    // …and the plugin itself refuses in precheck, as it does under an agent.
+    let out = apply(
+        &t,
+        &t.package("ukm5", "1.14.9"),
+        &["--forced", "--partial-grants"],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -468,7 +485,7 @@ fn a_wrongly_named_package_is_refused_before_anything_changes() {
     let before = snapshot(&t.product);
     let pkg = t.package("ukm5", "misnamed");
     assert!(pkg.ends_with("ukm5-pos-1.15.0.tar.gz"));
-    let out = apply(&t, &pkg, &[]);
+    let out = apply(&t, &pkg, &["--partial-grants"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(

@@ -1130,6 +1130,7 @@ impl Agent {
                 prompter: Some(prompter),
                 consent_timeout: self.config.cashier.consent_timeout(),
                 deadline: posup_runtime::Step::default_deadline,
+                fail_after: None,
             },
             observer: Some(&observer),
         };

@@ -40,7 +40,8 @@ use std::sync::Arc;
 use posup_runtime::caps::prompt::BoxFuture;
 use posup_runtime::caps::services::{ProcessSpec, Processes, ServiceManager, Systemd};
 use posup_runtime::caps::{CapError, CapResult};
-use posup_runtime::grants::parse_dir;
+use posup_runtime::grants::{dir_name, parse_dir};
+use posup_runtime::types::Capabilities;
 use posup_runtime::wit::services::State;
 use posup_runtime::{Allowance, DirGrant};
 use serde::Deserialize;
@@ -104,6 +105,17 @@ pub struct ServiceConfig {
     pub log: Option<PathBuf>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+/// One thing a plugin asks for that a configuration does not give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lacking {
+    /// The configuration line that would give it.
+    pub line: String,
+    /// Whether an update cannot work without it: a folder the plugin writes, a
+    /// service it runs. Read-only folders, scripts and questions may be left
+    /// out on purpose.
+    pub blocks: bool,
 }
 
 /// A configuration that cannot be used, with what to fix.
@@ -238,6 +250,69 @@ impl DeviceConfig {
         }
     }
 
+    /// What a plugin asks for (`requested`) that this configuration does not
+    /// give, each as the line of the configuration that would give it. Empty
+    /// when everything it asks for is granted. `posup apply` shows these before
+    /// any step runs.
+    pub fn missing_for(&self, requested: &Capabilities) -> Vec<Lacking> {
+        let mut missing = Vec::new();
+        for req in &requested.dirs {
+            let name = dir_name(req.dir);
+            if !self.dirs.contains_key(name) {
+                missing.push(Lacking {
+                    line: format!("[dirs] {name} = \"/path/of/the/{name}/folder\""),
+                    // A folder the plugin only reads (a product's logs) may be
+                    // absent on purpose; plugins read it where it is.
+                    blocks: req.write,
+                });
+            } else if req.write && self.allow.read_only.iter().any(|r| r == name) {
+                missing.push(Lacking {
+                    line: format!(
+                        "[allow] read_only = {:?}   # without \"{name}\": the plugin writes there",
+                        self.allow
+                            .read_only
+                            .iter()
+                            .filter(|r| *r != name)
+                            .collect::<Vec<_>>()
+                    ),
+                    blocks: true,
+                });
+            }
+        }
+        for service in &requested.services {
+            if !self.allow.services.contains(service) {
+                missing.push(Lacking {
+                    line: format!("[allow] services = [\"{service}\", …]"),
+                    blocks: true,
+                });
+                if !self.services.contains_key(service) {
+                    missing.push(Lacking {
+                        line: format!(
+                            "[services.{service}] command = [\"/path/to/the/program\"]   # or systemd = \"{service}.service\""
+                        ),
+                        blocks: true,
+                    });
+                }
+            }
+        }
+        // Scripts and questions are the operator's choice per site: a plugin
+        // refuses what needs them (an environment update), the rest goes on.
+        if requested.scripts && !self.allow.scripts {
+            missing.push(Lacking {
+                line: "[allow] scripts = true   # the plugin runs scripts from packages, as root"
+                    .into(),
+                blocks: false,
+            });
+        }
+        if requested.prompt && !self.allow.prompt {
+            missing.push(Lacking {
+                line: "[allow] prompt = true   # the plugin asks the person at the terminal".into(),
+                blocks: false,
+            });
+        }
+        missing
+    }
+
     /// The service backend for the configured services. Supervised processes keep
     /// their pidfiles under `run_dir`, so a restarted agent still knows them.
     pub fn service_manager(&self, run_dir: &Path) -> Option<Arc<dyn ServiceManager>> {
@@ -327,6 +402,80 @@ impl ServiceManager for Routed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_plugin_lacks_is_named_as_the_line_that_gives_it() {
+        use posup_runtime::types::{Dir, DirRequest};
+        let config = DeviceConfig::parse(
+            r#"
+            [dirs]
+            product = "/opt/frontol"
+            logs = "/var/log/frontol"
+            [allow]
+            services = ["frontol-db"]
+            [services.frontol-db]
+            systemd = "frontol-db.service"
+            "#,
+            "device.toml",
+        )
+        .unwrap();
+        let asks = Capabilities {
+            dirs: vec![
+                DirRequest {
+                    dir: Dir::Product,
+                    write: true,
+                },
+                DirRequest {
+                    dir: Dir::Staging,
+                    write: true,
+                },
+                DirRequest {
+                    dir: Dir::Logs,
+                    write: true,
+                },
+            ],
+            services: vec!["frontol".into(), "frontol-db".into()],
+            scripts: true,
+            prompt: false,
+        };
+        let missing = config.missing_for(&asks);
+        let lines: Vec<&str> = missing.iter().map(|m| m.line.as_str()).collect();
+        let blocking: Vec<bool> = missing.iter().map(|m| m.blocks).collect();
+        assert_eq!(blocking, [true, true, true, true, false]);
+        assert_eq!(
+            lines,
+            [
+                "[dirs] staging = \"/path/of/the/staging/folder\"",
+                "[allow] read_only = []   # without \"logs\": the plugin writes there",
+                "[allow] services = [\"frontol\", …]",
+                "[services.frontol] command = [\"/path/to/the/program\"]   # or systemd = \"frontol.service\"",
+                "[allow] scripts = true   # the plugin runs scripts from packages, as root",
+            ]
+        );
+        let enough = Capabilities {
+            dirs: vec![DirRequest {
+                dir: Dir::Product,
+                write: true,
+            }],
+            services: vec!["frontol-db".into()],
+            scripts: false,
+            prompt: false,
+        };
+        assert!(config.missing_for(&enough).is_empty());
+        let reads_logs = Capabilities {
+            dirs: vec![DirRequest {
+                dir: Dir::Backup,
+                write: false,
+            }],
+            services: vec![],
+            scripts: false,
+            prompt: true,
+        };
+        assert!(
+            config.missing_for(&reads_logs).iter().all(|m| !m.blocks),
+            "a folder only read, and questions, may be left out"
+        );
+    }
 
     const KIOSK: &str = r#"
         [dirs]

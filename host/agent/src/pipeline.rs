@@ -166,6 +166,10 @@ pub struct Settings {
     /// How long the cashier has to answer.
     pub consent_timeout: Duration,
     pub deadline: fn(Step) -> Duration,
+    /// Fault injection for `posup plugin test`: after this step answers `ok`,
+    /// the host takes it as failed and rolls back, so a vendor sees the rollback
+    /// from every point of the update. `None` on terminals.
+    pub fail_after: Option<Step>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -174,6 +178,7 @@ impl std::fmt::Debug for Settings {
             .field("state_dir", &self.state_dir)
             .field("staging", &self.staging)
             .field("consent_timeout", &self.consent_timeout)
+            .field("fail_after", &self.fail_after)
             .finish_non_exhaustive()
     }
 }
@@ -425,6 +430,12 @@ impl Pipeline<'_> {
                 (self.settings.deadline)(step),
             )
             .await;
+        let outcome = match outcome {
+            Ok(Outcome::Ok) if self.settings.fail_after == Some(step) => Ok(Outcome::Failed(
+                format!("failed on purpose after {step} (posup plugin test)"),
+            )),
+            other => other,
+        };
         let (event, message) = outcome_event(&outcome);
         journal
             .push(step.as_str(), event, attempt, &message)

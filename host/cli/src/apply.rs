@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use posup_agent::pipeline::{Observer, Settings, StepReport, UpdateRequest};
 use posup_agent::{DeviceConfig, Pipeline};
+use posup_runtime::caps::log::{EventSink, Level};
 use posup_runtime::caps::prompt::{FixedAnswer, Prompter};
 use posup_runtime::types::TaskKind;
 use posup_runtime::{Grants, HostEnv};
@@ -56,6 +57,41 @@ pub struct ApplyArgs {
     /// `update`, `ignore-version-check`, …); repeatable.
     #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
     vars: Vec<(String, String)>,
+    /// Show the plugin's own log lines, at their levels, as the steps run.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Run even when the device configuration grants less than the plugin asks
+    /// for (the steps then meet the refusals).
+    #[arg(long)]
+    partial_grants: bool,
+    /// Fault injection for `posup plugin test`: take this step as failed once it
+    /// answered ok, and roll back.
+    #[arg(long, hide = true, value_parser = parse_step)]
+    fail_after: Option<posup_runtime::Step>,
+}
+
+fn parse_step(s: &str) -> Result<posup_runtime::Step, String> {
+    posup_runtime::Step::parse(s).ok_or_else(|| format!("{s:?} is not a step of an update"))
+}
+
+/// Prints the plugin's log lines (`--verbose`).
+struct Verbose;
+
+impl EventSink for Verbose {
+    fn log(&self, plugin: &str, level: Level, message: &str) {
+        let level = match level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        eprintln!("           {plugin} {level:>5}: {message}");
+    }
+
+    fn progress(&self, plugin: &str, percent: u8, message: &str) {
+        eprintln!("           {plugin} {percent:>3} %: {message}");
+    }
 }
 
 /// `NAME=VALUE` → (`NAME`, `VALUE`); the value may be empty, the name may not.
@@ -153,9 +189,42 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
         config.allow.prompt = true;
     }
 
-    let rt = crate::plugins::runtime(Some(state_dir.join("cache")))?;
+    // The machine's compile cache, so a plugin is compiled once, not per state
+    // directory.
+    let rt = crate::plugins::runtime(
+        crate::plugins::default_cache().or_else(|| Some(state_dir.join("cache"))),
+    )?;
     let plugin = crate::plugins::load(&rt, &args.plugin)?;
     let info = plugin.info().await?;
+    let missing = config.missing_for(&info.capabilities);
+    let file = match &args.device_config {
+        Some(path) => path.display().to_string(),
+        None => "a device configuration file, given with --device-config FILE".to_owned(),
+    };
+    let lines = |blocking: bool| -> String {
+        missing
+            .iter()
+            .filter(|m| m.blocks == blocking)
+            .map(|m| format!("\n  {}", m.line))
+            .collect()
+    };
+    if missing.iter().any(|m| m.blocks) && !args.partial_grants {
+        bail!(
+            "plugin {} asks for what this run does not grant; nothing was changed. Add to {file}:{}{}\n\
+             (the guide's \"Device configuration\" section has every key; --partial-grants runs anyway)",
+            info.name,
+            lines(true),
+            lines(false)
+        );
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "posup: not granted to plugin {}, so its steps meet refusals where they need it (add to {file}):{}{}",
+            info.name,
+            lines(true),
+            lines(false)
+        );
+    }
     let answers = FixedAnswer {
         answer: args.answer.map(|a| matches!(a, Answer::Yes)),
         ..FixedAnswer::default()
@@ -168,6 +237,9 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
         prompter: Some(prompter.clone()),
         kv_dir: Some(state_dir.join("kv")),
         vars: Arc::new(args.vars.iter().cloned().collect()),
+        events: args
+            .verbose
+            .then(|| Arc::new(Verbose) as Arc<dyn EventSink>),
         ..HostEnv::default()
     };
     let staging = config
@@ -184,6 +256,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
             prompter: Some(prompter),
             consent_timeout: Duration::from_secs(300),
             deadline: posup_runtime::Step::default_deadline,
+            fail_after: args.fail_after,
         },
         observer: Some(&printer),
     };
