@@ -13,3 +13,4 @@ mod support;
 mod terminal;
 mod trust;
 mod ukm5;
+mod vendor;

@@ -4,7 +4,9 @@
 mod agent;
 mod apply;
 mod demo;
+mod plugin_test;
 mod plugins;
+mod scaffold;
 mod sim;
 mod trust;
 
@@ -27,7 +29,7 @@ enum Command {
     Server(posup_server::ServerArgs),
     /// Apply a package to a local installation through a plugin, without a server.
     Apply(apply::ApplyArgs),
-    /// Work with plugins: show what a plugin is and asks for.
+    /// Work with plugins: create, test, inspect, sign and publish them.
     #[command(subcommand)]
     Plugin(plugins::PluginCommand),
     /// Work with packages: read one through its plugin, build the samples.

@@ -12,6 +12,13 @@ use serde_json::json;
 pub enum PluginCommand {
     /// List the plugins built into this binary.
     List,
+    /// Create a plugin project: the plugin, its SDK, a device configuration,
+    /// package sources, a fixture installation and the script of the local loop.
+    New(crate::scaffold::NewArgs),
+    /// Check a plugin before publishing: the update against copies of a fixture,
+    /// posup killed after each step and run again, each step failed on purpose;
+    /// every update that did not commit must leave the installation as it was.
+    Test(crate::plugin_test::TestArgs),
     /// Show a plugin's name, version, device types and requested capabilities.
     Info {
         /// A bundled plugin's name or a `.wasm` component file.
@@ -171,6 +178,8 @@ pub async fn plugin(cmd: PluginCommand) -> anyhow::Result<u8> {
                 println!("{name}");
             }
         }
+        PluginCommand::New(args) => return crate::scaffold::new(args),
+        PluginCommand::Test(args) => return crate::plugin_test::run_test(args).await,
         PluginCommand::Info { plugin } => {
             let rt = runtime(default_cache())?;
             let p = load(&rt, &plugin)?;

@@ -430,17 +430,38 @@ pub async fn on_server(server: &ServerArg, path: &str, bytes: &[u8]) -> anyhow::
     Ok(items.iter().any(|i| i.sha256 == sha))
 }
 
-/// Uploads a file to an operator API route (`path` with its query).
+/// Uploads a file to an operator API route (`path` with its query), with a
+/// progress bar on a terminal.
 pub async fn upload(server: &ServerArg, path: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    /// Progress moves as each piece is handed to the connection.
+    const PIECE: usize = 256 * 1024;
     let url = format!("{}{path}", server.server.trim_end_matches('/'));
+    let len = bytes.len();
+    let bar = indicatif::ProgressBar::new(len as u64).with_style(
+        indicatif::ProgressStyle::with_template("uploading {bar:40} {bytes}/{total_bytes} {eta}")
+            .expect("a valid progress template"),
+    );
+    let bytes = bytes::Bytes::from(bytes);
+    let pieces: Vec<bytes::Bytes> = (0..len)
+        .step_by(PIECE)
+        .map(|start| bytes.slice(start..(start + PIECE).min(len)))
+        .collect();
+    let shown = bar.clone();
+    let body = futures::stream::iter(pieces).map(move |piece| {
+        shown.inc(piece.len() as u64);
+        Ok::<_, std::io::Error>(piece)
+    });
     let resp = reqwest::Client::new()
         .post(&url)
         .bearer_auth(&server.token)
-        .body(bytes)
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .body(reqwest::Body::wrap_stream(body))
         .send()
         .await
-        .with_context(|| format!("POST {url}"))?;
-    let _: serde_json::Value = answer(resp, &url).await?;
+        .with_context(|| format!("POST {url}"));
+    bar.finish_and_clear();
+    let _: serde_json::Value = answer(resp?, &url).await?;
     Ok(())
 }
 
