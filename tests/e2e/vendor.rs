@@ -138,6 +138,15 @@ fn passes_the_contract(project: &Path, wasm: &Path, name: &str) {
         assert!(line.ends_with("pass"), "{line}\n{table}");
     }
     assert!(table.contains(" 0 failed"), "{table}");
+    // Every product process a case started was stopped with it (they run in
+    // the project's folder, where run.sh starts posup).
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd == project))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "processes left running: {left:?}");
 
     let dir = tempfile::tempdir().unwrap();
     let local = Local::new(dir.path(), project);

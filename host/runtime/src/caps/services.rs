@@ -560,8 +560,9 @@ impl ProcessSpec {
 /// Processes start in a process group of their own, detached from the host's
 /// terminal and signals; `stop` sends SIGTERM to the group, and SIGKILL after the
 /// stop timeout. A pid counts as the service only while the process with that pid
-/// has the recorded start time and still runs the configured program, so a
-/// recycled pid is never taken for the service, nor signalled.
+/// has the recorded start time (or, for a pidfile without one, runs the
+/// configured program), so a recycled pid is never taken for the service, nor
+/// signalled; a start script that `exec`s the real program stays the service.
 ///
 /// The host that starts a process reaps it from a thread, so no zombie stays
 /// behind, and records its exit status: a service that exits non-zero (or is
@@ -664,7 +665,13 @@ impl Processes {
         };
         let alive = proc_stat(rec.pid)
             .is_some_and(|st| st.alive() && rec.start.is_none_or(|s| s == st.start));
-        if alive && proc_cmdline(rec.pid).is_some_and(|c| spec.matches(&c)) {
+        // The pid and its start time name one process for good (a recycled pid
+        // starts later). Only a pidfile without a start time falls back to the
+        // command line — which a start script's `exec` of the real program
+        // changes, so it cannot be required when the start time is known.
+        let is_service =
+            rec.start.is_some() || proc_cmdline(rec.pid).is_some_and(|c| spec.matches(&c));
+        if alive && is_service {
             Ok(Some(rec))
         } else {
             Ok(None)
@@ -1234,6 +1241,35 @@ mod tests {
         // Stopping a failed service clears the failure.
         p.stop("bad").await.unwrap();
         assert_eq!(p.status("bad").await.unwrap(), State::Stopped);
+    }
+
+    /// A product's start script often ends in `exec` of the real program, so
+    /// the process no longer runs the configured command: it is still the
+    /// service (same pid, same start time), and stop ends it.
+    #[tokio::test]
+    async fn a_service_whose_script_execs_its_program_is_known_and_stopped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Processes::new(tmp.path().join("run"))
+            .with_service(
+                "pos",
+                ProcessSpec::new("/bin/sh").args(["-c", "exec sleep 300"]),
+            )
+            .with_stop_timeout(Duration::from_secs(5));
+        p.start("pos").await.unwrap();
+        let pid = pid_of(&p, "pos");
+        assert!(
+            eventually(
+                || proc_cmdline(pid).is_some_and(|c| c.first().is_some_and(|a| a == b"sleep"))
+            )
+            .await
+        );
+        assert_eq!(p.status("pos").await.unwrap(), State::Running);
+        p.stop("pos").await.unwrap();
+        assert!(
+            eventually(|| gone(pid)).await,
+            "the exec'd program was stopped"
+        );
+        assert_eq!(p.status("pos").await.unwrap(), State::Stopped);
     }
 
     #[tokio::test]
