@@ -1,6 +1,6 @@
 //! Rollout policy for the posup update server.
 //!
-//! Two pure building blocks the server consults when it plans and announces a
+//! Pure building blocks the server consults when it plans and announces a
 //! rollout:
 //!
 //! - [`window`]: maintenance windows. A store agrees on when its registers may be
@@ -12,11 +12,14 @@
 //!   verbatim, so everything, including changelogs written in Markdown, is turned
 //!   into plain lines.
 //! - [`version`]: how product versions compare (downgrades, version gates).
+//! - [`rollout`]: what a running rollout does next, from its counts and its
+//!   error and success thresholds.
 //!
 //! **Invariant:** nothing here reads the clock, the network or the disk. Every
 //! function takes the instant it reasons about, so callers (and tests) decide what
 //! "now" is and results are reproducible.
 
+pub mod rollout;
 pub mod text;
 pub mod version;
 pub mod window;

@@ -1,0 +1,215 @@
+//! What the stores are told: the announcement before a rollout or task starts,
+//! and the plain-text report when a site's part of a rollout ended.
+
+use super::*;
+
+impl Store {
+    /// The packages of `ids`, refusing unknown ones and two for one device type.
+    pub(crate) async fn releases(&self, ids: &[i64]) -> Result<Vec<ReleaseRow>> {
+        let mut out: Vec<ReleaseRow> = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row: Option<ReleaseRow> = with_read!(self, pool => {
+                sqlx::query_as("SELECT id, device_type, file_name, version, changelog FROM packages WHERE id = $1")
+                    .bind(*id)
+                    .fetch_optional(pool)
+                    .await?
+            });
+            let row = row.ok_or_else(|| Error::Invalid(format!("package {id} does not exist")))?;
+            if let Some(other) = out.iter().find(|r| r.device_type == row.device_type) {
+                return Err(Error::Invalid(format!(
+                    "packages {} and {} are both for device type {}: give one package per device type",
+                    other.id, row.id, row.device_type
+                )));
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+
+    /// The announcement of an update to each site with devices in `cond`: the
+    /// affected nodes per site and what staff must not do.
+    pub(crate) async fn announcements(
+        &self,
+        title: &str,
+        kind: TaskKind,
+        start_at: i64,
+        releases: &[ReleaseRow],
+        cond: &Cond,
+        conditions: &str,
+    ) -> Result<Vec<SiteMessage>> {
+        let mut sql =
+            Sql::new("SELECT d.site, d.address, d.name, d.device_type FROM devices d WHERE 1 = 1");
+        sql.and(cond).push(" ORDER BY d.site, d.number, d.id");
+        let (nodes, impacts): (Vec<NodeRow>, Vec<(String, String)>) = with_read!(self, pool => {
+            let nodes = bind_all!(sqlx::query_as::<_, NodeRow>(&sql.text), sql.args).fetch_all(pool).await?;
+            let impacts = sqlx::query_as::<_, (String, String)>("SELECT name, impact FROM device_types")
+                .fetch_all(pool)
+                .await?;
+            (nodes, impacts)
+        });
+        let impacts: BTreeMap<String, Impact> = impacts
+            .into_iter()
+            .map(|(name, impact)| {
+                let impact = impact
+                    .parse::<Impact>()
+                    .map_err(|e| Error::Corrupt(format!("device type {name}: {e}")))?;
+                Ok((name, impact))
+            })
+            .collect::<Result<_>>()?;
+        let settings = self.all_site_settings().await?;
+        let mut by_site: BTreeMap<&str, Vec<&NodeRow>> = BTreeMap::new();
+        for n in &nodes {
+            by_site.entry(n.site.as_str()).or_default().push(n);
+        }
+        let mut out = Vec::with_capacity(by_site.len());
+        for (site, nodes) in by_site {
+            let s = settings.get(site).cloned().unwrap_or_default();
+            let announcement = text::Announcement {
+                title,
+                kind: text::kind_label(kind.as_str(), lang(s.language)),
+                start: ts(start_at),
+                site: site_info(site, &nodes[0].address, &s)?,
+                releases: releases_for(releases, nodes.iter().map(|n| n.device_type.as_str())),
+                nodes: nodes
+                    .iter()
+                    .map(|n| text::Node {
+                        name: &n.name,
+                        device_type: &n.device_type,
+                        impact: impacts
+                            .get(&n.device_type)
+                            .copied()
+                            .unwrap_or(Impact::Software),
+                    })
+                    .collect(),
+                conditions,
+            };
+            out.push(SiteMessage {
+                site: site.to_owned(),
+                text: text::announcement(&announcement),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sends the report of every site whose part of rollout `id` ended: each of
+    /// its devices the rollout's waves cover has succeeded or failed.
+    pub(super) async fn report_sites(
+        &self,
+        r: &RolloutRow,
+        waves: &[WaveRow],
+        at: &At,
+    ) -> Result<()> {
+        let (id, title) = (r.id, &r.name);
+        let announce = parse_kind(&r.kind)? != TaskKind::Download;
+        let open: Vec<String> = with_read!(self, pool => {
+            sqlx::query_scalar("SELECT site FROM rollout_sites WHERE rollout_id = $1 AND reported_at IS NULL ORDER BY site")
+                .bind(id)
+                .fetch_all(pool)
+                .await?
+        });
+        if open.is_empty() {
+            return Ok(());
+        }
+        let packages: Vec<i64> = with_read!(self, pool => {
+            sqlx::query_scalar("SELECT package_id FROM rollout_packages WHERE rollout_id = $1 ORDER BY package_id")
+                .bind(id)
+                .fetch_all(pool)
+                .await?
+        });
+        let releases = self.releases(&packages).await?;
+        let types: Vec<String> = releases.iter().map(|r| r.device_type.clone()).collect();
+        let mut conds = Vec::new();
+        for w in waves {
+            if let Some(g) = w.group_id {
+                conds.push(self.group_cond(g, at).await?);
+            }
+        }
+        // Sites with a covered device that has not ended its part (or not begun it,
+        // its wave still to come).
+        let mut pending = Sql::new("SELECT DISTINCT d.site FROM devices d WHERE ");
+        pending.append(&targets(&types, &conds));
+        pending.push(" AND NOT EXISTS (SELECT 1 FROM task_devices td JOIN tasks t ON t.id = td.task_id WHERE t.rollout_id = ");
+        pending.bind(id);
+        pending.push(" AND td.device_id = d.id AND td.state IN ('success', 'failed'))");
+        let busy: Vec<String> = with_read!(self, pool => {
+            bind_all!(sqlx::query_scalar::<_, String>(&pending.text), pending.args).fetch_all(pool).await?
+        });
+        for site in open.iter().filter(|s| !busy.contains(s)) {
+            let outcomes: Vec<(String, String, String, Option<String>, String)> = with_read!(self, pool => {
+                sqlx::query_as(
+                    "SELECT d.name, d.device_type, td.state, td.message, d.address FROM task_devices td \
+                     JOIN tasks t ON t.id = td.task_id JOIN devices d ON d.id = td.device_id \
+                     WHERE t.rollout_id = $1 AND d.site = $2 ORDER BY d.number, d.id, t.id",
+                )
+                .bind(id)
+                .bind(site)
+                .fetch_all(pool)
+                .await?
+            });
+            if outcomes.is_empty() {
+                continue;
+            }
+            let settings = self.site_settings(site).await?;
+            let report = text::Report {
+                title,
+                finished: ts(at.now),
+                site: site_info(site, &outcomes[0].4, &settings)?,
+                releases: releases_for(&releases, outcomes.iter().map(|o| o.1.as_str())),
+                devices: outcomes
+                    .iter()
+                    .map(
+                        |(name, device_type, state, message, _)| text::DeviceOutcome {
+                            name,
+                            device_type,
+                            ok: state == "success",
+                            detail: message.as_deref().unwrap_or_default(),
+                        },
+                    )
+                    .collect(),
+            };
+            let body = text::report(&report);
+            with_write!(self, pool => {
+                let mut tx = pool.begin().await?;
+                let marked = sqlx::query(
+                    "UPDATE rollout_sites SET report = $3, reported_at = $4 WHERE rollout_id = $1 AND site = $2 AND reported_at IS NULL",
+                )
+                .bind(id)
+                .bind(site)
+                .bind(&body)
+                .bind(at.now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                // Another replica may have sent it a moment ago.
+                if marked > 0 && announce {
+                    notify!(&mut *tx, at.now, &Notice {
+                        event: "report",
+                        site: Some(site),
+                        rollout_id: Some(id),
+                        task_id: None,
+                        subject: body.lines().next().unwrap_or_default(),
+                        body: &body,
+                    });
+                }
+                tx.commit().await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// Announces a plain task to the sites it covers, inside its creation.
+    pub(crate) async fn task_announcements(
+        &self,
+        title: &str,
+        kind: TaskKind,
+        start_at: i64,
+        package_id: i64,
+        device_type: &str,
+        members: &Cond,
+    ) -> Result<Vec<SiteMessage>> {
+        let releases = self.releases(&[package_id]).await?;
+        let cond = targets(&[device_type.to_owned()], std::slice::from_ref(members));
+        self.announcements(title, kind, start_at, &releases, &cond, "")
+            .await
+    }
+}
