@@ -35,7 +35,6 @@ async fn list_rollouts(
 ) -> Result<Json<Vec<RolloutView>>> {
     op.require(roles::READ, "read rollouts")?;
     let at = state.at();
-    state.tick_rollouts(&at).await?;
     Ok(Json(state.store().list_rollouts(&at).await?))
 }
 
@@ -46,7 +45,6 @@ async fn get_rollout(
 ) -> Result<Json<RolloutView>> {
     op.require(roles::READ, "read rollouts")?;
     let at = state.at();
-    state.tick_rollouts(&at).await?;
     state
         .store()
         .rollout(id, &at)
@@ -133,7 +131,6 @@ async fn rollout_sites(
 ) -> Result<Json<Vec<RolloutSite>>> {
     op.require(roles::READ, "read rollouts")?;
     let at = state.at();
-    state.tick_rollouts(&at).await?;
     let sites = state.store().rollout_sites(id, &at).await?;
     Ok(Json(sites.into_iter().map(|(site, _)| site).collect()))
 }

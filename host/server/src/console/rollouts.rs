@@ -108,7 +108,6 @@ struct ListPage {
 pub async fn list(State(state): State<AppState>, session: Session) -> Result<Response, Fail> {
     let frame = Frame::new(&session, "rollouts", "/rollouts".into());
     let at = state.at();
-    state.tick_rollouts(&at).await?;
     let rollouts = state.store().list_rollouts(&at).await?;
     render(&ListPage {
         rollouts: rollouts.iter().map(|r| line(r, &frame)).collect(),
@@ -163,7 +162,6 @@ async fn live_of(
     let frame = Frame::new(session, "rollouts", format!("/rollouts/{id}"));
     let tr = frame.tr;
     let at = state.at();
-    state.tick_rollouts(&at).await?;
     let rollout = state
         .store()
         .rollout(id, &at)

@@ -649,6 +649,7 @@ async fn console_in_chromium_bundled_plugins_package_uploads_and_accounts() {
         .unwrap();
     let e = Env {
         app: app(state.clone()),
+        state: state.clone(),
         clock: Arc::new(ManualClock::new(t0())),
         _blobs: dir,
     };

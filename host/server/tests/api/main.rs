@@ -48,6 +48,7 @@ fn hostile() -> Vec<u8> {
 
 struct Env {
     app: Router,
+    state: AppState,
     clock: Arc<ManualClock>,
     _blobs: tempfile::TempDir,
 }
@@ -94,6 +95,7 @@ async fn env_with_state(store: Store) -> (Env, AppState) {
         .unwrap();
     let e = Env {
         app: app(state.clone()),
+        state: state.clone(),
         clock,
         _blobs: dir,
     };
@@ -180,6 +182,12 @@ impl Env {
 
     fn advance(&self, secs: u64) {
         self.clock.advance(Duration::from_secs(secs));
+    }
+
+    /// What the server's background loop does every second: moves tasks and
+    /// rollouts along. Reads never do.
+    async fn tick(&self) {
+        self.state.tick_rollouts(&self.state.at()).await.unwrap();
     }
 }
 
@@ -1442,6 +1450,7 @@ async fn batched_contacts_are_written_on_flush() {
             .unwrap();
         let e = Env {
             app: app(state.clone()),
+            state: state.clone(),
             clock,
             _blobs: dir,
         };
@@ -1490,6 +1499,7 @@ async fn replicas_follow_each_others_changes() {
         );
         let b = Env {
             app: app(b_state.clone()),
+            state: b_state.clone(),
             clock: Arc::new(ManualClock::new(t0())),
             _blobs: dir,
         };

@@ -64,6 +64,9 @@ async fn report(
         Some(serde_json::to_value(&f).unwrap()),
     )
     .await;
+    // The server's background loop moves rollouts along within a second of a
+    // report; reads never do.
+    e.tick().await;
 }
 
 async fn rollout(e: &Env, id: i64) -> RolloutView {
@@ -207,6 +210,7 @@ async fn waves_advance_on_success_pick_up_joiners_and_stop_on_errors() {
 
         // A register that joins Even now is picked up by the running rollout.
         let late = enroll_on_site(&e, &secret(&e).await, "late-8", "Store B", "Kassa 8", 8, "test").await;
+        e.tick().await;
         let r = rollout(&e, r.id).await;
         assert_eq!(r.waves[1].counts.total, 4);
         let late_action = actions(&e, &late).await;
@@ -771,6 +775,37 @@ async fn a_site_is_told_only_of_the_releases_for_its_own_devices() {
             "{}",
             report("Cafe")
         );
+    })
+    .await;
+}
+
+/// Reading rollouts changes nothing: a rollout whose start time passed starts
+/// when the server's loop moves it along, not when someone looks.
+#[tokio::test]
+async fn reading_a_rollout_never_moves_it() {
+    each_backend(|store| async move {
+        let e = env(store).await;
+        let f = fleet(&e, 2).await;
+        let start = (t0() + chrono::Duration::hours(1)).to_rfc3339();
+        let r = create(
+            &e,
+            ADMIN,
+            json!({"name": "Later", "kind": "forced-update",
+            "packages": [f.package.id], "waves": [{"group_id": 1}], "start_at": start}),
+        )
+        .await;
+        assert_eq!(r.state, RolloutState::Scheduled);
+        e.advance(2 * 3600);
+        for path in [
+            "/api/v1/rollouts".to_owned(),
+            format!("/api/v1/rollouts/{}", r.id),
+            format!("/api/v1/rollouts/{}/sites", r.id),
+        ] {
+            e.ok("GET", &path, ADMIN, None).await;
+        }
+        assert_eq!(rollout(&e, r.id).await.state, RolloutState::Scheduled);
+        e.tick().await;
+        assert_eq!(rollout(&e, r.id).await.state, RolloutState::Running);
     })
     .await;
 }
