@@ -1144,3 +1144,35 @@ pub struct SignatureView {
     /// Until when the role's metadata is valid.
     pub expires: String,
 }
+
+/// `GET /api/v1/health`: the server and its database answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+}
+
+/// Query string of the variable list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct VariableFilter {
+    /// Only this variable.
+    pub name: Option<String>,
+}
+
+/// The answer to a variable change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ChangeId {
+    /// `None` when removing a variable that was not set.
+    pub change_id: Option<i64>,
+}
+
+/// Query string of a plugin upload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PluginUpload {
+    /// The file's name, used in messages until the plugin's `info` names it.
+    pub file_name: Option<String>,
+}

@@ -106,16 +106,12 @@ pub fn routes(max_plugin_bytes: usize) -> Router<AppState> {
         .merge(crate::rollout_api::routes())
 }
 
-#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
-pub(crate) struct Health {
-    /// `ok`.
-    status: &'static str,
-}
-
 /// For load balancers: answers when the database does.
 async fn health(State(state): State<AppState>) -> Result<Json<Health>> {
     state.store().admin_token_count().await?;
-    Ok(Json(Health { status: "ok" }))
+    Ok(Json(Health {
+        status: "ok".into(),
+    }))
 }
 
 // ---------------------------------------------------------------------------
@@ -827,13 +823,6 @@ async fn failed_group(
 // ---------------------------------------------------------------------------
 // Variables and sites
 
-/// Query string of the variable list.
-#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
-pub(crate) struct VariableFilter {
-    /// Only this variable.
-    name: Option<String>,
-}
-
 async fn list_variables(
     State(state): State<AppState>,
     op: Operator,
@@ -841,13 +830,6 @@ async fn list_variables(
 ) -> Result<Json<Vec<VariableView>>> {
     op.require(roles::READ, "list variables")?;
     Ok(Json(state.store().list_variables(q.name.as_deref()).await?))
-}
-
-/// The answer to a variable change.
-#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
-pub(crate) struct ChangeId {
-    /// `None` when removing a variable that was not set.
-    change_id: Option<i64>,
 }
 
 async fn set_variable(

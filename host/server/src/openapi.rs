@@ -338,7 +338,7 @@ pub fn document() -> Value {
         "Whether the server and its database answer",
         Auth::None,
     )
-    .ok::<crate::api::Health>(200, "the server and its database answer")
+    .ok::<Health>(200, "the server and its database answer")
     .add();
     d.op(
         "get",
@@ -478,7 +478,7 @@ pub fn document() -> Value {
         "Upload a plugin component; it is loaded and its `info` checked",
         op(PLUGINS),
     )
-    .query::<crate::uploads::PluginUpload>()
+    .query::<PluginUpload>()
     .raw_body("application/wasm", "the component (.wasm)")
     .ok::<PluginView>(200, "the plugin")
     .add();
@@ -673,7 +673,7 @@ pub fn document() -> Value {
         "List variables as set",
         op(READ),
     )
-    .query::<crate::api::VariableFilter>()
+    .query::<VariableFilter>()
     .ok::<Vec<VariableView>>(200, "the variables")
     .add();
     d.op(
@@ -683,7 +683,7 @@ pub fn document() -> Value {
         op(FLEET),
     )
     .body::<SetVariable>()
-    .ok::<crate::api::ChangeId>(200, "the change id")
+    .ok::<ChangeId>(200, "the change id")
     .add();
     d.op(
         "delete",
@@ -692,7 +692,7 @@ pub fn document() -> Value {
         op(FLEET),
     )
     .body::<DeleteVariable>()
-    .ok::<crate::api::ChangeId>(200, "the change id, null when it was not set")
+    .ok::<ChangeId>(200, "the change id, null when it was not set")
     .add();
     d.op(
         "get",

@@ -4,7 +4,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use posup_proto::api::{PackageUpload, PackageView, PluginView};
+use posup_proto::api::{PackageUpload, PackageView, PluginUpload, PluginView};
 use posup_proto::{Capabilities, Dir, DirAccess};
 use posup_runtime::types;
 use posup_store::{NewPackage, NewPlugin};
@@ -37,13 +37,6 @@ fn capabilities(c: &types::Capabilities) -> Capabilities {
         scripts: c.scripts,
         prompt: c.prompt,
     }
-}
-
-/// Query string of a plugin upload.
-#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
-pub struct PluginUpload {
-    /// The file's name, used in messages until the plugin's `info` names it.
-    pub file_name: Option<String>,
 }
 
 /// `POST /api/v1/plugins`: the body is the component (`.wasm`).

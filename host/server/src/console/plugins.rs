@@ -291,7 +291,7 @@ pub async fn upload(
     State(state): State<AppState>,
     session: Session,
     headers: axum::http::HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<crate::uploads::PluginUpload>,
+    axum::extract::Query(q): axum::extract::Query<posup_proto::api::PluginUpload>,
     body: Bytes,
 ) -> Result<Response, Fail> {
     super::packages::check_csrf_header(&session, &headers)?;
