@@ -411,5 +411,5 @@ fn detect_interface(
             }
         }
     }
-    Ok(chosen.unwrap_or(*Interface::ALL.last().expect("at least one interface")))
+    Ok(chosen.unwrap_or(Interface::newest()))
 }

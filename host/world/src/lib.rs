@@ -23,14 +23,7 @@ pub mod since_v0_1_0 {
 
 /// The newest interface version. The host's own code speaks its types; calls into
 /// plugins of older versions are converted at the boundary.
-pub use since_v0_1_0 as latest_world;
 pub use since_v0_1_0::posup::plugin as latest;
-
-/// The oldest interface version the host still runs.
-pub const MIN_VERSION: Version = Version::new(0, 1, 0);
-/// The newest interface version the host runs; plugins built against it get every
-/// capability this host offers.
-pub const MAX_VERSION: Version = Version::new(0, 1, 0);
 
 /// A plugin interface version (`major.minor.patch`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -73,10 +66,10 @@ impl Interface {
         }
     }
 
-    /// The WIT package name a component of this version imports, e.g.
-    /// `posup:plugin/archive@0.1.0` contains `@0.1.0`.
-    pub fn package_suffix(self) -> String {
-        format!("@{}", self.version())
+    /// The newest version this host runs: plugins built against it get every
+    /// capability the host offers.
+    pub fn newest() -> Interface {
+        *Self::ALL.last().expect("at least one interface")
     }
 }
 
@@ -93,7 +86,7 @@ mod tests {
             carried == released,
             "plugins/sdk/wit/plugin.wit differs from wit/since_v0.1.0/plugin.wit: copy the released folder's file into the SDK"
         );
-        let latest = super::MAX_VERSION;
+        let latest = super::Interface::newest().version();
         assert!(released.contains(&format!("package posup:plugin@{latest};")));
         let manifest = include_str!("../../../plugins/sdk/Cargo.toml");
         let sdk_version = manifest
