@@ -121,6 +121,10 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        // The operator API's `authorize` layer already authenticated the token.
+        if let Some(op) = parts.extensions.get::<Operator>() {
+            return Ok(op.clone());
+        }
         let token = bearer(parts)?;
         state
             .store()
@@ -179,4 +183,53 @@ fn active(auth: Arc<DeviceAuth>) -> Result<Arc<DeviceAuth>> {
                 .into(),
         )),
     }
+}
+
+/// The operator API's gate, in front of every handler: the operation's roles
+/// come from the OpenAPI document (`openapi::access`), so what is documented is
+/// what is enforced. A missing or unknown token is refused with 401 and a role
+/// the operation does not name with 403, before the request's body is read. An
+/// operator route the document does not list is refused: deny by default.
+pub async fn authorize(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = matched.as_ref().map_or("", |m| m.as_str());
+    let path = if path.starts_with("/api/v1/") {
+        path.to_owned()
+    } else {
+        format!("/api/v1{path}")
+    };
+    // A HEAD is answered by the GET route.
+    let method = match request.method().as_str() {
+        "HEAD" => "GET".to_owned(),
+        other => other.to_owned(),
+    };
+    let Some(access) = crate::openapi::access().get(&(method.clone(), path.clone())) else {
+        return Error::Internal(format!(
+            "{method} {path} is routed but not in the API's documented operations (openapi.rs)"
+        ))
+        .into_response();
+    };
+    let crate::openapi::Who::Operator(roles) = &access.who else {
+        return next.run(request).await;
+    };
+    let (mut parts, body) = request.into_parts();
+    let op = match Operator::from_request_parts(&mut parts, &state).await {
+        Ok(op) => op,
+        Err(e) => return e.into_response(),
+    };
+    let doing = format!(
+        "{} ({method} {path})",
+        access.summary.trim_end_matches('.').to_lowercase()
+    );
+    if let Err(e) = op.require(roles, &doing) {
+        return e.into_response();
+    }
+    parts.extensions.insert(op);
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
 }

@@ -74,9 +74,16 @@ pub fn app(state: AppState) -> Router {
         .merge(tuf::public_routes())
         .nest(
             "/api/v1",
-            api::routes(max_plugin).merge(tuf::api_routes()).layer(
-                axum::middleware::from_fn_with_state(state.clone(), drop_caches),
-            ),
+            api::routes(max_plugin)
+                .merge(tuf::api_routes())
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::authorize,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    drop_caches,
+                )),
         )
         .fallback(not_found)
         .with_state(state)

@@ -1,8 +1,11 @@
 //! The OpenAPI 3.1 document of both APIs, served at `/api/v1/openapi.json`.
 //!
 //! Request and response schemas are generated from the `posup-proto` types the
-//! handlers use, so they cannot drift from the code; the list of operations is
-//! written here, and a test calls every documented operation against the router.
+//! handlers use, so they cannot drift from the code. The list of operations is
+//! written here, once, with who may call each: [`access`] reads it back, and the
+//! operator API enforces it before any handler runs (`auth::authorize`), so the
+//! document and the server cannot disagree. An operator route this document
+//! does not list answers no one.
 
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
@@ -1023,4 +1026,62 @@ fn rollout_operations(d: &mut Doc) {
     .body::<SiteSettings>()
     .ok::<SiteSettings>(200, "the settings")
     .add();
+}
+
+/// Who may call a documented operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Who {
+    Anyone,
+    Device,
+    /// An operator token of one of these roles.
+    Operator(Vec<Role>),
+}
+
+/// A documented operation's access rule, and its summary for messages.
+#[derive(Debug, Clone)]
+pub(crate) struct Access {
+    pub summary: String,
+    pub who: Who,
+}
+
+/// Every documented operation by (method in capitals, path template as the
+/// router writes it), read back from [`document`].
+pub(crate) fn access() -> &'static std::collections::HashMap<(String, String), Access> {
+    static TABLE: std::sync::LazyLock<std::collections::HashMap<(String, String), Access>> =
+        std::sync::LazyLock::new(|| {
+            let doc = document();
+            let mut table = std::collections::HashMap::new();
+            for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+                for (method, op) in item.as_object().into_iter().flatten() {
+                    let security = &op["security"];
+                    let who = if security
+                        .get(0)
+                        .is_some_and(|s| s.get("deviceToken").is_some())
+                    {
+                        Who::Device
+                    } else if security
+                        .get(0)
+                        .is_some_and(|s| s.get("operatorToken").is_some())
+                    {
+                        Who::Operator(
+                            op["x-roles"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|r| r.as_str().and_then(Role::parse))
+                                .collect(),
+                        )
+                    } else {
+                        Who::Anyone
+                    };
+                    let summary = op["summary"].as_str().unwrap_or_default().to_owned();
+                    table.insert(
+                        (method.to_uppercase(), path.clone()),
+                        Access { summary, who },
+                    );
+                }
+            }
+            table
+        });
+    &TABLE
 }

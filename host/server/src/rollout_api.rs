@@ -29,21 +29,15 @@ pub fn routes() -> Router<AppState> {
         .route("/sites/{name}/settings", put(site_settings))
 }
 
-async fn list_rollouts(
-    State(state): State<AppState>,
-    op: Operator,
-) -> Result<Json<Vec<RolloutView>>> {
-    op.require(roles::READ, "read rollouts")?;
+async fn list_rollouts(State(state): State<AppState>) -> Result<Json<Vec<RolloutView>>> {
     let at = state.at();
     Ok(Json(state.store().list_rollouts(&at).await?))
 }
 
 async fn get_rollout(
     State(state): State<AppState>,
-    op: Operator,
     Path(id): Path<i64>,
 ) -> Result<Json<RolloutView>> {
-    op.require(roles::READ, "read rollouts")?;
     let at = state.at();
     state
         .store()
@@ -58,7 +52,6 @@ async fn create_rollout(
     op: Operator,
     Json(body): Json<CreateRollout>,
 ) -> Result<(StatusCode, Json<RolloutView>)> {
-    op.require(roles::FLEET, "create rollouts")?;
     if body.notice_override.is_some() {
         op.require(
             roles::ADMIN,
@@ -78,7 +71,6 @@ async fn command(
     id: i64,
     command: RolloutCommand,
 ) -> Result<Json<RolloutView>> {
-    op.require(roles::FLEET, &format!("{} rollouts", command.as_str()))?;
     Ok(Json(
         state
             .store()
@@ -116,7 +108,6 @@ async fn delete_rollout(
     op: Operator,
     Path(id): Path<i64>,
 ) -> Result<StatusCode> {
-    op.require(roles::FLEET, "delete rollouts")?;
     state
         .store()
         .delete_rollout(id, state.now_ms(), &op.actor())
@@ -126,10 +117,8 @@ async fn delete_rollout(
 
 async fn rollout_sites(
     State(state): State<AppState>,
-    op: Operator,
     Path(id): Path<i64>,
 ) -> Result<Json<Vec<RolloutSite>>> {
-    op.require(roles::READ, "read rollouts")?;
     let at = state.at();
     let sites = state.store().rollout_sites(id, &at).await?;
     Ok(Json(sites.into_iter().map(|(site, _)| site).collect()))
@@ -137,10 +126,8 @@ async fn rollout_sites(
 
 async fn announcements(
     State(state): State<AppState>,
-    op: Operator,
     Path(id): Path<i64>,
 ) -> Result<Json<Vec<SiteMessage>>> {
-    op.require(roles::READ, "read rollouts")?;
     let sites = state.store().rollout_sites(id, &state.at()).await?;
     Ok(Json(
         sites
@@ -153,11 +140,7 @@ async fn announcements(
     ))
 }
 
-async fn list_windows(
-    State(state): State<AppState>,
-    op: Operator,
-) -> Result<Json<Vec<WindowView>>> {
-    op.require(roles::READ, "read maintenance windows")?;
+async fn list_windows(State(state): State<AppState>) -> Result<Json<Vec<WindowView>>> {
     Ok(Json(state.store().windows(state.clock().now()).await?))
 }
 
@@ -166,7 +149,6 @@ async fn create_window(
     op: Operator,
     Json(body): Json<CreateWindow>,
 ) -> Result<(StatusCode, Json<WindowView>)> {
-    op.require(roles::FLEET, "create maintenance windows")?;
     let view = state
         .store()
         .create_window(&body, state.clock().now(), &op.actor())
@@ -179,7 +161,6 @@ async fn delete_window(
     op: Operator,
     Path(id): Path<i64>,
 ) -> Result<StatusCode> {
-    op.require(roles::FLEET, "delete maintenance windows")?;
     state
         .store()
         .delete_window(id, state.now_ms(), &op.actor())
@@ -187,11 +168,7 @@ async fn delete_window(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_rules(
-    State(state): State<AppState>,
-    op: Operator,
-) -> Result<Json<Vec<OrderRuleView>>> {
-    op.require(roles::READ, "read ordering rules")?;
+async fn list_rules(State(state): State<AppState>) -> Result<Json<Vec<OrderRuleView>>> {
     Ok(Json(state.store().order_rules().await?))
 }
 
@@ -200,7 +177,6 @@ async fn create_rule(
     op: Operator,
     Json(body): Json<CreateOrderRule>,
 ) -> Result<(StatusCode, Json<OrderRuleView>)> {
-    op.require(roles::FLEET, "create ordering rules")?;
     let view = state
         .store()
         .create_order_rule(&body, state.now_ms(), &op.actor())
@@ -213,7 +189,6 @@ async fn delete_rule(
     op: Operator,
     Path(id): Path<i64>,
 ) -> Result<StatusCode> {
-    op.require(roles::FLEET, "delete ordering rules")?;
     state
         .store()
         .delete_order_rule(id, state.now_ms(), &op.actor())
@@ -227,7 +202,6 @@ async fn site_settings(
     Path(name): Path<String>,
     Json(body): Json<SiteSettings>,
 ) -> Result<Json<SiteSettings>> {
-    op.require(roles::FLEET, "change site settings")?;
     state
         .store()
         .set_site_settings(&name, &body, state.now_ms(), &op.actor())
