@@ -17,7 +17,7 @@ use posup_proto::api::{
     CreateTask, DeviceRow, DeviceTaskState, DeviceTypeBody, EnablePlugin, GroupKind, GroupView,
     PackageView, TaskDeviceDetail, TaskDeviceRow, TaskState, TaskView,
 };
-use posup_proto::{Capabilities, DirPaths, Page, TaskKind};
+use posup_proto::{Capabilities, DirPaths, Page, Phase, TaskKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -588,10 +588,10 @@ async fn an_agent_killed_mid_apply_leaves_the_kiosk_fully_old_or_fully_new() {
         if let Ok(j) = serde_json::from_str::<posup_agent::journal::Record>(&text)
             && let Some(last) = j.entries.last()
             && last.event == posup_agent::journal::Event::Started
-            && (last.step == "apply" || last.step == "verify")
+            && matches!(last.step, Phase::Apply | Phase::Verify)
         {
             k.kill_agent();
-            break last.step.clone();
+            break last.step;
         }
         assert!(start.elapsed() < LIMIT, "apply never started: {}", k.logs());
         tokio::time::sleep(Duration::from_millis(1)).await;

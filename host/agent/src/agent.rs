@@ -34,7 +34,7 @@ use chrono::Utc;
 use posup_proto::agent::{
     Action, AgentStatus, DeviceIdentity, EnrollRequest, FeedbackState, PluginRef, PollRequest, Site,
 };
-use posup_proto::{Inventory, ModuleVersion, TaskKind};
+use posup_proto::{Inventory, ModuleVersion, Phase, TaskKind};
 use posup_runtime::caps::log::{EventSink, Level};
 use posup_runtime::caps::prompt::Prompter;
 use posup_runtime::types::PluginInfo;
@@ -48,7 +48,9 @@ use crate::device::DeviceConfig;
 use crate::download::{self, DownloadError, Expected};
 use crate::journal::Journal;
 use crate::outbox::{Outbox, Report};
-use crate::pipeline::{Observer, Pipeline, Settings, StepReport, UpdateRequest, UpdateResult};
+use crate::pipeline::{
+    Observer, Pipeline, Settings, StepReport, StepResult, UpdateRequest, UpdateResult,
+};
 use crate::prompter::FilePrompter;
 use crate::state::{ActionRecord, State, StateFile};
 
@@ -828,7 +830,7 @@ impl Agent {
     fn report(
         &self,
         action: &Action,
-        step: &str,
+        step: Phase,
         state: FeedbackState,
         message: Option<String>,
         percent: Option<u8>,
@@ -839,7 +841,7 @@ impl Agent {
     fn report_retry(
         &self,
         action: &Action,
-        step: &str,
+        step: Phase,
         state: FeedbackState,
         message: Option<String>,
         percent: Option<u8>,
@@ -852,7 +854,7 @@ impl Agent {
             task_id: action.task_id,
             action_id: action.action_id,
             attempt: action.attempt,
-            step: step.to_owned(),
+            step,
             state,
             message,
             percent,
@@ -896,7 +898,13 @@ impl Agent {
                 Ok(v) => Some(v),
                 Err(e) => {
                     let msg = format!("nothing was downloaded: {e}");
-                    self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+                    self.report(
+                        &action,
+                        Phase::Download,
+                        FeedbackState::Failed,
+                        Some(msg),
+                        None,
+                    );
                     self.done(&action, "failed");
                     return;
                 }
@@ -906,7 +914,13 @@ impl Agent {
         let (plugin, info) = match self.plugin(&action.plugin, verified.as_ref()).await {
             Ok(p) => p,
             Err(e) => {
-                self.report(&action, "download", FeedbackState::Failed, Some(e), None);
+                self.report(
+                    &action,
+                    Phase::Download,
+                    FeedbackState::Failed,
+                    Some(e),
+                    None,
+                );
                 self.done(&action, "failed");
                 return;
             }
@@ -917,13 +931,25 @@ impl Agent {
                 "no staging directory: set dirs.staging in [device_types.{}] of the agent configuration",
                 self.config.device.device_type
             );
-            self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+            self.report(
+                &action,
+                Phase::Download,
+                FeedbackState::Failed,
+                Some(msg),
+                None,
+            );
             self.done(&action, "failed");
             return;
         };
         if let Err(e) = std::fs::create_dir_all(&staging) {
             let msg = format!("creating the staging directory {}: {e}", staging.display());
-            self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+            self.report(
+                &action,
+                Phase::Download,
+                FeedbackState::Failed,
+                Some(msg),
+                None,
+            );
             self.done(&action, "failed");
             return;
         }
@@ -936,7 +962,13 @@ impl Agent {
             "package sha256 from the server is not 64 hex digits; it is not downloaded".to_owned()
         });
         if let Some(msg) = bad_name.or(bad_sha) {
-            self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+            self.report(
+                &action,
+                Phase::Download,
+                FeedbackState::Failed,
+                Some(msg),
+                None,
+            );
             self.done(&action, "failed");
             return;
         }
@@ -951,7 +983,13 @@ impl Agent {
                 Ok(t) => Some(t),
                 Err(e) => {
                     let msg = format!("{name} is not downloaded: {e}");
-                    self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+                    self.report(
+                        &action,
+                        Phase::Download,
+                        FeedbackState::Failed,
+                        Some(msg),
+                        None,
+                    );
                     self.done(&action, "failed");
                     return;
                 }
@@ -968,7 +1006,13 @@ impl Agent {
         let downloads = self.paths.downloads();
         if let Err(e) = posup_runtime::beneath::private_dir(&downloads) {
             let msg = format!("creating the download folder {}: {e}", downloads.display());
-            self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+            self.report(
+                &action,
+                Phase::Download,
+                FeedbackState::Failed,
+                Some(msg),
+                None,
+            );
             self.done(&action, "failed");
             return;
         }
@@ -985,7 +1029,13 @@ impl Agent {
         let mut progress = |got: u64, total: u64| {
             if !started {
                 started = true;
-                self.report(&action, "download", FeedbackState::Started, None, Some(0));
+                self.report(
+                    &action,
+                    Phase::Download,
+                    FeedbackState::Started,
+                    None,
+                    Some(0),
+                );
             }
             let pct = (got.saturating_mul(100) / total.max(1)).min(100) as u8;
             if pct != last_pct && (last.elapsed() >= PROGRESS_EVERY || pct == 100) {
@@ -993,7 +1043,7 @@ impl Agent {
                 last_pct = pct;
                 self.report(
                     &action,
-                    "download",
+                    Phase::Download,
                     FeedbackState::Progress,
                     Some(format!("{got} of {total} bytes")),
                     Some(pct),
@@ -1024,7 +1074,13 @@ impl Agent {
                 if !d.present {
                     if !started {
                         // A part file that was already whole: no bytes were asked for.
-                        self.report(&action, "download", FeedbackState::Started, None, Some(0));
+                        self.report(
+                            &action,
+                            Phase::Download,
+                            FeedbackState::Started,
+                            None,
+                            Some(0),
+                        );
                     }
                     let mut msg = match &signed {
                         Some(t) => {
@@ -1037,7 +1093,13 @@ impl Agent {
                     if d.resumed_from > 0 {
                         msg.push_str(&format!(", resumed from byte {}", d.resumed_from));
                     }
-                    self.report(&action, "download", FeedbackState::Ok, Some(msg), Some(100));
+                    self.report(
+                        &action,
+                        Phase::Download,
+                        FeedbackState::Ok,
+                        Some(msg),
+                        Some(100),
+                    );
                 }
             }
             Err(e) if self.outbox.is_inactive(action.action_id) => {
@@ -1047,7 +1109,7 @@ impl Agent {
             Err(e) => {
                 self.report(
                     &action,
-                    "download",
+                    Phase::Download,
                     FeedbackState::Failed,
                     Some(e.to_string()),
                     None,
@@ -1091,14 +1153,20 @@ impl Agent {
         if let Some(t) = &signed
             && let Err(msg) = posup_trust::decide::downgrade(&installed, t)
         {
-            self.report(&action, "download", FeedbackState::Failed, Some(msg), None);
+            self.report(
+                &action,
+                Phase::Download,
+                FeedbackState::Failed,
+                Some(msg),
+                None,
+            );
             self.done(&action, "failed");
             return;
         }
         if !installed.is_empty() && installed == version {
             self.report(
                 &action,
-                "commit",
+                Phase::Commit,
                 FeedbackState::Committed,
                 Some(format!("version {installed} is already installed")),
                 None,
@@ -1107,7 +1175,7 @@ impl Agent {
             return;
         }
 
-        let step_now = Arc::new(Mutex::new(String::from("inspect")));
+        let step_now = Arc::new(Mutex::new(Phase::Inspect));
         let sink: Arc<dyn EventSink> = Arc::new(ProgressSink {
             agent: Arc::clone(self),
             action: action.clone(),
@@ -1152,7 +1220,7 @@ impl Agent {
                 // The journal or staging could not be written: nothing was run.
                 self.report(
                     &action,
-                    "precheck",
+                    Phase::Precheck,
                     FeedbackState::Failed,
                     Some(e.to_string()),
                     None,
@@ -1171,7 +1239,7 @@ impl Agent {
             UpdateResult::Committed { version } => {
                 self.report(
                     &action,
-                    "commit",
+                    Phase::Commit,
                     FeedbackState::Committed,
                     Some(format!("version {version} installed")),
                     None,
@@ -1187,7 +1255,7 @@ impl Agent {
             UpdateResult::Staged { version } => {
                 self.report(
                     &action,
-                    "stage",
+                    Phase::Stage,
                     FeedbackState::Committed,
                     Some(format!("{name} (version {version}) downloaded and staged")),
                     None,
@@ -1231,11 +1299,7 @@ impl Agent {
                     FeedbackState::Failed
                 };
                 let msg = format!("{}{}", result.summary(name), installed().await);
-                let step = if *rolled_back {
-                    "rollback"
-                } else {
-                    step.as_str()
-                };
+                let step = if *rolled_back { Phase::Rollback } else { *step };
                 self.report(&action, step, state, Some(msg), None);
                 self.done(
                     &action,
@@ -1248,7 +1312,13 @@ impl Agent {
             }
             UpdateResult::RollbackFailed { .. } => {
                 let msg = format!("{}{}", result.summary(name), installed().await);
-                self.report(&action, "rollback", FeedbackState::Failed, Some(msg), None);
+                self.report(
+                    &action,
+                    Phase::Rollback,
+                    FeedbackState::Failed,
+                    Some(msg),
+                    None,
+                );
                 self.done(&action, "rollback-failed");
             }
         }
@@ -1260,29 +1330,29 @@ struct FeedbackObserver {
     agent: Arc<Agent>,
     action: Action,
     /// The step under way, for the plugin's progress reports.
-    step: Arc<Mutex<String>>,
+    step: Arc<Mutex<Phase>>,
 }
 
 impl Observer for FeedbackObserver {
     fn step(&self, r: &StepReport) {
         let ask_again = self.agent.config.cashier.ask_again();
         let (state, message, retry_after) = match r.result {
-            "ok" => (FeedbackState::Ok, r.message.clone(), None),
-            "declined" => (
+            StepResult::Ok => (FeedbackState::Ok, r.message.clone(), None),
+            StepResult::Declined => (
                 FeedbackState::NotNow,
                 format!("{}; asking again in {} s", r.message, ask_again.as_secs()),
                 Some(ask_again),
             ),
-            "not-now" => (FeedbackState::NotNow, r.message.clone(), r.retry_after),
-            _ => (FeedbackState::Failed, r.message.clone(), None),
+            StepResult::NotNow => (FeedbackState::NotNow, r.message.clone(), r.retry_after),
+            StepResult::Failed => (FeedbackState::Failed, r.message.clone(), None),
         };
         let message = (!message.is_empty()).then_some(message);
         self.agent
-            .report_retry(&self.action, &r.step, state, message, None, retry_after);
+            .report_retry(&self.action, r.step, state, message, None, retry_after);
     }
 
-    fn started(&self, step: &str, _attempt: u32) {
-        *self.step.lock().expect("step lock") = step.to_owned();
+    fn started(&self, step: Phase, _attempt: u32) {
+        *self.step.lock().expect("step lock") = step;
         self.agent.report(
             &self.action,
             step,
@@ -1302,7 +1372,7 @@ impl Observer for FeedbackObserver {
 struct ProgressSink {
     agent: Arc<Agent>,
     action: Action,
-    step: Arc<Mutex<String>>,
+    step: Arc<Mutex<Phase>>,
     last: Mutex<Option<std::time::Instant>>,
 }
 
@@ -1317,10 +1387,10 @@ impl EventSink for ProgressSink {
             }
             *last = Some(std::time::Instant::now());
         }
-        let step = self.step.lock().expect("step lock").clone();
+        let step = *self.step.lock().expect("step lock");
         self.agent.report(
             &self.action,
-            &step,
+            step,
             FeedbackState::Progress,
             (!message.is_empty()).then(|| message.to_owned()),
             Some(percent.min(100)),

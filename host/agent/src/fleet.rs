@@ -18,7 +18,7 @@ use futures::StreamExt;
 use posup_proto::agent::{
     Action, AgentStatus, DeviceIdentity, EnrollRequest, FeedbackState, PollRequest, Site,
 };
-use posup_proto::{Inventory, TaskKind};
+use posup_proto::{Inventory, Phase, TaskKind};
 use sha2::{Digest, Sha256};
 
 use crate::client::{Client, ClientError, Transport};
@@ -358,12 +358,12 @@ impl SimDevice {
         }
     }
 
-    fn report(&self, action: &Action, step: &str, state: FeedbackState, message: Option<String>) {
+    fn report(&self, action: &Action, step: Phase, state: FeedbackState, message: Option<String>) {
         let report = Report {
             task_id: action.task_id,
             action_id: action.action_id,
             attempt: action.attempt,
-            step: step.to_owned(),
+            step,
             state,
             message,
             percent: None,
@@ -377,14 +377,14 @@ impl SimDevice {
     async fn work(&mut self, action: &Action, config: &FleetConfig, stats: &FleetStats) {
         let pkg = &action.package;
         if !self.have.contains(&pkg.sha256) {
-            self.report(action, "download", FeedbackState::Started, None);
+            self.report(action, Phase::Download, FeedbackState::Started, None);
             self.send(stats).await;
             match self.download(&pkg.url, &pkg.sha256, stats).await {
                 Ok(()) => {
                     self.have.push(pkg.sha256.clone());
                     self.report(
                         action,
-                        "download",
+                        Phase::Download,
                         FeedbackState::Ok,
                         Some("sha256 verified".into()),
                     );
@@ -393,20 +393,24 @@ impl SimDevice {
                     // A broken transfer is tried again on the next poll; a wrong
                     // checksum fails the action, as on a real terminal.
                     if e.contains("sha256") {
-                        self.report(action, "download", FeedbackState::Failed, Some(e));
+                        self.report(action, Phase::Download, FeedbackState::Failed, Some(e));
                         self.finish(action, stats);
                     }
                     return;
                 }
             }
         }
-        let steps: &[&str] = match action.kind {
-            TaskKind::Download => &["stage"],
-            TaskKind::Update | TaskKind::ForcedUpdate => {
-                &["precheck", "stage", "apply", "verify", "commit"]
-            }
+        let steps: &[Phase] = match action.kind {
+            TaskKind::Download => &[Phase::Stage],
+            TaskKind::Update | TaskKind::ForcedUpdate => &[
+                Phase::Precheck,
+                Phase::Stage,
+                Phase::Apply,
+                Phase::Verify,
+                Phase::Commit,
+            ],
         };
-        for step in steps {
+        for &step in steps {
             self.report(action, step, FeedbackState::Started, None);
             self.send(stats).await;
             tokio::time::sleep(config.step_time).await;
@@ -418,7 +422,7 @@ impl SimDevice {
             self.version = pkg.version.clone();
             format!("version {} installed", pkg.version)
         };
-        let last = steps.last().copied().unwrap_or("commit");
+        let last = steps.last().copied().unwrap_or(Phase::Commit);
         self.report(action, last, FeedbackState::Committed, Some(message));
         self.finish(action, stats);
     }

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use posup_proto::{Phase, TaskKind};
 use serde::{Deserialize, Serialize};
 
 /// Which update a journal belongs to: the same plugin build, the same package bytes
@@ -19,7 +20,7 @@ pub struct UpdateKey {
     pub plugin_sha256: String,
     pub package_sha256: String,
     pub package: String,
-    pub task: String,
+    pub task: TaskKind,
 }
 
 /// What happened to a step.
@@ -35,7 +36,7 @@ pub enum Event {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    pub step: String,
+    pub step: Phase,
     pub event: Event,
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -128,13 +129,13 @@ impl Journal {
     /// Appends a transition and writes the journal before returning.
     pub fn push(
         &mut self,
-        step: &str,
+        step: Phase,
         event: Event,
         attempt: u32,
         message: &str,
     ) -> std::io::Result<()> {
         self.record.entries.push(Entry {
-            step: step.to_owned(),
+            step,
             event,
             attempt,
             message: message.to_owned(),
@@ -149,7 +150,7 @@ impl Journal {
     }
 
     /// How many times `step` was started.
-    pub fn attempts(&self, step: &str) -> u32 {
+    pub fn attempts(&self, step: Phase) -> u32 {
         self.record
             .entries
             .iter()
@@ -158,7 +159,7 @@ impl Journal {
     }
 
     /// The last event recorded for `step`.
-    pub fn last(&self, step: &str) -> Option<&Entry> {
+    pub fn last(&self, step: Phase) -> Option<&Entry> {
         self.record.entries.iter().rev().find(|e| e.step == step)
     }
 
@@ -191,7 +192,7 @@ mod tests {
             plugin_sha256: "p".into(),
             package_sha256: "k".into(),
             package: "kiosk_7.5.0.tgz".into(),
-            task: "update".into(),
+            task: TaskKind::Update,
         }
     }
 
@@ -200,11 +201,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = Journal::path(tmp.path(), "kiosk");
         let mut j = Journal::create(&path, key(), "7.5.0").unwrap();
-        j.push("apply", Event::Started, 1, "").unwrap();
+        j.push(Phase::Apply, Event::Started, 1, "").unwrap();
         let read = Journal::load(&path).unwrap().unwrap();
-        assert_eq!(read.interrupted().map(|e| e.step.as_str()), Some("apply"));
-        assert_eq!(read.attempts("apply"), 1);
-        j.push("apply", Event::Ok, 1, "").unwrap();
+        assert_eq!(read.interrupted().map(|e| e.step), Some(Phase::Apply));
+        assert_eq!(read.attempts(Phase::Apply), 1);
+        j.push(Phase::Apply, Event::Ok, 1, "").unwrap();
         j.finish(Finish::Committed).unwrap();
         let read = Journal::load(&path).unwrap().unwrap();
         assert!(read.interrupted().is_none());

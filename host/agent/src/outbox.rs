@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::Utc;
+use posup_proto::Phase;
 use posup_proto::agent::{
     Feedback, FeedbackAck, FeedbackBatch, FeedbackResult, FeedbackState, MAX_FEEDBACK_BATCH,
 };
@@ -30,7 +31,7 @@ pub struct Report {
     pub task_id: i64,
     pub action_id: i64,
     pub attempt: u32,
-    pub step: String,
+    pub step: Phase,
     pub state: FeedbackState,
     pub message: Option<String>,
     pub percent: Option<u8>,
@@ -300,12 +301,12 @@ fn refused_for_good(status: u16) -> bool {
 mod tests {
     use super::*;
 
-    fn report(step: &str) -> Report {
+    fn report(step: Phase) -> Report {
         Report {
             task_id: 1,
             action_id: 2,
             attempt: 1,
-            step: step.into(),
+            step,
             state: FeedbackState::Ok,
             message: None,
             retry_after: None,
@@ -319,9 +320,9 @@ mod tests {
         let dir = tmp.path().join("outbox");
         let keys: Vec<String> = {
             let o = Outbox::open(&dir).unwrap();
-            o.push(7, report("download")).unwrap();
-            o.push(7, report("precheck")).unwrap();
-            o.push(7, report("stage")).unwrap();
+            o.push(7, report(Phase::Download)).unwrap();
+            o.push(7, report(Phase::Precheck)).unwrap();
+            o.push(7, report(Phase::Stage)).unwrap();
             let q = o.queue.lock().unwrap();
             q.entries.values().map(|f| f.key.clone()).collect()
         };
@@ -331,9 +332,9 @@ mod tests {
         assert_eq!(o.len(), 3);
         let q = o.queue.lock().unwrap();
         let again: Vec<String> = q.entries.values().map(|f| f.key.clone()).collect();
-        let steps: Vec<&str> = q.entries.values().map(|f| f.step.as_str()).collect();
+        let steps: Vec<Phase> = q.entries.values().map(|f| f.step).collect();
         assert_eq!(again, keys);
-        assert_eq!(steps, ["download", "precheck", "stage"]);
+        assert_eq!(steps, [Phase::Download, Phase::Precheck, Phase::Stage]);
         assert_eq!(q.next_seq, 4);
         assert!(!dir.join("000000000099-x.tmp").exists());
     }
@@ -341,11 +342,11 @@ mod tests {
     #[test]
     fn keys_stay_unique_when_the_sequence_starts_again() {
         let o = Outbox::memory();
-        o.push(1, report("a")).unwrap();
+        o.push(1, report(Phase::Stage)).unwrap();
         let first = o.front(1).remove(0);
         o.remove(first.0, None, 2);
         let o2 = Outbox::memory();
-        o2.push(1, report("a")).unwrap();
+        o2.push(1, report(Phase::Stage)).unwrap();
         assert_ne!(o2.front(1)[0].1.key, first.1.key);
     }
 
@@ -382,9 +383,10 @@ mod tests {
                         }
                     }
                     let text = String::from_utf8_lossy(&req);
+                    // Reports of stage are taken; any other is refused.
                     let (status, body) = if text.starts_with("POST /api/v1/agent/feedback/batch") {
                         ("404 Not Found", r#"{"error":"no route"}"#.to_owned())
-                    } else if text.contains(r#""step":"good""#) {
+                    } else if text.contains(r#""step":"stage""#) {
                         let key = text
                             .split(r#""key":""#)
                             .nth(1)
@@ -423,9 +425,9 @@ mod tests {
         )
         .unwrap();
         let o = Outbox::memory();
-        o.push(1, report("good")).unwrap();
-        o.push(1, report("bad")).unwrap();
-        o.push(1, report("good")).unwrap();
+        o.push(1, report(Phase::Stage)).unwrap();
+        o.push(1, report(Phase::Apply)).unwrap();
+        o.push(1, report(Phase::Stage)).unwrap();
         let done = o.flush(&client).await.unwrap();
         assert_eq!((done.sent, done.dropped), (2, 1), "{done:?}");
         assert!(o.is_empty());

@@ -24,6 +24,8 @@ use posup_runtime::grants::guest_root;
 use posup_runtime::types::{Dir, Outcome, PackageInfo, StepContext, TaskKind};
 use posup_runtime::{HostEnv, Plugin, Step, StepError};
 
+use posup_proto::Phase;
+
 use crate::journal::{Event, Finish, Journal, UpdateKey};
 
 /// What to update with what.
@@ -55,13 +57,13 @@ pub enum UpdateResult {
     /// The update failed in `step`; the installation is as it was before (rolled
     /// back, or never touched).
     Failed {
-        step: String,
+        step: Phase,
         reason: String,
         rolled_back: bool,
     },
     /// The update failed and so did its rollback: the terminal needs a person.
     RollbackFailed {
-        step: String,
+        step: Phase,
         reason: String,
         rollback: String,
     },
@@ -123,13 +125,40 @@ impl UpdateResult {
     }
 }
 
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepResult {
+    Ok,
+    NotNow,
+    Failed,
+    /// The cashier said no (consent only).
+    Declined,
+}
+
+impl StepResult {
+    /// As `posup apply --json` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepResult::Ok => "ok",
+            StepResult::NotNow => "not-now",
+            StepResult::Failed => "failed",
+            StepResult::Declined => "declined",
+        }
+    }
+}
+
+impl std::fmt::Display for StepResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One finished step, as `--json` prints it and the agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepReport {
-    pub step: String,
+    pub step: Phase,
     pub attempt: u32,
-    /// `ok`, `not-now`, `failed` or `declined`.
-    pub result: &'static str,
+    pub result: StepResult,
     pub message: String,
     pub duration: Duration,
     /// With `not-now`: the plugin's retry-after.
@@ -142,7 +171,7 @@ pub trait Observer: Send + Sync {
     fn step(&self, report: &StepReport);
 
     /// A step was journalled as started and is about to run.
-    fn started(&self, _step: &str, _attempt: u32) {}
+    fn started(&self, _step: Phase, _attempt: u32) {}
 
     /// Asked before `precheck`, `stage` and the consent question: `false` stops the
     /// update there, with nothing changed (the agent's task was paused or deleted).
@@ -254,26 +283,32 @@ impl Pipeline<'_> {
         let info = match self.plugin.inspect(&self.env, &guest).await {
             Ok(Ok(info)) => {
                 self.report(
-                    "inspect",
+                    Phase::Inspect,
                     1,
-                    "ok",
+                    StepResult::Ok,
                     &format!("{} {}", info.kind, info.version),
                     started,
                 );
                 info
             }
             Ok(Err(reason)) => {
-                self.report("inspect", 1, "failed", &reason, started);
+                self.report(Phase::Inspect, 1, StepResult::Failed, &reason, started);
                 return Ok(UpdateResult::Failed {
-                    step: "inspect".into(),
+                    step: Phase::Inspect,
                     reason,
                     rolled_back: false,
                 });
             }
             Err(e) => {
-                self.report("inspect", 1, "failed", &e.to_string(), started);
+                self.report(
+                    Phase::Inspect,
+                    1,
+                    StepResult::Failed,
+                    &e.to_string(),
+                    started,
+                );
                 return Ok(UpdateResult::Failed {
-                    step: "inspect".into(),
+                    step: Phase::Inspect,
                     reason: e.to_string(),
                     rolled_back: false,
                 });
@@ -284,7 +319,7 @@ impl Pipeline<'_> {
             plugin_sha256: self.plugin.digest().to_owned(),
             package_sha256,
             package: file_name.clone(),
-            task: task_name(req.task).to_owned(),
+            task: wire_task(req.task),
         };
         let path = Journal::path(&self.settings.state_dir, self.plugin.name());
         let mut journal =
@@ -312,17 +347,15 @@ impl Pipeline<'_> {
         // Resume after a crash.
         if let Some(entry) = journal.interrupted().cloned() {
             tracing::warn!(step = %entry.step, "resuming an update interrupted during {}", entry.step);
-            match Step::parse(&entry.step) {
-                Some(Step::Apply) | Some(Step::Verify) => {
+            match entry.step {
+                Phase::Apply | Phase::Verify => {
                     let reason = format!(
                         "interrupted during {} (attempt {})",
                         entry.step, entry.attempt
                     );
-                    return self
-                        .roll_back(&mut journal, &ctx, &entry.step, reason)
-                        .await;
+                    return self.roll_back(&mut journal, &ctx, entry.step, reason).await;
                 }
-                Some(Step::Rollback) => {
+                Phase::Rollback => {
                     let reason = journal
                         .record
                         .entries
@@ -337,10 +370,10 @@ impl Pipeline<'_> {
                         .iter()
                         .rev()
                         .find(|e| e.event == Event::Failed)
-                        .map(|e| e.step.clone())
-                        .unwrap_or_else(|| "apply".into());
+                        .map(|e| e.step)
+                        .unwrap_or(Phase::Apply);
                     return self
-                        .roll_back(&mut journal, &ctx, &failed_step, reason)
+                        .roll_back(&mut journal, &ctx, failed_step, reason)
                         .await;
                 }
                 _ => {}
@@ -359,13 +392,13 @@ impl Pipeline<'_> {
         };
         for &step in plan {
             if journal
-                .last(step.as_str())
+                .last(phase(step))
                 .is_some_and(|e| e.event == Event::Ok)
             {
                 continue;
             }
             if matches!(step, Step::Precheck | Step::Stage | Step::Apply)
-                && journal.last(Step::Apply.as_str()).is_none()
+                && journal.last(Phase::Apply).is_none()
                 && !self.observer.is_none_or(|o| o.proceed())
             {
                 journal
@@ -413,12 +446,12 @@ impl Pipeline<'_> {
         step: Step,
         ctx: &(dyn Fn(u32) -> StepContext + Sync),
     ) -> Result<Next, PipelineError> {
-        let attempt = journal.attempts(step.as_str()) + 1;
+        let attempt = journal.attempts(phase(step)) + 1;
         journal
-            .push(step.as_str(), Event::Started, attempt, "")
+            .push(phase(step), Event::Started, attempt, "")
             .map_err(io("writing the journal"))?;
         if let Some(o) = self.observer {
-            o.started(step.as_str(), attempt);
+            o.started(phase(step), attempt);
         }
         let started = Instant::now();
         let outcome = self
@@ -438,16 +471,16 @@ impl Pipeline<'_> {
         };
         let (event, message) = outcome_event(&outcome);
         journal
-            .push(step.as_str(), event, attempt, &message)
+            .push(phase(step), event, attempt, &message)
             .map_err(io("writing the journal"))?;
         let retry_after = match &outcome {
             Ok(Outcome::NotNow(nn)) => Some(Duration::from_secs(nn.retry_after_secs.into())),
             _ => None,
         };
         self.report_step(
-            step.as_str(),
+            phase(step),
             attempt,
-            event_name(event),
+            event_result(event),
             &message,
             started,
             retry_after,
@@ -470,7 +503,7 @@ impl Pipeline<'_> {
                     .finish(Finish::Failed)
                     .map_err(io("writing the journal"))?;
                 Ok(Next::Stop(UpdateResult::Failed {
-                    step: step.as_str().into(),
+                    step: phase(step),
                     reason: message,
                     rolled_back: false,
                 }))
@@ -491,7 +524,7 @@ impl Pipeline<'_> {
                     message
                 };
                 Ok(Next::Stop(
-                    self.roll_back(journal, ctx, step.as_str(), reason).await?,
+                    self.roll_back(journal, ctx, phase(step), reason).await?,
                 ))
             }
         }
@@ -501,16 +534,16 @@ impl Pipeline<'_> {
         &self,
         journal: &mut Journal,
         ctx: &(dyn Fn(u32) -> StepContext + Sync),
-        failed_step: &str,
+        failed_step: Phase,
         reason: String,
     ) -> Result<UpdateResult, PipelineError> {
         let step = Step::Rollback;
-        let attempt = journal.attempts(step.as_str()) + 1;
+        let attempt = journal.attempts(phase(step)) + 1;
         journal
-            .push(step.as_str(), Event::Started, attempt, &reason)
+            .push(phase(step), Event::Started, attempt, &reason)
             .map_err(io("writing the journal"))?;
         if let Some(o) = self.observer {
-            o.started(step.as_str(), attempt);
+            o.started(phase(step), attempt);
         }
         let started = Instant::now();
         let outcome = self
@@ -524,15 +557,15 @@ impl Pipeline<'_> {
             .await;
         let (event, message) = outcome_event(&outcome);
         journal
-            .push(step.as_str(), event, attempt, &message)
+            .push(phase(step), event, attempt, &message)
             .map_err(io("writing the journal"))?;
-        self.report(step.as_str(), attempt, event_name(event), &message, started);
+        self.report(phase(step), attempt, event_result(event), &message, started);
         if event == Event::Ok {
             journal
                 .finish(Finish::RolledBack)
                 .map_err(io("writing the journal"))?;
             Ok(UpdateResult::Failed {
-                step: failed_step.to_owned(),
+                step: failed_step,
                 reason,
                 rolled_back: true,
             })
@@ -541,7 +574,7 @@ impl Pipeline<'_> {
                 .finish(Finish::RollbackFailed)
                 .map_err(io("writing the journal"))?;
             Ok(UpdateResult::RollbackFailed {
-                step: failed_step.to_owned(),
+                step: failed_step,
                 reason,
                 rollback: message,
             })
@@ -555,7 +588,7 @@ impl Pipeline<'_> {
         info: &PackageInfo,
     ) -> Result<Next, PipelineError> {
         if journal
-            .last("consent")
+            .last(Phase::Consent)
             .is_some_and(|e| e.event == Event::Ok)
         {
             return Ok(Next::Go);
@@ -579,12 +612,18 @@ impl Pipeline<'_> {
         match answer {
             Some(false) => {
                 journal
-                    .push("consent", Event::NotNow, 1, "declined by the cashier")
+                    .push(Phase::Consent, Event::NotNow, 1, "declined by the cashier")
                     .map_err(io("writing the journal"))?;
                 journal
                     .finish(Finish::Declined)
                     .map_err(io("writing the journal"))?;
-                self.report("consent", 1, "declined", "declined by the cashier", started);
+                self.report(
+                    Phase::Consent,
+                    1,
+                    StepResult::Declined,
+                    "declined by the cashier",
+                    started,
+                );
                 Ok(Next::Stop(UpdateResult::Declined))
             }
             answer => {
@@ -594,9 +633,9 @@ impl Pipeline<'_> {
                     "nobody answered: updating"
                 };
                 journal
-                    .push("consent", Event::Ok, 1, message)
+                    .push(Phase::Consent, Event::Ok, 1, message)
                     .map_err(io("writing the journal"))?;
-                self.report("consent", 1, "ok", message, started);
+                self.report(Phase::Consent, 1, StepResult::Ok, message, started);
                 Ok(Next::Go)
             }
         }
@@ -604,11 +643,11 @@ impl Pipeline<'_> {
 
     /// Settles an unfinished update of another package before a new one starts.
     async fn settle_other(&self, mut journal: Journal, guest: &str) -> Result<(), PipelineError> {
-        let touched = journal.record.entries.iter().any(|e| {
-            e.step == Step::Apply.as_str()
-                || e.step == Step::Verify.as_str()
-                || e.step == Step::Rollback.as_str()
-        });
+        let touched = journal
+            .record
+            .entries
+            .iter()
+            .any(|e| matches!(e.step, Phase::Apply | Phase::Verify | Phase::Rollback));
         if !touched {
             return journal
                 .finish(Finish::Abandoned)
@@ -626,8 +665,8 @@ impl Pipeline<'_> {
                 rollback: true,
             },
         };
-        let task = match journal.record.key.task.as_str() {
-            "forced-update" => TaskKind::ForcedUpdate,
+        let task = match journal.record.key.task {
+            posup_proto::TaskKind::ForcedUpdate => TaskKind::ForcedUpdate,
             _ => TaskKind::Update,
         };
         let guest = guest.to_owned();
@@ -640,7 +679,7 @@ impl Pipeline<'_> {
         self.roll_back(
             &mut journal,
             &ctx,
-            "apply",
+            Phase::Apply,
             "superseded by a newer update".into(),
         )
         .await
@@ -665,9 +704,9 @@ impl Pipeline<'_> {
 
     fn report(
         &self,
-        step: &str,
+        step: Phase,
         attempt: u32,
-        result: &'static str,
+        result: StepResult,
         message: &str,
         started: Instant,
     ) {
@@ -676,16 +715,16 @@ impl Pipeline<'_> {
 
     fn report_step(
         &self,
-        step: &str,
+        step: Phase,
         attempt: u32,
-        result: &'static str,
+        result: StepResult,
         message: &str,
         started: Instant,
         retry_after: Option<Duration>,
     ) {
         if let Some(o) = self.observer {
             o.step(&StepReport {
-                step: step.to_owned(),
+                step,
                 attempt,
                 result,
                 message: message.to_owned(),
@@ -700,11 +739,24 @@ fn guest_of(package: &str) -> String {
     format!("/staging/{package}")
 }
 
-fn task_name(task: TaskKind) -> &'static str {
+/// The task kind as the journal and the wire name it.
+fn wire_task(task: TaskKind) -> posup_proto::TaskKind {
     match task {
-        TaskKind::Download => "download",
-        TaskKind::Update => "update",
-        TaskKind::ForcedUpdate => "forced-update",
+        TaskKind::Download => posup_proto::TaskKind::Download,
+        TaskKind::Update => posup_proto::TaskKind::Update,
+        TaskKind::ForcedUpdate => posup_proto::TaskKind::ForcedUpdate,
+    }
+}
+
+/// The phase of a plugin step.
+pub fn phase(step: Step) -> Phase {
+    match step {
+        Step::Precheck => Phase::Precheck,
+        Step::Stage => Phase::Stage,
+        Step::Apply => Phase::Apply,
+        Step::Verify => Phase::Verify,
+        Step::Commit => Phase::Commit,
+        Step::Rollback => Phase::Rollback,
     }
 }
 
@@ -717,11 +769,11 @@ fn outcome_event(outcome: &Result<Outcome, StepError>) -> (Event, String) {
     }
 }
 
-fn event_name(event: Event) -> &'static str {
+fn event_result(event: Event) -> StepResult {
     match event {
-        Event::Ok => "ok",
-        Event::NotNow => "not-now",
-        Event::Failed | Event::Started => "failed",
+        Event::Ok => StepResult::Ok,
+        Event::NotNow => StepResult::NotNow,
+        Event::Failed | Event::Started => StepResult::Failed,
     }
 }
 

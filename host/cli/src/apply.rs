@@ -120,9 +120,9 @@ impl Observer for Printer {
     fn step(&self, r: &StepReport) {
         if self.json {
             let line = json!({
-                "step": r.step,
+                "step": r.step.as_str(),
                 "attempt": r.attempt,
-                "result": r.result,
+                "result": r.result.as_str(),
                 "message": r.message,
                 "ms": r.duration.as_millis() as u64,
             });

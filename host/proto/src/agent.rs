@@ -23,7 +23,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{Capabilities, DirPaths, Inventory, TaskKind};
+use crate::{Capabilities, DirPaths, Inventory, Phase, TaskKind};
 
 /// Where a store (site) is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,8 +279,7 @@ pub struct Feedback {
     /// The device sending it; must be the token's device.
     pub device_id: i64,
     pub attempt: u32,
-    /// `download`, `precheck`, `stage`, `apply`, `verify`, `commit`, `rollback`.
-    pub step: String,
+    pub step: Phase,
     pub state: FeedbackState,
     #[serde(default)]
     pub message: Option<String>,

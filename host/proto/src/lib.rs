@@ -53,6 +53,62 @@ impl TaskKind {
     }
 }
 
+/// A phase of one update on a terminal, as the agent reports it and keeps it in
+/// its journal: the download, reading the package, each plugin step, and the
+/// cashier's consent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Download,
+    Inspect,
+    Precheck,
+    Stage,
+    Consent,
+    Apply,
+    Verify,
+    Commit,
+    Rollback,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 9] = [
+        Phase::Download,
+        Phase::Inspect,
+        Phase::Precheck,
+        Phase::Stage,
+        Phase::Consent,
+        Phase::Apply,
+        Phase::Verify,
+        Phase::Commit,
+        Phase::Rollback,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Download => "download",
+            Phase::Inspect => "inspect",
+            Phase::Precheck => "precheck",
+            Phase::Stage => "stage",
+            Phase::Consent => "consent",
+            Phase::Apply => "apply",
+            Phase::Verify => "verify",
+            Phase::Commit => "commit",
+            Phase::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A directory a plugin can be given; the agent maps each to a host path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -846,7 +846,7 @@ impl Store {
                     let before = part.state;
                     let after = lifecycle::after_feedback(before, f.state);
                     part.state = after;
-                    part.step = Some(f.step.clone());
+                    part.step = Some(f.step.as_str().to_owned());
                     if let Some(m) = &f.message {
                         part.message = Some(truncate(m, 4000));
                     }
@@ -968,12 +968,6 @@ fn check_report(device_id: i64, f: &Feedback) -> Result<FeedbackAck> {
         return Err(Error::Invalid(format!(
             "feedback key `{}` is invalid: give 1 to 200 characters",
             f.key
-        )));
-    }
-    if f.step.trim().is_empty() || f.step.len() > 64 {
-        return Err(Error::Invalid(format!(
-            "feedback for action {}: step name `{}` is invalid: give 1 to 64 characters",
-            f.action_id, f.step
         )));
     }
     if f.percent.is_some_and(|p| p > 100) {

@@ -3,7 +3,9 @@
 use chrono::{DateTime, Utc};
 use posup_proto::agent::{DeviceIdentity, Feedback, FeedbackState, Site};
 use posup_proto::api::*;
-use posup_proto::{Capabilities, Dir, DirAccess, DirPaths, Inventory, ModuleVersion, TaskKind};
+use posup_proto::{
+    Capabilities, Dir, DirAccess, DirPaths, Inventory, ModuleVersion, Phase, TaskKind,
+};
 use posup_store::lifecycle::Command;
 use posup_store::testing::each_backend;
 use posup_store::{
@@ -183,7 +185,7 @@ fn feedback(
         action_id: action,
         device_id: device,
         attempt: task.attempt,
-        step: "apply".into(),
+        step: Phase::Apply,
         state,
         message: Some(format!("{} {key}", state.as_str())),
         percent: None,
@@ -1073,9 +1075,16 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
         let a2 = store.actions_for_device(d2, now).await.unwrap().remove(0);
         let a4 = store.actions_for_device(d4, now).await.unwrap().remove(0);
         let report = |action: i64, device: i64, key: &str, state: FeedbackState| {
-            let mut f = feedback(&task, action, device, key, state);
-            f.step = key.to_owned();
-            f
+            feedback(&task, action, device, key, state)
+        };
+        // Each report's message ends in its key: which reports were recorded,
+        // in which order.
+        let key_of = |e: &StepEvent| {
+            e.message
+                .as_deref()
+                .and_then(|m| m.rsplit(' ').next())
+                .unwrap_or_default()
+                .to_owned()
         };
         let ask = |device_id| Asking {
             device_id,
@@ -1156,11 +1165,11 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
             .task_device_detail(task.id, d2, &at(now))
             .await
             .unwrap();
-        let history: Vec<&str> = detail.history.iter().map(|e| e.step.as_str()).collect();
+        let history: Vec<String> = detail.history.iter().map(key_of).collect();
         assert_eq!(
             history,
-            vec!["k1", "k2", "k3", "k5", "k6"],
-            "each once, in order"
+            vec!["k1", "k2", "", "k5", "k6"],
+            "each once, in order (k3 carries no message)"
         );
         assert_eq!(detail.device.state, DeviceTaskState::Success);
         assert_eq!(
@@ -1168,7 +1177,7 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
                 detail.device.step.as_deref(),
                 detail.device.message.as_deref()
             ),
-            (Some("k6"), Some("ok k6")),
+            (Some("apply"), Some("ok k6")),
             "the row shows the last report, and its last message"
         );
         let mid = store.task(task.id, &at(now)).await.unwrap().unwrap();
@@ -1204,8 +1213,8 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
             .await
             .unwrap()
             .history
-            .into_iter()
-            .map(|e| e.step)
+            .iter()
+            .map(key_of)
             .collect();
         assert_eq!(d4_steps, ["k7", "k8"]);
         let done = store.task(task.id, &at(now)).await.unwrap().unwrap();

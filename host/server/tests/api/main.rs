@@ -9,6 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, Utc};
+use posup_proto::Phase;
 use posup_proto::agent::*;
 use posup_proto::api::*;
 use posup_runtime::{Runtime, RuntimeConfig};
@@ -373,7 +374,7 @@ async fn report(
         action_id: action.action_id,
         device_id: device,
         attempt: 1,
-        step: step.into(),
+        step: Phase::parse(step).expect("a phase of an update"),
         state,
         message: Some(message.into()),
         percent: None,
@@ -644,7 +645,7 @@ async fn enrollment_poll_feedback_and_the_task_lifecycle() {
                 action_id: action.action_id,
                 device_id: dev2,
                 attempt,
-                step: "apply".into(),
+                step: Phase::Apply,
                 state,
                 message: Some(format!("{} via {key}", state.as_str())),
                 percent: Some(50),
@@ -685,7 +686,7 @@ async fn enrollment_poll_feedback_and_the_task_lifecycle() {
             action_id: a4.action_id,
             device_id: f.devices[3].0,
             attempt: 1,
-            step: "commit".into(),
+            step: Phase::Commit,
             state: FeedbackState::Committed,
             message: None,
             percent: None,

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use posup_proto::rollout::*;
-use posup_proto::{Inventory, Page};
+use posup_proto::{Inventory, Page, Phase};
 use posup_server::Clock;
 
 use super::*;
@@ -46,7 +46,7 @@ async fn report(
         action_id: a.action_id,
         device_id: dev.0,
         attempt: a.attempt,
-        step: "apply".into(),
+        step: Phase::Apply,
         state,
         message: Some(match state {
             FeedbackState::NotNow => "a customer is at the kiosk".to_string(),
