@@ -558,12 +558,27 @@ fn verify_program(ctx: &StepContext) -> Result<(), Stop> {
         }
     }
     // IceCash tells the person at the register that the program changed under them.
-    prompt::notify(&format!(
-        "Внимание! Программа IceCash обновлена до версии {version}. Сервис перезапущен; выйдите из режима \
-         регистрации и войдите снова: интерфейс мог измениться."
+    prompt::notify(&upgraded_message(
+        &version,
+        vars::get("posup-language").as_deref(),
     ));
     log::info(&format!("dIceCash {version} and DTPrint are up"));
     Ok(())
+}
+
+/// What the register shows after an upgrade: in Russian, IceCash's own
+/// language, unless the store's language is English.
+fn upgraded_message(version: &str, language: Option<&str>) -> String {
+    match language {
+        Some("en") => format!(
+            "Attention! IceCash was updated to version {version}. The service was restarted; leave registration \
+             mode and enter it again: the screens may have changed."
+        ),
+        _ => format!(
+            "Внимание! Программа IceCash обновлена до версии {version}. Сервис перезапущен; выйдите из режима \
+             регистрации и войдите снова: интерфейс мог измениться."
+        ),
+    }
 }
 
 /// Returns whether the services are to be started again.
@@ -665,6 +680,18 @@ mod tests {
         assert_eq!(
             start_line("INFO IceCash 2.0.060 stopped", custom, "2.0.060"),
             Some(false)
+        );
+    }
+    #[test]
+    fn the_upgrade_message_is_in_the_stores_language() {
+        assert!(
+            upgraded_message("2.0.060", None)
+                .contains("Программа IceCash обновлена до версии 2.0.060")
+        );
+        assert!(upgraded_message("2.0.060", Some("ru")).starts_with("Внимание!"));
+        assert!(
+            upgraded_message("2.0.060", Some("en"))
+                .contains("IceCash was updated to version 2.0.060")
         );
     }
 }
