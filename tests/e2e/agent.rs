@@ -939,7 +939,7 @@ async fn a_server_restarted_mid_rollout_loses_no_report_and_the_task_completes()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_terminals_lose_no_report_and_count_none_twice_across_a_server_restart() {
-    use posup_agent::fleet::{self, FleetConfig, FleetStats};
+    use posup_fleet::{self as fleet, FleetConfig, FleetStats};
     const N: usize = 1000;
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), None).await;
@@ -1118,7 +1118,7 @@ async fn agent_once_enrolls_then_does_the_due_work_and_reports_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_fleet_takes_a_download_and_an_update_through_the_real_server() {
-    use posup_agent::fleet::{self, FleetConfig, FleetStats};
+    use posup_fleet::{self as fleet, FleetConfig, FleetStats};
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), None).await;
     let api = server.api();

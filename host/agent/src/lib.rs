@@ -6,15 +6,13 @@
 //! server's tasks: it polls the server ([`client`]), downloads packages resumably
 //! and checks them ([`download`]), asks the cashier through files ([`prompter`]),
 //! and reports every step through a persistent [`outbox`]. Its configuration is
-//! [`config`], what it keeps between runs [`state`]. [`fleet`] runs many
-//! lightweight simulated agents in one process for load tests.
+//! [`config`], what it keeps between runs [`state`].
 
 pub mod agent;
 pub mod client;
 pub mod config;
 pub mod device;
 pub mod download;
-pub mod fleet;
 pub mod journal;
 pub mod outbox;
 pub mod pipeline;

@@ -735,8 +735,9 @@ impl Pipeline<'_> {
     }
 }
 
+/// Where the plugin sees a package placed in staging.
 fn guest_of(package: &str) -> String {
-    format!("/staging/{package}")
+    format!("{}/{package}", guest_root(Dir::Staging))
 }
 
 /// The task kind as the journal and the wire name it.

@@ -502,7 +502,7 @@ impl Run {
             },
             idle_per_poll * 1e6,
             after.polls.saturating_sub(before.polls) as f64 / took.as_secs_f64(),
-            posup_agent::fleet::Latency::percentile(&latency, 0.99).as_secs_f64() * 1000.0,
+            posup_fleet::Latency::percentile(&latency, 0.99).as_secs_f64() * 1000.0,
             peak as f64 / 1024.0,
         );
         Ok(())

@@ -257,7 +257,11 @@ pub async fn inspect(plugin: &str, package: &Path) -> anyhow::Result<PackageInfo
         },
         ..HostEnv::default()
     };
-    match p.inspect(&env, &format!("/staging/{name}")).await? {
+    let guest = format!(
+        "{}/{name}",
+        posup_runtime::grants::guest_root(posup_runtime::types::Dir::Staging)
+    );
+    match p.inspect(&env, &guest).await? {
         Ok(info) => Ok(info),
         Err(reason) => bail!("{reason}"),
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use posup_agent::fleet::{self, FleetConfig, FleetStats};
+use posup_fleet::{self as fleet, FleetConfig, FleetStats};
 
 #[derive(Debug, Args)]
 pub struct SimArgs {

@@ -21,9 +21,9 @@ use posup_proto::agent::{
 use posup_proto::{Inventory, Phase, TaskKind};
 use sha2::{Digest, Sha256};
 
-use crate::client::{Client, ClientError, Transport};
-use crate::config::{PollConfig, jittered};
-use crate::outbox::{Outbox, Report};
+use posup_agent::client::{Client, ClientError, Transport};
+use posup_agent::config::{PollConfig, jittered};
+use posup_agent::outbox::{Outbox, Report};
 
 /// How the simulated fleet looks and behaves.
 #[derive(Debug, Clone)]
@@ -231,7 +231,7 @@ impl SimDevice {
                 name: format!("Register {number}"),
                 number,
                 device_type: config.device_type.clone(),
-                agent_version: crate::agent::AGENT_VERSION.into(),
+                agent_version: posup_agent::agent::AGENT_VERSION.into(),
             },
             client,
             outbox: Outbox::memory(),
@@ -310,7 +310,7 @@ impl SimDevice {
             }),
             inventory_error: None,
             status: AgentStatus {
-                agent_version: crate::agent::AGENT_VERSION.into(),
+                agent_version: posup_agent::agent::AGENT_VERSION.into(),
                 ..AgentStatus::default()
             },
             vars_since: self.vars_since,
