@@ -17,8 +17,15 @@ fn target_dir() -> PathBuf {
 
 /// `./run.sh` of a project: build, package, `posup plugin test`.
 fn run_loop(project: &Path) -> std::process::Output {
+    let path = format!(
+        "{}:{}",
+        python_tools().join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     Command::new("sh")
         .arg(project.join("run.sh"))
+        .env("PATH", path)
+        .env("PYTHONPATH", python_tools())
         .env("POSUP", posup_path())
         .env("CARGO_TARGET_DIR", target_dir())
         .env("TARGET", target_dir())
@@ -29,6 +36,48 @@ fn run_loop(project: &Path) -> std::process::Output {
         .env_remove("CARGO_BUILD_TARGET")
         .output()
         .expect("running the project's run.sh")
+}
+
+/// The componentize-py a Python project builds with: the machine's where it has
+/// one, otherwise installed once from PyPI into the build folder, so the test
+/// needs nothing a fresh machine lacks but Python and pip.
+fn python_tools() -> PathBuf {
+    static TOOLS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TOOLS
+        .get_or_init(|| {
+            let dir = target_dir().join("python");
+            let found = |p: &Path| {
+                Command::new(p.join("bin/componentize-py"))
+                    .arg("--version")
+                    .env("PYTHONPATH", &dir)
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            let on_path = Command::new("componentize-py")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !on_path && !found(&dir) {
+                let out = Command::new("python3")
+                    .args(["-m", "pip", "install", "-q", "--target"])
+                    .arg(&dir)
+                    .arg("componentize-py==0.25.1")
+                    .output()
+                    .expect("running pip");
+                assert!(
+                    out.status.success(),
+                    "installing componentize-py: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(
+                    found(&dir),
+                    "componentize-py did not install into {}",
+                    dir.display()
+                );
+            }
+            dir
+        })
+        .clone()
 }
 
 #[test]

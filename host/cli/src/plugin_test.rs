@@ -138,11 +138,24 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// What a case expects of the installation at its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
-    /// Not committed: the installation as it was.
-    Old,
+    /// Not committed, ending with this exit code of `posup apply` (3 declined,
+    /// 1 failed): the installation as it was.
+    Old(i32),
     /// Either, each with its own exit code (a kill may land before or after
     /// the point of no return).
     NewOrOld,
+}
+
+/// Whether a case passed: a committed update (exit 0) left the installation
+/// of the clean update, any other end left it as it was — unless a failed
+/// update's package declares no rollback, which leaves it as the update made it.
+fn verdict(expect: Expect, code: i32, is_new: bool, is_old: bool, no_rollback: bool) -> bool {
+    match (expect, code) {
+        (Expect::NewOrOld, 0) => is_new,
+        (Expect::NewOrOld, 1) => is_old || no_rollback,
+        (Expect::Old(want), got) if want == got => is_old || (got == 1 && no_rollback),
+        _ => false,
+    }
 }
 
 /// How a case disturbs the update.
@@ -150,7 +163,7 @@ enum Expect {
 enum Disturb {
     Declined,
     /// Kill posup after this many step lines, then run it again.
-    KillAfter(usize, String),
+    KillAfter(usize),
     /// The host fails this step once it answered ok.
     FailAfter(String),
     Broken,
@@ -395,13 +408,13 @@ async fn cases(args: &TestArgs, config: Option<&str>, root: &Path) -> anyhow::Re
     let mut plan = vec![Case {
         name: "declined by the person at the terminal".into(),
         disturb: Disturb::Declined,
-        expect: Expect::Old,
+        expect: Expect::Old(3),
     }];
     // A kill after every step line but the last, which ends the run anyway.
     for (i, step) in steps.iter().enumerate().take(steps.len().saturating_sub(1)) {
         plan.push(Case {
             name: format!("posup killed after {step}, run again"),
-            disturb: Disturb::KillAfter(i + 1, step.clone()),
+            disturb: Disturb::KillAfter(i + 1),
             expect: Expect::NewOrOld,
         });
     }
@@ -410,7 +423,7 @@ async fn cases(args: &TestArgs, config: Option<&str>, root: &Path) -> anyhow::Re
             plan.push(Case {
                 name: format!("{step} fails after doing its work"),
                 disturb: Disturb::FailAfter(step.into()),
-                expect: Expect::Old,
+                expect: Expect::Old(1),
             });
         }
     }
@@ -418,7 +431,7 @@ async fn cases(args: &TestArgs, config: Option<&str>, root: &Path) -> anyhow::Re
         plan.push(Case {
             name: "broken package".into(),
             disturb: Disturb::Broken,
-            expect: Expect::Old,
+            expect: Expect::Old(1),
         });
     }
 
@@ -500,7 +513,7 @@ async fn run_case(
             let (code, _, last) = run(work.apply(args, broken, &[]))?;
             (code, last)
         }
-        Disturb::KillAfter(lines, _) => {
+        Disturb::KillAfter(lines) => {
             if !run_and_kill(work.apply(args, package, &[]), *lines)? {
                 bail!("posup apply ended before its step {lines}; the update is not repeatable");
             }
@@ -517,12 +530,7 @@ async fn run_case(
         _ => "neither old nor new".to_owned(),
     };
     let mut detail = Vec::new();
-    let pass = match (case.expect, code) {
-        (Expect::NewOrOld, 0) => is_new,
-        (Expect::Old | Expect::NewOrOld, 1) if no_rollback => true,
-        (Expect::Old | Expect::NewOrOld, 1 | 3) => is_old,
-        _ => false,
-    };
+    let pass = verdict(case.expect, code, is_new, is_old, no_rollback);
     if !pass {
         detail.push(format!("posup apply said: {last}"));
         let want = if code == 0 { new } else { old };
@@ -562,6 +570,24 @@ async fn run_case(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_case_passes_only_with_its_exit_code_and_installation() {
+        // A kill: committed and new, or rolled back and as before.
+        assert!(verdict(Expect::NewOrOld, 0, true, false, false));
+        assert!(!verdict(Expect::NewOrOld, 0, false, true, false));
+        assert!(verdict(Expect::NewOrOld, 1, false, true, false));
+        assert!(!verdict(Expect::NewOrOld, 1, false, false, false));
+        assert!(!verdict(Expect::NewOrOld, 4, false, true, false));
+        // Declined is exit 3 with nothing changed; a failure is exit 1.
+        assert!(verdict(Expect::Old(3), 3, false, true, false));
+        assert!(!verdict(Expect::Old(3), 1, false, true, false));
+        assert!(!verdict(Expect::Old(1), 1, false, false, false));
+        assert!(!verdict(Expect::Old(1), 0, true, false, false));
+        // A package that declares no rollback may leave its changes.
+        assert!(verdict(Expect::Old(1), 1, false, false, true));
+        assert!(!verdict(Expect::Old(3), 3, false, false, true));
+    }
 
     #[test]
     fn trees_differ_by_content_mode_and_presence() {

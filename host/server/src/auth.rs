@@ -197,12 +197,8 @@ pub async fn authorize(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let path = matched.as_ref().map_or("", |m| m.as_str());
-    let path = if path.starts_with("/api/v1/") {
-        path.to_owned()
-    } else {
-        format!("/api/v1{path}")
-    };
+    // The matched path of a nested route is the whole path, `/api/v1/…`.
+    let path = matched.as_ref().map_or("", |m| m.as_str()).to_owned();
     // A HEAD is answered by the GET route.
     let method = match request.method().as_str() {
         "HEAD" => "GET".to_owned(),

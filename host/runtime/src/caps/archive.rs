@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self as stdfs, File};
+use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -1146,7 +1146,7 @@ impl Unpacker<'_> {
             out.write_all(&self.buf[..n])
                 .map_err(|e| self.io_error(name, "writing the file", &e))?;
         }
-        out.set_permissions(stdfs::Permissions::from_mode(mode & MODE_MASK))
+        out.set_permissions(std::fs::Permissions::from_mode(mode & MODE_MASK))
             .map_err(|e| self.io_error(name, "setting the file's mode", &e))?;
         out.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
             .map_err(|e| self.io_error(name, "setting the file's time", &e))?;
@@ -1405,8 +1405,11 @@ fn mtime_timespec(mtime: u64) -> (i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // Fixtures are laid out and checked through host paths, outside the
+    // capability under test.
     use posup_world::latest::types::{Dir, ErrorKind};
     use std::collections::BTreeMap;
+    use std::fs as stdfs;
     use std::os::unix::fs::MetadataExt;
 
     use crate::grants::{DirGrant, Grants};
