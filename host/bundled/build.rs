@@ -19,7 +19,11 @@ const PLUGINS: &[(&str, &str)] = &[
 
 /// Components built for the tests and benchmarks only: their paths are exported,
 /// their bytes are not bundled.
-const TEST_COMPONENTS: &[(&str, &str)] = &[("posup_plugin_test_hostile", "TEST_HOSTILE")];
+const TEST_COMPONENTS: &[(&str, &str)] = &[
+    ("posup_plugin_test_hostile", "TEST_HOSTILE"),
+    // Built against the first released interface, to show the host still runs it.
+    ("posup_plugin_test_v0_1_0", "TEST_V0_1_0"),
+];
 
 /// rustup installs the targets rust-toolchain.toml names only together with the
 /// toolchain: a machine that had Rust 1.95.0 before lacks `wasm32-wasip2`. It is

@@ -12,6 +12,7 @@ use std::time::Duration;
 use posup_runtime::caps::services::ServiceManager;
 use posup_sim::icecash;
 
+use crate::support::mariadb::Scratch;
 use crate::support::{read, snapshot, stderr, wait_for};
 use crate::terminal::{Service, Terminal, detail};
 
@@ -319,4 +320,85 @@ async fn a_failing_install_sh_leaves_the_register_as_it_was() {
         t.services().status("dIceCash").await.unwrap(),
         posup_runtime::caps::services::State::Running
     );
+}
+
+/// IceCash keeps its settings (`tb_sets`) and the upload flags of its receipts
+/// and Z-reports (`up` in `tb_trsc_hd` and `tb_Zet`) in MySQL. Where the device
+/// configuration names that database, the plugin reports what is not uploaded
+/// yet and the register's numbers, and an environment update, which alters
+/// tables, waits until everything is uploaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_its_database_an_environment_update_waits_for_uploads() {
+    let db = Scratch::create("icecash").await;
+    db.run(&[
+        // IceCash's own definition of tb_sets (dbIceCash's _create).
+        "CREATE TABLE tb_sets (`id` int(4) unsigned NOT NULL AUTO_INCREMENT, \
+         `group` char(64) default 'simple', `name` char(64) default 'simple', \
+         `value` char(255) default '', primary key (`id`), unique key `name` (`name`))",
+        "INSERT INTO tb_sets (`group`, `name`, `value`) VALUES \
+         ('magazine', 'idplace', '3'), ('magazine', 'nkassa', '2'), \
+         ('server', 'sets', '117'), ('server', 'version', '2.0.060'), ('server', 'update', '001')",
+        "CREATE TABLE tb_trsc_hd (`id` int unsigned NOT NULL AUTO_INCREMENT, \
+         `up` tinyint(1) default 0, primary key (`id`))",
+        "INSERT INTO tb_trsc_hd (`up`) VALUES (0), (0), (0), (1), (1)",
+        "CREATE TABLE tb_Zet (`id` int unsigned NOT NULL AUTO_INCREMENT, \
+         `up` tinyint(1) default 0, primary key (`id`))",
+        "INSERT INTO tb_Zet (`up`) VALUES (0), (1)",
+    ])
+    .await;
+    let t = register("2.0.059", true).await;
+    t.grant_database("icecash", &db.url());
+
+    let inv = t.inventory("icecash").await;
+    assert_eq!(inv.pending_sync, 4, "{inv:?}");
+    assert_eq!(detail(&inv, "idplace"), Some("3"));
+    assert_eq!(detail(&inv, "nkassa"), Some("2"));
+    assert_eq!(detail(&inv, "sets"), Some("117"));
+
+    let before = snapshot(&t.product);
+    let waits = t.apply(
+        "icecash",
+        &t.package("icecash", "001"),
+        &[("update", "001")],
+    );
+    assert_eq!(waits.status.code(), Some(3), "{}", stderr(&waits));
+    let err = stderr(&waits);
+    assert!(
+        err.contains("3 receipts and 1 Z-report") && err.contains("not uploaded"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t.product), before);
+
+    // IceCash's own upload marks them (up=1); then the update runs.
+    db.run(&["UPDATE tb_trsc_hd SET up = 1", "UPDATE tb_Zet SET up = 1"])
+        .await;
+    let out = t.apply(
+        "icecash",
+        &t.package("icecash", "001"),
+        &[("update", "001")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inv = t.inventory("icecash").await;
+    assert_eq!(inv.pending_sync, 0);
+    assert_eq!(detail(&inv, "environment-update"), Some("001"));
+    db.drop().await;
+}
+
+/// A database the configuration names but that cannot be read does not stop a
+/// program upgrade; the inventory says why its facts are missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_database_is_reported_not_fatal() {
+    let t = register("2.0.059", false).await;
+    // Nothing listens on port 1.
+    t.grant_database("icecash", "mysql://icecash:secret@127.0.0.1:1/IceCash");
+    let inv = t.inventory("icecash").await;
+    let why = detail(&inv, "database").unwrap_or_default().to_owned();
+    assert!(why.contains("cannot connect"), "{inv:?}");
+    assert!(!why.contains("secret"), "{why}");
+    let out = t.apply(
+        "icecash",
+        &t.package("icecash", "2.0.060"),
+        &with(&BARE, &[("version", "2.0.060")]),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
 }

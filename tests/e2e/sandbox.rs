@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use posup_runtime::types::Dir;
 use posup_runtime::{DirGrant, Grants, HostEnv, Limits, Plugin, Runtime, RuntimeConfig, StepError};
 
+use crate::support::read;
+
 fn runtime(read_deadline: Duration) -> Runtime {
     Runtime::new(RuntimeConfig {
         cache_dir: None,
@@ -653,4 +655,58 @@ async fn an_archive_bomb_stops_at_the_disk_reserve() {
         1,
         "nothing was extracted"
     );
+}
+
+/// A plugin built against the first released interface, `posup:plugin@0.1.0`,
+/// runs on this host as it is: its exports through that version's bindings,
+/// its imports (`kv`, `vars`, WASI files) answered by the newest version's
+/// capabilities. The bundled plugins are built against the newest one.
+#[tokio::test]
+async fn a_plugin_of_the_first_interface_still_runs_every_step() {
+    use posup_runtime::Step;
+    use posup_runtime::types::{Outcome, StepContext, TaskKind};
+
+    let rt = runtime(Duration::from_secs(10));
+    let old = rt.load_file(Path::new(posup_bundled::TEST_V0_1_0)).unwrap();
+    assert_eq!(old.interface().version().to_string(), "0.1.0");
+    let newest = rt
+        .load("icecash", posup_bundled::get("icecash").unwrap())
+        .unwrap();
+    assert_eq!(newest.interface().version().to_string(), "0.1.1");
+    assert_eq!(newest.databases().await.unwrap()[0].name, "icecash");
+
+    assert_eq!(old.info().await.unwrap().name, "test-v0-1-0");
+    assert!(old.databases().await.unwrap().is_empty());
+    let product = tempfile::tempdir().unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let kv = tempfile::tempdir().unwrap();
+    std::fs::write(product.path().join("version"), "1.0").unwrap();
+    let mut env = env_with(staging.path(), Some(product.path()), vec![]);
+    env.kv_dir = Some(kv.path().to_owned());
+    env.vars = std::sync::Arc::new([("note".to_owned(), "from the server".to_owned())].into());
+
+    let inv = old.inventory(&env).await.unwrap().unwrap();
+    assert_eq!(
+        (inv.version.as_str(), inv.state.as_str()),
+        ("1.0", "from the server")
+    );
+    let package = package(staging.path(), "test-1.1.tar");
+    let info = old.inspect(&env, &package).await.unwrap().unwrap();
+    assert_eq!(info.version, "1.1");
+    let ctx = StepContext {
+        package,
+        info,
+        task: TaskKind::Update,
+        attempt: 1,
+    };
+    for step in [Step::Precheck, Step::Stage, Step::Apply] {
+        let out = old.step(&env, step, &ctx, Duration::from_secs(10)).await;
+        assert!(matches!(out, Ok(Outcome::Ok)), "{step}: {out:?}");
+    }
+    assert_eq!(read(&product.path().join("version")), "1.1");
+    let out = old
+        .step(&env, Step::Rollback, &ctx, Duration::from_secs(10))
+        .await;
+    assert!(matches!(out, Ok(Outcome::Ok)), "{out:?}");
+    assert_eq!(read(&product.path().join("version")), "1.0");
 }

@@ -119,3 +119,62 @@ pub fn sample_package_without(product: &str, sample: &str, remove: &str, dir: &P
     std::fs::remove_file(copy.join("content").join(remove)).unwrap();
     posup_sim::package::build(&copy, &dir.join("built")).unwrap()
 }
+
+/// Scratch databases on the machine's MariaDB (127.0.0.1:3306, user root, no
+/// password: on these machines and in CI), for products that keep their data
+/// in MySQL (IceCash).
+pub mod mariadb {
+    use sqlx::{Connection, Executor, MySqlConnection};
+
+    const SERVER: &str = "mysql://root@127.0.0.1:3306";
+
+    /// A database of its own for one test, dropped by [`Scratch::drop`].
+    pub struct Scratch {
+        name: String,
+    }
+
+    async fn connect(url: &str) -> MySqlConnection {
+        MySqlConnection::connect(url).await.unwrap_or_else(|e| {
+            panic!(
+                "MariaDB at 127.0.0.1:3306 (user root, no password) is needed for the tests of products \
+                 that keep their data in MySQL; start it (`service mariadb start`): {e}"
+            )
+        })
+    }
+
+    impl Scratch {
+        pub async fn create(purpose: &str) -> Scratch {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos();
+            let name = format!("posup_{purpose}_{}_{nanos}", std::process::id());
+            let mut conn = connect(SERVER).await;
+            conn.execute(format!("CREATE DATABASE `{name}`").as_str())
+                .await
+                .unwrap();
+            Scratch { name }
+        }
+
+        pub fn url(&self) -> String {
+            format!("{SERVER}/{}", self.name)
+        }
+
+        /// Runs each statement in turn.
+        pub async fn run(&self, statements: &[&str]) {
+            let mut conn = connect(&self.url()).await;
+            for s in statements {
+                conn.execute(*s)
+                    .await
+                    .unwrap_or_else(|e| panic!("{s}: {e}"));
+            }
+        }
+
+        pub async fn drop(self) {
+            let mut conn = connect(SERVER).await;
+            conn.execute(format!("DROP DATABASE `{}`", self.name).as_str())
+                .await
+                .unwrap();
+        }
+    }
+}

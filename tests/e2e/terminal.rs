@@ -123,6 +123,19 @@ impl Terminal {
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// Describes a product database in the device configuration and allows it
+    /// (`[databases.<name>]`, `[allow] databases`).
+    pub fn grant_database(&self, name: &str, url: &str) {
+        let text = read(&self.config);
+        let text = text.replacen(
+            "[allow]\n",
+            &format!("[allow]\ndatabases = [\"{name}\"]\n"),
+            1,
+        );
+        let text = format!("{text}\n[databases.{name}]\nurl = \"{url}\"\n");
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     /// Runs `posup apply --json` with the server variables `vars`.
     pub fn apply(&self, plugin: &str, package: &Path, vars: &[(&str, &str)]) -> Output {
         self.apply_with(plugin, package, vars, &[])
@@ -172,6 +185,7 @@ impl Terminal {
         let component = posup_bundled::get(plugin).expect("a bundled plugin");
         let plugin = rt.load(plugin, component).unwrap();
         let info = plugin.info().await.unwrap();
+        let databases = plugin.databases().await.unwrap();
         let mut config = DeviceConfig::load(&self.config).unwrap();
         config.dirs.insert("product".into(), self.product.clone());
         for name in ["staging", "backup"] {
@@ -180,7 +194,7 @@ impl Terminal {
             config.dirs.insert(name.into(), dir);
         }
         let env = HostEnv {
-            grants: Grants::intersect(&info.capabilities, &config.allowance()),
+            grants: Grants::intersect(&info.capabilities, &databases, &config.allowance()),
             services: config.service_manager(&self.state.join("run")),
             kv_dir: Some(self.state.join("kv")),
             vars: Arc::new(

@@ -118,7 +118,7 @@ async fn download(t: &Terminal, package: &Path) -> UpdateResult {
         config.dirs.insert(name.into(), dir);
     }
     let env = HostEnv {
-        grants: Grants::intersect(&info.capabilities, &config.allowance()),
+        grants: Grants::intersect(&info.capabilities, &[], &config.allowance()),
         services: config.service_manager(&t.state.join("run")),
         kv_dir: Some(t.state.join("kv")),
         ..HostEnv::default()

@@ -37,7 +37,7 @@ use posup_proto::agent::{
 use posup_proto::{Inventory, ModuleVersion, Phase, TaskKind};
 use posup_runtime::caps::log::{EventSink, Level};
 use posup_runtime::caps::prompt::Prompter;
-use posup_runtime::types::PluginInfo;
+use posup_runtime::types::{DatabaseRequest, PluginInfo};
 use posup_runtime::{Allowance, Grants, HostEnv, Plugin, Runtime};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -129,7 +129,7 @@ pub struct Agent {
     outbox: Outbox,
     prompter: Arc<FilePrompter>,
     /// Loaded plugins by sha256, with what their `info` said.
-    plugins: tokio::sync::Mutex<HashMap<String, (Arc<Plugin>, PluginInfo)>>,
+    plugins: tokio::sync::Mutex<HashMap<String, Loaded>>,
     /// The action the worker is on, if any.
     busy: Mutex<Option<i64>>,
     /// Woken when the worker finishes, so the loop looks for the next action at once.
@@ -632,6 +632,7 @@ impl Agent {
             services: a.services,
             scripts: a.scripts,
             prompt: a.prompt,
+            databases: a.databases.into_iter().map(|d| d.name).collect(),
         }
     }
 
@@ -657,19 +658,20 @@ impl Agent {
         a.services.retain(|s| allowed.services.contains(s));
         a.scripts &= allowed.scripts;
         a.prompt &= allowed.prompt;
+        a.databases.retain(|d| allowed.databases.contains(&d.name));
         a
     }
 
-    fn env(
-        &self,
-        info: &PluginInfo,
-        events: Option<Arc<dyn EventSink>>,
-    ) -> (HostEnv, DeviceConfig) {
+    fn env(&self, loaded: &Loaded, events: Option<Arc<dyn EventSink>>) -> (HostEnv, DeviceConfig) {
         let device = self.device_config();
         if let Err(e) = own_dirs(&device) {
             tracing::warn!("{e}");
         }
-        let grants = Grants::intersect(&info.capabilities, &self.allowance(&device));
+        let grants = Grants::intersect(
+            &loaded.info.capabilities,
+            &loaded.databases,
+            &self.allowance(&device),
+        );
         let prompter: Arc<dyn Prompter> = self.prompter.clone();
         let env = HostEnv {
             grants,
@@ -692,7 +694,7 @@ impl Agent {
         &self,
         r: &PluginRef,
         verified: Option<&posup_trust::client::Verified>,
-    ) -> Result<(Arc<Plugin>, PluginInfo), String> {
+    ) -> Result<Loaded, String> {
         if let Some(p) = self.plugins.lock().await.get(&r.sha256) {
             return Ok(p.clone());
         }
@@ -780,7 +782,15 @@ impl Agent {
             .load(&r.name, &bytes)
             .map_err(|e| format!("{what}: {e}"))?;
         let info = plugin.info().await.map_err(|e| format!("{what}: {e}"))?;
-        let entry = (Arc::new(plugin), info);
+        let databases = plugin
+            .databases()
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        let entry = Loaded {
+            plugin: Arc::new(plugin),
+            info,
+            databases,
+        };
         let mut plugins = self.plugins.lock().await;
         // Keep the device type's plugin and the one an action needs; drop others.
         plugins.retain(|sha, _| {
@@ -818,9 +828,9 @@ impl Agent {
     }
 
     async fn inventory_with(&self, r: &PluginRef) -> Result<Inventory, String> {
-        let (plugin, info) = self.plugin(r, None).await?;
-        let (env, _) = self.env(&info, None);
-        match plugin.inventory(&env).await {
+        let loaded = self.plugin(r, None).await?;
+        let (env, _) = self.env(&loaded, None);
+        match loaded.plugin.inventory(&env).await {
             Ok(Ok(inv)) => Ok(to_proto(inv)),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(e.to_string()),
@@ -911,7 +921,7 @@ impl Agent {
             },
             None => None,
         };
-        let (plugin, info) = match self.plugin(&action.plugin, verified.as_ref()).await {
+        let loaded = match self.plugin(&action.plugin, verified.as_ref()).await {
             Ok(p) => p,
             Err(e) => {
                 self.report(
@@ -925,6 +935,7 @@ impl Agent {
                 return;
             }
         };
+        let plugin = loaded.plugin.clone();
         let device = self.device_config();
         let Some(staging) = device.dir("staging").map(Path::to_path_buf) else {
             let msg = format!(
@@ -1182,7 +1193,7 @@ impl Agent {
             step: step_now.clone(),
             last: Mutex::new(None),
         });
-        let (env, _) = self.env(&info, Some(sink));
+        let (env, _) = self.env(&loaded, Some(sink));
         let observer = FeedbackObserver {
             agent: Arc::clone(self),
             action: action.clone(),
@@ -1326,6 +1337,14 @@ impl Agent {
 }
 
 /// Turns the pipeline's steps into reports.
+/// A loaded plugin and what it asks for beyond its `info`.
+#[derive(Clone)]
+struct Loaded {
+    plugin: Arc<Plugin>,
+    info: PluginInfo,
+    databases: Vec<DatabaseRequest>,
+}
+
 struct FeedbackObserver {
     agent: Arc<Agent>,
     action: Action,

@@ -20,10 +20,16 @@
 //! # …or a process posup supervises itself
 //! # command = ["/opt/kiosk/bin/kiosk", "--daemon"]
 //! # log = "/var/log/kiosk/stdout.log"
+//!
+//! # A product's own database a plugin may read (IceCash's MySQL), listed in
+//! # [allow] databases = ["icecash"]; the file holds the password, so it is
+//! # root's alone.
+//! # [databases.icecash]
+//! # url = "mysql://icecash:icecash1024@127.0.0.1:3306/IceCash"
 //! ```
 //!
 //! Defaults, each on purpose: a directory not listed is not offered; `logs` is
-//! read-only; no service, no scripts and no prompt unless listed.
+//! read-only; no service, no scripts, no prompt and no database unless listed.
 //!
 //! This file is the ceiling of what any plugin may touch on the terminal: the
 //! server narrows it (the operator's allowance per device type), never widens it.
@@ -41,9 +47,9 @@ use posup_runtime::caps::prompt::BoxFuture;
 use posup_runtime::caps::services::{ProcessSpec, Processes, ServiceManager, Systemd};
 use posup_runtime::caps::{CapError, CapResult};
 use posup_runtime::grants::{dir_name, parse_dir};
-use posup_runtime::types::Capabilities;
+use posup_runtime::types::{Capabilities, DatabaseRequest};
 use posup_runtime::wit::services::State;
-use posup_runtime::{Allowance, DirGrant};
+use posup_runtime::{Allowance, DatabaseSource, DirGrant};
 use serde::Deserialize;
 
 /// One product's configuration on this terminal.
@@ -58,6 +64,23 @@ pub struct DeviceConfig {
     /// Service name → how it runs.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Database name → where it is.
+    #[serde(default)]
+    pub databases: BTreeMap<String, DatabaseConfig>,
+}
+
+/// Where a product database is: a `mysql://user:password@host:port/database`
+/// address. Printed nowhere: it may hold a password.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseConfig { .. }")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +99,9 @@ pub struct Allow {
     pub scripts: bool,
     #[serde(default)]
     pub prompt: bool,
+    /// Databases (named in `[databases.*]`) plugins may read.
+    #[serde(default)]
+    pub databases: Vec<String>,
 }
 
 impl Default for Allow {
@@ -86,6 +112,7 @@ impl Default for Allow {
             services: Vec::new(),
             scripts: false,
             prompt: false,
+            databases: Vec::new(),
         }
     }
 }
@@ -191,6 +218,20 @@ impl DeviceConfig {
                 )));
             }
         }
+        for (name, db) in &self.databases {
+            if !(db.url.starts_with("mysql://") || db.url.starts_with("mariadb://")) {
+                return Err(invalid(format!(
+                    "databases.{name}.url: give a mysql://user:password@host:port/database address"
+                )));
+            }
+        }
+        for name in &self.allow.databases {
+            if !self.databases.contains_key(name) {
+                return Err(invalid(format!(
+                    "allow.databases names `{name}` but there is no [databases.{name}] saying where it is"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -247,6 +288,17 @@ impl DeviceConfig {
             services: self.allow.services.clone(),
             scripts: self.allow.scripts,
             prompt: self.allow.prompt,
+            databases: self
+                .allow
+                .databases
+                .iter()
+                .filter_map(|name| {
+                    self.databases.get(name).map(|d| DatabaseSource {
+                        name: name.clone(),
+                        url: d.url.clone(),
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -254,7 +306,11 @@ impl DeviceConfig {
     /// give, each as the line of the configuration that would give it. Empty
     /// when everything it asks for is granted. `posup apply` shows these before
     /// any step runs.
-    pub fn missing_for(&self, requested: &Capabilities) -> Vec<Lacking> {
+    pub fn missing_for(
+        &self,
+        requested: &Capabilities,
+        databases: &[DatabaseRequest],
+    ) -> Vec<Lacking> {
         let mut missing = Vec::new();
         for req in &requested.dirs {
             let name = dir_name(req.dir);
@@ -309,6 +365,26 @@ impl DeviceConfig {
                 line: "[allow] prompt = true   # the plugin asks the person at the terminal".into(),
                 blocks: false,
             });
+        }
+        // A product database is read where one is described; plugins fall back
+        // to what they know without it.
+        for db in databases {
+            let name = &db.name;
+            if !self.allow.databases.contains(name) {
+                missing.push(Lacking {
+                    line: format!("[allow] databases = [\"{name}\", …]"),
+                    blocks: false,
+                });
+            }
+            if !self.databases.contains_key(name) {
+                missing.push(Lacking {
+                    line: format!(
+                        "[databases.{name}] url = \"mysql://user:password@127.0.0.1:3306/database\"   # tables {}",
+                        db.tables.join(", ")
+                    ),
+                    blocks: false,
+                });
+            }
         }
         missing
     }
@@ -438,7 +514,7 @@ mod tests {
             scripts: true,
             prompt: false,
         };
-        let missing = config.missing_for(&asks);
+        let missing = config.missing_for(&asks, &[]);
         let lines: Vec<&str> = missing.iter().map(|m| m.line.as_str()).collect();
         let blocking: Vec<bool> = missing.iter().map(|m| m.blocks).collect();
         assert_eq!(blocking, [true, true, true, true, false]);
@@ -461,7 +537,7 @@ mod tests {
             scripts: false,
             prompt: false,
         };
-        assert!(config.missing_for(&enough).is_empty());
+        assert!(config.missing_for(&enough, &[]).is_empty());
         let reads_logs = Capabilities {
             dirs: vec![DirRequest {
                 dir: Dir::Backup,
@@ -472,9 +548,66 @@ mod tests {
             prompt: true,
         };
         assert!(
-            config.missing_for(&reads_logs).iter().all(|m| !m.blocks),
+            config
+                .missing_for(&reads_logs, &[])
+                .iter()
+                .all(|m| !m.blocks),
             "a folder only read, and questions, may be left out"
         );
+    }
+
+    #[test]
+    fn a_database_is_offered_only_where_described_and_allowed() {
+        let text = r#"
+            [allow]
+            databases = ["icecash"]
+            [databases.icecash]
+            url = "mysql://icecash:icecash1024@127.0.0.1:3306/IceCash"
+            [databases.accounting]
+            url = "mysql://root@127.0.0.1/ledger"
+        "#;
+        let config = DeviceConfig::parse(text, "icecash.toml").unwrap();
+        let a = config.allowance();
+        assert_eq!(
+            a.databases.len(),
+            1,
+            "described but not allowed: not offered"
+        );
+        assert_eq!(a.databases[0].name, "icecash");
+        assert!(!format!("{config:?}{a:?}").contains("icecash1024"));
+
+        let asks = [
+            DatabaseRequest {
+                name: "icecash".into(),
+                tables: vec!["tb_sets".into()],
+            },
+            DatabaseRequest {
+                name: "frontol".into(),
+                tables: vec!["settings".into(), "receipts".into()],
+            },
+        ];
+        let nothing = Capabilities {
+            dirs: vec![],
+            services: vec![],
+            scripts: false,
+            prompt: false,
+        };
+        let missing = config.missing_for(&nothing, &asks);
+        let lines: Vec<&str> = missing.iter().map(|m| m.line.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                "[allow] databases = [\"frontol\", …]",
+                "[databases.frontol] url = \"mysql://user:password@127.0.0.1:3306/database\"   # tables settings, receipts",
+            ]
+        );
+        assert!(missing.iter().all(|m| !m.blocks), "plugins do without");
+
+        let unknown = DeviceConfig::parse("[allow]\ndatabases = [\"x\"]", "t.toml").unwrap_err();
+        assert!(unknown.to_string().contains("[databases.x]"), "{unknown}");
+        let bad_url =
+            DeviceConfig::parse("[databases.x]\nurl = \"postgres://h/db\"", "t.toml").unwrap_err();
+        assert!(bad_url.to_string().contains("mysql://"), "{bad_url}");
     }
 
     const KIOSK: &str = r#"

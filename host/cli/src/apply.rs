@@ -196,7 +196,8 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
     )?;
     let plugin = crate::plugins::load(&rt, &args.plugin)?;
     let info = plugin.info().await?;
-    let missing = config.missing_for(&info.capabilities);
+    let databases = plugin.databases().await?;
+    let missing = config.missing_for(&info.capabilities, &databases);
     let file = match &args.device_config {
         Some(path) => path.display().to_string(),
         None => "a device configuration file, given with --device-config FILE".to_owned(),
@@ -232,7 +233,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
     let shown = answers.shown.clone();
     let prompter: Arc<dyn Prompter> = Arc::new(answers);
     let env = HostEnv {
-        grants: Grants::intersect(&info.capabilities, &config.allowance()),
+        grants: Grants::intersect(&info.capabilities, &databases, &config.allowance()),
         services: config.service_manager(&state_dir.join("run")),
         prompter: Some(prompter.clone()),
         kv_dir: Some(state_dir.join("kv")),

@@ -791,6 +791,7 @@ async fn start_terminal(root: &Path, exe: &Path, spec: &Spec) -> anyhow::Result<
             ..Allow::default()
         },
         services,
+        ..DeviceConfig::default()
     };
     let run_dir = state.join("run");
     let manager = device

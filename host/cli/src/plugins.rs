@@ -185,6 +185,12 @@ pub async fn plugin(cmd: PluginCommand) -> anyhow::Result<u8> {
             let p = load(&rt, &plugin)?;
             let info = p.info().await?;
             let mut v = info_json(&info);
+            v["capabilities"]["databases"] = p
+                .databases()
+                .await?
+                .iter()
+                .map(|d| json!({ "name": d.name, "tables": d.tables }))
+                .collect();
             v["sha256"] = json!(p.digest());
             v["interface"] = json!(p.interface().version().to_string());
             println!("{}", serde_json::to_string_pretty(&v)?);

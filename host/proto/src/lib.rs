@@ -168,6 +168,10 @@ pub struct Capabilities {
     /// Whether the plugin may ask the person at the terminal.
     #[serde(default)]
     pub prompt: bool,
+    /// Product databases (by the name terminals configure, e.g. `icecash`) the
+    /// plugin may read; the plugin names the tables it reads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
 }
 
 impl Capabilities {
@@ -186,11 +190,13 @@ impl Capabilities {
             services: services.iter().map(|s| (*s).to_owned()).collect(),
             scripts: false,
             prompt: true,
+            databases: Vec::new(),
         }
     }
 
     /// What a plugin gets: a directory when both sides name it (writable only when
-    /// both say so), a service when both list it, scripts and prompt when both allow.
+    /// both say so), a service or a database when both list it, scripts and prompt
+    /// when both allow.
     pub fn intersect(&self, other: &Capabilities) -> Capabilities {
         let dirs = self
             .dirs
@@ -216,6 +222,12 @@ impl Capabilities {
                 .collect(),
             scripts: self.scripts && other.scripts,
             prompt: self.prompt && other.prompt,
+            databases: self
+                .databases
+                .iter()
+                .filter(|d| other.databases.contains(d))
+                .cloned()
+                .collect(),
         }
     }
 }

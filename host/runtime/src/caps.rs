@@ -7,6 +7,7 @@
 //! `error-kind::denied`, never a trap.
 
 pub mod archive;
+pub mod database;
 pub mod fs;
 pub mod kv;
 pub mod log;
@@ -202,5 +203,6 @@ pub(crate) fn link_all(
     prompt::add_to_linker(linker, |s| &mut s.prompt)?;
     kv::add_to_linker(linker, |s| &mut s.kv)?;
     vars::add_to_linker(linker, |s| &mut s.vars)?;
+    database::add_to_linker(linker, |s| &mut s.database)?;
     Ok(())
 }

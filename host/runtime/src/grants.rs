@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use posup_world::latest::types::{Capabilities, Dir};
+use posup_world::latest::types::{Capabilities, DatabaseRequest, Dir};
 
 /// The guest path of each directory a plugin can be given.
 pub fn guest_root(dir: Dir) -> &'static str {
@@ -39,6 +39,41 @@ pub struct DirGrant {
     pub write: bool,
 }
 
+/// A product database a plugin may read: where it is (the device
+/// configuration's url, which may hold a password) and the tables the plugin
+/// asked for.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseGrant {
+    pub name: String,
+    pub url: String,
+    pub tables: Vec<String>,
+}
+
+impl std::fmt::Debug for DatabaseGrant {
+    // The url stays out of logs: it may carry the database's password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseGrant")
+            .field("name", &self.name)
+            .field("tables", &self.tables)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A product database the terminal's configuration describes, by name.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseSource {
+    pub name: String,
+    pub url: String,
+}
+
+impl std::fmt::Debug for DatabaseSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSource")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything one plugin is granted on one device. The default grants nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Grants {
@@ -49,6 +84,8 @@ pub struct Grants {
     pub scripts: bool,
     /// Whether the plugin may ask the person at the terminal.
     pub prompt: bool,
+    /// Product databases the plugin may read (`database`).
+    pub databases: Vec<DatabaseGrant>,
     /// Set for the calls that only look (`inventory`, `inspect`, `precheck`):
     /// directories are read-only, services are only queried and scripts do not
     /// run, so whatever the plugin does there leaves the terminal as it was.
@@ -64,12 +101,19 @@ pub struct Allowance {
     pub services: Vec<String>,
     pub scripts: bool,
     pub prompt: bool,
+    pub databases: Vec<DatabaseSource>,
 }
 
 impl Grants {
-    /// The intersection of what a plugin requests and what the operator allows: a
-    /// directory is granted when both name it, writable only when both say so.
-    pub fn intersect(requested: &Capabilities, allowed: &Allowance) -> Grants {
+    /// The intersection of what a plugin requests (its `info` capabilities and,
+    /// since 0.1.1, its `databases`) and what the operator allows: a directory is
+    /// granted when both name it, writable only when both say so; a database when
+    /// both name it, with only the tables the plugin asked for.
+    pub fn intersect(
+        requested: &Capabilities,
+        databases: &[DatabaseRequest],
+        allowed: &Allowance,
+    ) -> Grants {
         let dirs = requested
             .dirs
             .iter()
@@ -96,6 +140,20 @@ impl Grants {
             services,
             scripts: requested.scripts && allowed.scripts,
             prompt: requested.prompt && allowed.prompt,
+            databases: databases
+                .iter()
+                .filter_map(|req| {
+                    allowed
+                        .databases
+                        .iter()
+                        .find(|a| a.name == req.name)
+                        .map(|a| DatabaseGrant {
+                            name: a.name.clone(),
+                            url: a.url.clone(),
+                            tables: req.tables.clone(),
+                        })
+                })
+                .collect(),
             look_only: false,
         }
     }
@@ -148,12 +206,29 @@ mod tests {
             services: vec!["kiosk".into()],
             scripts: false,
             prompt: true,
+            databases: vec![DatabaseSource {
+                name: "icecash".into(),
+                url: "mysql://icecash:secret@127.0.0.1/IceCash".into(),
+            }],
         };
-        let g = Grants::intersect(&requested, &allowed);
+        let asked = [
+            DatabaseRequest {
+                name: "icecash".into(),
+                tables: vec!["tb_sets".into()],
+            },
+            DatabaseRequest {
+                name: "accounting".into(),
+                tables: vec!["ledger".into()],
+            },
+        ];
+        let g = Grants::intersect(&requested, &asked, &allowed);
         assert_eq!(g.dirs.len(), 1);
         assert!(!g.dirs[0].write);
         assert_eq!(g.services, vec!["kiosk".to_string()]);
         assert!(!g.scripts);
         assert!(g.prompt);
+        assert_eq!(g.databases.len(), 1);
+        assert_eq!(g.databases[0].tables, vec!["tb_sets".to_string()]);
+        assert!(!format!("{g:?}").contains("secret"), "{g:?}");
     }
 }

@@ -20,7 +20,7 @@ pub mod state;
 
 pub use engine::{Limits, Runtime, RuntimeConfig};
 pub use error::{RuntimeError, StepError};
-pub use grants::{Allowance, DirGrant, Grants};
+pub use grants::{Allowance, DatabaseGrant, DatabaseSource, DirGrant, Grants};
 pub use plugin::{Plugin, Step};
 /// All generated types of the newest interface, for hosts that implement a backend.
 pub use posup_world::latest as wit;

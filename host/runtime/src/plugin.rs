@@ -8,8 +8,10 @@
 
 use std::time::Duration;
 
-use posup_world::latest::types::{Inventory, Outcome, PackageInfo, PluginInfo, StepContext};
-use posup_world::{Interface, since_v0_1_0};
+use posup_world::latest::types::{
+    DatabaseRequest, Inventory, Outcome, PackageInfo, PluginInfo, StepContext,
+};
+use posup_world::{Interface, since_v0_1_0, since_v0_1_1};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
@@ -82,12 +84,16 @@ pub const INFO_DEADLINE: Duration = Duration::from_secs(10);
 /// call that never returns.
 const WALL_GRACE: Duration = Duration::from_secs(5);
 
+/// The component's exports, bound through the bindings of the interface version
+/// it was built against. Every version shares the newest version's types.
 enum Pre {
     V0_1_0(since_v0_1_0::PluginPre<StepState>),
+    V0_1_1(since_v0_1_1::PluginPre<StepState>),
 }
 
 enum Call<'a> {
     Info,
+    Databases,
     Inventory,
     Inspect(&'a str),
     Step(Step, &'a StepContext),
@@ -97,6 +103,7 @@ impl Call<'_> {
     fn name(&self) -> &'static str {
         match self {
             Call::Info => "info",
+            Call::Databases => "databases",
             Call::Inventory => "inventory",
             Call::Inspect(_) => "inspect",
             Call::Step(step, _) => step.as_str(),
@@ -106,6 +113,7 @@ impl Call<'_> {
 
 enum Answer {
     Info(PluginInfo),
+    Databases(Vec<DatabaseRequest>),
     Inventory(Result<Inventory, String>),
     Inspect(Result<PackageInfo, String>),
     Outcome(Outcome),
@@ -152,6 +160,10 @@ impl Plugin {
                 since_v0_1_0::PluginPre::new(instance_pre)
                     .map_err(|e| link_error(format!("{e:#}")))?,
             ),
+            Interface::V0_1_1 => Pre::V0_1_1(
+                since_v0_1_1::PluginPre::new(instance_pre)
+                    .map_err(|e| link_error(format!("{e:#}")))?,
+            ),
         };
         Ok(Self {
             runtime,
@@ -184,6 +196,21 @@ impl Plugin {
         {
             Answer::Info(info) => Ok(info),
             _ => unreachable!("info answers info"),
+        }
+    }
+
+    /// The product databases the plugin reads, and their tables (since 0.1.1;
+    /// none for older plugins). Runs with nothing granted.
+    pub async fn databases(&self) -> Result<Vec<DatabaseRequest>, StepError> {
+        if let Pre::V0_1_0(_) = self.pre {
+            return Ok(Vec::new());
+        }
+        match self
+            .call(&HostEnv::deny_all(), Call::Databases, INFO_DEADLINE)
+            .await?
+        {
+            Answer::Databases(d) => Ok(d),
+            _ => unreachable!("databases answers databases"),
         }
     }
 
@@ -274,28 +301,34 @@ impl Plugin {
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
 
+        // The same calls through each version's bindings; only `databases`
+        // differs, and a 0.1.0 plugin never gets here with it.
+        macro_rules! answer {
+            ($pre:expr, |$p:ident, $s:ident| $databases:expr) => {{
+                let plugin = $pre.instantiate_async(&mut store).await?;
+                wasmtime::Result::Ok(match call {
+                    Call::Info => Answer::Info(plugin.call_info(&mut store).await?),
+                    Call::Databases => {
+                        let ($p, $s) = (&plugin, &mut store);
+                        Answer::Databases($databases)
+                    }
+                    Call::Inventory => Answer::Inventory(plugin.call_inventory(&mut store).await?),
+                    Call::Inspect(p) => Answer::Inspect(plugin.call_inspect(&mut store, p).await?),
+                    Call::Step(step, ctx) => Answer::Outcome(match step {
+                        Step::Precheck => plugin.call_precheck(&mut store, ctx).await?,
+                        Step::Stage => plugin.call_stage(&mut store, ctx).await?,
+                        Step::Apply => plugin.call_apply(&mut store, ctx).await?,
+                        Step::Verify => plugin.call_verify(&mut store, ctx).await?,
+                        Step::Commit => plugin.call_commit(&mut store, ctx).await?,
+                        Step::Rollback => plugin.call_rollback(&mut store, ctx).await?,
+                    }),
+                })
+            }};
+        }
         let run = async {
             match &self.pre {
-                Pre::V0_1_0(pre) => {
-                    let plugin = pre.instantiate_async(&mut store).await?;
-                    wasmtime::Result::Ok(match call {
-                        Call::Info => Answer::Info(plugin.call_info(&mut store).await?),
-                        Call::Inventory => {
-                            Answer::Inventory(plugin.call_inventory(&mut store).await?)
-                        }
-                        Call::Inspect(p) => {
-                            Answer::Inspect(plugin.call_inspect(&mut store, p).await?)
-                        }
-                        Call::Step(step, ctx) => Answer::Outcome(match step {
-                            Step::Precheck => plugin.call_precheck(&mut store, ctx).await?,
-                            Step::Stage => plugin.call_stage(&mut store, ctx).await?,
-                            Step::Apply => plugin.call_apply(&mut store, ctx).await?,
-                            Step::Verify => plugin.call_verify(&mut store, ctx).await?,
-                            Step::Commit => plugin.call_commit(&mut store, ctx).await?,
-                            Step::Rollback => plugin.call_rollback(&mut store, ctx).await?,
-                        }),
-                    })
-                }
+                Pre::V0_1_0(pre) => answer!(pre, |_p, _s| Vec::new()),
+                Pre::V0_1_1(pre) => answer!(pre, |p, s| p.call_databases(s).await?),
             }
         };
         let result = tokio::time::timeout(deadline + WALL_GRACE, run).await;

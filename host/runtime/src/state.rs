@@ -12,6 +12,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::beneath::Roots;
 use crate::caps::Work;
 use crate::caps::archive::{ArchiveLimits, ArchiveState};
+use crate::caps::database::DatabaseState;
 use crate::caps::fs::FsState;
 use crate::caps::kv::KvState;
 use crate::caps::log::{EventSink, LogState};
@@ -86,6 +87,7 @@ pub struct StepState {
     pub prompt: PromptState,
     pub kv: KvState,
     pub vars: VarsState,
+    pub database: DatabaseState,
 }
 
 impl WasiView for StepState {
@@ -167,6 +169,7 @@ impl StepState {
             prompt: PromptState::new(prompter),
             kv: KvState::new(env.kv_dir.as_deref(), plugin, work.clone()),
             vars: VarsState::new(env.vars.clone()),
+            database: DatabaseState::new(env.grants.databases.clone(), work.clone()),
         })
     }
 

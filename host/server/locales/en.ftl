@@ -361,6 +361,7 @@ plugins-lacking = Asked for and not granted
 plugins-edit-allowed = Change what is allowed
 plugins-write = may write
 plugins-services = Services
+plugins-databases = Databases (read only)
 plugins-scripts = may run scripts (as root)
 plugins-prompt = may ask the person at the terminal
 plugins-upload = Upload a plugin

@@ -365,6 +365,7 @@ plugins-lacking = Просит, но не получает
 plugins-edit-allowed = Изменить разрешения
 plugins-write = запись
 plugins-services = Службы
+plugins-databases = Базы данных (только чтение)
 plugins-scripts = может запускать скрипты (от root)
 plugins-prompt = может спрашивать человека у терминала
 plugins-upload = Загрузить плагин

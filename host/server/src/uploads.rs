@@ -23,7 +23,9 @@ fn dir(d: types::Dir) -> Dir {
     }
 }
 
-fn capabilities(c: &types::Capabilities) -> Capabilities {
+/// What a plugin asks for, as the server records and shows it: its `info`
+/// capabilities and the names of the databases it reads.
+fn capabilities(c: &types::Capabilities, databases: &[types::DatabaseRequest]) -> Capabilities {
     Capabilities {
         dirs: c
             .dirs
@@ -36,6 +38,7 @@ fn capabilities(c: &types::Capabilities) -> Capabilities {
         services: c.services.clone(),
         scripts: c.scripts,
         prompt: c.prompt,
+        databases: databases.iter().map(|d| d.name.clone()).collect(),
     }
 }
 
@@ -84,7 +87,13 @@ pub async fn store_plugin(
             "plugin {label} was refused: its `info` failed: {e}"
         ))
     })?;
+    let databases = plugin.databases().await.map_err(|e| {
+        Error::Invalid(format!(
+            "plugin {label} was refused: its `databases` failed: {e}"
+        ))
+    })?;
     check_info(label, &info)?;
+    check_databases(&info.name, &databases)?;
     may_store(&info.vendor)?;
     let sha256 = state.blobs().put(&body).await?;
     let view = state
@@ -97,7 +106,7 @@ pub async fn store_plugin(
                 version: info.version.clone(),
                 description: info.description.clone(),
                 device_types: info.device_types.clone(),
-                capabilities: capabilities(&info.capabilities),
+                capabilities: capabilities(&info.capabilities, &databases),
                 interface: plugin.interface().version().to_string(),
                 size: body.len() as u64,
             },
@@ -106,6 +115,33 @@ pub async fn store_plugin(
         )
         .await?;
     Ok(view)
+}
+
+/// Databases a plugin may ask for, at most.
+const MAX_DATABASES: usize = 8;
+
+/// A plugin's `databases` in bounds: a few, each a plain name, so what the
+/// console shows and terminals configure stays readable.
+fn check_databases(plugin: &str, databases: &[types::DatabaseRequest]) -> Result<()> {
+    if databases.len() > MAX_DATABASES {
+        return Err(Error::Invalid(format!(
+            "plugin {plugin} was refused: it asks for {} databases, at most {MAX_DATABASES} are accepted",
+            databases.len()
+        )));
+    }
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'))
+    };
+    if let Some(bad) = databases.iter().find(|d| !plain(&d.name)) {
+        return Err(Error::Invalid(format!(
+            "plugin {plugin} was refused: database name `{}` must be 1 to 64 lowercase letters, digits, `-` or `_`",
+            bad.name
+        )));
+    }
+    Ok(())
 }
 
 fn check_info(label: &str, info: &types::PluginInfo) -> Result<()> {

@@ -117,6 +117,8 @@ pub(crate) fn sorted(mut caps: Capabilities) -> Capabilities {
     caps.dirs.dedup_by_key(|d| d.dir);
     caps.services.sort();
     caps.services.dedup();
+    caps.databases.sort();
+    caps.databases.dedup();
     caps
 }
 

@@ -52,6 +52,7 @@ async fn device_type(store: &Store) {
                     services: vec!["ukm5".into()],
                     scripts: false,
                     prompt: true,
+                    databases: Vec::new(),
                 },
                 paths: DirPaths {
                     product: Some("/home/ukm5/mint".into()),
@@ -111,6 +112,7 @@ async fn fleet(store: &Store, n: u32) -> (Vec<i64>, PackageView) {
                     services: vec![],
                     scripts: false,
                     prompt: true,
+                    databases: Vec::new(),
                 },
                 interface: "0.1.0".into(),
                 size: 10,

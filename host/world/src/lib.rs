@@ -5,10 +5,13 @@
 //! import the generated traits and types from here. A new interface version adds a
 //! module and a variant of [`Interface`]; released modules are never edited.
 
-/// `posup:plugin@0.1.0`, from `wit/since_v0.1.0`.
-pub mod since_v0_1_0 {
+/// `posup:plugin@0.1.1`, from `wit/since_v0.1.1`: the newest version. The host's
+/// capabilities implement its imports, and one linker built from it serves every
+/// version: 0.1.1 only added to 0.1.0, so wasmtime's semver-aware linker answers a
+/// 0.1.0 plugin's `posup:plugin/fs@0.1.0` with `fs@0.1.1`.
+pub mod since_v0_1_1 {
     wasmtime::component::bindgen!({
-        path: "../../wit/since_v0.1.0",
+        path: "../../wit/since_v0.1.1",
         world: "plugin",
         // Host calls such as extracting an archive or waiting for a service are slow
         // I/O: they run as async functions so the executor is never blocked. All
@@ -21,9 +24,34 @@ pub mod since_v0_1_0 {
     pub use posup::plugin::*;
 }
 
+/// `posup:plugin@0.1.0`, from `wit/since_v0.1.0`. Every interface is the same in
+/// 0.1.1, so its types are the newest version's own (`with`) and nothing needs
+/// converting; this module only binds the exports a 0.1.0 plugin has (no
+/// `databases`).
+pub mod since_v0_1_0 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/since_v0.1.0",
+        world: "plugin",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "posup:plugin/types": super::since_v0_1_1::posup::plugin::types,
+            "posup:plugin/log": super::since_v0_1_1::posup::plugin::log,
+            "posup:plugin/progress": super::since_v0_1_1::posup::plugin::progress,
+            "posup:plugin/archive": super::since_v0_1_1::posup::plugin::archive,
+            "posup:plugin/fs": super::since_v0_1_1::posup::plugin::fs,
+            "posup:plugin/logs": super::since_v0_1_1::posup::plugin::logs,
+            "posup:plugin/services": super::since_v0_1_1::posup::plugin::services,
+            "posup:plugin/prompt": super::since_v0_1_1::posup::plugin::prompt,
+            "posup:plugin/kv": super::since_v0_1_1::posup::plugin::kv,
+            "posup:plugin/vars": super::since_v0_1_1::posup::plugin::vars,
+        },
+    });
+}
+
 /// The newest interface version. The host's own code speaks its types; calls into
 /// plugins of older versions are converted at the boundary.
-pub use since_v0_1_0::posup::plugin as latest;
+pub use since_v0_1_1::posup::plugin as latest;
 
 /// A plugin interface version (`major.minor.patch`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -54,15 +82,17 @@ impl std::fmt::Display for Version {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interface {
     V0_1_0,
+    V0_1_1,
 }
 
 impl Interface {
     /// Every supported version, oldest first.
-    pub const ALL: [Interface; 1] = [Interface::V0_1_0];
+    pub const ALL: [Interface; 2] = [Interface::V0_1_0, Interface::V0_1_1];
 
     pub fn version(self) -> Version {
         match self {
             Interface::V0_1_0 => Version::new(0, 1, 0),
+            Interface::V0_1_1 => Version::new(0, 1, 1),
         }
     }
 
@@ -80,11 +110,11 @@ mod tests {
     /// to the byte, and the SDK's major.minor must name the same version.
     #[test]
     fn the_sdk_carries_the_newest_released_interface() {
-        let released = include_str!("../../../wit/since_v0.1.0/plugin.wit");
+        let released = include_str!("../../../wit/since_v0.1.1/plugin.wit");
         let carried = include_str!("../../../plugins/sdk/wit/plugin.wit");
         assert!(
             carried == released,
-            "plugins/sdk/wit/plugin.wit differs from wit/since_v0.1.0/plugin.wit: copy the released folder's file into the SDK"
+            "plugins/sdk/wit/plugin.wit differs from wit/since_v0.1.1/plugin.wit: copy the released folder's file into the SDK"
         );
         let latest = super::Interface::newest().version();
         assert!(released.contains(&format!("package posup:plugin@{latest};")));

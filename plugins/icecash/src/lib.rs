@@ -13,16 +13,17 @@
 //!   (as root on a register) — only through the host's `services.run-script`,
 //!   so only where the device type grants scripts; elsewhere the update is
 //!   refused before anything changes. The level reached is posup's own record
-//!   (the plugin's kv store): IceCash keeps its settings in the MySQL table
-//!   `tb_sets`, which a plugin cannot read. What the script itself did to the
-//!   system cannot be undone.
+//!   (the plugin's kv store): the documents do not say where the register
+//!   keeps it. What the script itself did to the system cannot be undone.
 //!
 //! `/product` is the folder that holds `dIceCash` (`/home/kassir` on the
-//! document's registers; the device configuration says where). Nothing else of
-//! the register is read: the document names no log file, so dIceCash's output is
-//! read only where the server variable `icecash-log` names it, and otherwise
-//! verify goes by the services' state. plugins/icecash/README.md lists every
-//! source.
+//! document's registers; the device configuration says where). The register's
+//! MySQL database is read where the device configuration describes it
+//! (`[databases.icecash]`): settings from `tb_sets`, and the receipts and
+//! Z-reports not uploaded yet, which an environment update waits for. The
+//! document names no log file, so dIceCash's output is read only where the
+//! server variable `icecash-log` names it, and otherwise verify goes by the
+//! services' state. plugins/icecash/README.md lists every source.
 
 use std::time::Duration;
 
@@ -32,9 +33,9 @@ use posup_plugin_sdk::watch::{
     Watch, remember_log_end, remembered_mark, settle, state_name, watch_log,
 };
 use posup_plugin_sdk::{
-    Capabilities, Dir, DirRequest, ErrorKind, Inventory, IoContext, ModuleVersion, PackageInfo,
-    Plugin, PluginInfo, StepContext, Stop, archive, fs, kv, log, logs, progress, prompt, services,
-    vars,
+    Capabilities, DatabaseRequest, Dir, DirRequest, ErrorKind, Inventory, IoContext, ModuleVersion,
+    PackageInfo, Plugin, PluginInfo, StepContext, Stop, archive, database, fs, kv, log, logs,
+    progress, prompt, services, vars,
 };
 
 const DICECASH: &str = "dIceCash";
@@ -134,6 +135,9 @@ impl Plugin for IceCash {
                 services: vec![DICECASH.into(), DTPRINT.into()],
                 scripts: true,
                 prompt: true,
+                // Where the device configuration names the register's MySQL
+                // database: its settings and what is not uploaded yet.
+                databases: vec![DatabaseRequest::new(DATABASE, &[SETS, RECEIPTS, ZREPORTS])],
             },
         }
     }
@@ -151,6 +155,22 @@ impl Plugin for IceCash {
         let status = |name: &str| services::status(name).map_or("unknown", state_name);
         let state = status(DICECASH);
         details.push(("DTPrint".into(), status(DTPRINT).into()));
+        let mut pending_sync = 0;
+        match read_database() {
+            Db::NotGranted => {}
+            Db::Unreadable(why) => details.push(("database".into(), why)),
+            Db::Read {
+                sets,
+                receipts,
+                zreports,
+            } => {
+                pending_sync = receipts + zreports;
+                details.extend(
+                    sets.into_iter()
+                        .filter(|(name, _)| REPORTED_SETS.contains(&name.as_str())),
+                );
+            }
+        }
         Ok(Inventory {
             product: "IceCash".into(),
             modules: vec![
@@ -168,7 +188,7 @@ impl Plugin for IceCash {
             version,
             loaded_package: kv::get("staged").ok().flatten(),
             state: state.into(),
-            pending_sync: 0,
+            pending_sync,
             ready: state == "running",
             reboot_required: false,
             details,
@@ -405,6 +425,119 @@ fn start_template() -> Result<(String, String), Stop> {
     Ok((template, pattern))
 }
 
+/// The name device configurations give the register's MySQL database
+/// (`[databases.icecash]`; IceCash's own is `IceCash`).
+const DATABASE: &str = "icecash";
+/// IceCash's settings: one `name`/`value` a row.
+const SETS: &str = "tb_sets";
+/// Receipts and Z-reports: a row is uploaded to IceServ once its `up` is 1.
+const RECEIPTS: &str = "tb_trsc_hd";
+const ZREPORTS: &str = "tb_Zet";
+/// Settings the inventory reports: the store's and the register's numbers
+/// IceServ knows it by, and the id of the last server change it replicated.
+const REPORTED_SETS: [&str; 3] = ["idplace", "nkassa", "sets"];
+/// Rows counted at most per table (the host's own cap).
+const MAX_COUNTED: u32 = 1_000;
+
+/// What the register's database says, where the device configuration names it.
+enum Db {
+    /// No database granted: the facts below are not known.
+    NotGranted,
+    /// Granted, but it could not be read; why.
+    Unreadable(String),
+    Read {
+        sets: Vec<(String, String)>,
+        /// Receipts and Z-reports not uploaded yet (`up = 0`), each counted up
+        /// to [`MAX_COUNTED`].
+        receipts: u32,
+        zreports: u32,
+    },
+}
+
+fn read_database() -> Db {
+    let sets = match database::select(
+        DATABASE,
+        SETS,
+        &["name".to_owned(), "value".to_owned()],
+        None,
+        MAX_COUNTED,
+    ) {
+        Err(e) if e.kind == ErrorKind::Denied => return Db::NotGranted,
+        Err(e) => return Db::Unreadable(e.message),
+        Ok(rows) => rows
+            .into_iter()
+            .filter_map(|row| match row.as_slice() {
+                [Some(name), value] => Some((name.clone(), value.clone().unwrap_or_default())),
+                _ => None,
+            })
+            .collect(),
+    };
+    let not_uploaded = |table: &str| {
+        database::select(
+            DATABASE,
+            table,
+            &["id".to_owned()],
+            Some(("up", "0")),
+            MAX_COUNTED,
+        )
+        .map(|rows| rows.len() as u32)
+    };
+    match (not_uploaded(RECEIPTS), not_uploaded(ZREPORTS)) {
+        (Ok(receipts), Ok(zreports)) => Db::Read {
+            sets,
+            receipts,
+            zreports,
+        },
+        (Err(e), _) | (_, Err(e)) => Db::Unreadable(e.message),
+    }
+}
+
+/// `n` things in words: `1 receipt`, `3 receipts`, `1000+ receipts`.
+fn counted(n: u32, thing: &str) -> String {
+    match n {
+        1 => format!("1 {thing}"),
+        MAX_COUNTED.. => format!("{MAX_COUNTED}+ {thing}s"),
+        _ => format!("{n} {thing}s"),
+    }
+}
+
+/// An environment update alters tables (the document: "installs packages,
+/// alters tables"), so it waits until IceCash has uploaded every receipt and
+/// Z-report: what IceServ has not received must not meet a changing schema.
+/// Without a database in the device configuration this is not known and the
+/// update goes ahead, as IceCash's own upgrade does; with one that cannot be
+/// read, it waits.
+fn uploads_done() -> Result<(), Stop> {
+    match read_database() {
+        Db::NotGranted => Ok(()),
+        Db::Unreadable(why) => Err(Stop::not_now(
+            format!(
+                "cannot tell whether every receipt is uploaded to IceServ, so the environment update waits: {why}"
+            ),
+            UPLOAD_RETRY_SECS,
+        )),
+        Db::Read {
+            receipts: 0,
+            zreports: 0,
+            ..
+        } => Ok(()),
+        Db::Read {
+            receipts, zreports, ..
+        } => Err(Stop::not_now(
+            format!(
+                "{} and {} are not uploaded to IceServ yet (up = 0 in {RECEIPTS} and {ZREPORTS}); an environment \
+                 update alters tables, so it waits until IceCash has uploaded them",
+                counted(receipts, "receipt"),
+                counted(zreports, "Z-report")
+            ),
+            UPLOAD_RETRY_SECS,
+        )),
+    }
+}
+
+/// IceCash uploads receipts every minute, 100 at a time.
+const UPLOAD_RETRY_SECS: u32 = 120;
+
 fn precheck_program(ctx: &StepContext) -> Result<(), Stop> {
     let installed = installed_version()?;
     let offered = server_var(
@@ -450,7 +583,7 @@ fn precheck_environment(ctx: &StepContext) -> Result<(), Stop> {
             "posup already ran environment update {done} on this register; nothing to run"
         )));
     }
-    Ok(())
+    uploads_done()
 }
 
 /// Running `install.sh` needs the scripts capability. The host answers a script

@@ -91,6 +91,7 @@ impl Plugin for BackOffice {
                 services: vec![SERVICE.into()],
                 scripts: false,
                 prompt: false,
+                databases: Vec::new(),
             },
         }
     }

@@ -93,6 +93,7 @@ impl Plugin for Front {
                 services: vec![SERVICE.into()],
                 scripts: false,
                 prompt: false,
+                databases: Vec::new(),
             },
         }
     }

@@ -82,6 +82,7 @@ impl Plugin for Kiosk {
                 services: vec![SERVICE.into()],
                 scripts: false,
                 prompt: true,
+                databases: Vec::new(),
             },
         }
     }

@@ -79,6 +79,7 @@ impl Plugin for Openbravo {
                 services: vec![SERVICE.into()],
                 scripts: false,
                 prompt: false,
+                databases: Vec::new(),
             },
         }
     }

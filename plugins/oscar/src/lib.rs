@@ -139,6 +139,7 @@ impl Plugin for Oscar {
                 services: vec![SERVICE.into()],
                 scripts: false,
                 prompt: false,
+                databases: Vec::new(),
             },
         }
     }

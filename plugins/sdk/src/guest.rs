@@ -9,8 +9,8 @@ mod types;
 pub mod watch;
 
 pub use types::{
-    Capabilities, Dir, DirRequest, Inventory, ModuleVersion, PackageInfo, PluginInfo, StepContext,
-    TaskKind,
+    Capabilities, DatabaseRequest, Dir, DirRequest, Inventory, ModuleVersion, PackageInfo,
+    PluginInfo, StepContext, TaskKind,
 };
 
 /// The raw bindings and the adapter [`export!`] expands to. Not part of the API:
@@ -39,7 +39,7 @@ use __private::bindings::posup::plugin as host;
 pub use host::types::{Error, ErrorKind};
 /// The host's capabilities. Each refuses what the device type did not grant
 /// with [`ErrorKind::Denied`].
-pub use host::{archive, fs, kv, logs, prompt, services, vars};
+pub use host::{archive, database, fs, kv, logs, prompt, services, vars};
 
 /// A product's update, step by step. The host calls one function per step, each
 /// in a fresh instance of the plugin, in the order
@@ -159,6 +159,9 @@ macro_rules! export {
             impl __posup_bindings::Guest for __PosupExports {
                 fn info() -> __posup_bindings::posup::plugin::types::PluginInfo {
                     $crate::__private::info::<$plugin>()
+                }
+                fn databases() -> Vec<__posup_bindings::posup::plugin::types::DatabaseRequest> {
+                    $crate::__private::databases::<$plugin>()
                 }
                 fn inventory()
                 -> ::core::result::Result<__posup_bindings::posup::plugin::types::Inventory, String> {

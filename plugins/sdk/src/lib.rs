@@ -1,4 +1,4 @@
-//! Write a posup plugin: the guest side of the interface `posup:plugin@0.1.0`
+//! Write a posup plugin: the guest side of the interface `posup:plugin@0.1.1`
 //! (`wit/plugin.wit`, shipped inside this crate).
 //!
 //! A plugin teaches posup how one point-of-sale product is updated. It is a
@@ -60,7 +60,8 @@
 //!   granted: `/product` (the installation), `/staging` (packages and trees
 //!   prepared before the downtime), `/backup`, `/logs`;
 //! - the host's capabilities, plain functions in [`archive`], [`fs`], [`logs`],
-//!   [`services`], [`prompt`], [`kv`], [`vars`], [`log`] and [`progress`];
+//!   [`services`], [`prompt`], [`kv`], [`vars`], [`database`], [`log`] and
+//!   [`progress`];
 //! - nothing else: no network, no environment, no clock beyond WASI's.
 //!
 //! The helpers every product needs are here too: [`watch`] (log marks that

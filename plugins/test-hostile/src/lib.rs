@@ -42,6 +42,7 @@ impl Plugin for Hostile {
                 services: vec!["kiosk".into(), "sshd".into()],
                 scripts: true,
                 prompt: true,
+                databases: Vec::new(),
             },
         }
     }

@@ -94,6 +94,7 @@ impl Plugin for Ukm5 {
                 // Only to tell the cashier that a full reboot is due; the consent
                 // question before an Update is the host's.
                 prompt: true,
+                databases: Vec::new(),
             },
         }
     }

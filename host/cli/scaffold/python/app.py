@@ -125,6 +125,11 @@ class WitWorld(WitWorld):
             ),
         )
 
+    def databases(self):
+        # The product databases this plugin reads (none): see `database` in
+        # wit/plugin.wit.
+        return []
+
     def inventory(self):
         running = services.status(SERVICE) == services.State.RUNNING
         return Inventory(

@@ -1370,8 +1370,7 @@ mod tests {
             ],
             services: vec!["kiosk".into()],
             scripts,
-            prompt: false,
-            look_only: false,
+            ..Grants::default()
         }
     }
 

@@ -14,7 +14,7 @@ use super::{Fail, Frame, Params, render};
 use crate::state::AppState;
 
 /// Capabilities in a few words: `product (write), staging · services kiosk ·
-/// scripts · prompt`.
+/// scripts · prompt · databases icecash`.
 pub fn capabilities(c: &Capabilities) -> String {
     let dir = |d: Dir| match d {
         Dir::Product => "product",
@@ -47,6 +47,9 @@ pub fn capabilities(c: &Capabilities) -> String {
     if c.prompt {
         parts.push("prompt".into());
     }
+    if !c.databases.is_empty() {
+        parts.push(format!("databases {}", c.databases.join(", ")));
+    }
     parts.join(" · ")
 }
 
@@ -63,9 +66,10 @@ pub struct TypeLine {
     pub terminals: Vec<(u64, String, String, String)>,
     pub devices: u64,
     /// The grants editor's state: each directory with a path (name, allowed,
-    /// writable), the services as typed, scripts, prompt.
+    /// writable), the services and databases as typed, scripts, prompt.
     pub dirs: Vec<(&'static str, bool, bool)>,
     pub services: String,
+    pub databases: String,
     pub scripts: bool,
     pub prompt: bool,
     /// The settings form's state: each directory's path, the poll interval when
@@ -173,6 +177,7 @@ pub async fn list(State(state): State<AppState>, session: Session) -> Result<Res
             impact: t.impact.clone(),
             dirs,
             services: t.allowed.services.join(", "),
+            databases: t.allowed.databases.join(", "),
             scripts: t.allowed.scripts,
             prompt: t.allowed.prompt,
             plugin: t
@@ -324,21 +329,26 @@ pub async fn allow(
                 write: posted.field(&format!("write_{}", dir.as_str())) == "on",
             })
             .collect(),
-        services: posted
-            .field("services")
-            .split([',', ' ', '\n'])
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        services: names(posted.field("services")),
         scripts: posted.field("scripts") == "on",
         prompt: posted.field("prompt") == "on",
+        databases: names(posted.field("databases")),
     };
     state
         .store()
         .set_allowed(&name, &allowed, state.now_ms(), &session.actor())
         .await?;
     Ok(Redirect::to("/plugins").into_response())
+}
+
+/// Names typed into a field, separated by commas, spaces or lines.
+fn names(field: &str) -> Vec<String> {
+    field
+        .split([',', ' ', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A device type's settings: description, where its directories are (when the
@@ -413,6 +423,12 @@ pub fn missing(asked: &Capabilities, got: &Capabilities) -> String {
             .collect(),
         scripts: asked.scripts && !got.scripts,
         prompt: asked.prompt && !got.prompt,
+        databases: asked
+            .databases
+            .iter()
+            .filter(|d| !got.databases.contains(d))
+            .cloned()
+            .collect(),
     };
     capabilities(&lacking)
 }
@@ -462,10 +478,11 @@ mod tests {
             services: vec!["kiosk".into()],
             scripts: false,
             prompt: true,
+            databases: vec!["icecash".into()],
         };
         assert_eq!(
             capabilities(&c),
-            "product (write), staging · services kiosk · prompt"
+            "product (write), staging · services kiosk · prompt · databases icecash"
         );
         assert_eq!(capabilities(&Capabilities::default()), "");
         let paths = default_paths("kiosk", &c);

@@ -1137,7 +1137,7 @@ async fn plugin_uploads_are_validated_by_the_runtime() {
         let first = e.upload("/api/v1/plugins", ADMIN, hostile()).await;
         assert_eq!(first.status, StatusCode::OK, "{}", String::from_utf8_lossy(&first.bytes));
         let plugin: PluginView = serde_json::from_slice(&first.bytes).unwrap();
-        assert_eq!((plugin.name.as_str(), plugin.interface.as_str()), ("test-hostile", "0.1.0"));
+        assert_eq!((plugin.name.as_str(), plugin.interface.as_str()), ("test-hostile", "0.1.1"));
         assert_eq!(plugin.device_types, vec!["test".to_string()]);
         assert_eq!(plugin.capabilities.services, vec!["kiosk".to_string(), "sshd".to_string()]);
         // The same bytes again are the same plugin.

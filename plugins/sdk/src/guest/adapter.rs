@@ -20,6 +20,7 @@ pub fn info<P: Plugin>() -> raw::PluginInfo {
                 services,
                 scripts,
                 prompt,
+                databases: _,
             },
     } = P::info();
     raw::PluginInfo {
@@ -35,6 +36,18 @@ pub fn info<P: Plugin>() -> raw::PluginInfo {
             prompt,
         },
     }
+}
+
+pub fn databases<P: Plugin>() -> Vec<raw::DatabaseRequest> {
+    P::info()
+        .capabilities
+        .databases
+        .into_iter()
+        .map(|d| raw::DatabaseRequest {
+            name: d.name,
+            tables: d.tables,
+        })
+        .collect()
 }
 
 fn dir_request(d: DirRequest) -> raw::DirRequest {

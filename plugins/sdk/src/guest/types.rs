@@ -46,6 +46,26 @@ pub struct Capabilities {
     pub scripts: bool,
     /// Whether the plugin asks the cashier questions.
     pub prompt: bool,
+    /// The product databases the plugin reads, and their tables: see
+    /// [`database`](crate::database). Since interface 0.1.1.
+    pub databases: Vec<DatabaseRequest>,
+}
+
+/// A product database a plugin reads (by the name the device configuration
+/// and the operator use, e.g. `icecash`), and the only tables it reads there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatabaseRequest {
+    pub name: String,
+    pub tables: Vec<String>,
+}
+
+impl DatabaseRequest {
+    pub fn new(name: &str, tables: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            tables: tables.iter().map(|t| (*t).to_owned()).collect(),
+        }
+    }
 }
 
 /// What a plugin is.
