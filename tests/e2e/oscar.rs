@@ -372,6 +372,18 @@ async fn preconditions_refuse_the_update_and_leave_the_installation_alone() {
     ];
     for (set, clear, reason) in busy {
         set(&t.product);
+        if reason.starts_with("transaction") {
+            // The running server sees the sale (it reads its clients on a
+            // timer), so the refusal below meets a server in business.
+            wait_for(
+                "the server to log the transaction",
+                Duration::from_secs(20),
+                || {
+                    t.log("oscar.log")
+                        .contains("Transaction 4711 opened at POS01")
+                },
+            );
+        }
         let before = snapshot(&t.product);
         let out = apply(&t, &pkg);
         assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -381,10 +393,6 @@ async fn preconditions_refuse_the_update_and_leave_the_installation_alone() {
     }
     // The server went on serving the whole time.
     assert!(last_server_line(&t).unwrap().contains("21.3.0 ready"));
-    assert!(
-        t.log("oscar.log")
-            .contains("Transaction 4711 opened at POS01")
-    );
 
     // Not enough disk space on a system unit is a failure, not a wait.
     oscar::set_unit(&t.product, "POS02", true, 1_000).unwrap();
@@ -490,4 +498,289 @@ async fn a_failed_small_update_says_it_cannot_be_rolled_back() {
     assert!(file(&t, "fgl/Receipt.fgl").contains("layout 3"));
     assert!(file(&t, oscar::STATE_LOG).contains("no rollback is possible"));
     t.services().stop("oscar").await.unwrap();
+}
+
+/// The same update for the Windows units of a mixed system, `oscupd10.zip`,
+/// built from `Rules` alone: what the store copied to the server's `work`.
+fn windows_counterpart(t: &Terminal, rules: &str) {
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(
+        source.path().join("package.toml"),
+        "file = \"oscupd10.zip\"\ndevice_type = \"oscar\"\nnote = \"the Windows units' archive\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(source.path().join("content")).unwrap();
+    std::fs::write(source.path().join("content/Rules"), rules).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let zip = posup_sim::package::build(source.path(), out.path()).unwrap();
+    std::fs::copy(zip, t.product.join("work/oscupd10.zip")).unwrap();
+}
+
+/// A mixed Windows/Linux system needs identical `Rules` in both archives of an
+/// update: where the Windows archive lies in `work/` with other `Rules`, the
+/// Linux update is refused before anything changes; with the same `Rules` it
+/// goes ahead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_systems_archives_must_agree_on_their_rules() {
+    let t = installation().await;
+    let pkg = t.package("oscar", "oscupd10-complete");
+    windows_counterpart(&t, "completeupdate = 0\r\nsmallupdate = 1\r\n");
+    let before = snapshot(&t.product);
+    let out = apply(&t, &pkg);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("precheck failed")
+            && err.contains("differ from those of work/oscupd10.zip")
+            && err.contains("identical Rules"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t.product), before);
+
+    windows_counterpart(&t, "CompleteUpdate = 1\r\n");
+    let out = apply(&t, &pkg);
+    assert_ok(&out);
+    assert_eq!(file(&t, "VERSION"), "22.0.0\n");
+}
+
+/// One OSCAR installation of a multi-installation on one machine, with its own
+/// `posup agent` configuration and state folder: its own device.
+struct Installation {
+    product: PathBuf,
+    config: PathBuf,
+    /// The agent's own process backend (pidfiles in its state folder).
+    services: std::sync::Arc<dyn ServiceManager>,
+}
+
+impl Installation {
+    async fn new(
+        machine: &Path,
+        folder: &str,
+        name: &str,
+        number: u32,
+        server: &str,
+        secret: &str,
+    ) -> Self {
+        let product = machine.join("opt/osc_usr").join(folder);
+        let logs = machine.join("var/log").join(folder);
+        let state = machine.join("var/lib/posup").join(folder);
+        oscar::init_oscar(&product, &logs, "21.3.0").unwrap();
+        let config = machine.join(format!("etc/posup/{folder}.toml"));
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                r#"server = "{server}"
+insecure_http = true
+insecure_unsigned = true
+enrollment_secret = "{secret}"
+state_dir = "{state}"
+
+[device]
+guid = "e2e-oscar-{folder}"
+site = "Test store"
+name = "{name}"
+number = {number}
+device_type = "oscar"
+
+[device_types.oscar.dirs]
+product = "{product}"
+staging = "{machine}/opt/osc_usr/.posup-{folder}/staging"
+backup = "{machine}/opt/osc_usr/.posup-{folder}/backup"
+logs = "{logs}"
+
+[device_types.oscar.allow]
+services = ["oscar"]
+
+[device_types.oscar.services.oscar]
+command = ["{posup}", "sim-product", "oscar", "--product", "{product}", "--logs", "{logs}"]
+log = "{logs}/stdout.log"
+"#,
+                state = state.display(),
+                product = product.display(),
+                machine = machine.display(),
+                logs = logs.display(),
+                posup = crate::support::posup_path(),
+            ),
+        )
+        .unwrap();
+        let services = posup_agent::AgentConfig::load(&config)
+            .unwrap()
+            .device_config()
+            .service_manager(&state.join("run"))
+            .unwrap();
+        services.start("oscar").await.unwrap();
+        Installation {
+            product,
+            config,
+            services,
+        }
+    }
+
+    /// `posup agent --once` for this installation.
+    fn poll(&self) {
+        let out = posup()
+            .args(["agent", "--once", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    fn version(&self) -> String {
+        read(&self.product.join(oscar::VERSION_FILE))
+            .trim()
+            .to_owned()
+    }
+
+    async fn stop(&self) {
+        self.services.stop("oscar").await.unwrap();
+    }
+}
+
+/// A multi-installation (head office and branch on one server machine): each
+/// installation is its own device with its own agent, configuration and state
+/// folder. The server shows each one's version and update state, and a task
+/// for the branch updates the branch alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_installation_of_a_multi_installation_is_its_own_device() {
+    use posup_proto::api::{
+        CreateGroup, CreateTask, DeviceTaskState, DeviceTypeBody, EnablePlugin, GroupKind,
+        PackageView, TaskView,
+    };
+    use posup_proto::{Capabilities, DirPaths, TaskKind};
+
+    let data = tempfile::tempdir().unwrap();
+    let server = crate::agent::Server::start(data.path(), None).await;
+    let api = server.api();
+    let _: serde_json::Value = api
+        .post_bytes(
+            "/api/v1/plugins?file_name=oscar.wasm",
+            posup_bundled::get("oscar").unwrap().to_vec(),
+        )
+        .await;
+    let body = DeviceTypeBody {
+        description: "MICROS Retail OSCAR POS servers".into(),
+        allowed: Capabilities::updater(&["oscar"]),
+        // Where installations usually are; each terminal's own [dirs] wins.
+        paths: DirPaths {
+            product: Some("/opt/osc_usr/osc21".into()),
+            staging: Some("/opt/osc_usr/.posup/staging".into()),
+            backup: Some("/opt/osc_usr/.posup/backup".into()),
+            logs: Some("/opt/osc_usr/osc21/log".into()),
+        },
+        poll_interval_secs: None,
+        site_limit: None,
+        impact: None,
+    };
+    api.put("/api/v1/device-types/oscar", &body).await;
+    api.put(
+        "/api/v1/device-types/oscar/plugin",
+        &EnablePlugin {
+            name: "oscar".into(),
+            version: None,
+        },
+    )
+    .await;
+    // The server started at once, as on a machine nobody works at.
+    api.put(
+        "/api/v1/variables",
+        &posup_proto::api::SetVariable {
+            name: "oscar-settle-secs".into(),
+            value: "1".into(),
+            secret: false,
+            scope: posup_proto::api::VariableScope::All,
+        },
+    )
+    .await;
+
+    let machine = tempfile::tempdir().unwrap();
+    let (url, secret) = (server.url(), server.secret.clone());
+    let head = Installation::new(machine.path(), "osc_ho", "Head office", 1, &url, &secret).await;
+    let branch = Installation::new(machine.path(), "osc_br", "Branch 7", 2, &url, &secret).await;
+    // The first poll enrolls and fetches the plugin; the next reports the
+    // installation.
+    for _ in 0..2 {
+        head.poll();
+        branch.poll();
+    }
+    let devices = api.devices().await;
+    let version_of = |guid: &str| {
+        devices
+            .iter()
+            .find(|d| d.guid == guid)
+            .map(|d| d.version.clone())
+            .unwrap_or_else(|| panic!("{guid} is not a device: {devices:?}"))
+    };
+    assert_eq!(devices.len(), 2);
+    assert_eq!(version_of("e2e-oscar-osc_ho"), "21.3.0");
+    assert_eq!(version_of("e2e-oscar-osc_br"), "21.3.0");
+    let branch_id = devices
+        .iter()
+        .find(|d| d.guid == "e2e-oscar-osc_br")
+        .unwrap()
+        .id;
+
+    let source =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packages/oscar/oscupd10-complete");
+    let file = posup_sim::package::build(&source, &data.path().join("pkgs")).unwrap();
+    let package: PackageView = api
+        .post_bytes(
+            "/api/v1/packages?device_type=oscar&file_name=oscupd10.tgz",
+            std::fs::read(&file).unwrap(),
+        )
+        .await;
+    let group: posup_proto::api::GroupView = api
+        .post(
+            "/api/v1/groups",
+            &CreateGroup {
+                name: "Branches".into(),
+                description: String::new(),
+                kind: GroupKind::Static,
+                filter: None,
+                devices: vec![branch_id],
+            },
+        )
+        .await;
+    let task: TaskView = api
+        .post(
+            "/api/v1/tasks",
+            &CreateTask {
+                name: None,
+                kind: TaskKind::ForcedUpdate,
+                package_id: package.id,
+                group_id: group.id,
+                start_at: None,
+                notice_override: Some("test: simulated installations".into()),
+            },
+        )
+        .await;
+    head.poll();
+    branch.poll();
+    let task = api.wait_finished(task.id).await;
+    assert_eq!(task.counts.success, 1, "{task:?}");
+    let rows = api.task_devices(task.id).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].guid.as_str(), rows[0].state),
+        ("e2e-oscar-osc_br", DeviceTaskState::Success)
+    );
+    assert_eq!(branch.version(), "22.0.0");
+    assert_eq!(head.version(), "21.3.0");
+    head.poll();
+    branch.poll();
+    let devices = api.devices().await;
+    let now = |guid: &str| {
+        devices
+            .iter()
+            .find(|d| d.guid == guid)
+            .unwrap()
+            .version
+            .clone()
+    };
+    assert_eq!(now("e2e-oscar-osc_br"), "22.0.0");
+    assert_eq!(now("e2e-oscar-osc_ho"), "21.3.0");
+    head.stop().await;
+    branch.stop().await;
+    server.stop().await;
 }

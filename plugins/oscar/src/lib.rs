@@ -222,6 +222,7 @@ impl Plugin for Oscar {
     fn precheck(ctx: &StepContext) -> Result<(), Stop> {
         require_installation()?;
         let a = analyse(&ctx.package)?;
+        same_rules_as_counterpart(&a)?;
         named_log("oscar-log")?;
         check_clients(ctx.task)?;
         let archive_size = std::fs::metadata(&ctx.package).at(&ctx.package)?.len();
@@ -717,14 +718,7 @@ fn analyse(package: &str) -> Result<Analysis, Stop> {
     let rules = package_text(package, "Rules", 1024 * 1024)?.ok_or_else(|| {
         format!("{name}: the archive has no Rules file; every OSCAR update holds one that says how it is applied")
     })?;
-    let rules = parse_rules(&rules).map_err(|e| format!("{name}: {e}"))?;
-    let kind = if rules.complete {
-        Kind::Complete
-    } else if rules.small {
-        Kind::Small
-    } else {
-        Kind::Partial
-    };
+    let kind = kind_of(&rules).map_err(|e| format!("{name}: {e}"))?;
     let mut files = Vec::new();
     let mut unpacked = 0;
     let mut changes = Vec::new();
@@ -804,6 +798,48 @@ fn analyse(package: &str) -> Result<Analysis, Stop> {
         unpacked,
         changes,
     })
+}
+
+/// The kind of update a `Rules` text describes. `Rules` allows no other
+/// combination, so two archives have identical `Rules` exactly when their
+/// kinds agree.
+fn kind_of(rules: &str) -> Result<Kind, String> {
+    let rules = parse_rules(rules)?;
+    Ok(if rules.complete {
+        Kind::Complete
+    } else if rules.small {
+        Kind::Small
+    } else {
+        Kind::Partial
+    })
+}
+
+/// A mixed Windows/Linux system receives one update twice: `oscupd<nnn>.tgz`
+/// for its Linux units and `oscupd<nnn>.zip` for its Windows units, both
+/// copied to the server's `work` folder, and the document requires identical
+/// `Rules` in both. Where the other archive lies in `work/`, its `Rules` must
+/// say what this package's do, or the units would apply different updates.
+fn same_rules_as_counterpart(a: &Analysis) -> Result<(), Stop> {
+    let (stem, _) = archive_name(&a.name)?;
+    let other_name = format!("{stem}.{}", if a.ext == "zip" { "tgz" } else { "zip" });
+    let other = format!("{PRODUCT}/work/{other_name}");
+    if !exists(&other) {
+        return Ok(());
+    }
+    let mixed = "a mixed Windows/Linux system needs identical Rules in both archives of an update";
+    let text = package_text(&other, "Rules", 1024 * 1024)?.ok_or_else(|| {
+        format!("work/{other_name}, this update for the system's other units, has no Rules file; {mixed}")
+    })?;
+    let theirs = kind_of(&text).map_err(|e| format!("work/{other_name}: {e}; {mixed}"))?;
+    if theirs != a.kind {
+        return Err(Stop::failed(format!(
+            "{}: its Rules ({}) differ from those of work/{other_name} ({}), this update for the system's other units; {mixed}",
+            a.name,
+            a.kind.rules(),
+            theirs.rules()
+        )));
+    }
+    Ok(())
 }
 
 /// `oscupd10.tgz` → (`oscupd10`, `tgz`). The name ends in `.tgz` (Linux) or
