@@ -17,6 +17,7 @@ login-enter = Log in
 login-wrong = Wrong name or password.
 login-locked = Too many wrong passwords: this account is locked until { $until }. Wait, or ask an administrator.
 login-now-locked = Too many wrong passwords: this account is now locked for 15 minutes.
+login-throttled = Too many failed logins from this address. Try again after { $until }.
 
 fail-forbidden = Your role does not allow this. Ask an administrator for the operator role.
 fail-csrf = This form is out of date (it came from an earlier login or another site). Reload the page and try again.

@@ -39,6 +39,7 @@ mod rollouts;
 pub mod session;
 mod sites;
 mod tasks;
+pub mod throttle;
 mod versions;
 
 pub use i18n::Tr;

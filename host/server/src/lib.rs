@@ -38,6 +38,8 @@ pub mod config;
 pub mod console;
 pub mod error;
 mod extract;
+
+pub use extract::PeerAddr;
 pub mod metrics;
 pub mod notify;
 mod notify_api;
@@ -279,6 +281,7 @@ pub async fn run_with_state<L>(
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
+    for<'a> PeerAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
     // The counters as of now: caches filled from here on are checked against them.
     state.refresh_caches().await?;
@@ -286,10 +289,14 @@ where
     let background = tokio::spawn(background(state.clone(), stop_rx));
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, backend = %state.store().backend(), "posup server listening");
-    let served = axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP");
+    // Each request knows the address it came from (the console's login limit).
+    let served = axum::serve(
+        listener,
+        app(state.clone()).into_make_service_with_connect_info::<PeerAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving HTTP");
     let _ = stop_tx.send(true);
     let _ = background.await;
     if let Err(e) = state.flush_contacts().await {

@@ -90,6 +90,8 @@ struct Inner {
     /// memory limit and the archive capability's bounded buffers; uploads beyond
     /// these wait their turn, so a burst of uploads cannot exhaust the server.
     inspections: tokio::sync::Semaphore,
+    /// Failed console logins per client address.
+    login_throttle: crate::console::throttle::LoginThrottle,
     /// The repository's online keys (snapshot, timestamp).
     online_keys: posup_trust::online::OnlineKeys,
     bundled: Bundled,
@@ -128,6 +130,7 @@ impl AppState {
                 reports: Default::default(),
                 plugins: Mutex::new(HashMap::new()),
                 inspections: tokio::sync::Semaphore::new(MAX_INSPECTIONS),
+                login_throttle: Default::default(),
                 online_keys: fresh_online_keys(),
                 bundled: Bundled::default(),
                 poll_latency: Default::default(),
@@ -164,6 +167,11 @@ impl AppState {
 
     pub fn online_keys(&self) -> &posup_trust::online::OnlineKeys {
         &self.inner.online_keys
+    }
+
+    /// Failed console logins per client address.
+    pub fn login_throttle(&self) -> &crate::console::throttle::LoginThrottle {
+        &self.inner.login_throttle
     }
 
     /// A turn to compile or inspect an upload; held until dropped.

@@ -10,6 +10,7 @@ use posup_store::Failure;
 use super::session::{self, Posted};
 use super::{Fail, Tr, When, render};
 use crate::auth::hash_secret;
+use crate::extract::ClientIp;
 use crate::state::AppState;
 
 #[derive(Template)]
@@ -109,12 +110,34 @@ impl Credentials {
 
 pub async fn submit(
     State(state): State<AppState>,
+    ClientIp(client): ClientIp,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Fail> {
     let form = Credentials::parse(&body)?;
     let tr = Tr::new(visitor_language(&headers));
     let now = state.now_ms();
+    // An address that keeps failing is refused before any password is hashed.
+    if let Some(ip) = client
+        && let Err(until) = state.login_throttle().check(ip, now)
+    {
+        let until = When::new(
+            chrono::DateTime::from_timestamp_millis(until).unwrap_or_default(),
+            "UTC",
+        );
+        return login_page(
+            &state,
+            tr,
+            Some(tr.t1("login-throttled", "until", until.shown + " UTC")),
+            form.name,
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    let failed = || {
+        if let Some(ip) = client {
+            state.login_throttle().failed(ip, now);
+        }
+    };
     let refuse = |error: String, name: String| {
         login_page(
             &state,
@@ -155,12 +178,16 @@ pub async fn submit(
     let account = match account {
         Some(a) if matches => a,
         Some(a) => {
+            failed();
             if let Failure::Locked(_) = state.store().login_failed(a.id, now).await? {
                 return refuse(tr.t("login-now-locked"), form.name);
             }
             return refuse(tr.t("login-wrong"), form.name);
         }
-        None => return refuse(tr.t("login-wrong"), form.name),
+        None => {
+            failed();
+            return refuse(tr.t("login-wrong"), form.name);
+        }
     };
     let (token, csrf) = session::new_session();
     state

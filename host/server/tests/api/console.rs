@@ -90,6 +90,37 @@ impl Env {
         .await
     }
 
+    /// The login form posted from the client address `from`, as the server
+    /// sees it when serving real connections.
+    async fn login_attempt_from(&self, from: &str, name: &str, password: &str) -> Answer {
+        let page = self.call("GET", "/login", None, None).await;
+        let cookie = page.headers[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let token = login_token(&page.text());
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, cookie)
+            .body(Body::from(form(&[
+                ("name", name),
+                ("password", password),
+                ("token", &token),
+            ])))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(posup_server::PeerAddr(
+                from.parse().unwrap(),
+            )));
+        self.send(request).await
+    }
+
     /// Logs in: the session cookie and the page's CSRF token.
     async fn log_in(&self, name: &str) -> (String, String) {
         let a = self.login_attempt(name, PASSWORD).await;
@@ -115,6 +146,42 @@ impl Answer {
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).into_owned()
     }
+}
+
+/// Guessing across many account names from one address is slowed down too:
+/// after [`posup_server::console::throttle::MAX_FAILURES`] failed logins in a
+/// quarter of an hour, that address is refused before any password is checked,
+/// while other addresses log in as before.
+#[tokio::test]
+async fn console_logins_from_an_address_that_keeps_failing_are_refused() {
+    each_backend(|store| async move {
+        let (e, state) = env_with_state(store).await;
+        account(&state, "anna", Role::Admin, Language::En).await;
+        let guesser = "203.0.113.7:40000";
+        for i in 0..posup_server::console::throttle::MAX_FAILURES {
+            let a = e
+                .login_attempt_from(guesser, &format!("guess{i}"), "wrong")
+                .await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "attempt {i}");
+        }
+        let a = e.login_attempt_from(guesser, "anna", PASSWORD).await;
+        assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
+        assert!(
+            a.text()
+                .contains("Too many failed logins from this address"),
+            "{}",
+            a.text()
+        );
+        let a = e
+            .login_attempt_from("198.51.100.20:40000", "anna", PASSWORD)
+            .await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        // A quarter of an hour later the address may try again.
+        e.clock.advance(std::time::Duration::from_secs(16 * 60));
+        let a = e.login_attempt_from(guesser, "anna", PASSWORD).await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+    })
+    .await;
 }
 
 #[tokio::test]
