@@ -10,7 +10,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+// Shared with `rollout`, which must not depend on this module; named here too
+// so the API's types stay in one place for its users.
 use crate::{Capabilities, DirPaths, Inventory, ModuleVersion, TaskKind};
+pub use crate::{Language, TaskCounts};
 
 /// An operator's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -37,32 +40,6 @@ impl Role {
 
     pub fn parse(s: &str) -> Option<Role> {
         Role::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-/// A language posup speaks to people in: the console's, and a store's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "kebab-case")]
-pub enum Language {
-    #[default]
-    En,
-    Ru,
-}
-
-impl Language {
-    pub const ALL: [Language; 2] = [Language::En, Language::Ru];
-
-    /// The BCP 47 tag.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Language::En => "en",
-            Language::Ru => "ru",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Language> {
-        Language::ALL.into_iter().find(|l| l.as_str() == s)
     }
 }
 
@@ -586,19 +563,6 @@ pub struct CreateTask {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskQuery {
     pub state: Option<TaskState>,
-}
-
-/// Per-task device counts: `total` = `offline` + `inprogress` + `failed` +
-/// `success`, where `offline` and `inprogress` split the unfinished devices by
-/// whether they are in contact.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct TaskCounts {
-    pub total: u64,
-    pub offline: u64,
-    pub inprogress: u64,
-    pub failed: u64,
-    pub success: u64,
 }
 
 /// A task.

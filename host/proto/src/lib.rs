@@ -312,3 +312,42 @@ pub struct Page<T> {
     pub page: u32,
     pub per_page: u32,
 }
+
+/// A language posup speaks to people in: the console's, and a store's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum Language {
+    #[default]
+    En,
+    Ru,
+}
+
+impl Language {
+    pub const ALL: [Language; 2] = [Language::En, Language::Ru];
+
+    /// The BCP 47 tag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::En => "en",
+            Language::Ru => "ru",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Language> {
+        Language::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+/// Per-task device counts: `total` = `offline` + `inprogress` + `failed` +
+/// `success`, where `offline` and `inprogress` split the unfinished devices by
+/// whether they are in contact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct TaskCounts {
+    pub total: u64,
+    pub offline: u64,
+    pub inprogress: u64,
+    pub failed: u64,
+    pub success: u64,
+}

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::TaskCounts;
 use crate::TaskKind;
-use crate::api::TaskCounts;
 
 /// Why a device has not started its part yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -237,7 +237,7 @@ pub struct SiteSettings {
     pub reboot_time: Option<String>,
     /// The language its staff read announcements and reports in.
     #[serde(default)]
-    pub language: crate::api::Language,
+    pub language: crate::Language,
 }
 
 fn utc() -> String {

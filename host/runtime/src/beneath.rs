@@ -23,7 +23,7 @@ use cap_std::fs::Dir;
 use posup_world::latest::types::Dir as GuestDir;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
-use crate::caps::{CapError, CapResult};
+use crate::error::{CapError, CapResult};
 use crate::grants::{DirGrant, Grants, guest_root, parse_dir};
 
 /// How deep a tree may be before the host stops walking it: far more than any

@@ -1,6 +1,9 @@
-//! The runtime's errors: loading a plugin, and running one of its calls.
+//! The runtime's errors: loading a plugin, running one of its calls, and
+//! the error a plugin sees from a host call ([`CapError`]).
 
 use std::path::PathBuf;
+
+use posup_world::latest::types::{Error as WitError, ErrorKind};
 
 /// Loading a plugin failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,4 +66,61 @@ pub enum StepError {
         call: &'static str,
         message: String,
     },
+}
+
+/// An error a plugin sees as the WIT `error` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CapError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+pub type CapResult<T> = Result<T, CapError>;
+
+impl CapError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Denied, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, message)
+    }
+    pub fn limit(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Limit, message)
+    }
+    pub fn io(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Io, message)
+    }
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Timeout, message)
+    }
+
+    /// An I/O error on `what` (a path or an object name), kept as `not-found` when
+    /// it is one.
+    pub fn from_io(what: impl std::fmt::Display, e: &std::io::Error) -> Self {
+        let kind = match e.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::PermissionDenied => ErrorKind::Denied,
+            _ => ErrorKind::Io,
+        };
+        Self::new(kind, format!("{what}: {e}"))
+    }
+}
+
+impl From<CapError> for WitError {
+    fn from(e: CapError) -> Self {
+        WitError {
+            kind: e.kind,
+            message: e.message,
+        }
+    }
 }

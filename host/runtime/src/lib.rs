@@ -15,12 +15,14 @@ pub mod caps;
 pub mod engine;
 pub mod error;
 pub mod grants;
+mod limits;
 pub mod plugin;
 pub mod state;
 
-pub use engine::{Limits, Runtime, RuntimeConfig};
+pub use engine::{Runtime, RuntimeConfig};
 pub use error::{RuntimeError, StepError};
 pub use grants::{Allowance, DatabaseGrant, DatabaseSource, DirGrant, Grants};
+pub use limits::Limits;
 pub use plugin::{Plugin, Step};
 /// All generated types of the newest interface, for hosts that implement a backend.
 pub use posup_world::latest as wit;

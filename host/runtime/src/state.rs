@@ -20,8 +20,8 @@ use crate::caps::logs::LogsState;
 use crate::caps::prompt::{PromptState, Prompter};
 use crate::caps::services::{ServiceManager, ServicesState};
 use crate::caps::vars::VarsState;
-use crate::engine::Limits;
 use crate::grants::{Grants, guest_root};
+use crate::limits::{Limiter, Limits};
 
 /// What the host gives one plugin on one device. Cloning is cheap; every step
 /// builds its own [`StepState`] from it.
@@ -77,7 +77,7 @@ const STDERR_CAPACITY: usize = 16 * 1024;
 pub struct StepState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limiter: crate::engine::Limiter,
+    pub(crate) limiter: Limiter,
     pub(crate) stderr: MemoryOutputPipe,
     pub log: LogState,
     pub archive: ArchiveState,
@@ -154,7 +154,7 @@ impl StepState {
         Ok(Self {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: crate::engine::Limiter::new(limits),
+            limiter: Limiter::new(limits),
             stderr,
             log: LogState::new(plugin, env.events.clone()),
             archive: ArchiveState::new(
@@ -179,4 +179,21 @@ impl StepState {
             .trim()
             .to_owned()
     }
+}
+
+/// Links WASI (preview 2) and every posup capability into `linker`.
+pub(crate) fn link_all(
+    linker: &mut wasmtime::component::Linker<StepState>,
+) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    crate::caps::log::add_to_linker(linker, |s| &mut s.log)?;
+    crate::caps::archive::add_to_linker(linker, |s| &mut s.archive)?;
+    crate::caps::fs::add_to_linker(linker, |s| &mut s.fs)?;
+    crate::caps::logs::add_to_linker(linker, |s| &mut s.logs)?;
+    crate::caps::services::add_to_linker(linker, |s| &mut s.services)?;
+    crate::caps::prompt::add_to_linker(linker, |s| &mut s.prompt)?;
+    crate::caps::kv::add_to_linker(linker, |s| &mut s.kv)?;
+    crate::caps::vars::add_to_linker(linker, |s| &mut s.vars)?;
+    crate::caps::database::add_to_linker(linker, |s| &mut s.database)?;
+    Ok(())
 }
