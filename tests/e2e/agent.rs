@@ -174,30 +174,41 @@ impl Api {
 
     /// Uploads the kiosk plugin, configures the `kiosk` device type and enables it.
     pub(crate) async fn kiosk_device_type(&self) {
-        let wasm = posup_bundled::get("kiosk")
-            .expect("the kiosk plugin is bundled")
-            .to_vec();
-        let _: serde_json::Value = self
-            .post_bytes("/api/v1/plugins?file_name=kiosk.wasm", wasm)
-            .await;
-        let body = DeviceTypeBody {
-            description: "self-service kiosks".into(),
-            allowed: Capabilities::updater(&["kiosk"]),
-            paths: DirPaths {
+        self.bundled_device_type(
+            "kiosk",
+            "self-service kiosks",
+            DirPaths {
                 product: Some("/opt/kiosk".into()),
                 staging: Some("/opt/.posup/staging".into()),
                 backup: Some("/opt/.posup/backup".into()),
                 logs: Some("/var/log/kiosk".into()),
             },
+        )
+        .await;
+    }
+
+    /// Uploads the bundled plugin `name` and enables it on a device type of the
+    /// same name that allows it the usual updater's grants and its one service
+    /// of that name; `paths` are where the type's directories usually are.
+    pub(crate) async fn bundled_device_type(&self, name: &str, description: &str, paths: DirPaths) {
+        let wasm = posup_bundled::get(name).expect("a bundled plugin").to_vec();
+        let _: serde_json::Value = self
+            .post_bytes(&format!("/api/v1/plugins?file_name={name}.wasm"), wasm)
+            .await;
+        let body = DeviceTypeBody {
+            description: description.into(),
+            allowed: Capabilities::updater(&[name]),
+            paths,
             poll_interval_secs: None,
             site_limit: None,
             impact: None,
         };
-        self.put("/api/v1/device-types/kiosk", &body).await;
+        self.put(&format!("/api/v1/device-types/{name}"), &body)
+            .await;
         self.put(
-            "/api/v1/device-types/kiosk/plugin",
+            &format!("/api/v1/device-types/{name}/plugin"),
             &EnablePlugin {
-                name: "kiosk".into(),
+                name: name.into(),
                 version: None,
             },
         )

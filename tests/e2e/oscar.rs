@@ -645,40 +645,22 @@ log = "{logs}/stdout.log"
 #[tokio::test(flavor = "multi_thread")]
 async fn each_installation_of_a_multi_installation_is_its_own_device() {
     use posup_proto::api::{
-        CreateGroup, CreateTask, DeviceTaskState, DeviceTypeBody, EnablePlugin, GroupKind,
-        PackageView, TaskView,
+        CreateGroup, CreateTask, DeviceTaskState, GroupKind, PackageView, TaskView,
     };
-    use posup_proto::{Capabilities, DirPaths, TaskKind};
+    use posup_proto::{DirPaths, TaskKind};
 
     let data = tempfile::tempdir().unwrap();
     let server = crate::agent::Server::start(data.path(), None).await;
     let api = server.api();
-    let _: serde_json::Value = api
-        .post_bytes(
-            "/api/v1/plugins?file_name=oscar.wasm",
-            posup_bundled::get("oscar").unwrap().to_vec(),
-        )
-        .await;
-    let body = DeviceTypeBody {
-        description: "MICROS Retail OSCAR POS servers".into(),
-        allowed: Capabilities::updater(&["oscar"]),
-        // Where installations usually are; each terminal's own [dirs] wins.
-        paths: DirPaths {
+    // Where installations usually are; each terminal's own [dirs] wins.
+    api.bundled_device_type(
+        "oscar",
+        "MICROS Retail OSCAR POS servers",
+        DirPaths {
             product: Some("/opt/osc_usr/osc21".into()),
             staging: Some("/opt/osc_usr/.posup/staging".into()),
             backup: Some("/opt/osc_usr/.posup/backup".into()),
             logs: Some("/opt/osc_usr/osc21/log".into()),
-        },
-        poll_interval_secs: None,
-        site_limit: None,
-        impact: None,
-    };
-    api.put("/api/v1/device-types/oscar", &body).await;
-    api.put(
-        "/api/v1/device-types/oscar/plugin",
-        &EnablePlugin {
-            name: "oscar".into(),
-            version: None,
         },
     )
     .await;

@@ -65,34 +65,16 @@ impl Env {
     /// Posts the login form as a browser does: the form's token from the page,
     /// and the cookie the page set.
     async fn login_attempt(&self, name: &str, password: &str) -> Answer {
-        let page = self.call("GET", "/login", None, None).await;
-        let cookie = page.headers[header::SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
-        let token = login_token(&page.text());
-        self.send(
-            Request::builder()
-                .method("POST")
-                .uri("/login")
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .header(header::COOKIE, cookie)
-                .body(Body::from(form(&[
-                    ("name", name),
-                    ("password", password),
-                    ("token", &token),
-                ])))
-                .unwrap(),
-        )
-        .await
+        self.login_attempt_via(None, name, password).await
     }
 
     /// The login form posted from the client address `from`, as the server
     /// sees it when serving real connections.
     async fn login_attempt_from(&self, from: &str, name: &str, password: &str) -> Answer {
+        self.login_attempt_via(Some(from), name, password).await
+    }
+
+    async fn login_attempt_via(&self, from: Option<&str>, name: &str, password: &str) -> Answer {
         let page = self.call("GET", "/login", None, None).await;
         let cookie = page.headers[header::SET_COOKIE]
             .to_str()
@@ -113,11 +95,13 @@ impl Env {
                 ("token", &token),
             ])))
             .unwrap();
-        request
-            .extensions_mut()
-            .insert(axum::extract::ConnectInfo(posup_server::PeerAddr(
-                from.parse().unwrap(),
-            )));
+        if let Some(from) = from {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(posup_server::PeerAddr(
+                    from.parse().unwrap(),
+                )));
+        }
         self.send(request).await
     }
 
