@@ -29,8 +29,10 @@ pub const MAX_ROWS: u32 = 1_000;
 pub const MAX_BYTES: usize = 1 << 20;
 /// Columns one `select` names at most.
 pub const MAX_COLUMNS: usize = 32;
-/// Connecting and reading together take at most this long.
-pub const QUERY_TIME: Duration = Duration::from_secs(30);
+/// Connecting and reading together take at most this long: the product's
+/// database is on the terminal or next to it, and a plugin's `inventory` has
+/// its own deadline to keep.
+pub const QUERY_TIME: Duration = Duration::from_secs(10);
 /// Characters of one value at most; longer values are cut to this in SQL, so
 /// no single row can be large.
 pub const MAX_VALUE_CHARS: usize = 16_384;
@@ -322,5 +324,147 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind, posup_world::latest::types::ErrorKind::Io, "{e}");
         assert!(!e.message.contains("mysql://"), "{e}");
+    }
+
+    /// A scratch database on the machine's MariaDB (127.0.0.1:3306, root, no
+    /// password, as on the project's machines and in CI), dropped at the end.
+    async fn scratch(statements: &[&str]) -> (String, String) {
+        use sqlx::Executor;
+        let server = "mysql://root@127.0.0.1:3306";
+        let mut conn = MySqlConnection::connect(server).await.unwrap_or_else(|e| {
+            panic!("MariaDB at 127.0.0.1:3306 (root, no password) is needed: start it: {e}")
+        });
+        let name = format!(
+            "posup_caps_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        conn.execute(format!("CREATE DATABASE `{name}`").as_str())
+            .await
+            .unwrap();
+        let url = format!("{server}/{name}");
+        let mut db = MySqlConnection::connect(&url).await.unwrap();
+        for s in statements {
+            db.execute(*s).await.unwrap();
+        }
+        (url, name)
+    }
+
+    async fn drop_scratch(name: &str) {
+        use sqlx::Executor;
+        let mut conn = MySqlConnection::connect("mysql://root@127.0.0.1:3306")
+            .await
+            .unwrap();
+        conn.execute(format!("DROP DATABASE `{name}`").as_str())
+            .await
+            .unwrap();
+    }
+
+    fn granted(url: &str, tables: &[&str]) -> DatabaseState {
+        DatabaseState::new(
+            vec![DatabaseGrant {
+                name: "product".into(),
+                url: url.to_owned(),
+                tables: cols(tables),
+            }],
+            Work::default(),
+        )
+    }
+
+    /// Values come back as text, cut to their bound; the filter's value is
+    /// bound, never spliced into the query; an answer past its byte bound is
+    /// refused, naming the table.
+    #[tokio::test]
+    async fn answers_are_text_bound_and_filtered_by_value() {
+        let long = "x".repeat(MAX_VALUE_CHARS + 100);
+        let insert_long = format!("INSERT INTO sets (name, value) VALUES ('long', '{long}')");
+        let (url, name) = scratch(&[
+            "CREATE TABLE sets (id INT AUTO_INCREMENT PRIMARY KEY, name CHAR(64), value TEXT, n INT)",
+            "INSERT INTO sets (name, value, n) VALUES ('idplace', '3', 7), ('nkassa', NULL, 8)",
+            &insert_long,
+            "CREATE TABLE big (v MEDIUMTEXT)",
+        ])
+        .await;
+        let s = granted(&url, &["sets", "big", "gone"]);
+
+        let rows = s
+            .select(
+                "product",
+                "sets",
+                &cols(&["value", "n"]),
+                Some(&("name".into(), "idplace".into())),
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![vec![Some("3".to_owned()), Some("7".to_owned())]]);
+        let rows = s
+            .select(
+                "product",
+                "sets",
+                &cols(&["value"]),
+                Some(&("name".into(), "nkassa".into())),
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![vec![None]]);
+        let rows = s
+            .select(
+                "product",
+                "sets",
+                &cols(&["value"]),
+                Some(&("name".into(), "long".into())),
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows[0][0].as_deref().map(str::len), Some(MAX_VALUE_CHARS));
+        let injected = s
+            .select(
+                "product",
+                "sets",
+                &cols(&["value"]),
+                Some(&("name".into(), "x' OR '1'='1".into())),
+                10,
+            )
+            .await
+            .unwrap();
+        assert!(injected.is_empty(), "{injected:?}");
+        let e = s
+            .select("product", "missing", &cols(&["v"]), None, 10)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, posup_world::latest::types::ErrorKind::Denied, "{e}");
+        let e = s
+            .select("product", "gone", &cols(&["v"]), None, 10)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.kind,
+            posup_world::latest::types::ErrorKind::NotFound,
+            "{e}"
+        );
+        assert!(e.message.contains("has no table gone"), "{e}");
+
+        // 80 values of 16 KiB pass the 1 MiB bound.
+        let mut conn = MySqlConnection::connect(&url).await.unwrap();
+        for _ in 0..80 {
+            sqlx::query("INSERT INTO big (v) VALUES (?)")
+                .bind("y".repeat(MAX_VALUE_CHARS))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        let e = s
+            .select("product", "big", &cols(&["v"]), None, MAX_ROWS)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, posup_world::latest::types::ErrorKind::Limit, "{e}");
+        assert!(e.message.contains("table big"), "{e}");
+        drop_scratch(&name).await;
     }
 }
