@@ -212,7 +212,9 @@ fn from_sqlx(name: &str, table: &str, e: &sqlx::Error) -> CapError {
                     db.message()
                 ))
             }
-            Some("28000") | Some("1045") => CapError::denied(format!(
+            // Not `denied`: that means "not granted", and a plugin goes on
+            // without the database's facts; a wrong password must be seen.
+            Some("28000") | Some("1045") => CapError::io(format!(
                 "database {name} refused posup's sign-in: check the user and password in [databases.{name}] url"
             )),
             _ => CapError::io(format!("database {name}: {}", db.message())),
@@ -466,5 +468,23 @@ mod tests {
         assert_eq!(e.kind, posup_world::latest::types::ErrorKind::Limit, "{e}");
         assert!(e.message.contains("table big"), "{e}");
         drop_scratch(&name).await;
+    }
+
+    /// A database that refuses posup's sign-in is a fault of the configuration,
+    /// not a missing grant: plugins treat `denied` as "no database here" and go
+    /// on without its facts, which a wrong password must not make them do.
+    #[tokio::test]
+    async fn a_refused_sign_in_is_not_a_missing_grant() {
+        let s = granted(
+            "mysql://root:not-the-password@127.0.0.1:3306/test",
+            &["sets"],
+        );
+        let e = s
+            .select("product", "sets", &cols(&["value"]), None, 1)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, posup_world::latest::types::ErrorKind::Io, "{e}");
+        assert!(e.message.contains("refused posup's sign-in"), "{e}");
+        assert!(!e.message.contains("not-the-password"), "{e}");
     }
 }
