@@ -38,8 +38,6 @@ pub mod config;
 pub mod console;
 pub mod error;
 mod extract;
-
-pub use extract::PeerAddr;
 pub mod metrics;
 pub mod notify;
 mod notify_api;
@@ -55,6 +53,7 @@ pub use blobs::Blobs;
 pub use clock::{Clock, SystemClock};
 pub use config::{ServerArgs, ServerConfig};
 pub use error::Error;
+pub use extract::PeerAddr;
 pub use state::{AppState, Bundled, Settings};
 
 #[cfg(feature = "test-support")]
