@@ -216,7 +216,11 @@ fn plugins_compile_into_the_agents_cache_in_a_child_process() {
     let bytes = posup_bundled::get("kiosk").unwrap();
     std::fs::write(&wasm, bytes).unwrap();
     let rt = posup_agent::agent::runtime_for(&state).unwrap();
-    assert!(!rt.is_cached(bytes));
+    let sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(bytes))
+    };
+    assert!(!rt.is_cached_as(&sha256));
     let out = crate::support::posup()
         .args(["plugin", "compile", "--state-dir"])
         .arg(&state)
@@ -224,7 +228,10 @@ fn plugins_compile_into_the_agents_cache_in_a_child_process() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", crate::support::stderr(&out));
-    assert!(rt.is_cached(bytes), "the agent's runtime finds the entry");
+    assert!(
+        rt.is_cached_as(&sha256),
+        "the agent's runtime finds the entry"
+    );
     rt.load("kiosk", bytes).unwrap();
 
     let junk = dir.path().join("junk.wasm");
@@ -709,4 +716,34 @@ async fn a_plugin_of_the_first_interface_still_runs_every_step() {
         .await;
     assert!(matches!(out, Ok(Outcome::Ok)), "{out:?}");
     assert_eq!(read(&product.path().join("version")), "1.0");
+}
+
+/// The agent checks a plugin's bytes against the sha256 the server (and the
+/// signed metadata) named; the runtime loads only bytes that hash to it.
+#[tokio::test]
+async fn a_plugin_is_loaded_only_as_the_bytes_it_was_checked_against() {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_owned()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let kiosk = posup_bundled::get("kiosk").unwrap();
+    let digest = rt.load("kiosk", kiosk).unwrap().digest().to_owned();
+    // Other bytes under the kiosk's digest: the cached kiosk is not handed out
+    // for them, and nothing is compiled.
+    let hostile = std::fs::read(posup_bundled::TEST_HOSTILE).unwrap();
+    let err = rt
+        .load_verified("kiosk", &hostile, &digest)
+        .err()
+        .expect("bytes that are not the ones checked")
+        .to_string();
+    assert!(
+        err.contains("kiosk") && err.contains(&digest) && err.contains("not loaded"),
+        "{err}"
+    );
+    assert!(rt.is_cached_as(&digest));
+    let p = rt.load_verified("kiosk", kiosk, &digest).unwrap();
+    assert_eq!(p.digest(), digest);
+    assert_eq!(p.info().await.unwrap().name, "kiosk");
 }

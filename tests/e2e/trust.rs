@@ -258,6 +258,11 @@ async fn a_fleet_signed_with_the_cli_updates_terminals_pinned_to_its_root() {
     let (state, message) = update(&api, &k, &pkg).await;
     assert_eq!(state, DeviceTaskState::Success, "{message}");
     assert_eq!(k.version(), NEW);
+    // The same release again (a device in two waves, say): done at once, with
+    // no step run.
+    let (state, message) = update(&api, &k, &pkg).await;
+    assert_eq!(state, DeviceTaskState::Success, "{message}");
+    assert_eq!(message, format!("version {NEW} is already installed"));
 
     // An older release, signed without the release role's word, is no downgrade
     // a server can order.

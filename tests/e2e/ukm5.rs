@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use posup_agent::pipeline::{Settings, UpdateRequest, UpdateResult};
+use posup_agent::pipeline::{PipelineError, Settings, UpdateRequest, UpdateResult};
 use posup_agent::{DeviceConfig, Pipeline};
 use posup_runtime::caps::services::ServiceManager;
 use posup_runtime::types::TaskKind;
@@ -101,6 +101,23 @@ fn step_names(out: &Output) -> Vec<String> {
 /// Runs a Download task through the agent's pipeline, as the agent does for the
 /// update server's Download tasks (`posup apply` runs Update and Forced tasks).
 async fn download(t: &Terminal, package: &Path) -> UpdateResult {
+    let request = UpdateRequest {
+        package: package.to_owned(),
+        file_name: None,
+        sha256: None,
+        task: TaskKind::Download,
+        skip_installed: false,
+        signed: None,
+    };
+    run_pipeline(t, &request).await.unwrap()
+}
+
+/// Runs `request` through the agent's pipeline with the ukm5 plugin, nobody at
+/// the register.
+async fn run_pipeline(
+    t: &Terminal,
+    request: &UpdateRequest,
+) -> Result<UpdateResult, PipelineError> {
     let rt = Runtime::new(RuntimeConfig {
         cache_dir: Some(t.state.join("cache")),
         ..RuntimeConfig::default()
@@ -136,12 +153,46 @@ async fn download(t: &Terminal, package: &Path) -> UpdateResult {
         },
         observer: None,
     };
-    let request = UpdateRequest {
-        package: package.to_owned(),
+    pipeline.run(request).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_measures_an_update_against_the_register_before_it_begins() {
+    let t = register("1.14.9").await;
+    let pkg = t.package("ukm5", "1.14.9");
+    let before = snapshot(&t.product);
+    let request = |sha256: Option<String>| UpdateRequest {
+        package: pkg.clone(),
         file_name: None,
-        task: TaskKind::Download,
+        sha256,
+        task: TaskKind::Update,
+        skip_installed: true,
+        signed: None,
     };
-    pipeline.run(&request).await.unwrap()
+    // A package whose bytes are not the ones verified on delivery is not run.
+    let err = run_pipeline(&t, &request(Some("0".repeat(64))))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not the package verified"), "{err}");
+    assert!(!t.state.join("staging/ukm5_pos_1.14.9.tgz").exists());
+    // The version installed: done at once, without a step and without downtime.
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&pkg).unwrap()));
+    let result = run_pipeline(&t, &request(Some(sha))).await.unwrap();
+    assert_eq!(
+        result,
+        UpdateResult::AlreadyInstalled {
+            version: "1.14.9".into()
+        }
+    );
+    assert_eq!(snapshot(&t.product), before);
+    assert!(!t.state.join("staging/ukm5_pos_1.14.9.tgz").exists());
+    assert!(!t.state.join("journal/ukm5.json").exists());
+    assert!(
+        t.log("pos.log")
+            .ends_with("Mode changed: STARTING -> SALE\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -512,6 +563,8 @@ async fn a_register_that_does_not_start_is_rolled_back_byte_for_byte() {
         "{err}"
     );
     assert!(err.contains("Cannot load lib/ukm5-fiscal.jar"), "{err}");
+    // The summary says what the register runs now.
+    assert!(err.contains("installed version: 1.8.4"), "{err}");
     // Program, settings, drop folder and reboot mark: all as before.
     assert_eq!(snapshot(&t.product), before);
     assert!(!t.state.join("backup/mint").exists());

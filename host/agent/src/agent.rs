@@ -7,7 +7,8 @@
 //!    └─ a due action and no work under way → worker ───────────────────────┘
 //!  worker: refresh signed metadata (TUF, from the installed root) → plugin and
 //!          package must be signed targets → download (Range resume, signed length
-//!          and sha256) → no unsigned downgrade → pipeline
+//!          and sha256) → pipeline (the verified package and its signed release;
+//!          it refuses an unsigned downgrade and skips a version installed)
 //!          every step → outbox (on disk) → sender → POST /feedback
 //! ```
 //!

@@ -25,6 +25,7 @@ use posup_runtime::types::{Dir, Outcome, PackageInfo, StepContext, TaskKind};
 use posup_runtime::{HostEnv, Plugin, Step, StepError};
 
 use posup_proto::Phase;
+use posup_trust::client::SignedTarget;
 
 use crate::journal::{Event, Finish, Journal, UpdateKey};
 
@@ -37,7 +38,20 @@ pub struct UpdateRequest {
     /// The name the package has under `/staging` (the file name the server
     /// announced); the package path's own name when `None`.
     pub file_name: Option<String>,
+    /// The sha256 the package was verified against when it was delivered (the
+    /// agent's download). The copy placed in staging is hashed as it is written
+    /// and must match it, so the bytes the plugin sees are the bytes verified.
+    /// `None`: a local file (`posup apply`), taken as it is.
+    pub sha256: Option<String>,
     pub task: TaskKind,
+    /// An update of the version already installed finishes at once, with no step
+    /// run and no downtime (the agent's tasks: a pilot device in the next wave,
+    /// say). `posup apply` runs the steps anyway.
+    pub skip_installed: bool,
+    /// The package as the fleet's signed metadata names it: a version older than
+    /// the one installed is refused unless the release role signed it as a
+    /// downgrade, so a server cannot roll a terminal back on its own.
+    pub signed: Option<SignedTarget>,
 }
 
 /// How a pipeline run ended.
@@ -52,6 +66,8 @@ pub enum UpdateResult {
         reason: String,
         retry_after: Duration,
     },
+    /// The version is installed already: nothing was run or changed.
+    AlreadyInstalled { version: String },
     /// The cashier declined; ask again later.
     Declined,
     /// The update failed in `step`; the installation is as it was before (rolled
@@ -60,13 +76,27 @@ pub enum UpdateResult {
         step: Phase,
         reason: String,
         rolled_back: bool,
+        installed: Installed,
     },
     /// The update failed and so did its rollback: the terminal needs a person.
     RollbackFailed {
         step: Phase,
         reason: String,
         rollback: String,
+        installed: Installed,
     },
+}
+
+/// The version the plugin's inventory reported once an update failed, or why it
+/// could not be read.
+pub type Installed = Result<String, String>;
+
+/// The summary's tail naming what runs after a failure.
+fn installed_tail(installed: &Installed) -> String {
+    match installed {
+        Ok(v) => format!("; installed version: {v}"),
+        Err(e) => format!("; the installed version cannot be read: {e}"),
+    }
 }
 
 impl UpdateResult {
@@ -74,7 +104,9 @@ impl UpdateResult {
     /// (nothing changed), 1 failed and restored, 4 the rollback failed too.
     pub fn exit_code(&self) -> i32 {
         match self {
-            UpdateResult::Committed { .. } | UpdateResult::Staged { .. } => 0,
+            UpdateResult::Committed { .. }
+            | UpdateResult::Staged { .. }
+            | UpdateResult::AlreadyInstalled { .. } => 0,
             UpdateResult::NotNow { .. } | UpdateResult::Declined => 3,
             UpdateResult::Failed { .. } => 1,
             UpdateResult::RollbackFailed { .. } => 4,
@@ -89,6 +121,9 @@ impl UpdateResult {
             }
             UpdateResult::Staged { version } => {
                 format!("{package}: version {version} downloaded and staged")
+            }
+            UpdateResult::AlreadyInstalled { version } => {
+                format!("{package}: version {version} is already installed; nothing was changed")
             }
             UpdateResult::NotNow {
                 reason,
@@ -106,20 +141,26 @@ impl UpdateResult {
                 step,
                 reason,
                 rolled_back,
+                installed,
             } => {
                 let restored = if *rolled_back {
                     "the installation was rolled back to its previous state"
                 } else {
                     "the installation was not changed"
                 };
-                format!("{package}: {step} failed: {reason}; {restored}")
+                format!(
+                    "{package}: {step} failed: {reason}; {restored}{}",
+                    installed_tail(installed)
+                )
             }
             UpdateResult::RollbackFailed {
                 step,
                 reason,
                 rollback,
+                installed,
             } => format!(
-                "{package}: {step} failed: {reason}; the rollback failed too: {rollback}; the terminal needs attention"
+                "{package}: {step} failed: {reason}; the rollback failed too: {rollback}; the terminal needs attention{}",
+                installed_tail(installed)
             ),
         }
     }
@@ -225,13 +266,21 @@ pub fn consent_question(version: &str, language: Option<&str>) -> String {
 }
 
 /// A failure of the pipeline itself, not of the update: the journal or the staging
-/// folder could not be written.
+/// folder could not be written, or the package is not the one verified.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("{what}: {source}")]
     Io {
         what: String,
         source: std::io::Error,
+    },
+    #[error(
+        "{package} is not the package verified on delivery (sha256 {found}, verified {expected}); it was removed from staging and nothing was run"
+    )]
+    Changed {
+        package: String,
+        expected: String,
+        found: String,
     },
 }
 
@@ -277,6 +326,16 @@ impl Pipeline<'_> {
                 .to_owned(),
         };
         let (staged, package_sha256) = self.stage_package(&req.package, &file_name)?;
+        if let Some(expected) = &req.sha256
+            && *expected != package_sha256
+        {
+            remove_file(&staged);
+            return Err(PipelineError::Changed {
+                package: file_name,
+                expected: expected.clone(),
+                found: package_sha256,
+            });
+        }
         let guest = format!("{}/{file_name}", guest_root(Dir::Staging));
 
         let started = Instant::now();
@@ -297,6 +356,7 @@ impl Pipeline<'_> {
                     step: Phase::Inspect,
                     reason,
                     rolled_back: false,
+                    installed: self.installed().await,
                 });
             }
             Err(e) => {
@@ -311,6 +371,7 @@ impl Pipeline<'_> {
                     step: Phase::Inspect,
                     reason: e.to_string(),
                     rolled_back: false,
+                    installed: self.installed().await,
                 });
             }
         };
@@ -322,20 +383,31 @@ impl Pipeline<'_> {
             task: wire_task(req.task),
         };
         let path = Journal::path(&self.settings.state_dir, self.plugin.name());
-        let mut journal =
+        let resumed =
             match Journal::load(&path).map_err(io(format!("reading {}", path.display())))? {
-                Some(j) if j.record.finished.is_none() && j.record.key == key => j,
+                Some(j) if j.record.finished.is_none() && j.record.key == key => Some(j),
                 Some(j) if j.record.finished.is_none() => {
                     // Another update of this product is unfinished. It is settled first:
                     // rolled back when it may have touched the installation.
                     let guest = guest_of(&j.record.key.package);
                     self.settle_other(j, &guest).await?;
-                    Journal::create(&path, key, &info.version)
-                        .map_err(io(format!("writing {}", path.display())))?
+                    None
                 }
-                _ => Journal::create(&path, key, &info.version)
-                    .map_err(io(format!("writing {}", path.display())))?,
+                _ => None,
             };
+        let mut journal = match resumed {
+            Some(j) => j,
+            None => {
+                // An update about to begin (not one a crash interrupted) is
+                // measured against what is installed first.
+                if let Some(stop) = self.measure(req, &file_name, &info).await {
+                    remove_file(&staged);
+                    return Ok(stop);
+                }
+                Journal::create(&path, key, &info.version)
+                    .map_err(io(format!("writing {}", path.display())))?
+            }
+        };
 
         let ctx = |attempt: u32| StepContext {
             package: guest.clone(),
@@ -506,6 +578,7 @@ impl Pipeline<'_> {
                     step: phase(step),
                     reason: message,
                     rolled_back: false,
+                    installed: self.installed().await,
                 }))
             }
             _ if step == Step::Commit => {
@@ -568,6 +641,7 @@ impl Pipeline<'_> {
                 step: failed_step,
                 reason,
                 rolled_back: true,
+                installed: self.installed().await,
             })
         } else {
             journal
@@ -577,7 +651,68 @@ impl Pipeline<'_> {
                 step: failed_step,
                 reason,
                 rollback: message,
+                installed: self.installed().await,
             })
+        }
+    }
+
+    /// Whether an update about to begin stops before its first step: the version
+    /// is installed already, or it is older than the installed one without the
+    /// release role's word. Download tasks install nothing and are not measured.
+    async fn measure(
+        &self,
+        req: &UpdateRequest,
+        file_name: &str,
+        info: &PackageInfo,
+    ) -> Option<UpdateResult> {
+        if req.task == TaskKind::Download || (!req.skip_installed && req.signed.is_none()) {
+            return None;
+        }
+        // An inventory that cannot be read measures nothing: precheck, which
+        // reads the product itself, decides then.
+        let inventory = match self.plugin.inventory(&self.env).await {
+            Ok(Ok(inv)) => inv,
+            Ok(Err(e)) => {
+                tracing::warn!("{file_name}: the installed version cannot be read: {e}");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!("{file_name}: the installed version cannot be read: {e}");
+                return None;
+            }
+        };
+        // A module package (Openbravo's) is measured against its module, not the
+        // product's computed version.
+        let modules: Vec<(String, String)> = inventory
+            .modules
+            .into_iter()
+            .map(|m| (m.name, m.version))
+            .collect();
+        let installed =
+            posup_policy::version::installed_for(file_name, &inventory.version, &modules);
+        if let Some(t) = &req.signed
+            && let Err(reason) = posup_trust::decide::downgrade(installed, t)
+        {
+            return Some(UpdateResult::Failed {
+                step: Phase::Inspect,
+                reason,
+                rolled_back: false,
+                installed: Ok(installed.to_owned()),
+            });
+        }
+        (req.skip_installed && !installed.is_empty() && installed == info.version).then(|| {
+            UpdateResult::AlreadyInstalled {
+                version: info.version.clone(),
+            }
+        })
+    }
+
+    /// The version installed now, for the summary of a failed update.
+    async fn installed(&self) -> Installed {
+        match self.plugin.inventory(&self.env).await {
+            Ok(Ok(inv)) => Ok(inv.version),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.to_string()),
         }
     }
 

@@ -264,11 +264,14 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<u8> {
     let request = UpdateRequest {
         package: args.package.clone(),
         file_name: None,
+        sha256: None,
         task: if args.forced {
             TaskKind::ForcedUpdate
         } else {
             TaskKind::Update
         },
+        skip_installed: false,
+        signed: None,
     };
     let result = pipeline.run(&request).await?;
     let name = args

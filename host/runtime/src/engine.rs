@@ -96,10 +96,34 @@ impl Runtime {
         Plugin::new(self.clone(), name, digest, component)
     }
 
-    /// Whether `bytes` are compiled in the on-disk cache already, so loading them
-    /// runs no compiler.
-    pub fn is_cached(&self, bytes: &[u8]) -> bool {
-        let name = self.cache_name(&hex::encode(Sha256::digest(bytes)));
+    /// Loads a plugin whose bytes were checked against `sha256` (a download's):
+    /// hashed once here, refused when they are other bytes, and never compiled
+    /// then.
+    pub fn load_verified(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<Plugin, RuntimeError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        if digest != sha256 {
+            return Err(RuntimeError::Digest {
+                plugin: name.to_owned(),
+                expected: sha256.to_owned(),
+                found: digest,
+            });
+        }
+        let component = self.compile_cached(name, &digest, bytes)?;
+        Plugin::new(self.clone(), name, digest, component)
+    }
+
+    /// Whether the bytes with this sha256 are compiled in the on-disk cache
+    /// already, so loading them runs no compiler.
+    pub fn is_cached_as(&self, sha256: &str) -> bool {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return false;
+        }
+        let name = self.cache_name(sha256);
         self.config
             .cache_dir
             .as_ref()

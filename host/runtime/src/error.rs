@@ -30,6 +30,14 @@ pub enum RuntimeError {
         found: String,
         supported: String,
     },
+    #[error(
+        "plugin {plugin}: its bytes hash to sha256 {found}, not the {expected} they were checked against; it is not loaded"
+    )]
+    Digest {
+        plugin: String,
+        expected: String,
+        found: String,
+    },
     #[error("plugin {plugin} does not fit posup:plugin@{version}: {message}")]
     Link {
         plugin: String,

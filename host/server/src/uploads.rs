@@ -248,7 +248,14 @@ pub async fn store_package(
         ..Default::default()
     };
     let info = match plugin
-        .inspect(&env, &format!("/staging/{}", q.file_name))
+        .inspect(
+            &env,
+            &format!(
+                "{}/{}",
+                posup_runtime::grants::guest_root(types::Dir::Staging),
+                q.file_name
+            ),
+        )
         .await
     {
         Ok(Ok(info)) => info,

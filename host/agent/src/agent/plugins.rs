@@ -10,8 +10,7 @@ use posup_proto::agent::PluginRef;
 use posup_runtime::caps::log::EventSink;
 use posup_runtime::caps::prompt::Prompter;
 use posup_runtime::types::{DatabaseRequest, PluginInfo};
-use posup_runtime::{Allowance, Grants, HostEnv, Plugin};
-use sha2::{Digest, Sha256};
+use posup_runtime::{Allowance, Grants, HostEnv, Plugin, RuntimeError};
 
 use crate::device::DeviceConfig;
 use crate::download::{self, Expected};
@@ -22,11 +21,11 @@ impl Agent {
     /// Compiles the plugin in `file` into the cache in a child process, when one is
     /// configured and the cache lacks it. A failure is logged and the load compiles
     /// in this process instead: the helper only saves memory.
-    pub(super) async fn compile_outside(&self, name: &str, file: &Path, bytes: &[u8]) {
+    pub(super) async fn compile_outside(&self, name: &str, file: &Path, sha256: &str) {
         let Some(exe) = self.compiler.get() else {
             return;
         };
-        if self.runtime.is_cached(bytes) {
+        if self.runtime.is_cached_as(sha256) {
             return;
         }
         let status = tokio::process::Command::new(exe)
@@ -243,17 +242,16 @@ impl Agent {
         }
         let bytes = read_download(&dir, &file, MAX_PLUGIN_BYTES)
             .map_err(|e| format!("reading {what}: {e}"))?;
-        if hex::encode(Sha256::digest(&bytes)) != r.sha256 {
-            let _ = std::fs::remove_file(&file);
-            return Err(format!(
-                "{what}: changed on disk after its check; it is not loaded"
-            ));
-        }
-        self.compile_outside(&r.name, &file, &bytes).await;
-        let plugin = self
-            .runtime
-            .load(&r.name, &bytes)
-            .map_err(|e| format!("{what}: {e}"))?;
+        self.compile_outside(&r.name, &file, &r.sha256).await;
+        // The bytes read are the bytes loaded: hashed once, by the runtime.
+        let plugin = match self.runtime.load_verified(&r.name, &bytes, &r.sha256) {
+            Ok(p) => p,
+            Err(e @ RuntimeError::Digest { .. }) => {
+                let _ = std::fs::remove_file(&file);
+                return Err(format!("{what}: changed on disk after its download: {e}"));
+            }
+            Err(e) => return Err(format!("{what}: {e}")),
+        };
         let info = plugin.info().await.map_err(|e| format!("{what}: {e}"))?;
         let databases = plugin
             .databases()

@@ -12,10 +12,10 @@ use posup_runtime::caps::log::{EventSink, Level};
 use posup_runtime::caps::prompt::Prompter;
 
 use crate::download::{self, DownloadError, Expected};
-use crate::journal::Journal;
 use crate::outbox::Report;
 use crate::pipeline::{
-    Observer, Pipeline, Settings, StepReport, StepResult, UpdateRequest, UpdateResult,
+    Observer, Pipeline, PipelineError, Settings, StepReport, StepResult, UpdateRequest,
+    UpdateResult,
 };
 use crate::state::ActionRecord;
 
@@ -192,10 +192,9 @@ impl Agent {
             },
             None => None,
         };
-        let (size, version) = match &signed {
-            Some(t) if !t.release.version.is_empty() => (t.length, t.release.version.clone()),
-            Some(t) => (t.length, action.package.version.clone()),
-            None => (action.package.size, action.package.version.clone()),
+        let size = match &signed {
+            Some(t) => t.length,
+            None => action.package.size,
         };
         // The package: downloaded once into the agent's own folder, checked, and
         // copied into staging by the pipeline.
@@ -213,10 +212,6 @@ impl Agent {
             return;
         }
         let dest = downloads.join(&action.package.sha256);
-        let journal_open = Journal::load(&Journal::path(&self.paths.root, plugin.name()))
-            .ok()
-            .flatten()
-            .is_some_and(|j| j.record.finished.is_none());
         // Reported with the first bytes asked for: a package already here (an
         // earlier Download task) is not downloaded again.
         let mut started = false;
@@ -318,59 +313,6 @@ impl Agent {
             }
         }
 
-        // Already there: an Update of the version installed finishes at once,
-        // without downtime (a pilot device in the even wave, say).
-        // An update about to begin (not one a power cut interrupted) looks at
-        // what is installed first.
-        let installed = if action.kind != TaskKind::Download && !journal_open {
-            self.inventory_with(&action.plugin)
-                .await
-                .map(|inv| {
-                    // A module package (Openbravo's) is measured against its
-                    // module, not the product's computed version.
-                    let modules: Vec<(String, String)> = inv
-                        .modules
-                        .into_iter()
-                        .map(|m| (m.name, m.version))
-                        .collect();
-                    posup_policy::version::installed_for(
-                        &action.package.file_name,
-                        &inv.version,
-                        &modules,
-                    )
-                    .to_owned()
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        // An older release than the one installed needs the release role's
-        // signed word: a server cannot roll a terminal back on its own.
-        if let Some(t) = &signed
-            && let Err(msg) = posup_trust::decide::downgrade(&installed, t)
-        {
-            self.report(
-                &action,
-                Phase::Download,
-                FeedbackState::Failed,
-                Some(msg),
-                None,
-            );
-            self.done(&action, "failed");
-            return;
-        }
-        if !installed.is_empty() && installed == version {
-            self.report(
-                &action,
-                Phase::Commit,
-                FeedbackState::Committed,
-                Some(format!("version {installed} is already installed")),
-                None,
-            );
-            self.done(&action, "committed");
-            return;
-        }
-
         let step_now = Arc::new(Mutex::new(Phase::Inspect));
         let sink: Arc<dyn EventSink> = Arc::new(ProgressSink {
             agent: Arc::clone(self),
@@ -407,16 +349,24 @@ impl Agent {
             .run(&UpdateRequest {
                 package: dest,
                 file_name: Some(name.clone()),
+                sha256: Some(action.package.sha256.clone()),
                 task,
+                skip_installed: true,
+                signed,
             })
             .await;
         let result = match result {
             Ok(r) => r,
             Err(e) => {
-                // The journal or staging could not be written: nothing was run.
+                // The journal or staging could not be written, or the package
+                // changed on disk after its check: nothing was run.
+                let phase = match e {
+                    PipelineError::Changed { .. } => Phase::Download,
+                    PipelineError::Io { .. } => Phase::Precheck,
+                };
                 self.report(
                     &action,
-                    Phase::Precheck,
+                    phase,
                     FeedbackState::Failed,
                     Some(e.to_string()),
                     None,
@@ -425,19 +375,18 @@ impl Agent {
                 return;
             }
         };
-        let installed = || async {
-            match self.inventory_with(&action.plugin).await {
-                Ok(inv) => format!("; installed version: {}", inv.version),
-                Err(e) => format!("; the installed version cannot be read: {e}"),
-            }
-        };
         match &result {
-            UpdateResult::Committed { version } => {
+            UpdateResult::Committed { version } | UpdateResult::AlreadyInstalled { version } => {
+                let message = if matches!(result, UpdateResult::AlreadyInstalled { .. }) {
+                    format!("version {version} is already installed")
+                } else {
+                    format!("version {version} installed")
+                };
                 self.report(
                     &action,
                     Phase::Commit,
                     FeedbackState::Committed,
-                    Some(format!("version {version} installed")),
+                    Some(message),
                     None,
                 );
                 self.done(&action, "committed");
@@ -494,7 +443,7 @@ impl Agent {
                 } else {
                     FeedbackState::Failed
                 };
-                let msg = format!("{}{}", result.summary(name), installed().await);
+                let msg = result.summary(name);
                 let step = if *rolled_back { Phase::Rollback } else { *step };
                 self.report(&action, step, state, Some(msg), None);
                 self.done(
@@ -507,7 +456,7 @@ impl Agent {
                 );
             }
             UpdateResult::RollbackFailed { .. } => {
-                let msg = format!("{}{}", result.summary(name), installed().await);
+                let msg = result.summary(name);
                 self.report(
                     &action,
                     Phase::Rollback,
