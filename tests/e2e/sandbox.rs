@@ -733,11 +733,10 @@ async fn a_plugin_is_loaded_only_as_the_bytes_it_was_checked_against() {
     // Other bytes under the kiosk's digest: the cached kiosk is not handed out
     // for them, and nothing is compiled.
     let hostile = std::fs::read(posup_bundled::TEST_HOSTILE).unwrap();
-    let err = rt
-        .load_verified("kiosk", &hostile, &digest)
-        .err()
-        .expect("bytes that are not the ones checked")
-        .to_string();
+    let Err(err) = rt.load_verified("kiosk", &hostile, &digest) else {
+        panic!("bytes that are not the ones checked were loaded");
+    };
+    let err = err.to_string();
     assert!(
         err.contains("kiosk") && err.contains(&digest) && err.contains("not loaded"),
         "{err}"
