@@ -6,22 +6,17 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
-use std::collections::HashSet;
-use std::sync::Arc;
 
-use posup_proto::Inventory;
 use posup_proto::agent::{
-    AgentStatus, EnrollRequest, EnrollResponse, Feedback, FeedbackAck, FeedbackBatch,
-    FeedbackBatchAck, FeedbackResult, PollResponse, VariableChanges,
+    EnrollRequest, EnrollResponse, Feedback, FeedbackAck, FeedbackBatch, FeedbackBatchAck,
+    FeedbackResult, PollResponse,
 };
-use posup_store::{Enrollment, InventoryReport, VarTarget};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
+use posup_store::Enrollment;
 
 use crate::auth::{Device, hash_secret, new_secret, optional_bearer};
 use crate::error::{Error, Result};
 use crate::extract::{Json, Path};
+use crate::poll::{PollBody, bad_json};
 use crate::state::AppState;
 
 pub fn routes(state: &AppState) -> Router<AppState> {
@@ -75,41 +70,8 @@ async fn enroll(
     }))
 }
 
-/// A poll as the server reads it: the wire type `PollRequest`, with the inventory
-/// left as raw JSON. Nearly every poll repeats the last inventory, so it is only
-/// hashed; it is parsed when it changed.
-#[derive(Debug, Deserialize)]
-struct PollBody<'a> {
-    #[serde(borrow, default)]
-    inventory: Option<&'a RawValue>,
-    #[serde(default)]
-    inventory_error: Option<String>,
-    status: AgentStatus,
-    #[serde(default)]
-    vars_since: i64,
-    #[serde(default)]
-    config_revision: Option<i64>,
-}
-
-fn bad_json(e: serde_json::Error) -> Error {
-    let message = format!("the JSON body is not accepted: {e}");
-    if e.is_data() {
-        Error::Invalid(message)
-    } else {
-        Error::BadRequest(message)
-    }
-}
-
-/// A digest of what the device reported about its installation, so an unchanged
-/// report costs no write.
-fn inventory_hash(inventory: Option<&RawValue>, error: Option<&str>) -> String {
-    let mut h = Sha256::new();
-    h.update(inventory.map(RawValue::get).unwrap_or("null"));
-    h.update([0]);
-    h.update(error.unwrap_or_default());
-    hex::encode(h.finalize())
-}
-
+/// Parse, answer, reply: what a poll records and what it is owed is
+/// [`crate::poll`]'s.
 async fn poll(
     State(state): State<AppState>,
     device: Device,
@@ -117,135 +79,7 @@ async fn poll(
 ) -> Result<Json<PollResponse>> {
     // Plain `serde_json` rather than the `Json` extractor: the poll is the hot path.
     let req: PollBody = serde_json::from_slice(&body).map_err(bad_json)?;
-    let Device {
-        auth: device,
-        token_hash,
-    } = device;
-    let store = state.store();
-    let caches = state.caches();
-    let at = state.at();
-    let reported = req.inventory.is_some() || req.inventory_error.is_some();
-    if reported {
-        let hash = inventory_hash(req.inventory, req.inventory_error.as_deref());
-        if device.inventory_hash.as_deref() != Some(hash.as_str()) {
-            let inventory: Option<Inventory> = req
-                .inventory
-                .map(|raw| serde_json::from_str(raw.get()))
-                .transpose()
-                .map_err(bad_json)?;
-            let report = InventoryReport {
-                inventory: inventory.as_ref(),
-                error: req.inventory_error.as_deref(),
-                hash: &hash,
-            };
-            store.record_inventory(&device, &report, at.now).await?;
-            caches.update_device(&token_hash, |d| d.inventory_hash = Some(hash.clone()));
-        }
-    }
-    let status = &req.status;
-    // An agent that says nothing of its allowance keeps the one recorded.
-    let allows = match &status.allows {
-        Some(a) => Some(serde_json::to_string(a).map_err(|e| Error::internal("allowance", e))?),
-        None => device.allows.clone(),
-    };
-    if status.agent_version != device.agent_version
-        || status.plugin_sha256 != device.plugin_sha256
-        || status.message != device.agent_message
-        || allows != device.allows
-    {
-        store.record_agent_status(device.id, status).await?;
-        caches.update_device(&token_hash, |d| {
-            d.agent_version = status.agent_version.clone();
-            d.plugin_sha256 = status.plugin_sha256.clone();
-            d.agent_message = status.message.clone();
-            d.allows = allows.clone();
-        });
-    }
-    // Contact times are kept to a sixth of the offline threshold: a device polling
-    // faster than that (retries, `more` variable changes) costs no extra write, and
-    // online/offline stays exact to well within the threshold.
-    let resolution = state.settings().offline_after.as_millis() as i64 / 6;
-    if at.now - device.last_contact >= resolution {
-        state.record_contact(device.id).await?;
-        caches.update_device(&token_hash, |d| d.last_contact = at.now);
-    }
-    let interval = device
-        .poll_interval_secs
-        .map(|s| s as u32)
-        .unwrap_or(state.settings().poll_interval_secs);
-
-    // Only devices that may have actions cost a query for them.
-    let active = match caches.active() {
-        Some(active) => active,
-        None => {
-            let epoch = caches.epoch();
-            let active: Arc<HashSet<i64>> =
-                Arc::new(store.devices_with_actions().await?.into_iter().collect());
-            caches.put_active(active.clone(), epoch);
-            active
-        }
-    };
-    let actions = if caches.may_have_actions(&active, device.id) {
-        // Actions starting before the next poll are handed out now, with their
-        // start time, so a forced update at a set time starts on time. An update
-        // is handed out only once its gates let it start (see `posup_store::gates`).
-        let horizon = at.now + i64::from(interval) * 1000;
-        let asking = posup_store::Asking {
-            device_id: device.id,
-            site: &device.site,
-            device_type: &device.device_type,
-        };
-        let epoch = caches.epoch();
-        let polled = store.poll_actions(asking, &at, horizon).await?;
-        if polled.idle {
-            caches.put_idle(device.id, epoch);
-        }
-        if polled.vars_changed {
-            // An ordering rule set a readiness variable: the cached newest change
-            // id is stale.
-            caches.invalidate_all();
-        }
-        polled.actions
-    } else {
-        Vec::new()
-    };
-
-    // An agent that has the newest variable change needs no query.
-    let newest = match caches.vars_max() {
-        Some(max) => max,
-        None => {
-            let epoch = caches.epoch();
-            let max = store.generations().await?.variables;
-            caches.put_vars_max(max, epoch);
-            max
-        }
-    };
-    let variables = if req.vars_since == newest {
-        VariableChanges {
-            changes: Vec::new(),
-            last_id: newest,
-            more: false,
-        }
-    } else {
-        let target = VarTarget {
-            device_id: device.id,
-            site: &device.site,
-        };
-        store
-            .variable_changes_for(&target, req.vars_since, &at)
-            .await?
-    };
-    let config = if req.config_revision == Some(device.revision) {
-        None
-    } else {
-        Some(store.device_config(&device.device_type).await?.config)
-    };
-    Ok(Json(PollResponse {
-        actions,
-        variables,
-        config,
-        poll_interval_secs: interval,
-    }))
+    Ok(Json(crate::poll::answer(&state, device, req).await?))
 }
 
 async fn feedback(
@@ -347,48 +181,4 @@ async fn plugin(
             Some(&format!("{}-{}.wasm", plugin.name, plugin.version)),
         )
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use posup_proto::agent::PollRequest;
-    use posup_proto::{Inventory, ModuleVersion};
-
-    use super::*;
-
-    #[test]
-    fn the_server_reads_every_poll_request() {
-        let full = PollRequest {
-            inventory: Some(Inventory {
-                product: "UKM 5".into(),
-                version: "1.8.4".into(),
-                modules: vec![ModuleVersion {
-                    name: "pos".into(),
-                    version: "1".into(),
-                }],
-                ..Default::default()
-            }),
-            inventory_error: None,
-            status: AgentStatus {
-                agent_version: "0.1.0".into(),
-                ..Default::default()
-            },
-            vars_since: 7,
-            config_revision: Some(3),
-        };
-        let text = serde_json::to_string(&full).unwrap();
-        let body: PollBody = serde_json::from_str(&text).unwrap();
-        let inventory: Inventory = serde_json::from_str(body.inventory.unwrap().get()).unwrap();
-        assert_eq!(Some(inventory), full.inventory);
-        assert_eq!((body.vars_since, body.config_revision), (7, Some(3)));
-        let bare: PollBody =
-            serde_json::from_str(r#"{"status": {"agent_version": "1"}, "inventory": null}"#)
-                .unwrap();
-        assert!(bare.inventory.is_none());
-        assert_ne!(
-            inventory_hash(None, Some("x")),
-            inventory_hash(None, None),
-            "an error is a change"
-        );
-    }
 }

@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod notify;
 mod notify_api;
 pub mod openapi;
+mod poll;
 mod reports;
 mod rollout_api;
 pub mod state;
