@@ -16,11 +16,11 @@
 //! [`control_path`]) plays the customer: it holds `idle`, `menu browsing` or
 //! `payment`, and the kiosk follows it within [`POLL`] while it serves customers.
 
-use crate::process::{with_path, write_atomically};
+use crate::process::{SimProcess, run_until_flag, run_until_signal, with_path, write_atomically};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::product_log::ProductLog;
@@ -339,93 +339,13 @@ impl Kiosk {
     }
 
     /// Runs until SIGTERM or SIGINT.
-    pub fn run(mut self) -> io::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            // The handlers are in place before the first line is logged: a stop
-            // that comes at once still ends with `Kiosk stopped`.
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            self.start()?;
-            loop {
-                tokio::select! {
-                    _ = term.recv() => return self.stop("SIGTERM"),
-                    _ = int.recv() => return self.stop("SIGINT"),
-                    _ = tokio::time::sleep(POLL) => self.poll()?,
-                }
-            }
-        })
+    pub fn run(self) -> io::Result<()> {
+        run_until_signal(self, POLL)
     }
 
-    /// Runs until `stop` is set: for tests that run the kiosk on a thread.
-    pub fn run_until(mut self, stop: &AtomicBool) -> io::Result<()> {
-        self.start()?;
-        while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(POLL);
-            self.poll()?;
-        }
-        self.stop("stop requested")
-    }
-
-    fn start(&mut self) -> io::Result<()> {
-        // A kiosk that keeps no version file runs the version its program
-        // was built as.
-        let version_file = self.product.join(VERSION_FILE);
-        let version = fs::read_to_string(&version_file)
-            .map(|v| v.trim().to_owned())
-            .or_else(|e| program_version(&self.product).ok_or(e));
-        self.log.info(
-            "KioskApp",
-            &format!(
-                "Starting self-service kiosk {}",
-                version.as_deref().unwrap_or("(unknown version)")
-            ),
-        )?;
-        self.change(KioskState::Starting)?;
-        if let Err(e) = version {
-            return self.log.error(
-                "KioskApp",
-                &format!(
-                    "Installation is damaged: cannot read {}: {e}",
-                    version_file.display()
-                ),
-            );
-        }
-        let config_file = self.product.join(CONFIG_FILE);
-        match fs::read_to_string(&config_file) {
-            Ok(config) => {
-                let terminal = xml_value(&config, "TerminalId").unwrap_or("(none)");
-                let rms = xml_value(&config, "RmsServer").unwrap_or("(none)");
-                self.log
-                    .info("Config", &format!("Terminal {terminal}, RMS server {rms}"))?;
-                self.ready_at = Some(Instant::now() + self.start);
-                Ok(())
-            }
-            Err(e) => self.log.error(
-                "Config",
-                &format!(
-                    "Cannot read the configuration {}: {e}",
-                    config_file.display()
-                ),
-            ),
-        }
-    }
-
-    fn poll(&mut self) -> io::Result<()> {
-        if self.ready_at.is_some_and(|t| Instant::now() >= t) {
-            self.ready_at = None;
-            self.finish_start()?;
-        }
-        if self.state.serves_customers()
-            && let Some(wanted) = self.read_control()
-            && wanted != self.state
-        {
-            self.serve(wanted)?;
-        }
-        Ok(())
+    /// Runs until `stop` is set: for tests that run it on a thread.
+    pub fn run_until(self, stop: &AtomicBool) -> io::Result<()> {
+        run_until_flag(self, POLL, stop)
     }
 
     /// Loads the menu and opens for customers, or fails as the package says.
@@ -504,17 +424,6 @@ impl Kiosk {
         }
     }
 
-    fn stop(&mut self, why: &str) -> io::Result<()> {
-        self.log
-            .info("KioskApp", &format!("Stopping kiosk ({why})"))?;
-        if !self.shutdown.is_zero() {
-            self.log.info("Order", "Saving order journal")?;
-            std::thread::sleep(self.shutdown);
-        }
-        self.change(KioskState::Stopped)?;
-        self.log.info("KioskApp", "Kiosk stopped")
-    }
-
     fn change(&mut self, to: KioskState) -> io::Result<()> {
         let from = std::mem::replace(&mut self.state, to);
         self.log
@@ -549,6 +458,77 @@ impl Kiosk {
                 None
             }
         }
+    }
+}
+
+impl SimProcess for Kiosk {
+    fn start(&mut self) -> io::Result<()> {
+        // A kiosk that keeps no version file runs the version its program
+        // was built as.
+        let version_file = self.product.join(VERSION_FILE);
+        let version = fs::read_to_string(&version_file)
+            .map(|v| v.trim().to_owned())
+            .or_else(|e| program_version(&self.product).ok_or(e));
+        self.log.info(
+            "KioskApp",
+            &format!(
+                "Starting self-service kiosk {}",
+                version.as_deref().unwrap_or("(unknown version)")
+            ),
+        )?;
+        self.change(KioskState::Starting)?;
+        if let Err(e) = version {
+            return self.log.error(
+                "KioskApp",
+                &format!(
+                    "Installation is damaged: cannot read {}: {e}",
+                    version_file.display()
+                ),
+            );
+        }
+        let config_file = self.product.join(CONFIG_FILE);
+        match fs::read_to_string(&config_file) {
+            Ok(config) => {
+                let terminal = xml_value(&config, "TerminalId").unwrap_or("(none)");
+                let rms = xml_value(&config, "RmsServer").unwrap_or("(none)");
+                self.log
+                    .info("Config", &format!("Terminal {terminal}, RMS server {rms}"))?;
+                self.ready_at = Some(Instant::now() + self.start);
+                Ok(())
+            }
+            Err(e) => self.log.error(
+                "Config",
+                &format!(
+                    "Cannot read the configuration {}: {e}",
+                    config_file.display()
+                ),
+            ),
+        }
+    }
+
+    fn poll(&mut self) -> io::Result<()> {
+        if self.ready_at.is_some_and(|t| Instant::now() >= t) {
+            self.ready_at = None;
+            self.finish_start()?;
+        }
+        if self.state.serves_customers()
+            && let Some(wanted) = self.read_control()
+            && wanted != self.state
+        {
+            self.serve(wanted)?;
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, why: &str) -> io::Result<()> {
+        self.log
+            .info("KioskApp", &format!("Stopping kiosk ({why})"))?;
+        if !self.shutdown.is_zero() {
+            self.log.info("Order", "Saving order journal")?;
+            std::thread::sleep(self.shutdown);
+        }
+        self.change(KioskState::Stopped)?;
+        self.log.info("KioskApp", "Kiosk stopped")
     }
 }
 
@@ -720,6 +700,7 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
     /// Waits until the kiosk's log satisfies `f`; the bound only keeps a broken
     /// build from hanging.

@@ -20,11 +20,13 @@
 //!
 //! The layout is described in `plugins/oscar/README.md`; the plugin relies on it.
 
-use crate::process::{with_path, write_atomically, write_file};
+use crate::process::{
+    SimProcess, run_until_flag, run_until_signal, with_path, write_atomically, write_file,
+};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::product_log::ProductLog;
@@ -386,35 +388,24 @@ impl Server {
     }
 
     /// Runs until SIGTERM or SIGINT.
-    pub fn run(mut self) -> io::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            self.start()?;
-            loop {
-                tokio::select! {
-                    _ = term.recv() => return self.stop(),
-                    _ = int.recv() => return self.stop(),
-                    _ = tokio::time::sleep(POLL) => self.poll()?,
-                }
-            }
-        })
+    pub fn run(self) -> io::Result<()> {
+        run_until_signal(self, POLL)
     }
 
-    /// Runs until `stop` is set: for tests that run the server on a thread.
-    pub fn run_until(mut self, stop: &AtomicBool) -> io::Result<()> {
-        self.start()?;
-        while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(POLL);
-            self.poll()?;
-        }
-        self.stop()
+    /// Runs until `stop` is set: for tests that run it on a thread.
+    pub fn run_until(self, stop: &AtomicBool) -> io::Result<()> {
+        run_until_flag(self, POLL, stop)
     }
 
+    fn fail(&mut self, component: &str, message: &str) -> io::Result<()> {
+        self.log.error(component, message)?;
+        Err(io::Error::other(format!(
+            "the OSCAR server did not start: {message}"
+        )))
+    }
+}
+
+impl SimProcess for Server {
     fn start(&mut self) -> io::Result<()> {
         // An installation need not name its release: the program file says
         // which release it is.
@@ -544,13 +535,6 @@ impl Server {
         )
     }
 
-    fn fail(&mut self, component: &str, message: &str) -> io::Result<()> {
-        self.log.error(component, message)?;
-        Err(io::Error::other(format!(
-            "the OSCAR server did not start: {message}"
-        )))
-    }
-
     /// Logs sign-ons and transactions as the clients report them.
     fn poll(&mut self) -> io::Result<()> {
         let Ok(now) = read_clients(&self.product) else {
@@ -590,7 +574,7 @@ impl Server {
         Ok(())
     }
 
-    fn stop(&mut self) -> io::Result<()> {
+    fn stop(&mut self, _why: &str) -> io::Result<()> {
         if self.started {
             let names: Vec<&str> = self
                 .clients
@@ -686,6 +670,7 @@ fn check_version(version: &str) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     use std::time::Instant;
 
     fn wait_for_log(logs: &Path, mut f: impl FnMut(&str) -> bool) -> String {

@@ -21,11 +21,13 @@
 //! and `up.sh`); the version file, the log and the reboot mark are this
 //! simulation's, read by the plugin only where it is told to.
 
-use crate::process::{with_path, write_atomically, write_file};
+use crate::process::{
+    SimProcess, run_until_flag, run_until_signal, with_path, write_atomically, write_file,
+};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::product_log::ProductLog;
@@ -384,37 +386,120 @@ impl Register {
     }
 
     /// Runs until SIGTERM or SIGINT.
-    pub fn run(mut self) -> io::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            // The handlers are in place before the first line is logged: a stop
-            // that comes at once still ends with `UKM 5 POS stopped`.
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            self.start()?;
-            loop {
-                tokio::select! {
-                    _ = term.recv() => return self.stop(),
-                    _ = int.recv() => return self.stop(),
-                    _ = tokio::time::sleep(POLL) => self.poll()?,
-                }
-            }
-        })
+    pub fn run(self) -> io::Result<()> {
+        run_until_signal(self, POLL)
     }
 
-    /// Runs until `stop` is set: for tests that run the register on a thread.
-    pub fn run_until(mut self, stop: &AtomicBool) -> io::Result<()> {
-        self.start()?;
-        while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(POLL);
-            self.poll()?;
+    /// Runs until `stop` is set: for tests that run it on a thread.
+    pub fn run_until(self, stop: &AtomicBool) -> io::Result<()> {
+        run_until_flag(self, POLL, stop)
+    }
+
+    /// Logs why the program cannot start and ends the process with an error.
+    fn fail(&mut self, message: &str) -> io::Result<()> {
+        self.log.error("Mint", message)?;
+        self.change(Mode::Stopped)?;
+        Err(io::Error::other(format!(
+            "UKM 5 POS did not start: {message}"
+        )))
+    }
+
+    /// Follows the cashier into `wanted`.
+    fn serve(&mut self, wanted: Mode) -> io::Result<()> {
+        let from = self.mode;
+        if wanted == Mode::Receipt {
+            self.receipts += 1;
+            self.log
+                .info("Receipt", &format!("Receipt #{} opened", self.receipts))?;
         }
-        self.stop()
+        self.change(wanted)?;
+        if from == Mode::Receipt {
+            self.log.info(
+                "Receipt",
+                &format!("Receipt #{} closed, paid", self.receipts),
+            )?;
+        }
+        Ok(())
     }
 
+    /// Announces packages that appeared in the drop folder, as `update.conf` says.
+    fn check_packages(&mut self) -> io::Result<()> {
+        let drop = self.home.join(PACKAGE_DIR);
+        let Ok(entries) = fs::read_dir(&drop) else {
+            return Ok(());
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("ukm5_pos_") && n.ends_with(".tgz"))
+            .collect();
+        names.sort();
+        // A package taken away (installed or withdrawn) is announced again if it
+        // comes back.
+        self.announced.retain(|a| names.contains(a));
+        for name in names {
+            if self.announced.contains(&name) {
+                continue;
+            }
+            let update_dir = self.home.join(UPDATE_DIR);
+            match auto_update_timeout(&self.home) {
+                Ok(Some(minutes)) => self.log.info(
+                    "Updater",
+                    &format!(
+                        "Update package {name} found in {}: the cashier will be asked to update in {minutes} min (autoUpdateTimeout)",
+                        drop.display()
+                    ),
+                )?,
+                Ok(None) => self.log.info(
+                    "Updater",
+                    &format!(
+                        "Update package {name} found in {}: autoUpdateTimeout is off, the register does not ask; run sudo ./up.sh in {}",
+                        drop.display(),
+                        update_dir.display()
+                    ),
+                )?,
+                Err(e) => self.log.warn("Updater", &format!("{e}"))?,
+            }
+            self.announced.push(name);
+        }
+        Ok(())
+    }
+
+    fn change(&mut self, to: Mode) -> io::Result<()> {
+        let from = self.mode;
+        self.mode = to;
+        self.log
+            .info("SaleMode", &format!("Mode changed: {from} -> {to}"))
+    }
+
+    /// The cashier's mode from the control file: `SALE` when there is none.
+    fn read_control(&mut self) -> Option<Mode> {
+        let text = match fs::read_to_string(&self.control) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Some(Mode::Sale),
+            Err(_) => return None,
+        };
+        match Mode::parse(&text).filter(|m| m.at_work()) {
+            Some(m) => Some(m),
+            None if text.trim().is_empty() => Some(Mode::Sale),
+            None => {
+                if self.bad_control.as_deref() != Some(text.as_str()) {
+                    // Not in the register's log: the control file is the
+                    // simulation's, not the product's.
+                    eprintln!(
+                        "register simulation: control file {}: {:?} is not SALE, RECEIPT or LOCKED",
+                        self.control.display(),
+                        text.trim()
+                    );
+                    self.bad_control = Some(text);
+                }
+                None
+            }
+        }
+    }
+}
+
+impl SimProcess for Register {
     fn start(&mut self) -> io::Result<()> {
         // A register that keeps no version file runs the version its main
         // module was built for.
@@ -511,15 +596,6 @@ impl Register {
         self.check_packages()
     }
 
-    /// Logs why the program cannot start and ends the process with an error.
-    fn fail(&mut self, message: &str) -> io::Result<()> {
-        self.log.error("Mint", message)?;
-        self.change(Mode::Stopped)?;
-        Err(io::Error::other(format!(
-            "UKM 5 POS did not start: {message}"
-        )))
-    }
-
     fn poll(&mut self) -> io::Result<()> {
         if self.mode.at_work()
             && let Some(wanted) = self.read_control()
@@ -530,68 +606,7 @@ impl Register {
         self.check_packages()
     }
 
-    /// Follows the cashier into `wanted`.
-    fn serve(&mut self, wanted: Mode) -> io::Result<()> {
-        let from = self.mode;
-        if wanted == Mode::Receipt {
-            self.receipts += 1;
-            self.log
-                .info("Receipt", &format!("Receipt #{} opened", self.receipts))?;
-        }
-        self.change(wanted)?;
-        if from == Mode::Receipt {
-            self.log.info(
-                "Receipt",
-                &format!("Receipt #{} closed, paid", self.receipts),
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Announces packages that appeared in the drop folder, as `update.conf` says.
-    fn check_packages(&mut self) -> io::Result<()> {
-        let drop = self.home.join(PACKAGE_DIR);
-        let Ok(entries) = fs::read_dir(&drop) else {
-            return Ok(());
-        };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("ukm5_pos_") && n.ends_with(".tgz"))
-            .collect();
-        names.sort();
-        // A package taken away (installed or withdrawn) is announced again if it
-        // comes back.
-        self.announced.retain(|a| names.contains(a));
-        for name in names {
-            if self.announced.contains(&name) {
-                continue;
-            }
-            let update_dir = self.home.join(UPDATE_DIR);
-            match auto_update_timeout(&self.home) {
-                Ok(Some(minutes)) => self.log.info(
-                    "Updater",
-                    &format!(
-                        "Update package {name} found in {}: the cashier will be asked to update in {minutes} min (autoUpdateTimeout)",
-                        drop.display()
-                    ),
-                )?,
-                Ok(None) => self.log.info(
-                    "Updater",
-                    &format!(
-                        "Update package {name} found in {}: autoUpdateTimeout is off, the register does not ask; run sudo ./up.sh in {}",
-                        drop.display(),
-                        update_dir.display()
-                    ),
-                )?,
-                Err(e) => self.log.warn("Updater", &format!("{e}"))?,
-            }
-            self.announced.push(name);
-        }
-        Ok(())
-    }
-
-    fn stop(&mut self) -> io::Result<()> {
+    fn stop(&mut self, _why: &str) -> io::Result<()> {
         if self.mode == Mode::Receipt {
             self.log.warn(
                 "Receipt",
@@ -605,39 +620,6 @@ impl Register {
             self.change(Mode::Stopped)?;
         }
         self.log.info("Mint", "UKM 5 POS stopped")
-    }
-
-    fn change(&mut self, to: Mode) -> io::Result<()> {
-        let from = self.mode;
-        self.mode = to;
-        self.log
-            .info("SaleMode", &format!("Mode changed: {from} -> {to}"))
-    }
-
-    /// The cashier's mode from the control file: `SALE` when there is none.
-    fn read_control(&mut self) -> Option<Mode> {
-        let text = match fs::read_to_string(&self.control) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Some(Mode::Sale),
-            Err(_) => return None,
-        };
-        match Mode::parse(&text).filter(|m| m.at_work()) {
-            Some(m) => Some(m),
-            None if text.trim().is_empty() => Some(Mode::Sale),
-            None => {
-                if self.bad_control.as_deref() != Some(text.as_str()) {
-                    // Not in the register's log: the control file is the
-                    // simulation's, not the product's.
-                    eprintln!(
-                        "register simulation: control file {}: {:?} is not SALE, RECEIPT or LOCKED",
-                        self.control.display(),
-                        text.trim()
-                    );
-                    self.bad_control = Some(text);
-                }
-                None
-            }
-        }
     }
 }
 
@@ -740,6 +722,7 @@ pub fn is_ukm5_version(v: &str) -> bool {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     use std::time::Instant;
 
     /// Waits until the register's log satisfies `f`; the bound only keeps a broken
