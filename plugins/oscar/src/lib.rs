@@ -32,14 +32,28 @@
 //!
 //! Layout and state files: `plugins/oscar/README.md`. Every step can be run again
 //! after a crash: progress is read from the trees and from `kv`.
+//!
+//! `package` reads an archive's own files without touching the host (pure, so
+//! tested on the host target), `site` the site's client and unit lists,
+//! `installation` the installation's record of its updates; this file holds the
+//! steps.
 
+mod installation;
 pub mod package;
+mod site;
 
-use package::{Change, change_config, describe, parse_changes, parse_rules};
+use installation::{
+    current, installed_version, kept_archives, kept_name, next_seq, require_installation,
+    staged_dir, timestamp, upd_name,
+};
+use package::{
+    Change, Kind, archive_name, change_config, describe, extension_of, kind_of, parse_changes,
+};
+use site::{check_clients, read_clients, read_units};
 use std::io::Write;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use posup_plugin_sdk::config::{named_log, product_path};
+use posup_plugin_sdk::config::named_log;
 use posup_plugin_sdk::files::{exists, file_name, package_text, tree_size};
 use posup_plugin_sdk::watch::{remember_log_end, remembered_mark, state_name};
 use posup_plugin_sdk::{
@@ -89,38 +103,6 @@ const KV_KEYS: [&str; 8] = [
 ];
 
 struct Oscar;
-
-/// The three ways an OSCAR update is applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Complete,
-    Partial,
-    Small,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Complete => "complete",
-            Kind::Partial => "partial",
-            Kind::Small => "small",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Kind> {
-        [Kind::Complete, Kind::Partial, Kind::Small]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
-
-    fn rules(self) -> &'static str {
-        match self {
-            Kind::Complete => "completeupdate = 1",
-            Kind::Partial => "completeupdate = 0",
-            Kind::Small => "smallupdate = 1",
-        }
-    }
-}
 
 impl Plugin for Oscar {
     fn info() -> PluginInfo {
@@ -800,20 +782,6 @@ fn analyse(package: &str) -> Result<Analysis, Stop> {
     })
 }
 
-/// The kind of update a `Rules` text describes. `Rules` allows no other
-/// combination, so two archives have identical `Rules` exactly when their
-/// kinds agree.
-fn kind_of(rules: &str) -> Result<Kind, String> {
-    let rules = parse_rules(rules)?;
-    Ok(if rules.complete {
-        Kind::Complete
-    } else if rules.small {
-        Kind::Small
-    } else {
-        Kind::Partial
-    })
-}
-
 /// A mixed Windows/Linux system receives one update twice: `oscupd<nnn>.tgz`
 /// for its Linux units and `oscupd<nnn>.zip` for its Windows units, both
 /// copied to the server's `work` folder, and the document requires identical
@@ -838,168 +806,6 @@ fn same_rules_as_counterpart(a: &Analysis) -> Result<(), Stop> {
             a.kind.rules(),
             theirs.rules()
         )));
-    }
-    Ok(())
-}
-
-/// `oscupd10.tgz` → (`oscupd10`, `tgz`). The name ends in `.tgz` (Linux) or
-/// `.zip` (Windows); `nnn` is a free description.
-fn archive_name(name: &str) -> Result<(String, String), String> {
-    let lower = name.to_ascii_lowercase();
-    let parsed = lower.strip_prefix("oscupd").and_then(|rest| {
-        let (desc, ext) = rest.rsplit_once('.')?;
-        let ok = !desc.is_empty()
-            && desc
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        (ok && (ext == "tgz" || ext == "zip")).then(|| (format!("oscupd{desc}"), ext.to_owned()))
-    });
-    parsed.ok_or_else(|| {
-        format!("{name}: OSCAR update archives are named oscupd<nnn>.tgz (Linux) or oscupd<nnn>.zip (Windows), e.g. oscupd10.tgz")
-    })
-}
-
-fn extension_of(name: &str) -> String {
-    archive_name(name)
-        .map(|(_, e)| e)
-        .unwrap_or_else(|_| "tgz".into())
-}
-
-/// One terminal client from `work.srv/clients.lst`.
-struct Client {
-    name: String,
-    role: String,
-    operator: Option<String>,
-    transaction: Option<String>,
-}
-
-/// One system unit from `work.srv/sysunits.lst`.
-struct Unit {
-    name: String,
-    online: bool,
-    free: u64,
-}
-
-fn state_lines(path: &str) -> Result<Vec<(usize, Vec<String>)>, Stop> {
-    let text = std::fs::read_to_string(path).at(path)?;
-    Ok(text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .map(|(n, l)| (n + 1, l.split_whitespace().map(str::to_owned).collect()))
-        .collect())
-}
-
-fn dash(s: &str) -> Option<String> {
-    (s != "-").then(|| s.to_owned())
-}
-
-/// The terminal clients, when the site keeps their list; `None` when it does not.
-fn read_clients() -> Result<Option<Vec<Client>>, Stop> {
-    let path = product_path("oscar-clients", CLIENTS)?;
-    if !exists(&path) {
-        return Ok(None);
-    }
-    state_lines(&path)?
-        .into_iter()
-        .map(|(n, cols)| match cols.as_slice() {
-            [name, _unit, role, operator, transaction] => Ok(Client {
-                name: name.clone(),
-                role: role.clone(),
-                operator: dash(operator),
-                transaction: dash(transaction),
-            }),
-            _ => Err(Stop::failed(format!(
-                "{path} line {n}: expected `client unit role operator transaction`; the server's client list cannot be read"
-            ))),
-        })
-        .collect::<Result<_, _>>()
-        .map(Some)
-}
-
-/// The system units, when the site keeps their list; `None` when it does not.
-fn read_units() -> Result<Option<Vec<Unit>>, Stop> {
-    let path = product_path("oscar-units", UNITS)?;
-    if !exists(&path) {
-        return Ok(None);
-    }
-    state_lines(&path)?
-        .into_iter()
-        .map(|(n, cols)| match cols.as_slice() {
-            [name, _role, state, free] if state == "online" || state == "offline" => Ok(Unit {
-                name: name.clone(),
-                online: state == "online",
-                free: free.parse().map_err(|_| {
-                    Stop::failed(format!(
-                        "{path} line {n}: free space {free:?} is not a number of bytes"
-                    ))
-                })?,
-            }),
-            _ => Err(Stop::failed(format!(
-                "{path} line {n}: expected `unit role online|offline free-bytes`"
-            ))),
-        })
-        .collect::<Result<_, _>>()
-        .map(Some)
-}
-
-/// Nobody may be working at a terminal client, and every system unit must be
-/// online. The admin client, which runs the update, may be signed on. Where the
-/// site keeps no list to tell, only a Forced update goes ahead: the operator
-/// ordered it for a closed store, as the document's forced updates are meant.
-fn check_clients(task: TaskKind) -> Result<(), Stop> {
-    let (clients, units) = (read_clients()?, read_units()?);
-    let forced = task == TaskKind::ForcedUpdate;
-    if (clients.is_none() || units.is_none()) && !forced {
-        let missing: Vec<String> = [
-            clients
-                .is_none()
-                .then(|| product_path("oscar-clients", CLIENTS)),
-            units.is_none().then(|| product_path("oscar-units", UNITS)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Result<_, _>>()?;
-        return Err(Stop::failed(format!(
-            "posup cannot tell whether a transaction is open, an operator is signed on or a system unit is offline: \
-             there is no {}. Have the site write them (server variables `oscar-clients`, `oscar-units`; format in the \
-             plugin's README), or run this update as a Forced update when the store is closed; nothing was changed",
-            missing.join(" and ")
-        )));
-    }
-    if forced && (clients.is_none() || units.is_none()) {
-        log::warn(
-            "no client or system-unit list to check: a Forced update goes ahead as ordered, without knowing whether anybody works at a client",
-        );
-    }
-    for c in clients.iter().flatten().filter(|c| c.role != "admin") {
-        if let Some(t) = &c.transaction {
-            return Err(Stop::not_now(
-                format!(
-                    "transaction {t} is open at terminal client {}: the update waits until it is closed",
-                    c.name
-                ),
-                RETRY_SECS,
-            ));
-        }
-        if let Some(o) = &c.operator {
-            return Err(Stop::not_now(
-                format!(
-                    "operator {o} is signed on at terminal client {}: the update waits until nobody is signed on",
-                    c.name
-                ),
-                RETRY_SECS,
-            ));
-        }
-    }
-    if let Some(u) = units.iter().flatten().find(|u| !u.online) {
-        return Err(Stop::not_now(
-            format!(
-                "system unit {} is offline: every terminal client must be online for the update",
-                u.name
-            ),
-            RETRY_SECS,
-        ));
     }
     Ok(())
 }
@@ -1067,237 +873,6 @@ fn wait_ready(version: &str) -> Result<(), Stop> {
             _ => {}
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The sequence number of the update of this step's package, once staged.
-fn current(ctx: &StepContext) -> Result<Option<u32>, Stop> {
-    if kv::get("package")?.as_deref() != Some(file_name(&ctx.package)) {
-        return Ok(None);
-    }
-    Ok(kv::get("seq")?.and_then(|s| s.parse().ok()))
-}
-
-/// One more than the highest `UPD<nnn>` in `work/update`.
-fn next_seq() -> Result<u32, Stop> {
-    let dir = format!("{PRODUCT}/{UPDATE_DIR}");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(1);
-    };
-    let mut max = 0;
-    for entry in entries {
-        let name = entry.at(&dir)?.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name
-            .strip_prefix("UPD")
-            .and_then(|r| r.split_once('.'))
-            .and_then(|(n, _)| n.parse::<u32>().ok())
-        {
-            max = max.max(n);
-        }
-    }
-    Ok(max + 1)
-}
-
-fn upd_name(seq: u32, ext: &str) -> String {
-    format!("UPD{seq:03}.{ext}")
-}
-
-fn kept_name(seq: u32, ext: &str) -> String {
-    format!("Upd{seq:02}.{ext}")
-}
-
-/// The new installation directory of update `seq`, beside the installation's
-/// staging area: the name that holds the old installation after the exchange.
-fn staged_dir(seq: u32) -> String {
-    format!("/staging/OscUpd{seq:02}")
-}
-
-/// `Upd<nn>.*` archives kept in the installation root.
-fn kept_archives() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(PRODUCT) else {
-        return Vec::new();
-    };
-    let mut kept: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            n.strip_prefix("Upd")
-                .and_then(|r| r.split_once('.'))
-                .is_some_and(|(d, _)| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .collect();
-    kept.sort();
-    kept
-}
-
-/// An OSCAR installation has the server's data (`work.srv`) and its programs
-/// (`bin`), as the document describes it.
-fn require_installation() -> Result<(), Stop> {
-    for dir in ["work.srv", "bin"] {
-        if !std::fs::metadata(format!("{PRODUCT}/{dir}")).is_ok_and(|m| m.is_dir()) {
-            return Err(Stop::failed(format!(
-                "no MICROS Retail OSCAR POS installation at {PRODUCT}: its {dir} folder is missing \
-                 (the device configuration's `product` must be the installation folder, e.g. /opt/osc_usr/osc21)"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The installation's `VERSION` where it has one; otherwise the last update
-/// posup installed here; empty when neither tells.
-fn installed_version() -> Result<String, Stop> {
-    if exists(VERSION_FILE) {
-        return Ok(std::fs::read_to_string(VERSION_FILE)
-            .at(VERSION_FILE)?
-            .trim()
-            .to_owned());
-    }
-    Ok(kv::get(INSTALLED_KEY)?.unwrap_or_default())
-}
-
-/// Now, as the Update State log writes it (UTC: the sandbox has no time zone).
-fn timestamp() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        rest / 3_600,
-        rest % 3_600 / 60,
-        rest % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::package::Rules;
-
-    #[test]
-    fn rules_are_read_strictly() {
-        assert_eq!(
-            parse_rules("completeupdate = 1\n"),
-            Ok(Rules {
-                complete: true,
-                small: false
-            })
-        );
-        assert_eq!(
-            parse_rules("completeupdate = 0\r\nSmallupdate = 1\r\n"),
-            Ok(Rules {
-                complete: false,
-                small: true
-            })
-        );
-        assert_eq!(
-            parse_rules("CompleteUpdate=0\n\nSmallUpdate=0\n"),
-            Ok(Rules {
-                complete: false,
-                small: false
-            })
-        );
-        assert_eq!(
-            parse_rules(""),
-            Ok(Rules {
-                complete: false,
-                small: false
-            })
-        );
-        let err = parse_rules("completeupdate = 1\nfastupdate = 1\n").unwrap_err();
-        assert!(
-            err.contains("line 2") && err.contains("fastupdate"),
-            "{err}"
-        );
-        let err = parse_rules("completeupdate = yes\n").unwrap_err();
-        assert!(err.contains("line 1") && err.contains("0 or 1"), "{err}");
-        let err = parse_rules("completeupdate\n").unwrap_err();
-        assert!(err.contains("line 1"), "{err}");
-        let err = parse_rules("smallupdate = 1\nSMALLUPDATE = 0\n").unwrap_err();
-        assert!(err.contains("line 2") && err.contains("line 1"), "{err}");
-        assert!(parse_rules("completeupdate = 1\nsmallupdate = 1\n").is_err());
-        assert!(parse_rules("# comment\ncompleteupdate = 1\n").is_err());
-    }
-
-    #[test]
-    fn change_files_set_and_remove_variables() {
-        let changes = parse_changes(
-            "oscar.ini.chg",
-            "R:MICROS Retail OSCAR POS_OMLPATH=..\\logs,30\r\nS:MICROS Retail OSCAR POS_VERSION=\"Oscar3_ASU_Test_3\"\r\n",
-        )
-        .unwrap();
-        assert_eq!(
-            changes,
-            vec![
-                Change::Remove("MICROS Retail OSCAR POS_OMLPATH".into()),
-                Change::Set(
-                    "MICROS Retail OSCAR POS_VERSION".into(),
-                    "\"Oscar3_ASU_Test_3\"".into()
-                ),
-            ]
-        );
-        let ini = "; clients\r\nMICROS Retail OSCAR POS_OMLPATH=..\\logs,30\r\nmicros retail oscar pos_version=\"old\"\r\nX=1\r\n";
-        assert_eq!(
-            change_config(ini, &changes, true),
-            "; clients\r\nMICROS Retail OSCAR POS_VERSION=\"Oscar3_ASU_Test_3\"\r\nX=1\r\n"
-        );
-        let def = parse_changes("oscar.def.chg", "R:SALESDEBUG =Y\nS:OSINTERDEBUG=Y\n").unwrap();
-        assert_eq!(
-            change_config("# linux\nSALESDEBUG=Y\nLANG=C\n", &def, false),
-            "# linux\nLANG=C\nOSINTERDEBUG=Y\n"
-        );
-        // Linux names are case-sensitive.
-        assert_eq!(
-            change_config("salesdebug=Y\n", &def, false),
-            "salesdebug=Y\nOSINTERDEBUG=Y\n"
-        );
-        let err = parse_changes("oscar.def.chg", "S:A=1\nX:B=2\n").unwrap_err();
-        assert!(err.contains("oscar.def.chg line 2"), "{err}");
-        assert!(parse_changes("oscar.def.chg", "S:NOVALUE\n").is_err());
-        assert!(parse_changes("oscar.def.chg", "R:=x\n").is_err());
-    }
-
-    #[test]
-    fn archive_names() {
-        assert_eq!(
-            archive_name("oscupd10.tgz"),
-            Ok(("oscupd10".into(), "tgz".into()))
-        );
-        assert_eq!(
-            archive_name("OSCUPD4.ZIP"),
-            Ok(("oscupd4".into(), "zip".into()))
-        );
-        assert_eq!(
-            archive_name("oscupd_spring-2.zip"),
-            Ok(("oscupd_spring-2".into(), "zip".into()))
-        );
-        for bad in [
-            "oscupd.tgz",
-            "oscupd10.tar.gz",
-            "upd10.zip",
-            "oscupd10.rar",
-            "oscupd1 0.zip",
-        ] {
-            assert!(
-                archive_name(bad).unwrap_err().contains("oscupd<nnn>.tgz"),
-                "{bad}"
-            );
-        }
-        assert_eq!(upd_name(3, "tgz"), "UPD003.tgz");
-        assert_eq!(kept_name(3, "zip"), "Upd03.zip");
-        assert_eq!(staged_dir(12), "/staging/OscUpd12");
     }
 }
 

@@ -196,6 +196,191 @@ pub fn change_config(text: &str, changes: &[Change], ignore_case: bool) -> Strin
     out
 }
 
+/// The three ways an OSCAR update is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Complete,
+    Partial,
+    Small,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Complete => "complete",
+            Kind::Partial => "partial",
+            Kind::Small => "small",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        [Kind::Complete, Kind::Partial, Kind::Small]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
+    pub fn rules(self) -> &'static str {
+        match self {
+            Kind::Complete => "completeupdate = 1",
+            Kind::Partial => "completeupdate = 0",
+            Kind::Small => "smallupdate = 1",
+        }
+    }
+}
+
+/// The kind of update a `Rules` text describes. `Rules` allows no other
+/// combination, so two archives have identical `Rules` exactly when their
+/// kinds agree.
+pub fn kind_of(rules: &str) -> Result<Kind, String> {
+    let rules = parse_rules(rules)?;
+    Ok(if rules.complete {
+        Kind::Complete
+    } else if rules.small {
+        Kind::Small
+    } else {
+        Kind::Partial
+    })
+}
+
+/// `oscupd10.tgz` → (`oscupd10`, `tgz`). The name ends in `.tgz` (Linux) or
+/// `.zip` (Windows); `nnn` is a free description.
+pub fn archive_name(name: &str) -> Result<(String, String), String> {
+    let lower = name.to_ascii_lowercase();
+    let parsed = lower.strip_prefix("oscupd").and_then(|rest| {
+        let (desc, ext) = rest.rsplit_once('.')?;
+        let ok = !desc.is_empty()
+            && desc
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        (ok && (ext == "tgz" || ext == "zip")).then(|| (format!("oscupd{desc}"), ext.to_owned()))
+    });
+    parsed.ok_or_else(|| {
+        format!("{name}: OSCAR update archives are named oscupd<nnn>.tgz (Linux) or oscupd<nnn>.zip (Windows), e.g. oscupd10.tgz")
+    })
+}
+
+pub fn extension_of(name: &str) -> String {
+    archive_name(name)
+        .map(|(_, e)| e)
+        .unwrap_or_else(|_| "tgz".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_are_read_strictly() {
+        assert_eq!(
+            parse_rules("completeupdate = 1\n"),
+            Ok(Rules {
+                complete: true,
+                small: false
+            })
+        );
+        assert_eq!(
+            parse_rules("completeupdate = 0\r\nSmallupdate = 1\r\n"),
+            Ok(Rules {
+                complete: false,
+                small: true
+            })
+        );
+        assert_eq!(
+            parse_rules("CompleteUpdate=0\n\nSmallUpdate=0\n"),
+            Ok(Rules {
+                complete: false,
+                small: false
+            })
+        );
+        assert_eq!(
+            parse_rules(""),
+            Ok(Rules {
+                complete: false,
+                small: false
+            })
+        );
+        let err = parse_rules("completeupdate = 1\nfastupdate = 1\n").unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("fastupdate"),
+            "{err}"
+        );
+        let err = parse_rules("completeupdate = yes\n").unwrap_err();
+        assert!(err.contains("line 1") && err.contains("0 or 1"), "{err}");
+        let err = parse_rules("completeupdate\n").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+        let err = parse_rules("smallupdate = 1\nSMALLUPDATE = 0\n").unwrap_err();
+        assert!(err.contains("line 2") && err.contains("line 1"), "{err}");
+        assert!(parse_rules("completeupdate = 1\nsmallupdate = 1\n").is_err());
+        assert!(parse_rules("# comment\ncompleteupdate = 1\n").is_err());
+    }
+
+    #[test]
+    fn change_files_set_and_remove_variables() {
+        let changes = parse_changes(
+            "oscar.ini.chg",
+            "R:MICROS Retail OSCAR POS_OMLPATH=..\\logs,30\r\nS:MICROS Retail OSCAR POS_VERSION=\"Oscar3_ASU_Test_3\"\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            changes,
+            vec![
+                Change::Remove("MICROS Retail OSCAR POS_OMLPATH".into()),
+                Change::Set(
+                    "MICROS Retail OSCAR POS_VERSION".into(),
+                    "\"Oscar3_ASU_Test_3\"".into()
+                ),
+            ]
+        );
+        let ini = "; clients\r\nMICROS Retail OSCAR POS_OMLPATH=..\\logs,30\r\nmicros retail oscar pos_version=\"old\"\r\nX=1\r\n";
+        assert_eq!(
+            change_config(ini, &changes, true),
+            "; clients\r\nMICROS Retail OSCAR POS_VERSION=\"Oscar3_ASU_Test_3\"\r\nX=1\r\n"
+        );
+        let def = parse_changes("oscar.def.chg", "R:SALESDEBUG =Y\nS:OSINTERDEBUG=Y\n").unwrap();
+        assert_eq!(
+            change_config("# linux\nSALESDEBUG=Y\nLANG=C\n", &def, false),
+            "# linux\nLANG=C\nOSINTERDEBUG=Y\n"
+        );
+        // Linux names are case-sensitive.
+        assert_eq!(
+            change_config("salesdebug=Y\n", &def, false),
+            "salesdebug=Y\nOSINTERDEBUG=Y\n"
+        );
+        let err = parse_changes("oscar.def.chg", "S:A=1\nX:B=2\n").unwrap_err();
+        assert!(err.contains("oscar.def.chg line 2"), "{err}");
+        assert!(parse_changes("oscar.def.chg", "S:NOVALUE\n").is_err());
+        assert!(parse_changes("oscar.def.chg", "R:=x\n").is_err());
+    }
+
+    #[test]
+    fn archive_names() {
+        assert_eq!(
+            archive_name("oscupd10.tgz"),
+            Ok(("oscupd10".into(), "tgz".into()))
+        );
+        assert_eq!(
+            archive_name("OSCUPD4.ZIP"),
+            Ok(("oscupd4".into(), "zip".into()))
+        );
+        assert_eq!(
+            archive_name("oscupd_spring-2.zip"),
+            Ok(("oscupd_spring-2".into(), "zip".into()))
+        );
+        for bad in [
+            "oscupd.tgz",
+            "oscupd10.tar.gz",
+            "upd10.zip",
+            "oscupd10.rar",
+            "oscupd1 0.zip",
+        ] {
+            assert!(
+                archive_name(bad).unwrap_err().contains("oscupd<nnn>.tgz"),
+                "{bad}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod properties {
     use super::*;
