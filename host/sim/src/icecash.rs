@@ -424,24 +424,7 @@ fn program_files(version: &str) -> Vec<(String, String, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering;
-    use std::time::Instant;
-
-    fn wait_for(file: &Path, mut f: impl FnMut(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = fs::read_to_string(file).unwrap_or_default();
-            if f(&text) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the log never got there:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    use crate::testing::{Running, wait_for};
 
     #[test]
     fn an_installed_register_looks_like_one() {
@@ -478,11 +461,10 @@ mod tests {
             tmp.path().join("logs"),
         );
         init_icecash(&product, &logs, "2.0.059").unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (p1, l1, s1) = (product.clone(), logs.clone(), stop.clone());
-        let a = std::thread::spawn(move || run_dicecash_until(&p1, &l1, &s1));
-        let (p2, l2, s2) = (product.clone(), logs.clone(), stop.clone());
-        let b = std::thread::spawn(move || run_dtprint_until(&p2, &l2, &s2));
+        let (p1, l1) = (product.clone(), logs.clone());
+        let a = Running::spawn(move |stop| run_dicecash_until(&p1, &l1, stop));
+        let (p2, l2) = (product.clone(), logs.clone());
+        let b = Running::spawn(move |stop| run_dtprint_until(&p2, &l2, stop));
         let log = wait_for(&logs.join(DICECASH_LOG), |t| t.contains("Start"));
         assert!(
             log.contains("INFO  [dIceCash] Start dIceCash Server v 2.0.059 [10110]"),
@@ -493,9 +475,8 @@ mod tests {
             log.contains("Printer fprint (KKM_FPRINT) on /dev/ttyS0: ready"),
             "{log}"
         );
-        stop.store(true, Ordering::SeqCst);
-        a.join().unwrap().unwrap();
-        b.join().unwrap().unwrap();
+        a.stop().unwrap();
+        b.stop().unwrap();
         let log = fs::read_to_string(logs.join(DICECASH_LOG)).unwrap();
         assert!(
             log.trim_end()

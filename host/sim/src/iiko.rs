@@ -806,56 +806,16 @@ const CLIENT_MENU: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering;
+    use crate::testing::{Running, wait_for};
 
-    fn wait_for(file: &Path, mut f: impl FnMut(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = fs::read_to_string(file).unwrap_or_default();
-            if f(&text) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the log never got there:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// A product running on a thread, stopped when dropped.
-    struct Running {
-        stop: Arc<AtomicBool>,
-        thread: Option<std::thread::JoinHandle<io::Result<()>>>,
-    }
-
-    impl Running {
-        fn start(
-            run: fn(&Path, &Path, &AtomicBool) -> io::Result<()>,
-            product: &Path,
-            logs: &Path,
-        ) -> Self {
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = stop.clone();
-            let (product, logs) = (product.to_path_buf(), logs.to_path_buf());
-            let thread = std::thread::spawn(move || run(&product, &logs, &flag));
-            Self {
-                stop,
-                thread: Some(thread),
-            }
-        }
-
-        fn stop(mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-            self.thread.take().unwrap().join().unwrap().unwrap();
-        }
-    }
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-        }
+    /// The product installed at `product`, run by `run` on a thread.
+    fn run(
+        run: fn(&Path, &Path, &AtomicBool) -> io::Result<()>,
+        product: &Path,
+        logs: &Path,
+    ) -> Running {
+        let (product, logs) = (product.to_path_buf(), logs.to_path_buf());
+        Running::spawn(move |stop| run(&product, &logs, stop))
     }
 
     fn messages(log: &str) -> Vec<&str> {
@@ -905,7 +865,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (product, logs) = (tmp.path().join("office"), tmp.path().join("logs"));
         init_backoffice(&product, &logs, "3.1.0").unwrap();
-        let bo = Running::start(run_backoffice_until, &product, &logs);
+        let bo = run(run_backoffice_until, &product, &logs);
         let log = wait_for(&logs.join(BACKOFFICE_LOG), |t| {
             t.contains("published to RMS")
         });
@@ -918,7 +878,7 @@ mod tests {
             m.contains(&"INFO  [Kiosk.BackOffice] Kiosk settings version 3.1.0 published to RMS")
         );
         assert!(!log.contains("ERROR"));
-        bo.stop();
+        bo.stop().unwrap();
         let log = fs::read_to_string(logs.join(BACKOFFICE_LOG)).unwrap();
         assert_eq!(
             messages(&log).last().unwrap(),
@@ -932,7 +892,7 @@ mod tests {
         let (product, logs) = (tmp.path().join("office"), tmp.path().join("logs"));
         init_backoffice(&product, &logs, "3.1.0").unwrap();
         set_rms_login(&product, RmsLogin::Unreachable).unwrap();
-        let bo = Running::start(run_backoffice_until, &product, &logs);
+        let bo = run(run_backoffice_until, &product, &logs);
         wait_for(&logs.join(BACKOFFICE_LOG), |t| {
             t.contains("connection timed out")
         });
@@ -949,7 +909,7 @@ mod tests {
             1,
             "a refusal is logged once: {log}"
         );
-        bo.stop();
+        bo.stop().unwrap();
     }
 
     #[test]
@@ -965,7 +925,7 @@ mod tests {
             "\"ResetMenuOnStart\" value=\"true\"",
         );
         fs::write(&config, text).unwrap();
-        let bo = Running::start(run_backoffice_until, &product, &logs);
+        let bo = run(run_backoffice_until, &product, &logs);
         let log = wait_for(&logs.join(BACKOFFICE_LOG), |t| {
             t.contains("Logged in to RMS")
         });
@@ -977,7 +937,7 @@ mod tests {
             menu_summary(&fs::read_to_string(product.join(MENU_FILE)).unwrap()),
             MenuSummary::default()
         );
-        bo.stop();
+        bo.stop().unwrap();
     }
 
     #[test]
@@ -990,11 +950,11 @@ mod tests {
             .unwrap()
             .replace(FRONT_TYPE, "Kiosk.Front.Plugin");
         fs::write(&manifest, text).unwrap();
-        let front = Running::start(run_front_until, &product, &logs);
+        let front = run(run_front_until, &product, &logs);
         let log = wait_for(&logs.join(FRONT_LOG), |t| t.contains("iikoFront is ready"));
         assert!(log.contains("ERROR [PluginHost] Plugin Kiosk.Front failed to start: Could not load type 'Kiosk.Front.Plugin' from assembly 'Kiosk.Front, Version=2.4.0'"), "{log}");
         assert!(log.contains("iikoFront is ready: 0 of 1 plugins running"));
-        front.stop();
+        front.stop().unwrap();
     }
 
     #[test]
@@ -1004,7 +964,7 @@ mod tests {
         init_front(&product, &logs, "2.4.0", "3.2.0").unwrap();
         assert!(product.join("Desktop/iikoFront.lnk").is_file());
         set_rms_kiosk_settings(&product, "3.1.0").unwrap();
-        let front = Running::start(run_front_until, &product, &logs);
+        let front = run(run_front_until, &product, &logs);
         let log = wait_for(&logs.join(FRONT_LOG), |t| t.contains("iikoFront is ready"));
         assert!(
             log.contains(
@@ -1015,11 +975,11 @@ mod tests {
         assert!(
             log.contains("ERROR [PluginHost] Plugin Kiosk.Front crashed on start with exit code 1")
         );
-        front.stop();
+        front.stop().unwrap();
 
         // Once RMS holds the new settings the plugin starts.
         set_rms_kiosk_settings(&product, "3.2.0").unwrap();
-        let front = Running::start(run_front_until, &product, &logs);
+        let front = run(run_front_until, &product, &logs);
         let log = wait_for(&logs.join(FRONT_LOG), |t| {
             t.matches("iikoFront is ready").count() == 2
         });
@@ -1028,7 +988,7 @@ mod tests {
             "{log}"
         );
         assert!(log.contains("iikoFront is ready: 1 of 1 plugins running"));
-        front.stop();
+        front.stop().unwrap();
     }
 
     #[test]

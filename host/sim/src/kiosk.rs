@@ -698,55 +698,17 @@ fn set_mode(file: &Path, mode: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Running, wait_for};
     use std::io::Read;
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering;
 
-    /// Waits until the kiosk's log satisfies `f`; the bound only keeps a broken
-    /// build from hanging.
-    fn wait_for_log(logs: &Path, mut f: impl FnMut(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = fs::read_to_string(logs.join(LOG_FILE)).unwrap_or_default();
-            if f(&text) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the kiosk log never got there:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn wait_for_log(logs: &Path, f: impl FnMut(&str) -> bool) -> String {
+        wait_for(&logs.join(LOG_FILE), f)
     }
 
-    /// A kiosk running on a thread, stopped when dropped.
-    struct Running {
-        stop: Arc<AtomicBool>,
-        thread: Option<std::thread::JoinHandle<io::Result<()>>>,
-    }
-
-    impl Running {
-        fn start(product: &Path, logs: &Path) -> Self {
-            let stop = Arc::new(AtomicBool::new(false));
-            let kiosk = Kiosk::new(product, logs);
-            let flag = stop.clone();
-            let thread = std::thread::spawn(move || kiosk.run_until(&flag));
-            Self {
-                stop,
-                thread: Some(thread),
-            }
-        }
-
-        fn stop(mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-            self.thread.take().unwrap().join().unwrap().unwrap();
-        }
-    }
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-        }
+    /// The kiosk installed at `product`, running on a thread.
+    fn run(product: &Path, logs: &Path) -> Running {
+        let kiosk = Kiosk::new(product, logs);
+        Running::spawn(move |stop| kiosk.run_until(stop))
     }
 
     fn fixture(version: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
@@ -851,7 +813,7 @@ mod tests {
     #[test]
     fn starts_into_idle_and_stops() {
         let (_tmp, product, logs) = fixture("7.4.2");
-        let kiosk = Running::start(&product, &logs);
+        let kiosk = run(&product, &logs);
         let log = wait_for_log(&logs, |t| t.contains("State changed: STARTING -> IDLE"));
         let m = messages(&log);
         assert_eq!(m[0], "INFO  [KioskApp] Starting self-service kiosk 7.4.2");
@@ -861,7 +823,7 @@ mod tests {
         );
         assert!(m.contains(&"INFO  [CashShift] Cash shift is open"));
         assert!(!log.contains("ERROR"));
-        kiosk.stop();
+        kiosk.stop().unwrap();
         let log = fs::read_to_string(logs.join(LOG_FILE)).unwrap();
         assert_eq!(
             messages(&log).last().unwrap(),
@@ -874,12 +836,12 @@ mod tests {
     fn maintenance_mode_from_the_configuration() {
         let (_tmp, product, logs) = fixture("7.4.2");
         set_maintenance(&product, true).unwrap();
-        let kiosk = Running::start(&product, &logs);
+        let kiosk = run(&product, &logs);
         let log = wait_for_log(&logs, |t| {
             t.contains("State changed: STARTING -> maintenance")
         });
         assert!(!log.contains("-> IDLE"));
-        kiosk.stop();
+        kiosk.stop().unwrap();
     }
 
     #[test]
@@ -891,12 +853,12 @@ mod tests {
         tar::Archive::new(flate2::read::GzDecoder::new(file))
             .unpack(&product)
             .unwrap();
-        let kiosk = Running::start(&product, &logs);
+        let kiosk = run(&product, &logs);
         let log = wait_for_log(&logs, |t| {
             t.contains("ERROR [KioskApp] Failed to load menu:")
         });
         assert!(log.contains("Starting self-service kiosk 7.5.0"));
-        kiosk.stop();
+        kiosk.stop().unwrap();
         let log = fs::read_to_string(logs.join(LOG_FILE)).unwrap();
         assert!(!log.contains("-> IDLE"), "{log}");
         assert!(log.contains("State changed: STARTING -> STOPPED"), "{log}");
@@ -907,7 +869,7 @@ mod tests {
         let (_tmp, product, logs) = fixture("7.4.2");
         // A customer is already waiting when the kiosk comes up.
         set_customer(&product, KioskState::MenuBrowsing).unwrap();
-        let kiosk = Running::start(&product, &logs);
+        let kiosk = run(&product, &logs);
         wait_for_log(&logs, |t| {
             t.contains("State changed: IDLE -> menu browsing")
         });
@@ -920,7 +882,7 @@ mod tests {
         assert!(log.contains("INFO  [Order] Order #1 paid"));
         assert_eq!(last_state(&log), Some("IDLE"));
         assert!(set_customer(&product, KioskState::Maintenance).is_err());
-        kiosk.stop();
+        kiosk.stop().unwrap();
     }
 
     #[test]

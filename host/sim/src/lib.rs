@@ -22,6 +22,8 @@ pub mod oscar;
 pub mod package;
 mod process;
 pub mod product_log;
+#[cfg(test)]
+mod testing;
 pub mod ukm5;
 
 use std::io;

@@ -505,24 +505,9 @@ central.server.url=https://central.example.local/openbravo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::wait_for;
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
-    use std::time::Instant;
-
-    fn wait_for(file: &Path, mut f: impl FnMut(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = fs::read_to_string(file).unwrap_or_default();
-            if f(&text) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the log never got there:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 
     #[test]
     fn the_computed_version_grows_with_any_module() {

@@ -669,52 +669,16 @@ fn check_version(version: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering;
-    use std::time::Instant;
+    use crate::testing::{Running, wait_for};
 
-    fn wait_for_log(logs: &Path, mut f: impl FnMut(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = fs::read_to_string(logs.join(LOG_FILE)).unwrap_or_default();
-            if f(&text) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server log never got there:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn wait_for_log(logs: &Path, f: impl FnMut(&str) -> bool) -> String {
+        wait_for(&logs.join(LOG_FILE), f)
     }
 
-    struct Running {
-        stop: Arc<AtomicBool>,
-        thread: Option<std::thread::JoinHandle<io::Result<()>>>,
-    }
-
-    impl Running {
-        fn start(product: &Path, logs: &Path) -> Self {
-            let stop = Arc::new(AtomicBool::new(false));
-            let server = Server::new(product, logs);
-            let flag = stop.clone();
-            let thread = std::thread::spawn(move || server.run_until(&flag));
-            Self {
-                stop,
-                thread: Some(thread),
-            }
-        }
-
-        fn stop(mut self) -> io::Result<()> {
-            self.stop.store(true, Ordering::SeqCst);
-            self.thread.take().unwrap().join().unwrap()
-        }
-    }
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-        }
+    /// The server installed at `product`, running on a thread.
+    fn run(product: &Path, logs: &Path) -> Running {
+        let server = Server::new(product, logs);
+        Running::spawn(move |stop| server.run_until(stop))
     }
 
     fn fixture(version: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
@@ -791,7 +755,7 @@ mod tests {
     #[test]
     fn starts_ready_logs_the_clients_and_stops() {
         let (_tmp, product, logs) = fixture("21.3.0");
-        let server = Running::start(&product, &logs);
+        let server = run(&product, &logs);
         let log = wait_for_log(&logs, |t| t.contains(" ready, "));
         let m = messages(&log);
         assert!(
@@ -863,7 +827,7 @@ mod tests {
         for (path, bytes, _) in program_files("21.3.1").into_iter().take(2) {
             fs::write(product.join(path), bytes).unwrap();
         }
-        let server = Running::start(&product, &logs);
+        let server = run(&product, &logs);
         wait_for_log(&logs, |t| t.contains("server 21.3.1 ready"));
         server.stop().unwrap();
     }

@@ -721,54 +721,15 @@ pub fn is_ukm5_version(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering;
-    use std::time::Instant;
+    use crate::testing::{Running, wait_for};
 
-    /// Waits until the register's log satisfies `f`; the bound only keeps a broken
-    /// build from hanging.
-    fn wait_for_log(logs: &Path, mut f: impl FnMut(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = fs::read_to_string(logs.join(LOG_FILE)).unwrap_or_default();
-            if f(&text) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the register log never got there:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn wait_for_log(logs: &Path, f: impl FnMut(&str) -> bool) -> String {
+        wait_for(&logs.join(LOG_FILE), f)
     }
 
-    /// A register running on a thread, stopped when dropped.
-    struct Running {
-        stop: Arc<AtomicBool>,
-        thread: Option<std::thread::JoinHandle<io::Result<()>>>,
-    }
-
-    impl Running {
-        fn start(register: Register) -> Self {
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = stop.clone();
-            let thread = std::thread::spawn(move || register.run_until(&flag));
-            Self {
-                stop,
-                thread: Some(thread),
-            }
-        }
-
-        fn stop(mut self) -> io::Result<()> {
-            self.stop.store(true, Ordering::SeqCst);
-            self.thread.take().unwrap().join().unwrap()
-        }
-    }
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-        }
+    /// `register`, running on a thread.
+    fn run(register: Register) -> Running {
+        Running::spawn(move |stop| register.run_until(stop))
     }
 
     fn fixture(version: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
@@ -844,7 +805,7 @@ mod tests {
     #[test]
     fn starts_into_sale_follows_the_cashier_and_stops() {
         let (_tmp, home, logs) = fixture("1.8.4");
-        let register = Running::start(Register::new(&home, &logs));
+        let register = run(Register::new(&home, &logs));
         let log = wait_for_log(&logs, |t| t.contains("Mode changed: STARTING -> SALE"));
         let m = messages(&log);
         assert_eq!(m[0], "INFO  [Mint] Starting UKM 5 POS 1.8.4");
@@ -893,7 +854,7 @@ mod tests {
     fn a_loaded_package_is_announced_as_update_conf_says() {
         let (_tmp, home, logs) = fixture("1.8.4");
         fs::write(home.join(PACKAGE_DIR).join("ukm5_pos_1.14.9.tgz"), b"x").unwrap();
-        let register = Running::start(Register::new(&home, &logs));
+        let register = run(Register::new(&home, &logs));
         let log = wait_for_log(&logs, |t| t.contains("Update package ukm5_pos_1.14.9.tgz"));
         assert!(
             log.contains("the cashier will be asked to update in 10 min (autoUpdateTimeout)"),
@@ -903,7 +864,7 @@ mod tests {
 
         set_auto_update_timeout(&home, None).unwrap();
         fs::remove_file(logs.join(LOG_FILE)).unwrap();
-        let register = Running::start(Register::new(&home, &logs));
+        let register = run(Register::new(&home, &logs));
         let log = wait_for_log(&logs, |t| t.contains("Update package ukm5_pos_1.14.9.tgz"));
         assert!(
             log.contains(
@@ -918,7 +879,7 @@ mod tests {
     fn the_reboot_mark_is_reported_until_a_cold_boot() {
         let (_tmp, home, logs) = fixture("1.14.9");
         fs::write(home.join(REBOOT_MARK), "1.14.9\n").unwrap();
-        let register = Running::start(Register::new(&home, &logs));
+        let register = run(Register::new(&home, &logs));
         let log = wait_for_log(&logs, |t| t.contains("-> SALE"));
         assert!(log.contains("WARN  [Updater] UKM 5 POS 1.14.9 was installed by an update: a full reboot of the register is required"));
         register.stop().unwrap();
@@ -928,7 +889,7 @@ mod tests {
         );
 
         fs::remove_file(logs.join(LOG_FILE)).unwrap();
-        let register = Running::start(Register::new(&home, &logs).cold_boot(true));
+        let register = run(Register::new(&home, &logs).cold_boot(true));
         let log = wait_for_log(&logs, |t| t.contains("-> SALE"));
         assert!(
             log.contains("INFO  [Updater] The update to 1.14.9 is in force after the full reboot")
