@@ -1,11 +1,10 @@
 //! The agent API, `/api/v1/agent`: enroll, poll, feedback and downloads.
 
-use axum::Router;
+use crate::routes::{Routes, get, post};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::{get, post};
 
 use posup_proto::agent::{
     EnrollRequest, EnrollResponse, Feedback, FeedbackAck, FeedbackBatch, FeedbackBatchAck,
@@ -19,15 +18,17 @@ use crate::extract::{Json, Path};
 use crate::poll::{PollBody, bad_json};
 use crate::state::AppState;
 
-pub fn routes(state: &AppState) -> Router<AppState> {
-    Router::new()
+pub fn routes(state: &AppState) -> Routes {
+    Routes::new()
         .route("/enroll", post(enroll))
         .route(
             "/poll",
-            post(poll).layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                crate::metrics::time_polls,
-            )),
+            post(poll).map(|m| {
+                m.layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::metrics::time_polls,
+                ))
+            }),
         )
         .route("/feedback", post(feedback))
         .route("/feedback/batch", post(feedback_batch))

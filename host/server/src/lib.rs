@@ -28,6 +28,8 @@ use posup_runtime::{Runtime, RuntimeConfig};
 use posup_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
+use crate::routes::Routes;
+
 mod agent;
 mod api;
 pub mod auth;
@@ -45,6 +47,7 @@ pub mod openapi;
 mod poll;
 mod reports;
 mod rollout_api;
+mod routes;
 pub mod state;
 pub mod tls;
 pub mod tuf;
@@ -70,14 +73,13 @@ pub fn app(state: AppState) -> Router {
                 drop_caches,
             )),
         )
-        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics::metrics))
-        .nest("/api/v1/agent", agent::routes(&state))
-        .merge(tuf::public_routes())
+        .merge(public_api().into_router())
+        .nest("/api/v1/agent", agent::routes(&state).into_router())
         .nest(
             "/api/v1",
-            api::routes(max_plugin)
-                .merge(tuf::api_routes())
+            operator_api(max_plugin)
+                .into_router()
                 .route_layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     auth::authorize,
@@ -89,6 +91,28 @@ pub fn app(state: AppState) -> Router {
         )
         .fallback(not_found)
         .with_state(state)
+}
+
+/// The routes open to anyone: this API's document and the TUF repository.
+fn public_api() -> Routes {
+    Routes::new()
+        .route("/api/v1/openapi.json", routes::get(openapi_json))
+        .merge(tuf::public_routes())
+}
+
+/// `/api/v1` but the agent's part: the operations whose roles the document
+/// names.
+fn operator_api(max_plugin: usize) -> Routes {
+    api::routes(max_plugin).merge(tuf::api_routes())
+}
+
+/// Every operation the application serves that the OpenAPI document must
+/// describe, as (lowercase method, path) in the document's spelling.
+pub fn documented_routes(state: &AppState) -> Vec<(String, String)> {
+    let mut served = public_api().served("");
+    served.extend(agent::routes(state).served("/api/v1/agent"));
+    served.extend(operator_api(state.settings().max_plugin_bytes).served("/api/v1"));
+    served
 }
 
 /// Any change an operator makes may change what polls answer: the caches of this

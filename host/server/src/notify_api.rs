@@ -5,10 +5,9 @@
 //! only administrators change channels, since they hold bot tokens and webhook
 //! credentials.
 
-use axum::Router;
+use crate::routes::{Routes, get, post};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use posup_proto::Page;
 use posup_proto::notify::{
     ChannelView, CreateChannel, NotificationDetail, NotificationQuery, NotificationView,
@@ -20,8 +19,8 @@ use crate::error::{Error, Result};
 use crate::extract::{Json, Path, Query};
 use crate::state::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/channels", get(list_channels).post(create_channel))
         .route(
             "/channels/{id}",

@@ -1,10 +1,9 @@
 //! The operator API of rollouts and the policy they follow: `/rollouts`,
 //! `/windows`, `/order-rules` and `/sites/{name}/settings`.
 
-use axum::Router;
+use crate::routes::{Routes, get, post, put};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
 use posup_proto::rollout::*;
 use posup_store::RolloutCommand;
 
@@ -13,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::extract::{Json, Path};
 use crate::state::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/rollouts", get(list_rollouts).post(create_rollout))
         .route("/rollouts/{id}", get(get_rollout).delete(delete_rollout))
         .route("/rollouts/{id}/pause", post(pause))
@@ -23,9 +22,9 @@ pub fn routes() -> Router<AppState> {
         .route("/rollouts/{id}/sites", get(rollout_sites))
         .route("/rollouts/{id}/announcements", get(announcements))
         .route("/windows", get(list_windows).post(create_window))
-        .route("/windows/{id}", axum::routing::delete(delete_window))
+        .route("/windows/{id}", crate::routes::delete(delete_window))
         .route("/order-rules", get(list_rules).post(create_rule))
-        .route("/order-rules/{id}", axum::routing::delete(delete_rule))
+        .route("/order-rules/{id}", crate::routes::delete(delete_rule))
         .route("/sites/{name}/settings", put(site_settings))
 }
 

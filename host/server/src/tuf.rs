@@ -9,11 +9,10 @@
 
 use std::path::Path;
 
-use axum::Router;
+use crate::routes::{Routes, get, post};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use posup_proto::api::{OnlineKeysView, PublishMetadata, Role, SignatureView, TufRole, TufStatus};
 use posup_trust::SigningKey;
 use posup_trust::online::{self, OnlineKeys, Published, Upload};
@@ -53,15 +52,15 @@ pub fn load_keys(dir: &Path) -> anyhow::Result<OnlineKeys> {
 
 /// `/tuf/…`: what any TUF client reads. Metadata is public (it is signed and
 /// holds no secret); targets are the fleet's software, for its devices only.
-pub fn public_routes() -> Router<AppState> {
-    Router::new()
+pub fn public_routes() -> Routes {
+    Routes::new()
         .route("/tuf/metadata/{name}", get(metadata))
         .route("/tuf/targets/{*path}", get(target))
 }
 
 /// `/api/v1/tuf…`.
-pub fn api_routes() -> Router<AppState> {
-    Router::new()
+pub fn api_routes() -> Routes {
+    Routes::new()
         .route("/tuf", get(status))
         .route("/tuf/online-keys", get(online_keys))
         .route("/tuf/metadata", post(publish))

@@ -12,9 +12,8 @@ mod tokens;
 mod variables;
 mod versions;
 
-use axum::Router;
+use crate::routes::{Routes, get, post, put};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post, put};
 use posup_proto::api::*;
 
 use crate::error::Result;
@@ -24,8 +23,8 @@ use crate::uploads;
 
 pub(crate) use device_types::check_poll_interval;
 
-pub fn routes(max_plugin_bytes: usize) -> Router<AppState> {
-    Router::new()
+pub fn routes(max_plugin_bytes: usize) -> Routes {
+    Routes::new()
         .route("/health", get(health))
         .route("/devices", get(devices::list_devices))
         .route(
@@ -58,7 +57,7 @@ pub fn routes(max_plugin_bytes: usize) -> Router<AppState> {
             "/plugins",
             get(packages::list_plugins)
                 .post(uploads::upload_plugin)
-                .layer(DefaultBodyLimit::max(max_plugin_bytes)),
+                .map(|m| m.layer(DefaultBodyLimit::max(max_plugin_bytes))),
         )
         .route(
             "/plugins/{sha256}",
@@ -122,14 +121,14 @@ pub fn routes(max_plugin_bytes: usize) -> Router<AppState> {
             "/tokens",
             get(tokens::list_tokens).post(tokens::create_token),
         )
-        .route("/tokens/{id}", axum::routing::delete(tokens::delete_token))
+        .route("/tokens/{id}", crate::routes::delete(tokens::delete_token))
         .route(
             "/enrollment-secrets",
             get(tokens::list_secrets).post(tokens::create_secret),
         )
         .route(
             "/enrollment-secrets/{id}",
-            axum::routing::delete(tokens::delete_secret),
+            crate::routes::delete(tokens::delete_secret),
         )
         .route("/audit", get(tokens::audit))
         .merge(crate::notify_api::routes())

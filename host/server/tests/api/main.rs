@@ -937,6 +937,28 @@ async fn openapi_documents_real_routes_only() {
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 40, "{}", paths.len());
+    // What is routed is documented and what is documented is routed, read from
+    // the route tables themselves.
+    let documented: std::collections::BTreeSet<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.clone(), path.clone()))
+        })
+        .collect();
+    let routed: std::collections::BTreeSet<(String, String)> =
+        posup_server::documented_routes(&e.state)
+            .into_iter()
+            .collect();
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routed, not documented: {undocumented:?}"
+    );
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(unrouted.is_empty(), "documented, not routed: {unrouted:?}");
     for (path, item) in paths {
         let uri = path
             .replace("{id}", "1")
