@@ -18,10 +18,10 @@ pub(crate) struct Methods {
     methods: Vec<Method>,
 }
 
-macro_rules! method {
-    ($($name:ident => $method:ident),* $(,)?) => {
+/// A path's first method, with its handler.
+macro_rules! first_method {
+    ($($name:ident => $method:ident),*) => {
         $(
-            /// A path served by `handler` for this method.
             pub(crate) fn $name<H, T>(handler: H) -> Methods
             where
                 H: Handler<T, AppState>,
@@ -33,10 +33,14 @@ macro_rules! method {
                 }
             }
         )*
+    };
+}
 
+/// Another method at the same path, with its handler.
+macro_rules! more_methods {
+    ($($name:ident => $method:ident),*) => {
         impl Methods {
             $(
-                /// Also serves this method with `handler`.
                 pub(crate) fn $name<H, T>(mut self, handler: H) -> Self
                 where
                     H: Handler<T, AppState>,
@@ -51,7 +55,10 @@ macro_rules! method {
     };
 }
 
-method!(get => GET, post => POST, put => PUT, patch => PATCH, delete => DELETE);
+// What the route tables use: no path is served by PATCH alone, and GET always
+// comes first.
+first_method!(get => GET, post => POST, put => PUT, delete => DELETE);
+more_methods!(post => POST, put => PUT, patch => PATCH, delete => DELETE);
 
 impl Methods {
     /// Wraps the handlers, e.g. in a layer; the methods served stay the same.

@@ -52,14 +52,14 @@ pub fn load_keys(dir: &Path) -> anyhow::Result<OnlineKeys> {
 
 /// `/tuf/…`: what any TUF client reads. Metadata is public (it is signed and
 /// holds no secret); targets are the fleet's software, for its devices only.
-pub fn public_routes() -> Routes {
+pub(crate) fn public_routes() -> Routes {
     Routes::new()
         .route("/tuf/metadata/{name}", get(metadata))
         .route("/tuf/targets/{*path}", get(target))
 }
 
 /// `/api/v1/tuf…`.
-pub fn api_routes() -> Routes {
+pub(crate) fn api_routes() -> Routes {
     Routes::new()
         .route("/tuf", get(status))
         .route("/tuf/online-keys", get(online_keys))
