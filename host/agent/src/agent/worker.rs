@@ -73,6 +73,19 @@ impl Agent {
         });
     }
 
+    /// Reports the action failed in `step` and records it done: nothing was
+    /// installed.
+    fn fail(&self, action: &Action, step: Phase, message: impl Into<String>) {
+        self.report(
+            action,
+            step,
+            FeedbackState::Failed,
+            Some(message.into()),
+            None,
+        );
+        self.done(action, "failed");
+    }
+
     pub(super) fn done(&self, action: &Action, result: &str) {
         self.record(
             action,
@@ -93,14 +106,7 @@ impl Agent {
                 Ok(v) => Some(v),
                 Err(e) => {
                     let msg = format!("nothing was downloaded: {e}");
-                    self.report(
-                        &action,
-                        Phase::Download,
-                        FeedbackState::Failed,
-                        Some(msg),
-                        None,
-                    );
-                    self.done(&action, "failed");
+                    self.fail(&action, Phase::Download, msg);
                     return;
                 }
             },
@@ -109,14 +115,7 @@ impl Agent {
         let loaded = match self.plugin(&action.plugin, verified.as_ref()).await {
             Ok(p) => p,
             Err(e) => {
-                self.report(
-                    &action,
-                    Phase::Download,
-                    FeedbackState::Failed,
-                    Some(e),
-                    None,
-                );
-                self.done(&action, "failed");
+                self.fail(&action, Phase::Download, e);
                 return;
             }
         };
@@ -127,26 +126,12 @@ impl Agent {
                 "no staging directory: set dirs.staging in [device_types.{}] of the agent configuration",
                 self.config.device.device_type
             );
-            self.report(
-                &action,
-                Phase::Download,
-                FeedbackState::Failed,
-                Some(msg),
-                None,
-            );
-            self.done(&action, "failed");
+            self.fail(&action, Phase::Download, msg);
             return;
         };
         if let Err(e) = std::fs::create_dir_all(&staging) {
             let msg = format!("creating the staging directory {}: {e}", staging.display());
-            self.report(
-                &action,
-                Phase::Download,
-                FeedbackState::Failed,
-                Some(msg),
-                None,
-            );
-            self.done(&action, "failed");
+            self.fail(&action, Phase::Download, msg);
             return;
         }
 
@@ -158,14 +143,7 @@ impl Agent {
             "package sha256 from the server is not 64 hex digits; it is not downloaded".to_owned()
         });
         if let Some(msg) = bad_name.or(bad_sha) {
-            self.report(
-                &action,
-                Phase::Download,
-                FeedbackState::Failed,
-                Some(msg),
-                None,
-            );
-            self.done(&action, "failed");
+            self.fail(&action, Phase::Download, msg);
             return;
         }
         // The package must be a signed target of this device type; its signed
@@ -179,14 +157,7 @@ impl Agent {
                 Ok(t) => Some(t),
                 Err(e) => {
                     let msg = format!("{name} is not downloaded: {e}");
-                    self.report(
-                        &action,
-                        Phase::Download,
-                        FeedbackState::Failed,
-                        Some(msg),
-                        None,
-                    );
-                    self.done(&action, "failed");
+                    self.fail(&action, Phase::Download, msg);
                     return;
                 }
             },
@@ -201,14 +172,7 @@ impl Agent {
         let downloads = self.paths.downloads();
         if let Err(e) = posup_runtime::beneath::private_dir(&downloads) {
             let msg = format!("creating the download folder {}: {e}", downloads.display());
-            self.report(
-                &action,
-                Phase::Download,
-                FeedbackState::Failed,
-                Some(msg),
-                None,
-            );
-            self.done(&action, "failed");
+            self.fail(&action, Phase::Download, msg);
             return;
         }
         let dest = downloads.join(&action.package.sha256);
@@ -298,17 +262,10 @@ impl Agent {
                 return;
             }
             Err(e) => {
-                self.report(
-                    &action,
-                    Phase::Download,
-                    FeedbackState::Failed,
-                    Some(e.to_string()),
-                    None,
-                );
                 if matches!(e, DownloadError::Corrupt { .. }) {
                     tracing::warn!("{e}");
                 }
-                self.done(&action, "failed");
+                self.fail(&action, Phase::Download, e.to_string());
                 return;
             }
         }
@@ -364,14 +321,7 @@ impl Agent {
                     PipelineError::Changed { .. } => Phase::Download,
                     PipelineError::Io { .. } => Phase::Precheck,
                 };
-                self.report(
-                    &action,
-                    phase,
-                    FeedbackState::Failed,
-                    Some(e.to_string()),
-                    None,
-                );
-                self.done(&action, "failed");
+                self.fail(&action, phase, e.to_string());
                 return;
             }
         };
