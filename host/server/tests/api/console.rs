@@ -716,7 +716,10 @@ async fn console_in_chromium_bundled_plugins_package_uploads_and_accounts() {
         assert!(offered.contains(&format!("Enable {name}")), "{offered}");
     }
     browser.find("#enable-kiosk").await.click().await;
-    let types = browser.text_of("#device-types").await;
+    // The click's answer is a new page; a loaded machine takes a moment.
+    let types = browser
+        .wait_text("#device-types", 10, |t| t.contains("kiosk 0.2.0"))
+        .await;
     assert!(types.contains("kiosk 0.2.0"), "{types}");
     assert_eq!(browser.count("#enable-kiosk").await, 0, "no longer offered");
     let kiosk = e.ok("GET", "/api/v1/device-types/kiosk", ADMIN, None).await;
