@@ -60,7 +60,7 @@ async fn enroll(
         // A device enrolling again gets a new token: the old one must stop working.
         state.caches().invalidate_all();
     }
-    let interval = store
+    let interval = state
         .device_config(&req.device.device_type)
         .await?
         .poll_interval_secs;

@@ -2,7 +2,8 @@
 //!
 //! At fleet scale nearly every poll changes nothing: the device's token, its device
 //! type's settings, whether it has actions and the newest variable change are the
-//! same as last time. They are kept here, so a steady-state poll reads no table.
+//! same as last time; and a fleet enrolling reads its few device types' settings
+//! thousands of times. They are kept here, so a steady-state poll reads no table.
 //!
 //! **Invariant:** a cache never outlives a change by more than a second. Changes
 //! made through this process drop the caches at once; changes made by other
@@ -14,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use posup_store::{DeviceAuth, Generations};
+use posup_store::{DeviceAuth, DeviceTypeConfig, Generations};
 
 #[derive(Debug, Default)]
 pub struct Caches {
@@ -34,6 +35,9 @@ struct Inner {
     idle: HashSet<i64>,
     /// The newest variable change id; `None` until loaded.
     vars_max: Option<i64>,
+    /// Device types' settings by name, as enrollment and polls read them. Only
+    /// types that exist are kept, so the operator bounds it, not the devices.
+    device_types: HashMap<String, Arc<DeviceTypeConfig>>,
     /// The store's counters as last read.
     seen: Option<Generations>,
 }
@@ -99,6 +103,17 @@ impl Caches {
         }
     }
 
+    pub fn device_type(&self, name: &str) -> Option<Arc<DeviceTypeConfig>> {
+        self.read().device_types.get(name).cloned()
+    }
+
+    pub fn put_device_type(&self, name: &str, config: Arc<DeviceTypeConfig>, epoch: u64) {
+        let mut inner = self.write();
+        if inner.epoch == epoch {
+            inner.device_types.insert(name.to_owned(), config);
+        }
+    }
+
     pub fn vars_max(&self) -> Option<i64> {
         self.read().vars_max
     }
@@ -118,6 +133,7 @@ impl Caches {
         inner.active = None;
         inner.idle.clear();
         inner.vars_max = None;
+        inner.device_types.clear();
     }
 
     /// Drops what the store's counters say changed since the last call.
@@ -130,8 +146,10 @@ impl Caches {
             return;
         }
         inner.epoch += 1;
+        // Tokens and device type settings grow the same counter.
         if seen.devices != now.devices {
             inner.devices.clear();
+            inner.device_types.clear();
         }
         if seen.tasks != now.tasks {
             inner.active = None;
@@ -146,6 +164,7 @@ impl Caches {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use posup_store::DeviceTypeConfig;
 
     fn device(id: i64) -> DeviceAuth {
         DeviceAuth {
@@ -175,6 +194,57 @@ mod tests {
         assert!(c.device(&[1; 32]).is_none());
         c.put_device([1; 32], Arc::new(device(1)), c.epoch());
         assert_eq!(c.device(&[1; 32]).unwrap().id, 1);
+    }
+
+    fn config(revision: i64) -> Arc<DeviceTypeConfig> {
+        Arc::new(DeviceTypeConfig {
+            config: posup_proto::agent::DeviceConfig {
+                device_type: "t".into(),
+                revision,
+                plugin: None,
+                allowed: Default::default(),
+                paths: Default::default(),
+            },
+            poll_interval_secs: None,
+        })
+    }
+
+    #[test]
+    fn device_type_settings_are_kept_until_the_devices_counter_moves() {
+        let c = Caches::default();
+        let g = Generations {
+            devices: 1,
+            tasks: 1,
+            variables: 5,
+        };
+        c.refresh(g);
+        let before = c.epoch();
+        c.invalidate_all();
+        c.put_device_type("t", config(1), before);
+        assert!(c.device_type("t").is_none(), "a load that raced a change");
+        c.put_device_type("t", config(1), c.epoch());
+        c.refresh(Generations {
+            tasks: 2,
+            variables: 6,
+            ..g
+        });
+        assert_eq!(c.device_type("t").unwrap().config.revision, 1);
+        assert!(c.device_type("u").is_none());
+        c.refresh(Generations {
+            devices: 2,
+            tasks: 2,
+            variables: 6,
+        });
+        assert!(
+            c.device_type("t").is_none(),
+            "another server changed settings"
+        );
+        c.put_device_type("t", config(2), c.epoch());
+        c.invalidate_all();
+        assert!(
+            c.device_type("t").is_none(),
+            "this server changed something"
+        );
     }
 
     #[test]

@@ -71,10 +71,10 @@ pub(crate) async fn answer(
     } else {
         Some(
             state
-                .store()
                 .device_config(&device.device_type)
                 .await?
-                .config,
+                .config
+                .clone(),
         )
     };
     Ok(PollResponse {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use posup_runtime::{Plugin, Runtime};
-use posup_store::{At, Store};
+use posup_store::{At, DeviceTypeConfig, Store};
 
 use crate::blobs::Blobs;
 use crate::cache::Caches;
@@ -213,6 +213,19 @@ impl AppState {
         let generations = self.store().generations().await?;
         self.inner.caches.refresh(generations);
         Ok(())
+    }
+
+    /// A device type's settings, from the cache when this process read them
+    /// since they last changed.
+    pub async fn device_config(&self, device_type: &str) -> Result<Arc<DeviceTypeConfig>> {
+        let caches = &self.inner.caches;
+        if let Some(config) = caches.device_type(device_type) {
+            return Ok(config);
+        }
+        let epoch = caches.epoch();
+        let config = Arc::new(self.store().device_config(device_type).await?);
+        caches.put_device_type(device_type, config.clone(), epoch);
+        Ok(config)
     }
 
     pub fn clock(&self) -> &dyn Clock {
