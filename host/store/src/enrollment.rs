@@ -160,96 +160,111 @@ impl Store {
     pub async fn enroll(&self, e: Enrollment<'_>, now: i64) -> Result<(i64, bool)> {
         let d = e.identity;
         check_identity(d)?;
-        self.require_device_type(&d.device_type)
-            .await
-            .map_err(|_| unknown_type(&d.device_type))?;
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
-            let enrolled: Option<Enrolled> = sqlx::query_as(
+            // A new GUID is the common case, a fleet enrolling: its row goes in at
+            // once, and the device type's foreign key is the check that the type
+            // exists. An enrolled GUID inserts nothing and is handled below; a
+            // refusal rolls the row back with the transaction.
+            let inserted: Option<i64> = match sqlx::query_scalar(
+                "INSERT INTO devices (guid, site, address, name, number, device_type, agent_version, token_hash, enrolled_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (guid) DO NOTHING RETURNING id",
+            )
+            .bind(&d.guid)
+            .bind(&d.site.name)
+            .bind(&d.site.address)
+            .bind(&d.name)
+            .bind(i64::from(d.number))
+            .bind(&d.device_type)
+            .bind(&d.agent_version)
+            .bind(e.new_token_hash)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            {
+                Ok(id) => id,
+                Err(sqlx::Error::Database(db))
+                    if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation =>
+                {
+                    return Err(unknown_type(&d.device_type));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(id) = inserted {
+                let token = spend_token!(tx, e.secret_hash, d.site.name.as_str(), now);
+                audit!(&mut *tx, now, format!("enrollment token {}", token.name), "device.enroll", "device", id, json!(d));
+                tx.commit().await?;
+                // A new device invalidates nothing cached: no token of it was ever
+                // taken, and it is in no task yet.
+                return Ok((id, false));
+            }
+            let old: Enrolled = sqlx::query_as(
                 "SELECT id, site, device_type, token_hash, access FROM devices WHERE guid = $1",
             )
             .bind(&d.guid)
-            .fetch_optional(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-            let id = match enrolled {
-                Some(old) => {
-                    let state = access(&old.access)?;
-                    let own_token = state == DeviceAccess::Active
-                        && e.current_token_hash == Some(old.token_hash.as_str());
-                    if !own_token && state != DeviceAccess::AwaitingEnrollment {
-                        // Only a holder of a valid enrollment token learns that
-                        // the GUID is enrolled.
-                        judge_token(&read_token!(tx, e.secret_hash), &d.site.name, now)?;
-                        let id = old.id;
-                        let why = if state == DeviceAccess::Revoked {
-                            "is revoked"
-                        } else {
-                            "is already enrolled"
-                        };
-                        return Err(Error::Conflict(format!(
-                            "device {} (id {id}) {why}: a terminal enrolls again only with its current device token, \
-                             or once after an administrator resets it (POST /api/v1/devices/{id}/reset)",
-                            d.guid
-                        )));
-                    }
-                    if old.site != d.site.name || old.device_type != d.device_type {
-                        return Err(Error::Conflict(format!(
-                            "device {} (id {}) is enrolled at site {} as {}, and now says {} as {}: \
-                             only an operator moves a device (PATCH /api/v1/devices/{})",
-                            d.guid, old.id, old.site, old.device_type, d.site.name, d.device_type, old.id
-                        )));
-                    }
-                    // After a reset the terminal spends an enrollment token's use.
-                    let spent = if own_token {
-                        None
-                    } else {
-                        Some(spend_token!(tx, e.secret_hash, d.site.name.as_str(), now))
-                    };
-                    sqlx::query(
-                        "UPDATE devices SET name = $2, number = $3, agent_version = $4, token_hash = $5, access = 'active' \
-                         WHERE id = $1",
-                    )
-                    .bind(old.id)
-                    .bind(&d.name)
-                    .bind(i64::from(d.number))
-                    .bind(&d.agent_version)
-                    .bind(e.new_token_hash)
-                    .execute(&mut *tx)
-                    .await?;
-                    let actor = match &spent {
-                        Some(t) => format!("enrollment token {}", t.name),
-                        None => format!("device {}", d.guid),
-                    };
-                    audit!(&mut *tx, now, actor, "device.reenroll", "device", old.id, json!({"identity": d, "after_reset": !own_token}));
-                    // Servers that cached the old token must stop taking it.
-                    bump!(&mut *tx, "devices");
-                    (old.id, true)
-                }
-                None => {
-                    let token = spend_token!(tx, e.secret_hash, d.site.name.as_str(), now);
-                    let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO devices (guid, site, address, name, number, device_type, agent_version, token_hash, enrolled_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-                    )
-                    .bind(&d.guid)
-                    .bind(&d.site.name)
-                    .bind(&d.site.address)
-                    .bind(&d.name)
-                    .bind(i64::from(d.number))
+            if old.device_type != d.device_type {
+                let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM device_types WHERE name = $1")
                     .bind(&d.device_type)
-                    .bind(&d.agent_version)
-                    .bind(e.new_token_hash)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                    audit!(&mut *tx, now, format!("enrollment token {}", token.name), "device.enroll", "device", id, json!(d));
-                    // A new device invalidates nothing cached: no token of it was
-                    // ever taken, and it is in no task yet.
-                    (id, false)
+                if known.is_none() {
+                    return Err(unknown_type(&d.device_type));
                 }
+            }
+            let state = access(&old.access)?;
+            let own_token = state == DeviceAccess::Active
+                && e.current_token_hash == Some(old.token_hash.as_str());
+            if !own_token && state != DeviceAccess::AwaitingEnrollment {
+                // Only a holder of a valid enrollment token learns that
+                // the GUID is enrolled.
+                judge_token(&read_token!(tx, e.secret_hash), &d.site.name, now)?;
+                let id = old.id;
+                let why = if state == DeviceAccess::Revoked {
+                    "is revoked"
+                } else {
+                    "is already enrolled"
+                };
+                return Err(Error::Conflict(format!(
+                    "device {} (id {id}) {why}: a terminal enrolls again only with its current device token, \
+                     or once after an administrator resets it (POST /api/v1/devices/{id}/reset)",
+                    d.guid
+                )));
+            }
+            if old.site != d.site.name || old.device_type != d.device_type {
+                return Err(Error::Conflict(format!(
+                    "device {} (id {}) is enrolled at site {} as {}, and now says {} as {}: \
+                     only an operator moves a device (PATCH /api/v1/devices/{})",
+                    d.guid, old.id, old.site, old.device_type, d.site.name, d.device_type, old.id
+                )));
+            }
+            // After a reset the terminal spends an enrollment token's use.
+            let spent = if own_token {
+                None
+            } else {
+                Some(spend_token!(tx, e.secret_hash, d.site.name.as_str(), now))
             };
+            sqlx::query(
+                "UPDATE devices SET name = $2, number = $3, agent_version = $4, token_hash = $5, access = 'active' \
+                 WHERE id = $1",
+            )
+            .bind(old.id)
+            .bind(&d.name)
+            .bind(i64::from(d.number))
+            .bind(&d.agent_version)
+            .bind(e.new_token_hash)
+            .execute(&mut *tx)
+            .await?;
+            let actor = match &spent {
+                Some(t) => format!("enrollment token {}", t.name),
+                None => format!("device {}", d.guid),
+            };
+            audit!(&mut *tx, now, actor, "device.reenroll", "device", old.id, json!({"identity": d, "after_reset": !own_token}));
+            // Servers that cached the old token must stop taking it.
+            bump!(&mut *tx, "devices");
             tx.commit().await?;
-            Ok(id)
+            Ok((old.id, true))
         })
     }
 

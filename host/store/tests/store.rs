@@ -415,6 +415,9 @@ async fn enrollment_checks_the_device_type_and_reenrollment_replaces_the_token()
             matches!(err, Error::Invalid(ref m) if m.contains("device type ukm5 does not exist")),
             "{err}"
         );
+        // A refused enrollment spends no use of the enrollment token.
+        let secrets = store.list_enrollment_secrets().await.unwrap();
+        assert_eq!(secrets[0].uses, 0, "{secrets:?}");
         device_type(&store).await;
         let before = store.generations().await.unwrap();
         let id = enroll(&store, &identity(1, "A"), "old").await.unwrap();
