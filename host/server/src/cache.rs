@@ -209,8 +209,8 @@ mod tests {
         })
     }
 
-    #[test]
-    fn device_type_settings_are_kept_until_the_devices_counter_moves() {
+    /// Caches that have read the store's counters once, and those counters.
+    fn refreshed() -> (Caches, Generations) {
         let c = Caches::default();
         let g = Generations {
             devices: 1,
@@ -218,6 +218,12 @@ mod tests {
             variables: 5,
         };
         c.refresh(g);
+        (c, g)
+    }
+
+    #[test]
+    fn device_type_settings_are_kept_until_the_devices_counter_moves() {
+        let (c, g) = refreshed();
         let before = c.epoch();
         c.invalidate_all();
         c.put_device_type("t", config(1), before);
@@ -249,13 +255,7 @@ mod tests {
 
     #[test]
     fn refresh_drops_only_what_changed() {
-        let c = Caches::default();
-        let g = Generations {
-            devices: 1,
-            tasks: 1,
-            variables: 5,
-        };
-        c.refresh(g);
+        let (c, g) = refreshed();
         c.put_device([1; 32], Arc::new(device(1)), c.epoch());
         c.put_active(Arc::new(HashSet::from([1])), c.epoch());
         c.put_vars_max(5, c.epoch());
