@@ -81,6 +81,18 @@ pub mod roles {
 pub struct Operator(pub TokenIdentity);
 
 impl Operator {
+    /// Starting an update with less than the announced notice (a notice
+    /// override) is an administrator's call, for a task or a rollout alike.
+    pub fn may_override_notice(&self, notice_override: Option<&str>) -> Result<()> {
+        match notice_override {
+            Some(_) => self.require(
+                roles::ADMIN,
+                "start an update with less than 24 hours' notice",
+            ),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses with 403 unless the token's role is one of `roles`.
     pub fn require(&self, roles: &[Role], doing: &str) -> Result<()> {
         if roles.contains(&self.0.role) {

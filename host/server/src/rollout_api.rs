@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use posup_proto::rollout::*;
 use posup_store::RolloutCommand;
 
-use crate::auth::{Operator, roles};
+use crate::auth::Operator;
 use crate::error::{Error, Result};
 use crate::extract::{Json, Path};
 use crate::state::AppState;
@@ -51,12 +51,7 @@ async fn create_rollout(
     op: Operator,
     Json(body): Json<CreateRollout>,
 ) -> Result<(StatusCode, Json<RolloutView>)> {
-    if body.notice_override.is_some() {
-        op.require(
-            roles::ADMIN,
-            "start an update with less than 24 hours' notice",
-        )?;
-    }
+    op.may_override_notice(body.notice_override.as_deref())?;
     let view = state
         .store()
         .create_rollout(&body, &state.at(), &op.actor())

@@ -6,7 +6,7 @@ use posup_proto::Page;
 use posup_proto::api::*;
 use posup_store::lifecycle::Command;
 
-use crate::auth::{Operator, roles};
+use crate::auth::Operator;
 use crate::error::{Error, Result};
 use crate::extract::{Json, Path, Query};
 use crate::state::AppState;
@@ -41,12 +41,7 @@ pub(super) async fn create_task(
     op: Operator,
     Json(body): Json<CreateTask>,
 ) -> Result<(StatusCode, Json<TaskView>)> {
-    if body.notice_override.is_some() {
-        op.require(
-            roles::ADMIN,
-            "start an update with less than 24 hours' notice",
-        )?;
-    }
+    op.may_override_notice(body.notice_override.as_deref())?;
     let task = state
         .store()
         .create_task(&body, &state.at(), &op.actor())

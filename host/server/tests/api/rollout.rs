@@ -582,6 +582,11 @@ async fn an_update_needs_24_hours_notice_unless_an_admin_overrides() {
             Some(json!({"kind": "update", "packages": [f.package.id], "waves": [{"group_id": 1}],
                         "notice_override": "store agreed by phone"}))).await;
         assert_eq!(denied.status, StatusCode::FORBIDDEN);
+        let denied = e.call("POST", "/api/v1/tasks", Some(&operator),
+            Some(json!({"kind": "update", "package_id": f.package.id, "group_id": 1,
+                        "notice_override": "store agreed by phone"}))).await;
+        assert_eq!(denied.status, StatusCode::FORBIDDEN, "plain tasks too");
+        assert!(denied.error().contains("24 hours' notice"), "{}", denied.error());
         let r = create(&e, ADMIN, json!({"kind": "update", "packages": [f.package.id], "waves": [{"group_id": 1}],
             "notice_override": "store agreed by phone"})).await;
         assert_eq!(r.notice_override.as_deref(), Some("store agreed by phone"));

@@ -399,14 +399,19 @@ mod tests {
         .await;
     }
 
+    /// A webhook channel and one notice queued for it at `T0`.
+    async fn one_queued(store: &Store) {
+        store
+            .create_channel(&webhook("tenant", None), T0, "test")
+            .await
+            .unwrap();
+        store.enqueue(&notice(None), T0).await.unwrap();
+    }
+
     #[tokio::test]
     async fn claims_respect_leases_and_due_times() {
         each_backend(|store| async move {
-            store
-                .create_channel(&webhook("tenant", None), T0, "test")
-                .await
-                .unwrap();
-            store.enqueue(&notice(None), T0).await.unwrap();
+            one_queued(&store).await;
             // Not due before it was queued.
             assert!(
                 store
@@ -536,11 +541,7 @@ mod tests {
     #[tokio::test]
     async fn failures_back_off_doubling_until_the_last_attempt() {
         each_backend(|store| async move {
-            store
-                .create_channel(&webhook("tenant", None), T0, "test")
-                .await
-                .unwrap();
-            store.enqueue(&notice(None), T0).await.unwrap();
+            one_queued(&store).await;
             let mut now = T0;
             let mut waits = Vec::new();
             for attempt in 1..=MAX_ATTEMPTS {
@@ -600,11 +601,7 @@ mod tests {
     #[tokio::test]
     async fn permanent_failures_are_given_up_at_once_and_errors_are_truncated() {
         each_backend(|store| async move {
-            store
-                .create_channel(&webhook("tenant", None), T0, "test")
-                .await
-                .unwrap();
-            store.enqueue(&notice(None), T0).await.unwrap();
+            one_queued(&store).await;
             let d = store
                 .claim_due_notifications(T0, 10, LEASE)
                 .await
