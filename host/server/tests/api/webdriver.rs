@@ -25,16 +25,43 @@ pub struct Element<'a> {
     id: String,
 }
 
+/// The first of `candidates` that exists. A machine without Chromium gets it
+/// from Debian's packages once per test run (the suite runs as root), so the
+/// README's test command needs no other step.
 fn program(name: &str, candidates: &[&str]) -> String {
-    candidates
-        .iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| {
-            panic!(
-                "the console's browser tests need {name}: `apt-get install chromium chromium-driver` (.ci/run installs them)"
-            )
-        })
+    let find = || {
+        candidates
+            .iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .map(|p| p.to_string())
+    };
+    if let Some(found) = find() {
+        return found;
+    }
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        let run = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .status()
+                .map_err(|e| format!("running apt-get: {e}"))
+                .and_then(|s| {
+                    s.success()
+                        .then_some(())
+                        .ok_or_else(|| format!("apt-get {}: {s}", args.join(" ")))
+                })
+        };
+        run(&["update", "-qq"])?;
+        run(&["install", "-y", "-qq", "chromium", "chromium-driver"])
+    });
+    if let Err(e) = installed {
+        panic!(
+            "the console's browser tests need {name}, and installing it failed ({e}): `apt-get install chromium chromium-driver` as root"
+        );
+    }
+    find().unwrap_or_else(|| panic!("{name} is still missing after installing chromium"))
 }
 
 impl Browser {
