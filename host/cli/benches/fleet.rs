@@ -25,7 +25,9 @@
 //! proxy, as the server of a large fleet sees them); a process has too few file
 //! descriptors to hold one per device at 100 000.
 //! `--backends sqlite,postgres` and `--replicas 1,2` (PostgreSQL) choose the
-//! runs; PostgreSQL is the one at 127.0.0.1:5432 (`test` machines' trust auth),
+//! runs; `--servers before=PATH,after=PATH` runs each of them once per named
+//! `posup` binary as the server (the simulated fleet stays this build's), so a
+//! change is measured against its starting point in one run; PostgreSQL is the one at 127.0.0.1:5432 (`test` machines' trust auth),
 //! in a database `posup_bench` made afresh for each run.
 
 use std::path::Path;
@@ -69,6 +71,17 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .filter_map(|s| s.parse().ok())
         .collect();
+    // Each entry: (name, binary), the name printed with its runs.
+    let server_bins: Vec<(String, String)> = match value("--servers") {
+        None => vec![(String::new(), POSUP.to_owned())],
+        Some(v) => v
+            .split(',')
+            .map(|entry| match entry.split_once('=') {
+                Some((name, path)) => (name.trim().to_owned(), path.trim().to_owned()),
+                None => (entry.trim().to_owned(), entry.trim().to_owned()),
+            })
+            .collect(),
+    };
     let idle: u64 = value("--idle-secs")
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
@@ -82,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         }
         println!("one Update task for the whole fleet; servers and the simulated fleet are processes of their own");
         println!(
-            "{:<12} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>12} {:>8} {:>9} {:>9}",
+            "{:<20} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>12} {:>8} {:>9} {:>9}",
             "backend",
             "devices",
             "poll",
@@ -99,14 +112,17 @@ fn main() -> anyhow::Result<()> {
             let counts: &[usize] = if backend == "postgres" { &replicas } else { &[1] };
             for &replicas in counts {
                 for &n in &sizes {
-                    let run = Run {
-                        postgres: backend == "postgres",
-                        replicas,
-                        devices: n,
-                        poll_secs: if n > 10_000 { 30 } else { 5 },
-                    };
-                    if let Err(e) = run.go().await {
-                        println!("{:<12} {n:>7} failed: {e:#}", run.label());
+                    for (name, bin) in &server_bins {
+                        let run = Run {
+                            postgres: backend == "postgres",
+                            replicas,
+                            devices: n,
+                            poll_secs: if n > 10_000 { 30 } else { 5 },
+                            server: (name.clone(), bin.clone()),
+                        };
+                        if let Err(e) = run.go().await {
+                            println!("{:<20} {n:>7} failed: {e:#}", run.label());
+                        }
                     }
                 }
             }
@@ -315,6 +331,8 @@ struct Run {
     replicas: usize,
     devices: usize,
     poll_secs: u32,
+    /// The server binary's name in the output, and its path.
+    server: (String, String),
 }
 
 const BENCH_DB: &str = "posup_bench";
@@ -324,10 +342,14 @@ const SIM_CONNECTIONS: usize = 4096;
 
 impl Run {
     fn label(&self) -> String {
-        if self.postgres {
+        let backend = if self.postgres {
             format!("postgres ×{}", self.replicas)
         } else {
             "sqlite".into()
+        };
+        match self.server.0.as_str() {
+            "" => backend,
+            name => format!("{backend} {name}"),
         }
     }
 
@@ -352,6 +374,7 @@ impl Run {
         let mut servers = Vec::new();
         for i in 0..self.replicas {
             servers.push(ServerProcess::start(
+                &self.server.1,
                 tmp.path(),
                 i,
                 database.as_deref(),
@@ -489,7 +512,7 @@ impl Run {
             .max()
             .unwrap_or(0);
         println!(
-            "{:<12} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12} {:>12.1} {:>8.0} {:>9.1} {:>9.0}",
+            "{:<20} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12} {:>12.1} {:>8.0} {:>9.1} {:>9.0}",
             self.label(),
             self.poll_secs,
             enrolled.as_secs_f64(),
@@ -520,6 +543,7 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(
+        bin: &str,
         dir: &Path,
         index: usize,
         database: Option<&str>,
@@ -531,7 +555,7 @@ impl ServerProcess {
         let addr = format!("127.0.0.1:{port}");
         let data = dir.join(format!("server-{index}"));
         let log = dir.join(format!("server-{index}.log"));
-        let mut cmd = Command::new(POSUP);
+        let mut cmd = Command::new(bin);
         cmd.args(["server", "--listen", &addr, "--admin-token", ADMIN])
             .args(["--enrollment-secret", SECRET])
             .args(["--poll-interval-secs", &poll_secs.to_string()])
