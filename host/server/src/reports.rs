@@ -8,10 +8,18 @@
 //! written at once, so nothing waits for company; under load, one transaction
 //! serves many devices.
 //!
+//! A rollout makes reports a steady stream: each device reports every step, a
+//! fleet's worth of devices at once. While reports keep coming, the writer waits
+//! a moment for company before it writes ([`wait_for_company`]), so a group
+//! serves several devices instead of the one or two that arrived during the
+//! last write. A report costs its device that moment in latency; a quiet server
+//! writes each at once.
+//!
 //! The write runs in a task of its own, so a request dropped while it leads
 //! (its client went away) cannot cancel the transaction of the others.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use posup_proto::agent::{Feedback, FeedbackAck};
 use posup_store::{At, MAX_REPORTS_AT_ONCE, Store};
@@ -31,7 +39,24 @@ struct Pending {
 #[derive(Default)]
 pub struct Reports {
     queue: Mutex<Vec<Pending>>,
-    writer: tokio::sync::Mutex<()>,
+    /// Held by the request that writes; holds when the last write ended.
+    writer: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// How long a writer waits for more reports while reports keep coming.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// Reports keep coming when the last group was written this recently.
+const STREAM: Duration = Duration::from_millis(50);
+
+/// How long the writer waits before taking its group: nothing on a quiet server
+/// or with a full group queued; [`LINGER`] while a stream of reports keeps
+/// coming, so one transaction serves several devices.
+fn wait_for_company(queued_reports: usize, since_last_write: Option<Duration>) -> Duration {
+    match since_last_write {
+        Some(since) if since < STREAM && queued_reports < MAX_REPORTS_AT_ONCE => LINGER,
+        _ => Duration::ZERO,
+    }
 }
 
 impl std::fmt::Debug for Reports {
@@ -67,7 +92,7 @@ impl Reports {
             done,
         });
         loop {
-            let writer = self.writer.lock().await;
+            let mut writer = self.writer.lock().await;
             match outcome.try_recv() {
                 Ok(o) => return o.map_err(|e| Error::internal("recording reports", e)),
                 Err(oneshot::error::TryRecvError::Closed) => {
@@ -77,6 +102,10 @@ impl Reports {
                     ));
                 }
                 Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let wait = wait_for_company(self.queued_reports(), writer.map(|t| t.elapsed()));
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
             let group = self.take_group();
             if group.is_empty() {
@@ -93,12 +122,17 @@ impl Reports {
             let store = store.clone();
             let write = tokio::spawn(async move { write(&store, group, &at).await });
             let _ = write.await;
+            *writer = Some(Instant::now());
             drop(writer);
         }
     }
 
     fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queued_reports(&self) -> usize {
+        self.lock_queue().iter().map(|p| p.reports.len()).sum()
     }
 
     /// The oldest queued requests, as many as fit in one transaction (at least
@@ -141,5 +175,26 @@ async fn write(store: &Store, group: Vec<Pending>, at: &At) {
                 let _ = p.done.send(Err(message.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_waits_for_company_only_while_reports_keep_coming() {
+        assert_eq!(wait_for_company(1, None), Duration::ZERO, "the first report");
+        assert_eq!(
+            wait_for_company(1, Some(Duration::from_secs(2))),
+            Duration::ZERO,
+            "a quiet server writes at once"
+        );
+        assert_eq!(wait_for_company(1, Some(Duration::from_millis(1))), LINGER);
+        assert_eq!(
+            wait_for_company(MAX_REPORTS_AT_ONCE, Some(Duration::from_millis(1))),
+            Duration::ZERO,
+            "a full group is written at once"
+        );
     }
 }
