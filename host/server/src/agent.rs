@@ -90,7 +90,7 @@ async fn feedback(
 ) -> Result<Json<FeedbackAck>> {
     let result = state
         .reports()
-        .record(state.store(), device.auth.id, vec![f], state.at())
+        .record(&state, device.auth.id, vec![f], state.at())
         .await?
         .pop()
         .expect("one result per report");
@@ -105,7 +105,7 @@ async fn feedback_batch(
     let keys: Vec<String> = batch.reports.iter().map(|f| f.key.clone()).collect();
     let results = state
         .reports()
-        .record(state.store(), device.auth.id, batch.reports, state.at())
+        .record(&state, device.auth.id, batch.reports, state.at())
         .await?;
     let answers = keys
         .into_iter()

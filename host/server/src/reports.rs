@@ -22,10 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use posup_proto::agent::{Feedback, FeedbackAck};
-use posup_store::{At, MAX_REPORTS_AT_ONCE, Store};
+use posup_store::{At, MAX_REPORTS_AT_ONCE};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+use crate::state::AppState;
 
 /// Each report's outcome, or why the whole group failed (logged once).
 type Outcome = std::result::Result<Vec<posup_store::Result<FeedbackAck>>, Arc<String>>;
@@ -73,7 +74,7 @@ impl Reports {
     /// group), in order; one outcome per report.
     pub async fn record(
         &self,
-        store: &Store,
+        state: &AppState,
         device_id: i64,
         reports: Vec<Feedback>,
         at: At,
@@ -119,8 +120,8 @@ impl Reports {
                     )),
                 };
             }
-            let store = store.clone();
-            let write = tokio::spawn(async move { write(&store, group, &at).await });
+            let state = state.clone();
+            let write = tokio::spawn(async move { write(&state, group, &at).await });
             let _ = write.await;
             *writer = Some(Instant::now());
             drop(writer);
@@ -152,7 +153,7 @@ impl Reports {
     }
 }
 
-async fn write(store: &Store, group: Vec<Pending>, at: &At) {
+async fn write(state: &AppState, group: Vec<Pending>, at: &At) {
     if group.is_empty() {
         return;
     }
@@ -160,9 +161,15 @@ async fn write(store: &Store, group: Vec<Pending>, at: &At) {
         .iter()
         .flat_map(|p| p.reports.iter().map(move |f| (p.device_id, f)))
         .collect();
-    match store.record_reports(&all, at).await {
-        Ok(results) => {
-            let mut results = results.into_iter();
+    // A device whose last part ended is idle for its next poll, unless
+    // something changed since the write began.
+    let epoch = state.caches().epoch();
+    match state.store().record_reports(&all, at).await {
+        Ok(recorded) => {
+            for device in recorded.idle {
+                state.caches().put_idle(device, epoch);
+            }
+            let mut results = recorded.results.into_iter();
             for p in group {
                 let mine: Vec<_> = results.by_ref().take(p.reports.len()).collect();
                 let _ = p.done.send(Ok(mine));
@@ -184,7 +191,11 @@ mod tests {
 
     #[test]
     fn a_writer_waits_for_company_only_while_reports_keep_coming() {
-        assert_eq!(wait_for_company(1, None), Duration::ZERO, "the first report");
+        assert_eq!(
+            wait_for_company(1, None),
+            Duration::ZERO,
+            "the first report"
+        );
         assert_eq!(
             wait_for_company(1, Some(Duration::from_secs(2))),
             Duration::ZERO,

@@ -240,8 +240,8 @@ impl AppState {
     /// Moves tasks and rollouts along; new parts for devices drop this process's
     /// cache of who has actions at once (other processes follow the counters).
     pub async fn tick_rollouts(&self, at: &At) -> Result<()> {
-        if self.store().tick_rollouts(at).await? {
-            self.inner.caches.invalidate_all();
+        if self.store().tick_rollouts(at).await?.changed {
+            self.inner.caches.invalidate_actions();
         }
         Ok(())
     }

@@ -543,6 +543,8 @@ impl Store {
                     .await?;
             }
             audit!(&mut *tx, now, actor, "device.tags", "device", id, json!({"tags": tags}));
+            // Started waves search their groups again (see `groups::drifts`).
+            bump!(&mut *tx, "members");
             tx.commit().await?;
             Ok(())
         })
@@ -623,6 +625,7 @@ impl Store {
             }
             audit!(&mut *tx, now, actor, "device.bulk_enroll", "device", "*", json!({"devices": devices.len()}));
             bump!(&mut *tx, "devices");
+            bump!(&mut *tx, "members");
             tx.commit().await?;
         });
         Ok(())

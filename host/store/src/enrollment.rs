@@ -263,6 +263,8 @@ impl Store {
             audit!(&mut *tx, now, actor, "device.reenroll", "device", old.id, json!({"identity": d, "after_reset": !own_token}));
             // Servers that cached the old token must stop taking it.
             bump!(&mut *tx, "devices");
+            // Its number may have changed, and with it its groups.
+            bump!(&mut *tx, "members");
             tx.commit().await?;
             Ok((old.id, true))
         })
@@ -334,6 +336,7 @@ impl Store {
             }
             audit!(&mut *tx, now, actor, "device.move", "device", id, json!(to));
             bump!(&mut *tx, "devices");
+            bump!(&mut *tx, "members");
             tx.commit().await?;
             Ok(())
         })

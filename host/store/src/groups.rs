@@ -85,6 +85,21 @@ pub(crate) fn membership(id: i64, kind: GroupKind, filter: Option<&GroupFilter>,
     c
 }
 
+/// A group's membership condition now, and whether it drifts.
+pub(crate) struct Membership {
+    pub cond: Cond,
+    pub drifts: bool,
+}
+
+/// Whether a group's members change without a write that grows the `members`
+/// counter: a filter on the installed version follows what devices report, one
+/// on being online follows time. Every other membership changes only with
+/// devices enrolling, moving or being tagged and with groups being edited, which
+/// all grow it.
+pub(crate) fn drifts(kind: GroupKind, filter: Option<&GroupFilter>) -> bool {
+    kind == GroupKind::Filter && filter.is_some_and(|f| f.version.is_some() || f.online.is_some())
+}
+
 fn check_filter(filter: &GroupFilter) -> Result<()> {
     if filter == &GroupFilter::default() {
         return Err(Error::Invalid(
@@ -120,11 +135,21 @@ impl Store {
     /// The membership condition of group `id`; `Invalid` naming it when it does not
     /// exist.
     pub(crate) async fn group_cond(&self, id: i64, at: &At) -> Result<Cond> {
+        Ok(self.group_membership(id, at).await?.cond)
+    }
+
+    /// The membership of group `id` now, and whether it drifts (see
+    /// [`drifts`]); `Invalid` naming the group when it does not exist.
+    pub(crate) async fn group_membership(&self, id: i64, at: &At) -> Result<Membership> {
         let row = self
             .group_row(id)
             .await?
             .ok_or_else(|| Error::Invalid(format!("group {id} does not exist")))?;
-        Ok(membership(id, row.kind()?, row.filter()?.as_ref(), at))
+        let (kind, filter) = (row.kind()?, row.filter()?);
+        Ok(Membership {
+            cond: membership(id, kind, filter.as_ref(), at),
+            drifts: drifts(kind, filter.as_ref()),
+        })
     }
 
     /// The group's name, when it exists.
@@ -314,6 +339,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             audit!(&mut *tx, at.now, actor, "group.update", "group", id, json!(body));
+            // Started waves search this group again (see `drifts`).
+            bump!(&mut *tx, "members");
             tx.commit().await?;
         });
         self.group(id, at)
@@ -386,6 +413,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             add_members!(&mut tx, id, devices);
             audit!(&mut *tx, now, actor, "group.add_devices", "group", id, json!({"devices": devices}));
+            bump!(&mut *tx, "members");
             tx.commit().await?;
         });
         Ok(())

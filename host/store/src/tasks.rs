@@ -14,7 +14,7 @@ use posup_proto::rollout::{Wait, WaitKind};
 use crate::device_types::plugin_url;
 use crate::lifecycle::{self, Command};
 use crate::notifications::Notice;
-use crate::sql::{Cond, Sql};
+use crate::sql::{Cond, Sql, SqlText};
 use crate::truncate;
 use crate::{At, Error, Result, Store, paging, ts};
 
@@ -724,6 +724,7 @@ impl Store {
     ) -> Result<FeedbackAck> {
         self.record_reports(&[(device_id, f)], at)
             .await?
+            .results
             .pop()
             .expect("one result per report")
     }
@@ -738,12 +739,9 @@ impl Store {
     /// A call costs a fixed number of statements whatever its size (at most
     /// [`MAX_REPORTS_AT_ONCE`]): its parts read at once, its reports inserted
     /// together, the parts' rows written in one statement with the state their
-    /// reports lead to, and each task finished when its last part ended.
-    pub async fn record_reports(
-        &self,
-        reports: &[(i64, &Feedback)],
-        at: &At,
-    ) -> Result<Vec<Result<FeedbackAck>>> {
+    /// reports lead to, the devices whose part ended asked at once whether they
+    /// have another, and each task finished when its last part ended.
+    pub async fn record_reports(&self, reports: &[(i64, &Feedback)], at: &At) -> Result<Recorded> {
         if reports.len() > MAX_REPORTS_AT_ONCE {
             return Err(Error::Invalid(format!(
                 "{} reports at once: record at most {MAX_REPORTS_AT_ONCE}",
@@ -763,7 +761,10 @@ impl Store {
         actions.sort_unstable();
         actions.dedup();
         if actions.is_empty() {
-            return Ok(results);
+            return Ok(Recorded {
+                results,
+                idle: Vec::new(),
+            });
         }
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -778,7 +779,8 @@ impl Store {
                 select.bind(*id);
             }
             select.push(")");
-            let rows: Vec<PartRow> = bind_all!(sqlx::query_as::<_, PartRow>(&select.text), select.args)
+            let text = pool.text(&select);
+            let rows: Vec<PartRow> = bind_all!(sqlx::query_as::<_, PartRow>(&text), select.args)
                 .fetch_all(&mut *tx)
                 .await?;
             let mut parts = Vec::with_capacity(rows.len());
@@ -826,7 +828,8 @@ impl Store {
             let inserted: Vec<(i64, String)> = if fresh.is_empty() {
                 Vec::new()
             } else {
-                bind_all!(sqlx::query_as::<_, (i64, String)>(&insert.text), insert.args)
+                let text = pool.text(&insert);
+                bind_all!(sqlx::query_as::<_, (i64, String)>(&text), insert.args)
                     .fetch_all(&mut *tx)
                     .await?
             };
@@ -879,7 +882,31 @@ impl Store {
                     update.push(" AS BIGINT), CAST(").bind(p.retry_at).push(" AS BIGINT))");
                 }
                 update.push(") AS v WHERE task_devices.id = v.column1");
-                bind_all!(sqlx::query(&update.text), update.args).execute(&mut *tx).await?;
+                let text = pool.text(&update);
+                bind_all!(sqlx::query(&text), update.args).execute(&mut *tx).await?;
+            }
+            // Devices whose part ended and that have no other part left, as a
+            // poll would find them: their next poll need not ask.
+            let mut idle: Vec<i64> = parts.iter().filter(|p| p.finished).map(|p| p.device_id).collect();
+            idle.sort_unstable();
+            idle.dedup();
+            if !idle.is_empty() {
+                let mut busy = Sql::new(&format!(
+                    "SELECT DISTINCT td.device_id FROM task_devices td JOIN tasks t ON t.id = td.task_id \
+                     WHERE td.state IN {ACTIVE} AND t.state IN ('Scheduled', 'Running', 'Paused') AND td.device_id IN ("
+                ));
+                for (i, id) in idle.iter().enumerate() {
+                    if i > 0 {
+                        busy.push(", ");
+                    }
+                    busy.bind(*id);
+                }
+                busy.push(")");
+                let text = pool.text(&busy);
+                let busy: Vec<i64> = bind_all!(sqlx::query_scalar::<_, i64>(&text), busy.args)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                idle.retain(|d| !busy.contains(d));
             }
             // The last part ending finishes its task.
             let mut ended: Vec<i64> = parts.iter().filter(|p| p.finished).map(|p| p.task_id).collect();
@@ -899,9 +926,19 @@ impl Store {
                 }
             }
             tx.commit().await?;
-        });
-        Ok(results)
+            Ok(Recorded { results, idle })
+        })
     }
+}
+
+/// What [`Store::record_reports`] did.
+#[derive(Debug)]
+pub struct Recorded {
+    /// Each report's outcome, in order.
+    pub results: Vec<Result<FeedbackAck>>,
+    /// Devices whose part ended in this call and that have no unfinished part
+    /// left: a poll now would find them idle.
+    pub idle: Vec<i64>,
 }
 
 /// The most reports [`Store::record_reports`] takes at once. Larger groups save

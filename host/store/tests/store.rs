@@ -1137,7 +1137,9 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
             report(a2.action_id, d2, "k6", FeedbackState::Ok),
         ];
         let batch: Vec<(i64, &Feedback)> = batch.iter().map(|f| (d2, f)).collect();
-        let results = store.record_reports(&batch, &at(now)).await.unwrap();
+        let recorded = store.record_reports(&batch, &at(now)).await.unwrap();
+        assert_eq!(recorded.idle, vec![d2], "its only part ended: idle");
+        let results = recorded.results;
         let shape: Vec<Option<(bool, bool)>> = results
             .iter()
             .map(|r| r.as_ref().ok().map(|a| (a.duplicate, a.active)))
@@ -1190,16 +1192,33 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
 
         // Reports of two devices in one call (as a server groups them), one key
         // used by both: each device's is its own. The last part ending finishes
-        // the task.
+        // the task; its device has a part of another task left, so is not idle.
+        let second = store
+            .create_task(
+                &CreateTask {
+                    name: Some("second".into()),
+                    kind: TaskKind::Download,
+                    package_id: package.id,
+                    group_id: 2,
+                    start_at: None,
+                    notice_override: None,
+                },
+                &at(now),
+                "token ops",
+            )
+            .await
+            .unwrap();
         let (f7, f8) = (
             report(a4.action_id, d4, "k7", FeedbackState::Failed),
             report(a4.action_id, d4, "k8", FeedbackState::RolledBack),
         );
         let late = report(a2.action_id, d2, "k7", FeedbackState::Ok);
-        let results = store
+        let recorded = store
             .record_reports(&[(d4, &f7), (d2, &late), (d4, &f8)], &at(now))
             .await
             .unwrap();
+        assert!(recorded.idle.is_empty(), "{:?}", recorded.idle);
+        let results = recorded.results;
         assert!(
             results
                 .iter()
@@ -1228,7 +1247,11 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
             (TaskState::Finished, 1, 1)
         );
         let polled = store.poll_actions(ask(d4), &at(now), now).await.unwrap();
-        assert!(polled.actions.is_empty() && polled.idle, "its part ended");
+        assert_eq!(
+            (polled.actions[0].task_id, polled.idle),
+            (second.id, false),
+            "its part of the first task ended; the second's is left"
+        );
         let f9 = report(a4.action_id, d4, "k9", FeedbackState::Ok);
         let too_many = vec![(d4, &f9); 65];
         assert!(matches!(
@@ -1865,6 +1888,182 @@ async fn replicas_ticking_at_once_start_a_wave_once() {
             .unwrap();
         assert_eq!(view.waves[0].tasks.len(), 1, "one task for the wave");
         assert_eq!(view.counts.total, ids.len() as u64, "every register once");
+    })
+    .await;
+}
+
+/// A started wave searches for devices that joined its group only when
+/// something its membership depends on changed since its last search, or when
+/// the group depends on what devices report or on time; a fleet's rollout does
+/// not scan every device every second for nothing.
+#[tokio::test]
+async fn a_started_wave_searches_for_joiners_only_when_its_group_may_have_changed() {
+    each_backend(|store| async move {
+        let (ids, package) = fleet(&store, 4).await;
+        let ops = "token ops";
+        store
+            .set_tags(ids[0], &["night".into()], T0, ops)
+            .await
+            .unwrap();
+        let filter = |f: GroupFilter| CreateGroup {
+            name: "Night".into(),
+            description: String::new(),
+            kind: GroupKind::Filter,
+            filter: Some(f),
+            devices: Vec::new(),
+        };
+        let night = store
+            .create_group(
+                &filter(GroupFilter {
+                    tag: Some("night".into()),
+                    ..GroupFilter::default()
+                }),
+                &at(T0),
+                ops,
+            )
+            .await
+            .unwrap();
+        let pilots = store
+            .create_group(
+                &CreateGroup {
+                    name: "Pilots".into(),
+                    description: String::new(),
+                    kind: GroupKind::Static,
+                    filter: None,
+                    devices: vec![ids[1]],
+                },
+                &at(T0),
+                ops,
+            )
+            .await
+            .unwrap();
+        let wave = |group_id| posup_proto::rollout::WaveSpec {
+            group_id,
+            success_percent: 100,
+            auto_advance: true,
+        };
+        let create = |group_id| posup_proto::rollout::CreateRollout {
+            name: None,
+            kind: TaskKind::ForcedUpdate,
+            packages: vec![package.id],
+            waves: vec![wave(group_id)],
+            max_failed: None,
+            max_failed_percent: None,
+            start_at: None,
+            conditions: String::new(),
+            notice_override: None,
+        };
+        let by_tag = store
+            .create_rollout(&create(night.id), &at(T0), ops)
+            .await
+            .unwrap();
+        let by_list = store
+            .create_rollout(&create(pilots.id), &at(T0), ops)
+            .await
+            .unwrap();
+        let total = |id| {
+            let store = store.clone();
+            async move {
+                store
+                    .rollout(id, &at(T0))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .counts
+                    .total
+            }
+        };
+        assert_eq!((total(by_tag.id).await, total(by_list.id).await), (1, 1));
+        let searched = || {
+            let store = store.clone();
+            async move { store.tick_rollouts(&at(T0)).await.unwrap().waves_searched }
+        };
+        // Both waves were searched when they started; nothing changed since.
+        assert_eq!(searched().await, 0, "nothing changed: no wave is searched");
+
+        // Each change a membership depends on makes the started waves search
+        // once, and the joiner gets its part.
+        store
+            .set_tags(ids[2], &["night".into()], T0, ops)
+            .await
+            .unwrap();
+        assert_eq!(searched().await, 2, "a tag changed");
+        assert_eq!(total(by_tag.id).await, 2);
+        assert_eq!(searched().await, 0);
+
+        store
+            .add_group_members(pilots.id, &[ids[3]], T0, ops)
+            .await
+            .unwrap();
+        assert_eq!(searched().await, 2, "a static group's members changed");
+        assert_eq!(total(by_list.id).await, 2);
+        assert_eq!(searched().await, 0);
+
+        let late = enroll(&store, &identity(9, "B"), "hash-9").await.unwrap();
+        assert_eq!(searched().await, 2, "a device enrolled");
+        assert_eq!(searched().await, 0);
+        store
+            .update_group(
+                night.id,
+                &UpdateGroup {
+                    filter: Some(GroupFilter {
+                        site: Some("B".into()),
+                        ..GroupFilter::default()
+                    }),
+                    ..UpdateGroup::default()
+                },
+                &at(T0),
+                ops,
+            )
+            .await
+            .unwrap();
+        assert_eq!(searched().await, 2, "a group's filter changed");
+        // Devices 2, 4 and the late one at site B join the two tagged ones.
+        assert_eq!(total(by_tag.id).await, 5);
+        assert_eq!(searched().await, 0);
+
+        store
+            .move_device(
+                late,
+                &MoveDevice {
+                    site: Some(Site {
+                        name: "C".into(),
+                        address: "C street".into(),
+                    }),
+                    device_type: None,
+                },
+                T0,
+                ops,
+            )
+            .await
+            .unwrap();
+        assert_eq!(searched().await, 2, "a device moved");
+        assert_eq!(searched().await, 0);
+
+        // Whether a device is online changes with time alone: such a group is
+        // searched on every tick.
+        store
+            .update_group(
+                night.id,
+                &UpdateGroup {
+                    filter: Some(GroupFilter {
+                        online: Some(false),
+                        ..GroupFilter::default()
+                    }),
+                    ..UpdateGroup::default()
+                },
+                &at(T0),
+                ops,
+            )
+            .await
+            .unwrap();
+        assert_eq!(searched().await, 2);
+        assert_eq!(
+            searched().await,
+            1,
+            "an online filter is searched each tick"
+        );
+        assert_eq!(searched().await, 1);
     })
     .await;
 }

@@ -41,6 +41,8 @@ mod create;
 mod report;
 mod tick;
 
+pub use tick::Ticked;
+
 /// How long before its start an Update must be announced.
 pub const NOTICE: chrono::Duration = chrono::Duration::hours(24);
 
@@ -168,7 +170,14 @@ struct WaveRow {
     success_percent: i64,
     auto_advance: bool,
     started_at: Option<i64>,
+    searched_at: Option<i64>,
+    searched_members: Option<i64>,
+    searched_max_device: Option<i64>,
 }
+
+/// The wave columns [`WaveRow`] reads.
+const WAVE_COLUMNS: &str = "position, group_id, group_name, success_percent, auto_advance, started_at, \
+    searched_at, searched_members, searched_max_device";
 
 fn parse_state(s: &str) -> Result<RolloutState> {
     RolloutState::parse(s).ok_or_else(|| Error::Corrupt(format!("rollout state `{s}`")))
@@ -241,10 +250,9 @@ impl Store {
             .into_iter()
             .map(|(id, device_type, file_name, version)| RolloutPackage { id, device_type, file_name, version })
             .collect();
-            let waves = sqlx::query_as::<_, WaveRow>(
-                "SELECT position, group_id, group_name, success_percent, auto_advance, started_at FROM rollout_waves \
-                 WHERE rollout_id = $1 ORDER BY position",
-            )
+            let waves = sqlx::query_as::<_, WaveRow>(&format!(
+                "SELECT {WAVE_COLUMNS} FROM rollout_waves WHERE rollout_id = $1 ORDER BY position"
+            ))
             .bind(r.id)
             .fetch_all(pool)
             .await?;

@@ -1,14 +1,64 @@
 //! Moving rollouts along: due starts, waves filled with their groups' devices
 //! (late joiners too), and the thresholds applied.
+//!
+//! Searching a wave's group for devices without a part reads every device of
+//! the group, so a started wave is searched only when its group may have gained
+//! one ([`must_search`]): when the `members` counter or the newest device id
+//! moved since its last search, when its group drifts (`groups::drifts`), or
+//! when its last search is a minute old. The last covers a device whose
+//! enrollment committed after one with a higher id (PostgreSQL hands out ids
+//! before commit), and keeps a late joiner waiting at most that long.
 
 use super::*;
+
+/// What a rollout tick did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ticked {
+    /// Devices got new parts or tasks changed state: callers drop what they
+    /// cached of actions.
+    pub changed: bool,
+    /// Started waves whose group was searched for devices without a part.
+    pub waves_searched: usize,
+}
+
+/// What a search of a wave's group saw: the `members` counter and the newest
+/// device id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub members: i64,
+    pub max_device: i64,
+}
+
+/// A wave is searched again at least this often (ms); see the module.
+const SEARCH_AGAIN_MS: i64 = 60_000;
+
+/// Whether a started wave's group is searched now: never searched, its group
+/// drifts, something its membership depends on moved, or its last search is
+/// [`SEARCH_AGAIN_MS`] old.
+pub(crate) fn must_search(last: Option<(i64, Seen)>, now: (i64, Seen), drifts: bool) -> bool {
+    match last {
+        None => true,
+        Some((at, seen)) => drifts || seen != now.1 || now.0 - at >= SEARCH_AGAIN_MS,
+    }
+}
+
+impl WaveRow {
+    fn last_search(&self) -> Option<(i64, Seen)> {
+        Some((
+            self.searched_at?,
+            Seen {
+                members: self.searched_members?,
+                max_device: self.searched_max_device?,
+            },
+        ))
+    }
+}
 
 impl Store {
     /// Moves every unfinished rollout along: starts due ones, starts waves, adds
     /// devices that joined a started wave's group, applies the thresholds, and
-    /// reports sites whose part ended. Returns whether devices got new parts or
-    /// tasks changed state, so callers drop what they cached of actions.
-    pub async fn tick_rollouts(&self, at: &At) -> Result<bool> {
+    /// reports sites whose part ended.
+    pub async fn tick_rollouts(&self, at: &At) -> Result<Ticked> {
         self.tick(at).await?;
         let rows: Vec<RolloutRow> = with_read!(self, pool => {
             sqlx::query_as(&format!(
@@ -17,14 +67,35 @@ impl Store {
             .fetch_all(pool)
             .await?
         });
-        let mut changed = false;
-        for r in rows {
-            changed |= self.tick_rollout(r, at).await?;
+        let mut ticked = Ticked::default();
+        if rows.is_empty() {
+            return Ok(ticked);
         }
-        Ok(changed)
+        let (members, max_device): (i64, i64) = with_read!(self, pool => {
+            sqlx::query_as(
+                "SELECT (SELECT value FROM generations WHERE name = 'members'), \
+                 (SELECT COALESCE(max(id), 0) FROM devices)",
+            )
+            .fetch_one(pool)
+            .await?
+        });
+        let seen = Seen {
+            members,
+            max_device,
+        };
+        for r in rows {
+            self.tick_rollout(r, seen, at, &mut ticked).await?;
+        }
+        Ok(ticked)
     }
 
-    async fn tick_rollout(&self, r: RolloutRow, at: &At) -> Result<bool> {
+    async fn tick_rollout(
+        &self,
+        r: RolloutRow,
+        seen: Seen,
+        at: &At,
+        ticked: &mut Ticked,
+    ) -> Result<()> {
         let mut state = parse_state(&r.state)?;
         if state == RolloutState::Scheduled && r.start_at <= at.now {
             let moved = with_write!(self, pool => {
@@ -45,41 +116,54 @@ impl Store {
             }
         }
         if state == RolloutState::Scheduled {
-            return Ok(false);
+            return Ok(());
         }
         let waves: Vec<WaveRow> = with_read!(self, pool => {
-            sqlx::query_as(
-                "SELECT position, group_id, group_name, success_percent, auto_advance, started_at FROM rollout_waves \
-                 WHERE rollout_id = $1 ORDER BY position",
-            )
+            sqlx::query_as(&format!(
+                "SELECT {WAVE_COLUMNS} FROM rollout_waves WHERE rollout_id = $1 ORDER BY position"
+            ))
             .bind(r.id)
             .fetch_all(pool)
             .await?
         });
         let current = r.wave;
-        let mut changed = false;
         // Waves up to the current one have their tasks, and pick up devices that
         // joined their group since (not while paused: nothing should start).
         if matches!(state, RolloutState::Running | RolloutState::Waiting) {
             for w in waves.iter().filter(|w| w.position <= current) {
-                changed |= self.fill_wave(&r, w, at).await?;
+                self.fill_wave(&r, w, seen, at, ticked).await?;
             }
         }
         if state == RolloutState::Running {
-            changed |= self.judge(&r, &waves, at).await?;
+            self.judge(&r, &waves, seen, at, ticked).await?;
         }
         self.report_sites(&r, &waves, at).await?;
-        Ok(changed)
+        Ok(())
     }
 
     /// Creates the wave's tasks when missing and adds the group's devices not yet
-    /// in this rollout's task of the same package. Returns whether it added any.
-    async fn fill_wave(&self, r: &RolloutRow, w: &WaveRow, at: &At) -> Result<bool> {
+    /// in this rollout's task of the same package, when its group must be
+    /// searched ([`must_search`]).
+    async fn fill_wave(
+        &self,
+        r: &RolloutRow,
+        w: &WaveRow,
+        seen: Seen,
+        at: &At,
+        ticked: &mut Ticked,
+    ) -> Result<()> {
         let Some(group_id) = w.group_id else {
-            return Ok(false);
+            return Ok(());
         };
-        let mut changed = false;
-        let members = self.group_cond(group_id, at).await?;
+        let membership = self.group_membership(group_id, at).await?;
+        if !must_search(w.last_search(), (at.now, seen), membership.drifts) {
+            return Ok(());
+        }
+        ticked.waves_searched += 1;
+        let members = membership.cond;
+        // Recorded only once every package's devices were added: a device type
+        // without its plugin yet is searched again on the next tick.
+        let mut complete = true;
         let packages: Vec<(i64, String, Option<String>)> = with_read!(self, pool => {
             sqlx::query_as(
                 "SELECT p.id, p.device_type, dt.plugin_sha256 FROM rollout_packages rp JOIN packages p ON p.id = rp.package_id \
@@ -91,6 +175,7 @@ impl Store {
         });
         for (package_id, device_type, plugin) in packages {
             let Some(plugin) = plugin else {
+                complete = false;
                 continue;
             };
             // `$1` is the task id, `$2` the rollout, `$3` the package, `$4` now.
@@ -178,17 +263,39 @@ impl Store {
                 }
                 if added > 0 {
                     bump!(&mut *tx, "tasks");
-                    changed = true;
+                    ticked.changed = true;
                 }
                 tx.commit().await?;
             });
         }
-        Ok(changed)
+        if complete {
+            with_write!(self, pool => {
+                sqlx::query(
+                    "UPDATE rollout_waves SET searched_at = $3, searched_members = $4, searched_max_device = $5 \
+                     WHERE rollout_id = $1 AND position = $2",
+                )
+                .bind(r.id)
+                .bind(w.position)
+                .bind(at.now)
+                .bind(seen.members)
+                .bind(seen.max_device)
+                .execute(pool)
+                .await?;
+            });
+        }
+        Ok(())
     }
 
     /// Counts what the rollout's thresholds need and moves it as
-    /// `posup_policy::rollout::judge` decides. Returns whether it moved.
-    async fn judge(&self, r: &RolloutRow, waves: &[WaveRow], at: &At) -> Result<bool> {
+    /// `posup_policy::rollout::judge` decides.
+    async fn judge(
+        &self,
+        r: &RolloutRow,
+        waves: &[WaveRow],
+        seen: Seen,
+        at: &At,
+        ticked: &mut Ticked,
+    ) -> Result<()> {
         let (failed, ended, unfinished): (i64, i64, i64) = with_read!(self, pool => {
             sqlx::query_as(
                 "SELECT count(*) FILTER (WHERE td.state = 'failed' AND td.updated_at > $2), \
@@ -202,7 +309,7 @@ impl Store {
             .await?
         });
         let Some(wave) = waves.iter().find(|w| w.position == r.wave) else {
-            return Ok(false);
+            return Ok(());
         };
         let (total, success, active): (i64, i64, i64) = with_read!(self, pool => {
             sqlx::query_as(
@@ -237,7 +344,7 @@ impl Store {
             },
         );
         let (next, reason, wave_no) = match decision {
-            Decision::Stay => return Ok(false),
+            Decision::Stay => return Ok(()),
             Decision::Finish => (RolloutState::Finished, None, r.wave),
             Decision::Advance { to } => (RolloutState::Running, None, to),
             Decision::Wait => (RolloutState::Waiting, None, r.wave),
@@ -280,6 +387,7 @@ impl Store {
             tx.commit().await?;
             moved > 0
         });
+        ticked.changed |= moved;
         if moved && next == RolloutState::Running {
             // The next wave's tasks at once, not a tick later.
             if let Some(w) = waves.iter().find(|w| w.position == wave_no) {
@@ -287,9 +395,40 @@ impl Store {
                     .rollout_row(r.id)
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("rollout {} does not exist", r.id)))?;
-                self.fill_wave(&r, w, at).await?;
+                self.fill_wave(&r, w, seen, at, ticked).await?;
             }
         }
-        Ok(moved)
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wave_is_searched_when_its_group_may_have_gained_a_device() {
+        let seen = Seen {
+            members: 4,
+            max_device: 100,
+        };
+        let at = 1_000_000;
+        let last = Some((at - 1000, seen));
+        assert!(must_search(None, (at, seen), false), "never searched");
+        assert!(!must_search(last, (at, seen), false), "nothing moved");
+        assert!(must_search(last, (at, seen), true), "a drifting group");
+        for moved in [
+            Seen { members: 5, ..seen },
+            Seen {
+                max_device: 101,
+                ..seen
+            },
+        ] {
+            assert!(must_search(last, (at, moved), false), "{moved:?}");
+        }
+        assert!(
+            must_search(Some((at - SEARCH_AGAIN_MS, seen)), (at, seen), false),
+            "a minute since the last search"
+        );
     }
 }
