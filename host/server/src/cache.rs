@@ -126,6 +126,15 @@ impl Caches {
     }
 
     /// Drops everything: after any change made through this process.
+    /// Drops what is known of devices' actions, and nothing else: new parts
+    /// were added by this process.
+    pub fn invalidate_actions(&self) {
+        let mut inner = self.write();
+        inner.epoch += 1;
+        inner.active = None;
+        inner.idle.clear();
+    }
+
     pub fn invalidate_all(&self) {
         let mut inner = self.write();
         inner.epoch += 1;
@@ -140,6 +149,9 @@ impl Caches {
     pub fn refresh(&self, now: Generations) {
         let mut inner = self.write();
         let Some(seen) = inner.seen.replace(now) else {
+            // The first reading: what was cached before it may be older.
+            drop(inner);
+            self.invalidate_all();
             return;
         };
         if seen == now {

@@ -115,8 +115,9 @@ pub fn documented_routes(state: &AppState) -> Vec<(String, String)> {
     served
 }
 
-/// Any change an operator makes may change what polls answer: the caches of this
-/// process are dropped at once (other processes notice within a second).
+/// Any change an operator makes may change what polls answer: this process reads
+/// the change counters at once and drops what moved (other processes notice
+/// within a second).
 async fn drop_caches(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
@@ -130,7 +131,14 @@ async fn drop_caches(
     // The console answers a change with a redirect to the changed page.
     let done = response.status().is_success() || response.status().is_redirection();
     if changes && done {
-        state.caches().invalidate_all();
+        // Every change a cache depends on grows a change counter in its own
+        // transaction (the replicas' contract): reading them now drops exactly
+        // what the change concerns, so a click on a task does not make a fleet's
+        // every token be read again.
+        if let Err(e) = state.refresh_caches().await {
+            tracing::warn!("reading change counters after a change: {e}");
+            state.caches().invalidate_all();
+        }
     }
     response
 }

@@ -1284,6 +1284,54 @@ async fn replicas_follow_each_others_changes() {
     .await;
 }
 
+/// An operator's change drops only the caches it concerns, as the store's change
+/// counters tell: a new task leaves the fleet's device tokens cached (a fleet
+/// does not read every token again after each click) while its devices are
+/// asked for actions again, and a device moved is read again at once.
+#[tokio::test]
+async fn an_operators_change_drops_only_the_caches_it_concerns() {
+    each_backend(|store| async move {
+        let e = env(store).await;
+        let f = fleet(&e, 2).await;
+        let (id, token) = f.devices[0].clone();
+        let idle = PollRequest {
+            status: status(),
+            ..Default::default()
+        };
+        assert!(poll(&e, &token, idle.clone()).await.actions.is_empty());
+        let key: [u8; 32] = hex::decode(posup_server::auth::hash_secret(&token))
+            .unwrap()
+            .try_into()
+            .unwrap();
+        assert!(e.state.caches().device(&key).is_some(), "kept by its poll");
+
+        e.ok(
+            "POST",
+            "/api/v1/tasks",
+            ADMIN,
+            Some(json!({"kind": "download", "package_id": f.package.id, "group_id": 1})),
+        )
+        .await;
+        assert!(
+            e.state.caches().device(&key).is_some(),
+            "a task changes no device's token or settings"
+        );
+        assert_eq!(poll(&e, &token, idle.clone()).await.actions.len(), 1);
+
+        e.ok(
+            "PATCH",
+            &format!("/api/v1/devices/{id}"),
+            ADMIN,
+            Some(json!({"site": {"name": "Store Z", "address": "Z street 1"}})),
+        )
+        .await;
+        assert!(e.state.caches().device(&key).is_none(), "the device moved");
+        poll(&e, &token, idle.clone()).await;
+        assert_eq!(e.state.caches().device(&key).unwrap().site, "Store Z");
+    })
+    .await;
+}
+
 mod console;
 mod identity;
 mod metrics;
