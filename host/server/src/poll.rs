@@ -9,9 +9,6 @@
 //! caches ([`crate::cache`]) are filled under an epoch, so a change made while a
 //! query ran is never overwritten by that query's stale answer.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-
 use posup_proto::Inventory;
 use posup_proto::agent::{Action, AgentStatus, PollResponse, VariableChanges};
 use posup_store::{At, DeviceAuth, InventoryReport, VarTarget};
@@ -151,16 +148,7 @@ async fn actions(
 ) -> Result<Vec<Action>> {
     let store = state.store();
     let caches = state.caches();
-    let active = match caches.active() {
-        Some(active) => active,
-        None => {
-            let epoch = caches.epoch();
-            let active: Arc<HashSet<i64>> =
-                Arc::new(store.devices_with_actions().await?.into_iter().collect());
-            caches.put_active(active.clone(), epoch);
-            active
-        }
-    };
+    let active = state.devices_with_actions().await?;
     if !caches.may_have_actions(&active, device.id) {
         return Ok(Vec::new());
     }

@@ -80,6 +80,10 @@ struct Inner {
     clock: Arc<dyn Clock>,
     settings: Settings,
     contacts: Mutex<HashSet<i64>>,
+    /// Held while the set of devices with actions is loaded: after a task is
+    /// created a whole fleet's polls find it dropped, and one load serves them
+    /// all instead of each reading every part.
+    loading_active: tokio::sync::Mutex<()>,
     caches: Caches,
     /// Step reports waiting to be written together.
     reports: crate::reports::Reports,
@@ -126,6 +130,7 @@ impl AppState {
                 clock,
                 settings,
                 contacts: Mutex::new(HashSet::new()),
+                loading_active: tokio::sync::Mutex::new(()),
                 caches: Caches::default(),
                 reports: Default::default(),
                 plugins: Mutex::new(HashMap::new()),
@@ -213,6 +218,29 @@ impl AppState {
         let generations = self.store().generations().await?;
         self.inner.caches.refresh(generations);
         Ok(())
+    }
+
+    /// The devices that may have actions, from the cache, or loaded once for
+    /// every poll that asks while it loads.
+    pub(crate) async fn devices_with_actions(&self) -> Result<Arc<HashSet<i64>>> {
+        let caches = &self.inner.caches;
+        if let Some(active) = caches.active() {
+            return Ok(active);
+        }
+        let _loading = self.inner.loading_active.lock().await;
+        if let Some(active) = caches.active() {
+            return Ok(active);
+        }
+        let epoch = caches.epoch();
+        let active: Arc<HashSet<i64>> = Arc::new(
+            self.store()
+                .devices_with_actions()
+                .await?
+                .into_iter()
+                .collect(),
+        );
+        caches.put_active(active.clone(), epoch);
+        Ok(active)
     }
 
     /// A device type's settings, from the cache when this process read them
