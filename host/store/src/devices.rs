@@ -389,12 +389,7 @@ impl Store {
             return Ok(map);
         }
         let mut sql = Sql::new("SELECT device_id, tag FROM device_tags WHERE device_id IN (");
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(*id);
-        }
+        sql.bind_list(ids);
         sql.push(") ORDER BY device_id, tag");
         let rows: Vec<(i64, String)> = with_read!(self, pool => {
             bind_all!(sqlx::query_as::<_, (i64, String)>(&sql.text), sql.args).fetch_all(pool).await?

@@ -76,6 +76,17 @@ impl Sql {
         self
     }
 
+    /// Appends placeholders for `values`, separated by commas (for `IN (…)`).
+    pub fn bind_list(&mut self, values: &[i64]) -> &mut Sql {
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(*v);
+        }
+        self
+    }
+
     /// Appends ` LIMIT … OFFSET …` selecting page `page` (from 1) of `per_page`
     /// rows.
     pub fn page(&mut self, page: u32, per_page: u32) -> &mut Sql {
@@ -196,6 +207,9 @@ mod tests {
             "SELECT 1 FROM devices d WHERE d.id > $1 AND (d.site = $2 OR d.number = $3) LIMIT $4"
         );
         assert_eq!(sql.args.len(), 4);
+        let mut list = Sql::new("SELECT 1 WHERE 2 IN (");
+        list.bind_list(&[5, 6, 7]).push(")");
+        assert_eq!(list.text, "SELECT 1 WHERE 2 IN ($1, $2, $3)");
     }
 
     #[test]

@@ -772,12 +772,7 @@ impl Store {
                 "SELECT td.id, td.task_id, td.device_id, td.state, td.attempt, t.state AS task_state \
                  FROM task_devices td JOIN tasks t ON t.id = td.task_id WHERE td.id IN (",
             );
-            for (i, id) in actions.iter().enumerate() {
-                if i > 0 {
-                    select.push(", ");
-                }
-                select.bind(*id);
-            }
+            select.bind_list(&actions);
             select.push(")");
             let text = pool.text(&select);
             let rows: Vec<PartRow> = bind_all!(sqlx::query_as::<_, PartRow>(&text), select.args)
@@ -895,12 +890,7 @@ impl Store {
                     "SELECT DISTINCT td.device_id FROM task_devices td JOIN tasks t ON t.id = td.task_id \
                      WHERE td.state IN {ACTIVE} AND t.state IN ('Scheduled', 'Running', 'Paused') AND td.device_id IN ("
                 ));
-                for (i, id) in idle.iter().enumerate() {
-                    if i > 0 {
-                        busy.push(", ");
-                    }
-                    busy.bind(*id);
-                }
+                busy.bind_list(&idle);
                 busy.push(")");
                 let text = pool.text(&busy);
                 let busy: Vec<i64> = bind_all!(sqlx::query_scalar::<_, i64>(&text), busy.args)

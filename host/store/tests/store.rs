@@ -1061,21 +1061,25 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
         let (ids, package) = fleet(&store, 4).await;
         let now = T0;
         store.touch_devices(&ids, now).await.unwrap();
-        let task = store
-            .create_task(
-                &CreateTask {
-                    name: None,
+        // A download for devices 2 and 4 (group Even).
+        let download = |name: &str| {
+            let (store, name) = (store.clone(), name.to_owned());
+            async move {
+                let body = CreateTask {
+                    name: Some(name),
                     kind: TaskKind::Download,
                     package_id: package.id,
                     group_id: 2,
                     start_at: None,
                     notice_override: None,
-                },
-                &at(now),
-                "token ops",
-            )
-            .await
-            .unwrap();
+                };
+                store
+                    .create_task(&body, &at(now), "token ops")
+                    .await
+                    .unwrap()
+            }
+        };
+        let task = download("first").await;
         let (d2, d4) = (ids[1], ids[3]);
         let a2 = store.actions_for_device(d2, now).await.unwrap().remove(0);
         let a4 = store.actions_for_device(d4, now).await.unwrap().remove(0);
@@ -1193,21 +1197,7 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
         // Reports of two devices in one call (as a server groups them), one key
         // used by both: each device's is its own. The last part ending finishes
         // the task; its device has a part of another task left, so is not idle.
-        let second = store
-            .create_task(
-                &CreateTask {
-                    name: Some("second".into()),
-                    kind: TaskKind::Download,
-                    package_id: package.id,
-                    group_id: 2,
-                    start_at: None,
-                    notice_override: None,
-                },
-                &at(now),
-                "token ops",
-            )
-            .await
-            .unwrap();
+        let second = download("second").await;
         let (f7, f8) = (
             report(a4.action_id, d4, "k7", FeedbackState::Failed),
             report(a4.action_id, d4, "k8", FeedbackState::RolledBack),

@@ -104,12 +104,7 @@ impl Store {
              n.rollout_id, n.task_id, n.subject, n.body, n.attempts, n.created_at \
              FROM notifications n JOIN channels c ON c.id = n.channel_id WHERE n.id IN (",
         );
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                select.push(", ");
-            }
-            select.bind(*id);
-        }
+        select.bind_list(&ids);
         select.push(") ORDER BY n.next_attempt_at, n.id");
         #[derive(sqlx::FromRow)]
         struct Row {
@@ -236,12 +231,7 @@ impl Store {
         );
         sql.bind(until).push(" THEN ").bind(until);
         sql.push(" ELSE next_attempt_at END WHERE state = 'pending' AND id IN (");
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(*id);
-        }
+        sql.bind_list(ids);
         sql.push(")");
         with_write!(self, pool => {
             bind_all!(sqlx::query(&sql.text), sql.args).execute(pool).await?;
