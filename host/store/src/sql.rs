@@ -107,23 +107,38 @@ impl Sql {
     /// Appends a condition, renumbering its placeholders.
     pub fn append(&mut self, cond: &Cond) -> &mut Sql {
         let offset = self.args.len();
-        let mut rest = cond.text.as_str();
-        while let Some(pos) = rest.find('$') {
-            self.text.push_str(&rest[..pos]);
-            let digits: String = rest[pos + 1..]
-                .chars()
-                .take_while(|c| c.is_ascii_digit())
-                .collect();
-            let n: usize = digits
-                .parse()
-                .expect("placeholders of conditions are numbered");
-            write!(self.text, "${}", n + offset).expect("writing to a String");
-            rest = &rest[pos + 1 + digits.len()..];
-        }
-        self.text.push_str(rest);
+        let text = rewrite_placeholders(&cond.text, |n| {
+            Some(format!(
+                "${}",
+                n.expect("placeholders of conditions are numbered") + offset
+            ))
+        })
+        .expect("every placeholder is rewritten");
+        self.text.push_str(&text);
         self.args.extend(cond.args.iter().cloned());
         self
     }
+}
+
+/// `text` with each `$n` placeholder replaced by what `each` makes of its number
+/// (`None` when no number follows the `$`); `None` when `each` refuses one.
+fn rewrite_placeholders(
+    text: &str,
+    mut each: impl FnMut(Option<usize>) -> Option<String>,
+) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let digits = rest[pos + 1..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        out.push_str(&each(rest[pos + 1..pos + 1 + digits].parse().ok())?);
+        rest = &rest[pos + 1 + digits..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// A built statement's text as a pool's driver binds it fastest.
@@ -153,24 +168,12 @@ impl Sql {
     /// The text with each `$n` replaced by `?`, when the placeholders appear
     /// numbered 1, 2, 3 … in order, as binding builds them; `None` otherwise.
     fn anonymous(&self) -> Option<String> {
-        let mut out = String::with_capacity(self.text.len());
-        let mut rest = self.text.as_str();
-        let mut next = 1usize;
-        while let Some(pos) = rest.find('$') {
-            out.push_str(&rest[..pos]);
-            let digits = rest[pos + 1..]
-                .bytes()
-                .take_while(u8::is_ascii_digit)
-                .count();
-            if rest[pos + 1..pos + 1 + digits].parse::<usize>().ok()? != next {
-                return None;
-            }
-            out.push('?');
+        let mut next = 0;
+        let text = rewrite_placeholders(&self.text, |n| {
             next += 1;
-            rest = &rest[pos + 1 + digits..];
-        }
-        out.push_str(rest);
-        (next - 1 == self.args.len()).then_some(out)
+            (n == Some(next)).then(|| "?".to_owned())
+        })?;
+        (next == self.args.len()).then_some(text)
     }
 }
 

@@ -1968,6 +1968,20 @@ async fn a_started_wave_searches_for_joiners_only_when_its_group_may_have_change
             let store = store.clone();
             async move { store.tick_rollouts(&at(T0)).await.unwrap().waves_searched }
         };
+        // The Night group's filter, changed by an operator.
+        let refilter = |filter: GroupFilter| {
+            let store = store.clone();
+            async move {
+                let change = UpdateGroup {
+                    filter: Some(filter),
+                    ..UpdateGroup::default()
+                };
+                store
+                    .update_group(night.id, &change, &at(T0), ops)
+                    .await
+                    .unwrap();
+            }
+        };
         // Both waves were searched when they started; nothing changed since.
         assert_eq!(searched().await, 0, "nothing changed: no wave is searched");
 
@@ -1992,21 +2006,11 @@ async fn a_started_wave_searches_for_joiners_only_when_its_group_may_have_change
         let late = enroll(&store, &identity(9, "B"), "hash-9").await.unwrap();
         assert_eq!(searched().await, 2, "a device enrolled");
         assert_eq!(searched().await, 0);
-        store
-            .update_group(
-                night.id,
-                &UpdateGroup {
-                    filter: Some(GroupFilter {
-                        site: Some("B".into()),
-                        ..GroupFilter::default()
-                    }),
-                    ..UpdateGroup::default()
-                },
-                &at(T0),
-                ops,
-            )
-            .await
-            .unwrap();
+        refilter(GroupFilter {
+            site: Some("B".into()),
+            ..GroupFilter::default()
+        })
+        .await;
         assert_eq!(searched().await, 2, "a group's filter changed");
         // Devices 2, 4 and the late one at site B join the two tagged ones.
         assert_eq!(total(by_tag.id).await, 5);
@@ -2032,21 +2036,11 @@ async fn a_started_wave_searches_for_joiners_only_when_its_group_may_have_change
 
         // Whether a device is online changes with time alone: such a group is
         // searched on every tick.
-        store
-            .update_group(
-                night.id,
-                &UpdateGroup {
-                    filter: Some(GroupFilter {
-                        online: Some(false),
-                        ..GroupFilter::default()
-                    }),
-                    ..UpdateGroup::default()
-                },
-                &at(T0),
-                ops,
-            )
-            .await
-            .unwrap();
+        refilter(GroupFilter {
+            online: Some(false),
+            ..GroupFilter::default()
+        })
+        .await;
         assert_eq!(searched().await, 2);
         assert_eq!(
             searched().await,
