@@ -208,6 +208,12 @@ impl Store {
             // consistency; FULL would fsync on every poll's write.
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // A statement touching many pages (a group of reports) keeps their
+            // originals in a statement journal; past 64 KiB SQLite would spill it
+            // to a temporary file, a disk write per page. Kept in memory, it is
+            // bounded by what one statement touches; a temporary sort holds at
+            // most a query's rows, the fleet's size.
+            .pragma("temp_store", "memory")
             .busy_timeout(Duration::from_secs(30));
         let write = SqlitePoolOptions::new()
             .max_connections(1)
@@ -309,7 +315,30 @@ pub(crate) fn paging(page: Option<u32>, per_page: Option<u32>) -> (u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::*;
+
+    /// A group of reports is one statement touching many pages; its statement
+    /// journal spilled to a temporary file was a disk write per page.
+    #[tokio::test]
+    async fn sqlite_keeps_statement_journals_and_temporary_tables_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite_file(
+            &dir.path().join("posup.db"),
+            &StoreOptions { max_connections: 2 },
+        )
+        .await
+        .unwrap();
+        let Db::Sqlite { read, write } = &store.db else {
+            unreachable!("a SQLite store")
+        };
+        for (name, pool) in [("read", read), ("write", write)] {
+            let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(temp_store, 2, "temp_store of the {name} connections");
+        }
+    }
 
     #[test]
     fn redact_hides_the_password_only() {
