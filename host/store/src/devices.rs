@@ -8,7 +8,7 @@ use posup_proto::api::{
 use posup_proto::{Inventory, Page, TaskKind};
 use serde_json::json;
 
-use crate::sql::{Cond, Sql, contains_pattern};
+use crate::sql::{Cond, Sql, SqlText, contains_pattern};
 use crate::version::{self, Reference};
 
 use crate::{At, Error, Result, Store, from_json, paging, to_json, ts, ts_opt};
@@ -36,6 +36,10 @@ pub struct DeviceAuth {
     /// (JSON), to notice a change without a write.
     pub allows: Option<String>,
 }
+
+/// How many inventory reports one transaction records at most: with 15 values
+/// each, a group stays far under both drivers' limits on bound values.
+pub const MAX_INVENTORIES_AT_ONCE: usize = 64;
 
 /// What a poll reports about the installation.
 #[derive(Debug, Clone)]
@@ -163,85 +167,127 @@ impl Store {
         }))
     }
 
-    /// Stores a changed inventory report and recomputes the device's version status,
-    /// in one transaction of few statements: this is every device's first poll.
+    /// Stores a changed inventory report and recomputes the device's version status.
     pub async fn record_inventory(
         &self,
         device: &DeviceAuth,
         report: &InventoryReport<'_>,
         now: i64,
     ) -> Result<()> {
-        let inv = report.inventory;
-        let mut modules: Vec<&posup_proto::ModuleVersion> =
-            inv.map(|i| i.modules.iter().collect()).unwrap_or_default();
-        modules.sort_by(|a, b| a.name.cmp(&b.name));
-        modules.dedup_by(|a, b| a.name == b.name);
-        // Multi-row inserts, in chunks that stay under both drivers' parameter limits.
-        let inserts: Vec<Sql> = modules
-            .chunks(1000)
-            .map(|chunk| {
-                let mut insert =
-                    Sql::new("INSERT INTO device_modules (device_id, name, version) VALUES ");
-                for (i, m) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        insert.push(", ");
-                    }
-                    insert
-                        .push("(")
-                        .bind(device.id)
-                        .push(", ")
-                        .bind(m.name.as_str())
-                        .push(", ")
-                        .bind(m.version.as_str())
-                        .push(")");
-                }
-                insert
-            })
+        self.record_inventories(&[(device, report.clone())], now)
+            .await
+    }
+
+    /// Stores the changed inventory reports of several devices (at most
+    /// [`MAX_INVENTORIES_AT_ONCE`]) and recomputes their version status, in one
+    /// transaction of a few statements whatever their number: a fleet's first
+    /// polls, and its polls after an update, arrive together (group commit). A
+    /// device reported twice keeps its later report.
+    pub async fn record_inventories(
+        &self,
+        reports: &[(&DeviceAuth, InventoryReport<'_>)],
+        now: i64,
+    ) -> Result<()> {
+        if reports.len() > MAX_INVENTORIES_AT_ONCE {
+            return Err(Error::Invalid(format!(
+                "{} inventories at once: record at most {MAX_INVENTORIES_AT_ONCE}",
+                reports.len()
+            )));
+        }
+        // The later report of a device stands.
+        let mut latest: Vec<&(&DeviceAuth, InventoryReport<'_>)> =
+            Vec::with_capacity(reports.len());
+        for r in reports.iter().rev() {
+            if !latest.iter().any(|l| l.0.id == r.0.id) {
+                latest.push(r);
+            }
+        }
+        let Some(_) = latest.first() else {
+            return Ok(());
+        };
+        let mut types: Vec<&str> = latest.iter().map(|(d, _)| d.device_type.as_str()).collect();
+        types.sort_unstable();
+        types.dedup();
+        // The explicit reference if there is one (rank 0), else the Current
+        // package's version (rank 1).
+        let mut references = Sql::new(
+            "SELECT device_type, CAST(0 AS BIGINT), version, modules FROM version_references WHERE device_type IN (",
+        );
+        references.bind_list(&types).push(") UNION ALL SELECT device_type, CAST(1 AS BIGINT), version, '[]' FROM packages WHERE current = TRUE AND device_type IN (");
+        references.bind_list(&types).push(")");
+        let with_modules: Vec<i64> = latest
+            .iter()
+            .filter(|(_, r)| r.inventory.is_some())
+            .map(|(d, _)| d.id)
             .collect();
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
-            // The explicit reference if there is one, else the Current package's version.
-            let rows: Vec<(String, String)> = sqlx::query_as(
-                "SELECT version, modules FROM version_references WHERE device_type = $1 \
-                 UNION ALL SELECT version, '[]' FROM packages WHERE device_type = $1 AND current = TRUE",
-            )
-            .bind(&device.device_type)
-            .fetch_all(&mut *tx)
-            .await?;
-            let reference = rows.into_iter().next().map(|(v, m)| reference_of(v, &m)).transpose()?;
-            let computed = version::compute(&device.device_type, inv, report.error, reference.as_ref());
-            sqlx::query(
-                "UPDATE devices SET inventory = $2, inventory_error = $3, inventory_hash = $4, \
-                 version = COALESCE($5, version), loaded_package = COALESCE($6, loaded_package), state = COALESCE($7, state), \
-                 pending_sync = COALESCE($8, pending_sync), \
-                 v_status = $9, v_error = $10, v_computed = $11, v_reference = $12, v_differing = $13, v_differences = $14, v_computed_at = $15 \
-                 WHERE id = $1",
-            )
-            .bind(device.id)
-            .bind(inv.map(to_json))
-            .bind(report.error)
-            .bind(report.hash)
-            .bind(inv.map(|i| i.version.clone()))
-            .bind(inv.map(|i| i.loaded_package.clone().unwrap_or_default()))
-            .bind(inv.map(|i| i.state.clone()))
-            .bind(inv.map(|i| i64::from(i.pending_sync)))
-            .bind(computed.status.as_str())
-            .bind(computed.error.clone())
-            .bind(&computed.computed_version)
-            .bind(reference.as_ref().map(|r| r.version.clone()))
-            .bind(computed.differences.len() as i64)
-            .bind(to_json(&computed.differences))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            if inv.is_some() {
-                sqlx::query("DELETE FROM device_modules WHERE device_id = $1")
-                    .bind(device.id)
-                    .execute(&mut *tx)
-                    .await?;
-                for insert in &inserts {
-                    bind_all!(sqlx::query(&insert.text), insert.args).execute(&mut *tx).await?;
+            let text = pool.text(&references);
+            let mut rows: Vec<(String, i64, String, String)> =
+                bind_all!(sqlx::query_as(&text), references.args).fetch_all(&mut *tx).await?;
+            rows.sort_by_key(|r| r.1);
+            let mut reference: Vec<(String, Reference)> = Vec::new();
+            for (device_type, _, version, modules) in rows {
+                if !reference.iter().any(|(t, _)| *t == device_type) {
+                    reference.push((device_type, reference_of(version, &modules)?));
                 }
+            }
+            // One statement for every device: the values are typed so both
+            // backends read them alike.
+            let mut update = Sql::new(
+                "UPDATE devices SET inventory = v.column2, inventory_error = v.column3, inventory_hash = v.column4, \
+                 version = COALESCE(v.column5, devices.version), loaded_package = COALESCE(v.column6, devices.loaded_package), \
+                 state = COALESCE(v.column7, devices.state), pending_sync = COALESCE(v.column8, devices.pending_sync), \
+                 v_status = v.column9, v_error = v.column10, v_computed = v.column11, v_reference = v.column12, \
+                 v_differing = v.column13, v_differences = v.column14, v_computed_at = ",
+            );
+            update.bind(now).push(" FROM (VALUES ");
+            for (i, (device, report)) in latest.iter().enumerate() {
+                let inv = report.inventory;
+                let reference = reference.iter().find(|(t, _)| *t == device.device_type).map(|(_, r)| r);
+                let computed = version::compute(&device.device_type, inv, report.error, reference);
+                update.push(if i == 0 { "(CAST(" } else { ", (CAST(" });
+                update.bind(device.id).push(" AS BIGINT), CAST(").bind(inv.map(to_json));
+                update.push(" AS TEXT), CAST(").bind(report.error.map(str::to_owned));
+                update.push(" AS TEXT), CAST(").bind(report.hash.to_owned());
+                update.push(" AS TEXT), CAST(").bind(inv.map(|i| i.version.clone()));
+                update.push(" AS TEXT), CAST(").bind(inv.map(|i| i.loaded_package.clone().unwrap_or_default()));
+                update.push(" AS TEXT), CAST(").bind(inv.map(|i| i.state.clone()));
+                update.push(" AS TEXT), CAST(").bind(inv.map(|i| i64::from(i.pending_sync)));
+                update.push(" AS BIGINT), CAST(").bind(computed.status.as_str());
+                update.push(" AS TEXT), CAST(").bind(computed.error.clone());
+                update.push(" AS TEXT), CAST(").bind(computed.computed_version.clone());
+                update.push(" AS TEXT), CAST(").bind(reference.map(|r| r.version.clone()));
+                update.push(" AS TEXT), CAST(").bind(computed.differences.len() as i64);
+                update.push(" AS BIGINT), CAST(").bind(to_json(&computed.differences));
+                update.push(" AS TEXT))");
+            }
+            update.push(") AS v WHERE devices.id = v.column1");
+            let text = pool.text(&update);
+            bind_all!(sqlx::query(&text), update.args).execute(&mut *tx).await?;
+            if !with_modules.is_empty() {
+                let mut delete = Sql::new("DELETE FROM device_modules WHERE device_id IN (");
+                delete.bind_list(&with_modules).push(")");
+                let text = pool.text(&delete);
+                bind_all!(sqlx::query(&text), delete.args).execute(&mut *tx).await?;
+            }
+            let mut modules: Vec<(i64, &posup_proto::ModuleVersion)> = Vec::new();
+            for (device, report) in &latest {
+                let mut mine: Vec<&posup_proto::ModuleVersion> =
+                    report.inventory.map(|i| i.modules.iter().collect()).unwrap_or_default();
+                mine.sort_by(|a, b| a.name.cmp(&b.name));
+                mine.dedup_by(|a, b| a.name == b.name);
+                modules.extend(mine.into_iter().map(|m| (device.id, m)));
+            }
+            // Multi-row inserts, in chunks that stay under both drivers' parameter limits.
+            for chunk in modules.chunks(1000) {
+                let mut insert = Sql::new("INSERT INTO device_modules (device_id, name, version) VALUES ");
+                for (i, (device_id, m)) in chunk.iter().enumerate() {
+                    insert.push(if i == 0 { "(" } else { ", (" });
+                    insert.bind(*device_id).push(", ").bind(m.name.as_str()).push(", ").bind(m.version.as_str()).push(")");
+                }
+                let text = pool.text(&insert);
+                bind_all!(sqlx::query(&text), insert.args).execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });

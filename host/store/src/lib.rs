@@ -57,7 +57,7 @@ pub use accounts::{
     AccountView, Failure, LOCK_MS, LoginAccount, MAX_FAILED_LOGINS, NewAccount, SessionAccount,
 };
 pub use device_types::DeviceTypeConfig;
-pub use devices::{DeviceAuth, InventoryReport};
+pub use devices::{DeviceAuth, InventoryReport, MAX_INVENTORIES_AT_ONCE};
 pub use enrollment::Enrollment;
 pub use gates::{Asking, PollActions};
 pub use generations::Generations;

@@ -77,12 +77,12 @@ impl Sql {
     }
 
     /// Appends placeholders for `values`, separated by commas (for `IN (…)`).
-    pub fn bind_list(&mut self, values: &[i64]) -> &mut Sql {
+    pub fn bind_list<T: Clone + Into<Arg>>(&mut self, values: &[T]) -> &mut Sql {
         for (i, v) in values.iter().enumerate() {
             if i > 0 {
                 self.push(", ");
             }
-            self.bind(*v);
+            self.bind(v.clone());
         }
         self
     }

@@ -1485,6 +1485,116 @@ fn inventory(version: &str, modules: &[(&str, &str)]) -> Inventory {
     }
 }
 
+/// A group of polls' inventories is written in one transaction, as writing
+/// them one by one would: each device's status against its type's reference
+/// (the explicit one over the Current package), its modules replaced, and a
+/// device reporting twice keeps its later report.
+#[tokio::test]
+async fn inventories_recorded_together_are_recorded_as_one_by_one() {
+    each_backend(|store| async move {
+        let (ids, package) = fleet(&store, 4).await;
+        let now = T0 + MINUTE;
+        store.touch_devices(&ids, now).await.unwrap();
+        store
+            .set_current_package(package.id, now, "x")
+            .await
+            .unwrap();
+        let module = |name: &str, version: &str| ModuleVersion {
+            name: name.into(),
+            version: version.into(),
+        };
+        store
+            .set_reference(
+                "ukm5",
+                &ReferenceBody {
+                    version: Some("1.9.0".into()),
+                    modules: vec![module("core", "3.0"), module("retail", "1.2")],
+                    from_device: None,
+                },
+                now,
+                "x",
+            )
+            .await
+            .unwrap();
+        let report = |inventory, error, hash| InventoryReport {
+            inventory,
+            error,
+            hash,
+        };
+        let three = inventory(
+            "1.8.4",
+            &[("core", "3.0"), ("extra", "1"), ("retail", "1.2")],
+        );
+        store
+            .record_inventory(
+                &auth(&store, 2).await,
+                &report(Some(&three), None, "2a"),
+                now,
+            )
+            .await
+            .unwrap();
+
+        let same = inventory("1.9.0", &[("core", "3.0"), ("retail", "1.2")]);
+        let core_only = inventory("1.9.0", &[("core", "3.0")]);
+        let old = inventory("1.8.4", &[("core", "3.0"), ("retail", "1.2")]);
+        let (d1, d2, d3) = (
+            auth(&store, 1).await,
+            auth(&store, 2).await,
+            auth(&store, 3).await,
+        );
+        store
+            .record_inventories(
+                &[
+                    (&d1, report(Some(&core_only), None, "1a")),
+                    (&d2, report(Some(&old), None, "2b")),
+                    (&d3, report(None, Some("version file unreadable"), "3")),
+                    (&d1, report(Some(&same), None, "1b")),
+                ],
+                now,
+            )
+            .await
+            .unwrap();
+
+        let detail = |n: usize| {
+            let store = store.clone();
+            let id = ids[n - 1];
+            async move { store.version_detail(id, &at(now)).await.unwrap().unwrap() }
+        };
+        use VersionStatus::*;
+        let one = detail(1).await;
+        assert_eq!(
+            (one.row.status, one.row.version.as_str(), one.modules.len()),
+            (Same, "1.9.0", 2),
+            "device 1 keeps its later report"
+        );
+        assert_eq!(one.row.reference_version.as_deref(), Some("1.9.0"));
+        assert_eq!(auth(&store, 1).await.inventory_hash.as_deref(), Some("1b"));
+        let two = detail(2).await;
+        assert_eq!(
+            (two.row.status, two.row.version.as_str()),
+            (Different, "1.8.4"),
+            "the explicit reference, not the Current package, is compared"
+        );
+        let names: Vec<&str> = two.modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["core", "retail"], "the modules are replaced");
+        let three = detail(3).await;
+        assert_eq!(three.row.status, Unknown);
+        assert!(
+            three
+                .row
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("version file unreadable")),
+            "{:?}",
+            three.row.error
+        );
+        let four = detail(4).await;
+        assert!(four.modules.is_empty(), "device 4 reported nothing");
+        assert_eq!(auth(&store, 4).await.inventory_hash, None);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn version_overview_same_different_unknown() {
     each_backend(|store| async move {
