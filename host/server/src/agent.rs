@@ -16,6 +16,7 @@ use crate::auth::{Device, hash_secret, new_secret, optional_bearer};
 use crate::error::{Error, Result};
 use crate::extract::{Json, Path};
 use crate::poll::{PollBody, bad_json};
+use crate::reports::Reports;
 use crate::state::AppState;
 
 pub fn routes(state: &AppState) -> Routes {
@@ -90,7 +91,7 @@ async fn feedback(
 ) -> Result<Json<FeedbackAck>> {
     let result = state
         .reports()
-        .record(&state, device.auth.id, vec![f], state.at())
+        .write(&state, Reports::new(device.auth.id, vec![f])?, state.at())
         .await?
         .pop()
         .expect("one result per report");
@@ -105,7 +106,11 @@ async fn feedback_batch(
     let keys: Vec<String> = batch.reports.iter().map(|f| f.key.clone()).collect();
     let results = state
         .reports()
-        .record(&state, device.auth.id, batch.reports, state.at())
+        .write(
+            &state,
+            Reports::new(device.auth.id, batch.reports)?,
+            state.at(),
+        )
         .await?;
     let answers = keys
         .into_iter()

@@ -40,6 +40,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 mod extract;
+mod group;
 pub mod metrics;
 pub mod notify;
 mod notify_api;

@@ -11,13 +11,16 @@
 
 use posup_proto::Inventory;
 use posup_proto::agent::{Action, AgentStatus, PollResponse, VariableChanges};
-use posup_store::{At, DeviceAuth, InventoryReport, VarTarget};
+use std::sync::Arc;
+
+use posup_store::{At, DeviceAuth, InventoryReport, MAX_INVENTORIES_AT_ONCE, VarTarget};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::auth::Device;
 use crate::error::{Error, Result};
+use crate::group::Batch;
 use crate::state::AppState;
 
 /// A poll as the server reads it: the wire type `PollRequest`, with the inventory
@@ -82,6 +85,50 @@ pub(crate) async fn answer(
     })
 }
 
+/// A device's changed inventory, written with the others that arrive with it
+/// ([`crate::group`]): a fleet's polls after an update all carry one.
+pub(crate) struct Inventories {
+    device: Arc<DeviceAuth>,
+    inventory: Option<Inventory>,
+    error: Option<String>,
+    hash: String,
+}
+
+impl Batch for Inventories {
+    type Answer = ();
+    const MAX: usize = MAX_INVENTORIES_AT_ONCE;
+
+    fn weight(&self) -> usize {
+        1
+    }
+
+    async fn write(
+        state: &AppState,
+        group: Vec<Inventories>,
+        at: &At,
+    ) -> std::result::Result<Vec<()>, Arc<String>> {
+        let reports: Vec<(&DeviceAuth, InventoryReport<'_>)> = group
+            .iter()
+            .map(|c| {
+                (
+                    c.device.as_ref(),
+                    InventoryReport {
+                        inventory: c.inventory.as_ref(),
+                        error: c.error.as_deref(),
+                        hash: &c.hash,
+                    },
+                )
+            })
+            .collect();
+        state
+            .store()
+            .record_inventories(&reports, at.now)
+            .await
+            .map_err(|e| Arc::new(e.to_string()))?;
+        Ok(vec![(); group.len()])
+    }
+}
+
 /// Writes the inventory, the agent's status and the contact time, each only
 /// when it changed, and keeps the device cache in step.
 async fn record(state: &AppState, device: &Device, req: &PollBody<'_>, at: &At) -> Result<()> {
@@ -99,12 +146,13 @@ async fn record(state: &AppState, device: &Device, req: &PollBody<'_>, at: &At) 
                 .map(|raw| serde_json::from_str(raw.get()))
                 .transpose()
                 .map_err(bad_json)?;
-            let report = InventoryReport {
-                inventory: inventory.as_ref(),
-                error: req.inventory_error.as_deref(),
-                hash: &hash,
+            let changed = Inventories {
+                device: device.clone(),
+                inventory,
+                error: req.inventory_error.clone(),
+                hash: hash.clone(),
             };
-            store.record_inventory(device, &report, at.now).await?;
+            state.inventories().write(state, changed, *at).await?;
             caches.update_device(token_hash, |d| d.inventory_hash = Some(hash.clone()));
         }
     }

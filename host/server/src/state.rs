@@ -11,6 +11,7 @@ use crate::blobs::Blobs;
 use crate::cache::Caches;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::group::GroupCommit;
 
 /// Settings handlers need.
 #[derive(Debug, Clone)]
@@ -86,7 +87,9 @@ struct Inner {
     loading_active: tokio::sync::Mutex<()>,
     caches: Caches,
     /// Step reports waiting to be written together.
-    reports: crate::reports::Reports,
+    reports: GroupCommit<crate::reports::Reports>,
+    /// Changed inventories waiting to be written together.
+    inventories: GroupCommit<crate::poll::Inventories>,
     /// Loaded plugins by sha256. Blobs never change, so an entry never goes stale;
     /// it only saves compiling or deserializing a component per package upload.
     plugins: Mutex<HashMap<String, Arc<Plugin>>>,
@@ -132,7 +135,8 @@ impl AppState {
                 contacts: Mutex::new(HashSet::new()),
                 loading_active: tokio::sync::Mutex::new(()),
                 caches: Caches::default(),
-                reports: Default::default(),
+                reports: GroupCommit::new("recording reports"),
+                inventories: GroupCommit::new("recording inventories"),
                 plugins: Mutex::new(HashMap::new()),
                 inspections: tokio::sync::Semaphore::new(MAX_INSPECTIONS),
                 login_throttle: Default::default(),
@@ -204,8 +208,12 @@ impl AppState {
         &self.inner.settings
     }
 
-    pub(crate) fn reports(&self) -> &crate::reports::Reports {
+    pub(crate) fn reports(&self) -> &GroupCommit<crate::reports::Reports> {
         &self.inner.reports
+    }
+
+    pub(crate) fn inventories(&self) -> &GroupCommit<crate::poll::Inventories> {
+        &self.inner.inventories
     }
 
     pub fn caches(&self) -> &Caches {
