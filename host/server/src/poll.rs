@@ -87,14 +87,14 @@ pub(crate) async fn answer(
 
 /// A device's changed inventory, written with the others that arrive with it
 /// ([`crate::group`]): a fleet's polls after an update all carry one.
-pub(crate) struct Inventories {
+pub(crate) struct ChangedInventory {
     device: Arc<DeviceAuth>,
     inventory: Option<Inventory>,
     error: Option<String>,
     hash: String,
 }
 
-impl Batch for Inventories {
+impl Batch for ChangedInventory {
     type Answer = ();
     const MAX: usize = MAX_INVENTORIES_AT_ONCE;
 
@@ -104,7 +104,7 @@ impl Batch for Inventories {
 
     async fn write(
         state: &AppState,
-        group: Vec<Inventories>,
+        group: Vec<ChangedInventory>,
         at: &At,
     ) -> std::result::Result<Vec<()>, Arc<String>> {
         let reports: Vec<(&DeviceAuth, InventoryReport<'_>)> = group
@@ -146,7 +146,7 @@ async fn record(state: &AppState, device: &Device, req: &PollBody<'_>, at: &At) 
                 .map(|raw| serde_json::from_str(raw.get()))
                 .transpose()
                 .map_err(bad_json)?;
-            let changed = Inventories {
+            let changed = ChangedInventory {
                 device: device.clone(),
                 inventory,
                 error: req.inventory_error.clone(),

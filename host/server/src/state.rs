@@ -89,7 +89,7 @@ struct Inner {
     /// Step reports waiting to be written together.
     reports: GroupCommit<crate::reports::Reports>,
     /// Changed inventories waiting to be written together.
-    inventories: GroupCommit<crate::poll::Inventories>,
+    inventories: GroupCommit<crate::poll::ChangedInventory>,
     /// Loaded plugins by sha256. Blobs never change, so an entry never goes stale;
     /// it only saves compiling or deserializing a component per package upload.
     plugins: Mutex<HashMap<String, Arc<Plugin>>>,
@@ -212,7 +212,7 @@ impl AppState {
         &self.inner.reports
     }
 
-    pub(crate) fn inventories(&self) -> &GroupCommit<crate::poll::Inventories> {
+    pub(crate) fn inventories(&self) -> &GroupCommit<crate::poll::ChangedInventory> {
         &self.inner.inventories
     }
 

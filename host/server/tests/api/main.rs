@@ -504,6 +504,57 @@ async fn variables_reach_agents_by_change_id() {
     .await;
 }
 
+/// Polls arriving together have their inventories written as one group: each
+/// device keeps its own version and modules.
+#[tokio::test]
+async fn inventories_of_polls_arriving_together_are_each_recorded() {
+    each_backend(|store| async move {
+        let e = env(store).await;
+        let f = fleet(&e, 24).await;
+        let request = |n: usize| PollRequest {
+            inventory: Some(posup_proto::Inventory {
+                product: "Openbravo".into(),
+                version: format!("23.{n}"),
+                modules: vec![posup_proto::ModuleVersion {
+                    name: "core".into(),
+                    version: format!("3.{n}"),
+                }],
+                ..Default::default()
+            }),
+            status: status(),
+            ..Default::default()
+        };
+        futures::future::join_all(
+            f.devices
+                .iter()
+                .enumerate()
+                .map(|(n, (_, token))| poll(&e, token, request(n))),
+        )
+        .await;
+        let all: posup_proto::Page<VersionRow> = serde_json::from_value(
+            e.ok("GET", "/api/v1/versions?per_page=100", ADMIN, None)
+                .await,
+        )
+        .unwrap();
+        for (n, (id, _)) in f.devices.iter().enumerate() {
+            let row = all.items.iter().find(|r| r.device_id == *id).unwrap();
+            assert_eq!(row.version, format!("23.{n}"), "device {id}");
+            let detail: VersionDetail = serde_json::from_value(
+                e.ok("GET", &format!("/api/v1/versions/{id}"), ADMIN, None)
+                    .await,
+            )
+            .unwrap();
+            let modules: Vec<(String, String)> = detail
+                .modules
+                .into_iter()
+                .map(|m| (m.name, m.version))
+                .collect();
+            assert_eq!(modules, [("core".to_owned(), format!("3.{n}"))]);
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn version_overview_same_different_unknown_over_the_api() {
     each_backend(|store| async move {
