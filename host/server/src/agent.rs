@@ -151,8 +151,7 @@ async fn package(
     let device = device.auth;
     check_sha(&sha256, "package")?;
     let package = state
-        .store()
-        .package_by_sha(&sha256, &device.device_type)
+        .package(&sha256, &device.device_type)
         .await?
         .ok_or_else(|| {
             Error::NotFound(format!(

@@ -3,7 +3,8 @@
 //! At fleet scale nearly every poll changes nothing: the device's token, its device
 //! type's settings, whether it has actions and the newest variable change are the
 //! same as last time; and a fleet enrolling reads its few device types' settings
-//! thousands of times. They are kept here, so a steady-state poll reads no table.
+//! thousands of times, as a fleet updating downloads its few packages. They are
+//! kept here, so a steady-state poll reads no table.
 //!
 //! **Invariant:** a cache never outlives a change by more than a second. Changes
 //! made through this process drop the caches at once; changes made by other
@@ -15,6 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+use posup_proto::api::PackageView;
 use posup_store::{DeviceAuth, DeviceTypeConfig, Generations};
 
 #[derive(Debug, Default)]
@@ -38,6 +40,9 @@ struct Inner {
     /// Device types' settings by name, as enrollment and polls read them. Only
     /// types that exist are kept, so the operator bounds it, not the devices.
     device_types: HashMap<String, Arc<DeviceTypeConfig>>,
+    /// Packages by sha256 and device type, as downloads ask for them. Only
+    /// packages that exist are kept, so the operator bounds it.
+    packages: HashMap<(String, String), Arc<PackageView>>,
     /// The store's counters as last read.
     seen: Option<Generations>,
 }
@@ -114,6 +119,21 @@ impl Caches {
         }
     }
 
+    pub fn package(&self, sha256: &str, device_type: &str) -> Option<Arc<PackageView>> {
+        self.read()
+            .packages
+            .get(&(sha256.to_owned(), device_type.to_owned()))
+            .cloned()
+    }
+
+    pub fn put_package(&self, package: Arc<PackageView>, epoch: u64) {
+        let mut inner = self.write();
+        if inner.epoch == epoch {
+            let key = (package.sha256.clone(), package.device_type.clone());
+            inner.packages.insert(key, package);
+        }
+    }
+
     pub fn vars_max(&self) -> Option<i64> {
         self.read().vars_max
     }
@@ -143,6 +163,7 @@ impl Caches {
         inner.idle.clear();
         inner.vars_max = None;
         inner.device_types.clear();
+        inner.packages.clear();
     }
 
     /// Drops what the store's counters say changed since the last call.
@@ -169,6 +190,9 @@ impl Caches {
         }
         if seen.variables != now.variables {
             inner.vars_max = None;
+        }
+        if seen.packages != now.packages {
+            inner.packages.clear();
         }
     }
 }
@@ -228,6 +252,7 @@ mod tests {
             devices: 1,
             tasks: 1,
             variables: 5,
+            packages: 1,
         };
         c.refresh(g);
         (c, g)
@@ -252,6 +277,7 @@ mod tests {
             devices: 2,
             tasks: 2,
             variables: 6,
+            ..g
         });
         assert!(
             c.device_type("t").is_none(),
@@ -289,11 +315,43 @@ mod tests {
             c.may_have_actions(&active, 1),
             "idle found before the change is not kept"
         );
+        c.put_package(package(), c.epoch());
         c.refresh(Generations {
             tasks: 2,
             devices: 2,
             ..g
         });
         assert!(c.device(&[1; 32]).is_none());
+        assert!(
+            c.package("ab", "t").is_some(),
+            "packages stay while none is deleted"
+        );
+        c.refresh(Generations {
+            tasks: 2,
+            devices: 2,
+            packages: 2,
+            ..g
+        });
+        assert!(c.package("ab", "t").is_none(), "a package was deleted");
+    }
+
+    fn package() -> Arc<PackageView> {
+        Arc::new(PackageView {
+            id: 1,
+            device_type: "t".into(),
+            file_name: "t_1.0.tgz".into(),
+            sha256: "ab".into(),
+            size: 1,
+            version: "1.0".into(),
+            kind: "complete".into(),
+            notes: String::new(),
+            changelog: String::new(),
+            rollback: true,
+            plugin_sha256: String::new(),
+            state: posup_proto::api::PackageState::Install,
+            uploaded_at: chrono::DateTime::UNIX_EPOCH,
+            signatures: Vec::new(),
+            archived: false,
+        })
     }
 }

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use posup_proto::api::PackageView;
 use posup_runtime::{Plugin, Runtime};
 use posup_store::{At, DeviceTypeConfig, Store};
 
@@ -262,6 +263,26 @@ impl AppState {
         let config = Arc::new(self.store().device_config(device_type).await?);
         caches.put_device_type(device_type, config.clone(), epoch);
         Ok(config)
+    }
+
+    /// The package of `device_type` with this sha256, from the cache when this
+    /// process read it since packages were last deleted.
+    pub async fn package(
+        &self,
+        sha256: &str,
+        device_type: &str,
+    ) -> Result<Option<Arc<PackageView>>> {
+        let caches = &self.inner.caches;
+        if let Some(package) = caches.package(sha256, device_type) {
+            return Ok(Some(package));
+        }
+        let epoch = caches.epoch();
+        let Some(package) = self.store().package_by_sha(sha256, device_type).await? else {
+            return Ok(None);
+        };
+        let package = Arc::new(package);
+        caches.put_package(package.clone(), epoch);
+        Ok(Some(package))
     }
 
     pub fn clock(&self) -> &dyn Clock {

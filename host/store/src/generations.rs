@@ -1,7 +1,8 @@
 //! What server processes may keep in memory, and how they learn it changed.
 //!
 //! A poll must stay cheap at fleet scale, so servers cache device tokens, the set
-//! of devices that have actions, and the newest variable change. Changes that
+//! of devices that have actions, the newest variable change, and the packages
+//! devices download. Changes that
 //! invalidate those caches grow a counter in the `generations` table in the same
 //! transaction; each process re-reads the counters every second.
 
@@ -17,15 +18,18 @@ pub struct Generations {
     pub tasks: i64,
     /// The newest variable change id.
     pub variables: i64,
+    /// Grows when a package is deleted.
+    pub packages: i64,
 }
 
 impl Store {
     pub async fn generations(&self) -> Result<Generations> {
-        let (devices, tasks, variables): (i64, i64, i64) = with_read!(self, pool => {
+        let (devices, tasks, variables, packages): (i64, i64, i64, i64) = with_read!(self, pool => {
             sqlx::query_as(
                 "SELECT (SELECT value FROM generations WHERE name = 'devices'), \
                  (SELECT value FROM generations WHERE name = 'tasks'), \
-                 (SELECT COALESCE(max(id), 0) FROM variable_changes)",
+                 (SELECT COALESCE(max(id), 0) FROM variable_changes), \
+                 (SELECT value FROM generations WHERE name = 'packages')",
             )
             .fetch_one(pool)
             .await?
@@ -34,6 +38,7 @@ impl Store {
             devices,
             tasks,
             variables,
+            packages,
         })
     }
 

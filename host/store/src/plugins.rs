@@ -494,6 +494,7 @@ impl Store {
                 }
                 audit!(&mut *tx, now, actor, "package.delete", "package", id,
                     json!({"file_name": package.file_name, "device_type": package.device_type}));
+                bump!(&mut *tx, "packages");
                 let others: i64 = sqlx::query_scalar(
                     "SELECT (SELECT count(*) FROM packages WHERE sha256 = $1) + (SELECT count(*) FROM plugins WHERE sha256 = $1)",
                 )

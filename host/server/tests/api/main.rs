@@ -700,6 +700,39 @@ async fn version_overview_same_different_unknown_over_the_api() {
     .await;
 }
 
+/// Downloads ask the store once per package, then a cache: a deleted package
+/// is no longer served, even to a device that downloaded it.
+#[tokio::test]
+async fn a_deleted_package_is_no_longer_served() {
+    each_backend(|store| async move {
+        let e = env(store).await;
+        let f = fleet(&e, 1).await;
+        let token = &f.devices[0].1;
+        let url = format!("/api/v1/agent/packages/{}", f.package.sha256);
+        let download = || e.call("GET", &url, Some(token), None);
+        assert_eq!(download().await.status, StatusCode::OK);
+        assert_eq!(download().await.status, StatusCode::OK);
+        let a = e
+            .call(
+                "DELETE",
+                &format!("/api/v1/packages/{}", f.package.id),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        let gone = download().await;
+        assert_eq!(gone.status, StatusCode::NOT_FOUND);
+        assert!(
+            gone.error()
+                .contains("is not a package of device type test"),
+            "{}",
+            gone.error()
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn packages_download_with_range_and_etag() {
     each_backend(|store| async move {
