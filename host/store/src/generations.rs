@@ -2,9 +2,9 @@
 //!
 //! A poll must stay cheap at fleet scale, so servers cache device tokens, the set
 //! of devices that have actions, the newest variable change, and the packages
-//! devices download. Changes that
-//! invalidate those caches grow a counter in the `generations` table in the same
-//! transaction; each process re-reads the counters every second.
+//! devices download. Changes that invalidate those caches grow a counter in the
+//! `generations` table in the same transaction; each process re-reads the
+//! counters every second.
 
 use crate::{Result, Store};
 
