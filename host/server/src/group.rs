@@ -16,7 +16,9 @@
 //! writes each at once.
 //!
 //! The write runs in a task of its own, so a request dropped while it leads
-//! (its client went away) cannot cancel the transaction of the others.
+//! (its client went away) cannot cancel the transaction of the others. When a
+//! group's transaction fails, each of its requests is written again alone, so
+//! what one device sent (a text the database refuses) fails only its own.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -29,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::state::AppState;
 
 /// One kind of write that devices' requests queue to be written together.
-pub trait Batch: Sized + Send + 'static {
+pub trait Batch: Sized + Send + Sync + 'static {
     /// What the request that queued an item gets back.
     type Answer: Send + 'static;
     /// The most one transaction writes, in [`Batch::weight`].
@@ -40,7 +42,7 @@ pub trait Batch: Sized + Send + 'static {
     /// why the whole group failed.
     fn write(
         state: &AppState,
-        group: Vec<Self>,
+        group: &[Self],
         at: &At,
     ) -> impl Future<Output = std::result::Result<Vec<Self::Answer>, Arc<String>>> + Send;
 }
@@ -161,29 +163,49 @@ impl<B: Batch> GroupCommit<B> {
     }
 }
 
+/// Writes a group and answers its requests; when the group's transaction
+/// fails, each request alone.
 async fn write_group<B: Batch>(state: &AppState, group: Vec<Pending<B>>, at: &At, what: &str) {
     let (items, done): (Vec<B>, Vec<_>) = group.into_iter().map(|p| (p.item, p.done)).unzip();
-    let n = items.len();
-    match B::write(state, items, at).await {
-        Ok(answers) if answers.len() == n => {
-            for (done, answer) in done.into_iter().zip(answers) {
-                let _ = done.send(Ok(answer));
-            }
-        }
-        Ok(answers) => {
-            let message = Arc::new(format!("{} answers for {n} writes", answers.len()));
-            tracing::error!("{what}: {message}");
-            for done in done {
-                let _ = done.send(Err(message.clone()));
-            }
-        }
+    let outcomes = match write_some(state, &items, at).await {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
         Err(message) => {
-            tracing::error!("{what} of {n} requests: {message}");
-            for done in done {
-                let _ = done.send(Err(message.clone()));
+            tracing::error!("{what} for {} requests: {message}", items.len());
+            if items.len() == 1 {
+                vec![Err(message)]
+            } else {
+                let mut outcomes = Vec::with_capacity(items.len());
+                for item in &items {
+                    let alone = write_some(state, std::slice::from_ref(item), at).await;
+                    if let Err(message) = &alone {
+                        tracing::error!("{what} for one request: {message}");
+                    }
+                    outcomes.push(alone.map(|mut answers| answers.remove(0)));
+                }
+                outcomes
             }
         }
+    };
+    for (done, outcome) in done.into_iter().zip(outcomes) {
+        let _ = done.send(outcome);
     }
+}
+
+/// [`Batch::write`], with an answer for every item.
+async fn write_some<B: Batch>(
+    state: &AppState,
+    items: &[B],
+    at: &At,
+) -> std::result::Result<Vec<B::Answer>, Arc<String>> {
+    let answers = B::write(state, items, at).await?;
+    if answers.len() != items.len() {
+        return Err(Arc::new(format!(
+            "{} answers for {} writes",
+            answers.len(),
+            items.len()
+        )));
+    }
+    Ok(answers)
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@
 //! caches ([`crate::cache`]) are filled under an epoch, so a change made while a
 //! query ran is never overwritten by that query's stale answer.
 
-use posup_proto::Inventory;
-use posup_proto::agent::{Action, AgentStatus, PollResponse, VariableChanges};
 use std::sync::Arc;
 
+use posup_proto::Inventory;
+use posup_proto::agent::{Action, AgentStatus, PollResponse, VariableChanges};
 use posup_store::{At, DeviceAuth, InventoryReport, MAX_INVENTORIES_AT_ONCE, VarTarget};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -104,7 +104,7 @@ impl Batch for ChangedInventory {
 
     async fn write(
         state: &AppState,
-        group: Vec<ChangedInventory>,
+        group: &[ChangedInventory],
         at: &At,
     ) -> std::result::Result<Vec<()>, Arc<String>> {
         let reports: Vec<(&DeviceAuth, InventoryReport<'_>)> = group

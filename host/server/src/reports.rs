@@ -41,7 +41,7 @@ impl Batch for Reports {
 
     async fn write(
         state: &AppState,
-        group: Vec<Reports>,
+        group: &[Reports],
         at: &At,
     ) -> std::result::Result<Vec<Self::Answer>, Arc<String>> {
         let all: Vec<(i64, &Feedback)> = group

@@ -505,7 +505,7 @@ async fn variables_reach_agents_by_change_id() {
 }
 
 /// Polls arriving together have their inventories written as one group: each
-/// device keeps its own version and modules.
+/// device keeps its own version and modules, whatever another device sent.
 #[tokio::test]
 async fn inventories_of_polls_arriving_together_are_each_recorded() {
     each_backend(|store| async move {
@@ -524,19 +524,45 @@ async fn inventories_of_polls_arriving_together_are_each_recorded() {
             status: status(),
             ..Default::default()
         };
-        futures::future::join_all(
-            f.devices
-                .iter()
-                .enumerate()
-                .map(|(n, (_, token))| poll(&e, token, request(n))),
+        // The last device's inventory is one PostgreSQL cannot store (a NUL in
+        // a text): its write fails, and must not take the others' with it.
+        let bad = f.devices.len() - 1;
+        let mut hostile = request(bad);
+        if let Some(i) = hostile.inventory.as_mut() {
+            i.version = "23.\0".into();
+        }
+        let hostile = serde_json::to_value(hostile).unwrap();
+        let (_, bad_answer) = futures::future::join(
+            futures::future::join_all(
+                f.devices[..bad]
+                    .iter()
+                    .enumerate()
+                    .map(|(n, (_, token))| poll(&e, token, request(n))),
+            ),
+            e.call(
+                "POST",
+                "/api/v1/agent/poll",
+                Some(&f.devices[bad].1),
+                Some(hostile),
+            ),
         )
         .await;
+        let refused = e.state.store().backend() == posup_store::Backend::Postgres;
+        assert_eq!(
+            bad_answer.status,
+            if refused {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            },
+            "only PostgreSQL refuses a NUL in a text"
+        );
         let all: posup_proto::Page<VersionRow> = serde_json::from_value(
             e.ok("GET", "/api/v1/versions?per_page=100", ADMIN, None)
                 .await,
         )
         .unwrap();
-        for (n, (id, _)) in f.devices.iter().enumerate() {
+        for (n, (id, _)) in f.devices[..bad].iter().enumerate() {
             let row = all.items.iter().find(|r| r.device_id == *id).unwrap();
             assert_eq!(row.version, format!("23.{n}"), "device {id}");
             let detail: VersionDetail = serde_json::from_value(
