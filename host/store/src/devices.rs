@@ -202,9 +202,9 @@ impl Store {
                 latest.push(r);
             }
         }
-        let Some(_) = latest.first() else {
+        if latest.is_empty() {
             return Ok(());
-        };
+        }
         let mut types: Vec<&str> = latest.iter().map(|(d, _)| d.device_type.as_str()).collect();
         types.sort_unstable();
         types.dedup();
