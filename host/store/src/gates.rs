@@ -38,6 +38,37 @@ pub(crate) fn has_downtime(kind: &str) -> bool {
 /// Task states whose claimed parts hold a device.
 const HOLDING_TASKS: &str = "('Scheduled', 'Running', 'Paused')";
 
+/// The gates' tests on a device of type `$1` on site `$2`, shared by
+/// [`GATE_CONFIG`] and [`CLAIM_UNGATED`] so the two cannot drift apart: a site
+/// limit of its type, a maintenance window of its site or of any group, an
+/// ordering rule of its type.
+macro_rules! site_limit {
+    () => {
+        "(SELECT site_limit FROM device_types WHERE name = $1)"
+    };
+}
+macro_rules! windows_may_apply {
+    () => { "EXISTS (SELECT 1 FROM windows WHERE (scope_kind = 'site' AND scope_ref = $2) OR scope_kind = 'group')" };
+}
+macro_rules! order_rules_apply {
+    () => {
+        "EXISTS (SELECT 1 FROM order_rules WHERE device_type = $1)"
+    };
+}
+
+/// What the gates of a device of type `$1` on site `$2` need, in one query.
+const GATE_CONFIG: &str = concat!(
+    "SELECT ",
+    site_limit!(),
+    " AS site_limit, ",
+    "CAST(CASE WHEN ",
+    windows_may_apply!(),
+    " THEN 1 ELSE 0 END AS BIGINT) AS windows, ",
+    "CAST(CASE WHEN ",
+    order_rules_apply!(),
+    " THEN 1 ELSE 0 END AS BIGINT) AS order_rules"
+);
+
 /// What the gates of a device need beyond its parts, read in one query when a
 /// part may be claimed.
 #[derive(sqlx::FromRow)]
@@ -104,10 +135,10 @@ impl Store {
         // may apply (or the part was taken meanwhile).
         let rows = with_write!(self, pool => {
             sqlx::query(CLAIM_UNGATED)
-                .bind(parts[first].action_id)
-                .bind(at.now)
                 .bind(device.device_type)
                 .bind(device.site)
+                .bind(parts[first].action_id)
+                .bind(at.now)
                 .execute(pool)
                 .await?
                 .rows_affected()
@@ -117,12 +148,7 @@ impl Store {
             return Ok(false);
         }
         let gates: GateConfig = with_read!(self, pool => {
-            sqlx::query_as(
-                "SELECT (SELECT site_limit FROM device_types WHERE name = $1) AS site_limit, \
-                 CAST(CASE WHEN EXISTS (SELECT 1 FROM windows WHERE (scope_kind = 'site' AND scope_ref = $2) OR scope_kind = 'group') \
-                 THEN 1 ELSE 0 END AS BIGINT) AS windows, \
-                 CAST(CASE WHEN EXISTS (SELECT 1 FROM order_rules WHERE device_type = $1) THEN 1 ELSE 0 END AS BIGINT) AS order_rules",
-            )
+            sqlx::query_as(GATE_CONFIG)
             .bind(device.device_type)
             .bind(device.site)
             .fetch_one(pool)
@@ -454,15 +480,17 @@ enum Claim {
 const CLAIM: &str = "UPDATE task_devices SET state = 'running', wait_kind = NULL, wait_reason = NULL, retry_at = NULL, \
     updated_at = $2 WHERE id = $1 AND state IN ('pending', 'waiting')";
 
-/// [`CLAIM`], only when no gate could hold part `$1` of a device of type `$3`
-/// on site `$4`: its type has no site limit and no ordering rule, and no
-/// maintenance window of its site or of any group exists (the same test as
-/// [`GateConfig`]'s).
-const CLAIM_UNGATED: &str = "UPDATE task_devices SET state = 'running', wait_kind = NULL, wait_reason = NULL, retry_at = NULL, \
-    updated_at = $2 WHERE id = $1 AND state IN ('pending', 'waiting') \
-    AND NOT EXISTS (SELECT 1 FROM device_types WHERE name = $3 AND site_limit IS NOT NULL) \
-    AND NOT EXISTS (SELECT 1 FROM windows WHERE (scope_kind = 'site' AND scope_ref = $4) OR scope_kind = 'group') \
-    AND NOT EXISTS (SELECT 1 FROM order_rules WHERE device_type = $3)";
+/// [`CLAIM`] of part `$3` at `$4`, only when no gate could hold a device of
+/// type `$1` on site `$2`: the tests of [`GATE_CONFIG`] all come out empty.
+const CLAIM_UNGATED: &str = concat!(
+    "UPDATE task_devices SET state = 'running', wait_kind = NULL, wait_reason = NULL, retry_at = NULL, ",
+    "updated_at = $4 WHERE id = $3 AND state IN ('pending', 'waiting') AND ",
+    site_limit!(),
+    " IS NULL AND NOT ",
+    windows_may_apply!(),
+    " AND NOT ",
+    order_rules_apply!()
+);
 
 /// The parts a poll may claim, in the order to try them: none while the device
 /// holds a claim (one update at a time), else its unstarted update parts of
