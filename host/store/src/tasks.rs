@@ -931,9 +931,9 @@ pub struct Recorded {
     pub idle: Vec<i64>,
 }
 
-/// The most reports [`Store::record_reports`] takes at once. Larger groups save
-/// no more: the SQLite driver looks each placeholder up by name in a list, so a
-/// statement's binding cost grows with the square of its placeholders.
+/// The most reports [`Store::record_reports`] takes at once. A group holds the
+/// database's writer for its whole transaction and each of its devices waits
+/// for all of it, so larger groups would buy little for the latency they cost.
 pub const MAX_REPORTS_AT_ONCE: usize = 64;
 
 /// A part named by a feedback batch, as read and then as its reports leave it.
