@@ -19,7 +19,8 @@
 //!    server CPU per device update (and, on PostgreSQL, the database's CPU per
 //!    update besides), the server CPU per poll of the idling fleet (background
 //!    work included), polls per second and the p99 poll latency during the task,
-//!    and the servers' peak RSS.
+//!    the servers' peak RSS, and how long reading the task took on average (the
+//!    bench reads it twice a second, as an operator's console would).
 //!
 //! The simulated devices share 4 096 kept-alive connections (terminals behind a
 //! proxy, as the server of a large fleet sees them); a process has too few file
@@ -95,7 +96,7 @@ fn main() -> anyhow::Result<()> {
         }
         println!("one Update task for the whole fleet; servers and the simulated fleet are processes of their own");
         println!(
-            "{:<20} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>12} {:>8} {:>9} {:>9}",
+            "{:<20} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>12} {:>8} {:>9} {:>9} {:>11}",
             "backend",
             "devices",
             "poll",
@@ -106,7 +107,8 @@ fn main() -> anyhow::Result<()> {
             "cpu/idle µs",
             "polls/s",
             "p99 ms",
-            "peak MB"
+            "peak MB",
+            "task read ms"
         );
         for backend in &backends {
             let counts: &[usize] = if backend == "postgres" { &replicas } else { &[1] };
@@ -480,8 +482,14 @@ impl Run {
             )
             .await?;
         let started = Instant::now();
+        // What an operator watching the task waits for each time the console
+        // reads it, while the fleet updates.
+        let (mut reads, mut reading) = (0u32, Duration::ZERO);
         let counts = loop {
+            let asked = Instant::now();
             let t: TaskView = api.get(&format!("/api/v1/tasks/{}", task.id)).await?;
+            reads += 1;
+            reading += asked.elapsed();
             if t.state == TaskState::Finished {
                 break t.counts;
             }
@@ -512,7 +520,7 @@ impl Run {
             .max()
             .unwrap_or(0);
         println!(
-            "{:<20} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12} {:>12.1} {:>8.0} {:>9.1} {:>9.0}",
+            "{:<20} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12} {:>12.1} {:>8.0} {:>9.1} {:>9.0} {:>11.1}",
             self.label(),
             self.poll_secs,
             enrolled.as_secs_f64(),
@@ -527,6 +535,7 @@ impl Run {
             after.polls.saturating_sub(before.polls) as f64 / took.as_secs_f64(),
             posup_fleet::Latency::percentile(&latency, 0.99).as_secs_f64() * 1000.0,
             peak as f64 / 1024.0,
+            reading.as_secs_f64() * 1000.0 / f64::from(reads),
         );
         Ok(())
     }

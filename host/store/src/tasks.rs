@@ -349,19 +349,23 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("task {id} vanished while being created")))
     }
 
+    /// A task's counts: its parts as `task_counts` keeps them, and of those
+    /// not ended, the ones whose device has not been in touch lately. The
+    /// latter changes with time, not with the parts, so it is counted; ended
+    /// parts are not read.
     pub(crate) async fn counts(&self, id: i64, at: &At) -> Result<TaskCounts> {
         let (total, failed, success, offline): (i64, i64, i64, i64) = with_read!(self, pool => {
-            sqlx::query_as(
-                "SELECT count(*), \
-                 count(*) FILTER (WHERE td.state = 'failed'), \
-                 count(*) FILTER (WHERE td.state = 'success'), \
-                 count(*) FILTER (WHERE td.state NOT IN ('success', 'failed') AND (d.last_contact < $2 OR d.last_contact = 0)) \
-                 FROM task_devices td JOIN devices d ON d.id = td.device_id WHERE td.task_id = $1",
-            )
+            sqlx::query_as(&format!(
+                "SELECT c.total, c.failed, c.success, \
+                 (SELECT count(*) FROM task_devices td JOIN devices d ON d.id = td.device_id \
+                  WHERE td.task_id = c.task_id AND td.state IN {ACTIVE} AND (d.last_contact < $2 OR d.last_contact = 0)) \
+                 FROM task_counts c WHERE c.task_id = $1",
+            ))
             .bind(id)
             .bind(at.online_since)
-            .fetch_one(pool)
+            .fetch_optional(pool)
             .await?
+            .unwrap_or_default()
         });
         Ok(TaskCounts {
             total: total as u64,

@@ -1252,6 +1252,147 @@ async fn a_batch_of_reports_records_what_they_would_one_by_one() {
     .await;
 }
 
+/// What the list of a task's devices shows, counted: all, failed, succeeded.
+async fn listed(store: &Store, task: i64, now: i64) -> (u64, u64, u64) {
+    let count = |state| async move {
+        let query = TaskDeviceQuery {
+            state,
+            ..Default::default()
+        };
+        store
+            .task_devices(task, &query, &at(now))
+            .await
+            .unwrap()
+            .total
+    };
+    (
+        count(None).await,
+        count(Some(DeviceTaskState::Failed)).await,
+        count(Some(DeviceTaskState::Success)).await,
+    )
+}
+
+/// A task's counts agree with its parts as listed, and add up.
+async fn counts_agree(store: &Store, task: i64, now: i64, what: &str) -> TaskCounts {
+    let c = store.task(task, &at(now)).await.unwrap().unwrap().counts;
+    assert_eq!(
+        (c.total, c.failed, c.success),
+        listed(store, task, now).await,
+        "{what}: {c:?}"
+    );
+    assert_eq!(
+        c.total,
+        c.failed + c.success + c.inprogress + c.offline,
+        "{what}: {c:?}"
+    );
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_counts_follow_every_change_of_their_parts() {
+    each_backend(|store| async move {
+        let (ids, package) = fleet(&store, 8).await;
+        let now = T0;
+        store.touch_devices(&ids, now).await.unwrap();
+        let task = store
+            .create_task(
+                &CreateTask {
+                    name: None,
+                    kind: TaskKind::Download,
+                    package_id: package.id,
+                    group_id: 1,
+                    start_at: None,
+                    notice_override: None,
+                },
+                &at(now),
+                "token ops",
+            )
+            .await
+            .unwrap();
+        let c = counts_agree(&store, task.id, now, "created").await;
+        assert_eq!((c.total, c.inprogress), (8, 8));
+        let mut actions = Vec::new();
+        for id in &ids {
+            actions.push(store.actions_for_device(*id, now).await.unwrap().remove(0));
+        }
+        let report =
+            |n: usize, key: &str, state| feedback(&task, actions[n].action_id, ids[n], key, state);
+
+        // A claim moves nothing the counts show.
+        let asking = Asking {
+            device_id: ids[0],
+            site: "A",
+            device_type: "ukm5",
+        };
+        store.poll_actions(asking, &at(now), now).await.unwrap();
+        counts_agree(&store, task.id, now, "claimed").await;
+        store
+            .record_feedback(ids[0], &report(0, "a", FeedbackState::Committed), &at(now))
+            .await
+            .unwrap();
+        let c = counts_agree(&store, task.id, now, "one committed").await;
+        assert_eq!((c.success, c.inprogress), (1, 7));
+
+        // Reports recorded together: a success, a failure, a step started, and
+        // the first device's success again, which changes nothing.
+        let batch = [
+            report(1, "b", FeedbackState::Committed),
+            report(2, "c", FeedbackState::Failed),
+            report(3, "d", FeedbackState::Started),
+            report(0, "a", FeedbackState::Committed),
+        ];
+        let reports: Vec<(i64, &Feedback)> = batch.iter().map(|f| (f.device_id, f)).collect();
+        store.record_reports(&reports, &at(now + 1)).await.unwrap();
+        let c = counts_agree(&store, task.id, now + 1, "a batch").await;
+        assert_eq!((c.success, c.failed, c.inprogress), (2, 1, 5));
+
+        // Four devices report at once: on PostgreSQL, concurrent transactions.
+        let mut sent = Vec::new();
+        for n in 4..8 {
+            let (store, f) = (store.clone(), report(n, "e", FeedbackState::Committed));
+            sent.push(tokio::spawn(async move {
+                store.record_feedback(f.device_id, &f, &at(now + 2)).await
+            }));
+        }
+        for s in sent {
+            s.await.unwrap().unwrap();
+        }
+        let c = counts_agree(&store, task.id, now + 2, "four at once").await;
+        assert_eq!((c.success, c.failed, c.inprogress), (6, 1, 1));
+
+        // The last part fails; a restart sends the failed ones again.
+        store
+            .record_feedback(ids[3], &report(3, "f", FeedbackState::Failed), &at(now + 3))
+            .await
+            .unwrap();
+        let c = counts_agree(&store, task.id, now + 3, "ended").await;
+        assert_eq!((c.success, c.failed, c.inprogress), (6, 2, 0));
+        store
+            .command_task(task.id, Command::Restart, &at(now + 3), "token ops")
+            .await
+            .unwrap();
+        let c = counts_agree(&store, task.id, now + 3, "restarted").await;
+        assert_eq!((c.success, c.failed, c.inprogress), (6, 0, 2));
+
+        // Deleted devices leave the counts: one restarted, one succeeded.
+        store
+            .delete_device(ids[2], now + 4, "token ops")
+            .await
+            .unwrap();
+        store
+            .delete_device(ids[4], now + 4, "token ops")
+            .await
+            .unwrap();
+        let c = counts_agree(&store, task.id, now + 4, "devices deleted").await;
+        assert_eq!((c.total, c.success, c.inprogress), (6, 5, 1));
+
+        // Much later the last device is offline, and counted so.
+        let c = counts_agree(&store, task.id, now + 60 * MINUTE, "offline").await;
+        assert_eq!((c.inprogress, c.offline), (0, 1));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn task_needs_devices_of_the_package_type_and_an_enabled_plugin() {
     each_backend(|store| async move {

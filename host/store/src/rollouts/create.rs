@@ -253,6 +253,33 @@ impl Store {
                         .bind(at.now)
                         .execute(&mut *tx)
                         .await?;
+                    // Failures count from now. Each task's counts row is taken
+                    // first, in the order the counting triggers take them (no
+                    // deadlock with a report group): once held, every report
+                    // before is committed and every report after waits, then
+                    // reads the new `since`. Then those counts start again.
+                    let tasks: Vec<i64> = sqlx::query_scalar("SELECT id FROM tasks WHERE rollout_id = $1 ORDER BY id")
+                        .bind(id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    for task in tasks {
+                        sqlx::query("UPDATE task_counts SET since = $2 WHERE task_id = $1")
+                            .bind(task)
+                            .bind(at.now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    sqlx::query(
+                        "UPDATE task_counts SET \
+                         failed_since = (SELECT count(*) FROM task_devices td \
+                           WHERE td.task_id = task_counts.task_id AND td.state = 'failed' AND td.updated_at > task_counts.since), \
+                         ended_since = (SELECT count(*) FROM task_devices td \
+                           WHERE td.task_id = task_counts.task_id AND td.state IN ('success', 'failed') AND td.updated_at > task_counts.since) \
+                         WHERE task_id IN (SELECT id FROM tasks WHERE rollout_id = $1)",
+                    )
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                     sqlx::query("UPDATE tasks SET state = 'Running' WHERE rollout_id = $1 AND state = 'Paused'")
                         .bind(id)
                         .execute(&mut *tx)

@@ -156,11 +156,10 @@ struct RolloutRow {
     notice_override: Option<String>,
     created_at: i64,
     finished_at: Option<i64>,
-    resumed_at: i64,
 }
 
 const ROLLOUT_SELECT: &str = "SELECT id, name, kind, state, wave, pause_reason, max_failed, max_failed_percent, conditions, \
-    start_at, announced_at, notice_override, created_at, finished_at, resumed_at FROM rollouts";
+    start_at, announced_at, notice_override, created_at, finished_at FROM rollouts";
 
 #[derive(sqlx::FromRow)]
 struct WaveRow {

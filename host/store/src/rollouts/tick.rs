@@ -286,8 +286,10 @@ impl Store {
         Ok(())
     }
 
-    /// Counts what the rollout's thresholds need and moves it as
-    /// `posup_policy::rollout::judge` decides.
+    /// Reads what the rollout's thresholds need from its tasks' counts (a row
+    /// per wave, whatever the fleet's size) and moves it as
+    /// `posup_policy::rollout::judge` decides. Failures count from the last
+    /// resume: `task_counts.since` is the rollout's `resumed_at`.
     async fn judge(
         &self,
         r: &RolloutRow,
@@ -298,13 +300,11 @@ impl Store {
     ) -> Result<()> {
         let (failed, ended, unfinished): (i64, i64, i64) = with_read!(self, pool => {
             sqlx::query_as(
-                "SELECT count(*) FILTER (WHERE td.state = 'failed' AND td.updated_at > $2), \
-                 count(*) FILTER (WHERE td.state IN ('failed', 'success') AND td.updated_at > $2), \
-                 count(*) FILTER (WHERE td.state IN ('pending', 'running', 'waiting')) \
-                 FROM task_devices td JOIN tasks t ON t.id = td.task_id WHERE t.rollout_id = $1",
+                "SELECT CAST(COALESCE(sum(c.failed_since), 0) AS BIGINT), CAST(COALESCE(sum(c.ended_since), 0) AS BIGINT), \
+                 CAST(COALESCE(sum(c.total - c.success - c.failed), 0) AS BIGINT) \
+                 FROM task_counts c JOIN tasks t ON t.id = c.task_id WHERE t.rollout_id = $1",
             )
             .bind(r.id)
-            .bind(r.resumed_at)
             .fetch_one(pool)
             .await?
         });
@@ -313,9 +313,9 @@ impl Store {
         };
         let (total, success, active): (i64, i64, i64) = with_read!(self, pool => {
             sqlx::query_as(
-                "SELECT count(*), count(*) FILTER (WHERE td.state = 'success'), \
-                 count(*) FILTER (WHERE td.state IN ('pending', 'running', 'waiting')) \
-                 FROM task_devices td JOIN tasks t ON t.id = td.task_id WHERE t.rollout_id = $1 AND t.wave = $2",
+                "SELECT CAST(COALESCE(sum(c.total), 0) AS BIGINT), CAST(COALESCE(sum(c.success), 0) AS BIGINT), \
+                 CAST(COALESCE(sum(c.total - c.success - c.failed), 0) AS BIGINT) \
+                 FROM task_counts c JOIN tasks t ON t.id = c.task_id WHERE t.rollout_id = $1 AND t.wave = $2",
             )
             .bind(r.id)
             .bind(wave.position)
