@@ -740,11 +740,12 @@ impl Store {
     /// them all. A server gathers the reports of many devices arriving together
     /// into one call (group commit).
     ///
-    /// A call costs a fixed number of statements whatever its size (at most
-    /// [`MAX_REPORTS_AT_ONCE`]): its parts read at once, its reports inserted
-    /// together, the parts' rows written in one statement with the state their
-    /// reports lead to, the devices whose part ended asked at once whether they
-    /// have another, and each task finished when its last part ended.
+    /// A call costs a number of statements that grows with the tasks it
+    /// concerns, not with its size (at most [`MAX_REPORTS_AT_ONCE`]): its parts
+    /// read at once, its reports inserted together, each task's parts written
+    /// in one statement with the state their reports lead to, the devices whose
+    /// part ended asked at once whether they have another, and each task
+    /// finished when its last part ended.
     pub async fn record_reports(&self, reports: &[(i64, &Feedback)], at: &At) -> Result<Recorded> {
         if reports.len() > MAX_REPORTS_AT_ONCE {
             return Err(Error::Invalid(format!(
@@ -866,10 +867,14 @@ impl Store {
                 }
                 ack.active = active;
             }
-            let changed: Vec<&Part> = parts.iter().filter(|p| p.changed).collect();
-            if !changed.is_empty() {
-                // One statement for every part: the values are typed so both
-                // backends read them alike.
+            let mut changed: Vec<&Part> = parts.iter().filter(|p| p.changed).collect();
+            // One statement for every part of a task: the values are typed so
+            // both backends read them alike. A statement per task, in task
+            // order, because the parts' counting triggers take their task's
+            // counts row as each statement ends: two servers' groups that span
+            // the same tasks take them in the same order, and never deadlock.
+            changed.sort_by_key(|p| p.task_id);
+            for changed in changed.chunk_by(|a, b| a.task_id == b.task_id) {
                 let mut update = Sql::new("UPDATE task_devices SET state = v.column2, step = v.column3, \
                     message = COALESCE(v.column4, task_devices.message), percent = v.column5, retry_at = v.column6, updated_at = ");
                 update.bind(at.now).push(" FROM (VALUES ");

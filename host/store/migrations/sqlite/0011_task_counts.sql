@@ -8,7 +8,7 @@
 -- last change came after it, as a rollout's error threshold reads them. A
 -- resume sets it and counts those two again (rollouts/create.rs).
 -- A part never moves between tasks. Same in ../postgres, there with
--- statement triggers.
+-- statement triggers for inserts and deletes.
 CREATE TABLE task_counts (
     task_id INTEGER PRIMARY KEY REFERENCES tasks (id) ON DELETE CASCADE,
     since INTEGER NOT NULL,
