@@ -14,7 +14,7 @@ use posup_store::Enrollment;
 
 use crate::auth::{Device, hash_secret, new_secret, optional_bearer};
 use crate::error::{Error, Result};
-use crate::extract::{Json, Path};
+use crate::extract::{DeviceJson, Json, Path, without_nul};
 use crate::poll::{PollBody, bad_json};
 use crate::reports::Reports;
 use crate::state::AppState;
@@ -40,7 +40,7 @@ pub fn routes(state: &AppState) -> Routes {
 async fn enroll(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Json(req): Json<EnrollRequest>,
+    DeviceJson(req): DeviceJson<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>> {
     let store = state.store();
     let token = new_secret("pdt_");
@@ -79,7 +79,9 @@ async fn poll(
     device: Device,
     body: Bytes,
 ) -> Result<Json<PollResponse>> {
-    // Plain `serde_json` rather than the `Json` extractor: the poll is the hot path.
+    // Plain `serde_json` rather than the `DeviceJson` extractor: the poll is the
+    // hot path, and its inventory stays raw text unless it changed.
+    let body = without_nul(&body);
     let req: PollBody = serde_json::from_slice(&body).map_err(bad_json)?;
     Ok(Json(crate::poll::answer(&state, device, req).await?))
 }
@@ -87,7 +89,7 @@ async fn poll(
 async fn feedback(
     State(state): State<AppState>,
     device: Device,
-    Json(f): Json<Feedback>,
+    DeviceJson(f): DeviceJson<Feedback>,
 ) -> Result<Json<FeedbackAck>> {
     let result = state
         .reports()
@@ -101,7 +103,7 @@ async fn feedback(
 async fn feedback_batch(
     State(state): State<AppState>,
     device: Device,
-    Json(batch): Json<FeedbackBatch>,
+    DeviceJson(batch): DeviceJson<FeedbackBatch>,
 ) -> Result<Json<FeedbackBatchAck>> {
     let keys: Vec<String> = batch.reports.iter().map(|f| f.key.clone()).collect();
     let results = state

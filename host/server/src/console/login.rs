@@ -91,8 +91,7 @@ struct Credentials {
 
 impl Credentials {
     fn parse(body: &[u8]) -> Result<Credentials, Fail> {
-        let fields: Vec<(String, String)> =
-            serde_urlencoded::from_bytes(body).map_err(|_| Fail::BadForm)?;
+        let fields = super::session::form_fields(body)?;
         let field = |n: &str| {
             fields
                 .iter()

@@ -179,6 +179,20 @@ pub struct Posted {
     pub fields: Vec<(String, String)>,
 }
 
+/// A form's fields, as text. No browser sends a NUL character and PostgreSQL
+/// stores none, so a form with one is refused like one that does not parse.
+pub(crate) fn form_fields(body: &[u8]) -> Result<Vec<(String, String)>, Fail> {
+    let fields: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|_| Fail::BadForm)?;
+    if fields
+        .iter()
+        .any(|(name, value)| name.contains('\0') || value.contains('\0'))
+    {
+        return Err(Fail::BadForm);
+    }
+    Ok(fields)
+}
+
 /// Largest form body: a form has a handful of short fields.
 const MAX_FORM: usize = 64 * 1024;
 
@@ -191,8 +205,7 @@ impl FromRequest<AppState> for Posted {
         let bytes = axum::body::to_bytes(body, MAX_FORM)
             .await
             .map_err(|_| Fail::BadForm)?;
-        let fields: Vec<(String, String)> =
-            serde_urlencoded::from_bytes(&bytes).map_err(|_| Fail::BadForm)?;
+        let fields = form_fields(&bytes)?;
         let sent = fields
             .iter()
             .find(|(name, _)| name == "csrf")

@@ -524,14 +524,25 @@ async fn inventories_of_polls_arriving_together_are_each_recorded() {
             status: status(),
             ..Default::default()
         };
-        // The last device's inventory is one PostgreSQL cannot store (a NUL in
-        // a text): its write fails, and must not take the others' with it.
+        // The last device is deleted while it polls (this server still knows
+        // its token): its modules cannot be written, and that must not take
+        // the others' with it.
         let bad = f.devices.len() - 1;
-        let mut hostile = request(bad);
-        if let Some(i) = hostile.inventory.as_mut() {
-            i.version = "23.\0".into();
-        }
-        let hostile = serde_json::to_value(hostile).unwrap();
+        poll(
+            &e,
+            &f.devices[bad].1,
+            PollRequest {
+                status: status(),
+                ..Default::default()
+            },
+        )
+        .await;
+        e.state
+            .store()
+            .delete_device(f.devices[bad].0, e.state.at().now, "token ops")
+            .await
+            .unwrap();
+        let hostile = serde_json::to_value(request(bad)).unwrap();
         let (_, bad_answer) = futures::future::join(
             futures::future::join_all(
                 f.devices[..bad]
@@ -547,16 +558,7 @@ async fn inventories_of_polls_arriving_together_are_each_recorded() {
             ),
         )
         .await;
-        let refused = e.state.store().backend() == posup_store::Backend::Postgres;
-        assert_eq!(
-            bad_answer.status,
-            if refused {
-                StatusCode::INTERNAL_SERVER_ERROR
-            } else {
-                StatusCode::OK
-            },
-            "only PostgreSQL refuses a NUL in a text"
-        );
+        assert_eq!(bad_answer.status, StatusCode::INTERNAL_SERVER_ERROR);
         let all: posup_proto::Page<VersionRow> = serde_json::from_value(
             e.ok("GET", "/api/v1/versions?per_page=100", ADMIN, None)
                 .await,
@@ -577,6 +579,73 @@ async fn inventories_of_polls_arriving_together_are_each_recorded() {
                 .collect();
             assert_eq!(modules, [("core".to_owned(), format!("3.{n}"))]);
         }
+    })
+    .await;
+}
+
+/// PostgreSQL stores no NUL character. An operator's request with one in a
+/// text is refused, saying so; a device's text is kept with the NUL as U+FFFD,
+/// so its inventory and its reports still count. The same on both backends.
+#[tokio::test]
+async fn a_nul_in_a_text_is_refused_from_an_operator_and_replaced_from_a_device() {
+    each_backend(|store| async move {
+        let e = env(store).await;
+        let f = fleet(&e, 2).await;
+        let a = e
+            .call(
+                "POST",
+                "/api/v1/groups",
+                Some(ADMIN),
+                Some(json!({"name": "Pilot\u{0}", "description": "", "kind": "static", "devices": []})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(a.error().contains("NUL character"), "{}", a.error());
+
+        let (id, token) = f.devices[0].clone();
+        let inventory = posup_proto::Inventory {
+            product: "Openbravo".into(),
+            version: "23.\0".into(),
+            modules: vec![posup_proto::ModuleVersion {
+                name: "co\0re".into(),
+                version: "3.1".into(),
+            }],
+            ..Default::default()
+        };
+        poll(&e, &token, PollRequest { inventory: Some(inventory), status: status(), ..Default::default() }).await;
+        let all: posup_proto::Page<VersionRow> =
+            serde_json::from_value(e.ok("GET", "/api/v1/versions?per_page=100", ADMIN, None).await).unwrap();
+        let row = all.items.iter().find(|r| r.device_id == id).unwrap();
+        assert_eq!(row.version, "23.\u{FFFD}");
+        let detail: VersionDetail =
+            serde_json::from_value(e.ok("GET", &format!("/api/v1/versions/{id}"), ADMIN, None).await).unwrap();
+        assert_eq!(detail.modules[0].name, "co\u{FFFD}re");
+
+        let task: TaskView = serde_json::from_value(
+            e.ok("POST", "/api/v1/tasks", ADMIN, Some(json!({"kind": "download", "package_id": f.package.id, "group_id": 1})))
+                .await,
+        )
+        .unwrap();
+        let action = poll(&e, &token, PollRequest { status: status(), ..Default::default() }).await.actions[0].clone();
+        let report = Feedback {
+            key: "k\0".into(),
+            task_id: task.id,
+            action_id: action.action_id,
+            device_id: id,
+            attempt: 1,
+            step: Phase::Stage,
+            state: FeedbackState::Failed,
+            message: Some("disk\0full".into()),
+            percent: None,
+            at: t0(),
+            retry_after_secs: None,
+        };
+        let batch = json!({"reports": [serde_json::to_value(&report).unwrap()]});
+        let ack = e.ok("POST", "/api/v1/agent/feedback/batch", &token, Some(batch)).await;
+        assert_eq!(ack["results"][0]["ack"]["key"], "k\u{FFFD}", "{ack}");
+        let detail = e.ok("GET", &format!("/api/v1/tasks/{}/devices/{id}", task.id), ADMIN, None).await;
+        assert_eq!(detail["device"]["state"], "failed");
+        assert_eq!(detail["device"]["message"], "disk\u{FFFD}full");
     })
     .await;
 }
