@@ -40,7 +40,7 @@ END $$;
 CREATE TRIGGER task_counts_new_task AFTER INSERT ON tasks
     FOR EACH ROW EXECUTE FUNCTION task_counts_new_task();
 
--- A part as a statement added (+1) or removed (-1) it; an update is both.
+-- A part a statement added (+1) or removed (-1).
 CREATE TYPE task_part_change AS (task_id BIGINT, sign INT, state TEXT, updated_at BIGINT);
 
 -- Parts added or removed: once per statement, whatever its size, so creating
@@ -51,7 +51,7 @@ DECLARE
     changes task_part_change[];
     touched BIGINT[];
 BEGIN
-    -- The parts as they were (-1) and are (+1), and their tasks in order.
+    -- The parts added or removed, and their tasks in order.
     IF TG_OP = 'INSERT' THEN
         SELECT array_agg(ROW(p.task_id, 1, p.state, p.updated_at)::task_part_change),
                array_agg(DISTINCT p.task_id ORDER BY p.task_id)
