@@ -257,6 +257,20 @@ mod tests {
     }
 
     #[test]
+    fn a_form_with_a_nul_character_is_refused() {
+        let fields = form_fields(b"name=Pilot+1&csrf=x").unwrap();
+        assert_eq!(fields[0], ("name".to_owned(), "Pilot 1".to_owned()));
+        assert!(matches!(
+            form_fields(b"name=Pilot%00&csrf=x"),
+            Err(Fail::BadForm)
+        ));
+        assert!(matches!(
+            form_fields(b"na%00me=Pilot&csrf=x"),
+            Err(Fail::BadForm)
+        ));
+    }
+
+    #[test]
     fn the_session_cookie_is_found_among_others() {
         let mut headers = HeaderMap::new();
         headers.insert(
