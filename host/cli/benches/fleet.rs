@@ -630,7 +630,9 @@ fn postgres_cpu() -> f64 {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|c| c.trim() == "postgres")
         })
-        .map(cpu_secs)
+        // With the time of reaped children: the postmaster's holds that of
+        // every connection closed during the run, which would be lost with it.
+        .map(|pid| stat_secs(pid, &[USER, SYSTEM, CHILDREN_USER, CHILDREN_SYSTEM]))
         .sum()
 }
 
@@ -759,13 +761,24 @@ fn memory(pid: u32) -> Memory {
 
 /// User plus system CPU time of a process, in seconds.
 fn cpu_secs(pid: u32) -> f64 {
+    stat_secs(pid, &[USER, SYSTEM])
+}
+
+/// utime, stime, cutime and cstime: fields 14 to 17 of stat, counted from the
+/// first field after the command name.
+const USER: usize = 11;
+const SYSTEM: usize = 12;
+const CHILDREN_USER: usize = 13;
+const CHILDREN_SYSTEM: usize = 14;
+
+/// The sum of some of a process's CPU times, in seconds.
+fn stat_secs(pid: u32, fields: &[usize]) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after ") ".
     let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
+    fields.iter().map(|i| ticks(*i)).sum::<f64>() / 100.0
 }
 
 struct Api {
