@@ -367,13 +367,7 @@ impl Store {
             .await?
             .unwrap_or_default()
         });
-        Ok(TaskCounts {
-            total: total as u64,
-            offline: offline as u64,
-            inprogress: (total - failed - success - offline).max(0) as u64,
-            failed: failed as u64,
-            success: success as u64,
-        })
+        Ok(counts_of(total, failed, success, offline))
     }
 
     async fn task_view(&self, r: TaskRow, at: &At) -> Result<TaskView> {
@@ -927,6 +921,18 @@ impl Store {
             tx.commit().await?;
             Ok(Recorded { results, idle })
         })
+    }
+}
+
+/// Parts counted as a task shows them: in progress are those neither ended
+/// nor offline.
+pub(crate) fn counts_of(total: i64, failed: i64, success: i64, offline: i64) -> TaskCounts {
+    TaskCounts {
+        total: total as u64,
+        offline: offline as u64,
+        inprogress: (total - failed - success - offline).max(0) as u64,
+        failed: failed as u64,
+        success: success as u64,
     }
 }
 

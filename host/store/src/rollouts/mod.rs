@@ -35,6 +35,7 @@ use serde_json::json;
 
 use crate::notifications::Notice;
 use crate::sql::{Arg, Cond, Sql};
+use crate::tasks::counts_of;
 use crate::{At, Error, Result, Store, ts};
 
 mod create;
@@ -192,17 +193,6 @@ fn kind_label(kind: TaskKind) -> &'static str {
         TaskKind::Download => "Download",
         TaskKind::Update => "Update",
         TaskKind::ForcedUpdate => "Forced update",
-    }
-}
-
-/// Parts of a set of tasks counted like a task's devices.
-fn counts_of(total: i64, failed: i64, success: i64, offline: i64) -> TaskCounts {
-    TaskCounts {
-        total: total as u64,
-        offline: offline as u64,
-        inprogress: (total - failed - success - offline).max(0) as u64,
-        failed: failed as u64,
-        success: success as u64,
     }
 }
 
