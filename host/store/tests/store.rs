@@ -2303,6 +2303,105 @@ async fn a_started_wave_searches_for_joiners_only_when_its_group_may_have_change
     .await;
 }
 
+/// A rollout's open sites are checked for their end only when a part of the
+/// rollout ended or its devices may have changed since the last check: a
+/// rollout waiting on its last devices does not scan its fleet every second.
+#[tokio::test]
+async fn a_rollouts_sites_are_checked_only_when_one_may_have_ended() {
+    each_backend(|store| async move {
+        // Sites A (devices 1, 3, 5) and B (devices 2, 4).
+        let (ids, package) = fleet(&store, 5).await;
+        let ops = "token ops";
+        let rollout = store
+            .create_rollout(
+                &posup_proto::rollout::CreateRollout {
+                    name: Some("November".into()),
+                    kind: TaskKind::Download,
+                    packages: vec![package.id],
+                    waves: vec![posup_proto::rollout::WaveSpec {
+                        group_id: 1,
+                        success_percent: 100,
+                        auto_advance: true,
+                    }],
+                    max_failed: None,
+                    max_failed_percent: None,
+                    start_at: None,
+                    conditions: String::new(),
+                    notice_override: None,
+                },
+                &at(T0),
+                ops,
+            )
+            .await
+            .unwrap();
+        let task_id = store
+            .rollout(rollout.id, &at(T0))
+            .await
+            .unwrap()
+            .unwrap()
+            .waves[0]
+            .tasks[0];
+        let task = store.task(task_id, &at(T0)).await.unwrap().unwrap();
+        let checked = || {
+            let store = store.clone();
+            async move { store.tick_rollouts(&at(T0)).await.unwrap().sites_checked }
+        };
+        let reported = || {
+            let store = store.clone();
+            async move {
+                store
+                    .rollout_sites(rollout.id, &at(T0))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter(|(s, _)| s.report.is_some())
+                    .map(|(s, _)| s.site)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let end = |n: usize, state: FeedbackState| {
+            let store = store.clone();
+            let task = task.clone();
+            let ids = ids.clone();
+            async move {
+                let action = store.actions_for_device(ids[n], T0).await.unwrap()[0].action_id;
+                let key = format!("{n} {}", state.as_str());
+                let f = feedback(&task, action, ids[n], &key, state);
+                store.record_feedback(ids[n], &f, &at(T0)).await.unwrap();
+            }
+        };
+        checked().await;
+        assert_eq!(checked().await, 0, "nothing changed: no site is checked");
+
+        end(0, FeedbackState::Committed).await;
+        assert_eq!(checked().await, 1, "a part ended");
+        assert_eq!(checked().await, 0);
+        end(2, FeedbackState::Failed).await;
+        end(3, FeedbackState::Started).await;
+        assert_eq!(checked().await, 1, "a part ended, another began");
+        assert!(reported().await.is_empty(), "device 5 has not ended");
+
+        store.delete_device(ids[4], T0, ops).await.unwrap();
+        assert_eq!(checked().await, 1, "a device was deleted");
+        assert_eq!(reported().await, ["A"], "site A's last device was deleted");
+        assert_eq!(checked().await, 0);
+
+        store
+            .set_tags(ids[1], &["night".into()], T0, ops)
+            .await
+            .unwrap();
+        assert_eq!(checked().await, 1, "a membership may have changed");
+        assert_eq!(checked().await, 0);
+
+        end(1, FeedbackState::Committed).await;
+        end(3, FeedbackState::Committed).await;
+        assert_eq!(checked().await, 1);
+        assert_eq!(reported().await, ["A", "B"]);
+        assert_eq!(checked().await, 0, "no site is open");
+    })
+    .await;
+}
+
 /// A plugin name belongs to the vendor that published it first.
 #[tokio::test]
 async fn a_plugin_name_belongs_to_its_first_vendor() {

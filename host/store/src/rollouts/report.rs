@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// Whether a rollout's open sites are checked for their end now: never checked,
+/// one of its groups drifts (`groups::drifts`), or what a site's end depends on
+/// (its parts ended so far and the `members`, `devices` and `tasks` counters)
+/// moved since the last check. Parts end only forwards between two restarts,
+/// and a restart grows `tasks`, so an unchanged count means none ended.
+pub(crate) fn must_check_sites(last: Option<&str>, seen: &str, drifts: bool) -> bool {
+    drifts || last != Some(seen)
+}
+
 impl Store {
     /// The packages of `ids`, refusing unknown ones and two for one device type.
     pub(crate) async fn releases(&self, ids: &[i64]) -> Result<Vec<ReleaseRow>> {
@@ -98,6 +107,7 @@ impl Store {
         r: &RolloutRow,
         waves: &[WaveRow],
         at: &At,
+        ticked: &mut Ticked,
     ) -> Result<()> {
         let (id, title) = (r.id, &r.name);
         let announce = parse_kind(&r.kind)? != TaskKind::Download;
@@ -110,6 +120,35 @@ impl Store {
         if open.is_empty() {
             return Ok(());
         }
+        let mut conds = Vec::new();
+        let mut drifts = false;
+        for w in waves {
+            if let Some(g) = w.group_id {
+                let membership = self.group_membership(g, at).await?;
+                drifts |= membership.drifts;
+                conds.push(membership.cond);
+            }
+        }
+        // What a site's end depends on, read before the check so that a change
+        // committed during it is seen by the next tick's comparison.
+        let (last, ended, members, devices, tasks): (Option<String>, i64, i64, i64, i64) = with_read!(self, pool => {
+            sqlx::query_as(
+                "SELECT r.sites_seen, \
+                 (SELECT CAST(COALESCE(sum(c.success + c.failed), 0) AS BIGINT) FROM task_counts c \
+                  JOIN tasks t ON t.id = c.task_id WHERE t.rollout_id = r.id), \
+                 (SELECT value FROM generations WHERE name = 'members'), \
+                 (SELECT value FROM generations WHERE name = 'devices'), \
+                 (SELECT value FROM generations WHERE name = 'tasks') \
+                 FROM rollouts r WHERE r.id = $1",
+            )
+            .bind(id)
+            .fetch_one(pool)
+            .await?
+        });
+        let seen = format!("{ended} {members} {devices} {tasks}");
+        if !must_check_sites(last.as_deref(), &seen, drifts) {
+            return Ok(());
+        }
         let packages: Vec<i64> = with_read!(self, pool => {
             sqlx::query_scalar("SELECT package_id FROM rollout_packages WHERE rollout_id = $1 ORDER BY package_id")
                 .bind(id)
@@ -118,12 +157,7 @@ impl Store {
         });
         let releases = self.releases(&packages).await?;
         let types: Vec<String> = releases.iter().map(|r| r.device_type.clone()).collect();
-        let mut conds = Vec::new();
-        for w in waves {
-            if let Some(g) = w.group_id {
-                conds.push(self.group_cond(g, at).await?);
-            }
-        }
+        ticked.sites_checked += 1;
         // Sites with a covered device that has not ended its part (or not begun it,
         // its wave still to come).
         let mut pending = Sql::new("SELECT DISTINCT d.site FROM devices d WHERE ");
@@ -194,6 +228,13 @@ impl Store {
                 tx.commit().await?;
             });
         }
+        with_write!(self, pool => {
+            sqlx::query("UPDATE rollouts SET sites_seen = $2 WHERE id = $1")
+                .bind(id)
+                .bind(&seen)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -211,5 +252,21 @@ impl Store {
         let cond = targets(&[device_type.to_owned()], std::slice::from_ref(members));
         self.announcements(title, kind, start_at, &releases, &cond, "")
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sites_are_checked_when_what_their_end_depends_on_moved() {
+        assert!(must_check_sites(None, "0 1 1 1", false), "never checked");
+        assert!(!must_check_sites(Some("3 1 1 1"), "3 1 1 1", false));
+        assert!(must_check_sites(Some("3 1 1 1"), "4 1 1 1", false));
+        assert!(
+            must_check_sites(Some("3 1 1 1"), "3 1 1 1", true),
+            "a group that moves with time is checked each tick"
+        );
     }
 }

@@ -19,6 +19,8 @@ pub struct Ticked {
     pub changed: bool,
     /// Started waves whose group was searched for devices without a part.
     pub waves_searched: usize,
+    /// Rollouts whose open sites were checked for their end.
+    pub sites_checked: usize,
 }
 
 /// What a search of a wave's group saw: the `members` counter and the newest
@@ -137,7 +139,7 @@ impl Store {
         if state == RolloutState::Running {
             self.judge(&r, &waves, seen, at, ticked).await?;
         }
-        self.report_sites(&r, &waves, at).await?;
+        self.report_sites(&r, &waves, at, ticked).await?;
         Ok(())
     }
 
