@@ -170,10 +170,13 @@ impl Store {
         });
         for site in open.iter().filter(|s| !busy.contains(s)) {
             let outcomes: Vec<(String, String, String, Option<String>, String)> = with_read!(self, pool => {
+                // From the site's devices to their parts: the rollout's parts
+                // of every site would be read for each site that ended.
                 sqlx::query_as(
-                    "SELECT d.name, d.device_type, td.state, td.message, d.address FROM task_devices td \
-                     JOIN tasks t ON t.id = td.task_id JOIN devices d ON d.id = td.device_id \
-                     WHERE t.rollout_id = $1 AND d.site = $2 ORDER BY d.number, d.id, t.id",
+                    "SELECT d.name, d.device_type, td.state, td.message, d.address FROM devices d \
+                     JOIN task_devices td ON td.device_id = d.id \
+                     WHERE d.site = $2 AND td.task_id IN (SELECT id FROM tasks WHERE rollout_id = $1) \
+                     ORDER BY d.number, d.id, td.task_id",
                 )
                 .bind(id)
                 .bind(site)
