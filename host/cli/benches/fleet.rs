@@ -1,7 +1,7 @@
 //! Benchmarks of the agent: its memory when idle, and how long a rollout takes
 //! across a simulated fleet.
 //!
-//! `cargo bench -p posup --bench fleet [-- --devices 1000,10000] [--idle-secs 10]`
+//! `cargo bench -p posup --bench fleet [-- --devices 1000,10000] [--idle-secs 10] [--rollout]`
 //!
 //! 1. **Idle agent RSS.** A real `posup agent` process with the kiosk plugin, a
 //!    simulated kiosk running as a process, the server in this process, polling
@@ -19,8 +19,17 @@
 //!    server CPU per device update (and, on PostgreSQL, the database's CPU per
 //!    update besides), the server CPU per poll of the idling fleet (background
 //!    work included), polls per second and the p99 poll latency during the task,
-//!    the servers' peak RSS, and how long reading the task took on average (the
-//!    bench reads it twice a second, as an operator's console would).
+//!    the servers' peak RSS, how long reading the task took on average (the
+//!    bench reads it twice a second, as an operator's console would), and the
+//!    server CPU per poll of the fleet idling again for two poll intervals once
+//!    updated (`idle after µs`), next to the first idle's.
+//! 3. **`--rollout`**: the same runs with a rollout (one wave, the whole fleet)
+//!    in place of the task, and one more terminal enrolled at a store of its
+//!    own that never polls, as a register switched off for the night. The
+//!    update is done when every simulated device succeeded; the rollout still
+//!    waits for the straggler while the fleet idles again, and its stores'
+//!    reports (every store's but the straggler's) are written in the last
+//!    seconds of the update and the first of that idle.
 //!
 //! The simulated devices share 4 096 kept-alive connections (terminals behind a
 //! proxy, as the server of a large fleet sees them); a process has too few file
@@ -35,16 +44,20 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use posup_proto::agent::{DeviceIdentity, EnrollRequest, Site};
 use posup_proto::api::{
     CreateTask, DeviceRow, DeviceTypeBody, EnablePlugin, GroupKind, GroupView, PackageView,
     TaskState, TaskView,
 };
+use posup_proto::rollout::{CreateRollout, RolloutView, WaveSpec};
 use posup_proto::{Capabilities, DirPaths, Page, TaskKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 const POSUP: &str = env!("CARGO_BIN_EXE_posup");
 const ADMIN: &str = "pop_bench_admin";
+/// Why an Update starts without the 24 hours' notice.
+const NOTICE_OVERRIDE: &str = "benchmark: simulated terminals, nobody to notify";
 const SECRET: &str = "pes_bench_secret";
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             })
             .collect(),
     };
+    let rollout = args.iter().any(|a| a == "--rollout");
     let idle: u64 = value("--idle-secs")
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
@@ -94,9 +108,16 @@ fn main() -> anyhow::Result<()> {
             idle_rss(Duration::from_secs(idle)).await?;
             println!();
         }
-        println!("one Update task for the whole fleet; servers and the simulated fleet are processes of their own");
         println!(
-            "{:<20} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>12} {:>8} {:>9} {:>9} {:>11}",
+            "{} for the whole fleet; servers and the simulated fleet are processes of their own",
+            if rollout {
+                "one Update rollout"
+            } else {
+                "one Update task"
+            }
+        );
+        println!(
+            "{:<20} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>12} {:>8} {:>9} {:>9} {:>11} {:>13}",
             "backend",
             "devices",
             "poll",
@@ -108,10 +129,15 @@ fn main() -> anyhow::Result<()> {
             "polls/s",
             "p99 ms",
             "peak MB",
-            "task read ms"
+            "task read ms",
+            "idle after µs"
         );
         for backend in &backends {
-            let counts: &[usize] = if backend == "postgres" { &replicas } else { &[1] };
+            let counts: &[usize] = if backend == "postgres" {
+                &replicas
+            } else {
+                &[1]
+            };
             for &replicas in counts {
                 for &n in &sizes {
                     for (name, bin) in &server_bins {
@@ -121,6 +147,7 @@ fn main() -> anyhow::Result<()> {
                             devices: n,
                             poll_secs: if n > 10_000 { 30 } else { 5 },
                             server: (name.clone(), bin.clone()),
+                            rollout,
                         };
                         if let Err(e) = run.go().await {
                             println!("{:<20} {n:>7} failed: {e:#}", run.label());
@@ -335,6 +362,8 @@ struct Run {
     poll_secs: u32,
     /// The server binary's name in the output, and its path.
     server: (String, String),
+    /// A rollout with a straggler in place of the task (see the module).
+    rollout: bool,
 }
 
 const BENCH_DB: &str = "posup_bench";
@@ -463,40 +492,71 @@ impl Run {
             .find(|g| g.kind == GroupKind::All)
             .map(|g| g.id)
             .unwrap_or(1);
+        if self.rollout {
+            api.enroll_straggler().await?;
+        }
         let cpu0 = cpu();
         let db0 = postgres_cpu();
         let before = Summary::read(last);
-        let task: TaskView = api
-            .post(
-                "/api/v1/tasks",
-                &CreateTask {
-                    name: None,
-                    kind: TaskKind::Update,
-                    package_id: pkg.id,
-                    group_id: all,
-                    start_at: None,
-                    notice_override: Some(
-                        "benchmark: simulated terminals, nobody to notify".into(),
-                    ),
-                },
-            )
-            .await?;
-        let started = Instant::now();
+        let (path, started) = if self.rollout {
+            let r: RolloutView = api
+                .post(
+                    "/api/v1/rollouts",
+                    &CreateRollout {
+                        name: Some("bench".into()),
+                        kind: TaskKind::Update,
+                        packages: vec![pkg.id],
+                        waves: vec![WaveSpec {
+                            group_id: all,
+                            success_percent: 100,
+                            auto_advance: true,
+                        }],
+                        max_failed: None,
+                        max_failed_percent: None,
+                        start_at: None,
+                        conditions: String::new(),
+                        notice_override: Some(NOTICE_OVERRIDE.into()),
+                    },
+                )
+                .await?;
+            (format!("/api/v1/rollouts/{}", r.id), Instant::now())
+        } else {
+            let task: TaskView = api
+                .post(
+                    "/api/v1/tasks",
+                    &CreateTask {
+                        name: None,
+                        kind: TaskKind::Update,
+                        package_id: pkg.id,
+                        group_id: all,
+                        start_at: None,
+                        notice_override: Some(NOTICE_OVERRIDE.into()),
+                    },
+                )
+                .await?;
+            (format!("/api/v1/tasks/{}", task.id), Instant::now())
+        };
         // What an operator watching the task waits for each time the console
-        // reads it, while the fleet updates.
+        // reads it, while the fleet updates. A rollout is done when every
+        // simulated device succeeded: its straggler never will.
         let (mut reads, mut reading) = (0u32, Duration::ZERO);
         let counts = loop {
             let asked = Instant::now();
-            let t: TaskView = api.get(&format!("/api/v1/tasks/{}", task.id)).await?;
+            let (done, counts) = if self.rollout {
+                let r: RolloutView = api.get(&path).await?;
+                (r.counts.success as usize >= n, r.counts)
+            } else {
+                let t: TaskView = api.get(&path).await?;
+                (t.state == TaskState::Finished, t.counts)
+            };
             reads += 1;
             reading += asked.elapsed();
-            if t.state == TaskState::Finished {
-                break t.counts;
+            if done {
+                break counts;
             }
             anyhow::ensure!(
                 started.elapsed() < Duration::from_secs(3600),
-                "the task did not finish: {:?}",
-                t.counts
+                "the update did not finish: {counts:?}"
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
@@ -519,8 +579,14 @@ impl Run {
             .map(|s| memory(s.child.id()).hwm)
             .max()
             .unwrap_or(0);
+        // The fleet idling again, updated (a rollout waiting for its
+        // straggler).
+        let (cpu2, polls2) = (cpu(), Summary::read(last).polls);
+        tokio::time::sleep(Duration::from_secs(2 * u64::from(self.poll_secs))).await;
+        let (cpu3, polls3) = (cpu(), Summary::read(last).polls);
+        let idle_after = (cpu3 - cpu2) / polls3.saturating_sub(polls2).max(1) as f64;
         println!(
-            "{:<20} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12} {:>12.1} {:>8.0} {:>9.1} {:>9.0} {:>11.1}",
+            "{:<20} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12} {:>12.1} {:>8.0} {:>9.1} {:>9.0} {:>11.1} {:>13.1}",
             self.label(),
             self.poll_secs,
             enrolled.as_secs_f64(),
@@ -536,6 +602,7 @@ impl Run {
             posup_fleet::Latency::percentile(&latency, 0.99).as_secs_f64() * 1000.0,
             peak as f64 / 1024.0,
             reading.as_secs_f64() * 1000.0 / f64::from(reads),
+            idle_after * 1e6,
         );
         Ok(())
     }
@@ -823,6 +890,38 @@ impl Api {
     ) -> anyhow::Result<R> {
         self.send(self.http.put(format!("{}{path}", self.base)).json(body))
             .await
+    }
+
+    /// Enrolls a kiosk at a store of its own that never polls, as a device
+    /// would: with the enrollment secret and no operator's token.
+    async fn enroll_straggler(&self) -> anyhow::Result<()> {
+        let req = EnrollRequest {
+            secret: SECRET.into(),
+            device: DeviceIdentity {
+                guid: "bench-straggler".into(),
+                site: Site {
+                    name: "Straggler store".into(),
+                    address: "Night street 1".into(),
+                },
+                name: "Kiosk 1".into(),
+                number: 1,
+                device_type: "kiosk".into(),
+                agent_version: "0.1.0".into(),
+            },
+        };
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/agent/enroll", self.base))
+            .json(&req)
+            .send()
+            .await?;
+        let status = resp.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "enrolling the straggler: {status}: {}",
+            resp.text().await?
+        );
+        Ok(())
     }
 
     async fn post_bytes<R: DeserializeOwned>(
