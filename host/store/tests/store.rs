@@ -2084,6 +2084,30 @@ async fn concurrent_claims_never_exceed_the_site_limit() {
     .await;
 }
 
+/// A rollout of `package` now, in one wave over group `group_id` that must
+/// fully succeed, without thresholds or notice.
+fn one_wave(
+    kind: TaskKind,
+    package: &PackageView,
+    group_id: i64,
+) -> posup_proto::rollout::CreateRollout {
+    posup_proto::rollout::CreateRollout {
+        name: None,
+        kind,
+        packages: vec![package.id],
+        waves: vec![posup_proto::rollout::WaveSpec {
+            group_id,
+            success_percent: 100,
+            auto_advance: true,
+        }],
+        max_failed: None,
+        max_failed_percent: None,
+        start_at: None,
+        conditions: String::new(),
+        notice_override: None,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_ticking_at_once_start_a_wave_once() {
     each_backend(|store| async move {
@@ -2093,18 +2117,8 @@ async fn replicas_ticking_at_once_start_a_wave_once() {
             .create_rollout(
                 &posup_proto::rollout::CreateRollout {
                     name: Some("Night release".into()),
-                    kind: TaskKind::ForcedUpdate,
-                    packages: vec![package.id],
-                    waves: vec![posup_proto::rollout::WaveSpec {
-                        group_id: 1,
-                        success_percent: 100,
-                        auto_advance: true,
-                    }],
-                    max_failed: None,
-                    max_failed_percent: None,
                     start_at: DateTime::<Utc>::from_timestamp_millis(start),
-                    conditions: String::new(),
-                    notice_override: None,
+                    ..one_wave(TaskKind::ForcedUpdate, &package, 1)
                 },
                 &at(T0),
                 "token ops",
@@ -2178,22 +2192,7 @@ async fn a_started_wave_searches_for_joiners_only_when_its_group_may_have_change
             )
             .await
             .unwrap();
-        let wave = |group_id| posup_proto::rollout::WaveSpec {
-            group_id,
-            success_percent: 100,
-            auto_advance: true,
-        };
-        let create = |group_id| posup_proto::rollout::CreateRollout {
-            name: None,
-            kind: TaskKind::ForcedUpdate,
-            packages: vec![package.id],
-            waves: vec![wave(group_id)],
-            max_failed: None,
-            max_failed_percent: None,
-            start_at: None,
-            conditions: String::new(),
-            notice_override: None,
-        };
+        let create = |group_id| one_wave(TaskKind::ForcedUpdate, &package, group_id);
         let by_tag = store
             .create_rollout(&create(night.id), &at(T0), ops)
             .await
@@ -2316,18 +2315,7 @@ async fn a_rollouts_sites_are_checked_only_when_one_may_have_ended() {
             .create_rollout(
                 &posup_proto::rollout::CreateRollout {
                     name: Some("November".into()),
-                    kind: TaskKind::Download,
-                    packages: vec![package.id],
-                    waves: vec![posup_proto::rollout::WaveSpec {
-                        group_id: 1,
-                        success_percent: 100,
-                        auto_advance: true,
-                    }],
-                    max_failed: None,
-                    max_failed_percent: None,
-                    start_at: None,
-                    conditions: String::new(),
-                    notice_override: None,
+                    ..one_wave(TaskKind::Download, &package, 1)
                 },
                 &at(T0),
                 ops,
