@@ -184,7 +184,9 @@ impl Agent {
             ));
             state_file.save(&state).map_err(state_err)?;
         }
-        let outbox = Outbox::open(&paths.outbox()).map_err(state_err)?;
+        let outbox = Outbox::open(&paths.outbox())
+            .map_err(state_err)?
+            .sending_every(config.poll.report_every());
         let client = Client::new(&config.server, &config.transport())?;
         client.set_token(state.token.clone());
         let prompter = Arc::new(FilePrompter::new(paths.prompt()));
@@ -326,8 +328,8 @@ impl Agent {
         Ok(())
     }
 
-    /// Sends reports as they are queued, retrying with backoff while the server is
-    /// away.
+    /// Sends reports as they are queued (a burst together, see `outbox`),
+    /// retrying with backoff while the server is away.
     async fn send_loop(self: Arc<Self>) {
         let mut failures = 0u32;
         loop {
@@ -340,7 +342,7 @@ impl Agent {
                 tokio::time::sleep(self.config.poll.backoff(1)).await;
                 continue;
             }
-            match self.outbox.flush(&self.client).await {
+            match self.outbox.send_when_due(&self.client).await {
                 Ok(_) => failures = 0,
                 Err(e) => {
                     failures += 1;

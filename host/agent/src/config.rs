@@ -20,6 +20,7 @@
 //! jitter = 0.1                   # ± this fraction of the server's interval
 //! min_backoff_secs = 1           # first retry after a failed call…
 //! max_backoff_secs = 300         # …doubling up to this
+//! report_every_secs = 1          # a busy terminal's reports go together at most this often
 //!
 //! [cashier]                                # all optional
 //! consent_timeout_secs = 300     # no answer in time: nobody is there, update
@@ -117,6 +118,11 @@ pub struct PollConfig {
     pub jitter: f64,
     pub min_backoff_secs: f64,
     pub max_backoff_secs: f64,
+    /// Reports queued within this long of the last ones sent wait and go with
+    /// them in one request: each request costs the server, and a terminal's
+    /// steps often end moments apart. The first report after a quiet spell
+    /// goes at once.
+    pub report_every_secs: f64,
 }
 
 impl Default for PollConfig {
@@ -125,11 +131,17 @@ impl Default for PollConfig {
             jitter: 0.1,
             min_backoff_secs: 1.0,
             max_backoff_secs: 300.0,
+            report_every_secs: crate::outbox::REPORT_EVERY.as_secs_f64(),
         }
     }
 }
 
 impl PollConfig {
+    /// How often a busy terminal sends reports at most.
+    pub fn report_every(&self) -> Duration {
+        Duration::from_secs_f64(self.report_every_secs)
+    }
+
     /// The wait before retry number `failures` (1 for the first): doubling from the
     /// minimum up to the maximum, jittered so failed agents do not retry in step.
     pub fn backoff(&self, failures: u32) -> Duration {
@@ -247,6 +259,12 @@ impl AgentConfig {
             return Err(invalid(
                 "poll: min_backoff_secs must be above 0 and at most max_backoff_secs".into(),
             ));
+        }
+        if !(0.0..=60.0).contains(&config.poll.report_every_secs) {
+            return Err(invalid(format!(
+                "poll: report_every_secs = {}: give 0 to 60 seconds",
+                config.poll.report_every_secs
+            )));
         }
         // Each device configuration is checked as `posup apply` checks one.
         for (name, device) in &config.device_types {
@@ -370,11 +388,26 @@ mod tests {
     }
 
     #[test]
+    fn reports_go_together_at_most_a_minute_apart() {
+        let c = AgentConfig::parse(&example(), "example").unwrap();
+        assert_eq!(c.poll.report_every(), Duration::from_secs(1));
+        let text = example().replace("report_every_secs = 1 ", "report_every_secs = 600 ");
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("report_every_secs = 600") && err.contains("0 to 60"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn backoff_doubles_up_to_its_ceiling_and_polls_are_jittered() {
         let p = PollConfig {
             jitter: 0.0,
             min_backoff_secs: 1.0,
             max_backoff_secs: 8.0,
+            ..PollConfig::default()
         };
         let secs: Vec<u64> = (1..=6).map(|n| p.backoff(n).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 8, 8]);

@@ -10,6 +10,14 @@
 //! atomically. The file's name is the report's key: the sequence number orders the
 //! backlog, the random part keeps keys unique after the backlog empties and the
 //! sequence starts again.
+//!
+//! A terminal's steps often end within moments of each other (a quick precheck,
+//! a verify, the commit), and each report sent alone costs the server a request
+//! and a transaction. So a report goes at once only after a quiet spell: what
+//! is queued within [`Outbox::every`] of the last send's answer waits until
+//! then and goes with the others in one batch ([`Outbox::send_when_due`]). A
+//! busy terminal makes at most one report request that often, fewer when the
+//! server is slow to answer; nothing waits on disk longer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -22,6 +30,7 @@ use posup_proto::agent::{
     Feedback, FeedbackAck, FeedbackBatch, FeedbackResult, FeedbackState, MAX_FEEDBACK_BATCH,
 };
 use tokio::sync::Notify;
+use tokio::time::{Duration, Instant};
 
 use crate::client::{Client, ClientError};
 
@@ -47,7 +56,11 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     /// Woken when a report is queued.
     pub queued: Notify,
+    every: Duration,
 }
+
+/// How often a busy terminal sends reports at most, unless configured.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -55,6 +68,16 @@ struct Queue {
     entries: BTreeMap<u64, Feedback>,
     /// Actions the server said are no longer wanted (paused, deleted, restarted).
     inactive: BTreeSet<i64>,
+    /// When the last request with reports was answered (or failed).
+    last_sent: Option<Instant>,
+}
+
+/// How long reports queued `now` wait before they are sent: not at all when no
+/// send was answered in the last `every`, else the rest of it.
+fn wait_before_sending(last_sent: Option<Instant>, now: Instant, every: Duration) -> Duration {
+    last_sent.map_or(Duration::ZERO, |t| {
+        (t + every).saturating_duration_since(now)
+    })
 }
 
 /// What one [`Outbox::flush`] did.
@@ -102,9 +125,10 @@ impl Outbox {
             queue: Mutex::new(Queue {
                 next_seq,
                 entries,
-                inactive: BTreeSet::new(),
+                ..Queue::default()
             }),
             queued: Notify::new(),
+            every: REPORT_EVERY,
         })
     }
 
@@ -117,7 +141,32 @@ impl Outbox {
                 ..Queue::default()
             }),
             queued: Notify::new(),
+            every: REPORT_EVERY,
         }
+    }
+
+    /// The same outbox sending reports at most every `every` while busy.
+    pub fn sending_every(mut self, every: Duration) -> Self {
+        self.every = every;
+        self
+    }
+
+    /// How often a busy terminal sends reports at most.
+    pub fn every(&self) -> Duration {
+        self.every
+    }
+
+    /// How long what is queued now waits before it is sent (see the module).
+    pub fn due_in(&self) -> Duration {
+        let q = self.queue.lock().expect("outbox lock");
+        wait_before_sending(q.last_sent, Instant::now(), self.every)
+    }
+
+    /// Waits until queued reports are due, then sends them ([`Outbox::flush`]):
+    /// a burst of reports goes in one request.
+    pub async fn send_when_due(&self, client: &Client) -> Result<Flushed, ClientError> {
+        tokio::time::sleep(self.due_in()).await;
+        self.flush(client).await
     }
 
     /// Queues a report of device `device_id`; it is on disk when this returns.
@@ -236,7 +285,11 @@ impl Outbox {
             let batch = FeedbackBatch {
                 reports: reports.iter().map(|(_, f)| f.clone()).collect(),
             };
-            let ack = match client.feedback_batch(&batch).await {
+            let sent = client.feedback_batch(&batch).await;
+            // From the answer, not the request: a server slow to answer gets
+            // fewer, larger batches.
+            self.queue.lock().expect("outbox lock").last_sent = Some(Instant::now());
+            let ack = match sent {
                 Ok(ack) => ack,
                 Err(ClientError::Status { status, .. }) if refused_for_good(status) => {
                     // The batch as a whole is refused: a server older than
@@ -350,14 +403,18 @@ mod tests {
         assert_ne!(o2.front(1)[0].1.key, first.1.key);
     }
 
-    /// A server that has no batch route (404), takes report `good` alone and
-    /// refuses every other (422).
-    async fn server_without_batches() -> String {
+    /// A server on loopback answering each request's text with `answer`'s
+    /// status line and JSON body.
+    async fn serve(
+        answer: impl Fn(&str) -> (&'static str, String) + Send + Sync + 'static,
+    ) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let answer = std::sync::Arc::new(answer);
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     let mut req = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -382,48 +439,132 @@ mod tests {
                             break;
                         }
                     }
-                    let text = String::from_utf8_lossy(&req);
-                    // Reports of stage are taken; any other is refused.
-                    let (status, body) = if text.starts_with("POST /api/v1/agent/feedback/batch") {
-                        ("404 Not Found", r#"{"error":"no route"}"#.to_owned())
-                    } else if text.contains(r#""step":"stage""#) {
-                        let key = text
-                            .split(r#""key":""#)
-                            .nth(1)
-                            .and_then(|r| r.split('"').next())
-                            .unwrap_or("");
-                        (
-                            "200 OK",
-                            format!(r#"{{"key":"{key}","duplicate":false,"active":true}}"#),
-                        )
-                    } else {
-                        (
-                            "422 Unprocessable Entity",
-                            r#"{"error":"invalid"}"#.to_owned(),
-                        )
-                    };
-                    let answer = format!(
+                    let (status, body) = answer(&String::from_utf8_lossy(&req));
+                    let reply = format!(
                         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
-                    let _ = s.write_all(answer.as_bytes()).await;
+                    let _ = s.write_all(reply.as_bytes()).await;
                 });
             }
         });
         url
     }
 
-    #[tokio::test]
-    async fn a_refused_batch_falls_back_to_single_reports_and_drops_only_the_bad_one() {
-        let url = server_without_batches().await;
-        let client = Client::new(
-            &url,
+    /// A server that has no batch route (404), takes report `good` alone and
+    /// refuses every other (422).
+    async fn server_without_batches() -> String {
+        serve(|text| {
+            // Reports of stage are taken; any other is refused.
+            if text.starts_with("POST /api/v1/agent/feedback/batch") {
+                ("404 Not Found", r#"{"error":"no route"}"#.to_owned())
+            } else if text.contains(r#""step":"stage""#) {
+                let key = text
+                    .split(r#""key":""#)
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or("");
+                (
+                    "200 OK",
+                    format!(r#"{{"key":"{key}","duplicate":false,"active":true}}"#),
+                )
+            } else {
+                (
+                    "422 Unprocessable Entity",
+                    r#"{"error":"invalid"}"#.to_owned(),
+                )
+            }
+        })
+        .await
+    }
+
+    /// A server that takes every batch, counting them in `batches`.
+    async fn server_counting_batches(
+        batches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> String {
+        serve(move |text| {
+            batches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let batch: FeedbackBatch = serde_json::from_str(body).expect("a batch of reports");
+            let results = batch
+                .reports
+                .into_iter()
+                .map(|f| {
+                    FeedbackResult::Ack(FeedbackAck {
+                        key: f.key,
+                        duplicate: false,
+                        active: true,
+                    })
+                })
+                .collect();
+            let ack = posup_proto::agent::FeedbackBatchAck { results };
+            ("200 OK", serde_json::to_string(&ack).unwrap())
+        })
+        .await
+    }
+
+    fn client(url: &str) -> Client {
+        Client::new(
+            url,
             &crate::client::Transport {
                 insecure_http: true,
                 ca_file: None,
             },
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn reports_wait_only_within_the_interval_after_a_send() {
+        let every = Duration::from_secs(1);
+        let now = Instant::now();
+        assert_eq!(wait_before_sending(None, now, every), Duration::ZERO);
+        assert_eq!(
+            wait_before_sending(Some(now - Duration::from_millis(300)), now, every),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            wait_before_sending(Some(now - every), now, every),
+            Duration::ZERO
+        );
+        assert_eq!(
+            wait_before_sending(Some(now - Duration::from_secs(5)), now, every),
+            Duration::ZERO
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_report_goes_at_once_and_a_burst_after_it_in_one_request() {
+        let batches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let client = client(&server_counting_batches(batches.clone()).await);
+        let every = Duration::from_millis(400);
+        let o = Outbox::memory().sending_every(every);
+        o.push(1, report(Phase::Precheck)).unwrap();
+        let started = Instant::now();
+        let done = o.send_when_due(&client).await.unwrap();
+        assert_eq!((done.sent, done.calls), (1, 1));
+        assert!(
+            started.elapsed() < every,
+            "a report after a quiet spell waited"
+        );
+        // A step's end and the next two steps' reports, moments apart.
+        for step in [Phase::Stage, Phase::Apply, Phase::Verify] {
+            o.push(1, report(step)).unwrap();
+        }
+        assert!(o.due_in() > Duration::ZERO);
+        let done = o.send_when_due(&client).await.unwrap();
+        assert_eq!((done.sent, done.calls), (3, 1), "{done:?}");
+        assert!(
+            started.elapsed() >= every,
+            "the burst did not wait for the interval"
+        );
+        assert_eq!(batches.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(o.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_falls_back_to_single_reports_and_drops_only_the_bad_one() {
+        let client = client(&server_without_batches().await);
         let o = Outbox::memory();
         o.push(1, report(Phase::Stage)).unwrap();
         o.push(1, report(Phase::Apply)).unwrap();

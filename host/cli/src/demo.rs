@@ -487,6 +487,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
                     jitter: 0.2,
                     min_backoff_secs: 0.5,
                     max_backoff_secs: 5.0,
+                    ..PollConfig::default()
                 },
                 cashier: CashierConfig {
                     consent_timeout_secs: 20.0,

@@ -33,6 +33,10 @@ pub struct SimArgs {
     /// Simulated duration of each update step, in milliseconds.
     #[arg(long, default_value_t = 20)]
     step_ms: u64,
+    /// A busy device's reports go together at most this often, in seconds (a
+    /// real agent's `[poll] report_every_secs`; 0 sends each step's at once).
+    #[arg(long, default_value_t = 1.0)]
+    send_reports_every: f64,
     /// Stop after this many seconds; run until Ctrl-C when absent.
     #[arg(long)]
     duration: Option<f64>,
@@ -53,6 +57,12 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
     config.version = args.version;
     config.step_time = Duration::from_millis(args.step_ms);
     config.connections = args.connections;
+    anyhow::ensure!(
+        (0.0..=60.0).contains(&args.send_reports_every),
+        "--send-reports-every {}: give 0 to 60 seconds",
+        args.send_reports_every
+    );
+    config.poll.report_every_secs = args.send_reports_every;
     let stats = Arc::new(FleetStats::default());
     let printer = {
         let stats = Arc::clone(&stats);

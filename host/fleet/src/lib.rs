@@ -234,7 +234,7 @@ impl SimDevice {
                 agent_version: posup_agent::agent::AGENT_VERSION.into(),
             },
             client,
-            outbox: Outbox::memory(),
+            outbox: Outbox::memory().sending_every(config.poll.report_every()),
             device_id: 0,
             version: config.version.clone(),
             config_revision: None,
@@ -332,9 +332,10 @@ impl SimDevice {
             .cloned();
         if let Some(action) = due {
             self.work(&action, config, stats).await;
-            self.flush(stats).await?;
-            // Look for the next action at once, as the real agent does.
-            return Ok(Duration::from_millis(10));
+            // Look for the next action at once, as the real agent does; its last
+            // reports go when due (a real agent's sender sends them beside that
+            // poll, this device just before it).
+            return Ok(self.outbox.due_in().max(Duration::from_millis(10)));
         }
         Ok(config
             .poll
@@ -350,9 +351,13 @@ impl SimDevice {
         Ok(())
     }
 
-    /// Sends what is queued at a step boundary, as a real agent's sender does when
-    /// a step ends and the next begins; what fails waits for the next flush.
+    /// Sends what is queued at a step boundary when it is due, as a real agent's
+    /// sender does (`Outbox::send_when_due`); what waits or fails goes with a
+    /// later send.
     async fn send(&self, stats: &FleetStats) {
+        if !self.outbox.due_in().is_zero() {
+            return;
+        }
         if let Err(e) = self.flush(stats).await {
             tracing::debug!("{}: reports wait: {e}", self.identity.guid);
         }
