@@ -22,7 +22,9 @@
 //!    the servers' peak RSS, how long reading the task took on average (the
 //!    bench reads it twice a second, as an operator's console would), and the
 //!    server CPU per poll of the fleet idling again for two poll intervals once
-//!    updated (`idle after µs`), next to the first idle's.
+//!    updated (`idle after µs`), next to the first idle's, and the requests
+//!    the fleet made during the update per device updated (`req/update`: polls,
+//!    report batches and downloads).
 //! 3. **`--rollout`**: the same runs with a rollout (one wave, the whole fleet)
 //!    in place of the task, and one more terminal enrolled at a store of its
 //!    own that never polls, as a register switched off for the night. The
@@ -34,11 +36,16 @@
 //! The simulated devices share 4 096 kept-alive connections (terminals behind a
 //! proxy, as the server of a large fleet sees them); a process has too few file
 //! descriptors to hold one per device at 100 000.
+//! `--send-reports-every 0,1` compares the simulated agents sending each
+//! step's reports at once (0) with their default, a busy device's reports
+//! together at most once a second (`[poll] report_every_secs`).
 //! `--backends sqlite,postgres` and `--replicas 1,2` (PostgreSQL) choose the
 //! runs; `--servers before=PATH,after=PATH` runs each of them once per named
 //! `posup` binary as the server (the simulated fleet stays this build's), so a
 //! change is measured against its starting point in one run; PostgreSQL is the one at 127.0.0.1:5432 (`test` machines' trust auth),
-//! in a database `posup_bench` made afresh for each run.
+//! in a database `posup_bench` made afresh for each run, with autovacuum on as
+//! in a deployment (a machine that keeps it off for its tests has it turned on
+//! for the runs and off again after, unless the bench is killed).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -96,6 +103,8 @@ fn main() -> anyhow::Result<()> {
             })
             .collect(),
     };
+    // The simulated agents' `report_every_secs`; more than one compares them.
+    let reports_every: Vec<String> = list("--send-reports-every", "1");
     let rollout = args.iter().any(|a| a == "--rollout");
     let idle: u64 = value("--idle-secs")
         .and_then(|v| v.parse().ok())
@@ -103,6 +112,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let _autovacuum = if backends.iter().any(|b| b == "postgres") {
+        Some(Autovacuum::on()?)
+    } else {
+        None
+    };
     rt.block_on(async move {
         if idle > 0 {
             idle_rss(Duration::from_secs(idle)).await?;
@@ -117,7 +131,7 @@ fn main() -> anyhow::Result<()> {
             }
         );
         println!(
-            "{:<20} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>12} {:>8} {:>9} {:>9} {:>11} {:>13}",
+            "{:<20} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>12} {:>8} {:>9} {:>9} {:>11} {:>13} {:>10}",
             "backend",
             "devices",
             "poll",
@@ -130,7 +144,8 @@ fn main() -> anyhow::Result<()> {
             "p99 ms",
             "peak MB",
             "task read ms",
-            "idle after µs"
+            "idle after µs",
+            "req/update"
         );
         for backend in &backends {
             let counts: &[usize] = if backend == "postgres" {
@@ -140,17 +155,20 @@ fn main() -> anyhow::Result<()> {
             };
             for &replicas in counts {
                 for &n in &sizes {
-                    for (name, bin) in &server_bins {
-                        let run = Run {
-                            postgres: backend == "postgres",
-                            replicas,
-                            devices: n,
-                            poll_secs: if n > 10_000 { 30 } else { 5 },
-                            server: (name.clone(), bin.clone()),
-                            rollout,
-                        };
-                        if let Err(e) = run.go().await {
-                            println!("{:<20} {n:>7} failed: {e:#}", run.label());
+                    for every in &reports_every {
+                        for (name, bin) in &server_bins {
+                            let run = Run {
+                                postgres: backend == "postgres",
+                                replicas,
+                                devices: n,
+                                poll_secs: if n > 10_000 { 30 } else { 5 },
+                                server: (name.clone(), bin.clone()),
+                                rollout,
+                                reports_every: (reports_every.len() > 1).then(|| every.clone()),
+                            };
+                            if let Err(e) = run.go().await {
+                                println!("{:<20} {n:>7} failed: {e:#}", run.label());
+                            }
                         }
                     }
                 }
@@ -364,6 +382,8 @@ struct Run {
     server: (String, String),
     /// A rollout with a straggler in place of the task (see the module).
     rollout: bool,
+    /// The simulated agents' `--send-reports-every`, when runs compare it.
+    reports_every: Option<String>,
 }
 
 const BENCH_DB: &str = "posup_bench";
@@ -378,9 +398,13 @@ impl Run {
         } else {
             "sqlite".into()
         };
-        match self.server.0.as_str() {
+        let label = match self.server.0.as_str() {
             "" => backend,
             name => format!("{backend} {name}"),
+        };
+        match &self.reports_every {
+            Some(secs) => format!("{label} r{secs}s"),
+            None => label,
         }
     }
 
@@ -433,6 +457,10 @@ impl Run {
                 SECRET,
             ])
             .args(["--duration", "7200", "--report-every", "0.5"])
+            .args([
+                "--send-reports-every",
+                self.reports_every.as_deref().unwrap_or("1"),
+            ])
             .stdout(Stdio::piped())
             .spawn()?;
         // The fleet prints its counters twice a second; the latest line is kept.
@@ -586,7 +614,7 @@ impl Run {
         let (cpu3, polls3) = (cpu(), Summary::read(last).polls);
         let idle_after = (cpu3 - cpu2) / polls3.saturating_sub(polls2).max(1) as f64;
         println!(
-            "{:<20} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12} {:>12.1} {:>8.0} {:>9.1} {:>9.0} {:>11.1} {:>13.1}",
+            "{:<20} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12} {:>12.1} {:>8.0} {:>9.1} {:>9.0} {:>11.1} {:>13.1} {:>10.1}",
             self.label(),
             self.poll_secs,
             enrolled.as_secs_f64(),
@@ -603,6 +631,7 @@ impl Run {
             peak as f64 / 1024.0,
             reading.as_secs_f64() * 1000.0 / f64::from(reads),
             idle_after * 1e6,
+            after.requests.saturating_sub(before.requests) as f64 / n as f64,
         );
         Ok(())
     }
@@ -718,29 +747,62 @@ fn open_files_limit() -> u64 {
 
 /// Drops and makes the bench's PostgreSQL database.
 fn fresh_postgres() -> anyhow::Result<()> {
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"),
-        format!("CREATE DATABASE {BENCH_DB}"),
-    ] {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-qc",
-                &sql,
-            ])
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "PostgreSQL at 127.0.0.1:5432: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    psql(&format!("DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"))?;
+    psql(&format!("CREATE DATABASE {BENCH_DB}"))?;
     Ok(())
+}
+
+/// Runs `sql` in PostgreSQL's `postgres` database; returns what it printed.
+fn psql(sql: &str) -> anyhow::Result<String> {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-Atqc",
+            sql,
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "PostgreSQL at 127.0.0.1:5432: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// PostgreSQL as a deployment runs it, with autovacuum, for as long as this
+/// lives: test machines turn it off (their databases live for seconds), and
+/// without it a rollout of 100 000 parts is planned from the statistics of an
+/// empty fleet. What the machine had is put back on drop.
+struct Autovacuum {
+    turned_on: bool,
+}
+
+impl Autovacuum {
+    fn on() -> anyhow::Result<Self> {
+        let turned_on = psql("SHOW autovacuum")? != "on";
+        if turned_on {
+            psql("ALTER SYSTEM SET autovacuum = on")?;
+            psql("SELECT pg_reload_conf()")?;
+            println!(
+                "PostgreSQL's autovacuum is off on this machine: on for these runs, off again after"
+            );
+        }
+        Ok(Self { turned_on })
+    }
+}
+
+impl Drop for Autovacuum {
+    fn drop(&mut self) {
+        if self.turned_on {
+            let _ = psql("ALTER SYSTEM RESET autovacuum");
+            let _ = psql("SELECT pg_reload_conf()");
+        }
+    }
 }
 
 /// A TCP front that hands each new connection to the next of `upstreams`, as a
@@ -771,17 +833,22 @@ async fn round_robin(upstreams: Vec<String>) -> anyhow::Result<String> {
 /// The simulated fleet's counters from its latest summary line.
 struct Summary {
     polls: u64,
+    /// Requests of any kind: polls, report batches, downloads.
+    requests: u64,
     latency: Vec<u64>,
 }
 
 impl Summary {
     fn read(last: &std::sync::Mutex<String>) -> Summary {
         let line = last.lock().expect("summary lock").clone();
-        let polls = line
-            .split_once("polls ")
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let count = |after: &str| -> u64 {
+            line.split_once(after)
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        let polls = count("polls ");
+        let requests = polls + count(" in ") + count("downloads ");
         let latency = line
             .rsplit_once("latency ")
             .map(|(_, rest)| {
@@ -790,7 +857,11 @@ impl Summary {
                     .collect()
             })
             .unwrap_or_default();
-        Summary { polls, latency }
+        Summary {
+            polls,
+            requests,
+            latency,
+        }
     }
 }
 
