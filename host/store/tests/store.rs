@@ -1394,6 +1394,82 @@ async fn task_counts_follow_every_change_of_their_parts() {
 }
 
 #[tokio::test]
+async fn offline_parts_are_counted_alike_with_few_or_many_devices_out_of_touch() {
+    each_backend(|store| async move {
+        let (ids, package) = fleet(&store, 8).await;
+        let now = T0;
+        store.touch_devices(&ids, now).await.unwrap();
+        let task = store
+            .create_task(
+                &CreateTask {
+                    name: None,
+                    kind: TaskKind::Download,
+                    package_id: package.id,
+                    group_id: 1,
+                    start_at: None,
+                    notice_override: None,
+                },
+                &at(now),
+                "token ops",
+            )
+            .await
+            .unwrap();
+        let mut actions = Vec::new();
+        for id in &ids {
+            actions.push(store.actions_for_device(*id, now).await.unwrap().remove(0));
+        }
+        let c = counts_agree(&store, task.id, now, "every device in touch").await;
+        assert_eq!((c.inprogress, c.offline), (8, 0));
+
+        // Device 0 ends its part; then it and device 7 fall out of touch: fewer
+        // devices out of touch than unfinished parts, and one of them ended.
+        store
+            .record_feedback(
+                ids[0],
+                &feedback(
+                    &task,
+                    actions[0].action_id,
+                    ids[0],
+                    "a",
+                    FeedbackState::Committed,
+                ),
+                &at(now),
+            )
+            .await
+            .unwrap();
+        let later = now + 10 * MINUTE;
+        store.touch_devices(&ids[1..7], later).await.unwrap();
+        let c = counts_agree(&store, task.id, later, "two out of touch").await;
+        assert_eq!((c.success, c.inprogress, c.offline), (1, 6, 1));
+
+        // Devices 1 to 5 end theirs; much later every device is out of touch:
+        // more devices out of touch than unfinished parts.
+        for n in 1..6 {
+            let key = format!("b{n}");
+            store
+                .record_feedback(
+                    ids[n],
+                    &feedback(
+                        &task,
+                        actions[n].action_id,
+                        ids[n],
+                        &key,
+                        FeedbackState::Failed,
+                    ),
+                    &at(later),
+                )
+                .await
+                .unwrap();
+        }
+        let c = counts_agree(&store, task.id, later + 60 * MINUTE, "all out of touch").await;
+        assert_eq!((c.failed, c.inprogress, c.offline), (5, 0, 2));
+        let c = counts_agree(&store, task.id, later, "device 7 alone").await;
+        assert_eq!((c.inprogress, c.offline), (1, 1));
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn task_needs_devices_of_the_package_type_and_an_enabled_plugin() {
     each_backend(|store| async move {
         let (_, package) = fleet(&store, 1).await;
