@@ -239,6 +239,12 @@ impl Store {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
+            .fetch_one(&pool)
+            .await?;
+        if let Some(warning) = autovacuum_warning(&autovacuum) {
+            tracing::warn!("{warning}");
+        }
         Ok(Store {
             db: Db::Postgres(pool),
         })
@@ -317,9 +323,34 @@ pub(crate) fn paging(page: Option<u32>, per_page: Option<u32>) -> (u32, u32) {
     )
 }
 
+/// What an operator is told when PostgreSQL runs without autovacuum
+/// (`SHOW autovacuum` gave `setting`): a rollout rewrites every part of its
+/// fleet several times, and without it neither the dead rows nor the
+/// planner's statistics are kept up, so a large rollout slows down the more
+/// it has done.
+fn autovacuum_warning(setting: &str) -> Option<String> {
+    (setting != "on").then(|| {
+        format!(
+            "PostgreSQL runs with autovacuum = {setting}: dead rows and the planner's statistics \
+             are not kept up, and large rollouts slow down as they go; set autovacuum = on \
+             (PostgreSQL's default) or run VACUUM ANALYZE after large changes"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgresql_without_autovacuum_is_named() {
+        assert_eq!(autovacuum_warning("on"), None);
+        let w = autovacuum_warning("off").unwrap();
+        assert!(
+            w.contains("autovacuum = off") && w.contains("set autovacuum = on"),
+            "{w}"
+        );
+    }
 
     /// A group of reports is one statement touching many pages; its statement
     /// journal spilled to a temporary file was a disk write per page.
