@@ -14,10 +14,11 @@
 //! A terminal's steps often end within moments of each other (a quick precheck,
 //! a verify, the commit), and each report sent alone costs the server a request
 //! and a transaction. So a report goes at once only after a quiet spell: what
-//! is queued within [`Outbox::every`] of the last send's answer waits until
-//! then and goes with the others in one batch ([`Outbox::send_when_due`]). A
-//! busy terminal makes at most one report request that often, fewer when the
-//! server is slow to answer; nothing waits on disk longer.
+//! is queued within an interval ([`Outbox::sending_every`], a second unless
+//! configured) of the last send's answer waits until then and goes with the
+//! others in one batch ([`Outbox::send_when_due`]). A busy terminal makes at
+//! most one report request that often, fewer when the server is slow to
+//! answer; nothing waits on disk longer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -149,11 +150,6 @@ impl Outbox {
     pub fn sending_every(mut self, every: Duration) -> Self {
         self.every = every;
         self
-    }
-
-    /// How often a busy terminal sends reports at most.
-    pub fn every(&self) -> Duration {
-        self.every
     }
 
     /// How long what is queued now waits before it is sent (see the module).
@@ -537,7 +533,7 @@ mod tests {
     async fn the_first_report_goes_at_once_and_a_burst_after_it_in_one_request() {
         let batches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let client = client(&server_counting_batches(batches.clone()).await);
-        let every = Duration::from_millis(400);
+        let every = Duration::from_millis(1500);
         let o = Outbox::memory().sending_every(every);
         o.push(1, report(Phase::Precheck)).unwrap();
         let started = Instant::now();
