@@ -342,8 +342,10 @@ impl Store {
                        "start_at": start_at, "devices": added, "notice_override": body.notice_override}));
             bump!(&mut *tx, "tasks");
             tx.commit().await?;
-            id
+            (id, added)
         });
+        let (id, added) = id;
+        self.analyze_after("task_devices", added).await?;
         self.task(id, at)
             .await?
             .ok_or_else(|| Error::NotFound(format!("task {id} vanished while being created")))

@@ -268,6 +268,7 @@ impl Store {
                     ticked.changed = true;
                 }
                 tx.commit().await?;
+                self.analyze_after("task_devices", added).await?;
             });
         }
         if complete {
