@@ -1,7 +1,7 @@
 //! Storage tests, each run against SQLite and PostgreSQL.
 
 use chrono::{DateTime, Utc};
-use posup_proto::agent::{DeviceIdentity, Feedback, FeedbackState, Site};
+use posup_proto::agent::{Action, DeviceIdentity, Feedback, FeedbackState, Site};
 use posup_proto::api::*;
 use posup_proto::{
     Capabilities, Dir, DirAccess, DirPaths, Inventory, ModuleVersion, Phase, TaskKind,
@@ -1288,33 +1288,40 @@ async fn counts_agree(store: &Store, task: i64, now: i64, what: &str) -> TaskCou
     c
 }
 
+/// Eight devices in touch at `now`, a Download task for all of them, and each
+/// one's action.
+async fn download_for_eight(store: &Store, now: i64) -> (Vec<i64>, TaskView, Vec<Action>) {
+    let (ids, package) = fleet(store, 8).await;
+    store.touch_devices(&ids, now).await.unwrap();
+    let task = store
+        .create_task(
+            &CreateTask {
+                name: None,
+                kind: TaskKind::Download,
+                package_id: package.id,
+                group_id: 1,
+                start_at: None,
+                notice_override: None,
+            },
+            &at(now),
+            "token ops",
+        )
+        .await
+        .unwrap();
+    let mut actions = Vec::new();
+    for id in &ids {
+        actions.push(store.actions_for_device(*id, now).await.unwrap().remove(0));
+    }
+    (ids, task, actions)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn task_counts_follow_every_change_of_their_parts() {
     each_backend(|store| async move {
-        let (ids, package) = fleet(&store, 8).await;
         let now = T0;
-        store.touch_devices(&ids, now).await.unwrap();
-        let task = store
-            .create_task(
-                &CreateTask {
-                    name: None,
-                    kind: TaskKind::Download,
-                    package_id: package.id,
-                    group_id: 1,
-                    start_at: None,
-                    notice_override: None,
-                },
-                &at(now),
-                "token ops",
-            )
-            .await
-            .unwrap();
+        let (ids, task, actions) = download_for_eight(&store, now).await;
         let c = counts_agree(&store, task.id, now, "created").await;
         assert_eq!((c.total, c.inprogress), (8, 8));
-        let mut actions = Vec::new();
-        for id in &ids {
-            actions.push(store.actions_for_device(*id, now).await.unwrap().remove(0));
-        }
         let report =
             |n: usize, key: &str, state| feedback(&task, actions[n].action_id, ids[n], key, state);
 
@@ -1396,28 +1403,8 @@ async fn task_counts_follow_every_change_of_their_parts() {
 #[tokio::test]
 async fn offline_parts_are_counted_alike_with_few_or_many_devices_out_of_touch() {
     each_backend(|store| async move {
-        let (ids, package) = fleet(&store, 8).await;
         let now = T0;
-        store.touch_devices(&ids, now).await.unwrap();
-        let task = store
-            .create_task(
-                &CreateTask {
-                    name: None,
-                    kind: TaskKind::Download,
-                    package_id: package.id,
-                    group_id: 1,
-                    start_at: None,
-                    notice_override: None,
-                },
-                &at(now),
-                "token ops",
-            )
-            .await
-            .unwrap();
-        let mut actions = Vec::new();
-        for id in &ids {
-            actions.push(store.actions_for_device(*id, now).await.unwrap().remove(0));
-        }
+        let (ids, task, actions) = download_for_eight(&store, now).await;
         let c = counts_agree(&store, task.id, now, "every device in touch").await;
         assert_eq!((c.inprogress, c.offline), (8, 0));
 
