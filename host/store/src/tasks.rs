@@ -298,7 +298,7 @@ impl Store {
             .push(" FROM devices d WHERE d.device_type = ")
             .bind(package.device_type.as_str())
             .and(&members);
-        let id = with_write!(self, pool => {
+        let (id, added) = with_write!(self, pool => {
             let mut tx = pool.begin().await?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO tasks (name, kind, state, package_id, plugin_sha256, device_type, group_id, group_name, start_at, created_at, attempt, notice_override) \
@@ -344,7 +344,6 @@ impl Store {
             tx.commit().await?;
             (id, added)
         });
-        let (id, added) = id;
         self.analyze_after("task_devices", added).await?;
         self.task(id, at)
             .await?
