@@ -137,6 +137,20 @@ impl Default for PollConfig {
 }
 
 impl PollConfig {
+    /// What is wrong with these settings, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if self.min_backoff_secs <= 0.0 || self.max_backoff_secs < self.min_backoff_secs {
+            return Err("min_backoff_secs must be above 0 and at most max_backoff_secs".into());
+        }
+        if !(0.0..=60.0).contains(&self.report_every_secs) {
+            return Err(format!(
+                "report_every_secs = {}: give 0 to 60 seconds",
+                self.report_every_secs
+            ));
+        }
+        Ok(())
+    }
+
     /// How often a busy terminal sends reports at most.
     pub fn report_every(&self) -> Duration {
         Duration::from_secs_f64(self.report_every_secs)
@@ -253,19 +267,10 @@ impl AgentConfig {
                 config.state_dir.display()
             )));
         }
-        if config.poll.min_backoff_secs <= 0.0
-            || config.poll.max_backoff_secs < config.poll.min_backoff_secs
-        {
-            return Err(invalid(
-                "poll: min_backoff_secs must be above 0 and at most max_backoff_secs".into(),
-            ));
-        }
-        if !(0.0..=60.0).contains(&config.poll.report_every_secs) {
-            return Err(invalid(format!(
-                "poll: report_every_secs = {}: give 0 to 60 seconds",
-                config.poll.report_every_secs
-            )));
-        }
+        config
+            .poll
+            .check()
+            .map_err(|e| invalid(format!("poll: {e}")))?;
         // Each device configuration is checked as `posup apply` checks one.
         for (name, device) in &config.device_types {
             device.validate(&format!("{origin} [device_types.{name}]"))?;

@@ -57,12 +57,11 @@ pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
     config.version = args.version;
     config.step_time = Duration::from_millis(args.step_ms);
     config.connections = args.connections;
-    anyhow::ensure!(
-        (0.0..=60.0).contains(&args.send_reports_every),
-        "--send-reports-every {}: give 0 to 60 seconds",
-        args.send_reports_every
-    );
     config.poll.report_every_secs = args.send_reports_every;
+    config
+        .poll
+        .check()
+        .map_err(|e| anyhow::anyhow!("--send-reports-every: {e}"))?;
     let stats = Arc::new(FleetStats::default());
     let printer = {
         let stats = Arc::clone(&stats);
