@@ -70,7 +70,11 @@ pub(crate) struct ListRow {
 }
 
 pub(crate) const LIST_COLUMNS: &str = "d.id, d.guid, d.site, d.address, d.name, d.number, d.device_type, d.agent_version, \
-    d.version, d.loaded_package, d.state, d.pending_sync, d.last_contact, d.enrolled_at, d.access";
+    d.version, d.loaded_package, d.state, d.pending_sync, c.last_contact, d.enrolled_at, d.access";
+
+/// Devices (`d`) with their contact times (`c`), which live in a table of their
+/// own: a fleet's polls write them, and a narrow row is a cheap write.
+pub(crate) const WITH_CONTACTS: &str = "devices d JOIN device_contacts c ON c.device_id = d.id";
 
 impl ListRow {
     fn row(self, at: &At, tags: Vec<String>) -> DeviceRow {
@@ -97,8 +101,10 @@ impl ListRow {
     }
 }
 
-fn sort_column(sort: DeviceSort) -> &'static str {
-    match sort {
+/// The column a sort orders by, and its tie-breaker: the device id, read from
+/// the side whose index serves the order.
+fn sort_column(sort: DeviceSort) -> (&'static str, &'static str) {
+    let column = match sort {
         DeviceSort::Id => "d.id",
         DeviceSort::Guid => "d.guid",
         DeviceSort::Site => "d.site",
@@ -111,22 +117,27 @@ fn sort_column(sort: DeviceSort) -> &'static str {
         DeviceSort::LoadedPackage => "d.loaded_package",
         DeviceSort::State => "d.state",
         DeviceSort::PendingSync => "d.pending_sync",
-        DeviceSort::LastContact => "d.last_contact",
+        DeviceSort::LastContact => return ("c.last_contact", "c.device_id"),
         DeviceSort::EnrolledAt => "d.enrolled_at",
-    }
+    };
+    (column, "d.id")
 }
 
+/// Whether device `d` is online (or offline): a condition of its own, so any
+/// query over `devices d` can use it, groups' filters among them.
 pub(crate) fn online_cond(online: bool, at: &At) -> Cond {
     let mut c = Cond::default();
+    c.push("d.id IN (SELECT device_id FROM device_contacts WHERE ");
     if online {
-        c.push("d.last_contact >= ")
+        c.push("last_contact >= ")
             .bind(at.online_since)
-            .push(" AND d.last_contact > 0");
+            .push(" AND last_contact > 0");
     } else {
-        c.push("d.last_contact < ")
+        c.push("last_contact < ")
             .bind(at.online_since)
-            .push(" OR d.last_contact = 0");
+            .push(" OR last_contact = 0");
     }
+    c.push(")");
     c
 }
 
@@ -158,8 +169,9 @@ impl Store {
         Ok(with_read!(self, pool => {
             sqlx::query_as::<_, DeviceAuth>(
                 "SELECT d.id, d.guid, d.site, d.number, d.device_type, d.agent_version, d.plugin_sha256, d.agent_message, \
-                 d.inventory_hash, dt.revision, dt.poll_interval_secs, d.last_contact, d.access, d.allows \
-                 FROM devices d JOIN device_types dt ON dt.name = d.device_type WHERE d.token_hash = $1",
+                 d.inventory_hash, dt.revision, dt.poll_interval_secs, c.last_contact, d.access, d.allows \
+                 FROM devices d JOIN device_contacts c ON c.device_id = d.id JOIN device_types dt ON dt.name = d.device_type \
+                 WHERE d.token_hash = $1",
             )
             .bind(token_hash)
             .fetch_optional(pool)
@@ -345,18 +357,20 @@ impl Store {
         match &self.db {
             crate::Db::Sqlite { write, .. } => {
                 // json_each keeps the statement one size whatever the batch holds.
-                sqlx::query("UPDATE devices SET last_contact = $1 WHERE id IN (SELECT value FROM json_each($2))")
+                sqlx::query("UPDATE device_contacts SET last_contact = $1 WHERE device_id IN (SELECT value FROM json_each($2))")
                     .bind(now)
                     .bind(to_json(&ids))
                     .execute(write)
                     .await?;
             }
             crate::Db::Postgres(pool) => {
-                sqlx::query("UPDATE devices SET last_contact = $1 WHERE id = ANY($2)")
-                    .bind(now)
-                    .bind(ids)
-                    .execute(pool)
-                    .await?;
+                sqlx::query(
+                    "UPDATE device_contacts SET last_contact = $1 WHERE device_id = ANY($2)",
+                )
+                .bind(now)
+                .bind(ids)
+                .execute(pool)
+                .await?;
             }
         }
         Ok(())
@@ -401,13 +415,15 @@ impl Store {
             Order::Asc => "ASC",
             Order::Desc => "DESC",
         };
-        let col = sort_column(q.sort);
-        let mut select = Sql::new(&format!("SELECT {LIST_COLUMNS} FROM devices d WHERE "));
+        let (col, id) = sort_column(q.sort);
+        let mut select = Sql::new(&format!(
+            "SELECT {LIST_COLUMNS} FROM {WITH_CONTACTS} WHERE "
+        ));
         select.append(&cond);
         if col == "d.id" {
             select.push(&format!(" ORDER BY d.id {dir}"));
         } else {
-            select.push(&format!(" ORDER BY {col} {dir}, d.id {dir}"));
+            select.push(&format!(" ORDER BY {col} {dir}, {id} {dir}"));
         }
         select.page(page, per_page);
         let mut count = Sql::new("SELECT count(*) FROM devices d WHERE ");
@@ -448,7 +464,7 @@ impl Store {
 
     pub async fn device_row(&self, id: i64, at: &At) -> Result<Option<DeviceRow>> {
         let row: Option<ListRow> = with_read!(self, pool => {
-            sqlx::query_as(&format!("SELECT {LIST_COLUMNS} FROM devices d WHERE d.id = $1"))
+            sqlx::query_as(&format!("SELECT {LIST_COLUMNS} FROM {WITH_CONTACTS} WHERE d.id = $1"))
                 .bind(id)
                 .fetch_optional(pool)
                 .await?

@@ -83,9 +83,9 @@ struct DeviceRow {
     retry_at: Option<i64>,
 }
 
-const DEVICE_SELECT: &str = "SELECT td.id AS action_id, d.id AS device_id, d.guid, d.name, d.site, d.number, d.last_contact, \
+const DEVICE_SELECT: &str = "SELECT td.id AS action_id, d.id AS device_id, d.guid, d.name, d.site, d.number, c.last_contact, \
     td.state, td.attempt, td.step, td.message, td.percent, td.updated_at, td.wait_kind, td.wait_reason, td.retry_at \
-    FROM task_devices td JOIN devices d ON d.id = td.device_id";
+    FROM task_devices td JOIN devices d ON d.id = td.device_id JOIN device_contacts c ON c.device_id = d.id";
 
 impl DeviceRow {
     fn row(self, at: &At) -> Result<TaskDeviceRow> {
@@ -380,7 +380,7 @@ impl Store {
         Ok(with_read!(self, pool => {
             // Stops at one more than the task's unfinished parts.
             let out_of_touch: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM (SELECT 1 FROM devices WHERE last_contact < $1 LIMIT $2) o",
+                "SELECT count(*) FROM (SELECT 1 FROM device_contacts WHERE last_contact < $1 LIMIT $2) o",
             )
             .bind(since)
             .bind(active + 1)
@@ -390,8 +390,8 @@ impl Store {
                 0
             } else if out_of_touch <= active {
                 sqlx::query_scalar(&format!(
-                    "SELECT count(*) FROM devices d WHERE d.last_contact < $2 AND EXISTS \
-                     (SELECT 1 FROM task_devices td WHERE td.task_id = $1 AND td.device_id = d.id AND td.state IN {ACTIVE})"
+                    "SELECT count(*) FROM device_contacts c WHERE c.last_contact < $2 AND EXISTS \
+                     (SELECT 1 FROM task_devices td WHERE td.task_id = $1 AND td.device_id = c.device_id AND td.state IN {ACTIVE})"
                 ))
                 .bind(id)
                 .bind(since)
@@ -399,8 +399,8 @@ impl Store {
                 .await?
             } else {
                 sqlx::query_scalar(&format!(
-                    "SELECT count(*) FROM task_devices td JOIN devices d ON d.id = td.device_id \
-                     WHERE td.task_id = $1 AND td.state IN {ACTIVE} AND d.last_contact < $2"
+                    "SELECT count(*) FROM task_devices td JOIN device_contacts c ON c.device_id = td.device_id \
+                     WHERE td.task_id = $1 AND td.state IN {ACTIVE} AND c.last_contact < $2"
                 ))
                 .bind(id)
                 .bind(since)

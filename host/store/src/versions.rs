@@ -9,7 +9,7 @@ use posup_proto::api::{
 };
 use serde_json::json;
 
-use crate::devices::reference_of;
+use crate::devices::{WITH_CONTACTS, reference_of};
 use crate::sql::{Cond, Sql};
 use crate::version::{self, Reference};
 use crate::{At, Error, Result, Store, from_json, paging, to_json, ts, ts_opt};
@@ -36,11 +36,11 @@ struct Row {
 
 // `busy` repeats the active-state list so the partial index on unfinished task
 // devices serves it; `ignored` reads the site's `ignore-version-check` variable.
-const SELECT: &str = "SELECT d.id, d.guid, d.name, d.site, d.device_type, d.version, d.pending_sync, d.last_contact, \
+const SELECT: &str = "SELECT d.id, d.guid, d.name, d.site, d.device_type, d.version, d.pending_sync, c.last_contact, \
     d.v_status, d.v_error, d.v_computed, d.v_reference, d.v_differing, d.v_computed_at, \
     (SELECT count(*) FROM task_devices td WHERE td.device_id = d.id AND td.state IN ('pending', 'running', 'waiting') AND td.state = 'running') AS busy, \
     (SELECT count(*) FROM variables v WHERE v.name = 'ignore-version-check' AND v.scope_kind = 'site' AND v.scope_ref = d.site AND v.value = 'Y') AS ignored \
-    FROM devices d";
+    FROM devices d JOIN device_contacts c ON c.device_id = d.id";
 
 impl Row {
     fn row(self, at: &At) -> Result<VersionRow> {
@@ -282,7 +282,7 @@ impl Store {
         match q.status {
             Some(VersionStatus::Unknown) => {
                 cond.push(
-                    " AND (d.v_status = 'Unknown' OR d.last_contact = 0 OR d.last_contact < ",
+                    " AND (d.v_status = 'Unknown' OR c.last_contact = 0 OR c.last_contact < ",
                 )
                 .bind(at.online_since)
                 .push(")");
@@ -290,7 +290,7 @@ impl Store {
             Some(s) => {
                 cond.push(" AND d.v_status = ")
                     .bind(s.as_str())
-                    .push(" AND d.last_contact > 0 AND d.last_contact >= ")
+                    .push(" AND c.last_contact > 0 AND c.last_contact >= ")
                     .bind(at.online_since);
             }
             None => {}
@@ -301,7 +301,7 @@ impl Store {
             .append(&cond)
             .push(" ORDER BY d.site, d.number, d.id")
             .page(page, per_page);
-        let mut count = Sql::new("SELECT count(*) FROM devices d WHERE ");
+        let mut count = Sql::new(&format!("SELECT count(*) FROM {WITH_CONTACTS} WHERE "));
         count.append(&cond);
         let (rows, total): (Vec<Row>, i64) = fetch_page!(self, Row, select, count);
         Ok(Page {

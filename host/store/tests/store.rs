@@ -2647,3 +2647,95 @@ async fn a_package_history_refers_to_is_archived_not_deleted() {
     })
     .await;
 }
+
+/// A fleet polling every 30 s records a contact time per device per poll; kept
+/// in the device's own row, each write rewrote a wide row and, on PostgreSQL,
+/// an entry in every one of its indexes. Contact times live in a narrow table:
+/// recording them must leave every device row alone, and devices enrolled one by
+/// one or in bulk, and removed, keep exactly one contact each.
+#[tokio::test]
+async fn contact_times_rewrite_no_device_row() {
+    use posup_store::Backend;
+    use posup_store::testing::TestDb;
+    use sqlx::Connection;
+
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(db) = TestDb::of(backend).await else {
+            continue;
+        };
+        let store = db.store.clone();
+        let (ids, _) = fleet(&store, 3).await;
+        let mut bulk = identity(4, "A");
+        bulk.guid = "bulk-0004".into();
+        store
+            .bulk_enroll(&[(bulk, "hash-4".into())], T0, "token admin")
+            .await
+            .unwrap();
+        store
+            .delete_device(ids[2], T0, "token admin")
+            .await
+            .unwrap();
+        let bulk_id = auth(&store, 4).await.id;
+        let touched = [ids[0], ids[1], bulk_id];
+
+        // From here on, any write to a device row fails.
+        let contacts = match backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&db.url()).await.unwrap();
+                sqlx::query(
+                    "CREATE TRIGGER refuse_device_rows BEFORE UPDATE ON devices \
+                     BEGIN SELECT RAISE(ABORT, 'a device row was rewritten'); END",
+                )
+                .execute(&mut c)
+                .await
+                .unwrap();
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM device_contacts")
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+                c.close().await.ok();
+                n
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+                sqlx::raw_sql(
+                    "CREATE FUNCTION refuse_device_rows() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                     BEGIN RAISE EXCEPTION 'a device row was rewritten'; END $$; \
+                     CREATE TRIGGER refuse_device_rows BEFORE UPDATE ON devices \
+                     FOR EACH ROW EXECUTE FUNCTION refuse_device_rows();",
+                )
+                .execute(&mut c)
+                .await
+                .unwrap();
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM device_contacts")
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+                c.close().await.ok();
+                n
+            }
+        };
+        assert_eq!(
+            contacts, 3,
+            "one contact per device, none for the removed one"
+        );
+
+        let now = T0 + 10 * MINUTE;
+        store
+            .touch_devices(&touched[..2], now - MINUTE)
+            .await
+            .unwrap();
+        store.touch_devices(&touched[2..], now).await.unwrap();
+        assert_eq!(auth(&store, 4).await.last_contact, now);
+        let q = DeviceQuery {
+            sort: DeviceSort::LastContact,
+            order: Order::Desc,
+            online: Some(true),
+            ..Default::default()
+        };
+        let page = store.list_devices(&q, &at(now)).await.unwrap();
+        let listed: Vec<i64> = page.items.iter().map(|d| d.id).collect();
+        assert_eq!(listed, vec![bulk_id, ids[1], ids[0]], "{backend}");
+        db.cleanup().await;
+    }
+}

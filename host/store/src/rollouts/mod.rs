@@ -340,8 +340,9 @@ impl Store {
                 "SELECT d.site, count(*), \
                  count(*) FILTER (WHERE td.state = 'failed'), \
                  count(*) FILTER (WHERE td.state = 'success'), \
-                 count(*) FILTER (WHERE td.state NOT IN ('success', 'failed') AND (d.last_contact < $2 OR d.last_contact = 0)) \
+                 count(*) FILTER (WHERE td.state NOT IN ('success', 'failed') AND (c.last_contact < $2 OR c.last_contact = 0)) \
                  FROM task_devices td JOIN tasks t ON t.id = td.task_id JOIN devices d ON d.id = td.device_id \
+                 JOIN device_contacts c ON c.device_id = d.id \
                  WHERE t.rollout_id = $1 GROUP BY d.site",
             )
             .bind(id)
