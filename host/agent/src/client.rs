@@ -13,10 +13,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// How long one API call may take. Downloads have no overall limit: they stop when
-/// no bytes arrive for [`STALL_TIMEOUT`].
+/// no answer, or no bytes, arrive for [`STALL_TIMEOUT`].
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A download that receives nothing for this long is broken off and resumed later.
+/// A download that receives no answer, or no bytes, for this long is broken off
+/// and resumed later.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A call to the server that did not succeed.
@@ -60,6 +61,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: RwLock<Option<String>>,
+    /// How long a download may wait for its answer, or for its next bytes.
+    stall: Duration,
 }
 
 /// How the agent reaches its server.
@@ -152,7 +155,20 @@ impl Client {
             http,
             base: base.trim_end_matches('/').to_owned(),
             token: RwLock::new(None),
+            stall: STALL_TIMEOUT,
         })
+    }
+
+    /// This client with downloads broken off after `stall` without an answer
+    /// or bytes, in place of [`STALL_TIMEOUT`] (tests).
+    pub fn with_stall_timeout(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
+    }
+
+    /// How long a download may go without an answer or bytes.
+    pub fn stall_timeout(&self) -> Duration {
+        self.stall
     }
 
     /// The HTTP client, with this agent's TLS settings.
@@ -167,6 +183,7 @@ impl Client {
             http: self.http.clone(),
             base: self.base.clone(),
             token: RwLock::new(None),
+            stall: self.stall,
         }
     }
 
@@ -246,7 +263,17 @@ impl Client {
                 req = req.header(reqwest::header::IF_RANGE, format!("\"{tag}\""));
             }
         }
-        let resp = req.send().await.map_err(|e| unreachable(&url, &e))?;
+        // No overall limit (a package may take hours on a slow line), but an
+        // answer that never comes is broken off like bytes that stop coming.
+        let resp = match tokio::time::timeout(self.stall, req.send()).await {
+            Ok(sent) => sent.map_err(|e| unreachable(&url, &e))?,
+            Err(_) => {
+                return Err(ClientError::Unreachable {
+                    url,
+                    message: format!("no answer for {} s", self.stall.as_secs_f64()),
+                });
+            }
+        };
         let status = resp.status().as_u16();
         if status == 200 || status == 206 || status == 416 {
             return Ok(resp);
@@ -306,5 +333,46 @@ async fn status_error(url: &str, resp: reqwest::Response) -> ClientError {
         url: url.to_owned(),
         status,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that takes the connection and never answers must not hold a
+    /// terminal's download for ever: the agent runs unattended.
+    #[tokio::test]
+    async fn a_download_without_an_answer_is_broken_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (conn, _) = listener.accept().await.unwrap();
+                held.push(conn);
+            }
+        });
+        let transport = Transport {
+            insecure_http: true,
+            ca_file: None,
+        };
+        let client = Client::new(&format!("http://{addr}"), &transport)
+            .unwrap()
+            .with_stall_timeout(Duration::from_millis(300));
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get_blob("/api/agent/v1/blobs/x", 0, None),
+        )
+        .await
+        .expect("the download was not broken off");
+        match answer {
+            Err(e @ ClientError::Unreachable { .. }) => {
+                assert!(e.is_transient());
+                assert!(e.to_string().contains("no answer for 0.3 s"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        silent.abort();
     }
 }

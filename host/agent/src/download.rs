@@ -22,7 +22,7 @@ use posup_runtime::beneath;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
-use crate::client::{Client, ClientError, STALL_TIMEOUT};
+use crate::client::{Client, ClientError};
 
 /// Room left free on the filesystem beyond the blob itself.
 pub const SPACE_MARGIN: u64 = 16 << 20;
@@ -248,7 +248,8 @@ pub async fn fetch(
         progress(offset, expected.size);
         let mut stream = resp.bytes_stream();
         loop {
-            let next = match tokio::time::timeout(STALL_TIMEOUT, stream.next()).await {
+            let stall = client.stall_timeout();
+            let next = match tokio::time::timeout(stall, stream.next()).await {
                 Ok(next) => next,
                 Err(_) => {
                     file.sync_data().ok();
@@ -256,7 +257,7 @@ pub async fn fetch(
                         name,
                         offset,
                         size: expected.size,
-                        reason: format!("nothing arrived for {} s", STALL_TIMEOUT.as_secs()),
+                        reason: format!("nothing arrived for {} s", stall.as_secs_f64()),
                     });
                 }
             };

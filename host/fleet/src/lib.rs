@@ -446,8 +446,15 @@ impl SimDevice {
         let mut hash = Sha256::new();
         let mut stream = resp.bytes_stream();
         let mut bytes = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| e.to_string())?;
+        // As a real agent, a transfer whose bytes stop coming is broken off and
+        // tried again on a later poll, not waited for.
+        let stall = self.client.stall_timeout();
+        loop {
+            let chunk = match tokio::time::timeout(stall, stream.next()).await {
+                Ok(Some(chunk)) => chunk.map_err(|e| e.to_string())?,
+                Ok(None) => break,
+                Err(_) => return Err(format!("nothing arrived for {} s", stall.as_secs_f64())),
+            };
             bytes += chunk.len() as u64;
             hash.update(&chunk);
         }
