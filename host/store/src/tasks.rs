@@ -941,15 +941,18 @@ impl Store {
                     .await?;
                 idle.retain(|d| !busy.contains(d));
             }
-            // The last part ending finishes its task.
+            // The last part ending finishes its task: its counts row, kept by
+            // the triggers as each statement above ended, says so in one row
+            // where a search of the task's parts reads the ended ones' old
+            // versions too.
             let mut ended: Vec<i64> = parts.iter().filter(|p| p.finished).map(|p| p.task_id).collect();
             ended.sort_unstable();
             ended.dedup();
             for task_id in ended {
-                let finished: Option<i64> = sqlx::query_scalar(&format!(
+                let finished: Option<i64> = sqlx::query_scalar(
                     "UPDATE tasks SET state = 'Finished', finished_at = $1 WHERE id = $2 AND state = 'Running' \
-                     AND NOT EXISTS (SELECT 1 FROM task_devices td WHERE td.task_id = tasks.id AND td.state IN {ACTIVE}) RETURNING id"
-                ))
+                     AND (SELECT c.total - c.success - c.failed FROM task_counts c WHERE c.task_id = tasks.id) = 0 RETURNING id"
+                )
                 .bind(at.now)
                 .bind(task_id)
                 .fetch_optional(&mut *tx)
