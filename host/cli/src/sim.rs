@@ -40,8 +40,9 @@ pub struct SimArgs {
     /// Stop after this many seconds; run until Ctrl-C when absent.
     #[arg(long)]
     duration: Option<f64>,
-    /// Kept-alive connections the devices share (a real fleet holds one per
-    /// terminal; a process has too few file descriptors for that at scale).
+    /// Connections the devices share: at most this many requests under way at
+    /// once, as behind a proxy (a real fleet holds one per terminal; a process
+    /// has too few file descriptors for that at scale).
     #[arg(long, default_value_t = 4096)]
     connections: usize,
     /// Print the counters every this many seconds.
@@ -50,6 +51,10 @@ pub struct SimArgs {
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<u8> {
+    // The fleet's connections are file descriptors, as they are the server's.
+    if let Some(warning) = posup_server::raise_open_files_limit() {
+        tracing::warn!("{warning}");
+    }
     let mut config = FleetConfig::new(&args.server, &args.secret, args.devices);
     config.device_type = args.device_type;
     config.per_site = args.per_site;

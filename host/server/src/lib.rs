@@ -41,6 +41,7 @@ pub mod console;
 pub mod error;
 mod extract;
 mod group;
+mod limits;
 pub mod metrics;
 pub mod notify;
 mod notify_api;
@@ -59,6 +60,7 @@ pub use clock::{Clock, SystemClock};
 pub use config::{ServerArgs, ServerConfig};
 pub use error::Error;
 pub use extract::PeerAddr;
+pub use limits::raise_open_files_limit;
 pub use state::{AppState, Bundled, Settings};
 
 #[cfg(feature = "test-support")]
@@ -404,6 +406,9 @@ async fn background(state: AppState, mut stop: tokio::sync::watch::Receiver<bool
 pub async fn serve(args: ServerArgs, bundled: Bundled) -> anyhow::Result<()> {
     let mut config = args.resolve()?;
     config.bundled = bundled;
+    if let Some(warning) = raise_open_files_limit() {
+        tracing::warn!("{warning}");
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
