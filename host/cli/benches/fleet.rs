@@ -33,8 +33,9 @@
 //!    reports (every store's but the straggler's) are written in the last
 //!    seconds of the update and the first of that idle.
 //!
-//! The simulated devices share 4 096 kept-alive connections (terminals behind a
-//! proxy, as the server of a large fleet sees them); a process has too few file
+//! The simulated devices share 4 096 connections, at most that many requests
+//! under way at once, the others waiting their turn (terminals behind a proxy,
+//! as the server of a large fleet sees them); a process has too few file
 //! descriptors to hold one per device at 100 000.
 //! `--send-reports-every 0,1` compares the simulated agents sending each
 //! step's reports at once (0) with their default, a busy device's reports
@@ -390,7 +391,7 @@ struct Run {
 
 const BENCH_DB: &str = "posup_bench";
 
-/// The kept-alive connections the simulated fleet shares (`posup sim`'s default).
+/// The connections the simulated fleet shares (`posup sim`'s default).
 const SIM_CONNECTIONS: usize = 4096;
 
 impl Run {
@@ -412,8 +413,8 @@ impl Run {
 
     async fn go(&self) -> anyhow::Result<()> {
         let n = self.devices;
-        // The simulated devices share at most SIM_CONNECTIONS kept-alive
-        // connections; the server and a round-robin front hold as many again.
+        // The simulated devices share at most SIM_CONNECTIONS connections; the
+        // server and a round-robin front hold as many again.
         let needed = (2 * n.min(SIM_CONNECTIONS)) as u64 + 1024;
         let limit = open_files_limit();
         anyhow::ensure!(

@@ -42,9 +42,11 @@ pub struct FleetConfig {
     pub step_time: Duration,
     /// Enrollments under way at once when the fleet starts.
     pub enroll_concurrency: usize,
-    /// Kept-alive connections the devices share. Real terminals hold one each; one
-    /// process cannot hold 100 000, and a server behind a proxy sees the proxy's
-    /// few anyway.
+    /// Connections the devices share: at most this many requests are under way
+    /// at once, and the others wait their turn, as behind a proxy holding that
+    /// many connections to the server. Real terminals hold one each; one process
+    /// cannot hold 100 000, and a server behind a proxy sees the proxy's few
+    /// anyway.
     pub connections: usize,
     pub poll: PollConfig,
 }
@@ -188,9 +190,12 @@ pub async fn run(
     let gate = Arc::new(tokio::sync::Semaphore::new(
         config.enroll_concurrency.max(1),
     ));
+    // Without a bound, a slow server makes the pool open a connection for every
+    // request waiting, until both processes run out of file descriptors.
+    let wire = Arc::new(tokio::sync::Semaphore::new(config.connections.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..config.devices {
-        let device = SimDevice::new(&config, i, base.sharing());
+        let device = SimDevice::new(&config, i, base.sharing(), Arc::clone(&wire));
         let config = Arc::clone(&config);
         let stats = Arc::clone(&stats);
         let gate = Arc::clone(&gate);
@@ -205,6 +210,8 @@ pub async fn run(
 struct SimDevice {
     identity: DeviceIdentity,
     client: Client,
+    /// The fleet's shared connections: a permit for each request under way.
+    wire: Arc<tokio::sync::Semaphore>,
     outbox: Outbox,
     device_id: i64,
     version: String,
@@ -217,7 +224,12 @@ struct SimDevice {
 }
 
 impl SimDevice {
-    fn new(config: &FleetConfig, index: usize, client: Client) -> Self {
+    fn new(
+        config: &FleetConfig,
+        index: usize,
+        client: Client,
+        wire: Arc<tokio::sync::Semaphore>,
+    ) -> Self {
         let per_site = config.per_site.max(1) as usize;
         let site = index / per_site + 1;
         let number = (index % per_site + 1) as u32;
@@ -234,6 +246,7 @@ impl SimDevice {
                 agent_version: posup_agent::agent::AGENT_VERSION.into(),
             },
             client,
+            wire,
             outbox: Outbox::memory().sending_every(config.poll.report_every()),
             device_id: 0,
             version: config.version.clone(),
@@ -258,7 +271,11 @@ impl SimDevice {
                     secret: config.enrollment_secret.clone(),
                     device: self.identity.clone(),
                 };
-                match self.client.enroll(&req).await {
+                let enrolled = {
+                    let _wire = self.wire.acquire().await;
+                    self.client.enroll(&req).await
+                };
+                match enrolled {
                     Ok(resp) => {
                         self.client.set_token(Some(resp.token));
                         self.device_id = resp.device_id;
@@ -316,8 +333,12 @@ impl SimDevice {
             vars_since: self.vars_since,
             config_revision: self.config_revision,
         };
+        // Latency as the terminal sees it: its turn for a connection included.
         let asked = std::time::Instant::now();
-        let resp = self.client.poll(&req).await?;
+        let resp = {
+            let _wire = self.wire.acquire().await;
+            self.client.poll(&req).await?
+        };
         stats.latency.record(asked.elapsed());
         if let Some(c) = &resp.config {
             self.config_revision = Some(c.revision);
@@ -343,7 +364,13 @@ impl SimDevice {
     }
 
     async fn flush(&self, stats: &FleetStats) -> Result<(), ClientError> {
-        let sent = self.outbox.flush(&self.client).await?;
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        let sent = {
+            let _wire = self.wire.acquire().await;
+            self.outbox.flush(&self.client).await?
+        };
         stats.reports.fetch_add(sent.sent as u64, Ordering::Relaxed);
         stats
             .report_calls
@@ -438,6 +465,7 @@ impl SimDevice {
     }
 
     async fn download(&self, url: &str, sha256: &str, stats: &FleetStats) -> Result<(), String> {
+        let _wire = self.wire.acquire().await;
         let resp = self
             .client
             .get_blob(url, 0, None)
@@ -473,6 +501,77 @@ impl SimDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use posup_proto::AGENT_PREFIX;
+    use posup_proto::agent::{EnrollResponse, PollResponse};
+
+    /// The fleet stands for terminals behind a proxy with `connections`
+    /// connections: more requests under way would open more connections than
+    /// that, as many as requests wait on a slow server.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_requests_are_under_way_than_the_shared_connections() {
+        #[derive(Default)]
+        struct Counts {
+            under_way: AtomicU64,
+            most: AtomicU64,
+            polls: AtomicU64,
+            enrolled: AtomicU64,
+        }
+        async fn slowly(counts: &Counts) {
+            let now = counts.under_way.fetch_add(1, Ordering::SeqCst) + 1;
+            counts.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            counts.under_way.fetch_sub(1, Ordering::SeqCst);
+        }
+        let counts = Arc::new(Counts::default());
+        let (c1, c2) = (Arc::clone(&counts), Arc::clone(&counts));
+        let app = axum::Router::new()
+            .route(
+                &format!("{AGENT_PREFIX}/enroll"),
+                axum::routing::post(move || async move {
+                    slowly(&c1).await;
+                    let n = c1.enrolled.fetch_add(1, Ordering::SeqCst) as i64 + 1;
+                    axum::Json(EnrollResponse {
+                        device_id: n,
+                        token: format!("token-{n}"),
+                        poll_interval_secs: 1,
+                    })
+                }),
+            )
+            .route(
+                &format!("{AGENT_PREFIX}/poll"),
+                axum::routing::post(move || async move {
+                    slowly(&c2).await;
+                    c2.polls.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(PollResponse {
+                        actions: Vec::new(),
+                        variables: Default::default(),
+                        config: None,
+                        poll_interval_secs: 1,
+                    })
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut config = FleetConfig::new(&format!("http://{addr}"), "secret", 24);
+        config.connections = 3;
+        let stats = Arc::new(FleetStats::default());
+        run(
+            config,
+            Arc::clone(&stats),
+            tokio::time::sleep(Duration::from_millis(2500)),
+        )
+        .await
+        .unwrap();
+        server.abort();
+        assert_eq!(counts.enrolled.load(Ordering::SeqCst), 24);
+        assert!(counts.polls.load(Ordering::SeqCst) > 0, "the fleet polled");
+        assert_eq!(
+            counts.most.load(Ordering::SeqCst),
+            3,
+            "requests under way at once"
+        );
+    }
 
     #[test]
     fn latency_percentiles_come_from_the_buckets() {
