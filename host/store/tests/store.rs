@@ -2678,42 +2678,33 @@ async fn contact_times_rewrite_no_device_row() {
         let bulk_id = auth(&store, 4).await.id;
         let touched = [ids[0], ids[1], bulk_id];
 
-        // From here on, any write to a device row fails.
+        // From here on, any write to a device row fails; the contacts are
+        // counted on the side.
+        macro_rules! refuse_rows_and_count {
+            ($conn:ty, $refuse:expr) => {{
+                let mut c = <$conn>::connect(&db.url()).await.unwrap();
+                sqlx::raw_sql($refuse).execute(&mut c).await.unwrap();
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM device_contacts")
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+                c.close().await.ok();
+                n
+            }};
+        }
         let contacts = match backend {
-            Backend::Sqlite => {
-                let mut c = sqlx::SqliteConnection::connect(&db.url()).await.unwrap();
-                sqlx::query(
-                    "CREATE TRIGGER refuse_device_rows BEFORE UPDATE ON devices \
-                     BEGIN SELECT RAISE(ABORT, 'a device row was rewritten'); END",
-                )
-                .execute(&mut c)
-                .await
-                .unwrap();
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM device_contacts")
-                    .fetch_one(&mut c)
-                    .await
-                    .unwrap();
-                c.close().await.ok();
-                n
-            }
-            Backend::Postgres => {
-                let mut c = sqlx::PgConnection::connect(&db.url()).await.unwrap();
-                sqlx::raw_sql(
-                    "CREATE FUNCTION refuse_device_rows() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                     BEGIN RAISE EXCEPTION 'a device row was rewritten'; END $$; \
-                     CREATE TRIGGER refuse_device_rows BEFORE UPDATE ON devices \
-                     FOR EACH ROW EXECUTE FUNCTION refuse_device_rows();",
-                )
-                .execute(&mut c)
-                .await
-                .unwrap();
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM device_contacts")
-                    .fetch_one(&mut c)
-                    .await
-                    .unwrap();
-                c.close().await.ok();
-                n
-            }
+            Backend::Sqlite => refuse_rows_and_count!(
+                sqlx::SqliteConnection,
+                "CREATE TRIGGER refuse_device_rows BEFORE UPDATE ON devices \
+                 BEGIN SELECT RAISE(ABORT, 'a device row was rewritten'); END"
+            ),
+            Backend::Postgres => refuse_rows_and_count!(
+                sqlx::PgConnection,
+                "CREATE FUNCTION refuse_device_rows() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN RAISE EXCEPTION 'a device row was rewritten'; END $$; \
+                 CREATE TRIGGER refuse_device_rows BEFORE UPDATE ON devices \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_device_rows();"
+            ),
         };
         assert_eq!(
             contacts, 3,
