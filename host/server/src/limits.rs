@@ -29,7 +29,7 @@ pub fn raise_open_files_limit() -> Option<String> {
     let now = getrlimit(Resource::Nofile);
     let (soft, warning) = decide(now.maximum);
     if soft != now.current {
-        let mut raised = now.clone();
+        let mut raised = now;
         raised.current = soft;
         if let Err(e) = setrlimit(Resource::Nofile, raised) {
             return Some(format!(
