@@ -247,8 +247,8 @@ pub async fn fetch(
             .map_err(io(format!("writing {}", part.display())))?;
         progress(offset, expected.size);
         let mut stream = resp.bytes_stream();
+        let stall = client.stall_timeout();
         loop {
-            let stall = client.stall_timeout();
             let next = match tokio::time::timeout(stall, stream.next()).await {
                 Ok(next) => next,
                 Err(_) => {

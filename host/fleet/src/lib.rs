@@ -555,10 +555,9 @@ mod tests {
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let mut config = FleetConfig::new(&format!("http://{addr}"), "secret", 24);
         config.connections = 3;
-        let stats = Arc::new(FleetStats::default());
         run(
             config,
-            Arc::clone(&stats),
+            Arc::new(FleetStats::default()),
             tokio::time::sleep(Duration::from_millis(2500)),
         )
         .await
