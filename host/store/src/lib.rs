@@ -219,13 +219,18 @@ impl Store {
             // a longer log (16 MB instead of 4) copies them less often.
             .pragma("wal_autocheckpoint", "4000")
             .busy_timeout(Duration::from_secs(30));
+        // A pool tests a connection before each use by default: for SQLite a
+        // round trip to the connection's thread that finds nothing (the file is
+        // in this process), on every statement outside a transaction.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         Ok(Store {
