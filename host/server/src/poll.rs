@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use posup_proto::Inventory;
 use posup_proto::agent::{Action, AgentStatus, PollResponse, VariableChanges};
-use posup_store::{At, DeviceAuth, InventoryReport, MAX_INVENTORIES_AT_ONCE, VarTarget};
+use posup_store::{
+    At, DeviceAuth, InventoryReport, MAX_CLAIMS_AT_ONCE, MAX_INVENTORIES_AT_ONCE, UngatedClaim,
+    VarTarget,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -129,6 +132,47 @@ impl Batch for ChangedInventory {
     }
 }
 
+/// A poll's claim of the update part it may start, made with those of the polls
+/// arriving with it ([`crate::group`]): a wave starts a fleet's updates at once.
+/// Only the claim no gate could hold is grouped; the gates' path is the
+/// poll's own ([`posup_store::Store::settle_poll`]).
+pub(crate) struct ClaimFirst {
+    action_id: i64,
+    task_id: i64,
+    device: Arc<DeviceAuth>,
+}
+
+impl Batch for ClaimFirst {
+    /// Whether the part was claimed.
+    type Answer = bool;
+    const MAX: usize = MAX_CLAIMS_AT_ONCE;
+
+    fn weight(&self) -> usize {
+        1
+    }
+
+    async fn write(
+        state: &AppState,
+        group: &[ClaimFirst],
+        at: &At,
+    ) -> std::result::Result<Vec<bool>, Arc<String>> {
+        let claims: Vec<UngatedClaim<'_>> = group
+            .iter()
+            .map(|c| UngatedClaim {
+                action_id: c.action_id,
+                task_id: c.task_id,
+                device_type: &c.device.device_type,
+                site: &c.device.site,
+            })
+            .collect();
+        state
+            .store()
+            .claim_ungated(&claims, at)
+            .await
+            .map_err(|e| Arc::new(e.to_string()))
+    }
+}
+
 /// Writes the inventory, the agent's status and the contact time, each only
 /// when it changed, and keeps the device cache in step.
 async fn record(state: &AppState, device: &Device, req: &PollBody<'_>, at: &At) -> Result<()> {
@@ -190,7 +234,7 @@ async fn record(state: &AppState, device: &Device, req: &PollBody<'_>, at: &At) 
 /// cost a query.
 async fn actions(
     state: &AppState,
-    device: &DeviceAuth,
+    device: &Arc<DeviceAuth>,
     interval: u32,
     at: &At,
 ) -> Result<Vec<Action>> {
@@ -210,7 +254,19 @@ async fn actions(
         device_type: &device.device_type,
     };
     let epoch = caches.epoch();
-    let polled = store.poll_actions(asking, at, horizon).await?;
+    let parts = store.poll_parts(device.id, at, horizon).await?;
+    let claimed = match parts.ungated_claim(asking) {
+        Some(c) => {
+            let claim = ClaimFirst {
+                action_id: c.action_id,
+                task_id: c.task_id,
+                device: device.clone(),
+            };
+            state.claims().write(state, claim, *at).await?
+        }
+        None => false,
+    };
+    let polled = store.settle_poll(asking, parts, claimed, at).await?;
     if polled.idle {
         caches.put_idle(device.id, epoch);
     }

@@ -91,6 +91,8 @@ struct Inner {
     reports: GroupCommit<crate::reports::Reports>,
     /// Changed inventories waiting to be written together.
     inventories: GroupCommit<crate::poll::ChangedInventory>,
+    /// Polls' claims of the part they start, waiting to be made together.
+    claims: GroupCommit<crate::poll::ClaimFirst>,
     /// Loaded plugins by sha256. Blobs never change, so an entry never goes stale;
     /// it only saves compiling or deserializing a component per package upload.
     plugins: Mutex<HashMap<String, Arc<Plugin>>>,
@@ -138,6 +140,7 @@ impl AppState {
                 caches: Caches::default(),
                 reports: GroupCommit::new("recording reports"),
                 inventories: GroupCommit::new("recording inventories"),
+                claims: GroupCommit::new("claiming parts"),
                 plugins: Mutex::new(HashMap::new()),
                 inspections: tokio::sync::Semaphore::new(MAX_INSPECTIONS),
                 login_throttle: Default::default(),
@@ -215,6 +218,10 @@ impl AppState {
 
     pub(crate) fn inventories(&self) -> &GroupCommit<crate::poll::ChangedInventory> {
         &self.inner.inventories
+    }
+
+    pub(crate) fn claims(&self) -> &GroupCommit<crate::poll::ClaimFirst> {
+        &self.inner.claims
     }
 
     pub fn caches(&self) -> &Caches {

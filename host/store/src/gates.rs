@@ -23,6 +23,7 @@ use posup_proto::api::VariableScope;
 use posup_proto::rollout::WaitKind;
 
 use crate::policy::{WINDOW_SELECT, WindowRow};
+use crate::sql::{Sql, SqlText};
 use crate::tasks::{PartOnPoll, handed_out};
 use crate::{At, Error, Result, Store, ts};
 use posup_proto::agent::Action;
@@ -38,34 +39,48 @@ pub(crate) fn has_downtime(kind: &str) -> bool {
 /// Task states whose claimed parts hold a device.
 const HOLDING_TASKS: &str = "('Scheduled', 'Running', 'Paused')";
 
-/// The gates' tests on a device of type `$1` on site `$2`, shared by
-/// [`GATE_CONFIG`] and [`CLAIM_UNGATED`] so the two cannot drift apart: a site
-/// limit of its type, a maintenance window of its site or of any group, an
-/// ordering rule of its type.
+/// The gates' tests on a device of type `$t` on site `$s` (SQL expressions),
+/// shared by [`GATE_CONFIG`] and [`claim_ungated`](Store::claim_ungated) so the
+/// two cannot drift apart: a site limit of its type, a maintenance window of its
+/// site or of any group, an ordering rule of its type.
 macro_rules! site_limit {
-    () => {
-        "(SELECT site_limit FROM device_types WHERE name = $1)"
+    ($t:literal) => {
+        concat!(
+            "(SELECT site_limit FROM device_types WHERE name = ",
+            $t,
+            ")"
+        )
     };
 }
 macro_rules! windows_may_apply {
-    () => { "EXISTS (SELECT 1 FROM windows WHERE (scope_kind = 'site' AND scope_ref = $2) OR scope_kind = 'group')" };
+    ($s:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM windows WHERE (scope_kind = 'site' AND scope_ref = ",
+            $s,
+            ") OR scope_kind = 'group')"
+        )
+    };
 }
 macro_rules! order_rules_apply {
-    () => {
-        "EXISTS (SELECT 1 FROM order_rules WHERE device_type = $1)"
+    ($t:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM order_rules WHERE device_type = ",
+            $t,
+            ")"
+        )
     };
 }
 
 /// What the gates of a device of type `$1` on site `$2` need, in one query.
 const GATE_CONFIG: &str = concat!(
     "SELECT ",
-    site_limit!(),
+    site_limit!("$1"),
     " AS site_limit, ",
     "CAST(CASE WHEN ",
-    windows_may_apply!(),
+    windows_may_apply!("$2"),
     " THEN 1 ELSE 0 END AS BIGINT) AS windows, ",
     "CAST(CASE WHEN ",
-    order_rules_apply!(),
+    order_rules_apply!("$1"),
     " THEN 1 ELSE 0 END AS BIGINT) AS order_rules"
 );
 
@@ -104,49 +119,139 @@ fn when(ms: DateTime<Utc>) -> String {
 impl Store {
     /// What a poll hands the device: its parts read once; the first of its
     /// unstarted update parts whose gates all pass claimed, and why the others
-    /// wait recorded; the actions to work on.
+    /// wait recorded; the actions to work on. The same as [`Store::poll_parts`],
+    /// then [`Store::claim_ungated`] of its [`PollParts::ungated_claim`], then
+    /// [`Store::settle_poll`], which a server calls apart to claim for many
+    /// polls in one statement.
     pub async fn poll_actions(
         &self,
         device: Asking<'_>,
         at: &At,
         horizon: i64,
     ) -> Result<PollActions> {
-        let (mut parts, idle) = self.parts_on_poll(device.device_id, horizon).await?;
-        let vars_changed = self.claim_first(device, &mut parts, at).await?;
+        let parts = self.poll_parts(device.device_id, at, horizon).await?;
+        let claimed = match parts.ungated_claim(device) {
+            Some(claim) => self.claim_ungated(&[claim], at).await?[0],
+            None => false,
+        };
+        self.settle_poll(device, parts, claimed, at).await
+    }
+
+    /// The device's unfinished parts that hold or start before `horizon` (Unix
+    /// ms), and which it may claim, in order: the one read of a poll.
+    pub async fn poll_parts(&self, device_id: i64, at: &At, horizon: i64) -> Result<PollParts> {
+        let (parts, idle) = self.parts_on_poll(device_id, horizon).await?;
+        let order = claimable(&parts, at.now);
+        Ok(PollParts { parts, idle, order })
+    }
+
+    /// Claims each part of `claims` that is still unstarted and whose device
+    /// no gate could hold; whether each was claimed, in order. Most fleets set
+    /// no gate for most types, so most polls that start an update need nothing
+    /// more, and the claims of many polls cost one statement for each task they
+    /// concern. A part named twice is claimed once, for the first.
+    pub async fn claim_ungated(&self, claims: &[UngatedClaim<'_>], at: &At) -> Result<Vec<bool>> {
+        if claims.len() > MAX_CLAIMS_AT_ONCE {
+            return Err(Error::Invalid(format!(
+                "{} claims at once: claim at most {MAX_CLAIMS_AT_ONCE}",
+                claims.len()
+            )));
+        }
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut by_task: Vec<&UngatedClaim> = claims.iter().collect();
+        // A statement per task, in task order, as a report group writes its
+        // parts: two servers' claims never wait on each other's rows in turn.
+        by_task.sort_by_key(|c| (c.task_id, c.action_id));
+        let statements: Vec<Sql> = by_task
+            .chunk_by(|a, b| a.task_id == b.task_id)
+            .map(|task| {
+                let mut update = Sql::new(CLAIM_UNGATED);
+                update.bind(at.now).push(" FROM (VALUES ");
+                for (i, c) in task.iter().enumerate() {
+                    update.push(if i == 0 { "(CAST(" } else { ", (CAST(" });
+                    update
+                        .bind(c.action_id)
+                        .push(" AS BIGINT), CAST(")
+                        .bind(c.device_type);
+                    update
+                        .push(" AS TEXT), CAST(")
+                        .bind(c.site)
+                        .push(" AS TEXT))");
+                }
+                update.push(CLAIM_UNGATED_WHERE);
+                update
+            })
+            .collect();
+        let mut claimed = std::collections::HashSet::new();
+        with_write!(self, pool => {
+            if let [update] = statements.as_slice() {
+                // One statement is atomic alone: a rollout's claims are of one
+                // task, and cost no transaction's begin and commit besides.
+                let text = pool.text(update);
+                claimed.extend(
+                    bind_all!(sqlx::query_scalar::<_, i64>(&text), update.args)
+                        .fetch_all(pool)
+                        .await?,
+                );
+            } else {
+                let mut tx = pool.begin().await?;
+                for update in &statements {
+                    let text = pool.text(update);
+                    claimed.extend(
+                        bind_all!(sqlx::query_scalar::<_, i64>(&text), update.args)
+                            .fetch_all(&mut *tx)
+                            .await?,
+                    );
+                }
+                tx.commit().await?;
+            }
+        });
+        // Each claimed part counts for the first claim that named it.
+        Ok(claims
+            .iter()
+            .map(|c| claimed.remove(&c.action_id))
+            .collect())
+    }
+
+    /// The rest of a poll once [`Store::claim_ungated`] claimed its first part
+    /// (`claimed`) or did not: when it did not, the gates decide, in order,
+    /// which part to claim and why the others wait.
+    pub async fn settle_poll(
+        &self,
+        device: Asking<'_>,
+        mut polled: PollParts,
+        claimed: bool,
+        at: &At,
+    ) -> Result<PollActions> {
+        let vars_changed = match polled.order.first() {
+            Some(&first) if claimed => {
+                polled.parts[first].state = "running".into();
+                false
+            }
+            Some(_) => {
+                self.claim_gated(device, &mut polled.parts, &polled.order, at)
+                    .await?
+            }
+            None => false,
+        };
         Ok(PollActions {
-            actions: handed_out(&parts)?,
+            actions: handed_out(&polled.parts)?,
             vars_changed,
-            idle,
+            idle: polled.idle,
         })
     }
 
-    async fn claim_first(
+    /// Claims the first part of `order` the gates let start, and records why
+    /// each one tried before it waits.
+    async fn claim_gated(
         &self,
         device: Asking<'_>,
         parts: &mut [PartOnPoll],
+        order: &[usize],
         at: &At,
     ) -> Result<bool> {
-        let order = claimable(parts, at.now);
-        let Some(&first) = order.first() else {
-            return Ok(false);
-        };
-        // Most fleets set no gate for most types: then the first part is claimed
-        // in one statement, and the gates' configuration is read only when one
-        // may apply (or the part was taken meanwhile).
-        let rows = with_write!(self, pool => {
-            sqlx::query(CLAIM_UNGATED)
-                .bind(device.device_type)
-                .bind(device.site)
-                .bind(parts[first].action_id)
-                .bind(at.now)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        if rows > 0 {
-            parts[first].state = "running".into();
-            return Ok(false);
-        }
         let gates: GateConfig = with_read!(self, pool => {
             sqlx::query_as(GATE_CONFIG)
             .bind(device.device_type)
@@ -157,7 +262,7 @@ impl Store {
         let mut vars_changed = false;
         // The ordering rules depend on the device only: asked once, when needed.
         let mut order_blocked: Option<Option<Blocked>> = None;
-        for i in order {
+        for &i in order {
             let c = &parts[i];
             let start = ts(c.start_at.max(at.now));
             let window = if gates.windows != 0 {
@@ -456,6 +561,42 @@ impl Store {
     }
 }
 
+/// A poll's parts, read, before any is claimed ([`Store::poll_parts`]).
+#[derive(Debug)]
+pub struct PollParts {
+    parts: Vec<PartOnPoll>,
+    idle: bool,
+    /// The parts it may claim, in the order to try them ([`claimable`]).
+    order: Vec<usize>,
+}
+
+impl PollParts {
+    /// The claim to try first, for `device`: its first claimable part, if any.
+    pub fn ungated_claim<'a>(&self, device: Asking<'a>) -> Option<UngatedClaim<'a>> {
+        let part = &self.parts[*self.order.first()?];
+        Some(UngatedClaim {
+            action_id: part.action_id,
+            task_id: part.task_id,
+            device_type: device.device_type,
+            site: device.site,
+        })
+    }
+}
+
+/// How many claims [`Store::claim_ungated`] takes at once: three values each,
+/// far under both drivers' limits on bound values; a group holds the
+/// database's writer for its transaction, so larger ones would buy little.
+pub const MAX_CLAIMS_AT_ONCE: usize = 64;
+
+/// A part to claim if no gate could hold its device ([`Store::claim_ungated`]).
+#[derive(Debug, Clone, Copy)]
+pub struct UngatedClaim<'a> {
+    pub action_id: i64,
+    pub task_id: i64,
+    pub device_type: &'a str,
+    pub site: &'a str,
+}
+
 /// What a poll hands a device, and what its caller may cache.
 #[derive(Debug)]
 pub struct PollActions {
@@ -480,16 +621,20 @@ enum Claim {
 const CLAIM: &str = "UPDATE task_devices SET state = 'running', wait_kind = NULL, wait_reason = NULL, retry_at = NULL, \
     updated_at = $2 WHERE id = $1 AND state IN ('pending', 'waiting')";
 
-/// [`CLAIM`] of part `$3` at `$4`, only when no gate could hold a device of
-/// type `$1` on site `$2`: the tests of [`GATE_CONFIG`] all come out empty.
-const CLAIM_UNGATED: &str = concat!(
-    "UPDATE task_devices SET state = 'running', wait_kind = NULL, wait_reason = NULL, retry_at = NULL, ",
-    "updated_at = $4 WHERE id = $3 AND state IN ('pending', 'waiting') AND ",
-    site_limit!(),
+/// Claims parts, each only while unstarted and when no gate could hold its
+/// device: the tests of [`GATE_CONFIG`] all come out empty for the device's
+/// type and site. Followed by the time, ` FROM (VALUES `, the parts as `(id,
+/// type, site)` rows of `v`, and [`CLAIM_UNGATED_WHERE`].
+const CLAIM_UNGATED: &str = "UPDATE task_devices SET state = 'running', wait_kind = NULL, wait_reason = NULL, \
+    retry_at = NULL, updated_at = ";
+const CLAIM_UNGATED_WHERE: &str = concat!(
+    ") AS v WHERE task_devices.id = v.column1 AND task_devices.state IN ('pending', 'waiting') AND ",
+    site_limit!("v.column2"),
     " IS NULL AND NOT ",
-    windows_may_apply!(),
+    windows_may_apply!("v.column3"),
     " AND NOT ",
-    order_rules_apply!()
+    order_rules_apply!("v.column2"),
+    " RETURNING task_devices.id"
 );
 
 /// The parts a poll may claim, in the order to try them: none while the device

@@ -59,7 +59,7 @@ pub use accounts::{
 pub use device_types::DeviceTypeConfig;
 pub use devices::{DeviceAuth, InventoryReport, MAX_INVENTORIES_AT_ONCE};
 pub use enrollment::Enrollment;
-pub use gates::{Asking, PollActions};
+pub use gates::{Asking, MAX_CLAIMS_AT_ONCE, PollActions, PollParts, UngatedClaim};
 pub use generations::Generations;
 pub use metrics::FleetCounts;
 pub use notifications::{Attempt, Delivery, FIRST_RETRY, MAX_ATTEMPTS, MAX_RETRY, Notice, backoff};

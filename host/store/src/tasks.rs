@@ -117,7 +117,7 @@ impl DeviceRow {
 }
 
 /// A device's unfinished part as a poll reads it (see [`Store::parts_on_poll`]).
-#[derive(sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub(crate) struct PartOnPoll {
     pub action_id: i64,
     pub attempt: i64,

@@ -10,7 +10,8 @@ use posup_store::lifecycle::Command;
 use posup_store::testing::each_backend;
 use posup_store::{
     Asking, At, DeviceAuth, Enrollment, Error, Failure, InventoryReport, LOCK_MS,
-    MAX_FAILED_LOGINS, NewAccount, NewPackage, NewPlugin, Removal, Store, VarTarget,
+    MAX_CLAIMS_AT_ONCE, MAX_FAILED_LOGINS, NewAccount, NewPackage, NewPlugin, Removal, Store,
+    VarTarget,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -2143,6 +2144,92 @@ async fn concurrent_claims_never_exceed_the_site_limit() {
             }
             assert_eq!(holding, 1, "site {site}: exactly one register may be down");
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_claims_of_many_polls_are_made_together_and_a_gated_one_is_left_to_its_gates() {
+    each_backend(|store| async move {
+        // Registers 1 and 3 at store A, 2 and 4 at store B, which has a
+        // maintenance window: its registers' claims are the gates' to decide.
+        let (ids, package) = fleet(&store, 4).await;
+        store
+            .create_window(
+                &posup_proto::rollout::CreateWindow {
+                    scope: posup_proto::rollout::WindowScope::Site { site: "B".into() },
+                    schedule: "always".into(),
+                    duration_minutes: 0,
+                    time_zone: "UTC".into(),
+                },
+                DateTime::<Utc>::from_timestamp_millis(T0).unwrap(),
+                "token ops",
+            )
+            .await
+            .unwrap();
+        store
+            .create_task(
+                &CreateTask {
+                    name: None,
+                    kind: TaskKind::ForcedUpdate,
+                    package_id: package.id,
+                    group_id: 1,
+                    start_at: None,
+                    notice_override: None,
+                },
+                &at(T0),
+                "token ops",
+            )
+            .await
+            .unwrap();
+        let ask = |i: usize| Asking {
+            device_id: ids[i],
+            site: if i.is_multiple_of(2) { "A" } else { "B" },
+            device_type: "ukm5",
+        };
+        let mut polls = Vec::new();
+        for id in &ids {
+            polls.push(store.poll_parts(*id, &at(T0), T0).await.unwrap());
+        }
+        let mut claims: Vec<_> = (0..4)
+            .map(|i| {
+                polls[i]
+                    .ungated_claim(ask(i))
+                    .expect("an unstarted update part")
+            })
+            .collect();
+        // Register 1 polled twice at once: its part is claimed for one poll.
+        claims.push(claims[0]);
+        let claimed = store.claim_ungated(&claims, &at(T0)).await.unwrap();
+        assert_eq!(claimed, vec![true, false, true, false, false]);
+        // A claimed part is handed out; a part left to its gates is not yet.
+        for (i, holds) in [(0, true), (1, false), (2, true), (3, false)] {
+            let actions = store.actions_for_device(ids[i], T0).await.unwrap();
+            assert_eq!(!actions.is_empty(), holds, "register {}", i + 1);
+        }
+        // The polls settle: store B's window is always open, so its registers'
+        // gates let them start; what register 1 claimed is handed out once.
+        let mut polls = polls.into_iter();
+        for (i, was) in claimed.iter().take(4).enumerate() {
+            let settled = store
+                .settle_poll(ask(i), polls.next().unwrap(), *was, &at(T0))
+                .await
+                .unwrap();
+            assert_eq!(settled.actions.len(), 1, "register {}", i + 1);
+        }
+        for id in &ids {
+            assert_eq!(store.actions_for_device(*id, T0).await.unwrap().len(), 1);
+        }
+        // A part running already is not claimed again.
+        assert_eq!(
+            store.claim_ungated(&claims[..1], &at(T0)).await.unwrap(),
+            vec![false]
+        );
+        let many = vec![claims[0]; MAX_CLAIMS_AT_ONCE + 1];
+        assert!(matches!(
+            store.claim_ungated(&many, &at(T0)).await,
+            Err(Error::Invalid(_))
+        ));
     })
     .await;
 }
