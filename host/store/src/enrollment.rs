@@ -28,6 +28,7 @@ pub struct Enrollment<'a> {
 /// An enrollment token as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct TokenRow {
+    pub id: i64,
     pub name: String,
     pub site: Option<String>,
     pub expires_at: Option<i64>,
@@ -109,7 +110,7 @@ macro_rules! read_token {
             )
         })?;
         let token: Option<TokenRow> = sqlx::query_as(
-            "SELECT name, site, expires_at, max_uses, uses FROM enrollment_secrets WHERE hash = $1",
+            "SELECT id, name, site, expires_at, max_uses, uses FROM enrollment_secrets WHERE hash = $1",
         )
         .bind(hash)
         .fetch_optional(&mut *$ex)
@@ -124,31 +125,41 @@ macro_rules! read_token {
 
 /// Spends one use of the enrollment token with hash `$hash` inside the caller's
 /// transaction, if it may enroll a terminal of `$site` at `$now`; otherwise says
-/// why not. The check and the spending are one statement, so terminals racing
-/// for a token's last use cannot both have it.
+/// why not. A token without a use limit counts the use in a row of its own, so
+/// a fleet enrolling with it at once waits on no shared row. A token with one
+/// checks and spends in one statement on its row, so terminals racing for its
+/// last use cannot both have it.
 macro_rules! spend_token {
     ($ex:expr, $hash:expr, $site:expr, $now:expr) => {{
-        let spent: Option<TokenRow> = sqlx::query_as(
-            "UPDATE enrollment_secrets SET uses = uses + 1 \
-             WHERE hash = $1 AND (expires_at IS NULL OR expires_at > $2) \
-             AND (max_uses IS NULL OR uses < max_uses) AND (site IS NULL OR site = $3) \
-             RETURNING name, site, expires_at, max_uses, uses",
-        )
-        .bind($hash.unwrap_or_default())
-        .bind($now)
-        .bind($site)
-        .fetch_optional(&mut *$ex)
-        .await?;
-        match spent {
-            Some(token) => token,
-            None => {
-                let token = read_token!($ex, $hash);
-                judge_token(&token, $site, $now)?;
+        let token = read_token!($ex, $hash);
+        judge_token(&token, $site, $now)?;
+        if token.max_uses.is_none() {
+            sqlx::query("INSERT INTO enrollment_uses (secret_id) VALUES ($1)")
+                .bind(token.id)
+                .execute(&mut *$ex)
+                .await?;
+            token
+        } else {
+            let spent: Option<TokenRow> = sqlx::query_as(
+                "UPDATE enrollment_secrets SET uses = uses + 1 \
+                 WHERE id = $1 AND (expires_at IS NULL OR expires_at > $2) \
+                 AND (max_uses IS NULL OR uses < max_uses) AND (site IS NULL OR site = $3) \
+                 RETURNING id, name, site, expires_at, max_uses, uses",
+            )
+            .bind(token.id)
+            .bind($now)
+            .bind($site)
+            .fetch_optional(&mut *$ex)
+            .await?;
+            match spent {
+                Some(token) => token,
                 // It was good a moment ago: another terminal took its last use.
-                return Err(Error::Unauthorized(format!(
-                    "enrollment token {} is used up: ask an administrator for a new one",
-                    token.name
-                )));
+                None => {
+                    return Err(Error::Unauthorized(format!(
+                        "enrollment token {} is used up: ask an administrator for a new one",
+                        token.name
+                    )));
+                }
             }
         }
     }};

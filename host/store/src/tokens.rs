@@ -280,7 +280,9 @@ impl Store {
         );
         let rows: Vec<Row> = with_read!(self, pool => {
             sqlx::query_as(
-                "SELECT id, name, site, max_uses, expires_at, uses, created_at FROM enrollment_secrets ORDER BY id",
+                "SELECT s.id, s.name, s.site, s.max_uses, s.expires_at, \
+                 s.uses + (SELECT count(*) FROM enrollment_uses u WHERE u.secret_id = s.id), s.created_at \
+                 FROM enrollment_secrets s ORDER BY s.id",
             )
             .fetch_all(pool)
             .await?
@@ -311,6 +313,10 @@ impl Store {
             if done.rows_affected() == 0 {
                 return Err(Error::NotFound(format!("enrollment secret {id} does not exist")));
             }
+            sqlx::query("DELETE FROM enrollment_uses WHERE secret_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             audit!(&mut *tx, now, actor, "enrollment_secret.delete", "enrollment_secret", id, json!({}));
             tx.commit().await?;
             Ok(())

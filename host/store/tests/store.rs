@@ -2817,3 +2817,56 @@ async fn contact_times_rewrite_no_device_row() {
         db.cleanup().await;
     }
 }
+
+/// A fleet enrolls with one token at once. Spending a use of the token's row
+/// made each enrollment wait for the one before it to commit (on PostgreSQL the
+/// row's lock is held to the commit): a token without a use limit counts its
+/// uses apart, and enrolling leaves its row alone.
+#[tokio::test]
+async fn enrolling_with_a_token_without_a_limit_leaves_its_row_alone() {
+    use posup_store::Backend;
+    use posup_store::testing::TestDb;
+    use sqlx::Connection;
+
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(db) = TestDb::of(backend).await else {
+            continue;
+        };
+        let store = db.store.clone();
+        device_type(&store).await;
+        enroll(&store, &identity(1, "A"), "hash-1").await.unwrap();
+        let refuse = match backend {
+            Backend::Sqlite => {
+                "CREATE TRIGGER refuse_token_rows BEFORE UPDATE ON enrollment_secrets \
+                 BEGIN SELECT RAISE(ABORT, 'a token row was rewritten'); END"
+            }
+            Backend::Postgres => {
+                "CREATE FUNCTION refuse_token_rows() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN RAISE EXCEPTION 'a token row was rewritten'; END $$; \
+                 CREATE TRIGGER refuse_token_rows BEFORE UPDATE ON enrollment_secrets \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_token_rows();"
+            }
+        };
+        match backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&db.url()).await.unwrap();
+                sqlx::raw_sql(refuse).execute(&mut c).await.unwrap();
+                c.close().await.ok();
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+                sqlx::raw_sql(refuse).execute(&mut c).await.unwrap();
+                c.close().await.ok();
+            }
+        }
+        for i in 2..=3 {
+            enroll(&store, &identity(i, "B"), &format!("hash-{i}"))
+                .await
+                .unwrap_or_else(|e| panic!("{backend}: register {i}: {e}"));
+        }
+        let tokens = store.list_enrollment_secrets().await.unwrap();
+        let uses: Vec<(&str, u32)> = tokens.iter().map(|t| (t.name.as_str(), t.uses)).collect();
+        assert_eq!(uses, vec![("test", 3)], "{backend}: every use counted");
+        db.cleanup().await;
+    }
+}
