@@ -138,7 +138,6 @@ impl Batch for ChangedInventory {
 /// poll's own ([`posup_store::Store::settle_poll`]).
 pub(crate) struct ClaimFirst {
     action_id: i64,
-    task_id: i64,
     device: Arc<DeviceAuth>,
 }
 
@@ -160,7 +159,6 @@ impl Batch for ClaimFirst {
             .iter()
             .map(|c| UngatedClaim {
                 action_id: c.action_id,
-                task_id: c.task_id,
                 device_type: &c.device.device_type,
                 site: &c.device.site,
             })
@@ -259,7 +257,6 @@ async fn actions(
         Some(c) => {
             let claim = ClaimFirst {
                 action_id: c.action_id,
-                task_id: c.task_id,
                 device: device.clone(),
             };
             state.claims().write(state, claim, *at).await?

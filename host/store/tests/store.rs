@@ -2068,6 +2068,25 @@ async fn version_overview_same_different_unknown() {
     .await;
 }
 
+/// A forced update of `package` for every device (group 1), starting at T0.
+async fn forced_update_of_all(store: &Store, package: &PackageView) -> TaskView {
+    store
+        .create_task(
+            &CreateTask {
+                name: None,
+                kind: TaskKind::ForcedUpdate,
+                package_id: package.id,
+                group_id: 1,
+                start_at: None,
+                notice_override: None,
+            },
+            &at(T0),
+            "token ops",
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_never_exceed_the_site_limit() {
     each_backend(|store| async move {
@@ -2085,21 +2104,7 @@ async fn concurrent_claims_never_exceed_the_site_limit() {
             )
             .await
             .unwrap();
-        store
-            .create_task(
-                &CreateTask {
-                    name: None,
-                    kind: TaskKind::ForcedUpdate,
-                    package_id: package.id,
-                    group_id: 1,
-                    start_at: None,
-                    notice_override: None,
-                },
-                &at(T0),
-                "token ops",
-            )
-            .await
-            .unwrap();
+        forced_update_of_all(&store, &package).await;
         // The stores' rows exist already, so nothing but the claim's own lock
         // orders the claims.
         for site in ["A", "B"] {
@@ -2167,21 +2172,7 @@ async fn the_claims_of_many_polls_are_made_together_and_a_gated_one_is_left_to_i
             )
             .await
             .unwrap();
-        store
-            .create_task(
-                &CreateTask {
-                    name: None,
-                    kind: TaskKind::ForcedUpdate,
-                    package_id: package.id,
-                    group_id: 1,
-                    start_at: None,
-                    notice_override: None,
-                },
-                &at(T0),
-                "token ops",
-            )
-            .await
-            .unwrap();
+        forced_update_of_all(&store, &package).await;
         let ask = |i: usize| Asking {
             device_id: ids[i],
             site: if i.is_multiple_of(2) { "A" } else { "B" },
