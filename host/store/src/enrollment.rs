@@ -360,6 +360,7 @@ mod tests {
 
     fn token() -> TokenRow {
         TokenRow {
+            id: 1,
             name: "batch".into(),
             site: None,
             expires_at: None,
