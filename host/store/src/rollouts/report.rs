@@ -2,6 +2,7 @@
 //! and the plain-text report when a site's part of a rollout ended.
 
 use super::*;
+use crate::Backend;
 
 /// Whether a rollout's open sites are checked for their end now: never checked,
 /// one of its groups drifts (`groups::drifts`), or what a site's end depends on
@@ -111,29 +112,19 @@ impl Store {
     ) -> Result<()> {
         let (id, title) = (r.id, &r.name);
         let announce = parse_kind(&r.kind)? != TaskKind::Download;
-        let open: Vec<String> = with_read!(self, pool => {
-            sqlx::query_scalar("SELECT site FROM rollout_sites WHERE rollout_id = $1 AND reported_at IS NULL ORDER BY site")
-                .bind(id)
-                .fetch_all(pool)
-                .await?
-        });
-        if open.is_empty() {
-            return Ok(());
-        }
-        let mut conds = Vec::new();
-        let mut drifts = false;
-        for w in waves {
-            if let Some(g) = w.group_id {
-                let membership = self.group_membership(g, at).await?;
-                drifts |= membership.drifts;
-                conds.push(membership.cond);
-            }
-        }
         // What a site's end depends on, read before the check so that a change
         // committed during it is seen by the next tick's comparison.
-        let (last, ended, members, devices, tasks): (Option<String>, i64, i64, i64, i64) = with_read!(self, pool => {
+        let (open, last, ended, members, devices, tasks): (
+            i64,
+            Option<String>,
+            i64,
+            i64,
+            i64,
+            i64,
+        ) = with_read!(self, pool => {
             sqlx::query_as(
-                "SELECT r.sites_seen, \
+                "SELECT (SELECT count(*) FROM rollout_sites s WHERE s.rollout_id = r.id AND s.reported_at IS NULL), \
+                 r.sites_seen, \
                  (SELECT CAST(COALESCE(sum(c.success + c.failed), 0) AS BIGINT) FROM task_counts c \
                   JOIN tasks t ON t.id = c.task_id WHERE t.rollout_id = r.id), \
                  (SELECT value FROM generations WHERE name = 'members'), \
@@ -145,6 +136,18 @@ impl Store {
             .fetch_one(pool)
             .await?
         });
+        if open == 0 {
+            return Ok(());
+        }
+        let mut conds = Vec::new();
+        let mut drifts = false;
+        for w in waves {
+            if let Some(g) = w.group_id {
+                let membership = self.group_membership(g, at).await?;
+                drifts |= membership.drifts;
+                conds.push(membership.cond);
+            }
+        }
         let seen = format!("{ended} {members} {devices} {tasks}");
         if !must_check_sites(last.as_deref(), &seen, drifts) {
             return Ok(());
@@ -158,17 +161,29 @@ impl Store {
         let releases = self.releases(&packages).await?;
         let types: Vec<String> = releases.iter().map(|r| r.device_type.clone()).collect();
         ticked.sites_checked += 1;
-        // Sites with a covered device that has not ended its part (or not begun it,
-        // its wave still to come).
-        let mut pending = Sql::new("SELECT DISTINCT d.site FROM devices d WHERE ");
-        pending.append(&targets(&types, &conds));
-        pending.push(" AND NOT EXISTS (SELECT 1 FROM task_devices td JOIN tasks t ON t.id = td.task_id WHERE t.rollout_id = ");
-        pending.bind(id);
-        pending.push(" AND td.device_id = d.id AND td.state IN ('success', 'failed'))");
-        let busy: Vec<String> = with_read!(self, pool => {
-            bind_all!(sqlx::query_scalar::<_, String>(&pending.text), pending.args).fetch_all(pool).await?
+        // Open sites without a covered device that has not ended its part (or not
+        // begun it, its wave still to come). Each open site's devices are read
+        // only up to its first pending one, so a check in mid-rollout reads about
+        // one device a site, not the whole fleet. SQLite is told to reach them
+        // through the site's index: without statistics it may take the device
+        // type's instead and read every device of the type for each site.
+        let mut sql = Sql::new("SELECT rs.site FROM rollout_sites rs WHERE rs.rollout_id = ");
+        sql.bind(id);
+        sql.push(" AND rs.reported_at IS NULL AND NOT EXISTS (SELECT 1 FROM devices d ");
+        if self.backend() == Backend::Sqlite {
+            sql.push("INDEXED BY devices_site ");
+        }
+        sql.push("WHERE d.site = rs.site AND ");
+        sql.append(&targets(&types, &conds));
+        sql.push(" AND NOT EXISTS (SELECT 1 FROM task_devices td JOIN tasks t ON t.id = td.task_id WHERE t.rollout_id = ");
+        sql.bind(id);
+        sql.push(
+            " AND td.device_id = d.id AND td.state IN ('success', 'failed'))) ORDER BY rs.site",
+        );
+        let finished: Vec<String> = with_read!(self, pool => {
+            bind_all!(sqlx::query_scalar::<_, String>(&sql.text), sql.args).fetch_all(pool).await?
         });
-        for site in open.iter().filter(|s| !busy.contains(s)) {
+        for site in &finished {
             let outcomes: Vec<(String, String, String, Option<String>, String)> = with_read!(self, pool => {
                 // From the site's devices to their parts: the rollout's parts
                 // of every site would be read for each site that ended.
