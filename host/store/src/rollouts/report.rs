@@ -13,6 +13,27 @@ pub(crate) fn must_check_sites(last: Option<&str>, seen: &str, drifts: bool) -> 
     drifts || last != Some(seen)
 }
 
+/// The open sites of rollout `id` none of whose devices in `covered` has a part
+/// still to end (or to begin, its wave still to come), in order. Each open
+/// site's devices are read only up to its first pending one, so a check in
+/// mid-rollout reads about one device a site, not the whole fleet. SQLite is
+/// told to reach them through the site's index: without statistics it may take
+/// the device type's instead and read every device of the type for each site.
+fn finished_sites(backend: Backend, id: i64, covered: &Cond) -> Sql {
+    let mut sql = Sql::new("SELECT rs.site FROM rollout_sites rs WHERE rs.rollout_id = ");
+    sql.bind(id);
+    sql.push(" AND rs.reported_at IS NULL AND NOT EXISTS (SELECT 1 FROM devices d ");
+    if backend == Backend::Sqlite {
+        sql.push("INDEXED BY devices_site ");
+    }
+    sql.push("WHERE d.site = rs.site AND ");
+    sql.append(covered);
+    sql.push(" AND NOT EXISTS (SELECT 1 FROM task_devices td JOIN tasks t ON t.id = td.task_id WHERE t.rollout_id = ");
+    sql.bind(id);
+    sql.push(" AND td.device_id = d.id AND td.state IN ('success', 'failed'))) ORDER BY rs.site");
+    sql
+}
+
 impl Store {
     /// The packages of `ids`, refusing unknown ones and two for one device type.
     pub(crate) async fn releases(&self, ids: &[i64]) -> Result<Vec<ReleaseRow>> {
@@ -161,25 +182,7 @@ impl Store {
         let releases = self.releases(&packages).await?;
         let types: Vec<String> = releases.iter().map(|r| r.device_type.clone()).collect();
         ticked.sites_checked += 1;
-        // Open sites without a covered device that has not ended its part (or not
-        // begun it, its wave still to come). Each open site's devices are read
-        // only up to its first pending one, so a check in mid-rollout reads about
-        // one device a site, not the whole fleet. SQLite is told to reach them
-        // through the site's index: without statistics it may take the device
-        // type's instead and read every device of the type for each site.
-        let mut sql = Sql::new("SELECT rs.site FROM rollout_sites rs WHERE rs.rollout_id = ");
-        sql.bind(id);
-        sql.push(" AND rs.reported_at IS NULL AND NOT EXISTS (SELECT 1 FROM devices d ");
-        if self.backend() == Backend::Sqlite {
-            sql.push("INDEXED BY devices_site ");
-        }
-        sql.push("WHERE d.site = rs.site AND ");
-        sql.append(&targets(&types, &conds));
-        sql.push(" AND NOT EXISTS (SELECT 1 FROM task_devices td JOIN tasks t ON t.id = td.task_id WHERE t.rollout_id = ");
-        sql.bind(id);
-        sql.push(
-            " AND td.device_id = d.id AND td.state IN ('success', 'failed'))) ORDER BY rs.site",
-        );
+        let sql = finished_sites(self.backend(), id, &targets(&types, &conds));
         let finished: Vec<String> = with_read!(self, pool => {
             bind_all!(sqlx::query_scalar::<_, String>(&sql.text), sql.args).fetch_all(pool).await?
         });
@@ -285,6 +288,37 @@ mod tests {
         assert!(
             must_check_sites(Some("3 1 1 1"), "3 1 1 1", true),
             "a group that moves with time is checked each tick"
+        );
+    }
+
+    /// Without the index named, SQLite (no statistics) walks the device type's
+    /// index for every open site: at 100 000 devices a check read the fleet
+    /// once a site.
+    #[tokio::test]
+    async fn a_site_check_reaches_each_open_sites_devices_through_the_site() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite_file(
+            &dir.path().join("posup.db"),
+            &crate::StoreOptions { max_connections: 1 },
+        )
+        .await
+        .unwrap();
+        let crate::Db::Sqlite { read, .. } = &store.db else {
+            unreachable!("a SQLite store")
+        };
+        let mut all = Cond::default();
+        all.push("1 = 1");
+        let sql = finished_sites(Backend::Sqlite, 1, &targets(&["ukm5".into()], &[all]));
+        let explain = format!("EXPLAIN QUERY PLAN {}", sql.text);
+        let plan: Vec<(i64, i64, i64, String)> = bind_all!(sqlx::query_as(&explain), sql.args)
+            .fetch_all(read)
+            .await
+            .unwrap();
+        let plan: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("SEARCH d USING INDEX devices_site (site=?)")),
+            "{plan:#?}"
         );
     }
 }
