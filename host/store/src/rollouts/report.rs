@@ -298,8 +298,8 @@ mod tests {
     }
 
     /// Without the index named, SQLite (no statistics) walks the device type's
-    /// index for every open site: at 100 000 devices a check read the fleet
-    /// once a site.
+    /// index for every open site: near a rollout's end a check could read the
+    /// fleet once for each open site.
     #[tokio::test]
     async fn a_site_check_reaches_each_open_sites_devices_through_the_site() {
         let dir = tempfile::tempdir().unwrap();
