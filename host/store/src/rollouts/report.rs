@@ -15,8 +15,9 @@ pub(crate) fn must_check_sites(last: Option<&str>, seen: &str, drifts: bool) -> 
 
 /// The open sites of rollout `id` none of whose devices in `covered` has a part
 /// still to end (or to begin, its wave still to come), in order. Each open
-/// site's devices are read only up to its first pending one, so a check in
-/// mid-rollout reads about one device a site, not the whole fleet. SQLite is
+/// site's devices are read in id order only up to its first pending one: all
+/// of them once it is done, or when they ended in id order, but no site's
+/// devices where it has not begun and no finished site's twice. SQLite is
 /// told to reach them through the site's index: without statistics it may take
 /// the device type's instead and read every device of the type for each site.
 /// PostgreSQL would make the ended-part test an anti join planned on statistics
