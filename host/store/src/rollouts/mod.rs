@@ -351,14 +351,14 @@ impl Store {
             .await?;
             (sites, counts)
         });
+        let counts: std::collections::HashMap<String, TaskCounts> = counts
+            .into_iter()
+            .map(|c| (c.0, counts_of(c.1, c.2, c.3, c.4)))
+            .collect();
         Ok(sites
             .into_iter()
             .map(|(site, announcement, report, reported_at)| {
-                let c = counts
-                    .iter()
-                    .find(|c| c.0 == site)
-                    .map(|c| counts_of(c.1, c.2, c.3, c.4))
-                    .unwrap_or_default();
+                let c = counts.get(&site).copied().unwrap_or_default();
                 (
                     RolloutSite {
                         site,
