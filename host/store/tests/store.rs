@@ -2443,15 +2443,18 @@ async fn a_started_wave_searches_for_joiners_only_when_its_group_may_have_change
     .await;
 }
 
-/// A rollout's open sites are checked for their end only when a part of the
-/// rollout ended or its devices may have changed since the last check: a
-/// rollout waiting on its last devices does not scan its fleet every second.
-#[tokio::test]
-async fn a_rollouts_sites_are_checked_only_when_one_may_have_ended() {
-    each_backend(|store| async move {
-        // Sites A (devices 1, 3, 5) and B (devices 2, 4).
-        let (ids, package) = fleet(&store, 5).await;
-        let ops = "token ops";
+/// A download rollout in one wave over `fleet`'s devices (sites A: 1, 3, 5 and
+/// B: 2, 4), and what its site tests do with it.
+struct SiteRollout {
+    store: Store,
+    id: i64,
+    task: TaskView,
+    ids: Vec<i64>,
+}
+
+impl SiteRollout {
+    async fn new(store: &Store, devices: u32) -> SiteRollout {
+        let (ids, package) = fleet(store, devices).await;
         let rollout = store
             .create_rollout(
                 &posup_proto::rollout::CreateRollout {
@@ -2459,7 +2462,7 @@ async fn a_rollouts_sites_are_checked_only_when_one_may_have_ended() {
                     ..one_wave(TaskKind::Download, &package, 1)
                 },
                 &at(T0),
-                ops,
+                "token ops",
             )
             .await
             .unwrap();
@@ -2471,62 +2474,136 @@ async fn a_rollouts_sites_are_checked_only_when_one_may_have_ended() {
             .waves[0]
             .tasks[0];
         let task = store.task(task_id, &at(T0)).await.unwrap().unwrap();
-        let checked = || {
-            let store = store.clone();
-            async move { store.tick_rollouts(&at(T0)).await.unwrap().sites_checked }
-        };
-        let reported = || {
-            let store = store.clone();
-            async move {
-                store
-                    .rollout_sites(rollout.id, &at(T0))
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .filter(|(s, _)| s.report.is_some())
-                    .map(|(s, _)| s.site)
-                    .collect::<Vec<_>>()
-            }
-        };
-        let end = |n: usize, state: FeedbackState| {
-            let store = store.clone();
-            let task = task.clone();
-            let ids = ids.clone();
-            async move {
-                let action = store.actions_for_device(ids[n], T0).await.unwrap()[0].action_id;
-                let key = format!("{n} {}", state.as_str());
-                let f = feedback(&task, action, ids[n], &key, state);
-                store.record_feedback(ids[n], &f, &at(T0)).await.unwrap();
-            }
-        };
+        SiteRollout {
+            store: store.clone(),
+            id: rollout.id,
+            task,
+            ids,
+        }
+    }
+
+    /// Ticks: the rollouts whose open sites were checked, and the sites read.
+    async fn tick(&self) -> (usize, usize) {
+        let ticked = self.store.tick_rollouts(&at(T0)).await.unwrap();
+        (ticked.sites_checked, ticked.sites_read)
+    }
+
+    async fn reported(&self) -> Vec<String> {
+        self.store
+            .rollout_sites(self.id, &at(T0))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(s, _)| s.report.is_some())
+            .map(|(s, _)| s.site)
+            .collect()
+    }
+
+    /// Device `n` (from 0) reports `state` for its part.
+    async fn report(&self, n: usize, state: FeedbackState) {
+        let device = self.ids[n];
+        let action = self.store.actions_for_device(device, T0).await.unwrap()[0].action_id;
+        let key = format!("{n} {}", state.as_str());
+        let f = feedback(&self.task, action, device, &key, state);
+        self.store
+            .record_feedback(device, &f, &at(T0))
+            .await
+            .unwrap();
+    }
+}
+
+/// A rollout's open sites are checked for their end only when a part of the
+/// rollout ended or its devices may have changed since the last check: a
+/// rollout waiting on its last devices does not scan its fleet every second.
+#[tokio::test]
+async fn a_rollouts_sites_are_checked_only_when_one_may_have_ended() {
+    each_backend(|store| async move {
+        let r = SiteRollout::new(&store, 5).await;
+        let ops = "token ops";
+        let checked = || async { r.tick().await.0 };
         checked().await;
         assert_eq!(checked().await, 0, "nothing changed: no site is checked");
 
-        end(0, FeedbackState::Committed).await;
+        r.report(0, FeedbackState::Committed).await;
         assert_eq!(checked().await, 1, "a part ended");
         assert_eq!(checked().await, 0);
-        end(2, FeedbackState::Failed).await;
-        end(3, FeedbackState::Started).await;
+        r.report(2, FeedbackState::Failed).await;
+        r.report(3, FeedbackState::Started).await;
         assert_eq!(checked().await, 1, "a part ended, another began");
-        assert!(reported().await.is_empty(), "device 5 has not ended");
+        assert!(r.reported().await.is_empty(), "device 5 has not ended");
 
-        store.delete_device(ids[4], T0, ops).await.unwrap();
+        store.delete_device(r.ids[4], T0, ops).await.unwrap();
         assert_eq!(checked().await, 1, "a device was deleted");
-        assert_eq!(reported().await, ["A"], "site A's last device was deleted");
+        assert_eq!(
+            r.reported().await,
+            ["A"],
+            "site A's last device was deleted"
+        );
         assert_eq!(checked().await, 0);
 
         store
-            .set_tags(ids[1], &["night".into()], T0, ops)
+            .set_tags(r.ids[1], &["night".into()], T0, ops)
             .await
             .unwrap();
         assert_eq!(checked().await, 1, "a membership may have changed");
         assert_eq!(checked().await, 0);
 
-        end(1, FeedbackState::Committed).await;
-        end(3, FeedbackState::Committed).await;
+        r.report(1, FeedbackState::Committed).await;
+        r.report(3, FeedbackState::Committed).await;
         assert_eq!(checked().await, 1);
-        assert_eq!(reported().await, ["A", "B"]);
+        assert_eq!(r.reported().await, ["A", "B"]);
         assert_eq!(checked().await, 0, "no site is open");
+    })
+    .await;
+}
+
+/// A check reads only the open sites where a part ended since the last one;
+/// when what decides the devices a site's end waits on may have moved, every
+/// open site.
+#[tokio::test]
+async fn a_site_check_reads_the_sites_where_a_part_ended() {
+    each_backend(|store| async move {
+        let r = SiteRollout::new(&store, 5).await;
+        // Its start checked every site.
+        assert_eq!(r.tick().await, (0, 0));
+        r.report(0, FeedbackState::Committed).await;
+        assert_eq!(r.tick().await, (1, 1), "a part ended at site A");
+        r.report(1, FeedbackState::Failed).await;
+        r.report(3, FeedbackState::Started).await;
+        assert_eq!(r.tick().await, (1, 1), "a part ended at site B");
+        assert_eq!(r.tick().await, (0, 0));
+
+        // A device moved from B to A, below site A's devices still pending:
+        // A waits for it now, and B no longer does.
+        store
+            .move_device(
+                r.ids[3],
+                &MoveDevice {
+                    site: Some(Site {
+                        name: "A".into(),
+                        address: "A street".into(),
+                    }),
+                    device_type: None,
+                },
+                T0,
+                "token ops",
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.tick().await, (1, 2), "a device moved: every open site");
+        assert_eq!(r.reported().await, ["B"]);
+        r.report(2, FeedbackState::Committed).await;
+        r.report(4, FeedbackState::Committed).await;
+        assert_eq!(r.tick().await, (1, 1));
+        assert_eq!(
+            r.reported().await,
+            ["B"],
+            "device 4, now at A, has not ended"
+        );
+        r.report(3, FeedbackState::Committed).await;
+        assert_eq!(r.tick().await, (1, 1));
+        assert_eq!(r.reported().await, ["A", "B"]);
+        assert_eq!(r.tick().await, (0, 0), "no site is open");
     })
     .await;
 }

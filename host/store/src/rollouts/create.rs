@@ -316,6 +316,7 @@ impl Store {
             };
             sqlx::query("DELETE FROM tasks WHERE rollout_id = $1").bind(id).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM rollouts WHERE id = $1").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM rollout_site_ends WHERE rollout_id = $1").bind(id).execute(&mut *tx).await?;
             audit!(&mut *tx, now, actor, "rollout.delete", "rollout", id, json!({"name": name}));
             bump!(&mut *tx, "tasks");
             tx.commit().await?;

@@ -3,33 +3,58 @@
 
 use super::*;
 use crate::Backend;
+use crate::sql::SqlText;
 
-/// Whether a rollout's open sites are checked for their end now: never checked,
-/// one of its groups drifts (`groups::drifts`), or what a site's end depends on
-/// (its parts ended so far and the `members`, `devices` and `tasks` counters)
-/// moved since the last check. Parts end only forwards between two restarts,
-/// and a restart grows `tasks`, so an unchanged count means none ended.
-pub(crate) fn must_check_sites(last: Option<&str>, seen: &str, drifts: bool) -> bool {
-    drifts || last != Some(seen)
+/// Which of a rollout's open sites a tick checks for their end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SiteCheck {
+    /// None: nothing a site's end depends on moved.
+    None,
+    /// Those where a part ended since the last check (`rollout_site_ends`).
+    Ended,
+    /// Every one: never checked, one of its groups drifts (`groups::drifts`),
+    /// or a device may have joined or left a site or the rollout (the
+    /// `members`, `devices` and `tasks` counters, `seen`, moved since the
+    /// last check saw `last`). Parts end only forwards between two restarts,
+    /// and a restart grows `tasks`, so otherwise only a site where a part
+    /// ended can have ended.
+    All,
 }
 
-/// The open sites of rollout `id` none of whose devices in `covered` has a part
-/// still to end (or to begin, its wave still to come), in order. Each open
-/// site's devices are read in id order only up to its first pending one: all
-/// of them once it is done, or when they ended in id order, but no site's
-/// devices where it has not begun and no finished site's twice. SQLite is
-/// told to reach them through the site's index: without statistics it may take
-/// the device type's instead and read every device of the type for each site.
-/// PostgreSQL would make the ended-part test an anti join planned on statistics
-/// taken before any part ended (one row expected) and compare every device
-/// read with every ended part; `OFFSET 0` keeps it one index lookup a device.
-fn finished_sites(backend: Backend, id: i64, covered: &Cond) -> Sql {
+pub(crate) fn site_check(last: Option<&str>, seen: &str, drifts: bool, ended: bool) -> SiteCheck {
+    if drifts || last != Some(seen) {
+        SiteCheck::All
+    } else if ended {
+        SiteCheck::Ended
+    } else {
+        SiteCheck::None
+    }
+}
+
+/// The most `rollout_site_ends` rows a tick reads for a rollout; the rest wait
+/// for the next tick, so a backlog costs ticks, not one tick's memory.
+const ENDS_AT_ONCE: i64 = 4096;
+
+/// The open sites of rollout `id` (all, or those in `only`) none of whose
+/// devices in `covered` has a part still to end (or to begin, its wave still
+/// to come), in order. Each site's devices are read in id order only up to its
+/// first pending one: all of them once it is done, but no finished site's
+/// twice. SQLite is told to reach them through the site's index: without
+/// statistics it may take the device type's instead and read every device of
+/// the type for each site. PostgreSQL would make the ended-part test an anti
+/// join planned on statistics taken before any part ended (one row expected)
+/// and compare every device read with every ended part; `OFFSET 0` keeps it
+/// one index lookup a device.
+fn finished_sites(backend: Backend, id: i64, covered: &Cond, only: Option<&[&str]>) -> Sql {
     let (index, lookup) = match backend {
         Backend::Sqlite => ("INDEXED BY devices_site ", ""),
         Backend::Postgres => ("", " OFFSET 0"),
     };
     let mut sql = Sql::new("SELECT rs.site FROM rollout_sites rs WHERE rs.rollout_id = ");
     sql.bind(id);
+    if let Some(sites) = only {
+        sql.push(" AND rs.site IN (").bind_list(sites).push(")");
+    }
     sql.push(" AND rs.reported_at IS NULL AND NOT EXISTS (SELECT 1 FROM devices d ");
     sql.push(index).push("WHERE d.site = rs.site AND ");
     sql.append(covered);
@@ -138,23 +163,16 @@ impl Store {
         at: &At,
         ticked: &mut Ticked,
     ) -> Result<()> {
-        let (id, title) = (r.id, &r.name);
-        let announce = parse_kind(&r.kind)? != TaskKind::Download;
-        // What a site's end depends on, read before the check so that a change
-        // committed during it is seen by the next tick's comparison.
-        let (open, last, ended, members, devices, tasks): (
-            i64,
-            Option<String>,
-            i64,
-            i64,
-            i64,
-            i64,
+        let id = r.id;
+        // What a site's end depends on, and where parts ended, read before the
+        // check: a change committed during it is seen by the next tick.
+        let ((open, last, members, devices, tasks), ends): (
+            (i64, Option<String>, i64, i64, i64),
+            Vec<(i64, String)>,
         ) = with_read!(self, pool => {
-            sqlx::query_as(
+            let state = sqlx::query_as(
                 "SELECT (SELECT count(*) FROM rollout_sites s WHERE s.rollout_id = r.id AND s.reported_at IS NULL), \
                  r.sites_seen, \
-                 (SELECT CAST(COALESCE(sum(c.success + c.failed), 0) AS BIGINT) FROM task_counts c \
-                  JOIN tasks t ON t.id = c.task_id WHERE t.rollout_id = r.id), \
                  (SELECT value FROM generations WHERE name = 'members'), \
                  (SELECT value FROM generations WHERE name = 'devices'), \
                  (SELECT value FROM generations WHERE name = 'tasks') \
@@ -162,24 +180,78 @@ impl Store {
             )
             .bind(id)
             .fetch_one(pool)
-            .await?
+            .await?;
+            let ends = sqlx::query_as("SELECT id, site FROM rollout_site_ends WHERE rollout_id = $1 ORDER BY id LIMIT $2")
+                .bind(id)
+                .bind(ENDS_AT_ONCE)
+                .fetch_all(pool)
+                .await?;
+            (state, ends)
         });
-        if open == 0 {
-            return Ok(());
-        }
-        let mut conds = Vec::new();
-        let mut drifts = false;
-        for w in waves {
-            if let Some(g) = w.group_id {
-                let membership = self.group_membership(g, at).await?;
-                drifts |= membership.drifts;
-                conds.push(membership.cond);
+        let seen = format!("{members} {devices} {tasks}");
+        let check = if open == 0 {
+            SiteCheck::None
+        } else {
+            let mut drifts = false;
+            let mut conds = Vec::new();
+            for w in waves {
+                if let Some(g) = w.group_id {
+                    let membership = self.group_membership(g, at).await?;
+                    drifts |= membership.drifts;
+                    conds.push(membership.cond);
+                }
             }
-        }
-        let seen = format!("{ended} {members} {devices} {tasks}");
-        if !must_check_sites(last.as_deref(), &seen, drifts) {
+            let check = site_check(last.as_deref(), &seen, drifts, !ends.is_empty());
+            let mut sites: Vec<&str> = ends.iter().map(|e| e.1.as_str()).collect();
+            sites.sort_unstable();
+            sites.dedup();
+            let only = (check == SiteCheck::Ended).then_some(sites.as_slice());
+            if check != SiteCheck::None {
+                ticked.sites_checked += 1;
+                ticked.sites_read += only.map_or(open as usize, <[&str]>::len);
+                self.report_finished_sites(r, &conds, only, at).await?;
+            }
+            check
+        };
+        let saw = check == SiteCheck::All && last.as_deref() != Some(seen.as_str());
+        if ends.is_empty() && !saw {
             return Ok(());
         }
+        // The rows read are gone once their sites were checked (or no site is
+        // open); rows written meanwhile stay for the next tick.
+        with_write!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if saw {
+                sqlx::query("UPDATE rollouts SET sites_seen = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(&seen)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for chunk in ends.chunks(500) {
+                let ids: Vec<i64> = chunk.iter().map(|e| e.0).collect();
+                let mut sql = Sql::new("DELETE FROM rollout_site_ends WHERE id IN (");
+                sql.bind_list(&ids).push(")");
+                let text = pool.text(&sql);
+                bind_all!(sqlx::query(&text), sql.args).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Checks rollout `r`'s open sites (those in `only`, or all) for their end
+    /// and sends the report of each one that ended; `conds` are its started
+    /// waves' groups.
+    async fn report_finished_sites(
+        &self,
+        r: &RolloutRow,
+        conds: &[Cond],
+        only: Option<&[&str]>,
+        at: &At,
+    ) -> Result<()> {
+        let (id, title) = (r.id, &r.name);
+        let announce = parse_kind(&r.kind)? != TaskKind::Download;
         let packages: Vec<i64> = with_read!(self, pool => {
             sqlx::query_scalar("SELECT package_id FROM rollout_packages WHERE rollout_id = $1 ORDER BY package_id")
                 .bind(id)
@@ -188,8 +260,7 @@ impl Store {
         });
         let releases = self.releases(&packages).await?;
         let types: Vec<String> = releases.iter().map(|r| r.device_type.clone()).collect();
-        ticked.sites_checked += 1;
-        let sql = finished_sites(self.backend(), id, &targets(&types, &conds));
+        let sql = finished_sites(self.backend(), id, &targets(&types, conds), only);
         let finished: Vec<String> = with_read!(self, pool => {
             bind_all!(sqlx::query_scalar::<_, String>(&sql.text), sql.args).fetch_all(pool).await?
         });
@@ -256,13 +327,6 @@ impl Store {
                 tx.commit().await?;
             });
         }
-        with_write!(self, pool => {
-            sqlx::query("UPDATE rollouts SET sites_seen = $2 WHERE id = $1")
-                .bind(id)
-                .bind(&seen)
-                .execute(pool)
-                .await?;
-        });
         Ok(())
     }
 
@@ -288,12 +352,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sites_are_checked_when_what_their_end_depends_on_moved() {
-        assert!(must_check_sites(None, "0 1 1 1", false), "never checked");
-        assert!(!must_check_sites(Some("3 1 1 1"), "3 1 1 1", false));
-        assert!(must_check_sites(Some("3 1 1 1"), "4 1 1 1", false));
-        assert!(
-            must_check_sites(Some("3 1 1 1"), "3 1 1 1", true),
+    fn a_tick_checks_the_sites_what_their_end_depends_on_moved_for() {
+        let check = |last, drifts, ended| site_check(last, "1 1 1", drifts, ended);
+        assert_eq!(check(None, false, false), SiteCheck::All, "never checked");
+        assert_eq!(check(Some("1 1 1"), false, false), SiteCheck::None);
+        assert_eq!(check(Some("1 1 1"), false, true), SiteCheck::Ended);
+        assert_eq!(check(Some("1 2 1"), false, true), SiteCheck::All);
+        assert_eq!(check(Some("1 2 1"), false, false), SiteCheck::All);
+        assert_eq!(
+            check(Some("1 1 1"), true, false),
+            SiteCheck::All,
             "a group that moves with time is checked each tick"
         );
     }
@@ -315,17 +383,30 @@ mod tests {
         };
         let mut all = Cond::default();
         all.push("1 = 1");
-        let sql = finished_sites(Backend::Sqlite, 1, &targets(&["ukm5".into()], &[all]));
-        let explain = format!("EXPLAIN QUERY PLAN {}", sql.text);
-        let plan: Vec<(i64, i64, i64, String)> = bind_all!(sqlx::query_as(&explain), sql.args)
-            .fetch_all(read)
-            .await
-            .unwrap();
-        let plan: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
-        assert!(
-            plan.iter()
-                .any(|p| p.contains("SEARCH d USING INDEX devices_site (site=?)")),
-            "{plan:#?}"
-        );
+        let covered = targets(&["ukm5".into()], &[all]);
+        for only in [None, Some(&["A", "B"][..])] {
+            let sql = finished_sites(Backend::Sqlite, 1, &covered, only);
+            let explain = format!("EXPLAIN QUERY PLAN {}", sql.text);
+            let plan: Vec<(i64, i64, i64, String)> = bind_all!(sqlx::query_as(&explain), sql.args)
+                .fetch_all(read)
+                .await
+                .unwrap();
+            let plan: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+            assert!(
+                plan.iter()
+                    .any(|p| p.contains("SEARCH d USING INDEX devices_site (site=?)")),
+                "{plan:#?}"
+            );
+            // Only the sites named are read, each by its key.
+            let sites = if only.is_some() {
+                "(rollout_id=? AND site=?)"
+            } else {
+                "(rollout_id=?)"
+            };
+            assert!(
+                plan.iter().any(|p| p.contains(sites)),
+                "{only:?}: {plan:#?}"
+            );
+        }
     }
 }

@@ -21,6 +21,8 @@ pub struct Ticked {
     pub waves_searched: usize,
     /// Rollouts whose open sites were checked for their end.
     pub sites_checked: usize,
+    /// The open sites those checks read.
+    pub sites_read: usize,
 }
 
 /// What a search of a wave's group saw: the `members` counter and the newest
