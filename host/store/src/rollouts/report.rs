@@ -166,11 +166,8 @@ impl Store {
         let id = r.id;
         // What a site's end depends on, and where parts ended, read before the
         // check: a change committed during it is seen by the next tick.
-        let ((open, last, members, devices, tasks), ends): (
-            (i64, Option<String>, i64, i64, i64),
-            Vec<(i64, String)>,
-        ) = with_read!(self, pool => {
-            let state = sqlx::query_as(
+        let (open, last, members, devices, tasks): (i64, Option<String>, i64, i64, i64) = with_read!(self, pool => {
+            sqlx::query_as(
                 "SELECT (SELECT count(*) FROM rollout_sites s WHERE s.rollout_id = r.id AND s.reported_at IS NULL), \
                  r.sites_seen, \
                  (SELECT value FROM generations WHERE name = 'members'), \
@@ -180,14 +177,9 @@ impl Store {
             )
             .bind(id)
             .fetch_one(pool)
-            .await?;
-            let ends = sqlx::query_as("SELECT id, site FROM rollout_site_ends WHERE rollout_id = $1 ORDER BY id LIMIT $2")
-                .bind(id)
-                .bind(ENDS_AT_ONCE)
-                .fetch_all(pool)
-                .await?;
-            (state, ends)
+            .await?
         });
+        let ends = self.site_ends(id).await?;
         let seen = format!("{members} {devices} {tasks}");
         let check = if open == 0 {
             SiteCheck::None
@@ -217,14 +209,37 @@ impl Store {
         if ends.is_empty() && !saw {
             return Ok(());
         }
-        // The rows read are gone once their sites were checked (or no site is
-        // open); rows written meanwhile stay for the next tick.
+        self.checked_sites(id, saw.then_some(seen.as_str()), &ends)
+            .await
+    }
+
+    /// Where parts of rollout `id` ended since the last check, oldest first:
+    /// at most [`ENDS_AT_ONCE`] rows, as `(id, site)`.
+    async fn site_ends(&self, id: i64) -> Result<Vec<(i64, String)>> {
+        Ok(with_read!(self, pool => {
+            sqlx::query_as("SELECT id, site FROM rollout_site_ends WHERE rollout_id = $1 ORDER BY id LIMIT $2")
+                .bind(id)
+                .bind(ENDS_AT_ONCE)
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    /// Records a check of rollout `id`: the counters it saw when it read every
+    /// open site (`seen`), and the `rollout_site_ends` rows it read (`ends`),
+    /// deleted. Rows written since stay for the next tick.
+    async fn checked_sites(
+        &self,
+        id: i64,
+        seen: Option<&str>,
+        ends: &[(i64, String)],
+    ) -> Result<()> {
         with_write!(self, pool => {
             let mut tx = pool.begin().await?;
-            if saw {
+            if let Some(seen) = seen {
                 sqlx::query("UPDATE rollouts SET sites_seen = $2 WHERE id = $1")
                     .bind(id)
-                    .bind(&seen)
+                    .bind(seen)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -364,6 +379,41 @@ mod tests {
             SiteCheck::All,
             "a group that moves with time is checked each tick"
         );
+    }
+
+    /// A backlog of ended parts is read a bounded slice a tick, oldest first,
+    /// and what a check read is gone while what came after stays.
+    #[tokio::test]
+    async fn ended_parts_are_read_a_bounded_slice_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite_file(
+            &dir.path().join("posup.db"),
+            &crate::StoreOptions { max_connections: 1 },
+        )
+        .await
+        .unwrap();
+        let crate::Db::Sqlite { write, .. } = &store.db else {
+            unreachable!("a SQLite store")
+        };
+        let backlog = ENDS_AT_ONCE + 10;
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
+             INSERT INTO rollout_site_ends (rollout_id, site) SELECT 7, 'site ' || i FROM n",
+        )
+        .bind(backlog)
+        .execute(write)
+        .await
+        .unwrap();
+        let first = store.site_ends(7).await.unwrap();
+        assert_eq!(first.len() as i64, ENDS_AT_ONCE);
+        assert_eq!(first[0].1, "site 1");
+        store.checked_sites(7, None, &first).await.unwrap();
+        let rest = store.site_ends(7).await.unwrap();
+        let names: Vec<&str> = rest.iter().map(|e| e.1.as_str()).collect();
+        assert_eq!(names.len(), 10);
+        assert_eq!(names[0], format!("site {}", ENDS_AT_ONCE + 1));
+        store.checked_sites(7, None, &rest).await.unwrap();
+        assert!(store.site_ends(7).await.unwrap().is_empty());
     }
 
     /// Without the index named, SQLite (no statistics) walks the device type's
