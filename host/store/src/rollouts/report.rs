@@ -8,19 +8,19 @@ use crate::sql::SqlText;
 /// Which of a rollout's open sites a tick checks for their end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SiteCheck {
-    /// None: nothing a site's end depends on moved.
     None,
     /// Those where a part ended since the last check (`rollout_site_ends`).
     Ended,
-    /// Every one: never checked, one of its groups drifts (`groups::drifts`),
-    /// or a device may have joined or left a site or the rollout (the
-    /// `members`, `devices` and `tasks` counters, `seen`, moved since the
-    /// last check saw `last`). Parts end only forwards between two restarts,
-    /// and a restart grows `tasks`, so otherwise only a site where a part
-    /// ended can have ended.
     All,
 }
 
+/// What a tick checks, from the `members`, `devices` and `tasks` counters the
+/// last check of every open site saw (`last`) and their values now (`seen`),
+/// whether one of the rollout's groups drifts (`groups::drifts`) and whether
+/// parts ended since the last check. Every site when never checked, a group
+/// drifts or a counter moved: a device may have joined or left a site or the
+/// rollout. Otherwise only a site where a part ended can have ended: parts end
+/// only forwards between two restarts, and a restart grows `tasks`.
 pub(crate) fn site_check(last: Option<&str>, seen: &str, drifts: bool, ended: bool) -> SiteCheck {
     if drifts || last != Some(seen) {
         SiteCheck::All
@@ -277,7 +277,8 @@ impl Store {
         let types: Vec<String> = releases.iter().map(|r| r.device_type.clone()).collect();
         let sql = finished_sites(self.backend(), id, &targets(&types, conds), only);
         let finished: Vec<String> = with_read!(self, pool => {
-            bind_all!(sqlx::query_scalar::<_, String>(&sql.text), sql.args).fetch_all(pool).await?
+            let text = pool.text(&sql);
+            bind_all!(sqlx::query_scalar::<_, String>(&text), sql.args).fetch_all(pool).await?
         });
         for site in &finished {
             let outcomes: Vec<(String, String, String, Option<String>, String)> = with_read!(self, pool => {
@@ -381,17 +382,21 @@ mod tests {
         );
     }
 
+    async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
+        Store::open_sqlite_file(
+            &dir.path().join("posup.db"),
+            &crate::StoreOptions { max_connections: 1 },
+        )
+        .await
+        .unwrap()
+    }
+
     /// A backlog of ended parts is read a bounded slice a tick, oldest first,
     /// and what a check read is gone while what came after stays.
     #[tokio::test]
     async fn ended_parts_are_read_a_bounded_slice_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite_file(
-            &dir.path().join("posup.db"),
-            &crate::StoreOptions { max_connections: 1 },
-        )
-        .await
-        .unwrap();
+        let store = sqlite_store(&dir).await;
         let crate::Db::Sqlite { write, .. } = &store.db else {
             unreachable!("a SQLite store")
         };
@@ -422,12 +427,7 @@ mod tests {
     #[tokio::test]
     async fn a_site_check_reaches_each_open_sites_devices_through_the_site() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite_file(
-            &dir.path().join("posup.db"),
-            &crate::StoreOptions { max_connections: 1 },
-        )
-        .await
-        .unwrap();
+        let store = sqlite_store(&dir).await;
         let crate::Db::Sqlite { read, .. } = &store.db else {
             unreachable!("a SQLite store")
         };
