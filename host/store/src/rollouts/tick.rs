@@ -21,7 +21,8 @@ pub struct Ticked {
     pub waves_searched: usize,
     /// Rollouts whose open sites were checked for their end.
     pub sites_checked: usize,
-    /// The open sites those checks read.
+    /// The sites those checks read: every open one, or those where a part
+    /// ended since the last check.
     pub sites_read: usize,
 }
 
