@@ -17,7 +17,10 @@
 //!    intervals (the peer: what an idle poll costs the server), then an Update
 //!    task for all of them runs. Printed per run: enrollment time, task time,
 //!    server CPU per device update (and, on PostgreSQL, the database's CPU per
-//!    update besides), the server CPU per poll of the idling fleet (background
+//!    update besides), the same less the polls during the update that repeated
+//!    their device's inventory and were handed nothing, each priced at the
+//!    idling fleet's cost (`less idle ms`: what the updates cost beyond the
+//!    fleet's idling), the server CPU per poll of the idling fleet (background
 //!    work included), polls per second and the p99 poll latency during the task,
 //!    the servers' peak RSS, how long reading the task took on average (the
 //!    bench reads it twice a second, as an operator's console would), and the
@@ -134,13 +137,14 @@ fn main() -> anyhow::Result<()> {
             }
         );
         println!(
-            "{:<20} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>12} {:>8} {:>9} {:>9} {:>11} {:>13} {:>10}",
+            "{:<20} {:>7} {:>5} {:>9} {:>8} {:>13} {:>12} {:>12} {:>12} {:>8} {:>9} {:>9} {:>11} {:>13} {:>10}",
             "backend",
             "devices",
             "poll",
             "enroll s",
             "task s",
             "cpu/update ms",
+            "less idle ms",
             "+db/update ms",
             "cpu/idle µs",
             "polls/s",
@@ -604,6 +608,10 @@ impl Run {
             counts.success as usize == n,
             "not every device succeeded: {counts:?}"
         );
+        // The fleet's polls with nothing to do, priced as the idling fleet's
+        // were: what the update costs less what the fleet costs idling
+        // meanwhile (at 30 s polls and 100 000 devices, 3 300 polls a second).
+        let idle_during = after.idle_polls.saturating_sub(before.idle_polls) as f64;
         let latency: Vec<u64> = after
             .latency
             .iter()
@@ -622,12 +630,13 @@ impl Run {
         let (cpu3, polls3) = (cpu(), Summary::read(last).polls);
         let idle_after = (cpu3 - cpu2) / polls3.saturating_sub(polls2).max(1) as f64;
         println!(
-            "{:<20} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12} {:>12.1} {:>8.0} {:>9.1} {:>9.0} {:>11.1} {:>13.1} {:>10.1}",
+            "{:<20} {n:>7} {:>4}s {:>9.1} {:>8.1} {:>13.3} {:>12.3} {:>12} {:>12.1} {:>8.0} {:>9.1} {:>9.0} {:>11.1} {:>13.1} {:>10.1}",
             self.label(),
             self.poll_secs,
             enrolled.as_secs_f64(),
             took.as_secs_f64(),
             (cpu1 - cpu0) * 1000.0 / n as f64,
+            (cpu1 - cpu0 - idle_during * idle_per_poll) * 1000.0 / n as f64,
             if self.postgres {
                 format!("{:.3}", (db1 - db0) * 1000.0 / n as f64)
             } else {
@@ -837,6 +846,8 @@ async fn round_robin(upstreams: Vec<String>) -> anyhow::Result<String> {
 /// The simulated fleet's counters from its latest summary line.
 struct Summary {
     polls: u64,
+    /// Polls repeating the device's inventory that were handed nothing.
+    idle_polls: u64,
     /// Requests of any kind: polls, report batches, downloads.
     requests: u64,
     latency: Vec<u64>,
@@ -852,6 +863,7 @@ impl Summary {
                 .unwrap_or(0)
         };
         let polls = count("polls ");
+        let idle_polls = count("idle polls ");
         let requests = polls + count(" in ") + count("downloads ");
         let latency = line
             .rsplit_once("latency ")
@@ -863,6 +875,7 @@ impl Summary {
             .unwrap_or_default();
         Summary {
             polls,
+            idle_polls,
             requests,
             latency,
         }

@@ -75,6 +75,9 @@ pub struct FleetStats {
     pub enrolled: AtomicU64,
     pub polls: AtomicU64,
     pub poll_errors: AtomicU64,
+    /// Polls that repeated the device's last inventory and were handed no
+    /// action: the fleet idling, whatever else it does meanwhile.
+    pub idle_polls: AtomicU64,
     pub reports: AtomicU64,
     /// Requests that carried reports.
     pub report_calls: AtomicU64,
@@ -92,10 +95,11 @@ impl FleetStats {
     /// reader can take the percentiles of any interval.
     pub fn line(&self) -> String {
         format!(
-            "enrolled {} · polls {} (failed {}) · reports {} in {} calls · downloads {} ({} bytes) · actions done {} · p99 poll {:.1} ms · latency {}",
+            "enrolled {} · polls {} (failed {}) · idle polls {} · reports {} in {} calls · downloads {} ({} bytes) · actions done {} · p99 poll {:.1} ms · latency {}",
             self.enrolled.load(Ordering::Relaxed),
             self.polls.load(Ordering::Relaxed),
             self.poll_errors.load(Ordering::Relaxed),
+            self.idle_polls.load(Ordering::Relaxed),
             self.reports.load(Ordering::Relaxed),
             self.report_calls.load(Ordering::Relaxed),
             self.downloads.load(Ordering::Relaxed),
@@ -215,6 +219,8 @@ struct SimDevice {
     outbox: Outbox,
     device_id: i64,
     version: String,
+    /// The version the last answered poll reported.
+    polled_version: Option<String>,
     config_revision: Option<i64>,
     vars_since: i64,
     /// (action id, attempt) finished here.
@@ -250,6 +256,7 @@ impl SimDevice {
             outbox: Outbox::memory().sending_every(config.poll.report_every()),
             device_id: 0,
             version: config.version.clone(),
+            polled_version: None,
             config_revision: None,
             vars_since: 0,
             done: Vec::new(),
@@ -340,6 +347,11 @@ impl SimDevice {
             self.client.poll(&req).await?
         };
         stats.latency.record(asked.elapsed());
+        let repeated = self.polled_version.as_ref() == Some(&self.version);
+        if repeated && resp.actions.is_empty() {
+            stats.idle_polls.fetch_add(1, Ordering::Relaxed);
+        }
+        self.polled_version = Some(self.version.clone());
         if let Some(c) = &resp.config {
             self.config_revision = Some(c.revision);
         }
@@ -555,16 +567,21 @@ mod tests {
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let mut config = FleetConfig::new(&format!("http://{addr}"), "secret", 24);
         config.connections = 3;
+        let stats = Arc::new(FleetStats::default());
         run(
             config,
-            Arc::new(FleetStats::default()),
-            tokio::time::sleep(Duration::from_millis(2500)),
+            Arc::clone(&stats),
+            tokio::time::sleep(Duration::from_millis(3500)),
         )
         .await
         .unwrap();
         server.abort();
         assert_eq!(counts.enrolled.load(Ordering::SeqCst), 24);
-        assert!(counts.polls.load(Ordering::SeqCst) > 0, "the fleet polled");
+        let polls = stats.polls.load(Ordering::SeqCst);
+        assert!(polls > 24, "every device polled, some more than once");
+        // A device's first poll tells the server its inventory; every later
+        // one repeats it and is handed nothing.
+        assert_eq!(stats.idle_polls.load(Ordering::SeqCst), polls - 24);
         assert_eq!(
             counts.most.load(Ordering::SeqCst),
             3,
