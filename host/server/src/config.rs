@@ -58,7 +58,8 @@ pub struct ServerArgs {
     /// Largest package upload, in MiB [default: 4096].
     #[arg(long, env = "POSUP_MAX_PACKAGE_MB")]
     pub max_package_mb: Option<u64>,
-    /// Database connections (PostgreSQL pool, or SQLite readers) [default: 16].
+    /// Database connections: the PostgreSQL pool [default: 16], or SQLite's
+    /// readers [default: twice the cores, 2 to 16].
     #[arg(long, env = "POSUP_DB_CONNECTIONS")]
     pub db_connections: Option<u32>,
     /// Serve HTTPS with this certificate chain (PEM; with --tls-key). Without it,
@@ -145,7 +146,9 @@ impl ServerConfig {
             poll_interval_secs: 60,
             offline_after: Duration::from_secs(180),
             max_package_bytes: 4096 << 20,
-            db_connections: 16,
+            db_connections: sqlite_readers(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
             contact_flush: Some(Duration::from_secs(1)),
             tls: None,
             tuf_keys_dir: data_dir.join("tuf-keys"),
@@ -158,6 +161,22 @@ impl ServerConfig {
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("posup.db").display()))
     }
+}
+
+/// The PostgreSQL pool's connections by default: statements wait on the
+/// network, so more are under way than the server has cores.
+const POSTGRES_CONNECTIONS: u32 = 16;
+
+/// SQLite's readers by default for `cores` cores: twice the cores, 2 to 16.
+/// SQLite reads on this process's own cores; a reader more is one more thread
+/// each statement is handed to and back, and one more page cache that every
+/// commit empties (WAL), with nothing to run it on.
+fn sqlite_readers(cores: usize) -> u32 {
+    cores.saturating_mul(2).clamp(2, 16) as u32
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 impl ServerArgs {
@@ -214,9 +233,11 @@ impl ServerArgs {
         if let Some(v) = self.max_package_mb.or(file.max_package_mb) {
             c.max_package_bytes = v << 20;
         }
-        if let Some(v) = self.db_connections.or(file.db_connections) {
-            c.db_connections = v.max(1);
-        }
+        c.db_connections = match self.db_connections.or(file.db_connections) {
+            Some(v) => v.max(1),
+            None if c.database.as_deref().is_some_and(is_postgres) => POSTGRES_CONNECTIONS,
+            None => c.db_connections,
+        };
         c.tls = match (
             self.tls_cert.clone().or(file.tls_cert),
             self.tls_key.clone().or(file.tls_key),
@@ -262,6 +283,7 @@ mod tests {
         assert_eq!(c.offline_after, Duration::from_secs(90));
         assert_eq!(c.database_url(), "postgres://u:p@db/posup");
         assert_eq!(c.blob_dir, dir.path().join("data").join("blobs"));
+        assert_eq!(c.db_connections, 16, "PostgreSQL's pool");
 
         std::fs::write(&file, "listn = \"x\"\n").unwrap();
         let err = ServerArgs {
@@ -274,5 +296,32 @@ mod tests {
             format!("{err:#}").contains("unknown field `listn`"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn sqlite_gets_twice_the_cores_in_readers_and_a_setting_wins() {
+        assert_eq!(
+            [1, 2, 3, 8, 64].map(sqlite_readers),
+            [2, 4, 6, 16, 16],
+            "readers for 1, 2, 3, 8 and 64 cores"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = |db_connections| ServerArgs {
+            data_dir: Some(dir.path().to_owned()),
+            db_connections,
+            ..Default::default()
+        };
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(
+            sqlite(None).resolve().unwrap().db_connections,
+            sqlite_readers(cores)
+        );
+        assert_eq!(sqlite(Some(7)).resolve().unwrap().db_connections, 7);
+        let postgres = ServerArgs {
+            database: Some("postgresql://db/posup".into()),
+            db_connections: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(postgres.resolve().unwrap().db_connections, 3);
     }
 }
