@@ -203,17 +203,17 @@ mod tests {
     #[tokio::test]
     async fn the_store_never_follows_a_link() {
         let tmp = tempfile::tempdir().unwrap();
-        let victim = tmp.path().join("victim");
-        std::fs::write(&victim, b"{}").unwrap();
+        let root = Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap();
+        root.write("victim", b"{}").unwrap();
+        root.create_dir("kv").unwrap();
+        root.symlink("../victim", "kv/q.json").unwrap();
         let dir = tmp.path().join("kv");
-        std::fs::create_dir(&dir).unwrap();
-        std::os::unix::fs::symlink(&victim, dir.join("q.json")).unwrap();
         let mut p = KvState::new(Some(&dir), "p", Work::default());
         p.set("k".into(), "v".into()).await.unwrap();
         assert_eq!(p.get("k".into()).await.unwrap().as_deref(), Some("v"));
         let mut q = KvState::new(Some(&dir), "q", Work::default());
         assert!(q.get("k".into()).await.is_err());
-        assert_eq!(std::fs::read(&victim).unwrap(), b"{}");
+        assert_eq!(root.read("victim").unwrap(), b"{}");
     }
 
     #[test]
