@@ -259,6 +259,39 @@ mod tests {
         !proc_stat(pid).is_some_and(|s| s.alive())
     }
 
+    /// A process's command line is the kernel's to bound (up to a quarter of
+    /// its stack limit); reading it for the check keeps no more than the host
+    /// needs to compare it with a service's program and arguments.
+    #[test]
+    fn a_long_command_line_is_read_only_up_to_the_bound() {
+        let long = "x".repeat(super::processes::CMDLINE_MAX + 4096);
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30", "sh", &long])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // The kernel shows the new command line only once exec has set up the
+        // process's stack, a moment after `spawn` returns.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let args = loop {
+            match proc_cmdline(pid) {
+                Some(args) => break args,
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                None => panic!("no command line for the child"),
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(&args[..2], &[b"sh".to_vec(), b"-c".to_vec()]);
+        let read: usize = args.iter().map(Vec::len).sum();
+        assert!(
+            read <= super::processes::CMDLINE_MAX,
+            "{read} bytes of command line read"
+        );
+    }
+
     #[tokio::test]
     async fn start_status_stop_restart() {
         let tmp = tempfile::tempdir().unwrap();

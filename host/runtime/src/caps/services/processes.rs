@@ -7,13 +7,12 @@ use crate::caps::{CapError, CapResult};
 use rustix::process::{Pid, Signal};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How [`Processes`] runs one service.
@@ -526,6 +525,10 @@ impl std::fmt::Display for ExitRecord {
     }
 }
 
+/// The most of a command line read to compare it with a service's: far more
+/// than any service's program and arguments.
+pub(super) const CMDLINE_MAX: usize = 64 * 1024;
+
 /// The fields of `/proc/<pid>/stat` that identify a process.
 pub(super) struct ProcStat {
     pub(super) state: char,
@@ -541,8 +544,32 @@ impl ProcStat {
     }
 }
 
+/// `/proc`, opened once: a process's files are read beneath this handle, by a
+/// pid this host formats itself.
+fn proc_root() -> Option<&'static cap_std::fs::Dir> {
+    static PROC: OnceLock<Option<cap_std::fs::Dir>> = OnceLock::new();
+    PROC.get_or_init(|| crate::beneath::open_real_dir(Path::new("/proc")).ok())
+        .as_ref()
+}
+
+/// Up to `max` bytes of `/proc/<pid>/<file>`; `None` once the process is gone.
+fn proc_file(pid: i32, file: &str, max: usize) -> Option<Vec<u8>> {
+    if pid <= 0 {
+        return None;
+    }
+    let opened = proc_root()?.open(format!("{pid}/{file}")).ok()?;
+    let mut bytes = Vec::new();
+    opened
+        .into_std()
+        .take(max as u64)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    Some(bytes)
+}
+
 pub(super) fn proc_stat(pid: i32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is at most 16 bytes: the whole line is far shorter.
+    let text = String::from_utf8(proc_file(pid, "stat", 4096)?).ok()?;
     // The command name (field 2) is in parentheses and may itself hold spaces and
     // parentheses; the fields after the last `)` are plain.
     let rest = &text[text.rfind(')')? + 1..];
@@ -556,11 +583,7 @@ pub(super) fn proc_stat(pid: i32) -> Option<ProcStat> {
 }
 
 pub(super) fn proc_cmdline(pid: i32) -> Option<Vec<Vec<u8>>> {
-    let mut bytes = Vec::new();
-    File::open(format!("/proc/{pid}/cmdline"))
-        .ok()?
-        .read_to_end(&mut bytes)
-        .ok()?;
+    let bytes = proc_file(pid, "cmdline", CMDLINE_MAX)?;
     if bytes.is_empty() {
         return None;
     }
