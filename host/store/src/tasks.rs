@@ -894,6 +894,7 @@ impl Store {
                         at.now + f.retry_after_secs.unwrap_or(DEFAULT_RETRY_SECS).min(86_400) as i64 * 1000
                     });
                     part.changed = true;
+                    part.moved |= after != before;
                     if after.is_terminal() && !before.is_terminal() {
                         part.finished = true;
                         active = false;
@@ -902,15 +903,25 @@ impl Store {
                 ack.active = active;
             }
             let mut changed: Vec<&Part> = parts.iter().filter(|p| p.changed).collect();
-            // One statement for every part of a task: the values are typed so
-            // both backends read them alike. A statement per task, in task
-            // order, because the parts' counting triggers take their task's
-            // counts row as each statement ends: two servers' groups that span
-            // the same tasks take them in the same order, and never deadlock.
-            changed.sort_by_key(|p| p.task_id);
-            for changed in changed.chunk_by(|a, b| a.task_id == b.task_id) {
-                let mut update = Sql::new("UPDATE task_devices SET state = v.column2, step = v.column3, \
-                    message = COALESCE(v.column4, task_devices.message), percent = v.column5, retry_at = v.column6, updated_at = ");
+            // One statement for the parts of a task whose state moved and one
+            // for those whose state stayed (most reports: a step started or
+            // done): SQLite rewrites the entries of every index on a column an
+            // UPDATE sets, whatever its value, and both state indexes hold a
+            // part's entry on another page. The values are typed so both
+            // backends read them alike. Statements per task, in task order,
+            // because the parts' counting triggers take their task's counts
+            // row as each statement ends: two servers' groups that span the
+            // same tasks take them in the same order, and never deadlock.
+            changed.sort_by_key(|p| (p.task_id, !p.moved));
+            for changed in changed.chunk_by(|a, b| (a.task_id, a.moved) == (b.task_id, b.moved)) {
+                let moved = changed[0].moved;
+                let mut update = Sql::new(if moved {
+                    "UPDATE task_devices SET state = v.column2, "
+                } else {
+                    "UPDATE task_devices SET "
+                });
+                update.push("step = v.column3, message = COALESCE(v.column4, task_devices.message), \
+                    percent = v.column5, retry_at = v.column6, updated_at = ");
                 update.bind(at.now).push(" FROM (VALUES ");
                 for (i, p) in changed.iter().enumerate() {
                     update.push(if i == 0 { "(CAST(" } else { ", (CAST(" });
@@ -1008,6 +1019,8 @@ struct Part {
     retry_at: Option<i64>,
     /// Its row must be written.
     changed: bool,
+    /// Its state is another than the one read.
+    moved: bool,
     /// A report of the batch ended it.
     finished: bool,
 }
@@ -1036,6 +1049,7 @@ impl Part {
             percent: None,
             retry_at: None,
             changed: false,
+            moved: false,
             finished: false,
         })
     }
