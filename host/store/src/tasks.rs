@@ -777,7 +777,8 @@ impl Store {
     /// A call costs a number of statements that grows with the tasks it
     /// concerns, not with its size (at most [`MAX_REPORTS_AT_ONCE`]): its parts
     /// read at once, its reports inserted together, each task's parts written
-    /// in one statement with the state their reports lead to, the devices whose
+    /// in a statement for those whose state moved and one for those whose
+    /// state stayed (not rewriting its indexes' entries), the devices whose
     /// part ended asked at once whether they have another, and each task
     /// finished when its last part ended.
     pub async fn record_reports(&self, reports: &[(i64, &Feedback)], at: &At) -> Result<Recorded> {
