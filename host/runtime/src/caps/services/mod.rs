@@ -26,12 +26,11 @@ mod scripts;
 mod systemd;
 
 pub use processes::{ProcessSpec, Processes};
-pub use scripts::run_script;
+use scripts::run_script;
 pub use systemd::Systemd;
 
 use std::io::{self};
-use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,9 +123,8 @@ impl ServicesState {
     }
 
     /// The script a plugin may run: scripts must be granted and the script must be
-    /// a regular file under `/staging`, resolved beneath it. Returns the handle of
-    /// its folder (kept open while it runs) and its path through that handle.
-    fn script(&self, path: &str) -> CapResult<(cap_std::fs::Dir, PathBuf)> {
+    /// a regular file under `/staging`, resolved beneath it and opened there.
+    fn script(&self, path: &str) -> CapResult<scripts::Script> {
         if !self.grants.scripts {
             return Err(CapError::denied(format!(
                 "script {path}: running scripts is not granted to this plugin"
@@ -145,23 +143,15 @@ impl ServicesState {
         }
         let (folder, name) = loc.parent()?;
         let shown = format!("script {path}");
-        match crate::beneath::open_file_nofollow(folder.as_fd(), &name) {
-            Ok(Some(_)) => {}
+        let file = match crate::beneath::open_file_nofollow(folder.as_fd(), &name) {
+            Ok(Some(file)) => file,
             Ok(None) => return Err(CapError::not_found(format!("{shown}: does not exist"))),
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
                 return Err(CapError::invalid(format!("{shown}: {e}")));
             }
             Err(e) => return Err(crate::beneath::resolve_error(&shown, "opening", &e)),
-        }
-        // The shell opens the script by this path: this process's handle of the
-        // folder, then one name that was just seen to be a regular file.
-        let host = PathBuf::from(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            folder.as_raw_fd()
-        ))
-        .join(name);
-        Ok((folder, host))
+        };
+        Ok(scripts::Script { folder, file, name })
     }
 }
 
@@ -188,7 +178,7 @@ impl services::Host for ServicesState {
         args: Vec<String>,
         timeout_secs: u32,
     ) -> Result<ScriptResult, WitError> {
-        let (_folder, host) = self.script(&path)?;
+        let script = self.script(&path)?;
         if timeout_secs == 0 {
             return Err(CapError::invalid(format!(
                 "script {path}: the timeout must be at least 1 second"
@@ -196,7 +186,7 @@ impl services::Host for ServicesState {
             .into());
         }
         let timeout = Duration::from_secs(timeout_secs.into()).min(MAX_SCRIPT_TIMEOUT);
-        Ok(super::counted(&self.work, run_script(&host, &path, &args, timeout)).await?)
+        Ok(super::counted(&self.work, run_script(&script, &path, &args, timeout)).await?)
     }
 }
 
@@ -714,6 +704,36 @@ mod tests {
         assert!(r.output.contains("HOME=unset\n"), "{}", r.output);
         assert!(r.output.contains("args=a b,c\n"), "{}", r.output);
         assert!(r.output.contains("oops\n"), "{}", r.output);
+    }
+
+    /// The script that runs is the file checked, whatever its name comes to
+    /// hold after the check: a plugin that swaps it for a link to a file outside
+    /// `/staging` still runs what it was allowed to.
+    #[tokio::test]
+    async fn the_script_checked_is_the_script_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = state(tmp.path(), true);
+        let script = tmp.path().join("staging/upd/install.sh");
+        std::fs::write(
+            &script,
+            "echo checked\ncd \"$(dirname \"$0\")\" && pwd -P\n",
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join("product/other.sh"), "echo other\n").unwrap();
+        let checked = s.script("/staging/upd/install.sh").unwrap();
+        std::fs::remove_file(&script).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("product/other.sh"), &script).unwrap();
+        let r = scripts::run_script(
+            &checked,
+            "/staging/upd/install.sh",
+            &[],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        let dir = tmp.path().join("staging/upd").canonicalize().unwrap();
+        assert_eq!(r.output, format!("checked\n{}\n", dir.display()));
+        assert_eq!(r.exit_code, 0);
     }
 
     #[tokio::test]

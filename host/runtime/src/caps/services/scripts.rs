@@ -4,34 +4,51 @@
 use super::{MAX_SCRIPT_OUTPUT, SAFE_PATH, ScriptResult};
 use crate::caps::{CapError, CapResult};
 use rustix::process::{Pid, Signal};
+use std::ffi::OsString;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Runs `script` (a host path; `shown` is how errors name it) with `/bin/sh`, in
-/// the script's folder, with only [`SAFE_PATH`] in its environment and in a
-/// process group of its own, which is killed when `timeout` passes. Returns the
-/// exit code (128 + the signal number when a signal ended it, as shells report
-/// it) and the end of stdout and stderr together.
+/// A script checked to run, open while it runs: its folder, the file itself,
+/// and its name beneath this process's handle of the folder.
+pub struct Script {
+    pub(super) folder: cap_std::fs::Dir,
+    pub(super) file: std::fs::File,
+    pub(super) name: OsString,
+}
+
+/// Runs `script` (`shown` is how errors name it) with `/bin/sh`, in the script's
+/// folder, with only [`SAFE_PATH`] in its environment and in a process group of
+/// its own, which is killed when `timeout` passes. Returns the exit code (128 +
+/// the signal number when a signal ended it, as shells report it) and the end of
+/// stdout and stderr together.
 pub async fn run_script(
-    script: &Path,
+    script: &Script,
     shown: &str,
     args: &[String],
     timeout: Duration,
 ) -> CapResult<ScriptResult> {
-    let dir = script.parent().unwrap_or(Path::new("/"));
+    // The shell reads the file that was checked, through this process's open
+    // handle of it, whatever its name holds by then; `$0` is its name beneath
+    // the folder's handle, so a script that finds its folder from `$0` finds it.
+    let own = std::process::id();
+    let dir = PathBuf::from(format!("/proc/{own}/fd/{}", script.folder.as_raw_fd()));
+    let source = format!(". /proc/{own}/fd/{}", script.file.as_raw_fd());
     let (reader, writer) =
         io::pipe().map_err(|e| CapError::from_io(format!("script {shown}: output pipe"), &e))?;
     let writer2 = writer
         .try_clone()
         .map_err(|e| CapError::from_io(format!("script {shown}: output pipe"), &e))?;
     let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg(script)
+    cmd.arg("-c")
+        .arg(source)
+        .arg(dir.join(&script.name))
         .args(args)
-        .current_dir(dir)
+        .current_dir(&dir)
         .env_clear()
         .env("PATH", SAFE_PATH)
         .stdin(Stdio::null())
