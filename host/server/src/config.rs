@@ -175,10 +175,6 @@ fn sqlite_readers(cores: usize) -> u32 {
     cores.saturating_mul(2).clamp(2, 16) as u32
 }
 
-fn is_postgres(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
-
 impl ServerArgs {
     /// Resolves flags and environment (already merged by clap) over the
     /// configuration file over the defaults.
@@ -235,7 +231,13 @@ impl ServerArgs {
         }
         c.db_connections = match self.db_connections.or(file.db_connections) {
             Some(v) => v.max(1),
-            None if c.database.as_deref().is_some_and(is_postgres) => POSTGRES_CONNECTIONS,
+            None if c
+                .database
+                .as_deref()
+                .is_some_and(posup_store::is_postgres_url) =>
+            {
+                POSTGRES_CONNECTIONS
+            }
             None => c.db_connections,
         };
         c.tls = match (

@@ -178,7 +178,7 @@ impl Store {
     /// Opens the database at `url` (`sqlite://<file>` or `postgres://…`), creating a
     /// SQLite file when missing, and brings its schema up to date.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Store> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if is_postgres_url(url) {
             let opts = PgConnectOptions::from_str(url)?;
             Self::connect_postgres(opts, options).await
         } else if url.starts_with("sqlite:") {
@@ -288,6 +288,11 @@ impl Store {
             Db::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// Whether a database URL names PostgreSQL (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// The URL without its password, for messages.
